@@ -1,0 +1,50 @@
+# ringkit: the two commands of the quick start are `make demo` and `make test`.
+# Both do all set-up on a fresh Debian machine that has python3 and gcc: the Debian packages the
+# tests need, a virtualenv in .venv, and the project installed into it (editable, with test extras).
+
+PY          ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.ringkit-installed
+# libxen-dev: Xen's public headers (ring.h, blkif.h, xs_wire.h...) for the C parity/differential tests.
+# xenstore-utils: Debian's xenstore-ls & co, run against ringkit's simulated xenstored.
+DEB_PACKAGES := libxen-dev xenstore-utils
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: test demo lint deps debs venv bench test-xen clean
+
+test: deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(BIN)/ringkit demo
+
+lint: deps
+	$(BIN)/ruff check ringkit backends frontends examples tests bench
+	$(BIN)/mypy
+
+deps: debs $(STAMP)
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py ringkit/_native/_build.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+bench: deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

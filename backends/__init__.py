@@ -1,0 +1,1 @@
+"""Backend halves of the shipped split drivers (installed as ``ringkit.backends``)."""

@@ -1,0 +1,1 @@
+"""Frontend halves of the shipped split drivers (installed as ``ringkit.frontends``)."""
