@@ -1,0 +1,458 @@
+"""blkif wire layouts (Xen public ``io/blkif.h``, x86_64 ABI) and their codecs.
+
+Theory of operation: a blkif ring slot is 112 bytes (the size of ``struct blkif_request``; a
+response is 16 bytes and uses the head of the same slot).  The ring engine copies a slot out of
+shared memory once; `parse_request` then reads only that private copy and returns a typed, frozen
+record, or raises `InvalidRequest` carrying what the backend must answer (the id, the operation
+to echo and ``BLKIF_RSP_ERROR`` or ``BLKIF_RSP_EOPNOTSUPP``), as Linux's xen-blkback does for
+malformed requests.  Encoders always write whole slots with every padding byte zeroed, so no
+stale memory of ours reaches the peer (XSA-216).
+
+Sectors are always 512-byte units (Linux's convention, independent of ``sector-size``); a
+segment names one granted 4 KiB page and an inclusive sector range ``first_sect..last_sect``
+inside it (0..7).
+
+Nothing here does I/O: it is shared by the backend and the frontend.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+PAGE_SIZE: Final = 4096
+SECTOR_SIZE: Final = 512
+"""blkif sector unit in bytes, whatever the disk's logical sector size."""
+SECTORS_PER_PAGE: Final = PAGE_SIZE // SECTOR_SIZE
+
+REQUEST_SIZE: Final = 112
+"""``sizeof(struct blkif_request)`` on x86_64: the ring slot size."""
+RESPONSE_SIZE: Final = 16
+"""``sizeof(struct blkif_response)`` on x86_64."""
+SEGMENT_SIZE: Final = 8
+"""``sizeof(struct blkif_request_segment)``."""
+
+MAX_SEGMENTS_PER_REQUEST: Final = 11
+"""``BLKIF_MAX_SEGMENTS_PER_REQUEST``: direct segments in one request."""
+MAX_INDIRECT_PAGES_PER_REQUEST: Final = 8
+"""``BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST``: indirect_grefs slots in an indirect request."""
+SEGMENTS_PER_INDIRECT_PAGE: Final = PAGE_SIZE // SEGMENT_SIZE
+"""Segments one indirect page holds (512)."""
+
+DISCARD_SECURE: Final = 1
+"""``BLKIF_DISCARD_SECURE`` flag of a discard request."""
+
+PROTOCOL_X86_64: Final = "x86_64-abi"
+"""Value of the frontend's ``protocol`` node for this ABI."""
+
+VDISK_CDROM: Final = 0x1
+VDISK_REMOVABLE: Final = 0x2
+VDISK_READONLY: Final = 0x4
+"""Bits of the backend's ``info`` node."""
+
+
+class Op(enum.IntEnum):
+    """``BLKIF_OP_*`` request operations."""
+
+    READ = 0
+    WRITE = 1
+    WRITE_BARRIER = 2
+    FLUSH_DISKCACHE = 3
+    DISCARD = 5
+    INDIRECT = 6
+
+
+class Status(enum.IntEnum):
+    """``BLKIF_RSP_*`` response status codes."""
+
+    OKAY = 0
+    ERROR = -1
+    EOPNOTSUPP = -2
+
+
+# --------------------------------------------------------------------------- layouts
+#
+# struct blkif_request_segment {
+#     grant_ref_t gref;        /* reference to I/O buffer frame        */
+#     uint8_t     first_sect, last_sect;
+# };                                                   /* 8 bytes: 2 trailing pad */
+_SEGMENT = struct.Struct("<IBB2x")
+
+# struct blkif_request {
+#     uint8_t        operation;    /* BLKIF_OP_???                         */
+#     uint8_t        nr_segments;  /* number of segments                   */
+#     blkif_vdev_t   handle;       /* only for read/write requests         */
+#     uint64_t       id;           /* private guest value, echoed in resp  */
+#     blkif_sector_t sector_number;/* start sector idx on disk (r/w only)  */
+#     struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
+# };                              /* 0, 1, 2, (pad 4..7), 8, 16, seg at 24; 112 bytes */
+_RW_HEADER = struct.Struct("<BBH4xQQ")
+_SEGMENTS_OFFSET: Final = _RW_HEADER.size
+_RW_FULL = struct.Struct("<BBH4xQQ" + "IBB2x" * MAX_SEGMENTS_PER_REQUEST)
+
+# struct blkif_request_discard {
+#     uint8_t        operation;    /* BLKIF_OP_DISCARD                     */
+#     uint8_t        flag;         /* BLKIF_DISCARD_SECURE or zero         */
+#     blkif_vdev_t   handle;       /* same as for read/write requests      */
+#     uint64_t       id;           /* private guest value, echoed in resp  */
+#     blkif_sector_t sector_number;/* start sector idx on disk             */
+#     uint64_t       nr_sectors;   /* number of contiguous sectors to discard*/
+# };                                         /* 0, 1, 2, 8, 16, 24; 32 bytes */
+_DISCARD = struct.Struct("<BBH4xQQQ")
+
+# struct blkif_request_indirect {
+#     uint8_t        operation;    /* BLKIF_OP_INDIRECT                    */
+#     uint8_t        indirect_op;  /* BLKIF_OP_{READ/WRITE}                */
+#     uint16_t       nr_segments;  /* number of segments                   */
+#     uint64_t       id;           /* private guest value, echoed in resp  */
+#     blkif_sector_t sector_number;/* start sector idx on disk (r/w only)  */
+#     blkif_vdev_t   handle;       /* same as for read/write requests      */
+#     grant_ref_t    indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+# };                        /* 0, 1, 2, 8, 16, 24, (pad 26..27), grefs at 28; 64 bytes */
+_INDIRECT = struct.Struct("<BBHxxxxQQH2x" + "I" * MAX_INDIRECT_PAGES_PER_REQUEST)
+
+# struct blkif_response {
+#     uint64_t        id;              /* copied from request */
+#     uint8_t         operation;       /* copied from request */
+#     int16_t         status;          /* BLKIF_RSP_???       */
+# };                                  /* 0, 8, (pad 9), 10, (pad 12..15); 16 bytes */
+_RESPONSE = struct.Struct("<QBxh4x")
+
+_HEAD = struct.Struct("<BB6xQ")  # operation, byte 1, id: common to every request layout
+
+# Offsets, for the C layout check and for readers of this module.
+OFFSETS: Final[dict[str, dict[str, int]]] = {
+    "blkif_request_segment": {"gref": 0, "first_sect": 4, "last_sect": 5},
+    "blkif_request": {
+        "operation": 0, "nr_segments": 1, "handle": 2, "id": 8, "sector_number": 16, "seg": 24,
+    },
+    "blkif_request_discard": {
+        "operation": 0, "flag": 1, "handle": 2, "id": 8, "sector_number": 16, "nr_sectors": 24,
+    },
+    "blkif_request_indirect": {
+        "operation": 0, "indirect_op": 1, "nr_segments": 2, "id": 8, "sector_number": 16,
+        "handle": 24, "indirect_grefs": 28,
+    },
+    "blkif_response": {"id": 0, "operation": 8, "status": 10},
+}
+SIZES: Final[dict[str, int]] = {
+    "blkif_request_segment": SEGMENT_SIZE,
+    "blkif_request": REQUEST_SIZE,
+    "blkif_request_discard": _DISCARD.size,
+    "blkif_request_indirect": 64,
+    "blkif_response": RESPONSE_SIZE,
+}
+
+_ZERO_SLOT: Final = bytes(REQUEST_SIZE)
+_U64: Final = (1 << 64) - 1
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One granted page and the inclusive sector range of it to transfer."""
+
+    gref: int
+    first_sect: int
+    last_sect: int
+
+    @property
+    def nr_sectors(self) -> int:
+        """Sectors this segment covers."""
+        return self.last_sect - self.first_sect + 1
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the range inside the page."""
+        return self.first_sect * SECTOR_SIZE
+
+    @property
+    def length(self) -> int:
+        """Bytes this segment covers."""
+        return self.nr_sectors * SECTOR_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ReadWriteRequest:
+    """READ, WRITE, WRITE_BARRIER or FLUSH_DISKCACHE with direct segments (all validated)."""
+
+    operation: Op
+    id: int
+    handle: int
+    sector_number: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def nr_sectors(self) -> int:
+        """Total sectors transferred."""
+        return sum(s.nr_sectors for s in self.segments)
+
+
+@dataclass(frozen=True, slots=True)
+class IndirectRequest:
+    """BLKIF_OP_INDIRECT: the segments live in the pages named by `indirect_grefs`.
+
+    `indirect_op` is READ or WRITE; the indirect pages are still to be mapped and parsed with
+    `parse_indirect_segments`.
+    """
+
+    indirect_op: Op
+    id: int
+    handle: int
+    sector_number: int
+    nr_segments: int
+    indirect_grefs: tuple[int, ...]
+
+    @property
+    def operation(self) -> Op:
+        return Op.INDIRECT
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardRequest:
+    """BLKIF_OP_DISCARD of `nr_sectors` sectors from `sector_number`."""
+
+    id: int
+    handle: int
+    sector_number: int
+    nr_sectors: int
+    secure: bool
+
+    @property
+    def operation(self) -> Op:
+        return Op.DISCARD
+
+
+Request = ReadWriteRequest | IndirectRequest | DiscardRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A ``struct blkif_response``."""
+
+    id: int
+    operation: int
+    status: int
+
+
+class InvalidRequest(Exception):
+    """A request the backend must refuse with a response rather than serve.
+
+    `id` and `operation` are what the response echoes; `status` is ERROR or EOPNOTSUPP;
+    `reason` says what was wrong (for logs and tests).
+    """
+
+    def __init__(self, id: int, operation: int, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.id = id
+        self.operation = operation
+        self.status = status
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def _segment(gref: int, first: int, last: int, rid: int, op: int, index: int) -> Segment:
+    if last >= SECTORS_PER_PAGE or last < first:
+        raise InvalidRequest(
+            rid, op, Status.ERROR,
+            f"segment {index}: sectors {first}..{last} not an ordered range inside 0..7",
+        )
+    return Segment(gref, first, last)
+
+
+def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments: int = 0
+                  ) -> Request:
+    """Decode and validate one request from a private copy of a ring slot.
+
+    `max_indirect_segments` is what this backend advertised in
+    ``feature-max-indirect-segments`` (0: indirect requests are not supported and are answered
+    EOPNOTSUPP, as a backend without the feature would).
+
+    Raises:
+        InvalidRequest: the request must be answered with its `status` instead of served:
+            unknown operation (EOPNOTSUPP), bad segment count, sector range outside a page or
+            reversed, bad indirect operation or page count (ERROR).
+        ValueError: `slot` is shorter than a request (a caller bug, not peer input).
+    """
+    if len(slot) < REQUEST_SIZE:
+        raise ValueError(f"a blkif slot is {REQUEST_SIZE} bytes, got {len(slot)}")
+    op, _, rid = _HEAD.unpack_from(slot)
+    if op in (Op.READ, Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE):
+        fields = _RW_FULL.unpack_from(slot)
+        nseg = fields[1]
+        minimum = 0 if op == Op.FLUSH_DISKCACHE else 1
+        if not minimum <= nseg <= MAX_SEGMENTS_PER_REQUEST:
+            raise InvalidRequest(
+                rid, op, Status.ERROR,
+                f"{nseg} segments (allowed {minimum}..{MAX_SEGMENTS_PER_REQUEST})",
+            )
+        segments = tuple(
+            _segment(fields[5 + 3 * i], fields[6 + 3 * i], fields[7 + 3 * i], rid, op, i)
+            for i in range(nseg)
+        )
+        return ReadWriteRequest(Op(op), rid, fields[2], fields[4], segments)
+    if op == Op.DISCARD:
+        _, flag, handle, _, sector, nr_sectors = _DISCARD.unpack_from(slot)
+        return DiscardRequest(rid, handle, sector, nr_sectors, bool(flag & DISCARD_SECURE))
+    if op == Op.INDIRECT:
+        if max_indirect_segments <= 0:
+            raise InvalidRequest(rid, op, Status.EOPNOTSUPP, "indirect requests not offered")
+        fields = _INDIRECT.unpack_from(slot)
+        inner, nseg, handle, sector = fields[1], fields[2], fields[5], fields[4]
+        if inner not in (Op.READ, Op.WRITE):
+            raise InvalidRequest(rid, inner, Status.ERROR, f"indirect operation {inner}")
+        if not 1 <= nseg <= max_indirect_segments:
+            raise InvalidRequest(
+                rid, inner, Status.ERROR,
+                f"{nseg} indirect segments (allowed 1..{max_indirect_segments})",
+            )
+        pages = indirect_pages_for(nseg)
+        return IndirectRequest(Op(inner), rid, handle, sector, nseg, tuple(fields[6:6 + pages]))
+    raise InvalidRequest(rid, op, Status.EOPNOTSUPP, f"unknown operation {op}")
+
+
+def indirect_pages_for(nr_segments: int) -> int:
+    """Indirect pages needed to describe `nr_segments` segments."""
+    return -(-nr_segments // SEGMENTS_PER_INDIRECT_PAGE)
+
+
+def parse_indirect_segments(
+    pages: bytes | bytearray | memoryview, request: IndirectRequest
+) -> tuple[Segment, ...]:
+    """Decode and validate the segments of `request` from a private copy of its indirect pages.
+
+    Raises:
+        InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
+        ValueError: `pages` is too short (a caller bug).
+    """
+    need = request.nr_segments * SEGMENT_SIZE
+    if len(pages) < need:
+        raise ValueError(f"indirect pages hold {len(pages)} bytes, need {need}")
+    op, rid = request.indirect_op, request.id
+    return tuple(
+        _segment(gref, first, last, rid, op, i)
+        for i, (gref, first, last) in enumerate(_SEGMENT.iter_unpack(memoryview(pages)[:need]))
+    )
+
+
+def parse_response(slot: bytes | bytearray | memoryview) -> Response:
+    """Decode a response from a private copy of a ring slot (no validation: the frontend
+    checks the id and operation against what it has in flight)."""
+    rid, op, status = _RESPONSE.unpack_from(slot)
+    return Response(rid, op, status)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _check_u64(name: str, value: int) -> None:
+    if not 0 <= value <= _U64:
+        raise ValueError(f"{name} {value} does not fit in 64 bits")
+
+
+def encode_request_into(buffer: bytearray | memoryview, offset: int, request: Request) -> None:
+    """Write `request` as one whole 112-byte slot at `offset`, padding zeroed.
+
+    Raises:
+        ValueError: a field does not fit its C type or the request breaks a layout limit
+            (a caller bug: more than 11 direct segments, more than 8 indirect pages).
+    """
+    _check_u64("id", request.id)
+    _check_u64("sector_number", request.sector_number)
+    buffer[offset:offset + REQUEST_SIZE] = _ZERO_SLOT
+    if isinstance(request, ReadWriteRequest):
+        segs = request.segments
+        if len(segs) > MAX_SEGMENTS_PER_REQUEST:
+            raise ValueError(f"{len(segs)} direct segments (max {MAX_SEGMENTS_PER_REQUEST})")
+        _RW_HEADER.pack_into(buffer, offset, request.operation, len(segs), request.handle,
+                             request.id, request.sector_number)
+        pos = offset + _SEGMENTS_OFFSET
+        for seg in segs:
+            _SEGMENT.pack_into(buffer, pos, seg.gref, seg.first_sect, seg.last_sect)
+            pos += SEGMENT_SIZE
+    elif isinstance(request, DiscardRequest):
+        _check_u64("nr_sectors", request.nr_sectors)
+        _DISCARD.pack_into(buffer, offset, Op.DISCARD, DISCARD_SECURE if request.secure else 0,
+                           request.handle, request.id, request.sector_number,
+                           request.nr_sectors)
+    else:
+        grefs = request.indirect_grefs
+        if len(grefs) > MAX_INDIRECT_PAGES_PER_REQUEST:
+            raise ValueError(f"{len(grefs)} indirect pages (max "
+                             f"{MAX_INDIRECT_PAGES_PER_REQUEST})")
+        padded = grefs + (0,) * (MAX_INDIRECT_PAGES_PER_REQUEST - len(grefs))
+        _INDIRECT.pack_into(buffer, offset, Op.INDIRECT, request.indirect_op,
+                            request.nr_segments, request.id, request.sector_number,
+                            request.handle, *padded)
+
+
+def encode_request(request: Request) -> bytes:
+    """`request` as a whole zero-padded 112-byte slot."""
+    out = bytearray(REQUEST_SIZE)
+    encode_request_into(out, 0, request)
+    return bytes(out)
+
+
+def encode_segments_into(buffer: bytearray | memoryview, offset: int,
+                         segments: tuple[Segment, ...] | list[Segment]) -> None:
+    """Write `segments` as a ``blkif_request_segment`` array (an indirect page) at `offset`."""
+    pos = offset
+    for seg in segments:
+        _SEGMENT.pack_into(buffer, pos, seg.gref, seg.first_sect, seg.last_sect)
+        pos += SEGMENT_SIZE
+
+
+def encode_response_into(buffer: bytearray | memoryview, offset: int, id: int, operation: int,
+                         status: int) -> None:
+    """Write one whole 16-byte response at `offset`; ``pack_into`` covers every byte, padding
+    included, so nothing stale is left in the slot's response part."""
+    _RESPONSE.pack_into(buffer, offset, id, operation, status)
+
+
+def encode_response(id: int, operation: int, status: int) -> bytes:
+    """A whole zero-padded 16-byte response."""
+    return _RESPONSE.pack(id, operation, status)
+
+
+__all__ = (
+    "DISCARD_SECURE",
+    "MAX_INDIRECT_PAGES_PER_REQUEST",
+    "MAX_SEGMENTS_PER_REQUEST",
+    "OFFSETS",
+    "PAGE_SIZE",
+    "PROTOCOL_X86_64",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "SECTORS_PER_PAGE",
+    "SECTOR_SIZE",
+    "SEGMENTS_PER_INDIRECT_PAGE",
+    "SEGMENT_SIZE",
+    "SIZES",
+    "VDISK_CDROM",
+    "VDISK_READONLY",
+    "VDISK_REMOVABLE",
+    "DiscardRequest",
+    "IndirectRequest",
+    "InvalidRequest",
+    "Op",
+    "ReadWriteRequest",
+    "Request",
+    "Response",
+    "Segment",
+    "Status",
+    "encode_request",
+    "encode_request_into",
+    "encode_response",
+    "encode_response_into",
+    "encode_segments_into",
+    "indirect_pages_for",
+    "parse_indirect_segments",
+    "parse_request",
+    "parse_response",
+)
