@@ -1,0 +1,373 @@
+"""The XenbusState handshake of a split device, as data.
+
+Theory of operation
+-------------------
+Each end of a split device publishes its state as a decimal string in ``<its dir>/state``
+(xen/include/public/io/xenbus.h) and watches the other end's.  io/blkif.h draws the dance::
+
+    frontend                     backend
+    Initialising                 Initialising -> InitWait   (features published)
+    Initialising -> Initialised  (ring + event channel published)
+                                 InitWait -> Connected      (ring mapped)
+    Initialised -> Connected
+    ... Closing -> Closed on either side when unplugging or on error
+
+Two tables encode it:
+
+* `MOVES[role][state]` -- the states a role may move its *own* node to from `state`.  A driver
+  that asks for anything else gets `LocalProtocolError`.  Every state may fall to Closing or
+  Closed (errors and unplug), Closed may go back to Initialising (a reconnect), and any state may
+  start over at Initialising when the peer died or restarted (`Handshake.restart`).
+* `REACTIONS[role][peer_state][own_state]` -- what a role should do when it sees the peer in
+  `peer_state` while it is itself in `own_state`: nothing, set up its side of the connection,
+  finish connecting, close, restart after a peer restart, or give up because the peer is gone.
+
+Watches coalesce and blkif.h lets either side skip states (a frontend may go to Initialised
+without waiting for InitWait; a backend may bypass InitWait), so a peer's move from A to B is
+accepted whenever B is *reachable* from A in the peer's `MOVES` graph, and the reactions say to
+do the work of any skipped state as well.  Values that are not a decimal state 0..8 and moves the
+peer's role can never make are `RemoteProtocolError`; after one the `Handshake` is poisoned.
+
+`Handshake` is the sans-I/O engine over these tables: it never touches the store.  The caller
+writes what `move()` returns to its own ``state`` node and feeds what it reads from the peer's
+``state`` node (or None when the node is missing) to `observe()`, which answers a `Reaction`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NoReturn
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = (
+    "MOVES",
+    "REACHABLE",
+    "REACTIONS",
+    "Handshake",
+    "Reaction",
+    "Role",
+    "XenbusState",
+    "parse_state",
+)
+
+
+class XenbusState(enum.IntEnum):
+    """``enum xenbus_state`` from xen/include/public/io/xenbus.h."""
+
+    UNKNOWN = 0
+    INITIALISING = 1
+    INIT_WAIT = 2
+    """Early initialisation done; waiting for the peer (or hotplug scripts)."""
+    INITIALISED = 3
+    """Our half is published; waiting for the peer to connect."""
+    CONNECTED = 4
+    CLOSING = 5
+    """Being closed because of an error or an unplug."""
+    CLOSED = 6
+    RECONFIGURING = 7
+    RECONFIGURED = 8
+
+    @property
+    def xen_name(self) -> str:
+        """The C enumerator's name, e.g. ``XenbusStateInitWait``."""
+        return "XenbusState" + "".join(part.capitalize() for part in self.name.split("_"))
+
+    def to_wire(self) -> str:
+        """The decimal string stored in a ``state`` node."""
+        return str(int(self))
+
+
+class Role(enum.Enum):
+    """Which end of the split device a handshake belongs to."""
+
+    FRONTEND = "frontend"
+    BACKEND = "backend"
+
+    @property
+    def peer(self) -> Role:
+        """The other end."""
+        return Role.BACKEND if self is Role.FRONTEND else Role.FRONTEND
+
+
+class Reaction(enum.Enum):
+    """What to do after observing the peer's state (see `REACTIONS`)."""
+
+    NONE = "none"
+    """Nothing yet; keep watching."""
+    CONNECT = "connect"
+    """Do this side's connection work.  Frontend: read the backend's features, share the ring,
+    publish ring-ref / event-channel, move to Initialised.  Backend: read the frontend's ring
+    details, map the ring, bind the event channel, move to Connected."""
+    FINISH = "finish"
+    """Frontend only: the backend is Connected; read its device properties, move to Connected."""
+    CLOSE = "close"
+    """The peer is closing or closed: stop using the ring, unmap, move to Closing then Closed."""
+    RESTART = "restart"
+    """The peer restarted its side: drop any old connection and start this side's half again."""
+    GONE = "gone"
+    """The peer's state node disappeared: tear down; the device is being removed."""
+
+
+S = XenbusState
+_ANY_TO_CLOSE = frozenset({S.CLOSING, S.CLOSED})
+
+_FRONTEND_MOVES: dict[XenbusState, frozenset[XenbusState]] = {
+    S.UNKNOWN: frozenset({S.INITIALISING}) | _ANY_TO_CLOSE,
+    S.INITIALISING: frozenset({S.INITIALISED, S.CONNECTED}) | _ANY_TO_CLOSE,
+    S.INIT_WAIT: _ANY_TO_CLOSE,
+    S.INITIALISED: frozenset({S.CONNECTED}) | _ANY_TO_CLOSE,
+    S.CONNECTED: frozenset({S.RECONFIGURING}) | _ANY_TO_CLOSE,
+    S.CLOSING: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset({S.INITIALISING}),
+    S.RECONFIGURING: frozenset({S.RECONFIGURED}) | _ANY_TO_CLOSE,
+    S.RECONFIGURED: frozenset({S.CONNECTED}) | _ANY_TO_CLOSE,
+}
+
+_BACKEND_MOVES: dict[XenbusState, frozenset[XenbusState]] = {
+    S.UNKNOWN: frozenset({S.INITIALISING}) | _ANY_TO_CLOSE,
+    S.INITIALISING: frozenset({S.INIT_WAIT, S.INITIALISED, S.CONNECTED}) | _ANY_TO_CLOSE,
+    S.INIT_WAIT: frozenset({S.INITIALISED, S.CONNECTED}) | _ANY_TO_CLOSE,
+    S.INITIALISED: frozenset({S.CONNECTED}) | _ANY_TO_CLOSE,
+    S.CONNECTED: frozenset({S.RECONFIGURING}) | _ANY_TO_CLOSE,
+    S.CLOSING: frozenset({S.CLOSED}),
+    # Linux's blkback goes straight from Closed to InitWait when the frontend comes back.
+    S.CLOSED: frozenset({S.INITIALISING, S.INIT_WAIT}),
+    S.RECONFIGURING: frozenset({S.RECONFIGURED}) | _ANY_TO_CLOSE,
+    S.RECONFIGURED: frozenset({S.CONNECTED}) | _ANY_TO_CLOSE,
+}
+
+MOVES: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProxyType(
+    {
+        Role.FRONTEND: MappingProxyType(_FRONTEND_MOVES),
+        Role.BACKEND: MappingProxyType(_BACKEND_MOVES),
+    }
+)
+"""`MOVES[role][state]`: the states `role` may write to its own node while in `state`."""
+
+
+def _reachable(moves: Mapping[XenbusState, frozenset[XenbusState]]) -> dict[
+    XenbusState, frozenset[XenbusState]
+]:
+    closure: dict[XenbusState, frozenset[XenbusState]] = {}
+    for start in XenbusState:
+        # Any state may restart at Initialising (see `Handshake.restart`).
+        seen: set[XenbusState] = {start, S.INITIALISING}
+        todo = [start, S.INITIALISING]
+        while todo:
+            for nxt in moves[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        closure[start] = frozenset(seen)
+    return closure
+
+
+REACHABLE: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProxyType(
+    {role: MappingProxyType(_reachable(MOVES[role])) for role in Role}
+)
+"""`REACHABLE[role][a]`: every state `role` can be in after `a` (itself included), given that
+watches coalesce and states may be skipped.  A peer observed outside this set broke the
+protocol."""
+
+
+def _table(
+    rows: Mapping[XenbusState, Mapping[XenbusState, Reaction]],
+) -> Mapping[XenbusState, Mapping[XenbusState, Reaction]]:
+    full = {
+        peer: MappingProxyType({own: rows.get(peer, {}).get(own, Reaction.NONE) for own in S})
+        for peer in S
+    }
+    return MappingProxyType(full)
+
+
+_NOT_YET_CONNECTED = (S.UNKNOWN, S.INITIALISING, S.INIT_WAIT, S.INITIALISED)
+_LIVE = (*_NOT_YET_CONNECTED, S.CONNECTED, S.RECONFIGURING, S.RECONFIGURED)
+
+
+def _close_rows() -> dict[XenbusState, dict[XenbusState, Reaction]]:
+    # The peer closing, closed or gone tears down every live or half-closed state of ours.
+    return {
+        S.CLOSING: {own: Reaction.CLOSE for own in (*_LIVE, S.CLOSING)},
+        S.CLOSED: {own: Reaction.CLOSE for own in (*_LIVE, S.CLOSING)},
+        S.UNKNOWN: {own: Reaction.GONE for own in S},
+    }
+
+
+def _frontend_reactions() -> dict[XenbusState, dict[XenbusState, Reaction]]:
+    rows = _close_rows()
+    # The backend is ready for our ring (InitWait), or skipped InitWait (Initialised: defaults).
+    for ready in (S.INIT_WAIT, S.INITIALISED):
+        rows[ready] = {
+            S.UNKNOWN: Reaction.CONNECT,
+            S.INITIALISING: Reaction.CONNECT,
+            # We were connected or closed and the backend is back at the start: it restarted.
+            S.CONNECTED: Reaction.RESTART,
+            S.CLOSED: Reaction.RESTART,
+        }
+    rows[S.CONNECTED] = {
+        # The backend raced ahead (we skipped the InitWait we would have reacted to).
+        S.UNKNOWN: Reaction.CONNECT,
+        S.INITIALISING: Reaction.CONNECT,
+        S.INITIALISED: Reaction.FINISH,
+        S.RECONFIGURED: Reaction.FINISH,
+    }
+    # A backend seen back at Initialising after we connected has restarted.
+    rows[S.INITIALISING] = {S.CONNECTED: Reaction.RESTART}
+    return rows
+
+
+def _backend_reactions() -> dict[XenbusState, dict[XenbusState, Reaction]]:
+    rows = _close_rows()
+    # The frontend published its ring: connect.
+    for ready in (S.INITIALISED, S.CONNECTED):
+        rows[ready] = {own: Reaction.CONNECT for own in _NOT_YET_CONNECTED}
+    # The frontend came back to the start after we closed, or restarted while we were connected.
+    rows[S.INITIALISING] = {S.CLOSED: Reaction.RESTART, S.CONNECTED: Reaction.RESTART}
+    return rows
+
+
+REACTIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, Reaction]]] = (
+    MappingProxyType(
+        {
+            Role.FRONTEND: _table(_frontend_reactions()),
+            Role.BACKEND: _table(_backend_reactions()),
+        }
+    )
+)
+"""`REACTIONS[role][peer_state][own_state]`: what `role` does on seeing the peer in
+`peer_state`.  Missing combinations mean `Reaction.NONE`."""
+
+
+def parse_state(raw: str | bytes | None) -> XenbusState:
+    """Parse a peer's ``state`` node.  None (node missing) or an empty value is UNKNOWN.
+
+    Raises:
+        RemoteProtocolError: not a decimal number 0..8.
+    """
+    if raw is None:
+        return S.UNKNOWN
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(f"xenbus state {raw!r} is not ASCII") from None
+    text = raw.strip("\0")
+    if text == "":
+        return S.UNKNOWN
+    if not (text.isascii() and text.isdigit()) or len(text) > 2:
+        raise RemoteProtocolError(f"xenbus state {raw!r} is not a decimal 0..8")
+    value = int(text)
+    if value > max(S):
+        raise RemoteProtocolError(f"xenbus state {value} is out of range 0..{int(max(S))}")
+    return S(value)
+
+
+class Handshake:
+    """One end's view of the handshake: its own state and the last state seen of the peer.
+
+    `move()` validates this side's transitions (LocalProtocolError); `observe()` validates the
+    peer's (RemoteProtocolError, after which every call raises) and answers the `Reaction`.
+    """
+
+    def __init__(
+        self, role: Role, state: XenbusState = S.UNKNOWN, peer_state: XenbusState = S.UNKNOWN
+    ) -> None:
+        self.role = role
+        self._state = state
+        self._peer_state = peer_state
+        self._peer_seen = peer_state is not S.UNKNOWN
+        self._poison: RemoteProtocolError | None = None
+
+    @property
+    def state(self) -> XenbusState:
+        """This side's current state."""
+        return self._state
+
+    @property
+    def peer_state(self) -> XenbusState:
+        """The peer's last observed state (UNKNOWN before the first observation)."""
+        return self._peer_state
+
+    def _check_poison(self) -> None:
+        if self._poison is not None:
+            raise RemoteProtocolError(
+                f"handshake unusable after an earlier peer error: {self._poison}"
+            ) from self._poison
+
+    def can_move(self, to: XenbusState) -> bool:
+        """Whether `move(to)` would be accepted."""
+        return to == self._state or to in MOVES[self.role][self._state]
+
+    def move(self, to: XenbusState) -> XenbusState:
+        """Move this side to `to` (writing the same state again is a no-op) and return it; the
+        caller writes ``to.to_wire()`` to its ``state`` node.
+
+        Raises:
+            LocalProtocolError: the role may not go from its current state to `to`.
+            RemoteProtocolError: the handshake was poisoned by an earlier peer error.
+        """
+        self._check_poison()
+        to = XenbusState(to)
+        if not self.can_move(to):
+            allowed = ", ".join(s.xen_name for s in sorted(MOVES[self.role][self._state]))
+            raise LocalProtocolError(
+                f"{self.role.value} may not move from {self._state.xen_name} to {to.xen_name}"
+                f" (allowed: {allowed})"
+            )
+        self._state = to
+        return to
+
+    def restart(self) -> XenbusState:
+        """Start this side over at Initialising, from any state, as a freshly started process
+        would; used after the peer died or restarted.  Writing Closed instead would tell a
+        restarted peer to close.  Returns the state to write.
+
+        Raises:
+            RemoteProtocolError: the handshake was poisoned by an earlier peer error.
+        """
+        self._check_poison()
+        self._state = S.INITIALISING
+        return self._state
+
+    def observe(self, raw: str | bytes | XenbusState | None) -> Reaction:
+        """Take in the peer's ``state`` node value (None: the node is missing) and answer what
+        this side should do now.
+
+        Raises:
+            RemoteProtocolError: a malformed value, or a move the peer's role can never make.
+        """
+        self._check_poison()
+        new = raw if isinstance(raw, XenbusState) else self._parse(raw)
+        old = self._peer_state
+        if self._peer_seen and new is not S.UNKNOWN and new not in REACHABLE[self.role.peer][old]:
+            self._fail(
+                f"{self.role.peer.value} moved from {old.xen_name} to {new.xen_name}, which its "
+                "role can never do"
+            )
+        if new is not S.UNKNOWN:
+            self._peer_seen = True
+        elif not self._peer_seen:
+            # The peer has not written its node yet: nothing to react to.
+            return Reaction.NONE
+        self._peer_state = new
+        return self.reaction()
+
+    def reaction(self) -> Reaction:
+        """The reaction for the current (own, peer) pair; call again after each own move."""
+        self._check_poison()
+        if not self._peer_seen:
+            return Reaction.NONE
+        return REACTIONS[self.role][self._peer_state][self._state]
+
+    def _parse(self, raw: str | bytes | None) -> XenbusState:
+        try:
+            return parse_state(raw)
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+
+    def _fail(self, message: str) -> NoReturn:
+        self._poison = RemoteProtocolError(message)
+        raise self._poison
