@@ -279,6 +279,7 @@ class Handshake:
         self._state = state
         self._peer_state = peer_state
         self._peer_seen = peer_state is not S.UNKNOWN
+        self._peer_stale = False
         self._poison: RemoteProtocolError | None = None
 
     @property
@@ -332,6 +333,13 @@ class Handshake:
         self._state = S.INITIALISING
         return self._state
 
+    def peer_lost(self) -> None:
+        """Note that the peer's process died (unmap-notify, its event channel closed) without
+        updating its ``state`` node: that node is stale, so the reactions wait (NONE) until the
+        peer -- restarted -- writes a different state.  Without this, a frontend would "connect"
+        to a dead backend whose node still says Connected."""
+        self._peer_stale = self._peer_seen
+
     def observe(self, raw: str | bytes | XenbusState | None) -> Reaction:
         """Take in the peer's ``state`` node value (None: the node is missing) and answer what
         this side should do now.
@@ -347,6 +355,9 @@ class Handshake:
                 f"{self.role.peer.value} moved from {old.xen_name} to {new.xen_name}, which its "
                 "role can never do"
             )
+        if self._peer_stale and new == old:
+            return Reaction.NONE
+        self._peer_stale = False
         if new is not S.UNKNOWN:
             self._peer_seen = True
         elif not self._peer_seen:
@@ -358,7 +369,7 @@ class Handshake:
     def reaction(self) -> Reaction:
         """The reaction for the current (own, peer) pair; call again after each own move."""
         self._check_poison()
-        if not self._peer_seen:
+        if not self._peer_seen or self._peer_stale:
             return Reaction.NONE
         return REACTIONS[self.role][self._peer_state][self._state]
 

@@ -187,3 +187,14 @@ def test_handshake_converges_under_any_watch_coalescing(
         if not (step(front, back) | step(back, front)):
             break
     assert (front.state, back.state) == (S.CONNECTED, S.CONNECTED)
+
+
+def test_stale_peer_state_after_peer_death_is_ignored() -> None:
+    front = Handshake(Role.FRONTEND, S.CONNECTED, S.CONNECTED)
+    front.peer_lost()
+    front.restart()
+    # The dead backend's node still says Connected: do not "finish" against it.
+    assert front.reaction() is Reaction.NONE
+    assert front.observe("4") is Reaction.NONE
+    # A restarted backend writes a fresh state.
+    assert front.observe("2") is Reaction.CONNECT
