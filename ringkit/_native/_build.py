@@ -4,11 +4,13 @@ setup.py names it in ``cffi_modules``; `python ringkit/_native/_build.py` builds
 a development checkout.  The C is a handful of one-line functions: shared-memory loads, stores,
 fences and atomic byte operations that Python cannot express without tearing or reordering.
 Everything takes a base pointer and a byte offset, so that the Python side binds each function
-once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).
+once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).  Bulk
+copies need no C here: cffi's own ``ffi.memmove`` is a plain memmove and accepts Python buffers.
 
-Fences follow Linux's x86-64 mb/rmb/wmb as Xen's io/ring.h expects (mfence, lfence, sfence would
-be stronger than needed for rmb/wmb: x86 is TSO, so read/write barriers are compiler barriers);
-other architectures use the GCC ``__atomic_thread_fence`` builtins.
+Fences are the ones Xen's io/ring.h asks for, as Linux's virt_mb/virt_rmb/virt_wmb implement
+them on x86-64: ``mfence`` for the full fence, compiler barriers for the read and write fences
+(x86 is TSO: loads are not reordered with loads, nor stores with stores).  Other architectures
+use the GCC ``__atomic_thread_fence`` builtins (seq_cst, acquire, release).
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ uint8_t rk_fetch_and8(uint8_t *base, size_t offset, uint8_t mask);
 void rk_full_fence(void);
 void rk_read_fence(void);
 void rk_write_fence(void);
-void rk_copy_out(const uint8_t *base, size_t offset, uint8_t *dst, size_t length);
-void rk_copy_in(uint8_t *base, size_t offset, const uint8_t *src, size_t length);
 void rk_zero(uint8_t *base, size_t offset, size_t length);
 """
 
@@ -63,16 +63,6 @@ static void rk_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static void rk_read_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 static void rk_write_fence(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 #endif
-
-static void rk_copy_out(const uint8_t *base, size_t offset, uint8_t *dst, size_t length)
-{
-    memcpy(dst, base + offset, length);
-}
-
-static void rk_copy_in(uint8_t *base, size_t offset, const uint8_t *src, size_t length)
-{
-    memcpy(base + offset, src, length);
-}
 
 static void rk_zero(uint8_t *base, size_t offset, size_t length)
 {
