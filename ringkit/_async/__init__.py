@@ -1,0 +1,5 @@
+"""anyio shells that drive the sans-I/O engines of `ringkit.proto` through a transport.
+
+- `ringkit._async.channel`  `FrontRingChannel` / `BackRingChannel`: object streams of ring slots
+- `ringkit._async.stream`   `PipeStream`: a byte stream over a console-style byte ring
+"""

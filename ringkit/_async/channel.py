@@ -1,0 +1,313 @@
+"""`RingChannel`: an anyio object stream over one io/ring.h ring and its event channel.
+
+Theory of operation
+-------------------
+The sans-I/O halves (`ringkit.proto.ring.FrontRing` / `BackRing`) hold the indices and answer
+"notify the peer?" / "anything pending?".  This shell does the waiting and the doorbells:
+
+* **receive** drains whatever the ring holds; when it is empty it does ring.h's *final check*
+  (publish "wake me at the next item", fence, look again) and only then sleeps on the event
+  channel.  Spurious and coalesced events are harmless: every wake-up looks at the ring again.
+* **send** puts one slot (or a batch) and pushes; the peer's doorbell rings only when the
+  engine's hold-off rule says the peer asked for it.
+* A frontend's `send` waits for a free slot, which appears when a response is received: some
+  task must be receiving responses while others send.
+
+Only one task may receive at a time and only one may send at a time (`anyio.BusyResourceError`
+otherwise).  A hostile peer (`RemoteProtocolError` from the engine) or a dead one
+(`PeerGoneError` from the event channel) surfaces as `anyio.BrokenResourceError` chained
+``from`` that error, after which the channel stays broken.  Items are whole slots as bytes:
+requests and responses are encoded and parsed by the driver (copied out of the page once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ObjectStream
+
+from .._errors import EventChannelError, PeerGoneError, RemoteProtocolError
+from ..abc import EventChannel
+from ..proto.ring import BackRing, FrontRing
+
+__all__ = ("BackRingChannel", "FrontRingChannel", "RingChannel")
+
+Msg = bytes | bytearray | memoryview
+
+
+class RingChannel(ObjectStream[bytearray]):
+    """Common part of `FrontRingChannel` and `BackRingChannel`."""
+
+    def __init__(self, engine: FrontRing | BackRing, event: EventChannel) -> None:
+        self._engine = engine
+        self._event = event
+        self._closed = False
+        self._eof_sent = False
+        self._broken: BaseException | None = None
+        self._receiving = False
+        self._sending = False
+        self._space = anyio.Event()
+
+    @property
+    def engine(self) -> FrontRing | BackRing:
+        """The sans-I/O ring half (for introspection: entries, indices, error)."""
+        return self._engine
+
+    @property
+    def event(self) -> EventChannel:
+        """The event channel this ring's doorbells go through."""
+        return self._event
+
+    # ------------------------------------------------------------------ engine hooks
+
+    def _take(self) -> bytearray | None:
+        raise NotImplementedError
+
+    def _take_into(self, buf: bytearray, max_count: int) -> int:
+        raise NotImplementedError
+
+    def _final_check(self) -> bool:
+        raise NotImplementedError
+
+    def _room(self) -> int:
+        raise NotImplementedError
+
+    def _put(self, msg: Msg) -> None:
+        raise NotImplementedError
+
+    def _push(self) -> bool:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state checks
+
+    def _check(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._broken is not None:
+            raise anyio.BrokenResourceError from self._broken
+
+    def _break(self, exc: BaseException) -> anyio.BrokenResourceError:
+        if self._broken is None:
+            self._broken = exc
+        self._space.set()
+        err = anyio.BrokenResourceError(str(exc))
+        err.__cause__ = exc
+        return err
+
+    def _notify(self) -> None:
+        try:
+            self._event.notify()
+        except EventChannelError as exc:
+            raise self._break(exc) from exc
+
+    def _wake_senders(self) -> None:
+        self._space.set()
+        self._space = anyio.Event()
+
+    # ------------------------------------------------------------------ receive
+
+    def receive_nowait(self) -> bytearray:
+        """The next item if one is pending, else `anyio.WouldBlock`.
+
+        Raises:
+            anyio.WouldBlock: nothing pending.
+            anyio.BrokenResourceError: the peer broke the protocol (chained from it).
+            anyio.ClosedResourceError: closed locally.
+        """
+        self._check()
+        try:
+            item = self._take()
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if item is None:
+            raise anyio.WouldBlock
+        self._wake_senders()
+        return item
+
+    def receive_batch_nowait(self, max_count: int = 64) -> list[bytearray]:
+        """Up to `max_count` pending items (possibly none), each a private copy."""
+        self._check()
+        slot = self._engine.layout.slot_size
+        buf = bytearray(slot * max_count)
+        try:
+            count = self._take_into(buf, max_count)
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if count:
+            self._wake_senders()
+        size = self._item_size()
+        return [buf[i * slot : i * slot + size] for i in range(count)]
+
+    def _item_size(self) -> int:
+        raise NotImplementedError
+
+    async def _wait_for_items(self) -> None:
+        """Sleep until the peer may have produced something (after the final check)."""
+        try:
+            if self._final_check():
+                return
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        try:
+            await self._event.wait()
+        except PeerGoneError as exc:
+            raise self._break(exc) from exc
+
+    async def receive(self) -> bytearray:
+        """The next item, waiting for the peer as needed.
+
+        Raises:
+            anyio.BrokenResourceError: the peer broke the protocol or went away.
+            anyio.ClosedResourceError: closed locally.
+            anyio.BusyResourceError: another task is already receiving.
+        """
+        return (await self.receive_batch(1))[0]
+
+    async def receive_batch(self, max_count: int = 64) -> list[bytearray]:
+        """At least one and up to `max_count` items, waiting for the first as needed."""
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            while True:
+                items = self.receive_batch_nowait(max_count)
+                if items:
+                    return items
+                await self._wait_for_items()
+        finally:
+            self._receiving = False
+
+    # ------------------------------------------------------------------ send
+
+    def send_nowait(self, item: Msg) -> None:
+        """Put `item` into the ring and push it (notifying the peer if it asked).
+
+        Raises:
+            anyio.WouldBlock: no free slot (frontend: wait for responses to be received).
+            LocalProtocolError: the item is too long, or (backend) no request awaits a response.
+        """
+        self.send_batch_nowait((item,))
+
+    def send_batch_nowait(self, items: Iterable[Msg]) -> int:
+        """Put as many of `items` as fit, then push once; return how many were sent."""
+        self._check()
+        if self._eof_sent:
+            raise anyio.ClosedResourceError
+        sent = 0
+        try:
+            for item in items:
+                if self._room() == 0:
+                    if sent == 0:
+                        raise anyio.WouldBlock
+                    break
+                self._put(item)
+                sent += 1
+            notify = sent > 0 and self._push()
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if notify:
+            self._notify()
+        return sent
+
+    async def send(self, item: Msg) -> None:
+        """Send one item, waiting for a free slot if needed."""
+        await self.send_batch((item,))
+
+    async def send_batch(self, items: Iterable[Msg]) -> None:
+        """Send all `items`, pushing once per run of items that fit."""
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            pending = list(items)
+            while pending:
+                space = self._space
+                try:
+                    sent = self.send_batch_nowait(pending)
+                except anyio.WouldBlock:
+                    sent = 0
+                del pending[:sent]
+                if pending:
+                    await space.wait()
+                    self._check()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Refuse further sends on this side (rings have no end-of-stream marker)."""
+        self._eof_sent = True
+
+    async def aclose(self) -> None:
+        """Stop using the ring and release the shared buffer; the event channel and the pages
+        belong to whoever opened them and are closed by them."""
+        if not self._closed:
+            self._closed = True
+            self._space.set()
+            self._engine.release()
+        await anyio.lowlevel.checkpoint()
+
+
+class FrontRingChannel(RingChannel):
+    """Frontend side: `send` requests, `receive` responses."""
+
+    _engine: FrontRing
+
+    def __init__(self, engine: FrontRing, event: EventChannel) -> None:
+        super().__init__(engine, event)
+
+    def _take(self) -> bytearray | None:
+        return self._engine.take_response()
+
+    def _take_into(self, buf: bytearray, max_count: int) -> int:
+        return self._engine.take_responses_into(buf, max_count)
+
+    def _item_size(self) -> int:
+        return self._engine.layout.response_size
+
+    def _final_check(self) -> bool:
+        return self._engine.final_check_for_responses()
+
+    def _room(self) -> int:
+        return self._engine.free_requests()
+
+    def _put(self, msg: Msg) -> None:
+        self._engine.put_request(msg)
+
+    def _push(self) -> bool:
+        return self._engine.push_requests()
+
+
+class BackRingChannel(RingChannel):
+    """Backend side: `receive` requests, `send` responses (one per consumed request)."""
+
+    _engine: BackRing
+
+    def __init__(self, engine: BackRing, event: EventChannel) -> None:
+        super().__init__(engine, event)
+
+    def _take(self) -> bytearray | None:
+        return self._engine.take_request()
+
+    def _take_into(self, buf: bytearray, max_count: int) -> int:
+        return self._engine.take_requests_into(buf, max_count)
+
+    def _item_size(self) -> int:
+        return self._engine.layout.request_size
+
+    def _final_check(self) -> bool:
+        return self._engine.final_check_for_requests()
+
+    def _room(self) -> int:
+        # Never "full": a response without a consumed request is the caller's bug, which
+        # put_response reports as LocalProtocolError instead of waiting forever.
+        return 1
+
+    def _put(self, msg: Msg) -> None:
+        self._engine.put_response(msg)
+
+    def _push(self) -> bool:
+        return self._engine.push_responses()

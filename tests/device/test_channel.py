@@ -1,0 +1,120 @@
+"""RingChannel: the anyio shell over FrontRing/BackRing, with in-process event channels."""
+
+from __future__ import annotations
+
+import struct
+
+import anyio
+import pytest
+
+from ringkit import LocalProtocolError, PeerGoneError, RemoteProtocolError
+from ringkit._async.channel import BackRingChannel, FrontRingChannel
+from ringkit.proto.layout import SRING_REQ_PROD, RingLayout
+from ringkit.proto.ring import BackRing, FrontRing
+
+from .fakes import FakeEventChannel
+
+LAYOUT = RingLayout("test", request_size=16, response_size=8)
+
+pytestmark = pytest.mark.anyio
+
+
+def make_pair() -> tuple[FrontRingChannel, BackRingChannel, bytearray]:
+    page = bytearray(4096)
+    fe_evt, be_evt = FakeEventChannel.pair()
+    front = FrontRingChannel(FrontRing.init(page, LAYOUT), fe_evt)
+    back = BackRingChannel(BackRing.attach(page, LAYOUT), be_evt)
+    return front, back, page
+
+
+async def test_round_trip_many_more_than_ring_entries() -> None:
+    front, back, _ = make_pair()
+    count = front.engine.entries * 5 + 3
+    got: list[int] = []
+
+    async def serve() -> None:
+        for _ in range(count):
+            for req in await back.receive_batch(7):
+                (n,) = struct.unpack_from("<Q", req)
+                await back.send(struct.pack("<Q", n * 2))
+
+    async def collect() -> None:
+        while len(got) < count:
+            rsp = await front.receive()
+            got.append(struct.unpack("<Q", rsp)[0])
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            tg.start_soon(collect)
+            for i in range(count):
+                await front.send(struct.pack("<Q", i))
+            # stop the server once all responses are in
+            while len(got) < count:
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+    assert got == [2 * i for i in range(count)]
+
+
+async def test_batches_push_once() -> None:
+    front, back, _ = make_pair()
+    await front.send_batch([struct.pack("<Q", i) for i in range(10)])
+    assert front.event.notifies == 1  # type: ignore[attr-defined]
+    reqs = await back.receive_batch(100)
+    assert [struct.unpack_from("<Q", r)[0] for r in reqs] == list(range(10))
+    assert all(len(r) == LAYOUT.request_size for r in reqs)
+
+
+async def test_full_ring_send_nowait_would_block() -> None:
+    front, _, _ = make_pair()
+    for i in range(front.engine.entries):
+        front.send_nowait(struct.pack("<Q", i))
+    with pytest.raises(anyio.WouldBlock):
+        front.send_nowait(b"x")
+
+
+async def test_hostile_request_producer_breaks_backend_channel() -> None:
+    _, back, page = make_pair()
+    struct.pack_into("<I", page, SRING_REQ_PROD, 10_000)
+    with pytest.raises(anyio.BrokenResourceError) as info:
+        with anyio.fail_after(5):
+            await back.receive()
+    assert isinstance(info.value.__cause__, RemoteProtocolError)
+    assert "req_prod=10000" in str(info.value.__cause__)
+    with pytest.raises(anyio.BrokenResourceError):  # stays broken
+        back.receive_nowait()
+
+
+async def test_peer_gone_breaks_waiting_receiver() -> None:
+    front, back, _ = make_pair()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def close_front() -> None:
+                await anyio.sleep(0.01)
+                await front.event.aclose()
+
+            tg.start_soon(close_front)
+            with pytest.raises(anyio.BrokenResourceError) as info:
+                await back.receive()
+    assert isinstance(info.value.__cause__, PeerGoneError)
+
+
+async def test_response_without_request_is_local_error() -> None:
+    _, back, _ = make_pair()
+    with pytest.raises(LocalProtocolError):
+        await back.send(b"12345678")
+
+
+async def test_two_receivers_conflict_and_close() -> None:
+    front, back, _ = make_pair()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(back.receive)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await back.receive()
+            await front.send(b"hello")
+    await back.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        back.receive_nowait()
