@@ -1,0 +1,1 @@
+"""The real Xen transport: Linux /dev/xen/{gntalloc,gntdev,evtchn} and xenstore."""
