@@ -1,0 +1,181 @@
+"""Serving one blkif request: validate, map, do the I/O, decide the response.
+
+`BlockService` is the transport-free heart of the block backend.  It gets a private copy of a
+ring slot and returns the ``(id, operation, status)`` to answer with; the ring plumbing around
+it (`backends.block.device`) only moves slots and responses.  Requests are served one after
+the other in ring order, so a response is sent only once its data is in the image (a WRITE is
+acknowledged after ``pwritev`` returned) and a FLUSH_DISKCACHE or WRITE_BARRIER covers every
+write answered before it.
+
+What the frontend can get wrong and what it gets back, following xen-blkback:
+
+* unknown operation, or INDIRECT when not offered          -> BLKIF_RSP_EOPNOTSUPP
+* segment count 0 or > 11 (direct) / > advertised (indirect), a segment's sector range outside
+  0..7 or reversed, sectors past the end of the disk, a grant that cannot be mapped, a write of
+  any kind to a read-only disk, an I/O error                -> BLKIF_RSP_ERROR
+
+None of these poisons the device; hostile ring indices do (that is the ring engine's job).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ringkit._errors import GrantError, TransportError
+from ringkit.proto import blkif
+from ringkit.proto.blkif import InvalidRequest, Op, Status
+
+from .grants import SegmentMapper
+from .image import Image
+
+log = logging.getLogger(__name__)
+
+_WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """What this backend offers (and advertises in xenstore)."""
+
+    max_indirect_segments: int = 256
+    """``feature-max-indirect-segments``; 0 disables indirect requests."""
+    discard: bool = True
+    """``feature-discard`` (punch hole)."""
+    flush: bool = True
+    """``feature-flush-cache``."""
+    barrier: bool = True
+    """``feature-barrier``."""
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Counters, for tests and the benchmark."""
+
+    requests: int = 0
+    errors: int = 0
+    unsupported: int = 0
+    sectors_read: int = 0
+    sectors_written: int = 0
+    flushes: int = 0
+    discards: int = 0
+
+
+class BlockService:
+    """Serves blkif requests from one frontend against one `Image`."""
+
+    def __init__(self, image: Image, mapper: SegmentMapper, config: ServiceConfig) -> None:
+        self.image = image
+        self.mapper = mapper
+        self.config = config
+        self.stats = ServiceStats()
+        self._max_indirect = min(
+            config.max_indirect_segments,
+            blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
+
+    async def handle(self, slot: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+        """Serve the request in `slot` (a private copy) and return ``(id, operation, status)``
+        for its response.  Never raises for anything the frontend wrote."""
+        self.stats.requests += 1
+        try:
+            request = blkif.parse_request(slot, max_indirect_segments=self._max_indirect)
+            if isinstance(request, blkif.DiscardRequest):
+                await self._discard(request)
+                return request.id, Op.DISCARD, Status.OKAY
+            if isinstance(request, blkif.IndirectRequest):
+                segments = await self._indirect_segments(request)
+                await self._transfer(request.id, request.indirect_op, request.sector_number,
+                                     segments)
+                return request.id, request.indirect_op, Status.OKAY
+            await self._read_write(request)
+            return request.id, request.operation, Status.OKAY
+        except InvalidRequest as exc:
+            if exc.status == Status.EOPNOTSUPP:
+                self.stats.unsupported += 1
+            else:
+                self.stats.errors += 1
+            log.debug("blkif request %#x refused: %s", exc.id, exc.reason)
+            return exc.id, exc.operation, exc.status
+
+    async def _read_write(self, request: blkif.ReadWriteRequest) -> None:
+        op, rid = request.operation, request.id
+        if op == Op.FLUSH_DISKCACHE and not self.config.flush:
+            raise InvalidRequest(rid, op, Status.EOPNOTSUPP, "flush not offered")
+        if op == Op.WRITE_BARRIER and not self.config.barrier:
+            raise InvalidRequest(rid, op, Status.EOPNOTSUPP, "barrier not offered")
+        if op in _WRITES and self.image.readonly:
+            raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
+        if op == Op.WRITE_BARRIER:
+            # everything answered before is already in the file: make it durable first
+            self._io(rid, op, self.image.flush)
+        if request.segments:
+            await self._transfer(rid, op, request.sector_number, request.segments)
+        if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
+            self._io(rid, op, self.image.flush)
+            self.stats.flushes += 1
+
+    async def _indirect_segments(self, request: blkif.IndirectRequest
+                                 ) -> tuple[blkif.Segment, ...]:
+        op, rid = request.indirect_op, request.id
+        if op == Op.WRITE and self.image.readonly:
+            raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
+        try:
+            raw = await self.mapper.copy_out(request.indirect_grefs,
+                                             request.nr_segments * blkif.SEGMENT_SIZE)
+        except (GrantError, TransportError) as exc:
+            raise InvalidRequest(rid, op, Status.ERROR, f"indirect pages: {exc}") from exc
+        return blkif.parse_indirect_segments(raw, request)
+
+    async def _transfer(self, rid: int, op: int, sector: int,
+                        segments: tuple[blkif.Segment, ...]) -> None:
+        nr_sectors = sum(s.nr_sectors for s in segments)
+        if sector + nr_sectors > self.image.sectors:
+            raise InvalidRequest(rid, op, Status.ERROR,
+                                 f"sectors {sector}..{sector + nr_sectors - 1} beyond the end "
+                                 f"of the disk ({self.image.sectors} sectors)")
+        reading = op == Op.READ
+        try:
+            pageset = await self.mapper.map([s.gref for s in segments], writable=reading)
+        except (GrantError, TransportError) as exc:
+            raise InvalidRequest(rid, op, Status.ERROR, f"grant map failed: {exc}") from exc
+        try:
+            views = [page[s.offset:s.offset + s.length]
+                     for page, s in zip(pageset.pages, segments, strict=True)]
+            offset = sector * blkif.SECTOR_SIZE
+            if reading:
+                self._io(rid, op, self.image.read_into, views, offset)
+                self.stats.sectors_read += nr_sectors
+            else:
+                self._io(rid, op, self.image.write_from, views, offset)
+                self.stats.sectors_written += nr_sectors
+        finally:
+            await pageset.release()
+
+    async def _discard(self, request: blkif.DiscardRequest) -> None:
+        rid = request.id
+        if not self.config.discard:
+            raise InvalidRequest(rid, Op.DISCARD, Status.EOPNOTSUPP, "discard not offered")
+        if request.secure:
+            raise InvalidRequest(rid, Op.DISCARD, Status.EOPNOTSUPP, "secure discard not offered")
+        if self.image.readonly:
+            raise InvalidRequest(rid, Op.DISCARD, Status.ERROR, "discard on a read-only disk")
+        end = request.sector_number + request.nr_sectors
+        if end > self.image.sectors:
+            raise InvalidRequest(rid, Op.DISCARD, Status.ERROR,
+                                 f"discard up to sector {end} beyond the end of the disk")
+        self._io(rid, Op.DISCARD, self.image.discard,
+                 request.sector_number * blkif.SECTOR_SIZE,
+                 request.nr_sectors * blkif.SECTOR_SIZE)
+        self.stats.discards += 1
+
+    def _io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except OSError as exc:
+            log.warning("blkif request %#x: I/O error: %s", rid, exc)
+            raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
+
+
+__all__ = ("BlockService", "ServiceConfig", "ServiceStats")

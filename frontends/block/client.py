@@ -1,0 +1,357 @@
+"""The block frontend's I/O engine: byte-range calls in, blkif requests out, responses matched.
+
+`BlockClient` turns ``read``/``write``/``flush``/``discard`` on byte ranges into blkif requests
+over a pool of pages already granted to the backend, and completes them from the responses the
+ring delivers.  It knows nothing of rings or event channels: it hands each encoded 112-byte
+request to an async `send` callable (which waits for a free slot, pushes and notifies) and is
+fed every response through `deliver`.  That makes it testable against the backend's
+`BlockService` directly, and the device layer wires it to a real ring.
+
+Large transfers are split into requests of at most 11 segments, or, when the backend offers
+``feature-max-indirect-segments``, into INDIRECT requests of up to that many segments whose
+segment list lives in one more pool page.  Each segment is one pool page (sectors 0..n-1 of
+it).  The pieces of a transfer are in flight together, bounded by the pool and the ring.
+
+The pool is reused across requests, so its grants stay valid; with ``feature-persistent`` the
+backend keeps them mapped, without it the backend maps them per request.  Responses are never
+trusted: an id that is not in flight, an operation that does not match the request, or a status
+outside BLKIF_RSP_* is a `RemoteProtocolError` that poisons the client and fails every waiter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from ringkit._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
+from ringkit.proto import blkif
+from ringkit.proto.blkif import Op, Status
+
+from .errors import BlockIOError, BlockNotSupportedError
+
+PAGE = blkif.PAGE_SIZE
+SECTOR = blkif.SECTOR_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class DiskInfo:
+    """What the backend advertised about the disk and the features both ends agreed on."""
+
+    sectors: int
+    """Disk size in 512-byte sectors (``sectors``)."""
+    sector_size: int = SECTOR
+    """Logical sector size in bytes (``sector-size``): I/O must be aligned to it."""
+    readonly: bool = False
+    """``info`` has VDISK_READONLY (or ``mode`` is ``r``)."""
+    max_indirect_segments: int = 0
+    """``feature-max-indirect-segments`` (0: direct requests only)."""
+    flush: bool = False
+    """``feature-flush-cache``."""
+    barrier: bool = False
+    """``feature-barrier``."""
+    discard: bool = False
+    """``feature-discard``."""
+    discard_granularity: int = 0
+    discard_alignment: int = 0
+    persistent: bool = False
+    """Both ends wrote ``feature-persistent = 1``."""
+
+    @property
+    def size(self) -> int:
+        """Disk size in bytes."""
+        return self.sectors * SECTOR
+
+
+class _Pending:
+    __slots__ = ("done", "operation", "orphan_pages", "sector", "status")
+
+    def __init__(self, operation: int, sector: int) -> None:
+        self.operation = operation
+        self.sector = sector
+        self.status: int | None = None
+        self.done = anyio.Event()
+        self.orphan_pages: list[int] | None = None
+        """Pages of a request whose caller was cancelled: freed only when the answer comes,
+        since until then the backend may still write into them."""
+
+
+class BlockClient:
+    """Byte-range block I/O over blkif requests (see the module docstring).
+
+    `pool` is a writable view of `len(refs)` granted pages; `send(slot)` queues one encoded
+    request on the ring.  Every I/O method raises:
+
+        ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
+            write to a read-only disk.
+        BlockIOError: the backend answered BLKIF_RSP_ERROR.
+        BlockNotSupportedError: the backend does not offer the operation (or said EOPNOTSUPP).
+        RemoteProtocolError: the backend sent a hostile response; the client is poisoned.
+        PeerGoneError: the device went away while requests were in flight.
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], pool: memoryview,
+                 refs: Sequence[int], info: DiskInfo, *, handle: int = 0) -> None:
+        if len(pool) < len(refs) * PAGE or not refs:
+            raise ConfigError("the page pool must hold one page per grant ref")
+        self._send = send
+        self._pool = pool
+        self._refs = tuple(refs)
+        self.info = info
+        self.handle = handle
+        self._free = list(range(len(refs)))[::-1]
+        self._pool_waiters: list[anyio.Event] = []
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._error: BaseException | None = None
+        # largest request: 11 direct segments, or an indirect request that fits in the pool
+        # together with its segment-list pages
+        segments = min(blkif.MAX_SEGMENTS_PER_REQUEST, len(refs))
+        indirect = min(info.max_indirect_segments,
+                       blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
+        while indirect > segments and indirect + blkif.indirect_pages_for(indirect) > len(refs):
+            indirect -= 1
+        self._max_segments = max(segments, indirect)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest transfer one request carries."""
+        return self._max_segments * PAGE
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read `length` bytes from byte `offset` of the disk."""
+        out = bytearray(length)
+        await self.read_into(offset, memoryview(out))
+        return bytes(out)
+
+    async def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Read ``len(buffer)`` bytes from byte `offset` of the disk into `buffer`."""
+        self._check_range(offset, len(buffer), "read")
+        await self._transfer(Op.READ, offset, buffer)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at byte `offset`; returns once the backend has it in the image."""
+        self._check_range(offset, len(data), "write")
+        if self.info.readonly:
+            raise ConfigError("the disk is read-only")
+        await self._transfer(Op.WRITE, offset, memoryview(data).cast("B"))
+
+    async def flush(self) -> None:
+        """Make every write answered so far durable (FLUSH_DISKCACHE, else an empty-handed
+        WRITE_BARRIER is impossible, so without flush support there is nothing to do: the
+        backend then writes through)."""
+        self._check_alive()
+        if self.info.readonly:
+            return
+        if not self.info.flush:
+            raise BlockNotSupportedError("the backend offers no cache flush",
+                                         operation=Op.FLUSH_DISKCACHE)
+        await self._roundtrip(Op.FLUSH_DISKCACHE, 0,
+                              lambda rid: blkif.ReadWriteRequest(
+                                  Op.FLUSH_DISKCACHE, rid, self.handle, 0, ()))
+
+    async def discard(self, offset: int, length: int) -> None:
+        """Tell the backend the range is unused; it then reads back as zeros on ringkit's
+        backend (other backends may leave any content)."""
+        self._check_range(offset, length, "discard")
+        if self.info.readonly:
+            raise ConfigError("the disk is read-only")
+        if not self.info.discard:
+            raise BlockNotSupportedError("the backend offers no discard", operation=Op.DISCARD)
+        if length == 0:
+            return
+        sector = offset // SECTOR
+        await self._roundtrip(Op.DISCARD, sector,
+                              lambda rid: blkif.DiscardRequest(
+                                  rid, self.handle, sector, length // SECTOR, False))
+
+    def deliver(self, response: blkif.Response) -> None:
+        """Complete the request `response` answers (called by the ring's receive loop).
+
+        Raises:
+            RemoteProtocolError: unknown id, wrong operation or impossible status; the client
+                is poisoned and every waiter fails with the same error.
+        """
+        pending = self._pending.pop(response.id, None)
+        try:
+            if pending is None:
+                raise RemoteProtocolError(f"blkif response for id {response.id:#x}, which is "
+                                          "not in flight")
+            if response.operation != pending.operation:
+                raise RemoteProtocolError(
+                    f"blkif response for id {response.id:#x} has operation "
+                    f"{response.operation}, the request was {pending.operation}")
+            if response.status not in (Status.OKAY, Status.ERROR, Status.EOPNOTSUPP):
+                raise RemoteProtocolError(
+                    f"blkif response for id {response.id:#x} has status {response.status}, "
+                    "not one of BLKIF_RSP_OKAY/ERROR/EOPNOTSUPP")
+        except RemoteProtocolError as exc:
+            self.fail(exc)
+            if pending is not None:
+                pending.done.set()  # status stays None: the waiter sees the poison
+                if pending.orphan_pages is not None:
+                    self._give_pages(pending.orphan_pages)
+            raise
+        pending.status = response.status
+        pending.done.set()
+        if pending.orphan_pages is not None:
+            self._give_pages(pending.orphan_pages)
+
+    def fail(self, exc: BaseException) -> None:
+        """Poison the client with `exc` and wake every waiter (peer gone, protocol error)."""
+        if self._error is None:
+            self._error = exc
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.done.set()
+            if p.orphan_pages is not None:
+                self._give_pages(p.orphan_pages)
+        self._wake_pool()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, RemoteProtocolError | PeerGoneError):
+                raise type(self._error)(str(self._error)) from self._error
+            raise PeerGoneError(f"block device unusable: {self._error}") from self._error
+
+    def _check_range(self, offset: int, length: int, what: str) -> None:
+        self._check_alive()
+        align = self.info.sector_size
+        if offset < 0 or length < 0 or offset % align or length % align:
+            raise ConfigError(f"{what} of {length} bytes at offset {offset}: both must be "
+                              f"non-negative multiples of the {align}-byte sector size")
+        if offset + length > self.info.size:
+            raise ConfigError(f"{what} of bytes {offset}..{offset + length} goes past the end "
+                              f"of the {self.info.size}-byte disk")
+
+    async def _take_pages(self, count: int) -> list[int]:
+        while len(self._free) < count:
+            self._check_alive()
+            waiter = anyio.Event()
+            self._pool_waiters.append(waiter)
+            await waiter.wait()
+        self._check_alive()
+        return [self._free.pop() for _ in range(count)]
+
+    def _give_pages(self, pages: list[int]) -> None:
+        self._free.extend(pages)
+        self._wake_pool()
+
+    def _wake_pool(self) -> None:
+        waiters, self._pool_waiters = self._pool_waiters, []
+        for waiter in waiters:
+            waiter.set()
+
+    async def _transfer(self, op: Op, offset: int, data: memoryview) -> None:
+        chunk = self._max_segments * PAGE
+        if len(data) <= chunk:
+            await self._chunk(op, offset, data)
+            return
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(data), chunk):
+                tg.start_soon(self._chunk, op, offset + start, data[start:start + chunk])
+
+    async def _chunk(self, op: Op, offset: int, data: memoryview) -> None:
+        if not data:
+            return
+        nseg = -(-len(data) // PAGE)
+        indirect = nseg > blkif.MAX_SEGMENTS_PER_REQUEST
+        extra = blkif.indirect_pages_for(nseg) if indirect else 0
+        pages = await self._take_pages(nseg + extra)
+        owned = True
+        try:
+            pool = self._pool
+            segments = []
+            for i in range(nseg):
+                page = pages[i]
+                piece = data[i * PAGE:(i + 1) * PAGE]
+                if op == Op.WRITE:
+                    pool[page * PAGE:page * PAGE + len(piece)] = piece
+                segments.append(blkif.Segment(self._refs[page], 0, len(piece) // SECTOR - 1))
+            sector = offset // SECTOR
+            if indirect:
+                list_pages = pages[nseg:]
+                for j, page in enumerate(list_pages):
+                    part = segments[j * blkif.SEGMENTS_PER_INDIRECT_PAGE:
+                                    (j + 1) * blkif.SEGMENTS_PER_INDIRECT_PAGE]
+                    blkif.encode_segments_into(pool, page * PAGE, part)
+                grefs = tuple(self._refs[p] for p in list_pages)
+
+                def build(rid: int) -> blkif.Request:
+                    return blkif.IndirectRequest(op, rid, self.handle, sector, nseg, grefs)
+            else:
+                segs = tuple(segments)
+
+                def build(rid: int) -> blkif.Request:
+                    return blkif.ReadWriteRequest(op, rid, self.handle, sector, segs)
+            owned = False  # from here on _roundtrip owns the pages, and hands them back on success
+            await self._roundtrip(op, sector, build, pages)
+            if op == Op.READ:
+                for i in range(nseg):
+                    page = pages[i]
+                    n = min(PAGE, len(data) - i * PAGE)
+                    data[i * PAGE:i * PAGE + n] = pool[page * PAGE:page * PAGE + n]
+            self._give_pages(pages)
+        finally:
+            if owned:
+                self._give_pages(pages)
+
+    async def _roundtrip(self, op: int, sector: int, build: Callable[[int], blkif.Request],
+                         pages: list[int] | None = None) -> None:
+        """Send one request and wait for its answer.
+
+        `pages` (the request's pool pages) go back to the caller only on success; on any error
+        they are freed here, except when the request is out and the caller was cancelled: the
+        backend may still write into them, so its answer frees them.
+        """
+        rid = next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
+        pending = _Pending(op, sector)
+        sent = False
+        try:
+            self._check_alive()
+            if rid in self._pending:
+                raise LocalProtocolError(f"request id {rid:#x} still in flight")
+            slot = blkif.encode_request(build(rid))
+            self._pending[rid] = pending
+            await self._send(slot)
+            sent = True
+            await pending.done.wait()
+            self._check_status(pending)
+        except BaseException:
+            if sent and pending.status is None and self._pending.get(rid) is pending:
+                pending.orphan_pages = pages
+            else:
+                if self._pending.get(rid) is pending:
+                    del self._pending[rid]
+                if pages is not None:
+                    self._give_pages(pages)
+            raise
+
+    def _check_status(self, pending: _Pending) -> None:
+        status = pending.status
+        if status is None:
+            self._check_alive()
+            raise PeerGoneError("block request abandoned")
+        if status == Status.OKAY:
+            return
+        name = Op(pending.operation).name if pending.operation in Op._value2member_map_ \
+            else str(pending.operation)
+        if status == Status.EOPNOTSUPP:
+            raise BlockNotSupportedError(f"backend does not support {name}",
+                                         operation=pending.operation, sector=pending.sector)
+        raise BlockIOError(f"{name} at sector {pending.sector} failed (BLKIF_RSP_ERROR)",
+                           operation=pending.operation, sector=pending.sector, status=status)
+
+
+__all__ = ("BlockClient", "DiskInfo")

@@ -1,0 +1,93 @@
+"""An in-process stand-in for the frontend's granted pages, for transport-free driver tests.
+
+`FakeGrants` holds a pool of pages under refs 1000.. and implements `GrantTable.map` the way
+gntdev behaves for the backend: unknown refs and writable maps of read-only grants are refused
+with `GrantError`; a one-page map aliases the page; a multi-page map is a contiguous copy that is
+written back when it is closed (the backend always closes before answering).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+import anyio
+
+from ringkit._errors import GrantError
+from ringkit.abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
+
+BASE_REF = 1000
+
+
+class FakeMapped(MappedPages):
+    def __init__(self, owner: FakeGrants, refs: Sequence[int], writable: bool) -> None:
+        self._owner = owner
+        self._refs = tuple(refs)
+        self._writable = writable
+        if len(refs) == 1:
+            self._buffer = owner.page(refs[0])
+            self._copy: bytearray | None = None
+        else:
+            self._copy = bytearray(b"".join(owner.page(r) for r in refs))
+            self._buffer = memoryview(self._copy)
+        if not writable:
+            self._buffer = self._buffer.toreadonly()
+        self._open = True
+        owner.live_maps += 1
+
+    @property
+    def peer(self) -> int:
+        return 1
+
+    @property
+    def refs(self) -> tuple[int, ...]:
+        return self._refs
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @property
+    def buffer(self) -> memoryview:
+        if not self._open:
+            raise anyio.ClosedResourceError
+        return self._buffer
+
+    def set_unmap_notify(self, *, offset: int | None = None, port: int | None = None) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._owner.live_maps -= 1
+        if self._copy is not None and self._writable:
+            for i, ref in enumerate(self._refs):
+                self._owner.page(ref)[:] = self._copy[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+
+
+class FakeGrants(GrantTable):
+    def __init__(self, pages: int) -> None:
+        self.memory = bytearray(pages * PAGE_SIZE)
+        self.refs = tuple(range(BASE_REF, BASE_REF + pages))
+        self.readonly_refs: set[int] = set()
+        self.live_maps = 0
+        self.map_calls = 0
+
+    def page(self, ref: int) -> memoryview:
+        index = ref - BASE_REF
+        return memoryview(self.memory)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+
+    async def share(self, peer: int, count: int = 1, *, writable: bool = True) -> SharedPages:
+        raise NotImplementedError("the fake only plays the frontend's side of the grants")
+
+    async def map(self, peer: int, refs: Sequence[int], *, writable: bool = True
+                  ) -> MappedPages:
+        self.map_calls += 1
+        for ref in refs:
+            if ref not in range(BASE_REF, BASE_REF + len(self.refs)):
+                raise GrantError(f"unknown grant ref {ref}", errno.EINVAL)
+            if writable and ref in self.readonly_refs:
+                raise GrantError(f"grant ref {ref} is read-only", errno.EPERM)
+        await anyio.lowlevel.checkpoint()
+        return FakeMapped(self, refs, writable)

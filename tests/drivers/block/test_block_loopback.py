@@ -1,0 +1,222 @@
+"""BlockClient against BlockService with no transport: the request logic of both ends.
+
+A task plays the ring: requests the client sends go through a memory stream to the service,
+whose answers go back to `client.deliver`.  A bytearray model of the disk checks every read.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from blockfakes import FakeGrants
+from ringkit.backends.block.grants import SegmentMapper
+from ringkit.backends.block.image import Image
+from ringkit.backends.block.service import BlockService, ServiceConfig
+from ringkit.frontends.block.client import BlockClient, DiskInfo
+from ringkit.frontends.block.errors import BlockIOError, BlockNotSupportedError
+
+from ringkit._errors import ConfigError, RemoteProtocolError
+from ringkit.proto import blkif
+
+DISK = 4 << 20
+
+
+@asynccontextmanager
+async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 256,
+                   readonly: bool = False, pool_pages: int = 300,
+                   config: ServiceConfig | None = None,
+                   ) -> AsyncIterator[tuple[BlockClient, BlockService, FakeGrants]]:
+    path = tmp_path / "disk.img"
+    if not path.exists():
+        path.write_bytes(bytes(DISK))
+    grants = FakeGrants(pool_pages)
+    config = config or ServiceConfig(max_indirect_segments=indirect)
+    with Image(path, readonly=readonly) as image:
+        mapper = SegmentMapper(grants, 1, persistent=persistent)
+        service = BlockService(image, mapper, config)
+        info = DiskInfo(sectors=image.sectors, readonly=readonly,
+                        max_indirect_segments=config.max_indirect_segments,
+                        flush=config.flush, barrier=config.barrier, discard=config.discard,
+                        persistent=persistent)
+        send_stream, receive_stream = anyio.create_memory_object_stream[bytes](32)
+        client = BlockClient(send_stream.send, memoryview(grants.memory), grants.refs, info)
+
+        async def serve() -> None:
+            async for slot in receive_stream:
+                rid, op, status = await service.handle(slot)
+                client.deliver(blkif.Response(rid, op, status))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            yield client, service, grants
+            tg.cancel_scope.cancel()
+        await mapper.aclose()
+    assert grants.live_maps == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("persistent", "indirect"), [(True, 256), (False, 0), (False, 64)])
+async def test_random_io_matches_model(tmp_path: Path, persistent: bool, indirect: int) -> None:
+    rng = random.Random(4242 + indirect)
+    model = bytearray(DISK)
+    async with loopback(tmp_path, persistent=persistent, indirect=indirect) as (client, svc, _):
+        with anyio.fail_after(60):
+            for _ in range(60):
+                kind = rng.choice(["read", "write", "write", "discard", "flush"])
+                sectors = rng.choice([1, 7, 8, 9, 88, 89, 300, 2048, 2100])
+                offset = rng.randrange(0, DISK // 512 - sectors) * 512
+                length = sectors * 512
+                if kind == "write":
+                    data = rng.randbytes(length)
+                    await client.write(offset, data)
+                    model[offset:offset + length] = data
+                elif kind == "read":
+                    assert await client.read(offset, length) == model[offset:offset + length]
+                elif kind == "discard":
+                    await client.discard(offset, length)
+                    model[offset:offset + length] = bytes(length)
+                else:
+                    await client.flush()
+            assert await client.read(0, DISK) == model
+    assert (tmp_path / "disk.img").read_bytes() == model
+    assert svc.stats.errors == 0
+
+
+@pytest.mark.anyio
+async def test_many_requests_in_flight(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (client, _, _):
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(64):
+                    tg.start_soon(client.write, i * 8192, bytes([i]) * 8192)
+            results: dict[int, bytes] = {}
+
+            async def read(i: int) -> None:
+                results[i] = await client.read(i * 8192, 8192)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(64):
+                    tg.start_soon(read, i)
+    assert all(results[i] == bytes([i]) * 8192 for i in range(64))
+    assert client.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_persistent_grants_map_each_page_once(tmp_path: Path) -> None:
+    async with loopback(tmp_path, persistent=True, pool_pages=20) as (client, svc, grants):
+        for _ in range(10):
+            await client.write(0, bytes(11 * 4096))
+        assert grants.map_calls <= 20
+        assert svc.mapper.persistent_count <= 20
+
+
+@pytest.mark.anyio
+async def test_read_only_disk(tmp_path: Path) -> None:
+    (tmp_path / "disk.img").write_bytes(b"\x5a" * DISK)
+    async with loopback(tmp_path, readonly=True) as (client, _svc, _):
+        assert await client.read(512, 1024) == b"\x5a" * 1024
+        with pytest.raises(ConfigError, match="read-only"):
+            await client.write(0, bytes(512))
+        # a frontend that ignores the read-only flag gets an error answer, not a write
+        client.info = DiskInfo(sectors=client.info.sectors, discard=True, flush=True)
+        with pytest.raises(BlockIOError):
+            await client.write(0, bytes(512))
+        with pytest.raises(BlockIOError):
+            await client.discard(0, 4096)
+        with pytest.raises(BlockIOError):
+            await client.flush()
+    assert (tmp_path / "disk.img").read_bytes() == b"\x5a" * DISK
+
+
+@pytest.mark.anyio
+async def test_client_refuses_bad_ranges(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (client, _, _):
+        for offset, length in [(1, 512), (0, 100), (-512, 512), (DISK, 512), (DISK - 512, 1024)]:
+            with pytest.raises(ConfigError):
+                await client.read(offset, length)
+
+
+@pytest.mark.anyio
+async def test_unsupported_features(tmp_path: Path) -> None:
+    config = ServiceConfig(max_indirect_segments=0, discard=False, flush=False, barrier=False)
+    async with loopback(tmp_path, config=config) as (client, _, _):
+        with pytest.raises(BlockNotSupportedError):
+            await client.discard(0, 512)
+        with pytest.raises(BlockNotSupportedError):
+            await client.flush()
+        await client.write(0, bytes(1 << 20))  # split into direct requests only
+
+
+async def _raw(service: BlockService, slot: bytes) -> tuple[int, int, int]:
+    return await service.handle(slot)
+
+
+def _rw(op: int, sector: int, segs: list[tuple[int, int, int]], rid: int = 77) -> bytes:
+    raw = bytearray(blkif.REQUEST_SIZE)
+    struct.pack_into("<BBH4xQQ", raw, 0, op, len(segs), 0, rid, sector)
+    for i, seg in enumerate(segs):
+        struct.pack_into("<IBB", raw, 24 + 8 * i, *seg)
+    return bytes(raw)
+
+
+@pytest.mark.anyio
+async def test_hostile_requests_get_error_answers(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (client, svc, grants):
+        sectors = DISK // 512
+        grants.readonly_refs.add(1001)
+        cases = [
+            (_rw(blkif.Op.READ, 0, [(999, 0, 7)]), blkif.Status.ERROR),      # unknown ref
+            (_rw(blkif.Op.READ, 0, [(1001, 0, 7)]), blkif.Status.ERROR),     # RO grant, read
+            (_rw(blkif.Op.READ, sectors - 7, [(1000, 0, 7)]), blkif.Status.ERROR),  # past end
+            (_rw(blkif.Op.READ, 2**64 - 1, [(1000, 0, 0)]), blkif.Status.ERROR),
+            (_rw(blkif.Op.WRITE, 0, [(1000, 6, 5)]), blkif.Status.ERROR),    # reversed
+            (_rw(blkif.Op.WRITE, 0, [(1000, 0, 8)]), blkif.Status.ERROR),    # past the page
+            (_rw(blkif.Op.WRITE, 0, []), blkif.Status.ERROR),                 # no segments
+            (_rw(4, 0, [(1000, 0, 7)]), blkif.Status.EOPNOTSUPP),              # reserved op
+            (_rw(200, 0, []), blkif.Status.EOPNOTSUPP),
+        ]
+        for slot, status in cases:
+            rid, op, got = await svc.handle(slot)
+            assert (rid, op, got) == (77, slot[0], status)
+        # indirect request whose list page is not a grant
+        raw = bytearray(blkif.REQUEST_SIZE)
+        struct.pack_into("<BBH4xQQH2xI", raw, 0, blkif.Op.INDIRECT, blkif.Op.READ, 20, 5, 0, 0,
+                         4242)
+        assert await svc.handle(bytes(raw)) == (5, blkif.Op.READ, blkif.Status.ERROR)
+        # the device still works afterwards
+        await client.write(0, b"ok" * 256)
+        assert await client.read(0, 512) == b"ok" * 256
+
+
+@pytest.mark.anyio
+async def test_hostile_responses_poison_the_client(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (client, _, _):
+        with pytest.raises(RemoteProtocolError, match="not in flight"):
+            client.deliver(blkif.Response(12345, blkif.Op.READ, 0))
+        with pytest.raises(RemoteProtocolError):
+            await client.read(0, 512)
+
+
+@pytest.mark.anyio
+async def test_bad_status_and_wrong_operation(tmp_path: Path) -> None:
+    for response in (lambda rid: blkif.Response(rid, blkif.Op.READ, 7),
+                     lambda rid: blkif.Response(rid, blkif.Op.WRITE, 0)):
+        info = DiskInfo(sectors=DISK // 512)
+        grants = FakeGrants(16)
+        holder: list[BlockClient] = []
+
+        async def send(slot: bytes, response=response, holder=holder) -> None:  # type: ignore[no-untyped-def]
+            rid = struct.unpack_from("<Q", slot, 8)[0]
+            with pytest.raises(RemoteProtocolError):
+                holder[0].deliver(response(rid))
+
+        client = BlockClient(send, memoryview(grants.memory), grants.refs, info)
+        holder.append(client)
+        with anyio.fail_after(5), pytest.raises(RemoteProtocolError):
+            await client.read(0, 512)
