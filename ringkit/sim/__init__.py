@@ -1,0 +1,1 @@
+"""The simulated Xen: domains, grants, event channels and a xenstore on one Linux machine."""

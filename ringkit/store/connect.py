@@ -1,0 +1,167 @@
+"""Ways to reach a xenstore: xenstored's Unix socket, or the Linux ``/dev/xen/xenbus`` device.
+
+`open_store()` picks the way libxenstore's ``xs_open()`` (Xen 4.17, tools/libs/store/xs.c) does:
+first the daemon socket -- ``$XENSTORED_PATH`` if set, else ``$XENSTORED_RUNDIR/socket``
+(default ``/var/run/xenstored/socket``) -- and if that cannot be opened, the kernel device --
+``$XENSTORED_PATH`` again, else ``/dev/xen/xenbus``.  Whether a path is a socket or a device is
+decided by ``stat()``, as libxenstore does, so ``XENSTORED_PATH`` may name either.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import anyio
+import anyio.abc
+
+from .._errors import StoreError
+from .client import StoreClient
+
+XENBUS_DEVICE = "/dev/xen/xenbus"
+"""The Linux xenbus character device (domUs and dom0 without a local xenstored socket)."""
+
+DEFAULT_RUNDIR = "/var/run/xenstored"
+"""xenstored's run directory; its socket is ``<rundir>/socket``."""
+
+
+class XenbusDeviceStream(anyio.abc.ByteStream):
+    """A byte stream over the ``/dev/xen/xenbus`` character device.
+
+    The device is opened non-blocking and waited on with ``anyio.wait_readable`` /
+    ``wait_writable``.  Every `send` writes what it is given with as few ``write()`` calls as the
+    kernel allows; `StoreClient` always sends exactly one whole message per `send`, which is
+    what the kernel's xenbus device expects.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str = XENBUS_DEVICE) -> XenbusDeviceStream:
+        """Open the device (or any character device / fd-like file speaking xs_wire).
+
+        Raises:
+            OSError: the device cannot be opened.
+        """
+        return cls(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+
+    @property
+    def fileno(self) -> int:
+        """The file descriptor (for accounting)."""
+        return self._fd
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self._fd)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError(f"xenbus read failed: {exc}") from exc
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError(f"xenbus write failed: {exc}") from exc
+            view = view[written:]
+
+    async def send_eof(self) -> None:
+        """The xenbus device has no half-close; this does nothing (close the stream instead)."""
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        anyio.notify_closing(self._fd)
+        os.close(self._fd)
+        await anyio.lowlevel.checkpoint()
+
+
+async def connect_unix(path: str | os.PathLike[str]) -> StoreClient:
+    """A `StoreClient` on xenstored's (or the simulator's) Unix socket at `path`.
+
+    Raises:
+        StoreError: the socket cannot be reached (code from its errno).
+    """
+    try:
+        stream = await anyio.connect_unix(path)
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "EIO")
+        raise StoreError(f"cannot connect to xenstore socket {path}: {exc}", code) from exc
+    return StoreClient(stream)
+
+
+def connect_xenbus(path: str = XENBUS_DEVICE) -> StoreClient:
+    """A `StoreClient` on the kernel's xenbus device.
+
+    Raises:
+        StoreError: the device cannot be opened (e.g. ENOENT when not running on Xen).
+    """
+    try:
+        stream = XenbusDeviceStream.open(path)
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "EIO")
+        raise StoreError(f"cannot open xenbus device {path}: {exc}", code) from exc
+    return StoreClient(stream)
+
+
+def daemon_socket_path() -> str:
+    """Where libxenstore looks for xenstored's socket (``xs_daemon_socket()``)."""
+    explicit = os.environ.get("XENSTORED_PATH")
+    if explicit:
+        return explicit
+    return os.path.join(os.environ.get("XENSTORED_RUNDIR", DEFAULT_RUNDIR), "socket")
+
+
+def domain_device_path() -> str:
+    """Where libxenstore looks for the xenbus device (``xs_domain_dev()`` on Linux)."""
+    return os.environ.get("XENSTORED_PATH") or XENBUS_DEVICE
+
+
+async def open_path(path: str) -> StoreClient:
+    """Connect to `path`, a Unix socket or a xenbus-like device, told apart by ``stat()``.
+
+    Raises:
+        StoreError: `path` does not exist or cannot be opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "EIO")
+        raise StoreError(f"no xenstore at {path}: {exc}", code) from exc
+    if stat.S_ISSOCK(mode):
+        return await connect_unix(path)
+    return connect_xenbus(path)
+
+
+async def open_store() -> StoreClient:
+    """Connect to xenstore the way libxenstore's ``xs_open()`` does (see the module docstring).
+
+    Raises:
+        StoreError: neither the daemon socket nor the device can be opened.
+    """
+    try:
+        return await open_path(daemon_socket_path())
+    except StoreError as first:
+        try:
+            return await open_path(domain_device_path())
+        except StoreError:
+            raise first from None
