@@ -22,7 +22,7 @@ requests and responses are encoded and parsed by the driver (copied out of the p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.lowlevel
@@ -49,6 +49,9 @@ class RingChannel(ObjectStream[bytearray]):
         self._receiving = False
         self._sending = False
         self._space = anyio.Event()
+        self.on_broken: Callable[[BaseException], None] | None = None
+        """Called once with the cause when the channel breaks (the device framework uses it
+        to learn that the peer died or misbehaved)."""
 
     @property
     def engine(self) -> FrontRing | BackRing:
@@ -91,6 +94,8 @@ class RingChannel(ObjectStream[bytearray]):
     def _break(self, exc: BaseException) -> anyio.BrokenResourceError:
         if self._broken is None:
             self._broken = exc
+            if self.on_broken is not None:
+                self.on_broken(exc)
         self._space.set()
         err = anyio.BrokenResourceError(str(exc))
         err.__cause__ = exc

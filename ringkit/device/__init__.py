@@ -22,7 +22,7 @@ request.  The bases do the rest the way Linux's xenbus drivers do:
 
 Writing a driver (see examples/echo.py and docs/writing-a-driver.md)::
 
-    ECHO = RingLayout(request_size=64, response_size=64)
+    ECHO = RingLayout("echo", request_size=64, response_size=64)
 
     class EchoBackend(Backend):
         device_type = "echo"
@@ -63,6 +63,7 @@ Class attributes (both ends):
                                     published its ring, before mapping; raise ConfigError or
                                     RemoteProtocolError to refuse (-> Closing/Closed)
     ``async connected(nodes)``      write device properties (e.g. ``sectors``) before Connected
+    ``make_channel(queue)``         attach to the mapped ring (default: `BackRingChannel`)
     ``async serve(queue)``          serve one `Queue` while connected; default: loop
                                     receive request -> ``await handle(request)`` -> send response
                                     (batched: one push + notify per burst)
@@ -74,8 +75,10 @@ Class attributes (both ends):
 `Frontend` hooks (all optional):
     ``async negotiate(backend)``    read the backend's features before the ring is set up; may
                                     lower ``self.ring_page_order`` / ``self.num_queues``
-    ``init_ring(queue_index, buffer)`` initialise a freshly shared ring area (default: io/ring.h
-                                    SHARED_RING_INIT for ``ring_layout``; zero pages otherwise)
+    ``make_channel(queue)``         initialise the freshly shared ring pages and build the
+                                    channel (default: io/ring.h SHARED_RING_INIT for
+                                    ``ring_layout`` and a `FrontRingChannel`; the console builds
+                                    a byte stream instead)
     ``async publish(nodes)``        write extra frontend nodes (e.g. ``feature-persistent``),
                                     inside the transaction that publishes ring-ref/event-channel
     ``async connected(backend)``    read the backend's device properties once it is Connected
@@ -86,7 +89,8 @@ Class attributes (both ends):
     ``async with Frontend(domain, backend_id, devid)``: connects (handshake to Connected) and keeps
     a supervisor task running that follows the backend; ``fe.queues`` / ``fe.channel`` (queue 0)
     are the current connection's; ``await fe.wait_connected()`` after a reconnect;
-    ``fe.generation`` increments on every new connection; ``aclose()`` does Closing -> Closed.
+    ``fe.generation`` increments on every new connection; ``fe.is_connected``; ``aclose()`` does
+    Closing -> (backend unmaps and closes) -> unshare -> Closed.
 
 `Queue` (one per ring): ``index``, ``buffer`` (the ring pages), ``event`` (`EventChannel`),
 ``channel`` (`RingChannel`: ``send``/``receive``/``send_nowait``/``receive_nowait`` of whole
@@ -103,3 +107,31 @@ bad arguments -> `ConfigError`.
 """
 
 from __future__ import annotations
+
+from .._async.channel import BackRingChannel as BackRingChannel
+from .._async.channel import FrontRingChannel as FrontRingChannel
+from .._async.channel import RingChannel as RingChannel
+from ..proto.layout import RingLayout as RingLayout
+from ..proto.xenbus import XenbusState as XenbusState
+from .backend import Backend as Backend
+from .frontend import Frontend as Frontend
+from .paths import DeviceAddress as DeviceAddress
+from .paths import Nodes as Nodes
+from .queue import Queue as Queue
+from .toolstack import create_device as create_device
+from .toolstack import destroy_device as destroy_device
+
+__all__ = (
+    "Backend",
+    "BackRingChannel",
+    "DeviceAddress",
+    "Frontend",
+    "FrontRingChannel",
+    "Nodes",
+    "Queue",
+    "RingChannel",
+    "RingLayout",
+    "XenbusState",
+    "create_device",
+    "destroy_device",
+)

@@ -292,6 +292,11 @@ class Handshake:
         """The peer's last observed state (UNKNOWN before the first observation)."""
         return self._peer_state
 
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The peer error that poisoned this handshake, or None while it is usable."""
+        return self._poison
+
     def _check_poison(self) -> None:
         if self._poison is not None:
             raise RemoteProtocolError(

@@ -1,0 +1,301 @@
+"""What the Frontend and Backend bases share: the store-facing side of the handshake.
+
+Theory of operation
+-------------------
+A device runs one *supervisor* task.  Everything that may call for a decision -- the peer's
+``state`` node changed (a xenstore watch), our own dir vanished, a domain was released, a ring
+broke because the peer died or misbehaved -- only *wakes* the supervisor.  The supervisor then
+reads the peer's state, feeds it to the sans-I/O `Handshake`, and carries out the `Reaction`s
+it answers (re-asking after every own move) until there is nothing left to do.  A single task
+deciding means no two reactions ever race, and coalesced or spurious wake-ups are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from types import TracebackType
+from typing import ClassVar
+
+import anyio
+from anyio.abc import AsyncResource, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._errors import (
+    PeerGoneError,
+    RemoteProtocolError,
+    RingkitError,
+    StoreError,
+)
+from ..abc import Domain, StoreOps
+from ..proto.layout import MAX_RING_PAGE_ORDER, RingLayout
+from ..proto.xenbus import Handshake, Reaction, Role, XenbusState
+from .paths import DeviceAddress, Nodes
+from .queue import Queue
+
+__all__ = ("DeviceBase", "Wakeup")
+
+S = XenbusState
+
+
+class Wakeup:
+    """Why the supervisor was woken (kept for logs); `error` is set for a broken ring."""
+
+    __slots__ = ("error", "reason")
+
+    def __init__(self, reason: str, error: BaseException | None = None) -> None:
+        self.reason = reason
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Wakeup({self.reason!r}, {self.error!r})"
+
+
+class DeviceBase(AsyncResource):
+    """Shared machinery of `Frontend` and `Backend`; not used directly."""
+
+    device_type: ClassVar[str] = ""
+    """The xenstore device type: "vbd", "console", "echo"..."""
+    ring_layout: ClassVar[RingLayout | None] = None
+    """io/ring.h slot layout; None when the driver interprets the shared pages itself."""
+    max_ring_page_order: ClassVar[int] = 0
+    """Largest ring, as a power of two of pages, this end supports (0..4)."""
+    max_queues: ClassVar[int] = 1
+    """Most rings (queues) this end supports; 1 = no multi-queue keys."""
+    event_channel_key: ClassVar[str] = "event-channel"
+    """The node naming a queue's event channel ("port" for the console)."""
+    close_timeout: ClassVar[float] = 10.0
+    """How long an orderly close waits for the peer to unmap before going ahead anyway."""
+
+    role: ClassVar[Role]
+
+    def __init__(self, domain: Domain, address: DeviceAddress) -> None:
+        if not self.device_type:
+            raise TypeError(f"{type(self).__name__} must set device_type")
+        if not 0 <= self.max_ring_page_order <= MAX_RING_PAGE_ORDER:
+            raise TypeError(f"{type(self).__name__}.max_ring_page_order must be 0..4")
+        self.domain = domain
+        self.address = address
+        self.handshake = Handshake(self.role)
+        self.queues: list[Queue] = []
+        self.generation = 0
+        """Incremented on every new connection."""
+        self.log = logging.getLogger(f"ringkit.device.{self.device_type}.{self.role.value}")
+        self._wake_tx: MemoryObjectSendStream[Wakeup]
+        self._wake_rx: MemoryObjectReceiveStream[Wakeup]
+        self._wake_tx, self._wake_rx = anyio.create_memory_object_stream[Wakeup](1024)
+        self._tg: TaskGroup | None = None
+        self._changed = anyio.Event()
+        self._finished: BaseException | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ where things are
+
+    @property
+    def own_nodes(self) -> Nodes:
+        """This end's device dir."""
+        path = (
+            self.address.frontend_path
+            if self.role is Role.FRONTEND
+            else self.address.backend_path
+        )
+        return Nodes(self.domain.store, path)
+
+    @property
+    def peer_nodes(self) -> Nodes:
+        """The other end's device dir (untrusted values)."""
+        path = (
+            self.address.backend_path
+            if self.role is Role.FRONTEND
+            else self.address.frontend_path
+        )
+        return Nodes(self.domain.store, path)
+
+    @property
+    def peer_id(self) -> int:
+        """The other end's domid."""
+        a = self.address
+        return a.backend_id if self.role is Role.FRONTEND else a.frontend_id
+
+    @property
+    def state(self) -> XenbusState:
+        """This end's XenbusState."""
+        return self.handshake.state
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a connection is up (both ends past the handshake, rings live)."""
+        return self.handshake.state is S.CONNECTED and bool(self.queues)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the device is gone for good (removed, or closed and not coming back)."""
+        return self._finished is not None
+
+    # ------------------------------------------------------------------ hooks
+
+    async def disconnected(self) -> None:
+        """Hook: the current connection was torn down (the rings are already released)."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def wake(self, reason: str, error: BaseException | None = None) -> None:
+        """Ask the supervisor to look at the world again (never blocks)."""
+        with suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._wake_tx.send_nowait(Wakeup(reason, error))
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _write_state(self, to: XenbusState, store: StoreOps | None = None) -> None:
+        """Move the handshake and publish the state (through `store`, e.g. a transaction)."""
+        self.handshake.move(to)
+        await self.own_nodes.at(store or self.domain.store).write("state", to.to_wire())
+        self.log.debug("%s -> %s", self.address, to.xen_name)
+        self._signal_change()
+
+    async def _restart_state(self) -> None:
+        self.handshake.restart()
+        await self.own_nodes.write("state", S.INITIALISING.to_wire())
+        self._signal_change()
+
+    async def _read_peer_state(self) -> bytes | None:
+        try:
+            return await self.domain.store.read_bytes(self.peer_nodes.node("state"))
+        except StoreError as exc:
+            if exc.code in ("ENOENT", "EACCES"):
+                # A removed dir reads ENOENT; EACCES means its permissions are gone with it.
+                return None
+            raise
+
+    async def _teardown(self) -> None:
+        """Release every queue in order (channel, pages, port), newest first."""
+        had = bool(self.queues)
+        queues, self.queues = self.queues, []
+        for queue in reversed(queues):
+            await queue.aclose()
+        if had:
+            self._signal_change()
+            with anyio.CancelScope(shield=True):
+                await self.disconnected()
+
+    def _finish(self, why: BaseException) -> None:
+        if self._finished is None:
+            self._finished = why
+        self._signal_change()
+
+    # ------------------------------------------------------------------ the supervisor
+
+    async def _watch(self, path: str, reason: str) -> None:
+        async with self.domain.store.watch(path) as watch:
+            async for _ in watch:
+                self.wake(reason)
+
+    async def _supervise(self) -> None:
+        """Take wake-ups (coalescing bursts), decide, act; until the device is finished."""
+        async with self._wake_rx:
+            while self._finished is None:
+                wakeups = [await self._wake_rx.receive()]
+                with suppress(anyio.WouldBlock):
+                    while True:
+                        wakeups.append(self._wake_rx.receive_nowait())
+                await self._on_wakeups(wakeups)
+                if self._finished is not None:
+                    break
+                try:
+                    raw = await self._read_peer_state()
+                    reaction = self.handshake.observe(raw)
+                except RemoteProtocolError as exc:
+                    self.log.warning("%s: peer broke the handshake: %s", self.address, exc)
+                    await self._protocol_failure(exc)
+                    continue
+                await self._carry_out(reaction)
+
+    async def _carry_out(self, reaction: Reaction) -> None:
+        for _ in range(16):  # each step moves our state; the tables converge well within this
+            if reaction is Reaction.NONE or self._finished is not None:
+                return
+            self.log.debug(
+                "%s: %s (own %s, peer %s)",
+                self.address,
+                reaction.value,
+                self.handshake.state.xen_name,
+                self.handshake.peer_state.xen_name,
+            )
+            try:
+                await self._react(reaction)
+            except RemoteProtocolError as exc:
+                self.log.warning("%s: peer broke the protocol: %s", self.address, exc)
+                await self._protocol_failure(exc)
+                return
+            except RingkitError as exc:
+                await self._local_failure(exc)
+                return
+            reaction = self.handshake.reaction()
+
+    async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
+        """React to broken rings before looking at the store."""
+        for wakeup in wakeups:
+            if wakeup.error is None:
+                continue
+            cause = wakeup.error
+            if isinstance(cause, PeerGoneError):
+                self.log.info("%s: peer went away (%s)", self.address, cause)
+                await self._peer_died()
+            elif isinstance(cause, RemoteProtocolError):
+                self.log.warning("%s: peer broke the ring protocol: %s", self.address, cause)
+                await self._protocol_failure(cause)
+            else:
+                self.log.warning("%s: ring failed: %r", self.address, cause)
+                await self._peer_died()
+
+    async def _protocol_failure(self, exc: RemoteProtocolError) -> None:
+        """A hostile or broken peer: disconnect cleanly (Closing -> Closed) and stay closed
+        until the peer starts over."""
+        await self._teardown()
+        if self.handshake.error is not None:
+            # The handshake itself is poisoned: we can only stop.
+            with suppress(RingkitError):
+                await self.own_nodes.write("state", S.CLOSED.to_wire())
+            self._finish(exc)
+            return
+        for to in (S.CLOSING, S.CLOSED):
+            if self.handshake.can_move(to):
+                await self._write_state(to)
+        self.handshake.peer_lost()
+
+    async def _peer_died(self) -> None:
+        """The peer's process died under us: drop the connection and wait for a fresh peer."""
+        if not self.queues:
+            return
+        await self._teardown()
+        self.handshake.peer_lost()
+        await self._start_over()
+
+    async def _local_failure(self, exc: RingkitError) -> None:
+        raise NotImplementedError
+
+    async def _start_over(self) -> None:
+        raise NotImplementedError
+
+    async def _react(self, reaction: Reaction) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def wait_finished(self) -> None:
+        """Return once the device is gone for good."""
+        while self._finished is None:
+            await self._changed.wait()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

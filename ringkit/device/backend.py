@@ -1,0 +1,283 @@
+"""`Backend`: the driver-domain half of a split device.
+
+The backend advertises its features, says InitWait, and when the frontend has published its
+rings (Initialised, or Connected for frontends that skip it) maps them, binds the event
+channels, and serves them until the frontend closes, restarts or dies.  A frontend restart or
+death means: stop serving, unmap, close the ports, and go back to InitWait for the next one.  A
+frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` returns when the
+device is removed (either dir deleted), or after the first connection ends with ``once=True``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, suppress
+
+import anyio
+import anyio.abc
+
+from .._async.channel import BackRingChannel
+from .._errors import (
+    EventChannelError,
+    GrantError,
+    PeerGoneError,
+    RemoteProtocolError,
+    RingkitError,
+    StoreError,
+)
+from ..abc import Domain
+from ..proto.ring import BackRing
+from ..proto.xenbus import Reaction, Role, XenbusState
+from ._base import DeviceBase, Wakeup
+from .paths import DeviceAddress, Nodes
+from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
+
+__all__ = ("Backend",)
+
+S = XenbusState
+
+
+class Backend(DeviceBase):
+    """Base class of a backend driver serving one device of one frontend domain.
+
+    Use as ``async with MyBackend(domain, frontend_id, devid) as be: await be.run()``.
+    Subclasses set `device_type` and `ring_layout` and implement `handle` (or override `serve`);
+    they may override `advertise`, `connecting`, `connected`, `disconnected`, `make_channel`.
+    """
+
+    role = Role.BACKEND
+
+    def __init__(self, domain: Domain, frontend_id: int, devid: int = 0) -> None:
+        super().__init__(
+            domain, DeviceAddress(self.device_type, frontend_id, domain.domid, devid)
+        )
+        self._serve_scope: anyio.CancelScope | None = None
+        self._serving = 0
+        self._served_all = anyio.Event()
+        self._connections_ended = 0
+        self._once = False
+        self._stack: AsyncExitStack | None = None
+
+    # ------------------------------------------------------------------ hooks
+
+    async def advertise(self, nodes: Nodes) -> None:
+        """Hook: write feature and limit nodes into the backend dir before InitWait.
+        ``max-ring-page-order`` and ``multi-queue-max-queues`` are written for you."""
+
+    async def connecting(self, frontend: Nodes) -> None:
+        """Hook: the frontend published its rings; read its nodes before they are mapped.
+        Raise RemoteProtocolError to refuse a frontend (-> Closing, Closed)."""
+
+    async def connected(self, nodes: Nodes) -> None:
+        """Hook: the rings are mapped; write device properties before saying Connected."""
+
+    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+        """Hook: attach to the mapped ring pages.  Default: a `BackRingChannel` over
+        `ring_layout` (the backend never initialises the ring)."""
+        if self.ring_layout is None:
+            raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
+        return BackRingChannel(BackRing.attach(queue.buffer, self.ring_layout), queue.event)
+
+    async def serve(self, queue: Queue) -> None:
+        """Serve one queue while connected.  Default: take every pending request, answer each
+        with `handle`, push the burst's responses at once; until the channel breaks."""
+        channel = queue.channel
+        assert isinstance(channel, BackRingChannel), "override serve for a custom channel"
+        while True:
+            requests = await channel.receive_batch()
+            responses = [await self.handle(request) for request in requests]
+            await channel.send_batch(responses)
+
+    async def handle(self, request: bytearray) -> bytes:
+        """Hook: answer one request (a private copy of its slot) with one response."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle or serve")
+
+    # ------------------------------------------------------------------ reactions
+
+    async def _advertise_and_wait(self) -> None:
+        own = self.own_nodes
+        if self.max_ring_page_order:
+            await own.write("max-ring-page-order", self.max_ring_page_order)
+        if self.max_queues > 1:
+            await own.write("multi-queue-max-queues", self.max_queues)
+        await self.advertise(own)
+        await self._write_state(S.INIT_WAIT)
+
+    async def _start_over(self) -> None:
+        await self._restart_state()
+        await self._advertise_and_wait()
+
+    async def _react(self, reaction: Reaction) -> None:
+        if reaction is Reaction.CONNECT:
+            await self._connect()
+        elif reaction is Reaction.CLOSE:
+            await self._teardown()
+            for to in (S.CLOSING, S.CLOSED):
+                if self.handshake.can_move(to):
+                    await self._write_state(to)
+            await self._after_connection()
+        elif reaction is Reaction.RESTART:
+            await self._teardown()
+            await self._start_over()
+        elif reaction is Reaction.GONE:
+            await self._teardown()
+            self._finish(PeerGoneError(f"{self.address}: the frontend's entries were removed"))
+
+    async def _after_connection(self) -> None:
+        if self._once and self._connections_ended:
+            self._finish(PeerGoneError(f"{self.address}: connection ended"))
+            return
+        online = await self.own_nodes.read_optional("online")
+        if online is not None and online.strip() == "0":
+            self._finish(PeerGoneError(f"{self.address}: closed and offline"))
+
+    async def _local_failure(self, exc: RingkitError) -> None:
+        """Mapping or binding what the frontend published failed.  Its state node may be stale
+        (a dead frontend's): drop what we have and wait for the frontend to write a new state."""
+        self.log.warning("%s: cannot connect to the frontend: %s", self.address, exc)
+        await self._teardown()
+        self.handshake.peer_lost()
+
+    async def _peer_died(self) -> None:
+        await super()._peer_died()
+        if self._once:
+            self._finish(PeerGoneError(f"{self.address}: the frontend died"))
+
+    async def _connect(self) -> None:
+        await self._teardown()
+        frontend = self.peer_nodes
+        await self.connecting(frontend)
+        order = await frontend.read_int("ring-page-order", 0, maximum=self.max_ring_page_order)
+        queues = await frontend.read_int(
+            "multi-queue-num-queues", 1, minimum=1, maximum=min(self.max_queues, MAX_QUEUES)
+        )
+        try:
+            for index in range(queues):
+                self.queues.append(await self._map_queue(index, order, queues))
+        except (GrantError, EventChannelError, StoreError, RemoteProtocolError):
+            await self._teardown()
+            raise
+        await self.connected(self.own_nodes)
+        await self._write_state(S.CONNECTED)
+        self.generation += 1
+        self.log.info("%s connected (generation %d)", self.address, self.generation)
+        self._start_serving()
+
+    async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue:
+        nodes = queue_nodes(self.peer_nodes, index, num_queues)
+        refs = await read_ring_refs(nodes, order)
+        port = await nodes.read_int(self.event_channel_key, maximum=2**31)
+        pages = await self.domain.grants.map(self.peer_id, refs, writable=True)
+        try:
+            event = await self.domain.events.bind_interdomain(self.peer_id, port)
+        except BaseException:
+            await pages.aclose()
+            raise
+        queue = Queue(index, nodes, pages, event, order)
+        try:
+            pages.set_unmap_notify(port=event.port)
+            queue.channel = self.make_channel(queue)
+        except BaseException:
+            await queue.aclose()
+            raise
+        return queue
+
+    # ------------------------------------------------------------------ serving
+
+    def _start_serving(self) -> None:
+        assert self._tg is not None
+        self._serve_scope = scope = anyio.CancelScope()
+        self._served_all = anyio.Event()
+        for queue in self.queues:
+            self._serving += 1
+            self._tg.start_soon(self._serve_queue, queue, scope)
+
+    async def _serve_queue(self, queue: Queue, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                await self.serve(queue)
+        except anyio.BrokenResourceError as exc:
+            self.wake("ring broken", exc.__cause__ or exc)
+        except (RemoteProtocolError, PeerGoneError) as exc:
+            self.wake("ring broken", exc)
+        except anyio.ClosedResourceError:
+            pass
+        finally:
+            self._serving -= 1
+            if self._serving == 0:
+                self._served_all.set()
+
+    async def _teardown(self) -> None:
+        """Stop the serving tasks first, then release the rings (unmap before closing)."""
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
+            self._serve_scope = None
+            with anyio.CancelScope(shield=True):
+                if self._serving:
+                    await self._served_all.wait()
+        if self.queues:
+            self._connections_ended += 1
+        await super()._teardown()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Backend:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._restart_state()
+            await self._advertise_and_wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def run(self, *, once: bool = False) -> None:
+        """Serve the device until it is removed (or, with `once`, until the first connection
+        ends).  Reconnects after frontend restarts.
+
+        Raises:
+            RemoteProtocolError: only if the handshake itself was poisoned by the frontend.
+        """
+        if self._tg is None:
+            raise RuntimeError("use `async with backend:` before run()")
+        self._once = once
+        self._tg.start_soon(self._watch, self.peer_nodes.node("state"), "frontend state")
+        self._tg.start_soon(self._watch, self.own_nodes.node("state"), "own state")
+        self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
+        self._tg.start_soon(self._supervise)
+        await self.wait_finished()
+        if isinstance(self._finished, RemoteProtocolError):
+            raise self._finished
+
+    async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
+        await super()._on_wakeups(wakeups)
+        if (
+            self._finished is None
+            and any(w.reason == "own state" for w in wakeups)
+            and not await self.domain.store.exists(self.own_nodes.node("state"))
+        ):
+            # The toolstack removed our dir: the device is gone.
+            await self._teardown()
+            self._finish(PeerGoneError(f"{self.address}: the backend's entries were removed"))
+
+    async def aclose(self) -> None:
+        """Stop serving, unmap, close the ports, then Closing -> Closed (unless removed)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._teardown()
+                if self.handshake.error is None and self._finished is None:
+                    for to in (S.CLOSING, S.CLOSED):
+                        if self.handshake.can_move(to):
+                            with suppress(RingkitError):
+                                await self._write_state(to)
+            finally:
+                self._finish(PeerGoneError("closed"))
+                assert self._tg is not None
+                self._tg.cancel_scope.cancel()
+                await stack.aclose()

@@ -1,0 +1,250 @@
+"""`Frontend`: the guest-side half of a split device.
+
+The frontend owns the ring: it reads the backend's features, shares the ring pages with the
+backend domain, allocates the event channel, publishes ``ring-ref``/``event-channel`` (and their
+multi-page and multi-queue forms) in one transaction with ``state`` = Initialised, then waits
+for the backend to map them and say Connected.  A supervisor task keeps following the backend:
+a backend restart or death tears the rings down and sets them up again (``generation``
+increments); closing does the orderly Closing -> (backend unmaps, Closed) -> unshare -> Closed.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, suppress
+
+import anyio
+import anyio.abc
+
+from .._async.channel import FrontRingChannel
+from .._errors import PeerGoneError, RingkitError
+from ..abc import Domain, Transaction
+from ..proto.ring import FrontRing
+from ..proto.xenbus import Reaction, Role, XenbusState
+from ._base import DeviceBase
+from .paths import DeviceAddress, Nodes
+from .queue import Queue, queue_nodes, ring_ref_names
+
+__all__ = ("Frontend",)
+
+S = XenbusState
+
+
+class Frontend(DeviceBase):
+    """Base class of a frontend driver.  Use as ``async with MyFrontend(domain, backend_id,
+    devid) as fe:`` -- entering connects (handshake to Connected), leaving closes.
+
+    Subclasses set `device_type` and `ring_layout` (and optionally `max_ring_page_order`,
+    `max_queues`, `event_channel_key`) and may override `negotiate`, `publish`, `connected`,
+    `disconnected` and `make_channel`.
+    """
+
+    role = Role.FRONTEND
+
+    def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0) -> None:
+        super().__init__(
+            domain, DeviceAddress(self.device_type, domain.domid, backend_id, devid)
+        )
+        self.ring_page_order = self.max_ring_page_order
+        """Order to use; `negotiate` may lower it.  Capped by the backend's max."""
+        self.num_queues = self.max_queues
+        """Queues to use; `negotiate` may lower it.  Capped by the backend's max."""
+        self._stack: AsyncExitStack | None = None
+
+    # ------------------------------------------------------------------ hooks
+
+    async def negotiate(self, backend: Nodes) -> None:
+        """Hook: read the backend's features before the ring is set up (may lower
+        `ring_page_order` / `num_queues`)."""
+
+    async def publish(self, nodes: Nodes) -> None:
+        """Hook: write extra frontend nodes; `nodes` writes inside the transaction that also
+        publishes the rings and ``state`` = Initialised."""
+
+    async def connected(self, backend: Nodes) -> None:
+        """Hook: the backend is Connected; read its device properties."""
+
+    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+        """Hook: initialise the freshly shared ring pages and build what the driver talks
+        through.  Default: SHARED_RING_INIT for `ring_layout` and a `FrontRingChannel`."""
+        if self.ring_layout is None:
+            raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
+        engine = FrontRing.init(queue.buffer, self.ring_layout)
+        channel = FrontRingChannel(engine, queue.event)
+        channel.on_broken = lambda exc: self.wake("ring broken", exc)
+        return channel
+
+    # ------------------------------------------------------------------ driver API
+
+    @property
+    def channel(self) -> FrontRingChannel:
+        """Queue 0's ring channel of the current connection.
+
+        Raises:
+            PeerGoneError: not connected (see `wait_connected`).
+        """
+        if not self.queues:
+            raise PeerGoneError(f"{self.address} is not connected")
+        channel = self.queues[0].channel
+        assert isinstance(channel, FrontRingChannel), "make_channel built something else"
+        return channel
+
+    async def wait_connected(self) -> None:
+        """Return once connected (again, after a backend restart).
+
+        Raises:
+            PeerGoneError: the device went away for good.
+        """
+        while not self.is_connected:
+            if self._finished is not None:
+                if isinstance(self._finished, PeerGoneError):
+                    raise PeerGoneError(f"{self.address} is gone: {self._finished}")
+                raise self._finished
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ reactions
+
+    async def _react(self, reaction: Reaction) -> None:
+        if reaction is Reaction.CONNECT:
+            await self._connect()
+        elif reaction is Reaction.FINISH:
+            await self.connected(self.peer_nodes)
+            await self._write_state(S.CONNECTED)
+            self.generation += 1
+            self.log.info("%s connected (generation %d)", self.address, self.generation)
+        elif reaction is Reaction.CLOSE:
+            await self._teardown()
+            for to in (S.CLOSING, S.CLOSED):
+                if self.handshake.can_move(to):
+                    await self._write_state(to)
+            if self._closing:
+                self._finish(PeerGoneError("closed"))
+        elif reaction is Reaction.RESTART:
+            await self._teardown()
+            await self._start_over()
+        elif reaction is Reaction.GONE:
+            await self._teardown()
+            self._finish(PeerGoneError(f"{self.address}: the backend's entries were removed"))
+
+    async def _local_failure(self, exc: RingkitError) -> None:
+        """Sharing or publishing failed on our side: close and report it to the waiters."""
+        self.log.warning("%s: cannot connect: %s", self.address, exc)
+        await self._teardown()
+        for to in (S.CLOSING, S.CLOSED):
+            if self.handshake.can_move(to):
+                with suppress(RingkitError):
+                    await self._write_state(to)
+        self._finish(exc)
+
+    async def _start_over(self) -> None:
+        if self._closing:
+            return
+        await self._restart_state()
+
+    async def _connect(self) -> None:
+        await self._teardown()
+        backend = self.peer_nodes
+        self.ring_page_order = self.max_ring_page_order
+        self.num_queues = self.max_queues
+        await self.negotiate(backend)
+        order = min(
+            self.ring_page_order,
+            self.max_ring_page_order,
+            await backend.read_int("max-ring-page-order", 0, maximum=255),
+        )
+        queues = min(
+            self.num_queues,
+            self.max_queues,
+            await backend.read_int("multi-queue-max-queues", 1, minimum=1, maximum=2**31),
+        )
+        self.ring_page_order, self.num_queues = order, queues
+        try:
+            for index in range(queues):
+                self.queues.append(await self._share_queue(index, order, queues))
+        except BaseException:
+            await self._teardown()
+            raise
+
+        async def body(tx: Transaction) -> None:
+            own = self.own_nodes.at(tx)
+            if order:
+                await own.write("ring-page-order", order)
+            if queues > 1:
+                await own.write("multi-queue-num-queues", queues)
+            for queue in self.queues:
+                nodes = queue.nodes.at(tx)
+                for name, ref in zip(ring_ref_names(order), queue.pages.refs, strict=True):
+                    await nodes.write(name, ref)
+                await nodes.write(self.event_channel_key, queue.event.port)
+            await self.publish(own)
+            await own.write("state", S.INITIALISED.to_wire())
+
+        if not self.handshake.can_move(S.INITIALISED):
+            self.handshake.move(S.INITIALISED)  # raises the LocalProtocolError with details
+        await self.domain.store.transact(body)
+        self.handshake.move(S.INITIALISED)
+        self._signal_change()
+
+    async def _share_queue(self, index: int, order: int, num_queues: int) -> Queue:
+        pages = await self.domain.grants.share(self.peer_id, 1 << order, writable=True)
+        try:
+            event = await self.domain.events.alloc_unbound(self.peer_id)
+        except BaseException:
+            await pages.aclose()
+            raise
+        queue = Queue(index, queue_nodes(self.own_nodes, index, num_queues), pages, event, order)
+        try:
+            # If this process dies, the backend is woken and finds the port closed.
+            pages.set_unmap_notify(port=event.port)
+            queue.channel = self.make_channel(queue)
+        except BaseException:
+            await queue.aclose()
+            raise
+        return queue
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Frontend:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._restart_state()
+            self._tg.start_soon(self._watch, self.peer_nodes.node("state"), "backend state")
+            self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
+            self._tg.start_soon(self._supervise)
+            await self.wait_connected()
+        except BaseException:
+            self._closing = True
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._teardown()
+                await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def aclose(self) -> None:
+        """Orderly close: Closing, wait (up to `close_timeout`) for the backend to unmap and
+        close, release the rings, Closed."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.handshake.error is None and self.handshake.can_move(S.CLOSING):
+                    with suppress(RingkitError):
+                        await self._write_state(S.CLOSING)
+                    with anyio.move_on_after(self.close_timeout):
+                        while self.handshake.state is not S.CLOSED and self._finished is None:
+                            await self._changed.wait()
+                await self._teardown()
+                if self.handshake.can_move(S.CLOSED):
+                    with suppress(RingkitError):
+                        await self._write_state(S.CLOSED)
+            finally:
+                self._finish(PeerGoneError("closed"))
+                assert self._tg is not None
+                self._tg.cancel_scope.cancel()
+                await stack.aclose()

@@ -1,0 +1,87 @@
+"""One connected ring of a device (a "queue" in blkif's multi-queue words) and its xenstore keys.
+
+Key names follow io/blkif.h (and netif.h):
+
+* one page: ``ring-ref``; 2**order pages (order > 0): ``ring-page-order`` in the device dir and
+  ``ring-ref0`` .. ``ring-ref<2**order - 1>`` next to the event channel;
+* one queue: the keys sit in the frontend dir itself; n > 1 queues: ``multi-queue-num-queues``
+  = n and each queue's keys under ``queue-<i>/``;
+* the event channel: ``event-channel`` (the console says ``port``).
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import AsyncResource
+
+from .._errors import RemoteProtocolError, RingkitError
+from ..abc import EventChannel, MappedPages, SharedPages
+from .paths import Nodes
+
+__all__ = ("MAX_QUEUES", "Queue", "queue_nodes", "read_ring_refs", "ring_ref_names")
+
+MAX_QUEUES = 64
+"""Upper bound ringkit accepts for ``multi-queue-num-queues`` from a peer."""
+
+
+def ring_ref_names(order: int) -> list[str]:
+    """``["ring-ref"]`` for one page, else ``ring-ref0`` .. ``ring-ref<2**order - 1>``."""
+    return ["ring-ref"] if order == 0 else [f"ring-ref{i}" for i in range(1 << order)]
+
+
+def queue_nodes(device: Nodes, index: int, num_queues: int) -> Nodes:
+    """Where queue `index`'s ring refs and event channel live in the frontend dir."""
+    return device if num_queues == 1 else device.sub(f"queue-{index}")
+
+
+async def read_ring_refs(nodes: Nodes, order: int) -> list[int]:
+    """Read and validate the grant refs of one queue (untrusted: written by the frontend).
+
+    Raises:
+        RemoteProtocolError: a missing or malformed ref.
+    """
+    refs = []
+    for name in ring_ref_names(order):
+        value = await nodes.read_optional(name)
+        if value is None:
+            raise RemoteProtocolError(f"{nodes.node(name)} is missing")
+        refs.append(await nodes.read_int(name, maximum=2**32 - 1))
+    return refs
+
+
+@dataclass(eq=False)
+class Queue:
+    """One ring of a connected device: its pages, its event channel and the channel built on
+    them.  Closing releases them in teardown order: the channel lets go of the buffer, the pages
+    are unmapped (backend) or unshared (frontend), then the event channel is closed."""
+
+    index: int
+    nodes: Nodes
+    """The frontend dir (or its ``queue-<i>`` subdir) that holds this queue's keys."""
+    pages: SharedPages | MappedPages
+    event: EventChannel
+    order: int = 0
+    channel: AsyncResource | None = None
+    """What the driver talks through: a `RingChannel` for io/ring.h drivers, or whatever the
+    driver's ``make_channel`` built (the console's `PipeStream`)."""
+    closed: bool = False
+
+    @property
+    def buffer(self) -> memoryview:
+        """The ring pages, contiguous."""
+        return self.pages.buffer
+
+    async def aclose(self) -> None:
+        """Tear down in order; errors of a peer that is already gone are not ours to raise."""
+        if self.closed:
+            return
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            for resource in (self.channel, self.pages, self.event):
+                if resource is not None:
+                    with suppress(RingkitError, anyio.ClosedResourceError,
+                                  anyio.BrokenResourceError, OSError):
+                        await resource.aclose()
