@@ -1,0 +1,148 @@
+"""A hostile client cannot crash the simulated xenstored; a hostile server cannot hang the
+client."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import anyio
+import anyio.abc
+import pytest
+from conftest import serve_pair
+from xs_helpers import ClientFactory
+
+from ringkit.proto.xs_wire import (
+    XENSTORE_PAYLOAD_MAX,
+    Message,
+    MessageParser,
+    SockmsgType,
+    join_strings,
+)
+from ringkit.sim.xenstored import XenstoreServer
+from ringkit.store import StoreClient
+
+pytestmark = pytest.mark.anyio
+
+T = SockmsgType
+
+
+async def exchange(stream: anyio.abc.ByteStream, *requests: Message) -> list[Message]:
+    """Send raw requests and collect one reply each (watch events skipped)."""
+    await stream.send(b"".join(r.encode() for r in requests))
+    parser = MessageParser()
+    replies: list[Message] = []
+    with anyio.fail_after(5):
+        while len(replies) < len(requests):
+            parser.feed(await stream.receive())
+            replies.extend(m for m in parser.messages() if m.type != T.WATCH_EVENT)
+    return replies
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (Message(999, 1, 0, b""), "ENOSYS"),  # unknown type
+        (Message(20, 1, 0, b""), "ENOSYS"),  # XS_RESTRICT was removed
+        (Message(T.ERROR, 1, 0, b""), "ENOSYS"),
+        (Message(T.WATCH_EVENT, 1, 0, b""), "ENOSYS"),
+        (Message(T.READ, 1, 0, b""), "EINVAL"),  # no string
+        (Message(T.READ, 1, 0, b"/local"), "EINVAL"),  # not NUL-terminated
+        (Message(T.READ, 1, 0, b"/a\0/b\0"), "EINVAL"),  # two strings
+        (Message(T.READ, 1, 0, b"/\xff\0"), "EINVAL"),  # not UTF-8
+        (Message(T.WRITE, 1, 0, b"no-nul"), "EINVAL"),
+        (Message(T.WATCH, 1, 0, b"/a\0"), "EINVAL"),  # no token
+        (Message(T.WATCH, 1, 0, b"/a\0t\0x\0"), "EINVAL"),  # three strings
+        (Message(T.SET_PERMS, 1, 0, b"/local\0"), "EINVAL"),
+        (Message(T.SET_PERMS, 1, 0, b"/local\0q0\0"), "EINVAL"),
+        (Message(T.TRANSACTION_END, 1, 0, b"T\0"), "ENOENT"),
+        (Message(T.TRANSACTION_END, 1, 0, b""), "EINVAL"),
+        (Message(T.READ, 1, 77, b"/local\0"), "ENOENT"),  # unknown transaction
+        (Message(T.DIRECTORY_PART, 1, 0, b"/local\0"), "EINVAL"),
+        (Message(T.INTRODUCE, 1, 0, b"x\0y\0"), "EINVAL"),
+        (Message(T.RELEASE, 1, 0, b"0\0"), "EINVAL"),
+        (Message(T.CONTROL, 1, 0, b"print\0"), "ENOSYS"),
+    ],
+)
+async def test_malformed_requests_get_error_replies(
+    server: XenstoreServer, request_: Message, error: str
+) -> None:
+    async with serve_pair(server, 0) as (stream, _tg):
+        reply, ok = await exchange(stream, request_, Message(T.READ, 2, 0, b"/local/domain/0\0"))
+        assert (reply.type, reply.req_id, reply.payload) == (T.ERROR, 1, error.encode() + b"\0")
+        assert (ok.type, ok.req_id) == (T.READ, 2)  # the connection carries on
+
+
+async def test_oversized_header_drops_only_that_connection(
+    server: XenstoreServer, connect: ClientFactory
+) -> None:
+    async with connect(0) as good, serve_pair(server, 0) as (stream, _tg):
+        await stream.send(struct.pack("=IIII", T.READ, 1, 0, XENSTORE_PAYLOAD_MAX + 1))
+        with anyio.fail_after(5):
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await stream.receive()
+        await good.write("/still", "alive")
+        assert await good.read("/still") == "alive"
+    assert server.connection_count == 0
+
+
+async def test_garbage_then_disconnect_leaves_no_state(server: XenstoreServer) -> None:
+    server.introduce_domain(1)
+    async with serve_pair(server, 1) as (stream, _tg):
+        replies = await exchange(
+            stream,
+            Message(T.WATCH, 1, 0, join_strings("data", "tok")),
+            Message(T.TRANSACTION_START, 2, 0, b"\0"),
+        )
+        assert [r.type for r in replies] == [T.WATCH, T.TRANSACTION_START]
+        await stream.send(b"\x01\x02\x03")  # half a header, then hang up
+    with anyio.fail_after(5):
+        while server.connection_count:
+            await anyio.sleep(0.01)
+    assert server.watch_count() == 0 and server.transaction_count() == 0
+
+
+async def test_client_that_never_reads_does_not_block_others(
+    server: XenstoreServer, connect: ClientFactory
+) -> None:
+    server.introduce_domain(1)
+    async with serve_pair(server, 1) as (stream, _tg), connect(0) as dom0:
+        # A flood of requests whose replies are never read: the server stops reading this
+        # connection instead of buffering without bound, and keeps serving everyone else.
+        flood = Message(T.READ, 1, 0, b"domid\0").encode() * 2000
+        with anyio.move_on_after(1):
+            await stream.send(flood)
+        await dom0.write("/others", "fine")
+        assert await dom0.read("/others") == "fine"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        struct.pack("=IIII", T.READ, 999, 0, 0),  # unknown req_id
+        struct.pack("=IIII", T.WRITE, 1, 0, 0),  # wrong reply type
+        struct.pack("=IIII", T.READ, 1, 0, XENSTORE_PAYLOAD_MAX + 1),  # oversized
+        struct.pack("=IIII", T.WATCH_EVENT, 0, 0, 2) + b"x\0",  # event without token
+        b"",  # server hangs up
+    ],
+)
+async def test_hostile_server_breaks_client_not_hangs(reply: bytes) -> None:
+    ours, theirs = socket.socketpair()
+    client = StoreClient(await anyio.abc.SocketStream.from_socket(ours))
+    async with client:
+        server_side = await anyio.abc.SocketStream.from_socket(theirs)
+        async with server_side:
+
+            async def answer() -> None:
+                await server_side.receive()
+                if reply:
+                    await server_side.send(reply)
+                else:
+                    await server_side.aclose()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer)
+                with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
+                    await client.read("/x")
+            with pytest.raises(anyio.BrokenResourceError):
+                await client.read("/x")
