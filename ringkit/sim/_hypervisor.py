@@ -1,0 +1,529 @@
+"""The simulated hypervisor's state: domains, grant tables, event channels.
+
+Everything here is synchronous: the server calls one method per request and no other request
+runs in between, so each operation is atomic, as a hypercall is.  The state owns real kernel
+objects:
+
+* a *page file* is a sealed memfd backing the pages of one `share` call; grants name a page of
+  it; it is closed when no grant and no mapping needs it any more (the pages themselves live on
+  in whatever process still maps them, as granted pages outlive an early dealloc);
+* each event-channel port owns the eventfd its owner waits on.  Allocating an unbound port also
+  creates the eventfd the future binder will wait on, so the allocating side can notify from the
+  start; what it sends before the bind is drained (dropped) when the bind happens, as Xen drops
+  events sent on an unbound port.  After the bind each side holds the other's eventfd and
+  notifies it directly; the server is not involved.
+
+A closing port writes `PEER_GONE` into the peer's eventfd: the peer's wait sees the events sent
+before the close first, then the mark, and raises `PeerGoneError`.
+
+Errors are the kernel's: mapping an unknown, revoked, foreign or read-only (for a writable map)
+grant fails with EINVAL as gntdev's mmap does; too many grants fail with ENOSPC as gntalloc's
+ioctl does; binding a port that is not unbound or not offered to the binder fails with EINVAL,
+naming an unknown domain with ESRCH, as the event-channel hypercalls do.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .._errors import ConfigError, EventChannelError, GrantError, ResourceLimitError
+from ..abc import PAGE_SIZE
+
+PEER_GONE = 1 << 40
+"""Added to a port's eventfd counter when its peer closes: far above any real event count."""
+
+FIRST_GRANT_REF = 8
+"""Xen reserves the first grant entries (GNTTAB_NR_RESERVED_ENTRIES) for the toolstack."""
+
+DOMID_MAX = 0x7FEF
+"""Largest domid of a real domain (DOMID_FIRST_RESERVED - 1)."""
+
+F_SEAL_SHRINK = 0x2
+F_SEAL_GROW = 0x4
+F_SEAL_FUTURE_WRITE = 0x10
+
+_REVOKED_MEMORY = 4096
+"""How many revoked refs per domain are remembered, only to word refusals precisely."""
+
+
+def _eventfd() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def _drain(fd: int) -> int:
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+def signal(fd: int, value: int = 1) -> None:
+    """Add `value` to eventfd `fd` without blocking; a counter a hostile peer jammed near its
+    maximum is drained first so the signal still gets through."""
+    try:
+        os.eventfd_write(fd, value)
+    except BlockingIOError:
+        pending = _drain(fd)
+        os.eventfd_write(fd, min(pending, 1) + value)
+
+
+class Client:
+    """One connection to a domain's hypervisor socket (one process, usually).
+
+    `send_event` delivers an unsolicited message (e.g. "your port's peer closed") to it.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, domid: int, send_event: Callable[[dict[str, object]], None]) -> None:
+        self.id = next(self._ids)
+        self.domid = domid
+        self.send_event = send_event
+        self.shares: dict[int, Share] = {}
+        self.maps: dict[int, Mapping] = {}
+        self.ports: dict[int, Port] = {}
+
+    @property
+    def grant_count(self) -> int:
+        return sum(len(share.refs) for share in self.shares.values())
+
+
+class PageFile:
+    """A sealed memfd holding the pages of one share, with a count of who still needs it."""
+
+    def __init__(self, npages: int, writable: bool) -> None:
+        self.fd = os.memfd_create("ringkit-grant", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, npages * PAGE_SIZE)
+            # Nobody, the grantee included, may resize the file under the granter's mapping.
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.npages = npages
+        self.writable = writable
+        self.holders = 0
+
+    def seal_read_only(self) -> None:
+        """Forbid every future write and writable mapping, for a read-only grant.  The
+        granter's own writable mapping, made before, keeps working."""
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
+
+    def clear_byte(self, offset: int) -> None:
+        os.pwrite(self.fd, b"\0", offset)
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def release(self) -> bool:
+        """Drop one holder; close the memfd with the last.  True when it was closed."""
+        self.holders -= 1
+        if self.holders == 0:
+            os.close(self.fd)
+            self.fd = -1
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class Grant:
+    ref: int
+    share: Share
+    index: int
+
+
+@dataclass(slots=True)
+class UnmapNotify:
+    offset: int | None = None
+    port: int | None = None
+
+
+@dataclass(slots=True)
+class Share:
+    id: int
+    client: Client
+    grantee: int
+    refs: list[int]
+    page: PageFile
+    active: bool = False
+    notify: UnmapNotify = field(default_factory=UnmapNotify)
+
+
+@dataclass(slots=True)
+class Mapping:
+    id: int
+    client: Client
+    peer: int
+    refs: list[int]
+    pages: list[tuple[PageFile, int]]
+    writable: bool
+    notify: UnmapNotify = field(default_factory=UnmapNotify)
+
+
+@dataclass(slots=True)
+class Port:
+    domid: int
+    port: int
+    client: Client
+    remote_domid: int
+    wait_fd: int
+    reserved_fd: int = -1  # while unbound: the eventfd the binder will wait on
+    peer: Port | None = None
+    state: str = "unbound"  # unbound -> bound -> peer-closed
+
+
+@dataclass(slots=True)
+class DomainState:
+    domid: int
+    name: str
+    grants: dict[int, Grant] = field(default_factory=dict)
+    revoked: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    ports: dict[int, Port] = field(default_factory=dict)
+    clients: set[Client] = field(default_factory=set)
+    next_ref: int = FIRST_GRANT_REF
+    next_port: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """What the hypervisor holds, over all domains or one."""
+
+    grants: int = 0
+    maps: int = 0
+    ports: int = 0
+    page_files: int = 0
+    eventfds: int = 0
+    clients: int = 0
+
+
+class Hypervisor:
+    """Domains, grant tables and event channels of one simulated machine."""
+
+    def __init__(self, *, grant_limit: int = 1024) -> None:
+        if grant_limit < 1:
+            raise ConfigError(f"grant limit must be at least 1, not {grant_limit}")
+        self.grant_limit = grant_limit
+        self.domains: dict[int, DomainState] = {}
+        self._ids = itertools.count(1)
+        self._page_files: set[PageFile] = set()
+        self._next_domid = 1
+
+    # ----------------------------------------------------------------- domains
+
+    def create_domain(self, name: str, domid: int | None = None) -> int:
+        """Create an empty domain and return its domid (dom0 must be created first, as 0)."""
+        if not name or "/" in name or len(name) > 64:
+            raise ConfigError(f"bad domain name {name!r}")
+        if any(d.name == name for d in self.domains.values()):
+            raise ConfigError(f"a domain named {name!r} exists already")
+        if domid is None:
+            while self._next_domid in self.domains:
+                self._next_domid += 1
+            domid = self._next_domid
+            self._next_domid += 1
+        if not 0 <= domid <= DOMID_MAX or domid in self.domains:
+            raise ConfigError(f"domid {domid} is taken or out of range")
+        self.domains[domid] = DomainState(domid, name)
+        return domid
+
+    def lookup(self, name_or_domid: str | int) -> DomainState:
+        """A domain by name or domid.
+
+        Raises:
+            ConfigError: no such domain.
+        """
+        for dom in self.domains.values():
+            if dom.name == name_or_domid or dom.domid == name_or_domid:
+                return dom
+        if isinstance(name_or_domid, str) and name_or_domid.isdigit():
+            return self.lookup(int(name_or_domid))
+        raise ConfigError(f"no domain {name_or_domid!r}")
+
+    def destroy_domain(self, domid: int) -> list[Client]:
+        """Release everything domain `domid` held, close its peers' ports, forget it; returns
+        its clients, whose connections the caller must drop."""
+        dom = self.domains[domid]
+        clients = list(dom.clients)
+        for client in clients:
+            self.disconnect(client, run_notify=False)
+        # Ports elsewhere still waiting for this domain to bind will never be bound.
+        for other in self.domains.values():
+            for port in list(other.ports.values()):
+                if port.state == "unbound" and port.remote_domid == domid:
+                    self._peer_closed(port)
+        del self.domains[domid]
+        return clients
+
+    def _domain(
+        self, domid: int, what: str, exc: type[GrantError | EventChannelError]
+    ) -> DomainState:
+        if not isinstance(domid, int) or not 0 <= domid <= DOMID_MAX:
+            raise ConfigError(f"bad domid {domid!r}")
+        dom = self.domains.get(domid)
+        if dom is None:
+            raise exc(f"{what}: no domain {domid}", errno.ESRCH)
+        return dom
+
+    # ----------------------------------------------------------------- clients
+
+    def attach(self, client: Client) -> None:
+        self.domains[client.domid].clients.add(client)
+
+    def disconnect(self, client: Client, *, run_notify: bool = True) -> None:
+        """Tear down what `client` held, as the kernel does when a process's device files close:
+        unmap-notify actions first (clear the byte, signal the port), then mappings and grants,
+        then ports."""
+        for mapping in list(client.maps.values()):
+            self.unmap(client, mapping.id, run_notify=run_notify)
+        for share in list(client.shares.values()):
+            self.unshare(client, share.id, run_notify=run_notify)
+        for port in list(client.ports.values()):
+            self.close_port(client, port.port)
+        dom = self.domains.get(client.domid)
+        if dom is not None:
+            dom.clients.discard(client)
+
+    # ----------------------------------------------------------------- grants
+
+    def share(self, client: Client, grantee: int, count: int, writable: bool) -> Share:
+        """Allocate `count` pages granted to `grantee`; inactive until `activate`."""
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError(f"page count must be at least 1, not {count!r}")
+        self._domain(grantee, "share", GrantError)
+        if client.grant_count + count > self.grant_limit:
+            raise ResourceLimitError(
+                f"sharing {count} more pages would exceed the limit of {self.grant_limit} "
+                f"grants per process ({client.grant_count} held)",
+                errno.ENOSPC,
+            )
+        dom = self.domains[client.domid]
+        page = PageFile(count, writable)
+        self._page_files.add(page)
+        page.hold()
+        share = Share(next(self._ids), client, grantee, [], page)
+        for index in range(count):
+            ref = dom.next_ref
+            dom.next_ref += 1
+            dom.grants[ref] = Grant(ref, share, index)
+            share.refs.append(ref)
+        client.shares[share.id] = share
+        return share
+
+    def activate(self, client: Client, share_id: int) -> None:
+        """The granter mapped the pages: seal a read-only share and let the grantee map it."""
+        share = self._share(client, share_id)
+        if share.active:
+            raise GrantError(f"share {share_id} is active already", errno.EINVAL)
+        if not share.page.writable:
+            share.page.seal_read_only()
+        share.active = True
+
+    def _share(self, client: Client, share_id: int) -> Share:
+        share = client.shares.get(share_id)
+        if share is None:
+            raise GrantError(f"no share {share_id} (already closed?)", errno.EINVAL)
+        return share
+
+    def unshare(self, client: Client, share_id: int, *, run_notify: bool = True) -> None:
+        """Close a share (gntalloc's dealloc + munmap): run its unmap-notify, revoke its refs.
+        Mappings the grantee already made keep the pages alive."""
+        share = self._share(client, share_id)
+        if run_notify and share.active:
+            self._run_notify(client, share.notify, lambda off: (share.page, off))
+        dom = self.domains[client.domid]
+        for ref in share.refs:
+            dom.grants.pop(ref, None)
+            dom.revoked[ref] = None
+        while len(dom.revoked) > _REVOKED_MEMORY:
+            dom.revoked.popitem(last=False)
+        del client.shares[share_id]
+        self._release(share.page)
+
+    def map(self, client: Client, peer: int, refs: list[int], writable: bool) -> Mapping:
+        """Map `refs` granted by `peer` to the client's domain (gntdev's map + mmap)."""
+        if not refs:
+            raise ConfigError("no grant refs to map")
+        dom = self._domain(peer, "map", GrantError)
+        pages: list[tuple[PageFile, int]] = []
+        for ref in refs:
+            if not isinstance(ref, int) or isinstance(ref, bool):
+                raise ConfigError(f"bad grant ref {ref!r}")
+            grant = dom.grants.get(ref)
+            if grant is None or not grant.share.active:
+                why = "revoked" if ref in dom.revoked else "unknown"
+                raise GrantError(f"grant ref {ref} of domain {peer} is {why}", errno.EINVAL)
+            share = grant.share
+            if share.grantee != client.domid:
+                raise GrantError(
+                    f"grant ref {ref} of domain {peer} is granted to domain {share.grantee}, "
+                    f"not to domain {client.domid}",
+                    errno.EINVAL,
+                )
+            if writable and not share.page.writable:
+                raise GrantError(
+                    f"grant ref {ref} of domain {peer} is read-only; map it read-only",
+                    errno.EINVAL,
+                )
+            pages.append((share.page, grant.index))
+        for page, _ in pages:
+            page.hold()
+        mapping = Mapping(next(self._ids), client, peer, list(refs), pages, writable)
+        client.maps[mapping.id] = mapping
+        return mapping
+
+    def _mapping(self, client: Client, map_id: int) -> Mapping:
+        mapping = client.maps.get(map_id)
+        if mapping is None:
+            raise GrantError(f"no mapping {map_id} (already unmapped?)", errno.EINVAL)
+        return mapping
+
+    def unmap(self, client: Client, map_id: int, *, run_notify: bool = True) -> None:
+        """Unmap (gntdev's munmap + unmap): run its unmap-notify, drop its hold on the pages."""
+        mapping = self._mapping(client, map_id)
+        if run_notify:
+            self._run_notify(
+                client,
+                mapping.notify,
+                lambda off: (
+                    mapping.pages[off // PAGE_SIZE][0],
+                    mapping.pages[off // PAGE_SIZE][1] * PAGE_SIZE + off % PAGE_SIZE,
+                ),
+            )
+        del client.maps[map_id]
+        for page, _ in mapping.pages:
+            self._release(page)
+
+    def set_unmap_notify(
+        self, client: Client, kind: str, ident: int, offset: int | None, port: int | None
+    ) -> None:
+        """Record what to do when a share or mapping goes away (SET_UNMAP_NOTIFY)."""
+        if kind == "share":
+            share = self._share(client, ident)
+            size = len(share.refs) * PAGE_SIZE
+            notify = share.notify
+        else:
+            mapping = self._mapping(client, ident)
+            size = len(mapping.refs) * PAGE_SIZE
+            if offset is not None and not mapping.writable:
+                raise GrantError("cannot clear a byte in a read-only mapping", errno.EINVAL)
+            notify = mapping.notify
+        if offset is not None and not (isinstance(offset, int) and 0 <= offset < size):
+            raise GrantError(f"unmap-notify offset {offset!r} outside the pages", errno.EINVAL)
+        if port is not None and port not in self.domains[client.domid].ports:
+            raise GrantError(f"unmap-notify port {port} is not open", errno.EINVAL)
+        notify.offset = offset
+        notify.port = port
+
+    def _run_notify(
+        self, client: Client, notify: UnmapNotify, locate: Callable[[int], tuple[PageFile, int]]
+    ) -> None:
+        if notify.offset is not None:
+            page, where = locate(notify.offset)
+            page.clear_byte(where)
+        if notify.port is not None:
+            port = self.domains[client.domid].ports.get(notify.port)
+            if port is not None and port.peer is not None:
+                signal(port.peer.wait_fd)
+
+    def _release(self, page: PageFile) -> None:
+        if page.release():
+            self._page_files.discard(page)
+
+    # ----------------------------------------------------------------- event channels
+
+    def alloc_unbound(self, client: Client, remote: int) -> Port:
+        """A new port of the client's domain that domain `remote` may bind."""
+        self._domain(remote, "alloc_unbound", EventChannelError)
+        dom = self.domains[client.domid]
+        wait_fd = _eventfd()
+        try:
+            reserved = _eventfd()
+        except BaseException:
+            os.close(wait_fd)
+            raise
+        port = Port(client.domid, dom.next_port, client, remote, wait_fd, reserved)
+        dom.next_port += 1
+        dom.ports[port.port] = port
+        client.ports[port.port] = port
+        return port
+
+    def bind_interdomain(self, client: Client, remote: int, remote_port: int) -> Port:
+        """Bind to `remote_port` that domain `remote` allocated for the client's domain."""
+        rdom = self._domain(remote, "bind_interdomain", EventChannelError)
+        target = rdom.ports.get(remote_port) if isinstance(remote_port, int) else None
+        if target is None:
+            raise EventChannelError(
+                f"domain {remote} has no port {remote_port!r}", errno.EINVAL
+            )
+        if target.state != "unbound" or target.remote_domid != client.domid:
+            raise EventChannelError(
+                f"port {remote_port} of domain {remote} is not an unbound port offered to "
+                f"domain {client.domid}",
+                errno.EINVAL,
+            )
+        dom = self.domains[client.domid]
+        wait_fd, target.reserved_fd = target.reserved_fd, -1
+        _drain(wait_fd)  # events sent before the bind are dropped, as on an unbound port
+        port = Port(client.domid, dom.next_port, client, remote, wait_fd, peer=target,
+                    state="bound")
+        dom.next_port += 1
+        dom.ports[port.port] = port
+        client.ports[port.port] = port
+        target.peer = port
+        target.state = "bound"
+        target.client.send_event({"ev": "bound", "port": target.port, "remote_port": port.port})
+        return port
+
+    def close_port(self, client: Client, number: int) -> None:
+        """Close a port; a bound peer learns it (its wait raises PeerGoneError)."""
+        port = client.ports.get(number)
+        if port is None:
+            raise EventChannelError(f"port {number} is not open", errno.ENOTCONN)
+        if port.peer is not None:
+            self._peer_closed(port.peer)
+        port.peer = None
+        os.close(port.wait_fd)
+        if port.reserved_fd >= 0:
+            os.close(port.reserved_fd)
+        del client.ports[number]
+        self.domains[port.domid].ports.pop(number, None)
+
+    def _peer_closed(self, port: Port) -> None:
+        port.state = "peer-closed"
+        port.peer = None
+        if port.reserved_fd >= 0:
+            os.close(port.reserved_fd)
+            port.reserved_fd = -1
+        signal(port.wait_fd, PEER_GONE)
+        port.client.send_event({"ev": "peer_closed", "port": port.port})
+
+    def fire(self, domid: int, number: int) -> None:
+        """Fault hook: deliver a spurious event on port `number` of domain `domid`."""
+        port = self.domains[domid].ports.get(number)
+        if port is None:
+            raise EventChannelError(f"domain {domid} has no port {number}", errno.EINVAL)
+        signal(port.wait_fd)
+
+    # ----------------------------------------------------------------- accounting
+
+    def accounting(self, domid: int | None = None) -> Accounting:
+        """What is held, in one domain or in all."""
+        doms = [self.domains[domid]] if domid is not None else list(self.domains.values())
+        clients = [c for d in doms for c in d.clients]
+        ports = [p for d in doms for p in d.ports.values()]
+        return Accounting(
+            grants=sum(len(d.grants) for d in doms),
+            maps=sum(len(c.maps) for c in clients),
+            ports=len(ports),
+            page_files=len(self._page_files) if domid is None else len(
+                {s.page for c in clients for s in c.shares.values()}
+            ),
+            eventfds=sum(1 + (p.reserved_fd >= 0) for p in ports),
+            clients=len(clients),
+        )

@@ -1,0 +1,346 @@
+"""The simulated Xen's server: sockets per domain, the control socket, the embedded xenstored.
+
+One task serves each connection.  Requests are answered in order, each by one synchronous
+`Hypervisor` call, so every request is atomic.  Replies and unsolicited events ("the peer of
+your port closed") go through a per-connection outbox drained by a writer task; descriptors in
+the outbox are private duplicates, so a resource closed meanwhile can never send a recycled fd
+number.  When a connection ends -- the process exited, was killed, or closed its handle -- the
+hypervisor runs that connection's unmap-notify actions and releases what it held.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskStatus, UNIXSocketStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._errors import ConfigError, RemoteProtocolError, TransportError
+from . import _paths, _wire
+from ._hypervisor import Client, Hypervisor
+from .xenstored import XenstoreServer
+
+log = logging.getLogger(__name__)
+
+_Outbox = tuple[bytes, list[int]]
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc.args[0]) if exc.args else str(exc),
+        "errno": getattr(exc, "errno", None),
+    }
+
+
+class _Connection:
+    """Outbox of one connection: frames queued synchronously, sent by `writer`."""
+
+    def __init__(self) -> None:
+        send: MemoryObjectSendStream[_Outbox]
+        receive: MemoryObjectReceiveStream[_Outbox]
+        send, receive = anyio.create_memory_object_stream[_Outbox](math.inf)
+        self._send = send
+        self._receive = receive
+
+    def push(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Queue `message` with duplicates of `fds` (the caller keeps its own)."""
+        dups = [os.dup(fd) for fd in fds or ()]
+        try:
+            self._send.send_nowait((_wire.encode(message, len(dups)), dups))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            for fd in dups:
+                os.close(fd)
+
+    async def writer(self, stream: UNIXSocketStream) -> None:
+        async with self._receive:
+            async for frame, fds in self._receive:
+                try:
+                    if fds:
+                        await stream.send_fds(frame, fds)
+                    else:
+                        await stream.send(frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+
+    def close(self) -> None:
+        self._send.close()
+        while True:
+            try:
+                _, fds = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            for fd in fds:
+                os.close(fd)
+        self._receive.close()
+
+
+class SimServer:
+    """The simulated machine behind a directory of sockets.
+
+    Run it with ``await task_group.start(server.run)``; it creates dom0 ("Domain-0"), listens,
+    and stops (releasing everything) when cancelled or asked to shut down.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, grant_limit: int = 1024) -> None:
+        self.directory = Path(directory)
+        self.hypervisor = Hypervisor(grant_limit=grant_limit)
+        self.store = XenstoreServer()
+        self._domain_scopes: dict[int, anyio.CancelScope] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._shutdown = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or until a control client asks for shutdown."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "domain").mkdir(mode=0o700, exist_ok=True)
+        control = _paths.control_socket(self.directory)
+        control.unlink(missing_ok=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                await self._start_domain("Domain-0", 0)
+                listener = await anyio.create_unix_listener(control)
+                os.chmod(control, 0o600)
+                tg.start_soon(listener.serve, self._serve_control)
+                task_status.started()
+                await self._shutdown.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            for domid in sorted(self.hypervisor.domains, reverse=True):
+                self._teardown_domain(domid)
+            control.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------- domains
+
+    async def _start_domain(self, name: str, domid: int | None = None) -> int:
+        domid = self.hypervisor.create_domain(name, domid)
+        directory = _paths.domain_dir(self.directory, domid)
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o700)
+        assert self._task_group is not None
+        try:
+            await self._task_group.start(self._run_domain, domid)
+        except BaseException:
+            del self.hypervisor.domains[domid]
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self.store.introduce_domain(domid)
+        return domid
+
+    async def _run_domain(self, domid: int, *, task_status: TaskStatus[None]) -> None:
+        scope = anyio.CancelScope()
+        self._domain_scopes[domid] = scope
+        with scope:
+            xen = await anyio.create_unix_listener(_paths.xen_socket(self.directory, domid))
+            xs = await anyio.create_unix_listener(_paths.xenstored_socket(self.directory, domid))
+            async with xen, xs, anyio.create_task_group() as tg:
+                task_status.started()
+                tg.start_soon(xen.serve, partial(self._serve_client, domid), tg)
+                tg.start_soon(xs.serve, partial(self._serve_store, domid), tg)
+
+    async def _serve_store(self, domid: int, stream: anyio.abc.SocketStream) -> None:
+        await self.store.serve_connection(stream, domid)
+
+    def destroy_domain(self, name_or_domid: str | int) -> int:
+        """Destroy a domain: release all it held, close its peers' ports, drop its processes'
+        connections, fire @releaseDomain.  Returns its domid."""
+        dom = self.hypervisor.lookup(name_or_domid)
+        if dom.domid == 0:
+            raise ConfigError("Domain-0 cannot be destroyed")
+        self._teardown_domain(dom.domid)
+        return dom.domid
+
+    def _teardown_domain(self, domid: int) -> None:
+        self.hypervisor.destroy_domain(domid)
+        self.store.release_domain(domid)
+        scope = self._domain_scopes.pop(domid, None)
+        if scope is not None:
+            scope.cancel()
+        shutil.rmtree(_paths.domain_dir(self.directory, domid), ignore_errors=True)
+
+    # ----------------------------------------------------------------- clients
+
+    async def _serve_client(self, domid: int, stream: anyio.abc.SocketStream) -> None:
+        assert isinstance(stream, UNIXSocketStream)
+        connection = _Connection()
+        client = Client(domid, connection.push)
+        self.hypervisor.attach(client)
+        reader = _wire.FrameReader(stream)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(connection.writer, stream)
+                await self._read_requests(client, connection, reader)
+                tg.cancel_scope.cancel()
+        finally:
+            if domid in self.hypervisor.domains:
+                self.hypervisor.disconnect(client)
+            reader.close()
+            connection.close()
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read_requests(
+        self, client: Client, connection: _Connection, reader: _wire.FrameReader
+    ) -> None:
+        while True:
+            try:
+                message, fds = await reader.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            except RemoteProtocolError as exc:
+                log.warning("dropping a connection of domain %d: %s", client.domid, exc)
+                return
+            for fd in fds:  # clients have no business sending descriptors
+                os.close(fd)
+            request_id = message.get("id")
+            try:
+                reply, out_fds = self._dispatch(client, message)
+            except (TransportError, ConfigError) as exc:
+                if request_id is None:
+                    connection.push({"ev": "error", "error": _error(exc)})
+                else:
+                    connection.push({"id": request_id, "error": _error(exc)})
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("dropping a connection of domain %d: bad request %r (%s)",
+                            client.domid, message, exc)
+                return
+            try:
+                if request_id is not None:
+                    connection.push({"id": request_id, "ok": reply}, out_fds)
+            finally:
+                # Read-only reopenings made for a map reply were duplicated into the outbox.
+                if message.get("op") == "map" and not message.get("writable"):
+                    for fd in out_fds:
+                        os.close(fd)
+
+    def _dispatch(self, client: Client, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        hv = self.hypervisor
+        op = msg["op"]
+        if op == "share":
+            share = hv.share(client, msg["peer"], msg["count"], bool(msg["writable"]))
+            return {"share": share.id, "refs": share.refs}, [share.page.fd]
+        if op == "activate":
+            hv.activate(client, msg["share"])
+            return {}, []
+        if op == "unshare":
+            hv.unshare(client, msg["share"])
+            return {}, []
+        if op == "map":
+            writable = bool(msg["writable"])
+            mapping = hv.map(client, msg["peer"], list(msg["refs"]), writable)
+            files: list[int] = []
+            slots: dict[int, int] = {}
+            pieces = []
+            for page, index in mapping.pages:
+                if page.fd not in slots:
+                    slots[page.fd] = len(files)
+                    files.append(page.fd)
+                pieces.append([slots[page.fd], index])
+            if not writable:
+                # A read-only descriptor: the kernel itself refuses writable mappings.
+                files = [os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                         for fd in files]
+            return {"map": mapping.id, "pieces": pieces}, files
+        if op == "unmap":
+            hv.unmap(client, msg["map"])
+            return {}, []
+        if op == "unmap_notify":
+            hv.set_unmap_notify(client, msg["kind"], msg["ident"], msg["offset"], msg["port"])
+            return {}, []
+        if op == "alloc_unbound":
+            port = hv.alloc_unbound(client, msg["remote"])
+            return {"port": port.port}, [port.wait_fd, port.reserved_fd]
+        if op == "bind_interdomain":
+            port = hv.bind_interdomain(client, msg["remote"], msg["remote_port"])
+            assert port.peer is not None
+            return {"port": port.port}, [port.wait_fd, port.peer.wait_fd]
+        if op == "close_port":
+            hv.close_port(client, msg["port"])
+            return {}, []
+        raise ValueError(f"unknown operation {op!r}")
+
+    # ----------------------------------------------------------------- control
+
+    async def _serve_control(self, stream: anyio.abc.SocketStream) -> None:
+        assert isinstance(stream, UNIXSocketStream)
+        reader = _wire.FrameReader(stream)
+        async with stream:
+            try:
+                while True:
+                    try:
+                        message, fds = await reader.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, RemoteProtocolError):
+                        return
+                    for fd in fds:
+                        os.close(fd)
+                    try:
+                        reply = {"id": message.get("id"), "ok": await self._control(message)}
+                    except (TransportError, ConfigError) as exc:
+                        reply = {"id": message.get("id"), "error": _error(exc)}
+                    except (KeyError, TypeError, ValueError) as exc:
+                        reply = {"id": message.get("id"), "error": _error(ConfigError(
+                            f"bad control request {message!r}: {exc}"))}
+                    await _wire.send(stream, reply)
+                    if message.get("op") == "shutdown" and "ok" in reply:
+                        self._shutdown.set()
+                        return
+            finally:
+                reader.close()
+
+    async def _control(self, msg: dict[str, Any]) -> Any:
+        op = msg["op"]
+        if op == "create":
+            return {"domid": await self._start_domain(str(msg["name"]))}
+        if op == "destroy":
+            return {"domid": self.destroy_domain(msg["domain"])}
+        if op == "list":
+            return {"domains": [
+                {"domid": d.domid, "name": d.name, "processes": len(d.clients)}
+                for d in sorted(self.hypervisor.domains.values(), key=lambda d: d.domid)
+            ]}
+        if op == "leaks":
+            counts = asdict(self.hypervisor.accounting())
+            counts["watches"] = self.store.watch_count()
+            counts["transactions"] = self.store.transaction_count()
+            return counts
+        if op == "fire":
+            self.hypervisor.fire(int(msg["domid"]), int(msg["port"]))
+            return {}
+        if op == "shutdown":
+            return {}  # honoured once the reply is out
+        raise ValueError(f"unknown control operation {op!r}")
+
+
+def run_forever(
+    directory: str | os.PathLike[str],
+    *,
+    grant_limit: int = 1024,
+    backend: str = "asyncio",
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run a server in the foreground until it is asked to shut down or interrupted."""
+
+    async def main() -> None:
+        server = SimServer(directory, grant_limit=grant_limit)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)
+            if ready is not None:
+                ready()
+
+    anyio.run(main, backend=backend)
