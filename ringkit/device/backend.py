@@ -50,7 +50,7 @@ class Backend(DeviceBase):
         super().__init__(
             domain, DeviceAddress(self.device_type, frontend_id, domain.domid, devid)
         )
-        self._serve_scope: anyio.CancelScope | None = None
+        self._serve_scopes: list[anyio.CancelScope] = []
         self._serving = 0
         self._served_all = anyio.Event()
         self._connections_ended = 0
@@ -185,9 +185,10 @@ class Backend(DeviceBase):
 
     def _start_serving(self) -> None:
         assert self._tg is not None
-        self._serve_scope = scope = anyio.CancelScope()
         self._served_all = anyio.Event()
         for queue in self.queues:
+            scope = anyio.CancelScope()
+            self._serve_scopes.append(scope)
             self._serving += 1
             self._tg.start_soon(self._serve_queue, queue, scope)
 
@@ -208,9 +209,10 @@ class Backend(DeviceBase):
 
     async def _teardown(self) -> None:
         """Stop the serving tasks first, then release the rings (unmap before closing)."""
-        if self._serve_scope is not None:
-            self._serve_scope.cancel()
-            self._serve_scope = None
+        if self._serve_scopes:
+            for scope in self._serve_scopes:
+                scope.cancel()
+            self._serve_scopes = []
             with anyio.CancelScope(shield=True):
                 if self._serving:
                     await self._served_all.wait()
@@ -228,8 +230,9 @@ class Backend(DeviceBase):
             await self._restart_state()
             await self._advertise_and_wait()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            await stack.aclose()
             raise
         self._stack = stack
         return self
@@ -280,4 +283,5 @@ class Backend(DeviceBase):
                 self._finish(PeerGoneError("closed"))
                 assert self._tg is not None
                 self._tg.cancel_scope.cancel()
-                await stack.aclose()
+        # The task group must be left outside the shielded scope above (scopes nest).
+        await stack.aclose()

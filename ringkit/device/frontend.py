@@ -219,7 +219,7 @@ class Frontend(DeviceBase):
                 self._tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._teardown()
-                await stack.aclose()
+            await stack.aclose()
             raise
         self._stack = stack
         return self
@@ -247,4 +247,5 @@ class Frontend(DeviceBase):
                 self._finish(PeerGoneError("closed"))
                 assert self._tg is not None
                 self._tg.cancel_scope.cancel()
-                await stack.aclose()
+        # The task group must be left outside the shielded scope above (scopes nest).
+        await stack.aclose()
