@@ -1,0 +1,142 @@
+"""The /dev/xen/xenbus stream and how the client finds a store.
+
+The device cannot exist here, so the stream is exercised on a SOCK_SEQPACKET socketpair, which
+keeps write boundaries the way the kernel device sees them: the server side checks that every
+write carries exactly one whole message.  The real device is used under Xen (marker ``xen``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from ringkit import StoreError
+from ringkit.proto.xs_wire import HEADER, HEADER_SIZE
+from ringkit.sim.xenstored import XenstoreServer
+from ringkit.store import (
+    XENBUS_DEVICE,
+    StoreClient,
+    XenbusDeviceStream,
+    connect_xenbus,
+    daemon_socket_path,
+    domain_device_path,
+    open_path,
+    open_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class OneMessagePerWrite(anyio.abc.ByteStream):
+    """Server-side wrapper asserting each received packet is exactly one xs_wire message."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.inner = inner
+        self.packets = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        assert len(data) >= HEADER_SIZE
+        assert HEADER.unpack_from(data)[3] == len(data) - HEADER_SIZE, "partial/merged message"
+        self.packets += 1
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_device_stream_writes_whole_messages(server: XenstoreServer) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    checker = OneMessagePerWrite(XenbusDeviceStream(theirs.detach()))
+    device = XenbusDeviceStream(ours.detach())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve_connection, checker, 0)
+        async with StoreClient(device) as store:
+            await store.write("/dev/test", b"v" * 3000)
+            assert await store.read_bytes("/dev/test") == b"v" * 3000
+            async with store.watch("/dev") as watch:
+                with anyio.fail_after(5):
+                    assert await watch.__anext__() == "/dev"
+            async with anyio.create_task_group() as burst:
+                for i in range(20):
+                    burst.start_soon(store.write, f"/dev/n{i}", str(i))
+    assert checker.packets == 24  # write, read, watch, unwatch and 20 writes: one write each
+    assert device.fileno >= 0
+
+
+async def test_device_stream_end_of_stream_and_close() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = XenbusDeviceStream(ours.detach())
+    theirs.close()
+    with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+        await device.receive()
+    await device.aclose()
+    await device.aclose()  # idempotent
+    with pytest.raises(anyio.ClosedResourceError):
+        await device.receive()
+    with pytest.raises(anyio.ClosedResourceError):
+        await device.send(b"x")
+
+
+@pytest.fixture
+async def sim_socket(tmp_path: Path) -> AsyncIterator[str]:
+    server = XenstoreServer()
+    path = str(tmp_path / "socket")
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve_unix, path, 0)
+        yield path
+        tg.cancel_scope.cancel()
+
+
+async def test_store_discovery_like_libxenstore(
+    sim_socket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XENSTORED_PATH", sim_socket)
+    assert daemon_socket_path() == sim_socket == domain_device_path()
+    async with await open_store() as store:
+        assert await store.read("/local/domain/0/name") == "Domain-0"
+
+    monkeypatch.delenv("XENSTORED_PATH")
+    monkeypatch.setenv("XENSTORED_RUNDIR", str(tmp_path))  # <rundir>/socket is sim_socket
+    assert daemon_socket_path() == sim_socket
+    assert domain_device_path() == XENBUS_DEVICE
+    async with await open_store() as store:
+        assert await store.get_domain_path(3) == "/local/domain/3"
+
+    monkeypatch.setenv("XENSTORED_RUNDIR", str(tmp_path / "nowhere"))
+    if not os.path.exists(XENBUS_DEVICE):
+        with pytest.raises(StoreError) as info:
+            await open_store()
+        assert info.value.code == "ENOENT"
+
+
+async def test_open_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as info:
+        await open_path(str(tmp_path / "missing"))
+    assert info.value.code == "ENOENT"
+    with pytest.raises(StoreError) as info:
+        connect_xenbus(str(tmp_path / "missing"))
+    assert info.value.code == "ENOENT"
+
+
+@pytest.mark.xen
+@pytest.mark.skipif(not os.path.exists(XENBUS_DEVICE), reason="needs /dev/xen/xenbus (real Xen)")
+async def test_real_xenbus_device() -> None:
+    async with connect_xenbus() as store:
+        home = await store.get_domain_path(0)
+        assert home.startswith("/local/domain/")
+        async with store.watch(home) as watch:
+            with anyio.fail_after(10):
+                assert await watch.__anext__() == home
