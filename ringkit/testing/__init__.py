@@ -1,0 +1,40 @@
+"""Public test helpers: conformance checks of the transport interface.
+
+The checks take a *pair maker* (a callable returning an async context manager that yields two
+`ringkit.abc.Domain` handles) and never import pytest, so any transport -- the simulator, the
+real ``/dev/xen`` devices, your own -- can be held to the same contract::
+
+    from ringkit.testing import CHECKS, check_refusals
+
+    for name, check in CHECKS.items():
+        await check(make_pair)
+    await check_refusals(make_pair, grant_limit=1024)
+
+Every check ends by asserting that both handles' `leaks()` are all zero.
+"""
+
+from ._transport import CHECKS as CHECKS
+from ._transport import PairMaker as PairMaker
+from ._transport import assert_no_leaks as assert_no_leaks
+from ._transport import check_event_channel as check_event_channel
+from ._transport import check_grant_limit as check_grant_limit
+from ._transport import check_multi_page_contiguous as check_multi_page_contiguous
+from ._transport import check_peer_gone as check_peer_gone
+from ._transport import check_read_only_grant as check_read_only_grant
+from ._transport import check_refusals as check_refusals
+from ._transport import check_share_map_round_trip as check_share_map_round_trip
+from ._transport import check_unmap_notify as check_unmap_notify
+
+__all__ = (
+    "CHECKS",
+    "PairMaker",
+    "assert_no_leaks",
+    "check_event_channel",
+    "check_grant_limit",
+    "check_multi_page_contiguous",
+    "check_peer_gone",
+    "check_read_only_grant",
+    "check_refusals",
+    "check_share_map_round_trip",
+    "check_unmap_notify",
+)

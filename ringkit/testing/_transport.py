@@ -1,0 +1,328 @@
+"""Conformance checks of the transport interface (`ringkit.abc`).
+
+Each check takes a *pair maker*: a callable returning an async context manager that yields two
+`Domain` handles, ``a`` and ``b`` -- two processes' views, in two domains where the transport
+can (the simulator), or both in dom0 on a real machine.  A check drives the pair through one
+behaviour, raises ``AssertionError`` when the transport deviates, and ends by asserting that
+both handles hold nothing any more (ocaml-vchan's ``assert_cleaned_up``).  Nothing here imports
+pytest: run the checks from any test runner, on any anyio backend.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+import anyio
+
+from .._errors import EventChannelError, GrantError, PeerGoneError, ResourceLimitError
+from ..abc import PAGE_SIZE, Domain, EventChannel
+
+PairMaker = Callable[[], AbstractAsyncContextManager[tuple[Domain, Domain]]]
+"""Makes two connected domain handles (see the module docstring)."""
+
+TIMEOUT = 10.0
+"""Generous bound on any single wait, only so that a broken transport fails instead of hanging."""
+
+QUIET = 0.2
+"""How long a wait that must not return is given to (wrongly) return."""
+
+UNKNOWN_REF = 0x7FFF_FFF0
+"""A grant reference no test ever creates (far beyond any grant table in use)."""
+
+
+def assert_no_leaks(*domains: Domain) -> None:
+    """Every handle holds nothing: no grants, mappings, ports, descriptors or watches."""
+    for dom in domains:
+        leaks = dom.leaks()
+        assert not leaks, f"domain {dom.domid} handle still holds {leaks}"
+
+
+async def _wait(channel: EventChannel) -> None:
+    with anyio.fail_after(TIMEOUT):
+        await channel.wait()
+
+
+async def _stays_quiet(channel: EventChannel) -> bool:
+    """True when no event arrives on `channel` for `QUIET` seconds."""
+    with anyio.move_on_after(QUIET):
+        await channel.wait()
+        return False
+    return True
+
+
+async def _connect(a: Domain, b: Domain) -> tuple[EventChannel, EventChannel]:
+    offered = await a.events.alloc_unbound(b.domid)
+    bound = await b.events.bind_interdomain(a.domid, offered.port)
+    return offered, bound
+
+
+async def _raises(
+    exc_type: type[BaseException], call: Callable[[], Awaitable[object]], what: str
+) -> BaseException:
+    try:
+        result = await call()
+    except exc_type as exc:
+        return exc
+    # A resource that was created despite the refusal would leak; close it for the report.
+    closer = getattr(result, "aclose", None)
+    if closer is not None:
+        await closer()
+    raise AssertionError(f"{what}: expected {exc_type.__name__}, got {result!r}")
+
+
+# --------------------------------------------------------------------------- grants
+
+
+async def check_share_map_round_trip(make_pair: PairMaker) -> None:
+    """Data written by either side is seen by the other; the pages outlive the granter's early
+    close for as long as the grantee keeps them mapped."""
+    async with make_pair() as (a, b):
+        shared = await a.grants.share(b.domid, 1)
+        assert shared.peer == b.domid and shared.writable and len(shared.refs) == 1
+        assert len(shared.buffer) == PAGE_SIZE
+        assert bytes(shared.buffer) == bytes(PAGE_SIZE), "shared pages must start zeroed"
+        shared.buffer[0:5] = b"hello"
+        mapped = await b.grants.map(a.domid, shared.refs)
+        assert mapped.peer == a.domid and mapped.refs == shared.refs and mapped.writable
+        assert bytes(mapped.buffer[0:5]) == b"hello"
+        mapped.buffer[PAGE_SIZE - 5 :] = b"world"
+        assert bytes(shared.buffer[PAGE_SIZE - 5 :]) == b"world"
+        await shared.aclose()  # early dealloc: the mapping stays valid
+        mapped.buffer[100] = 42
+        assert mapped.buffer[100] == 42 and bytes(mapped.buffer[0:5]) == b"hello"
+        await mapped.aclose()
+        assert_no_leaks(a, b)
+
+
+async def check_read_only_grant(make_pair: PairMaker) -> None:
+    """A read-only grant maps read-only; the granter's writes show through; the mapping cannot
+    be written (the memoryview is read-only)."""
+    async with make_pair() as (a, b):
+        shared = await a.grants.share(b.domid, 1, writable=False)
+        assert not shared.writable
+        mapped = await b.grants.map(a.domid, shared.refs, writable=False)
+        assert not mapped.writable and mapped.buffer.readonly
+        shared.buffer[7] = 0x5A
+        assert mapped.buffer[7] == 0x5A
+        try:
+            mapped.buffer[7] = 1
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("a read-only mapping accepted a write")
+        await mapped.aclose()
+        await shared.aclose()
+        assert_no_leaks(a, b)
+
+
+async def check_multi_page_contiguous(make_pair: PairMaker) -> None:
+    """Several refs map as one contiguous buffer, in the order the refs are given."""
+    async with make_pair() as (a, b):
+        shared = await a.grants.share(b.domid, 3)
+        for page in range(3):
+            shared.buffer[page * PAGE_SIZE : (page + 1) * PAGE_SIZE] = bytes([page + 1]) * PAGE_SIZE
+        mapped = await b.grants.map(a.domid, shared.refs)
+        assert len(mapped.buffer) == 3 * PAGE_SIZE
+        assert bytes(mapped.buffer) == bytes(shared.buffer)
+        # a record straddling the page boundary reads back whole
+        mapped.buffer[PAGE_SIZE - 2 : PAGE_SIZE + 2] = b"ABCD"
+        assert bytes(shared.buffer[PAGE_SIZE - 2 : PAGE_SIZE + 2]) == b"ABCD"
+        reversed_map = await b.grants.map(a.domid, list(reversed(shared.refs)))
+        for page in range(3):
+            got = reversed_map.buffer[page * PAGE_SIZE + 10]
+            assert got == 3 - page, f"page {page} of the reversed mapping holds {got}"
+        await reversed_map.aclose()
+        await mapped.aclose()
+        await shared.aclose()
+        assert_no_leaks(a, b)
+
+
+# --------------------------------------------------------------------------- event channels
+
+
+async def check_event_channel(make_pair: PairMaker) -> None:
+    """notify/wait both ways; events sent between two waits coalesce into one wake-up."""
+    async with make_pair() as (a, b):
+        offered, bound = await _connect(a, b)
+        assert offered.remote_domid == b.domid and bound.remote_domid == a.domid
+        for _ in range(3):
+            bound.notify()
+            await _wait(offered)
+            offered.notify()
+            await _wait(bound)
+        for _ in range(5):
+            bound.notify()
+        await _wait(offered)
+        assert await _stays_quiet(offered), "five notifications woke the waiter twice"
+        # a waiter blocked before the notification is woken by it
+        async with anyio.create_task_group() as tg:
+            woke = anyio.Event()
+
+            async def waiter() -> None:
+                await _wait(bound)
+                woke.set()
+
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            offered.notify()
+            with anyio.fail_after(TIMEOUT):
+                await woke.wait()
+        await bound.aclose()
+        await offered.aclose()
+        assert_no_leaks(a, b)
+
+
+async def check_peer_gone(make_pair: PairMaker) -> None:
+    """When one end closes, the other's wait returns for what was sent before, then raises
+    PeerGoneError; its notify is refused; closing it afterwards is clean."""
+    async with make_pair() as (a, b):
+        offered, bound = await _connect(a, b)
+        bound.notify()
+        await bound.aclose()
+        await _wait(offered)  # the event sent before the close is delivered
+        with anyio.fail_after(TIMEOUT):
+            await _raises(PeerGoneError, offered.wait, "wait after the peer closed")
+        await _raises(PeerGoneError, offered.wait, "a second wait after the peer closed")
+        try:
+            offered.notify()
+        except EventChannelError:
+            pass
+        else:
+            raise AssertionError("notify on a port whose peer closed was accepted")
+        await offered.aclose()
+        try:
+            offered.notify()
+        except anyio.ClosedResourceError:
+            pass
+        else:
+            raise AssertionError("notify on a closed port was accepted")
+        assert_no_leaks(a, b)
+
+
+async def check_unmap_notify(make_pair: PairMaker) -> None:
+    """Unmapping runs the unmap-notify: the byte is cleared and the port signalled, for the
+    grantee's mapping and for the granter's pages alike."""
+    async with make_pair() as (a, b):
+        offered, bound = await _connect(a, b)
+        shared = await a.grants.share(b.domid, 2)
+        mapped = await b.grants.map(a.domid, shared.refs)
+        shared.buffer[PAGE_SIZE + 9] = 1
+        mapped.set_unmap_notify(offset=PAGE_SIZE + 9, port=bound.port)
+        await mapped.aclose()
+        await _wait(offered)
+        assert shared.buffer[PAGE_SIZE + 9] == 0, "the grantee's unmap did not clear the byte"
+
+        mapped = await b.grants.map(a.domid, shared.refs)
+        shared.buffer[3] = 1
+        shared.set_unmap_notify(offset=3, port=offered.port)
+        await shared.aclose()
+        await _wait(bound)
+        assert mapped.buffer[3] == 0, "the granter's unmap did not clear the byte"
+        await mapped.aclose()
+        await bound.aclose()
+        await offered.aclose()
+        assert_no_leaks(a, b)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+async def check_refusals(make_pair: PairMaker, grant_limit: int = 1024) -> None:
+    """Every misuse is refused with a typed error, and leaves nothing behind.
+
+    `grant_limit` is the transport's limit of pages one process may have granted.
+    """
+    async with make_pair() as (a, b):
+        shared = await a.grants.share(b.domid, 1)
+        read_only = await a.grants.share(b.domid, 1, writable=False)
+
+        async def map_unknown() -> object:
+            return await b.grants.map(a.domid, [UNKNOWN_REF])
+
+        exc = await _raises(GrantError, map_unknown, "mapping an unknown ref")
+        assert getattr(exc, "errno", None) is not None, "grant errors carry an errno"
+
+        async def map_read_only_writable() -> object:
+            return await b.grants.map(a.domid, read_only.refs, writable=True)
+
+        await _raises(GrantError, map_read_only_writable, "a writable map of a read-only grant")
+
+        if a.domid != b.domid:
+
+            async def map_by_wrong_domain() -> object:
+                return await a.grants.map(a.domid, shared.refs)
+
+            await _raises(GrantError, map_by_wrong_domain, "a map by a domain not granted")
+
+        revoked = shared.refs
+        await shared.aclose()
+
+        async def map_revoked() -> object:
+            return await b.grants.map(a.domid, revoked)
+
+        await _raises(GrantError, map_revoked, "mapping a revoked ref")
+
+        mapped = await b.grants.map(a.domid, read_only.refs, writable=False)
+        await mapped.aclose()
+        await _raises(GrantError, mapped.aclose, "a double unmap")
+        await _raises(GrantError, shared.aclose, "a double unshare")
+        await read_only.aclose()
+
+        async def share_too_many() -> object:
+            return await a.grants.share(b.domid, grant_limit + 1)
+
+        exc = await _raises(ResourceLimitError, share_too_many, "sharing over the grant limit")
+        assert getattr(exc, "errno", None) in (errno.ENOSPC, errno.ENOMEM, None)
+
+        async def bind_nonexistent() -> object:
+            return await b.events.bind_interdomain(a.domid, 0x7FFF)
+
+        await _raises(EventChannelError, bind_nonexistent, "binding a port that does not exist")
+        offered = await a.events.alloc_unbound(b.domid)
+        bound = await b.events.bind_interdomain(a.domid, offered.port)
+
+        async def bind_twice() -> object:
+            return await b.events.bind_interdomain(a.domid, offered.port)
+
+        await _raises(EventChannelError, bind_twice, "binding a port that is bound already")
+        await offered.aclose()
+        with anyio.fail_after(TIMEOUT):
+            await _raises(PeerGoneError, bound.wait, "wait after the peer closed")
+        try:
+            bound.notify()
+        except EventChannelError:
+            pass
+        else:
+            raise AssertionError("notify on a port that is no longer bound was accepted")
+        await bound.aclose()
+        assert_no_leaks(a, b)
+
+
+async def check_grant_limit(make_pair: PairMaker, grant_limit: int) -> None:
+    """Exactly `grant_limit` pages may be granted at once; one more is refused until some are
+    closed."""
+    async with make_pair() as (a, b):
+        held = await a.grants.share(b.domid, grant_limit)
+
+        async def one_more() -> object:
+            return await a.grants.share(b.domid, 1)
+
+        await _raises(ResourceLimitError, one_more, "one page over the grant limit")
+        await held.aclose()
+        again = await a.grants.share(b.domid, 1)
+        await again.aclose()
+        assert_no_leaks(a, b)
+
+
+CHECKS: dict[str, Callable[[PairMaker], Awaitable[None]]] = {
+    "share_map_round_trip": check_share_map_round_trip,
+    "read_only_grant": check_read_only_grant,
+    "multi_page_contiguous": check_multi_page_contiguous,
+    "event_channel": check_event_channel,
+    "peer_gone": check_peer_gone,
+    "unmap_notify": check_unmap_notify,
+}
+"""The checks that need nothing but a pair maker, by name (`check_refusals` and
+`check_grant_limit` also need the transport's grant limit)."""
