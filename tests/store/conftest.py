@@ -3,33 +3,14 @@ domain, over real Unix socketpairs."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-import anyio.abc
 import pytest
-from xs_helpers import ClientFactory
+from xs_helpers import ClientFactory, serve_pair
 
 from ringkit.sim.xenstored import XenstoreServer
 from ringkit.store import StoreClient
-
-
-@asynccontextmanager
-async def serve_pair(
-    server: XenstoreServer, domid: int
-) -> AsyncIterator[tuple[anyio.abc.SocketStream, anyio.abc.TaskGroup]]:
-    """A raw client socket connected to `server` as domain `domid`."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    client_stream = await anyio.abc.SocketStream.from_socket(ours)
-    server_stream = await anyio.abc.SocketStream.from_socket(theirs)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve_connection, server_stream, domid)
-        try:
-            yield client_stream, tg
-        finally:
-            await client_stream.aclose()
 
 
 @pytest.fixture

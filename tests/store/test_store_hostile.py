@@ -9,8 +9,7 @@ import struct
 import anyio
 import anyio.abc
 import pytest
-from conftest import serve_pair
-from xs_helpers import ClientFactory
+from xs_helpers import ClientFactory, serve_pair
 
 from ringkit.proto.xs_wire import (
     XENSTORE_PAYLOAD_MAX,

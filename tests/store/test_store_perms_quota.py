@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from xs_helpers import ClientFactory, next_event, no_event
+from xs_helpers import ClientFactory, next_event, no_event, serve_pair
 
 from ringkit import StoreError
 from ringkit.abc import Access, Permission
@@ -135,8 +135,6 @@ async def test_node_size_quota_enospc(server: XenstoreServer, connect: ClientFac
 async def test_nodes_quota_enospc(connect: ClientFactory) -> None:
     server = XenstoreServer(Quota(nodes=6))
     server.introduce_domain(1)  # home and home/domid are owned by domain 1: two nodes
-
-    from conftest import serve_pair
 
     async with serve_pair(server, 1) as (stream, _tg), StoreClient(stream) as d1:
         await d1.write("a/b", "1")  # 4

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
+import anyio.abc
 
+from ringkit.sim.xenstored import XenstoreServer
 from ringkit.store import StoreClient
 
 ClientFactory = Callable[[int], AbstractAsyncContextManager[StoreClient]]
@@ -25,3 +28,19 @@ async def no_event(watch: AsyncIterator[str], settle: Callable[[], Awaitable[obj
     await settle()
     pending = watch._queue.pending  # type: ignore[attr-defined]
     assert not pending, f"unexpected watch events {list(pending)}"
+
+
+@asynccontextmanager
+async def serve_pair(
+    server: XenstoreServer, domid: int
+) -> AsyncIterator[tuple[anyio.abc.SocketStream, anyio.abc.TaskGroup]]:
+    """A raw client socket connected to `server` as domain `domid`."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    client_stream = await anyio.abc.SocketStream.from_socket(ours)
+    server_stream = await anyio.abc.SocketStream.from_socket(theirs)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve_connection, server_stream, domid)
+        try:
+            yield client_stream, tg
+        finally:
+            await client_stream.aclose()
