@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from .layout import RingLayout
+
 PAGE_SIZE: Final = 4096
 SECTOR_SIZE: Final = 512
 """blkif sector unit in bytes, whatever the disk's logical sector size."""
@@ -33,6 +35,10 @@ RESPONSE_SIZE: Final = 16
 """``sizeof(struct blkif_response)`` on x86_64."""
 SEGMENT_SIZE: Final = 8
 """``sizeof(struct blkif_request_segment)``."""
+
+RING_LAYOUT: Final = RingLayout("blkif", REQUEST_SIZE, RESPONSE_SIZE)
+"""``DEFINE_RING_TYPES(blkif, struct blkif_request, struct blkif_response)``: 112-byte slots,
+32 per page."""
 
 MAX_SEGMENTS_PER_REQUEST: Final = 11
 """``BLKIF_MAX_SEGMENTS_PER_REQUEST``: direct segments in one request."""
@@ -429,6 +435,7 @@ __all__ = (
     "PROTOCOL_X86_64",
     "REQUEST_SIZE",
     "RESPONSE_SIZE",
+    "RING_LAYOUT",
     "SECTORS_PER_PAGE",
     "SECTOR_SIZE",
     "SEGMENTS_PER_INDIRECT_PAGE",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from ringkit._errors import GrantError
-from ringkit.abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
+from ringkit._errors import GrantError, PeerGoneError
+from ringkit.abc import PAGE_SIZE, EventChannel, GrantTable, MappedPages, SharedPages
 
 BASE_REF = 1000
 
@@ -91,3 +91,57 @@ class FakeGrants(GrantTable):
                 raise GrantError(f"grant ref {ref} is read-only", errno.EPERM)
         await anyio.lowlevel.checkpoint()
         return FakeMapped(self, refs, writable)
+
+
+class FakeEventChannel(EventChannel):
+    """One end of an in-process event channel pair (see `event_pair`)."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self.peer: FakeEventChannel | None = None
+        self._pending = False
+        self._wakeup = anyio.Event()
+        self._closed = False
+        self.peer_gone = False
+        self.notifications = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def remote_domid(self) -> int:
+        return 1
+
+    def notify(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        assert self.peer is not None
+        self.notifications += 1
+        self.peer._pending = True
+        self.peer._wakeup.set()
+
+    async def wait(self) -> None:
+        while not self._pending:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self.peer_gone:
+                raise PeerGoneError("fake peer closed its end")
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        self._pending = False
+
+    def kill_peer(self) -> None:
+        """Make `wait` raise PeerGoneError, as when the remote end closes."""
+        self.peer_gone = True
+        self._wakeup.set()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+
+def event_pair() -> tuple[FakeEventChannel, FakeEventChannel]:
+    a, b = FakeEventChannel(1), FakeEventChannel(2)
+    a.peer, b.peer = b, a
+    return a, b

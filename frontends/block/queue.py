@@ -1,0 +1,68 @@
+"""The frontend's side of its blkif rings: serialised sends, one receive loop per ring.
+
+`FrontQueues` gives `BlockClient` a single ``send`` that spreads requests over the device's
+rings (multi-queue: the least busy ring first) and serialises senders per ring, and runs one
+receive loop per ring that hands every response to the client.  When a ring breaks (hostile
+responses, dead backend) the client is failed with the cause, so no caller waits forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+
+from ringkit._async.channel import FrontRingChannel
+from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit.proto import blkif
+
+from .client import BlockClient
+
+
+class FrontQueues:
+    """Sending and receiving on the rings of one connected block device."""
+
+    def __init__(self, channels: Sequence[FrontRingChannel]) -> None:
+        if not channels:
+            raise ValueError("a block device has at least one ring")
+        self._channels = list(channels)
+        self._locks = [anyio.Lock() for _ in channels]
+        self._load = [0] * len(channels)
+
+    async def send(self, slot: bytes) -> None:
+        """Queue one encoded request on the least busy ring, waiting for a free slot."""
+        index = min(range(len(self._channels)), key=self._load.__getitem__)
+        self._load[index] += 1
+        try:
+            async with self._locks[index]:
+                await self._channels[index].send(slot)
+        finally:
+            self._load[index] -= 1
+
+    async def receive_loop(self, index: int, client: BlockClient) -> None:
+        """Deliver ring `index`'s responses to `client` until the ring breaks or closes.
+
+        Returns when the channel was closed locally.
+
+        Raises:
+            RemoteProtocolError: the backend wrote hostile indices or responses.
+            PeerGoneError: the backend went away.
+            In both cases `client` was failed with the same error first, so every caller
+            waiting on a request gets it too.
+        """
+        channel = self._channels[index]
+        try:
+            while True:
+                for raw in await channel.receive_batch(64):
+                    client.deliver(blkif.parse_response(raw))
+        except anyio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            error = (cause if isinstance(cause, RemoteProtocolError | PeerGoneError)
+                     else PeerGoneError(f"block ring {index} broke: {exc}"))
+            client.fail(error)
+            raise error from exc
+        except anyio.ClosedResourceError:
+            client.fail(PeerGoneError("block device closed"))
+
+
+__all__ = ("FrontQueues",)
