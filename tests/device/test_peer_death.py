@@ -1,0 +1,126 @@
+"""Peer death (kill -9 of the other end's process) and hostile peers, on the simulated Xen."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from ringkit import EventChannelError, PeerGoneError
+from ringkit.device import XenbusState
+from ringkit.proto.layout import SRING_REQ_PROD
+
+from .drivers import EchoBackend, EchoFrontend
+from .test_device_sim import World, running, world
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+S = XenbusState
+PEER = Path(__file__).with_name("peer_main.py")
+
+
+@asynccontextmanager
+async def peer(w: World, role: str, ready: str) -> AsyncIterator[anyio.abc.Process]:
+    """Run one end in a child process; wait for its `ready` line; kill it on the way out."""
+    domid = w.guest
+    directory = w.xen.directory
+    async with await anyio.open_process(
+        [sys.executable, str(PEER), str(directory), role, str(domid)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive(1)
+                line += chunk
+            assert line.decode().strip() == ready
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            with anyio.CancelScope(shield=True):
+                await proc.wait()
+
+
+async def wait_for(predicate: object, what: str) -> None:
+    while not predicate():  # type: ignore[operator]
+        await anyio.sleep(0.01)
+
+
+async def test_backend_killed_frontend_reconnects_to_a_new_backend() -> None:
+    with anyio.fail_after(60):
+        async with world() as w:
+            async with (
+                peer(w, "backend", "ready") as proc,
+                EchoFrontend(w.domu, backend_id=0) as front,
+            ):
+                assert await front.echo(1, b"one") == b"ONE"
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                with pytest.raises(anyio.BrokenResourceError) as info:
+                    await front.echo(2, b"two")
+                assert isinstance(info.value.__cause__, PeerGoneError | EventChannelError)
+                await wait_for(lambda: not front.queues, "teardown")
+                async with peer(w, "backend", "ready"):
+                    await front.wait_connected()
+                    assert front.generation == 2
+                    assert await front.echo(3, b"three") == b"THREE"
+                    await front.aclose()  # orderly, while the new backend is alive
+                    assert front.state is S.CLOSED
+            assert not w.domu.leaks()
+
+
+async def test_frontend_killed_backend_serves_the_next_frontend() -> None:
+    with anyio.fail_after(60):
+        async with world() as w, running(EchoBackend, w, once=False) as backend:
+            async with peer(w, "frontend", "connected") as proc:
+                assert backend.is_connected
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                # The frontend's port closed: the backend unmaps, closes, and waits again.
+                await wait_for(lambda: backend.state is S.INIT_WAIT and not backend.queues, "")
+                leaks = w.dom0.leaks()
+                assert (leaks.maps, leaks.ports) == (0, 0)
+            async with EchoFrontend(w.domu, backend_id=0) as front:
+                assert backend.generation == 2
+                assert await front.echo(4, b"again") == b"AGAIN"
+
+
+async def test_hostile_ring_ref_closes_cleanly_then_recovers() -> None:
+    with anyio.fail_after(30):
+        async with world() as w, running(EchoBackend, w, once=False) as backend:
+            fe = w.address.frontend_path
+            store = w.domu.store
+            await wait_for(lambda: backend.state is S.INIT_WAIT, "")
+            await store.write(f"{fe}/ring-ref", "not-a-number")
+            await store.write(f"{fe}/event-channel", "1")
+            await store.write(f"{fe}/state", "3")
+            await wait_for(lambda: backend.state is S.CLOSED, "clean disconnect")
+            # A well-behaved frontend starts over: the backend comes back for it.
+            async with EchoFrontend(w.domu, backend_id=0) as front:
+                assert await front.echo(5, b"ok") == b"OK"
+
+
+async def test_hostile_ring_indices_close_cleanly() -> None:
+    with anyio.fail_after(30):
+        async with (
+            world() as w,
+            running(EchoBackend, w, once=False) as backend,
+            EchoFrontend(w.domu, backend_id=0) as front,
+        ):
+            assert await front.echo(6, b"fine") == b"FINE"
+            # Scribble an impossible producer index into the shared page and ring the bell.
+            buf = front.queues[0].buffer
+            buf[SRING_REQ_PROD:SRING_REQ_PROD + 4] = (10_000).to_bytes(4, "little")
+            front.queues[0].event.notify()
+            await wait_for(lambda: backend.state is S.CLOSED, "clean disconnect")
+            assert not backend.queues
+            # The frontend sees the backend close and follows it.
+            await wait_for(lambda: front.state is S.CLOSED, "frontend follows")
