@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -102,6 +103,12 @@ class SimServer:
         self._domain_scopes: dict[int, anyio.CancelScope] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._shutdown = anyio.Event()
+        self.stopped = anyio.Event()
+        """Set once `run` has released everything and returned."""
+
+    def shutdown(self) -> None:
+        """Ask `run` to stop."""
+        self._shutdown.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or until a control client asks for shutdown."""
@@ -123,6 +130,7 @@ class SimServer:
             for domid in sorted(self.hypervisor.domains, reverse=True):
                 self._teardown_domain(domid)
             control.unlink(missing_ok=True)
+            self.stopped.set()
 
     # ----------------------------------------------------------------- domains
 
@@ -334,13 +342,23 @@ def run_forever(
     backend: str = "asyncio",
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run a server in the foreground until it is asked to shut down or interrupted."""
+    """Run a server in the foreground until it is asked to shut down, or gets SIGTERM or
+    SIGINT (then it releases everything and removes its sockets, too)."""
+
+    async def stop_on_signal(server: SimServer) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                server.shutdown()
+                return
 
     async def main() -> None:
         server = SimServer(directory, grant_limit=grant_limit)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signal, server)
             await tg.start(server.run)
             if ready is not None:
                 ready()
+            await server.stopped.wait()
+            tg.cancel_scope.cancel()
 
     anyio.run(main, backend=backend)
