@@ -9,9 +9,12 @@ import struct
 import anyio
 import anyio.abc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xs_helpers import ClientFactory, serve_pair
 
 from ringkit.proto.xs_wire import (
+    HEADER,
     XENSTORE_PAYLOAD_MAX,
     Message,
     MessageParser,
@@ -145,3 +148,80 @@ async def test_hostile_server_breaks_client_not_hangs(reply: bytes) -> None:
                     await client.read("/x")
             with pytest.raises(anyio.BrokenResourceError):
                 await client.read("/x")
+
+
+_words = st.sampled_from(
+    [
+        "",
+        "/",
+        "/a",
+        "/a/b",
+        "a",
+        "@releaseDomain",
+        "@x",
+        "//",
+        "/a/",
+        "T",
+        "F",
+        "0",
+        "1",
+        "r0",
+        "b1",
+        "n2",
+        "w0x10",
+        "q",
+        "/local/domain/1",
+        "tok",
+        "\xe9",
+        "12345678901",
+    ]
+)
+_payloads = st.one_of(
+    st.binary(max_size=64),
+    st.lists(_words, max_size=4).map(lambda ws: b"".join(w.encode() + b"\0" for w in ws)),
+)
+_requests = st.builds(
+    Message,
+    type=st.one_of(st.integers(0, 24), st.sampled_from([0xFFFF, 2**32 - 1])),
+    req_id=st.integers(0, 2**32 - 1),
+    tx_id=st.one_of(st.just(0), st.integers(1, 3), st.integers(0, 2**32 - 1)),
+    payload=_payloads,
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2]), _requests), max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_random_requests_never_crash_the_server(script: list[tuple[int, Message]]) -> None:
+    """Every request, however wrong, is answered by exactly one reply (or error), and the tree
+    stays consistent: every child listed exists and every node's parent lists it."""
+    anyio.run(_run_script, script)
+
+
+async def _run_script(script: list[tuple[int, Message]]) -> None:
+    from ringkit.sim.xenstored.server import _Connection
+    from ringkit.sim.xenstored.tree import basename, parent_of
+
+    server = XenstoreServer()
+    server.introduce_domain(1)
+    conns = [_Connection(server, None, domid) for domid in (0, 1, 2)]  # type: ignore[arg-type]
+    for conn in conns:
+        server._connections.add(conn)
+    for who, request in script:
+        conn = conns[who]
+        before = len(conn._out)
+        conn.handle(request)
+        replies = [
+            Message(*HEADER.unpack_from(data)[:3], data[16:])
+            for data, event in list(conn._out)[before:]
+            if event is None
+        ]
+        assert len(replies) == 1
+        assert replies[0].req_id == request.req_id
+    for path in server.tree.paths():
+        node = server.tree.get(path)
+        assert node is not None
+        for child in node.children:
+            assert server.tree.get(path.rstrip("/") + "/" + child) is not None, (path, child)
+        if path.startswith("/") and path != "/":
+            parent = server.tree.get(parent_of(path))
+            assert parent is not None and basename(path) in parent.children, path
