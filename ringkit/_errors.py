@@ -4,7 +4,7 @@
 RingkitError
 ├── ConfigError              a user's argument or configuration is wrong (names what)
 ├── TransportError (.errno)  a Xen facility refused or failed
-│   ├── GrantError           gntalloc / gntdev (unknown or revoked ref, wrong domid, RO grant mapped RW)
+│   ├── GrantError           gntalloc, gntdev: unknown or revoked ref, wrong domid, RO mapped RW
 │   ├── EventChannelError    evtchn (unbound port, bind refused)
 │   ├── StoreError (.code)   xenstore answered an error string (ENOENT, EACCES, EAGAIN, E2BIG, ...)
 │   └── ResourceLimitError   a limit was hit (grant count, quota, ...)
