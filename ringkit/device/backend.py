@@ -11,6 +11,7 @@ device is removed (either dir deleted), or after the first connection ends with 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
+from typing import Self
 
 import anyio
 import anyio.abc
@@ -222,7 +223,7 @@ class Backend(DeviceBase):
 
     # ------------------------------------------------------------------ lifetime
 
-    async def __aenter__(self) -> Backend:
+    async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:

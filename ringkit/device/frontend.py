@@ -11,6 +11,7 @@ increments); closing does the orderly Closing -> (backend unmaps, Closed) -> uns
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
+from typing import Self
 
 import anyio
 import anyio.abc
@@ -203,7 +204,7 @@ class Frontend(DeviceBase):
 
     # ------------------------------------------------------------------ lifetime
 
-    async def __aenter__(self) -> Frontend:
+    async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
