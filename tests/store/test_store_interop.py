@@ -120,3 +120,15 @@ async def test_ringkit_watch_sees_xenstore_write(socket_path: str, store: StoreC
             assert await watch.__anext__() == "/tooltest"
             await run_tool(socket_path, "xenstore-write", "/tooltest/k", "v")
             assert await watch.__anext__() == "/tooltest/k"
+
+
+async def test_libxenstore_reads_long_directories_in_parts(
+    socket_path: str, store: StoreClient
+) -> None:
+    names = [f"a-rather-long-child-name-{i:04d}" for i in range(200)]  # listing > 4096 bytes
+    async with store.transaction() as tx:
+        for name in names:
+            await tx.write(f"/big/{name}", "")
+    # XS_DIRECTORY answers E2BIG, so libxenstore falls back to XS_DIRECTORY_PART.
+    listed = await run_tool(socket_path, "xenstore-list", "/big")
+    assert listed.split() == names
