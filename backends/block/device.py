@@ -1,0 +1,126 @@
+"""`BlockBackend`: serves a raw image file or block device as a Xen virtual block device (vbd).
+
+The xenstore side follows Linux's xen-blkback.  Before InitWait the backend dir gets the limits
+and features (``max-ring-page-order``, ``multi-queue-max-queues``, ``feature-persistent``,
+``feature-max-indirect-segments``, ``feature-flush-cache``, ``feature-barrier``,
+``feature-discard`` with ``discard-granularity``/``discard-alignment``/``discard-secure``); once
+the frontend's rings are mapped, the disk properties (``sectors``, ``info``, ``sector-size``,
+``physical-sector-size``) are written before Connected.  The frontend's ``protocol`` must be
+the x86_64 ABI (or absent); its ``feature-persistent`` switches persistent grants on.
+
+Each ring is served by its own task with its own `BlockService` (and persistent grant cache),
+all on the same image.  A read-only backend (``readonly=True`` or the toolstack's ``mode`` =
+``r``) advertises VDISK_READONLY and answers every kind of write with BLKIF_RSP_ERROR.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from ringkit._async.channel import BackRingChannel
+from ringkit._errors import RemoteProtocolError
+from ringkit.abc import Domain
+from ringkit.device import Backend, Nodes, Queue
+from ringkit.proto import blkif
+
+from .grants import SegmentMapper
+from .image import Image
+from .queue import serve_ring
+from .service import BlockService, ServiceConfig
+
+DISCARD_GRANULARITY = 4096
+"""Advertised ``discard-granularity``: hole punching works in whole file-system blocks."""
+
+
+class BlockBackend(Backend):
+    """The vbd backend for one frontend's device `devid`, serving `image`.
+
+    Use as ``async with BlockBackend(domain, frontend_id, devid, image=path) as be:
+    await be.run()``.
+
+    Raises (constructor):
+        ConfigError: the image cannot be opened as asked (see `Image`).
+    """
+
+    device_type: ClassVar[str] = "vbd"
+    ring_layout = blkif.RING_LAYOUT
+    max_ring_page_order: ClassVar[int] = 4
+    max_queues: ClassVar[int] = 4
+
+    def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
+                 image: str | os.PathLike[str], readonly: bool = False,
+                 config: ServiceConfig | None = None, persistent: bool = True,
+                 max_persistent: int = 1056) -> None:
+        super().__init__(domain, frontend_id, devid)
+        self.image = Image(image, readonly=readonly)
+        self.config = config or ServiceConfig()
+        self.offer_persistent = persistent
+        self.max_persistent = max_persistent
+        self.persistent = False
+        """Whether the current connection uses persistent grants (both ends offered them)."""
+        self.services: dict[int, BlockService] = {}
+        """The current connection's per-ring services (by queue index)."""
+
+    # ------------------------------------------------------------------ handshake hooks
+
+    async def advertise(self, nodes: Nodes) -> None:
+        mode = await nodes.read_optional("mode")
+        if mode is not None and mode.strip() == "r" and not self.image.readonly:
+            path = self.image.path
+            self.image.close()
+            self.image = Image(path, readonly=True)
+        writable = not self.image.readonly
+        await nodes.write("feature-persistent", int(self.offer_persistent))
+        await nodes.write("feature-max-indirect-segments", self.config.max_indirect_segments)
+        await nodes.write("feature-flush-cache", int(self.config.flush and writable))
+        await nodes.write("feature-barrier", int(self.config.barrier and writable))
+        discard = self.config.discard and writable
+        await nodes.write("feature-discard", int(discard))
+        if discard:
+            await nodes.write("discard-granularity", DISCARD_GRANULARITY)
+            await nodes.write("discard-alignment", 0)
+            await nodes.write("discard-secure", 0)
+
+    async def connecting(self, frontend: Nodes) -> None:
+        protocol = await frontend.read_optional("protocol")
+        if protocol is not None and protocol.strip("\0") != blkif.PROTOCOL_X86_64:
+            raise RemoteProtocolError(f"{frontend.node('protocol')} = {protocol[:32]!r}: only "
+                                      f"{blkif.PROTOCOL_X86_64!r} is served")
+        self.persistent = self.offer_persistent and await frontend.read_flag("feature-persistent")
+
+    async def connected(self, nodes: Nodes) -> None:
+        info = blkif.VDISK_READONLY if self.image.readonly else 0
+        await nodes.write("sectors", self.image.sectors)
+        await nodes.write("info", info)
+        await nodes.write("sector-size", blkif.SECTOR_SIZE)
+        await nodes.write("physical-sector-size", blkif.SECTOR_SIZE)
+        self.services = {
+            queue.index: BlockService(
+                self.image,
+                SegmentMapper(self.domain.grants, self.peer_id, persistent=self.persistent,
+                              max_persistent=self.max_persistent),
+                self.config,
+            )
+            for queue in self.queues
+        }
+
+    async def serve(self, queue: Queue) -> None:
+        channel = queue.channel
+        assert isinstance(channel, BackRingChannel)
+        await serve_ring(channel, self.services[queue.index])
+
+    async def disconnected(self) -> None:
+        services, self.services = self.services, {}
+        for service in services.values():
+            await service.mapper.aclose()
+
+    async def aclose(self) -> None:
+        """Stop serving, release the rings and grants, close the handshake, close the image."""
+        try:
+            await super().aclose()
+        finally:
+            self.image.close()
+
+
+__all__ = ("DISCARD_GRANULARITY", "BlockBackend")

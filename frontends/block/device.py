@@ -1,0 +1,164 @@
+"""`BlockFrontend`: a Xen virtual block device (vbd) seen from the guest, as async byte I/O.
+
+The handshake is Linux xen-blkfront's: the frontend publishes ``protocol`` = x86_64-abi and
+``feature-persistent`` with its rings (up to ``ring-page-order`` 4 and several queues when the
+backend offers them), and once the backend says Connected reads ``sectors``, ``info``,
+``sector-size`` and the ``feature-*`` nodes.  It then grants a pool of data pages to the backend
+(kept for the whole connection: with ``feature-persistent`` the backend maps each page once)
+and starts one receive loop per ring.
+
+``read``/``write``/``flush``/``discard`` go through the current connection's `BlockClient`.  If
+the backend goes away, requests in flight fail with `PeerGoneError`; a hostile backend fails
+them with `RemoteProtocolError` and the device is disconnected (Closing -> Closed).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ringkit._async.channel import FrontRingChannel
+from ringkit._errors import ConfigError, PeerGoneError, RemoteProtocolError
+from ringkit.abc import Domain, SharedPages
+from ringkit.device import Frontend, Nodes
+from ringkit.proto import blkif
+
+from .client import BlockClient, DiskInfo
+from .queue import FrontQueues
+
+DEFAULT_POOL_PAGES = 512
+"""Data pages granted to the backend per connection (2 MiB): two 1 MiB requests in flight."""
+
+
+class BlockFrontend(Frontend):
+    """The vbd frontend of device `devid`, served by domain `backend_id`.
+
+    ``async with BlockFrontend(domain, backend_id, devid) as disk:`` connects; then
+    ``await disk.read(offset, length)``, ``write(offset, data)``, ``flush()``,
+    ``discard(offset, length)``; offsets and lengths in bytes, multiples of the sector size.
+
+    Options: `pool_pages` data pages to grant, `ring_page_order` (0..4) and `queues` wanted
+    (capped by what the backend offers), `persistent` to offer persistent grants,
+    `indirect` to use indirect requests when offered.
+    """
+
+    device_type: ClassVar[str] = "vbd"
+    ring_layout = blkif.RING_LAYOUT
+    max_ring_page_order: ClassVar[int] = 4
+    max_queues: ClassVar[int] = 4
+
+    def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
+                 pool_pages: int = DEFAULT_POOL_PAGES, ring_page_order: int = 0,
+                 queues: int = 1, persistent: bool = True, indirect: bool = True) -> None:
+        if not 0 <= ring_page_order <= self.max_ring_page_order:
+            raise ConfigError(f"ring_page_order must be 0..{self.max_ring_page_order}, "
+                              f"got {ring_page_order}")
+        if not 1 <= queues <= self.max_queues:
+            raise ConfigError(f"queues must be 1..{self.max_queues}, got {queues}")
+        if pool_pages < blkif.MAX_SEGMENTS_PER_REQUEST:
+            raise ConfigError(f"pool_pages must be at least {blkif.MAX_SEGMENTS_PER_REQUEST}")
+        super().__init__(domain, backend_id, devid)
+        self.pool_pages = pool_pages
+        self.wanted_order = ring_page_order
+        self.wanted_queues = queues
+        self.offer_persistent = persistent
+        self.use_indirect = indirect
+        self.info: DiskInfo | None = None
+        """What the backend advertised, for the current connection."""
+        self._client: BlockClient | None = None
+        self._pool: SharedPages | None = None
+
+    # ------------------------------------------------------------------ handshake hooks
+
+    async def negotiate(self, backend: Nodes) -> None:
+        self.ring_page_order = self.wanted_order
+        self.num_queues = self.wanted_queues
+
+    async def publish(self, nodes: Nodes) -> None:
+        await nodes.write("protocol", blkif.PROTOCOL_X86_64)
+        await nodes.write("feature-persistent", int(self.offer_persistent))
+
+    async def connected(self, backend: Nodes) -> None:
+        info_bits = await backend.read_int("info", 0)
+        sector_size = await backend.read_int("sector-size", blkif.SECTOR_SIZE,
+                                             minimum=blkif.SECTOR_SIZE, maximum=blkif.PAGE_SIZE)
+        if sector_size & (sector_size - 1):
+            raise RemoteProtocolError(f"{backend.node('sector-size')} = {sector_size} is not a "
+                                      "power of two")
+        indirect = await backend.read_int("feature-max-indirect-segments", 0, maximum=2**31)
+        info = DiskInfo(
+            sectors=await backend.read_int("sectors", maximum=2**64 - 1),
+            sector_size=sector_size,
+            readonly=bool(info_bits & blkif.VDISK_READONLY),
+            max_indirect_segments=indirect if self.use_indirect else 0,
+            flush=await backend.read_flag("feature-flush-cache"),
+            barrier=await backend.read_flag("feature-barrier"),
+            discard=await backend.read_flag("feature-discard"),
+            discard_granularity=await backend.read_int("discard-granularity", 0),
+            discard_alignment=await backend.read_int("discard-alignment", 0),
+            persistent=self.offer_persistent and await backend.read_flag("feature-persistent"),
+        )
+        pool = await self.domain.grants.share(self.peer_id, self.pool_pages, writable=True)
+        channels = []
+        for queue in self.queues:
+            assert isinstance(queue.channel, FrontRingChannel)
+            channels.append(queue.channel)
+        queues = FrontQueues(channels)
+        client = BlockClient(queues.send, pool.buffer, pool.refs, info)
+        self.info, self._pool, self._client = info, pool, client
+        assert self._tg is not None
+        for index in range(len(channels)):
+            self._tg.start_soon(self._receive, queues, index, client)
+
+    async def _receive(self, queues: FrontQueues, index: int, client: BlockClient) -> None:
+        try:
+            await queues.receive_loop(index, client)
+        except RemoteProtocolError as exc:
+            self.wake("hostile response", exc)
+        except PeerGoneError as exc:
+            self.wake("ring broken", exc)
+
+    async def disconnected(self) -> None:
+        client, self._client = self._client, None
+        pool, self._pool = self._pool, None
+        if client is not None:
+            client.fail(PeerGoneError(f"{self.address}: disconnected"))
+        if pool is not None:
+            await pool.aclose()
+
+    # ------------------------------------------------------------------ I/O
+
+    @property
+    def client(self) -> BlockClient:
+        """The current connection's I/O engine.
+
+        Raises:
+            PeerGoneError: not connected.
+        """
+        client = self._client
+        if client is None or not self.is_connected:
+            raise PeerGoneError(f"{self.address} is not connected")
+        return client
+
+    @property
+    def size(self) -> int:
+        """Disk size in bytes."""
+        return self.client.info.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read `length` bytes at byte `offset` (see `BlockClient` for the errors)."""
+        return await self.client.read(offset, length)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at byte `offset`; returns once the backend has it in the image."""
+        await self.client.write(offset, data)
+
+    async def flush(self) -> None:
+        """Make every acknowledged write durable."""
+        await self.client.flush()
+
+    async def discard(self, offset: int, length: int) -> None:
+        """Discard a byte range (reads back as zeros from ringkit's backend)."""
+        await self.client.discard(offset, length)
+
+
+__all__ = ("DEFAULT_POOL_PAGES", "BlockFrontend")
