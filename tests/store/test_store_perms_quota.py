@@ -207,3 +207,20 @@ async def test_unprivileged_path_length_limit(
         await expect("EINVAL", d1.write(long_path + "z", "too long"))
         # A single child name that long would overflow its parent's node size instead.
         await expect("ENOSPC", d1.write("a" * 2048, "x"))
+
+
+async def test_quotas_count_per_domain_across_connections(
+    server: XenstoreServer, connect: ClientFactory
+) -> None:
+    from ringkit.proto.xs_wire import SockmsgType, join_strings
+
+    server.introduce_domain(1)
+    async with connect(1) as first, connect(1) as second:
+        for _ in range(5):
+            await first._request(SockmsgType.TRANSACTION_START, join_strings(""))
+            await second._request(SockmsgType.TRANSACTION_START, join_strings(""))
+        await expect("ENOSPC", second._request(SockmsgType.TRANSACTION_START, join_strings("")))
+        for i in range(64):
+            await first._request(SockmsgType.WATCH, join_strings(f"a{i}", "t"))
+            await second._request(SockmsgType.WATCH, join_strings(f"b{i}", "t"))
+        await expect("E2BIG", first._request(SockmsgType.WATCH, join_strings("c", "t")))

@@ -237,7 +237,8 @@ class _Connection:
         path = self.path(text, special=True)
         if any(w.path == path and w.token == token for w in self.watches):
             raise XsError("EEXIST", f"watch {path} {token}")
-        if not self.privileged and len(self.watches) >= self.server.quota.watches:
+        quota = self.server.quota.watches
+        if not self.privileged and self.server.watch_count(self.domid) >= quota:
             # do_watch() answers E2BIG once a domain has too many watches.
             raise XsError("E2BIG", "too many watches")
         relative = not text.startswith(("/", "@"))
@@ -263,7 +264,8 @@ class _Connection:
         if msg.tx_id != 0:
             self._lookup_tx(msg.tx_id)
             raise XsError("EBUSY", "nested transactions are not supported")
-        if not self.privileged and len(self.transactions) >= self.server.quota.transactions:
+        quota = self.server.quota.transactions
+        if not self.privileged and self.server.transaction_count(self.domid) >= quota:
             raise XsError("ENOSPC", "too many transactions")
         tx_id = next(self._tx_ids)
         while tx_id == 0 or tx_id in self.transactions:
