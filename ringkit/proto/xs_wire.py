@@ -29,7 +29,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .._errors import RemoteProtocolError
+from .._errors import ConfigError, RemoteProtocolError
 
 HEADER = struct.Struct("=IIII")
 """``struct xsd_sockmsg``: type, req_id, tx_id, len, native byte order."""
@@ -145,12 +145,16 @@ class Message:
 
 
 def join_strings(*parts: str | bytes) -> bytes:
-    """Encode each part (UTF-8 for str) followed by a NUL: the usual request payload."""
+    """Encode each part (UTF-8 for str) followed by a NUL: the usual request payload.
+
+    Raises:
+        ConfigError: a part contains a NUL byte (it would split into two strings).
+    """
     out = bytearray()
     for part in parts:
         raw = part.encode() if isinstance(part, str) else part
         if b"\0" in raw:
-            raise ValueError(f"xenstore string {raw!r} contains a NUL byte")
+            raise ConfigError(f"xenstore string {raw!r} contains a NUL byte")
         out += raw
         out += b"\0"
     return bytes(out)

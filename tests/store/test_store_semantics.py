@@ -311,3 +311,36 @@ async def test_unprivileged_cannot_introduce(
         with pytest.raises(StoreError) as info:
             await guest.introduce_domain(11)
         assert info.value.code == "EACCES"
+
+
+async def test_nul_in_path_is_a_config_error(connect: ClientFactory) -> None:
+    from ringkit import ConfigError
+
+    async with connect(0) as store:
+        with pytest.raises(ConfigError, match="NUL"):
+            await store.write("/a\0b", "x")
+        assert await store.read("/local/domain/0/domid") == "0"
+
+
+async def test_aclose_wakes_waiting_watchers(connect: ClientFactory) -> None:
+    async with connect(0) as store:
+        results: list[type[BaseException] | str] = []
+
+        async def iterate() -> None:
+            async with store.watch("/closing") as watch:
+                results.append(await watch.__anext__())
+                try:
+                    results.append(await watch.__anext__())
+                except (anyio.ClosedResourceError, StopAsyncIteration) as exc:
+                    results.append(type(exc))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(iterate)
+                while not results:
+                    await anyio.sleep(0.01)
+                await store.aclose()
+        assert results[0] == "/closing"
+        assert results[1] in (anyio.ClosedResourceError, StopAsyncIteration)
+        with pytest.raises(anyio.ClosedResourceError):
+            await store.read("/closing")
