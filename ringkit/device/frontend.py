@@ -83,11 +83,19 @@ class Frontend(DeviceBase):
         Raises:
             PeerGoneError: not connected (see `wait_connected`).
         """
-        if not self.queues:
-            raise PeerGoneError(f"{self.address} is not connected")
-        channel = self.queues[0].channel
+        channel = self.queue(0).channel
         assert isinstance(channel, FrontRingChannel), "make_channel built something else"
         return channel
+
+    def queue(self, index: int = 0) -> Queue:
+        """Queue `index` of the current connection.
+
+        Raises:
+            PeerGoneError: not connected (see `wait_connected`).
+        """
+        if not self.queues:
+            raise PeerGoneError(f"{self.address} is not connected")
+        return self.queues[index]
 
     async def wait_connected(self) -> None:
         """Return once connected (again, after a backend restart).

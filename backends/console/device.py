@@ -1,0 +1,157 @@
+"""`ConsoleBackend`: what xenconsoled does for one console, as a ringkit backend.
+
+It maps the guest's ``struct xencons_interface`` page, binds the console's event channel
+(``port``), sets the page's connection byte, and bridges the two byte rings:
+
+* guest -> host (``out``): appended to a log file and/or written to a pty's master side;
+* host -> guest (``in``): what a terminal attached to the pty types.
+
+Flow control both ways: the backend takes bytes out of the ring only as fast as the pty (and
+the log) accept them, so a guest that writes faster than the terminal reads blocks on a full
+ring; and it reads the pty only while the guest's input ring has room, so a terminal that types
+faster than the guest reads blocks in the pty.  (``pty_policy="drop"`` discards pty output
+nobody reads instead, as xenconsoled does for an unattached pty; the log keeps everything.)
+
+The pty's slave path is published as ``tty`` in the backend dir (xenconsoled publishes it as
+``console/tty``) and is stable across reconnections of the guest.  Hostile ring indices end
+the connection cleanly (Closing, Closed); the connection byte is set to disconnected before
+the page is unmapped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tty
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import anyio
+import anyio.abc
+
+from ..._async.stream import PipeStream
+from ...abc import Domain
+from ...device import Backend, Nodes, Queue
+from ...proto.console import ConsoleRing, ConsoleSide
+
+__all__ = ("ConsoleBackend",)
+
+_CHUNK = 4096
+
+
+class _BackendConsoleStream(PipeStream):
+    """The backend's stream also owns the connection byte: disconnected before unmapping."""
+
+    async def aclose(self) -> None:
+        engine = self.engine
+        assert isinstance(engine, ConsoleRing)
+        if not self._closed:
+            engine.set_connected(False)  # one byte: harmless even to a hostile guest
+        await super().aclose()
+
+
+class ConsoleBackend(Backend):
+    """Serves one guest console.  ``async with ConsoleBackend(dom0, guest, log_path=...,
+    pty=True) as console: print(console.pty_path); await console.run()``."""
+
+    device_type = "console"
+    event_channel_key = "port"
+
+    def __init__(
+        self,
+        domain: Domain,
+        frontend_id: int,
+        devid: int = 0,
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        pty: bool = True,
+        pty_policy: Literal["block", "drop"] = "block",
+    ) -> None:
+        super().__init__(domain, frontend_id, devid)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.pty_policy = pty_policy
+        self._log: BinaryIO | None = None
+        self._master: int | None = None
+        self._slave: int | None = None
+        self.pty_path: str | None = None
+        """The pty a terminal attaches to (``screen``, ``tmux``, ``cat``...), or None."""
+        if pty:
+            self._open_pty()
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # bytes pass through untouched, as xenconsoled's pty does
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self.pty_path = os.ttyname(slave)
+
+    # ------------------------------------------------------------------ device hooks
+
+    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+        ring = ConsoleRing(queue.buffer, ConsoleSide.BACKEND)
+        ring.set_connected(True)
+        return _BackendConsoleStream(ring, queue.event)
+
+    async def connected(self, nodes: Nodes) -> None:
+        if self.pty_path is not None:
+            await nodes.write("tty", self.pty_path)
+
+    async def serve(self, queue: Queue) -> None:
+        stream = queue.channel
+        assert isinstance(stream, PipeStream)
+        if self.log_path is not None and self._log is None:
+            self._log = self.log_path.open("ab", buffering=0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._guest_to_host, stream)
+            if self._master is not None:
+                tg.start_soon(self._host_to_guest, stream)
+
+    # ------------------------------------------------------------------ the bridge
+
+    async def _guest_to_host(self, stream: PipeStream) -> None:
+        while True:
+            data = await stream.receive(_CHUNK)
+            if self._log is not None:
+                self._log.write(data)
+            if self._master is not None:
+                await self._write_pty(data)
+
+    async def _write_pty(self, data: bytes) -> None:
+        assert self._master is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._master, view) :]
+            except BlockingIOError:
+                if self.pty_policy == "drop":
+                    return
+                await anyio.wait_writable(self._master)
+
+    async def _host_to_guest(self, stream: PipeStream) -> None:
+        assert self._master is not None
+        while True:
+            await anyio.wait_readable(self._master)
+            try:
+                data = os.read(self._master, _CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # no slave open (cannot happen: we hold one)
+                    await anyio.sleep(0.05)
+                    continue
+                raise
+            await stream.send(data)  # waits while the guest's input ring is full
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            for fd in (self._master, self._slave):
+                if fd is not None:
+                    os.close(fd)
+            self._master = self._slave = None

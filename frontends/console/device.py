@@ -1,0 +1,48 @@
+"""`ConsoleFrontend`: a guest's PV console (a secondary console device, as Linux's hvc_xen
+drives one) exposed as an anyio byte stream.
+
+The frontend grants one page laid out as ``struct xencons_interface``, allocates an event
+channel and publishes them as ``ring-ref`` and ``port`` (the console's names); what it sends
+goes to the backend through ``out[2048]``, what it receives comes through ``in[1024]``.
+"""
+
+from __future__ import annotations
+
+import anyio.abc
+
+from ..._async.stream import PipeStream
+from ...device import Frontend, Queue
+from ...proto.console import ConsoleRing, ConsoleSide
+
+__all__ = ("ConsoleFrontend",)
+
+
+class ConsoleFrontend(Frontend):
+    """``async with ConsoleFrontend(domain, backend_id) as console:`` then
+    ``await console.stream.send(b"...")`` / ``await console.stream.receive()``."""
+
+    device_type = "console"
+    event_channel_key = "port"
+
+    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+        # A freshly granted page is zeroed: every index 0, connection byte 0.
+        stream = PipeStream(ConsoleRing(queue.buffer, ConsoleSide.FRONTEND), queue.event)
+        stream.on_broken = lambda exc: self.wake("console broken", exc)
+        return stream
+
+    @property
+    def stream(self) -> PipeStream:
+        """The console of the current connection, as a byte stream.
+
+        Raises:
+            PeerGoneError: not connected.
+        """
+        stream = self.queue(0).channel
+        assert isinstance(stream, PipeStream)
+        return stream
+
+    def backend_connected(self) -> bool:
+        """Whether the backend says it is attached (the page's connection byte)."""
+        engine = self.stream.engine
+        assert isinstance(engine, ConsoleRing)
+        return engine.peer_connected()

@@ -1,0 +1,190 @@
+"""`PipeStream`: an anyio byte stream over a byte-ring engine (the console page) and its event
+channel.
+
+Theory of operation
+-------------------
+The engine (`ringkit.proto.console.ConsoleRing`) copies bytes in and out of the shared page and
+says whether the peer must be notified.  The stream waits:
+
+* `receive` returns whatever is waiting (at most `max_bytes`); when nothing is, it sleeps on the
+  event channel and looks again.  Events are latched by the transport, so a byte written between
+  the look and the sleep still wakes us.
+* `send` writes what fits, notifies, and while bytes remain (the ring is full: the peer is not
+  reading) sleeps until the peer's notification says it consumed some.  That is the flow
+  control: a writer never outruns a reader by more than the ring.
+
+Both directions share one event channel, and a transport allows one waiter per port, so one
+task at a time sleeps on the port and wakes the other (`_wait_event`).  Peer errors follow
+anyio's contract: `anyio.BrokenResourceError` chained from `RemoteProtocolError` (hostile
+indices) or `PeerGoneError` (the peer's port closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ByteStream
+
+from .._errors import EventChannelError, PeerGoneError, RemoteProtocolError
+from ..abc import EventChannel
+
+__all__ = ("BytePipe", "PipeStream")
+
+
+class BytePipe(Protocol):
+    """What `PipeStream` needs from a byte-ring engine."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> tuple[int, bool]: ...
+
+    def read(self, max_bytes: int) -> tuple[bytes, bool]: ...
+
+    def readable(self) -> int: ...
+
+    def writable(self) -> int: ...
+
+    def release(self) -> None: ...
+
+
+class PipeStream(ByteStream):
+    """A byte stream over one side of a shared byte ring."""
+
+    def __init__(self, engine: BytePipe, event: EventChannel) -> None:
+        self._engine = engine
+        self._event = event
+        self._closed = False
+        self._eof_sent = False
+        self._broken: BaseException | None = None
+        self._receiving = False
+        self._sending = False
+        self._waiting = False
+        self._woken = anyio.Event()
+        self.on_broken: Callable[[BaseException], None] | None = None
+        """Called once with the cause when the stream breaks."""
+
+    @property
+    def engine(self) -> BytePipe:
+        """The sans-I/O engine."""
+        return self._engine
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _check(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._broken is not None:
+            raise anyio.BrokenResourceError from self._broken
+
+    def _break(self, exc: BaseException) -> anyio.BrokenResourceError:
+        if self._broken is None:
+            self._broken = exc
+            if self.on_broken is not None:
+                self.on_broken(exc)
+        self._woken.set()
+        err = anyio.BrokenResourceError(str(exc))
+        err.__cause__ = exc
+        return err
+
+    def _notify(self) -> None:
+        try:
+            self._event.notify()
+        except EventChannelError as exc:
+            raise self._break(exc) from exc
+
+    async def _wait_event(self) -> None:
+        """Sleep until the peer notifies (or the task sleeping on the port wakes us)."""
+        if self._waiting:
+            await self._woken.wait()
+            return
+        self._waiting = True
+        try:
+            await self._event.wait()
+        except PeerGoneError as exc:
+            raise self._break(exc) from exc
+        finally:
+            self._waiting = False
+            self._woken.set()
+            self._woken = anyio.Event()
+
+    # ------------------------------------------------------------------ receive
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes:
+        """Bytes waiting now (at most `max_bytes`), else `anyio.WouldBlock`."""
+        self._check()
+        try:
+            data, notify = self._engine.read(max_bytes)
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if not data:
+            raise anyio.WouldBlock
+        if notify:
+            self._notify()
+        return data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """At least one byte, waiting for the peer as needed.
+
+        Raises:
+            anyio.BrokenResourceError: hostile indices or the peer went away.
+            anyio.ClosedResourceError: closed locally.
+            anyio.BusyResourceError: another task is receiving.
+        """
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            while True:
+                try:
+                    return self.receive_nowait(max_bytes)
+                except anyio.WouldBlock:
+                    await self._wait_event()
+                    self._check()
+        finally:
+            self._receiving = False
+
+    # ------------------------------------------------------------------ send
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what fits now; return how many bytes were written (0 if the ring is full)."""
+        self._check()
+        if self._eof_sent:
+            raise anyio.ClosedResourceError
+        try:
+            count, notify = self._engine.write(data)
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if notify:
+            self._notify()
+        return count
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Write all of `item`, waiting for the peer to make room as needed (flow control)."""
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            view = memoryview(item).cast("B")
+            while view.nbytes:
+                sent = self.send_nowait(view)
+                view = view[sent:]
+                if view.nbytes:
+                    await self._wait_event()
+                    self._check()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Refuse further sends (the console has no end-of-stream marker)."""
+        self._eof_sent = True
+
+    async def aclose(self) -> None:
+        """Stop using the page; the event channel and the pages are closed by their owner."""
+        if not self._closed:
+            self._closed = True
+            self._woken.set()
+            self._engine.release()
+        await anyio.lowlevel.checkpoint()
