@@ -267,7 +267,7 @@ class _Connection:
         quota = self.server.quota.transactions
         if not self.privileged and self.server.transaction_count(self.domid) >= quota:
             raise XsError("ENOSPC", "too many transactions")
-        tx_id = next(self._tx_ids)
+        tx_id = next(self._tx_ids) & 0xFFFFFFFF
         while tx_id == 0 or tx_id in self.transactions:
             tx_id = next(self._tx_ids) & 0xFFFFFFFF
         self.transactions[tx_id] = Transaction(self.server.tree, tx_id)
