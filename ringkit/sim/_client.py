@@ -300,6 +300,7 @@ class SimEventChannel(EventChannel):
 
     async def wait(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
+        blocked = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -309,12 +310,14 @@ class SimEventChannel(EventChannel):
                 value = os.eventfd_read(self._wait_fd)
             except BlockingIOError:
                 await anyio.wait_readable(self._wait_fd)
+                blocked = True
                 continue
             if value >= PEER_GONE:
                 self._gone = self._peer_closed = True
                 if value % PEER_GONE == 0:
                     continue
-            await anyio.lowlevel.cancel_shielded_checkpoint()
+            if not blocked:  # every wait yields to the scheduler at least once
+                await anyio.lowlevel.cancel_shielded_checkpoint()
             return
 
     def _on_peer_closed(self) -> None:
