@@ -161,11 +161,14 @@ class _Connection:
                 self._drained.set()
                 self._wake_writer = anyio.Event()
                 await self._wake_writer.wait()
-            data, event = self._out.popleft()
-            if event is not None:
-                self._pending_events.discard(event)
+            batch = []
+            while self._out and len(batch) < 64:  # one write for what is queued
+                data, event = self._out.popleft()
+                if event is not None:
+                    self._pending_events.discard(event)
+                batch.append(data)
             try:
-                await self.stream.send(data)
+                await self.stream.send(b"".join(batch))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 self.cancel_scope.cancel()
                 return
