@@ -161,7 +161,7 @@ class _Connection:
                 self._drained.set()
                 self._wake_writer = anyio.Event()
                 await self._wake_writer.wait()
-            batch = []
+            batch: list[bytes] = []
             while self._out and len(batch) < 64:  # one write for what is queued
                 data, event = self._out.popleft()
                 if event is not None:
