@@ -217,6 +217,7 @@ async def _run_script(script: list[tuple[int, Message]]) -> None:
         ]
         assert len(replies) == 1
         assert replies[0].req_id == request.req_id
+        assert replies[0].payload != b"EIO\0", "the server hit an internal error"
     for path in server.tree.paths():
         node = server.tree.get(path)
         assert node is not None

@@ -186,6 +186,11 @@ class _Connection:
             payload = self._dispatch(msg)
         except XsError as exc:
             self.reply(msg, _T.ERROR, error_payload(exc.code))
+        except Exception:
+            # A bug here must not take the whole simulated Xen down with one connection:
+            # answer EIO as xenstored does when it finds itself corrupt, and say why.
+            log.exception("xenstored: request %r from domain %d failed", msg, self.domid)
+            self.reply(msg, _T.ERROR, error_payload("EIO"))
         else:
             if payload is not None:
                 self.reply(msg, msg.type, payload)
