@@ -1,0 +1,29 @@
+#!/ringkit/bin/busybox sh
+# ringkit xen-vm: PID 1 of a harness domU (a PV guest whose root is an initramfs).
+# Loads the Xen device modules, runs /ringkit/job/cmd with the job's environment and cwd, prints
+# its output on the console between two marker lines, stores the exit code in xenstore at
+# data/ringkit-exit (relative to the domain's home) and powers off.
+B=/ringkit/bin
+$B/busybox --install -s $B
+export PATH=$B:/usr/bin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run
+echo 1 > /proc/sys/kernel/printk
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs $(cat /ringkit/job/modules 2>/dev/null); do
+  modprobe "$m" || echo "ringkit-domu: modprobe $m failed"
+done
+mkdir -p /proc/xen; mount -t xenfs xenfs /proc/xen
+ip link set lo up 2>/dev/null
+echo "ringkit-domu: start"
+(
+  . /ringkit/job/env
+  cd "$RK_CWD" 2>/dev/null || cd /
+  exec sh /ringkit/job/cmd </dev/null
+)
+rc=$?
+echo "ringkit-domu: exit=$rc"
+xenstore-write data/ringkit-exit "$rc" || echo "ringkit-domu: could not store the exit code"
+sync
+poweroff -f
