@@ -28,12 +28,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._errors import ConfigError, RemoteProtocolError, TransportError
 from . import _paths, _wire
-from ._hypervisor import Client, Hypervisor
+from ._hypervisor import DOMID_MAX, Client, Hypervisor
 from .xenstored import XenstoreServer
 
 log = logging.getLogger(__name__)
 
 _Outbox = tuple[bytes, list[int]]
+
+_SUN_PATH_MAX = 108
+"""sizeof(sockaddr_un.sun_path) on Linux, terminating NUL included."""
 
 
 def _error(exc: Exception) -> dict[str, Any]:
@@ -97,7 +100,16 @@ class SimServer:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, grant_limit: int = 1024) -> None:
+        """Raises:
+            ConfigError: the directory's path is too long for Unix sockets, or a bad limit.
+        """
         self.directory = Path(directory)
+        longest = _paths.xenstored_socket(self.directory.resolve(), DOMID_MAX)
+        if len(os.fsencode(longest)) >= _SUN_PATH_MAX:
+            raise ConfigError(
+                f"directory {self.directory} is too long: its sockets (like {longest}) would "
+                f"exceed the {_SUN_PATH_MAX - 1} bytes a Unix socket path may have"
+            )
         self.hypervisor = Hypervisor(grant_limit=grant_limit)
         self.store = XenstoreServer()
         self._domain_scopes: dict[int, anyio.CancelScope] = {}
@@ -185,6 +197,9 @@ class SimServer:
 
     async def _serve_client(self, domid: int, stream: anyio.abc.SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)
+        if domid not in self.hypervisor.domains:  # accepted just as the domain was destroyed
+            await stream.aclose()
+            return
         connection = _Connection()
         client = Client(domid, connection.push)
         self.hypervisor.attach(client)

@@ -134,6 +134,16 @@ async def check_multi_page_contiguous(make_pair: PairMaker) -> None:
             got = reversed_map.buffer[page * PAGE_SIZE + 10]
             assert got == 3 - page, f"page {page} of the reversed mapping holds {got}"
         await reversed_map.aclose()
+        # pages of separate grants, mapped together, are contiguous too
+        other = await a.grants.share(b.domid, 1)
+        other.buffer[0:4] = b"next"
+        mixed = await b.grants.map(a.domid, [shared.refs[2], other.refs[0], shared.refs[0]])
+        assert mixed.buffer[10] == 3 and mixed.buffer[2 * PAGE_SIZE + 10] == 1
+        assert bytes(mixed.buffer[PAGE_SIZE : PAGE_SIZE + 4]) == b"next"
+        mixed.buffer[PAGE_SIZE + 4] = 0x77
+        assert other.buffer[4] == 0x77
+        await mixed.aclose()
+        await other.aclose()
         await mapped.aclose()
         await shared.aclose()
         assert_no_leaks(a, b)

@@ -228,3 +228,12 @@ async def test_hostile_client_is_dropped_and_others_carry_on() -> None:
             pages = await a.grants.share(0, 1)
             await pages.aclose()
         assert not await xen.settled_leaks()
+
+
+@pytest.mark.anyio
+async def test_too_long_directory_is_a_config_error() -> None:
+    long_dir = f"/tmp/{'x' * 90}"
+    with pytest.raises(ConfigError, match="too long"):
+        async with SimXen.start(long_dir, in_process=True):
+            pass
+    assert not os.path.exists(long_dir) or not os.listdir(long_dir)
