@@ -65,6 +65,11 @@ class PipeStream(ByteStream):
         """Called once with the cause when the stream breaks."""
 
     @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._closed
+
+    @property
     def engine(self) -> BytePipe:
         """The sans-I/O engine."""
         return self._engine

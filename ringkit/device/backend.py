@@ -37,6 +37,22 @@ __all__ = ("Backend",)
 S = XenbusState
 
 
+def _ring_failure(exc: BaseException) -> BaseException | None:
+    """The peer-caused failure behind `exc` (a serve task's exception, maybe grouped by a
+    driver's own task group), or None if `exc` holds anything else (a driver bug: re-raised)."""
+    if isinstance(exc, BaseExceptionGroup):
+        causes = [_ring_failure(e) for e in exc.exceptions]
+        if not causes or any(c is None for c in causes):
+            return None
+        return next((c for c in causes if not isinstance(c, anyio.ClosedResourceError)),
+                    causes[0])
+    if isinstance(exc, anyio.BrokenResourceError):
+        return exc.__cause__ or exc
+    if isinstance(exc, RemoteProtocolError | PeerGoneError | anyio.ClosedResourceError):
+        return exc
+    return None
+
+
 class Backend(DeviceBase):
     """Base class of a backend driver serving one device of one frontend domain.
 
@@ -197,12 +213,18 @@ class Backend(DeviceBase):
         try:
             with scope:
                 await self.serve(queue)
-        except anyio.BrokenResourceError as exc:
-            self.wake("ring broken", exc.__cause__ or exc)
-        except (RemoteProtocolError, PeerGoneError) as exc:
-            self.wake("ring broken", exc)
-        except anyio.ClosedResourceError:
-            pass
+        except (
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            RemoteProtocolError,
+            PeerGoneError,
+            BaseExceptionGroup,
+        ) as exc:
+            cause = _ring_failure(exc)
+            if cause is None:
+                raise
+            if not isinstance(cause, anyio.ClosedResourceError):
+                self.wake("ring broken", cause)
         finally:
             self._serving -= 1
             if self._serving == 0:
