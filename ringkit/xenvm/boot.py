@@ -64,6 +64,7 @@ class RunRequest:
     domu_image: Path | None = None
     verbose: bool = False
     keep: bool = False
+    qemu: str = "qemu-system-x86_64"
 
 
 def env_script(env: Mapping[str, str]) -> str:
@@ -212,7 +213,7 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
     argv = qemu_argv(MachineConfig(
         hypervisor=layout.hypervisor, kernel=layout.kernel, initrd=layout.stage1,
         shares=shares, memory_mb=request.memory_mb, dom0_memory_mb=request.dom0_memory_mb,
-        cpus=request.cpus))
+        cpus=request.cpus, program=request.qemu))
     (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
     if not request.command:
         log("interactive dom0 shell; leave with `exit` (powers the machine off)")

@@ -42,6 +42,7 @@ class MachineConfig:
     xen_args: Sequence[str] = ("bootscrub=0", "edd=off", "edid=no")
     linux_args: Sequence[str] = ()
     extra_qemu_args: Sequence[str] = field(default_factory=tuple)
+    program: str = "qemu-system-x86_64"
 
 
 def escape_option(value: str) -> str:
@@ -73,7 +74,7 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
     linux_cmdline = " ".join(["console=hvc0", "earlyprintk=xen", "quiet", "panic=-1",
                               *cfg.linux_args])
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep",
+        cfg.program, "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep",
         "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
         "-nographic", "-no-reboot", "-net", "none", "-monitor", "none",
         "-kernel", escape_option(str(cfg.hypervisor)),
