@@ -23,6 +23,8 @@ from __future__ import annotations
 import errno
 import os
 import tty
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -30,9 +32,11 @@ import anyio
 import anyio.abc
 
 from ..._async.stream import PipeStream
+from ..._errors import RemoteProtocolError
 from ...abc import Domain
 from ...device import Backend, Nodes, Queue
 from ...proto.console import ConsoleRing, ConsoleSide
+from ...proto.layout import CONSOLE_OUT_SIZE
 
 __all__ = ("ConsoleBackend",)
 
@@ -40,12 +44,20 @@ _CHUNK = 4096
 
 
 class _BackendConsoleStream(PipeStream):
-    """The backend's stream also owns the connection byte: disconnected before unmapping."""
+    """The backend's stream also owns the connection byte (disconnected before unmapping) and
+    hands what the guest wrote last, still in the ring at close, to `on_final`."""
+
+    on_final: Callable[[bytes], None] | None = None
 
     async def aclose(self) -> None:
         engine = self.engine
         assert isinstance(engine, ConsoleRing)
         if not self._closed:
+            if engine.error is None and self.on_final is not None:
+                with suppress(RemoteProtocolError):
+                    data, _ = engine.read(CONSOLE_OUT_SIZE)
+                    if data:
+                        self.on_final(data)
             engine.set_connected(False)  # one byte: harmless even to a hostile guest
         await super().aclose()
 
@@ -90,7 +102,18 @@ class ConsoleBackend(Backend):
     def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
         ring = ConsoleRing(queue.buffer, ConsoleSide.BACKEND)
         ring.set_connected(True)
-        return _BackendConsoleStream(ring, queue.event)
+        stream = _BackendConsoleStream(ring, queue.event)
+        stream.on_final = self._final_output
+        return stream
+
+    def _final_output(self, data: bytes) -> None:
+        """Bytes the guest wrote just before the connection ended: keep them (log; pty if it
+        takes them without waiting)."""
+        if self._log is not None:
+            self._log.write(data)
+        if self._master is not None:
+            with suppress(OSError):
+                os.write(self._master, data)
 
     async def connected(self, nodes: Nodes) -> None:
         if self.pty_path is not None:

@@ -45,6 +45,9 @@ class BytePipe(Protocol):
 
     def writable(self) -> int: ...
 
+    @property
+    def tx_size(self) -> int: ...
+
     def release(self) -> None: ...
 
 
@@ -181,6 +184,18 @@ class PipeStream(ByteStream):
                     self._check()
         finally:
             self._sending = False
+
+    async def drain(self) -> None:
+        """Wait until the peer has taken every byte we sent (before closing, so nothing is lost
+        in the ring)."""
+        while True:
+            self._check()
+            try:
+                if self._engine.writable() >= self._engine.tx_size:
+                    return
+            except RemoteProtocolError as exc:
+                raise self._break(exc) from exc
+            await self._wait_event()
 
     async def send_eof(self) -> None:
         """Refuse further sends (the console has no end-of-stream marker)."""

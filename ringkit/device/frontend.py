@@ -41,6 +41,10 @@ class Frontend(DeviceBase):
 
     role = Role.FRONTEND
 
+    connect_timeout: float | None = None
+    """Seconds ``async with`` waits for the backend to connect before raising TimeoutError
+    (None: forever).  May be set per instance."""
+
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0) -> None:
         super().__init__(
             domain, DeviceAddress(self.device_type, domain.domid, backend_id, devid)
@@ -221,7 +225,8 @@ class Frontend(DeviceBase):
             self._tg.start_soon(self._watch, self.peer_nodes.node("state"), "backend state")
             self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
             self._tg.start_soon(self._supervise)
-            await self.wait_connected()
+            with anyio.fail_after(self.connect_timeout):
+                await self.wait_connected()
         except BaseException:
             self._closing = True
             if self._tg is not None:
