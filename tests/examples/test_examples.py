@@ -33,15 +33,16 @@ def test_echo_example() -> None:
 
 
 def test_demo_end_to_end() -> None:
-    out = run([*RINGKIT, "demo", "--messages", "500"])
-    assert "Connected" in out
-    # requests and verified columns side by side: every answer checked
-    assert re.search(r"\b500\s+\W\s+500\b", out), out
-    assert "both ends XenbusStateClosed" in out
+    out = run([*RINGKIT, "demo", "--size", "4"])
+    assert re.search(r"\b4 MiB\s+\W\s+[\d.]+ MiB/s\s+\W\s+[\d.]+ MiB/s", out), out
+    assert "both ends closed in order" in out
+    assert "this line crossed a Xen console ring" in out
+    assert "byte for byte" in out
     assert "nothing leaked" in out
 
 
 def test_demo_help_explains_itself() -> None:
     out = run([*RINGKIT, "demo", "--help"])
     assert "simulated Xen" in out
-    assert "--messages" in out
+    assert "--size" in out
+    assert "ringkit block serve" in out and "ringkit console attach" in out
