@@ -211,7 +211,10 @@ class SimServer:
                 tg.cancel_scope.cancel()
         finally:
             if domid in self.hypervisor.domains:
-                self.hypervisor.disconnect(client)
+                try:
+                    self.hypervisor.disconnect(client)
+                except Exception:  # keep serving everyone else whatever happened
+                    log.exception("releasing a connection of domain %d failed", domid)
             reader.close()
             connection.close()
             with anyio.CancelScope(shield=True):
@@ -233,6 +236,14 @@ class SimServer:
             request_id = message.get("id")
             try:
                 reply, out_fds = self._dispatch(client, message)
+            except OSError as exc:  # out of descriptors or memory: the request fails, not us
+                log.warning("domain %d: %r failed: %s", client.domid, message.get("op"), exc)
+                failure = TransportError(f"the simulated Xen could not {message.get('op')}: "
+                                         f"{exc.strerror}", exc.errno)
+                connection.push({"id": request_id, "error": _error(failure)}
+                                if request_id is not None else {"ev": "error",
+                                                                "error": _error(failure)})
+                continue
             except (TransportError, ConfigError) as exc:
                 if request_id is None:
                     connection.push({"ev": "error", "error": _error(exc)})
@@ -277,8 +288,16 @@ class SimServer:
                 pieces.append([slots[page.fd], index])
             if not writable:
                 # A read-only descriptor: the kernel itself refuses writable mappings.
-                files = [os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-                         for fd in files]
+                reopened: list[int] = []
+                try:
+                    for fd in files:
+                        reopened.append(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    for fd in reopened:
+                        os.close(fd)
+                    hv.unmap(client, mapping.id, run_notify=False)
+                    raise
+                files = reopened
             return {"map": mapping.id, "pieces": pieces}, files
         if op == "unmap":
             hv.unmap(client, msg["map"])
