@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .._errors import ResourceLimitError, TransportError
@@ -39,8 +39,9 @@ class DeviceFile:
     """A Xen character device (``/dev/xen/...``), opened while at least one user holds it."""
 
     def __init__(self, path: str, error: type[TransportError], *, nonblocking: bool = False,
-                 hint: str = "") -> None:
+                 hint: str = "", opener: Callable[[str, int], int] = os.open) -> None:
         self.path = path
+        self._opener = opener
         self._error = error
         self._flags = os.O_RDWR | os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
         self._hint = hint
@@ -62,7 +63,7 @@ class DeviceFile:
         """Open the device if nobody holds it yet; count one more user; return the fd."""
         if self._fd < 0:
             try:
-                self._fd = os.open(self.path, self._flags)
+                self._fd = self._opener(self.path, self._flags)
             except FileNotFoundError as exc:
                 raise self._error(f"{self.path} does not exist{self._hint}", exc.errno) from exc
             except OSError as exc:

@@ -94,6 +94,29 @@ struct ioctl_evtchn_bind_unbound_port { unsigned int remote_domain; };
 struct ioctl_evtchn_unbind { unsigned int port; };
 struct ioctl_evtchn_notify { unsigned int port; };
 struct ioctl_evtchn_restrict_domid { domid_t domid; };
+
+/* privcmd.h: one hypercall, used for EVTCHNOP_status */
+struct privcmd_hypercall {
+    uint64_t op;
+    uint64_t arg[5];
+};
+
+/* Xen public event_channel.h */
+struct evtchn_status_unbound { domid_t dom; };
+struct evtchn_status_interdomain { domid_t dom; uint32_t port; };
+union evtchn_status_u {
+    struct evtchn_status_unbound unbound;
+    struct evtchn_status_interdomain interdomain;
+    uint32_t pirq;
+    uint32_t virq;
+};
+struct evtchn_status {
+    domid_t dom;
+    uint32_t port;
+    uint32_t status;
+    uint32_t vcpu;
+    union evtchn_status_u u;
+};
 """
 
 ffi: Any = FFI()
@@ -141,6 +164,23 @@ IOCTL_EVTCHN_UNBIND = _ioc_struct("E", 3, "struct ioctl_evtchn_unbind")
 IOCTL_EVTCHN_NOTIFY = _ioc_struct("E", 4, "struct ioctl_evtchn_notify")
 IOCTL_EVTCHN_RESET = ioc(IOC_NONE, "E", 5, 0)
 IOCTL_EVTCHN_RESTRICT_DOMID = _ioc_struct("E", 6, "struct ioctl_evtchn_restrict_domid")
+
+IOCTL_PRIVCMD_HYPERCALL = _ioc_struct("P", 0, "struct privcmd_hypercall")
+
+# ----------------------------------------------------------------------------- hypercalls
+
+HYPERVISOR_event_channel_op = 32
+"""``__HYPERVISOR_event_channel_op`` (the current, non-compat number)."""
+EVTCHNOP_status = 5
+"""Event-channel sub-op: report the state of a port."""
+EVTCHNSTAT_closed = 0
+EVTCHNSTAT_unbound = 1
+EVTCHNSTAT_interdomain = 2
+EVTCHNSTAT_pirq = 3
+EVTCHNSTAT_virq = 4
+EVTCHNSTAT_ipi = 5
+DOMID_SELF = 0x7FF0
+"""Xen's name for the calling domain."""
 
 # ----------------------------------------------------------------------------- flags
 

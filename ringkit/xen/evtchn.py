@@ -8,6 +8,13 @@ kernel's ring overflowed (read fails with EFBIG), events were lost: the reader r
 unmasks every port and wakes every channel, whose users re-check their rings as after any
 spurious wake-up.
 
+Xen tells nobody when the remote end of a channel closes (its port just turns back to
+"unbound"), so a `wait` that sat idle for `PEER_POLL_INTERVAL` asks the hypervisor for the port's
+status (EVTCHNOP_status through ``/dev/xen/privcmd``).  A port that was connected and is now
+unbound or closed means the peer is gone: after any event it sent before closing has been
+returned, `wait` raises `PeerGoneError` and `notify` is refused.  Without privcmd (not root,
+no device) this detection is off and `wait` simply keeps waiting.
+
 The fd is opened with the first channel and closed with the last one, so a handle holding no
 channel holds no fd.
 """
@@ -23,13 +30,19 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from .._errors import ConfigError, EventChannelError
+from .._errors import ConfigError, EventChannelError, PeerGoneError
 from ..abc import EventChannel, EventChannels
 from . import _uapi
 from ._device import DeviceFile, map_errors
 
 READ_BATCH = 256
 """Ports read from the device per read() call."""
+
+DRAIN_BATCHES = 16
+"""Reads per reader turn at most."""
+
+PEER_POLL_INTERVAL = 0.5
+"""Seconds an idle `wait` sleeps between two checks that the peer is still connected."""
 
 _PORT = struct.Struct("=I")
 _MAX_DOMID = 0x7FEF
@@ -38,7 +51,8 @@ _MAX_DOMID = 0x7FEF
 class XenEventChannel(EventChannel):
     """One port bound through the evtchn device."""
 
-    def __init__(self, owner: XenEventChannels, port: int, remote_domid: int) -> None:
+    def __init__(self, owner: XenEventChannels, port: int, remote_domid: int, *,
+                 connected: bool) -> None:
         self._owner = owner
         self._port = port
         self._remote = remote_domid
@@ -46,6 +60,8 @@ class XenEventChannel(EventChannel):
         self._pending = False
         self._waiter: anyio.Event | None = None
         self._closed = False
+        self._connected = connected  # the remote end is (or was) bound to this port
+        self._gone = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -62,6 +78,10 @@ class XenEventChannel(EventChannel):
     def notify(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._gone:
+            raise EventChannelError(
+                f"evtchn: port {self._port} is no longer connected (domain {self._remote} "
+                "closed its end)", errno.ENOTCONN)
         try:
             fcntl.ioctl(self._owner.fd, _uapi.IOCTL_EVTCHN_NOTIFY, self._notify_arg)
         except OSError as exc:
@@ -70,9 +90,7 @@ class XenEventChannel(EventChannel):
 
     async def wait(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if self._closed:
-            raise anyio.ClosedResourceError
-        self._owner.raise_if_broken()
+        self._check_usable()
         if self._pending:
             self._pending = False
             await anyio.lowlevel.cancel_shielded_checkpoint()
@@ -81,17 +99,41 @@ class XenEventChannel(EventChannel):
             raise anyio.BusyResourceError("waiting on this event channel")
         event = self._waiter = anyio.Event()
         try:
-            await event.wait()
+            while not event.is_set():
+                with anyio.move_on_after(PEER_POLL_INTERVAL):
+                    await event.wait()
+                if not event.is_set() and self._peer_left():
+                    break
         finally:
             self._waiter = None
+        self._check_usable()
+        self._pending = False
+
+    def _check_usable(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         self._owner.raise_if_broken()
-        self._pending = False
+        if self._gone and not self._pending:
+            raise PeerGoneError(f"domain {self._remote} closed its end of event channel "
+                                f"{self._port}")
+
+    def _peer_left(self) -> bool:
+        """Ask Xen whether the remote end is still bound; True once it is known gone."""
+        status = self._owner.port_status(self._port)
+        if status == _uapi.EVTCHNSTAT_interdomain:
+            self._connected = True
+            return False
+        if status is None or not self._connected:
+            return False  # no way to ask, or the peer has not bound yet
+        # Unbound or closed after being connected: deliver what it sent before leaving first.
+        self._owner.drain_now()
+        self._gone = True
+        return True
 
     def signal(self) -> None:
         """The reader saw this port: record the event and wake the waiter."""
         self._pending = True
+        self._connected = True  # only a bound remote end can send
         if self._waiter is not None:
             self._waiter.set()
 
@@ -112,9 +154,9 @@ class XenEventChannel(EventChannel):
 class XenEventChannels(EventChannels):
     """Event channels of one domain handle; the reader runs in `task_group`."""
 
-    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, task_group: anyio.abc.TaskGroup, device: DeviceFile | None = None) -> None:
         self._task_group = task_group
-        self._device = DeviceFile(
+        self._device = device or DeviceFile(
             "/dev/xen/evtchn", EventChannelError, nonblocking=True,
             hint=" (is this Linux running on Xen, with the xen-evtchn module?)")
         self.ports: dict[int, XenEventChannel] = {}
@@ -122,6 +164,7 @@ class XenEventChannels(EventChannels):
         self._failure: EventChannelError | None = None
         self.overflows = 0
         """How often the kernel's event ring overflowed and was reset."""
+        self._privcmd_usable = True
 
     @property
     def fd(self) -> int:
@@ -141,7 +184,8 @@ class XenEventChannels(EventChannels):
         arg = _uapi.Argument("struct ioctl_evtchn_bind_unbound_port")
         arg.struct.remote_domain = remote_domid
         return await self._bind(_uapi.IOCTL_EVTCHN_BIND_UNBOUND_PORT, arg, remote_domid,
-                                f"evtchn: allocating a port for domain {remote_domid}")
+                                f"evtchn: allocating a port for domain {remote_domid}",
+                                connected=False)
 
     async def bind_interdomain(self, remote_domid: int, remote_port: int) -> EventChannel:
         _check_domid(remote_domid)
@@ -151,10 +195,11 @@ class XenEventChannels(EventChannels):
         arg.struct.remote_domain = remote_domid
         arg.struct.remote_port = remote_port
         return await self._bind(_uapi.IOCTL_EVTCHN_BIND_INTERDOMAIN, arg, remote_domid,
-                                f"evtchn: binding port {remote_port} of domain {remote_domid}")
+                                f"evtchn: binding port {remote_port} of domain {remote_domid}",
+                                connected=True)
 
-    async def _bind(self, request: int, arg: _uapi.Argument, remote: int,
-                    what: str) -> XenEventChannel:
+    async def _bind(self, request: int, arg: _uapi.Argument, remote: int, what: str, *,
+                    connected: bool) -> XenEventChannel:
         self.raise_if_broken()
         fd = self._device.acquire()
         try:
@@ -164,7 +209,7 @@ class XenEventChannels(EventChannels):
         except BaseException:
             self._release_device()
             raise
-        channel = XenEventChannel(self, port, remote)
+        channel = XenEventChannel(self, port, remote, connected=connected)
         self.ports[port] = channel
         return channel
 
@@ -207,8 +252,44 @@ class XenEventChannels(EventChannels):
                     self._fail(exc)
                     return
 
+    def drain_now(self) -> None:
+        """Read whatever the kernel has queued right now (outside the reader's turn)."""
+        if self._device.is_open and self._failure is None:
+            try:
+                self._drain(self._device.fd)
+            except EventChannelError as exc:
+                self._fail(exc)
+
+    def port_status(self, port: int) -> int | None:
+        """Xen's EVTCHNSTAT_* for our `port`, or None when privcmd cannot be used here."""
+        if not self._privcmd_usable:
+            return None
+        status = _uapi.ffi.new("struct evtchn_status *")
+        status.dom = _uapi.DOMID_SELF
+        status.port = port
+        arg = _uapi.Argument("struct privcmd_hypercall")
+        arg.struct.op = _uapi.HYPERVISOR_event_channel_op
+        arg.struct.arg[0] = _uapi.EVTCHNOP_status
+        arg.struct.arg[1] = int(_uapi.ffi.cast("uintptr_t", status))
+        try:
+            fd = os.open("/dev/xen/privcmd", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            self._privcmd_usable = False
+            return None
+        try:
+            fcntl.ioctl(fd, _uapi.IOCTL_PRIVCMD_HYPERCALL, arg.buffer, True)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOTTY, errno.ENOSYS):
+                self._privcmd_usable = False
+            return None
+        finally:
+            os.close(fd)
+        return int(status.status)
+
     def _drain(self, fd: int) -> None:
-        while True:
+        # Bounded, so that a peer notifying non-stop cannot starve the event loop: what is left
+        # keeps the fd readable and is read on the reader's next turn.
+        for _ in range(DRAIN_BATCHES):
             try:
                 data = os.read(fd, READ_BATCH * _PORT.size)
             except BlockingIOError:
@@ -220,15 +301,15 @@ class XenEventChannels(EventChannels):
                 raise EventChannelError("evtchn: reading pending ports failed",
                                         exc.errno) from exc
             if not data:
-                return
+                raise EventChannelError("evtchn: the device reported end of file")
             count = len(data) // _PORT.size
             for (port,) in _PORT.iter_unpack(data[: count * _PORT.size]):
                 channel = self.ports.get(port)
                 if channel is not None:
                     channel.signal()
+            # Unmasking re-delivers a port notified again meanwhile; keep reading until the
+            # device is empty so that such events coalesce with the ones just seen.
             self._unmask(fd, data[: count * _PORT.size])
-            if count < READ_BATCH:
-                return
 
     def _unmask(self, fd: int, ports: bytes) -> None:
         with map_errors(EventChannelError, "evtchn: unmasking ports"):

@@ -143,8 +143,15 @@ class XenSharedPages(SharedPages):
         self._dealloc()
 
     async def aclose(self) -> None:
+        """Revoke the grants and unmap; the pages live on while the peer maps them.
+
+        Raises:
+            GrantError: closed already (EINVAL, as gntalloc answers for an unknown index).
+        """
         if self._closed:
-            return
+            await anyio.lowlevel.checkpoint()
+            raise GrantError(f"gntalloc: refs {list(self._refs)} were unshared already",
+                             errno.EINVAL)
         self._closed = True
         try:
             self._dealloc()
@@ -226,8 +233,15 @@ class XenMappedPages(MappedPages):
         self._device.ioctl(_uapi.IOCTL_GNTDEV_SET_UNMAP_NOTIFY, arg, "gntdev: SET_UNMAP_NOTIFY")
 
     async def aclose(self) -> None:
+        """Unmap the pages (running the unmap-notify, if set).
+
+        Raises:
+            GrantError: unmapped already (EINVAL, as gntdev answers for an unknown index).
+        """
         if self._closed:
-            return
+            await anyio.lowlevel.checkpoint()
+            raise GrantError(f"gntdev: refs {list(self._refs)} were unmapped already",
+                             errno.EINVAL)
         self._closed = True
         try:
             self._mapping.close()

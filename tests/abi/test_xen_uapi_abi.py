@@ -16,7 +16,8 @@ import pytest
 from ringkit.xen import _uapi
 
 HEADERS = [Path("/usr/include/xen") / name
-           for name in ("gntalloc.h", "gntdev.h", "evtchn.h", "grant_table.h")]
+           for name in ("gntalloc.h", "gntdev.h", "evtchn.h", "privcmd.h", "grant_table.h",
+                        "event_channel.h")]
 
 STRUCTS: dict[str, list[str]] = {
     "ioctl_gntalloc_alloc_gref": ["domid", "flags", "count", "index", "gref_ids"],
@@ -39,6 +40,9 @@ STRUCTS: dict[str, list[str]] = {
     "ioctl_evtchn_unbind": ["port"],
     "ioctl_evtchn_notify": ["port"],
     "ioctl_evtchn_restrict_domid": ["domid"],
+    "privcmd_hypercall": ["op", "arg"],
+    "evtchn_status": ["dom", "port", "status", "vcpu", "u", "u.unbound.dom",
+                      "u.interdomain.dom", "u.interdomain.port", "u.pirq", "u.virq"],
 }
 
 CONSTANTS = [
@@ -48,7 +52,10 @@ CONSTANTS = [
     "IOCTL_GNTDEV_SET_UNMAP_NOTIFY", "IOCTL_GNTDEV_GRANT_COPY",
     "IOCTL_EVTCHN_BIND_VIRQ", "IOCTL_EVTCHN_BIND_INTERDOMAIN", "IOCTL_EVTCHN_BIND_UNBOUND_PORT",
     "IOCTL_EVTCHN_UNBIND", "IOCTL_EVTCHN_NOTIFY", "IOCTL_EVTCHN_RESET",
-    "IOCTL_EVTCHN_RESTRICT_DOMID",
+    "IOCTL_EVTCHN_RESTRICT_DOMID", "IOCTL_PRIVCMD_HYPERCALL",
+    "__HYPERVISOR_event_channel_op", "EVTCHNOP_status", "EVTCHNSTAT_closed",
+    "EVTCHNSTAT_unbound", "EVTCHNSTAT_interdomain", "EVTCHNSTAT_pirq", "EVTCHNSTAT_virq",
+    "EVTCHNSTAT_ipi", "DOMID_SELF",
     "GNTALLOC_FLAG_WRITABLE", "UNMAP_NOTIFY_CLEAR_BYTE", "UNMAP_NOTIFY_SEND_EVENT",
     "GNTCOPY_source_gref", "GNTCOPY_dest_gref",
     "GNTST_okay", "GNTST_general_error", "GNTST_bad_domain", "GNTST_bad_gntref",
@@ -62,7 +69,8 @@ def _c_program() -> str:
     lines = [
         "#include <stdint.h>", "#include <stddef.h>", "#include <stdio.h>",
         "#include <sys/ioctl.h>", "#include <xen/xen.h>", "#include <xen/grant_table.h>",
-        "#include <xen/gntalloc.h>", "#include <xen/gntdev.h>", "#include <xen/evtchn.h>",
+        "#include <xen/event_channel.h>", "#include <xen/gntalloc.h>", "#include <xen/gntdev.h>",
+        "#include <xen/evtchn.h>", "#include <xen/privcmd.h>",
         "int main(void) {",
     ]
     for name in CONSTANTS:
@@ -76,8 +84,12 @@ def _c_program() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _python_name(name: str) -> str:
+    return name.removeprefix("__")  # __HYPERVISOR_x is HYPERVISOR_x in Python
+
+
 def _ringkit_values() -> dict[str, int]:
-    values = {name: int(getattr(_uapi, name)) for name in CONSTANTS}
+    values = {name: int(getattr(_uapi, _python_name(name))) for name in CONSTANTS}
     for struct, fields in STRUCTS.items():
         values[f"sizeof:{struct}"] = _uapi.ffi.sizeof(f"struct {struct}")
         for field in fields:
@@ -98,7 +110,15 @@ def header_values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     source = work / "uapi.c"
     source.write_text(_c_program())
     binary = work / "uapi"
-    build = subprocess.run([gcc, "-Wall", "-Werror", "-o", str(binary), str(source)],
+    # The uapi privcmd.h includes the kernel-internal <xen/interface/xen.h>, which is Xen's
+    # public xen.h: point it there, as Xen's own tools do with their copy of the header.
+    shim = work / "include" / "xen" / "interface"
+    shim.mkdir(parents=True)
+    (shim / "xen.h").write_text("#include <xen/xen.h>\n")
+    # libxencall and friends build against the latest interface, not the compat numbering.
+    build = subprocess.run([gcc, "-Wall", "-Werror", "-I", str(work / "include"),
+                            "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__",
+                            "-o", str(binary), str(source)],
                            capture_output=True, text=True, timeout=120, check=False)
     assert build.returncode == 0, build.stderr
     out = subprocess.run([str(binary)], check=True, capture_output=True, text=True, timeout=30)
