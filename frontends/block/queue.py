@@ -30,12 +30,24 @@ class FrontQueues:
         self._load = [0] * len(channels)
 
     async def send(self, slot: bytes) -> None:
-        """Queue one encoded request on the least busy ring, waiting for a free slot."""
+        """Queue one encoded request on the least busy ring, waiting for a free slot.
+
+        Raises:
+            RemoteProtocolError: the ring was broken by the backend.
+            PeerGoneError: the backend went away or the device was closed.
+        """
         index = min(range(len(self._channels)), key=self._load.__getitem__)
         self._load[index] += 1
         try:
             async with self._locks[index]:
                 await self._channels[index].send(slot)
+        except anyio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, RemoteProtocolError | PeerGoneError):
+                raise type(cause)(str(cause)) from exc
+            raise PeerGoneError(f"block ring {index} broke: {exc}") from exc
+        except anyio.ClosedResourceError as exc:
+            raise PeerGoneError("block device closed") from exc
         finally:
             self._load[index] -= 1
 
