@@ -250,6 +250,9 @@ class Frontend(DeviceBase):
                 if self.handshake.error is None and self.handshake.can_move(S.CLOSING):
                     with suppress(RingkitError):
                         await self._write_state(S.CLOSING)
+                # Wait for the backend to unmap only if there is a live backend with a ring
+                # mapped; a dead or absent one will never answer.
+                if self.queues and not self.handshake.peer_stale:
                     with anyio.move_on_after(self.close_timeout):
                         while self.handshake.state is not S.CLOSED and self._finished is None:
                             await self._changed.wait()

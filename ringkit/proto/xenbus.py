@@ -293,6 +293,11 @@ class Handshake:
         return self._peer_state
 
     @property
+    def peer_stale(self) -> bool:
+        """Whether the peer died and its state node is not trusted until it changes."""
+        return self._peer_stale
+
+    @property
     def error(self) -> RemoteProtocolError | None:
         """The peer error that poisoned this handshake, or None while it is usable."""
         return self._poison

@@ -14,8 +14,9 @@ import anyio.abc
 import pytest
 
 from ringkit import EventChannelError, PeerGoneError
-from ringkit.device import XenbusState
+from ringkit.device import DeviceAddress, XenbusState, create_device
 from ringkit.proto.layout import SRING_REQ_PROD
+from ringkit.sim import SimXen
 
 from .drivers import EchoBackend, EchoFrontend
 from .test_device_sim import World, running, world
@@ -124,3 +125,25 @@ async def test_hostile_ring_indices_close_cleanly() -> None:
             assert not backend.queues
             # The frontend sees the backend close and follows it.
             await wait_for(lambda: front.state is S.CLOSED, "frontend follows")
+
+
+async def test_destroying_the_guest_domain_ends_the_backend_cleanly() -> None:
+    with anyio.fail_after(60):
+        async with SimXen.start(in_process=True) as xen:
+            guest = await xen.create_domain("guest")
+            async with xen.connect(0) as dom0:
+                address = DeviceAddress("echo", frontend_id=guest, backend_id=0, devid=0)
+                await create_device(dom0.store, address)
+                w = World(xen, guest, dom0, dom0, address)
+                async with (
+                    running(EchoBackend, w, once=False) as backend,
+                    peer(w, "frontend", "connected") as proc,
+                ):
+                    assert backend.is_connected
+                    await xen.destroy_domain(guest)  # @releaseDomain, its nodes removed
+                    await backend.wait_finished()
+                    assert not backend.queues
+                    await proc.wait()
+                leaks = dom0.leaks()
+                assert (leaks.maps, leaks.ports, leaks.watches) == (0, 0, 0)
+            assert not await xen.settled_leaks()
