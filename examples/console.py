@@ -12,10 +12,10 @@ import os
 import sys
 
 import anyio
-
 from ringkit.backends.console import ConsoleBackend
-from ringkit.device import DeviceAddress, create_device
 from ringkit.frontends.console import ConsoleFrontend
+
+from ringkit.device import DeviceAddress, create_device
 from ringkit.sim import SimXen
 
 

@@ -46,3 +46,10 @@ def test_demo_help_explains_itself() -> None:
     assert "simulated Xen" in out
     assert "--size" in out
     assert "ringkit block serve" in out and "ringkit console attach" in out
+
+
+def test_console_example_answers_a_terminal_on_its_pty() -> None:
+    out = run([sys.executable, "examples/console.py", "--selftest"])
+    assert "the guest's console is on /dev/" in out
+    assert "HELLO XEN" in out
+    assert "bye" in out
