@@ -42,12 +42,18 @@ def play_terminal(pty: str) -> bytes:
     """--selftest: what a person at `screen` would do, through the same pty."""
     fd = os.open(pty, os.O_RDWR | os.O_NOCTTY)
     seen = b""
+
+    def wait_for(marker: bytes) -> None:
+        nonlocal seen
+        while marker not in seen:
+            seen += os.read(fd, 4096)
+
     try:
-        for text in (b"hello xen\r", b"exit\r"):
-            os.write(fd, text)
-            while not seen.endswith(b"$ ") and b"bye" not in seen:
-                seen += os.read(fd, 4096)
-            seen += b"" if b"bye" in seen else b"\n"
+        wait_for(b"$ ")  # the banner and the first prompt
+        os.write(fd, b"hello xen\r")
+        wait_for(b"HELLO XEN\r\n$ ")
+        os.write(fd, b"exit\r")
+        wait_for(b"bye\r\n")
     finally:
         os.close(fd)
     return seen
