@@ -17,6 +17,7 @@ import anyio.abc
 import pytest
 
 from ringkit import StoreError
+from ringkit.abc import Access, Permission
 from ringkit.proto.xs_wire import HEADER, HEADER_SIZE
 from ringkit.sim.xenstored import XenstoreServer
 from ringkit.store import (
@@ -131,12 +132,48 @@ async def test_open_path_errors(tmp_path: Path) -> None:
     assert info.value.code == "ENOENT"
 
 
+@pytest.mark.parametrize("way", ["device", "socket"])
 @pytest.mark.xen
 @pytest.mark.skipif(not os.path.exists(XENBUS_DEVICE), reason="needs /dev/xen/xenbus (real Xen)")
-async def test_real_xenbus_device() -> None:
-    async with connect_xenbus() as store:
-        home = await store.get_domain_path(0)
-        assert home.startswith("/local/domain/")
-        async with store.watch(home) as watch:
-            with anyio.fail_after(10):
-                assert await watch.__anext__() == home
+async def test_real_xenstored(way: str) -> None:
+    """The client against Xen's own xenstored, through the kernel device or the daemon socket
+    (dom0 under the Xen-in-QEMU harness): watches, transactions with a real conflict,
+    permissions, errors and the XS_DIRECTORY_PART fallback."""
+
+    async def connect() -> StoreClient:
+        if way == "device":
+            return connect_xenbus()
+        if not os.path.exists(daemon_socket_path()):
+            pytest.skip("no xenstored socket in this domain")
+        return await open_path(daemon_socket_path())
+
+    base = f"/ringkit-test-{way}-{os.getpid()}"
+    async with await connect() as store, await connect() as other:
+        try:
+            assert (await store.get_domain_path(0)) == "/local/domain/0"
+            await store.write(f"{base}/x", "1")
+            assert await store.read(f"{base}/x") == "1"
+            async with store.watch(base) as watch:
+                with anyio.fail_after(30):
+                    assert await watch.__anext__() == base
+                    await other.write(f"{base}/y", "2")
+                    assert await watch.__anext__() == f"{base}/y"
+            with pytest.raises(StoreError) as info:
+                async with store.transaction() as tx:
+                    await tx.read(f"{base}/x")
+                    await other.write(f"{base}/x", "changed")
+                    await tx.write(f"{base}/x", "mine")
+            assert info.value.code == "EAGAIN"
+            perms = [Permission(0, Access.NONE), Permission(3, Access.READ)]
+            await store.set_perms(f"{base}/x", perms)
+            assert await store.get_perms(f"{base}/x") == perms
+            with pytest.raises(StoreError) as info:
+                await store.read(f"{base}/missing")
+            assert info.value.code == "ENOENT"
+            names = [f"child-with-a-long-name-{i:04d}" for i in range(200)]
+            async with store.transaction() as tx:
+                for name in names:
+                    await tx.write(f"{base}/big/{name}", "")
+            assert await store.directory(f"{base}/big") == names
+        finally:
+            await store.rm(base)
