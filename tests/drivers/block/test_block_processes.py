@@ -27,6 +27,14 @@ from ringkit.device import XenbusState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PEER = Path(__file__).with_name("block_peer.py")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The peers are separate processes; which event loop this one runs does not matter, and
+    each of these tests starts several interpreters: run them once."""
+    return "asyncio"
+
 CLI = [sys.executable, "-c", "from ringkit.cli import main; main()"]
 
 
