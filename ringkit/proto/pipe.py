@@ -83,8 +83,9 @@ _U32 = 0xFFFFFFFF
 class PipeLayout:
     """Where one direction of a byte stream lives.
 
-    `data_offset`/`size` locate the data (in the data buffer), `cons_offset`/`prod_offset` the
-    two uint32 indices (in the index page).  `size` must be a power of two.
+    `data_offset`/`size` locate the data, `cons_offset`/`prod_offset` the two uint32 indices
+    in the index page.  `size` must be a power of two.  `own_pages` says the data lives in a
+    separate buffer (vchan rings of order >= 12), not in the index page.
     """
 
     name: str
@@ -92,6 +93,7 @@ class PipeLayout:
     size: int
     cons_offset: int
     prod_offset: int
+    own_pages: bool = False
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.size & (self.size - 1):
@@ -127,7 +129,9 @@ def vchan_ring(side: str, order: int) -> PipeLayout:
         cons, prod = VCHAN_LEFT_CONS, VCHAN_LEFT_PROD
     else:
         cons, prod = VCHAN_RIGHT_CONS, VCHAN_RIGHT_PROD
-    return PipeLayout(f"vchan {side}", 0 if offset is None else offset, 1 << order, cons, prod)
+    if offset is None:
+        return PipeLayout(f"vchan {side}", 0, 1 << order, cons, prod, own_pages=True)
+    return PipeLayout(f"vchan {side}", offset, 1 << order, cons, prod)
 
 
 def _resolve(native: NativeImpl | None) -> NativeImpl:
@@ -169,6 +173,12 @@ class _PipeHalf:
         index: int | None,
         native: NativeImpl | None,
     ) -> None:
+        if layout.own_pages != (data_buffer is not None):
+            raise ConfigError(
+                f"{layout.name}: the data lives in its own pages, pass them as data_buffer"
+                if layout.own_pages
+                else f"{layout.name}: the data lives in the index page, data_buffer must be None"
+            )
         impl = _resolve(native)
         mems: list[Memory] = [impl.attach(buffer)]
         try:
