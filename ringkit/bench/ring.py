@@ -158,7 +158,7 @@ def command(count: int, order: int, repeat: int) -> None:
         title=f"ring engine: blkif 112/16 slots, {LAYOUT.entries(ring_area_size(order))} entries,"
         f" {count} exchanges, best of {repeat}"
     )
-    table.add_column("scenario")
+    table.add_column("scenario", no_wrap=True)
     for name in names:
         table.add_column(f"{name} ops/s", justify="right")
         table.add_column(f"{name} ns/op", justify="right")
