@@ -111,13 +111,13 @@ class BlockService:
             # everything answered before is already in the file: make it durable first
             self._io(rid, op, self.image.flush)
         if request.segments:
-            await self._transfer(rid, op, request.sector_number, request.segments)
+            await self._transfer(rid, op, request.sector_number,
+                                 blkif.SegmentArray.from_segments(request.segments))
         if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
             self._io(rid, op, self.image.flush)
             self.stats.flushes += 1
 
-    async def _indirect_segments(self, request: blkif.IndirectRequest
-                                 ) -> tuple[blkif.Segment, ...]:
+    async def _indirect_segments(self, request: blkif.IndirectRequest) -> blkif.SegmentArray:
         op, rid = request.indirect_op, request.id
         if op == Op.WRITE and self.image.readonly:
             raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
@@ -126,23 +126,25 @@ class BlockService:
                                              request.nr_segments * blkif.SEGMENT_SIZE)
         except (GrantError, TransportError) as exc:
             raise InvalidRequest(rid, op, Status.ERROR, f"indirect pages: {exc}") from exc
-        return blkif.parse_indirect_segments(raw, request)
+        return blkif.parse_indirect_segment_array(raw, request)
 
     async def _transfer(self, rid: int, op: int, sector: int,
-                        segments: tuple[blkif.Segment, ...]) -> None:
-        nr_sectors = sum(s.nr_sectors for s in segments)
+                        segments: blkif.SegmentArray) -> None:
+        nr_sectors = segments.nr_sectors
         if sector + nr_sectors > self.image.sectors:
             raise InvalidRequest(rid, op, Status.ERROR,
                                  f"sectors {sector}..{sector + nr_sectors - 1} beyond the end "
                                  f"of the disk ({self.image.sectors} sectors)")
         reading = op == Op.READ
         try:
-            pageset = await self.mapper.map([s.gref for s in segments], writable=reading)
+            pageset = await self.mapper.map(segments.grefs, writable=reading)
         except (GrantError, TransportError) as exc:
             raise InvalidRequest(rid, op, Status.ERROR, f"grant map failed: {exc}") from exc
         try:
-            views = [page[s.offset:s.offset + s.length]
-                     for page, s in zip(pageset.pages, segments, strict=True)]
+            size = blkif.SECTOR_SIZE
+            views = [page[first * size:(last + 1) * size]
+                     for page, first, last in zip(pageset.pages, segments.first, segments.last,
+                                           strict=True)]
             offset = sector * blkif.SECTOR_SIZE
             if reading:
                 self._io(rid, op, self.image.read_into, views, offset)

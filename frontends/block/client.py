@@ -73,7 +73,7 @@ class _Pending:
         self.sector = sector
         self.status: int | None = None
         self.done = anyio.Event()
-        self.orphan_pages: list[int] | None = None
+        self.orphan_pages: Sequence[int] | None = None
         """Pages of a request whose caller was cancelled: freed only when the answer comes,
         since until then the backend may still write into them."""
 
@@ -101,7 +101,12 @@ class BlockClient:
         self._refs = tuple(refs)
         self.info = info
         self.handle = handle
-        self._free = list(range(len(refs)))[::-1]
+        # pool pages: 1 = free; runs of free pages are found with bytearray.find (C speed), so
+        # a request usually gets contiguous pages and its data moves with one copy
+        self._freemap = bytearray(b"\x01") * len(refs)
+        self._free_count = len(refs)
+        self._ones = b"\x01" * len(refs)
+        self._zeros = bytes(len(refs))
         self._pool_waiters: list[anyio.Event] = []
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
@@ -235,17 +240,37 @@ class BlockClient:
             raise ConfigError(f"{what} of bytes {offset}..{offset + length} goes past the end "
                               f"of the {self.info.size}-byte disk")
 
-    async def _take_pages(self, count: int) -> list[int]:
-        while len(self._free) < count:
+    async def _take_pages(self, count: int) -> Sequence[int]:
+        """`count` pool pages: a `range` when contiguous ones were free, else a list."""
+        while self._free_count < count:
             self._check_alive()
             waiter = anyio.Event()
             self._pool_waiters.append(waiter)
             await waiter.wait()
         self._check_alive()
-        return [self._free.pop() for _ in range(count)]
+        freemap = self._freemap
+        self._free_count -= count
+        start = freemap.find(memoryview(self._ones)[:count])
+        if start >= 0:
+            freemap[start:start + count] = memoryview(self._zeros)[:count]
+            return range(start, start + count)
+        pages: list[int] = []
+        pos = 0
+        while len(pages) < count:
+            pos = freemap.find(1, pos)
+            freemap[pos] = 0
+            pages.append(pos)
+            pos += 1
+        return pages
 
-    def _give_pages(self, pages: list[int]) -> None:
-        self._free.extend(pages)
+    def _give_pages(self, pages: Sequence[int]) -> None:
+        freemap = self._freemap
+        if isinstance(pages, range):
+            freemap[pages.start:pages.stop] = memoryview(self._ones)[:len(pages)]
+        else:
+            for page in pages:
+                freemap[page] = 1
+        self._free_count += len(pages)
         self._wake_pool()
 
     def _wake_pool(self) -> None:
@@ -271,44 +296,63 @@ class BlockClient:
         pages = await self._take_pages(nseg + extra)
         owned = True
         try:
-            pool = self._pool
-            segments = []
-            for i in range(nseg):
-                page = pages[i]
-                piece = data[i * PAGE:(i + 1) * PAGE]
-                if op == Op.WRITE:
-                    pool[page * PAGE:page * PAGE + len(piece)] = piece
-                segments.append(blkif.Segment(self._refs[page], 0, len(piece) // SECTOR - 1))
+            pool, refs = self._pool, self._refs
+            if op == Op.WRITE:
+                self._copy(data, pages, to_pool=True)
+            if isinstance(pages, range):
+                grefs: Sequence[int] = refs[pages.start:pages.start + nseg]
+            else:
+                grefs = [refs[p] for p in pages[:nseg]]
+            final_last = (len(data) - (nseg - 1) * PAGE) // SECTOR - 1
             sector = offset // SECTOR
             if indirect:
+                table = blkif.pack_segments(list(grefs), 0, blkif.SECTORS_PER_PAGE - 1,
+                                            final_last)
                 list_pages = pages[nseg:]
                 for j, page in enumerate(list_pages):
-                    part = segments[j * blkif.SEGMENTS_PER_INDIRECT_PAGE:
-                                    (j + 1) * blkif.SEGMENTS_PER_INDIRECT_PAGE]
-                    blkif.encode_segments_into(pool, page * PAGE, part)
-                grefs = tuple(self._refs[p] for p in list_pages)
+                    part = table[j * PAGE:(j + 1) * PAGE]
+                    pool[page * PAGE:page * PAGE + len(part)] = part
+                list_grefs = tuple(refs[p] for p in list_pages)
 
                 def build(rid: int) -> blkif.Request:
-                    return blkif.IndirectRequest(op, rid, self.handle, sector, nseg, grefs)
+                    return blkif.IndirectRequest(op, rid, self.handle, sector, nseg, list_grefs)
             else:
-                segs = tuple(segments)
+                last = blkif.SECTORS_PER_PAGE - 1
+                segs = (*(blkif.Segment(g, 0, last) for g in grefs[:-1]),
+                        blkif.Segment(grefs[-1], 0, final_last))
 
                 def build(rid: int) -> blkif.Request:
                     return blkif.ReadWriteRequest(op, rid, self.handle, sector, segs)
             owned = False  # from here on _roundtrip owns the pages, and hands them back on success
             await self._roundtrip(op, sector, build, pages)
             if op == Op.READ:
-                for i in range(nseg):
-                    page = pages[i]
-                    n = min(PAGE, len(data) - i * PAGE)
-                    data[i * PAGE:i * PAGE + n] = pool[page * PAGE:page * PAGE + n]
+                self._copy(data, pages, to_pool=False)
             self._give_pages(pages)
         finally:
             if owned:
                 self._give_pages(pages)
 
+    def _copy(self, data: memoryview, pages: Sequence[int], *, to_pool: bool) -> None:
+        """Move `data` into (or out of) the pool pages `pages`, page i holding bytes
+        ``i*4096 ..`` of it: one copy when the pages are contiguous."""
+        pool = self._pool
+        if isinstance(pages, range):
+            base = pages.start * PAGE
+            if to_pool:
+                pool[base:base + len(data)] = data
+            else:
+                data[:] = pool[base:base + len(data)]
+            return
+        for i in range(-(-len(data) // PAGE)):
+            page = pages[i] * PAGE
+            n = min(PAGE, len(data) - i * PAGE)
+            if to_pool:
+                pool[page:page + n] = data[i * PAGE:i * PAGE + n]
+            else:
+                data[i * PAGE:i * PAGE + n] = pool[page:page + n]
+
     async def _roundtrip(self, op: int, sector: int, build: Callable[[int], blkif.Request],
-                         pages: list[int] | None = None) -> None:
+                         pages: Sequence[int] | None = None) -> None:
         """Send one request and wait for its answer.
 
         `pages` (the request's pool pages) go back to the caller only on success; on any error

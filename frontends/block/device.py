@@ -148,6 +148,10 @@ class BlockFrontend(Frontend):
         """Read `length` bytes at byte `offset` (see `BlockClient` for the errors)."""
         return await self.client.read(offset, length)
 
+    async def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Read ``len(buffer)`` bytes at byte `offset` into `buffer` (no allocation)."""
+        await self.client.read_into(offset, buffer)
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at byte `offset`; returns once the backend has it in the image."""
         await self.client.write(offset, data)

@@ -154,3 +154,34 @@ def test_encode_rejects_what_does_not_fit() -> None:
         blkif.encode_request(blkif.ReadWriteRequest(Op.READ, 1, 0, 0, too_many))
     with pytest.raises(ValueError, match="id"):
         blkif.encode_request(blkif.DiscardRequest(-1, 0, 0, 1, False))
+
+
+@given(st.lists(segments(), min_size=1, max_size=1024))
+def test_segment_array_matches_segment_objects(segs: list[blkif.Segment]) -> None:
+    req = blkif.IndirectRequest(Op.READ, 1, 0, 0, len(segs), (1, 2))
+    pages = bytearray(2 * 4096)
+    blkif.encode_segments_into(pages, 0, segs)
+    array = blkif.parse_indirect_segment_array(pages, req)
+    assert array == blkif.SegmentArray.from_segments(tuple(segs))
+    assert array.nr_sectors == sum(s.nr_sectors for s in segs)
+
+
+@given(st.lists(u32, min_size=1, max_size=600), st.integers(0, 7))
+def test_pack_segments(grefs: list[int], final_last: int) -> None:
+    segs = [blkif.Segment(g, 0, 7) for g in grefs[:-1]] + [blkif.Segment(grefs[-1], 0,
+                                                                         final_last)]
+    expect = bytearray(8 * len(segs))
+    blkif.encode_segments_into(expect, 0, segs)
+    assert blkif.pack_segments(grefs, 0, 7, final_last) == expect
+
+
+def test_segment_array_rejects_bad_ranges() -> None:
+    req = blkif.IndirectRequest(Op.WRITE, 9, 0, 0, 3, (1,))
+    pages = bytearray(4096)
+    blkif.encode_segments_into(pages, 0, [blkif.Segment(1, 0, 7), blkif.Segment(2, 3, 3)])
+    struct.pack_into("<IBB", pages, 16, 3, 2, 9)
+    with pytest.raises(InvalidRequest, match="segment 2"):
+        blkif.parse_indirect_segment_array(pages, req)
+    struct.pack_into("<IBB", pages, 16, 3, 5, 4)
+    with pytest.raises(InvalidRequest, match="segment 2"):
+        blkif.parse_indirect_segment_array(pages, req)
