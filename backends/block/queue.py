@@ -1,9 +1,11 @@
-"""One blkif ring served: take a burst of requests, serve them in order, answer in one push.
+"""One blkif ring served: take a burst of requests, serve them in order, answer in few pushes.
 
 Requests are taken off the ring in bursts (each a private copy of its slot) and served one
-after the other, so each response is written only after its I/O finished; the burst's
-responses then go out with a single producer update and at most one event (ring.h's notify
-hold-off decides), and the loop sleeps only after the final check found the ring empty.
+after the other, so each response is written only after its I/O finished.  Responses to small
+requests are batched: they go out together with one producer update and at most one event
+(ring.h's notify hold-off decides).  A large transfer is answered as soon as it is done, with
+whatever small answers are waiting, so a frontend streaming big requests is not kept waiting
+for the rest of the burst.  The loop sleeps only after the final check found the ring empty.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from ringkit.proto import blkif
 from .service import BlockService
 
 BURST = 32
-"""Most requests served before their responses are pushed."""
+"""Most requests taken off the ring at once."""
+PUSH_AFTER_SECTORS = 128
+"""A request moving this many sectors (64 KiB) or more is answered without waiting for the
+rest of its burst."""
 
 
 async def serve_ring(channel: BackRingChannel, service: BlockService, *, burst: int = BURST
@@ -29,12 +34,20 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *, burst: 
     out = bytearray(blkif.RESPONSE_SIZE * burst)
     view = memoryview(out)
     size = blkif.RESPONSE_SIZE
+    stats = service.stats
     while True:
         slots = await channel.receive_batch(burst)
-        for i, slot in enumerate(slots):
+        ready = 0
+        for slot in slots:
+            moved = stats.sectors_read + stats.sectors_written
             rid, op, status = await service.handle(slot)
-            blkif.encode_response_into(out, i * size, rid, op, status)
-        await channel.send_batch([view[i * size:(i + 1) * size] for i in range(len(slots))])
+            blkif.encode_response_into(out, ready * size, rid, op, status)
+            ready += 1
+            if stats.sectors_read + stats.sectors_written - moved >= PUSH_AFTER_SECTORS:
+                await channel.send_batch([view[i * size:(i + 1) * size] for i in range(ready)])
+                ready = 0
+        if ready:
+            await channel.send_batch([view[i * size:(i + 1) * size] for i in range(ready)])
 
 
-__all__ = ("BURST", "serve_ring")
+__all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")
