@@ -10,7 +10,8 @@ one codec never drags in another):
 - `ringkit.proto.layout`  offsets of the io/ring.h sring, console and libxenvchan pages;
   `RingLayout`, the request/response/slot sizes of one ring type
 - `ringkit.proto.ring`    `FrontRing` / `BackRing`: Xen's io/ring.h request/response rings
-- `ringkit.proto.pipe`    `Pipe`: the byte-stream rings of the console page and libxenvchan
+- `ringkit.proto.pipe`    `PipeProducer` / `PipeConsumer`: the byte-stream rings of the console
+  page and libxenvchan
 - `ringkit.proto.blkif`   blkif requests and responses
 - `ringkit.proto.xenbus`  XenbusState and the handshake transition table
 - `ringkit.proto.xs_wire` the xenstore wire protocol

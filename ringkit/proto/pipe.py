@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Self
 
 from .. import _native
 from .._errors import ConfigError, RemoteProtocolError
@@ -249,7 +249,7 @@ class _PipeHalf:
         for mem in self._mems:
             mem.release()
 
-    def __enter__(self) -> _PipeHalf:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -74,7 +74,7 @@ full ring, a message longer than its declared size, a response without a consume
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Self
 
 from .. import _native
 from .._errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -194,7 +194,7 @@ class _RingHalf:
         """Let go of the shared buffer (so an mmap can be closed); the half is unusable after."""
         self._mem.release()
 
-    def __enter__(self) -> _RingHalf:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
