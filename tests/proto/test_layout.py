@@ -98,7 +98,7 @@ def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     work = tmp_path_factory.mktemp("layout")
     (work / "layout.c").write_text(PROGRAM)
     subprocess.run(
-        [gcc, "-std=gnu11", "-Wall", "-Werror", "-o", str(work / "layout"), str(work / "layout.c")],
+        [gcc, "-std=gnu11", "-Wall", "-o", str(work / "layout"), str(work / "layout.c")],
         check=True,
         capture_output=True,
     )

@@ -48,7 +48,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"{HEADER} is missing (Debian package libxen-dev; `make deps` installs it)")
     exe = tmp_path_factory.mktemp("ringdiff") / "ring_diff"
     subprocess.run(
-        [gcc, "-std=gnu11", "-O2", "-Wall", "-Werror", "-o", str(exe), str(SOURCE)],
+        [gcc, "-std=gnu11", "-O2", "-Wall", "-o", str(exe), str(SOURCE)],
         check=True,
         capture_output=True,
     )
