@@ -220,3 +220,25 @@ async def test_bad_status_and_wrong_operation(tmp_path: Path) -> None:
         holder.append(client)
         with anyio.fail_after(5), pytest.raises(RemoteProtocolError):
             await client.read(0, 512)
+
+
+@pytest.mark.anyio
+async def test_write_barrier_writes_and_flushes(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (_, svc, grants):
+        grants.page(1003)[:] = b"\x42" * 4096
+        slot = _rw(blkif.Op.WRITE_BARRIER, 16, [(1003, 0, 7)], rid=9)
+        assert await svc.handle(slot) == (9, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
+        assert svc.stats.flushes == 1
+        # a barrier without data is malformed, as in blkback
+        bare = _rw(blkif.Op.WRITE_BARRIER, 0, [], rid=10)
+        assert await svc.handle(bare) == (10, blkif.Op.WRITE_BARRIER, blkif.Status.ERROR)
+    assert (tmp_path / "disk.img").read_bytes()[16 * 512:16 * 512 + 4096] == b"\x42" * 4096
+
+
+@pytest.mark.anyio
+async def test_secure_discard_not_offered(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as (_, svc, _g):
+        slot = blkif.encode_request(blkif.DiscardRequest(3, 0, 0, 8, secure=True))
+        assert await svc.handle(slot) == (3, blkif.Op.DISCARD, blkif.Status.EOPNOTSUPP)
+        past = blkif.encode_request(blkif.DiscardRequest(4, 0, DISK // 512 - 4, 8, False))
+        assert await svc.handle(past) == (4, blkif.Op.DISCARD, blkif.Status.ERROR)

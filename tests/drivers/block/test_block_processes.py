@@ -110,6 +110,15 @@ async def test_backend_killed_mid_io(tmp_path: Path) -> None:
                     await wait_for(lambda: not disk.queues)
                     with pytest.raises(PeerGoneError):
                         await disk.read(0, 512)
+                    # a new backend process: the frontend reconnects and finds every
+                    # acknowledged block
+                    async with child(argv) as (_, again):
+                        assert await again.next() == "ready"
+                        await disk.wait_connected()
+                        assert disk.generation == 2
+                        for offset, tag in acked.items():
+                            got = await disk.read(offset, BLOCK)
+                            assert got == block_data(seed, tag, BLOCK), offset
             assert not w.domu.leaks(), w.domu.leaks()
     check_acked(w.image, acked, seed)
 
