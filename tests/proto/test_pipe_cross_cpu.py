@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +33,16 @@ def expected(pos: int, n: int) -> bytes:
     return bytes(out)
 
 
-def producer(area: mmap.mmap, impl: str, cpu: int, errors: Any) -> None:
+def shared_page(path: str) -> mmap.mmap:
+    """The page both processes share: a MAP_SHARED mapping of one file."""
+    with open(path, "r+b") as file:
+        return mmap.mmap(file.fileno(), 4096)
+
+
+def producer(path: str, impl: str, cpu: int, errors: Any) -> None:
     try:
         os.sched_setaffinity(0, {cpu})
+        area = shared_page(path)
         tx = PipeProducer(area, CONSOLE_OUT_PIPE, index=0,
                           native=_native.implementations()[impl])
         pos = 0
@@ -53,9 +61,10 @@ def producer(area: mmap.mmap, impl: str, cpu: int, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-def consumer(area: mmap.mmap, impl: str, cpu: int, errors: Any) -> None:
+def consumer(path: str, impl: str, cpu: int, errors: Any) -> None:
     try:
         os.sched_setaffinity(0, {cpu})
+        area = shared_page(path)
         rx = PipeConsumer(area, CONSOLE_OUT_PIPE, index=0,
                           native=_native.implementations()[impl])
         buf = bytearray(2500)
@@ -79,12 +88,14 @@ def consumer(area: mmap.mmap, impl: str, cpu: int, errors: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", sorted(_native.implementations()))
-def test_console_stream_across_cpus(impl: str) -> None:
+def test_console_stream_across_cpus(impl: str, tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip(f"only CPU {cpus} usable here: cannot put the ends on different CPUs")
-    ctx = multiprocessing.get_context("fork")
-    area = mmap.mmap(-1, 4096)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a possibly threaded pytest
+    page = tmp_path / "console-page"
+    page.write_bytes(bytes(4096))
+    area = str(page)
     errors = ctx.SimpleQueue()
     procs = [
         ctx.Process(target=producer, args=(area, impl, cpus[0], errors)),
@@ -101,6 +112,5 @@ def test_console_stream_across_cpus(impl: str) -> None:
     problems = []
     while not errors.empty():
         problems.append(errors.get())
-    area.close()
     assert not hung and problems == [], problems
     assert [p.exitcode for p in procs] == [0, 0]

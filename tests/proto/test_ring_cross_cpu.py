@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,14 +37,21 @@ def response_body(seq: int) -> bytes:
     return seq.to_bytes(8, "little") + (~seq & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
 
 
+def shared_page(path: str) -> mmap.mmap:
+    """The page both processes share: a MAP_SHARED mapping of one file."""
+    with open(path, "r+b") as file:
+        return mmap.mmap(file.fileno(), 4096)
+
+
 def _pin(cpu: int | None) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
 
 
-def run_backend(area: mmap.mmap, impl: str, cpu: int | None, errors: Any) -> None:
+def run_backend(path: str, impl: str, cpu: int | None, errors: Any) -> None:
     try:
         _pin(cpu)
+        area = shared_page(path)
         back = BackRing.attach(area, LAYOUT, native=_native.implementations()[impl])
         requests = bytearray(SLOT * back.entries)
         responses = bytearray(SLOT * back.entries)
@@ -71,9 +79,10 @@ def run_backend(area: mmap.mmap, impl: str, cpu: int | None, errors: Any) -> Non
         raise SystemExit(1) from None
 
 
-def run_frontend(area: mmap.mmap, impl: str, cpu: int | None, errors: Any) -> None:
+def run_frontend(path: str, impl: str, cpu: int | None, errors: Any) -> None:
     try:
         _pin(cpu)
+        area = shared_page(path)
         front = FrontRing.init(area, LAYOUT, native=_native.implementations()[impl])
         sent = received = 0
         buf = bytearray(16)
@@ -116,9 +125,13 @@ def placements() -> list[Any]:
 @pytest.mark.slow
 @pytest.mark.parametrize("cpus", placements())
 @pytest.mark.parametrize("impl", sorted(_native.implementations()))
-def test_halves_on_separate_cpus_exchange_everything(impl: str, cpus: tuple[int, int]) -> None:
-    ctx = multiprocessing.get_context("fork")
-    area = mmap.mmap(-1, 4096)
+def test_halves_on_separate_cpus_exchange_everything(
+    impl: str, cpus: tuple[int, int], tmp_path: Path
+) -> None:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a possibly threaded pytest
+    page = tmp_path / "ring-page"
+    page.write_bytes(bytes(4096))
+    area = str(page)
     errors = ctx.SimpleQueue()
     # The frontend initialises the page; let it do so before the backend attaches.
     front = ctx.Process(target=run_frontend, args=(area, impl, cpus[0], errors))
@@ -134,7 +147,6 @@ def test_halves_on_separate_cpus_exchange_everything(impl: str, cpus: tuple[int,
     problems = []
     while not errors.empty():
         problems.append(errors.get())
-    area.close()
     assert not hung, f"hung: {hung}; {problems}"
     assert problems == []
     assert front.exitcode == 0 and back.exitcode == 0
