@@ -8,6 +8,7 @@ already running (e.g. one started with ``ringkit sim serve``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._errors import ConfigError
+from .._errors import ConfigError, TransportError
 from . import _paths, _wire
 from ._client import SimDomain, connect
 from ._link import error_from_wire
@@ -67,6 +68,8 @@ class SimXen:
         self._reader = _wire.FrameReader(stream)
         self._ids = itertools.count(1)
         self._lock = anyio.Lock()
+        self.server_pid: int | None = None
+        """The server's process id when `start` runs it as a child process, else None."""
 
     @classmethod
     @asynccontextmanager
@@ -114,7 +117,9 @@ class SimXen:
                     try:
                         async with cls.attach(root) as xen:
                             yield xen
-                            with anyio.CancelScope(shield=True):
+                            with anyio.CancelScope(shield=True), contextlib.suppress(
+                                TransportError
+                            ):
                                 await xen._call("shutdown")
                     finally:
                         tg.cancel_scope.cancel()
@@ -127,9 +132,11 @@ class SimXen:
                 try:
                     await _wait_ready(process)
                     async with cls.attach(root) as xen:
+                        xen.server_pid = process.pid
                         yield xen
                         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                            await xen._call("shutdown")
+                            with contextlib.suppress(TransportError):
+                                await xen._call("shutdown")
                             await process.wait()
                 finally:
                     if process.returncode is None:
@@ -142,8 +149,11 @@ class SimXen:
     async def _call(self, op: str, **args: Any) -> dict[str, Any]:
         async with self._lock:
             request_id = next(self._ids)
-            await _wire.send(self._stream, {"id": request_id, "op": op, **args})
-            message, fds = await self._reader.receive()
+            try:
+                await _wire.send(self._stream, {"id": request_id, "op": op, **args})
+                message, fds = await self._reader.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                raise TransportError(f"the simulated Xen at {self.directory} stopped") from exc
         for fd in fds:
             os.close(fd)
         if "error" in message:

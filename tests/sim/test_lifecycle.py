@@ -6,12 +6,13 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import struct
 
 import anyio
 import pytest
 
-from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError
+from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError, TransportError
 from ringkit.abc import PAGE_SIZE
 from ringkit.sim import SimEventChannel, SimXen, connect
 from ringkit.sim._hypervisor import PageFile
@@ -237,3 +238,29 @@ async def test_too_long_directory_is_a_config_error() -> None:
         async with SimXen.start(long_dir, in_process=True):
             pass
     assert not os.path.exists(long_dir) or not os.listdir(long_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_server_killed_under_its_clients() -> None:
+    """If the hypervisor itself dies, waits raise PeerGoneError and calls fail cleanly; the
+    pages already mapped stay readable."""
+    async with SimXen.start() as xen:
+        a_id = await xen.create_domain("a")
+        b_id = await xen.create_domain("b")
+        async with xen.connect(a_id) as a, xen.connect(b_id) as b:
+            pages = await a.grants.share(b_id, 1)
+            pages.buffer[0] = 5
+            mapped = await b.grants.map(a_id, pages.refs)
+            offered = await a.events.alloc_unbound(b_id)
+            listing = await xen.list_domains()
+            assert [d.processes for d in listing] == [0, 1, 1]
+            assert xen.server_pid is not None
+            os.kill(xen.server_pid, signal.SIGKILL)
+            with anyio.fail_after(TIMEOUT), pytest.raises(PeerGoneError):
+                await offered.wait()
+            with pytest.raises(PeerGoneError):
+                await a.grants.share(b_id, 1)
+            assert mapped.buffer[0] == 5
+        with pytest.raises(TransportError):
+            await xen.list_domains()
