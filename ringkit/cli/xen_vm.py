@@ -144,8 +144,7 @@ def domu_run(name: str, timeout: float, memory: int, files: tuple[str, ...],
     try:
         with DomU(name, command, memory_mb=memory, extra_files=files, modules=modules,
                   env=boot.parse_env_assignments(env)) as vm:
-            domid = vm.start()
-            click.echo(f"[xen-vm] domU {name} is domain {domid}", err=True)
+            vm.start()
             result = vm.wait(timeout)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc

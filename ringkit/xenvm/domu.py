@@ -78,6 +78,10 @@ class DomUResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+def _log(msg: str) -> None:
+    print(f"[xen-vm] {msg}", file=sys.stderr, flush=True)
+
+
 def _run(argv: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                           check=False)
@@ -175,6 +179,7 @@ class DomU:
             raise ConfigError(f"domU {self.name} was already started")
         if domain_id(self.name) is not None:
             raise ConfigError(f"a domain called {self.name} is already running")
+        t0 = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=f"ringkit-domu-{self.name}-"))
         try:
             with gzip_cpio(work / "job.cpio.gz") as w:
@@ -186,6 +191,7 @@ class DomU:
                                      self._vcpus, self._xl_extra))
             if self.console_log.exists():
                 self.console_log.unlink()
+            t1 = time.monotonic()
             self._create(cfg)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -194,6 +200,8 @@ class DomU:
             raise TransportError(f"xl create {self.name} succeeded but the domain is gone; "
                                  f"console: {self.console_log}")
         self._domid = domid
+        _log(f"domU {self.name} is domain {domid} (image {t1 - t0:.1f}s, "
+             f"xl create {time.monotonic() - t1:.1f}s)")
         return domid
 
     def _create(self, cfg: Path) -> None:
@@ -201,8 +209,8 @@ class DomU:
         if first.returncode == 0:
             return
         # xl's monitoring child has been seen to segfault under TCG: clean up, try once more
-        print(f"[xen-vm] xl create {self.name} failed ({first.returncode}): "
-              f"{first.stderr.strip()[-500:]}; retrying once", file=sys.stderr, flush=True)
+        _log(f"xl create {self.name} failed ({first.returncode}): "
+             f"{first.stderr.strip()[-500:]}; retrying once")
         _run(["xl", "destroy", self.name])
         second = _run(["xl", "create", str(cfg)], timeout=300)
         if second.returncode != 0:
@@ -235,6 +243,9 @@ class DomU:
         code = int(code_text) if code_text is not None and code_text.isdigit() else console_code
         self._result = DomUResult(self.name, domid, None if timed_out else code, timed_out,
                                   output, self.console_log)
+        if not self._result.ok:
+            _log(f"domU {self.name}: exit code {self._result.exit_code}, timed out: "
+                 f"{timed_out}; console log {self.console_log}")
         return self._result
 
     async def wait_async(self, timeout: float = 600.0) -> DomUResult:
