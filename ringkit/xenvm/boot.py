@@ -126,10 +126,16 @@ def decide_exit(timed_out: bool, boot_timed_out: bool, rc_text: str | None) -> t
     return EXIT_BOOT_FAILURE, "the machine stopped without an exit code from dom0"
 
 
-def _prune_runs(layout: Layout, keep: int) -> None:
+FINISHED_MARK = "finished"
+"""Written into a kept run directory once its run is over (only those are ever pruned)."""
+
+
+def prune_runs(layout: Layout, keep: int) -> None:
+    """Delete kept run directories of finished runs beyond the newest `keep` (never one that
+    another harness process is still using)."""
     if not layout.runs.is_dir():
         return
-    runs = sorted(p for p in layout.runs.iterdir() if p.is_dir())
+    runs = sorted(p for p in layout.runs.iterdir() if (p / FINISHED_MARK).exists())
     for old in runs[:-keep] if keep else runs:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -138,7 +144,7 @@ def prepare_run_dir(layout: Layout, request: RunRequest, host_env: Mapping[str, 
                     kernel_version: str) -> tuple[Path, list[Share]]:
     """Create the per-run directory the guest sees as /xshare, and the list of 9p shares."""
     layout.runs.mkdir(parents=True, exist_ok=True)
-    _prune_runs(layout, KEPT_RUNS)
+    prune_runs(layout, KEPT_RUNS)
     run_dir = layout.runs / (time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
     run_dir.mkdir()
     (run_dir / "stage2.sh").write_bytes(data_file("stage2.sh"))
@@ -262,6 +268,7 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
         log(f"console (Xen + dom0) tail, {console}:")
         err.write(_tail(console, 40))
     if failed or request.keep:
+        (run_dir / FINISHED_MARK).write_text(f"{code}\n")
         log(f"kept the run directory with its logs: {run_dir}")
         for name in ("console.log", "out.log", "logs/xen-dmesg.log", "logs/dom0-dmesg.log",
                      "logs/xen-logs/console"):

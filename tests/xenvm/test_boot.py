@@ -17,10 +17,12 @@ from ringkit._errors import ConfigError
 from ringkit.xenvm.boot import (
     EXIT_BOOT_FAILURE,
     EXIT_TIMEOUT,
+    FINISHED_MARK,
     RunRequest,
     decide_exit,
     env_script,
     parse_env_assignments,
+    prune_runs,
     run,
 )
 from ringkit.xenvm.layout import Layout
@@ -114,6 +116,17 @@ def test_time_limit_gives_124(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FAKE_QEMU_MODE", "hang")
     code, _, err, _ = _run(tmp_path, _request(tmp_path, ["true"], timeout=1.0))
     assert code == EXIT_TIMEOUT and "time limit" in err
+
+
+def test_pruning_spares_unfinished_runs(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "cache")
+    for i in range(4):
+        d = layout.runs / f"2026-{i}"
+        d.mkdir(parents=True)
+        if i != 0:
+            (d / FINISHED_MARK).write_text("1\n")
+    prune_runs(layout, 2)
+    assert sorted(p.name for p in layout.runs.iterdir()) == ["2026-0", "2026-2", "2026-3"]
 
 
 def test_missing_rw_dir_is_named(tmp_path: Path) -> None:
