@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from ringkit._errors import GrantError, TransportError
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op, Status
@@ -109,12 +112,12 @@ class BlockService:
             raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
         if op == Op.WRITE_BARRIER:
             # everything answered before is already in the file: make it durable first
-            self._io(rid, op, self.image.flush)
+            await self._slow_io(rid, op, self.image.flush)
         if request.segments:
             await self._transfer(rid, op, request.sector_number,
                                  blkif.SegmentArray.from_segments(request.segments))
         if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
-            self._io(rid, op, self.image.flush)
+            await self._slow_io(rid, op, self.image.flush)
             self.stats.flushes += 1
 
     async def _indirect_segments(self, request: blkif.IndirectRequest) -> blkif.SegmentArray:
@@ -167,12 +170,23 @@ class BlockService:
         if end > self.image.sectors:
             raise InvalidRequest(rid, Op.DISCARD, Status.ERROR,
                                  f"discard up to sector {end} beyond the end of the disk")
-        self._io(rid, Op.DISCARD, self.image.discard,
+        await self._slow_io(rid, Op.DISCARD, self.image.discard,
                  request.sector_number * blkif.SECTOR_SIZE,
                  request.nr_sectors * blkif.SECTOR_SIZE)
         self.stats.discards += 1
 
+    async def _slow_io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
+        """`_io` in a worker thread, for calls that may wait for the device (fdatasync, hole
+        punching), so that other rings keep being served meanwhile."""
+        try:
+            await anyio.to_thread.run_sync(call, *args)
+        except OSError as exc:
+            log.warning("blkif request %#x: I/O error: %s", rid, exc)
+            raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
+
     def _io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
+        """Reads and writes run inline: from and to the page cache they are memory copies,
+        cheaper than a thread hand-off."""
         try:
             call(*args)
         except OSError as exc:
