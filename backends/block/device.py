@@ -115,6 +115,14 @@ class BlockBackend(Backend):
         for service in services.values():
             await service.mapper.aclose()
 
+    async def __aenter__(self) -> BlockBackend:
+        try:
+            await super().__aenter__()
+        except BaseException:
+            self.image.close()
+            raise
+        return self
+
     async def aclose(self) -> None:
         """Stop serving, release the rings and grants, close the handshake, close the image."""
         try:
