@@ -138,22 +138,27 @@ class BlockClient:
         await self.read_into(offset, memoryview(out))
         return bytes(out)
 
-    async def read_into(self, offset: int, buffer: memoryview) -> None:
-        """Read ``len(buffer)`` bytes from byte `offset` of the disk into `buffer`."""
-        self._check_range(offset, len(buffer), "read")
-        await self._transfer(Op.READ, offset, buffer)
+    async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
+        """Read ``len(buffer)`` bytes from byte `offset` of the disk into `buffer` (writable)."""
+        view = memoryview(buffer).cast("B")
+        self._check_range(offset, len(view), "read")
+        await self._transfer(Op.READ, offset, view)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at byte `offset`; returns once the backend has it in the image."""
-        self._check_range(offset, len(data), "write")
+        view = memoryview(data).cast("B")
+        self._check_range(offset, len(view), "write")
         if self.info.readonly:
             raise ConfigError("the disk is read-only")
-        await self._transfer(Op.WRITE, offset, memoryview(data).cast("B"))
+        await self._transfer(Op.WRITE, offset, view)
 
     async def flush(self) -> None:
-        """Make every write answered so far durable (FLUSH_DISKCACHE, else an empty-handed
-        WRITE_BARRIER is impossible, so without flush support there is nothing to do: the
-        backend then writes through)."""
+        """Make every write answered so far durable (one FLUSH_DISKCACHE request).  On a
+        read-only disk there is nothing to flush.
+
+        Raises:
+            BlockNotSupportedError: the backend does not offer ``feature-flush-cache``.
+        """
         self._check_alive()
         if self.info.readonly:
             return

@@ -148,7 +148,7 @@ class BlockFrontend(Frontend):
         """Read `length` bytes at byte `offset` (see `BlockClient` for the errors)."""
         return await self.client.read(offset, length)
 
-    async def read_into(self, offset: int, buffer: memoryview) -> None:
+    async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
         """Read ``len(buffer)`` bytes at byte `offset` into `buffer` (no allocation)."""
         await self.client.read_into(offset, buffer)
 
