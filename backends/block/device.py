@@ -27,7 +27,7 @@ from ringkit.proto import blkif
 from .grants import SegmentMapper
 from .image import Image
 from .queue import serve_ring
-from .service import BlockService, ServiceConfig
+from .service import BlockService, ServiceConfig, ServiceStats
 
 DISCARD_GRANULARITY = 4096
 """Advertised ``discard-granularity``: hole punching works in whole file-system blocks."""
@@ -61,6 +61,8 @@ class BlockBackend(Backend):
         """Whether the current connection uses persistent grants (both ends offered them)."""
         self.services: dict[int, BlockService] = {}
         """The current connection's per-ring services (by queue index)."""
+        self.totals = ServiceStats()
+        """Counters summed over every connection that ended."""
 
     # ------------------------------------------------------------------ handshake hooks
 
@@ -113,6 +115,9 @@ class BlockBackend(Backend):
     async def disconnected(self) -> None:
         services, self.services = self.services, {}
         for service in services.values():
+            for name in ServiceStats.__dataclass_fields__:
+                setattr(self.totals, name,
+                        getattr(self.totals, name) + getattr(service.stats, name))
             await service.mapper.aclose()
 
     async def __aenter__(self) -> BlockBackend:

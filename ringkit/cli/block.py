@@ -108,21 +108,15 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
                            f"{', read-only' if backend.image.readonly else ''}) to domain "
                            f"{frontend_id} as vbd/{devid}", nl=True)
                 await backend.run(once=once)
-                stats = [s.stats for s in backend.services.values()]
-            click.echo(f"done: {backend.generation} connection(s){_stats(stats)}")
+            click.echo(f"done: {backend.generation} connection(s); {_stats(backend.totals)}")
 
     _run(main)
 
 
-def _stats(stats: list[ServiceStats]) -> str:
-    if not stats:
-        return ""
-    requests = sum(s.requests for s in stats)
-    read = sum(s.sectors_read for s in stats) * 512
-    written = sum(s.sectors_written for s in stats) * 512
-    errors = sum(s.errors + s.unsupported for s in stats)
-    return (f"; last connection: {requests} requests, {read} bytes read, {written} bytes "
-            f"written, {errors} refused")
+def _stats(stats: ServiceStats) -> str:
+    return (f"{stats.requests} requests, {stats.sectors_read * 512} bytes read, "
+            f"{stats.sectors_written * 512} bytes written, {stats.flushes} flushes, "
+            f"{stats.discards} discards, {stats.errors + stats.unsupported} refused")
 
 
 def _size(text: str) -> int:

@@ -110,6 +110,8 @@ async def test_random_io_against_a_model(tmp_path: Path, order: int, queues: int
                 assert await disk.read(0, DISK) == model
                 assert sum(s.stats.errors for s in be.services.values()) == 0
             await be.wait_finished()
+            assert be.totals.requests > 40 and be.totals.errors == 0
+            assert be.totals.sectors_written > 0 and be.totals.sectors_read > 0
         assert w.image.read_bytes() == model
 
 
