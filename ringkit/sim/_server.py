@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _Outbox = tuple[bytes, list[int]]
 
+_BACKLOG = 256
+"""Queued outgoing frames above which a connection's requests are no longer read."""
+
 _SUN_PATH_MAX = 108
 """sizeof(sockaddr_un.sun_path) on Linux, terminating NUL included."""
 
@@ -56,6 +59,8 @@ class _Connection:
         send, receive = anyio.create_memory_object_stream[_Outbox](math.inf)
         self._send = send
         self._receive = receive
+        self.broken = False
+        """Set when sending failed: the client is gone even if its requests are not read."""
 
     def push(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         """Queue `message` with duplicates of `fds` (the caller keeps its own)."""
@@ -66,6 +71,14 @@ class _Connection:
             for fd in dups:
                 os.close(fd)
 
+    async def wait_backlog(self) -> None:
+        """Wait while more than `_BACKLOG` frames wait to be sent: a client that does not read
+        its replies stops being served instead of growing the server's memory."""
+        while self._send.statistics().current_buffer_used > _BACKLOG:
+            if self.broken:
+                raise anyio.BrokenResourceError("the client stopped reading and went away")
+            await anyio.sleep(0.01)
+
     async def writer(self, stream: UNIXSocketStream) -> None:
         async with self._receive:
             async for frame, fds in self._receive:
@@ -75,6 +88,7 @@ class _Connection:
                     else:
                         await stream.send(frame)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.broken = True
                     return
                 finally:
                     for fd in fds:
@@ -233,6 +247,10 @@ class SimServer:
                 return
             for fd in fds:  # clients have no business sending descriptors
                 os.close(fd)
+            try:
+                await connection.wait_backlog()
+            except anyio.BrokenResourceError:
+                return
             request_id = message.get("id")
             try:
                 reply, out_fds = self._dispatch(client, message)

@@ -4,6 +4,7 @@ fault hooks, kernel-enforced read-only pages, hostile clients."""
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import signal
@@ -264,3 +265,22 @@ async def test_server_killed_under_its_clients() -> None:
             assert mapped.buffer[0] == 5
         with pytest.raises(TransportError):
             await xen.list_domains()
+
+
+@pytest.mark.anyio
+async def test_a_client_that_never_reads_replies_is_throttled() -> None:
+    async with SimXen.start(in_process=True) as xen:
+        a_id = await xen.create_domain("a")
+        path = str(xen.directory / "domain" / str(a_id) / "xen.sock")
+        request = json.dumps({"id": 1, "op": "close_port", "port": 424242}).encode()
+        frame = struct.pack("<IHxx", len(request), 0) + request
+        async with await anyio.connect_unix(path) as stream:
+            with anyio.move_on_after(1.5):
+                for _ in range(200_000):  # replies it never reads pile up, then it blocks
+                    await stream.send(frame)
+                raise AssertionError("the server kept reading a client that does not read")
+        async with xen.connect(a_id) as a:  # everyone else is still served
+            pages = await a.grants.share(0, 1)
+            await pages.aclose()
+        leaks = await xen.settled_leaks()
+        assert not leaks and leaks.clients == 0, leaks  # the hung-up client was released
