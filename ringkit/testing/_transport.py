@@ -166,6 +166,13 @@ async def check_event_channel(make_pair: PairMaker) -> None:
             bound.notify()
         await _wait(offered)
         assert await _stays_quiet(offered), "five notifications woke the waiter twice"
+        for _ in range(10_000):  # notify never blocks, however far ahead of the waiter
+            bound.notify()
+        await _wait(offered)
+        # a wait cancelled before anything arrived loses nothing that arrives later
+        assert await _stays_quiet(offered)
+        bound.notify()
+        await _wait(offered)
         # a waiter blocked before the notification is woken by it
         async with anyio.create_task_group() as tg:
             woke = anyio.Event()
@@ -231,6 +238,18 @@ async def check_unmap_notify(make_pair: PairMaker) -> None:
         await _wait(bound)
         assert mapped.buffer[3] == 0, "the granter's unmap did not clear the byte"
         await mapped.aclose()
+
+        # either action alone
+        shared = await a.grants.share(b.domid, 1)
+        mapped = await b.grants.map(a.domid, shared.refs)
+        shared.buffer[5] = 1
+        mapped.set_unmap_notify(offset=5)
+        await mapped.aclose()
+        assert shared.buffer[5] == 0, "an offset-only unmap-notify did not clear the byte"
+        assert await _stays_quiet(offered), "an offset-only unmap-notify sent an event"
+        shared.set_unmap_notify(port=offered.port)
+        await shared.aclose()
+        await _wait(bound)
         await bound.aclose()
         await offered.aclose()
         assert_no_leaks(a, b)
