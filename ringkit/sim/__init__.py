@@ -27,12 +27,18 @@ Start a simulator and act inside its domains (tests, demos)::
             chan.notify(); await port.wait()
             ...
             assert not front.leaks() and not back.leaks()
-        assert not await xen.leaks()                # the server's own accounting
+        assert not await xen.settled_leaks()        # the server's own accounting, once it
+                                                    # has processed every disconnect
 
 From any other process (it only needs the directory and a domid)::
 
     async with ringkit.sim.connect(directory, domid) as dom:   # a `ringkit.abc.Domain`
         ...
+
+`SimXen` also offers `destroy_domain`, `list_domains`, `leaks` (a `SimLeaks` snapshot),
+`xenstored_path(domid)`, `server_pid` (child-process mode) and `SimXen.attach(directory)` for a
+server started elsewhere.  A stopped server makes later control calls raise `TransportError`
+and every connected process's waits raise `PeerGoneError`.
 
 Command line: ``ringkit sim serve --dir DIR [--grant-limit N]``, ``ringkit sim domain create
 NAME``, ``ringkit sim domain list``, ``ringkit sim domain destroy NAME``.  Debian's xenstore
