@@ -13,6 +13,7 @@ deciding means no two reactions ever race, and coalesced or spurious wake-ups ar
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from types import TracebackType
 from typing import ClassVar
@@ -22,6 +23,7 @@ from anyio.abc import AsyncResource, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import (
+    EventChannelError,
     PeerGoneError,
     RemoteProtocolError,
     RingkitError,
@@ -33,7 +35,10 @@ from ..proto.xenbus import Handshake, Reaction, Role, XenbusState
 from .paths import DeviceAddress, Nodes
 from .queue import Queue
 
-__all__ = ("DeviceBase", "Wakeup")
+QUIET = (RingkitError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
+"""Errors a closing device ignores: the peer, the store or the transport may be gone."""
+
+__all__ = ("QUIET", "DeviceBase", "DeviceTasks", "Wakeup", "ring_failure")
 
 S = XenbusState
 
@@ -49,6 +54,54 @@ class Wakeup:
 
     def __repr__(self) -> str:
         return f"Wakeup({self.reason!r}, {self.error!r})"
+
+
+def ring_failure(exc: BaseException) -> BaseException | None:
+    """The peer-caused failure behind `exc` (a task's exception, maybe grouped by a driver's own
+    task group), or None if `exc` holds anything else (a bug, not the peer's doing)."""
+    if isinstance(exc, BaseExceptionGroup):
+        causes = [ring_failure(e) for e in exc.exceptions]
+        if not causes or any(c is None for c in causes):
+            return None
+        found = [c for c in causes if c is not None]
+        return next((c for c in found if not isinstance(c, anyio.ClosedResourceError)), found[0])
+    if isinstance(exc, anyio.BrokenResourceError):
+        return exc.__cause__ or exc
+    if isinstance(
+        exc, RemoteProtocolError | PeerGoneError | EventChannelError | anyio.ClosedResourceError
+    ):
+        return exc
+    return None
+
+
+class DeviceTasks:
+    """The device's task group as drivers see it (``self.tasks``): a task that fails because
+    the peer died or misbehaved wakes the supervisor like a broken ring does, and any other
+    failure ends the device with that error -- it never tears through the task that entered
+    the device."""
+
+    def __init__(self, device: DeviceBase, tg: TaskGroup) -> None:
+        self._device = device
+        self._tg = tg
+
+    @property
+    def cancel_scope(self) -> anyio.CancelScope:
+        """The scope of every task of the device."""
+        return self._tg.cancel_scope
+
+    def start_soon(
+        self, func: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> None:
+        """Run ``func(*args)`` in the background until it returns or the device closes."""
+        self._tg.start_soon(self._guard, func, args, name=name)
+
+    async def _guard(
+        self, func: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            await func(*args)
+        except Exception as exc:
+            self._device._task_failed(exc)
 
 
 class DeviceBase(AsyncResource):
@@ -84,7 +137,7 @@ class DeviceBase(AsyncResource):
         self._wake_tx: MemoryObjectSendStream[Wakeup]
         self._wake_rx: MemoryObjectReceiveStream[Wakeup]
         self._wake_tx, self._wake_rx = anyio.create_memory_object_stream[Wakeup](1024)
-        self._tg: TaskGroup | None = None
+        self._tg: DeviceTasks | None = None
         self._changed = anyio.Event()
         self._finished: BaseException | None = None
         self._closing = False
@@ -180,6 +233,21 @@ class DeviceBase(AsyncResource):
             with anyio.CancelScope(shield=True):
                 await self.disconnected()
 
+    @property
+    def tasks(self) -> DeviceTasks:
+        """Where drivers start their background tasks (see `DeviceTasks`)."""
+        if self._tg is None:
+            raise RuntimeError("the device is not open (use `async with`)")
+        return self._tg
+
+    def _task_failed(self, exc: Exception) -> None:
+        cause = ring_failure(exc)
+        if cause is None:
+            self.log.error("%s: a task failed", self.address, exc_info=exc)
+            self._finish(exc)
+        elif not isinstance(cause, anyio.ClosedResourceError):
+            self.wake("task failed", cause)
+
     def _finish(self, why: BaseException) -> None:
         if self._finished is None:
             self._finished = why
@@ -188,12 +256,36 @@ class DeviceBase(AsyncResource):
     # ------------------------------------------------------------------ the supervisor
 
     async def _watch(self, path: str, reason: str) -> None:
-        async with self.domain.store.watch(path) as watch:
-            async for _ in watch:
-                self.wake(reason)
+        try:
+            async with self.domain.store.watch(path) as watch:
+                async for _ in watch:
+                    self.wake(reason)
+        except StoreError as exc:
+            if path.startswith("@"):
+                # A store may refuse special watches to an unprivileged domain; the peer's
+                # state watch and its event channel still tell us when it goes away.
+                self.log.info("%s: no %s watch (%s)", self.address, path, exc)
+                return
+            self._finish(exc)
+        except Exception as exc:  # the store connection failed: nothing more can be decided
+            self.log.warning("%s: xenstore failed: %r", self.address, exc)
+            self._finish(PeerGoneError(f"{self.address}: the xenstore connection failed: {exc!r}"))
+        else:
+            self._finish(PeerGoneError(f"{self.address}: the xenstore connection closed"))
 
     async def _supervise(self) -> None:
-        """Take wake-ups (coalescing bursts), decide, act; until the device is finished."""
+        """Take wake-ups (coalescing bursts), decide, act; until the device is finished.  If
+        deciding itself fails (the store went away...), the device is finished with that
+        error: `wait_finished` returns and the drivers' waits raise."""
+        try:
+            await self._supervise_loop()
+        except Exception as exc:
+            self.log.warning("%s: stopped: %r", self.address, exc)
+            with anyio.CancelScope(shield=True):
+                await self._teardown()
+            self._finish(exc)
+
+    async def _supervise_loop(self) -> None:
         async with self._wake_rx:
             while self._finished is None:
                 wakeups = [await self._wake_rx.receive()]
@@ -256,7 +348,7 @@ class DeviceBase(AsyncResource):
         await self._teardown()
         if self.handshake.error is not None:
             # The handshake itself is poisoned: we can only stop.
-            with suppress(RingkitError):
+            with suppress(*QUIET):
                 await self.own_nodes.write("state", S.CLOSED.to_wire())
             self._finish(exc)
             return

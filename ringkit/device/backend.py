@@ -28,29 +28,13 @@ from .._errors import (
 from ..abc import Domain
 from ..proto.ring import BackRing
 from ..proto.xenbus import Reaction, Role, XenbusState
-from ._base import DeviceBase, Wakeup
+from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, ring_failure
 from .paths import DeviceAddress, Nodes
 from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
 
 __all__ = ("Backend",)
 
 S = XenbusState
-
-
-def _ring_failure(exc: BaseException) -> BaseException | None:
-    """The peer-caused failure behind `exc` (a serve task's exception, maybe grouped by a
-    driver's own task group), or None if `exc` holds anything else (a driver bug: re-raised)."""
-    if isinstance(exc, BaseExceptionGroup):
-        causes = [_ring_failure(e) for e in exc.exceptions]
-        if not causes or any(c is None for c in causes):
-            return None
-        return next((c for c in causes if not isinstance(c, anyio.ClosedResourceError)),
-                    causes[0])
-    if isinstance(exc, anyio.BrokenResourceError):
-        return exc.__cause__ or exc
-    if isinstance(exc, RemoteProtocolError | PeerGoneError | anyio.ClosedResourceError):
-        return exc
-    return None
 
 
 class Backend(DeviceBase):
@@ -220,7 +204,7 @@ class Backend(DeviceBase):
             PeerGoneError,
             BaseExceptionGroup,
         ) as exc:
-            cause = _ring_failure(exc)
+            cause = ring_failure(exc)
             if cause is None:
                 raise
             if not isinstance(cause, anyio.ClosedResourceError):
@@ -249,7 +233,8 @@ class Backend(DeviceBase):
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            group = await stack.enter_async_context(anyio.create_task_group())
+            self._tg = DeviceTasks(self, group)
             await self._restart_state()
             await self._advertise_and_wait()
         except BaseException:
@@ -265,7 +250,8 @@ class Backend(DeviceBase):
         ends).  Reconnects after frontend restarts.
 
         Raises:
-            RemoteProtocolError: only if the handshake itself was poisoned by the frontend.
+            RemoteProtocolError: the handshake itself was poisoned by the frontend.
+            Exception: whatever ended a driver task that was not the peer's doing.
         """
         if self._tg is None:
             raise RuntimeError("use `async with backend:` before run()")
@@ -275,7 +261,7 @@ class Backend(DeviceBase):
         self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
         self._tg.start_soon(self._supervise)
         await self.wait_finished()
-        if isinstance(self._finished, RemoteProtocolError):
+        if self._finished is not None and not isinstance(self._finished, PeerGoneError):
             raise self._finished
 
     async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
@@ -294,17 +280,17 @@ class Backend(DeviceBase):
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        with anyio.CancelScope(shield=True):
-            try:
+        try:
+            with anyio.CancelScope(shield=True):
                 await self._teardown()
                 if self.handshake.error is None and self._finished is None:
                     for to in (S.CLOSING, S.CLOSED):
                         if self.handshake.can_move(to):
-                            with suppress(RingkitError):
+                            with suppress(*QUIET):
                                 await self._write_state(to)
-            finally:
-                self._finish(PeerGoneError("closed"))
-                assert self._tg is not None
-                self._tg.cancel_scope.cancel()
-        # The task group must be left outside the shielded scope above (scopes nest).
-        await stack.aclose()
+        finally:
+            self._finish(PeerGoneError("closed"))
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            # Leave the task group outside any scope entered here (scopes nest).
+            await stack.aclose()

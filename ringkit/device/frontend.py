@@ -21,7 +21,7 @@ from .._errors import PeerGoneError, RingkitError
 from ..abc import Domain, Transaction
 from ..proto.ring import FrontRing
 from ..proto.xenbus import Reaction, Role, XenbusState
-from ._base import DeviceBase
+from ._base import QUIET, DeviceBase, DeviceTasks
 from .paths import DeviceAddress, Nodes
 from .queue import Queue, queue_nodes, ring_ref_names
 
@@ -144,7 +144,7 @@ class Frontend(DeviceBase):
         await self._teardown()
         for to in (S.CLOSING, S.CLOSED):
             if self.handshake.can_move(to):
-                with suppress(RingkitError):
+                with suppress(*QUIET):
                     await self._write_state(to)
         self._finish(exc)
 
@@ -220,7 +220,8 @@ class Frontend(DeviceBase):
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            group = await stack.enter_async_context(anyio.create_task_group())
+            self._tg = DeviceTasks(self, group)
             await self._restart_state()
             self._tg.start_soon(self._watch, self.peer_nodes.node("state"), "backend state")
             self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
@@ -231,9 +232,11 @@ class Frontend(DeviceBase):
             self._closing = True
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._teardown()
-            await stack.aclose()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._teardown()
+            finally:
+                await stack.aclose()
             raise
         self._stack = stack
         return self
@@ -245,10 +248,10 @@ class Frontend(DeviceBase):
         if stack is None:
             return
         self._closing = True
-        with anyio.CancelScope(shield=True):
-            try:
+        try:
+            with anyio.CancelScope(shield=True):
                 if self.handshake.error is None and self.handshake.can_move(S.CLOSING):
-                    with suppress(RingkitError):
+                    with suppress(*QUIET):
                         await self._write_state(S.CLOSING)
                 # Wait for the backend to unmap only if there is a live backend with a ring
                 # mapped; a dead or absent one will never answer.
@@ -258,11 +261,11 @@ class Frontend(DeviceBase):
                             await self._changed.wait()
                 await self._teardown()
                 if self.handshake.can_move(S.CLOSED):
-                    with suppress(RingkitError):
+                    with suppress(*QUIET):
                         await self._write_state(S.CLOSED)
-            finally:
-                self._finish(PeerGoneError("closed"))
-                assert self._tg is not None
-                self._tg.cancel_scope.cancel()
-        # The task group must be left outside the shielded scope above (scopes nest).
-        await stack.aclose()
+        finally:
+            self._finish(PeerGoneError("closed"))
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            # Leave the task group outside any scope entered here (scopes nest).
+            await stack.aclose()

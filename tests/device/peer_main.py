@@ -26,7 +26,7 @@ async def main(directory: str, role: str, domid: int) -> None:
         async with connect(directory, domid) as domu, EchoFrontend(domu, 0) as front:
             assert await front.echo(1, b"alive") == b"ALIVE"
             print("connected", flush=True)
-            await anyio.sleep_forever()
+            await front.wait_finished()  # until the device goes away
 
 
 if __name__ == "__main__":
