@@ -92,6 +92,12 @@ Class attributes (both ends):
     ``fe.generation`` increments on every new connection; ``fe.is_connected``; ``aclose()`` does
     Closing -> (backend unmaps and closes) -> unshare -> Closed.
 
+Both ends: ``self.tasks.start_soon(fn, *args)`` runs a background task for the device's life
+(a task failing because the peer died or misbehaved is handled like a broken ring; any other
+failure, or losing the xenstore connection, finishes the device with that error);
+``await dev.wait_finished()`` returns once the device is gone for good.  A device owns a task
+group: open and close devices in the same task, in nested (``async with``) order.
+
 `Queue` (one per ring): ``index``, ``buffer`` (the ring pages), ``event`` (`EventChannel`),
 ``channel`` (`RingChannel`: ``send``/``receive``/``send_nowait``/``receive_nowait`` of whole
 slots as bytes; front sends requests and receives responses, back the reverse), ``path`` (the
