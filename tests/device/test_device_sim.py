@@ -139,3 +139,29 @@ async def test_removing_the_device_ends_both_sides() -> None:
                     await backend.wait_finished()
                     await front.wait_finished()
                 assert not backend.queues and not front.queues
+
+
+async def test_frontend_follows_an_orderly_backend_restart() -> None:
+    """A backend that closes in order (Closing, Closed) and a new one that comes up: the
+    frontend closes with it, then connects to the new one."""
+    with anyio.fail_after(30):
+        async with world() as w, anyio.create_task_group() as tg:
+
+            async def serve(stop: anyio.CancelScope) -> None:
+                with stop:
+                    async with EchoBackend(w.dom0, w.guest) as backend:
+                        await backend.run()
+
+            first = anyio.CancelScope()
+            tg.start_soon(serve, first)
+            async with EchoFrontend(w.domu, backend_id=0) as front:
+                assert await front.echo(1, b"a") == b"A"
+                first.cancel()  # the first backend closes in order
+                while front.state is not S.CLOSED:
+                    await anyio.sleep(0.01)
+                second = anyio.CancelScope()
+                tg.start_soon(serve, second)
+                await front.wait_connected()
+                assert front.generation == 2
+                assert await front.echo(2, b"b") == b"B"
+            second.cancel()
