@@ -1,8 +1,8 @@
 """One side of the multi-process tests, run as its own process.
 
-    python peer.py share DIR DOMID PEER      shares 2 pages and offers a port, prints
+    python peer.py BACKEND share DIR DOMID PEER      shares 2 pages and offers a port, prints
                                              "offer <ref> <ref> <port>", then "ready"
-    python peer.py map DIR DOMID PEER REF REF PORT    maps and binds, then prints "ready"
+    python peer.py BACKEND map DIR DOMID PEER REF REF PORT    maps and binds, then prints "ready"
 
 Both set an unmap-notify (clear byte NOTIFY_BYTE of their view, signal their port), set the
 byte the *other* side's notify will clear to 1, and then wait for the peer's unmap-notify.
@@ -60,5 +60,6 @@ async def main(role: str, directory: str, domid: int, peer: int, rest: list[int]
 
 
 if __name__ == "__main__":
-    role, directory, domid, peer, *rest = sys.argv[1:]
-    anyio.run(main, role, directory, int(domid), int(peer), [int(x) for x in rest])
+    backend, role, directory, domid, peer, *rest = sys.argv[1:]
+    anyio.run(main, role, directory, int(domid), int(peer), [int(x) for x in rest],
+              backend=backend)

@@ -48,19 +48,19 @@ async def _reap(process: anyio.abc.Process) -> None:
 @pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize("victim", ["sharer", "mapper"])
-async def test_kill_9_runs_unmap_notify(victim: str) -> None:
+async def test_kill_9_runs_unmap_notify(victim: str, anyio_backend: str) -> None:
     async with SimXen.start() as xen:
         front = await xen.create_domain("front")
         back = await xen.create_domain("back")
         d = str(xen.directory)
         async with AsyncExitStack() as stack:
             stack.enter_context(anyio.fail_after(TIMEOUT))
-            sharer = await _start(["share", d, str(front), str(back)])
+            sharer = await _start([anyio_backend, "share", d, str(front), str(back)])
             stack.push_async_callback(_reap, sharer)
             sharer_out = [b""]
             offer = (await _line(sharer, sharer_out)).split()
             assert offer[0] == "offer", offer
-            mapper = await _start(["map", d, str(back), str(front), *offer[1:]])
+            mapper = await _start([anyio_backend, "map", d, str(back), str(front), *offer[1:]])
             stack.push_async_callback(_reap, mapper)
             mapper_out = [b""]
             assert await _line(sharer, sharer_out) == "ready"
