@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import importlib.util, sys
 import ringkit, ringkit.backends, ringkit.frontends
 assert importlib.util.find_spec("backends") is None, "a top-level 'backends' is importable"
 assert importlib.util.find_spec("frontends") is None, "a top-level 'frontends' is importable"
-print(ringkit.__file__, ringkit.backends.__file__)
+from ringkit import _native
+print(ringkit.__file__, ringkit.backends.__file__, sorted(_native.implementations()))
 """
 
 
@@ -30,10 +32,18 @@ def test_editable_install_maps_driver_packages(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_regular_install_maps_driver_packages(tmp_path: Path) -> None:
+    # Build from a copy, so that build/ and *.egg-info never land in (or race in) the checkout.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "*.so"
+        ),
+    )
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, text=True,
     )
     assert (target / "ringkit" / "backends" / "__init__.py").is_file()
@@ -45,3 +55,4 @@ def test_regular_install_maps_driver_packages(tmp_path: Path) -> None:
         capture_output=True, text=True,
     ).stdout
     assert out.startswith(str(target))
+    assert "'compiled'" in out, "the regular install did not build the compiled native helper"
