@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -27,6 +28,7 @@ from anyio.abc import TaskStatus, UNIXSocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import ConfigError, RemoteProtocolError, TransportError
+from ..store import StoreClient
 from . import _paths, _wire
 from ._hypervisor import DOMID_MAX, Client, Hypervisor
 from .xenstored import XenstoreServer
@@ -128,6 +130,7 @@ class SimServer:
         self.store = XenstoreServer()
         self._domain_scopes: dict[int, anyio.CancelScope] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._toolstack: StoreClient | None = None
         self._shutdown = anyio.Event()
         self.stopped = anyio.Event()
         """Set once `run` has released everything and returned."""
@@ -145,6 +148,7 @@ class SimServer:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
+                await self._connect_toolstack(tg)
                 await self._start_domain("Domain-0", 0)
                 listener = await anyio.create_unix_listener(control)
                 os.chmod(control, 0o600)
@@ -174,7 +178,16 @@ class SimServer:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self.store.introduce_domain(domid)
+        assert self._toolstack is not None
+        await self._toolstack.write(f"/local/domain/{domid}/name", name)
         return domid
+
+    async def _connect_toolstack(self, tg: anyio.abc.TaskGroup) -> None:
+        """A dom0 store connection of the server itself, writing what a toolstack writes."""
+        ours, theirs = socket.socketpair()
+        server_end = await anyio.abc.SocketStream.from_socket(theirs)
+        tg.start_soon(self.store.serve_connection, server_end, 0)
+        self._toolstack = StoreClient(await anyio.abc.SocketStream.from_socket(ours))
 
     async def _run_domain(self, domid: int, *, task_status: TaskStatus[None]) -> None:
         scope = anyio.CancelScope()

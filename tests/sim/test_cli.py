@@ -74,3 +74,4 @@ def test_xenstore_ls_reads_what_ringkit_wrote(served: Path) -> None:
     ).stdout
     assert 'greeting = "hello from ringkit"' in listing, listing
     assert f'domid = "{domid}"' in listing, listing
+    assert 'name = "guest"' in listing, listing  # written as a toolstack does
