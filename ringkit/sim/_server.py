@@ -160,6 +160,9 @@ class SimServer:
             for domid in sorted(self.hypervisor.domains, reverse=True):
                 self._teardown_domain(domid)
             control.unlink(missing_ok=True)
+            if self._toolstack is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._toolstack.aclose()
             self.stopped.set()
 
     # ----------------------------------------------------------------- domains
