@@ -185,10 +185,6 @@ class RingLayout:
             )
         return count
 
-    def slot_offset(self, index: int, entries: int) -> int:
-        """Byte offset of the slot that free-running `index` names in a ring of `entries`."""
-        return SRING_HEADER_SIZE + (index & (entries - 1)) * self.slot_size
-
 
 __all__ = (
     "CONSOLE_CONNECTION",
