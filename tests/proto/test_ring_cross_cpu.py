@@ -48,9 +48,12 @@ def _pin(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def run_backend(path: str, impl: str, cpu: int | None, errors: Any) -> None:
+def run_backend(path: str, impl: str, cpu: int | None, errors: Any, ready: Any) -> None:
     try:
         _pin(cpu)
+        # BackRing.attach never initialises the page: it must only look once the frontend has.
+        if not ready.wait(DEADLINE):
+            raise TimeoutError("the frontend never signalled that the ring was initialised")
         area = shared_page(path)
         back = BackRing.attach(area, LAYOUT, native=_native.implementations()[impl])
         requests = bytearray(SLOT * back.entries)
@@ -79,11 +82,12 @@ def run_backend(path: str, impl: str, cpu: int | None, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-def run_frontend(path: str, impl: str, cpu: int | None, errors: Any) -> None:
+def run_frontend(path: str, impl: str, cpu: int | None, errors: Any, ready: Any) -> None:
     try:
         _pin(cpu)
         area = shared_page(path)
         front = FrontRing.init(area, LAYOUT, native=_native.implementations()[impl])
+        ready.set()  # the page is initialised (init ends with a full fence): the backend may attach
         sent = received = 0
         buf = bytearray(16)
         deadline = time.monotonic() + DEADLINE
@@ -133,10 +137,12 @@ def test_halves_on_separate_cpus_exchange_everything(
     page.write_bytes(bytes(4096))
     area = str(page)
     errors = ctx.SimpleQueue()
-    # The frontend initialises the page; let it do so before the backend attaches.
-    front = ctx.Process(target=run_frontend, args=(area, impl, cpus[0], errors))
+    # The frontend initialises the page and then sets `ready`; the backend waits for it before
+    # attaching, as a real backend waits for the frontend's ring-ref in xenstore.
+    ready = ctx.Event()
+    front = ctx.Process(target=run_frontend, args=(area, impl, cpus[0], errors, ready))
     front.start()
-    back = ctx.Process(target=run_backend, args=(area, impl, cpus[1], errors))
+    back = ctx.Process(target=run_backend, args=(area, impl, cpus[1], errors, ready))
     back.start()
     for proc in (front, back):
         proc.join(DEADLINE + 30)
