@@ -60,8 +60,8 @@ Class attributes (both ends):
                                     InitWait); ``max-ring-page-order`` and
                                     ``multi-queue-max-queues`` are written for you
     ``async connecting(frontend)``  read the frontend's nodes (``frontend.read(...)``) after it
-                                    published its ring, before mapping; raise ConfigError or
-                                    RemoteProtocolError to refuse (-> Closing/Closed)
+                                    published its ring, before mapping; raise
+                                    RemoteProtocolError to refuse it (-> Closing/Closed)
     ``async connected(nodes)``      write device properties (e.g. ``sectors``) before Connected
     ``make_channel(queue)``         attach to the mapped ring (default: `BackRingChannel`)
     ``async serve(queue)``          serve one `Queue` while connected; default: loop
