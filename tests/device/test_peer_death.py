@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from ringkit import EventChannelError, PeerGoneError
+from ringkit import EventChannelError, PeerGoneError, RemoteProtocolError
 from ringkit.device import DeviceAddress, XenbusState, create_device
 from ringkit.proto.layout import SRING_REQ_PROD
 from ringkit.sim import SimXen
@@ -147,3 +147,34 @@ async def test_destroying_the_guest_domain_ends_the_backend_cleanly() -> None:
                 leaks = dom0.leaks()
                 assert (leaks.maps, leaks.ports, leaks.watches) == (0, 0, 0)
             assert not await xen.settled_leaks()
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_frontend_states_never_crash_the_backend(seed: int) -> None:
+    """A guest scribbling random values into its state and ring nodes: the backend either
+    keeps serving its device or stops it with RemoteProtocolError -- nothing else, no leaks."""
+    import random
+
+    rng = random.Random(seed)
+    values = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "", "x", "-1", "4294967296"]
+    outcome: list[BaseException | None] = []
+
+    async def run(backend: EchoBackend) -> None:
+        try:
+            await backend.run()
+            outcome.append(None)
+        except RemoteProtocolError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(30):
+        async with world() as w, anyio.create_task_group() as tg:
+            async with EchoBackend(w.dom0, w.guest) as backend:
+                tg.start_soon(run, backend)
+                fe = w.address.frontend_path
+                for _ in range(40):
+                    node = rng.choice(["state", "state", "ring-ref", "event-channel"])
+                    await w.domu.store.write(f"{fe}/{node}", rng.choice(values))
+                    await anyio.sleep(rng.choice([0, 0.001, 0.005]))
+                await anyio.sleep(0.05)
+            assert len(outcome) == 1
+            assert not backend.queues
