@@ -7,11 +7,11 @@ the constant of the same name in ringkit.proto.layout.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _tools import require_tools
 
 from ringkit import ConfigError
 from ringkit.proto import layout
@@ -90,15 +90,15 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed: cannot compile the layout check")
-    if not (INCLUDE / "ring.h").exists():
-        pytest.skip(f"{INCLUDE} is missing (Debian package libxen-dev; `make deps` installs it)")
+    require_tools(
+        "gcc",
+        *(str(INCLUDE / header) for header in ("ring.h", "console.h", "libxenvchan.h")),
+        why="compile the layout check against Xen's headers",
+    )
     work = tmp_path_factory.mktemp("layout")
     (work / "layout.c").write_text(PROGRAM)
     subprocess.run(
-        [gcc, "-std=gnu11", "-Wall", "-o", str(work / "layout"), str(work / "layout.c")],
+        ["gcc", "-std=gnu11", "-Wall", "-o", str(work / "layout"), str(work / "layout.c")],
         check=True,
         capture_output=True,
     )

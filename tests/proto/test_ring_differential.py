@@ -16,12 +16,12 @@ never published), and the test checks that every extra rejection is one of those
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _tools import require_tools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,14 +41,10 @@ Op = tuple[str, ...]
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The compiled C reference program."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed: cannot build the io/ring.h reference")
-    if not HEADER.exists():
-        pytest.skip(f"{HEADER} is missing (Debian package libxen-dev; `make deps` installs it)")
+    require_tools("gcc", str(HEADER), why="build the io/ring.h reference")
     exe = tmp_path_factory.mktemp("ringdiff") / "ring_diff"
     subprocess.run(
-        [gcc, "-std=gnu11", "-O2", "-Wall", "-o", str(exe), str(SOURCE)],
+        ["gcc", "-std=gnu11", "-O2", "-Wall", "-o", str(exe), str(SOURCE)],
         check=True,
         capture_output=True,
     )
