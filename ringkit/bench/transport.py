@@ -262,6 +262,8 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def _pair(backend: str, first: tuple[str, ...], second: tuple[str, ...],
@@ -324,6 +326,8 @@ def run(
         finally:
             server.terminate()
             server.wait(timeout=30)
+            if server.stdout is not None:
+                server.stdout.close()
     socket_ping = _socket_pair(backend, ("socket-ping", str(rounds)), ("socket-pong",))
     socket_echo = _socket_pair(
         backend, ("socket-echo-front", str(requests), str(echo["entries"])), ("socket-echo-back",)

@@ -152,7 +152,7 @@ class SimServer:
                 await self._start_domain("Domain-0", 0)
                 listener = await anyio.create_unix_listener(control)
                 os.chmod(control, 0o600)
-                tg.start_soon(listener.serve, self._serve_control)
+                tg.start_soon(self._run_control, listener)
                 task_status.started()
                 await self._shutdown.wait()
                 tg.cancel_scope.cancel()
@@ -352,6 +352,10 @@ class SimServer:
         raise ValueError(f"unknown operation {op!r}")
 
     # ----------------------------------------------------------------- control
+
+    async def _run_control(self, listener: anyio.abc.SocketListener) -> None:
+        async with listener:
+            await listener.serve(self._serve_control)
 
     async def _serve_control(self, stream: anyio.abc.SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)

@@ -34,6 +34,8 @@ def served() -> Iterator[Path]:
         finally:
             server.terminate()
             assert server.wait(timeout=30) is not None
+            if server.stdout is not None:
+                server.stdout.close()
             assert not (directory / "control.sock").exists(), "the server left its socket"
 
 
