@@ -190,9 +190,11 @@ class SimXen:
         return SimLeaks(**(await self._call("leaks")))
 
     async def settled_leaks(self, timeout: float = 10.0) -> SimLeaks:
-        """Server accounting once it stops changing for the better: processes that just exited
-        or closed are released asynchronously, so poll until nothing is held or `timeout`
-        passes, and return what is still held (falsy when nothing)."""
+        """Server accounting once every process has been released: processes that just
+        exited or closed are released asynchronously, so poll until nothing is held and no
+        process is connected, or until `timeout` passes, and return the last accounting
+        (falsy when nothing is held).  Close this process's own `connect` handles first, or
+        the wait lasts the whole `timeout`."""
         leaks = await self.leaks()
         with anyio.move_on_after(timeout):
             while leaks or leaks.clients:
