@@ -6,6 +6,7 @@ through the ``/dev/xen`` devices of the domain they run in.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -47,7 +48,9 @@ async def _domain(directory: str | None, domid: int | None) -> AsyncIterator[Dom
 
 
 @click.group()
-def block() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Log the handshake (-v) and more (-vv) on stderr.")
+def block(verbose: int) -> None:
     """Virtual block devices (Xen's blkif / vbd): a backend serving a disk image, a frontend
     using it.
 
@@ -59,6 +62,9 @@ def block() -> None:
       ringkit block serve disk.img --dir /tmp/xen --frontend 1 &
       ringkit block attach --dir /tmp/xen --domain 1 --check 8M
     """
+    if verbose:
+        logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
+                            format="%(asctime)s %(process)d %(name)s: %(message)s")
 
 
 @block.command()
@@ -163,13 +169,14 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
     async def main() -> None:
         async with _domain(directory, domid) as dom:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                await _backend_waiting(dom, backend_id, devid)
                 async with BlockFrontend(dom, backend_id, devid) as disk:
                     scope.deadline = math.inf  # connected: the timeout no longer applies
                     await _use(disk)
-            if scope.cancelled_caught:
-                raise click.ClickException(
-                    f"no backend connected vbd/{devid} within {timeout:g} s (is `ringkit "
-                    "block serve` running for this domain?)")
+        if scope.cancelled_caught:
+            raise click.ClickException(
+                f"no backend connected vbd/{devid} within {timeout:g} s (is `ringkit "
+                "block serve` running for this domain?)")
 
     async def _use(disk: BlockFrontend) -> None:
         info = disk.info
@@ -195,6 +202,32 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
                        f"{', '.join(features) or 'no optional features'}")
 
     _run(main)
+
+
+async def _backend_waiting(dom: Domain, backend_id: int, devid: int) -> None:
+    """Announce a new frontend (``state`` = Initialising) and wait until the backend is ready
+    for it (InitWait, or already Connected).
+
+    A backend that closed the previous connection stays Closed until it sees a frontend at
+    Initialising; a frontend handshake that started while the backend still said Closed would
+    close at once (the xenbus tables treat a Closed peer as "tear down"), so the backend is
+    given the chance to restart first.
+    """
+    from ..device import DeviceAddress
+    from ..proto.xenbus import XenbusState
+
+    address = DeviceAddress("vbd", dom.domid, backend_id, devid)
+    await dom.store.write(f"{address.frontend_path}/state",
+                          XenbusState.INITIALISING.to_wire())
+    state = f"{address.backend_path}/state"
+    ready = {XenbusState.INIT_WAIT.to_wire(), XenbusState.CONNECTED.to_wire()}
+    async with dom.store.watch(state) as watch:
+        async for _ in watch:
+            try:
+                if (await dom.store.read(state)).strip() in ready:
+                    return
+            except RingkitError:
+                continue  # not there yet
 
 
 async def _check(disk: BlockFrontend, size: int) -> None:

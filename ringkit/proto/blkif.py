@@ -295,7 +295,8 @@ def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments
     if op in (Op.READ, Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE):
         fields = _RW_FULL.unpack_from(slot)
         nseg = fields[1]
-        minimum = 0 if op == Op.FLUSH_DISKCACHE else 1
+        # as xen-blkback: a flush or barrier may carry no data, a read or write must
+        minimum = 0 if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER) else 1
         if not minimum <= nseg <= MAX_SEGMENTS_PER_REQUEST:
             raise InvalidRequest(
                 rid, op, Status.ERROR,

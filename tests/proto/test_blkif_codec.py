@@ -80,16 +80,18 @@ def _rw(op: int, nseg: int, segs: list[tuple[int, int, int]], rid: int = 5) -> b
     return bytes(raw)
 
 
-@pytest.mark.parametrize("op", [Op.READ, Op.WRITE, Op.WRITE_BARRIER])
-@pytest.mark.parametrize("nseg", [0, 12, 255])
+@pytest.mark.parametrize(("op", "nseg"), [(Op.READ, 0), (Op.WRITE, 0), (Op.READ, 12),
+                                          (Op.WRITE, 255), (Op.WRITE_BARRIER, 12),
+                                          (Op.FLUSH_DISKCACHE, 12)])
 def test_bad_segment_count_is_an_error_response(op: Op, nseg: int) -> None:
     with pytest.raises(InvalidRequest) as info:
         blkif.parse_request(_rw(op, nseg, []))
     assert (info.value.id, info.value.operation, info.value.status) == (5, op, Status.ERROR)
 
 
-def test_flush_may_have_no_segments() -> None:
-    req = blkif.parse_request(_rw(Op.FLUSH_DISKCACHE, 0, []))
+@pytest.mark.parametrize("op", [Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER])
+def test_flush_and_barrier_may_have_no_segments(op: Op) -> None:
+    req = blkif.parse_request(_rw(op, 0, []))
     assert isinstance(req, blkif.ReadWriteRequest) and req.segments == ()
 
 

@@ -229,9 +229,10 @@ async def test_write_barrier_writes_and_flushes(tmp_path: Path) -> None:
         slot = _rw(blkif.Op.WRITE_BARRIER, 16, [(1003, 0, 7)], rid=9)
         assert await svc.handle(slot) == (9, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
         assert svc.stats.flushes == 1
-        # a barrier without data is malformed, as in blkback
+        # a barrier without data only drains and flushes, as in blkback
         bare = _rw(blkif.Op.WRITE_BARRIER, 0, [], rid=10)
-        assert await svc.handle(bare) == (10, blkif.Op.WRITE_BARRIER, blkif.Status.ERROR)
+        assert await svc.handle(bare) == (10, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
+        assert svc.stats.flushes == 2
     assert (tmp_path / "disk.img").read_bytes()[16 * 512:16 * 512 + 4096] == b"\x42" * 4096
 
 

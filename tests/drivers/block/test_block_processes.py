@@ -69,6 +69,13 @@ async def child(argv: list[str]) -> AsyncIterator[tuple[anyio.abc.Process, Lines
                 await proc.wait()
 
 
+async def run(argv: list[str]) -> bytes:
+    """Run a CLI command to completion; its stdout, or a failure showing its stderr."""
+    result = await anyio.run_process(argv, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
 async def wait_for(predicate: object) -> None:
     while not predicate():  # type: ignore[operator]
         await anyio.sleep(0.01)
@@ -166,15 +173,13 @@ async def test_cli_serve_and_attach(tmp_path: Path) -> None:
                 assert (await lines.next()).startswith("ready: serving")
                 attach = [*CLI, "block", "attach", "--dir", d, "--domain", str(w.guest),
                           "--devid", str(w.address.devid)]
-                info = await anyio.run_process(attach)
-                assert f"{DISK} bytes" in info.stdout.decode()
-                check = await anyio.run_process([*attach, "--check", "2M"])
-                assert "verified 2097152 bytes" in check.stdout.decode()
+                assert f"{DISK} bytes" in (await run(attach)).decode()
+                check = await run([*attach, "--check", "2M"])
+                assert "verified 2097152 bytes" in check.decode()
                 data = tmp_path / "in.bin"
                 data.write_bytes(b"ringkit!" * 128)
-                await anyio.run_process([*attach, "--write", "8192", "--input", str(data)])
-                out = await anyio.run_process([*attach, "--read", "8192:1024"])
-                assert out.stdout == b"ringkit!" * 128
+                await run([*attach, "--write", "8192", "--input", str(data)])
+                assert await run([*attach, "--read", "8192:1024"]) == b"ringkit!" * 128
                 proc.send_signal(signal.SIGTERM)
         assert w.image.read_bytes()[8192:9216] == b"ringkit!" * 128
 
