@@ -66,7 +66,14 @@ class _Connection:
 
     def push(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         """Queue `message` with duplicates of `fds` (the caller keeps its own)."""
-        dups = [os.dup(fd) for fd in fds or ()]
+        dups: list[int] = []
+        try:
+            for fd in fds or ():
+                dups.append(os.dup(fd))
+        except OSError:
+            for fd in dups:
+                os.close(fd)
+            raise
         try:
             self._send.send_nowait((_wire.encode(message, len(dups)), dups))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -291,6 +298,9 @@ class SimServer:
             try:
                 if request_id is not None:
                     connection.push({"id": request_id, "ok": reply}, out_fds)
+            except OSError as exc:  # no descriptor left to duplicate: end this client only
+                log.warning("dropping a connection of domain %d: %s", client.domid, exc)
+                return
             finally:
                 # Read-only reopenings made for a map reply were duplicated into the outbox.
                 if message.get("op") == "map" and not message.get("writable"):
