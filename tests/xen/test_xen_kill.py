@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -26,19 +28,32 @@ pytestmark = [
 PEER = str(Path(__file__).with_name("xen_peer.py"))
 
 
-async def _start(*args: object) -> tuple[anyio.abc.Process, list[str]]:
+STARTUP_TIMEOUT = 300
+"""Generous: under Xen-in-QEMU (TCG) a fresh Python importing ringkit takes tens of seconds."""
+
+
+@asynccontextmanager
+async def _peer(*args: object) -> AsyncIterator[tuple[anyio.abc.Process, list[str]]]:
+    """Run xen_peer.py until it says "ready"; always SIGKILL and reap it at the end."""
     proc = await anyio.open_process([sys.executable, PEER, *map(str, args)],
                                     stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    buffered = b""
-    with anyio.fail_after(60):
-        while "ready" not in lines:
-            buffered += await proc.stdout.receive()
-            *done, rest = buffered.split(b"\n")
-            buffered = rest
-            lines.extend(line.decode() for line in done)
-    return proc, lines
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        buffered = b""
+        with anyio.fail_after(STARTUP_TIMEOUT):
+            while "ready" not in lines:
+                buffered += await proc.stdout.receive()
+                *done, rest = buffered.split(b"\n")
+                buffered = rest
+                lines.extend(line.decode() for line in done)
+        yield proc, lines
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await proc.aclose()
 
 
 async def test_kill_mapper_clears_byte_and_signals(domain: XenDomain) -> None:
@@ -46,11 +61,10 @@ async def test_kill_mapper_clears_byte_and_signals(domain: XenDomain) -> None:
     async with await domain.grants.share(me, 1) as shared, \
             await domain.events.alloc_unbound(me) as port:
         shared.buffer[64] = 0x5A
-        proc, _ = await _start("map", me, shared.refs[0], port.port, 64)
-        async with proc:
+        async with _peer("map", me, shared.refs[0], port.port, 64) as (proc, _):
             assert shared.buffer[64] == 0x5A
             proc.send_signal(signal.SIGKILL)
-            with anyio.fail_after(20):
+            with anyio.fail_after(60):
                 await port.wait()
                 await proc.wait()
         assert shared.buffer[64] == 0
@@ -58,13 +72,13 @@ async def test_kill_mapper_clears_byte_and_signals(domain: XenDomain) -> None:
 
 async def test_kill_sharer_clears_byte_and_signals(domain: XenDomain) -> None:
     me = domain.domid
-    async with await domain.events.alloc_unbound(me) as port:
-        proc, lines = await _start("share", me, port.port, 200)
-        async with proc, await domain.grants.map(me, [int(lines[0])]) as mapped:
-            assert mapped.buffer[200] == 0x5A
-            proc.send_signal(signal.SIGKILL)
-            with anyio.fail_after(20):
-                await port.wait()
-                await proc.wait()
-            # the page outlives its owner while we map it; the owner's notify cleared the byte
-            assert mapped.buffer[200] == 0
+    port = await domain.events.alloc_unbound(me)
+    async with port, _peer("share", me, port.port, 200) as (proc, lines), \
+            await domain.grants.map(me, [int(lines[0])]) as mapped:
+        assert mapped.buffer[200] == 0x5A
+        proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(60):
+            await port.wait()
+            await proc.wait()
+        # the page outlives its owner while we map it; the owner's notify cleared the byte
+        assert mapped.buffer[200] == 0

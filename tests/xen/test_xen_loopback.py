@@ -172,3 +172,21 @@ async def test_unmap_notify_in_process(domain: XenDomain) -> None:
             await ours.wait()
         assert shared.buffer[100] == 0
         await theirs.aclose()
+
+
+async def test_binding_delivers_one_event_and_peer_close_is_noticed(domain: XenDomain) -> None:
+    """Xen sets the freshly bound port pending (notifications sent to the unbound port were
+    dropped); when the other end closes, the next idle wait finds the port unbound."""
+    from ringkit import EventChannelError, PeerGoneError
+
+    me = domain.domid
+    offered = await domain.events.alloc_unbound(me)
+    bound = await domain.events.bind_interdomain(me, offered.port)
+    with anyio.fail_after(10):
+        await bound.wait()  # the bind-time event
+        await offered.aclose()
+        with pytest.raises(PeerGoneError):
+            await bound.wait()
+    with pytest.raises(EventChannelError):
+        bound.notify()
+    await bound.aclose()
