@@ -92,7 +92,7 @@ class XenEventChannel(EventChannel):
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_usable()
         if self._pending:
-            self._pending = False
+            self._consume()
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
         if self._waiter is not None:
@@ -107,6 +107,12 @@ class XenEventChannel(EventChannel):
         finally:
             self._waiter = None
         self._check_usable()
+        self._consume()
+
+    def _consume(self) -> None:
+        # Our unmask makes the kernel re-deliver a port notified again since its delivery;
+        # whatever of that is queued by now belongs to this wake-up, not to the next one.
+        self._owner.drain_now()
         self._pending = False
 
     def _check_usable(self) -> None:
