@@ -250,6 +250,16 @@ async def check_unmap_notify(make_pair: PairMaker) -> None:
         shared.set_unmap_notify(port=offered.port)
         await shared.aclose()
         await _wait(bound)
+
+        # the granter's byte is cleared in a read-only grant too (liveness for RO mappers)
+        shared = await a.grants.share(b.domid, 1, writable=False)
+        mapped = await b.grants.map(a.domid, shared.refs, writable=False)
+        shared.buffer[8] = 1
+        shared.set_unmap_notify(offset=8, port=offered.port)
+        await shared.aclose()
+        await _wait(bound)
+        assert mapped.buffer[8] == 0, "unmap-notify did not clear the byte of a read-only grant"
+        await mapped.aclose()
         await bound.aclose()
         await offered.aclose()
         assert_no_leaks(a, b)
