@@ -363,6 +363,7 @@ class DeviceBase(AsyncResource):
             return
         await self._teardown()
         self.handshake.peer_lost()
+        self._signal_change()
         await self._start_over()
 
     async def _local_failure(self, exc: RingkitError) -> None:

@@ -257,7 +257,14 @@ class Frontend(DeviceBase):
                 # mapped; a dead or absent one will never answer.
                 if self.queues and not self.handshake.peer_stale:
                     with anyio.move_on_after(self.close_timeout):
-                        while self.handshake.state is not S.CLOSED and self._finished is None:
+                        # Done when the backend closed (and we followed), or when a task
+                        # using the rings found it dead (the stale mark is set after our
+                        # side of the connection was torn down).
+                        while (
+                            self.handshake.state is not S.CLOSED
+                            and self._finished is None
+                            and not self.handshake.peer_stale
+                        ):
                             await self._changed.wait()
                 await self._teardown()
                 if self.handshake.can_move(S.CLOSED):

@@ -18,7 +18,7 @@ from ringkit.device import DeviceAddress, XenbusState, create_device
 from ringkit.proto.layout import SRING_REQ_PROD
 from ringkit.sim import SimXen
 
-from .drivers import EchoBackend, EchoFrontend
+from .drivers import MESSAGE, EchoBackend, EchoFrontend
 from .test_device_sim import World, running, world
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -178,3 +178,24 @@ async def test_random_frontend_states_never_crash_the_backend(seed: int) -> None
                 await anyio.sleep(0.05)
             assert len(outcome) == 1
             assert not backend.queues
+
+
+async def test_closing_after_the_backend_died_does_not_wait_for_it() -> None:
+    """A frontend whose response reader saw the backend die closes at once instead of waiting
+    `close_timeout` for a backend that will never unmap."""
+    with anyio.fail_after(30):
+        async with world() as w, peer(w, "backend", "ready") as proc:
+            front = EchoFrontend(w.domu, backend_id=0)
+            front.close_timeout = 600.0
+            async with front:
+
+                async def reader() -> None:
+                    while True:
+                        await front.channel.receive()
+
+                front.tasks.start_soon(reader)
+                await front.channel.send(MESSAGE.pack(1, 1, b"x"))  # the reader takes the answer
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                await wait_for(lambda: front.handshake.peer_stale, "the reader noticed")
+            assert front.state is S.CLOSED
