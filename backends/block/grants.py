@@ -46,6 +46,7 @@ class SegmentMapper:
         self.persistent = persistent
         self.max_persistent = max_persistent
         self._cache: dict[int, MappedPages] = {}
+        self._views: dict[int, memoryview] = {}  # ref -> its cached page, for the fast path
 
     @property
     def persistent_count(self) -> int:
@@ -55,6 +56,12 @@ class SegmentMapper:
     async def map(self, refs: Sequence[int], *, writable: bool) -> PageSet:
         """The pages named by `refs`, in order (`writable`: we will write into them).  A ref
         named twice is mapped once."""
+        if self.persistent:
+            views = self._views
+            try:
+                return PageSet([views[r] for r in refs], None)  # all mapped already
+            except KeyError:
+                pass
         unique = list(dict.fromkeys(refs))
         found: dict[int, memoryview] = {}
         if self.persistent:
@@ -63,6 +70,7 @@ class SegmentMapper:
                 if cached is None and len(self._cache) < self.max_persistent:
                     cached = self._cache[ref] = await self._grants.map(
                         self._peer, [ref], writable=True)
+                    self._views[ref] = cached.buffer
                 if cached is not None:
                     found[ref] = cached.buffer
             unique = [r for r in unique if r not in found]
@@ -94,6 +102,7 @@ class SegmentMapper:
     async def aclose(self) -> None:
         """Unmap every persistent grant."""
         cache, self._cache = self._cache, {}
+        self._views = {}
         for mapped in cache.values():
             await mapped.aclose()
 

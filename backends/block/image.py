@@ -87,17 +87,23 @@ class Image:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_into(self, buffers: Sequence[memoryview], offset: int) -> None:
+    def read_into(self, buffers: Sequence[memoryview], offset: int,
+                  total: int | None = None) -> None:
         """Fill `buffers` in order from byte `offset`; short reads are retried, reading past the
-        end is an OSError (the caller checked the range)."""
-        total = sum(len(b) for b in buffers)
+        end is an OSError (the caller checked the range).  `total`: their summed length, if
+        the caller knows it."""
+        if total is None:
+            total = sum(len(b) for b in buffers)
         done = os.preadv(self.fd, buffers, offset)
         if done < total:
             self._finish(buffers, offset, done, total, write=False)
 
-    def write_from(self, buffers: Sequence[memoryview], offset: int) -> None:
-        """Write `buffers` in order at byte `offset`, entirely (short writes are retried)."""
-        total = sum(len(b) for b in buffers)
+    def write_from(self, buffers: Sequence[memoryview], offset: int,
+                   total: int | None = None) -> None:
+        """Write `buffers` in order at byte `offset`, entirely (short writes are retried).
+        `total`: their summed length, if the caller knows it."""
+        if total is None:
+            total = sum(len(b) for b in buffers)
         done = os.pwritev(self.fd, buffers, offset)
         if done < total:
             self._finish(buffers, offset, done, total, write=True)

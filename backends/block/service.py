@@ -145,15 +145,23 @@ class BlockService:
             raise InvalidRequest(rid, op, Status.ERROR, f"grant map failed: {exc}") from exc
         try:
             size = blkif.SECTOR_SIZE
-            views = [page[first * size:(last + 1) * size]
-                     for page, first, last in zip(pageset.pages, segments.first, segments.last,
-                                           strict=True)]
+            count = len(segments)
+            if (segments.first.count(0) == count
+                    and segments.last.count(blkif.SECTORS_PER_PAGE - 1, 0, count - 1)
+                    == count - 1):
+                # whole pages but maybe the last: the usual shape, no slicing
+                views = pageset.pages[:count]
+                views[-1] = views[-1][:(segments.last[-1] + 1) * size]
+            else:
+                views = [page[first * size:(last + 1) * size]
+                         for page, first, last in zip(pageset.pages, segments.first,
+                                                      segments.last, strict=True)]
             offset = sector * blkif.SECTOR_SIZE
             if reading:
-                self._io(rid, op, self.image.read_into, views, offset)
+                self._io(rid, op, self.image.read_into, views, offset, nr_sectors * size)
                 self.stats.sectors_read += nr_sectors
             else:
-                self._io(rid, op, self.image.write_from, views, offset)
+                self._io(rid, op, self.image.write_from, views, offset, nr_sectors * size)
                 self.stats.sectors_written += nr_sectors
         finally:
             await pageset.release()

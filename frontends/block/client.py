@@ -108,6 +108,10 @@ class BlockClient:
         self._ones = b"\x01" * len(refs)
         self._zeros = bytes(len(refs))
         self._pool_waiters: list[anyio.Event] = []
+        # the blkif_request_segment of each pool page covering the whole page (sectors 0..7),
+        # so an indirect segment list for contiguous pages is one slice
+        self._full_page_segments = blkif.pack_segments(
+            list(self._refs), 0, blkif.SECTORS_PER_PAGE - 1, blkif.SECTORS_PER_PAGE - 1)
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._error: BaseException | None = None
@@ -311,8 +315,15 @@ class BlockClient:
             final_last = (len(data) - (nseg - 1) * PAGE) // SECTOR - 1
             sector = offset // SECTOR
             if indirect:
-                table = blkif.pack_segments(list(grefs), 0, blkif.SECTORS_PER_PAGE - 1,
-                                            final_last)
+                if isinstance(pages, range):
+                    # precomputed whole-page entries of these pool pages, last one adjusted
+                    table = bytearray(self._full_page_segments[pages.start * 8:
+                                                               (pages.start + nseg) * 8])
+                    table[-3] = final_last  # last_sect byte of the final entry
+                else:
+                    table = bytearray(blkif.pack_segments(list(grefs), 0,
+                                                          blkif.SECTORS_PER_PAGE - 1,
+                                                          final_last))
                 list_pages = pages[nseg:]
                 for j, page in enumerate(list_pages):
                     part = table[j * PAGE:(j + 1) * PAGE]
