@@ -1,1 +1,14 @@
-"""The blkif block frontend: async byte-range I/O on a disk a backend domain serves."""
+"""The blkif block frontend: async byte-range I/O on a disk a backend domain serves.
+
+``BlockFrontend`` is the driver (`device`); ``BlockClient`` its transport-free I/O engine
+(`client`); ``DiskInfo`` what the backend advertised; ``BlockIOError`` /
+``BlockNotSupportedError`` what a refused request raises.
+"""
+
+from .client import BlockClient as BlockClient
+from .client import DiskInfo as DiskInfo
+from .device import BlockFrontend as BlockFrontend
+from .errors import BlockIOError as BlockIOError
+from .errors import BlockNotSupportedError as BlockNotSupportedError
+
+__all__ = ("BlockClient", "BlockFrontend", "BlockIOError", "BlockNotSupportedError", "DiskInfo")
