@@ -73,11 +73,12 @@ full ring, a message longer than its declared size, a response without a consume
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import TYPE_CHECKING, NoReturn, Self
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, Self, TypeVar, cast
 
-from .. import _native
-from .._errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from .._errors import ConfigError, LocalProtocolError
+from ._half import SharedHalf, resolve_native
 from .layout import (
     SRING_HEADER_SIZE,
     SRING_PAD,
@@ -97,49 +98,94 @@ if TYPE_CHECKING:
 _U32 = 0xFFFFFFFF
 
 
-def _resolve(native: NativeImpl | None) -> NativeImpl:
-    """The implementation to use: `native`, or the one `ringkit._native` chose at import."""
-    if native is not None:
-        return native
-    return _native.implementations()[_native.IMPLEMENTATION]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def _msg_len(msg: bytes | bytearray | memoryview) -> int:
     return msg.nbytes if type(msg) is memoryview else len(msg)
 
 
-class _RingHalf:
-    """State and plumbing shared by both halves; not public."""
+def _own_copy(fn: Callable[_P, _R], qualname: str) -> Callable[_P, _R]:
+    """A copy of `fn` with a code object of its own, named `qualname` ("FrontRing.put_request").
+
+    CPython 3.11 specialises attribute loads and method calls per code object, for one type at a
+    time.  One function shared by FrontRing and BackRing sees both types in a process that runs
+    both halves (a loopback, the simulator, the benchmark) and keeps falling back to the generic
+    path, which made the shared code ~5% slower than two copies; each half's own copy stays
+    specialised.  The copy carries the public name, for tracebacks and help().
+    """
+    func = cast(types.FunctionType, fn)
+    name = qualname.rpartition(".")[2]
+    code = func.__code__.replace(co_name=name, co_qualname=qualname)
+    copy = types.FunctionType(code, func.__globals__, name, func.__defaults__, func.__closure__)
+    copy.__qualname__ = qualname
+    copy.__doc__ = func.__doc__
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__annotations__ = func.__annotations__
+    copy.__module__ = func.__module__
+    return cast(Callable[_P, _R], copy)
+
+
+class _RingHalf(SharedHalf):
+    """What both halves do, written once; not public.
+
+    Each half puts one kind of message and takes the other, so one set of names serves both:
+    `_prod_pvt` / `_pushed` count the messages this half puts (requests on the frontend,
+    responses on the backend), `_cons` / `_seen` the ones it takes.  The subclass says which
+    index words and sizes that means (`_puts_requests`, `_offsets`), publishes the shared
+    methods under its public names (each as its own copy, see `_own_copy`), and keeps what truly
+    differs: how the peer's producer index is validated (`_pending`) and what "no room to put"
+    means (`_no_room`).
+    """
 
     __slots__ = (
+        "_cons",
         "_copy_in",
         "_copy_out",
         "_entries",
-        "_error",
+        "_event_off",
         "_full_fence",
         "_layout",
         "_load32",
         "_mask",
-        "_mem",
+        "_peer_event_off",
+        "_prod_off",
+        "_prod_pvt",
+        "_pushed",
+        "_put_ahead",
+        "_put_size",
         "_read_fence",
         "_scratch",
+        "_seen",
         "_slot",
         "_store32",
+        "_take_size",
         "_write_fence",
         "_zero",
     )
 
     _side = "ring"
+    #: True for the half that puts requests and takes responses (the frontend).
+    _puts_requests = True
+    #: Offsets of the producer index this half publishes, the event index the peer sets to be
+    #: notified of it, and the event index this half sets to be notified.
+    _offsets = (SRING_REQ_PROD, SRING_REQ_EVENT, SRING_RSP_EVENT)
 
     def __init__(
         self,
         buffer: Buffer,
         layout: RingLayout,
         *,
-        size: int | None,
-        native: NativeImpl | None,
+        index: int = 0,
+        size: int | None = None,
+        native: NativeImpl | None = None,
     ) -> None:
-        impl = _resolve(native)
+        """Attach to an initialised shared ring at free-running `index`, writing nothing.
+
+        `FrontRing.init`, `FrontRing.attach` and `BackRing.attach` say the same more plainly.
+        """
+        impl = resolve_native(native)
         mem = impl.attach(buffer)
         try:
             area = mem.size if size is None else size
@@ -153,14 +199,22 @@ class _RingHalf:
         except BaseException:
             mem.release()
             raise
-        self._mem = mem
+        self._attached((mem,), label=f"{self._side} ring", who=f"{self._side} ring")
         self._layout = layout
         self._mask = self._entries - 1
         self._slot = layout.slot_size
         # A whole slot image whose bytes past the message stay zero: a full-length message is
         # laid over its head and the slot goes out in one copy.
         self._scratch = bytearray(layout.slot_size)
-        self._error: RemoteProtocolError | None = None
+        if self._puts_requests:
+            self._put_size, self._take_size = layout.request_size, layout.response_size
+            self._put_ahead = self._entries  # requests may run a whole ring ahead of responses
+        else:
+            self._put_size, self._take_size = layout.response_size, layout.request_size
+            self._put_ahead = 0  # a response only for a request already taken
+        self._prod_off, self._peer_event_off, self._event_off = self._offsets
+        index &= _U32
+        self._prod_pvt = self._pushed = self._cons = self._seen = index
         # Bound once: the hot path is a chain of these calls.
         self._load32 = mem.load32
         self._store32 = mem.store32
@@ -170,6 +224,24 @@ class _RingHalf:
         self._full_fence = impl.full_fence
         self._read_fence = impl.read_fence
         self._write_fence = impl.write_fence
+
+    @classmethod
+    def attach(
+        cls,
+        buffer: Buffer,
+        layout: RingLayout,
+        *,
+        index: int = 0,
+        size: int | None = None,
+        native: NativeImpl | None = None,
+    ) -> Self:
+        """Attach to a shared ring the frontend initialised, at `index`, without writing to it.
+
+        The backend always attaches (BACK_RING_INIT for `index` 0, BACK_RING_ATTACH to resume
+        at known indices): it never initialises the page.  The frontend attaches only to
+        reconnect to a live ring (FRONT_RING_ATTACH); a fresh one it creates with `init`.
+        """
+        return cls(buffer, layout, index=index, size=size, native=native)
 
     # ------------------------------------------------------------------ introspection
 
@@ -183,113 +255,169 @@ class _RingHalf:
         """The request/response layout this ring was declared with."""
         return self._layout
 
-    @property
-    def error(self) -> RemoteProtocolError | None:
-        """The protocol error that poisoned this half, or None while it is usable."""
-        return self._error
+    # ------------------------------------------------------------------ side-specific rules
 
-    # ------------------------------------------------------------------ lifetime
+    def _pending(self) -> int:
+        """Validate the peer's producer index; messages ready to take (see the subclasses)."""
+        raise NotImplementedError
 
-    def release(self) -> None:
-        """Let go of the shared buffer (so an mmap can be closed); the half is unusable after."""
-        self._mem.release()
+    def _no_room(self, count: int, room: int) -> NoReturn:
+        """Raise LocalProtocolError: `count` messages to put, room for only `room`."""
+        raise NotImplementedError
 
-    def __enter__(self) -> Self:
-        return self
+    # ------------------------------------------------------------------ putting
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
+    def _put_one(self, msg: bytes | bytearray | memoryview) -> None:
+        """Write one message into the next slot: `put_request` / `put_response`.
 
-    # ------------------------------------------------------------------ helpers
-
-    def _poison(self, message: str) -> NoReturn:
-        self._error = RemoteProtocolError(f"{self._side} ring: {message}")
-        raise self._error
-
-    def _raise_poisoned(self) -> NoReturn:
-        err = self._error
-        raise RemoteProtocolError(
-            f"{self._side} ring is unusable after an earlier protocol error: {err}"
-        ) from err
-
-    def _write_slot(self, index: int, msg: bytes | bytearray | memoryview, limit: int) -> None:
-        """Write `msg` then zeroes to the end of the slot for free-running `index`."""
-        n = _msg_len(msg)
+        At most `layout.request_size` (frontend) or `layout.response_size` (backend) bytes.  The
+        whole slot is written, `msg` then zeroes, so no padding byte carries stale data
+        (XSA-216); the peer sees it after the next push.  Raises LocalProtocolError when there is
+        no room -- the request ring is full, or no consumed request awaits a response -- or when
+        `msg` is too long.
+        """
+        if self._error is not None:
+            self._raise_poisoned()
+        prod = self._prod_pvt
+        if (self._cons + self._put_ahead - prod) & _U32 == 0:
+            self._no_room(1, 0)
+        n = msg.nbytes if type(msg) is memoryview else len(msg)
+        limit = self._put_size
         if n > limit:
             raise LocalProtocolError(
                 f"{self._layout.name}: a {n}-byte message exceeds the declared {limit} bytes"
             )
-        off = SRING_HEADER_SIZE + (index & self._mask) * self._slot
-        if n == self._slot:
+        slot = self._slot
+        off = SRING_HEADER_SIZE + (prod & self._mask) * slot
+        if n == slot:
             self._copy_in(off, msg)
-        elif n == limit:  # each half writes one message kind: scratch[limit:] is always zero
+        elif n == limit:  # each half puts one message kind: scratch[limit:] is always zero
             scratch = self._scratch
             scratch[:n] = msg
             self._copy_in(off, scratch)
         else:
             self._copy_in(off, msg)
-            self._zero(off + n, self._slot - n)
+            self._zero(off + n, slot - n)
+        self._prod_pvt = (prod + 1) & _U32
 
-    def _write_slots(self, index: int, src: bytes | bytearray | memoryview, count: int) -> None:
-        """Copy `count` whole slots from `src` (slot-stride) starting at free-running `index`."""
+    def _put_many(self, src: bytes | bytearray | memoryview, count: int) -> None:
+        """Write `count` messages laid out at slot stride in `src`, copied verbatim:
+        `put_requests_from` / `put_responses_from`.
+
+        Slot i is ``src[i * slot_size : (i + 1) * slot_size]``; bytes past a message's end are
+        copied as they are, so keep them zero (XSA-216).  Raises LocalProtocolError if there is
+        room for fewer than `count` (free request slots, or consumed requests awaiting a
+        response) or `src` is too short.
+        """
+        if self._error is not None:
+            self._raise_poisoned()
+        prod = self._prod_pvt
+        room = (self._cons + self._put_ahead - prod) & _U32
+        if count > room:
+            self._no_room(count, room)
         slot = self._slot
         if count < 0 or _msg_len(src) < count * slot:
             raise LocalProtocolError(
                 f"{self._layout.name}: source holds fewer than {count} slots of {slot} bytes"
             )
-        first = min(count, self._entries - (index & self._mask))
-        off = SRING_HEADER_SIZE + (index & self._mask) * slot
+        first = min(count, self._entries - (prod & self._mask))
+        off = SRING_HEADER_SIZE + (prod & self._mask) * slot
         with memoryview(src) as view, view.cast("B") as flat:
             self._copy_in(off, flat[: first * slot])
             if count > first:
                 self._copy_in(SRING_HEADER_SIZE, flat[first * slot : count * slot])
+        self._prod_pvt = (prod + count) & _U32
 
-    def _read_slots(self, index: int, dst: bytearray | memoryview, count: int) -> None:
-        """Copy `count` whole slots starting at free-running `index` into `dst` (slot-stride)."""
-        slot = self._slot
-        first = min(count, self._entries - (index & self._mask))
-        off = SRING_HEADER_SIZE + (index & self._mask) * slot
-        self._copy_out(off, dst, 0, first * slot)
-        if count > first:
-            self._copy_out(SRING_HEADER_SIZE, dst, first * slot, (count - first) * slot)
+    def _push(self) -> bool:
+        """Publish what was put so far; True if the peer must be notified:
+        `push_requests` / `push_responses`.
 
-    def _push(self, prod_off: int, event_off: int, old: int, new: int) -> bool:
-        """RING_PUSH_*_AND_CHECK_NOTIFY: publish `new`; True iff the peer asked to be told."""
-        self._write_fence()  # the peer sees the slots before the new producer index
-        self._store32(prod_off, new)
-        self._full_fence()  # the peer sees the new producer before we read its event index
-        event = self._load32(event_off)
+        RING_PUSH_{REQUESTS,RESPONSES}_AND_CHECK_NOTIFY: write fence (the peer sees the slots
+        before the index), store the producer index, full fence (the peer sees it before we
+        read its event index), then notify iff the peer's event index lies in (old, new].
+        """
+        if self._error is not None:
+            self._raise_poisoned()
+        new = self._prod_pvt
+        old = self._pushed
+        self._pushed = new
+        self._write_fence()
+        self._store32(self._prod_off, new)
+        self._full_fence()
+        event = self._load32(self._peer_event_off)
         return ((new - event) & _U32) < ((new - old) & _U32)
+
+    # ------------------------------------------------------------------ taking
+
+    def _take_one_into(self, buf: bytearray | memoryview, offset: int = 0) -> bool:
+        """Copy the next message into `buf` at `offset`: `take_request_into` (backend,
+        `layout.request_size` bytes) / `take_response_into` (frontend, `layout.response_size`).
+
+        Returns False, copying nothing, when none is pending.  The copy is the only read of that
+        slot: parse and validate `buf`, never the page (XSA-155).
+        """
+        if self._error is not None:
+            self._raise_poisoned()
+        cons = self._cons
+        if cons == self._seen and self._pending() == 0:
+            return False
+        self._copy_out(
+            SRING_HEADER_SIZE + (cons & self._mask) * self._slot, buf, offset, self._take_size
+        )
+        self._cons = (cons + 1) & _U32
+        return True
+
+    def _take_one(self) -> bytearray | None:
+        """A private copy of the next message, or None when none is pending:
+        `take_request` / `take_response`."""
+        buf = bytearray(self._take_size)
+        return buf if self._take_one_into(buf) else None
+
+    def _take_many_into(self, buf: bytearray | memoryview, max_count: int | None = None) -> int:
+        """Copy up to `max_count` pending messages into `buf` at slot stride; return how many:
+        `take_requests_into` / `take_responses_into`.
+
+        Message i lands at ``buf[i * slot_size:]`` (whole slots, one or two copies in all).
+        Limited by what is pending and by what fits in `buf`.
+        """
+        if self._error is not None:
+            self._raise_poisoned()
+        cons = self._cons
+        ready = self._pending()  # one fresh load per batch: take everything published
+        slot = self._slot
+        room = (buf.nbytes if type(buf) is memoryview else len(buf)) // slot
+        count = min(ready, room) if max_count is None else min(ready, room, max_count)
+        if count <= 0:
+            return 0
+        first = min(count, self._entries - (cons & self._mask))
+        self._copy_out(SRING_HEADER_SIZE + (cons & self._mask) * slot, buf, 0, first * slot)
+        if count > first:
+            self._copy_out(SRING_HEADER_SIZE, buf, first * slot, (count - first) * slot)
+        self._cons = (cons + count) & _U32
+        return count
+
+    def _final_check(self) -> bool:
+        """Before sleeping: True if messages are pending:
+        `final_check_for_requests` / `final_check_for_responses` (RING_FINAL_CHECK_FOR_*).
+
+        If none are, asks the peer to notify on the very next one (event = cons + 1), fences, and
+        looks once more, closing the race with a message pushed in between.
+        """
+        if self._pending():
+            return True
+        self._store32(self._event_off, (self._cons + 1) & _U32)
+        self._full_fence()
+        return self._pending() > 0
 
 
 class FrontRing(_RingHalf):
     """The frontend half: produces requests, consumes responses (ring.h FRONT_RING_*)."""
 
-    __slots__ = ("_req_prod_pvt", "_req_pushed", "_rsp_cons", "_rsp_seen")
+    __slots__ = ()
 
     _side = "front"
-
-    def __init__(
-        self,
-        buffer: Buffer,
-        layout: RingLayout,
-        *,
-        index: int = 0,
-        size: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> None:
-        """Attach to an already initialised shared ring at free-running `index` (see `attach`)."""
-        super().__init__(buffer, layout, size=size, native=native)
-        index &= _U32
-        self._req_prod_pvt = index
-        self._req_pushed = index
-        self._rsp_cons = index
-        self._rsp_seen = index
+    _puts_requests = True
+    _offsets = (SRING_REQ_PROD, SRING_REQ_EVENT, SRING_RSP_EVENT)
 
     @classmethod
     def init(
@@ -315,33 +443,17 @@ class FrontRing(_RingHalf):
         ring._full_fence()
         return ring
 
-    @classmethod
-    def attach(
-        cls,
-        buffer: Buffer,
-        layout: RingLayout,
-        *,
-        index: int = 0,
-        size: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> FrontRing:
-        """Attach to a live shared ring at `index` without touching it (FRONT_RING_ATTACH).
-
-        For reconnecting: requests are produced and responses consumed from `index` on.
-        """
-        return cls(buffer, layout, index=index, size=size, native=native)
-
     # ------------------------------------------------------------------ private indices
 
     @property
     def req_prod_pvt(self) -> int:
         """Index of the next request slot to fill."""
-        return self._req_prod_pvt
+        return self._prod_pvt
 
     @property
     def rsp_cons(self) -> int:
         """Index of the next response to consume."""
-        return self._rsp_cons
+        return self._cons
 
     # ------------------------------------------------------------------ requests
 
@@ -349,56 +461,23 @@ class FrontRing(_RingHalf):
         """Slots free for new requests (RING_FREE_REQUESTS)."""
         if self._error is not None:
             self._raise_poisoned()
-        return self._entries - ((self._req_prod_pvt - self._rsp_cons) & _U32)
+        return self._entries - ((self._prod_pvt - self._cons) & _U32)
 
     @property
     def full(self) -> bool:
         """True when no request can be put until responses are consumed (RING_FULL)."""
         return self.free_requests() == 0
 
-    def put_request(self, msg: bytes | bytearray | memoryview) -> None:
-        """Write one request (at most `layout.request_size` bytes) into the next free slot.
-
-        The whole slot is written: `msg`, then zeroes.  The backend sees it after the next
-        `push_requests`.  Raises LocalProtocolError if the ring is full or `msg` too long.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        prod = self._req_prod_pvt
-        if (prod - self._rsp_cons) & _U32 >= self._entries:
+    def _no_room(self, count: int, room: int) -> NoReturn:
+        if count == 1:
             raise LocalProtocolError(f"{self._layout.name}: request ring is full")
-        self._write_slot(prod, msg, self._layout.request_size)
-        self._req_prod_pvt = (prod + 1) & _U32
+        raise LocalProtocolError(
+            f"{self._layout.name}: {count} requests do not fit the {room} free slots"
+        )
 
-    def put_requests_from(self, src: bytes | bytearray | memoryview, count: int) -> None:
-        """Write `count` requests laid out at slot stride in `src`, copied verbatim.
-
-        Slot i is ``src[i * slot_size : (i + 1) * slot_size]``; bytes past a request's end are
-        copied as they are, so keep them zero.  Raises LocalProtocolError if fewer than `count`
-        slots are free.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        prod = self._req_prod_pvt
-        if count > self._entries - ((prod - self._rsp_cons) & _U32):
-            raise LocalProtocolError(
-                f"{self._layout.name}: {count} requests do not fit the free slots"
-            )
-        self._write_slots(prod, src, count)
-        self._req_prod_pvt = (prod + count) & _U32
-
-    def push_requests(self) -> bool:
-        """Publish the requests put so far; True if the backend must be notified.
-
-        RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: write fence, store req_prod, full fence, then
-        notify iff req_event lies in (old, new].
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        new = self._req_prod_pvt
-        old = self._req_pushed
-        self._req_pushed = new
-        return self._push(SRING_REQ_PROD, SRING_REQ_EVENT, old, new)
+    put_request = _own_copy(_RingHalf._put_one, "FrontRing.put_request")
+    put_requests_from = _own_copy(_RingHalf._put_many, "FrontRing.put_requests_from")
+    push_requests = _own_copy(_RingHalf._push, "FrontRing.push_requests")
 
     # ------------------------------------------------------------------ responses
 
@@ -411,16 +490,18 @@ class FrontRing(_RingHalf):
         if self._error is not None:
             self._raise_poisoned()
         prod = self._load32(SRING_RSP_PROD)
-        cons = self._rsp_cons
+        cons = self._cons
         ready = (prod - cons) & _U32
-        if ready > (self._req_pushed - cons) & _U32:
+        if ready > (self._pushed - cons) & _U32:
             self._response_overflow(prod, cons)
         self._read_fence()  # read the slots only after the index that covers them
-        self._rsp_seen = prod
+        self._seen = prod
         return ready
 
+    _pending = pending_responses
+
     def _response_overflow(self, prod: int, cons: int) -> NoReturn:
-        outstanding = (self._req_pushed - cons) & _U32
+        outstanding = (self._pushed - cons) & _U32
         if (prod - cons) & _U32 > self._entries:
             why = f"more than the {self._entries} slots (RING_RESPONSE_PROD_OVERFLOW)"
         else:
@@ -429,115 +510,35 @@ class FrontRing(_RingHalf):
             f"rsp_prod={prod} is {(prod - cons) & _U32} ahead of rsp_cons={cons}, {why}"
         )
 
-    def take_response_into(self, buf: bytearray | memoryview, offset: int = 0) -> bool:
-        """Copy the next response (`layout.response_size` bytes) into `buf` at `offset`.
-
-        Returns False, copying nothing, when no response is pending.  The copy is the only read
-        of that slot: parse and validate `buf`, never the page.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        cons = self._rsp_cons
-        if cons == self._rsp_seen and self.pending_responses() == 0:
-            return False
-        self._copy_out(
-            SRING_HEADER_SIZE + (cons & self._mask) * self._slot,
-            buf,
-            offset,
-            self._layout.response_size,
-        )
-        self._rsp_cons = (cons + 1) & _U32
-        return True
-
-    def take_response(self) -> bytearray | None:
-        """A private copy of the next response, or None when none is pending."""
-        buf = bytearray(self._layout.response_size)
-        return buf if self.take_response_into(buf) else None
-
-    def take_responses_into(self, buf: bytearray | memoryview, max_count: int | None = None) -> int:
-        """Copy up to `max_count` pending responses into `buf` at slot stride; return how many.
-
-        Response i lands at ``buf[i * slot_size:]`` (whole slots are copied, one or two copies
-        in all).  Limited by what is pending and by what fits in `buf`.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        cons = self._rsp_cons
-        ready = self.pending_responses()  # one fresh load per batch: take everything published
-        room = (buf.nbytes if type(buf) is memoryview else len(buf)) // self._slot
-        count = min(ready, room) if max_count is None else min(ready, room, max_count)
-        if count <= 0:
-            return 0
-        self._read_slots(cons, buf, count)
-        self._rsp_cons = (cons + count) & _U32
-        return count
-
-    def final_check_for_responses(self) -> bool:
-        """Before sleeping: True if responses are pending (RING_FINAL_CHECK_FOR_RESPONSES).
-
-        If none are, asks the backend to notify on the very next response (rsp_event =
-        rsp_cons + 1), fences, and looks once more, closing the race with a response pushed
-        in between.
-        """
-        if self.pending_responses():
-            return True
-        self._store32(SRING_RSP_EVENT, (self._rsp_cons + 1) & _U32)
-        self._full_fence()
-        return self.pending_responses() > 0
+    take_response_into = _own_copy(_RingHalf._take_one_into, "FrontRing.take_response_into")
+    take_response = _own_copy(_RingHalf._take_one, "FrontRing.take_response")
+    take_responses_into = _own_copy(_RingHalf._take_many_into, "FrontRing.take_responses_into")
+    final_check_for_responses = _own_copy(
+        _RingHalf._final_check, "FrontRing.final_check_for_responses"
+    )
+    _take_one_into = take_response_into  # what take_response calls: this class's own copy
 
 
 class BackRing(_RingHalf):
     """The backend half: consumes requests, produces responses (ring.h BACK_RING_*)."""
 
-    __slots__ = ("_req_cons", "_req_seen", "_rsp_prod_pvt", "_rsp_pushed")
+    __slots__ = ()
 
     _side = "back"
-
-    def __init__(
-        self,
-        buffer: Buffer,
-        layout: RingLayout,
-        *,
-        index: int = 0,
-        size: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> None:
-        """Attach to the frontend's shared ring at free-running `index` (see `attach`)."""
-        super().__init__(buffer, layout, size=size, native=native)
-        index &= _U32
-        self._rsp_prod_pvt = index
-        self._rsp_pushed = index
-        self._req_cons = index
-        self._req_seen = index
-
-    @classmethod
-    def attach(
-        cls,
-        buffer: Buffer,
-        layout: RingLayout,
-        *,
-        index: int = 0,
-        size: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> BackRing:
-        """Attach to a shared ring the frontend initialised (BACK_RING_INIT / BACK_RING_ATTACH).
-
-        The backend never initialises the page.  `index` is 0 for a fresh ring, or the indices
-        to resume from when reconnecting.
-        """
-        return cls(buffer, layout, index=index, size=size, native=native)
+    _puts_requests = False
+    _offsets = (SRING_RSP_PROD, SRING_RSP_EVENT, SRING_REQ_EVENT)
 
     # ------------------------------------------------------------------ private indices
 
     @property
     def req_cons(self) -> int:
         """Index of the next request to consume."""
-        return self._req_cons
+        return self._cons
 
     @property
     def rsp_prod_pvt(self) -> int:
         """Index of the next response slot to fill."""
-        return self._rsp_prod_pvt
+        return self._prod_pvt
 
     # ------------------------------------------------------------------ requests
 
@@ -550,16 +551,18 @@ class BackRing(_RingHalf):
         if self._error is not None:
             self._raise_poisoned()
         prod = self._load32(SRING_REQ_PROD)
-        cons = self._req_cons
+        cons = self._cons
         ready = (prod - cons) & _U32
-        if ready > self._entries - ((cons - self._rsp_prod_pvt) & _U32):
+        if ready > self._entries - ((cons - self._prod_pvt) & _U32):
             self._request_overflow(prod, cons)
         self._read_fence()  # read the slots only after the index that covers them
-        self._req_seen = prod
+        self._seen = prod
         return ready
 
+    _pending = pending_requests
+
     def _request_overflow(self, prod: int, cons: int) -> NoReturn:
-        rsp = self._rsp_prod_pvt
+        rsp = self._prod_pvt
         ahead = (prod - rsp) & _U32
         if ahead > self._entries:
             self._poison(
@@ -571,110 +574,28 @@ class BackRing(_RingHalf):
             f"(RING_REQUEST_CONS_OVERFLOW)"
         )
 
-    def take_request_into(self, buf: bytearray | memoryview, offset: int = 0) -> bool:
-        """Copy the next request (`layout.request_size` bytes) into `buf` at `offset`.
-
-        Returns False, copying nothing, when no request is pending.  The copy is the only read
-        of that slot: parse and validate `buf`, never the page (XSA-155).
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        cons = self._req_cons
-        if cons == self._req_seen and self.pending_requests() == 0:
-            return False
-        self._copy_out(
-            SRING_HEADER_SIZE + (cons & self._mask) * self._slot,
-            buf,
-            offset,
-            self._layout.request_size,
-        )
-        self._req_cons = (cons + 1) & _U32
-        return True
-
-    def take_request(self) -> bytearray | None:
-        """A private copy of the next request, or None when none is pending."""
-        buf = bytearray(self._layout.request_size)
-        return buf if self.take_request_into(buf) else None
-
-    def take_requests_into(self, buf: bytearray | memoryview, max_count: int | None = None) -> int:
-        """Copy up to `max_count` pending requests into `buf` at slot stride; return how many.
-
-        Request i lands at ``buf[i * slot_size:]`` (whole slots, one or two copies in all).
-        Limited by what is pending and by what fits in `buf`.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        cons = self._req_cons
-        ready = self.pending_requests()  # one fresh load per batch: take everything published
-        room = (buf.nbytes if type(buf) is memoryview else len(buf)) // self._slot
-        count = min(ready, room) if max_count is None else min(ready, room, max_count)
-        if count <= 0:
-            return 0
-        self._read_slots(cons, buf, count)
-        self._req_cons = (cons + count) & _U32
-        return count
-
-    def final_check_for_requests(self) -> bool:
-        """Before sleeping: True if requests are pending (RING_FINAL_CHECK_FOR_REQUESTS).
-
-        If none are, asks the frontend to notify on the very next request (req_event =
-        req_cons + 1), fences, and looks once more.
-        """
-        if self.pending_requests():
-            return True
-        self._store32(SRING_REQ_EVENT, (self._req_cons + 1) & _U32)
-        self._full_fence()
-        return self.pending_requests() > 0
+    take_request_into = _own_copy(_RingHalf._take_one_into, "BackRing.take_request_into")
+    take_request = _own_copy(_RingHalf._take_one, "BackRing.take_request")
+    take_requests_into = _own_copy(_RingHalf._take_many_into, "BackRing.take_requests_into")
+    final_check_for_requests = _own_copy(
+        _RingHalf._final_check, "BackRing.final_check_for_requests"
+    )
+    _take_one_into = take_request_into  # what take_request calls: this class's own copy
 
     # ------------------------------------------------------------------ responses
 
-    def put_response(self, msg: bytes | bytearray | memoryview) -> None:
-        """Write one response (at most `layout.response_size` bytes) into the next slot.
-
-        The whole slot is written, `msg` then zeroes, so no padding byte carries stale data
-        (XSA-216).  Raises LocalProtocolError if no consumed request is waiting for a response
-        or `msg` is too long.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        prod = self._rsp_prod_pvt
-        if prod == self._req_cons:
+    def _no_room(self, count: int, room: int) -> NoReturn:
+        if count == 1:
             raise LocalProtocolError(
                 f"{self._layout.name}: no consumed request is waiting for a response"
             )
-        self._write_slot(prod, msg, self._layout.response_size)
-        self._rsp_prod_pvt = (prod + 1) & _U32
+        raise LocalProtocolError(
+            f"{self._layout.name}: {count} responses but only {room} consumed requests await one"
+        )
 
-    def put_responses_from(self, src: bytes | bytearray | memoryview, count: int) -> None:
-        """Write `count` responses laid out at slot stride in `src`, copied verbatim.
-
-        Slot i is ``src[i * slot_size : (i + 1) * slot_size]``: keep the bytes past each
-        response zero (XSA-216).  Raises LocalProtocolError if fewer than `count` consumed
-        requests await a response.
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        prod = self._rsp_prod_pvt
-        if count > (self._req_cons - prod) & _U32:
-            raise LocalProtocolError(
-                f"{self._layout.name}: {count} responses but only "
-                f"{(self._req_cons - prod) & _U32} consumed requests await one"
-            )
-        self._write_slots(prod, src, count)
-        self._rsp_prod_pvt = (prod + count) & _U32
-
-    def push_responses(self) -> bool:
-        """Publish the responses put so far; True if the frontend must be notified.
-
-        RING_PUSH_RESPONSES_AND_CHECK_NOTIFY: write fence, store rsp_prod, full fence, then
-        notify iff rsp_event lies in (old, new].
-        """
-        if self._error is not None:
-            self._raise_poisoned()
-        new = self._rsp_prod_pvt
-        old = self._rsp_pushed
-        self._rsp_pushed = new
-        return self._push(SRING_RSP_PROD, SRING_RSP_EVENT, old, new)
+    put_response = _own_copy(_RingHalf._put_one, "BackRing.put_response")
+    put_responses_from = _own_copy(_RingHalf._put_many, "BackRing.put_responses_from")
+    push_responses = _own_copy(_RingHalf._push, "BackRing.push_responses")
 
 
 __all__ = ("BackRing", "FrontRing", "RingLayout")
