@@ -52,11 +52,10 @@ outside the buffer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, NoReturn, Self
+from typing import TYPE_CHECKING
 
-from .. import _native
-from .._errors import ConfigError, RemoteProtocolError
+from .._errors import ConfigError
+from ._half import SharedHalf, resolve_native
 from .layout import (
     CONSOLE_IN,
     CONSOLE_IN_CONS,
@@ -134,13 +133,7 @@ def vchan_ring(side: str, order: int) -> PipeLayout:
     return PipeLayout(f"vchan {side}", offset, 1 << order, cons, prod)
 
 
-def _resolve(native: NativeImpl | None) -> NativeImpl:
-    if native is not None:
-        return native
-    return _native.implementations()[_native.IMPLEMENTATION]
-
-
-class _PipeHalf:
+class _PipeHalf(SharedHalf):
     """Shared plumbing of the two ends; not public."""
 
     __slots__ = (
@@ -148,13 +141,11 @@ class _PipeHalf:
         "_copy_out",
         "_data",
         "_data_off",
-        "_error",
         "_full_fence",
         "_index",
         "_layout",
         "_load32",
         "_mask",
-        "_mems",
         "_pvt",
         "_read_fence",
         "_size",
@@ -169,17 +160,23 @@ class _PipeHalf:
         buffer: Buffer,
         layout: PipeLayout,
         *,
-        data_buffer: Buffer | None,
-        index: int | None,
-        native: NativeImpl | None,
+        data_buffer: Buffer | None = None,
+        index: int | None = None,
+        native: NativeImpl | None = None,
     ) -> None:
+        """Attach this end of the ring `layout` describes; `buffer` is the page with the indices.
+
+        `data_buffer` holds the data when it lives in its own pages (``layout.own_pages``).
+        `index` is where this end resumes; None reads this end's own index from the page once
+        (e.g. a console daemon restarting on a live page) and validates it against the peer's.
+        """
         if layout.own_pages != (data_buffer is not None):
             raise ConfigError(
                 f"{layout.name}: the data lives in its own pages, pass them as data_buffer"
                 if layout.own_pages
                 else f"{layout.name}: the data lives in the index page, data_buffer must be None"
             )
-        impl = _resolve(native)
+        impl = resolve_native(native)
         mems: list[Memory] = [impl.attach(buffer)]
         try:
             if data_buffer is not None:
@@ -200,12 +197,11 @@ class _PipeHalf:
             for mem in mems:
                 mem.release()
             raise
-        self._mems = mems
+        self._attached(mems, label=layout.name, who=f"{layout.name} {self._role}")
         self._layout = layout
         self._size = layout.size
         self._mask = layout.size - 1
         self._data_off = layout.data_offset
-        self._error: RemoteProtocolError | None = None
         self._load32 = idx_mem.load32
         self._store32 = idx_mem.store32
         self._copy_in = data_mem.copy_in
@@ -237,43 +233,13 @@ class _PipeHalf:
         """Capacity in bytes."""
         return self._size
 
-    @property
-    def error(self) -> RemoteProtocolError | None:
-        """The protocol error that poisoned this end, or None while it is usable."""
-        return self._error
-
-    # ------------------------------------------------------------------ lifetime
-
-    def release(self) -> None:
-        """Let go of the shared buffers (so mmaps can be closed); the end is unusable after."""
-        for mem in self._mems:
-            mem.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
     # ------------------------------------------------------------------ helpers
-
-    def _raise_poisoned(self) -> NoReturn:
-        err = self._error
-        raise RemoteProtocolError(
-            f"{self._layout.name} {self._role} is unusable after an earlier protocol error: {err}"
-        ) from err
 
     def _check(self, prod: int, cons: int, peer: str) -> int:
         """Bytes in flight, or poison the end if the peer's index (`peer`) makes that impossible."""
         used = (prod - cons) & _U32
         if used <= self._size:
             return used
-        name = self._layout.name
         if peer == "cons":
             value = cons
             why = (
@@ -288,8 +254,7 @@ class _PipeHalf:
                 if used < (1 << 31)
                 else f"behind cons={cons} (producer moved backwards)"
             )
-        self._error = RemoteProtocolError(f"{name}: {peer}={value} is {why}")
-        raise self._error
+        self._poison(f"{peer}={value} is {why}")
 
 
 class PipeProducer(_PipeHalf):
@@ -298,19 +263,6 @@ class PipeProducer(_PipeHalf):
     __slots__ = ()
 
     _role = "producer"
-
-    def __init__(
-        self,
-        buffer: Buffer,
-        layout: PipeLayout,
-        *,
-        data_buffer: Buffer | None = None,
-        index: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> None:
-        """Attach as producer.  `index` is where producing resumes; None reads the page's own
-        prod once (e.g. a console daemon restarting on a live page) and validates it."""
-        super().__init__(buffer, layout, data_buffer=data_buffer, index=index, native=native)
 
     def _start(self, index: int | None) -> None:
         if index is None:
@@ -364,19 +316,6 @@ class PipeConsumer(_PipeHalf):
     __slots__ = ()
 
     _role = "consumer"
-
-    def __init__(
-        self,
-        buffer: Buffer,
-        layout: PipeLayout,
-        *,
-        data_buffer: Buffer | None = None,
-        index: int | None = None,
-        native: NativeImpl | None = None,
-    ) -> None:
-        """Attach as consumer.  `index` is where consuming resumes; None reads the page's own
-        cons once and validates it against prod."""
-        super().__init__(buffer, layout, data_buffer=data_buffer, index=index, native=native)
 
     def _start(self, index: int | None) -> None:
         if index is None:
