@@ -16,6 +16,7 @@ from ringkit.backends.console import ConsoleBackend
 from ringkit.frontends.console import ConsoleFrontend
 
 from ringkit.device import DeviceAddress, create_device
+from ringkit.proto.console import DEFAULT_CONSOLE_DEVID
 from ringkit.sim import SimXen
 
 
@@ -63,7 +64,8 @@ async def main(selftest: bool) -> None:
     async with SimXen.start() as xen:
         guest = await xen.create_domain("guest")
         async with xen.connect(0) as dom0, xen.connect(guest) as domu:
-            await create_device(dom0.store, DeviceAddress("console", guest, 0, 0))
+            address = DeviceAddress("console", guest, 0, DEFAULT_CONSOLE_DEVID)
+            await create_device(dom0.store, address)
             async with anyio.create_task_group() as tg, ConsoleBackend(dom0, guest) as backend:
                 tg.start_soon(lambda: backend.run(once=True))
                 async with ConsoleFrontend(domu, backend_id=0) as console:

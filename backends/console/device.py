@@ -35,7 +35,12 @@ from ..._async.stream import PipeStream
 from ..._errors import RemoteProtocolError
 from ...abc import Domain
 from ...device import Backend, Nodes, Queue
-from ...proto.console import ConsoleRing, ConsoleSide
+from ...proto.console import (
+    DEFAULT_CONSOLE_DEVID,
+    ConsoleRing,
+    ConsoleSide,
+    check_console_devid,
+)
 from ...proto.layout import CONSOLE_OUT_SIZE
 
 __all__ = ("ConsoleBackend",)
@@ -64,7 +69,10 @@ class _BackendConsoleStream(PipeStream):
 
 class ConsoleBackend(Backend):
     """Serves one guest console.  ``async with ConsoleBackend(dom0, guest, log_path=...,
-    pty=True) as console: print(console.pty_path); await console.run()``."""
+    pty=True) as console: print(console.pty_path); await console.run()``.
+
+    `devid` defaults to 1, the first secondary console; 0 (the primary console, which is not a
+    xenbus device) raises ConfigError -- see `ringkit.proto.console.check_console_devid`."""
 
     device_type = "console"
     event_channel_key = "port"
@@ -73,13 +81,13 @@ class ConsoleBackend(Backend):
         self,
         domain: Domain,
         frontend_id: int,
-        devid: int = 0,
+        devid: int = DEFAULT_CONSOLE_DEVID,
         *,
         log_path: str | os.PathLike[str] | None = None,
         pty: bool = True,
         pty_policy: Literal["block", "drop"] = "block",
     ) -> None:
-        super().__init__(domain, frontend_id, devid)
+        super().__init__(domain, frontend_id, check_console_devid(devid))
         self.log_path = Path(log_path) if log_path is not None else None
         self.pty_policy = pty_policy
         self._log: BinaryIO | None = None

@@ -11,18 +11,32 @@ from __future__ import annotations
 import anyio.abc
 
 from ..._async.stream import PipeStream
+from ...abc import Domain
 from ...device import Frontend, Queue
-from ...proto.console import ConsoleRing, ConsoleSide
+from ...proto.console import (
+    DEFAULT_CONSOLE_DEVID,
+    ConsoleRing,
+    ConsoleSide,
+    check_console_devid,
+)
 
 __all__ = ("ConsoleFrontend",)
 
 
 class ConsoleFrontend(Frontend):
     """``async with ConsoleFrontend(domain, backend_id) as console:`` then
-    ``await console.stream.send(b"...")`` / ``await console.stream.receive()``."""
+    ``await console.stream.send(b"...")`` / ``await console.stream.receive()``.
+
+    `devid` defaults to 1, the first secondary console; 0 (the primary console, which is not a
+    xenbus device) raises ConfigError -- see `ringkit.proto.console.check_console_devid`."""
 
     device_type = "console"
     event_channel_key = "port"
+
+    def __init__(
+        self, domain: Domain, backend_id: int = 0, devid: int = DEFAULT_CONSOLE_DEVID
+    ) -> None:
+        super().__init__(domain, backend_id, check_console_devid(devid))
 
     def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
         # A freshly granted page is zeroed: every index 0, connection byte 0.

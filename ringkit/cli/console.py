@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..frontends.console import ConsoleFrontend  # type: ignore[import-not-found, unused-ignore]
 
 _DIR_HELP = "Simulated Xen directory (see `ringkit sim serve`); omit on real Xen."
+_DEVID_HELP = ("Secondary console device id: device/console/<devid>.  0 is the primary "
+               "console, which Xen sets up outside xenbus; Linux guests probe 1..9.")
 
 
 @asynccontextmanager
@@ -79,8 +81,8 @@ def console() -> None:
               help="Domid of the guest whose console this is.")
 @click.option("--domain", "domid", default=0, show_default=True,
               type=click.IntRange(0, 0x7FEF), help="Domid this backend runs in.")
-@click.option("--devid", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
-              help="Console device id (0 = the first secondary console).")
+@click.option("--devid", default=1, show_default=True, type=click.IntRange(1, 2**31 - 1),
+              help=_DEVID_HELP)
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Append everything the guest writes to this file.")
 @click.option("--pty/--no-pty", default=True, show_default=True,
@@ -131,8 +133,8 @@ def serve(directory: str | None, frontend_id: int, domid: int, devid: int,
               help="Domid this frontend runs in (the guest).")
 @click.option("--backend", "backend_id", default=0, show_default=True,
               type=click.IntRange(0, 0x7FEF), help="Domid of the console backend.")
-@click.option("--devid", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
-              help="Console device id.")
+@click.option("--devid", default=1, show_default=True, type=click.IntRange(1, 2**31 - 1),
+              help=_DEVID_HELP)
 @click.option("--banner", help="Write this line to the console and exit, instead of copying "
                                "stdin and stdout.")
 @click.option("--connect-timeout", default=30.0, show_default=True,

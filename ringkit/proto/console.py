@@ -29,9 +29,44 @@ from .pipe import PipeConsumer, PipeProducer, console_backend, console_frontend
 if TYPE_CHECKING:
     from .._native import Buffer, NativeImpl
 
-__all__ = ("CONSOLE_PAGE_SIZE", "ConsoleRing", "ConsoleSide")
+__all__ = (
+    "CONSOLE_PAGE_SIZE",
+    "DEFAULT_CONSOLE_DEVID",
+    "ConsoleRing",
+    "ConsoleSide",
+    "check_console_devid",
+)
 
 CONSOLE_PAGE_SIZE = 4096
+
+DEFAULT_CONSOLE_DEVID = 1
+"""The first secondary console: ``device/console/1``.  Device id 0 is not a xenbus device."""
+
+
+def check_console_devid(devid: int) -> int:
+    """Return `devid` if it names a secondary console ringkit can serve or drive.
+
+    Device id 0 is the *primary* console, which is not a xenbus split device: the domain
+    builder allocates its page and event channel and records them under
+    ``/local/domain/<guest>/console/`` (``ring-ref`` there is the page's machine frame number,
+    not a grant reference, and xenconsoled maps it with foreign-memory privileges).  Linux's
+    hvc_xen refuses to probe ``device/console/0`` (``xencons_probe`` returns -ENODEV) and
+    QEMU's xen_console treats dev 0 as the primary console, so a ringkit console there would
+    talk to nobody.  (hvc_xen also derives the device id from the node name's *last digit*, so
+    for a Linux guest use 1..9.)
+
+    Raises:
+        ConfigError: `devid` is 0 or negative.
+    """
+    if devid == 0:
+        raise ConfigError(
+            "console devid 0 is the primary console, which Xen sets up outside xenbus "
+            "(an MFN in /local/domain/<guest>/console, not a grant; Linux's hvc_xen and "
+            "QEMU never probe it as a device): use a secondary console, devid >= 1"
+        )
+    if devid < 0:
+        raise ConfigError(f"console devid {devid} is negative")
+    return devid
 
 
 class ConsoleSide(enum.Enum):

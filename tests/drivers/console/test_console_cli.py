@@ -31,7 +31,7 @@ async def test_serve_and_attach_in_separate_processes(tmp_path: Path) -> None:
                 ready = b""
                 while b"\n" not in ready:
                     ready += await server.stdout.receive()
-                assert ready.startswith(b"ready: console 0 of domain 1 on pty /dev/")
+                assert ready.startswith(b"ready: console 1 of domain 1 on pty /dev/")
                 done = await anyio.run_process(
                     [*RINGKIT, "console", "attach", "--dir", d, "--domain", str(guest)],
                     input=b"hello from stdin\n",
@@ -55,3 +55,12 @@ async def test_attach_without_backend_says_so(tmp_path: Path) -> None:
             assert done.returncode == 1
             assert b"no console backend in domain 0 connected" in done.stderr
             assert not await xen.settled_leaks()
+
+
+def test_devid_0_is_refused_before_touching_xen() -> None:
+    done = subprocess.run(
+        [*RINGKIT, "console", "serve", "--frontend", "1", "--devid", "0"],
+        capture_output=True, check=False,
+    )
+    assert done.returncode == 2
+    assert b"--devid" in done.stderr

@@ -19,8 +19,10 @@ from ringkit.backends.console import ConsoleBackend
 from ringkit.frontends.console import ConsoleFrontend
 
 from ringkit._async.stream import PipeStream
+from ringkit._errors import ConfigError
 from ringkit.abc import Domain
 from ringkit.device import DeviceAddress, Queue, XenbusState, create_device
+from ringkit.proto.console import DEFAULT_CONSOLE_DEVID
 from ringkit.proto.layout import CONSOLE_OUT_PROD
 from ringkit.sim import SimXen
 
@@ -61,7 +63,8 @@ async def console(tmp_path: Path, **backend_args: object) -> AsyncIterator[Conso
     async with SimXen.start(in_process=True) as xen:
         guest = await xen.create_domain("guest")
         async with xen.connect(0) as dom0, xen.connect(guest) as domu:
-            await create_device(dom0.store, DeviceAddress("console", guest, 0, 0))
+            address = DeviceAddress("console", guest, 0, DEFAULT_CONSOLE_DEVID)
+            await create_device(dom0.store, address)
             backend = ConsoleBackend(dom0, guest, log_path=log, **backend_args)  # type: ignore[arg-type]
             async with anyio.create_task_group() as tg, backend:
                 tg.start_soon(backend.run)
@@ -200,3 +203,20 @@ async def test_a_real_program_reads_the_pty(tmp_path: Path) -> None:
                     ).stdout
             finally:
                 subprocess.run(["tmux", "-S", sock, "kill-server"], check=False)
+
+
+@pytest.mark.anyio
+async def test_devid_defaults_to_the_first_secondary_console_and_refuses_the_primary() -> None:
+    # Linux's hvc_xen returns -ENODEV for device/console/0 and QEMU treats dev 0 as the
+    # primary console: a ringkit console there would interoperate with nobody.
+    with anyio.fail_after(30):
+        async with SimXen.start(in_process=True) as xen:
+            guest = await xen.create_domain("guest")
+            async with xen.connect(0) as dom0, xen.connect(guest) as domu:
+                backend = ConsoleBackend(dom0, guest, pty=False, log_path="/dev/null")
+                assert backend.address.devid == 1
+                assert ConsoleFrontend(domu).address.devid == 1
+                with pytest.raises(ConfigError, match="primary console"):
+                    ConsoleBackend(dom0, guest, 0, pty=False, log_path="/dev/null")
+                with pytest.raises(ConfigError, match="primary console"):
+                    ConsoleFrontend(domu, 0, 0)
