@@ -24,9 +24,14 @@ Two tables encode it:
 
 Watches coalesce and blkif.h lets either side skip states (a frontend may go to Initialised
 without waiting for InitWait; a backend may bypass InitWait), so a peer's move from A to B is
-accepted whenever B is *reachable* from A in the peer's `MOVES` graph, and the reactions say to
-do the work of any skipped state as well.  Values that are not a decimal state 0..8 and moves the
-peer's role can never make are `RemoteProtocolError`; after one the `Handshake` is poisoned.
+accepted whenever B is *reachable* from A (`REACHABLE`): along the peer's `MOVES` within one
+connection, or by starting over -- which a peer may do from any state, but which only takes it
+as far as it gets without an answer from this side (Initialising, a frontend's Initialised, a
+backend's InitWait, or closing).  The reactions say to do the work of any skipped state as
+well.  Values that are not a decimal state 0..8 and moves the peer's role can never make (a
+frontend in InitWait; Closing or Closed -> Connected, Reconfiguring, Reconfigured) are
+`RemoteProtocolError`; after one the `Handshake` is poisoned.  After `Handshake.peer_lost` the
+next new state is accepted whatever it is: it was written by the peer's successor.
 
 `Handshake` is the sans-I/O engine over these tables: it never touches the store.  The caller
 writes what `move()` returns to its own ``state`` node and feeds what it reads from the peer's
@@ -148,29 +153,53 @@ MOVES: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProx
 """`MOVES[role][state]`: the states `role` may write to its own node while in `state`."""
 
 
-def _reachable(moves: Mapping[XenbusState, frozenset[XenbusState]]) -> dict[
-    XenbusState, frozenset[XenbusState]
-]:
+_RESTART_TARGETS: Mapping[Role, frozenset[XenbusState]] = MappingProxyType(
+    {
+        # A frontend starting over (a new process, Linux's resume, `Handshake.restart`) writes
+        # Initialising and may publish its ring (Initialised) without waiting for the backend,
+        # as blkif.h allows; anything further needs the backend to have answered.
+        Role.FRONTEND: frozenset({S.INITIALISING, S.INITIALISED}) | _ANY_TO_CLOSE,
+        # A backend starting over advertises (InitWait) or skips InitWait (Initialised) on its
+        # own; Connected needs a frontend that published its ring after the restart.
+        Role.BACKEND: frozenset({S.INITIALISING, S.INIT_WAIT, S.INITIALISED}) | _ANY_TO_CLOSE,
+    }
+)
+"""`_RESTART_TARGETS[role]`: the states a peer of `role` that started over (from any state,
+Closed included) can reach before it needs an answer from this side."""
+
+
+def _reachable(role: Role) -> dict[XenbusState, frozenset[XenbusState]]:
+    moves = MOVES[role]
     closure: dict[XenbusState, frozenset[XenbusState]] = {}
     for start in XenbusState:
-        # Any state may restart at Initialising (see `Handshake.restart`).
-        seen: set[XenbusState] = {start, S.INITIALISING}
-        todo = [start, S.INITIALISING]
+        # Within one connection: every move but the ones out of Closed, which start a new
+        # connection (Closed -> Initialising, blkback's Closed -> InitWait) ...
+        seen: set[XenbusState] = {start}
+        todo = [start]
         while todo:
-            for nxt in moves[todo.pop()]:
+            state = todo.pop()
+            if state is S.CLOSED:
+                continue
+            for nxt in moves[state]:
                 if nxt not in seen:
                     seen.add(nxt)
                     todo.append(nxt)
-        closure[start] = frozenset(seen)
+        # ... plus starting over, which any state may do (`Handshake.restart`), but only as far
+        # as the restarted peer gets without this side: a watch that coalesced a restart never
+        # hides the state this side had to answer (e.g. the frontend's Initialised before the
+        # backend's Connected).
+        closure[start] = frozenset(seen | _RESTART_TARGETS[role])
     return closure
 
 
 REACHABLE: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProxyType(
-    {role: MappingProxyType(_reachable(MOVES[role])) for role in Role}
+    {role: MappingProxyType(_reachable(role)) for role in Role}
 )
-"""`REACHABLE[role][a]`: every state `role` can be in after `a` (itself included), given that
-watches coalesce and states may be skipped.  A peer observed outside this set broke the
-protocol."""
+"""`REACHABLE[role][a]`: every state `role` can be observed in after `a` (itself included),
+given that watches coalesce, states may be skipped and a peer may start over.  A peer observed
+outside this set broke the protocol -- e.g. Closing or Closed -> Connected or Reconfiguring, or
+a frontend in InitWait -- unless `Handshake.peer_lost` said the peer died: its successor is
+a new process that may have got anywhere."""
 
 
 def _table(
@@ -346,8 +375,9 @@ class Handshake:
     def peer_lost(self) -> None:
         """Note that the peer's process died (unmap-notify, its event channel closed) without
         updating its ``state`` node: that node is stale, so the reactions wait (NONE) until the
-        peer -- restarted -- writes a different state.  Without this, a frontend would "connect"
-        to a dead backend whose node still says Connected."""
+        peer -- restarted -- writes a different state, which is accepted whatever it is (the
+        successor may have got anywhere, e.g. connected to our still-published ring).  Without
+        this, a frontend would "connect" to a dead backend whose node still says Connected."""
         self._peer_stale = self._peer_seen
 
     def observe(self, raw: str | bytes | XenbusState | None) -> Reaction:
@@ -360,7 +390,12 @@ class Handshake:
         self._check_poison()
         new = raw if isinstance(raw, XenbusState) else self._parse(raw)
         old = self._peer_state
-        if self._peer_seen and new is not S.UNKNOWN and new not in REACHABLE[self.role.peer][old]:
+        if (
+            self._peer_seen
+            and not self._peer_stale
+            and new is not S.UNKNOWN
+            and new not in REACHABLE[self.role.peer][old]
+        ):
             self._fail(
                 f"{self.role.peer.value} moved from {old.xen_name} to {new.xen_name}, which its "
                 "role can never do"

@@ -198,3 +198,127 @@ def test_stale_peer_state_after_peer_death_is_ignored() -> None:
     assert front.observe("4") is Reaction.NONE
     # A restarted backend writes a fresh state.
     assert front.observe("2") is Reaction.CONNECT
+
+
+# Moves a peer can never make: connecting again needs this side to answer the peer's restart
+# (the frontend's ring published after the backend came back, or the backend's Connected after
+# the frontend published), so a peer seen Closing or Closed is never next seen Connected.
+IMPOSSIBLE = [
+    (Role.BACKEND, S.CLOSED, S.CONNECTED),
+    (Role.BACKEND, S.CLOSING, S.CONNECTED),
+    (Role.BACKEND, S.CLOSED, S.RECONFIGURING),
+    (Role.BACKEND, S.CLOSING, S.RECONFIGURED),
+    (Role.FRONTEND, S.CLOSED, S.CONNECTED),
+    (Role.FRONTEND, S.CLOSING, S.CONNECTED),
+    (Role.FRONTEND, S.CLOSED, S.RECONFIGURED),
+    (Role.FRONTEND, S.CONNECTED, S.INIT_WAIT),
+    (Role.FRONTEND, S.CLOSED, S.INIT_WAIT),
+]
+
+# Legal jumps with skipped (coalesced) states, restarts included.
+LEGAL = [
+    (Role.FRONTEND, S.INITIALISING, S.CONNECTED),  # Initialised coalesced away
+    (Role.BACKEND, S.INITIALISING, S.CONNECTED),  # InitWait skipped
+    (Role.BACKEND, S.INIT_WAIT, S.CLOSED),
+    (Role.BACKEND, S.CONNECTED, S.INIT_WAIT),  # restarted, its Closing/Closed coalesced
+    (Role.BACKEND, S.CLOSED, S.INIT_WAIT),  # blkback's reconnect
+    (Role.BACKEND, S.CONNECTED, S.INITIALISED),  # restarted, skipped InitWait
+    (Role.FRONTEND, S.CONNECTED, S.INITIALISING),  # Linux's resume after migration
+    (Role.FRONTEND, S.CLOSED, S.INITIALISED),  # restarted and published at once
+    (Role.FRONTEND, S.CONNECTED, S.RECONFIGURED),
+]
+
+
+def _observer(peer_role: Role, seen: XenbusState) -> Handshake:
+    hs = Handshake(peer_role.peer)
+    hs.observe(seen)
+    return hs
+
+
+@pytest.mark.parametrize(("peer_role", "old", "new"), IMPOSSIBLE)
+def test_impossible_peer_jumps_are_refused(
+    peer_role: Role, old: XenbusState, new: XenbusState
+) -> None:
+    hs = _observer(peer_role, old)
+    with pytest.raises(RemoteProtocolError, match="can never do"):
+        hs.observe(new.to_wire())
+    assert hs.error is not None
+
+
+@pytest.mark.parametrize(("peer_role", "old", "new"), LEGAL)
+def test_skipped_states_and_restarts_are_accepted(
+    peer_role: Role, old: XenbusState, new: XenbusState
+) -> None:
+    hs = _observer(peer_role, old)
+    hs.observe(new.to_wire())
+    assert hs.error is None
+
+
+@pytest.mark.parametrize(("peer_role", "old", "new"), IMPOSSIBLE)
+def test_after_peer_lost_the_successor_may_be_anywhere(
+    peer_role: Role, old: XenbusState, new: XenbusState
+) -> None:
+    # The dead peer's successor may already have connected to our still-published ring.
+    hs = _observer(peer_role, old)
+    hs.peer_lost()
+    assert hs.observe(old.to_wire()) is Reaction.NONE  # still the dead peer's node
+    hs.observe(new.to_wire())
+    assert hs.error is None
+    assert not hs.peer_stale
+
+
+def _apply_any(hs: Handshake, reaction: Reaction) -> None:
+    """`_apply` plus closing."""
+    if reaction is Reaction.CLOSE:
+        for to in (S.CLOSING, S.CLOSED):
+            if hs.can_move(to):
+                hs.move(to)
+    else:
+        _apply(hs, reaction)
+
+
+def _fresh(role: Role) -> Handshake:
+    hs = Handshake(role)
+    hs.move(S.INITIALISING)
+    if role is Role.BACKEND:
+        hs.move(S.INIT_WAIT)
+    return hs
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    actions=st.lists(
+        st.sampled_from(["front", "back", "kill-front", "kill-back", "close-front",
+                         "close-back"]),
+        max_size=80,
+    ),
+    detected=st.lists(st.booleans(), min_size=80, max_size=80),
+)
+def test_restarts_and_closes_in_any_order_never_look_impossible(
+    actions: list[str], detected: list[bool]
+) -> None:
+    """Either end may close, or die and come back as a new process (noticed by the survivor or
+    not); with watches firing in any order, no legitimate sequence is taken for a protocol
+    violation."""
+    front, back = _fresh(Role.FRONTEND), _fresh(Role.BACKEND)
+    for i, action in enumerate(actions):
+        if action == "front":
+            _apply_any(front, front.observe(back.state.to_wire()))
+        elif action == "back":
+            _apply_any(back, back.observe(front.state.to_wire()))
+        elif action == "kill-front":
+            front = _fresh(Role.FRONTEND)
+            if detected[i]:
+                back.peer_lost()
+                back.restart()
+                back.move(S.INIT_WAIT)
+        elif action == "kill-back":
+            back = _fresh(Role.BACKEND)
+            if detected[i]:
+                front.peer_lost()
+                front.restart()
+        elif action == "close-front":
+            _apply_any(front, Reaction.CLOSE)
+        else:
+            _apply_any(back, Reaction.CLOSE)
+    assert front.error is None and back.error is None
