@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import AsyncResource
 
-from .._errors import RemoteProtocolError, RingkitError
+from .._errors import RemoteProtocolError, RingkitError, StoreError
 from ..abc import EventChannel, MappedPages, SharedPages
 from .paths import Nodes
 
@@ -40,15 +40,21 @@ def queue_nodes(device: Nodes, index: int, num_queues: int) -> Nodes:
 async def read_ring_refs(nodes: Nodes, order: int) -> list[int]:
     """Read and validate the grant refs of one queue (untrusted: written by the frontend).
 
+    Each node is read once.
+
     Raises:
-        RemoteProtocolError: a missing or malformed ref.
+        RemoteProtocolError: a missing (naming the node) or malformed ref.
+        StoreError: the store failed otherwise.
     """
     refs = []
     for name in ring_ref_names(order):
-        value = await nodes.read_optional(name)
-        if value is None:
-            raise RemoteProtocolError(f"{nodes.node(name)} is missing")
-        refs.append(await nodes.read_int(name, maximum=2**32 - 1))
+        # One read per node: the frontend may rewrite it between two reads.
+        try:
+            refs.append(await nodes.read_int(name, maximum=2**32 - 1))
+        except StoreError as exc:
+            if exc.code != "ENOENT":
+                raise
+            raise RemoteProtocolError(f"{nodes.node(name)} is missing") from None
     return refs
 
 

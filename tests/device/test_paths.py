@@ -6,7 +6,7 @@ import pytest
 
 from ringkit import ConfigError, RemoteProtocolError, StoreError
 from ringkit.device import DeviceAddress, Nodes
-from ringkit.device.queue import ring_ref_names
+from ringkit.device.queue import read_ring_refs, ring_ref_names
 
 from .test_device_sim import world
 
@@ -56,3 +56,34 @@ async def test_typed_readers_refuse_garbage() -> None:
             await nodes.read("bin")
         with pytest.raises(StoreError):
             await nodes.read_int("missing")
+
+
+class _CountingStore:
+    """Forwards reads and writes to a store, counting the reads of each node."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reads: dict[str, int] = {}
+
+    async def read_bytes(self, path: str) -> bytes:
+        self.reads[path] = self.reads.get(path, 0) + 1
+        return await self._store.read_bytes(path)  # type: ignore[attr-defined, no-any-return]
+
+    async def write(self, path: str, value: str | bytes) -> None:
+        await self._store.write(path, value)  # type: ignore[attr-defined]
+
+
+async def test_ring_refs_are_read_once_each_and_a_missing_one_is_named() -> None:
+    async with world() as w:
+        store = _CountingStore(w.dom0.store)
+        nodes = Nodes(store, "/local/domain/0/refs")  # type: ignore[arg-type]
+        for i, name in enumerate(ring_ref_names(1)):
+            await nodes.write(name, str(100 + i))
+        assert await read_ring_refs(nodes, 1) == [100, 101]
+        # Reading twice left a window in which the frontend could change the ref.
+        assert set(store.reads.values()) == {1}
+        with pytest.raises(RemoteProtocolError, match="refs/ring-ref2 is missing"):
+            await read_ring_refs(nodes, 2)
+        await nodes.write("ring-ref2", "x")
+        with pytest.raises(RemoteProtocolError, match="ring-ref2"):
+            await read_ring_refs(nodes, 2)
