@@ -29,7 +29,9 @@ ENV_REQUIRE = "RINGKIT_REQUIRE_TOOLS"
 
 #: The Debian package that provides each program the tests run.
 PROGRAM_PACKAGES = {
+    "cc": "gcc",  # Debian's cc is gcc's, through the alternatives system
     "gcc": "gcc",
+    "tmux": "tmux",
     "cpio": "cpio",
     "xenstore-ls": "xenstore-utils",
     "xenstore-read": "xenstore-utils",

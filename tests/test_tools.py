@@ -51,6 +51,10 @@ def test_only_the_value_1_turns_skips_into_failures(monkeypatch: pytest.MonkeyPa
         require_tools(ABSENT_HEADER, why="check a layout")
 
 
+def test_cc_comes_from_gcc() -> None:
+    assert package_for("cc") == "gcc"
+
+
 def test_an_unknown_name_is_a_mistake_in_the_test() -> None:
     with pytest.raises(KeyError, match="no-such-program"):
         missing_tools("no-such-program")
