@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectStream
 
-from .._errors import EventChannelError, PeerGoneError, RemoteProtocolError
+from .._errors import EventChannelError, LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ..abc import EventChannel
 from ..proto.ring import BackRing, FrontRing
 
@@ -197,7 +197,18 @@ class RingChannel(ObjectStream[bytearray]):
         self.send_batch_nowait((item,))
 
     def send_batch_nowait(self, items: Iterable[Msg]) -> int:
-        """Put as many of `items` as fit, then push once; return how many were sent."""
+        """Put as many of `items` as fit, then push once; return how many were sent.
+
+        If putting an item fails (`LocalProtocolError`: too long, or a response nobody asked
+        for), the items before it are still pushed -- they are sent, and the peer is notified
+        if it asked -- and the error, which notes how many were sent, is raised; that item and
+        the ones after it are not sent.  The ring never keeps put-but-unpushed slots.
+
+        Raises:
+            anyio.WouldBlock: no free slot for the first item.
+            LocalProtocolError: an item could not be put (see above).
+            anyio.BrokenResourceError: the peer broke the protocol or went away.
+        """
         self._check()
         if self._eof_sent:
             raise anyio.ClosedResourceError
@@ -210,19 +221,32 @@ class RingChannel(ObjectStream[bytearray]):
                     break
                 self._put(item)
                 sent += 1
-            notify = sent > 0 and self._push()
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        except LocalProtocolError as exc:
+            exc.add_note(f"the {sent} item(s) before it in this batch were sent")
+            raise
+        finally:
+            if sent and self._broken is None:
+                self._publish()
+        return sent
+
+    def _publish(self) -> None:
+        """Push what was put and ring the peer's doorbell if it asked."""
+        try:
+            notify = self._push()
         except RemoteProtocolError as exc:
             raise self._break(exc) from exc
         if notify:
             self._notify()
-        return sent
 
     async def send(self, item: Msg) -> None:
         """Send one item, waiting for a free slot if needed."""
         await self.send_batch((item,))
 
     async def send_batch(self, items: Iterable[Msg]) -> None:
-        """Send all `items`, pushing once per run of items that fit."""
+        """Send all `items`, pushing once per run of items that fit.  If one cannot be put
+        (`LocalProtocolError`), every item before it was sent and none after it."""
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         self._sending = True

@@ -118,3 +118,24 @@ async def test_two_receivers_conflict_and_close() -> None:
     await back.aclose()
     with pytest.raises(anyio.ClosedResourceError):
         back.receive_nowait()
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_a_bad_item_mid_batch_still_sends_the_ones_before_it(use_async: bool) -> None:
+    front, back, page = make_pair()
+    good = [struct.pack("<Q", n) for n in (1, 2)]
+    batch = [*good, b"x" * (LAYOUT.request_size + 1), struct.pack("<Q", 3)]
+    with anyio.fail_after(10):
+        with pytest.raises(LocalProtocolError) as info:
+            if use_async:
+                await front.send_batch(batch)
+            else:
+                front.send_batch_nowait(batch)
+        assert "2 item(s) before it" in "".join(getattr(info.value, "__notes__", []))
+        # Pushed: no private-producer drift, and the backend sees exactly the first two.
+        assert front.engine.req_prod_pvt == struct.unpack_from("<I", page, SRING_REQ_PROD)[0] == 2
+        got = await back.receive_batch(8)
+        assert [bytes(r[:8]) for r in got] == good
+        # The channel is still usable.
+        await front.send(struct.pack("<Q", 4))
+        assert bytes((await back.receive())[:8]) == struct.pack("<Q", 4)
