@@ -10,15 +10,18 @@ STAMP       := $(VENV)/.ringkit-installed
 # xenstore-utils: Debian's xenstore-ls & co, run against ringkit's simulated xenstored.
 # python3-dev: headers to compile the cffi native helper (without them only the ABI fallback exists).
 # cpio: the Xen-in-QEMU harness packs its initramfs with it (its unit tests too).
-DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio
+# tmux: a real terminal program attached to the console backend's pty in the console tests.
+DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio tmux
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 .PHONY: test demo lint deps debs bench test-xen clean
 
-# make test insists on both native implementations (compiled and ABI fallback) being tested.
+# make test insists on both native implementations (compiled and ABI fallback) being tested, and
+# on every external tool a test needs (gcc, Xen's headers, xenstore-utils...) being there: what
+# `deps` installs must never turn into a silent skip.
 test: deps lint
-	RINGKIT_REQUIRE_NATIVE=compiled,abi $(BIN)/python -m pytest $(PYTEST_ARGS)
+	RINGKIT_REQUIRE_NATIVE=compiled,abi RINGKIT_REQUIRE_TOOLS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: deps
 	$(BIN)/ringkit demo
