@@ -8,9 +8,11 @@ It maps the guest's ``struct xencons_interface`` page, binds the console's event
 
 Flow control both ways: the backend takes bytes out of the ring only as fast as the pty (and
 the log) accept them, so a guest that writes faster than the terminal reads blocks on a full
-ring; and it reads the pty only while the guest's input ring has room, so a terminal that types
-faster than the guest reads blocks in the pty.  (``pty_policy="drop"`` discards pty output
-nobody reads instead, as xenconsoled does for an unattached pty; the log keeps everything.)
+ring; and it reads the pty only once the guest's input ring has room, and no more than that
+room, so a terminal that types faster than the guest reads blocks in the pty.
+(``pty_policy="drop"`` discards pty output nobody reads instead, as xenconsoled does for an
+unattached pty; the log keeps everything.)  The log file is unbuffered (a crash loses nothing)
+and written in full even when ``write`` is short.
 
 The pty's slave path is published as ``tty`` in the backend dir (xenconsoled publishes it as
 ``console/tty``) and is stable across reconnections of the guest.  Hostile ring indices end
@@ -43,9 +45,20 @@ from ...proto.console import (
 )
 from ...proto.layout import CONSOLE_OUT_SIZE
 
-__all__ = ("ConsoleBackend",)
+__all__ = ("ConsoleBackend", "write_all")
 
 _CHUNK = 4096
+
+
+def write_all(file: BinaryIO, data: bytes | bytearray | memoryview) -> None:
+    """Write all of `data` to an unbuffered `file`, whose ``write`` may write only part of it
+    (interrupted by a signal, the last blocks of a full disk)."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = file.write(view)
+        if not written:  # a blocking file never writes nothing; do not spin if one does
+            raise OSError(f"{getattr(file, 'name', file)!r}: write wrote nothing")
+        view = view[written:]
 
 
 class _BackendConsoleStream(PipeStream):
@@ -118,7 +131,7 @@ class ConsoleBackend(Backend):
         """Bytes the guest wrote just before the connection ended: keep them (log; pty if it
         takes them without waiting)."""
         if self._log is not None:
-            self._log.write(data)
+            write_all(self._log, data)
         if self._master is not None:
             with suppress(OSError):
                 os.write(self._master, data)
@@ -143,7 +156,7 @@ class ConsoleBackend(Backend):
         while True:
             data = await stream.receive(_CHUNK)
             if self._log is not None:
-                self._log.write(data)
+                write_all(self._log, data)
             if self._master is not None:
                 await self._write_pty(data)
 
@@ -161,9 +174,12 @@ class ConsoleBackend(Backend):
     async def _host_to_guest(self, stream: PipeStream) -> None:
         assert self._master is not None
         while True:
+            # Room first: bytes the guest has no room for stay in the pty (its writer blocks)
+            # instead of in our memory.  Only we write the ring, so the room cannot shrink.
+            room = await stream.wait_writable()
             await anyio.wait_readable(self._master)
             try:
-                data = os.read(self._master, _CHUNK)
+                data = os.read(self._master, min(_CHUNK, room))
             except BlockingIOError:
                 continue
             except OSError as exc:
@@ -171,7 +187,7 @@ class ConsoleBackend(Backend):
                     await anyio.sleep(0.05)
                     continue
                 raise
-            await stream.send(data)  # waits while the guest's input ring is full
+            await stream.send(data)  # fits: read no more than the room
 
     # ------------------------------------------------------------------ lifetime
 

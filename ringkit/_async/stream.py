@@ -185,6 +185,24 @@ class PipeStream(ByteStream):
         finally:
             self._sending = False
 
+    async def wait_writable(self) -> int:
+        """Wait until the ring we write has room and return how many bytes fit now (at least
+        1).  Only this side writes that ring, so the room can only grow until we send.
+
+        Raises:
+            anyio.BrokenResourceError: hostile indices or the peer went away.
+            anyio.ClosedResourceError: closed locally.
+        """
+        while True:
+            self._check()
+            try:
+                room = self._engine.writable()
+            except RemoteProtocolError as exc:
+                raise self._break(exc) from exc
+            if room:
+                return room
+            await self._wait_event()
+
     async def drain(self) -> None:
         """Wait until the peer has taken every byte we sent (before closing, so nothing is lost
         in the ring)."""

@@ -3,10 +3,13 @@ control, hostile indices, and a real program reading the backend's pty."""
 
 from __future__ import annotations
 
+import fcntl
+import io
 import os
 import shutil
 import struct
 import subprocess
+import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import pytest
-from ringkit.backends.console import ConsoleBackend
+from ringkit.backends.console import ConsoleBackend, write_all
 from ringkit.frontends.console import ConsoleFrontend
 
 from ringkit._async.stream import PipeStream
@@ -23,7 +26,7 @@ from ringkit._errors import ConfigError
 from ringkit.abc import Domain
 from ringkit.device import DeviceAddress, Queue, XenbusState, create_device
 from ringkit.proto.console import DEFAULT_CONSOLE_DEVID
-from ringkit.proto.layout import CONSOLE_OUT_PROD
+from ringkit.proto.layout import CONSOLE_IN_SIZE, CONSOLE_OUT_PROD
 from ringkit.sim import SimXen
 
 pytestmark = pytest.mark.anyio
@@ -220,3 +223,54 @@ async def test_devid_defaults_to_the_first_secondary_console_and_refuses_the_pri
                     ConsoleBackend(dom0, guest, 0, pty=False, log_path="/dev/null")
                 with pytest.raises(ConfigError, match="primary console"):
                     ConsoleFrontend(domu, 0, 0)
+
+
+async def test_the_pty_is_read_only_as_far_as_the_guest_has_room(tmp_path: Path) -> None:
+    """A terminal typing faster than the guest reads waits in the pty: the backend reads no
+    more than the free room of the 1 KiB ``in`` ring, so the rest stays in the pty."""
+    typed = bytes(i % 251 for i in range(3000))
+    with anyio.fail_after(20):
+        async with console(tmp_path) as c:
+            assert c.backend.pty_path is not None and c.backend._master is not None
+            writer = os.open(c.backend.pty_path, os.O_WRONLY | os.O_NOCTTY)
+            try:
+                os.write(writer, typed)
+
+                def unread_in_pty() -> int:
+                    raw = fcntl.ioctl(c.backend._master, termios.FIONREAD, b"\0\0\0\0")
+                    return int(struct.unpack("i", raw)[0])
+
+                # The guest reads nothing yet: the ring fills and the rest stays in the pty.
+                await wait_until(lambda: unread_in_pty() == len(typed) - CONSOLE_IN_SIZE)
+                await anyio.sleep(0.1)
+                assert unread_in_pty() == len(typed) - CONSOLE_IN_SIZE
+                got = b""
+                while len(got) < len(typed):
+                    got += await c.frontend.stream.receive()
+                assert got == typed
+            finally:
+                os.close(writer)
+
+
+class _ShortWriter(io.RawIOBase):
+    """A raw file whose writes take at most 3 bytes at a time."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.calls += 1
+        chunk = bytes(memoryview(b)[:3])
+        self.data += chunk
+        return len(chunk)
+
+
+def test_short_log_writes_are_completed() -> None:
+    log = _ShortWriter()
+    write_all(log, b"guest output\r\n")  # type: ignore[arg-type]
+    assert bytes(log.data) == b"guest output\r\n"
+    assert log.calls == 5
