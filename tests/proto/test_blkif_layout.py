@@ -8,20 +8,15 @@ compares the bytes.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _tools import require_tools
 
 from ringkit.proto import blkif
 
 HEADER = Path("/usr/include/xen/io/blkif.h")
-
-pytestmark = [
-    pytest.mark.skipif(not HEADER.exists(), reason="libxen-dev headers not installed"),
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler"),
-]
 
 _PROGRAM = r"""
 #include <stdint.h>
@@ -89,11 +84,14 @@ int main(void) {
 
 @pytest.fixture(scope="module")
 def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    require_tools("gcc", str(HEADER), why="compile the blkif layout check against Xen's header")
     work = tmp_path_factory.mktemp("blkif_c")
     source = work / "facts.c"
     source.write_text(_PROGRAM)
     exe = work / "facts"
-    subprocess.run(["gcc", "-O0", "-Wall", "-Werror", "-o", str(exe), str(source)], check=True)
+    # -Wall shows warnings in the log, but a newer gcc finding something new to warn about in
+    # Xen's header must not fail a layout check whose answers are still right
+    subprocess.run(["gcc", "-O0", "-Wall", "-o", str(exe), str(source)], check=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     facts: dict[str, object] = {}
     sizes: dict[str, int] = {}
