@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import anyio
+from anyio import wait_all_tasks_blocked
 
 from .._errors import EventChannelError, GrantError, PeerGoneError, ResourceLimitError
 from ..abc import PAGE_SIZE, Domain, EventChannel
@@ -182,7 +183,10 @@ async def check_event_channel(make_pair: PairMaker) -> None:
                 woke.set()
 
             tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+            # notify only once the waiter sleeps in wait(): a notification that lands before
+            # it waits is consumed without ever blocking, which is not the path checked here
+            await wait_all_tasks_blocked()
+            assert not woke.is_set()
             offered.notify()
             with anyio.fail_after(TIMEOUT):
                 await woke.wait()

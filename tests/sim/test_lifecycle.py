@@ -12,6 +12,7 @@ import struct
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError, TransportError
 from ringkit.abc import PAGE_SIZE
@@ -125,8 +126,11 @@ async def test_local_close_wakes_a_waiter_with_closed_resource_error() -> None:
         async with xen.connect(a_id) as a:
             channel = await a.events.alloc_unbound(0)
             caught: list[BaseException] = []
+            entered = False
 
             async def waiter() -> None:
+                nonlocal entered
+                entered = True
                 try:
                     await channel.wait()
                 except anyio.ClosedResourceError as exc:
@@ -135,7 +139,10 @@ async def test_local_close_wakes_a_waiter_with_closed_resource_error() -> None:
             with anyio.fail_after(TIMEOUT):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(waiter)
-                    await anyio.sleep(0.05)
+                    # the waiter must be asleep inside wait() before the close: a wait that
+                    # only starts after it raises anyway and proves nothing about the wake-up
+                    await wait_all_tasks_blocked()
+                    assert entered and not caught, "the waiter is not blocked in wait()"
                     await channel.aclose()
             assert caught
             await channel.aclose()  # closing a port twice is harmless
