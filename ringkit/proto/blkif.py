@@ -206,7 +206,7 @@ class IndirectRequest:
     """BLKIF_OP_INDIRECT: the segments live in the pages named by `indirect_grefs`.
 
     `indirect_op` is READ or WRITE; the indirect pages are still to be mapped and parsed with
-    `parse_indirect_segments`.
+    `parse_indirect_segment_array`.
     """
 
     indirect_op: Op
@@ -332,25 +332,6 @@ def indirect_pages_for(nr_segments: int) -> int:
     return -(-nr_segments // SEGMENTS_PER_INDIRECT_PAGE)
 
 
-def parse_indirect_segments(
-    pages: bytes | bytearray | memoryview, request: IndirectRequest
-) -> tuple[Segment, ...]:
-    """Decode and validate the segments of `request` from a private copy of its indirect pages.
-
-    Raises:
-        InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
-        ValueError: `pages` is too short (a caller bug).
-    """
-    need = request.nr_segments * SEGMENT_SIZE
-    if len(pages) < need:
-        raise ValueError(f"indirect pages hold {len(pages)} bytes, need {need}")
-    op, rid = request.indirect_op, request.id
-    return tuple(
-        _segment(gref, first, last, rid, op, i)
-        for i, (gref, first, last) in enumerate(_SEGMENT.iter_unpack(memoryview(pages)[:need]))
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class SegmentArray:
     """Validated segments in columns, the fast form of a long segment list: ``grefs[i]``,
@@ -377,8 +358,8 @@ class SegmentArray:
 
 def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
                                  request: IndirectRequest) -> SegmentArray:
-    """Like `parse_indirect_segments`, in column form and without one object per segment
-    (the backend's hot path for requests of hundreds of segments).
+    """Decode and validate the segments of `request` from a private copy of its indirect
+    pages, in column form: no object per segment, since a request may carry thousands.
 
     Raises:
         InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
@@ -470,15 +451,6 @@ def encode_request(request: Request) -> bytes:
     return bytes(out)
 
 
-def encode_segments_into(buffer: bytearray | memoryview, offset: int,
-                         segments: tuple[Segment, ...] | list[Segment]) -> None:
-    """Write `segments` as a ``blkif_request_segment`` array (an indirect page) at `offset`."""
-    pos = offset
-    for seg in segments:
-        _SEGMENT.pack_into(buffer, pos, seg.gref, seg.first_sect, seg.last_sect)
-        pos += SEGMENT_SIZE
-
-
 def encode_response_into(buffer: bytearray | memoryview, offset: int, id: int, operation: int,
                          status: int) -> None:
     """Write one whole 16-byte response at `offset`; ``pack_into`` covers every byte, padding
@@ -523,11 +495,9 @@ __all__ = (
     "encode_request_into",
     "encode_response",
     "encode_response_into",
-    "encode_segments_into",
     "indirect_pages_for",
     "pack_segments",
     "parse_indirect_segment_array",
-    "parse_indirect_segments",
     "parse_request",
     "parse_response",
 )
