@@ -28,6 +28,8 @@ _BLKGETSIZE64 = 0x80081272
 _BLKDISCARD = 0x1277
 _BLKSSZGET = 0x1268
 _ZEROS = bytes(1 << 20)
+IOV_MAX: int = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+"""Most buffers one ``preadv``/``pwritev`` takes (more is EINVAL); longer lists are split."""
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _fallocate = _libc.fallocate
@@ -91,7 +93,10 @@ class Image:
                   total: int | None = None) -> None:
         """Fill `buffers` in order from byte `offset`; short reads are retried, reading past the
         end is an OSError (the caller checked the range).  `total`: their summed length, if
-        the caller knows it."""
+        the caller knows it.  Any number of buffers (IOV_MAX at a time)."""
+        if len(buffers) > IOV_MAX:
+            self._chunked(buffers, offset, write=False)
+            return
         if total is None:
             total = sum(len(b) for b in buffers)
         done = os.preadv(self.fd, buffers, offset)
@@ -101,12 +106,25 @@ class Image:
     def write_from(self, buffers: Sequence[memoryview], offset: int,
                    total: int | None = None) -> None:
         """Write `buffers` in order at byte `offset`, entirely (short writes are retried).
-        `total`: their summed length, if the caller knows it."""
+        `total`: their summed length, if the caller knows it.  Any number of buffers (IOV_MAX
+        at a time)."""
+        if len(buffers) > IOV_MAX:
+            self._chunked(buffers, offset, write=True)
+            return
         if total is None:
             total = sum(len(b) for b in buffers)
         done = os.pwritev(self.fd, buffers, offset)
         if done < total:
             self._finish(buffers, offset, done, total, write=True)
+
+    def _chunked(self, buffers: Sequence[memoryview], offset: int, *, write: bool) -> None:
+        """One call per IOV_MAX buffers, each at the offset where the previous one ended."""
+        call = self.write_from if write else self.read_into
+        for start in range(0, len(buffers), IOV_MAX):
+            part = buffers[start:start + IOV_MAX]
+            length = sum(len(b) for b in part)
+            call(part, offset, length)
+            offset += length
 
     def _finish(self, buffers: Sequence[memoryview], offset: int, done: int, total: int,
                 *, write: bool) -> None:
@@ -152,4 +170,4 @@ class Image:
             offset += chunk
 
 
-__all__ = ("Image",)
+__all__ = ("IOV_MAX", "Image")

@@ -58,3 +58,17 @@ def test_read_only_image_cannot_be_written(tmp_path: Path) -> None:
         assert image.readonly
         with pytest.raises(OSError):
             image.write_from([memoryview(b"x" * 512)], 0)
+
+
+def test_more_buffers_than_iov_max(tmp_path: Path) -> None:
+    # preadv/pwritev refuse more than IOV_MAX buffers (EINVAL); Image splits the list
+    count = os.sysconf("SC_IOV_MAX") * 2 + 3
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(512 * (count + 1)))
+    data = [memoryview(bytes([i % 251]) * 512) for i in range(count)]
+    with Image(path) as image:
+        image.write_from(data, 512)
+        out = [memoryview(bytearray(512)) for _ in range(count)]
+        image.read_into(out, 512)
+    assert [bytes(b) for b in out] == [bytes(b) for b in data]
+    assert path.read_bytes()[512:] == b"".join(data)

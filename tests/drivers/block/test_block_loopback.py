@@ -264,3 +264,22 @@ async def test_partial_page_segments(tmp_path: Path) -> None:
         assert page[512:1024] == expect[1024:1536]
     disk = (tmp_path / "disk.img").read_bytes()
     assert disk[100 * 512:105 * 512] == expect
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_request_with_more_segments_than_iov_max(tmp_path: Path, persistent: bool
+                                                       ) -> None:
+    # preadv/pwritev take at most IOV_MAX (1024 on Linux) buffers; a backend offering up to
+    # 4096 indirect segments must still serve a request that names more pages than that
+    nseg = 2000
+    (tmp_path / "disk.img").write_bytes(bytes(8 << 20))
+    data = random.Random(7).randbytes(nseg * 4096)
+    async with loopback(tmp_path, persistent=persistent, indirect=4096,
+                        pool_pages=nseg + 8) as (client, svc, _):
+        assert client.max_request_bytes >= len(data)
+        with anyio.fail_after(30):
+            await client.write(4096, data)
+            assert await client.read(4096, len(data)) == data
+        assert (svc.stats.requests, svc.stats.errors) == (2, 0)
+    assert (tmp_path / "disk.img").read_bytes()[4096:4096 + len(data)] == data
