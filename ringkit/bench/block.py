@@ -27,6 +27,10 @@ from pathlib import Path
 import anyio
 import click
 
+from ..backends.block.device import BlockBackend
+from ..device import DeviceAddress, create_device
+from ..frontends.block.device import BlockFrontend
+
 MIB = 1 << 20
 
 
@@ -66,7 +70,6 @@ def _direct_random(path: Path, size: int, count: int) -> float:
 
 
 async def _backend_main(directory: str, frontend_id: int, image: str) -> None:
-    from ..backends.block.device import BlockBackend  # type: ignore[import-not-found, unused-ignore]
     from ..sim import connect
 
     async with connect(directory, 0) as dom0, BlockBackend(dom0, frontend_id, 0,
@@ -77,8 +80,6 @@ async def _backend_main(directory: str, frontend_id: int, image: str) -> None:
 
 async def _measure(size: int, passes: int, random_reads: int, image: Path, order: int
                    ) -> dict[str, float]:
-    from ..device import DeviceAddress, create_device
-    from ..frontends.block.device import BlockFrontend  # type: ignore[import-not-found, unused-ignore]
     from ..sim import SimXen
 
     results: dict[str, float] = {}

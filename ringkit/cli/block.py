@@ -12,19 +12,18 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import anyio
 import click
 
 from .._errors import PeerGoneError, RingkitError
 from ..abc import Domain
-
-if TYPE_CHECKING:
-    # ringkit.backends/frontends are installed from the top-level backends/ and frontends/
-    # folders (see pyproject.toml), a remap mypy cannot follow from the ringkit/ tree.
-    from ..backends.block.service import ServiceStats  # type: ignore[import-not-found, unused-ignore]
-    from ..frontends.block.device import BlockFrontend  # type: ignore[import-not-found, unused-ignore]
+from ..backends.block.device import BlockBackend
+from ..backends.block.service import ServiceConfig, ServiceStats
+from ..device import DeviceAddress, create_device
+from ..frontends.block.device import BlockFrontend
+from ..proto.xenbus import XenbusState
 
 _DIR_HELP = "Simulated Xen directory (see `ringkit sim serve`); omit on real Xen."
 DEFAULT_DEVID = 51712
@@ -93,10 +92,6 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
     then serves until the device is removed (or, with --once, the frontend leaves).  Prints
     "ready" once it waits for the frontend.
     """
-    from ..backends.block.device import BlockBackend  # type: ignore[import-not-found, unused-ignore]
-    from ..backends.block.service import ServiceConfig  # type: ignore[import-not-found, unused-ignore]
-    from ..device import DeviceAddress, create_device
-
     async def main() -> None:
         async with _domain(directory, domid) as dom:
             if not no_create:
@@ -161,8 +156,6 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
 
     Without an action, prints the disk's size and the features the backend offers.
     """
-    from ..frontends.block.device import BlockFrontend  # type: ignore[import-not-found, unused-ignore]
-
     if write_offset is not None and input_file is None:
         raise click.UsageError("--write needs --input")
 
@@ -213,9 +206,6 @@ async def _backend_waiting(dom: Domain, backend_id: int, devid: int) -> None:
     close at once (the xenbus tables treat a Closed peer as "tear down"), so the backend is
     given the chance to restart first.
     """
-    from ..device import DeviceAddress
-    from ..proto.xenbus import XenbusState
-
     address = DeviceAddress("vbd", dom.domid, backend_id, devid)
     await dom.store.write(f"{address.frontend_path}/state",
                           XenbusState.INITIALISING.to_wire())
