@@ -300,6 +300,11 @@ class StoreClient(_Ops, Store):
                     try:
                         await self._stream.send(data)
                         sent = True
+                    except StoreError as exc:
+                        # The transport refused this one request and consumed it (the xenbus
+                        # device reports watch errors this way); the connection is fine.
+                        exc.path = path
+                        raise
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                         self._broken = exc
                         self._wake()

@@ -70,6 +70,16 @@ class XenbusDeviceStream(anyio.abc.ByteStream):
             return data
 
     async def send(self, item: bytes) -> None:
+        """Write one message.
+
+        Raises:
+            StoreError: the kernel refused the message; its errno names the xenstore error.
+                The Linux driver handles XS_WATCH / XS_UNWATCH itself and reports xenstored's
+                refusal (E2BIG for too many watches, EEXIST...) as the errno of ``write()``,
+                with no reply; the message is consumed and the device stays usable
+                (drivers/xen/xenbus/xenbus_dev_frontend.c, ``xenbus_file_write``).
+            anyio.ClosedResourceError: after `aclose()`.
+        """
         view = memoryview(item)
         while view:
             if self._closed:
@@ -80,7 +90,10 @@ class XenbusDeviceStream(anyio.abc.ByteStream):
                 await anyio.wait_writable(self._fd)
                 continue
             except OSError as exc:
-                raise anyio.BrokenResourceError(f"xenbus write failed: {exc}") from exc
+                if exc.errno == errno.EBADF:
+                    raise anyio.BrokenResourceError(f"xenbus write failed: {exc}") from exc
+                code = errno.errorcode.get(exc.errno or 0, "EIO")
+                raise StoreError(f"xenbus refused the request: {exc}", code, exc.errno) from exc
             view = view[written:]
 
     async def send_eof(self) -> None:

@@ -177,3 +177,36 @@ async def test_real_xenstored(way: str) -> None:
             assert await store.directory(f"{base}/big") == names
         finally:
             await store.rm(base)
+
+
+async def test_device_refusal_is_a_store_error_not_a_broken_connection(
+    server: XenstoreServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux's xenbus device reports xenstored refusing a watch as the errno of write() (no
+    reply comes); the request fails with that code and the connection carries on."""
+    import errno
+
+    import ringkit.store.connect as connect_module
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = XenbusDeviceStream(ours.detach())
+    real_write = os.write
+    refuse = {"pending": True}
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == device.fileno and refuse["pending"] and bytes(data[:4]) == b"\x04\0\0\0":
+            refuse["pending"] = False
+            raise OSError(errno.E2BIG, os.strerror(errno.E2BIG))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(connect_module.os, "write", write)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve_connection, XenbusDeviceStream(theirs.detach()), 0)
+        async with StoreClient(device) as store:
+            with pytest.raises(StoreError) as info:
+                async with store.watch("/refused"):
+                    pass
+            assert info.value.code == "E2BIG" and info.value.errno == errno.E2BIG
+            assert store.watch_count == 0
+            await store.write("/after", "fine")
+            assert await store.read("/after") == "fine"
