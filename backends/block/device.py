@@ -9,8 +9,10 @@ the frontend's rings are mapped, the disk properties (``sectors``, ``info``, ``s
 the x86_64 ABI (or absent); its ``feature-persistent`` switches persistent grants on.
 
 Each ring is served by its own task with its own `BlockService` (and persistent grant cache),
-all on the same image.  A read-only backend (``readonly=True`` or the toolstack's ``mode`` =
-``r``) advertises VDISK_READONLY and answers every kind of write with BLKIF_RSP_ERROR.
+all on the same image.  A read-only backend (`ServiceConfig.read_only` or the toolstack's
+``mode`` = ``r``) advertises VDISK_READONLY and answers every kind of write with
+BLKIF_RSP_ERROR.  Everything the backend offers comes from its `ServiceConfig`, validated
+when that is built.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ from ringkit.abc import Domain
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import blkif
 
+from .config import MAX_RING_PAGE_ORDER, ServiceConfig
 from .grants import SegmentMapper
 from .image import Image
 from .queue import serve_ring
-from .service import BlockService, ServiceConfig, ServiceStats
-
-DISCARD_GRANULARITY = 4096
-"""Advertised ``discard-granularity``: hole punching works in whole file-system blocks."""
+from .service import BlockService, ServiceStats
 
 
 class BlockBackend(Backend):
@@ -45,18 +45,21 @@ class BlockBackend(Backend):
 
     device_type: ClassVar[str] = "vbd"
     ring_layout = blkif.RING_LAYOUT
-    max_ring_page_order: ClassVar[int] = 4
+    max_ring_page_order: ClassVar[int] = MAX_RING_PAGE_ORDER
+    """The class's ceiling; an instance offers its `config`'s value."""
     max_queues: ClassVar[int] = 4
+    """The default; an instance offers its `config`'s value."""
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
-                 image: str | os.PathLike[str], readonly: bool = False,
-                 config: ServiceConfig | None = None, persistent: bool = True,
-                 max_persistent: int = 1056) -> None:
+                 image: str | os.PathLike[str], config: ServiceConfig | None = None) -> None:
+        config = config or ServiceConfig()
+        # the device framework reads these limits from the instance: this one's are the
+        # user's (already validated) settings, not the class defaults
+        vars(self).update(max_ring_page_order=config.max_ring_page_order,
+                          max_queues=config.max_queues)
         super().__init__(domain, frontend_id, devid)
-        self.image = Image(image, readonly=readonly)
-        self.config = config or ServiceConfig()
-        self.offer_persistent = persistent
-        self.max_persistent = max_persistent
+        self.config = config
+        self.image = Image(image, readonly=config.read_only)
         self.persistent = False
         """Whether the current connection uses persistent grants (both ends offered them)."""
         self.services: dict[int, BlockService] = {}
@@ -73,15 +76,15 @@ class BlockBackend(Backend):
             self.image.close()
             self.image = Image(path, readonly=True)
         writable = not self.image.readonly
-        await nodes.write("feature-persistent", int(self.offer_persistent))
+        await nodes.write("feature-persistent", int(self.config.persistent))
         await nodes.write("feature-max-indirect-segments", self.config.max_indirect_segments)
         await nodes.write("feature-flush-cache", int(self.config.flush and writable))
         await nodes.write("feature-barrier", int(self.config.barrier and writable))
         discard = self.config.discard and writable
         await nodes.write("feature-discard", int(discard))
         if discard:
-            await nodes.write("discard-granularity", DISCARD_GRANULARITY)
-            await nodes.write("discard-alignment", 0)
+            await nodes.write("discard-granularity", self.config.discard_granularity)
+            await nodes.write("discard-alignment", self.config.discard_alignment)
             await nodes.write("discard-secure", 0)
 
     async def connecting(self, frontend: Nodes) -> None:
@@ -89,7 +92,8 @@ class BlockBackend(Backend):
         if protocol is not None and protocol.strip("\0") != blkif.PROTOCOL_X86_64:
             raise RemoteProtocolError(f"{frontend.node('protocol')} = {protocol[:32]!r}: only "
                                       f"{blkif.PROTOCOL_X86_64!r} is served")
-        self.persistent = self.offer_persistent and await frontend.read_flag("feature-persistent")
+        self.persistent = (self.config.persistent
+                           and await frontend.read_flag("feature-persistent"))
 
     async def connected(self, nodes: Nodes) -> None:
         info = blkif.VDISK_READONLY if self.image.readonly else 0
@@ -101,7 +105,7 @@ class BlockBackend(Backend):
             queue.index: BlockService(
                 self.image,
                 SegmentMapper(self.domain.grants, self.peer_id, persistent=self.persistent,
-                              max_persistent=self.max_persistent),
+                              max_persistent=self.config.max_persistent),
                 self.config,
             )
             for queue in self.queues
@@ -136,4 +140,4 @@ class BlockBackend(Backend):
             self.image.close()
 
 
-__all__ = ("DISCARD_GRANULARITY", "BlockBackend")
+__all__ = ("BlockBackend",)

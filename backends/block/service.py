@@ -31,26 +31,13 @@ from ringkit._errors import GrantError, TransportError
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op, Status
 
+from .config import ServiceConfig
 from .grants import SegmentMapper
 from .image import Image
 
 log = logging.getLogger(__name__)
 
 _WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD})
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceConfig:
-    """What this backend offers (and advertises in xenstore)."""
-
-    max_indirect_segments: int = 256
-    """``feature-max-indirect-segments``; 0 disables indirect requests."""
-    discard: bool = True
-    """``feature-discard`` (punch hole)."""
-    flush: bool = True
-    """``feature-flush-cache``."""
-    barrier: bool = True
-    """``feature-barrier``."""
 
 
 @dataclass(slots=True)

@@ -19,8 +19,9 @@ import click
 
 from .._errors import PeerGoneError, RingkitError
 from ..abc import Domain
+from ..backends.block.config import InvalidSetting, ServiceConfig
 from ..backends.block.device import BlockBackend
-from ..backends.block.service import ServiceConfig, ServiceStats
+from ..backends.block.service import ServiceStats
 from ..device import DeviceAddress, create_device
 from ..frontends.block.device import BlockFrontend
 from ..proto.xenbus import XenbusState
@@ -78,20 +79,39 @@ def block(verbose: int) -> None:
               type=click.IntRange(0, 2**31 - 1), help="Device id (51712 = xvda).")
 @click.option("--read-only", is_flag=True, help="Serve the disk read-only.")
 @click.option("--no-persistent", is_flag=True, help="Do not offer persistent grants.")
-@click.option("--max-indirect", default=256, show_default=True, type=click.IntRange(0, 4096),
-              help="feature-max-indirect-segments to offer (0: no indirect requests).")
+@click.option("--max-indirect", default=256, show_default=True, type=int,
+              help="feature-max-indirect-segments to offer, 0..4096 (0: no indirect requests).")
+@click.option("--max-ring-page-order", default=4, show_default=True, type=int,
+              help="Largest ring to accept, as 2**ORDER pages, 0..4 (0: one page).")
+@click.option("--max-queues", default=4, show_default=True, type=int,
+              help="Most rings (multi-queue) to accept, 1..64.")
+@click.option("--discard-granularity", default=4096, show_default=True, type=int,
+              help="discard-granularity to advertise in bytes (a power of two, >= 512).")
 @click.option("--once", is_flag=True, help="Exit after the first frontend disconnects.")
 @click.option("--no-create", is_flag=True,
               help="Do not create the device's xenstore entries (a toolstack already did).")
 def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid: int,
-          read_only: bool, no_persistent: bool, max_indirect: int, once: bool,
-          no_create: bool) -> None:
+          read_only: bool, no_persistent: bool, max_indirect: int, max_ring_page_order: int,
+          max_queues: int, discard_granularity: int, once: bool, no_create: bool) -> None:
     """Serve IMAGE (a raw file or block device) as a virtual disk to the guest --frontend.
 
     Like `xl block-attach`, it first writes both ends' xenstore entries (unless --no-create),
     then serves until the device is removed (or, with --once, the frontend leaves).  Prints
     "ready" once it waits for the frontend.
     """
+    options = {"read_only": "--read-only", "persistent": "--no-persistent",
+               "max_indirect_segments": "--max-indirect",
+               "max_ring_page_order": "--max-ring-page-order", "max_queues": "--max-queues",
+               "discard_granularity": "--discard-granularity"}
+    try:
+        config = ServiceConfig(read_only=read_only, persistent=not no_persistent,
+                               max_indirect_segments=max_indirect,
+                               max_ring_page_order=max_ring_page_order, max_queues=max_queues,
+                               discard_granularity=discard_granularity)
+    except InvalidSetting as exc:
+        raise click.BadParameter(f"{exc.value!r} is not allowed: must be {exc.allowed}",
+                                 param_hint=options.get(exc.field, exc.field)) from None
+
     async def main() -> None:
         async with _domain(directory, domid) as dom:
             if not no_create:
@@ -102,9 +122,8 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
                                    "mode": "r" if read_only else "w", "type": "raw"},
                     frontend_nodes={"virtual-device": devid, "device-type": "disk"},
                 )
-            config = ServiceConfig(max_indirect_segments=max_indirect)
-            async with BlockBackend(dom, frontend_id, devid, image=image, readonly=read_only,
-                                    config=config, persistent=not no_persistent) as backend:
+            async with BlockBackend(dom, frontend_id, devid, image=image,
+                                    config=config) as backend:
                 click.echo(f"ready: serving {image} ({backend.image.size} bytes"
                            f"{', read-only' if backend.image.readonly else ''}) to domain "
                            f"{frontend_id} as vbd/{devid}", nl=True)

@@ -63,9 +63,10 @@ async def world(tmp_path: Path, *, mode: str = "w", fill: bytes = b"\0"
 
 
 @asynccontextmanager
-async def backend(w: World, **options: object) -> AsyncIterator[BlockBackend]:
+async def backend(w: World, config: ServiceConfig | None = None
+                  ) -> AsyncIterator[BlockBackend]:
     async with anyio.create_task_group() as tg, BlockBackend(
-            w.dom0, w.guest, w.address.devid, image=w.image, **options) as be:  # type: ignore[arg-type]
+            w.dom0, w.guest, w.address.devid, image=w.image, config=config) as be:
         tg.start_soon(lambda: be.run(once=True))
         yield be
 
@@ -79,7 +80,7 @@ async def test_random_io_against_a_model(tmp_path: Path, order: int, queues: int
     rng = random.Random(order * 10 + queues)
     model = bytearray(DISK)
     with anyio.fail_after(120):
-        async with world(tmp_path) as w, backend(w, persistent=persistent) as be:
+        async with world(tmp_path) as w, backend(w, ServiceConfig(persistent=persistent)) as be:
             async with BlockFrontend(w.domu, 0, w.address.devid, ring_page_order=order,
                                      queues=queues, persistent=persistent,
                                      indirect=indirect, pool_pages=300) as disk:
@@ -157,9 +158,10 @@ async def test_read_only_disk(tmp_path: Path) -> None:
 
 
 async def test_backend_without_optional_features(tmp_path: Path) -> None:
-    config = ServiceConfig(max_indirect_segments=0, discard=False, flush=True, barrier=False)
+    config = ServiceConfig(max_indirect_segments=0, discard=False, flush=True, barrier=False,
+                           persistent=False)
     with anyio.fail_after(30):
-        async with world(tmp_path) as w, backend(w, config=config, persistent=False) as be:
+        async with world(tmp_path) as w, backend(w, config) as be:
             async with BlockFrontend(w.domu, 0, w.address.devid) as disk:
                 assert disk.info is not None
                 assert (disk.info.max_indirect_segments, disk.info.discard,
