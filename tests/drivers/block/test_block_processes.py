@@ -22,7 +22,7 @@ from ringkit.backends.block.device import BlockBackend
 from ringkit.frontends.block.device import BlockFrontend
 from test_block_sim import DISK, world
 
-from ringkit._errors import PeerGoneError
+from ringkit._errors import PeerGoneError, RingkitError
 from ringkit.device import XenbusState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -182,6 +182,60 @@ async def test_cli_serve_and_attach(tmp_path: Path) -> None:
                 assert await run([*attach, "--read", "8192:1024"]) == b"ringkit!" * 128
                 proc.send_signal(signal.SIGTERM)
         assert w.image.read_bytes()[8192:9216] == b"ringkit!" * 128
+
+
+async def test_cli_attach_waits_for_a_backend_still_closed(tmp_path: Path) -> None:
+    # After a frontend left, the backend sits at Closed until it sees a new frontend at
+    # Initialising.  A new frontend that looks before the backend has answered sees that
+    # leftover Closed, and the xenbus tables make it close too; if the backend then reads the
+    # frontend's node only after that, it finds Closed and both wait forever.  The serving
+    # process is stopped across the new attach's start, so the backend answers late.
+    with anyio.fail_after(90):
+        async with world(tmp_path) as w:
+            await w.dom0.store.rm(w.address.backend_path)
+            await w.dom0.store.rm(w.address.frontend_path)
+            d = str(w.xen.directory)
+            serve = [*CLI, "block", "serve", str(w.image), "--dir", d, "--frontend",
+                     str(w.guest), "--devid", str(w.address.devid)]
+            async with child(serve) as (proc, lines):
+                assert (await lines.next()).startswith("ready: serving")
+                attach = [*CLI, "block", "attach", "--dir", d, "--domain", str(w.guest),
+                          "--devid", str(w.address.devid), "--timeout", "60"]
+                await run(attach)  # a first connection, closed: the backend ends at Closed
+                state = f"{w.address.backend_path}/state"
+                await wait_for_async(lambda: w.dom0.store.read(state),
+                                     XenbusState.CLOSED.to_wire())
+                proc.send_signal(signal.SIGSTOP)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        result: list[bytes] = []
+
+                        async def second() -> None:
+                            result.append(await run([*attach, "--read", "0:512"]))
+
+                        tg.start_soon(second)
+                        # let the new frontend start and look at the backend's Closed
+                        with anyio.move_on_after(20):
+                            await wait_for_async(
+                                lambda: w.dom0.store.read(f"{w.address.frontend_path}/state"),
+                                XenbusState.INITIALISING.to_wire())
+                        await anyio.sleep(1)
+                        proc.send_signal(signal.SIGCONT)
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+                assert result == [bytes(512)]
+                proc.send_signal(signal.SIGTERM)
+
+
+async def wait_for_async(read: object, value: str) -> None:
+    """Poll until ``await read()`` returns `value`."""
+    while True:
+        try:
+            if (await read()).strip() == value:  # type: ignore[operator]
+                return
+        except RingkitError:  # the node is not there yet
+            pass
+        await anyio.sleep(0.01)
 
 
 async def test_cli_attach_times_out_without_backend(tmp_path: Path) -> None:
