@@ -122,7 +122,7 @@ class SimSharedPages(SharedPages):
             area.close()
         self._dom._shares.pop(self._id, None)
         if not self._dom._link.lost:
-            with contextlib.suppress(PeerGoneError):
+            with anyio.CancelScope(shield=True), contextlib.suppress(PeerGoneError):
                 await self._dom._link.call("unshare", share=self._id)
 
 
@@ -179,7 +179,7 @@ class SimMappedPages(MappedPages):
         area, self._area = self._area, None
         self._dom._maps.pop(self._id, None)
         if not self._dom._link.lost:
-            with contextlib.suppress(PeerGoneError):
+            with anyio.CancelScope(shield=True), contextlib.suppress(PeerGoneError):
                 await self._dom._link.call("unmap", map=self._id)
         area.close()
 
@@ -334,7 +334,8 @@ class SimEventChannel(EventChannel):
         os.close(self._notify_fd)
         self._dom._channels.pop(self._port, None)
         if not self._dom._link.lost:
-            with contextlib.suppress(PeerGoneError, EventChannelError):
+            with (anyio.CancelScope(shield=True),
+                  contextlib.suppress(PeerGoneError, EventChannelError)):
                 await self._dom._link.call("close_port", port=self._port)
 
 

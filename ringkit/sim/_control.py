@@ -151,7 +151,12 @@ class SimXen:
             request_id = next(self._ids)
             try:
                 await _wire.send(self._stream, {"id": request_id, "op": op, **args})
-                message, fds = await self._reader.receive()
+                while True:
+                    message, fds = await self._reader.receive()
+                    if message.get("id") == request_id:
+                        break
+                    for fd in fds:  # the reply to an earlier call that was cancelled
+                        os.close(fd)
             except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
                 raise TransportError(f"the simulated Xen at {self.directory} stopped") from exc
         for fd in fds:

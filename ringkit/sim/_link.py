@@ -79,13 +79,16 @@ class Link:
 
     async def call(self, op: str, **args: Any) -> tuple[dict[str, Any], list[int]]:
         """Send a request and return its reply and the descriptors it carried (the caller
-        owns them).  The wait for the reply is shielded from cancellation, so the server and
-        this side never disagree about what was created.
+        owns them).  A cancelled caller is stopped before the request is sent (so a loop of
+        calls can be cancelled at all); once sent, the wait for the reply is shielded from
+        cancellation, so the server and this side never disagree about what was created.
+        Releasing calls (unshare, unmap, close_port) must therefore be made in a shielded scope.
 
         Raises:
             TransportError, ConfigError: the hypervisor refused (its errno preserved).
             PeerGoneError: the connection is lost.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         self._check()
         request_id = next(self._ids)
         pending = self._pending[request_id] = _Pending()
@@ -215,4 +218,5 @@ class Link:
                 while self._out and self._lost is None:
                     await anyio.wait_writable(self._sock)
                     self._flush()
+            anyio.notify_closing(self._sock)  # wakes the reader task waiting on it
             await self._stream.aclose()

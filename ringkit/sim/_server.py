@@ -92,10 +92,7 @@ class _Connection:
         async with self._receive:
             async for frame, fds in self._receive:
                 try:
-                    if fds:
-                        await stream.send_fds(frame, fds)
-                    else:
-                        await stream.send(frame)
+                    await _wire.send_frame(stream, frame, fds)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self.broken = True
                     return
@@ -207,8 +204,8 @@ class SimServer:
             xs = await anyio.create_unix_listener(_paths.xenstored_socket(self.directory, domid))
             async with xen, xs, anyio.create_task_group() as tg:
                 task_status.started()
-                tg.start_soon(xen.serve, partial(self._serve_client, domid), tg)
-                tg.start_soon(xs.serve, partial(self._serve_store, domid), tg)
+                tg.start_soon(_wire.serve_unix, xen, partial(self._serve_client, domid), tg)
+                tg.start_soon(_wire.serve_unix, xs, partial(self._serve_store, domid), tg)
 
     async def _serve_store(self, domid: int, stream: anyio.abc.SocketStream) -> None:
         await self.store.serve_connection(stream, domid)
@@ -364,8 +361,8 @@ class SimServer:
     # ----------------------------------------------------------------- control
 
     async def _run_control(self, listener: anyio.abc.SocketListener) -> None:
-        async with listener:
-            await listener.serve(self._serve_control)
+        async with listener, anyio.create_task_group() as tg:
+            await _wire.serve_unix(listener, self._serve_control, tg)
 
     async def _serve_control(self, stream: anyio.abc.SocketStream) -> None:
         assert isinstance(stream, UNIXSocketStream)

@@ -6,18 +6,29 @@ frame's first byte, so they reach the receiver no later than the frame's bytes d
 therefore reads with ``recvmsg`` only (a plain ``recv`` that crosses a descriptor-carrying chunk
 makes the kernel discard the descriptors) and hands descriptors out strictly in arrival order,
 `nfds` per frame.
+
+Reading, writing and accepting go through ``anyio.wait_readable`` / ``wait_writable`` and the raw
+socket, not through anyio's Unix stream and listener methods: on asyncio those register the
+waiting future's own ``set_result`` as the selector callback, so when a task is cancelled (a
+domain destroyed, a client cancelled) in the same loop iteration in which its socket became
+ready, the queued callback resolves a cancelled future and asyncio logs ``InvalidStateError``
+("Exception in callback Future.set_result(None)").  ``wait_readable``'s callback tolerates that.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import os
+import socket
 import struct
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
-from anyio.abc import UNIXSocketStream
+import anyio.abc
+from anyio.abc import SocketAttribute, UNIXSocketStream
 
 from .._errors import RemoteProtocolError
 
@@ -38,13 +49,101 @@ def encode(message: Message, nfds: int = 0) -> bytes:
     return _HEADER.pack(len(body), nfds) + body
 
 
+def _raw(stream: UNIXSocketStream) -> socket.socket:
+    sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
+    return sock
+
+
 async def send(stream: UNIXSocketStream, message: Message, fds: list[int] | None = None) -> None:
     """Send one frame, with `fds` attached when given."""
-    frame = encode(message, len(fds) if fds else 0)
-    if fds:
-        await stream.send_fds(frame, fds)
-    else:
-        await stream.send(frame)
+    await send_frame(stream, encode(message, len(fds) if fds else 0), fds or [])
+
+
+async def send_frame(stream: UNIXSocketStream, frame: bytes, fds: list[int]) -> None:
+    """Send an encoded frame whole, `fds` riding on its first byte.
+
+    Raises:
+        anyio.ClosedResourceError: the stream was closed here.
+        anyio.BrokenResourceError: the peer is gone.
+    """
+    sock = _raw(stream)
+    await anyio.lowlevel.checkpoint()
+    view = memoryview(frame)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    while view:
+        if sock.fileno() < 0:
+            raise anyio.ClosedResourceError
+        try:
+            sent = sock.sendmsg([view], rights) if rights else sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_writable(sock)
+            continue
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        rights = []
+        view = view[sent:]
+
+
+async def receive_chunk(stream: UNIXSocketStream) -> tuple[bytes, list[int]]:
+    """What one ``recvmsg`` returns: bytes and the descriptors that came with them.
+
+    Raises:
+        anyio.EndOfStream: the peer closed the connection.
+        anyio.ClosedResourceError: the stream was closed here.
+        anyio.BrokenResourceError: the connection failed.
+        RemoteProtocolError: more descriptors arrived than a chunk may carry.
+    """
+    sock = _raw(stream)
+    await anyio.lowlevel.checkpoint()
+    while True:
+        if sock.fileno() < 0:
+            raise anyio.ClosedResourceError
+        try:
+            data, ancdata, flags, _ = sock.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(sock)
+            continue
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        break
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise RemoteProtocolError("control connection sent more descriptors than a frame holds")
+    if not data and not fds:
+        raise anyio.EndOfStream
+    return data, fds
+
+
+async def serve_unix(
+    listener: anyio.abc.SocketListener,
+    handler: Callable[[UNIXSocketStream], Coroutine[Any, Any, None]],
+    task_group: anyio.abc.TaskGroup,
+) -> None:
+    """Accept connections on `listener` forever, serving each with `handler` in `task_group`
+    (what ``listener.serve`` does, with a cancellation-safe wait; see the module docstring)."""
+    sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        try:
+            conn.setblocking(False)
+            stream = await UNIXSocketStream.from_socket(conn)
+        except BaseException:
+            conn.close()
+            raise
+        task_group.start_soon(handler, stream)
 
 
 class FrameReader:
@@ -92,7 +191,7 @@ class FrameReader:
                         raise RemoteProtocolError(f"malformed control message: {exc}") from exc
                     return message, fds
             try:
-                data, fds = await self._stream.receive_fds(65536, MAX_FDS)
+                data, fds = await receive_chunk(self._stream)
             except anyio.EndOfStream:
                 if self._buffer:
                     raise RemoteProtocolError("control connection ended inside a frame") from None
