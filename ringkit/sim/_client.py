@@ -108,7 +108,8 @@ class SimSharedPages(SharedPages):
         )
 
     async def aclose(self) -> None:
-        """Unmap the pages and revoke the grants (the peer's mappings stay valid).
+        """Revoke the grants and unmap the pages (the peer's mappings stay valid).  Buffers the
+        caller still exports from `buffer` stay valid: the unmap waits for their release.
 
         Raises:
             GrantError: the pages were closed already (a double unmap).
@@ -117,7 +118,10 @@ class SimSharedPages(SharedPages):
             await anyio.lowlevel.checkpoint()
             raise GrantError(f"pages {self._refs} were already unshared", errno.EINVAL)
         area, self._area = self._area, None
-        self._view.release()
+        # A raw export of `buffer` the caller still holds (cffi's from_buffer, say) keeps the
+        # pages mapped until it is released, as on the real transport; the grant goes now.
+        with contextlib.suppress(BufferError):
+            self._view.release()
         with contextlib.suppress(BufferError):  # unmapped once the last slice is released
             area.close()
         self._dom._shares.pop(self._id, None)
@@ -168,7 +172,8 @@ class SimMappedPages(MappedPages):
         )
 
     async def aclose(self) -> None:
-        """Unmap the pages, running the unmap-notify.
+        """Unmap the pages, running the unmap-notify.  Buffers the caller still exports from
+        `buffer` stay valid: the local unmap waits for their release.
 
         Raises:
             GrantError: the pages were unmapped already (a double unmap).

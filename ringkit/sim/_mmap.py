@@ -76,10 +76,13 @@ class Stitched:
         """Release our view and unmap the range (now, or when the last export is released)."""
         if self._reservation is None:
             return
-        self.view.release()
         reservation, self._reservation = self._reservation, None
-        self._base.release()
-        # If someone still holds a slice, the mmap object unmaps the range when it is freed.
+        # If someone still holds a slice or a raw export (cffi's from_buffer) of `view`, the
+        # mmap object unmaps the range when the last of them is freed.
+        with contextlib.suppress(BufferError):
+            self.view.release()
+        with contextlib.suppress(BufferError):
+            self._base.release()
         with contextlib.suppress(BufferError):
             reservation.close()
 

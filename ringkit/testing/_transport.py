@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import anyio
+import cffi
 from anyio import wait_all_tasks_blocked
 
 from .._errors import EventChannelError, GrantError, PeerGoneError, ResourceLimitError
@@ -94,6 +95,28 @@ async def check_share_map_round_trip(make_pair: PairMaker) -> None:
         mapped.buffer[100] = 42
         assert mapped.buffer[100] == 42 and bytes(mapped.buffer[0:5]) == b"hello"
         await mapped.aclose()
+        assert_no_leaks(a, b)
+
+
+async def check_close_while_buffer_exported(make_pair: PairMaker) -> None:
+    """Closing pages while the caller still holds a raw export of `buffer` (cffi's from_buffer,
+    as a ring attached to them holds) succeeds: the grant and the mapping are released at once,
+    the local unmap waits until the export is released, so the export never points at unmapped
+    memory; a second close is still a double unmap."""
+    ffi = cffi.FFI()
+    async with make_pair() as (a, b):
+        shared = await a.grants.share(b.domid, 1)
+        mapped = await b.grants.map(a.domid, shared.refs)
+        shared_export = ffi.from_buffer(shared.buffer)
+        mapped_export = ffi.from_buffer(mapped.buffer)
+        shared.buffer[3] = 7
+        await mapped.aclose()
+        await shared.aclose()
+        assert shared_export[3] == b"\x07" and mapped_export[3] == b"\x07"
+        for pages in (shared, mapped):
+            await _raises(GrantError, pages.aclose, "closing pages twice")
+        ffi.release(shared_export)
+        ffi.release(mapped_export)
         assert_no_leaks(a, b)
 
 
@@ -362,6 +385,7 @@ async def check_grant_limit(make_pair: PairMaker, grant_limit: int) -> None:
 CHECKS: dict[str, Callable[[PairMaker], Awaitable[None]]] = {
     "share_map_round_trip": check_share_map_round_trip,
     "read_only_grant": check_read_only_grant,
+    "close_while_buffer_exported": check_close_while_buffer_exported,
     "multi_page_contiguous": check_multi_page_contiguous,
     "event_channel": check_event_channel,
     "peer_gone": check_peer_gone,
