@@ -4,7 +4,6 @@ the simulated store with Debian's own xenstore tools."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _tools import require_tools
 from click.testing import CliRunner
 
 from ringkit.cli import main
@@ -60,8 +60,8 @@ def test_domain_commands(served: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("xenstore-ls") is None, reason="needs xenstore-utils")
 def test_xenstore_ls_reads_what_ringkit_wrote(served: Path) -> None:
+    require_tools("xenstore-ls", why="read the simulated store with Debian's own tool")
     domid = int(_cli("sim", "domain", "create", "--dir", str(served), "guest"))
 
     async def write() -> None:
