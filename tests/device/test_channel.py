@@ -139,3 +139,19 @@ async def test_a_bad_item_mid_batch_still_sends_the_ones_before_it(use_async: bo
         # The channel is still usable.
         await front.send(struct.pack("<Q", 4))
         assert bytes((await back.receive())[:8]) == struct.pack("<Q", 4)
+
+
+async def test_received_items_are_private_copies_that_later_bursts_do_not_touch() -> None:
+    # The channel reuses one buffer for copying bursts out of the ring; what it handed out
+    # must not change when the next burst lands there, nor when the ring page is rewritten.
+    front, back, page = make_pair()
+    for n in range(3):
+        await front.send(struct.pack("<Q", n))
+    first = back.receive_batch_nowait(8)
+    for n in (7, 8, 9):
+        await front.send(struct.pack("<Q", n))
+    second = back.receive_batch_nowait(8)
+    page[:] = b"\xee" * len(page)
+    assert [struct.unpack_from("<Q", r)[0] for r in first] == [0, 1, 2]
+    assert [struct.unpack_from("<Q", r)[0] for r in second] == [7, 8, 9]
+    assert all(type(r) is bytearray and len(r) == LAYOUT.request_size for r in first + second)
