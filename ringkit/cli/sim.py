@@ -8,9 +8,11 @@ from pathlib import Path
 import anyio
 import click
 
-from .._errors import RingkitError
+from .._config import BACKENDS, SimConfig, load
+from .._errors import ConfigError, RingkitError
 
 _DIR_HELP = "The simulator's directory (sockets live there)."
+_OPTION_NAMES = {"directory": "--dir", "grant_limit": "--grant-limit", "backend": "--backend"}
 
 
 @click.group()
@@ -21,9 +23,9 @@ def sim() -> None:
 @sim.command()
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
               help=_DIR_HELP)
-@click.option("--grant-limit", default=1024, show_default=True, type=click.IntRange(min=1),
-              help="Pages one process may grant at a time (gntalloc's limit).")
-@click.option("--backend", default="asyncio", type=click.Choice(["asyncio", "trio"]),
+@click.option("--grant-limit", default=1024, show_default=True, type=int,
+              help="Pages one process may grant at a time (gntalloc's limit; at least 1).")
+@click.option("--backend", default="asyncio", type=click.Choice(BACKENDS),
               show_default=True, help="anyio backend to run the server on.")
 def serve(directory: str, grant_limit: int, backend: str) -> None:
     """Serve a simulated Xen in DIR until interrupted or shut down.
@@ -31,6 +33,12 @@ def serve(directory: str, grant_limit: int, backend: str) -> None:
     Prints "ready <DIR>" once domain 0's sockets accept connections.
     """
     from ..sim._server import run_forever
+
+    try:  # the settings' rules live in SimConfig; report them under the options' names
+        load(SimConfig, _OPTION_NAMES, directory=directory, grant_limit=grant_limit,
+             backend=backend)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
     def ready() -> None:
         print(f"ready {Path(directory).resolve()}", flush=True)

@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .._config import SimConfig, load
 from .._errors import ConfigError, TransportError
 from . import _paths, _wire
 from ._client import SimDomain, connect
@@ -106,12 +107,16 @@ class SimXen:
 
         With `in_process` the server runs in the calling event loop; otherwise it is a child
         process, so killing test processes never takes the hypervisor with them.
+
+        Raises:
+            ConfigError: a bad setting (see `ringkit._config.SimConfig`), named in the message.
         """
-        with _directory(directory) as root:
+        config = load(SimConfig, directory=directory, grant_limit=grant_limit)
+        with _directory(config.directory) as root:
             if in_process:
                 from ._server import SimServer
 
-                server = SimServer(root, grant_limit=grant_limit)
+                server = SimServer(root, grant_limit=config.grant_limit)
                 async with anyio.create_task_group() as tg:
                     await tg.start(server.run)
                     try:
@@ -125,7 +130,7 @@ class SimXen:
                         tg.cancel_scope.cancel()
                 return
             command = [sys.executable, "-m", "ringkit.sim", "serve", "--dir", str(root),
-                       "--grant-limit", str(grant_limit)]
+                       "--grant-limit", str(config.grant_limit)]
             async with await anyio.open_process(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None
             ) as process:

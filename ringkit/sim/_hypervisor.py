@@ -34,6 +34,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .._config import DOMID_MAX as DOMID_MAX
+from .._config import DomainName, load
 from .._errors import ConfigError, EventChannelError, GrantError, ResourceLimitError
 from ..abc import PAGE_SIZE
 
@@ -45,8 +47,6 @@ PEER_GONE = 1 << 40
 FIRST_GRANT_REF = 8
 """Xen reserves the first grant entries (GNTTAB_NR_RESERVED_ENTRIES) for the toolstack."""
 
-DOMID_MAX = 0x7FEF
-"""Largest domid of a real domain (DOMID_FIRST_RESERVED - 1)."""
 
 F_SEAL_SHRINK = 0x2
 F_SEAL_GROW = 0x4
@@ -232,8 +232,7 @@ class Hypervisor:
 
     def create_domain(self, name: str, domid: int | None = None) -> int:
         """Create an empty domain and return its domid (dom0 must be created first, as 0)."""
-        if not name or "/" in name or len(name) > 64:
-            raise ConfigError(f"bad domain name {name!r}")
+        load(DomainName, name=name)
         if any(d.name == name for d in self.domains.values()):
             raise ConfigError(f"a domain named {name!r} exists already")
         if domid is None:

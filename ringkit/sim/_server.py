@@ -27,10 +27,11 @@ import anyio.abc
 from anyio.abc import TaskStatus, UNIXSocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._config import SimConfig, load
 from .._errors import ConfigError, RemoteProtocolError, TransportError
 from ..store import StoreClient
 from . import _paths, _wire
-from ._hypervisor import DOMID_MAX, Client, Hypervisor
+from ._hypervisor import Client, Hypervisor
 from .xenstored import XenstoreServer
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ _Outbox = tuple[bytes, list[int]]
 _BACKLOG = 256
 """Queued outgoing frames above which a connection's requests are no longer read."""
 
-_SUN_PATH_MAX = 108
-"""sizeof(sockaddr_un.sun_path) on Linux, terminating NUL included."""
 
 
 def _error(exc: Exception) -> dict[str, Any]:
@@ -123,14 +122,9 @@ class SimServer:
         """Raises:
             ConfigError: the directory's path is too long for Unix sockets, or a bad limit.
         """
+        config = load(SimConfig, directory=Path(directory), grant_limit=grant_limit)
         self.directory = Path(directory)
-        longest = _paths.xenstored_socket(self.directory.resolve(), DOMID_MAX)
-        if len(os.fsencode(longest)) >= _SUN_PATH_MAX:
-            raise ConfigError(
-                f"directory {self.directory} is too long: its sockets (like {longest}) would "
-                f"exceed the {_SUN_PATH_MAX - 1} bytes a Unix socket path may have"
-            )
-        self.hypervisor = Hypervisor(grant_limit=grant_limit)
+        self.hypervisor = Hypervisor(grant_limit=config.grant_limit)
         self.store = XenstoreServer()
         self._domain_scopes: dict[int, anyio.CancelScope] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -430,8 +424,10 @@ def run_forever(
                 server.shutdown()
                 return
 
+    config = load(SimConfig, directory=Path(directory), grant_limit=grant_limit, backend=backend)
+
     async def main() -> None:
-        server = SimServer(directory, grant_limit=grant_limit)
+        server = SimServer(directory, grant_limit=config.grant_limit)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, server)
             await tg.start(server.run)
@@ -440,4 +436,4 @@ def run_forever(
             await server.stopped.wait()
             tg.cancel_scope.cancel()
 
-    anyio.run(main, backend=backend)
+    anyio.run(main, backend=config.backend)
