@@ -96,7 +96,9 @@ Both ends: ``self.tasks.start_soon(fn, *args)`` runs a background task for the d
 (a task failing because the peer died or misbehaved is handled like a broken ring; any other
 failure, or losing the xenstore connection, finishes the device with that error);
 ``await dev.wait_finished()`` returns once the device is gone for good.  A device owns a task
-group: open and close devices in the same task, in nested (``async with``) order.
+group: close it in the task that opened it, in LIFO order with the other devices that task
+opened (nested ``async with`` does both); otherwise ``aclose`` raises `LocalProtocolError`
+and leaves the device open.
 
 `Queue` (one per ring): ``index``, ``buffer`` (the ring pages), ``event`` (`EventChannel`),
 ``channel`` (`RingChannel`: ``send``/``receive``/``send_nowait``/``receive_nowait`` of whole

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from types import TracebackType
 from typing import ClassVar
 
@@ -24,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._errors import (
     EventChannelError,
+    LocalProtocolError,
     PeerGoneError,
     RemoteProtocolError,
     RingkitError,
@@ -72,6 +74,10 @@ def ring_failure(exc: BaseException) -> BaseException | None:
     ):
         return exc
     return None
+
+
+_OPEN_DEVICES: ContextVar[tuple[DeviceBase, ...]] = ContextVar("ringkit_open_devices", default=())
+"""The devices the current task opened and has not closed yet, oldest first."""
 
 
 class DeviceTasks:
@@ -141,6 +147,7 @@ class DeviceBase(AsyncResource):
         self._changed = anyio.Event()
         self._finished: BaseException | None = None
         self._closing = False
+        self._owner_task: int | None = None
 
     # ------------------------------------------------------------------ where things are
 
@@ -384,6 +391,37 @@ class DeviceBase(AsyncResource):
 
     async def aclose(self) -> None:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ open / close order
+
+    def _opened(self) -> None:
+        """Record that the current task opened this device (its task group is entered)."""
+        self._owner_task = anyio.get_current_task().id
+        _OPEN_DEVICES.set((*_OPEN_DEVICES.get(), self))
+
+    def _check_close_order(self) -> None:
+        """A device's task group lives in the task that opened it, nested in whatever that task
+        opened before: closing it from another task, or before a device opened after it, would
+        fail deep in anyio ("exit a cancel scope that isn't the current task's ...") with the
+        device half closed.  Say so first, touching nothing.
+
+        Raises:
+            LocalProtocolError: wrong task, or not the most recently opened open device.
+        """
+        if anyio.get_current_task().id != self._owner_task:
+            raise LocalProtocolError(
+                f"{self.address}: close a device in the task that opened it (its task group "
+                "lives there)"
+            )
+        opened = _OPEN_DEVICES.get()
+        if self in opened and opened[-1] is not self:
+            raise LocalProtocolError(
+                f"{self.address}: close devices in the reverse order of opening (nested "
+                f"`async with`): {opened[-1].address}, opened later, is still open"
+            )
+
+    def _closed(self) -> None:
+        _OPEN_DEVICES.set(tuple(dev for dev in _OPEN_DEVICES.get() if dev is not self))
 
     async def __aexit__(
         self,

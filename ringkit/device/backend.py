@@ -43,6 +43,11 @@ class Backend(DeviceBase):
     Use as ``async with MyBackend(domain, frontend_id, devid) as be: await be.run()``.
     Subclasses set `device_type` and `ring_layout` and implement `handle` (or override `serve`);
     they may override `advertise`, `connecting`, `connected`, `disconnected`, `make_channel`.
+
+    A device owns an anyio task group, entered when it opens and left when it closes, so it
+    is closed in the task that opened it and in LIFO order with the other devices that task
+    opened (nested ``async with`` does both); anything else raises `LocalProtocolError` before
+    touching the device.
     """
 
     role = Role.BACKEND
@@ -243,6 +248,7 @@ class Backend(DeviceBase):
             await stack.aclose()
             raise
         self._stack = stack
+        self._opened()
         return self
 
     async def run(self, *, once: bool = False) -> None:
@@ -276,10 +282,16 @@ class Backend(DeviceBase):
             self._finish(PeerGoneError(f"{self.address}: the backend's entries were removed"))
 
     async def aclose(self) -> None:
-        """Stop serving, unmap, close the ports, then Closing -> Closed (unless removed)."""
-        stack, self._stack = self._stack, None
-        if stack is None:
+        """Stop serving, unmap, close the ports, then Closing -> Closed (unless removed).
+
+        Raises:
+            LocalProtocolError: called from another task than the one that opened the device,
+                or while a device that task opened later is still open (see `Backend`).
+        """
+        if self._stack is None:
             return
+        self._check_close_order()
+        stack, self._stack = self._stack, None
         try:
             with anyio.CancelScope(shield=True):
                 await self._teardown()
@@ -293,4 +305,7 @@ class Backend(DeviceBase):
             assert self._tg is not None
             self._tg.cancel_scope.cancel()
             # Leave the task group outside any scope entered here (scopes nest).
-            await stack.aclose()
+            try:
+                await stack.aclose()
+            finally:
+                self._closed()

@@ -37,6 +37,11 @@ class Frontend(DeviceBase):
     Subclasses set `device_type` and `ring_layout` (and optionally `max_ring_page_order`,
     `max_queues`, `event_channel_key`) and may override `negotiate`, `publish`, `connected`,
     `disconnected` and `make_channel`.
+
+    A device owns an anyio task group, entered when it opens and left when it closes, so it
+    is closed in the task that opened it and in LIFO order with the other devices that task
+    opened (nested ``async with`` does both); anything else raises `LocalProtocolError` before
+    touching the device.
     """
 
     role = Role.FRONTEND
@@ -239,14 +244,21 @@ class Frontend(DeviceBase):
                 await stack.aclose()
             raise
         self._stack = stack
+        self._opened()
         return self
 
     async def aclose(self) -> None:
         """Orderly close: Closing, wait (up to `close_timeout`) for the backend to unmap and
-        close, release the rings, Closed."""
-        stack, self._stack = self._stack, None
-        if stack is None:
+        close, release the rings, Closed.
+
+        Raises:
+            LocalProtocolError: called from another task than the one that opened the device,
+                or while a device that task opened later is still open (see `Frontend`).
+        """
+        if self._stack is None:
             return
+        self._check_close_order()
+        stack, self._stack = self._stack, None
         self._closing = True
         try:
             with anyio.CancelScope(shield=True):
@@ -275,4 +287,7 @@ class Frontend(DeviceBase):
             assert self._tg is not None
             self._tg.cancel_scope.cancel()
             # Leave the task group outside any scope entered here (scopes nest).
-            await stack.aclose()
+            try:
+                await stack.aclose()
+            finally:
+                self._closed()

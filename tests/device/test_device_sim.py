@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from ringkit import StoreError
+from ringkit import LocalProtocolError, StoreError
 from ringkit.abc import Access, Domain, Permission
 from ringkit.device import DeviceAddress, XenbusState, create_device, destroy_device
 from ringkit.sim import SimXen
@@ -165,3 +165,28 @@ async def test_frontend_follows_an_orderly_backend_restart() -> None:
                 assert front.generation == 2
                 assert await front.echo(2, b"b") == b"B"
             second.cancel()
+
+
+async def test_closing_out_of_order_or_from_another_task_is_a_clear_local_error() -> None:
+    with anyio.fail_after(20):
+        async with world() as w:
+            backend = await EchoBackend(w.dom0, w.guest).__aenter__()
+            other = DeviceAddress("echo", frontend_id=w.guest, backend_id=0, devid=1)
+            await create_device(w.dom0.store, other)
+            later = await EchoBackend(w.dom0, w.guest, 1).__aenter__()
+            # `backend`'s task group is below `later`'s: closing it first would break anyio's
+            # cancel-scope nesting with the device half closed.
+            with pytest.raises(LocalProtocolError, match="reverse order"):
+                await backend.aclose()
+            assert backend.state is S.INIT_WAIT  # untouched
+
+            async def close_elsewhere() -> None:
+                with pytest.raises(LocalProtocolError, match="task that opened it"):
+                    await later.aclose()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(close_elsewhere)
+            await later.aclose()
+            await backend.aclose()
+            assert backend.state is S.CLOSED and later.state is S.CLOSED
+            await destroy_device(w.dom0.store, other)
