@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from .._config import DOMID_MAX
 from .._errors import ConfigError, EventChannelError, GrantError, PeerGoneError
 from ..abc import (
     PAGE_SIZE,
@@ -35,7 +36,7 @@ from ..abc import (
 )
 from ..store import StoreClient, connect_unix
 from . import _paths
-from ._hypervisor import DOMID_MAX, PEER_GONE, signal
+from ._kernel import PEER_GONE, signal
 from ._link import Link
 from ._mmap import Piece, Stitched, coalesce
 

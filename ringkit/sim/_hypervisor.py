@@ -25,195 +25,31 @@ naming an unknown domain with ESRCH, as the event-channel hypercalls do.
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import logging
-import mmap
 import os
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from .._config import DOMID_MAX as DOMID_MAX
 from .._config import DomainName, load
 from .._errors import ConfigError, EventChannelError, GrantError, ResourceLimitError
 from ..abc import PAGE_SIZE
+from ._kernel import PEER_GONE, PageFile, drain, new_eventfd, signal
+from ._state import (
+    Accounting,
+    Client,
+    DomainState,
+    Grant,
+    Mapping,
+    Port,
+    Share,
+    UnmapNotify,
+)
 
 log = logging.getLogger(__name__)
 
-PEER_GONE = 1 << 40
-"""Added to a port's eventfd counter when its peer closes: far above any real event count."""
-
-FIRST_GRANT_REF = 8
-"""Xen reserves the first grant entries (GNTTAB_NR_RESERVED_ENTRIES) for the toolstack."""
-
-
-F_SEAL_SHRINK = 0x2
-F_SEAL_GROW = 0x4
-F_SEAL_FUTURE_WRITE = 0x10
-
 _REVOKED_MEMORY = 4096
 """How many revoked refs per domain are remembered, only to word refusals precisely."""
-
-
-def _eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-
-def _drain(fd: int) -> int:
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
-
-
-def signal(fd: int, value: int = 1) -> None:
-    """Add `value` to eventfd `fd` without blocking; a counter a hostile peer jammed near its
-    maximum is drained first so the signal still gets through."""
-    try:
-        os.eventfd_write(fd, value)
-    except BlockingIOError:
-        pending = _drain(fd)
-        os.eventfd_write(fd, min(pending, 1) + value)
-
-
-class Client:
-    """One connection to a domain's hypervisor socket (one process, usually).
-
-    `send_event` delivers an unsolicited message (e.g. "your port's peer closed") to it.
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(self, domid: int, send_event: Callable[[dict[str, object]], None]) -> None:
-        self.id = next(self._ids)
-        self.domid = domid
-        self.send_event = send_event
-        self.shares: dict[int, Share] = {}
-        self.maps: dict[int, Mapping] = {}
-        self.ports: dict[int, Port] = {}
-
-    @property
-    def grant_count(self) -> int:
-        return sum(len(share.refs) for share in self.shares.values())
-
-
-class PageFile:
-    """A sealed memfd holding the pages of one share, with a count of who still needs it."""
-
-    def __init__(self, npages: int, writable: bool) -> None:
-        self.fd = os.memfd_create("ringkit-grant", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(self.fd, npages * PAGE_SIZE)
-            # Nobody, the grantee included, may resize the file under the granter's mapping.
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.npages = npages
-        self.writable = writable
-        self.holders = 0
-        self._area: mmap.mmap | None = None
-
-    def seal_read_only(self) -> None:
-        """Forbid every future write and writable mapping, for a read-only grant.  The
-        granter's own writable mapping, made before, keeps working, and so does the one the
-        server keeps for clearing unmap-notify bytes."""
-        self._area = mmap.mmap(self.fd, self.npages * PAGE_SIZE)
-        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
-
-    def clear_byte(self, offset: int) -> None:
-        """Zero one byte, as the kernel's unmap-notify does (also in sealed pages)."""
-        if self._area is not None:
-            self._area[offset] = 0
-        else:
-            os.pwrite(self.fd, b"\0", offset)
-
-    def hold(self) -> None:
-        self.holders += 1
-
-    def release(self) -> bool:
-        """Drop one holder; close the memfd with the last.  True when it was closed."""
-        self.holders -= 1
-        if self.holders == 0:
-            if self._area is not None:
-                self._area.close()
-                self._area = None
-            os.close(self.fd)
-            self.fd = -1
-            return True
-        return False
-
-
-@dataclass(slots=True)
-class Grant:
-    ref: int
-    share: Share
-    index: int
-
-
-@dataclass(slots=True)
-class UnmapNotify:
-    offset: int | None = None
-    port: int | None = None
-
-
-@dataclass(slots=True)
-class Share:
-    id: int
-    client: Client
-    grantee: int
-    refs: list[int]
-    page: PageFile
-    active: bool = False
-    notify: UnmapNotify = field(default_factory=UnmapNotify)
-
-
-@dataclass(slots=True)
-class Mapping:
-    id: int
-    client: Client
-    peer: int
-    refs: list[int]
-    pages: list[tuple[PageFile, int]]
-    writable: bool
-    notify: UnmapNotify = field(default_factory=UnmapNotify)
-
-
-@dataclass(slots=True)
-class Port:
-    domid: int
-    port: int
-    client: Client
-    remote_domid: int
-    wait_fd: int
-    reserved_fd: int = -1  # while unbound: the eventfd the binder will wait on
-    peer: Port | None = None
-    state: str = "unbound"  # unbound -> bound -> peer-closed
-
-
-@dataclass(slots=True)
-class DomainState:
-    domid: int
-    name: str
-    grants: dict[int, Grant] = field(default_factory=dict)
-    revoked: OrderedDict[int, None] = field(default_factory=OrderedDict)
-    ports: dict[int, Port] = field(default_factory=dict)
-    clients: set[Client] = field(default_factory=set)
-    next_ref: int = FIRST_GRANT_REF
-    next_port: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Accounting:
-    """What the hypervisor holds, over all domains or one."""
-
-    grants: int = 0
-    maps: int = 0
-    ports: int = 0
-    page_files: int = 0
-    eventfds: int = 0
-    clients: int = 0
 
 
 class Hypervisor:
@@ -458,9 +294,9 @@ class Hypervisor:
         """A new port of the client's domain that domain `remote` may bind."""
         self._domain(remote, "alloc_unbound", EventChannelError)
         dom = self.domains[client.domid]
-        wait_fd = _eventfd()
+        wait_fd = new_eventfd()
         try:
-            reserved = _eventfd()
+            reserved = new_eventfd()
         except BaseException:
             os.close(wait_fd)
             raise
@@ -486,7 +322,7 @@ class Hypervisor:
             )
         dom = self.domains[client.domid]
         wait_fd, target.reserved_fd = target.reserved_fd, -1
-        _drain(wait_fd)  # events sent before the bind are dropped, as on an unbound port
+        drain(wait_fd)  # events sent before the bind are dropped, as on an unbound port
         port = Port(client.domid, dom.next_port, client, remote, wait_fd, peer=target,
                     state="bound")
         dom.next_port += 1

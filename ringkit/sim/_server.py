@@ -1,11 +1,12 @@
 """The simulated Xen's server: sockets per domain, the control socket, the embedded xenstored.
 
 One task serves each connection.  Requests are answered in order, each by one synchronous
-`Hypervisor` call, so every request is atomic.  Replies and unsolicited events ("the peer of
-your port closed") go through a per-connection outbox drained by a writer task; descriptors in
-the outbox are private duplicates, so a resource closed meanwhile can never send a recycled fd
-number.  When a connection ends -- the process exited, was killed, or closed its handle -- the
-hypervisor runs that connection's unmap-notify actions and releases what it held.
+`Hypervisor` call (`ringkit.sim._dispatch`), so every request is atomic.  Replies and
+unsolicited events ("the peer of your port closed") go through a per-connection outbox drained
+by a writer task; descriptors in the outbox are private duplicates, so a resource closed
+meanwhile can never send a recycled fd number.  When a connection ends -- the process exited,
+was killed, or closed its handle -- the hypervisor runs that connection's unmap-notify actions
+and releases what it held.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from .._config import SimConfig, load
 from .._errors import ConfigError, RemoteProtocolError, TransportError
 from ..store import StoreClient
 from . import _paths, _wire
-from ._hypervisor import Client, Hypervisor
+from ._dispatch import dispatch
+from ._hypervisor import Hypervisor
+from ._state import Client
 from .xenstored import XenstoreServer
 
 log = logging.getLogger(__name__)
@@ -267,7 +270,7 @@ class SimServer:
                 return
             request_id = message.get("id")
             try:
-                reply, out_fds = self._dispatch(client, message)
+                reply, out_fds = dispatch(self.hypervisor, client, message)
             except OSError as exc:  # out of descriptors or memory: the request fails, not us
                 log.warning("domain %d: %r failed: %s", client.domid, message.get("op"), exc)
                 failure = TransportError(f"the simulated Xen could not {message.get('op')}: "
@@ -297,60 +300,6 @@ class SimServer:
                 if message.get("op") == "map" and not message.get("writable"):
                     for fd in out_fds:
                         os.close(fd)
-
-    def _dispatch(self, client: Client, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-        hv = self.hypervisor
-        op = msg["op"]
-        if op == "share":
-            share = hv.share(client, msg["peer"], msg["count"], bool(msg["writable"]))
-            return {"share": share.id, "refs": share.refs}, [share.page.fd]
-        if op == "activate":
-            hv.activate(client, msg["share"])
-            return {}, []
-        if op == "unshare":
-            hv.unshare(client, msg["share"])
-            return {}, []
-        if op == "map":
-            writable = bool(msg["writable"])
-            mapping = hv.map(client, msg["peer"], list(msg["refs"]), writable)
-            files: list[int] = []
-            slots: dict[int, int] = {}
-            pieces = []
-            for page, index in mapping.pages:
-                if page.fd not in slots:
-                    slots[page.fd] = len(files)
-                    files.append(page.fd)
-                pieces.append([slots[page.fd], index])
-            if not writable:
-                # A read-only descriptor: the kernel itself refuses writable mappings.
-                reopened: list[int] = []
-                try:
-                    for fd in files:
-                        reopened.append(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC))
-                except OSError:
-                    for fd in reopened:
-                        os.close(fd)
-                    hv.unmap(client, mapping.id, run_notify=False)
-                    raise
-                files = reopened
-            return {"map": mapping.id, "pieces": pieces}, files
-        if op == "unmap":
-            hv.unmap(client, msg["map"])
-            return {}, []
-        if op == "unmap_notify":
-            hv.set_unmap_notify(client, msg["kind"], msg["ident"], msg["offset"], msg["port"])
-            return {}, []
-        if op == "alloc_unbound":
-            port = hv.alloc_unbound(client, msg["remote"])
-            return {"port": port.port}, [port.wait_fd, port.reserved_fd]
-        if op == "bind_interdomain":
-            port = hv.bind_interdomain(client, msg["remote"], msg["remote_port"])
-            assert port.peer is not None
-            return {"port": port.port}, [port.wait_fd, port.peer.wait_fd]
-        if op == "close_port":
-            hv.close_port(client, msg["port"])
-            return {}, []
-        raise ValueError(f"unknown operation {op!r}")
 
     # ----------------------------------------------------------------- control
 

@@ -17,7 +17,7 @@ from anyio import wait_all_tasks_blocked
 from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError, TransportError
 from ringkit.abc import PAGE_SIZE
 from ringkit.sim import SimEventChannel, SimXen, connect
-from ringkit.sim._hypervisor import PageFile
+from ringkit.sim._kernel import PageFile
 
 TIMEOUT = 10
 
