@@ -32,8 +32,9 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *, burst: 
         anyio.ClosedResourceError: the channel was closed locally.
     """
     out = bytearray(blkif.RESPONSE_SIZE * burst)
-    view = memoryview(out)
     size = blkif.RESPONSE_SIZE
+    view = memoryview(out)
+    responses = [view[i * size:(i + 1) * size] for i in range(burst)]  # cut once, reused
     stats = service.stats
     while True:
         slots = await channel.receive_batch(burst)
@@ -44,10 +45,10 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *, burst: 
             blkif.encode_response_into(out, ready * size, rid, op, status)
             ready += 1
             if stats.sectors_read + stats.sectors_written - moved >= PUSH_AFTER_SECTORS:
-                await channel.send_batch([view[i * size:(i + 1) * size] for i in range(ready)])
+                await channel.send_batch(responses[:ready])
                 ready = 0
         if ready:
-            await channel.send_batch([view[i * size:(i + 1) * size] for i in range(ready)])
+            await channel.send_batch(responses[:ready])
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")

@@ -101,8 +101,7 @@ class BlockService:
             # everything answered before is already in the file: make it durable first
             await self._slow_io(rid, op, self.image.flush)
         if request.segments:
-            await self._transfer(rid, op, request.sector_number,
-                                 blkif.SegmentArray.from_segments(request.segments))
+            await self._transfer(rid, op, request.sector_number, request.segments)
         if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
             await self._slow_io(rid, op, self.image.flush)
             self.stats.flushes += 1
@@ -136,9 +135,11 @@ class BlockService:
             if (segments.first.count(0) == count
                     and segments.last.count(blkif.SECTORS_PER_PAGE - 1, 0, count - 1)
                     == count - 1):
-                # whole pages but maybe the last: the usual shape, no slicing
-                views = pageset.pages[:count]
-                views[-1] = views[-1][:(segments.last[-1] + 1) * size]
+                # whole pages but maybe the last: the usual shape; the page list is this
+                # request's own, so it is handed to the I/O as it is
+                views = pageset.pages
+                if segments.last[-1] != blkif.SECTORS_PER_PAGE - 1:
+                    views[-1] = views[-1][:(segments.last[-1] + 1) * size]
             else:
                 views = [page[first * size:(last + 1) * size]
                          for page, first, last in zip(pageset.pages, segments.first,

@@ -34,6 +34,7 @@ from .errors import BlockIOError, BlockNotSupportedError
 
 PAGE = blkif.PAGE_SIZE
 SECTOR = blkif.SECTOR_SIZE
+_NO_SEGMENTS = blkif.SegmentArray([], b"", b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,13 @@ class DiskInfo:
 
 
 class _Pending:
-    __slots__ = ("done", "operation", "orphan_pages", "sector", "status")
+    """One request in flight: what it was, its answer, and the slot it is encoded into (the
+    request is encoded there once and the ring copies it from there)."""
+
+    __slots__ = ("done", "operation", "orphan_pages", "sector", "slot", "status")
 
     def __init__(self, operation: int, sector: int) -> None:
+        self.slot = bytearray(blkif.REQUEST_SIZE)
         self.operation = operation
         self.sector = sector
         self.status: int | None = None
@@ -82,7 +87,7 @@ class BlockClient:
     """Byte-range block I/O over blkif requests (see the module docstring).
 
     `pool` is a writable view of `len(refs)` granted pages; `send(slot)` queues one encoded
-    request on the ring.  Every I/O method raises:
+    request on the ring (it must not keep the slot buffer past the request's answer).  Every I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
             write to a read-only disk.
@@ -92,7 +97,7 @@ class BlockClient:
         PeerGoneError: the device went away while requests were in flight.
     """
 
-    def __init__(self, send: Callable[[bytes], Awaitable[None]], pool: memoryview,
+    def __init__(self, send: Callable[[bytearray], Awaitable[None]], pool: memoryview,
                  refs: Sequence[int], info: DiskInfo, *, handle: int = 0) -> None:
         if len(pool) < len(refs) * PAGE or not refs:
             raise ConfigError("the page pool must hold one page per grant ref")
@@ -169,9 +174,9 @@ class BlockClient:
         if not self.info.flush:
             raise BlockNotSupportedError("the backend offers no cache flush",
                                          operation=Op.FLUSH_DISKCACHE)
-        await self._roundtrip(Op.FLUSH_DISKCACHE, 0,
-                              lambda rid: blkif.ReadWriteRequest(
-                                  Op.FLUSH_DISKCACHE, rid, self.handle, 0, ()))
+        rid = self._next_id()
+        await self._roundtrip(blkif.ReadWriteRequest(Op.FLUSH_DISKCACHE, rid, self.handle, 0,
+                                                     _NO_SEGMENTS), 0)
 
     async def discard(self, offset: int, length: int) -> None:
         """Tell the backend the range is unused; it then reads back as zeros on ringkit's
@@ -184,9 +189,9 @@ class BlockClient:
         if length == 0:
             return
         sector = offset // SECTOR
-        await self._roundtrip(Op.DISCARD, sector,
-                              lambda rid: blkif.DiscardRequest(
-                                  rid, self.handle, sector, length // SECTOR, False))
+        rid = self._next_id()
+        await self._roundtrip(blkif.DiscardRequest(rid, self.handle, sector, length // SECTOR,
+                                                   False), sector)
 
     def deliver(self, response: blkif.Response) -> None:
         """Complete the request `response` answers (called by the ring's receive loop).
@@ -328,19 +333,15 @@ class BlockClient:
                 for j, page in enumerate(list_pages):
                     part = table[j * PAGE:(j + 1) * PAGE]
                     pool[page * PAGE:page * PAGE + len(part)] = part
-                list_grefs = tuple(refs[p] for p in list_pages)
-
-                def build(rid: int) -> blkif.Request:
-                    return blkif.IndirectRequest(op, rid, self.handle, sector, nseg, list_grefs)
+                request: blkif.Request = blkif.IndirectRequest(
+                    op, self._next_id(), self.handle, sector, nseg,
+                    tuple(refs[p] for p in list_pages))
             else:
-                last = blkif.SECTORS_PER_PAGE - 1
-                segs = (*(blkif.Segment(g, 0, last) for g in grefs[:-1]),
-                        blkif.Segment(grefs[-1], 0, final_last))
-
-                def build(rid: int) -> blkif.Request:
-                    return blkif.ReadWriteRequest(op, rid, self.handle, sector, segs)
+                request = blkif.ReadWriteRequest(
+                    op, self._next_id(), self.handle, sector,
+                    blkif.SegmentArray.whole_pages(list(grefs), final_last))
             owned = False  # from here on _roundtrip owns the pages, and hands them back on success
-            await self._roundtrip(op, sector, build, pages)
+            await self._roundtrip(request, sector, pages)
             if op == Op.READ:
                 self._copy(data, pages, to_pool=False)
             self._give_pages(pages)
@@ -367,7 +368,10 @@ class BlockClient:
             else:
                 data[i * PAGE:i * PAGE + n] = pool[page:page + n]
 
-    async def _roundtrip(self, op: int, sector: int, build: Callable[[int], blkif.Request],
+    def _next_id(self) -> int:
+        return next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
+
+    async def _roundtrip(self, request: blkif.Request, sector: int,
                          pages: Sequence[int] | None = None) -> None:
         """Send one request and wait for its answer.
 
@@ -375,16 +379,19 @@ class BlockClient:
         they are freed here, except when the request is out and the caller was cancelled: the
         backend may still write into them, so its answer frees them.
         """
-        rid = next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
-        pending = _Pending(op, sector)
+        rid = request.id
+        # an INDIRECT request is answered with its inner operation, as Linux's blkback does
+        operation = (request.indirect_op if isinstance(request, blkif.IndirectRequest)
+                     else request.operation)
+        pending = _Pending(operation, sector)
         sent = False
         try:
             self._check_alive()
             if rid in self._pending:
                 raise LocalProtocolError(f"request id {rid:#x} still in flight")
-            slot = blkif.encode_request(build(rid))
+            blkif.encode_request_into(pending.slot, 0, request)
             self._pending[rid] = pending
-            await self._send(slot)
+            await self._send(pending.slot)
             sent = True
             await pending.done.wait()
             self._check_status(pending)

@@ -29,14 +29,15 @@ class FrontQueues:
         self._locks = [anyio.Lock() for _ in channels]
         self._load = [0] * len(channels)
 
-    async def send(self, slot: bytes) -> None:
+    async def send(self, slot: bytes | bytearray) -> None:
         """Queue one encoded request on the least busy ring, waiting for a free slot.
 
         Raises:
             RemoteProtocolError: the ring was broken by the backend.
             PeerGoneError: the backend went away or the device was closed.
         """
-        index = min(range(len(self._channels)), key=self._load.__getitem__)
+        load = self._load
+        index = 0 if len(load) == 1 else min(range(len(load)), key=load.__getitem__)
         self._load[index] += 1
         try:
             async with self._locks[index]:

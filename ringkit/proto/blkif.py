@@ -155,6 +155,8 @@ SIZES: Final[dict[str, int]] = {
 }
 
 _ZERO_SLOT: Final = bytes(REQUEST_SIZE)
+_ALL_SEVENS: Final = bytes((SECTORS_PER_PAGE - 1,)) * (
+    MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE)
 _U64: Final = (1 << 64) - 1
 
 
@@ -186,19 +188,58 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentArray:
+    """Validated segments in columns, the fast form of a long segment list: ``grefs[i]``,
+    ``first[i]`` and ``last[i]`` describe segment i."""
+
+    grefs: list[int]
+    first: bytes
+    last: bytes
+
+    def __len__(self) -> int:
+        return len(self.grefs)
+
+    @property
+    def nr_sectors(self) -> int:
+        """Total sectors the segments cover."""
+        return sum(self.last) - sum(self.first) + len(self.grefs)
+
+    @classmethod
+    def from_segments(cls, segments: tuple[Segment, ...] | list[Segment]) -> SegmentArray:
+        """The column form of `segments` (one object each: for tests and occasional use)."""
+        return cls([s.gref for s in segments], bytes(s.first_sect for s in segments),
+                   bytes(s.last_sect for s in segments))
+
+    @classmethod
+    def whole_pages(cls, grefs: list[int], final_last: int = SECTORS_PER_PAGE - 1
+                    ) -> SegmentArray:
+        """Segments covering all of each page of `grefs`, except that the final one ends at
+        sector `final_last`: what a frontend sends for a page-aligned transfer."""
+        count = len(grefs)
+        last = _ALL_SEVENS[:count - 1] + bytes((final_last,)) if count else b""
+        return cls(grefs, bytes(count), last)
+
+    def segments(self) -> tuple[Segment, ...]:
+        """One `Segment` per entry (for tests and logs; the hot paths use the columns)."""
+        return tuple(Segment(g, f, la)
+                     for g, f, la in zip(self.grefs, self.first, self.last, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
 class ReadWriteRequest:
-    """READ, WRITE, WRITE_BARRIER or FLUSH_DISKCACHE with direct segments (all validated)."""
+    """READ, WRITE, WRITE_BARRIER or FLUSH_DISKCACHE with direct segments (all validated),
+    held in column form like an indirect request's, so both are served the same way."""
 
     operation: Op
     id: int
     handle: int
     sector_number: int
-    segments: tuple[Segment, ...]
+    segments: SegmentArray
 
     @property
     def nr_sectors(self) -> int:
         """Total sectors transferred."""
-        return sum(s.nr_sectors for s in self.segments)
+        return self.segments.nr_sectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,13 +307,16 @@ class InvalidRequest(Exception):
 # --------------------------------------------------------------------------- parse
 
 
-def _segment(gref: int, first: int, last: int, rid: int, op: int, index: int) -> Segment:
-    if last >= SECTORS_PER_PAGE or last < first:
-        raise InvalidRequest(
-            rid, op, Status.ERROR,
-            f"segment {index}: sectors {first}..{last} not an ordered range inside 0..7",
-        )
-    return Segment(gref, first, last)
+def _check_ranges(first: bytes, last: bytes, rid: int, op: int) -> None:
+    """Every segment's sectors ``first[i]..last[i]`` must be an ordered range inside 0..7;
+    checked column-wise (C speed), the culprit found only when one is wrong."""
+    if last and (max(last) >= SECTORS_PER_PAGE or any(map(operator.gt, first, last))):
+        for index, (lo, hi) in enumerate(zip(first, last, strict=True)):
+            if hi >= SECTORS_PER_PAGE or hi < lo:
+                raise InvalidRequest(
+                    rid, op, Status.ERROR,
+                    f"segment {index}: sectors {lo}..{hi} not an ordered range inside 0..7",
+                )
 
 
 def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments: int = 0
@@ -302,11 +346,11 @@ def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments
                 rid, op, Status.ERROR,
                 f"{nseg} segments (allowed {minimum}..{MAX_SEGMENTS_PER_REQUEST})",
             )
-        segments = tuple(
-            _segment(fields[5 + 3 * i], fields[6 + 3 * i], fields[7 + 3 * i], rid, op, i)
-            for i in range(nseg)
-        )
-        return ReadWriteRequest(Op(op), rid, fields[2], fields[4], segments)
+        end = 5 + 3 * nseg
+        first, last = bytes(fields[6:end:3]), bytes(fields[7:end:3])
+        _check_ranges(first, last, rid, op)
+        return ReadWriteRequest(Op(op), rid, fields[2], fields[4],
+                                SegmentArray(list(fields[5:end:3]), first, last))
     if op == Op.DISCARD:
         _, flag, handle, _, sector, nr_sectors = _DISCARD.unpack_from(slot)
         return DiscardRequest(rid, handle, sector, nr_sectors, bool(flag & DISCARD_SECURE))
@@ -332,30 +376,6 @@ def indirect_pages_for(nr_segments: int) -> int:
     return -(-nr_segments // SEGMENTS_PER_INDIRECT_PAGE)
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentArray:
-    """Validated segments in columns, the fast form of a long segment list: ``grefs[i]``,
-    ``first[i]`` and ``last[i]`` describe segment i."""
-
-    grefs: list[int]
-    first: bytes
-    last: bytes
-
-    def __len__(self) -> int:
-        return len(self.grefs)
-
-    @property
-    def nr_sectors(self) -> int:
-        """Total sectors the segments cover."""
-        return sum(self.last) - sum(self.first) + len(self.grefs)
-
-    @classmethod
-    def from_segments(cls, segments: tuple[Segment, ...]) -> SegmentArray:
-        """The column form of already validated `segments`."""
-        return cls([s.gref for s in segments], bytes(s.first_sect for s in segments),
-                   bytes(s.last_sect for s in segments))
-
-
 def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
                                  request: IndirectRequest) -> SegmentArray:
     """Decode and validate the segments of `request` from a private copy of its indirect
@@ -370,9 +390,7 @@ def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
         raise ValueError(f"indirect pages hold {len(pages)} bytes, need {need}")
     raw = bytes(memoryview(pages)[:need])
     first, last = raw[4::SEGMENT_SIZE], raw[5::SEGMENT_SIZE]
-    if max(last) >= SECTORS_PER_PAGE or any(map(operator.gt, first, last)):
-        for i, (lo, hi) in enumerate(zip(first, last, strict=True)):
-            _segment(0, lo, hi, request.id, request.indirect_op, i)
+    _check_ranges(first, last, request.id, request.indirect_op)
     words = array("I", raw)
     if sys.byteorder != "little":
         words.byteswap()
@@ -420,13 +438,14 @@ def encode_request_into(buffer: bytearray | memoryview, offset: int, request: Re
     buffer[offset:offset + REQUEST_SIZE] = _ZERO_SLOT
     if isinstance(request, ReadWriteRequest):
         segs = request.segments
-        if len(segs) > MAX_SEGMENTS_PER_REQUEST:
-            raise ValueError(f"{len(segs)} direct segments (max {MAX_SEGMENTS_PER_REQUEST})")
-        _RW_HEADER.pack_into(buffer, offset, request.operation, len(segs), request.handle,
+        count = len(segs)
+        if count > MAX_SEGMENTS_PER_REQUEST:
+            raise ValueError(f"{count} direct segments (max {MAX_SEGMENTS_PER_REQUEST})")
+        _RW_HEADER.pack_into(buffer, offset, request.operation, count, request.handle,
                              request.id, request.sector_number)
         pos = offset + _SEGMENTS_OFFSET
-        for seg in segs:
-            _SEGMENT.pack_into(buffer, pos, seg.gref, seg.first_sect, seg.last_sect)
+        for gref, first, last in zip(segs.grefs, segs.first, segs.last, strict=True):
+            _SEGMENT.pack_into(buffer, pos, gref, first, last)
             pos += SEGMENT_SIZE
     elif isinstance(request, DiscardRequest):
         _check_u64("nr_sectors", request.nr_sectors)

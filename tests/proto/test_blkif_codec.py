@@ -27,7 +27,7 @@ rw_requests = st.builds(
     blkif.ReadWriteRequest,
     st.sampled_from([Op.READ, Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE]),
     u64, u16, u64,
-    st.lists(segments(), min_size=1, max_size=11).map(tuple),
+    st.lists(segments(), min_size=1, max_size=11).map(blkif.SegmentArray.from_segments),
 )
 discard_requests = st.builds(blkif.DiscardRequest, u64, u16, u64, u64, st.booleans())
 
@@ -57,7 +57,8 @@ def test_encode_overwrites_a_dirty_slot_entirely(request: blkif.Request) -> None
 
 
 def test_padding_is_zero() -> None:
-    raw = blkif.encode_request(blkif.ReadWriteRequest(Op.READ, 1, 2, 3, (blkif.Segment(4, 0, 7),)))
+    raw = blkif.encode_request(blkif.ReadWriteRequest(
+        Op.READ, 1, 2, 3, blkif.SegmentArray.from_segments([blkif.Segment(4, 0, 7)])))
     assert raw[4:8] == bytes(4)  # pad after handle
     assert raw[30:32] == bytes(2)  # segment padding
     assert raw[32:] == bytes(80)  # unused segments
@@ -92,7 +93,7 @@ def test_bad_segment_count_is_an_error_response(op: Op, nseg: int) -> None:
 @pytest.mark.parametrize("op", [Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER])
 def test_flush_and_barrier_may_have_no_segments(op: Op) -> None:
     req = blkif.parse_request(_rw(op, 0, []))
-    assert isinstance(req, blkif.ReadWriteRequest) and req.segments == ()
+    assert isinstance(req, blkif.ReadWriteRequest) and len(req.segments) == 0
 
 
 @pytest.mark.parametrize(("first", "last"), [(0, 8), (5, 4), (8, 8), (255, 255), (7, 0)])
@@ -164,13 +165,22 @@ def test_indirect_segment_list_too_short_is_a_caller_bug() -> None:
         blkif.parse_indirect_segment_array(bytes(31), req)
 
 
+def test_whole_pages_and_segment_objects() -> None:
+    array = blkif.SegmentArray.whole_pages([5, 6, 7], 3)
+    assert array.segments() == (blkif.Segment(5, 0, 7), blkif.Segment(6, 0, 7),
+                                blkif.Segment(7, 0, 3))
+    assert array == blkif.SegmentArray.from_segments(array.segments())
+    assert array.nr_sectors == 8 + 8 + 4
+    assert len(blkif.SegmentArray.whole_pages([])) == 0
+
+
 def test_segment_geometry() -> None:
     seg = blkif.Segment(1, 2, 5)
     assert (seg.nr_sectors, seg.offset, seg.length) == (4, 1024, 2048)
 
 
 def test_encode_rejects_what_does_not_fit() -> None:
-    too_many = tuple(blkif.Segment(1, 0, 7) for _ in range(12))
+    too_many = blkif.SegmentArray.whole_pages([1] * 12)
     with pytest.raises(ValueError, match="12 direct segments"):
         blkif.encode_request(blkif.ReadWriteRequest(Op.READ, 1, 0, 0, too_many))
     with pytest.raises(ValueError, match="id"):

@@ -148,7 +148,8 @@ def test_constants(c_facts: dict[str, object]) -> None:
 def test_rw_request_bytes_match_c(c_facts: dict[str, object]) -> None:
     request = blkif.ReadWriteRequest(
         blkif.Op.WRITE, 0x0102030405060708, 0x1234, 0x1122334455667788,
-        (blkif.Segment(0xDEADBEEF, 1, 7), blkif.Segment(77, 0, 3)),
+        blkif.SegmentArray.from_segments([blkif.Segment(0xDEADBEEF, 1, 7),
+                                          blkif.Segment(77, 0, 3)]),
     )
     assert blkif.encode_request(request) == c_facts["rw"]
     assert blkif.parse_request(c_facts["rw"]) == request  # type: ignore[arg-type]
