@@ -53,7 +53,8 @@ Rules, as strict as Xen and Linux:
 * closing `SharedPages` / `MappedPages` twice is a double unmap: `GrantError`;
 * an event sent before the peer bound is dropped; after the peer closed its end, `wait()`
   returns for the events it sent before closing, then raises `PeerGoneError`, and `notify()`
-  raises `EventChannelError` (ENOTCONN: the port is no longer bound);
+  raises `EventChannelError` (ENOTCONN: the port is no longer bound) -- until the same remote
+  domain binds the port again, which Xen allows (the port went back to unbound);
 * destroying a domain releases all it held, closes its peers' ports, disconnects its processes
   and fires ``@releaseDomain``.
 

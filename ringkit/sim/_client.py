@@ -329,6 +329,23 @@ class SimEventChannel(EventChannel):
     def _on_peer_closed(self) -> None:
         self._peer_closed = True
 
+    def _on_rebound(self, notify_fd: int) -> None:
+        """The remote domain bound this port again (Xen lets it, once the port's peer closed):
+        notify the new binder from now on; waits block again instead of raising PeerGoneError.
+        Events the old peer sent before closing still make one wake-up."""
+        if self._closed:
+            os.close(notify_fd)
+            return
+        os.close(self._notify_fd)
+        self._notify_fd = notify_fd
+        self._peer_closed = self._gone = False
+        try:
+            pending = os.eventfd_read(self._wait_fd)
+        except BlockingIOError:
+            return
+        if pending % PEER_GONE:  # drop the mark of the old peer's close, keep the events
+            signal(self._wait_fd, pending % PEER_GONE)
+
     async def aclose(self) -> None:
         """Close the port; the peer's waits then raise `PeerGoneError`.  Idempotent."""
         if self._closed:
@@ -416,7 +433,14 @@ class SimDomain(Domain):
         self._channels[port] = channel
         return channel
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: dict[str, Any], fds: list[int]) -> None:
+        try:
+            self._handle_event(event, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle_event(self, event: dict[str, Any], fds: list[int]) -> None:
         kind = event.get("ev")
         if kind == "peer_closed":
             channel = self._channels.get(event.get("port"))  # type: ignore[arg-type]
@@ -425,6 +449,8 @@ class SimDomain(Domain):
         elif kind == "bound":
             channel = self._channels.get(event.get("port"))  # type: ignore[arg-type]
             if channel is not None:
+                if fds:  # bound again after its peer closed: the new binder's eventfd
+                    channel._on_rebound(fds.pop())
                 channel._bound = True
         elif kind == "lost":
             for channel in self._channels.values():
@@ -473,9 +499,12 @@ async def connect(directory: str | os.PathLike[str], domid: int) -> AsyncIterato
     async with anyio.create_task_group() as tg:
         dom: SimDomain | None = None
 
-        def on_event(event: dict[str, Any]) -> None:
+        def on_event(event: dict[str, Any], fds: list[int]) -> None:
             if dom is not None:
-                dom._on_event(event)
+                dom._on_event(event, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
 
         link = Link(stream, on_event)
         dom = SimDomain(domid, link, store)

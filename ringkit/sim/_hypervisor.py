@@ -14,7 +14,9 @@ objects:
   notifies it directly; the server is not involved.
 
 A closing port writes `PEER_GONE` into the peer's eventfd: the peer's wait sees the events sent
-before the close first, then the mark, and raises `PeerGoneError`.
+before the close first, then the mark, and raises `PeerGoneError`.  As in Xen, the peer's port is
+then unbound again, offered to the same domain, which may bind it anew (the owner gets the new
+binder's eventfd with the "bound" event and its channel works again).
 
 Errors are the kernel's: mapping an unknown, revoked, foreign or read-only (for a writable map)
 grant fails with EINVAL as gntdev's mmap does; too many grants fail with ENOSPC as gntalloc's
@@ -101,11 +103,12 @@ class Hypervisor:
         clients = list(dom.clients)
         for client in clients:
             self.disconnect(client, run_notify=False)
-        # Ports elsewhere still waiting for this domain to bind will never be bound.
+        # Ports elsewhere offered to this domain (never bound, or unbound again when their
+        # peer closed) will never be bound now.
         for other in self.domains.values():
             for port in list(other.ports.values()):
                 if port.state == "unbound" and port.remote_domid == domid:
-                    self._peer_closed(port)
+                    self._peer_closed(port, rebindable=False)
         del self.domains[domid]
         return clients
 
@@ -330,7 +333,12 @@ class Hypervisor:
         client.ports[port.port] = port
         target.peer = port
         target.state = "bound"
-        target.client.send_event({"ev": "bound", "port": target.port, "remote_port": port.port})
+        event = {"ev": "bound", "port": target.port, "remote_port": port.port}
+        if target.was_bound:  # bound again: its owner notifies the new binder's eventfd now
+            target.client.send_event(event, [wait_fd])
+        else:
+            target.client.send_event(event)
+        target.was_bound = True
         return port
 
     def close_port(self, client: Client, number: int) -> None:
@@ -347,14 +355,28 @@ class Hypervisor:
         del client.ports[number]
         self.domains[port.domid].ports.pop(number, None)
 
-    def _peer_closed(self, port: Port) -> None:
-        port.state = "peer-closed"
+    def _peer_closed(self, port: Port, *, rebindable: bool = True) -> None:
+        """The remote end of `port` is gone.  As in Xen (evtchn_close), the port goes back to
+        unbound, offered to the same remote domain, which may bind it again; with a fresh
+        eventfd for that binder.  A port whose remote domain no longer exists (`rebindable`
+        false) is merely dead.  Its owner is told once: the mark in its eventfd (seen after
+        the events sent before the close) and a "peer_closed" event."""
+        told = port.state != "bound" and port.was_bound  # unbound again since an earlier close
         port.peer = None
         if port.reserved_fd >= 0:
             os.close(port.reserved_fd)
             port.reserved_fd = -1
-        signal(port.wait_fd, PEER_GONE)
-        port.client.send_event({"ev": "peer_closed", "port": port.port})
+        port.state = "peer-closed"
+        if rebindable:
+            try:
+                port.reserved_fd = new_eventfd()
+                port.state = "unbound"
+            except OSError as exc:  # out of descriptors: the port just cannot be bound again
+                log.warning("port %d of domain %d cannot be bound again: %s",
+                            port.port, port.domid, exc)
+        if not told:
+            signal(port.wait_fd, PEER_GONE)
+            port.client.send_event({"ev": "peer_closed", "port": port.port})
 
     def fire(self, domid: int, number: int) -> None:
         """Fault hook: deliver a spurious event on port `number` of domain `domid`."""

@@ -1,7 +1,8 @@
 """A process's connection to its domain's hypervisor socket.
 
 Requests are numbered and answered in order; a reader task matches replies to callers and
-passes unsolicited events (a port was bound, a port's peer closed) to a handler.  Sending never
+passes unsolicited events (a port was bound, a port's peer closed) to a handler, which owns the
+descriptors an event carries.  Sending never
 awaits: frames are appended to a buffer and written at once when the socket has room, the rest
 by a writer task, so that synchronous calls like ``set_unmap_notify`` can reach the server in
 order with the asynchronous ones.
@@ -55,7 +56,9 @@ class Link:
     """Request/reply channel to the simulated hypervisor; run `run()` in a task group."""
 
     def __init__(
-        self, stream: UNIXSocketStream, on_event: Callable[[dict[str, Any]], None]
+        self,
+        stream: UNIXSocketStream,
+        on_event: Callable[[dict[str, Any], list[int]], None],
     ) -> None:
         self._stream = stream
         self._sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
@@ -168,10 +171,8 @@ class Link:
     def _deliver(self, message: dict[str, Any], fds: list[int]) -> None:
         request_id = message.get("id")
         if request_id is None:
-            for fd in fds:
-                os.close(fd)
             try:
-                self._on_event(message)
+                self._on_event(message, fds)  # the handler owns the descriptors
             except Exception:  # a bug in a handler must not kill the connection
                 log.exception("event handler failed for %r", message)
             return
@@ -203,7 +204,7 @@ class Link:
         self._out.clear()
         self._out_ready.set()
         try:
-            self._on_event({"ev": "lost"})
+            self._on_event({"ev": "lost"}, [])
         except Exception:
             log.exception("event handler failed for the lost connection")
 

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ._kernel import PageFile
 
 FIRST_GRANT_REF = 8
 """Xen reserves the first grant entries (GNTTAB_NR_RESERVED_ENTRIES) for the toolstack."""
+
+
+class EventSink(Protocol):
+    """Delivers an unsolicited message to a client, with duplicates of `fds` when given."""
+
+    def __call__(self, message: dict[str, Any], fds: list[int] | None = None) -> None: ...
 
 
 class Client:
@@ -24,7 +30,7 @@ class Client:
 
     _ids = itertools.count(1)
 
-    def __init__(self, domid: int, send_event: Callable[[dict[str, object]], None]) -> None:
+    def __init__(self, domid: int, send_event: EventSink) -> None:
         self.id = next(self._ids)
         self.domid = domid
         self.send_event = send_event
@@ -81,7 +87,8 @@ class Port:
     wait_fd: int
     reserved_fd: int = -1  # while unbound: the eventfd the binder will wait on
     peer: Port | None = None
-    state: str = "unbound"  # unbound -> bound -> peer-closed
+    state: str = "unbound"  # unbound -> bound -> unbound (peer closed) ...; or peer-closed (dead)
+    was_bound: bool = False  # bound at least once: a new binding must reach the owner's process
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from ._transport import check_grant_limit as check_grant_limit
 from ._transport import check_multi_page_contiguous as check_multi_page_contiguous
 from ._transport import check_peer_gone as check_peer_gone
 from ._transport import check_read_only_grant as check_read_only_grant
+from ._transport import check_rebind_after_peer_close as check_rebind_after_peer_close
 from ._transport import check_refusals as check_refusals
 from ._transport import check_share_map_round_trip as check_share_map_round_trip
 from ._transport import check_unmap_notify as check_unmap_notify
@@ -36,6 +37,7 @@ __all__ = (
     "check_multi_page_contiguous",
     "check_peer_gone",
     "check_read_only_grant",
+    "check_rebind_after_peer_close",
     "check_refusals",
     "check_share_map_round_trip",
     "check_unmap_notify",

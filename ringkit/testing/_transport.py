@@ -245,6 +245,49 @@ async def check_peer_gone(make_pair: PairMaker) -> None:
         assert_no_leaks(a, b)
 
 
+async def check_rebind_after_peer_close(make_pair: PairMaker) -> None:
+    """Xen puts a port whose peer closed back into the unbound state, offered to the same
+    domain (evtchn_close: the remote end becomes ECS_UNBOUND): that domain may bind it again,
+    and the channel then works both ways.  Another bind of it while bound is still refused.
+
+    Not in `CHECKS`: the real transport's channel stays gone once it saw its peer leave, so
+    only the simulator runs this (see docs/simulator.md)."""
+    async with make_pair() as (a, b):
+        offered, bound = await _connect(a, b)
+        await bound.aclose()
+        with anyio.fail_after(TIMEOUT):
+            try:
+                await offered.wait()
+            except PeerGoneError:
+                pass
+            else:
+                raise AssertionError("a wait after the peer closed returned")
+        rebound = await b.events.bind_interdomain(a.domid, offered.port)
+        assert rebound.remote_domid == a.domid
+        await _raises(EventChannelError, lambda: b.events.bind_interdomain(a.domid, offered.port),
+                      "binding a port bound again")
+        with anyio.fail_after(TIMEOUT):
+            while True:  # the survivor learns of the new binding asynchronously
+                try:
+                    offered.notify()
+                    break
+                except EventChannelError:
+                    await anyio.sleep(0.01)
+        await _wait(rebound)
+        rebound.notify()
+        await _wait(offered)
+        await rebound.aclose()
+        with anyio.fail_after(TIMEOUT):
+            try:
+                await offered.wait()
+            except PeerGoneError:
+                pass
+            else:
+                raise AssertionError("a wait after the second peer closed returned")
+        await offered.aclose()
+        assert_no_leaks(a, b)
+
+
 async def check_unmap_notify(make_pair: PairMaker) -> None:
     """Unmapping runs the unmap-notify: the byte is cleared and the port signalled, for the
     grantee's mapping and for the granter's pages alike."""

@@ -11,7 +11,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 
 from ringkit.abc import Domain
-from ringkit.testing import CHECKS, PairMaker, check_grant_limit, check_refusals
+from ringkit.testing import (
+    CHECKS,
+    PairMaker,
+    check_grant_limit,
+    check_rebind_after_peer_close,
+    check_refusals,
+)
 
 SIM_GRANT_LIMIT = 16
 """A small limit keeps the limit checks fast on the simulator."""
@@ -94,3 +100,11 @@ async def test_grant_limit(transport: str) -> None:
         await check_grant_limit(make_pair, limit)
 
     await _runner(transport)(check)
+
+
+@pytest.mark.anyio
+async def test_rebind_after_peer_close_on_sim() -> None:
+    """Xen's evtchn_close makes the surviving end unbound again; the real transport's channel
+    stays gone once its peer left (it cannot tell a rebind from its polling), so only the
+    simulator is held to the rebind."""
+    await _run_on_sim(check_rebind_after_peer_close)

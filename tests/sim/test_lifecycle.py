@@ -291,3 +291,42 @@ async def test_a_client_that_never_reads_replies_is_throttled() -> None:
             await pages.aclose()
         leaks = await xen.settled_leaks()
         assert not leaks and leaks.clients == 0, leaks  # the hung-up client was released
+
+
+@pytest.mark.anyio
+async def test_rebind_before_the_survivor_noticed_the_close() -> None:
+    """The peer closes after sending, and binds again before the survivor waited: the survivor
+    gets one wake-up for what was sent, then the channel simply works; nobody but the offered
+    domain may take the port, and a destroyed domain's ports are not offered any more."""
+    async with SimXen.start(in_process=True) as xen:
+        a_id = await xen.create_domain("a")
+        b_id = await xen.create_domain("b")
+        c_id = await xen.create_domain("c")
+        async with xen.connect(a_id) as a, xen.connect(b_id) as b, xen.connect(c_id) as c:
+            offered = await a.events.alloc_unbound(b_id)
+            assert isinstance(offered, SimEventChannel)
+            bound = await b.events.bind_interdomain(a_id, offered.port)
+            bound.notify()
+            await bound.aclose()
+            with pytest.raises(EventChannelError):
+                await c.events.bind_interdomain(a_id, offered.port)  # offered to b only
+            rebound = await b.events.bind_interdomain(a_id, offered.port)
+            with anyio.fail_after(TIMEOUT):
+                await offered.wait()  # the event sent before the close
+                while True:  # until a's process has seen the "bound" event
+                    try:
+                        offered.notify()
+                        break
+                    except EventChannelError:
+                        await anyio.sleep(0.01)
+                await rebound.wait()
+            assert await _quiet(offered), "the old peer's close still shows"
+            rebound.notify()
+            with anyio.fail_after(TIMEOUT):
+                await offered.wait()
+
+            await xen.destroy_domain(b_id)
+            with anyio.fail_after(TIMEOUT), pytest.raises(PeerGoneError):
+                await offered.wait()
+            await offered.aclose()
+        assert not await xen.settled_leaks()
