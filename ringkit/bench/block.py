@@ -32,6 +32,11 @@ from ..device import DeviceAddress, create_device
 from ..frontends.block.device import BlockFrontend
 
 MIB = 1 << 20
+POOL_PAGES = 1000
+"""The frontend's granted pages: three 1 MiB requests (256 data pages and one indirect page
+each) fit at once, the most under gntalloc's default limit of 1024 grants per process with a
+16-page ring; also within the backend's default persistent-grant limit (1056), so no page is
+mapped per request after warm-up."""
 
 
 def _direct_sequential(path: Path, size: int, write: bool, passes: int) -> float:
@@ -97,7 +102,8 @@ async def _measure(size: int, passes: int, random_reads: int, image: Path, order
             while not line.endswith(b"\n"):
                 line += await proc.stdout.receive(1)
             async with xen.connect(guest) as domu, \
-                    BlockFrontend(domu, 0, 0, ring_page_order=order, pool_pages=600) as disk:
+                    BlockFrontend(domu, 0, 0, ring_page_order=order,
+                                  pool_pages=POOL_PAGES) as disk:
                 data = os.urandom(MIB)
                 target = memoryview(bytearray(MIB))
 
