@@ -1,7 +1,8 @@
 """Two processes in two domains of a simulator running as a third: one shares pages and offers
 a port, the other maps and binds.  Killing either with SIGKILL must make the server run the
 dead one's unmap-notify: the survivor sees its byte cleared and the event, then the port gone,
-and the server's accounting returns to zero."""
+and the server's accounting returns to zero.  How long the survivor waited is reported (see
+docs/simulator.md for its distribution), not asserted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -48,7 +50,9 @@ async def _reap(process: anyio.abc.Process) -> None:
 @pytest.mark.slow
 @pytest.mark.anyio
 @pytest.mark.parametrize("victim", ["sharer", "mapper"])
-async def test_kill_9_runs_unmap_notify(victim: str, anyio_backend: str) -> None:
+async def test_kill_9_runs_unmap_notify(
+    victim: str, anyio_backend: str, record_property: Callable[[str, object], None]
+) -> None:
     async with SimXen.start() as xen:
         front = await xen.create_domain("front")
         back = await xen.create_domain("back")
@@ -77,7 +81,9 @@ async def test_kill_9_runs_unmap_notify(victim: str, anyio_backend: str) -> None
             latency_ms = (float(words[1]) - killed_at) * 1000
             assert words[2] == "0", f"the byte the {victim}'s unmap-notify clears reads {words[2]}"
             assert await _line(survivor, out) == "gone"
-            print(f"\n{victim} killed: survivor notified after {latency_ms:.1f} ms")
+            # Measured, never asserted (the machine is shared): shown in the terminal summary
+            # by tests/sim/conftest.py and kept in junit XML as a property.
+            record_property("kill9_notify_ms", round(latency_ms, 1))
             assert await survivor.wait() == 0
             assert await dead.wait() == -signal.SIGKILL
             leaks = await xen.settled_leaks()
