@@ -42,6 +42,9 @@ PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "VIRTUAL_ENV", "PY
                     "PYTHONHASHSEED", "TZ")
 """Host environment variables the command in dom0 inherits (more can be given explicitly)."""
 
+DOMU_IMAGE = "domu.cpio.gz"
+"""The run's domU image in the run directory: the base image plus the project at boot."""
+
 KEPT_RUNS = 5
 """How many kept (failed) run directories to keep around for their logs."""
 
@@ -100,11 +103,11 @@ def command_environment(host_env: Mapping[str, str], request: RunRequest,
         names.ENV_IN_VM: "1",
         names.ENV_VM_DIR: str(layout.root),
         names.ENV_RUN_DIR: "/xshare",
-        names.ENV_CONSOLE_DIR: "/var/log/xen/console",
+        names.ENV_CONSOLE_DIR: "/xshare/logs/console",
         "RK_CWD": str(request.cwd),
     })
     if request.domu_image is not None:
-        env[names.ENV_DOMU_IMAGE] = str(request.domu_image)
+        env[names.ENV_DOMU_IMAGE] = "/xshare/" + DOMU_IMAGE
     env.update(request.env)
     return env
 
@@ -154,6 +157,11 @@ def prepare_run_dir(layout: Layout, request: RunRequest, host_env: Mapping[str, 
     (run_dir / "cmd.env").write_text(env_script(command_environment(host_env, request, layout)))
     if request.command:
         (run_dir / "cmd").write_text(shlex.join(request.command) + "\n")
+    if request.domu_image is not None:
+        from .domu_image import build_run_image
+        build_run_image(request.domu_image, str(request.cwd),
+                        sys.prefix if sys.prefix != sys.base_prefix else None,
+                        run_dir / DOMU_IMAGE)
     shares = [Share("hostroot", Path("/"), readonly=True), Share("share", run_dir)]
     mounts = []
     for i, d in enumerate(dict.fromkeys(p.resolve() for p in request.rw_dirs)):
@@ -254,6 +262,7 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
                     _stop(proc)
         except BaseException:
             _stop(proc)
+            (run_dir / FINISHED_MARK).write_text("interrupted\n")
             raise
         follow_console.pump()
         follow_out.pump()
@@ -267,11 +276,12 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
     if not rc_path.exists():
         log(f"console (Xen + dom0) tail, {console}:")
         err.write(_tail(console, 40))
+    (run_dir / DOMU_IMAGE).unlink(missing_ok=True)     # large, and rebuilt for every run
     if failed or request.keep:
         (run_dir / FINISHED_MARK).write_text(f"{code}\n")
         log(f"kept the run directory with its logs: {run_dir}")
         for name in ("console.log", "out.log", "logs/xen-dmesg.log", "logs/dom0-dmesg.log",
-                     "logs/xen-logs/console"):
+                     "logs/console"):
             if (run_dir / name).exists():
                 log(f"  {run_dir / name}")
     else:

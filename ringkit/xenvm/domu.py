@@ -12,7 +12,7 @@ other end of a channel in a real second domain::
     assert result.exit_code == 0, result.output
 
 The domU boots the harness kernel with an initramfs holding Python, the project's virtualenv and
-the project directory (as it is when `start()` runs), so the command may import ringkit.  Its
+the project directory (as it was when the machine booted), so the command may import ringkit.  Its
 output is its console, read back from xenconsoled's log; its exit code travels through xenstore
 (``/local/domain/<domid>/data/ringkit-exit``).  `xl create` is retried once, because its
 domain-monitoring child is known to crash now and then under emulation.
@@ -35,7 +35,7 @@ from typing import Any
 
 from .._errors import ConfigError, TransportError
 from .cpio import gzip_cpio
-from .domu_image import DomUJob, concatenate, shell_command, write_job
+from .domu_image import DomUJob, concatenate, job_entries, shell_command, write_files
 from .layout import ENV_CONSOLE_DIR, ENV_DOMU_IMAGE, ENV_VM_DIR
 
 START_MARK = "ringkit-domu: start"
@@ -130,7 +130,7 @@ class DomU:
 
     def __init__(self, name: str, command: Sequence[str] | str, *, memory_mb: int = 512,
                  vcpus: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 project: str | None = None, extra_files: Sequence[str] = (),
+                 extra_files: Sequence[str] = (),
                  modules: Sequence[str] = (), xl_extra: Sequence[str] = (),
                  image: str | None = None, kernel: str | None = None) -> None:
         if not _VALID_NAME.match(name):
@@ -146,12 +146,13 @@ class DomU:
                 f"(which sets {ENV_DOMU_IMAGE}), or pass image= and kernel=")
         self.name = name
         cwd = cwd or os.getcwd()
+        self._venv = sys.prefix if sys.prefix != sys.base_prefix else None
         self._job = DomUJob(
             command=command if isinstance(command, str) else shell_command(command),
-            cwd=cwd, name=name, env=dict(env or {}),
-            project=project if project is not None else cwd,
-            venv_prefix=sys.prefix if sys.prefix != sys.base_prefix else None,
-            extra_files=tuple(extra_files), modules=tuple(modules))
+            cwd=cwd, name=name, env=dict(env or {}), venv_prefix=self._venv,
+            modules=tuple(modules))
+        self._entries = job_entries(self._job)      # checks the sizes before anything starts
+        self._extra_files = tuple(extra_files)
         self._memory = memory_mb
         self._vcpus = vcpus
         self._xl_extra = tuple(xl_extra)
@@ -174,7 +175,8 @@ class DomU:
         return self._domid
 
     def start(self) -> int:
-        """Build the image, `xl create` the domain (retried once), return its domid."""
+        """`xl create` the domain paused (retried once), hand it its job, unpause it; return
+        its domid."""
         if self._domid is not None:
             raise ConfigError(f"domU {self.name} was already started")
         if domain_id(self.name) is not None:
@@ -182,10 +184,12 @@ class DomU:
         t0 = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=f"ringkit-domu-{self.name}-"))
         try:
-            with gzip_cpio(work / "job.cpio.gz") as w:
-                write_job(w, self._job)
-            ramdisk = work / "ramdisk.cpio.gz"
-            concatenate([Path(self._image), work / "job.cpio.gz"], ramdisk)
+            ramdisk = Path(self._image)
+            if self._extra_files:           # the slow path: an archive built in dom0
+                with gzip_cpio(work / "extra.cpio.gz") as w:
+                    write_files(w, None, self._venv, self._extra_files)
+                ramdisk = work / "ramdisk.cpio.gz"
+                concatenate([Path(self._image), work / "extra.cpio.gz"], ramdisk)
             cfg = work / "domu.cfg"
             cfg.write_text(xl_config(self.name, self._kernel, str(ramdisk), self._memory,
                                      self._vcpus, self._xl_extra))
@@ -200,19 +204,31 @@ class DomU:
             raise TransportError(f"xl create {self.name} succeeded but the domain is gone; "
                                  f"console: {self.console_log}")
         self._domid = domid
+        # hand the job over while the domain is paused, then let it run
+        pairs = [x for key, value in self._entries.items()
+                 for x in (f"/local/domain/{domid}/{key}", value)]
+        wrote = _run(["xenstore-write", "-R", *pairs])
+        if wrote.returncode != 0:
+            self.destroy()
+            raise TransportError(f"could not write the job of domU {self.name} to xenstore: "
+                                 f"{wrote.stderr.strip()}")
+        unpaused = _run(["xl", "unpause", self.name])
+        if unpaused.returncode != 0:
+            self.destroy()
+            raise TransportError(f"xl unpause {self.name} failed: {unpaused.stderr.strip()}")
         _log(f"domU {self.name} is domain {domid} (image {t1 - t0:.1f}s, "
              f"xl create {time.monotonic() - t1:.1f}s)")
         return domid
 
     def _create(self, cfg: Path) -> None:
-        first = _run(["xl", "create", str(cfg)], timeout=300)
+        first = _run(["xl", "create", "-p", str(cfg)], timeout=300)
         if first.returncode == 0:
             return
         # xl's monitoring child has been seen to segfault under TCG: clean up, try once more
         _log(f"xl create {self.name} failed ({first.returncode}): "
              f"{first.stderr.strip()[-500:]}; retrying once")
         _run(["xl", "destroy", self.name])
-        second = _run(["xl", "create", str(cfg)], timeout=300)
+        second = _run(["xl", "create", "-p", str(cfg)], timeout=300)
         if second.returncode != 0:
             raise TransportError(f"xl create {self.name} failed twice: "
                                  f"{second.stderr.strip()[-1000:]}")

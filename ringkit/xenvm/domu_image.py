@@ -1,17 +1,18 @@
 """Building the initramfs a harness domU boots from.
 
-A domU image is two gzip'd cpio archives concatenated:
+A domU image is two gzip'd cpio archives concatenated, both built on the host before boot:
 
-* the **base** (built on the host before boot, cached by content): a static busybox and the
-  init script, the Xen device modules, Debian's xenstore tools, and a mirror of the Python that
-  runs the project -- interpreter, shared libraries, standard library (without its tests and GUI
-  parts) and the virtualenv's site-packages (without development-only tools such as mypy, pip
-  and ruff);
-* the **job** (built inside dom0 for each domU): the project directory as it is now, the
-  command, its environment and extra host files or modules.
+* the **base** (cached by content): a static busybox and the init script, the Xen device
+  modules, Debian's xenstore tools, and a mirror of the Python that runs the project --
+  interpreter, shared libraries, standard library (without its tests and GUI parts) and the
+  virtualenv's site-packages (without development-only tools such as mypy, pip and ruff);
+* the **project** directory as it is at boot (without VCS data, the venv and caches).
 
 Every host file keeps its absolute path (see `ringkit.xenvm.hostfiles`), so the virtualenv and
-the editable install work inside the domU as on the host.
+the editable install work inside the domU as on the host.  What a domU runs (command,
+environment, modules) does not go into the image: dom0 writes it to xenstore while the new
+domain is still paused (`job_entries`), so starting a domU builds nothing inside slow,
+emulated dom0.  Only extra host files asked for at start time cost a third archive.
 """
 
 from __future__ import annotations
@@ -187,6 +188,17 @@ def build_base_image(layout: Layout, kernel_version: str, out: Path,
             mirror.add(lib)
 
 
+def build_run_image(base: Path, project: str, venv_prefix: str | None, out: Path) -> None:
+    """`out` = the cached base image followed by a snapshot of `project`."""
+    project_part = out.with_name(out.name + ".project")
+    try:
+        with gzip_cpio(project_part) as w:
+            write_files(w, project, venv_prefix)
+        concatenate([base, project_part], out)
+    finally:
+        project_part.unlink(missing_ok=True)
+
+
 def ensure_base_image(layout: Layout, kernel_version: str,
                       log: Callable[[str], None] | None = None) -> Path:
     """The cached base image for the running Python, built if missing or out of date."""
@@ -209,17 +221,14 @@ def ensure_base_image(layout: Layout, kernel_version: str,
 
 @dataclass(frozen=True)
 class DomUJob:
-    """What one domU runs: a shell command line in `cwd`, with `env` and extra content."""
+    """What one domU runs: a shell command line in `cwd`, with `env` and kernel `modules`."""
 
     command: str
     cwd: str
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
-    project: str | None = None
     venv_prefix: str | None = None
-    extra_files: Sequence[str] = ()
     modules: Sequence[str] = ()
-    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def job_environment(job: DomUJob) -> dict[str, str]:
@@ -235,14 +244,13 @@ def job_environment(job: DomUJob) -> dict[str, str]:
     return env
 
 
-def write_job(w: CpioWriter, job: DomUJob, root: str = "/") -> None:
-    """Add a job's files to an archive (appended after the base, so it wins on conflicts)."""
-    from .boot import env_script
+def write_files(w: CpioWriter, project: str | None, venv_prefix: str | None,
+                extra_files: Sequence[str] = (), root: str = "/") -> None:
+    """Add the project tree and extra host files (with the libraries their ELF files need)."""
     mirror = Mirror(w, root)
-    if job.project:
-        skip = project_skip(job.project, job.venv_prefix or "\0")
-        mirror.add_tree(job.project, skip)
-    for path in job.extra_files:
+    if project:
+        mirror.add_tree(project, project_skip(project, venv_prefix or "\0"))
+    for path in extra_files:
         if os.path.isdir(os.path.join(root, path.lstrip("/"))):
             mirror.add_tree(path)
         else:
@@ -251,11 +259,33 @@ def write_job(w: CpioWriter, job: DomUJob, root: str = "/") -> None:
     if elves and root == "/":
         for lib in shared_libraries(elves):
             mirror.add(lib)
-    for name, data in job.files.items():
-        w.add_file(name, data, 0o755)
-    w.add_file("ringkit/job/cmd", (job.command + "\n").encode(), 0o755)
-    w.add_file("ringkit/job/env", env_script(job_environment(job)).encode())
-    w.add_file("ringkit/job/modules", "".join(f"{m}\n" for m in job.modules).encode())
+
+
+JOB_KEY = "ringkit-job"
+"""The domU's job lives in xenstore at /local/domain/<domid>/ringkit-job/{cmd,env,modules}:
+dom0 writes it while the new domain is paused, the domU's init reads it (its home is readable)."""
+
+XENSTORE_VALUE_MAX = 4000
+"""A little under xenstore's 4096-byte payload limit."""
+
+
+def job_entries(job: DomUJob) -> dict[str, str]:
+    """The xenstore values (relative to the domain's home) that carry `job` to the domU.
+
+    Raises ConfigError when one is too long for xenstore.
+    """
+    from .boot import env_script
+    entries = {
+        f"{JOB_KEY}/cmd": job.command + "\n",
+        f"{JOB_KEY}/env": env_script(job_environment(job)),
+        f"{JOB_KEY}/modules": "".join(f"{m}\n" for m in job.modules),
+    }
+    for key, value in entries.items():
+        if len(value.encode()) > XENSTORE_VALUE_MAX:
+            raise ConfigError(f"the domU job's {key.rsplit('/', 1)[1]} is "
+                              f"{len(value.encode())} bytes; xenstore takes at most "
+                              f"{XENSTORE_VALUE_MAX}: put long commands in a script file")
+    return entries
 
 
 def shell_command(argv: Sequence[str]) -> str:

@@ -32,10 +32,11 @@ cp -a "$RK_XENROOT/etc/xen" /etc/; cp -a "$RK_XENROOT"/usr/bin/xenstore* /usr/bi
 export PATH=/usr/lib/xen-$RK_XENVER/bin:$PATH
 xenstored --pid-file=/run/xenstored.pid || ts "xenstored failed"
 xen-init-dom0 >/dev/null || ts "xen-init-dom0 failed"
-xenconsoled --log=guest --log-dir=/var/log/xen/console || ts "xenconsoled failed"
+# guest consoles are logged straight into the run directory: the host can follow them live
+mkdir -p $S/logs/console
+xenconsoled --log=guest --log-dir=$S/logs/console || ts "xenconsoled failed"
 ts "dom0 ready"
 cut -d' ' -f1 /proc/uptime > $S/ready
-mkdir -p $S/logs
 if [ -f $S/cmd ]; then
   (
     . $S/cmd.env       # the command's environment: PATH, cwd, RINGKIT_XEN_VM*, user variables

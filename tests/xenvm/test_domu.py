@@ -12,12 +12,14 @@ from ringkit._errors import ConfigError
 from ringkit.xenvm.cpio import CpioWriter, read_entries
 from ringkit.xenvm.domu import DomU, parse_console, xl_config
 from ringkit.xenvm.domu_image import (
+    JOB_KEY,
     DomUJob,
+    job_entries,
     job_environment,
     shell_command,
     site_skip,
     stdlib_skip,
-    write_job,
+    write_files,
 )
 from ringkit.xenvm.layout import ENV_DOMU_IMAGE, ENV_VM_DIR
 
@@ -56,7 +58,7 @@ def test_domu_needs_the_harness(monkeypatch: pytest.MonkeyPatch) -> None:
         _ = DomU("peer", ["true"]).domid
 
 
-def test_job_archive_has_project_command_and_environment(tmp_path: Path) -> None:
+def test_project_archive_leaves_out_vcs_venv_and_build(tmp_path: Path) -> None:
     root = tmp_path / "root"
     proj = root / "work/proj"
     for d in ("ringkit", ".git", ".venv/bin", "build", "tests"):
@@ -65,23 +67,31 @@ def test_job_archive_has_project_command_and_environment(tmp_path: Path) -> None
     (proj / "tests/peer.py").write_text("print('peer')\n")
     (proj / ".git/HEAD").write_text("ref")
     (proj / ".venv/bin/python").write_text("")
-    job = DomUJob(command=shell_command(["python", "tests/peer.py", "a b"]), cwd="/work/proj",
-                  name="peer", env={"X": "1"}, project="/work/proj",
-                  venv_prefix="/work/proj/.venv", modules=("loop",))
+    (root / "opt").mkdir()
+    (root / "opt/tool").write_text("#!/bin/sh\n")
     buf = io.BytesIO()
     w = CpioWriter(buf)
-    write_job(w, job, root=str(root))
+    write_files(w, "/work/proj", "/work/proj/.venv", ["/opt/tool"], root=str(root))
     w.close()
     entries = {n: d for n, _, d in read_entries(buf.getvalue())}
-    assert "work/proj/ringkit/__init__.py" in entries
+    assert "work/proj/ringkit/__init__.py" in entries and "opt/tool" in entries
     assert entries["work/proj/tests/peer.py"] == b"print('peer')\n"
     assert not any(n.startswith(("work/proj/.git", "work/proj/.venv", "work/proj/build"))
                    for n in entries)
-    assert entries["ringkit/job/cmd"] == b"python tests/peer.py 'a b'\n"
-    assert entries["ringkit/job/modules"] == b"loop\n"
-    env = entries["ringkit/job/env"].decode()
+
+
+def test_job_travels_as_xenstore_entries() -> None:
+    job = DomUJob(command=shell_command(["python", "tests/peer.py", "a b"]), cwd="/work/proj",
+                  name="peer", env={"X": "1"}, venv_prefix="/work/proj/.venv",
+                  modules=("loop",))
+    entries = job_entries(job)
+    assert entries[f"{JOB_KEY}/cmd"] == "python tests/peer.py 'a b'\n"
+    assert entries[f"{JOB_KEY}/modules"] == "loop\n"
+    env = entries[f"{JOB_KEY}/env"]
     assert "export RINGKIT_XEN_VM=1" in env and "export RINGKIT_XEN_DOMU=peer" in env
     assert "export X=1" in env and "export RK_CWD=/work/proj" in env
+    with pytest.raises(ConfigError, match="script file"):
+        job_entries(DomUJob(command="echo " + "x" * 5000, cwd="/", name="big"))
 
 
 def test_job_environment_puts_the_venv_first() -> None:
