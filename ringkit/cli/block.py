@@ -220,10 +220,15 @@ async def _backend_waiting(dom: Domain, backend_id: int, devid: int) -> None:
     """Announce a new frontend (``state`` = Initialising) and wait until the backend is ready
     for it (InitWait, or already Connected).
 
-    A backend that closed the previous connection stays Closed until it sees a frontend at
-    Initialising; a frontend handshake that started while the backend still said Closed would
-    close at once (the xenbus tables treat a Closed peer as "tear down"), so the backend is
-    given the chance to restart first.
+    A workaround, until the device framework handles it: a backend that closed the previous
+    connection stays Closed until it sees a frontend at Initialising (it then restarts, as
+    Linux's blkback answers with "prepare for reconnect" -> InitWait).  A frontend handshake
+    that sees that leftover Closed first reacts with CLOSE (frontend Initialising + backend
+    Closed) and writes Closing, Closed; a backend that reads the frontend's node only after
+    that finds Closed, not Initialising (backend Closed + frontend Closing/Closed: nothing to
+    do), and both wait forever.  Waiting here for InitWait before the handshake starts takes
+    that ordering out of the race (tests/drivers/block/test_block_processes.py stops the
+    backend across an attach to show it).
     """
     address = DeviceAddress("vbd", dom.domid, backend_id, devid)
     await dom.store.write(f"{address.frontend_path}/state",
