@@ -223,7 +223,10 @@ LEGAL = [
     (Role.BACKEND, S.CONNECTED, S.INIT_WAIT),  # restarted, its Closing/Closed coalesced
     (Role.BACKEND, S.CLOSED, S.INIT_WAIT),  # blkback's reconnect
     (Role.BACKEND, S.CONNECTED, S.INITIALISED),  # restarted, skipped InitWait
-    (Role.FRONTEND, S.CONNECTED, S.INITIALISING),  # Linux's resume after migration
+    (Role.FRONTEND, S.CONNECTED, S.INITIALISING),  # Handshake.restart of a frontend
+    # Linux's resume: xenbus_dev_resume resets the state to Initialising in memory only and
+    # the driver's resume publishes its ring again, so the store goes Connected -> Initialised.
+    (Role.FRONTEND, S.CONNECTED, S.INITIALISED),
     (Role.FRONTEND, S.CLOSED, S.INITIALISED),  # restarted and published at once
     (Role.FRONTEND, S.CONNECTED, S.RECONFIGURED),
 ]
