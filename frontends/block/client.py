@@ -87,7 +87,8 @@ class BlockClient:
     """Byte-range block I/O over blkif requests (see the module docstring).
 
     `pool` is a writable view of `len(refs)` granted pages; `send(slot)` queues one encoded
-    request on the ring (it must not keep the slot buffer past the request's answer).  Every I/O method raises:
+    request on the ring (it must not keep the slot buffer past the request's answer).  Every
+    I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
             write to a read-only disk.
