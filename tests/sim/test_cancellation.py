@@ -9,13 +9,15 @@ all, every call's reply wait being shielded.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import anyio
 import pytest
 
-from ringkit.sim import SimXen
+from ringkit.sim import SimXen, connect
 
 TIMEOUT = 20
 ROUNDS = 30
@@ -61,3 +63,47 @@ async def test_cancelled_calls_and_destroyed_domains_log_nothing(
             loop.set_exception_handler(previous)
     assert not loop_errors, [c.get("message") for c in loop_errors]
     assert not unraisable, unraisable
+
+
+@pytest.mark.slow
+def test_server_process_writes_nothing_to_stderr_meanwhile() -> None:
+    """The same against a server process (asyncio, the default), whose stderr is where the
+    stray callbacks were reported."""
+    with tempfile.TemporaryDirectory(prefix="rk-cancel-", dir="/tmp") as directory:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ringkit.sim", "serve", "--dir", directory],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline().startswith("ready"), "the server did not start"
+
+            async def rounds() -> None:
+                async with SimXen.attach(directory) as xen:
+                    for round_ in range(ROUNDS):
+                        domid = await xen.create_domain(f"p{round_}")
+                        with anyio.fail_after(TIMEOUT):
+                            async with connect(directory, domid) as dom:
+                                async with anyio.create_task_group() as tg:
+
+                                    async def calls() -> None:
+                                        while True:
+                                            pages = await dom.grants.share(0, 1)
+                                            await pages.aclose()
+
+                                    tg.start_soon(calls)
+                                    for _ in range(round_ % 7):
+                                        await anyio.lowlevel.checkpoint()
+                                    tg.cancel_scope.cancel()
+                                if round_ % 2:
+                                    await xen.destroy_domain(domid)
+                            if not round_ % 2:
+                                await xen.destroy_domain(domid)
+                    assert not await xen.settled_leaks()
+
+            anyio.run(rounds)
+        finally:
+            server.terminate()
+            _, errors = server.communicate(timeout=30)
+        assert server.returncode == 0
+        assert errors == "", errors
