@@ -41,7 +41,9 @@ class SharedPages(AsyncResource):
 
     `buffer` is a writable memoryview over `len(refs)` contiguous pages.  Closing unmaps them and
     revokes the grants; as with gntalloc's early dealloc, the pages themselves live on until the
-    peer unmaps them too.
+    peer unmaps them too.  Buffers still exported from `buffer` (e.g. a ring engine attached to
+    it) stay valid after closing: the local unmap waits until they are released.  Closing twice
+    is a double unmap and raises `GrantError`.
     """
 
     @property
@@ -80,7 +82,11 @@ class SharedPages(AsyncResource):
 
 
 class MappedPages(AsyncResource):
-    """A peer's granted pages mapped into this process (gntdev), contiguously."""
+    """A peer's granted pages mapped into this process (gntdev), contiguously.
+
+    Closing unmaps them; buffers still exported from `buffer` stay valid and the local unmap
+    waits until they are released.  Closing twice is a double unmap and raises `GrantError`.
+    """
 
     @property
     @abstractmethod
