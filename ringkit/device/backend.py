@@ -3,7 +3,9 @@
 The backend advertises its features, says InitWait, and when the frontend has published its
 rings (Initialised, or Connected for frontends that skip it) maps them, binds the event
 channels, and serves them until the frontend closes, restarts or dies.  A frontend restart or
-death means: stop serving, unmap, close the ports, and go back to InitWait for the next one.  A
+death means: stop serving, unmap, close the ports, and go back to InitWait for the next one.
+After a connection closed, the backend stays at Closed (unless ``online`` is 0) until a new
+frontend shows up at Initialising (or Initialised), and then goes straight back to InitWait.  A
 frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` returns when the
 device is removed (either dir deleted), or after the first connection ends with ``once=True``.
 """
@@ -109,7 +111,11 @@ class Backend(DeviceBase):
         await self._write_state(S.INIT_WAIT)
 
     async def _start_over(self) -> None:
-        await self._restart_state()
+        if self.handshake.state is not S.CLOSED:
+            await self._restart_state()
+        # From Closed (a new frontend after the previous connection closed), straight to
+        # InitWait with the features written again, as blkback's "prepare for reconnect" does;
+        # a frontend waiting on our leftover Closed connects when it sees InitWait.
         await self._advertise_and_wait()
 
     async def _react(self, reaction: Reaction) -> None:

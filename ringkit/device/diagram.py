@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from ..proto.xenbus import MOVES, REACTIONS, Reaction, Role, XenbusState
+from ..proto.xenbus import LEFTOVER, MOVES, REACTIONS, Reaction, Role, XenbusState
 
 __all__ = ("render",)
 
@@ -66,6 +66,17 @@ def _reactions_table(role: Role) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _leftover_list() -> str:
+    lines = []
+    for role in Role:
+        for own in S:
+            waited = LEFTOVER[role][own]
+            if waited:
+                names = ", ".join(s.xen_name for s in sorted(waited))
+                lines.append(f"- {role.value} at {own.xen_name}: waits out a peer at {names}")
+    return "\n".join(lines) + "\n"
+
+
 def render() -> str:
     """The whole docs/handshake.md page."""
     parts = [
@@ -101,6 +112,20 @@ def render() -> str:
     for role in Role:
         parts.append(f"### {role.value.capitalize()}\n")
         parts.append(_reactions_table(role))
+    parts.append("## A new connection after an old one closed (`LEFTOVER`)\n")
+    parts.append(
+        "A backend that stays online (`online` = 1, as Linux's blkback) keeps saying Closed "
+        "after a connection ended, until it sees a frontend at Initialising (or Initialised): "
+        "then it goes straight back to InitWait with its features written again (blkback's "
+        "\"prepare for reconnect\").  A frontend that is *starting* -- it wrote Initialising and "
+        "has not seen the backend in a live state since -- takes a Closing or Closed backend for "
+        "what the old connection left behind and waits (bounded by `Frontend.connect_timeout`) "
+        "instead of closing, as Linux's xenbus_reset_frontend does; closing there would leave "
+        "both ends at Closed for good.  Once it has seen the backend live, a Closing or Closed "
+        "backend is an answer to it and the table above applies.  The cells overridden while "
+        "starting:\n"
+    )
+    parts.append(_leftover_list())
     parts.append(
         "## Peer death\n\n"
         "A peer process that dies never writes Closed.  Its end of the event channel closes "

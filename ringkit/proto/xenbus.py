@@ -21,6 +21,16 @@ Two tables encode it:
 * `REACTIONS[role][peer_state][own_state]` -- what a role should do when it sees the peer in
   `peer_state` while it is itself in `own_state`: nothing, set up its side of the connection,
   finish connecting, close, restart after a peer restart, or give up because the peer is gone.
+* `LEFTOVER[role][own_state]` -- the peer states a role that is *starting* (it wrote
+  Initialising and has not seen the peer in a live state since) takes for what an earlier
+  connection left behind, and waits out instead of reacting to.  A frontend that starts while
+  its backend still says Closed (or Closing) from the previous connection -- a backend that
+  stays online, as Linux's blkback does with ``online`` = 1 -- keeps Initialising and waits
+  for the backend to answer with InitWait (Linux's xenbus_reset_frontend does the same at boot
+  and after kexec), instead of closing: the backend only starts over when it sees the frontend
+  at Initialising (blkback's "prepare for reconnect"), so a frontend that closed there would
+  leave both ends at Closed for good.  A frontend that has seen the backend live since it
+  started still closes when the backend goes Closing or Closed: that is an answer to it.
 
 Watches coalesce and blkif.h lets either side skip states (a frontend may go to Initialised
 without waiting for InitWait; a backend may bypass InitWait), so a peer's move from A to B is
@@ -48,6 +58,7 @@ from typing import NoReturn
 from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = (
+    "LEFTOVER",
     "MOVES",
     "REACHABLE",
     "REACTIONS",
@@ -253,8 +264,13 @@ def _backend_reactions() -> dict[XenbusState, dict[XenbusState, Reaction]]:
     # The frontend published its ring: connect.
     for ready in (S.INITIALISED, S.CONNECTED):
         rows[ready] = {own: Reaction.CONNECT for own in _NOT_YET_CONNECTED}
-    # The frontend came back to the start after we closed, or restarted while we were connected.
+    # The frontend came back to the start after we closed (blkback's "prepare for reconnect":
+    # Closed -> InitWait, features advertised again), or restarted while we were connected.
     rows[S.INITIALISING] = {S.CLOSED: Reaction.RESTART, S.CONNECTED: Reaction.RESTART}
+    # A new frontend that published its ring at once (blkif.h allows it; Linux's resume does
+    # it) while we sat at Closed: blkback connects from any state but Connected; here that is
+    # starting over first (InitWait), after which the ring is mapped as usual.
+    rows[S.INITIALISED][S.CLOSED] = Reaction.RESTART
     return rows
 
 
@@ -268,6 +284,42 @@ REACTIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, Reaction]]] =
 )
 """`REACTIONS[role][peer_state][own_state]`: what `role` does on seeing the peer in
 `peer_state`.  Missing combinations mean `Reaction.NONE`."""
+
+
+_STARTING_OWN = frozenset({S.INITIALISING, S.INITIALISED})
+
+LEFTOVER: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProxyType(
+    {
+        # A starting frontend waits out a backend still Closing or Closed from before.
+        Role.FRONTEND: MappingProxyType(
+            {own: _ANY_TO_CLOSE if own in _STARTING_OWN else frozenset() for own in S}
+        ),
+        # A backend answers a frontend's leftover Closed by closing too, as blkback does; it
+        # starts over when a frontend comes back (REACTIONS: Initialising while Closed).
+        Role.BACKEND: MappingProxyType({own: frozenset() for own in S}),
+    }
+)
+"""`LEFTOVER[role][own_state]`: the peer states that `role`, while *starting* in `own_state`
+(`Handshake.starting`: it has not seen the peer in a live state since it wrote Initialising),
+takes for the remains of an earlier connection: it waits (Reaction.NONE) for the peer to start
+over instead of doing what `REACTIONS` says."""
+
+_NOT_LIVE = frozenset({S.UNKNOWN}) | _ANY_TO_CLOSE
+
+_ANSWERED_ALREADY: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = (
+    MappingProxyType(
+        {
+            # A frontend whose ring is published (Initialised) has already given a backend
+            # that starts over all it needs: such a backend may go from Closed (or anywhere)
+            # to Connected without waiting for us again, as blkback connects a frontend that
+            # published its ring while it was Closed.
+            Role.FRONTEND: MappingProxyType({S.INITIALISED: frozenset({S.CONNECTED})}),
+            Role.BACKEND: MappingProxyType({}),
+        }
+    )
+)
+"""`_ANSWERED_ALREADY[role][own_state]`: peer states that are reachable from anywhere while
+`role` sits in `own_state`, because what the peer needs from us is already published."""
 
 
 def parse_state(raw: str | bytes | None) -> XenbusState:
@@ -309,6 +361,7 @@ class Handshake:
         self._peer_state = peer_state
         self._peer_seen = peer_state is not S.UNKNOWN
         self._peer_stale = False
+        self._starting = not self._peer_live()
         self._poison: RemoteProtocolError | None = None
 
     @property
@@ -325,6 +378,16 @@ class Handshake:
     def peer_stale(self) -> bool:
         """Whether the peer died and its state node is not trusted until it changes."""
         return self._peer_stale
+
+    @property
+    def starting(self) -> bool:
+        """Whether this side started (Initialising) and has not seen the peer in a live state
+        (anything but Unknown, Closing, Closed) since: a peer Closing or Closed now is left
+        over from an earlier connection (see `LEFTOVER`), not an answer to this one."""
+        return self._starting
+
+    def _peer_live(self) -> bool:
+        return self._peer_seen and not self._peer_stale and self._peer_state not in _NOT_LIVE
 
     @property
     def error(self) -> RemoteProtocolError | None:
@@ -357,6 +420,8 @@ class Handshake:
                 f"{self.role.value} may not move from {self._state.xen_name} to {to.xen_name}"
                 f" (allowed: {allowed})"
             )
+        if to is S.INITIALISING and self._state is not S.INITIALISING:
+            self._starting = not self._peer_live()
         self._state = to
         return to
 
@@ -370,6 +435,7 @@ class Handshake:
         """
         self._check_poison()
         self._state = S.INITIALISING
+        self._starting = not self._peer_live()
         return self._state
 
     def peer_lost(self) -> None:
@@ -377,7 +443,9 @@ class Handshake:
         updating its ``state`` node: that node is stale, so the reactions wait (NONE) until the
         peer -- restarted -- writes a different state, which is accepted whatever it is (the
         successor may have got anywhere, e.g. connected to our still-published ring).  Without
-        this, a frontend would "connect" to a dead backend whose node still says Connected."""
+        this, a frontend would "connect" to a dead backend whose node still says Connected.
+        One exception: a stale Initialising still brings a Closed backend back to InitWait,
+        which is harmless (and a successor writing the same value would go unnoticed)."""
         self._peer_stale = self._peer_seen
 
     def observe(self, raw: str | bytes | XenbusState | None) -> Reaction:
@@ -395,13 +463,14 @@ class Handshake:
             and not self._peer_stale
             and new is not S.UNKNOWN
             and new not in REACHABLE[self.role.peer][old]
+            and new not in _ANSWERED_ALREADY[self.role].get(self._state, ())
         ):
             self._fail(
                 f"{self.role.peer.value} moved from {old.xen_name} to {new.xen_name}, which its "
                 "role can never do"
             )
         if self._peer_stale and new == old:
-            return Reaction.NONE
+            return self.reaction()
         self._peer_stale = False
         if new is not S.UNKNOWN:
             self._peer_seen = True
@@ -409,12 +478,21 @@ class Handshake:
             # The peer has not written its node yet: nothing to react to.
             return Reaction.NONE
         self._peer_state = new
+        if new not in _NOT_LIVE:
+            self._starting = False
         return self.reaction()
 
     def reaction(self) -> Reaction:
         """The reaction for the current (own, peer) pair; call again after each own move."""
         self._check_poison()
-        if not self._peer_seen or self._peer_stale:
+        if not self._peer_seen:
+            return Reaction.NONE
+        if self._peer_stale and self._peer_state is not S.INITIALISING:
+            # A dead peer's Initialising asks for nothing but our InitWait, which is harmless
+            # to give (a successor that writes the same value would otherwise go unnoticed);
+            # any other state of it is not acted on.
+            return Reaction.NONE
+        if self._starting and self._peer_state in LEFTOVER[self.role][self._state]:
             return Reaction.NONE
         return REACTIONS[self.role][self._peer_state][self._state]
 
