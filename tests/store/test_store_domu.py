@@ -130,7 +130,8 @@ async def test_unprivileged_answers_match_the_simulator() -> None:
         await dom0.write("/h3test/secret/inner", "x")  # n0
         await dom0.write("/h3test/public", "p")
         await dom0.set_perms("/h3test/public", [Permission(0, Access.READ)])
-    with DomU("h3-xenstore", [sys.executable, "tests/store/test_store_domu.py", "probe"]) as vm:
+    script = os.path.abspath(__file__)
+    with DomU("h3-xenstore", [sys.executable, script, "probe"], cwd=os.getcwd()) as vm:
         await anyio.to_thread.run_sync(vm.start)
         outcome = await vm.wait_async(STEP_SECONDS)
     assert outcome.exit_code == 0, outcome.output
