@@ -48,7 +48,9 @@ class Frontend(DeviceBase):
 
     connect_timeout: float | None = None
     """Seconds ``async with`` waits for the backend to connect before raising TimeoutError
-    (None: forever).  May be set per instance."""
+    (None: forever).  May be set per instance.  This includes waiting for a backend still
+    Closed from an earlier connection to answer the new frontend with InitWait (the frontend
+    keeps Initialising meanwhile; see `ringkit.proto.xenbus.LEFTOVER`)."""
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0) -> None:
         super().__init__(
