@@ -24,7 +24,6 @@ from ..backends.block.device import BlockBackend
 from ..backends.block.service import ServiceStats
 from ..device import DeviceAddress, create_device
 from ..frontends.block.device import BlockFrontend
-from ..proto.xenbus import XenbusState
 
 _DIR_HELP = "Simulated Xen directory (see `ringkit sim serve`); omit on real Xen."
 DEFAULT_DEVID = 51712
@@ -181,7 +180,6 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
     async def main() -> None:
         async with _domain(directory, domid) as dom:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                await _backend_waiting(dom, backend_id, devid)
                 async with BlockFrontend(dom, backend_id, devid) as disk:
                     scope.deadline = math.inf  # connected: the timeout no longer applies
                     await _use(disk)
@@ -214,34 +212,6 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
                        f"{', '.join(features) or 'no optional features'}")
 
     _run(main)
-
-
-async def _backend_waiting(dom: Domain, backend_id: int, devid: int) -> None:
-    """Announce a new frontend (``state`` = Initialising) and wait until the backend is ready
-    for it (InitWait, or already Connected).
-
-    A workaround, until the device framework handles it: a backend that closed the previous
-    connection stays Closed until it sees a frontend at Initialising (it then restarts, as
-    Linux's blkback answers with "prepare for reconnect" -> InitWait).  A frontend handshake
-    that sees that leftover Closed first reacts with CLOSE (frontend Initialising + backend
-    Closed) and writes Closing, Closed; a backend that reads the frontend's node only after
-    that finds Closed, not Initialising (backend Closed + frontend Closing/Closed: nothing to
-    do), and both wait forever.  Waiting here for InitWait before the handshake starts takes
-    that ordering out of the race (tests/drivers/block/test_block_processes.py stops the
-    backend across an attach to show it).
-    """
-    address = DeviceAddress("vbd", dom.domid, backend_id, devid)
-    await dom.store.write(f"{address.frontend_path}/state",
-                          XenbusState.INITIALISING.to_wire())
-    state = f"{address.backend_path}/state"
-    ready = {XenbusState.INIT_WAIT.to_wire(), XenbusState.CONNECTED.to_wire()}
-    async with dom.store.watch(state) as watch:
-        async for _ in watch:
-            try:
-                if (await dom.store.read(state)).strip() in ready:
-                    return
-            except RingkitError:
-                continue  # not there yet
 
 
 async def _check(disk: BlockFrontend, size: int) -> None:

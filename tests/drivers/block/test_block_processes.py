@@ -187,9 +187,9 @@ async def test_cli_serve_and_attach(tmp_path: Path) -> None:
 async def test_cli_attach_waits_for_a_backend_still_closed(tmp_path: Path) -> None:
     # After a frontend left, the backend sits at Closed until it sees a new frontend at
     # Initialising.  A new frontend that looks before the backend has answered sees that
-    # leftover Closed, and the xenbus tables make it close too; if the backend then reads the
-    # frontend's node only after that, it finds Closed and both wait forever.  The serving
-    # process is stopped across the new attach's start, so the backend answers late.
+    # leftover Closed; it must wait it out (xenbus LEFTOVER table) rather than close, or both
+    # ends end at Closed for good.  The serving process is stopped across the new attach's
+    # start, so the backend answers late.
     with anyio.fail_after(90):
         async with world(tmp_path) as w:
             await w.dom0.store.rm(w.address.backend_path)
