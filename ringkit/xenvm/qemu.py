@@ -5,6 +5,10 @@ Choices that matter, all learnt the hard way (see docs/real-xen.md):
 * TCG, not KVM: it runs on any x86-64 Linux host, nested virtualisation or not.
 * ``-cpu max,-smap,-smep``: with SMAP/SMEP exposed, dom0 crashes in Xen's create_bounce_frame;
   a named model such as EPYC makes Xen panic in its MWAIT idle driver, which TCG lacks.
+* ``-pcid,-invpcid``: processes in PV guests were seen to segfault at random (a domU's
+  Python and xenstore-write in one boot; xl's monitoring child in the reference runs); TLB
+  flushes by PCID are the least-exercised path of TCG under Xen's PV page tables, so Xen is
+  not offered them.
 * ``bootscrub=0``: otherwise Xen scrubs all guest RAM at boot and QEMU's memory use triples.
 * The multiboot ``-initrd`` option is a comma-separated module list, each module being a path
   followed by its command line, so commas inside a module's command line are doubled.
@@ -74,7 +78,7 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
     linux_cmdline = " ".join(["console=hvc0", "earlyprintk=xen", "quiet", "panic=-1",
                               *cfg.linux_args])
     argv = [
-        cfg.program, "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep",
+        cfg.program, "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep,-pcid,-invpcid",
         "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
         "-nographic", "-no-reboot", "-net", "none", "-monitor", "none",
         "-kernel", escape_option(str(cfg.hypervisor)),
