@@ -135,7 +135,7 @@ def domu() -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def domu_run(name: str, timeout: float, memory: int, files: tuple[str, ...],
              modules: tuple[str, ...], env: tuple[str, ...], command: tuple[str, ...]) -> None:
-    """Run COMMAND in a new domU (cwd and project: the current directory); print its output.
+    """Run COMMAND in a new domU (cwd: the current one; the project as it was at boot).
 
     Exits with the command's code, 124 if it timed out, 125 if the domU died without one.
     """
