@@ -51,7 +51,9 @@ Rules, as strict as Xen and Linux:
 * more than `grant_limit` (default 1024, gntalloc's) granted pages per process raise
   `ResourceLimitError` (ENOSPC);
 * closing `SharedPages` / `MappedPages` twice is a double unmap: `GrantError`;
-* an event sent before the peer bound is dropped; after the peer closed its end, `wait()`
+* an event sent before the peer bound is dropped, and, as Xen's evtchn_bind_interdomain does to
+  make up for such lost events, every bind leaves exactly one event pending on the binder's new
+  port (its first `wait()` returns at once); after the peer closed its end, `wait()`
   returns for the events it sent before closing, then raises `PeerGoneError`, and `notify()`
   raises `EventChannelError` (ENOTCONN: the port is no longer bound) -- until the same remote
   domain binds the port again, which Xen allows (the port went back to unbound);

@@ -10,8 +10,9 @@ objects:
 * each event-channel port owns the eventfd its owner waits on.  Allocating an unbound port also
   creates the eventfd the future binder will wait on, so the allocating side can notify from the
   start; what it sends before the bind is drained (dropped) when the bind happens, as Xen drops
-  events sent on an unbound port.  After the bind each side holds the other's eventfd and
-  notifies it directly; the server is not involved.
+  events sent on an unbound port, and replaced by one pending event, as Xen conservatively marks
+  the binder's new port pending for notifications that may have been lost.  After the bind each
+  side holds the other's eventfd and notifies it directly; the server is not involved.
 
 A closing port writes `PEER_GONE` into the peer's eventfd: the peer's wait sees the events sent
 before the close first, then the mark, and raises `PeerGoneError`.  As in Xen, the peer's port is
@@ -326,6 +327,9 @@ class Hypervisor:
         dom = self.domains[client.domid]
         wait_fd, target.reserved_fd = target.reserved_fd, -1
         drain(wait_fd)  # events sent before the bind are dropped, as on an unbound port
+        # ... and, as Xen's evtchn_bind_interdomain does to make up for them, the binder's new
+        # port starts with one event pending: its first wait() returns at once.
+        signal(wait_fd)
         port = Port(client.domid, dom.next_port, client, remote, wait_fd, peer=target,
                     state="bound")
         dom.next_port += 1

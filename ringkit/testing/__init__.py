@@ -16,6 +16,7 @@ Every check ends by asserting that both handles' `leaks()` are all zero.
 from ._transport import CHECKS as CHECKS
 from ._transport import PairMaker as PairMaker
 from ._transport import assert_no_leaks as assert_no_leaks
+from ._transport import check_bind_pending as check_bind_pending
 from ._transport import check_close_while_buffer_exported as check_close_while_buffer_exported
 from ._transport import check_event_channel as check_event_channel
 from ._transport import check_grant_limit as check_grant_limit
@@ -31,6 +32,7 @@ __all__ = (
     "CHECKS",
     "PairMaker",
     "assert_no_leaks",
+    "check_bind_pending",
     "check_close_while_buffer_exported",
     "check_event_channel",
     "check_grant_limit",

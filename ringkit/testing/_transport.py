@@ -4,7 +4,12 @@ Each check takes a *pair maker*: a callable returning an async context manager t
 `Domain` handles, ``a`` and ``b`` -- two processes' views, in two domains where the transport
 can (the simulator), or both in dom0 on a real machine.  A check drives the pair through one
 behaviour, raises ``AssertionError`` when the transport deviates, and ends by asserting that
-both handles hold nothing any more (ocaml-vchan's ``assert_cleaned_up``).  Nothing here imports
+both handles hold nothing any more (ocaml-vchan's ``assert_cleaned_up``).
+
+As on Xen, binding a port leaves one event pending on the binder's new port
+(evtchn_bind_interdomain makes up for notifications lost while the remote port was unbound):
+`check_bind_pending` holds transports to that, and every other check consumes that one event
+right after binding, then requires the behaviour it is about.  Nothing here imports
 pytest: run the checks from any test runner, on any anyio backend.
 """
 
@@ -54,10 +59,17 @@ async def _stays_quiet(channel: EventChannel) -> bool:
     return True
 
 
+async def _bind(b: Domain, remote: int, port: int) -> EventChannel:
+    """`b` binds `port` of domain `remote` and takes the one event the bind leaves pending."""
+    bound = await b.events.bind_interdomain(remote, port)
+    await _wait(bound)
+    return bound
+
+
 async def _connect(a: Domain, b: Domain) -> tuple[EventChannel, EventChannel]:
+    """A port `a` offers, bound by `b`; both ends quiet (the bind-time event consumed)."""
     offered = await a.events.alloc_unbound(b.domid)
-    bound = await b.events.bind_interdomain(a.domid, offered.port)
-    return offered, bound
+    return offered, await _bind(b, a.domid, offered.port)
 
 
 async def _raises(
@@ -218,6 +230,28 @@ async def check_event_channel(make_pair: PairMaker) -> None:
         assert_no_leaks(a, b)
 
 
+async def check_bind_pending(make_pair: PairMaker) -> None:
+    """Binding leaves exactly one event pending on the binder's new port, none on the offering
+    side's, whatever was sent on the port while it was unbound (Xen drops those, and sets the
+    binder's port pending in evtchn_bind_interdomain to make up for them); after it, events
+    flow both ways as usual."""
+    async with make_pair() as (a, b):
+        offered = await a.events.alloc_unbound(b.domid)
+        for _ in range(3):  # sent on an unbound port: dropped
+            offered.notify()
+        bound = await b.events.bind_interdomain(a.domid, offered.port)
+        await _wait(bound)
+        assert await _stays_quiet(bound), "binding left more than one event pending"
+        assert await _stays_quiet(offered), "binding signalled the offering side's port"
+        bound.notify()
+        await _wait(offered)
+        offered.notify()
+        await _wait(bound)
+        await bound.aclose()
+        await offered.aclose()
+        assert_no_leaks(a, b)
+
+
 async def check_peer_gone(make_pair: PairMaker) -> None:
     """When one end closes, the other's wait returns for what was sent before, then raises
     PeerGoneError; its notify is refused; closing it afterwards is clean."""
@@ -262,7 +296,7 @@ async def check_rebind_after_peer_close(make_pair: PairMaker) -> None:
                 pass
             else:
                 raise AssertionError("a wait after the peer closed returned")
-        rebound = await b.events.bind_interdomain(a.domid, offered.port)
+        rebound = await _bind(b, a.domid, offered.port)  # a bind like the first one
         assert rebound.remote_domid == a.domid
         await _raises(EventChannelError, lambda: b.events.bind_interdomain(a.domid, offered.port),
                       "binding a port bound again")
@@ -389,15 +423,14 @@ async def check_refusals(make_pair: PairMaker, grant_limit: int = 1024) -> None:
             return await b.events.bind_interdomain(a.domid, 0x7FFF)
 
         await _raises(EventChannelError, bind_nonexistent, "binding a port that does not exist")
-        offered = await a.events.alloc_unbound(b.domid)
-        bound = await b.events.bind_interdomain(a.domid, offered.port)
+        offered, bound = await _connect(a, b)
 
         async def bind_twice() -> object:
             return await b.events.bind_interdomain(a.domid, offered.port)
 
         await _raises(EventChannelError, bind_twice, "binding a port that is bound already")
         await offered.aclose()
-        with anyio.fail_after(TIMEOUT):
+        with anyio.fail_after(TIMEOUT):  # the bind-time event was consumed: nothing else
             await _raises(PeerGoneError, bound.wait, "wait after the peer closed")
         try:
             bound.notify()
@@ -431,6 +464,7 @@ CHECKS: dict[str, Callable[[PairMaker], Awaitable[None]]] = {
     "close_while_buffer_exported": check_close_while_buffer_exported,
     "multi_page_contiguous": check_multi_page_contiguous,
     "event_channel": check_event_channel,
+    "bind_pending": check_bind_pending,
     "peer_gone": check_peer_gone,
     "unmap_notify": check_unmap_notify,
 }
