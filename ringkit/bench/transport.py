@@ -68,6 +68,9 @@ async def _sim_pong(directory: str, domid: int, peer: int, port: int) -> None:
 
     async with connect(directory, domid) as dom:
         channel = await dom.events.bind_interdomain(peer, port)
+        # Xen leaves the binder's new port pending once (notifications lost while it was
+        # unbound); take that event first so every later wake-up is a real ping.
+        await channel.wait()
         channel.notify()
         try:
             while True:
