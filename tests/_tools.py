@@ -39,6 +39,7 @@ PROGRAM_PACKAGES = {
     "xenstore-rm": "xenstore-utils",
     "xenstore-list": "xenstore-utils",
     "xenstore-chmod": "xenstore-utils",
+    "xenstore-watch": "xenstore-utils",
 }
 
 #: The Debian package that provides the files below each directory.

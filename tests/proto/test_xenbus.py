@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _tools import require_tools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,10 +27,8 @@ S = XenbusState
 HEADER = Path("/usr/include/xen/io/xenbus.h")
 
 
-@pytest.mark.skipif(
-    not HEADER.exists() or shutil.which("cc") is None, reason="needs libxen-dev and a C compiler"
-)
 def test_values_match_xen_header(tmp_path: Path) -> None:
+    require_tools("cc", str(HEADER), why="compile a check of the states against Xen's xenbus.h")
     body = "".join(f'printf("%d\\n", {s.xen_name});' for s in S)
     src = tmp_path / "x.c"
     src.write_text(f"#include <stdio.h>\n#include <xen/io/xenbus.h>\nint main(void){{{body}}}\n")

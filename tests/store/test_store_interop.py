@@ -9,24 +9,25 @@ tools come from the ``xenstore-utils`` package (in the Makefile's Debian list).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from _tools import require_tools
 
 from ringkit.abc import Access, Permission
 from ringkit.sim.xenstored import XenstoreServer
 from ringkit.store import StoreClient, connect_unix
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(
-        shutil.which("xenstore-ls") is None,
-        reason="xenstore-utils is not installed (make deps installs it)",
-    ),
-]
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _xenstore_utils() -> None:
+    require_tools("xenstore-ls", "xenstore-read", "xenstore-write", "xenstore-rm",
+                  "xenstore-chmod", "xenstore-list", "xenstore-watch",
+                  why="run Debian's xenstore tools against the simulated xenstored")
 
 TOOL_TIMEOUT = 20
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _tools import require_tools
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,8 +45,8 @@ def test_header_is_16_bytes_and_native_order() -> None:
     assert raw[16:] == b"/a\0"
 
 
-@pytest.mark.skipif(not XS_WIRE_H.exists(), reason="libxen-dev is not installed")
 def test_constants_match_xen_header() -> None:
+    require_tools(str(XS_WIRE_H), why="compare the codec's constants with Xen's xs_wire.h")
     text = XS_WIRE_H.read_text()
     body = text[text.index("enum xsd_sockmsg_type") : text.index("XS_TYPE_COUNT")]
     names = re.findall(r"^\s+XS_([A-Z_]+)", body, re.M)
@@ -61,10 +61,8 @@ def test_constants_match_xen_header() -> None:
     assert tuple(re.findall(r"XSD_ERROR\((E[A-Z0-9]+)\)", table)) == XSD_ERRORS
 
 
-@pytest.mark.skipif(
-    not XS_WIRE_H.exists() or shutil.which("cc") is None, reason="needs libxen-dev and a C compiler"
-)
 def test_struct_layout_against_c(tmp_path: Path) -> None:
+    require_tools("cc", str(XS_WIRE_H), why="compile a layout check against Xen's xs_wire.h")
     src = tmp_path / "layout.c"
     src.write_text(
         "#include <errno.h>\n#include <stddef.h>\n#include <stdint.h>\n#include <stdio.h>\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-import shutil
 import struct
 import subprocess
 import termios
@@ -18,6 +17,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import pytest
+from _tools import require_tools
 from ringkit.backends.console import ConsoleBackend, write_all
 from ringkit.frontends.console import ConsoleFrontend
 
@@ -187,8 +187,7 @@ async def test_a_real_program_reads_the_pty(tmp_path: Path) -> None:
                 while b"login: " not in seen:
                     seen += await cat.stdout.receive()
                 cat.terminate()
-            if shutil.which("tmux") is None:
-                return
+            require_tools("tmux", why="attach a real terminal program to the console's pty")
             sock = str(tmp_path / "tmux.sock")
             subprocess.run(
                 ["tmux", "-S", sock, "new-session", "-d", "-x", "80", "-y", "10", f"cat {pty}"],
