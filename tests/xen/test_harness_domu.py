@@ -55,7 +55,6 @@ async def _peer() -> int:
                     while shared.buffer[NOTIFY_BYTE] != 0:   # the unmap-notify's event
                         await chan.wait()
                 print("peer: unmap-notify cleared the byte and signalled", flush=True)
-                await dom.store.write(f"{home}/result", "ok" if step1 else "bad-step1")
         assert not dom.leaks(), dom.leaks()
     return 0 if step1 else 1
 
@@ -88,17 +87,12 @@ async def test_domu_grant_events_and_unmap_notify() -> None:
                 with anyio.fail_after(STEP_SECONDS):
                     await chan.wait()               # the domU answered
                 await mapped.aclose()               # clears NOTIFY_BYTE, signals the domU
-                with anyio.fail_after(STEP_SECONDS):
-                    while True:
-                        try:
-                            result = await dom.store.read(f"{home}/result")
-                            break
-                        except StoreError:
-                            await anyio.sleep(0.5)
             assert not dom.leaks(), dom.leaks()
+        # the verdict comes back as the domU's exit status and output, not through xenstore:
+        # the domain's xenstore home disappears as soon as it powers off
         outcome = await vm.wait_async(STEP_SECONDS)
     assert outcome.exit_code == 0, outcome.output
-    assert result == "ok", outcome.output
+    assert "peer: event 1, dom0's byte 0xa5" in outcome.output
     assert "unmap-notify cleared the byte" in outcome.output
 
 
