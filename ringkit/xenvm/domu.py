@@ -83,8 +83,13 @@ def _log(msg: str) -> None:
 
 
 def _run(argv: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise TransportError(f"`{' '.join(argv[:3])}` got no answer within {timeout:.0f}s: "
+                             f"xenstored (which xl and xenstore-* wait for) is stuck or "
+                             f"overloaded") from None
 
 
 def xenstore_read(path: str) -> str | None:
