@@ -10,40 +10,20 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import BinaryIO
 
 import anyio
 import click
 
-from .._errors import PeerGoneError, RingkitError
-from ..abc import Domain
 from ..backends.block.config import InvalidSetting, ServiceConfig
 from ..backends.block.device import BlockBackend
 from ..backends.block.service import ServiceStats
 from ..device import DeviceAddress, create_device
 from ..frontends.block.device import BlockFrontend
+from ._common import DIR_HELP, open_cli_domain, run_command
 
-_DIR_HELP = "Simulated Xen directory (see `ringkit sim serve`); omit on real Xen."
 DEFAULT_DEVID = 51712
 """xvda's device number (202 << 8), what xl gives the first disk."""
-
-
-@asynccontextmanager
-async def _domain(directory: str | None, domid: int | None) -> AsyncIterator[Domain]:
-    if directory is not None:
-        from ..sim import connect
-
-        if domid is None:
-            raise click.UsageError("--domain is required with --dir")
-        async with connect(directory, domid) as dom:
-            yield dom
-    else:
-        from ..xen.domain import open_domain
-
-        async with open_domain(domid=domid) as xdom:
-            yield xdom
 
 
 @click.group()
@@ -69,7 +49,7 @@ def block(verbose: int) -> None:
 @block.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True),
-              help=_DIR_HELP)
+              help=DIR_HELP)
 @click.option("--frontend", "frontend_id", required=True, type=click.IntRange(0, 0x7FEF),
               help="Domid of the guest that gets the disk.")
 @click.option("--domain", "domid", default=0, show_default=True,
@@ -112,7 +92,7 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
                                  param_hint=options.get(exc.field, exc.field)) from None
 
     async def main() -> None:
-        async with _domain(directory, domid) as dom:
+        async with open_cli_domain(directory, domid) as dom:
             if not no_create:
                 address = DeviceAddress("vbd", frontend_id, dom.domid, devid)
                 await create_device(
@@ -129,7 +109,7 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
                 await backend.run(once=once)
             click.echo(f"done: {backend.generation} connection(s); {_stats(backend.totals)}")
 
-    _run(main)
+    run_command(main)
 
 
 def _stats(stats: ServiceStats) -> str:
@@ -148,7 +128,7 @@ def _size(text: str) -> int:
 
 @block.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True),
-              help=_DIR_HELP)
+              help=DIR_HELP)
 @click.option("--domain", "domid", type=click.IntRange(0, 0x7FEF),
               help="Domid this frontend runs in (the guest).")
 @click.option("--backend", "backend_id", default=0, show_default=True,
@@ -178,7 +158,7 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
         raise click.UsageError("--write needs --input")
 
     async def main() -> None:
-        async with _domain(directory, domid) as dom:
+        async with open_cli_domain(directory, domid) as dom:
             with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
                 async with BlockFrontend(dom, backend_id, devid) as disk:
                     scope.deadline = math.inf  # connected: the timeout no longer applies
@@ -211,7 +191,7 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
                        f"{len(disk.queues)} queue(s), ring order {disk.ring_page_order}; "
                        f"{', '.join(features) or 'no optional features'}")
 
-    _run(main)
+    run_command(main)
 
 
 async def _check(disk: BlockFrontend, size: int) -> None:
@@ -231,17 +211,6 @@ async def _check(disk: BlockFrontend, size: int) -> None:
     mib = size / (1 << 20)
     click.echo(f"verified {size} bytes: write {mib / wrote:.1f} MiB/s, "
                f"read {mib / read:.1f} MiB/s")
-
-
-def _run(main: object) -> None:
-    try:
-        anyio.run(main)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        pass
-    except PeerGoneError as exc:
-        raise click.ClickException(f"the other end went away: {exc}") from exc
-    except RingkitError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 __all__ = ("block",)

@@ -4,61 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
 import click
 
-from .._errors import PeerGoneError, RingkitError
-from ..abc import Domain
+from ._common import DIR_HELP, open_cli_domain, run_command
 
 if TYPE_CHECKING:
-    # ringkit.backends/frontends are installed from the top-level backends/ and frontends/
-    # folders (see pyproject.toml), a remap mypy cannot follow from the ringkit/ tree.
-    from ..frontends.console import ConsoleFrontend  # type: ignore[import-not-found, unused-ignore]
+    from ..frontends.console import ConsoleFrontend
 
-_DIR_HELP = "Simulated Xen directory (see `ringkit sim serve`); omit on real Xen."
 _DEVID_HELP = ("Secondary console device id: device/console/<devid>.  0 is the primary "
                "console, which Xen sets up outside xenbus; Linux guests probe 1..9.")
-
-
-@asynccontextmanager
-async def _domain(directory: str | None, domid: int | None) -> AsyncIterator[Domain]:
-    if directory is not None:
-        from ..sim import connect
-
-        if domid is None:
-            raise click.UsageError("--domain is required with --dir")
-        async with connect(directory, domid) as dom:
-            yield dom
-    else:
-        from ..xen.domain import open_domain  # type: ignore[import-not-found, unused-ignore]
-
-        async with open_domain(domid=domid) as xdom:
-            yield xdom
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _run(main: Callable[[], Awaitable[None]]) -> None:
-    try:
-        try:
-            anyio.run(main)
-        except BaseExceptionGroup as group:
-            raise _leaf(group) from group
-    except KeyboardInterrupt:
-        pass
-    except PeerGoneError as exc:
-        raise click.ClickException(f"the other end went away: {exc}") from exc
-    except RingkitError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -76,7 +33,7 @@ def console() -> None:
 
 @console.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True),
-              help=_DIR_HELP)
+              help=DIR_HELP)
 @click.option("--frontend", "frontend_id", required=True, type=click.IntRange(0, 0x7FEF),
               help="Domid of the guest whose console this is.")
 @click.option("--domain", "domid", default=0, show_default=True,
@@ -101,14 +58,14 @@ def serve(directory: str | None, frontend_id: int, domid: int, devid: int,
     prints "ready: ..." with the pty's path once it waits for the guest, then bridges bytes
     both ways until the device is removed (or, with --once, the guest leaves).
     """
-    from ..backends.console import ConsoleBackend  # type: ignore[import-not-found, unused-ignore]
+    from ..backends.console import ConsoleBackend
     from ..device import DeviceAddress, create_device
 
     if not pty and log_path is None:
         raise click.UsageError("give --log or keep --pty: the console needs somewhere to go")
 
     async def main() -> None:
-        async with _domain(directory, domid) as dom:
+        async with open_cli_domain(directory, domid) as dom:
             if not no_create:
                 await create_device(dom.store, DeviceAddress("console", frontend_id,
                                                              dom.domid, devid))
@@ -123,12 +80,12 @@ def serve(directory: str | None, frontend_id: int, domid: int, devid: int,
                 await backend.run(once=once)
             click.echo(f"done: {backend.generation} connection(s)")
 
-    _run(main)
+    run_command(main)
 
 
 @console.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True),
-              help=_DIR_HELP)
+              help=DIR_HELP)
 @click.option("--domain", "domid", type=click.IntRange(0, 0x7FEF),
               help="Domid this frontend runs in (the guest).")
 @click.option("--backend", "backend_id", default=0, show_default=True,
@@ -145,10 +102,10 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
 
     Ends at end of stdin (after the backend took every byte) with an orderly close.
     """
-    from ..frontends.console import ConsoleFrontend  # type: ignore[import-not-found, unused-ignore]
+    from ..frontends.console import ConsoleFrontend
 
     async def main() -> None:
-        async with _domain(directory, domid) as dom:
+        async with open_cli_domain(directory, domid) as dom:
             guest = ConsoleFrontend(dom, backend_id, devid)
             guest.connect_timeout = connect_timeout
             try:
@@ -164,7 +121,7 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
                     f"{connect_timeout:g} s (is `ringkit console serve` running?)"
                 ) from None
 
-    _run(main)
+    run_command(main)
 
 
 async def _pipe_stdio(guest: ConsoleFrontend) -> None:
