@@ -22,30 +22,29 @@ requests and responses are encoded and parsed by the driver (copied out of the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectStream
 
-from .._errors import EventChannelError, LocalProtocolError, PeerGoneError, RemoteProtocolError
+from .._errors import LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ..abc import EventChannel
 from ..proto.ring import BackRing, FrontRing
+from ._link import PeerLink
 
 __all__ = ("BackRingChannel", "FrontRingChannel", "RingChannel")
 
 Msg = bytes | bytearray | memoryview
 
 
-class RingChannel(ObjectStream[bytearray]):
+class RingChannel(PeerLink, ObjectStream[bytearray]):
     """Common part of `FrontRingChannel` and `BackRingChannel`."""
 
     def __init__(self, engine: FrontRing | BackRing, event: EventChannel) -> None:
+        PeerLink.__init__(self, event)
         self._engine = engine
-        self._event = event
-        self._closed = False
         self._eof_sent = False
-        self._broken: BaseException | None = None
         self._receiving = False
         self._sending = False
         self._space = anyio.Event()
@@ -53,9 +52,6 @@ class RingChannel(ObjectStream[bytearray]):
         self._slot_size = engine.layout.slot_size
         self._rx_buf = bytearray()
         """Where bursts are copied out of the ring; reused (grown, never shrunk)."""
-        self.on_broken: Callable[[BaseException], None] | None = None
-        """Called once with the cause when the channel breaks (the device framework uses it
-        to learn that the peer died or misbehaved)."""
 
     @property
     def engine(self) -> FrontRing | BackRing:
@@ -89,27 +85,8 @@ class RingChannel(ObjectStream[bytearray]):
 
     # ------------------------------------------------------------------ state checks
 
-    def _check(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._broken is not None:
-            raise anyio.BrokenResourceError from self._broken
-
-    def _break(self, exc: BaseException) -> anyio.BrokenResourceError:
-        if self._broken is None:
-            self._broken = exc
-            if self.on_broken is not None:
-                self.on_broken(exc)
+    def _wake_sleepers(self) -> None:
         self._space.set()
-        err = anyio.BrokenResourceError(str(exc))
-        err.__cause__ = exc
-        return err
-
-    def _notify(self) -> None:
-        try:
-            self._event.notify()
-        except EventChannelError as exc:
-            raise self._break(exc) from exc
 
     def _wake_senders(self) -> None:
         # Only when a sender sleeps: a fresh anyio.Event per receive costs about a microsecond.

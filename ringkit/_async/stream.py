@@ -21,15 +21,15 @@ indices) or `PeerGoneError` (the peer's port closed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import ByteStream
 
-from .._errors import EventChannelError, PeerGoneError, RemoteProtocolError
+from .._errors import PeerGoneError, RemoteProtocolError
 from ..abc import EventChannel
+from ._link import PeerLink
 
 __all__ = ("BytePipe", "PipeStream")
 
@@ -51,21 +51,17 @@ class BytePipe(Protocol):
     def release(self) -> None: ...
 
 
-class PipeStream(ByteStream):
+class PipeStream(PeerLink, ByteStream):
     """A byte stream over one side of a shared byte ring."""
 
     def __init__(self, engine: BytePipe, event: EventChannel) -> None:
+        PeerLink.__init__(self, event)
         self._engine = engine
-        self._event = event
-        self._closed = False
         self._eof_sent = False
-        self._broken: BaseException | None = None
         self._receiving = False
         self._sending = False
         self._waiting = False
         self._woken = anyio.Event()
-        self.on_broken: Callable[[BaseException], None] | None = None
-        """Called once with the cause when the stream breaks."""
 
     @property
     def closed(self) -> bool:
@@ -79,27 +75,8 @@ class PipeStream(ByteStream):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _check(self) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._broken is not None:
-            raise anyio.BrokenResourceError from self._broken
-
-    def _break(self, exc: BaseException) -> anyio.BrokenResourceError:
-        if self._broken is None:
-            self._broken = exc
-            if self.on_broken is not None:
-                self.on_broken(exc)
+    def _wake_sleepers(self) -> None:
         self._woken.set()
-        err = anyio.BrokenResourceError(str(exc))
-        err.__cause__ = exc
-        return err
-
-    def _notify(self) -> None:
-        try:
-            self._event.notify()
-        except EventChannelError as exc:
-            raise self._break(exc) from exc
 
     async def _wait_event(self) -> None:
         """Sleep until the peer notifies (or the task sleeping on the port wakes us)."""
