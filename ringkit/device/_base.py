@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from contextvars import ContextVar
 from types import TracebackType
 from typing import ClassVar
@@ -419,6 +419,19 @@ class DeviceBase(AsyncResource):
                 f"{self.address}: close devices in the reverse order of opening (nested "
                 f"`async with`): {opened[-1].address}, opened later, is still open"
             )
+
+    async def _leave(self, stack: AsyncExitStack) -> None:
+        """The last step of `aclose` at either end: finish, stop the device's tasks and exit its
+        task group -- outside any scope entered since (scopes nest)."""
+        try:
+            self._finish(PeerGoneError("closed"))
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+        finally:
+            try:
+                await stack.aclose()
+            finally:
+                self._closed()
 
     def _closed(self) -> None:
         _OPEN_DEVICES.set(tuple(dev for dev in _OPEN_DEVICES.get() if dev is not self))

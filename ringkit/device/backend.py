@@ -307,11 +307,4 @@ class Backend(DeviceBase):
                             with suppress(*QUIET):
                                 await self._write_state(to)
         finally:
-            self._finish(PeerGoneError("closed"))
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
-            # Leave the task group outside any scope entered here (scopes nest).
-            try:
-                await stack.aclose()
-            finally:
-                self._closed()
+            await self._leave(stack)

@@ -285,11 +285,4 @@ class Frontend(DeviceBase):
                     with suppress(*QUIET):
                         await self._write_state(S.CLOSED)
         finally:
-            self._finish(PeerGoneError("closed"))
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
-            # Leave the task group outside any scope entered here (scopes nest).
-            try:
-                await stack.aclose()
-            finally:
-                self._closed()
+            await self._leave(stack)
