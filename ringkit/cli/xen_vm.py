@@ -52,6 +52,10 @@ def _run_options(f: click.decorators.FC) -> click.decorators.FC:
                      show_default=True, help="Seconds for the whole run, boot included."),
         click.option("--boot-timeout", type=click.FloatRange(min=1), default=600.0,
                      show_default=True, help="Seconds for dom0 to come up."),
+        click.option("--boot-attempts", type=click.IntRange(min=1), default=2,
+                     show_default=True,
+                     help="Boots to try when dom0 never comes up (the command never runs "
+                     "twice)."),
         click.option("--domu", is_flag=True,
                      help="Prepare the domU image so the command can start domUs."),
         click.option("-p", "--project", type=click.Path(file_okay=False, exists=True,
@@ -75,8 +79,9 @@ def _run_options(f: click.decorators.FC) -> click.decorators.FC:
 
 
 def _boot(ctx: click.Context, command: tuple[str, ...], timeout: float, boot_timeout: float,
-          domu: bool, project: Path, rw: tuple[Path, ...], env: tuple[str, ...], memory: int,
-          dom0_memory: int, cpus: int, verbose: bool, keep: bool) -> int:
+          boot_attempts: int, domu: bool, project: Path, rw: tuple[Path, ...],
+          env: tuple[str, ...], memory: int, dom0_memory: int, cpus: int, verbose: bool,
+          keep: bool) -> int:
     layout = _layout(ctx)
     try:
         info = provision.setup(layout)
@@ -86,8 +91,8 @@ def _boot(ctx: click.Context, command: tuple[str, ...], timeout: float, boot_tim
             domu_image = ensure_base_image(layout, info.kernel_version)
         request = boot.RunRequest(
             command=command, cwd=project.resolve(), timeout=timeout,
-            boot_timeout=boot_timeout, memory_mb=memory, dom0_memory_mb=dom0_memory,
-            cpus=cpus, rw_dirs=(project.resolve(), *rw),
+            boot_timeout=boot_timeout, boot_attempts=boot_attempts, memory_mb=memory,
+            dom0_memory_mb=dom0_memory, cpus=cpus, rw_dirs=(project.resolve(), *rw),
             env=boot.parse_env_assignments(env), domu_image=domu_image, verbose=verbose,
             keep=keep)
         return boot.run(layout, request, info.kernel_version)

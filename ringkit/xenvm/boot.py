@@ -68,6 +68,8 @@ class RunRequest:
     verbose: bool = False
     keep: bool = False
     qemu: str = "qemu-system-x86_64"
+    boot_attempts: int = 2
+    """Boots to try when dom0 never comes up (an early crash under emulation is retried)."""
 
 
 def env_script(env: Mapping[str, str]) -> str:
@@ -214,34 +216,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def run(layout: Layout, request: RunRequest, kernel_version: str,
-        out: BinaryIO | None = None, err: TextIO | None = None) -> int:
-    """Boot, run `request.command` in dom0, return its exit code (or 124 / 125)."""
-    out = out if out is not None else sys.stdout.buffer
-    err = err if err is not None else sys.stderr
+@dataclass(frozen=True)
+class _Attempt:
+    """How one boot of a run ended."""
 
-    def log(msg: str) -> None:
-        print(f"[xen-vm] {msg}", file=err, flush=True)
+    code: int
+    why: str
+    started: bool
+    """dom0 came up (wrote ``ready``), so the command may have run."""
 
-    run_dir, shares = prepare_run_dir(layout, request, os.environ, kernel_version)
-    argv = qemu_argv(MachineConfig(
-        hypervisor=layout.hypervisor, kernel=layout.kernel, initrd=layout.stage1,
-        shares=shares, memory_mb=request.memory_mb, dom0_memory_mb=request.dom0_memory_mb,
-        cpus=request.cpus, program=request.qemu))
-    (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
-    if not request.command:
-        log("interactive dom0 shell; leave with `exit` (powers the machine off)")
-        try:
-            subprocess.run(argv, check=False)
-        finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        return 0
-    console = run_dir / "console.log"
+
+def _boot_once(argv: Sequence[str], run_dir: Path, request: RunRequest, out: BinaryIO,
+               err: TextIO, console: Path) -> _Attempt:
+    """One QEMU boot in `run_dir`; follows the command's output while it runs."""
     t0 = time.monotonic()
     ready_at: float | None = None
     timed_out = boot_timed_out = False
     with open(console, "wb") as console_file:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console_file,
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=console_file,
                                 stderr=subprocess.STDOUT)
         follow_out = _Follower(run_dir / "out.log", out)
         follow_console = _Follower(console, err.buffer if request.verbose and
@@ -266,18 +258,63 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
             raise
         follow_console.pump()
         follow_out.pump()
-    total = time.monotonic() - t0
+    if ready_at is None and (run_dir / "ready").exists():
+        ready_at = time.monotonic() - t0
     rc_path = run_dir / "rc"
     code, why = decide_exit(timed_out, boot_timed_out,
                             rc_path.read_text() if rc_path.exists() else None)
     boot = f"{ready_at:.1f}s" if ready_at is not None else "never"
-    log(f"{why}; dom0 ready after {boot}, total {total:.1f}s (qemu exit {proc.returncode})")
-    failed = code != 0
-    if not rc_path.exists():
+    why = (f"{why}; dom0 ready after {boot}, total {time.monotonic() - t0:.1f}s "
+           f"(qemu exit {proc.returncode})")
+    return _Attempt(code, why, ready_at is not None)
+
+
+def run(layout: Layout, request: RunRequest, kernel_version: str,
+        out: BinaryIO | None = None, err: TextIO | None = None) -> int:
+    """Boot, run `request.command` in dom0, return its exit code (or 124 / 125).
+
+    A boot in which dom0 never came up (Xen or the kernel crashed early, or the boot timeout
+    hit) is tried again, up to `request.boot_attempts` boots in all: the command had not started,
+    so nothing runs twice.  Once dom0 is up, whatever happens is the run's result.
+    """
+    out = out if out is not None else sys.stdout.buffer
+    err = err if err is not None else sys.stderr
+
+    def log(msg: str) -> None:
+        print(f"[xen-vm] {msg}", file=err, flush=True)
+
+    if request.boot_attempts < 1:
+        raise ConfigError(f"boot attempts must be at least 1, not {request.boot_attempts}")
+    run_dir, shares = prepare_run_dir(layout, request, os.environ, kernel_version)
+    argv = qemu_argv(MachineConfig(
+        hypervisor=layout.hypervisor, kernel=layout.kernel, initrd=layout.stage1,
+        shares=shares, memory_mb=request.memory_mb, dom0_memory_mb=request.dom0_memory_mb,
+        cpus=request.cpus, program=request.qemu))
+    (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+    if not request.command:
+        log("interactive dom0 shell; leave with `exit` (powers the machine off)")
+        try:
+            subprocess.run(argv, check=False)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return 0
+    console = run_dir / "console.log"
+    for attempt in range(1, request.boot_attempts + 1):
+        result = _boot_once(argv, run_dir, request, out, err, console)
+        log(result.why)
+        if result.started or attempt == request.boot_attempts:
+            break
+        kept = run_dir / f"console-boot{attempt}.log"
+        console.replace(kept)
+        log(f"dom0 never came up (boot {attempt} of {request.boot_attempts}); its console "
+            f"is kept in {kept}; booting again")
+        err.write(_tail(kept, 20))
+    code = result.code
+    if not (run_dir / "rc").exists():
         log(f"console (Xen + dom0) tail, {console}:")
         err.write(_tail(console, 40))
     (run_dir / DOMU_IMAGE).unlink(missing_ok=True)     # large, and rebuilt for every run
-    if failed or request.keep:
+    if code != 0 or request.keep:
         (run_dir / FINISHED_MARK).write_text(f"{code}\n")
         log(f"kept the run directory with its logs: {run_dir}")
         for name in ("console.log", "out.log", "logs/xen-dmesg.log", "logs/dom0-dmesg.log",

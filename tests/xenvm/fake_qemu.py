@@ -2,8 +2,9 @@
 
 It finds the per-run share in its -virtfs options and, depending on $FAKE_QEMU_MODE, runs the
 command as stage 2 would (``ok``), stops without an exit code (``crash``), never comes up
-(``never-ready``) or comes up and hangs (``hang``).  Lets the host side of `ringkit xen-vm run`
-be tested without booting anything.
+(``never-ready``), comes up and hangs (``hang``), or crashes on its first boot only
+(``crash-once``: the first boot leaves $FAKE_QEMU_STATE behind).  Lets the host side of
+`ringkit xen-vm run` be tested without booting anything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def main() -> int:
     if mode == "never-ready":
         time.sleep(60)
         return 0
+    if mode == "crash-once":
+        state = os.environ["FAKE_QEMU_STATE"]
+        if not os.path.exists(state):
+            open(state, "w").close()
+            mode = "crash"
     if mode == "crash":
         print("(XEN) Panic on CPU 0: fake", flush=True)
         return 0

@@ -105,6 +105,31 @@ def test_crash_is_a_boot_failure_with_the_console_tail(tmp_path: Path,
     assert "Panic on CPU 0: fake" in err
 
 
+def test_a_boot_that_never_came_up_is_tried_again(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "crash-once")
+    monkeypatch.setenv("FAKE_QEMU_STATE", str(tmp_path / "booted-once"))
+    code, out, err, layout = _run(tmp_path, _request(tmp_path, ["sh", "-c", "echo ran; exit 3"]))
+    assert code == 3 and out == "ran\n"                     # the command ran exactly once
+    assert "booting again" in err and "Panic on CPU 0: fake" in err
+    kept = list(layout.runs.iterdir())
+    assert [p.name for p in kept[0].glob("console-boot*.log")] == ["console-boot1.log"]
+
+
+def test_boot_attempts_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "crash")
+    code, _, err, _ = _run(tmp_path, _request(tmp_path, ["true"], boot_attempts=3))
+    assert code == EXIT_BOOT_FAILURE
+    assert err.count("booting again") == 2
+
+
+def test_a_command_that_started_is_never_run_again(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "hang")
+    code, _, err, _ = _run(tmp_path, _request(tmp_path, ["true"], timeout=1.0))
+    assert code == EXIT_TIMEOUT and "booting again" not in err
+
+
 def test_boot_timeout_is_a_boot_failure(tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "never-ready")
