@@ -1,0 +1,261 @@
+"""Interop: ringkit's block frontend in a domU against Linux's own xen-blkback in dom0.
+
+dom0 loads xen-blkback, puts a file behind a loop device and plugs it into a harness domU with
+the real toolstack (``xl block-attach <domU> phy:/dev/loopN,xvdb,w``: libxl writes both ends'
+xenstore entries and runs Xen's ``block`` hotplug script, which writes the ``physical-device``
+blkback waits for).  The domU does not load its own xen-blkfront, so the vbd is left to
+ringkit's userspace `BlockFrontend`, which connects, reports what blkback offered and what it
+used, writes a pattern of several MiB (whole-MiB requests that need indirect segments, an
+11-segment direct one at a sector-aligned but page-unaligned offset, single sectors), flushes,
+reads the whole disk back and compares, then closes cleanly.  Finally dom0 compares the backing
+file itself with the same expected image: the file starts as zeros, so the test cannot pass
+unless the data really went through blkback.
+
+This module is also the domU's program: ``python tests/xen/test_interop_blkback.py frontend``.
+Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ringkit.abc import Domain
+from ringkit.xenvm.layout import ENV_DOMU_IMAGE
+
+VDEV = "xvdb"
+DEVID = (202 << 8) | (1 << 4)     # xvdb, as libxl numbers it: 51728
+DISK_BYTES = 16 << 20
+MIB = 1 << 20
+PAGE = 4096
+SECTOR = 512
+SEED = 0x5EED_B10C
+STEP_SECONDS = 240                 # generous: TCG is slow and the machine is shared
+DOMU_SECONDS = 900                 # the domU's whole life: boot, Python, the I/O, power-off
+REPORT = "blkback-report "
+VERIFIED = "frontend: whole disk read back and verified"
+
+pytestmark = [
+    pytest.mark.xen,
+    pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc") or
+                       not os.environ.get(ENV_DOMU_IMAGE),
+                       reason="needs dom0 under `ringkit xen-vm run --domu`"),
+]
+
+
+def pattern_writes() -> list[tuple[int, bytes]]:
+    """The writes the frontend makes, in order: (byte offset, data); the same on both sides."""
+    rng = random.Random(SEED)
+    spans = [
+        (0, 6 * MIB),                          # split into whole-MiB (indirect) requests
+        (6 * MIB + SECTOR, 11 * PAGE),         # 11 segments: the most a direct request holds
+        (7 * MIB, 12 * PAGE + 2 * SECTOR),     # 13 segments, the last partial: indirect
+        (8 * MIB + 3 * SECTOR, 3 * SECTOR),    # a few sectors inside one page
+        (DISK_BYTES - SECTOR, SECTOR),         # the very last sector
+        (MIB - SECTOR, 2 * SECTOR),            # overwrite across a request boundary
+    ]
+    return [(offset, rng.randbytes(length)) for offset, length in spans]
+
+
+def expected_image() -> bytes:
+    """The whole disk after `pattern_writes` on a disk of zeros."""
+    image = bytearray(DISK_BYTES)
+    for offset, data in pattern_writes():
+        image[offset:offset + len(data)] = data
+    return bytes(image)
+
+
+def first_difference(got: bytes, want: bytes) -> str:
+    """Where two images first differ, for an assertion message."""
+    if len(got) != len(want):
+        return f"length {len(got)} != {len(want)}"
+    for start in range(0, len(want), MIB):
+        if got[start:start + MIB] != want[start:start + MIB]:
+            at = next(i for i in range(start, start + MIB) if got[i] != want[i])
+            return (f"first difference at byte {at} (sector {at // SECTOR}): "
+                    f"got {got[at:at + 16].hex()} want {want[at:at + 16].hex()}")
+    return "no difference"
+
+
+# ---------------------------------------------------------------------------- the domU side
+
+async def exercise(dom: Domain, blkfront_loaded: bool) -> int:
+    """Wait for vbd `DEVID` to be plugged, run the I/O through ringkit's frontend, print the
+    report; return the exit status (0: everything read back as written)."""
+    from ringkit.frontends.block import BlockFrontend
+
+    from ringkit import StoreError
+
+    fe_dir = f"/local/domain/{dom.domid}/device/vbd/{DEVID}"
+    with anyio.fail_after(DOMU_SECONDS):      # dom0 plugs the disk once we are running
+        while True:
+            try:
+                backend_dir = await dom.store.read(f"{fe_dir}/backend")
+                break
+            except StoreError:
+                await anyio.sleep(0.5)
+    print(f"frontend: vbd {DEVID} is plugged, backend {backend_dir}", flush=True)
+    disk = BlockFrontend(dom, 0, DEVID, ring_page_order=4, queues=4)
+    disk.connect_timeout = STEP_SECONDS
+    t0 = time.monotonic()
+    async with disk:
+        t1 = time.monotonic()
+        offered: dict[str, str | None] = {}
+        for key in ("feature-persistent", "feature-max-indirect-segments",
+                    "max-ring-page-order", "multi-queue-max-queues", "feature-flush-cache",
+                    "feature-discard", "feature-barrier", "sector-size", "sectors", "mode"):
+            try:
+                offered[key] = await dom.store.read(f"{backend_dir}/{key}")
+            except StoreError:
+                offered[key] = None
+        info = disk.info
+        assert info is not None
+        used = {"ring-page-order": disk.ring_page_order, "queues": disk.num_queues,
+                "persistent": info.persistent,
+                "max-indirect-segments": info.max_indirect_segments,
+                "max-request-bytes": disk.client.max_request_bytes,
+                "flush": info.flush, "sectors": info.sectors}
+        with anyio.fail_after(STEP_SECONDS):
+            for offset, data in pattern_writes():
+                await disk.write(offset, data)
+            await disk.flush()
+        t2 = time.monotonic()
+        with anyio.fail_after(STEP_SECONDS):
+            got = await disk.read(0, DISK_BYTES)
+            # and the odd-shaped pieces on their own, as the requests that wrote them
+            pieces_ok = all([await disk.read(offset, len(data)) == data
+                             for offset, data in pattern_writes()[1:]])
+        t3 = time.monotonic()
+    backend_state = await dom.store.read(f"{backend_dir}/state")
+    leaks = dom.leaks()
+    want = expected_image()
+    report = {"offered": offered, "used": used, "blkfront_loaded": blkfront_loaded,
+              "backend_state_after_close": backend_state, "pieces_ok": pieces_ok,
+              "whole_ok": got == want, "leaks": str(leaks) if leaks else "",
+              "seconds": {"connect": round(t1 - t0, 2), "write+flush": round(t2 - t1, 2),
+                          "read": round(t3 - t2, 2)}}
+    print(REPORT + json.dumps(report), flush=True)
+    if got != want:
+        print(f"frontend: MISMATCH {first_difference(got, want)}", flush=True)
+        return 1
+    if not pieces_ok or leaks:
+        return 1
+    print(VERIFIED, flush=True)
+    return 0
+
+
+async def _frontend() -> int:
+    """The domU's program: `exercise` on the real transport, with xen-blkfront absent."""
+    from ringkit.xen import open_domain
+
+    async with open_domain() as dom:
+        return await exercise(dom, os.path.exists("/sys/module/xen_blkfront"))
+
+
+# ---------------------------------------------------------------------------- the dom0 side
+
+def _run(argv: list[str], timeout: float = STEP_SECONDS) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _must(argv: list[str], timeout: float = STEP_SECONDS) -> str:
+    proc = _run(argv, timeout)
+    assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}): " \
+                                 f"{proc.stdout}{proc.stderr}"
+    return proc.stdout.strip()
+
+
+def _diagnostics(domid: int | None) -> str:
+    """What the toolstack and the kernel said, for a failed attach or connection."""
+    parts = []
+    for argv in (["xenstore-ls", "-fp", "/local/domain/0/backend/vbd"],
+                 ["xenstore-ls", "-fp", f"/local/domain/{domid}/device/vbd"],
+                 ["sh", "-c", "tail -40 /var/log/xen/xen-hotplug.log; dmesg | tail -20"]):
+        proc = _run(argv, 60)
+        parts.append(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(parts)
+
+
+def _wait_backend_gone(domid: int) -> None:
+    """After the domU is destroyed, libxl removes the backend dir (blkback lets go of the loop
+    device); wait for that so the loop device can really be freed."""
+    from ringkit.xenvm.domu import xenstore_read
+
+    end = time.monotonic() + STEP_SECONDS
+    while time.monotonic() < end:
+        if xenstore_read(f"/local/domain/0/backend/vbd/{domid}/{DEVID}/state") is None:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the backend of vbd {DEVID} outlived domain {domid}: {_diagnostics(domid)}")
+
+
+def test_ringkit_frontend_against_linux_blkback() -> None:
+    from ringkit.xenvm.domu import DomU, domain_id
+
+    for module in ("xen_blkback", "loop"):
+        _must(["busybox", "modprobe", module])
+    workdir = Path(tempfile.mkdtemp(prefix="ringkit-blkback-", dir="/dev/shm"))
+    image = workdir / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(DISK_BYTES)
+    loop: str | None = None
+    domid: int | None = None
+    try:
+        loop = _must(["losetup", "--find", "--show", str(image)])
+        with DomU("blkback-fe", [sys.executable, __file__, "frontend"]) as vm:
+            try:
+                domid = vm.start()
+                t0 = time.monotonic()
+                attach = _run(["xl", "block-attach", vm.name, f"phy:{loop},{VDEV},w"])
+                assert attach.returncode == 0, \
+                    f"xl block-attach failed: {attach.stderr}\n{_diagnostics(domid)}"
+                print(f"xl block-attach took {time.monotonic() - t0:.1f}s")
+                result = vm.wait(DOMU_SECONDS)
+            finally:
+                if domain_id(vm.name) == domid:
+                    _run(["xl", "block-detach", vm.name, VDEV])
+        if domid is not None:
+            _wait_backend_gone(domid)
+        assert result.ok, f"domU failed ({result.exit_code}):\n{result.output}\n" \
+                          f"{_diagnostics(domid)}"
+        lines = [line for line in result.output.splitlines() if line.startswith(REPORT)]
+        assert lines, result.output
+        report = json.loads(lines[-1][len(REPORT):])
+        print("blkback interop:", json.dumps(report, indent=1))
+        offered, used = report["offered"], report["used"]
+        assert not report["blkfront_loaded"], "the domU's own xen-blkfront took the device"
+        assert offered["mode"] == "w" and int(offered["sectors"]) == DISK_BYTES // SECTOR
+        assert used["sectors"] == DISK_BYTES // SECTOR
+        # ringkit took what Linux's blkback offered (up to its own limits)
+        indirect = int(offered["feature-max-indirect-segments"] or 0)
+        assert indirect > 11, "blkback offered no indirect segments: the test would not use them"
+        assert used["max-indirect-segments"] == indirect
+        assert used["max-request-bytes"] > 11 * PAGE
+        assert used["persistent"] == (offered["feature-persistent"] == "1")
+        assert used["ring-page-order"] == min(4, int(offered["max-ring-page-order"] or 0))
+        assert used["queues"] == min(4, int(offered["multi-queue-max-queues"] or 1))
+        assert used["flush"] == (offered["feature-flush-cache"] == "1")
+        assert report["whole_ok"] and report["pieces_ok"] and not report["leaks"]
+        assert VERIFIED in result.output
+        # dom0's own look at the bytes blkback wrote into the file
+        on_disk = image.read_bytes()
+        want = expected_image()
+        assert on_disk == want, f"backing file: {first_difference(on_disk, want)}"
+    finally:
+        if loop is not None:
+            _run(["losetup", "--detach", loop])
+        image.unlink(missing_ok=True)
+        workdir.rmdir()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["frontend"]:
+    sys.exit(anyio.run(_frontend))
