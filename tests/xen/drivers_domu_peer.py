@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 
 import anyio
 from ringkit.frontends.block.device import BlockFrontend
@@ -55,8 +56,9 @@ ECHO_PREFIX = b"echo from the guest: sha256 "
 
 
 def pattern_chunk() -> bytes:
-    """What the domU writes into every 1 MiB of the first `PATTERN_SIZE` bytes."""
-    return bytes((i * 7 + 3) & 0xFF for i in range(CHUNK))
+    """What the domU writes into every 1 MiB of the first `PATTERN_SIZE` bytes: byte i is
+    (7i + 3) mod 256 (its period is 256)."""
+    return bytes((i * 7 + 3) & 0xFF for i in range(256)) * (CHUNK // 256)
 
 
 def echo_line() -> bytes:
@@ -64,8 +66,11 @@ def echo_line() -> bytes:
     return ECHO_PREFIX + hashlib.sha256(HOST_BULK).hexdigest().encode() + b"\r\n"
 
 
+_T0 = time.monotonic()
+
+
 def say(text: str) -> None:
-    print(f"peer: {text}", flush=True)
+    print(f"peer: {text} [+{time.monotonic() - _T0:.1f}s]", flush=True)
 
 
 async def _wait_node(store: Store, path: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -51,6 +52,7 @@ from ringkit.abc import Store
 from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 from ringkit.xenvm.layout import ENV_DOMU_IMAGE
 
+READY_SECONDS = 600           # the guest boots and starts Python on a shared, emulated CPU
 PEER = Path(__file__).with_name("drivers_domu_peer.py").resolve()
 BACKEND_AUTOPROBE = Path("/sys/bus/xen-backend/drivers_autoprobe")
 
@@ -60,6 +62,14 @@ pytestmark = [
                        not os.environ.get(ENV_DOMU_IMAGE),
                        reason="needs dom0 under `ringkit xen-vm run --domu`"),
 ]
+
+
+_T0 = time.monotonic()
+
+
+def progress(text: str) -> None:
+    """A timestamped line on stderr: the harness keeps it even when the run times out."""
+    print(f"[drivers-domu +{time.monotonic() - _T0:.1f}s] {text}", file=sys.stderr, flush=True)
 
 
 class RecordingBlockBackend(BlockBackend):
@@ -76,10 +86,12 @@ class RecordingBlockBackend(BlockBackend):
     async def connected(self, nodes: Nodes) -> None:
         await super().connected(nodes)
         self.negotiated = (len(self.queues), self.queues[0].order, self.persistent)
+        progress(f"block: connected (queues, ring-page-order, persistent) = {self.negotiated}")
 
     async def disconnected(self) -> None:
         self.persistent_mapped = sum(s.mapper.persistent_count for s in self.services.values())
         self.per_queue_requests = tuple(s.stats.requests for _, s in sorted(self.services.items()))
+        progress(f"block: disconnected after {sum(self.per_queue_requests)} requests")
         await super().disconnected()
 
 
@@ -124,7 +136,7 @@ def check_image(path: Path) -> None:
 
 
 async def wait_node(store: Store, path: str) -> None:
-    with anyio.fail_after(STEP_SECONDS):
+    with anyio.fail_after(READY_SECONDS):
         while True:
             try:
                 await store.read(path)
@@ -142,6 +154,7 @@ async def wait_log(log: Path, want: bytes) -> None:
 async def talk_through_console(backend: ConsoleBackend, log: Path) -> None:
     """Guest -> log, then dom0 types into the pty, then the guest's echo -> log."""
     await wait_log(log, HELLO + GUEST_BULK)
+    progress("console: the guest's output is in the log; typing into the pty")
     assert backend.pty_path is not None
     typist = os.open(backend.pty_path, os.O_WRONLY | os.O_NOCTTY)
     try:
@@ -149,6 +162,7 @@ async def talk_through_console(backend: ConsoleBackend, log: Path) -> None:
         while view:
             view = view[os.write(typist, view):]
         await wait_log(log, echo_line())
+        progress("console: the guest's echo is in the log")
     finally:
         os.close(typist)
 
@@ -163,12 +177,14 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
     make_image(image)
     with backend_autoprobe_off(), DomU("ringkit-drivers", [sys.executable, str(PEER)]) as vm:
         domid = await anyio.to_thread.run_sync(vm.start)
+        progress(f"domU is domain {domid}")
         vbd = DeviceAddress("vbd", domid, 0, DEVID)
         con = DeviceAddress("console", domid, 0, CONSOLE_DEVID)
         try:
             async with open_domain() as dom:
                 # only once the guest switched its kernel's autoprobe off (see the peer)
                 await wait_node(dom.store, f"/local/domain/{domid}/{READY_NODE}")
+                progress("the guest is ready: creating its vbd and console")
                 try:
                     await create_device(dom.store, vbd,
                                         backend_nodes={"params": str(image), "mode": "w",
@@ -179,22 +195,26 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
                     block = RecordingBlockBackend(dom, domid, DEVID, image=image)
                     console = ConsoleBackend(dom, domid, CONSOLE_DEVID, log_path=log,
                                              pty=True, pty_policy="drop")
+                    progress("backends up, serving")
                     with anyio.fail_after(3 * STEP_SECONDS):
                         async with block, console, anyio.create_task_group() as tg:
                             tg.start_soon(lambda: block.run(once=True))
                             tg.start_soon(lambda: console.run(once=True))
                             tg.start_soon(talk_through_console, console, log)
+                    progress("both backends done")
                 finally:
                     with anyio.CancelScope(shield=True), suppress(StoreError):
                         await destroy_device(dom.store, vbd)
                         await destroy_device(dom.store, con)
                 assert not dom.leaks(), dom.leaks()
-        except BaseException:
+        except BaseException as exc:
             # the guest's side of the story, shown with the failure
+            progress(f"failed: {exc!r}; collecting the guest's output")
             outcome = await vm.wait_async(30)
             print(f"domU exit {outcome.exit_code}, output:\n{outcome.output}")
             raise
         outcome = await vm.wait_async(STEP_SECONDS)
+    progress(f"domU exit {outcome.exit_code}")
     print(outcome.output)
     assert outcome.exit_code == 0, outcome.output
     assert "ok: no grants or ports left" in outcome.output
