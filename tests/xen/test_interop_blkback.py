@@ -185,21 +185,55 @@ def _diagnostics(domid: int | None) -> str:
     return "\n".join(parts)
 
 
-def _wait_backend_gone(domid: int) -> None:
-    """After the domU is destroyed, libxl removes the backend dir (blkback lets go of the loop
-    device); wait for that so the loop device can really be freed."""
-    from ringkit.xenvm.domu import xenstore_read
+async def plug_vbd(frontend_id: int, loop_dev: str) -> None:
+    """Plug `loop_dev` into the domU as vbd `DEVID`, as ``xl block-attach`` and Xen's ``block``
+    hotplug script together do: both ends' entries in one transaction (libxl), then, once
+    blkback has probed the device and answered InitWait, ``physical-device`` = "major:minor"
+    in hex (the script), which is what blkback waits for before it opens the disk."""
+    from ringkit.device import DeviceAddress, create_device
+    from ringkit.xen import open_domain
 
+    rdev = os.stat(loop_dev).st_rdev
+    address = DeviceAddress("vbd", frontend_id, 0, DEVID)
+    async with open_domain() as dom:
+        await create_device(
+            dom.store, address,
+            backend_nodes={"params": loop_dev, "type": "phy", "mode": "w", "dev": VDEV,
+                           "device-type": "disk", "removable": 0, "bootable": 1,
+                           "discard-enable": 1},
+            frontend_nodes={"virtual-device": DEVID, "device-type": "disk"})
+        backend = address.backend_path
+        with anyio.fail_after(STEP_SECONDS):
+            while await dom.store.read(f"{backend}/state") != "2":
+                await anyio.sleep(0.2)
+        await dom.store.write(f"{backend}/physical-device",
+                              f"{os.major(rdev):x}:{os.minor(rdev):x}")
+        await dom.store.write(f"{backend}/physical-device-path", loop_dev)
+        await dom.store.write(f"{backend}/hotplug-status", "connected")
+
+
+async def unplug_vbd(frontend_id: int) -> None:
+    """Remove both ends' entries (``xl block-detach -f``); blkback then lets go of the disk."""
+    from ringkit.device import DeviceAddress, destroy_device
+    from ringkit.xen import open_domain
+
+    async with open_domain() as dom:
+        await destroy_device(dom.store, DeviceAddress("vbd", frontend_id, 0, DEVID))
+
+
+def _wait_blkback_released(domid: int) -> None:
+    """Wait for blkback's xenbus device to go away (it closes the loop device with it)."""
+    device = Path(f"/sys/bus/xen-backend/devices/vbd-{domid}-{DEVID}")
     end = time.monotonic() + STEP_SECONDS
-    while time.monotonic() < end:
-        if xenstore_read(f"/local/domain/0/backend/vbd/{domid}/{DEVID}/state") is None:
-            return
+    while device.exists():
+        if time.monotonic() > end:
+            pytest.fail(f"blkback kept {device} after the vbd was removed: "
+                        f"{_diagnostics(domid)}")
         time.sleep(0.5)
-    pytest.fail(f"the backend of vbd {DEVID} outlived domain {domid}: {_diagnostics(domid)}")
 
 
 def test_ringkit_frontend_against_linux_blkback() -> None:
-    from ringkit.xenvm.domu import DomU, domain_id
+    from ringkit.xenvm.domu import DomU
 
     for module in ("xen_blkback", "loop"):
         _must(["busybox", "modprobe", module])
@@ -214,19 +248,16 @@ def test_ringkit_frontend_against_linux_blkback() -> None:
         with DomU("blkback-fe", [sys.executable, __file__, "frontend"]) as vm:
             try:
                 domid = vm.start()
-                t0 = time.monotonic()
-                attach = _run(["xl", "block-attach", vm.name, f"phy:{loop},{VDEV},w"])
-                assert attach.returncode == 0, \
-                    f"xl block-attach failed: {attach.stderr}\n{_diagnostics(domid)}"
-                print(f"xl block-attach took {time.monotonic() - t0:.1f}s")
+                anyio.run(plug_vbd, domid, loop)
                 result = vm.wait(DOMU_SECONDS)
+                if not result.ok:
+                    print(_diagnostics(domid))
             finally:
-                if domain_id(vm.name) == domid:
-                    _run(["xl", "block-detach", vm.name, VDEV])
-        if domid is not None:
-            _wait_backend_gone(domid)
-        assert result.ok, f"domU failed ({result.exit_code}):\n{result.output}\n" \
-                          f"{_diagnostics(domid)}"
+                vm.destroy()
+                if domid is not None:
+                    anyio.run(unplug_vbd, domid)
+                    _wait_blkback_released(domid)
+        assert result.ok, f"domU failed ({result.exit_code}):\n{result.output}"
         lines = [line for line in result.output.splitlines() if line.startswith(REPORT)]
         assert lines, result.output
         report = json.loads(lines[-1][len(REPORT):])
