@@ -9,7 +9,8 @@ project).  Steps, each printed as a ``peer:`` line:
    create them (``data/ringkit-drivers-ready``);
 2. block: wait for ``device/vbd/<DEVID>``, connect with a multi-page, multi-queue ring, read the
    seed dom0 put in the image, write a pattern over the first `PATTERN_SIZE` bytes (1 MiB
-   requests, several in flight), flush, read it back, write `MARK` at an offset that is not
+   requests, several in flight), flush, read it back (also as many concurrent small reads,
+   which spread over the rings), write `MARK` at an offset that is not
    page-aligned, write and partly discard a range, and leave;
 3. console: wait for ``device/console/<CONSOLE_DEVID>``, connect, send `HELLO` and `GUEST_BULK`,
    receive `HOST_BULK` typed by dom0 into the backend's pty, echo its digest back and leave.
@@ -41,6 +42,7 @@ MIB = 1 << 20
 IMAGE_SIZE = 16 * MIB
 PATTERN_SIZE = 8 * MIB
 CHUNK = MIB
+SMALL_READS = 32
 SEED_OFFSET = 14 * MIB
 SEED = hashlib.sha256(b"ringkit dom0 seed").digest() * 128       # 4096 bytes dom0 writes
 MARK_OFFSET = 12 * MIB + 512                                     # sector- but not page-aligned
@@ -116,6 +118,15 @@ async def _block(dom: XenDomain, home: str) -> None:
                 if await disk.read(offset, CHUNK) != chunk:
                     raise AssertionError(f"read-back mismatch in the MiB at {offset}")
             say(f"wrote, flushed and read back {PATTERN_SIZE} bytes")
+
+            async def read_page(offset: int) -> None:
+                if await disk.read(offset, 4096) != chunk[offset % CHUNK:][:4096]:
+                    raise AssertionError(f"concurrent read at {offset} got the wrong data")
+
+            async with anyio.create_task_group() as tg:     # small requests on both rings
+                for i in range(SMALL_READS):
+                    tg.start_soon(read_page, (i * 263 * 4096) % PATTERN_SIZE)
+            say(f"{SMALL_READS} concurrent 4 KiB reads match")
 
             await disk.write(MARK_OFFSET, MARK)
             if await disk.read(MARK_OFFSET - 512, len(MARK) + 1024) != (
