@@ -1,13 +1,18 @@
 """Interop: ringkit's block frontend in a domU against Linux's own xen-blkback in dom0.
 
-dom0 loads xen-blkback, puts a file behind a loop device and plugs it into a harness domU with
-the real toolstack (``xl block-attach <domU> phy:/dev/loopN,xvdb,w``: libxl writes both ends'
-xenstore entries and runs Xen's ``block`` hotplug script, which writes the ``physical-device``
-blkback waits for).  The domU does not load its own xen-blkfront, so the vbd is left to
-ringkit's userspace `BlockFrontend`, which connects, reports what blkback offered and what it
-used, writes a pattern of several MiB (whole-MiB requests that need indirect segments, an
-11-segment direct one at a sector-aligned but page-unaligned offset, single sectors), flushes,
-reads the whole disk back and compares, then closes cleanly.  Finally dom0 compares the backing
+dom0 loads xen-blkback, puts a file behind a loop device and plugs it into a harness domU as
+xvdb the way the toolstack does: both ends' xenstore entries in one transaction (what libxl's
+``xl block-attach`` writes), then, once blkback has probed the device and answered InitWait,
+``physical-device`` = "major:minor" in hex (what Xen's ``block`` hotplug script writes, and what
+blkback waits for before it opens the disk).  ``xl block-attach`` itself is not used: in the
+emulated dom0 its hotplug script overran libxl's fixed timeout on a loaded machine, so the
+attach failed for reasons that have nothing to do with the drivers.
+
+The domU does not load its own xen-blkfront, so the vbd is left to ringkit's userspace
+`BlockFrontend`, which connects, reports what blkback offered and what it used, writes a
+pattern of several MiB (whole-MiB requests that need indirect segments, an 11-segment direct one
+at a sector-aligned but page-unaligned offset, single sectors), flushes, reads the whole disk
+back and compares, then closes (both ends must reach Closed).  Finally dom0 compares the backing
 file itself with the same expected image: the file starts as zeros, so the test cannot pass
 unless the data really went through blkback.
 
@@ -135,10 +140,17 @@ async def exercise(dom: Domain, blkfront_loaded: bool) -> int:
             pieces_ok = all([await disk.read(offset, len(data)) == data
                              for offset, data in pattern_writes()[1:]])
         t3 = time.monotonic()
-    backend_state = await dom.store.read(f"{backend_dir}/state")
+    # a clean disconnect: we are Closed, and blkback follows to Closed (it answers a Closed
+    # frontend with Closed and keeps the device, as it is still online)
+    frontend_state = await dom.store.read(f"{fe_dir}/state")
+    backend_state = ""
+    with anyio.move_on_after(STEP_SECONDS):
+        while (backend_state := await dom.store.read(f"{backend_dir}/state")) != "6":
+            await anyio.sleep(0.2)
     leaks = dom.leaks()
     want = expected_image()
     report = {"offered": offered, "used": used, "blkfront_loaded": blkfront_loaded,
+              "frontend_state_after_close": frontend_state,
               "backend_state_after_close": backend_state, "pieces_ok": pieces_ok,
               "whole_ok": got == want, "leaks": str(leaks) if leaks else "",
               "seconds": {"connect": round(t1 - t0, 2), "write+flush": round(t2 - t1, 2),
@@ -276,6 +288,8 @@ def test_ringkit_frontend_against_linux_blkback() -> None:
         assert used["queues"] == min(4, int(offered["multi-queue-max-queues"] or 1))
         assert used["flush"] == (offered["feature-flush-cache"] == "1")
         assert report["whole_ok"] and report["pieces_ok"] and not report["leaks"]
+        assert (report["frontend_state_after_close"], report["backend_state_after_close"]) \
+            == ("6", "6"), "the frontend's close did not end with both ends Closed"
         assert VERIFIED in result.output
         # dom0's own look at the bytes blkback wrote into the file
         on_disk = image.read_bytes()
