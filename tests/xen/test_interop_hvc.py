@@ -112,6 +112,9 @@ async def test_console_backend_serves_linux_hvc_xen(tmp_path: Path) -> None:
                     # the verdict is the domU's exit status: it checked what dom0 sent
                     outcome = await vm.wait_async(STEP_SECONDS)
                     generation = backend.generation
+                    # informational: how far Linux's shutdown-time close (xenbus_dev_shutdown
+                    # says Closing and waits a few seconds for us) got before the domain died
+                    final_state = backend.handshake.state
                     await backend.aclose()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -119,7 +122,8 @@ async def test_console_backend_serves_linux_hvc_xen(tmp_path: Path) -> None:
             assert not dom.leaks(), dom.leaks()
     print(outcome.output)
     print(f"hvc interop: domU ready after {t_ready - t0:.1f}s, hot-plug + both directions "
-          f"{t_talked - t_ready:.1f}s, total {time.monotonic() - t0:.1f}s")
+          f"{t_talked - t_ready:.1f}s, total {time.monotonic() - t0:.1f}s; backend's state "
+          f"when the domU was gone: {final_state.name}")
     assert received == expected_from_guest(), (len(received), received[-200:])
     assert log.read_bytes() == expected_from_guest()
     assert outcome.exit_code == 0, outcome.output
