@@ -8,7 +8,7 @@ other end of a channel in a real second domain::
     with DomU("peer", ["python", "tests/xen/peer.py", "--rounds", "3"]) as domu:
         domid = domu.start()
         ...                      # talk to it through grants, event channels, xenstore
-        result = domu.wait(timeout=300)
+        result = domu.wait(timeout=CREATE_SECONDS)
     assert result.exit_code == 0, result.output
 
 The domU boots the harness kernel with an initramfs holding Python, the project's virtualenv and
@@ -42,6 +42,9 @@ START_MARK = "ringkit-domu: start"
 EXIT_MARK = re.compile(r"^ringkit-domu: exit=(\d+)\s*$", re.MULTILINE)
 _VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 POLL_SECONDS = 0.25
+CREATE_SECONDS = 900.0
+"""How long one `xl create` may take: about 11 s on a quiet machine, but 160-230 s were measured
+with five emulated machines sharing two cores, so the limit only catches a hung toolstack."""
 
 
 def parse_console(text: str) -> tuple[str, int | None]:
@@ -226,14 +229,14 @@ class DomU:
         return domid
 
     def _create(self, cfg: Path) -> None:
-        first = _run(["xl", "create", "-p", str(cfg)], timeout=300)
+        first = _run(["xl", "create", "-p", str(cfg)], timeout=CREATE_SECONDS)
         if first.returncode == 0:
             return
         # xl's monitoring child has been seen to segfault under TCG: clean up, try once more
         _log(f"xl create {self.name} failed ({first.returncode}): "
              f"{first.stderr.strip()[-500:]}; retrying once")
         _run(["xl", "destroy", self.name])
-        second = _run(["xl", "create", "-p", str(cfg)], timeout=300)
+        second = _run(["xl", "create", "-p", str(cfg)], timeout=CREATE_SECONDS)
         if second.returncode != 0:
             raise TransportError(f"xl create {self.name} failed twice: "
                                  f"{second.stderr.strip()[-1000:]}")
