@@ -8,7 +8,7 @@ other end of a channel in a real second domain::
     with DomU("peer", ["python", "tests/xen/peer.py", "--rounds", "3"]) as domu:
         domid = domu.start()
         ...                      # talk to it through grants, event channels, xenstore
-        result = domu.wait(timeout=CREATE_SECONDS)
+        result = domu.wait(timeout=300)
     assert result.exit_code == 0, result.output
 
 The domU boots the harness kernel with an initramfs holding Python, the project's virtualenv and
