@@ -13,7 +13,9 @@ leaves and the one that survives.
 * event channels: Xen's bind-time pending event, ping-pong, coalescing, a blocked waiter;
 * unmap-notify: the mapper's and the granter's unmap clear the byte and signal; kill -9 of a
   child process that shares or maps (in the domU and in dom0) does the same;
-* peer gone: either end closing its port is detected by the other (EVTCHNOP_status polling);
+* peer gone: dom0 sees the domU's end close, whether the domU offered or bound the port
+  (EVTCHNOP_status polling); a domU whose kernel refuses that hypercall (EPERM under the
+  harness's Linux 6.1) cannot see dom0's end close, so there the channel must stay quiet;
 * refusals: unknown, revoked, or someone else's refs, ports offered to someone else, double
   binds, double closes, the grant limit; each with its typed error.
 
