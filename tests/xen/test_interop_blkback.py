@@ -319,9 +319,12 @@ def test_ringkit_frontend_against_linux_blkback() -> None:
         assert not report["leaks"]
         assert (report["frontend_state_after_close"], report["backend_state_after_close"]) \
             == ("6", "6"), "the frontend's close did not end with both ends Closed"
-        if result.exit_code == DATA_MISMATCH:
-            # Seen once in three runs (whole-MiB pages read back as zeros); not yet explained.
-            # Everything else above still has to hold; the details go into the xfail reason.
+        if result.exit_code == DATA_MISMATCH and report["reread_ok"] and file_ok:
+            # The one anomaly seen so far, only with persistent grants (3 of ~30 whole-disk
+            # reads in this emulated machine): a read answered OKAY whose pages still held
+            # their previous contents, while the backing file and a second read were right.
+            # No acknowledged write was lost.  Not yet explained (docs/real-xen.md); anything
+            # else -- a wrong backing file, a second bad read -- fails below.
             pytest.xfail(f"KNOWN INTERMITTENT: read-back differed from what was written "
                          f"(domU pages {report.get('mismatch')}, a second read "
                          f"{'matched' if report['reread_ok'] else 'differed too'}, backing "
