@@ -13,6 +13,12 @@ unmaps, then UNMAP_GRANT_REF.  A writable map of a read-only grant fails in mmap
 
 If the caller still holds slices of `buffer` at close, the grant bookkeeping is released at
 once and the memory itself stays mapped until the last slice is freed (never a dangling view).
+
+Every mapping costs one file descriptor: Python's `mmap.mmap` keeps a duplicate of the device's.
+A backend that keeps many single-page mappings (persistent grants: ~1000 per ring for Linux's
+blkfront) meets the usual soft limit of 1024 open files, so the first EMFILE raises this
+process's soft limit to its hard limit and the mapping is tried once more; past that, the error
+says which limit ran out.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import resource
 import time
 from collections.abc import Callable, Sequence
 
 import anyio
 
-from .._errors import ConfigError, GrantError
+from .._errors import ConfigError, GrantError, ResourceLimitError
 from ..abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
 from . import _uapi
 from ._device import DeviceFile, map_errors
@@ -56,13 +63,50 @@ def _notify_action(size: int, offset: int | None, port: int | None) -> int:
     return action
 
 
+NOFILE_CEILING = 1 << 20
+"""The soft open-files limit asked for when the hard limit is unlimited (Linux's nr_open)."""
+
+
+def raise_open_files_limit() -> bool:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; True if it grew."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return False
+        return True
+    return False
+
+
+def _out_of_descriptors(what: str) -> ResourceLimitError:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ResourceLimitError(f"{what}: out of file descriptors (each mapping holds one; the "
+                              f"limit is {soft}): raise it with `ulimit -n`, or keep fewer pages "
+                              f"mapped", errno.EMFILE)
+
+
 class _Mapping:
     """An mmap of a Xen device range and our view of it; closing never leaves a dangling view."""
 
-    def __init__(self, fd: int, index: int, size: int, writable: bool) -> None:
+    def __init__(self, fd: int, index: int, size: int, writable: bool, what: str) -> None:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self._map: mmap.mmap | None = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=index)
-        self.view = memoryview(self._map)
+        try:
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=index)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            if not raise_open_files_limit():
+                raise _out_of_descriptors(what) from exc
+            try:
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=index)
+            except OSError as again:
+                if again.errno == errno.EMFILE:
+                    raise _out_of_descriptors(what) from again
+                raise
+        self._map: mmap.mmap | None = m
+        self.view = memoryview(m)
 
     def close(self) -> None:
         if self._map is None:
@@ -93,8 +137,9 @@ class XenSharedPages(SharedPages):
         self._refs = tuple(int(ids[i]) for i in range(count))
         self._allocated = True  # the grants are still on the file (not DEALLOCed yet)
         try:
-            with map_errors(GrantError, "gntalloc: mmap of the shared pages"):
-                self._mapping = _Mapping(device.fd, self._index, self._size, True)
+            what = "gntalloc: mmap of the shared pages"
+            with map_errors(GrantError, what):
+                self._mapping = _Mapping(device.fd, self._index, self._size, True, what)
         except BaseException:
             self._dealloc()
             raise
@@ -188,7 +233,7 @@ class XenMappedPages(MappedPages):
                 f"{' writable' if self._writable else ' read-only'}")
         for _ in range(MMAP_EAGAIN_RETRIES):
             try:
-                return _Mapping(self._device.fd, self._index, self._size, self._writable)
+                return _Mapping(self._device.fd, self._index, self._size, self._writable, what)
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
                     with map_errors(GrantError, what):
