@@ -33,8 +33,10 @@ from .layout import ENV_DOMU, ENV_IN_VM, Layout
 from .provision import data_file, module_index, read_module
 
 DOMU_MODULES = ("xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_privcmd", "xenfs",
-                "xen_blkfront", "xen_blkback", "loop", "ext4")
-"""Modules present in every domU image (the first five are loaded at boot)."""
+                "xen_blkfront", "xen_blkback", "loop", "ext4", "crc32c_generic")
+"""Modules present in every domU image (the first five are loaded at boot).  ext4 finds its
+crc32c through the crypto API rather than modules.dep, so ``crc32c_generic`` is listed by name:
+load it before ext4 (``modules=["crc32c_generic", "ext4"]``) or 6.1's ext4 refuses to mount."""
 
 STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                "site-packages", "dist-packages", "pydoc_data", "distutils")
