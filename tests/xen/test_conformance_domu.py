@@ -35,12 +35,13 @@ from typing import Any
 
 import anyio
 import pytest
+from _harness import DOMU_TEST
 from cross_peer import Json, Mailbox, StepRunner, page_digest  # tests/xen is on sys.path
 
 from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError, ResourceLimitError
 from ringkit.abc import PAGE_SIZE, Domain, Store
 from ringkit.xenvm.domu import DomU
-from ringkit.xenvm.layout import ENV_DOMU_IMAGE, ENV_RUN_DIR
+from ringkit.xenvm.layout import ENV_RUN_DIR
 
 PEER = str(Path(__file__).with_name("cross_peer.py"))
 BOOT_SECONDS = 600.0
@@ -58,12 +59,7 @@ PROGRESS_LOG = "conformance-domu.progress"
 NO_LEAKS = {"grants": 0, "maps": 0, "ports": 0, "fds": 0, "watches": 1}
 """Nothing held but the one watch of each side's mailbox."""
 
-pytestmark = [
-    pytest.mark.xen,
-    pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc") or
-                       not os.environ.get(ENV_DOMU_IMAGE),
-                       reason="needs dom0 under `ringkit xen-vm run --domu`"),
-]
+pytestmark = DOMU_TEST
 
 
 _T0 = time.monotonic()

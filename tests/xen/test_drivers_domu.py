@@ -23,6 +23,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _harness import DOMU_TEST
 from drivers_domu_peer import (
     CHUNK,
     CONSOLE_DEVID,
@@ -51,18 +52,12 @@ from ringkit.backends.console import ConsoleBackend
 from ringkit import StoreError
 from ringkit.abc import Store
 from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
-from ringkit.xenvm.layout import ENV_DOMU_IMAGE
 
 READY_SECONDS = 600           # the guest boots and starts Python on a shared, emulated CPU
 PEER = Path(__file__).with_name("drivers_domu_peer.py").resolve()
 BACKEND_AUTOPROBE = Path("/sys/bus/xen-backend/drivers_autoprobe")
 
-pytestmark = [
-    pytest.mark.xen,
-    pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc") or
-                       not os.environ.get(ENV_DOMU_IMAGE),
-                       reason="needs dom0 under `ringkit xen-vm run --domu`"),
-]
+pytestmark = DOMU_TEST
 
 
 _T0 = time.monotonic()

@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from _harness import needs_domus
 from ringkit.backends.block import BlockBackend, BlockService, ServiceConfig
 
 from ringkit import StoreError
@@ -44,7 +45,6 @@ from ringkit.abc import Domain, Store
 from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 from ringkit.proto.blkif import SECTOR_SIZE, Op, Status
 from ringkit.proto.xenbus import XenbusState
-from ringkit.xenvm.layout import ENV_DOMU_IMAGE
 
 OPT_IN = "RINGKIT_XEN_BLKFRONT"
 
@@ -52,9 +52,7 @@ pytestmark = [
     # Opted in, it is a real-Xen test like the others; otherwise `make test-xen` (which selects
     # `-m xen` and fails on a skipped real-Xen test) leaves it out instead of skipping it.
     *([pytest.mark.xen] if os.environ.get(OPT_IN) else []),
-    pytest.mark.skipif(not os.path.exists("/dev/xen/gntdev") or
-                       not os.environ.get(ENV_DOMU_IMAGE),
-                       reason="needs dom0 under `ringkit xen-vm run --domu`"),
+    needs_domus,
     # Not yet part of `make test-xen`: it has not passed under real Xen yet.  Its first runs
     # found ringkit's side failing Linux blkfront (see the KNOWN BUG note in the test); the
     # rest of the scenario (detach, re-attach, read back) has not been reached yet.

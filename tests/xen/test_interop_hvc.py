@@ -24,22 +24,17 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _harness import DOMU_TEST
 
 from ringkit import StoreError
 from ringkit.abc import Store
-from ringkit.xenvm.layout import ENV_DOMU_IMAGE
 
 GUEST = Path(__file__).with_name("hvc_guest.py")
 DEVID = 1
 TTY = "/dev/hvc1"      # hvc_xen takes the first free hvc index; hvc0 is the primary console
 STEP_SECONDS = 240     # generous: TCG is slow and the machine is shared
 
-pytestmark = [
-    pytest.mark.xen,
-    pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc") or
-                       not os.environ.get(ENV_DOMU_IMAGE),
-                       reason="needs dom0 under `ringkit xen-vm run --domu`"),
-]
+pytestmark = DOMU_TEST
 
 
 async def _wait_ready(store: Store, domid: int) -> None:
