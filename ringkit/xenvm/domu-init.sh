@@ -9,7 +9,8 @@ export PATH=$B:/usr/bin
 mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run
+# /tmp stays part of the (RAM) root: a tmpfs there would hide a project or venv under /tmp
+mount -t tmpfs tmpfs /run
 echo 1 > /proc/sys/kernel/printk
 # the job (command, environment, modules): written by dom0 under our home while we were paused
 # (-R: raw, the values hold newlines and quotes that must not be escaped)
