@@ -320,8 +320,8 @@ def test_ringkit_frontend_against_linux_blkback() -> None:
         assert (report["frontend_state_after_close"], report["backend_state_after_close"]) \
             == ("6", "6"), "the frontend's close did not end with both ends Closed"
         if result.exit_code == DATA_MISMATCH and report["reread_ok"] and file_ok:
-            # The one anomaly seen so far, only with persistent grants (3 of ~30 whole-disk
-            # reads in this emulated machine): a read answered OKAY whose pages still held
+            # The one anomaly seen so far, only with persistent grants (twice, in some 25
+            # runs and diagnostic rounds): a read answered OKAY whose pages still held
             # their previous contents, while the backing file and a second read were right.
             # No acknowledged write was lost.  Not yet explained (docs/real-xen.md); anything
             # else -- a wrong backing file, a second bad read -- fails below.
