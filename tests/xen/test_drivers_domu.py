@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import anyio
 import pytest
-from _harness import DOMU_TEST
+from _harness import DOMU_TEST, kernel_backends_off
 from drivers_domu_peer import (
     CHUNK,
     CONSOLE_DEVID,
@@ -55,7 +54,6 @@ from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 
 READY_SECONDS = 600           # the guest boots and starts Python on a shared, emulated CPU
 PEER = Path(__file__).with_name("drivers_domu_peer.py").resolve()
-BACKEND_AUTOPROBE = Path("/sys/bus/xen-backend/drivers_autoprobe")
 
 pytestmark = DOMU_TEST
 
@@ -89,22 +87,6 @@ class RecordingBlockBackend(BlockBackend):
         self.per_queue_requests = tuple(s.stats.requests for _, s in sorted(self.services.items()))
         progress(f"block: disconnected after {sum(self.per_queue_requests)} requests")
         await super().disconnected()
-
-
-@contextmanager
-def backend_autoprobe_off() -> Iterator[None]:
-    """Keep dom0's kernel backends (xen-blkback, if another test loaded it) away from the
-    devices created here: they would answer for backend/vbd too.  Restored afterwards."""
-    try:
-        before = BACKEND_AUTOPROBE.read_text().strip()
-        BACKEND_AUTOPROBE.write_text("0")
-    except OSError:
-        before = None
-    try:
-        yield
-    finally:
-        if before is not None:
-            BACKEND_AUTOPROBE.write_text(before)
 
 
 def make_image(path: Path) -> None:
@@ -171,7 +153,7 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
 
     image, log = tmp_path / "disk.img", tmp_path / "console.log"
     make_image(image)
-    with backend_autoprobe_off(), DomU("ringkit-drivers", [sys.executable, str(PEER)]) as vm:
+    with kernel_backends_off(), DomU("ringkit-drivers", [sys.executable, str(PEER)]) as vm:
         domid = await anyio.to_thread.run_sync(vm.start)
         progress(f"domU is domain {domid}")
         vbd = DeviceAddress("vbd", domid, 0, DEVID)

@@ -17,15 +17,16 @@ each offer implies (indirect, discard, flush) and none was refused, the backend 
 at least the data written and read it back, and the image file holds an ext2 superblock and the
 domU's marker line -- so the test cannot pass unless the data went through ringkit's backend.
 
-Runs in dom0 under ``ringkit xen-vm run --domu`` with RINGKIT_XEN_BLKFRONT=1 (not yet part of
-``make test-xen``: see the markers); skipped elsewhere.
+dom0's own xen-blkback (loaded by the blkback interop test) must not bind the vbd as well, so
+the kernel's backend autoprobe is off for the test.
+
+Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import resource
 import secrets
 import struct
 import sys
@@ -37,7 +38,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from _harness import needs_domus
+from _harness import DOMU_TEST, kernel_backends_off
 from ringkit.backends.block import BlockBackend, BlockService, ServiceConfig
 
 from ringkit import StoreError
@@ -46,20 +47,7 @@ from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 from ringkit.proto.blkif import SECTOR_SIZE, Op, Status
 from ringkit.proto.xenbus import XenbusState
 
-OPT_IN = "RINGKIT_XEN_BLKFRONT"
-
-pytestmark = [
-    # Opted in, it is a real-Xen test like the others; otherwise `make test-xen` (which selects
-    # `-m xen` and fails on a skipped real-Xen test) leaves it out instead of skipping it.
-    *([pytest.mark.xen] if os.environ.get(OPT_IN) else []),
-    needs_domus,
-    # Not yet part of `make test-xen`: it has not passed under real Xen yet.  Its first runs
-    # found ringkit's side failing Linux blkfront (see the KNOWN BUG note in the test); the
-    # rest of the scenario (detach, re-attach, read back) has not been reached yet.
-    pytest.mark.skipif(not os.environ.get(OPT_IN),
-                       reason=f"not yet passing under real Xen (known bug: EMFILE with "
-                              f"blkfront's persistent grants); set {OPT_IN}=1 to run it"),
-]
+pytestmark = DOMU_TEST
 
 GUEST = Path(__file__).with_name("blkfront_guest.sh")
 DEVID = 51712                       # xvda
@@ -252,18 +240,10 @@ async def test_linux_blkfront_file_system_survives_detach_and_reattach(tmp_path:
     level = service_log.level
     service_log.setLevel(logging.DEBUG)
     service_log.addHandler(reasons)
-    # KNOWN BUG, worked around here: ringkit.xen's gntdev mappings each hold a file descriptor
-    # (Python's mmap keeps a dup of the fd), and Linux blkfront's persistent grants make the
-    # backend keep ~1000 single-page mappings for two queues: at dom0's default soft limit of
-    # 1024 fds, mapping fails with EMFILE and writes are answered BLKIF_RSP_ERROR.  Raised to
-    # the hard limit until the transport maps without holding an fd per mapping.
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile[1], nofile[1]))
-    say(f"open files limit {nofile[0]} raised to {nofile[1]}")
     try:
-        outcome = await run_guest(image, env, crc32c, backends, reasons)
+        with kernel_backends_off():
+            outcome = await run_guest(image, env, crc32c, backends, reasons)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         service_log.removeHandler(reasons)
         service_log.setLevel(level)
 
