@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import mmap
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ import anyio.lowlevel
 
 from .._config import DOMID_MAX
 from .._errors import ConfigError, EventChannelError, GrantError, PeerGoneError
+from .._pagemap import PageMap, Piece, coalesce
 from ..abc import (
     PAGE_SIZE,
     Domain,
@@ -38,7 +38,6 @@ from ..store import StoreClient, connect_unix
 from . import _paths
 from ._kernel import PEER_GONE, signal
 from ._link import Link
-from ._mmap import Piece, Stitched, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,14 @@ class SimSharedPages(SharedPages):
 
     def __init__(
         self, dom: SimDomain, share_id: int, peer: int, refs: Sequence[int], writable: bool,
-        area: mmap.mmap,
+        area: PageMap,
     ) -> None:
         self._dom = dom
         self._id = share_id
         self._peer = peer
         self._refs = tuple(refs)
         self._writable = writable
-        self._area: mmap.mmap | None = area
-        self._view = memoryview(area)
+        self._area: PageMap | None = area
 
     @property
     def peer(self) -> int:
@@ -97,7 +95,7 @@ class SimSharedPages(SharedPages):
     def buffer(self) -> memoryview:
         if self._area is None:
             raise anyio.ClosedResourceError
-        return self._view
+        return self._area.view
 
     def set_unmap_notify(self, *, offset: int | None = None, port: int | None = None) -> None:
         if self._area is None:
@@ -121,10 +119,7 @@ class SimSharedPages(SharedPages):
         area, self._area = self._area, None
         # A raw export of `buffer` the caller still holds (cffi's from_buffer, say) keeps the
         # pages mapped until it is released, as on the real transport; the grant goes now.
-        with contextlib.suppress(BufferError):
-            self._view.release()
-        with contextlib.suppress(BufferError):  # unmapped once the last slice is released
-            area.close()
+        area.close()
         self._dom._shares.pop(self._id, None)
         if not self._dom._link.lost:
             with anyio.CancelScope(shield=True), contextlib.suppress(PeerGoneError):
@@ -136,14 +131,14 @@ class SimMappedPages(MappedPages):
 
     def __init__(
         self, dom: SimDomain, map_id: int, peer: int, refs: Sequence[int], writable: bool,
-        area: Stitched,
+        area: PageMap,
     ) -> None:
         self._dom = dom
         self._id = map_id
         self._peer = peer
         self._refs = tuple(refs)
         self._writable = writable
-        self._area: Stitched | None = area
+        self._area: PageMap | None = area
 
     @property
     def peer(self) -> int:
@@ -205,7 +200,7 @@ class SimGrantTable(GrantTable):
         share_id = int(reply["share"])
         try:
             (fd,) = fds
-            area = mmap.mmap(fd, count * PAGE_SIZE)
+            area = PageMap([Piece(fd, 0, count * PAGE_SIZE)], writable=True)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await link.call("unshare", share=share_id)
@@ -236,7 +231,7 @@ class SimGrantTable(GrantTable):
         try:
             pieces = [Piece(fds[slot], index * PAGE_SIZE, PAGE_SIZE)
                       for slot, index in reply["pieces"]]
-            area = Stitched(coalesce(pieces), writable=writable)
+            area = PageMap(coalesce(pieces), writable=writable)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await link.call("unmap", map=map_id)

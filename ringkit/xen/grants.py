@@ -14,25 +14,21 @@ unmaps, then UNMAP_GRANT_REF.  A writable map of a read-only grant fails in mmap
 If the caller still holds slices of `buffer` at close, the grant bookkeeping is released at
 once and the memory itself stays mapped until the last slice is freed (never a dangling view).
 
-Every mapping costs one file descriptor: Python's `mmap.mmap` keeps a duplicate of the device's.
-A backend that keeps many single-page mappings (persistent grants: ~1000 per ring for Linux's
-blkfront) meets the usual soft limit of 1024 open files, so the first EMFILE raises this
-process's soft limit to its hard limit and the mapping is tried once more; past that, the error
-says which limit ran out.
+Mappings hold no file descriptor of their own (see `ringkit._pagemap`): a backend may keep
+thousands of single-page mappings (persistent grants: up to 1056 per ring for Linux's blkfront)
+without meeting the open-files limit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import mmap
-import resource
 import time
 from collections.abc import Callable, Sequence
 
 import anyio
 
-from .._errors import ConfigError, GrantError, ResourceLimitError
+from .._errors import ConfigError, GrantError
+from .._pagemap import PageMap, Piece
 from ..abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
 from . import _uapi
 from ._device import DeviceFile, map_errors
@@ -63,61 +59,6 @@ def _notify_action(size: int, offset: int | None, port: int | None) -> int:
     return action
 
 
-NOFILE_CEILING = 1 << 20
-"""The soft open-files limit asked for when the hard limit is unlimited (Linux's nr_open)."""
-
-
-def raise_open_files_limit() -> bool:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; True if it grew."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return False
-        return True
-    return False
-
-
-def _out_of_descriptors(what: str) -> ResourceLimitError:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return ResourceLimitError(f"{what}: out of file descriptors (each mapping holds one; the "
-                              f"limit is {soft}): raise it with `ulimit -n`, or keep fewer pages "
-                              f"mapped", errno.EMFILE)
-
-
-class _Mapping:
-    """An mmap of a Xen device range and our view of it; closing never leaves a dangling view."""
-
-    def __init__(self, fd: int, index: int, size: int, writable: bool, what: str) -> None:
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        try:
-            m = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=index)
-        except OSError as exc:
-            if exc.errno != errno.EMFILE:
-                raise
-            if not raise_open_files_limit():
-                raise _out_of_descriptors(what) from exc
-            try:
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=index)
-            except OSError as again:
-                if again.errno == errno.EMFILE:
-                    raise _out_of_descriptors(what) from again
-                raise
-        self._map: mmap.mmap | None = m
-        self.view = memoryview(m)
-
-    def close(self) -> None:
-        if self._map is None:
-            return
-        m, self._map = self._map, None
-        # A caller's leftover export keeps the range mapped until it is freed.
-        with contextlib.suppress(BufferError):
-            self.view.release()
-            m.close()
-
-
 class XenSharedPages(SharedPages):
     """Pages allocated by gntalloc and granted to `peer`."""
 
@@ -139,7 +80,7 @@ class XenSharedPages(SharedPages):
         try:
             what = "gntalloc: mmap of the shared pages"
             with map_errors(GrantError, what):
-                self._mapping = _Mapping(device.fd, self._index, self._size, True, what)
+                self._mapping = PageMap([Piece(device.fd, self._index, self._size)], writable=True)
         except BaseException:
             self._dealloc()
             raise
@@ -228,12 +169,13 @@ class XenMappedPages(MappedPages):
             self._unmap_grant_ref()
             raise
 
-    def _mmap(self) -> _Mapping:
+    def _mmap(self) -> PageMap:
         what = (f"gntdev: mapping refs {list(self._refs)} of domain {self._peer}"
                 f"{' writable' if self._writable else ' read-only'}")
         for _ in range(MMAP_EAGAIN_RETRIES):
             try:
-                return _Mapping(self._device.fd, self._index, self._size, self._writable, what)
+                return PageMap([Piece(self._device.fd, self._index, self._size)],
+                               writable=self._writable)
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
                     with map_errors(GrantError, what):

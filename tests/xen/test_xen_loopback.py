@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+from contextlib import AsyncExitStack
 
 import anyio
 import pytest
 
-from ringkit import ConfigError, GrantError, ResourceLimitError
+from ringkit import ConfigError, GrantError, ResourceLimitError, _pagemap
 from ringkit.abc import PAGE_SIZE
 from ringkit.xen import XenDomain
 
@@ -64,10 +66,12 @@ async def test_read_only_grant_refuses_writable_map(domain: XenDomain) -> None:
     me = domain.domid
     async with await domain.grants.share(me, 1, writable=False) as shared:
         shared.buffer[0] = 0x33
+        stranded = _pagemap.stranded()
         with pytest.raises(GrantError) as info:
             await domain.grants.map(me, shared.refs, writable=True)
         assert info.value.errno is not None
         assert domain.leaks().maps == 0
+        assert _pagemap.stranded() == stranded    # gntdev's refusal left no range behind
         async with await domain.grants.map(me, shared.refs, writable=False) as mapped:
             assert mapped.buffer.readonly
             assert mapped.buffer[0] == 0x33
@@ -102,6 +106,32 @@ async def test_bad_arguments(domain: XenDomain) -> None:
             shared.set_unmap_notify(offset=PAGE_SIZE)
         with pytest.raises(ConfigError):
             shared.set_unmap_notify()
+
+
+async def test_mappings_hold_no_file_descriptors(domain: XenDomain) -> None:
+    """A backend keeping Linux blkfront's persistent grants holds ~1000 single-page mappings
+    per ring: far more than a small open-files limit, which no mapping may need a slot of."""
+    me, count = domain.domid, 600           # gntalloc allows 1024 grants in all
+    fds = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 16, hard))
+    try:
+        async with AsyncExitStack() as stack:
+            shares = [await stack.enter_async_context(await domain.grants.share(me, 1))
+                      for _ in range(count)]
+            maps = [await stack.enter_async_context(await domain.grants.map(me, s.refs))
+                    for s in shares]
+            assert domain.leaks().grants == count and domain.leaks().maps == count
+            assert len(os.listdir("/proc/self/fd")) <= fds + 2      # the two device files
+            for i, (shared, mapped) in enumerate(zip(shares, maps, strict=True)):
+                shared.buffer[:4] = i.to_bytes(4, "little")
+                mapped.buffer[4:8] = (i ^ 0x5A5A).to_bytes(4, "little")
+            for i, (shared, mapped) in enumerate(zip(shares, maps, strict=True)):
+                assert bytes(mapped.buffer[:4]) == i.to_bytes(4, "little")
+                assert bytes(shared.buffer[4:8]) == (i ^ 0x5A5A).to_bytes(4, "little")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 async def test_grant_limit_is_a_resource_limit(domain: XenDomain) -> None:
