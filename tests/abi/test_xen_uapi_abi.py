@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ringkit import _pagemap
 from ringkit.xen import _uapi
 
 HEADERS = [Path("/usr/include/xen") / name
@@ -162,3 +163,20 @@ def test_variable_length_arguments() -> None:
     single = _uapi.alloc_gref(5, 1, writable=False)
     assert len(single.buffer) == _uapi.ffi.sizeof("struct ioctl_gntalloc_alloc_gref")
     assert single.struct.flags == 0
+
+
+def test_mapping_flags_match_sys_mman(tmp_path: Path) -> None:
+    """`ringkit._pagemap` passes these to libc's mmap itself (the `mmap` module lacks them)."""
+    names = ["PROT_NONE", "MAP_FIXED", "MAP_FIXED_NOREPLACE"]
+    source = tmp_path / "mman.c"
+    source.write_text("#define _GNU_SOURCE\n#include <stdio.h>\n#include <sys/mman.h>\n"
+                      "int main(void) {\n"
+                      + "".join(f'    printf("%lld\\n", (long long)({name}));\n' for name in names)
+                      + "    return 0;\n}\n")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc, "a C compiler is required (the Makefile's set-up assumes gcc)"
+    subprocess.run([gcc, "-Wall", "-Werror", "-o", str(tmp_path / "mman"), str(source)],
+                   check=True, timeout=120)
+    out = subprocess.run([str(tmp_path / "mman")], check=True, capture_output=True, text=True,
+                         timeout=30)
+    assert [int(v) for v in out.stdout.split()] == [getattr(_pagemap, n) for n in names]
