@@ -46,10 +46,11 @@ class Held:
 
 class HostilePeer:
     """See the module docstring.  `hold` is the chance of leaving the requests alone for one
-    more scheduling round, `seed` makes the order of answers reproducible."""
+    more scheduling round, `seed` makes the order of answers reproducible, `scribble=False`
+    leaves a read's pages as they were until the data is written."""
 
     def __init__(self, pool_pages: int, disk: bytearray, *, indirect: int = 256,
-                 seed: int = 0, hold: float = 0.5) -> None:
+                 seed: int = 0, hold: float = 0.5, scribble: bool = True) -> None:
         self.memory = bytearray(pool_pages * PAGE)
         self.refs = tuple(range(BASE_REF, BASE_REF + pool_pages))
         self.disk = disk
@@ -57,6 +58,7 @@ class HostilePeer:
                              flush=True, persistent=True)
         self.rng = random.Random(seed)
         self.hold = hold
+        self.scribble = scribble
         self.in_flight: dict[int, Held] = {}
         self.violations: list[str] = []
         self.client: BlockClient | None = None
@@ -103,7 +105,7 @@ class HostilePeer:
                                        "which is still in flight")
         if request.id in self.in_flight:
             self.violations.append(f"request id {request.id:#x} is already in flight")
-        if operation == blkif.Op.READ:
+        if operation == blkif.Op.READ and self.scribble:
             for gref in segments.grefs:
                 self.page(gref)[:] = SCRIBBLE
         self.in_flight[request.id] = Held(request, operation, segments, grefs)
