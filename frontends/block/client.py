@@ -333,9 +333,15 @@ class BlockClient:
         if len(data) <= chunk:
             await self._chunk(op, offset, data)
             return
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(data), chunk):
-                tg.start_soon(self._chunk, op, offset + start, data[start:start + chunk])
+        try:
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(data), chunk):
+                    tg.start_soon(self._chunk, op, offset + start, data[start:start + chunk])
+        except BaseExceptionGroup as group:
+            # the pieces run as tasks, whose group wraps their errors: raise the first failed
+            # piece's own error, as a transfer of one piece would (the rest were cancelled,
+            # or failed the same way)
+            raise _first_error(group) from None
 
     async def _chunk(self, op: Op, offset: int, data: memoryview) -> None:
         if not data:
@@ -519,6 +525,23 @@ class BlockClient:
                                          operation=pending.operation, sector=pending.sector)
         raise BlockIOError(f"{name} at sector {pending.sector} failed (BLKIF_RSP_ERROR)",
                            operation=pending.operation, sector=pending.sector, status=status)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside (possibly nested) `group`, noting how many more there were."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    first = leaves[0]
+    if len(leaves) > 1:
+        first.add_note(f"{len(leaves) - 1} other request(s) of the same transfer failed too: "
+                       + "; ".join(f"{type(e).__name__}: {e}" for e in leaves[1:4]))
+    return first
 
 
 def _runs(numbers: Sequence[int]) -> str:

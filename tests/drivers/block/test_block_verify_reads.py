@@ -19,7 +19,7 @@ import pytest
 from hostile_peer import PAGE, SECTOR, HostilePeer
 from ringkit.frontends.block import client as client_module
 from ringkit.frontends.block.client import BlockClient
-from ringkit.frontends.block.errors import StaleReadError
+from ringkit.frontends.block.errors import BlockIOError, StaleReadError
 
 from ringkit.proto import blkif
 
@@ -251,3 +251,47 @@ async def test_block_frontend_passes_the_option_on(tmp_path: Path) -> None:
                         await disk.write(4096, b"\x5a" * 8192)
                         assert await disk.read(4096 - 512, 8192 + 1024) == \
                             data[4096 - 512:4096] + b"\x5a" * 8192 + data[12288:12800]
+
+
+class FailingPeer(HostilePeer):
+    """A backend that answers BLKIF_RSP_ERROR to every request starting at sector `bad`."""
+
+    def __init__(self, pool_pages: int, disk: bytearray, *, bad: int) -> None:
+        super().__init__(pool_pages, disk, indirect=16, hold=0.0)
+        self.bad = bad
+
+    async def answer(self, rid: int) -> None:
+        held = self.in_flight[rid]
+        if held.request.sector_number != self.bad:
+            await super().answer(rid)
+            return
+        del self.in_flight[rid]
+        assert self.client is not None
+        self.client.deliver(blkif.Response(rid, held.operation, blkif.Status.ERROR))
+
+
+@pytest.mark.parametrize("verify", [False, True])
+async def test_errors_of_a_split_transfer_come_out_ungrouped(
+        monkeypatch: pytest.MonkeyPatch, verify: bool) -> None:
+    """A transfer split into several requests raises the failed request's own error (what the
+    client documents and callers catch), not an ExceptionGroup around it."""
+    monkeypatch.setattr(client_module, "STALE_RECHECK_SECONDS", 0.05)
+    disk = random_disk(6)
+    peer = FailingPeer(40, disk, bad=3 * 16 * 8)           # the 4th of 8 requests of 16 pages
+    client = peer.new_client(verify_reads=verify)
+    assert client.max_request_bytes == 16 * PAGE
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.serve)
+            with pytest.raises(BlockIOError) as caught:
+                await client.read(0, 8 * 16 * PAGE)
+            assert caught.value.sector == 3 * 16 * 8
+            with pytest.raises(BlockIOError):
+                await client.write(0, bytes(8 * 16 * PAGE))
+            assert await client.read(0, 2 * 16 * PAGE) == disk[:2 * 16 * PAGE]
+            tg.cancel_scope.cancel()
+    if verify:
+        skipper = ForgetfulPeer(40, disk, skip={2}, indirect=16)
+        checked = skipper.new_client(verify_reads=True)
+        with anyio.fail_after(30), pytest.raises(StaleReadError):
+            await served(skipper, checked, 0, 8 * 16 * PAGE)
