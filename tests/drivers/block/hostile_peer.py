@@ -14,7 +14,7 @@ ones.  It takes each request as the ring would hand it over, and then:
   yields in between, and for a READ writes the data before it answers, as Linux's blkback does.
 
 `violations` lists every breach of the page discipline; `in_flight` the requests not answered.
-The answers go to `client.deliver`, set once the client exists.
+The answers go to `client.deliver`, set once the client exists (or through `respond`).
 """
 
 from __future__ import annotations
@@ -128,8 +128,13 @@ class HostilePeer:
             if index % 7 == 6:
                 await anyio.lowlevel.checkpoint()
         del self.in_flight[rid]
+        await self.respond(blkif.Response(rid, held.operation, blkif.Status.OKAY))
+
+    async def respond(self, response: blkif.Response) -> None:
+        """Hand `response` to the frontend: straight to `client.deliver` (a test over a real
+        ring replaces this with a push onto the ring)."""
         assert self.client is not None
-        self.client.deliver(blkif.Response(rid, held.operation, blkif.Status.OKAY))
+        self.client.deliver(response)
 
     async def serve(self) -> None:
         """Answer requests forever, in random order, after random delays."""

@@ -16,8 +16,15 @@ import random
 
 import anyio
 import pytest
+from blockfakes import event_pair
 from hostile_peer import BASE_REF, PAGE, SCRIBBLE, HostilePeer
 from ringkit.frontends.block.client import BlockClient
+from ringkit.frontends.block.queue import FrontQueues
+
+from ringkit._async.channel import BackRingChannel, FrontRingChannel
+from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit.proto import blkif
+from ringkit.proto.ring import BackRing, FrontRing
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +169,64 @@ async def test_read_data_is_copied_after_the_answer() -> None:
             assert len(held.grefs) == 17 and min(held.grefs) >= BASE_REF
             await peer.answer(rid)
     assert result == [bytes(disk[4096:4096 + 16 * PAGE])]
+
+
+async def test_cancelling_at_every_point_of_a_send_over_a_real_ring() -> None:
+    """The client takes a request as sent only once `send` returned; a cancellation that landed
+    after `FrontQueues.send` had pushed it would free pages the backend still writes into (and
+    its answer would then be "not in flight").  The caller is cancelled after 0, 1, 2, ...
+    scheduling rounds, so every point of the send path is hit, over a real io/ring.h ring with
+    a backend that answers in random order; no answer is ever unexpected and no page shared."""
+    page = bytearray(4096)
+    front_event, back_event = event_pair()
+    front = FrontRingChannel(FrontRing.init(page, blkif.RING_LAYOUT), front_event)
+    back = BackRingChannel(BackRing.attach(page, blkif.RING_LAYOUT), back_event)
+    disk = random_disk(11)
+    peer = HostilePeer(33, disk, indirect=0, seed=11)
+    queues = FrontQueues([front])
+    client = BlockClient(queues.send, memoryview(peer.memory), peer.refs, peer.info)
+    peer.client = client
+    ring_errors: list[BaseException] = []
+
+    async def respond(response: blkif.Response) -> None:
+        await back.send(blkif.encode_response(response.id, response.operation,
+                                              response.status))
+
+    peer.respond = respond  # type: ignore[method-assign]
+
+    async def backend() -> None:
+        while True:
+            for slot in await back.receive_batch(8):
+                await peer.send(slot)
+
+    async def receive() -> None:
+        try:
+            await queues.receive_loop(0, client)
+        except (RemoteProtocolError, PeerGoneError) as exc:
+            ring_errors.append(exc)
+
+    answered = 0
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend)
+            tg.start_soon(receive)
+            tg.start_soon(peer.serve)
+            for rounds in range(60):
+                offset = rounds * 11 * PAGE
+                with anyio.CancelScope() as scope:
+                    async def give_up(scope: anyio.CancelScope = scope,
+                                      rounds: int = rounds) -> None:
+                        for _ in range(rounds):
+                            await anyio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    tg.start_soon(give_up)
+                    got = await client.read(offset, 11 * PAGE)
+                    assert got == disk[offset:offset + 11 * PAGE]
+                    answered += 1
+            while client.in_flight or peer.in_flight:
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+    assert not ring_errors and not peer.violations
+    assert 0 < answered < 60
+    assert free_pages(client) == 33
