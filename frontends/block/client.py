@@ -150,14 +150,7 @@ class BlockClient:
         self._canary: bytes | None = None
         self._canary_heads = memoryview(b"")
         if verify_reads:
-            canary = os.urandom(_CANARY_SIZE)
-            while len(set(canary)) < 2:  # never a run of one byte value, such as zeros
-                canary = os.urandom(_CANARY_SIZE)
-            self._canary = canary
-            # one canary per sector of the largest request, as 'Q' words to stamp with a
-            # strided copy
-            sectors = self._max_segments * blkif.SECTORS_PER_PAGE
-            self._canary_heads = memoryview(canary * sectors).cast("Q")
+            self._new_canary()
 
     # ------------------------------------------------------------------ public API
 
@@ -395,6 +388,17 @@ class BlockClient:
             if owned:
                 self._give_pages(pages)
 
+    def _new_canary(self) -> None:
+        """Pick a fresh random canary (never a run of one byte value, such as zeros)."""
+        canary = os.urandom(_CANARY_SIZE)
+        while len(set(canary)) < 2:
+            canary = os.urandom(_CANARY_SIZE)
+        self._canary = canary
+        # one canary per sector of the largest request, as 'Q' words to stamp with a strided
+        # copy
+        sectors = self._max_segments * blkif.SECTORS_PER_PAGE
+        self._canary_heads = memoryview(canary * sectors).cast("Q")
+
     def _stamp(self, pages: Sequence[int], length: int) -> None:
         """Write the canary over the first 8 bytes of every sector a read of `length` bytes
         into `pages` will fill."""
@@ -444,6 +448,9 @@ class BlockClient:
                 late.append(index)
         involved = sorted({pages[index // per_page] for index in stale})
         never = len(stale) - len(late)
+        # the caller's buffer now holds canaries: should it ever be written back to the disk,
+        # a later read of those sectors must not be taken for stale
+        self._new_canary()
         raise StaleReadError(
             f"READ at sector {sector} was answered OKAY but {len(stale)} of its "
             f"{len(data) // SECTOR} sectors were not written by then "

@@ -295,3 +295,22 @@ async def test_errors_of_a_split_transfer_come_out_ungrouped(
         checked = skipper.new_client(verify_reads=True)
         with anyio.fail_after(30), pytest.raises(StaleReadError):
             await served(skipper, checked, 0, 8 * 16 * PAGE)
+
+
+async def test_canary_changes_after_a_stale_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffer of a read that raised StaleReadError holds canaries; written back to the disk
+    by a careless caller, they are not mistaken for unwritten sectors by later reads."""
+    monkeypatch.setattr(client_module, "STALE_RECHECK_SECONDS", 0.01)
+    disk = random_disk(8)
+    peer = ForgetfulPeer(20, disk, skip={1}, indirect=0)
+    client = peer.new_client(verify_reads=True)
+    buffer = bytearray(2 * PAGE)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.serve)
+            with pytest.raises(StaleReadError):
+                await client.read_into(0, buffer)
+            peer.skip = set()
+            await client.write(0, buffer)              # canaries in sectors 8..15 on disk now
+            assert await client.read(0, 2 * PAGE) == buffer
+            tg.cancel_scope.cancel()
