@@ -2,7 +2,8 @@
 
 ``BlockFrontend`` is the driver (`device`); ``BlockClient`` its transport-free I/O engine
 (`client`); ``DiskInfo`` what the backend advertised; ``BlockIOError`` /
-``BlockNotSupportedError`` what a refused request raises.
+``BlockNotSupportedError`` what a refused request raises; ``StaleReadError`` a read answered OKAY
+whose pages were not written (detected with ``verify_reads``).
 """
 
 from .client import BlockClient as BlockClient
@@ -10,5 +11,7 @@ from .client import DiskInfo as DiskInfo
 from .device import BlockFrontend as BlockFrontend
 from .errors import BlockIOError as BlockIOError
 from .errors import BlockNotSupportedError as BlockNotSupportedError
+from .errors import StaleReadError as StaleReadError
 
-__all__ = ("BlockClient", "BlockFrontend", "BlockIOError", "BlockNotSupportedError", "DiskInfo")
+__all__ = ("BlockClient", "BlockFrontend", "BlockIOError", "BlockNotSupportedError", "DiskInfo",
+           "StaleReadError")

@@ -16,11 +16,17 @@ The pool is reused across requests, so its grants stay valid; with ``feature-per
 backend keeps them mapped, without it the backend maps them per request.  Responses are never
 trusted: an id that is not in flight, an operation that does not match the request, or a status
 outside BLKIF_RSP_* is a `RemoteProtocolError` that poisons the client and fails every waiter.
+
+With ``verify_reads`` the client also checks that an OKAY read really wrote its pages: the
+first 8 bytes of every sector of a read's pages are stamped with a random canary before the
+request goes out, and a sector of the copied-out data that still starts with it raises
+`StaleReadError` (a few microseconds per MiB: two strided copies of 8 bytes per sector).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,11 +36,16 @@ from ringkit._errors import ConfigError, LocalProtocolError, PeerGoneError, Remo
 from ringkit.proto import blkif
 from ringkit.proto.blkif import Op, Status
 
-from .errors import BlockIOError, BlockNotSupportedError
+from .errors import BlockIOError, BlockNotSupportedError, StaleReadError
 
 PAGE = blkif.PAGE_SIZE
 SECTOR = blkif.SECTOR_SIZE
 _NO_SEGMENTS = blkif.SegmentArray([], b"", b"")
+_CANARY_SIZE = 8
+_WORDS_PER_SECTOR = SECTOR // _CANARY_SIZE  # stride of the sector heads in a 'Q' view
+STALE_RECHECK_SECONDS = 0.5
+"""With ``verify_reads``: how long after finding unwritten sectors the pages are looked at once
+more, to tell data that arrives late from data that never arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +107,17 @@ class BlockClient:
         BlockNotSupportedError: the backend does not offer the operation (or said EOPNOTSUPP).
         RemoteProtocolError: the backend sent a hostile response; the client is poisoned.
         PeerGoneError: the device went away while requests were in flight.
+        StaleReadError: (`verify_reads` only) a read answered OKAY left sectors unwritten.
+
+    `send` must either queue the request and return, or raise without queuing it: a request
+    queued by a `send` that then raised (e.g. cancelled after the push) would be taken for
+    unsent, and its pages reused while the backend still writes into them.  `FrontQueues.send`
+    has no checkpoint after its push.
     """
 
     def __init__(self, send: Callable[[bytearray], Awaitable[None]], pool: memoryview,
-                 refs: Sequence[int], info: DiskInfo, *, handle: int = 0) -> None:
+                 refs: Sequence[int], info: DiskInfo, *, handle: int = 0,
+                 verify_reads: bool = False) -> None:
         if len(pool) < len(refs) * PAGE or not refs:
             raise ConfigError("the page pool must hold one page per grant ref")
         self._send = send
@@ -129,8 +147,18 @@ class BlockClient:
         while indirect > segments and indirect + blkif.indirect_pages_for(indirect) > len(refs):
             indirect -= 1
         self._max_segments = max(segments, indirect)
+        self._canary: bytes | None = None
+        self._canary_heads = memoryview(b"")
+        if verify_reads:
+            self._new_canary()
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def verify_reads(self) -> bool:
+        """Whether reads are checked for sectors the backend did not write (see the module
+        docstring)."""
+        return self._canary is not None
 
     @property
     def in_flight(self) -> int:
@@ -298,9 +326,15 @@ class BlockClient:
         if len(data) <= chunk:
             await self._chunk(op, offset, data)
             return
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(data), chunk):
-                tg.start_soon(self._chunk, op, offset + start, data[start:start + chunk])
+        try:
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(data), chunk):
+                    tg.start_soon(self._chunk, op, offset + start, data[start:start + chunk])
+        except BaseExceptionGroup as group:
+            # the pieces run as tasks, whose group wraps their errors: raise the first failed
+            # piece's own error, as a transfer of one piece would (the rest were cancelled,
+            # or failed the same way)
+            raise _first_error(group) from None
 
     async def _chunk(self, op: Op, offset: int, data: memoryview) -> None:
         if not data:
@@ -314,6 +348,8 @@ class BlockClient:
             pool, refs = self._pool, self._refs
             if op == Op.WRITE:
                 self._copy(data, pages, to_pool=True)
+            elif self._canary is not None:
+                self._stamp(pages, len(data))
             if isinstance(pages, range):
                 grefs: Sequence[int] = refs[pages.start:pages.start + nseg]
             else:
@@ -343,12 +379,88 @@ class BlockClient:
                     blkif.SegmentArray.whole_pages(list(grefs), final_last))
             owned = False  # from here on _roundtrip owns the pages, and hands them back on success
             await self._roundtrip(request, sector, pages)
+            owned = True   # answered: the backend is done with them
             if op == Op.READ:
                 self._copy(data, pages, to_pool=False)
-            self._give_pages(pages)
+                if self._canary is not None:
+                    await self._check_written(data, pages, sector)
         finally:
             if owned:
                 self._give_pages(pages)
+
+    def _new_canary(self) -> None:
+        """Pick a fresh random canary (never a run of one byte value, such as zeros)."""
+        canary = os.urandom(_CANARY_SIZE)
+        while len(set(canary)) < 2:
+            canary = os.urandom(_CANARY_SIZE)
+        self._canary = canary
+        # one canary per sector of the largest request, as 'Q' words to stamp with a strided
+        # copy
+        sectors = self._max_segments * blkif.SECTORS_PER_PAGE
+        self._canary_heads = memoryview(canary * sectors).cast("Q")
+
+    def _stamp(self, pages: Sequence[int], length: int) -> None:
+        """Write the canary over the first 8 bytes of every sector a read of `length` bytes
+        into `pages` will fill."""
+        pool, heads = self._pool, self._canary_heads
+        if isinstance(pages, range):
+            base = pages.start * PAGE
+            with pool[base:base + length].cast("Q") as words:
+                words[::_WORDS_PER_SECTOR] = heads[:length // SECTOR]
+            return
+        for i in range(-(-length // PAGE)):
+            n = min(PAGE, length - i * PAGE)
+            base = pages[i] * PAGE
+            with pool[base:base + n].cast("Q") as words:
+                words[::_WORDS_PER_SECTOR] = heads[:n // SECTOR]
+
+    def _unwritten(self, view: memoryview) -> list[int]:
+        """Indices of the sectors of `view` (whole sectors) that still start with the
+        canary."""
+        canary = self._canary
+        assert canary is not None
+        with view.cast("Q") as words:
+            heads = words[::_WORDS_PER_SECTOR].tobytes()
+        found: list[int] = []
+        pos = heads.find(canary)
+        while pos >= 0:
+            if pos % _CANARY_SIZE == 0:
+                found.append(pos // _CANARY_SIZE)
+                pos = heads.find(canary, pos + _CANARY_SIZE)
+            else:  # straddles two sector heads: not a canary
+                pos = heads.find(canary, pos + 1)
+        return found
+
+    async def _check_written(self, data: memoryview, pages: Sequence[int], sector: int) -> None:
+        """Raise StaleReadError if sectors of a read answered OKAY still hold the canary (the
+        data already copied out to `data`); look at the pages once more after a pause first,
+        to tell late data from data that never came."""
+        stale = self._unwritten(data)
+        if not stale:
+            return
+        await anyio.sleep(STALE_RECHECK_SECONDS)
+        canary = self._canary
+        per_page = blkif.SECTORS_PER_PAGE
+        late = []
+        for index in stale:
+            at = pages[index // per_page] * PAGE + (index % per_page) * SECTOR
+            if self._pool[at:at + _CANARY_SIZE].tobytes() != canary:
+                late.append(index)
+        involved = sorted({pages[index // per_page] for index in stale})
+        never = len(stale) - len(late)
+        # the caller's buffer now holds canaries: should it ever be written back to the disk,
+        # a later read of those sectors must not be taken for stale
+        self._new_canary()
+        raise StaleReadError(
+            f"READ at sector {sector} was answered OKAY but {len(stale)} of its "
+            f"{len(data) // SECTOR} sectors were not written by then "
+            f"(sectors {_runs([sector + i for i in stale])}, pool pages {_runs(involved)}); "
+            f"{len(late)} of them were written within {STALE_RECHECK_SECONDS} s after the "
+            f"answer, {never} not at all",
+            operation=Op.READ, sector=sector,
+            stale_sectors=tuple(sector + i for i in stale),
+            late_sectors=tuple(sector + i for i in late),
+            pages=tuple((page, self._refs[page]) for page in involved))
 
     def _copy(self, data: memoryview, pages: Sequence[int], *, to_pool: bool) -> None:
         """Move `data` into (or out of) the pool pages `pages`, page i holding bytes
@@ -422,4 +534,37 @@ class BlockClient:
                            operation=pending.operation, sector=pending.sector, status=status)
 
 
-__all__ = ("BlockClient", "DiskInfo")
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside (possibly nested) `group`, noting how many more there were."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    first = leaves[0]
+    if len(leaves) > 1:
+        first.add_note(f"{len(leaves) - 1} other request(s) of the same transfer failed too: "
+                       + "; ".join(f"{type(e).__name__}: {e}" for e in leaves[1:4]))
+    return first
+
+
+def _runs(numbers: Sequence[int]) -> str:
+    """Sorted integers as runs: "3-5,9"."""
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if prev != start else str(start))
+        start = prev = n
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+__all__ = ("STALE_RECHECK_SECONDS", "BlockClient", "DiskInfo")

@@ -38,7 +38,8 @@ class BlockFrontend(Frontend):
 
     Options: `pool_pages` data pages to grant, `ring_page_order` (0..4) and `queues` wanted
     (capped by what the backend offers), `persistent` to offer persistent grants,
-    `indirect` to use indirect requests when offered.
+    `indirect` to use indirect requests when offered, `verify_reads` to check that every read
+    answered OKAY really wrote its pages (`StaleReadError` otherwise; see `BlockClient`).
     """
 
     device_type: ClassVar[str] = "vbd"
@@ -48,7 +49,8 @@ class BlockFrontend(Frontend):
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  pool_pages: int = DEFAULT_POOL_PAGES, ring_page_order: int = 0,
-                 queues: int = 1, persistent: bool = True, indirect: bool = True) -> None:
+                 queues: int = 1, persistent: bool = True, indirect: bool = True,
+                 verify_reads: bool = False) -> None:
         if not 0 <= ring_page_order <= self.max_ring_page_order:
             raise ConfigError(f"ring_page_order must be 0..{self.max_ring_page_order}, "
                               f"got {ring_page_order}")
@@ -62,6 +64,7 @@ class BlockFrontend(Frontend):
         self.wanted_queues = queues
         self.offer_persistent = persistent
         self.use_indirect = indirect
+        self.verify_reads = verify_reads
         self.info: DiskInfo | None = None
         """What the backend advertised, for the current connection."""
         self._client: BlockClient | None = None
@@ -103,7 +106,8 @@ class BlockFrontend(Frontend):
             assert isinstance(queue.channel, FrontRingChannel)
             channels.append(queue.channel)
         queues = FrontQueues(channels)
-        client = BlockClient(queues.send, pool.buffer, pool.refs, info)
+        client = BlockClient(queues.send, pool.buffer, pool.refs, info,
+                             verify_reads=self.verify_reads)
         self.info, self._pool, self._client = info, pool, client
         assert self._tg is not None
         for index in range(len(channels)):

@@ -1,0 +1,150 @@
+"""A blkif backend for BlockClient tests that does everything a correct backend may do, at the
+worst moment: the frontend's page discipline is checked against it.
+
+`HostilePeer` serves a disk held in memory through a pool of pages standing in for the granted
+ones.  It takes each request as the ring would hand it over, and then:
+
+* checks that none of the request's grant refs (data or indirect segment list) belongs to a
+  request still in flight, and that none repeats inside the request: a frontend that reuses a
+  page early lets the backend write one request's data into another's buffer;
+* scribbles over every page of a READ as soon as it has the request (a backend owns those pages
+  until it answers), so a frontend that copies data out before the answer, or out of the wrong
+  page, reads the scribble;
+* answers in random order after random delays, moving the data a few segments at a time with
+  yields in between, and for a READ writes the data before it answers, as Linux's blkback does.
+
+`violations` lists every breach of the page discipline; `in_flight` the requests not answered.
+The answers go to `client.deliver`, set once the client exists (or through `respond`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+from ringkit.frontends.block.client import BlockClient, DiskInfo
+
+from ringkit.proto import blkif
+
+PAGE = blkif.PAGE_SIZE
+SECTOR = blkif.SECTOR_SIZE
+BASE_REF = 5000
+SCRIBBLE = b"\xee" * PAGE
+
+
+@dataclass
+class Held:
+    """A request the peer has taken and not yet answered."""
+
+    request: blkif.Request
+    operation: int
+    segments: blkif.SegmentArray
+    grefs: frozenset[int]
+
+
+class HostilePeer:
+    """See the module docstring.  `hold` is the chance of leaving the requests alone for one
+    more scheduling round, `seed` makes the order of answers reproducible, `scribble=False`
+    leaves a read's pages as they were until the data is written."""
+
+    def __init__(self, pool_pages: int, disk: bytearray, *, indirect: int = 256,
+                 seed: int = 0, hold: float = 0.5, scribble: bool = True) -> None:
+        self.memory = bytearray(pool_pages * PAGE)
+        self.refs = tuple(range(BASE_REF, BASE_REF + pool_pages))
+        self.disk = disk
+        self.info = DiskInfo(sectors=len(disk) // SECTOR, max_indirect_segments=indirect,
+                             flush=True, persistent=True)
+        self.rng = random.Random(seed)
+        self.hold = hold
+        self.scribble = scribble
+        self.in_flight: dict[int, Held] = {}
+        self.violations: list[str] = []
+        self.client: BlockClient | None = None
+        self.requests = 0
+
+    def new_client(self, **kwargs: bool) -> BlockClient:
+        """A `BlockClient` on this peer's pool whose requests come here."""
+        self.client = BlockClient(self.send, memoryview(self.memory), self.refs, self.info,
+                                  **kwargs)
+        return self.client
+
+    def page(self, gref: int) -> memoryview:
+        index = gref - BASE_REF
+        if not 0 <= index < len(self.refs):
+            raise AssertionError(f"request names grant ref {gref}, not one of the pool's")
+        return memoryview(self.memory)[index * PAGE:(index + 1) * PAGE]
+
+    async def send(self, slot: bytes | bytearray) -> None:
+        """The client's `send`: the request is on the ring once this returns, and a
+        cancellation can only land before it is (as with `FrontQueues.send`)."""
+        await anyio.lowlevel.checkpoint()
+        request = blkif.parse_request(bytes(slot),
+                                      max_indirect_segments=self.info.max_indirect_segments)
+        refs: list[int] = []
+        if isinstance(request, blkif.IndirectRequest):
+            lists = b"".join(bytes(self.page(g)) for g in request.indirect_grefs)
+            segments = blkif.parse_indirect_segment_array(lists, request)
+            refs += request.indirect_grefs
+            operation: int = request.indirect_op
+        elif isinstance(request, blkif.ReadWriteRequest):
+            segments = request.segments
+            operation = request.operation
+        else:
+            segments = blkif.SegmentArray([], b"", b"")
+            operation = request.operation
+        refs += segments.grefs
+        grefs = frozenset(refs)
+        if len(grefs) != len(refs):
+            self.violations.append(f"request {request.id:#x} names a page twice")
+        for rid, held in self.in_flight.items():
+            if grefs & held.grefs:
+                self.violations.append(f"request {request.id:#x} reuses pages "
+                                       f"{sorted(grefs & held.grefs)} of request {rid:#x}, "
+                                       "which is still in flight")
+        if request.id in self.in_flight:
+            self.violations.append(f"request id {request.id:#x} is already in flight")
+        if operation == blkif.Op.READ and self.scribble:
+            for gref in segments.grefs:
+                self.page(gref)[:] = SCRIBBLE
+        self.in_flight[request.id] = Held(request, operation, segments, grefs)
+        self.requests += 1
+
+    async def answer(self, rid: int) -> None:
+        """Serve and answer request `rid` now (moving its data a few segments at a time)."""
+        held = self.in_flight[rid]
+        position = held.request.sector_number * SECTOR
+        segments = held.segments
+        for index, (gref, first, last) in enumerate(
+                zip(segments.grefs, segments.first, segments.last, strict=True)):
+            length = (last - first + 1) * SECTOR
+            window = self.page(gref)[first * SECTOR:first * SECTOR + length]
+            if held.operation == blkif.Op.READ:
+                window[:] = self.disk[position:position + length]
+            elif held.operation == blkif.Op.WRITE:
+                self.disk[position:position + length] = window
+            position += length
+            if index % 7 == 6:
+                await anyio.lowlevel.checkpoint()
+        del self.in_flight[rid]
+        await self.respond(blkif.Response(rid, held.operation, blkif.Status.OKAY))
+
+    async def respond(self, response: blkif.Response) -> None:
+        """Hand `response` to the frontend: straight to `client.deliver` (a test over a real
+        ring replaces this with a push onto the ring)."""
+        assert self.client is not None
+        self.client.deliver(response)
+
+    async def serve(self) -> None:
+        """Answer requests forever, in random order, after random delays."""
+        while True:
+            await anyio.lowlevel.checkpoint()
+            if not self.in_flight or self.rng.random() < self.hold:
+                continue
+            await self.answer(self.rng.choice(list(self.in_flight)))
+
+    async def drain(self) -> None:
+        """Answer everything still in flight (e.g. the requests of cancelled callers)."""
+        while self.in_flight:
+            await self.answer(next(iter(self.in_flight)))
