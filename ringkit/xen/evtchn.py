@@ -13,7 +13,10 @@ Xen tells nobody when the remote end of a channel closes (its port just turns ba
 status (EVTCHNOP_status through ``/dev/xen/privcmd``).  A port that was connected and is now
 unbound or closed means the peer is gone: after any event it sent before closing has been
 returned, `wait` raises `PeerGoneError` and `notify` is refused.  Without privcmd (not root,
-no device) this detection is off and `wait` simply keeps waiting.
+no device) this detection is off and `wait` simply keeps waiting.  In a domU, Linux blocks
+privcmd's arbitrary hypercalls (EPERM; the fix for XSA-482) unless the kernel was booted with
+``xen_privcmd.unrestricted=1``, so there, by default, peers are seen leaving through xenstore
+and unmap-notify only -- as libxenvchan's are.
 
 The fd is opened with the first channel and closed with the last one, so a handle holding no
 channel holds no fd.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 
@@ -46,6 +50,7 @@ PEER_POLL_INTERVAL = 0.5
 
 _PORT = struct.Struct("=I")
 _MAX_DOMID = 0x7FEF
+_log = logging.getLogger(__name__)
 
 
 class XenEventChannel(EventChannel):
@@ -287,6 +292,10 @@ class XenEventChannels(EventChannels):
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOTTY, errno.ENOSYS):
                 self._privcmd_usable = False
+                _log.info("event channels: cannot ask Xen for port status (%s: %s), so a "
+                          "peer's port close goes unnoticed; in a domU, Linux allows it only "
+                          "with xen_privcmd.unrestricted=1", errno.errorcode.get(exc.errno),
+                          exc.strerror)
             return None
         finally:
             os.close(fd)

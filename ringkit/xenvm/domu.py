@@ -112,15 +112,25 @@ def domain_id(name: str) -> int | None:
         return None
 
 
+BASE_KERNEL_ARGS = ("console=hvc0", "quiet", "loglevel=1", "panic=-1")
+"""The domU kernel's command line before any `kernel_args`."""
+
+
 def xl_config(name: str, kernel: str, ramdisk: str, memory_mb: int, vcpus: int,
-              extra: Sequence[str] = ()) -> str:
-    """The xl domain configuration of a harness domU (`extra`: more lines, e.g. ``disk=``)."""
+              extra: Sequence[str] = (), kernel_args: Sequence[str] = ()) -> str:
+    """The xl domain configuration of a harness domU (`extra`: more lines, e.g. ``disk=``;
+    `kernel_args`: more words for the domU kernel's command line)."""
     for label, value in (("kernel", kernel), ("ramdisk", ramdisk)):
         if '"' in value or "\n" in value:
             raise ConfigError(f"domU {label} path cannot contain quotes or newlines: {value!r}")
+    for word in kernel_args:
+        if not word or any(c in word for c in '"\\\n '):
+            raise ConfigError(f"domU kernel argument {word!r}: one word, without quotes, "
+                              f"backslashes or spaces")
+    cmdline = " ".join((*BASE_KERNEL_ARGS, *kernel_args))
     lines = [
         f'name = "{name}"', 'type = "pv"', f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"',
-        'extra = "console=hvc0 quiet loglevel=1 panic=-1"', f"memory = {memory_mb}",
+        f'extra = "{cmdline}"', f"memory = {memory_mb}",
         f"vcpus = {vcpus}", 'on_poweroff = "destroy"', 'on_reboot = "destroy"',
         'on_crash = "destroy"', *extra,
     ]
@@ -133,13 +143,15 @@ class DomU:
     `command` is an argv (or a shell command line as a single string) run with `cwd` (default:
     the current directory) in the domU.  `extra_files` are more host paths to copy in (their
     shared libraries follow), `modules` kernel modules to load at boot, `xl_extra` more lines of
-    xl configuration (for example a ``disk = [...]`` line for block-device tests).
+    xl configuration (for example a ``disk = [...]`` line for block-device tests), `kernel_args`
+    more words for the domU kernel's command line (``xen_privcmd.unrestricted=1``, say).
     """
 
     def __init__(self, name: str, command: Sequence[str] | str, *, memory_mb: int = 512,
                  vcpus: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  extra_files: Sequence[str] = (),
                  modules: Sequence[str] = (), xl_extra: Sequence[str] = (),
+                 kernel_args: Sequence[str] = (),
                  image: str | None = None, kernel: str | None = None) -> None:
         if not _VALID_NAME.match(name):
             raise ConfigError(f"domU name {name!r}: use letters, digits, '_', '.', '-'")
@@ -164,6 +176,8 @@ class DomU:
         self._memory = memory_mb
         self._vcpus = vcpus
         self._xl_extra = tuple(xl_extra)
+        self._kernel_args = tuple(kernel_args)
+        xl_config(name, "k", "r", memory_mb, vcpus, self._xl_extra, self._kernel_args)  # checks
         self._image = image
         self._kernel = kernel
         self._console_dir = Path(os.environ.get(ENV_CONSOLE_DIR, "/var/log/xen/console"))
@@ -200,7 +214,7 @@ class DomU:
                 concatenate([Path(self._image), work / "extra.cpio.gz"], ramdisk)
             cfg = work / "domu.cfg"
             cfg.write_text(xl_config(self.name, self._kernel, str(ramdisk), self._memory,
-                                     self._vcpus, self._xl_extra))
+                                     self._vcpus, self._xl_extra, self._kernel_args))
             if self.console_log.exists():
                 self.console_log.unlink()
             t1 = time.monotonic()

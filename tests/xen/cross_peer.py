@@ -292,8 +292,9 @@ class StepRunner:
 
     async def op_detects_peer_close(self) -> Json:
         """Whether this transport can tell that a channel's remote end closed.  The real one
-        asks Xen (EVTCHNOP_status through privcmd), which a domU's kernel may refuse; the
-        simulator always knows."""
+        asks Xen (EVTCHNOP_status through privcmd), which a domU's kernel may block (Linux
+        does, since XSA-482, unless booted with xen_privcmd.unrestricted=1); the simulator
+        always knows."""
         port_status = getattr(self.dom.events, "port_status", None)
         if port_status is None:
             return {"detects": True}

@@ -14,8 +14,10 @@ leaves and the one that survives.
 * unmap-notify: the mapper's and the granter's unmap clear the byte and signal; kill -9 of a
   child process that shares or maps (in the domU and in dom0) does the same;
 * peer gone: dom0 sees the domU's end close, whether the domU offered or bound the port
-  (EVTCHNOP_status polling); a domU whose kernel refuses that hypercall (EPERM under the
-  harness's Linux 6.1) cannot see dom0's end close, so there the channel must stay quiet;
+  (EVTCHNOP_status polling); a domU whose kernel blocks privcmd's hypercalls (Linux since
+  XSA-482 blocks them in a domU without a target domain: EPERM) cannot see dom0's end close, so
+  there the channel must stay quiet.  A second domU, booted with ``xen_privcmd.unrestricted=1``,
+  must see it: the blocking is Linux's, not Xen's;
 * refusals: unknown, revoked, or someone else's refs, ports offered to someone else, double
   binds, double closes, the grant limit; each with its typed error.
 
@@ -382,9 +384,11 @@ SCENARIOS: tuple[Scenario, ...] = (round_trip, multi_page, read_only, events, pe
                                    unmap_notify, kill_child, refusals)
 
 
-async def drive(dom: Domain, domid: int, scenarios: Sequence[Scenario] = SCENARIOS) -> Json:
+async def drive(dom: Domain, domid: int, scenarios: Sequence[Scenario] = SCENARIOS, *,
+                domu_detects: bool = False) -> Json:
     """Run `scenarios` both ways between `dom` and the step runner obeying in domain `domid`,
-    check both sides hold nothing, tell the runner to finish; return its summary."""
+    check both sides hold nothing, tell the runner to finish; return its summary.  With
+    `domu_detects`, the domU must be able to tell that a channel's remote end closed."""
     conf = f"/local/domain/{domid}/data/rk-conf"
     async with Mailbox.open(dom.store, f"{conf}/reply", f"{conf}/cmd") as mailbox, \
             anyio.create_task_group() as tg:
@@ -400,8 +404,11 @@ async def drive(dom: Domain, domid: int, scenarios: Sequence[Scenario] = SCENARI
                 progress(f"{side.name} can tell when a channel's remote end closes: "
                          f"{side.detects_peer_close}")
             # dom0 may always ask Xen (the loopback suite relies on it); a domU's kernel may
-            # refuse the hypercall (Linux 6.1 here answers EPERM), leaving it only quiet
+            # block privcmd's hypercalls (Linux since XSA-482, unless booted with
+            # xen_privcmd.unrestricted=1), leaving it only quiet
             assert here.detects_peer_close, "dom0 cannot ask Xen for a port's status"
+            assert there.detects_peer_close or not domu_detects, \
+                "the domU cannot ask Xen for a port's status, although privcmd is unrestricted"
             for scenario in scenarios:
                 for a, b in ((there, here), (here, there)):
                     t0 = time.monotonic()
@@ -451,3 +458,25 @@ async def test_transport_contract_between_dom0_and_a_domu() -> None:
     assert outcome.exit_code == 0, outcome.output
     assert f"peer: {summary['steps']} steps, 0 failed" in outcome.output, outcome.output
     assert "peer: no leaks" in outcome.output, outcome.output
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_domu_with_unrestricted_privcmd_sees_its_peer_leave() -> None:
+    """Linux (since XSA-482) blocks privcmd's hypercalls in a domU, which is why the domU above
+    cannot see dom0's end of a channel close; with the restriction lifted at boot, it does."""
+    from ringkit.xen import open_domain
+
+    with DomU("conformance-unrestricted", [sys.executable, PEER],
+              kernel_args=["xen_privcmd.unrestricted=1"]) as vm:
+        domid = await anyio.to_thread.run_sync(vm.start)
+        progress(f"domU (privcmd unrestricted) is domain {domid}")
+        try:
+            async with open_domain() as dom:
+                summary = await drive(dom, domid, (events, peer_gone), domu_detects=True)
+                assert summary["failed"] == 0, summary
+            outcome = await vm.wait_async(REPLY_SECONDS)
+        except BaseException:
+            print("--- the domU's console ---\n" + _console(vm), flush=True)
+            raise
+    assert outcome.exit_code == 0, outcome.output

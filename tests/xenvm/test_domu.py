@@ -43,6 +43,14 @@ def test_xl_config() -> None:
         xl_config("p", '/a"b', "/r", 512, 1)
 
 
+def test_xl_config_kernel_args() -> None:
+    cfg = xl_config("peer", "/k", "/r", 512, 1, kernel_args=["xen_privcmd.unrestricted=1"])
+    assert 'extra = "console=hvc0 quiet loglevel=1 panic=-1 xen_privcmd.unrestricted=1"' in cfg
+    for bad in ('a"b', "two words", "", "x\\y", "new\nline"):
+        with pytest.raises(ConfigError, match="kernel argument"):
+            xl_config("p", "/k", "/r", 512, 1, kernel_args=[bad])
+
+
 def test_domu_needs_the_harness(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_DOMU_IMAGE, raising=False)
     monkeypatch.delenv(ENV_VM_DIR, raising=False)
