@@ -290,6 +290,19 @@ class StepRunner:
             return {"quiet": False}
         return {"quiet": True}
 
+    async def op_drain(self, name: str, limit: int) -> Json:
+        """Take every wake-up still on its way (until `QUIET` seconds pass without one, or
+        `limit` came): how many there were."""
+        channel = self._channel(name)
+        wakeups = 0
+        while wakeups < limit:
+            with anyio.move_on_after(QUIET):
+                await channel.wait()
+                wakeups += 1
+                continue
+            break
+        return {"wakeups": wakeups}
+
     async def op_detects_peer_close(self) -> Json:
         """Whether this transport can tell that a channel's remote end closed.  The real one
         asks Xen (EVTCHNOP_status through privcmd), which a domU's kernel may block (Linux
