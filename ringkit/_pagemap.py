@@ -18,17 +18,22 @@ mapped it itself.
 
 When a piece is refused, its part of the reservation may be gone.  Linux checks the file's mode
 and the process's limits before it touches the range (the reservation stays), but calls the
-driver's mmap -- where gntdev maps the grants, and refuses a writable map of a read-only grant
-or a paged-out grant -- only after dropping what was there, leaving a hole.  A hole is filled
-again (``MAP_FIXED_NOREPLACE``) before the reservation is closed, so that closing cannot unmap
-whatever another thread (native calls run without the GIL) mapped into it meanwhile.  If the
-range is taken and is not recognisably the reservation, the rest of the range is unmapped by
-hand and the Python object is kept, never closed (`stranded`).
+driver's mmap -- where gntdev does all its checking and mapping, so every refusal of a grant
+mapping -- only after dropping what was there, leaving a hole.  The hole is filled again
+(``MAP_FIXED_NOREPLACE``) and the reservation closed.  If something is mapped there already,
+it may be the intact reservation or whatever another thread (native calls run without the GIL)
+mapped into the hole meanwhile; nothing tells the two apart for sure, so the rest of the range
+is unmapped by hand and the reservation is kept for good, never closed (`stranded`): a little
+address space lost, never someone else's memory unmapped.
+
+A forked child does not inherit gntdev mappings (the driver marks them do-not-copy): a child
+must not touch, nor close, the parent's mappings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import mmap
 import os
@@ -54,8 +59,8 @@ int munmap(void *addr, size_t length);
 _MAP_FAILED = -1
 
 _STRANDED: list[mmap.mmap] = []
-"""Reservations whose range someone else mapped into after a refused mmap: never closed (that
-would unmap their memory).  Stays empty unless that race happened."""
+"""Reservations kept for good after a refused piece whose range was not a hole: never closed
+(the range may hold another thread's memory)."""
 
 
 @functools.cache
@@ -108,40 +113,32 @@ def address_of(area: mmap.mmap) -> int:
         _ffi.release(pointer)
 
 
-def _reservation_intact(addr: int, length: int, writable: bool) -> bool:
-    """Whether [addr, addr + length) still lies inside one private anonymous mapping with the
-    reservation's protection (what an mmap refused before it touched the range leaves)."""
-    perms = b"rw-p" if writable else b"r--p"
-    with open("/proc/self/maps", "rb") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(bound, 16) for bound in fields[0].split(b"-"))
-            if start <= addr < end:
-                return (addr + length <= end and fields[1] == perms and fields[4] == b"0"
-                        and len(fields) == 5)
-    return False
+def _strand(reservation: mmap.mmap) -> None:
+    """Keep `reservation` for good: never closed, not even when the interpreter exits (its range
+    may hold someone else's memory by now)."""
+    _STRANDED.append(reservation)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(reservation))
 
 
-def _abandon(reservation: mmap.mmap, base: int, total: int, addr: int, length: int,
-             writable: bool) -> None:
-    """After the piece at [addr, addr + length) was refused: free the reservation if that part
-    is still ours (intact, or a hole filled again); otherwise unmap the rest by hand and keep
-    the reservation, never closed."""
+def _abandon(reservation: mmap.mmap, base: int, total: int, addr: int, length: int) -> None:
+    """After the piece at [addr, addr + length) was refused: if that part of the range is a
+    hole, fill it and free the reservation; otherwise unmap the rest by hand and strand it."""
     try:
-        filler = _mmap(addr, length, PROT_NONE,
-                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        filler: int | None = _mmap(addr, length, PROT_NONE, mmap.MAP_PRIVATE
+                                   | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     except OSError:                                  # EEXIST: something is mapped there
-        ours = _reservation_intact(addr, length, writable)
-    else:
-        ours = filler == addr
-        if not ours:                                 # a kernel before 4.17 took it as a hint
-            _munmap(filler, length)
-    if ours:
-        reservation.close()
+        filler = None
+    except BaseException:
+        _strand(reservation)
+        raise
+    if filler == addr:
+        reservation.close()                          # unmaps the filler and the rest
         return
+    if filler is not None:                           # a kernel before 4.17 took it as a hint
+        _munmap(filler, length)
     _munmap(base, addr - base)
     _munmap(addr + length, base + total - addr - length)
-    _STRANDED.append(reservation)
+    _strand(reservation)
 
 
 def map_pieces(pieces: Sequence[Piece], *, writable: bool) -> mmap.mmap:
@@ -161,7 +158,7 @@ def map_pieces(pieces: Sequence[Piece], *, writable: bool) -> mmap.mmap:
         try:
             _mmap(cursor, piece.length, prot, mmap.MAP_SHARED | MAP_FIXED, piece.fd, piece.offset)
         except OSError:
-            _abandon(reservation, base, total, cursor, piece.length, writable)
+            _abandon(reservation, base, total, cursor, piece.length)
             raise
         except BaseException:                        # not from mmap: the range is all ours
             reservation.close()
@@ -171,7 +168,7 @@ def map_pieces(pieces: Sequence[Piece], *, writable: bool) -> mmap.mmap:
 
 
 def stranded() -> int:
-    """How many reservations were kept because a refused piece's hole was taken meanwhile."""
+    """How many reservations were kept for good after a refused piece (see the module)."""
     return len(_STRANDED)
 
 

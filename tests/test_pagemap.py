@@ -103,68 +103,70 @@ def test_views_keep_python_s_export_tracking(device_fd: int) -> None:
     assert m.closed
 
 
-def test_a_refusal_before_the_range_was_touched_frees_the_reservation(device_fd: int) -> None:
+def _unstrand_last() -> int:
+    """Take back the reservation a test stranded (the test knows the range is its own) and free
+    it; return its address."""
+    reservation = _pagemap._STRANDED.pop()
+    addr = _pagemap.address_of(reservation)
+    reservation.close()
+    return addr
+
+
+def _fill(addr: int, length: int, *, prot: int = _pagemap.PROT_NONE,
+          flags: int = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, fd: int = -1) -> None:
+    assert _pagemap._mmap(addr, length, prot, flags | _pagemap.MAP_FIXED_NOREPLACE, fd, 0) == addr
+
+
+def test_a_refusal_before_the_range_was_touched_keeps_the_reservation(device_fd: int) -> None:
+    """Linux refuses a writable shared map of a read-only file before touching the range: the
+    reservation is still there, but nothing proves it is ours, so it is kept, never closed."""
     read_only = os.open(f"/proc/self/fd/{device_fd}", os.O_RDONLY)
     before = _pagemap.stranded()
     try:
-        with pytest.raises(OSError) as info:      # a writable shared map of a read-only fd:
-            _pagemap.map_pieces([Piece(read_only, 0, PAGE)], writable=True)    # refused up front
-        assert info.value.errno == errno.EACCES
+        with pytest.raises(OSError) as info:
+            _pagemap.map_pieces([Piece(read_only, 0, PAGE)], writable=True)
+        assert info.value.errno == errno.EACCES   # the kernel's own error, unchanged
     finally:
         os.close(read_only)
-    assert _pagemap.stranded() == before          # recognised as ours and closed
+    assert _pagemap.stranded() == before + 1
+    assert not _pagemap._STRANDED[-1].closed
+    assert not _mapped_at(_unstrand_last())
 
 
-def test_a_refusal_that_left_a_hole_fills_it_and_frees_it(device_fd: int) -> None:
+def test_a_refusal_that_left_a_hole_fills_it_and_frees_it() -> None:
     """What a driver's refusal (gntdev's mmap handler) leaves: the reservation unmapped."""
-    libc = _pagemap._libc()
     reservation = mmap.mmap(-1, 2 * PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
     addr = _pagemap.address_of(reservation)
-    assert libc.munmap(_pagemap._ffi.cast("void *", addr), 2 * PAGE) == 0
+    _pagemap._munmap(addr, 2 * PAGE)
     before = _pagemap.stranded()
-    _pagemap._abandon(reservation, addr, 2 * PAGE, addr, 2 * PAGE, writable=False)
+    _pagemap._abandon(reservation, addr, 2 * PAGE, addr, 2 * PAGE)
     assert reservation.closed and _pagemap.stranded() == before
     assert not _mapped_at(addr)
 
 
-def test_reservation_is_recognised_only_as_itself(device_fd: int) -> None:
-    anon = mmap.mmap(-1, 3 * PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    shared = mmap.mmap(device_fd, PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    try:
-        addr = _pagemap.address_of(anon)
-        assert _pagemap._reservation_intact(addr, 3 * PAGE, writable=False)
-        assert _pagemap._reservation_intact(addr + PAGE, PAGE, writable=False)
-        assert not _pagemap._reservation_intact(addr, PAGE, writable=True)    # other perms
-        assert not _pagemap._reservation_intact(_pagemap.address_of(shared), PAGE, False)
-    finally:
-        anon.close()
-        shared.close()
-    assert not _pagemap._reservation_intact(addr, PAGE, writable=False)        # unmapped
-
-
-def test_a_hole_taken_meanwhile_is_not_unmapped(device_fd: int) -> None:
-    """If another thread maps into the hole a refused MAP_FIXED left, the reservation is kept
-    rather than closed: closing it would unmap the other thread's memory."""
-    libc = _pagemap._libc()
-    ffi = _pagemap._ffi
-    reservation = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    addr = _pagemap.address_of(reservation)
-    # the refused MAP_FIXED's hole, then somebody else's mapping in it
-    assert libc.munmap(ffi.cast("void *", addr), PAGE) == 0
-    other = _pagemap._mmap(addr, PAGE, mmap.PROT_READ, mmap.MAP_SHARED
-                                  | _pagemap.MAP_FIXED_NOREPLACE, device_fd, 0)
-    assert other == addr
+@pytest.mark.parametrize("intruder", ["anonymous, the reservation's protection", "a file"])
+def test_a_hole_taken_meanwhile_is_not_unmapped(device_fd: int, intruder: str) -> None:
+    """Another thread maps into the hole a refused piece left (here: the second of three):
+    that mapping survives, the pieces around it are unmapped, the reservation is kept."""
+    reservation = mmap.mmap(-1, 3 * PAGE, flags=mmap.MAP_PRIVATE,
+                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = _pagemap.address_of(reservation)
+    hole = base + PAGE
+    _pagemap._munmap(hole, PAGE)
+    if intruder.startswith("anonymous"):
+        _fill(hole, PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    else:
+        _fill(hole, PAGE, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED, fd=device_fd)
     before = _pagemap.stranded()
-    _pagemap._abandon(reservation, addr, PAGE, addr, PAGE, writable=False)
+    _pagemap._abandon(reservation, base, 3 * PAGE, hole, PAGE)
     assert _pagemap.stranded() == before + 1 and not reservation.closed
-    assert _mapped_at(addr)                       # the other mapping is still there
-    # clean up as the other thread would, then give the reservation its range back to free
-    assert libc.munmap(ffi.cast("void *", addr), PAGE) == 0
-    _pagemap._mmap(addr, PAGE, _pagemap.PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                          | _pagemap.MAP_FIXED_NOREPLACE, -1, 0)
-    _pagemap._STRANDED.remove(reservation)
-    reservation.close()
-    assert not _mapped_at(addr)
+    assert _mapped_at(hole)                       # the other thread's mapping is still there
+    assert not _mapped_at(base) and not _mapped_at(hole + PAGE)
+    # clean up as the other thread would, then let the reservation free its range
+    _pagemap._munmap(hole, PAGE)
+    _fill(base, 3 * PAGE)
+    assert _unstrand_last() == base
+    assert not _mapped_at(base)
 
 
 def test_pieces_of_several_files_are_one_buffer(device_fd: int, no_gc: None) -> None:
@@ -194,9 +196,10 @@ def test_a_refused_later_piece_undoes_the_earlier_ones(device_fd: int) -> None:
         assert info.value.errno == errno.EACCES
     finally:
         os.close(read_only)
-    assert _pagemap.stranded() == stranded
+    assert _pagemap.stranded() == stranded + 1    # refused up front: kept, see above
     with open("/proc/self/maps") as maps:         # the first piece is unmapped again
         assert maps.read().count("memfd:fake-gntdev") == before
+    _unstrand_last()
 
 
 def test_a_slice_held_past_close_keeps_the_pages_mapped(device_fd: int) -> None:

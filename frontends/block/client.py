@@ -346,10 +346,11 @@ class BlockClient:
         owned = True
         try:
             pool, refs = self._pool, self._refs
+            canary: bytes | None = None     # this read's own: the client's may change meanwhile
             if op == Op.WRITE:
                 self._copy(data, pages, to_pool=True)
             elif self._canary is not None:
-                self._stamp(pages, len(data))
+                canary = self._stamp(pages, len(data))
             if isinstance(pages, range):
                 grefs: Sequence[int] = refs[pages.start:pages.start + nseg]
             else:
@@ -382,8 +383,8 @@ class BlockClient:
             owned = True   # answered: the backend is done with them
             if op == Op.READ:
                 self._copy(data, pages, to_pool=False)
-                if self._canary is not None:
-                    await self._check_written(data, pages, sector)
+                if canary is not None:
+                    await self._check_written(data, pages, sector, canary)
         finally:
             if owned:
                 self._give_pages(pages)
@@ -399,26 +400,26 @@ class BlockClient:
         sectors = self._max_segments * blkif.SECTORS_PER_PAGE
         self._canary_heads = memoryview(canary * sectors).cast("Q")
 
-    def _stamp(self, pages: Sequence[int], length: int) -> None:
+    def _stamp(self, pages: Sequence[int], length: int) -> bytes:
         """Write the canary over the first 8 bytes of every sector a read of `length` bytes
-        into `pages` will fill."""
-        pool, heads = self._pool, self._canary_heads
+        into `pages` will fill; return the canary used."""
+        canary, pool, heads = self._canary, self._pool, self._canary_heads
+        assert canary is not None
         if isinstance(pages, range):
             base = pages.start * PAGE
             with pool[base:base + length].cast("Q") as words:
                 words[::_WORDS_PER_SECTOR] = heads[:length // SECTOR]
-            return
+            return canary
         for i in range(-(-length // PAGE)):
             n = min(PAGE, length - i * PAGE)
             base = pages[i] * PAGE
             with pool[base:base + n].cast("Q") as words:
                 words[::_WORDS_PER_SECTOR] = heads[:n // SECTOR]
+        return canary
 
-    def _unwritten(self, view: memoryview) -> list[int]:
+    def _unwritten(self, view: memoryview, canary: bytes) -> list[int]:
         """Indices of the sectors of `view` (whole sectors) that still start with the
         canary."""
-        canary = self._canary
-        assert canary is not None
         with view.cast("Q") as words:
             heads = words[::_WORDS_PER_SECTOR].tobytes()
         found: list[int] = []
@@ -431,15 +432,15 @@ class BlockClient:
                 pos = heads.find(canary, pos + 1)
         return found
 
-    async def _check_written(self, data: memoryview, pages: Sequence[int], sector: int) -> None:
+    async def _check_written(self, data: memoryview, pages: Sequence[int], sector: int,
+                             canary: bytes) -> None:
         """Raise StaleReadError if sectors of a read answered OKAY still hold the canary (the
         data already copied out to `data`); look at the pages once more after a pause first,
         to tell late data from data that never came."""
-        stale = self._unwritten(data)
+        stale = self._unwritten(data, canary)
         if not stale:
             return
         await anyio.sleep(STALE_RECHECK_SECONDS)
-        canary = self._canary
         per_page = blkif.SECTORS_PER_PAGE
         late = []
         for index in stale:
@@ -544,10 +545,12 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending[:0] = exc.exceptions
         else:
             leaves.append(exc)
-    first = leaves[0]
+    # a KeyboardInterrupt or SystemExit among them wins: it must not hide in a note
+    first = next((exc for exc in leaves if not isinstance(exc, Exception)), leaves[0])
     if len(leaves) > 1:
-        first.add_note(f"{len(leaves) - 1} other request(s) of the same transfer failed too: "
-                       + "; ".join(f"{type(e).__name__}: {e}" for e in leaves[1:4]))
+        others = [exc for exc in leaves if exc is not first]
+        first.add_note(f"{len(others)} other request(s) of the same transfer failed too: "
+                       + "; ".join(f"{type(e).__name__}: {e}" for e in others[:3]))
     return first
 
 

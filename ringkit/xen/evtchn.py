@@ -15,8 +15,9 @@ unbound or closed means the peer is gone: after any event it sent before closing
 returned, `wait` raises `PeerGoneError` and `notify` is refused.  Without privcmd (not root,
 no device) this detection is off and `wait` simply keeps waiting.  In a domU, Linux blocks
 privcmd's arbitrary hypercalls (EPERM; the fix for XSA-482) unless the kernel was booted with
-``xen_privcmd.unrestricted=1``, so there, by default, peers are seen leaving through xenstore
-and unmap-notify only -- as libxenvchan's are.
+``xen_privcmd.unrestricted=1`` (ignored when the kernel is locked down, as under Secure Boot),
+so there, by default, peers are seen leaving through xenstore and unmap-notify only -- as
+libxenvchan's are.  Either way the first refusal is logged once, at INFO.
 
 The fd is opened with the first channel and closed with the last one, so a handle holding no
 channel holds no fd.
@@ -284,8 +285,10 @@ class XenEventChannels(EventChannels):
         arg.struct.arg[1] = int(_uapi.ffi.cast("uintptr_t", status))
         try:
             fd = os.open("/dev/xen/privcmd", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
+        except OSError as exc:
             self._privcmd_usable = False
+            _log.info("event channels: cannot open /dev/xen/privcmd (%s), so a peer's port "
+                      "close goes unnoticed", exc.strerror)
             return None
         try:
             fcntl.ioctl(fd, _uapi.IOCTL_PRIVCMD_HYPERCALL, arg.buffer, True)

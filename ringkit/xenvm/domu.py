@@ -116,6 +116,14 @@ BASE_KERNEL_ARGS = ("console=hvc0", "quiet", "loglevel=1", "panic=-1")
 """The domU kernel's command line before any `kernel_args`."""
 
 
+def check_kernel_args(words: Sequence[str]) -> None:
+    """Refuse domU kernel arguments that would not stay one word of the command line."""
+    for word in words:
+        if not word or any(c.isspace() or c in '"\\' for c in word):
+            raise ConfigError(f"domU kernel argument {word!r}: one word, without quotes, "
+                              f"backslashes or white space")
+
+
 def xl_config(name: str, kernel: str, ramdisk: str, memory_mb: int, vcpus: int,
               extra: Sequence[str] = (), kernel_args: Sequence[str] = ()) -> str:
     """The xl domain configuration of a harness domU (`extra`: more lines, e.g. ``disk=``;
@@ -123,10 +131,7 @@ def xl_config(name: str, kernel: str, ramdisk: str, memory_mb: int, vcpus: int,
     for label, value in (("kernel", kernel), ("ramdisk", ramdisk)):
         if '"' in value or "\n" in value:
             raise ConfigError(f"domU {label} path cannot contain quotes or newlines: {value!r}")
-    for word in kernel_args:
-        if not word or any(c in word for c in '"\\\n '):
-            raise ConfigError(f"domU kernel argument {word!r}: one word, without quotes, "
-                              f"backslashes or spaces")
+    check_kernel_args(kernel_args)
     cmdline = " ".join((*BASE_KERNEL_ARGS, *kernel_args))
     lines = [
         f'name = "{name}"', 'type = "pv"', f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"',
@@ -177,7 +182,7 @@ class DomU:
         self._vcpus = vcpus
         self._xl_extra = tuple(xl_extra)
         self._kernel_args = tuple(kernel_args)
-        xl_config(name, "k", "r", memory_mb, vcpus, self._xl_extra, self._kernel_args)  # checks
+        check_kernel_args(self._kernel_args)
         self._image = image
         self._kernel = kernel
         self._console_dir = Path(os.environ.get(ENV_CONSOLE_DIR, "/var/log/xen/console"))

@@ -246,14 +246,16 @@ async def events(a: Side, b: Side) -> None:
     for sender, receiver in ((b, a), (a, b)):
         # Across domains, notifications coalesce only while the receiver has not yet taken
         # the first one (its port stays masked until then); the sender's later ones may
-        # arrive after that and wake it again.  So: fewer wake-ups than notifications, then
-        # quiet.  (In one process, where the reader cannot run between the notifies, the
-        # loopback suite holds them to exactly one.)
+        # arrive after that and wake it again, as often as the two CPUs interleave.  What
+        # holds regardless of timing: none lost, none made up (at most one wake-up per
+        # notification), then quiet.  That they do coalesce is the loopback suite's check, in
+        # one process, where the reader cannot run between the notifies.
         for times in (5, 2_000):
             await sender.step("notify", name="ev", times=times)
             await receiver.step("wait", name="ev")
             extra = (await receiver.step("drain", name="ev", limit=times))["wakeups"]
-            assert extra < times, f"{times} notifications woke {receiver.name} {extra + 1} times"
+            assert extra + 1 <= times, \
+                f"{times} notifications woke {receiver.name} {extra + 1} times or more"
             await receiver.quiet("ev")
         await receiver.expect("wait_start", {"blocked": True}, name="ev")
         await sender.step("notify", name="ev")

@@ -46,7 +46,7 @@ def test_xl_config() -> None:
 def test_xl_config_kernel_args() -> None:
     cfg = xl_config("peer", "/k", "/r", 512, 1, kernel_args=["xen_privcmd.unrestricted=1"])
     assert 'extra = "console=hvc0 quiet loglevel=1 panic=-1 xen_privcmd.unrestricted=1"' in cfg
-    for bad in ('a"b', "two words", "", "x\\y", "new\nline"):
+    for bad in ('a"b', "two words", "", "x\\y", "new\nline", "tab\tbed", "cr\r"):
         with pytest.raises(ConfigError, match="kernel argument"):
             xl_config("p", "/k", "/r", 512, 1, kernel_args=[bad])
 

@@ -314,3 +314,40 @@ async def test_canary_changes_after_a_stale_read(monkeypatch: pytest.MonkeyPatch
             await client.write(0, buffer)              # canaries in sectors 8..15 on disk now
             assert await client.read(0, 2 * PAGE) == buffer
             tg.cancel_scope.cancel()
+
+
+async def test_a_stale_read_does_not_blind_the_reads_still_in_flight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read is checked against the canary it was stamped with: the fresh canary picked
+    after one StaleReadError must not hide the stale sectors of a read already in flight."""
+    monkeypatch.setattr(client_module, "STALE_RECHECK_SECONDS", 0.05)
+    disk = random_disk(6)
+    peer = ForgetfulPeer(40, disk, skip={0}, indirect=0)
+    client = peer.new_client(verify_reads=True)
+    original = peer.answer
+    answered = 0
+
+    async def staggered(rid: int) -> None:
+        nonlocal answered
+        answered += 1
+        if answered == 2:       # by now the first read has raised and changed the canary
+            await anyio.sleep(0.5)
+        await original(rid)
+
+    peer.answer = staggered  # type: ignore[method-assign]
+    errors: list[StaleReadError] = []
+
+    async def reader(offset: int) -> None:
+        try:
+            await client.read(offset, PAGE)
+        except StaleReadError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.serve)
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(reader, 0)
+                readers.start_soon(reader, 8 * PAGE)
+            tg.cancel_scope.cancel()
+    assert sorted(error.sector for error in errors) == [0, 64]
