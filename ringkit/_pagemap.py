@@ -172,6 +172,10 @@ def stranded() -> int:
     return len(_STRANDED)
 
 
+_CLOSED_VIEW = memoryview(b"")
+"""What `PageMap.view` is once closed."""
+
+
 class PageMap:
     """Pages mapped with `map_pieces` and our view of them.
 
@@ -197,3 +201,7 @@ class PageMap:
             self.view.release()
         with contextlib.suppress(BufferError):
             area.close()
+        # ... and nothing here keeps it: not the view either (it is still exported, e.g. by
+        # cffi's from_buffer, if it could not be released), so the unmap happens when the
+        # caller lets go, not when this object is collected
+        self.view = _CLOSED_VIEW

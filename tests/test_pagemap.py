@@ -214,3 +214,17 @@ def test_a_slice_held_past_close_keeps_the_pages_mapped(device_fd: int) -> None:
 def test_nothing_to_map_is_refused() -> None:
     with pytest.raises(ValueError, match="nothing to map"):
         _pagemap.map_pieces([], writable=True)
+
+
+def test_a_raw_export_held_past_close_unmaps_when_released(device_fd: int) -> None:
+    """cffi's from_buffer exports the view itself (not a slice): the range stays mapped while it
+    is held and goes as soon as it is released, although the PageMap object lives on."""
+    pages = PageMap([Piece(device_fd, 3 * PAGE, PAGE)], writable=True)
+    addr = _pagemap.address_of(pages._area) if pages._area is not None else 0
+    raw = _pagemap._ffi.from_buffer(pages.view)
+    pages.close()
+    raw[0:4] = b"held"                           # still mapped, still the device's page
+    assert os.pread(device_fd, 4, 3 * PAGE) == b"held" and _mapped_at(addr)
+    _pagemap._ffi.release(raw)
+    assert not _mapped_at(addr)
+    assert len(pages.view) == 0
