@@ -20,6 +20,7 @@ The answers go to `client.deliver`, set once the client exists (or through `resp
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -111,20 +112,25 @@ class HostilePeer:
         self.in_flight[request.id] = Held(request, operation, segments, grefs)
         self.requests += 1
 
-    async def answer(self, rid: int) -> None:
-        """Serve and answer request `rid` now (moving its data a few segments at a time)."""
-        held = self.in_flight[rid]
+    def windows(self, held: Held) -> Iterator[tuple[int, memoryview, int, int]]:
+        """Each segment of `held`: its index, its bytes in the granted page, and the disk
+        position and length they stand for."""
         position = held.request.sector_number * SECTOR
         segments = held.segments
         for index, (gref, first, last) in enumerate(
                 zip(segments.grefs, segments.first, segments.last, strict=True)):
             length = (last - first + 1) * SECTOR
-            window = self.page(gref)[first * SECTOR:first * SECTOR + length]
+            yield index, self.page(gref)[first * SECTOR:first * SECTOR + length], position, length
+            position += length
+
+    async def answer(self, rid: int) -> None:
+        """Serve and answer request `rid` now (moving its data a few segments at a time)."""
+        held = self.in_flight[rid]
+        for index, window, position, length in self.windows(held):
             if held.operation == blkif.Op.READ:
                 window[:] = self.disk[position:position + length]
             elif held.operation == blkif.Op.WRITE:
                 self.disk[position:position + length] = window
-            position += length
             if index % 7 == 6:
                 await anyio.lowlevel.checkpoint()
         del self.in_flight[rid]

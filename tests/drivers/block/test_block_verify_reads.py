@@ -45,18 +45,12 @@ class ForgetfulPeer(HostilePeer):
         if held.operation != blkif.Op.READ:
             await super().answer(rid)
             return
-        position = held.request.sector_number * SECTOR
-        segments = held.segments
-        for index, (gref, first, last) in enumerate(
-                zip(segments.grefs, segments.first, segments.last, strict=True)):
-            length = (last - first + 1) * SECTOR
-            window = self.page(gref)[first * SECTOR:first * SECTOR + length]
+        for index, window, position, length in self.windows(held):
             data = bytes(self.disk[position:position + length])
             if index not in self.skip:
                 window[:] = data
             elif self.late:
                 self.late_writes.append((window, data))
-            position += length
         del self.in_flight[rid]
         assert self.client is not None
         self.client.deliver(blkif.Response(rid, held.operation, blkif.Status.OKAY))
