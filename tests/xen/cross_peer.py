@@ -136,6 +136,18 @@ class _BackgroundWait:
     error: BaseException | None = None
 
 
+async def read_until_ready(stdout: anyio.abc.ByteReceiveStream, seconds: float) -> list[str]:
+    """The lines a child process prints before its "ready" line (within `seconds`)."""
+    lines: list[str] = []
+    buffered = b""
+    with anyio.fail_after(seconds):
+        while "ready" not in lines:
+            buffered += await stdout.receive()
+            *done, buffered = buffered.split(b"\n")
+            lines.extend(line.decode() for line in done)
+    return lines[:lines.index("ready")]
+
+
 class StepRunner:
     """Runs steps on `dom`; background waits run in `task_group`.
 
@@ -352,14 +364,7 @@ class StepRunner:
                                         stdout=subprocess.PIPE)
         self._children[name] = proc
         assert proc.stdout is not None
-        lines: list[str] = []
-        buffered = b""
-        with anyio.fail_after(SPAWN_SECONDS):
-            while "ready" not in lines:
-                buffered += await proc.stdout.receive()
-                *done, buffered = buffered.split(b"\n")
-                lines.extend(line.decode() for line in done)
-        return {"lines": lines[:lines.index("ready")]}
+        return {"lines": await read_until_ready(proc.stdout, SPAWN_SECONDS)}
 
     async def op_kill(self, name: str) -> Json:
         """kill -9 the child and reap it."""

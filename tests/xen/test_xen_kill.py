@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from cross_peer import read_until_ready  # tests/xen is on sys.path
 
 from ringkit.xen import XenDomain
 
@@ -39,15 +40,7 @@ async def _peer(*args: object) -> AsyncIterator[tuple[anyio.abc.Process, list[st
                                     stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        lines: list[str] = []
-        buffered = b""
-        with anyio.fail_after(STARTUP_TIMEOUT):
-            while "ready" not in lines:
-                buffered += await proc.stdout.receive()
-                *done, rest = buffered.split(b"\n")
-                buffered = rest
-                lines.extend(line.decode() for line in done)
-        yield proc, lines
+        yield proc, await read_until_ready(proc.stdout, STARTUP_TIMEOUT)
     finally:
         with anyio.CancelScope(shield=True):
             if proc.returncode is None:
