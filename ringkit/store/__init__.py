@@ -14,6 +14,7 @@ libxenstore does.  Use the client as an async context manager::
 
 from .client import StoreClient as StoreClient
 from .connect import XENBUS_DEVICE as XENBUS_DEVICE
+from .connect import FdByteStream as FdByteStream
 from .connect import XenbusDeviceStream as XenbusDeviceStream
 from .connect import connect_unix as connect_unix
 from .connect import connect_xenbus as connect_xenbus
@@ -25,6 +26,7 @@ from .connect import open_store as open_store
 __all__ = (
     "XENBUS_DEVICE",
     "StoreClient",
+    "FdByteStream",
     "XenbusDeviceStream",
     "connect_unix",
     "connect_xenbus",

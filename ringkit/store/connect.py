@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 
 import anyio
@@ -26,28 +27,22 @@ DEFAULT_RUNDIR = "/var/run/xenstored"
 """xenstored's run directory; its socket is ``<rundir>/socket``."""
 
 
-class XenbusDeviceStream(anyio.abc.ByteStream):
-    """A byte stream over the ``/dev/xen/xenbus`` character device.
+class FdByteStream(anyio.abc.ByteStream):
+    """A byte stream over a non-blocking file descriptor -- a socket or a character device --
+    read and written with plain ``read()`` / ``write()`` and waited on with
+    ``anyio.wait_readable`` / ``wait_writable``.
 
-    The device is opened non-blocking and waited on with ``anyio.wait_readable`` /
-    ``wait_writable``.  Every `send` writes what it is given with as few ``write()`` calls as the
-    kernel allows; `StoreClient` always sends exactly one whole message per `send`, which is
-    what the kernel's xenbus device expects.
+    Not anyio's own socket stream: on asyncio it registers the waiting future's ``set_result``
+    as the selector callback, so a task cancelled in the loop iteration in which its socket
+    became ready (a device closing while a reply arrives) makes asyncio log
+    ``InvalidStateError`` ("Exception in callback Future.set_result(None)").  Waiting with
+    ``wait_readable`` has no such race.  The stream owns the descriptor and closes it.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         os.set_blocking(fd, False)
         self._closed = False
-
-    @classmethod
-    def open(cls, path: str = XENBUS_DEVICE) -> XenbusDeviceStream:
-        """Open the device (or any character device / fd-like file speaking xs_wire).
-
-        Raises:
-            OSError: the device cannot be opened.
-        """
-        return cls(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
 
     @property
     def fileno(self) -> int:
@@ -64,20 +59,16 @@ class XenbusDeviceStream(anyio.abc.ByteStream):
                 await anyio.wait_readable(self._fd)
                 continue
             except OSError as exc:
-                raise anyio.BrokenResourceError(f"xenbus read failed: {exc}") from exc
+                raise anyio.BrokenResourceError(f"xenstore read failed: {exc}") from exc
             if not data:
                 raise anyio.EndOfStream
             return data
 
     async def send(self, item: bytes) -> None:
-        """Write one message.
+        """Write all of `item`.
 
         Raises:
-            StoreError: the kernel refused the message; its errno names the xenstore error.
-                The Linux driver handles XS_WATCH / XS_UNWATCH itself and reports xenstored's
-                refusal (E2BIG for too many watches, EEXIST...) as the errno of ``write()``,
-                with no reply; the message is consumed and the device stays usable
-                (drivers/xen/xenbus/xenbus_dev_frontend.c, ``xenbus_file_write``).
+            anyio.BrokenResourceError: the other end went away.
             anyio.ClosedResourceError: after `aclose()`.
         """
         view = memoryview(item)
@@ -90,14 +81,14 @@ class XenbusDeviceStream(anyio.abc.ByteStream):
                 await anyio.wait_writable(self._fd)
                 continue
             except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise anyio.BrokenResourceError(f"xenbus write failed: {exc}") from exc
-                code = errno.errorcode.get(exc.errno or 0, "EIO")
-                raise StoreError(f"xenbus refused the request: {exc}", code, exc.errno) from exc
+                raise self._write_failed(exc) from exc
             view = view[written:]
 
+    def _write_failed(self, exc: OSError) -> Exception:
+        return anyio.BrokenResourceError(f"xenstore write failed: {exc}")
+
     async def send_eof(self) -> None:
-        """The xenbus device has no half-close; this does nothing (close the stream instead)."""
+        """Nothing: xs_wire has no half-close (close the stream instead)."""
 
     async def aclose(self) -> None:
         if self._closed:
@@ -108,6 +99,52 @@ class XenbusDeviceStream(anyio.abc.ByteStream):
         await anyio.lowlevel.checkpoint()
 
 
+class XenbusDeviceStream(FdByteStream):
+    """A byte stream over the ``/dev/xen/xenbus`` character device.
+
+    Every `send` writes what it is given with as few ``write()`` calls as the kernel allows;
+    `StoreClient` always sends exactly one whole message per `send`, which is what the kernel's
+    xenbus device expects.  `send` raises `StoreError` when the kernel refuses a message: the
+    Linux driver handles XS_WATCH / XS_UNWATCH itself and reports xenstored's refusal (E2BIG for
+    too many watches, EEXIST...) as the errno of ``write()``, with no reply; the message is
+    consumed and the device stays usable (drivers/xen/xenbus/xenbus_dev_frontend.c,
+    ``xenbus_file_write``).
+    """
+
+    @classmethod
+    def open(cls, path: str = XENBUS_DEVICE) -> XenbusDeviceStream:
+        """Open the device (or any character device / fd-like file speaking xs_wire).
+
+        Raises:
+            OSError: the device cannot be opened.
+        """
+        return cls(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+
+    def _write_failed(self, exc: OSError) -> Exception:
+        if exc.errno == errno.EBADF:
+            return anyio.BrokenResourceError(f"xenbus write failed: {exc}")
+        code = errno.errorcode.get(exc.errno or 0, "EIO")
+        return StoreError(f"xenbus refused the request: {exc}", code, exc.errno)
+
+
+async def _connect_socket(path: str | os.PathLike[str]) -> int:
+    """A connected, non-blocking Unix stream socket's descriptor."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err)) from None
+        return sock.detach()
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def connect_unix(path: str | os.PathLike[str]) -> StoreClient:
     """A `StoreClient` on xenstored's (or the simulator's) Unix socket at `path`.
 
@@ -115,7 +152,7 @@ async def connect_unix(path: str | os.PathLike[str]) -> StoreClient:
         StoreError: the socket cannot be reached (code from its errno).
     """
     try:
-        stream = await anyio.connect_unix(path)
+        stream = FdByteStream(await _connect_socket(path))
     except OSError as exc:
         code = errno.errorcode.get(exc.errno or 0, "EIO")
         raise StoreError(f"cannot connect to xenstore socket {path}: {exc}", code) from exc
