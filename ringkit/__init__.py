@@ -10,6 +10,7 @@ from ._errors import EventChannelError as EventChannelError
 from ._errors import GrantError as GrantError
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import PeerGoneError as PeerGoneError
+from ._errors import PeerRefusedError as PeerRefusedError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import ResourceLimitError as ResourceLimitError
@@ -23,6 +24,7 @@ __all__ = (
     "GrantError",
     "LocalProtocolError",
     "PeerGoneError",
+    "PeerRefusedError",
     "ProtocolError",
     "RemoteProtocolError",
     "ResourceLimitError",

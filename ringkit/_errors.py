@@ -12,7 +12,8 @@ RingkitError
 │   ├── LocalProtocolError   we asked for something illegal (push to a full ring, bad transition)
 │   └── RemoteProtocolError  the peer wrote hostile indices, requests or responses
 └── PeerGoneError            the peer went away: unmap-notify, XenbusState.Closed, @releaseDomain,
-                             its event channel closed
+    │                        its event channel closed
+    └── PeerRefusedError     the peer closed the connection before it was up (its error node)
 ```
 
 Only code that reads peer-controlled memory or messages raises `RemoteProtocolError`; an engine
@@ -100,12 +101,23 @@ class PeerGoneError(RingkitError):
     """The peer went away: its process unmapped or died, it closed, or its domain was destroyed."""
 
 
+class PeerRefusedError(PeerGoneError):
+    """The peer closed a connection before it was up -- a backend that could not map what the
+    frontend published, or that found it malformed.  `peer_error` is what the peer wrote in its
+    xenstore error node (``"<errno> <message>"``, as Linux's ``xenbus_dev_fatal``), or None."""
+
+    def __init__(self, message: str, peer_error: str | None = None) -> None:
+        super().__init__(message)
+        self.peer_error = peer_error
+
+
 __all__ = (
     "ConfigError",
     "EventChannelError",
     "GrantError",
     "LocalProtocolError",
     "PeerGoneError",
+    "PeerRefusedError",
     "ProtocolError",
     "RemoteProtocolError",
     "ResourceLimitError",

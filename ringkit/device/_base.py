@@ -12,6 +12,7 @@ deciding means no two reactions ever race, and coalesced or spurious wake-ups ar
 
 from __future__ import annotations
 
+import errno as _errno
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
@@ -31,14 +32,17 @@ from .._errors import (
     RingkitError,
     StoreError,
 )
-from ..abc import Domain, StoreOps
+from ..abc import Access, Domain, Permission, StoreOps
 from ..proto.layout import MAX_RING_PAGE_ORDER, RingLayout
 from ..proto.xenbus import Handshake, Reaction, Role, XenbusState
-from .paths import DeviceAddress, Nodes
+from .paths import DeviceAddress, Nodes, error_node
 from .queue import Queue
 
 QUIET = (RingkitError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 """Errors a closing device ignores: the peer, the store or the transport may be gone."""
+
+MAX_ERROR_TEXT = 1024
+"""Longest error node value written; a peer-chosen string quoted in a message is cut to fit."""
 
 __all__ = ("QUIET", "DeviceBase", "DeviceTasks", "Wakeup", "ring_failure")
 
@@ -350,19 +354,57 @@ class DeviceBase(AsyncResource):
                 await self._peer_died()
 
     async def _protocol_failure(self, exc: RemoteProtocolError) -> None:
-        """A hostile or broken peer: disconnect cleanly (Closing -> Closed) and stay closed
-        until the peer starts over."""
+        """A hostile or broken peer ends the connection, never the device: release the rings,
+        report the error, Closing -> Closed, and wait for the peer to start over."""
+        await self._refuse(exc)
+        if not self.handshake.broken:
+            # A ring-level violation: the peer's state node still says what it said before;
+            # react only once it changes.  (A broken handshake waits for a restart anyway.)
+            self.handshake.peer_lost()
+        await self._after_refusal(exc)
+
+    async def _refuse(self, exc: RingkitError) -> None:
+        """End the connection as Linux's ``xenbus_dev_fatal`` does: tear down, write the error
+        node, then Closing -> Closed (both at once: nothing is mapped any more)."""
         await self._teardown()
-        if self.handshake.error is not None:
-            # The handshake itself is poisoned: we can only stop.
-            with suppress(*QUIET):
-                await self.own_nodes.write("state", S.CLOSED.to_wire())
-            self._finish(exc)
-            return
+        await self._report_error(exc)
         for to in (S.CLOSING, S.CLOSED):
             if self.handshake.can_move(to):
                 await self._write_state(to)
-        self.handshake.peer_lost()
+
+    async def _after_refusal(self, exc: RingkitError) -> None:
+        """Hook of the ends: what a refused connection means beyond itself."""
+
+    @property
+    def error_path(self) -> str:
+        """This end's xenstore error node (see `ringkit.device.paths.error_node`)."""
+        return error_node(self.own_nodes.path)
+
+    async def _report_error(self, exc: RingkitError) -> None:
+        """Write ``"<errno> <message>"`` to this end's error node, readable by the peer (so a
+        frontend learns why its backend refused it).  Best effort: the store may be gone."""
+        number = getattr(exc, "errno", None) or _errno.EINVAL
+        text = f"{number} {exc}"[:MAX_ERROR_TEXT]
+        store = self.domain.store
+        with suppress(*QUIET):
+            await store.write(self.error_path, text)
+            await store.set_perms(
+                self.error_path,
+                [Permission(self.domain.domid, Access.NONE), Permission(self.peer_id, Access.READ)],
+            )
+
+    async def _clear_error(self) -> None:
+        """Remove this end's error report once a connection is up again."""
+        with suppress(*QUIET):
+            await self.domain.store.rm(self.error_path.rsplit("/", 1)[0])
+
+    async def read_peer_error(self) -> str | None:
+        """What the peer wrote to its error node (untrusted text, cut to `MAX_ERROR_TEXT`), or
+        None when it wrote none (or the store refuses to say)."""
+        with suppress(*QUIET):
+            raw = await self.domain.store.read_bytes(error_node(self.peer_nodes.path))
+            return raw[:MAX_ERROR_TEXT].decode("utf-8", "replace")
+        return None
 
     async def _peer_died(self) -> None:
         """The peer's process died under us: drop the connection and wait for a fresh peer."""

@@ -143,11 +143,19 @@ class Backend(DeviceBase):
             self._finish(PeerGoneError(f"{self.address}: closed and offline"))
 
     async def _local_failure(self, exc: RingkitError) -> None:
-        """Mapping or binding what the frontend published failed.  Its state node may be stale
-        (a dead frontend's): drop what we have and wait for the frontend to write a new state."""
+        """Mapping or binding what the frontend published failed (a bad or stale ``ring-ref``,
+        a read-only ring, an unknown port...).  Refuse the connection the way Linux does --
+        error node, Closing -> Closed -- so the frontend knows at once; its state node may be
+        stale (a dead frontend's), so wait for it to change before reacting again.  A frontend
+        that starts over (Initialising) gets InitWait and a fresh attempt."""
         self.log.warning("%s: cannot connect to the frontend: %s", self.address, exc)
-        await self._teardown()
+        await self._refuse(exc)
         self.handshake.peer_lost()
+        await self._after_refusal(exc)
+
+    async def _after_refusal(self, exc: RingkitError) -> None:
+        # Closed now: the toolstack's `online` decides whether we wait for the next frontend.
+        await self._after_connection()
 
     async def _peer_died(self) -> None:
         await super()._peer_died()
@@ -169,6 +177,7 @@ class Backend(DeviceBase):
             await self._teardown()
             raise
         await self.connected(self.own_nodes)
+        await self._clear_error()
         await self._write_state(S.CONNECTED)
         self.generation += 1
         self.log.info("%s connected (generation %d)", self.address, self.generation)

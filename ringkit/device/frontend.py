@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 
 from .._async.channel import FrontRingChannel
-from .._errors import PeerGoneError, RingkitError
+from .._errors import PeerGoneError, PeerRefusedError, RingkitError
 from ..abc import Domain, Transaction
 from ..proto.ring import FrontRing
 from ..proto.xenbus import Reaction, Role, XenbusState
@@ -61,6 +61,7 @@ class Frontend(DeviceBase):
         self.num_queues = self.max_queues
         """Queues to use; `negotiate` may lower it.  Capped by the backend's max."""
         self._stack: AsyncExitStack | None = None
+        self._opening = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -112,10 +113,16 @@ class Frontend(DeviceBase):
         """Return once connected (again, after a backend restart).
 
         Raises:
+            PeerRefusedError: the backend closed before the first connection was up.
             PeerGoneError: the device went away for good.
+            RemoteProtocolError: the backend broke the protocol before the first connection.
         """
         while not self.is_connected:
             if self._finished is not None:
+                if isinstance(self._finished, PeerRefusedError):
+                    raise PeerRefusedError(
+                        str(self._finished), self._finished.peer_error
+                    ) from self._finished
                 if isinstance(self._finished, PeerGoneError):
                     raise PeerGoneError(f"{self.address} is gone: {self._finished}")
                 raise self._finished
@@ -128,6 +135,7 @@ class Frontend(DeviceBase):
             await self._connect()
         elif reaction is Reaction.FINISH:
             await self.connected(self.peer_nodes)
+            await self._clear_error()
             await self._write_state(S.CONNECTED)
             self.generation += 1
             self.log.info("%s connected (generation %d)", self.address, self.generation)
@@ -138,6 +146,17 @@ class Frontend(DeviceBase):
                     await self._write_state(to)
             if self._closing:
                 self._finish(PeerGoneError("closed"))
+            elif self._opening:
+                # The backend closed before the first connection was up: it refused us (a ring
+                # it could not map, a node it found malformed).  Say why instead of waiting.
+                peer_error = await self.read_peer_error()
+                self._finish(
+                    PeerRefusedError(
+                        f"{self.address}: the backend closed before connecting"
+                        + (f" (its error node says: {peer_error})" if peer_error else ""),
+                        peer_error,
+                    )
+                )
         elif reaction is Reaction.RESTART:
             await self._teardown()
             await self._start_over()
@@ -148,12 +167,15 @@ class Frontend(DeviceBase):
     async def _local_failure(self, exc: RingkitError) -> None:
         """Sharing or publishing failed on our side: close and report it to the waiters."""
         self.log.warning("%s: cannot connect: %s", self.address, exc)
-        await self._teardown()
-        for to in (S.CLOSING, S.CLOSED):
-            if self.handshake.can_move(to):
-                with suppress(*QUIET):
-                    await self._write_state(to)
+        with suppress(*QUIET):
+            await self._refuse(exc)
         self._finish(exc)
+
+    async def _after_refusal(self, exc: RingkitError) -> None:
+        # A backend that broke the protocol before the first connection was up fails the
+        # open with that error; later, the frontend waits for the backend to start over.
+        if self._opening:
+            self._finish(exc)
 
     async def _start_over(self) -> None:
         if self._closing:
@@ -233,9 +255,12 @@ class Frontend(DeviceBase):
             self._tg.start_soon(self._watch, self.peer_nodes.node("state"), "backend state")
             self._tg.start_soon(self._watch, "@releaseDomain", "domain released")
             self._tg.start_soon(self._supervise)
+            self._opening = True
             with anyio.fail_after(self.connect_timeout):
                 await self.wait_connected()
+            self._opening = False
         except BaseException:
+            self._opening = False
             self._closing = True
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()

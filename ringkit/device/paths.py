@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .._errors import ConfigError, RemoteProtocolError, StoreError
 from ..abc import StoreOps
 
-__all__ = ("DeviceAddress", "Nodes")
+__all__ = ("DeviceAddress", "Nodes", "error_node")
 
 _TYPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _MAX_DOMID = 0x7FEF  # DOMID_FIRST_RESERVED - 1
@@ -64,6 +64,25 @@ class DeviceAddress:
             f"{self.device_type}/{self.devid} (frontend dom{self.frontend_id}, "
             f"backend dom{self.backend_id})"
         )
+
+
+_DOMAIN_HOME = re.compile(r"^(/local/domain/\d+)/(.+)$")
+
+
+def error_node(device_path: str) -> str:
+    """Where the end whose dir is `device_path` reports a fatal error, as Linux's
+    ``xenbus_dev_fatal`` does: ``error/<dir relative to its domain's home>/error`` under that
+    home, e.g. ``/local/domain/0/error/backend/vbd/5/51712/error``.  The value is
+    ``"<errno> <message>"``.
+
+    Raises:
+        ConfigError: `device_path` is not under ``/local/domain/<domid>/``.
+    """
+    match = _DOMAIN_HOME.match(device_path.rstrip("/"))
+    if match is None:
+        raise ConfigError(f"{device_path!r} is not a device dir under /local/domain/<domid>/")
+    home, rest = match.groups()
+    return f"{home}/error/{rest}/error"
 
 
 class Nodes:

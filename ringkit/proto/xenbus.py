@@ -40,8 +40,13 @@ as far as it gets without an answer from this side (Initialising, a frontend's I
 backend's InitWait, or closing).  The reactions say to do the work of any skipped state as
 well.  Values that are not a decimal state 0..8 and moves the peer's role can never make (a
 frontend in InitWait; Closing or Closed -> Connected, Reconfiguring, Reconfigured) are
-`RemoteProtocolError`; after one the `Handshake` is poisoned.  After `Handshake.peer_lost` the
-next new state is accepted whatever it is: it was written by the peer's successor.
+`RemoteProtocolError`.  Such an error ends the *connection*, never the end: the `Handshake` is
+then `broken` -- every later value of the peer's node is ignored (Reaction.NONE, no second
+error) until the peer starts over (`PEER_RESTARTS`: a frontend back at Initialising or
+Initialised, a backend back at Initialising, InitWait or Initialised), which is accepted as a
+new connection.  The caller closes its side meanwhile (Closing -> Closed), as Linux's
+``xenbus_dev_fatal`` does.  After `Handshake.peer_lost` the next new state is accepted whatever
+it is: it was written by the peer's successor.
 
 `Handshake` is the sans-I/O engine over these tables: it never touches the store.  The caller
 writes what `move()` returns to its own ``state`` node and feeds what it reads from the peer's
@@ -60,6 +65,7 @@ from .._errors import LocalProtocolError, RemoteProtocolError
 __all__ = (
     "LEFTOVER",
     "MOVES",
+    "PEER_RESTARTS",
     "REACHABLE",
     "REACTIONS",
     "Handshake",
@@ -177,6 +183,12 @@ _RESTART_TARGETS: Mapping[Role, frozenset[XenbusState]] = MappingProxyType(
 )
 """`_RESTART_TARGETS[role]`: the states a peer of `role` that started over (from any state,
 Closed included) can reach before it needs an answer from this side."""
+
+PEER_RESTARTS: Mapping[Role, frozenset[XenbusState]] = MappingProxyType(
+    {role: targets - _ANY_TO_CLOSE for role, targets in _RESTART_TARGETS.items()}
+)
+"""`PEER_RESTARTS[role]`: the states that show a peer of `role` starting a new connection.  A
+`Handshake` broken by that peer waits for one of them before it reacts to the peer again."""
 
 
 def _reachable(role: Role) -> dict[XenbusState, frozenset[XenbusState]]:
@@ -350,7 +362,8 @@ class Handshake:
     """One end's view of the handshake: its own state and the last state seen of the peer.
 
     `move()` validates this side's transitions (LocalProtocolError); `observe()` validates the
-    peer's (RemoteProtocolError, after which every call raises) and answers the `Reaction`.
+    peer's (RemoteProtocolError, after which the handshake is `broken` until the peer starts
+    over) and answers the `Reaction`.
     """
 
     def __init__(
@@ -362,7 +375,7 @@ class Handshake:
         self._peer_seen = peer_state is not S.UNKNOWN
         self._peer_stale = False
         self._starting = not self._peer_live()
-        self._poison: RemoteProtocolError | None = None
+        self._broken: RemoteProtocolError | None = None
 
     @property
     def state(self) -> XenbusState:
@@ -391,14 +404,15 @@ class Handshake:
 
     @property
     def error(self) -> RemoteProtocolError | None:
-        """The peer error that poisoned this handshake, or None while it is usable."""
-        return self._poison
+        """The peer's violation that broke the current connection, or None.  Cleared when the
+        peer starts over (see `PEER_RESTARTS`)."""
+        return self._broken
 
-    def _check_poison(self) -> None:
-        if self._poison is not None:
-            raise RemoteProtocolError(
-                f"handshake unusable after an earlier peer error: {self._poison}"
-            ) from self._poison
+    @property
+    def broken(self) -> bool:
+        """Whether the peer broke the handshake and has not started over since: its node is
+        ignored meanwhile (`observe` answers Reaction.NONE)."""
+        return self._broken is not None
 
     def can_move(self, to: XenbusState) -> bool:
         """Whether `move(to)` would be accepted."""
@@ -410,9 +424,7 @@ class Handshake:
 
         Raises:
             LocalProtocolError: the role may not go from its current state to `to`.
-            RemoteProtocolError: the handshake was poisoned by an earlier peer error.
         """
-        self._check_poison()
         to = XenbusState(to)
         if not self.can_move(to):
             allowed = ", ".join(s.xen_name for s in sorted(MOVES[self.role][self._state]))
@@ -428,12 +440,7 @@ class Handshake:
     def restart(self) -> XenbusState:
         """Start this side over at Initialising, from any state, as a freshly started process
         would; used after the peer died or restarted.  Writing Closed instead would tell a
-        restarted peer to close.  Returns the state to write.
-
-        Raises:
-            RemoteProtocolError: the handshake was poisoned by an earlier peer error.
-        """
-        self._check_poison()
+        restarted peer to close.  Returns the state to write."""
         self._state = S.INITIALISING
         self._starting = not self._peer_live()
         return self._state
@@ -452,10 +459,15 @@ class Handshake:
         """Take in the peer's ``state`` node value (None: the node is missing) and answer what
         this side should do now.
 
+        While `broken`, values are ignored (Reaction.NONE) until the peer starts over or its
+        node disappears.
+
         Raises:
-            RemoteProtocolError: a malformed value, or a move the peer's role can never make.
+            RemoteProtocolError: a malformed value, or a move the peer's role can never make;
+                the handshake is `broken` from then on.
         """
-        self._check_poison()
+        if self._broken is not None:
+            return self._observe_broken(raw)
         new = raw if isinstance(raw, XenbusState) else self._parse(raw)
         old = self._peer_state
         if (
@@ -484,8 +496,7 @@ class Handshake:
 
     def reaction(self) -> Reaction:
         """The reaction for the current (own, peer) pair; call again after each own move."""
-        self._check_poison()
-        if not self._peer_seen:
+        if not self._peer_seen or self._broken is not None:
             return Reaction.NONE
         if self._peer_stale and self._peer_state is not S.INITIALISING:
             # A dead peer's Initialising asks for nothing but our InitWait, which is harmless
@@ -502,6 +513,25 @@ class Handshake:
         except RemoteProtocolError as exc:
             self._fail(str(exc))
 
+    def _observe_broken(self, raw: str | bytes | XenbusState | None) -> Reaction:
+        """`observe` while broken: wait for the peer to start over (or to vanish)."""
+        if isinstance(raw, XenbusState):
+            new = raw
+        else:
+            try:
+                new = parse_state(raw)
+            except RemoteProtocolError:
+                return Reaction.NONE  # more garbage: already answered
+        if new is S.UNKNOWN or new in PEER_RESTARTS[self.role.peer]:
+            self._broken = None
+            self._peer_stale = False
+            self._peer_state = new
+            if new is not S.UNKNOWN:
+                self._peer_seen = True
+                self._starting = False
+            return self.reaction()
+        return Reaction.NONE
+
     def _fail(self, message: str) -> NoReturn:
-        self._poison = RemoteProtocolError(message)
-        raise self._poison
+        self._broken = RemoteProtocolError(message)
+        raise self._broken

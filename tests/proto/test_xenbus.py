@@ -51,13 +51,54 @@ def test_malformed_peer_state_is_remote_error(bad: str | bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_state(bad)
     hs = Handshake(Role.BACKEND)
+    hs.move(S.INITIALISING)
+    hs.move(S.INIT_WAIT)
     with pytest.raises(RemoteProtocolError):
         hs.observe(bad)
-    # Poisoned: every later call raises too.
+    assert hs.broken and hs.error is not None
+    # The connection is over, the end is not: it may still close its side, and the peer's
+    # node is ignored -- more garbage, or anything but a fresh start -- without a second error.
+    for to in (S.CLOSING, S.CLOSED):
+        hs.move(to)
+    for later in (bad, "abc", "4", "5", "6", "2"):
+        assert hs.observe(later) is Reaction.NONE
+    assert hs.broken
+    # A frontend starting over is a new connection: the backend starts over too.
+    assert hs.observe("1") is Reaction.RESTART
+    assert not hs.broken and hs.error is None
+
+
+@pytest.mark.parametrize(
+    ("role", "restart", "reaction"),
+    [
+        (Role.BACKEND, S.INITIALISING, Reaction.RESTART),
+        (Role.BACKEND, S.INITIALISED, Reaction.RESTART),
+        (Role.FRONTEND, S.INIT_WAIT, Reaction.RESTART),
+        (Role.FRONTEND, S.INITIALISING, Reaction.NONE),  # then InitWait restarts it
+    ],
+)
+def test_a_broken_handshake_waits_for_the_peer_to_start_over(
+    role: Role, restart: XenbusState, reaction: Reaction
+) -> None:
+    hs = Handshake(role)
+    hs.move(S.INITIALISING)
+    hs.observe(S.INITIALISING)
     with pytest.raises(RemoteProtocolError):
-        hs.observe("1")
+        hs.observe("99")
+    hs.move(S.CLOSING)
+    hs.move(S.CLOSED)
+    assert hs.reaction() is Reaction.NONE
+    assert hs.observe(restart.to_wire()) is reaction
+    assert hs.error is None
+
+
+def test_a_broken_handshake_still_sees_the_device_removed() -> None:
+    hs = Handshake(Role.BACKEND)
+    hs.move(S.INITIALISING)
+    hs.observe("4")
     with pytest.raises(RemoteProtocolError):
-        hs.move(S.INITIALISING)
+        hs.observe("2")  # a frontend can never be in InitWait
+    assert hs.observe(None) is Reaction.GONE
 
 
 def test_every_state_can_close_and_tables_are_complete() -> None:
