@@ -368,8 +368,13 @@ class DeviceBase(AsyncResource):
         node, then Closing -> Closed (both at once: nothing is mapped any more)."""
         await self._teardown()
         await self._report_error(exc)
+        await self._close_own()
+
+    async def _close_own(self) -> None:
+        """Move this end to Closing, then Closed, skipping what it is already in: rewriting a
+        state would only wake our own watch for nothing."""
         for to in (S.CLOSING, S.CLOSED):
-            if self.handshake.can_move(to):
+            if self.handshake.state is not to and self.handshake.can_move(to):
                 await self._write_state(to)
 
     async def _after_refusal(self, exc: RingkitError) -> None:

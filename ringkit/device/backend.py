@@ -123,16 +123,38 @@ class Backend(DeviceBase):
             await self._connect()
         elif reaction is Reaction.CLOSE:
             await self._teardown()
-            for to in (S.CLOSING, S.CLOSED):
-                if self.handshake.can_move(to):
-                    await self._write_state(to)
+            store = self.domain.store
+            if not await store.exists(self.own_nodes.node("state")):
+                self._finish(PeerGoneError(f"{self.address}: the device was removed"))
+                return
+            if not await store.exists(f"/local/domain/{self.peer_id}"):
+                # Not something a guest can do: the toolstack released the domain.
+                self._finish(PeerGoneError(f"{self.address}: the frontend's domain is gone"))
+                return
+            await self._close_own()
+            # Unknown asks for nothing more: wait for the frontend to write something else.
+            self.handshake.peer_lost()
             await self._after_connection()
         elif reaction is Reaction.RESTART:
             await self._teardown()
             await self._start_over()
         elif reaction is Reaction.GONE:
+            # The frontend's state reads Unknown: its dir was removed, or the guest wrote 0 or
+            # nothing there.  Either way only that connection ends; the toolstack -- our own dir,
+            # `online` -- decides whether the device is gone (a guest cannot stop the backend).
             await self._teardown()
-            self._finish(PeerGoneError(f"{self.address}: the frontend's entries were removed"))
+            store = self.domain.store
+            if not await store.exists(self.own_nodes.node("state")):
+                self._finish(PeerGoneError(f"{self.address}: the device was removed"))
+                return
+            if not await store.exists(f"/local/domain/{self.peer_id}"):
+                # Not something a guest can do: the toolstack released the domain.
+                self._finish(PeerGoneError(f"{self.address}: the frontend's domain is gone"))
+                return
+            await self._close_own()
+            # Unknown asks for nothing more: wait for the frontend to write something else.
+            self.handshake.peer_lost()
+            await self._after_connection()
 
     async def _after_connection(self) -> None:
         if self._once and self._connections_ended:
