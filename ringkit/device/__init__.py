@@ -125,6 +125,7 @@ from .backend import Backend as Backend
 from .frontend import Frontend as Frontend
 from .paths import DeviceAddress as DeviceAddress
 from .paths import Nodes as Nodes
+from .paths import error_node as error_node
 from .queue import Queue as Queue
 from .toolstack import create_device as create_device
 from .toolstack import destroy_device as destroy_device
@@ -142,4 +143,5 @@ __all__ = (
     "XenbusState",
     "create_device",
     "destroy_device",
+    "error_node",
 )

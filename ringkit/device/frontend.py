@@ -23,7 +23,7 @@ from ..proto.ring import FrontRing
 from ..proto.xenbus import Reaction, Role, XenbusState
 from ._base import QUIET, DeviceBase, DeviceTasks
 from .paths import DeviceAddress, Nodes
-from .queue import Queue, queue_nodes, ring_ref_names
+from .queue import Queue, is_ring_key, queue_nodes, ring_ref_names
 
 __all__ = ("Frontend",)
 
@@ -141,9 +141,7 @@ class Frontend(DeviceBase):
             self.log.info("%s connected (generation %d)", self.address, self.generation)
         elif reaction is Reaction.CLOSE:
             await self._teardown()
-            for to in (S.CLOSING, S.CLOSED):
-                if self.handshake.can_move(to):
-                    await self._write_state(to)
+            await self._close_own()
             if self._closing:
                 self._finish(PeerGoneError("closed"))
             elif self._opening:
@@ -208,6 +206,12 @@ class Frontend(DeviceBase):
 
         async def body(tx: Transaction) -> None:
             own = self.own_nodes.at(tx)
+            # Start from a clean slate: a key an earlier connection (or an earlier kernel, or a
+            # tampering guest) left -- e.g. multi-queue-num-queues after going down to one
+            # queue -- would be read by the backend as part of this one.
+            for name in await tx.directory(own.path):
+                if is_ring_key(name, self.event_channel_key):
+                    await tx.rm(own.node(name))
             if order:
                 await own.write("ring-page-order", order)
             if queues > 1:

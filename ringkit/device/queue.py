@@ -11,6 +11,7 @@ Key names follow io/blkif.h (and netif.h):
 
 from __future__ import annotations
 
+import re
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -21,7 +22,14 @@ from .._errors import RemoteProtocolError, RingkitError, StoreError
 from ..abc import EventChannel, MappedPages, SharedPages
 from .paths import Nodes
 
-__all__ = ("MAX_QUEUES", "Queue", "queue_nodes", "read_ring_refs", "ring_ref_names")
+__all__ = (
+    "MAX_QUEUES",
+    "Queue",
+    "is_ring_key",
+    "queue_nodes",
+    "read_ring_refs",
+    "ring_ref_names",
+)
 
 MAX_QUEUES = 64
 """Upper bound ringkit accepts for ``multi-queue-num-queues`` from a peer."""
@@ -30,6 +38,16 @@ MAX_QUEUES = 64
 def ring_ref_names(order: int) -> list[str]:
     """``["ring-ref"]`` for one page, else ``ring-ref0`` .. ``ring-ref<2**order - 1>``."""
     return ["ring-ref"] if order == 0 else [f"ring-ref{i}" for i in range(1 << order)]
+
+
+_RING_KEY = re.compile(r"^(ring-ref\d*|queue-\d+|ring-page-order|multi-queue-num-queues)$")
+
+
+def is_ring_key(name: str, event_channel_key: str = "event-channel") -> bool:
+    """Whether `name`, a child of a frontend dir, is one of the keys that describe its rings
+    (ring refs, their order, queue dirs, the event channel): the frontend rewrites them all
+    on every connection, so none is left over from an earlier one."""
+    return name == event_channel_key or _RING_KEY.match(name) is not None
 
 
 def queue_nodes(device: Nodes, index: int, num_queues: int) -> Nodes:
