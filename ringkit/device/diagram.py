@@ -133,7 +133,24 @@ def render() -> str:
         "the connection is torn down, the peer's state node is marked stale "
         "(`Handshake.peer_lost`) and this end starts over, ignoring the stale node until the "
         "restarted peer writes a new state.  A removed device (either dir deleted, e.g. after "
-        "the domain was destroyed and `@releaseDomain` fired) reads as Unknown: *gone*.\n"
+        "the domain was destroyed and `@releaseDomain` fired) reads as Unknown: *gone*.  A "
+        "backend only stops for it when the toolstack's word says so -- its own dir removed, "
+        "the frontend's domain gone, or `online` = 0; a guest writing 0 or nothing to its own "
+        "node only ends its connection.\n"
+    )
+    parts.append(
+        "## A peer that breaks the protocol\n\n"
+        "A state value that is not 0..8, or a move the peer's role can never make (a frontend "
+        "in InitWait; Closing or Closed -> Connected), ends that *connection*, never the end: "
+        "this end tears the rings down, writes `error/<its dir>/error` under its domain's home "
+        "(`\"<errno> <message>\"`, readable by the peer, as Linux's `xenbus_dev_fatal`), goes "
+        "Closing -> Closed, and ignores the peer's node until the peer starts over "
+        "(`PEER_RESTARTS`: a frontend back at Initialising or Initialised, a backend back at "
+        "Initialising, InitWait or Initialised).  Nodes that cannot be used -- a ring-ref that "
+        "is missing, malformed, never granted, revoked or read-only, an event channel that "
+        "cannot be bound, an order or queue count out of range -- are refused the same way.  "
+        "A frontend refused before its first connection raises `PeerRefusedError` carrying the "
+        "backend's message; a serving backend waits for the next frontend.\n"
     )
     return "\n".join(parts)
 

@@ -151,8 +151,9 @@ async def test_destroying_the_guest_domain_ends_the_backend_cleanly() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_random_frontend_states_never_crash_the_backend(seed: int) -> None:
-    """A guest scribbling random values into its state and ring nodes: the backend either
-    keeps serving its device or stops it with RemoteProtocolError -- nothing else, no leaks."""
+    """A guest scribbling random values into its state and ring nodes: the backend keeps
+    serving its device (each bad value ends at most that connection) until it is closed, and
+    leaks nothing."""
     import random
 
     rng = random.Random(seed)
@@ -176,7 +177,8 @@ async def test_random_frontend_states_never_crash_the_backend(seed: int) -> None
                     await w.domu.store.write(f"{fe}/{node}", rng.choice(values))
                     await anyio.sleep(rng.choice([0, 0.001, 0.005]))
                 await anyio.sleep(0.05)
-            assert len(outcome) == 1
+                assert not backend.finished, backend._finished
+            assert outcome == [None]
             assert not backend.queues
 
 
