@@ -21,6 +21,7 @@ from ringkit.xen import open_domain
 
 pytestmark = [
     pytest.mark.xen,
+    pytest.mark.anyio,
     pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc"), reason="needs real Xen"),
 ]
 
