@@ -17,14 +17,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from contextvars import ContextVar
+from functools import partial
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar, Generic
 
 import anyio
 from anyio.abc import AsyncResource, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._async._link import PeerLink
 from .._errors import (
+    ConfigError,
     EventChannelError,
     LocalProtocolError,
     PeerGoneError,
@@ -36,7 +39,7 @@ from ..abc import Access, Domain, Permission, StoreOps
 from ..proto.layout import MAX_RING_PAGE_ORDER, RingLayout
 from ..proto.xenbus import Handshake, Reaction, Role, XenbusState
 from .paths import DeviceAddress, Nodes, error_node
-from .queue import Queue
+from .queue import MAX_QUEUES, ChannelT, Queue
 
 QUIET = (RingkitError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 """Errors a closing device ignores: the peer, the store or the transport may be gone."""
@@ -80,7 +83,9 @@ def ring_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-_OPEN_DEVICES: ContextVar[tuple[DeviceBase, ...]] = ContextVar("ringkit_open_devices", default=())
+_OPEN_DEVICES: ContextVar[tuple[DeviceBase[Any], ...]] = ContextVar(
+    "ringkit_open_devices", default=()
+)
 """The devices the current task opened and has not closed yet, oldest first."""
 
 
@@ -90,7 +95,7 @@ class DeviceTasks:
     failure ends the device with that error -- it never tears through the task that entered
     the device."""
 
-    def __init__(self, device: DeviceBase, tg: TaskGroup) -> None:
+    def __init__(self, device: DeviceBase[Any], tg: TaskGroup) -> None:
         self._device = device
         self._tg = tg
 
@@ -114,17 +119,19 @@ class DeviceTasks:
             self._device._task_failed(exc)
 
 
-class DeviceBase(AsyncResource):
+class DeviceBase(AsyncResource, Generic[ChannelT]):
     """Shared machinery of `Frontend` and `Backend`; not used directly."""
 
     device_type: ClassVar[str] = ""
     """The xenstore device type: "vbd", "console", "echo"..."""
     ring_layout: ClassVar[RingLayout | None] = None
     """io/ring.h slot layout; None when the driver interprets the shared pages itself."""
-    max_ring_page_order: ClassVar[int] = 0
-    """Largest ring, as a power of two of pages, this end supports (0..4)."""
-    max_queues: ClassVar[int] = 1
-    """Most rings (queues) this end supports; 1 = no multi-queue keys."""
+    max_ring_page_order: int = 0
+    """Largest ring, as a power of two of pages, this end supports (0..4).  A class default;
+    an instance may lower or raise it through the constructor's ``max_ring_page_order``."""
+    max_queues: int = 1
+    """Most rings (queues) this end supports; 1 = no multi-queue keys.  A class default; an
+    instance may change it through the constructor's ``max_queues``."""
     event_channel_key: ClassVar[str] = "event-channel"
     """The node naming a queue's event channel ("port" for the console)."""
     close_timeout: ClassVar[float] = 10.0
@@ -132,15 +139,33 @@ class DeviceBase(AsyncResource):
 
     role: ClassVar[Role]
 
-    def __init__(self, domain: Domain, address: DeviceAddress) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        address: DeviceAddress,
+        *,
+        max_ring_page_order: int | None = None,
+        max_queues: int | None = None,
+    ) -> None:
         if not self.device_type:
             raise TypeError(f"{type(self).__name__} must set device_type")
-        if not 0 <= self.max_ring_page_order <= MAX_RING_PAGE_ORDER:
+        if not 0 <= type(self).max_ring_page_order <= MAX_RING_PAGE_ORDER:
             raise TypeError(f"{type(self).__name__}.max_ring_page_order must be 0..4")
+        if max_ring_page_order is not None:
+            if not 0 <= max_ring_page_order <= MAX_RING_PAGE_ORDER:
+                raise ConfigError(
+                    f"max_ring_page_order must be 0..{MAX_RING_PAGE_ORDER}, got "
+                    f"{max_ring_page_order!r}"
+                )
+            self.max_ring_page_order = max_ring_page_order
+        if max_queues is not None:
+            if not 1 <= max_queues <= MAX_QUEUES:
+                raise ConfigError(f"max_queues must be 1..{MAX_QUEUES}, got {max_queues!r}")
+            self.max_queues = max_queues
         self.domain = domain
         self.address = address
         self.handshake = Handshake(self.role)
-        self.queues: list[Queue] = []
+        self.queues: list[Queue[ChannelT]] = []
         self.generation = 0
         """Incremented on every new connection."""
         self.log = logging.getLogger(f"ringkit.device.{self.device_type}.{self.role.value}")
@@ -197,6 +222,14 @@ class DeviceBase(AsyncResource):
         return self._finished is not None
 
     # ------------------------------------------------------------------ hooks
+
+    def _attach(self, queue: Queue[ChannelT], channel: ChannelT) -> None:
+        """Give `queue` the channel the driver built; a ring shell (`RingChannel`,
+        `PipeStream`) that breaks -- the peer died or misbehaved -- wakes the supervisor, so no
+        driver has to wire that itself."""
+        if isinstance(channel, PeerLink):
+            channel.on_broken = partial(self.wake, "ring broken")
+        queue.channel = channel
 
     async def disconnected(self) -> None:
         """Hook: the current connection was torn down (the rings are already released)."""
@@ -364,10 +397,14 @@ class DeviceBase(AsyncResource):
         await self._after_refusal(exc)
 
     async def _refuse(self, exc: RingkitError) -> None:
-        """End the connection as Linux's ``xenbus_dev_fatal`` does: tear down, write the error
-        node, then Closing -> Closed (both at once: nothing is mapped any more)."""
-        await self._teardown()
+        """End the connection as Linux's ``xenbus_dev_fatal`` does: write the error node and
+        Closing first -- the peer learns of it as an orderly close, not as this end vanishing
+        under it -- then tear down and say Closed (without waiting for the peer: it broke the
+        protocol, or there is nothing mapped yet)."""
         await self._report_error(exc)
+        if self.handshake.state is not S.CLOSED and self.handshake.can_move(S.CLOSING):
+            await self._write_state(S.CLOSING)
+        await self._teardown()
         await self._close_own()
 
     async def _close_own(self) -> None:
