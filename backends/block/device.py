@@ -45,19 +45,17 @@ class BlockBackend(Backend):
 
     device_type: ClassVar[str] = "vbd"
     ring_layout = blkif.RING_LAYOUT
-    max_ring_page_order: ClassVar[int] = MAX_RING_PAGE_ORDER
+    max_ring_page_order = MAX_RING_PAGE_ORDER
     """The class's ceiling; an instance offers its `config`'s value."""
-    max_queues: ClassVar[int] = 4
+    max_queues = 4
     """The default; an instance offers its `config`'s value."""
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
                  image: str | os.PathLike[str], config: ServiceConfig | None = None) -> None:
         config = config or ServiceConfig()
-        # the device framework reads these limits from the instance: this one's are the
-        # user's (already validated) settings, not the class defaults
-        vars(self).update(max_ring_page_order=config.max_ring_page_order,
-                          max_queues=config.max_queues)
-        super().__init__(domain, frontend_id, devid)
+        super().__init__(domain, frontend_id, devid,
+                         max_ring_page_order=config.max_ring_page_order,
+                         max_queues=config.max_queues)
         self.config = config
         self.image = Image(image, readonly=config.read_only)
         self.persistent = False
@@ -111,10 +109,8 @@ class BlockBackend(Backend):
             for queue in self.queues
         }
 
-    async def serve(self, queue: Queue) -> None:
-        channel = queue.channel
-        assert isinstance(channel, BackRingChannel)
-        await serve_ring(channel, self.services[queue.index])
+    async def serve(self, queue: Queue[BackRingChannel]) -> None:
+        await serve_ring(queue.channel, self.services[queue.index])
 
     async def disconnected(self) -> None:
         services, self.services = self.services, {}

@@ -80,7 +80,7 @@ class _BackendConsoleStream(PipeStream):
         await super().aclose()
 
 
-class ConsoleBackend(Backend):
+class ConsoleBackend(Backend[PipeStream]):
     """Serves one guest console.  ``async with ConsoleBackend(dom0, guest, log_path=...,
     pty=True) as console: print(console.pty_path); await console.run()``.
 
@@ -120,7 +120,7 @@ class ConsoleBackend(Backend):
 
     # ------------------------------------------------------------------ device hooks
 
-    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+    def make_channel(self, queue: Queue[PipeStream]) -> PipeStream:
         ring = ConsoleRing(queue.buffer, ConsoleSide.BACKEND)
         ring.set_connected(True)
         stream = _BackendConsoleStream(ring, queue.event)
@@ -140,9 +140,8 @@ class ConsoleBackend(Backend):
         if self.pty_path is not None:
             await nodes.write("tty", self.pty_path)
 
-    async def serve(self, queue: Queue) -> None:
+    async def serve(self, queue: Queue[PipeStream]) -> None:
         stream = queue.channel
-        assert isinstance(stream, PipeStream)
         if self.log_path is not None and self._log is None:
             self._log = self.log_path.open("ab", buffering=0)
         async with anyio.create_task_group() as tg:

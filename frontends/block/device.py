@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ringkit._async.channel import FrontRingChannel
 from ringkit._errors import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import Domain, SharedPages
 from ringkit.device import Frontend, Nodes
@@ -44,8 +43,8 @@ class BlockFrontend(Frontend):
 
     device_type: ClassVar[str] = "vbd"
     ring_layout = blkif.RING_LAYOUT
-    max_ring_page_order: ClassVar[int] = 4
-    max_queues: ClassVar[int] = 4
+    max_ring_page_order = 4
+    max_queues = 4
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  pool_pages: int = DEFAULT_POOL_PAGES, ring_page_order: int = 0,
@@ -101,16 +100,12 @@ class BlockFrontend(Frontend):
             persistent=self.offer_persistent and await backend.read_flag("feature-persistent"),
         )
         pool = await self.domain.grants.share(self.peer_id, self.pool_pages, writable=True)
-        channels = []
-        for queue in self.queues:
-            assert isinstance(queue.channel, FrontRingChannel)
-            channels.append(queue.channel)
-        queues = FrontQueues(channels)
+        queues = FrontQueues([queue.channel for queue in self.queues])
         client = BlockClient(queues.send, pool.buffer, pool.refs, info,
                              verify_reads=self.verify_reads)
         self.info, self._pool, self._client = info, pool, client
         assert self._tg is not None
-        for index in range(len(channels)):
+        for index in range(len(self.queues)):
             self._tg.start_soon(self._receive, queues, index, client)
 
     async def _receive(self, queues: FrontQueues, index: int, client: BlockClient) -> None:

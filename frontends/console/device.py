@@ -8,8 +8,6 @@ goes to the backend through ``out[2048]``, what it receives comes through ``in[1
 
 from __future__ import annotations
 
-import anyio.abc
-
 from ..._async.stream import PipeStream
 from ...abc import Domain
 from ...device import Frontend, Queue
@@ -23,7 +21,7 @@ from ...proto.console import (
 __all__ = ("ConsoleFrontend",)
 
 
-class ConsoleFrontend(Frontend):
+class ConsoleFrontend(Frontend[PipeStream]):
     """``async with ConsoleFrontend(domain, backend_id) as console:`` then
     ``await console.stream.send(b"...")`` / ``await console.stream.receive()``.
 
@@ -38,11 +36,9 @@ class ConsoleFrontend(Frontend):
     ) -> None:
         super().__init__(domain, backend_id, check_console_devid(devid))
 
-    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+    def make_channel(self, queue: Queue[PipeStream]) -> PipeStream:
         # A freshly granted page is zeroed: every index 0, connection byte 0.
-        stream = PipeStream(ConsoleRing(queue.buffer, ConsoleSide.FRONTEND), queue.event)
-        stream.on_broken = lambda exc: self.wake("console broken", exc)
-        return stream
+        return PipeStream(ConsoleRing(queue.buffer, ConsoleSide.FRONTEND), queue.event)
 
     @property
     def stream(self) -> PipeStream:
@@ -51,9 +47,7 @@ class ConsoleFrontend(Frontend):
         Raises:
             PeerGoneError: not connected.
         """
-        stream = self.queue(0).channel
-        assert isinstance(stream, PipeStream)
-        return stream
+        return self.channel
 
     def backend_connected(self) -> bool:
         """Whether the backend says it is attached (the page's connection byte)."""

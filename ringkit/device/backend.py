@@ -12,11 +12,14 @@ device is removed (either dir deleted), or after the first connection ends with 
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, suppress
-from typing import Self
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from functools import partial
+from typing import Self, cast
 
 import anyio
-import anyio.abc
+from anyio.abc import AsyncResource
+from typing_extensions import TypeVar
 
 from .._async.channel import BackRingChannel
 from .._errors import (
@@ -34,12 +37,17 @@ from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, ring_failure
 from .paths import DeviceAddress, Nodes
 from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
 
-__all__ = ("Backend",)
+__all__ = ("BackChannelT", "Backend")
 
 S = XenbusState
 
 
-class Backend(DeviceBase):
+BackChannelT = TypeVar("BackChannelT", bound=AsyncResource, default=BackRingChannel)
+"""What a backend's driver serves through; io/ring.h's `BackRingChannel` unless the driver
+builds something else in `Backend.make_channel` (the console: `PipeStream`)."""
+
+
+class Backend(DeviceBase[BackChannelT]):
     """Base class of a backend driver serving one device of one frontend domain.
 
     Use as ``async with MyBackend(domain, frontend_id, devid) as be: await be.run()``.
@@ -54,9 +62,20 @@ class Backend(DeviceBase):
 
     role = Role.BACKEND
 
-    def __init__(self, domain: Domain, frontend_id: int, devid: int = 0) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        frontend_id: int,
+        devid: int = 0,
+        *,
+        max_ring_page_order: int | None = None,
+        max_queues: int | None = None,
+    ) -> None:
         super().__init__(
-            domain, DeviceAddress(self.device_type, frontend_id, domain.domid, devid)
+            domain,
+            DeviceAddress(self.device_type, frontend_id, domain.domid, devid),
+            max_ring_page_order=max_ring_page_order,
+            max_queues=max_queues,
         )
         self._serve_scopes: list[anyio.CancelScope] = []
         self._serving = 0
@@ -78,18 +97,21 @@ class Backend(DeviceBase):
     async def connected(self, nodes: Nodes) -> None:
         """Hook: the rings are mapped; write device properties before saying Connected."""
 
-    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+    def make_channel(self, queue: Queue[BackChannelT]) -> BackChannelT:
         """Hook: attach to the mapped ring pages.  Default: a `BackRingChannel` over
-        `ring_layout` (the backend never initialises the ring)."""
+        `ring_layout` (the backend never initialises the ring).  The framework wires a ring
+        shell's breakage to the device itself."""
         if self.ring_layout is None:
             raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
-        return BackRingChannel(BackRing.attach(queue.buffer, self.ring_layout), queue.event)
+        channel = BackRingChannel(BackRing.attach(queue.buffer, self.ring_layout), queue.event)
+        return cast(BackChannelT, channel)
 
-    async def serve(self, queue: Queue) -> None:
+    async def serve(self, queue: Queue[BackChannelT]) -> None:
         """Serve one queue while connected.  Default: take every pending request, answer each
         with `handle`, push the burst's responses at once; until the channel breaks."""
         channel = queue.channel
-        assert isinstance(channel, BackRingChannel), "override serve for a custom channel"
+        if not isinstance(channel, BackRingChannel):
+            raise TypeError(f"{type(self).__name__} builds its own channel: override serve")
         while True:
             requests = await channel.receive_batch()
             responses = [await self.handle(request) for request in requests]
@@ -205,7 +227,7 @@ class Backend(DeviceBase):
         self.log.info("%s connected (generation %d)", self.address, self.generation)
         self._start_serving()
 
-    async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue:
+    async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue[BackChannelT]:
         nodes = queue_nodes(self.peer_nodes, index, num_queues)
         refs = await read_ring_refs(nodes, order)
         port = await nodes.read_int(self.event_channel_key, maximum=2**31)
@@ -215,10 +237,10 @@ class Backend(DeviceBase):
         except BaseException:
             await pages.aclose()
             raise
-        queue = Queue(index, nodes, pages, event, order)
+        queue: Queue[BackChannelT] = Queue(index, nodes, pages, event, order)
         try:
             pages.set_unmap_notify(port=event.port)
-            queue.channel = self.make_channel(queue)
+            self._attach(queue, self.make_channel(queue))
         except BaseException:
             await queue.aclose()
             raise
@@ -235,7 +257,7 @@ class Backend(DeviceBase):
             self._serving += 1
             self._tg.start_soon(self._serve_queue, queue, scope)
 
-    async def _serve_queue(self, queue: Queue, scope: anyio.CancelScope) -> None:
+    async def _serve_queue(self, queue: Queue[BackChannelT], scope: anyio.CancelScope) -> None:
         try:
             with scope:
                 await self.serve(queue)
@@ -306,6 +328,24 @@ class Backend(DeviceBase):
         await self.wait_finished()
         if self._finished is not None and not isinstance(self._finished, PeerGoneError):
             raise self._finished
+
+    @asynccontextmanager
+    async def running(self, *, once: bool = False) -> AsyncIterator[Self]:
+        """Open the device and serve it in the background for the body of an ``async with``;
+        leaving the block closes it::
+
+            async with EchoBackend(dom0, guest).running() as backend:
+                ...                     # a frontend connects, traffic flows
+
+        ``await backend.wait_finished()`` inside waits for the device to end by itself (removed
+        by the toolstack, or with `once`, the first connection over).
+
+        Raises:
+            RemoteProtocolError, Exception: what `run` raises (not a peer's doing).
+        """
+        async with anyio.create_task_group() as tg, self:
+            tg.start_soon(partial(self.run, once=once))
+            yield self
 
     async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
         await super()._on_wakeups(wakeups)

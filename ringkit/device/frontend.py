@@ -11,10 +11,11 @@ increments); closing does the orderly Closing -> (backend unmaps, Closed) -> uns
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
-from typing import Self
+from typing import Self, cast
 
 import anyio
-import anyio.abc
+from anyio.abc import AsyncResource
+from typing_extensions import TypeVar
 
 from .._async.channel import FrontRingChannel
 from .._errors import PeerGoneError, PeerRefusedError, RingkitError
@@ -25,12 +26,17 @@ from ._base import QUIET, DeviceBase, DeviceTasks
 from .paths import DeviceAddress, Nodes
 from .queue import Queue, is_ring_key, queue_nodes, ring_ref_names
 
-__all__ = ("Frontend",)
+__all__ = ("FrontChannelT", "Frontend")
 
 S = XenbusState
 
 
-class Frontend(DeviceBase):
+FrontChannelT = TypeVar("FrontChannelT", bound=AsyncResource, default=FrontRingChannel)
+"""What a frontend's driver talks through; io/ring.h's `FrontRingChannel` unless the driver
+builds something else in `Frontend.make_channel` (the console: `PipeStream`)."""
+
+
+class Frontend(DeviceBase[FrontChannelT]):
     """Base class of a frontend driver.  Use as ``async with MyFrontend(domain, backend_id,
     devid) as fe:`` -- entering connects (handshake to Connected), leaving closes.
 
@@ -52,9 +58,20 @@ class Frontend(DeviceBase):
     Closed from an earlier connection to answer the new frontend with InitWait (the frontend
     keeps Initialising meanwhile; see `ringkit.proto.xenbus.LEFTOVER`)."""
 
-    def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        backend_id: int = 0,
+        devid: int = 0,
+        *,
+        max_ring_page_order: int | None = None,
+        max_queues: int | None = None,
+    ) -> None:
         super().__init__(
-            domain, DeviceAddress(self.device_type, domain.domid, backend_id, devid)
+            domain,
+            DeviceAddress(self.device_type, domain.domid, backend_id, devid),
+            max_ring_page_order=max_ring_page_order,
+            max_queues=max_queues,
         )
         self.ring_page_order = self.max_ring_page_order
         """Order to use; `negotiate` may lower it.  Capped by the backend's max."""
@@ -76,30 +93,27 @@ class Frontend(DeviceBase):
     async def connected(self, backend: Nodes) -> None:
         """Hook: the backend is Connected; read its device properties."""
 
-    def make_channel(self, queue: Queue) -> anyio.abc.AsyncResource:
+    def make_channel(self, queue: Queue[FrontChannelT]) -> FrontChannelT:
         """Hook: initialise the freshly shared ring pages and build what the driver talks
-        through.  Default: SHARED_RING_INIT for `ring_layout` and a `FrontRingChannel`."""
+        through.  Default: SHARED_RING_INIT for `ring_layout` and a `FrontRingChannel`.  The
+        framework wires a ring shell's breakage to the device itself."""
         if self.ring_layout is None:
             raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
         engine = FrontRing.init(queue.buffer, self.ring_layout)
-        channel = FrontRingChannel(engine, queue.event)
-        channel.on_broken = lambda exc: self.wake("ring broken", exc)
-        return channel
+        return cast(FrontChannelT, FrontRingChannel(engine, queue.event))
 
     # ------------------------------------------------------------------ driver API
 
     @property
-    def channel(self) -> FrontRingChannel:
-        """Queue 0's ring channel of the current connection.
+    def channel(self) -> FrontChannelT:
+        """Queue 0's channel of the current connection.
 
         Raises:
             PeerGoneError: not connected (see `wait_connected`).
         """
-        channel = self.queue(0).channel
-        assert isinstance(channel, FrontRingChannel), "make_channel built something else"
-        return channel
+        return self.queue(0).channel
 
-    def queue(self, index: int = 0) -> Queue:
+    def queue(self, index: int = 0) -> Queue[FrontChannelT]:
         """Queue `index` of the current connection.
 
         Raises:
@@ -230,18 +244,22 @@ class Frontend(DeviceBase):
         self.handshake.move(S.INITIALISED)
         self._signal_change()
 
-    async def _share_queue(self, index: int, order: int, num_queues: int) -> Queue:
+    async def _share_queue(
+        self, index: int, order: int, num_queues: int
+    ) -> Queue[FrontChannelT]:
         pages = await self.domain.grants.share(self.peer_id, 1 << order, writable=True)
         try:
             event = await self.domain.events.alloc_unbound(self.peer_id)
         except BaseException:
             await pages.aclose()
             raise
-        queue = Queue(index, queue_nodes(self.own_nodes, index, num_queues), pages, event, order)
+        queue: Queue[FrontChannelT] = Queue(
+            index, queue_nodes(self.own_nodes, index, num_queues), pages, event, order
+        )
         try:
             # If this process dies, the backend is woken and finds the port closed.
             pages.set_unmap_notify(port=event.port)
-            queue.channel = self.make_channel(queue)
+            self._attach(queue, self.make_channel(queue))
         except BaseException:
             await queue.aclose()
             raise

@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Generic
 
 import anyio
 from anyio.abc import AsyncResource
+from typing_extensions import TypeVar
 
 from .._errors import RemoteProtocolError, RingkitError, StoreError
 from ..abc import EventChannel, MappedPages, SharedPages
@@ -24,6 +26,7 @@ from .paths import Nodes
 
 __all__ = (
     "MAX_QUEUES",
+    "ChannelT",
     "Queue",
     "is_ring_key",
     "queue_nodes",
@@ -76,11 +79,19 @@ async def read_ring_refs(nodes: Nodes, order: int) -> list[int]:
     return refs
 
 
+ChannelT = TypeVar("ChannelT", bound=AsyncResource, default=AsyncResource)
+"""What a driver talks through on one queue (`Queue.channel`)."""
+
+
 @dataclass(eq=False)
-class Queue:
+class Queue(Generic[ChannelT]):
     """One ring of a connected device: its pages, its event channel and the channel built on
     them.  Closing releases them in teardown order: the channel lets go of the buffer, the pages
-    are unmapped (backend) or unshared (frontend), then the event channel is closed."""
+    are unmapped (backend) or unshared (frontend), then the event channel is closed.
+
+    Generic in the channel type: a `Frontend` or `Backend` parametrized with its channel type
+    (the default is io/ring.h's `FrontRingChannel` / `BackRingChannel`) hands its driver
+    queues whose `channel` has that type, with no cast or isinstance check."""
 
     index: int
     nodes: Nodes
@@ -88,10 +99,24 @@ class Queue:
     pages: SharedPages | MappedPages
     event: EventChannel
     order: int = 0
-    channel: AsyncResource | None = None
-    """What the driver talks through: a `RingChannel` for io/ring.h drivers, or whatever the
-    driver's ``make_channel`` built (the console's `PipeStream`)."""
+    _channel: ChannelT | None = None
     closed: bool = False
+
+    @property
+    def channel(self) -> ChannelT:
+        """What the driver talks through: a `RingChannel` for io/ring.h drivers, or whatever
+        the driver's ``make_channel`` built (the console's `PipeStream`).
+
+        Raises:
+            RuntimeError: asked before ``make_channel`` ran (a framework bug).
+        """
+        if self._channel is None:
+            raise RuntimeError(f"queue {self.index} has no channel yet")
+        return self._channel
+
+    @channel.setter
+    def channel(self, channel: ChannelT) -> None:
+        self._channel = channel
 
     @property
     def buffer(self) -> memoryview:
@@ -104,7 +129,7 @@ class Queue:
             return
         self.closed = True
         with anyio.CancelScope(shield=True):
-            for resource in (self.channel, self.pages, self.event):
+            for resource in (self._channel, self.pages, self.event):
                 if resource is not None:
                     with suppress(RingkitError, anyio.ClosedResourceError,
                                   anyio.BrokenResourceError, OSError):
