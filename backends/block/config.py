@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.device.queue import MAX_QUEUES
 from ringkit.proto import blkif
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from ringkit._async.channel import BackRingChannel
-from ringkit._errors import RemoteProtocolError
+from ringkit import RemoteProtocolError
 from ringkit.abc import Domain
+from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import blkif
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ringkit._async.channel import FrontRingChannel
-from ringkit._errors import ConfigError, PeerGoneError, RemoteProtocolError
+from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import Domain, SharedPages
+from ringkit.channel import FrontRingChannel
 from ringkit.device import Frontend, Nodes
 from ringkit.proto import blkif
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import anyio.abc
 
-from ..._async.stream import PipeStream
 from ...abc import Domain
+from ...channel import PipeStream
 from ...device import Frontend, Queue
 from ...proto.console import (
     DEFAULT_CONSOLE_DEVID,
