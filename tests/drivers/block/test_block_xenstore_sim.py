@@ -1,6 +1,7 @@
 """The block pair's xenstore nodes against hostile writers, on the simulated Xen: a backend that
 advertises impossible disk properties and a frontend that publishes an unknown protocol are
-refused with an error naming the node and its value, and nothing leaks (`world` checks)."""
+refused with an error naming the node and its value, and nothing leaks (`world` checks); so is
+a toolstack `mode` that is neither r nor w."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from ringkit.backends.block.device import BlockBackend
 from ringkit.frontends.block.device import BlockFrontend
 from test_block_sim import backend, world
 
@@ -15,6 +17,7 @@ from ringkit import PeerRefusedError, RemoteProtocolError
 from ringkit.device import Backend, Nodes
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import DiskProperties
+from ringkit.proto.xsnode import InvalidNode
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +84,13 @@ async def test_backend_refuses_a_foreign_protocol(tmp_path: Path, protocol: str,
                     pass
             assert f"{w.address.frontend_path}/protocol" in str(info.value)
             assert reason in str(info.value)
+
+
+async def test_backend_refuses_a_garbage_mode(tmp_path: Path) -> None:
+    # the toolstack's `mode` decides read-only vs writable: a value that is neither is a
+    # misconfiguration to report, not something to guess (it used to mean "writable")
+    with anyio.fail_after(60):
+        async with world(tmp_path, mode="rx") as w:
+            with pytest.raises(InvalidNode, match=r"/mode = 'rx' is neither 'r' nor 'w'$"):
+                async with BlockBackend(w.dom0, w.guest, w.address.devid, image=w.image):
+                    pass
