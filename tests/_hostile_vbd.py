@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 
 import anyio
+from ringkit.frontends.block.device import BlockFrontend
 
 from ringkit.abc import Domain
 from ringkit.device import DeviceAddress, XenbusState
-from ringkit.frontends.block.device import BlockFrontend
 
 S = XenbusState
 NEVER_GRANTED = 0x7FFF_FFF0
