@@ -1,1 +1,3 @@
 """Frontend halves of the shipped split drivers (installed as ``ringkit.frontends``)."""
+
+__all__ = ()

@@ -5,6 +5,8 @@ doorbells, unmap-notify bytes report a peer's death and xenstore carries the han
 real Xen (`ringkit.xen`) or on a simulated Xen on one Linux machine (`ringkit.sim`).
 """
 
+from importlib.metadata import version as _version
+
 from ._errors import ConfigError as ConfigError
 from ._errors import EventChannelError as EventChannelError
 from ._errors import GrantError as GrantError
@@ -18,7 +20,12 @@ from ._errors import RingkitError as RingkitError
 from ._errors import StoreError as StoreError
 from ._errors import TransportError as TransportError
 
+__version__: str = _version("ringkit")
+"""The installed distribution's version (from its metadata, so it cannot drift from
+pyproject.toml)."""
+
 __all__ = (
+    "__version__",
     "ConfigError",
     "EventChannelError",
     "GrantError",

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.device.queue import MAX_QUEUES
 from ringkit.proto import blkif
 
@@ -25,6 +25,7 @@ MAX_INDIRECT_SEGMENTS = blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PE
 MAX_RING_PAGE_ORDER = 4
 """Largest ring a blkif backend may offer (``XENBUS_MAX_RING_GRANT_ORDER`` in Linux: 16 pages)."""
 MAX_DISCARD_GRANULARITY = 1 << 30
+"""Largest ``discard-granularity`` the backend offers (1 GiB)."""
 
 
 class InvalidSetting(ConfigError):
@@ -119,4 +120,10 @@ def _setting_error(exc: ValidationError) -> InvalidSetting:
     return InvalidSetting(field, error["input"], _allowed(field))
 
 
-__all__ = ("MAX_INDIRECT_SEGMENTS", "MAX_RING_PAGE_ORDER", "InvalidSetting", "ServiceConfig")
+__all__ = (
+    "MAX_DISCARD_GRANULARITY",
+    "MAX_INDIRECT_SEGMENTS",
+    "MAX_RING_PAGE_ORDER",
+    "InvalidSetting",
+    "ServiceConfig",
+)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from ringkit._async.channel import BackRingChannel
-from ringkit._errors import RemoteProtocolError
+from ringkit import RemoteProtocolError
 from ringkit.abc import Domain
+from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import blkif
+from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures, Mode
 
 from .config import MAX_RING_PAGE_ORDER, ServiceConfig
 from .grants import SegmentMapper
@@ -68,37 +69,38 @@ class BlockBackend(Backend):
     # ------------------------------------------------------------------ handshake hooks
 
     async def advertise(self, nodes: Nodes) -> None:
-        mode = await nodes.read_optional("mode")
-        if mode is not None and mode.strip() == "r" and not self.image.readonly:
+        mode = Mode.from_nodes(await nodes.read_values(["mode"]), nodes.path)
+        if mode is Mode.READ_ONLY and not self.image.readonly:
             path = self.image.path
             self.image.close()
             self.image = Image(path, readonly=True)
         writable = not self.image.readonly
-        await nodes.write("feature-persistent", int(self.config.persistent))
-        await nodes.write("feature-max-indirect-segments", self.config.max_indirect_segments)
-        await nodes.write("feature-flush-cache", int(self.config.flush and writable))
-        await nodes.write("feature-barrier", int(self.config.barrier and writable))
         discard = self.config.discard and writable
-        await nodes.write("feature-discard", int(discard))
-        if discard:
-            await nodes.write("discard-granularity", self.config.discard_granularity)
-            await nodes.write("discard-alignment", self.config.discard_alignment)
-            await nodes.write("discard-secure", 0)
+        features = BackendFeatures(
+            persistent=self.config.persistent,
+            max_indirect_segments=self.config.max_indirect_segments,
+            flush_cache=self.config.flush and writable,
+            barrier=self.config.barrier and writable,
+            discard=discard,
+            discard_granularity=self.config.discard_granularity if discard else None,
+            discard_alignment=self.config.discard_alignment if discard else 0,
+        )
+        for name, value in features.to_nodes().items():
+            await nodes.write(name, value)
 
     async def connecting(self, frontend: Nodes) -> None:
-        protocol = await frontend.read_optional("protocol")
-        if protocol is not None and protocol.strip("\0") != blkif.PROTOCOL_X86_64:
-            raise RemoteProtocolError(f"{frontend.node('protocol')} = {protocol[:32]!r}: only "
+        offered = FrontendFeatures.from_nodes(
+            await frontend.read_values(FrontendFeatures.KEYS), frontend.path)
+        if offered.protocol != blkif.PROTOCOL_X86_64:
+            raise RemoteProtocolError(f"{frontend.node('protocol')} = {offered.protocol!r}: only "
                                       f"{blkif.PROTOCOL_X86_64!r} is served")
-        self.persistent = (self.config.persistent
-                           and await frontend.read_flag("feature-persistent"))
+        self.persistent = self.config.persistent and offered.persistent
 
     async def connected(self, nodes: Nodes) -> None:
-        info = blkif.VDISK_READONLY if self.image.readonly else 0
-        await nodes.write("sectors", self.image.sectors)
-        await nodes.write("info", info)
-        await nodes.write("sector-size", blkif.SECTOR_SIZE)
-        await nodes.write("physical-sector-size", blkif.SECTOR_SIZE)
+        disk = DiskProperties(sectors=self.image.sectors,
+                              info=blkif.VDISK_READONLY if self.image.readonly else 0)
+        for name, value in disk.to_nodes().items():
+            await nodes.write(name, value)
         self.services = {
             queue.index: BlockService(
                 self.image,

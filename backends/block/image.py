@@ -19,7 +19,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.proto.blkif import SECTOR_SIZE
 
 _FALLOC_FL_KEEP_SIZE = 0x01

@@ -10,7 +10,7 @@ for the rest of the burst.  The loop sleeps only after the final check found the
 
 from __future__ import annotations
 
-from ringkit._async.channel import BackRingChannel
+from ringkit.channel import BackRingChannel
 from ringkit.proto import blkif
 
 from .service import BlockService

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ringkit._errors import GrantError, TransportError
+from ringkit import GrantError, TransportError
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op, Status
 

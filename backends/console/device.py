@@ -33,9 +33,9 @@ from typing import BinaryIO, Literal
 import anyio
 import anyio.abc
 
-from ..._async.stream import PipeStream
-from ..._errors import RemoteProtocolError
+from ... import RemoteProtocolError
 from ...abc import Domain
+from ...channel import PipeStream
 from ...device import Backend, Nodes, Queue
 from ...proto.console import (
     DEFAULT_CONSOLE_DEVID,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from ringkit._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
+from ringkit import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ringkit.proto import blkif
 from ringkit.proto.blkif import Op, Status
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ringkit._errors import ConfigError, PeerGoneError, RemoteProtocolError
+from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import Domain, SharedPages
 from ringkit.device import Frontend, Nodes
 from ringkit.proto import blkif
+from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures
 
 from .client import BlockClient, DiskInfo
 from .queue import FrontQueues
@@ -76,28 +77,26 @@ class BlockFrontend(Frontend):
         self.num_queues = self.wanted_queues
 
     async def publish(self, nodes: Nodes) -> None:
-        await nodes.write("protocol", blkif.PROTOCOL_X86_64)
-        await nodes.write("feature-persistent", int(self.offer_persistent))
+        offered = FrontendFeatures(protocol=blkif.PROTOCOL_X86_64, persistent=self.offer_persistent)
+        for name, value in offered.to_nodes().items():
+            await nodes.write(name, value)
 
     async def connected(self, backend: Nodes) -> None:
-        info_bits = await backend.read_int("info", 0)
-        sector_size = await backend.read_int("sector-size", blkif.SECTOR_SIZE,
-                                             minimum=blkif.SECTOR_SIZE, maximum=blkif.PAGE_SIZE)
-        if sector_size & (sector_size - 1):
-            raise RemoteProtocolError(f"{backend.node('sector-size')} = {sector_size} is not a "
-                                      "power of two")
-        indirect = await backend.read_int("feature-max-indirect-segments", 0, maximum=2**31)
+        values = await backend.read_values(BackendFeatures.KEYS + DiskProperties.KEYS)
+        features = BackendFeatures.from_nodes(values, backend.path)
+        disk = DiskProperties.from_nodes(values, backend.path)
         info = DiskInfo(
-            sectors=await backend.read_int("sectors", maximum=2**64 - 1),
-            sector_size=sector_size,
-            readonly=bool(info_bits & blkif.VDISK_READONLY),
-            max_indirect_segments=indirect if self.use_indirect else 0,
-            flush=await backend.read_flag("feature-flush-cache"),
-            barrier=await backend.read_flag("feature-barrier"),
-            discard=await backend.read_flag("feature-discard"),
-            discard_granularity=await backend.read_int("discard-granularity", 0),
-            discard_alignment=await backend.read_int("discard-alignment", 0),
-            persistent=self.offer_persistent and await backend.read_flag("feature-persistent"),
+            sectors=disk.sectors,
+            sector_size=disk.sector_size,
+            readonly=disk.readonly,
+            max_indirect_segments=features.max_indirect_segments if self.use_indirect else 0,
+            flush=features.flush_cache,
+            barrier=features.barrier,
+            discard=features.discard,
+            discard_granularity=(disk.sector_size if features.discard_granularity is None
+                                 else features.discard_granularity),
+            discard_alignment=features.discard_alignment,
+            persistent=self.offer_persistent and features.persistent,
         )
         pool = await self.domain.grants.share(self.peer_id, self.pool_pages, writable=True)
         queues = FrontQueues([queue.channel for queue in self.queues])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ringkit._errors import RingkitError
+from ringkit import RingkitError
 from ringkit.proto.blkif import Status
 
 

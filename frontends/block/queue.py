@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from ringkit._async.channel import FrontRingChannel
-from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit import PeerGoneError, RemoteProtocolError
+from ringkit.channel import FrontRingChannel
 from ringkit.proto import blkif
 
 from .client import BlockClient

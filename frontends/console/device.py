@@ -8,8 +8,8 @@ goes to the backend through ``out[2048]``, what it receives comes through ``in[1
 
 from __future__ import annotations
 
-from ..._async.stream import PipeStream
 from ...abc import Domain
+from ...channel import PipeStream
 from ...device import Frontend, Queue
 from ...proto.console import (
     DEFAULT_CONSOLE_DEVID,

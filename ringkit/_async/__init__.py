@@ -2,4 +2,6 @@
 
 - `ringkit._async.channel`  `FrontRingChannel` / `BackRingChannel`: object streams of ring slots
 - `ringkit._async.stream`   `PipeStream`: a byte stream over a console-style byte ring
+
+Private: drivers import these from `ringkit.channel` (or `ringkit.device`).
 """

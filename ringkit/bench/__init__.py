@@ -4,3 +4,5 @@ Each module ``ringkit.bench.<name>`` that exposes a click command named ``comman
 ``ringkit bench <name>`` (see `ringkit.cli.bench`).  Measured figures are recorded in
 docs/benchmarks.md.
 """
+
+__all__ = ()

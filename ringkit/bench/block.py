@@ -31,6 +31,9 @@ from ..backends.block.device import BlockBackend
 from ..device import DeviceAddress, create_device
 from ..frontends.block.device import BlockFrontend
 
+__all__ = ("MIB", "POOL_PAGES", "command")
+
+
 MIB = 1 << 20
 POOL_PAGES = 1000
 """The frontend's granted pages: three 1 MiB requests (256 data pages and one indirect page

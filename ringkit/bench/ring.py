@@ -29,6 +29,19 @@ from .._native import NativeImpl
 from ..proto.layout import ring_area_size
 from ..proto.ring import BackRing, FrontRing, RingLayout
 
+__all__ = (
+    "LAYOUT",
+    "SCENARIOS",
+    "Scenario",
+    "batched_copies",
+    "command",
+    "index_access",
+    "measure",
+    "one_at_a_time",
+    "per_slot_calls",
+)
+
+
 LAYOUT = RingLayout("blkif", request_size=112, response_size=16)
 
 Scenario = Callable[[NativeImpl, int, int], float]

@@ -31,6 +31,9 @@ import anyio
 import anyio.abc
 import click
 
+__all__ = ("REQUEST_SIZE", "command", "run")
+
+
 REQUEST_SIZE = 112
 """Size of one echoed request and response (a blkif request)."""
 

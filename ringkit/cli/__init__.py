@@ -11,6 +11,9 @@ import importlib.util
 
 import click
 
+__all__ = ("main",)
+
+
 # name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("ringkit.cli.sim", "sim"),

@@ -14,6 +14,8 @@ import click
 
 from .. import bench as _bench_package
 
+__all__ = ("bench",)
+
 
 def _module_names() -> list[str]:
     return sorted(

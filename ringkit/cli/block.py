@@ -213,4 +213,4 @@ async def _check(disk: BlockFrontend, size: int) -> None:
                f"read {mib / read:.1f} MiB/s")
 
 
-__all__ = ("block",)
+__all__ = ("DEFAULT_DEVID", "attach", "block", "serve")

@@ -145,4 +145,4 @@ async def _pipe_stdio(guest: ConsoleFrontend) -> None:
         tg.cancel_scope.cancel()
 
 
-__all__ = ("console",)
+__all__ = ("attach", "console", "serve")

@@ -214,4 +214,4 @@ def demo(size_mib: int) -> None:
     console.rule("[bold green]done")
 
 
-__all__ = ("demo",)
+__all__ = ("Command", "DemoError", "demo")

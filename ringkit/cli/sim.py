@@ -11,6 +11,9 @@ import click
 from .._config import BACKENDS, SimConfig, load
 from .._errors import ConfigError, RingkitError
 
+__all__ = ("create", "destroy", "domain", "list_", "serve", "sim")
+
+
 _DIR_HELP = "The simulator's directory (sockets live there)."
 _OPTION_NAMES = {"directory": "--dir", "grant_limit": "--grant-limit", "backend": "--backend"}
 

@@ -10,8 +10,11 @@ from typing import Any
 import click
 
 from .._errors import ConfigError
-from ..xenvm import boot, provision
+from ..xenvm import boot, provision, shellenv
 from ..xenvm.layout import ENV_CACHE, Layout, default_cache_dir
+
+__all__ = ("domu", "domu_run", "run", "setup", "shell", "xen_vm")
+
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
@@ -93,7 +96,7 @@ def _boot(ctx: click.Context, command: tuple[str, ...], timeout: float, boot_tim
             command=command, cwd=project.resolve(), timeout=timeout,
             boot_timeout=boot_timeout, boot_attempts=boot_attempts, memory_mb=memory,
             dom0_memory_mb=dom0_memory, cpus=cpus, rw_dirs=(project.resolve(), *rw),
-            env=boot.parse_env_assignments(env), domu_image=domu_image, verbose=verbose,
+            env=shellenv.parse_env_assignments(env), domu_image=domu_image, verbose=verbose,
             keep=keep)
         return boot.run(layout, request, info.kernel_version)
     except ConfigError as exc:
@@ -148,7 +151,7 @@ def domu_run(name: str, timeout: float, memory: int, files: tuple[str, ...],
 
     try:
         with DomU(name, command, memory_mb=memory, extra_files=files, modules=modules,
-                  env=boot.parse_env_assignments(env)) as vm:
+                  env=shellenv.parse_env_assignments(env)) as vm:
             vm.start()
             result = vm.wait(timeout)
     except ConfigError as exc:

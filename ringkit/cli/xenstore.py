@@ -16,6 +16,9 @@ import click
 from .._errors import StoreError
 from ..store import StoreClient, open_path, open_store
 
+__all__ = ("ls", "read", "rm", "watch", "write", "xenstore")
+
+
 T = TypeVar("T")
 
 

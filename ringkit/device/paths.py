@@ -10,10 +10,12 @@ dir) and carries its own ``state``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .._errors import ConfigError, RemoteProtocolError, StoreError
 from ..abc import StoreOps
+from ..proto.xsnode import parse_uint
 
 __all__ = ("DeviceAddress", "Nodes", "error_node")
 
@@ -145,7 +147,8 @@ class Nodes:
         """Read child `name` as a decimal integer within [minimum, maximum].
 
         Raises:
-            RemoteProtocolError: not a decimal number, or out of range.
+            RemoteProtocolError: (`ringkit.proto.xsnode.InvalidNode`) not a decimal number,
+                or out of range.
             StoreError: missing without a default.
         """
         text = await self.read_optional(name)
@@ -153,15 +156,17 @@ class Nodes:
             if default is None:
                 raise StoreError(f"{self.node(name)} is missing", "ENOENT", path=self.node(name))
             return default
-        text = text.strip("\0")
-        if not (text.isascii() and text.isdigit()) or len(text) > 20:
-            raise RemoteProtocolError(f"{self.node(name)} = {text[:32]!r} is not a number")
-        value = int(text)
-        if not minimum <= value <= maximum:
-            raise RemoteProtocolError(
-                f"{self.node(name)} = {value} is outside {minimum}..{maximum}"
-            )
-        return value
+        return parse_uint(text, self.node(name), minimum=minimum, maximum=maximum)
+
+    async def read_values(self, names: Iterable[str]) -> dict[str, str | None]:
+        """Read each child in `names` once: {name: text, or None where it does not exist} --
+        what the typed records of `ringkit.proto` (e.g. `ringkit.proto.blkif_xs`) parse.
+
+        Raises:
+            RemoteProtocolError: a value is not UTF-8.
+            StoreError: the store failed otherwise.
+        """
+        return {name: await self.read_optional(name) for name in names}
 
     async def read_flag(self, name: str) -> bool:
         """A ``feature-*`` style flag: "1" is true; missing or "0" is false.

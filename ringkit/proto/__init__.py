@@ -16,3 +16,5 @@ one codec never drags in another):
 - `ringkit.proto.xenbus`  XenbusState and the handshake transition table
 - `ringkit.proto.xs_wire` the xenstore wire protocol
 """
+
+__all__ = ()

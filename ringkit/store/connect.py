@@ -20,6 +20,20 @@ import anyio.abc
 from .._errors import StoreError
 from .client import StoreClient
 
+__all__ = (
+    "DEFAULT_RUNDIR",
+    "XENBUS_DEVICE",
+    "FdByteStream",
+    "XenbusDeviceStream",
+    "connect_unix",
+    "connect_xenbus",
+    "daemon_socket_path",
+    "domain_device_path",
+    "open_path",
+    "open_store",
+)
+
+
 XENBUS_DEVICE = "/dev/xen/xenbus"
 """The Linux xenbus character device (domUs and dom0 without a local xenstored socket)."""
 

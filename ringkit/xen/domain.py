@@ -21,6 +21,9 @@ from ..abc import Domain, Leaks, Store
 from .evtchn import XenEventChannels
 from .grants import XenGrantTable
 
+__all__ = ("CAPABILITIES", "XenDomain", "discover_domid", "open_domain")
+
+
 CAPABILITIES = "/proc/xen/capabilities"
 
 

@@ -362,4 +362,10 @@ def _check_domid(domid: int) -> None:
         raise ConfigError(f"domid {domid} is not a valid domain id (0..{_MAX_DOMID})")
 
 
-__all__ = ("XenEventChannel", "XenEventChannels")
+__all__ = (
+    "DRAIN_BATCHES",
+    "PEER_POLL_INTERVAL",
+    "READ_BATCH",
+    "XenEventChannel",
+    "XenEventChannels",
+)

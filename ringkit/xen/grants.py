@@ -33,6 +33,9 @@ from ..abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
 from . import _uapi
 from ._device import DeviceFile, map_errors
 
+__all__ = ("MMAP_EAGAIN_RETRIES", "XenGrantTable", "XenMappedPages", "XenSharedPages")
+
+
 MMAP_EAGAIN_RETRIES = 200
 """How often a gntdev mmap answered EAGAIN is retried (1 ms apart) before giving up."""
 

@@ -15,7 +15,6 @@ or QEMU failed).  Logs of a failed run are kept and their paths printed.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -31,6 +30,23 @@ from . import layout as names
 from .layout import Layout
 from .provision import XEN_VERSION, data_file
 from .qemu import MachineConfig, Share, qemu_argv
+from .shellenv import env_script
+
+__all__ = (
+    "DOMU_IMAGE",
+    "EXIT_BOOT_FAILURE",
+    "EXIT_TIMEOUT",
+    "FINISHED_MARK",
+    "KEPT_RUNS",
+    "PASSED_VARIABLES",
+    "RunRequest",
+    "command_environment",
+    "decide_exit",
+    "prepare_run_dir",
+    "prune_runs",
+    "run",
+)
+
 
 EXIT_TIMEOUT = 124
 """The run hit its time limit (the guest was killed)."""
@@ -47,9 +63,6 @@ DOMU_IMAGE = "domu.cpio.gz"
 
 KEPT_RUNS = 5
 """How many kept (failed) run directories to keep around for their logs."""
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -70,29 +83,6 @@ class RunRequest:
     qemu: str = "qemu-system-x86_64"
     boot_attempts: int = 2
     """Boots to try when dom0 never comes up (an early crash under emulation is retried)."""
-
-
-def env_script(env: Mapping[str, str]) -> str:
-    """Shell text exporting `env`; raises ConfigError on a name that is not a variable name."""
-    lines = []
-    for key, value in env.items():
-        if not _NAME.match(key):
-            raise ConfigError(f"not an environment variable name: {key!r}")
-        if "\0" in value:
-            raise ConfigError(f"environment variable {key} contains a NUL byte")
-        lines.append(f"export {key}={shlex.quote(value)}\n")
-    return "".join(lines)
-
-
-def parse_env_assignments(items: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings (from ``-e``) to a dict; ConfigError names a malformed one."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not _NAME.match(key):
-            raise ConfigError(f"-e expects KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
 
 
 def command_environment(host_env: Mapping[str, str], request: RunRequest,

@@ -21,6 +21,9 @@ from typing import Protocol
 
 from .._errors import ConfigError
 
+__all__ = ("CpioWriter", "Sink", "gzip_cpio", "read_entries")
+
+
 _MAGIC = b"070701"
 _TRAILER = "TRAILER!!!"
 

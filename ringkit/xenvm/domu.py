@@ -38,6 +38,23 @@ from .cpio import gzip_cpio
 from .domu_image import DomUJob, concatenate, job_entries, shell_command, write_files
 from .layout import ENV_CONSOLE_DIR, ENV_DOMU_IMAGE, ENV_VM_DIR
 
+__all__ = (
+    "BASE_KERNEL_ARGS",
+    "CREATE_SECONDS",
+    "EXIT_MARK",
+    "POLL_SECONDS",
+    "START_MARK",
+    "DomU",
+    "DomUResult",
+    "check_kernel_args",
+    "domain_id",
+    "parse_console",
+    "run_domu",
+    "xenstore_read",
+    "xl_config",
+)
+
+
 START_MARK = "ringkit-domu: start"
 EXIT_MARK = re.compile(r"^ringkit-domu: exit=(\d+)\s*$", re.MULTILINE)
 _VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

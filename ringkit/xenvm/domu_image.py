@@ -31,6 +31,33 @@ from .cpio import CpioWriter, gzip_cpio
 from .hostfiles import Mirror, is_elf, shared_libraries
 from .layout import ENV_DOMU, ENV_IN_VM, Layout
 from .provision import data_file, module_index, read_module
+from .shellenv import env_script
+
+__all__ = (
+    "DOMU_MODULES",
+    "IMAGE_FORMAT",
+    "JOB_KEY",
+    "PROJECT_SKIP",
+    "SITE_SKIP_PREFIXES",
+    "STDLIB_SKIP",
+    "XENSTORE_TOOLS",
+    "XENSTORE_VALUE_MAX",
+    "DomUJob",
+    "PythonFiles",
+    "base_key",
+    "build_base_image",
+    "build_run_image",
+    "concatenate",
+    "ensure_base_image",
+    "job_entries",
+    "job_environment",
+    "project_skip",
+    "shell_command",
+    "site_skip",
+    "stdlib_skip",
+    "write_files",
+)
+
 
 DOMU_MODULES = ("xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_privcmd", "xenfs",
                 "xen_blkfront", "xen_blkback", "loop", "ext4", "crc32c_generic")
@@ -276,7 +303,6 @@ def job_entries(job: DomUJob) -> dict[str, str]:
 
     Raises ConfigError when one is too long for xenstore.
     """
-    from .boot import env_script
     entries = {
         f"{JOB_KEY}/cmd": job.command + "\n",
         f"{JOB_KEY}/env": env_script(job_environment(job)),

@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable
 from .._errors import ConfigError
 from .cpio import CpioWriter
 
+__all__ = ("Mirror", "is_elf", "is_static_elf", "parse_ldd", "shared_libraries")
+
+
 _PT_INTERP = 3
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from .._errors import ConfigError
 
+__all__ = ("ModuleIndex", "module_name")
+
 
 def module_name(path: str) -> str:
     """The canonical name of a module file: basename, no .ko(.xz/.zst/.gz), '-' -> '_'."""

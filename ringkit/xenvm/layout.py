@@ -11,6 +11,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = (
+    "ENV_CACHE",
+    "ENV_CONSOLE_DIR",
+    "ENV_DOMU",
+    "ENV_DOMU_IMAGE",
+    "ENV_IN_VM",
+    "ENV_RUN_DIR",
+    "ENV_VM_DIR",
+    "Layout",
+    "default_cache_dir",
+)
+
+
 ENV_CACHE = "RINGKIT_XEN_VM_CACHE"
 """Host: overrides the cache directory."""
 

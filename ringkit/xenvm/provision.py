@@ -26,6 +26,29 @@ from .hostfiles import is_static_elf
 from .kmod import ModuleIndex
 from .layout import Layout
 
+__all__ = (
+    "KERNEL_META",
+    "STAGE1_MODULES",
+    "STAMP_FORMAT",
+    "XEN_PACKAGES",
+    "XEN_VERSION",
+    "Log",
+    "SetupInfo",
+    "build_stage1",
+    "data_file",
+    "ensure_host_packages",
+    "is_ready",
+    "kernel_package",
+    "missing_host_packages",
+    "module_index",
+    "parse_kernel_package",
+    "read_module",
+    "read_stamp",
+    "setup",
+    "stage1_digest",
+)
+
+
 XEN_VERSION = "4.17"
 XEN_PACKAGES = (
     f"xen-hypervisor-{XEN_VERSION}-amd64", f"xen-utils-{XEN_VERSION}", "xen-utils-common",

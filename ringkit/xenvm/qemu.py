@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .._errors import ConfigError
 
+__all__ = ("MachineConfig", "Share", "escape_option", "qemu_argv")
+
 
 @dataclass(frozen=True)
 class Share:

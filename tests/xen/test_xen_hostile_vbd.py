@@ -20,6 +20,7 @@ from ringkit.device import DeviceAddress, error_node
 from ringkit.xen import open_domain
 
 pytestmark = [
+    pytest.mark.anyio,
     pytest.mark.xen,
     pytest.mark.anyio,
     pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc"), reason="needs real Xen"),

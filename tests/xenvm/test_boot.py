@@ -20,12 +20,11 @@ from ringkit.xenvm.boot import (
     FINISHED_MARK,
     RunRequest,
     decide_exit,
-    env_script,
-    parse_env_assignments,
     prune_runs,
     run,
 )
 from ringkit.xenvm.layout import Layout
+from ringkit.xenvm.shellenv import env_script, parse_env_assignments
 
 FAKE = Path(__file__).with_name("fake_qemu.py")
 

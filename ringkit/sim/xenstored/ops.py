@@ -34,6 +34,8 @@ from .tree import (
     perm_bits,
 )
 
+__all__ = ("FireWatches", "NodeOps", "Quota")
+
 
 @dataclass(frozen=True, slots=True)
 class Quota:

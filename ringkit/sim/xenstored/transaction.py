@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from ...abc import Permission
 from .tree import Node, Tree, View, XsError
 
+__all__ = ("QueuedEvent", "Transaction")
+
+
 _MISSING = -1
 
 

@@ -21,6 +21,26 @@ from dataclasses import dataclass, replace
 from ...abc import Access, Permission
 from ...proto.xs_wire import XENSTORE_REL_PATH_MAX
 
+__all__ = (
+    "PERM_OWNER",
+    "PERM_READ",
+    "PERM_WRITE",
+    "SPECIAL_NODES",
+    "Node",
+    "Tree",
+    "View",
+    "XsError",
+    "basename",
+    "canonicalize",
+    "child_of",
+    "home_of",
+    "is_child",
+    "parent_of",
+    "parse_perm",
+    "perm_bits",
+)
+
+
 PERM_READ = 1
 PERM_WRITE = 2
 PERM_OWNER = 4

@@ -1,0 +1,179 @@
+"""Static checks of ringkit's public surface, usable on any module source (so that the tests can
+feed them a deliberately broken one, as a negative control).
+
+* `all_problems`: a public module's ``__all__`` (a tuple) must list every public name the module
+  defines (``def``, ``class``, a top-level assignment) or re-exports (``from x import Y as Y``),
+  and only names the module has.  Not counted as definitions: aliases of an existing object
+  (``S = XenbusState``), type variables and loggers.
+* `private_imports`: the ringkit modules a source imports whose dotted name has a component with
+  a leading underscore (``ringkit._errors``, ``ringkit.sim._client``), relative imports
+  resolved against the importing module's name.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import logging
+import pkgutil
+import types
+from typing import Any, TypeVar
+
+PUBLIC_ROOTS = ("ringkit", "ringkit.backends", "ringkit.frontends")
+
+
+def is_public(name: str) -> bool:
+    return not any(part.startswith("_") for part in name.split("."))
+
+
+def ringkit_modules() -> list[str]:
+    """Every module and package under ringkit (with the driver packages mounted in it)."""
+    names: set[str] = set()
+    for root in PUBLIC_ROOTS:
+        package = importlib.import_module(root)
+        names.add(root)
+        names.update(info.name for info in pkgutil.walk_packages(package.__path__, root + "."))
+    return sorted(names)
+
+
+def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements at module level, including those inside top-level if/try blocks."""
+    out: list[ast.stmt] = []
+    for node in body:
+        out.append(node)
+        if isinstance(node, ast.If):
+            out += _top_level(node.body) + _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            out += _top_level(node.body) + _top_level(node.orelse) + _top_level(node.finalbody)
+            for handler in node.handlers:
+                out += _top_level(handler.body)
+    return out
+
+
+def _not_a_definition(value: Any) -> bool:
+    return isinstance(value, TypeVar | logging.Logger)
+
+
+def public_names(source: str, namespace: dict[str, Any]) -> set[str]:
+    """The public names `source` (whose executed namespace is `namespace`) defines or
+    re-exports."""
+    names: set[str] = set()
+    for node in _top_level(ast.parse(source).body):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            if isinstance(node.value, ast.Name | ast.Attribute):
+                continue  # an alias of an existing object
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(a.asname for a in node.names if a.asname and a.asname == a.name)
+    return {n for n in names if not n.startswith("_") and n in namespace
+            and not _not_a_definition(namespace[n])}
+
+
+def all_problems(source: str, namespace: dict[str, Any]) -> list[str]:
+    """What is wrong with the ``__all__`` of a module with this source and namespace."""
+    declared = namespace.get("__all__")
+    if not isinstance(declared, tuple):
+        return [f"__all__ must be a tuple, is {type(declared).__name__}"]
+    problems = [f"__all__ names {n!r}, which the module does not have"
+                for n in declared if n not in namespace]
+    problems += [f"{n!r} is listed {declared.count(n)} times in __all__"
+                 for n in sorted(set(declared)) if declared.count(n) > 1]
+    problems += [f"public name {n!r} is missing from __all__"
+                 for n in sorted(public_names(source, namespace) - set(declared))]
+    return problems
+
+
+def module_problems(module: types.ModuleType) -> list[str]:
+    source = module.__loader__.get_source(module.__name__)  # type: ignore[union-attr]
+    return all_problems(source or "", vars(module))
+
+
+def exec_module(name: str, source: str, is_package: bool = False) -> dict[str, Any]:
+    """Execute a synthetic module's `source`; returns its namespace."""
+    namespace: dict[str, Any] = {"__name__": name,
+                                 "__package__": name if is_package else name.rpartition(".")[0]}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = module.split(".") if is_package else module.split(".")[:-1]
+        parts = parts[:len(parts) - (node.level - 1)]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    if not is_public(base):
+        return [base]
+    # `from pkg import name` may name a submodule (`from ringkit import _native`)
+    return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+
+def private_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """The private ringkit modules `source` (module `module`) imports, anywhere in it."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            targets = _resolve(module, is_package, node)
+        else:
+            continue
+        found += [t for t in targets
+                  if (t == "ringkit" or t.startswith("ringkit.")) and not is_public(t)]
+    return sorted(set(found))
+
+
+def imported_modules(source: str, module: str, is_package: bool, known: set[str]) -> set[str]:
+    """The modules of `known` that `source` imports, at any depth (function-local imports too:
+    they hide an import circle at import time, not its tangle)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node)[0]
+            # `from pkg import sub` imports the submodule; `from pkg import name`, the package
+            subs = [f"{base}.{alias.name}" for alias in node.names]
+            found.update(sub for sub in subs if sub in known)
+            if any(sub not in known for sub in subs):
+                found.add(base)
+    return (found & known) - {module}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
