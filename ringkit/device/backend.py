@@ -145,17 +145,7 @@ class Backend(DeviceBase[BackChannelT]):
             await self._connect()
         elif reaction is Reaction.CLOSE:
             await self._teardown()
-            store = self.domain.store
-            if not await store.exists(self.own_nodes.node("state")):
-                self._finish(PeerGoneError(f"{self.address}: the device was removed"))
-                return
-            if not await store.exists(f"/local/domain/{self.peer_id}"):
-                # Not something a guest can do: the toolstack released the domain.
-                self._finish(PeerGoneError(f"{self.address}: the frontend's domain is gone"))
-                return
             await self._close_own()
-            # Unknown asks for nothing more: wait for the frontend to write something else.
-            self.handshake.peer_lost()
             await self._after_connection()
         elif reaction is Reaction.RESTART:
             await self._teardown()
