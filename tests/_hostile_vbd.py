@@ -5,12 +5,15 @@ real-Xen twin (tests/xen/test_xen_hostile_vbd.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import anyio
+from anyio.abc import Process
 from ringkit.frontends.block.device import BlockFrontend
 
 from ringkit.abc import Domain
-from ringkit.device import DeviceAddress, XenbusState
+from ringkit.device import DeviceAddress, XenbusState, error_node
 
 S = XenbusState
 NEVER_GRANTED = 0x7FFF_FFF0
@@ -62,3 +65,46 @@ async def publish_bad_ring_ref(dom: Domain, address: DeviceAddress) -> None:
         await dom.store.write(f"{fe}/event-channel", str(port.port))
         await dom.store.write(f"{fe}/state", S.INITIALISED.to_wire())
         await wait_state(dom, be, S.CLOSED, timeout=5)
+
+
+RINGKIT = [sys.executable, "-c", "from ringkit.cli import main; main()"]
+
+
+async def start_block_serve(args: list[str]) -> Process:
+    """``ringkit block serve ARGS...``, once it said it is ready."""
+    server = await anyio.open_process(
+        [*RINGKIT, "block", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert server.stdout is not None
+        ready = b""
+        while b"\n" not in ready:
+            ready += await server.stdout.receive()
+        assert ready.startswith(b"ready: serving"), ready
+    except BaseException:
+        server.kill()
+        with anyio.CancelScope(shield=True):
+            await server.aclose()
+        raise
+    return server
+
+
+async def survive_a_hostile_guest(
+    server: Process, dom: Domain, address: DeviceAddress, mapping_error: str
+) -> None:
+    """Against a running ``ringkit block serve``: an orderly frontend, the flap, an orderly
+    frontend, a never-granted ring-ref (refused with `mapping_error` in the report), an
+    orderly frontend -- the server up and nothing held by `dom` at the end."""
+    report_node = error_node(address.backend_path)
+    await use_disk(dom, address)
+    await connect_and_flap(dom, address)
+    report = await dom.store.read(report_node)
+    assert report.startswith("22 ") and "to XenbusStateConnected" in report, report
+    assert server.returncode is None, "ringkit block serve exited"
+    await use_disk(dom, address)
+    await publish_bad_ring_ref(dom, address)
+    report = await dom.store.read(report_node)
+    assert report.split(" ", 1)[0].isdigit() and mapping_error in report, report
+    await use_disk(dom, address)
+    assert server.returncode is None, "ringkit block serve exited"
+    assert not dom.leaks(), dom.leaks()

@@ -7,16 +7,14 @@ well-behaved frontend each time."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 from _harness import kernel_backends_off
-from _hostile_vbd import connect_and_flap, publish_bad_ring_ref, use_disk
+from _hostile_vbd import start_block_serve, survive_a_hostile_guest
 
-from ringkit.device import DeviceAddress, error_node
+from ringkit.device import DeviceAddress
 from ringkit.xen import open_domain
 
 pytestmark = [
@@ -26,7 +24,6 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc"), reason="needs real Xen"),
 ]
 
-RINGKIT = [sys.executable, "-c", "from ringkit.cli import main; main()"]
 DEVID = 51728  # xvdb: clear of anything else a test in the same boot serves
 
 
@@ -35,30 +32,13 @@ async def test_block_serve_in_dom0_survives_a_hostile_frontend(tmp_path: Path) -
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(4 << 20))
     address = DeviceAddress("vbd", 0, 0, DEVID)
-    report_node = error_node(address.backend_path)
     with kernel_backends_off(), anyio.fail_after(240):
-        async with await anyio.open_process(
-            [*RINGKIT, "block", "serve", str(image), "--frontend", "0", "--devid", str(DEVID)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        ) as server, open_domain() as dom:
+        server = await start_block_serve(
+            [str(image), "--frontend", "0", "--devid", str(DEVID)]
+        )
+        async with server, open_domain() as dom:
             try:
-                assert server.stdout is not None
-                ready = b""
-                while b"\n" not in ready:
-                    ready += await server.stdout.receive()
-                assert ready.startswith(b"ready: serving")
-                await use_disk(dom, address)
-                await connect_and_flap(dom, address)
-                report = await dom.store.read(report_node)
-                assert report.startswith("22 ") and "to XenbusStateConnected" in report, report
-                assert server.returncode is None, "ringkit block serve exited"
-                await use_disk(dom, address)
-                await publish_bad_ring_ref(dom, address)
-                report = await dom.store.read(report_node)
-                assert report.split(" ", 1)[0].isdigit() and "gntdev" in report, report
-                await use_disk(dom, address)
-                assert server.returncode is None, "ringkit block serve exited"
-                assert not dom.leaks(), dom.leaks()
+                await survive_a_hostile_guest(server, dom, address, "gntdev")
             finally:
                 server.terminate()
                 await server.wait()

@@ -6,18 +6,15 @@ next, well-behaved frontend reads and writes the disk."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
-from _hostile_vbd import connect_and_flap, publish_bad_ring_ref, use_disk
+from _hostile_vbd import start_block_serve, survive_a_hostile_guest
 
-from ringkit.device import DeviceAddress, error_node
+from ringkit.device import DeviceAddress
 from ringkit.sim import SimXen
 
-RINGKIT = [sys.executable, "-c", "from ringkit.cli import main; main()"]
 DEVID = 51712
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -32,30 +29,12 @@ async def test_block_serve_survives_a_hostile_guest_and_serves_the_next_frontend
         async with SimXen.start() as xen:
             guest = await xen.create_domain("guest")
             address = DeviceAddress("vbd", guest, 0, DEVID)
-            report_node = error_node(address.backend_path)
-            async with await anyio.open_process(
-                [*RINGKIT, "block", "serve", str(image), "--dir", str(xen.directory),
-                 "--frontend", str(guest)],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            ) as server, xen.connect(guest) as domu:
+            server = await start_block_serve(
+                [str(image), "--dir", str(xen.directory), "--frontend", str(guest)]
+            )
+            async with server, xen.connect(guest) as domu:
                 try:
-                    assert server.stdout is not None
-                    ready = b""
-                    while b"\n" not in ready:
-                        ready += await server.stdout.receive()
-                    assert ready.startswith(b"ready: serving")
-                    await use_disk(domu, address)  # a first, orderly connection
-                    await connect_and_flap(domu, address)
-                    report = await domu.store.read(report_node)
-                    assert report.startswith("22 ") and "to XenbusStateConnected" in report
-                    assert server.returncode is None, "ringkit block serve exited"
-                    await use_disk(domu, address)  # the next frontend is served
-                    await publish_bad_ring_ref(domu, address)
-                    report = await domu.store.read(report_node)
-                    assert report.startswith("22 ") and "grant ref" in report, report
-                    await use_disk(domu, address)
-                    assert server.returncode is None, "ringkit block serve exited"
-                    assert not domu.leaks(), domu.leaks()
+                    await survive_a_hostile_guest(server, domu, address, "grant ref")
                 finally:
                     server.terminate()
                     await server.wait()
