@@ -85,6 +85,19 @@ def pattern(seed: int, size: int = BYTES) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def mismatch(got: bytes, expected: bytes) -> str:
+    """Where `got` first differs from `expected`, and where that stretch really came from."""
+    if len(got) != len(expected):
+        return f"{len(got)} bytes instead of {len(expected)}"
+    first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    piece = got[first:first + 64]
+    source = expected.find(piece)
+    bad = sum(got[i:i + 4096] != expected[i:i + 4096] for i in range(0, len(got), 4096))
+    return (f"first difference at byte {first}; the 64 bytes there are expected at "
+            f"{source} (delta {source - first if source >= 0 else None}); {bad} of "
+            f"{len(got) // 4096} 4 KiB blocks differ; got[first:+16]={piece[:16].hex()}")
+
+
 def step_path(step_index: int, server: int, client: int) -> str:
     return vchan_path(server, client, 7000 + step_index)
 
@@ -131,7 +144,8 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
             tg.start_soon(stream.send, pattern(to_c))
             received += await _receive_exactly(stream, BYTES)
         if bytes(received) != pattern(from_c):
-            raise AssertionError("ringkit received wrong bytes from libxenvchan")
+            raise AssertionError("ringkit received wrong bytes from libxenvchan: "
+                                 + mismatch(bytes(received), pattern(from_c)))
         if step.closer == "c":
             try:
                 extra = await stream.receive()
@@ -164,7 +178,8 @@ async def c_side(step: Step, index: int, server: int, client: int, own: int) -> 
             while len(received) < BYTES:
                 received += await stdout.receive()
         if bytes(received) != pattern(to_c):
-            raise AssertionError(f"libxenvchan received wrong bytes ({len(received)})")
+            raise AssertionError("libxenvchan received wrong bytes: "
+                                 + mismatch(bytes(received), pattern(to_c)))
         if step.closer == "kill":
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
