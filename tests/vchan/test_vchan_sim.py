@@ -118,34 +118,32 @@ async def _send_and_close(stream: VchanStream, data: bytes) -> None:
 
 
 async def test_packets(anyio_backend: str) -> None:
-    async with world() as w, pair(w, 4096, 4096) as (srv, cli):
-        async with anyio.create_task_group() as tg:
-            async def produce() -> None:
-                for i in range(50):
-                    await cli.send_packet(bytes([i]) * 3000)
-                await cli.send_eof()
-            tg.start_soon(produce)
+    async with world() as w, pair(w, 4096, 4096) as (srv, cli), anyio.create_task_group() as tg:
+        async def produce() -> None:
             for i in range(50):
-                assert await srv.receive_packet(3000) == bytes([i]) * 3000
-            with pytest.raises(anyio.EndOfStream):
-                await srv.receive_packet(1)
+                await cli.send_packet(bytes([i]) * 3000)
+            await cli.send_eof()
+        tg.start_soon(produce)
+        for i in range(50):
+            assert await srv.receive_packet(3000) == bytes([i]) * 3000
+        with pytest.raises(anyio.EndOfStream):
+            await srv.receive_packet(1)
 
 
 async def test_listener_serves_one_client_after_another(anyio_backend: str) -> None:
-    async with world() as w:
-        async with VchanListener(w.server, w.client.domid, w.path) as listener:
-            for round_ in range(3):
-                async with anyio.create_task_group() as tg:
-                    async def client(n: int = round_) -> None:
-                        async with await connect(w.client, w.server.domid, w.path) as cli:
-                            await cli.send(f"client {n}".encode())
-                            assert await cli.receive() == b"hello"
-                    tg.start_soon(client)
-                    async with await listener.accept() as srv:
-                        assert await srv.receive() == f"client {round_}".encode()
-                        await srv.send(b"hello")
-                        with pytest.raises(anyio.EndOfStream):
-                            await srv.receive()
+    async with world() as w, VchanListener(w.server, w.client.domid, w.path) as listener:
+        for round_ in range(3):
+            async with anyio.create_task_group() as tg:
+                async def client(n: int = round_) -> None:
+                    async with await connect(w.client, w.server.domid, w.path) as cli:
+                        await cli.send(f"client {n}".encode())
+                        assert await cli.receive() == b"hello"
+                tg.start_soon(client)
+                async with await listener.accept() as srv:
+                    assert await srv.receive() == f"client {round_}".encode()
+                    await srv.send(b"hello")
+                    with pytest.raises(anyio.EndOfStream):
+                        await srv.receive()
 
 
 async def test_server_sees_client_domain_destroyed_before_connecting(anyio_backend: str) -> None:
