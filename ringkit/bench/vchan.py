@@ -27,7 +27,7 @@ import click
 # --------------------------------------------------------------------------- workers (children)
 
 
-async def _send(stream: anyio.abc.ByteSendStream, total: int, write_size: int) -> None:
+async def _send(stream: anyio.abc.ByteStream, total: int, write_size: int) -> None:
     chunk = bytes(range(256)) * (write_size // 256) + bytes(write_size % 256)
     sent = 0
     while sent < total:

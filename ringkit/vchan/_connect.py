@@ -113,7 +113,7 @@ class VchanServer(AsyncResource):
         except BaseException:
             await _close_all(resources)
             raise
-        return cls(domain, client, path, engine, event, resources[:-1])
+        return cls(domain, client, path, engine, event, [*rings, ctrl])
 
     async def accept(self, *, timeout: float | None = None) -> VchanStream:
         """Wait until the client connected (or came and went: its data is drained first) and
