@@ -146,6 +146,11 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
         if bytes(received) != pattern(from_c):
             raise AssertionError("ringkit received wrong bytes from libxenvchan: "
                                  + mismatch(bytes(received), pattern(from_c)))
+        page = stream.engine._mem.read(0, 4096)
+        unused = page[24 + 4 * stream.engine.orders.grant_count:1024]
+        if any(unused):
+            raise AssertionError("something wrote into the control page's unused bytes: "
+                                 + unused.rstrip(bytes(1))[:64].hex())
         if step.closer == "c":
             try:
                 extra = await stream.receive()
