@@ -50,11 +50,14 @@ class Step:
     server_impl: str            # "ringkit" or "c"
     sizes: tuple[int, int]      # ringkit server's (read_min, write_min); the C proxy asks 0, 0
     closer: str                 # "c", "ringkit" or "kill"
+    client_impl: str = ""       # default: the other implementation
 
     def impl(self, dom: str) -> str:
         """Who plays this step in domain `dom`: "ringkit" or "c"."""
         if dom == self.server_dom:
             return self.server_impl
+        if self.client_impl:
+            return self.client_impl
         return "c" if self.server_impl == "ringkit" else "ringkit"
 
     def seeds(self, index: int) -> tuple[int, int]:
@@ -63,6 +66,9 @@ class Step:
 
 
 STEPS = (
+    # first, ringkit at both ends across the domains: the baseline the C steps compare with
+    Step("dom0 ringkit server 1K/2K in-page <- domU ringkit client, server closes", "dom0",
+         "ringkit", (1024, 2048), "ringkit", client_impl="ringkit"),
     Step("dom0 ringkit server 1K/2K in-page <- domU C client, C closes", "dom0", "ringkit",
          (1024, 2048), "c"),
     Step("dom0 ringkit server 64K external <- domU C client, ringkit closes", "dom0", "ringkit",
@@ -115,6 +121,8 @@ async def _receive_exactly(stream: VchanStream, size: int) -> bytes:
 async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client: int) -> None:
     path = step_path(index, server, client)
     to_c, from_c = step.seeds(index)
+    if step.client_impl == "ringkit" and dom.domid != server:
+        to_c, from_c = from_c, to_c        # ringkit at both ends: the client plays "C"
     if dom.domid == server:
         offer = await VchanServer.offer(dom, client, path, read_min=step.sizes[0],
                                         write_min=step.sizes[1])
