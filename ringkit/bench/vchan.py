@@ -181,5 +181,8 @@ def command(backend: str, mib: int, write_size: int, ring: int, repeat: int) -> 
                f"{best['socketpair']:>12.1f} {best['vchan'] / best['socketpair']:>17.2f}")
 
 
+__all__ = ("command", "run")
+
+
 if __name__ == "__main__":
     _worker_main(sys.argv[1:])

@@ -18,7 +18,7 @@ from ._common import DIR_HELP, open_cli_domain, run_command
 if TYPE_CHECKING:
     from ..abc import Domain
 
-CHUNK = 65536
+_CHUNK = 65536
 
 
 class StdioStream(ByteStream):
@@ -29,7 +29,7 @@ class StdioStream(ByteStream):
         self._read_fd = read_fd
         self._write_fd: int | None = write_fd
 
-    async def receive(self, max_bytes: int = CHUNK) -> bytes:
+    async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         await anyio.wait_readable(self._read_fd)
         data = os.read(self._read_fd, max_bytes)
         if not data:
@@ -62,7 +62,7 @@ async def bridge(vchan: ByteStream, local: ByteStream) -> None:
     async def upstream() -> None:
         with suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             while True:
-                await vchan.send(await local.receive(CHUNK))
+                await vchan.send(await local.receive(_CHUNK))
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await vchan.send_eof()
 
@@ -70,7 +70,7 @@ async def bridge(vchan: ByteStream, local: ByteStream) -> None:
         tg.start_soon(upstream)
         with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
             while True:
-                await local.send(await vchan.receive(CHUNK))
+                await local.send(await vchan.receive(_CHUNK))
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await local.send_eof()
         tg.cancel_scope.cancel()

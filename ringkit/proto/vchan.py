@@ -69,11 +69,11 @@ from .pipe import PipeConsumer, PipeProducer, vchan_client, vchan_server
 if TYPE_CHECKING:
     from .._native import Buffer, Memory, NativeImpl
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+_PAGE_SHIFT = 12
+PAGE_SIZE = 1 << _PAGE_SHIFT
 VCHAN_MAX_ORDER = 20
 """libxenvchan's largest ring: 1 MiB (256 grants per ring still fit the control page)."""
-SMALL_ORDER, LARGE_ORDER = sorted(VCHAN_INPAGE_RING_OFFSET)
+_SMALL_ORDER, _LARGE_ORDER = sorted(VCHAN_INPAGE_RING_OFFSET)
 
 _ORDERS = struct.Struct("=HH")
 
@@ -96,7 +96,7 @@ class Live(enum.IntEnum):
 
 def ring_pages(order: int) -> int:
     """Separately granted pages of a ring of 2**order bytes (0 when it lives in the page)."""
-    return 1 << (order - PAGE_SHIFT) if order >= PAGE_SHIFT else 0
+    return 1 << (order - _PAGE_SHIFT) if order >= _PAGE_SHIFT else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,7 @@ def _order_problem(left: int, right: int) -> str | None:
     for name, order in (("left", left), ("right", right)):
         if not VCHAN_MIN_ORDER <= order <= VCHAN_MAX_ORDER:
             return f"{name}_order {order} is outside {VCHAN_MIN_ORDER}..{VCHAN_MAX_ORDER}"
-    if left == right and left < PAGE_SHIFT:
+    if left == right and left < _PAGE_SHIFT:
         return f"both rings claim the in-page slot of order {left}"
     if VCHAN_GRANTS + 4 * (ring_pages(left) + ring_pages(right)) > PAGE_SIZE:
         return "the grant list does not fit the control page"
@@ -145,7 +145,7 @@ def check_orders(left: int, right: int) -> VchanOrders:
 
 
 def _min_order(size: int) -> int:
-    order = PAGE_SHIFT
+    order = _PAGE_SHIFT
     while size > 1 << order:
         order += 1
     return order
@@ -163,16 +163,16 @@ def choose_orders(read_min: int, write_min: int) -> VchanOrders:
     for name, size in (("read_min", read_min), ("write_min", write_min)):
         if not 0 <= size <= 1 << VCHAN_MAX_ORDER:
             raise ConfigError(f"vchan {name}={size}: expected 0..{1 << VCHAN_MAX_ORDER} bytes")
-    small, large = 1 << SMALL_ORDER, 1 << LARGE_ORDER
+    small, large = 1 << _SMALL_ORDER, 1 << _LARGE_ORDER
     left, right = _min_order(read_min), _min_order(write_min)
     if read_min <= small and write_min <= large:
-        left, right = SMALL_ORDER, LARGE_ORDER
+        left, right = _SMALL_ORDER, _LARGE_ORDER
     elif read_min <= large and write_min <= small:
-        left, right = LARGE_ORDER, SMALL_ORDER
+        left, right = _LARGE_ORDER, _SMALL_ORDER
     elif read_min <= large:
-        left = LARGE_ORDER
+        left = _LARGE_ORDER
     elif write_min <= large:
-        right = LARGE_ORDER
+        right = _LARGE_ORDER
     return VchanOrders(left, right)
 
 
