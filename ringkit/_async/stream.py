@@ -87,11 +87,16 @@ class PipeStream(PeerLink, ByteStream):
         try:
             await self._event.wait()
         except PeerGoneError as exc:
-            raise self._break(exc) from exc
+            self._peer_gone(exc)
         finally:
             self._waiting = False
             self._woken.set()
             self._woken = anyio.Event()
+
+    def _peer_gone(self, exc: PeerGoneError) -> None:
+        """The peer's end of the event channel closed while we slept: the stream breaks.
+        (A subclass whose wire says more about the peer's exit may record it and return.)"""
+        raise self._break(exc) from exc
 
     # ------------------------------------------------------------------ receive
 

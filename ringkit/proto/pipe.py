@@ -154,6 +154,7 @@ class _PipeHalf(SharedHalf):
     )
 
     _role = "pipe"
+    _writes_data = True
 
     def __init__(
         self,
@@ -182,7 +183,12 @@ class _PipeHalf(SharedHalf):
             if data_buffer is not None:
                 mems.append(impl.attach(data_buffer))
             idx_mem, data_mem = mems[0], mems[-1]
-            for what, mem in (("index page", idx_mem), ("data buffer", data_mem)):
+            # A consumer only ever writes its index: its data may be mapped read-only (as
+            # libxenvchan's client maps the ring it reads).
+            checks = [("index page", idx_mem)]
+            if self._writes_data:
+                checks.append(("data buffer", data_mem))
+            for what, mem in checks:
                 if not mem.writable:
                     raise ConfigError(f"{layout.name}: the {what} must be writable")
             for attr in ("cons_offset", "prod_offset"):
@@ -316,6 +322,7 @@ class PipeConsumer(_PipeHalf):
     __slots__ = ()
 
     _role = "consumer"
+    _writes_data = False
 
     def _start(self, index: int | None) -> None:
         if index is None:

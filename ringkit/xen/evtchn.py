@@ -145,7 +145,10 @@ class XenEventChannel(EventChannel):
     def signal(self) -> None:
         """The reader saw this port: record the event and wake the waiter."""
         self._pending = True
-        self._connected = True  # only a bound remote end can send
+        # Not proof that a peer is bound here: Xen reuses port numbers, and an event the
+        # previous owner of this number sent can still be on its way to the reader.  Taking it
+        # for a connection made the first idle check of a fresh, not yet bound port report the
+        # new peer gone (seen with vchan steps back to back).  Only Xen's status says connected.
         if self._waiter is not None:
             self._waiter.set()
 

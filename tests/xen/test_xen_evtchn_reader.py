@@ -193,3 +193,34 @@ async def test_unbound_port_whose_peer_never_came_is_not_gone(
     with anyio.move_on_after(0.2) as scope:
         await a.wait()
     assert scope.cancelled_caught
+
+
+async def test_a_stale_event_on_a_reused_port_is_not_a_peer(
+        channels: tuple[XenEventChannels, FakeEvtchnDevice],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Xen reuses port numbers: an event the previous owner of the number sent can reach a
+    freshly allocated port before its peer binds.  That wake-up is spurious; it must not make
+    the not-yet-bound port look like a peer that came and left (the next waits would raise
+    PeerGoneError although the real peer binds a moment later).  Once Xen says the peer is
+    bound, its leaving is seen as before."""
+    events, device = channels
+    monkeypatch.setattr(evtchn_module, "PEER_POLL_INTERVAL", 0.01)
+    status = {"value": _uapi.EVTCHNSTAT_unbound}
+    monkeypatch.setattr(events, "port_status", lambda port: status["value"])
+    a = await events.alloc_unbound(1)
+    with anyio.fail_after(10):
+        device.deliver(a.port)                     # left over from the number's previous owner
+        await anyio.to_thread.run_sync(device.unmasked, 1)
+        await a.wait()                             # a spurious wake-up, as Xen may give
+        with anyio.move_on_after(0.2) as scope:    # idle checks see "unbound": still no peer
+            await a.wait()
+        assert scope.cancelled_caught
+        status["value"] = _uapi.EVTCHNSTAT_interdomain   # the real peer binds and notifies
+        device.deliver(a.port)
+        await anyio.to_thread.run_sync(device.unmasked, 1)
+        await a.wait()
+        with anyio.move_on_after(0.1):
+            await a.wait()                         # an idle check confirms it is bound
+        status["value"] = _uapi.EVTCHNSTAT_unbound       # ... and then it leaves
+        with pytest.raises(PeerGoneError):
+            await a.wait()
