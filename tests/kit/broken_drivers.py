@@ -3,6 +3,8 @@ Each must fail it with a message that names its fault."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ringkit.abc import SharedPages
 from ringkit.device import Nodes
 from ringkit.proto.xenbus import Reaction
@@ -14,7 +16,7 @@ from .drivers_under_test import echo, echo_exchange
 class LeakyBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
     """Shares a page with the frontend on every connection and never gives it back."""
 
-    kept: list[SharedPages] = []
+    kept: ClassVar[list[SharedPages]] = []
 
     async def connected(self, nodes: Nodes) -> None:
         self.kept.append(await self.domain.grants.share(self.peer_id, 1))
