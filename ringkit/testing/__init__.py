@@ -18,6 +18,8 @@ Every check ends by asserting that both handles' `leaks()` are all zero.
 
 from ._driver import DriverUnderTest as DriverUnderTest
 from ._driver import Exchange as Exchange
+from ._pair import DevicePair as DevicePair
+from ._pair import open_device_pair as open_device_pair
 from ._transport import CHECKS as CHECKS
 from ._transport import PairMaker as PairMaker
 from ._transport import assert_no_leaks as assert_no_leaks
@@ -45,6 +47,7 @@ from ._world import xen_world as xen_world
 __all__ = (
     "CHECKS",
     "DEFAULT_TIMEOUT",
+    "DevicePair",
     "DriverUnderTest",
     "Exchange",
     "PairMaker",
@@ -64,6 +67,7 @@ __all__ = (
     "check_share_map_round_trip",
     "check_sim_leaks",
     "check_unmap_notify",
+    "open_device_pair",
     "sim_world",
     "within",
     "xen_available",

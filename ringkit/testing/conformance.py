@@ -370,7 +370,8 @@ async def check_backend_closes(driver: DriverUnderTest, make_world: WorldMaker) 
     """The backend closes in order; the frontend follows, then connects to a new backend."""
     async with make_world() as w:
         await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as front:
+        async with connected_frontend_later(w, driver) as held:
+            front = held.front
             async with serving(w, driver):
                 await connects(w, driver, front)
                 await exchange(w, driver, front, "before the backend closed")
@@ -391,28 +392,44 @@ async def connects(w: World, driver: DriverUnderTest, front: Frontend, after: in
                 lambda: front.generation > after and front.is_connected)
 
 
+class HeldFrontend:
+    """A frontend opened in a task of its own (see `connected_frontend_later`)."""
+
+    def __init__(self, front: Frontend) -> None:
+        self.front = front
+        self.opened = False
+        self.stop = anyio.Event()
+        self.closed = anyio.Event()
+
+    async def close(self) -> None:
+        """Close it now (e.g. while a backend is still there to follow its Closing)."""
+        self.stop.set()
+        if self.opened:
+            await self.closed.wait()
+
+
 @asynccontextmanager
 async def connected_frontend_later(w: World, driver: DriverUnderTest
-                                   ) -> AsyncIterator[Frontend]:
+                                   ) -> AsyncIterator[HeldFrontend]:
     """The driver's frontend, opened in a task of its own (its ``async with`` returns only
     once some backend connects), for checks that start the backends later."""
-    front = _bounded(driver.make_frontend(w.guest, w.dom0.domid), w)
-    stop = anyio.Event()
-    opened = False
+    held = HeldFrontend(_bounded(driver.make_frontend(w.guest, w.dom0.domid), w))
 
     async def hold() -> None:
-        nonlocal opened
-        async with front:
-            opened = True
-            await stop.wait()
+        try:
+            async with held.front:
+                held.opened = True
+                await held.stop.wait()
+        finally:
+            held.closed.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(hold)
         try:
-            yield front
+            yield held
         finally:
-            stop.set()
-            if not opened:
+            held.stop.set()
+            if not held.opened:
                 tg.cancel_scope.cancel()
 
 
@@ -424,7 +441,8 @@ async def check_backend_killed(driver: DriverUnderTest, make_world: WorldMaker) 
     error within the timeout; a new backend process serves it again."""
     async with make_world() as w:
         await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as front:
+        async with connected_frontend_later(w, driver) as held:
+            front = held.front
             async with spawn(w, "backend", driver) as first:
                 await first.expect("ready")
                 await connects(w, driver, front)
@@ -435,6 +453,7 @@ async def check_backend_killed(driver: DriverUnderTest, make_world: WorldMaker) 
                 await second.expect("ready")
                 await connects(w, driver, front, 1)
                 await exchange(w, driver, front, "with the new backend")
+                await held.close()  # while the backend is there to follow its Closing
 
 
 async def _fails_typed(w: World, driver: DriverUnderTest, front: Frontend, when: str) -> None:
@@ -545,7 +564,8 @@ async def check_hostile_backend(mode: Mode, driver: DriverUnderTest,
     what = f"{driver.label}: a hostile backend ({mode.name}: {mode.about})"
     async with make_world() as w:
         address = await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as front:
+        async with connected_frontend_later(w, driver) as held:
+            front = held.front
             async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
                 if mode.expect is Expect.REFUSE:
                     await peer.expect("done")

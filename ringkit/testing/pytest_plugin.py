@@ -32,31 +32,29 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from ..device import Backend, Frontend
 from ..sim import SimXen
-from ._child import Child, spawn
 from ._driver import DriverUnderTest
+from ._pair import DevicePair, open_device_pair
 from ._world import (
     DEFAULT_TIMEOUT,
     Transport,
-    WaitTimeout,
     World,
     check_sim_leaks,
     sim_world,
     xen_available,
     xen_world,
 )
-from .conformance import CHECKS, checks_for, serving
+from .conformance import CHECKS, checks_for
 
 ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
+T = TypeVar("T")
 """Our async fixtures, which pytest-asyncio (strict) must run when anyio's plugin does not."""
 
 
@@ -82,28 +80,71 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
 
 
+def _asyncio_strict(item: pytest.Item) -> bool:
+    """Whether pytest-asyncio, not anyio's plugin, runs `item` (an ``asyncio``-marked test)."""
+    return (item.get_closest_marker("asyncio") is not None
+            and "anyio_backend" not in getattr(item, "fixturenames", ())
+            and item.config.pluginmanager.has_plugin("asyncio"))
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[
-        None, object, object]:
-    """Our async fixtures under pytest-asyncio when the test is not anyio's: mark them as
-    pytest-asyncio fixtures for this setup only (in strict mode it ignores unmarked ones, and
-    anyio's plugin runs them itself when the test uses ``anyio_backend``)."""
-    func = getattr(fixturedef.func, "__func__", fixturedef.func)
-    ours = fixturedef.argname in ASYNC_FIXTURES and getattr(func, "_ringkit_fixture", False)
-    if (not ours or "anyio_backend" in request.fixturenames
-            or not request.config.pluginmanager.has_plugin("asyncio")):
-        return (yield)
-    func._force_asyncio_fixture = True
-    func._loop_scope = None
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, object, object]:
+    """Our async fixtures in a pytest-asyncio test: mark them as pytest-asyncio fixtures for
+    this test only (in strict mode it ignores unmarked ones; anyio's plugin runs them itself in
+    tests that use ``anyio_backend``, and must keep doing so)."""
+    marked = []
+    if _asyncio_strict(item):
+        info = getattr(item, "_fixtureinfo", None)
+        for name, defs in (info.name2fixturedefs.items() if info else ()):
+            func = getattr(defs[-1].func, "__func__", defs[-1].func)
+            if name in ASYNC_FIXTURES and getattr(func, "_ringkit_fixture", False):
+                func._force_asyncio_fixture = True
+                func._loop_scope = None
+                marked.append(func)
     try:
         return (yield)
     finally:
-        del func._force_asyncio_fixture, func._loop_scope
+        for func in marked:
+            del func._force_asyncio_fixture, func._loop_scope
 
 
 def _ours(func: Any) -> Any:
     func._ringkit_fixture = True
     return func
+
+
+@asynccontextmanager
+async def _held(request: pytest.FixtureRequest, opened: AbstractAsyncContextManager[T]
+                ) -> AsyncIterator[T]:
+    """Enter `opened` for a fixture.  anyio's plugin runs a fixture's setup and teardown in one
+    task; pytest-asyncio does not, and task groups and cancel scopes must be left in the task
+    that entered them -- so there the context lives in a task of its own until teardown."""
+    if not _asyncio_strict(request.node):
+        async with opened as value:
+            yield value
+        return
+    import asyncio  # pytest-asyncio's loop: hold the context in a task of that loop
+
+    ready: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with opened as value:
+                ready.set_result(value)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.get_running_loop().create_task(hold())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
 
 
 @pytest.hookimpl(wrapper=True)
@@ -132,13 +173,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cls = metafunc.cls
     if "ringkit_check" in metafunc.fixturenames and cls is not None:
         xfail: Mapping[str, str] = getattr(cls, "xfail", {})
-        unknown = set(xfail) - set(CHECKS)
+        chosen = getattr(cls, "checks", None)
+        names = sorted(CHECKS) if chosen is None else list(chosen)
+        unknown = (set(xfail) | set(names)) - set(CHECKS)
         if unknown:
-            raise pytest.UsageError(f"{cls.__name__}.xfail names no check: {sorted(unknown)}")
+            raise pytest.UsageError(f"{cls.__name__} names no such check: {sorted(unknown)}")
         quick = pytest.mark.ringkit_timeout(getattr(cls, "xfail_timeout", 1.0))
         metafunc.parametrize("ringkit_check", [
             pytest.param(name, marks=[pytest.mark.xfail(reason=xfail[name], strict=True), quick])
-            if name in xfail else name for name in sorted(CHECKS)])
+            if name in xfail else name for name in names])
         metafunc.parametrize("ringkit_transport", [
             _XEN_PARAM if kind == "xen" else kind
             for kind in getattr(cls, "transports", ("sim",))])
@@ -186,21 +229,26 @@ def _ringkit_shared_sim_dir() -> Iterator[Path]:
 async def sim_xen(request: pytest.FixtureRequest, ringkit_timeout: float
                   ) -> AsyncIterator[SimXen]:
     """A simulated Xen for this test (see the module docstring)."""
-    if request.node.get_closest_marker("ringkit_shared_sim") is not None:
-        directory = request.getfixturevalue("_ringkit_shared_sim_dir")
-        opened = SimXen.attach(directory)
-    else:
-        opened = SimXen.start(in_process=True)
+    shared = request.node.get_closest_marker("ringkit_shared_sim") is not None
+    directory = request.getfixturevalue("_ringkit_shared_sim_dir") if shared else None
+    async with _held(request, _checked_sim(directory, ringkit_timeout)) as xen:
+        yield xen
+
+
+@asynccontextmanager
+async def _checked_sim(directory: Path | None, timeout: float) -> AsyncIterator[SimXen]:
+    opened = SimXen.start(in_process=True) if directory is None else SimXen.attach(directory)
     async with opened as xen:
         yield xen
-        await check_sim_leaks(xen, ringkit_timeout)
+        await check_sim_leaks(xen, timeout)
 
 
 @pytest.fixture
 @_ours
-async def world(sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+async def world(request: pytest.FixtureRequest, sim_xen: SimXen, ringkit_timeout: float
+                ) -> AsyncIterator[World]:
     """dom0 and a fresh guest domain on `sim_xen`, checked for leaks on the way out."""
-    async with sim_world(sim_xen, ringkit_timeout) as w:
+    async with _held(request, sim_world(sim_xen, ringkit_timeout)) as w:
         yield w
 
 
@@ -226,14 +274,13 @@ def ringkit_transport(request: pytest.FixtureRequest) -> Transport:
 @pytest.fixture
 @_ours
 async def any_world(request: pytest.FixtureRequest, ringkit_transport: Transport,
-                    ringkit_timeout: float) -> AsyncIterator[World]:
-    """A `World` on each transport: the simulated Xen, and the real one where it exists."""
-    if ringkit_transport == "xen":
-        async with xen_world(ringkit_timeout) as w:
-            yield w
-        return
-    xen: SimXen = request.getfixturevalue("sim_xen")
-    async with sim_world(xen, ringkit_timeout) as w:
+                    sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+    """A `World` on each transport: the simulated Xen, and the real one where it exists
+    (`sim_xen` is started either way: it is cheap, and a fixture cannot ask for an async one
+    conditionally)."""
+    opened = (xen_world(ringkit_timeout) if ringkit_transport == "xen"
+              else sim_world(sim_xen, ringkit_timeout))
+    async with _held(request, opened) as w:
         yield w
 
 
@@ -245,52 +292,16 @@ def ringkit_driver() -> DriverUnderTest:
         "(your Backend and Frontend classes and an exchange coroutine)")
 
 
-@dataclass
-class DevicePair:
-    """Both ends of a driver's device, connected (the `device_pair` fixture)."""
-
-    world: World
-    driver: DriverUnderTest
-    frontend: Frontend
-    backend: Backend | None
-    """The backend, when it runs in this process."""
-    backend_process: Child | None
-    """The backend's child process (``ringkit_backend_process`` marker): ``await
-    pair.backend_process.kill()`` is kill -9."""
-
-    async def exchange(self) -> None:
-        """The driver's traffic, bounded by the ringkit timeout."""
-        with self.world.within(f"{self.driver.label}: the exchange"):
-            await self.driver.exchange(self.frontend)
-
-
 @pytest.fixture
 @_ours
 async def device_pair(request: pytest.FixtureRequest, world: World,
                       ringkit_driver: DriverUnderTest) -> AsyncIterator[DevicePair]:
     """Both ends of `ringkit_driver`'s device on `world`, connected and serving; closed in
     order (frontend, then backend) on the way out."""
-    async with _pair(world, ringkit_driver,
-                     request.node.get_closest_marker("ringkit_backend_process") is not None
+    in_child = request.node.get_closest_marker("ringkit_backend_process") is not None
+    async with _held(request, open_device_pair(world, ringkit_driver, backend_process=in_child)
                      ) as pair:
         yield pair
-
-
-@asynccontextmanager
-async def _pair(w: World, driver: DriverUnderTest, in_child: bool) -> AsyncIterator[DevicePair]:
-    from .conformance import connected_frontend
-
-    await driver.create(w.dom0, w.guest_id)
-    async with AsyncExitStack() as stack:
-        backend: Backend | None = None
-        child: Child | None = None
-        if in_child:
-            child = await stack.enter_async_context(spawn(w, "backend", driver))
-            await child.expect("ready")
-        else:
-            backend = (await stack.enter_async_context(serving(w, driver))).backend
-        front = await stack.enter_async_context(connected_frontend(w, driver))
-        yield DevicePair(w, driver, front, backend, child)
 
 
 # --------------------------------------------------------------------------- conformance
@@ -316,6 +327,8 @@ class DriverConformance:
     """
 
     transports: ClassVar[tuple[Transport, ...]] = ("sim",)
+    checks: ClassVar[Collection[str] | None] = None
+    """Names of the checks to run (default: all of `CHECKS`)."""
     xfail: ClassVar[Mapping[str, str]] = {}
     xfail_timeout: ClassVar[float] = 1.0
     """The ringkit timeout of the `xfail` cases (they fail by timing out, mostly; once fixed,
@@ -335,4 +348,4 @@ class DriverConformance:
             await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
 
 
-__all__ = ("DevicePair", "DriverConformance", "WaitTimeout")
+__all__ = ("DevicePair", "DriverConformance")
