@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 
 from ..abc import Domain, EventChannel
-from ..device import Nodes
+from ..device import Backend, Frontend, Nodes
 from ..proto.layout import (
     SRING_HEADER_SIZE,
     SRING_REQ_PROD,
@@ -129,13 +129,19 @@ async def _until_requests(buf: memoryview, event: EventChannel) -> int:
     return prod
 
 
+async def _pose(end: Frontend | Backend, mode: str
+                ) -> tuple[random.Random, Nodes, Nodes, RingLayout | None]:
+    """Start posing as `end` (an instance of the driver's class, never entered: only its hooks
+    are used): a random source for `mode`, own and peer dirs, the ring layout; says
+    Initialising."""
+    await end.own_nodes.write("state", "1")
+    return random.Random(mode), end.own_nodes, end.peer_nodes, end.ring_layout
+
+
 async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest,
                            mode: str) -> None:
-    rng = random.Random(mode)
     front = driver.make_frontend(dom, backend_id)  # never entered: its hooks only
-    own, backend = front.own_nodes, front.peer_nodes
-    layout = front.ring_layout
-    await own.write("state", "1")
+    rng, own, backend, layout = await _pose(front, mode)
     await _await_state(backend, {"2"})
     await front.negotiate(backend)
     pages = await dom.grants.share(backend_id, 1, writable=True)
@@ -204,11 +210,8 @@ def port_closed(mode: str) -> bool:
 
 async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest,
                           mode: str) -> None:
-    rng = random.Random(mode)
     back = driver.make_backend(dom, frontend_id)  # never entered: its hooks only
-    own, frontend = back.own_nodes, back.peer_nodes
-    layout = back.ring_layout
-    await own.write("state", "1")
+    rng, own, frontend, layout = await _pose(back, mode)
     if mode == "max-ring-page-order-garbage":
         await own.write("max-ring-page-order", "x")
     await back.advertise(own)

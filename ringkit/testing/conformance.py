@@ -49,7 +49,7 @@ import anyio.abc
 
 from .._errors import RingkitError
 from ..device import Backend, Frontend, XenbusState
-from ._child import spawn
+from ._child import Child, spawn
 from ._driver import DriverUnderTest
 from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
 from ._world import Transport, WaitTimeout, World, check_leaks
@@ -540,9 +540,7 @@ async def check_hostile_frontend(mode: Mode, driver: DriverUnderTest,
                     await until(w, f"{what}: the backend disconnecting (state "
                                 f"{backend.state.xen_name})", lambda: not backend.queues)
                 elif mode.expect is Expect.REFUSE:
-                    await peer.expect("done")
-                    await until_state(w, address.backend_path, {"6"},
-                                      f"{what}: the backend refusing it (Closing -> Closed)")
+                    await _refused(w, peer, address.backend_path, f"{what}: the backend")
                     assert not backend.queues, f"{what}: the backend mapped its ring"
                 else:
                     await peer.expect("connected")
@@ -568,9 +566,7 @@ async def check_hostile_backend(mode: Mode, driver: DriverUnderTest,
             front = held.front
             async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
                 if mode.expect is Expect.REFUSE:
-                    await peer.expect("done")
-                    await until_state(w, address.frontend_path, {"6"},
-                                      f"{what}: the frontend refusing it (Closing -> Closed)")
+                    await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
                     assert not front.is_connected, f"{what}: the frontend connected"
                 else:
                     await peer.expect("connected")
@@ -580,6 +576,12 @@ async def check_hostile_backend(mode: Mode, driver: DriverUnderTest,
                     if front.is_connected:
                         await _answers_typed(w, driver, front, mode, what)
             await _frontend_recovers(w, driver, front, what)
+
+
+async def _refused(w: World, peer: Child, path: str, who: str) -> None:
+    """The hostile peer published its bad nodes; the end at `path` must say Closed."""
+    await peer.expect("done")
+    await until_state(w, path, {"6"}, f"{who} refusing it (Closing -> Closed)")
 
 
 async def _answers_typed(w: World, driver: DriverUnderTest, front: Frontend, mode: Mode,
