@@ -46,6 +46,8 @@ class Expect(enum.Enum):
     """Drop the connection with a typed error: Closing -> Closed, or start over."""
     ERROR_OR_SERVE = "error-or-serve"
     """Either answer the bad traffic with a typed error or keep serving; both are fine."""
+    REFUSE_OR_SERVE = "refuse-or-serve"
+    """A value only some drivers read: refuse it (Closing -> Closed) or ignore it."""
     NO_ANSWER = "no-answer"
     """The peer went quiet: the driver's traffic may wait, but closing must not hang."""
 
@@ -76,6 +78,7 @@ FRONTEND_MODES = {m.name: m for m in (
     Mode("event-channel-unknown", Expect.REFUSE, False, "event channel nobody allocated"),
     Mode("ring-page-order-too-big", Expect.REFUSE, False, "ring-page-order = 9"),
     Mode("too-many-queues", Expect.REFUSE, False, "multi-queue-num-queues = 9999"),
+    Mode("wrong-protocol", Expect.REFUSE_OR_SERVE, False, "protocol = x86_32-abi"),
 )}
 
 BACKEND_MODES = {m.name: m for m in (
@@ -170,9 +173,12 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
     for name, value in nodes.items():
         await own.write(name, value)
     await front.publish(own)
+    if mode == "wrong-protocol":
+        await own.write("protocol", "x86_32-abi")
     # blkif.h lets a frontend skip Initialised: "skips-initialised" goes straight to Connected
     await own.write("state", "4" if mode == "skips-initialised" else "3")
-    if mode in FRONTEND_MODES and FRONTEND_MODES[mode].expect is Expect.REFUSE:
+    if mode in FRONTEND_MODES and FRONTEND_MODES[mode].expect in (Expect.REFUSE,
+                                                                  Expect.REFUSE_OR_SERVE):
         say("done")
         await anyio.sleep_forever()
     await _await_state(backend, {"4"})

@@ -41,7 +41,8 @@ def test_failures_name_the_hang_and_the_leak(project: pytest.Pytester) -> None:
         result.stdout.fnmatch_lines([line])
 
 
-def test_the_timeout_comes_from_the_command_line_too(project: pytest.Pytester) -> None:
+def test_the_timeout_comes_from_the_command_line_and_the_ini_file(
+        project: pytest.Pytester) -> None:
     (project.path / "failing" / "test_ping_failing.py").write_text(
         (project.path / "failing" / "test_ping_failing.py").read_text()
         .replace("@pytest.mark.ringkit_timeout(0.5)\n", ""))
@@ -49,3 +50,8 @@ def test_the_timeout_comes_from_the_command_line_too(project: pytest.Pytester) -
                                           "failing", "-k", "silent")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*not done within 0.3 s*"])
+    ini = project.path / "pytest.ini"
+    ini.write_text(ini.read_text() + "ringkit_timeout = 0.4\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "failing", "-k", "silent")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*not done within 0.4 s*"])
