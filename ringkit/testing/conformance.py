@@ -48,7 +48,7 @@ import anyio
 import anyio.abc
 
 from .._errors import RingkitError
-from ..device import Backend, Frontend, XenbusState
+from ..device import Backend, DeviceAddress, Frontend, XenbusState
 from ._child import Child, spawn
 from ._driver import DriverUnderTest
 from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
@@ -524,61 +524,64 @@ async def check_domain_destroyed(driver: DriverUnderTest, make_world: WorldMaker
 # --------------------------------------------------------------------------- hostile peers
 
 
-async def check_hostile_frontend(mode: Mode, driver: DriverUnderTest,
-                                 make_world: WorldMaker) -> None:
-    """A hostile frontend process against the driver's backend (see `Mode`)."""
-    what = f"{driver.label}: a hostile frontend ({mode.name}: {mode.about})"
+async def check_hostile(side: str, mode: Mode, driver: DriverUnderTest,
+                        make_world: WorldMaker) -> None:
+    """A hostile `side` ("frontend" or "backend") in a process of its own against the
+    driver's other end (see `Mode`)."""
+    what = f"{driver.label}: a hostile {side} ({mode.name}: {mode.about})"
     async with make_world() as w:
         address = await driver.create(w.dom0, w.guest_id)
-        async with serving(w, driver) as served:
-            backend = served.backend
-            async with spawn(w, "hostile-frontend", driver, mode=mode.name) as peer:
-                if mode.name == "vanishes":
-                    await peer.expect("connected")
-                    with w.within(f"{what}: the peer exiting"):
-                        await peer.process.wait()
+        attack = _against_backend if side == "frontend" else _against_frontend
+        await attack(w, driver, address, mode, what)
+
+
+async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAddress,
+                           mode: Mode, what: str) -> None:
+    async with serving(w, driver) as served:
+        backend = served.backend
+        async with spawn(w, "hostile-frontend", driver, mode=mode.name) as peer:
+            if mode.name == "vanishes":
+                await peer.expect("connected")
+                with w.within(f"{what}: the peer exiting"):
+                    await peer.process.wait()
+                await until(w, f"{what}: the backend disconnecting (state "
+                            f"{backend.state.xen_name})", lambda: not backend.queues)
+            elif mode.expect is Expect.REFUSE:
+                await _refused(w, peer, address.backend_path, f"{what}: the backend")
+                assert not backend.queues, f"{what}: the backend mapped its ring"
+            elif mode.expect is Expect.REFUSE_OR_SERVE:
+                await peer.expect("done")
+                await anyio.sleep(0.1)
+            else:
+                await peer.expect("connected")
+                await peer.expect("done")
+                if mode.expect is Expect.DISCONNECT:
                     await until(w, f"{what}: the backend disconnecting (state "
                                 f"{backend.state.xen_name})", lambda: not backend.queues)
-                elif mode.expect is Expect.REFUSE:
-                    await _refused(w, peer, address.backend_path, f"{what}: the backend")
-                    assert not backend.queues, f"{what}: the backend mapped its ring"
-                elif mode.expect is Expect.REFUSE_OR_SERVE:
-                    await peer.expect("done")
+                else:
                     await anyio.sleep(0.1)
-                else:
-                    await peer.expect("connected")
-                    await peer.expect("done")
-                    if mode.expect is Expect.DISCONNECT:
-                        await until(w, f"{what}: the backend disconnecting (state "
-                                    f"{backend.state.xen_name})", lambda: not backend.queues)
-                    else:
-                        await anyio.sleep(0.1)
-                served.assert_alive(what)
-            await until(w, f"{what}: the backend releasing the hostile frontend's rings",
-                        lambda: not backend.queues)
-            await _serves_a_fresh_frontend(w, driver, served, f"{mode.name} ({mode.about})")
+            served.assert_alive(what)
+        await until(w, f"{what}: the backend releasing the hostile frontend's rings",
+                    lambda: not backend.queues)
+        await _serves_a_fresh_frontend(w, driver, served, f"{mode.name} ({mode.about})")
 
 
-async def check_hostile_backend(mode: Mode, driver: DriverUnderTest,
-                                make_world: WorldMaker) -> None:
-    """A hostile backend process against the driver's frontend (see `Mode`)."""
-    what = f"{driver.label}: a hostile backend ({mode.name}: {mode.about})"
-    async with make_world() as w:
-        address = await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as held:
-            front = held.front
-            async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
-                if mode.expect is Expect.REFUSE:
-                    await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
-                    assert not front.is_connected, f"{what}: the frontend connected"
-                else:
-                    await peer.expect("connected")
-                    # The frontend may see the attack before it even finished connecting.
-                    await until(w, f"{what}: the frontend connecting",
-                                lambda: front.generation or front.state is S.CLOSED)
-                    if front.is_connected:
-                        await _answers_typed(w, driver, front, mode, what)
-            await _frontend_recovers(w, driver, front, what)
+async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAddress,
+                            mode: Mode, what: str) -> None:
+    async with connected_frontend_later(w, driver) as held:
+        front = held.front
+        async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
+            if mode.expect is Expect.REFUSE:
+                await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
+                assert not front.is_connected, f"{what}: the frontend connected"
+            else:
+                await peer.expect("connected")
+                # The frontend may see the attack before it even finished connecting.
+                await until(w, f"{what}: the frontend connecting",
+                            lambda: front.generation or front.state is S.CLOSED)
+                if front.is_connected:
+                    await _answers_typed(w, driver, front, mode, what)
+        await _frontend_recovers(w, driver, front, what)
 
 
 async def _refused(w: World, peer: Child, path: str, who: str) -> None:
@@ -636,10 +639,9 @@ def _register_all() -> None:
     register("backend-killed", check_backend_killed)
     register("frontend-killed", check_frontend_killed)
     register("domain-destroyed", check_domain_destroyed, transports=("sim",))
-    for side, table, check in (("frontend", FRONTEND_MODES, check_hostile_frontend),
-                               ("backend", BACKEND_MODES, check_hostile_backend)):
+    for side, table in (("frontend", FRONTEND_MODES), ("backend", BACKEND_MODES)):
         for mode in table.values():
-            register(f"hostile-{side}/{mode.name}", partial(check, mode),
+            register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
                      needs_ring=mode.needs_ring, about=mode.about)
 
 
