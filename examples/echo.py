@@ -14,6 +14,7 @@ import struct
 
 import anyio
 
+from ringkit import RemoteProtocolError
 from ringkit.device import Backend, DeviceAddress, Frontend, Nodes, RingLayout, create_device
 
 # One 64-byte slot: request id, payload length, payload.  Responses use the same layout.
@@ -50,7 +51,10 @@ class EchoFrontend(Frontend):
     async def echo(self, ident: int, text: bytes) -> bytes:
         await self.channel.send(MESSAGE.pack(ident, len(text), text))
         got, length, data = MESSAGE.unpack(await self.channel.receive())
-        assert got == ident, "one request in flight at a time"
+        if got != ident:  # one request in flight at a time: anything else is the peer's lie
+            error = RemoteProtocolError(f"echo: response for id {got}, expected {ident}")
+            self.wake("hostile response", error)  # disconnect cleanly: Closing -> Closed
+            raise error
         return bytes(data[: min(length, 54)])
 
 

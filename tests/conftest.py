@@ -9,13 +9,14 @@ a wall-clock deadline measures the machine, not the code.
 ``RINGKIT_REQUIRE_NATIVE=compiled,abi`` (set by ``make test``) turns a missing native
 implementation into a failure instead of a silent skip of its tests.  ``RINGKIT_REQUIRE_XEN=1``
 (set by ``make test-xen`` inside the harness's dom0) does the same for the ``xen``-marked tests:
-there, a real-Xen test that skips means the harness is broken, not that Xen is missing.
+there, a real-Xen test that skips means the harness is broken, not that Xen is missing; that
+guard lives in ringkit's pytest plugin (`ringkit.testing.pytest_plugin`), so that driver
+projects outside this tree get it too.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
 
 import pytest
 from hypothesis import settings
@@ -41,16 +42,3 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, None, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if (report.skipped and os.environ.get("RINGKIT_REQUIRE_XEN") == "1"
-            and item.get_closest_marker("xen") is not None and not hasattr(report, "wasxfail")):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = (f"RINGKIT_REQUIRE_XEN=1 (make test-xen) but this real-Xen test "
-                           f"skipped: {reason}")

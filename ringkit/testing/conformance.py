@@ -1,0 +1,648 @@
+"""The driver conformance suite: hold any split driver to what Xen drivers must do.
+
+Point it at a `DriverUnderTest` -- the driver's Backend and Frontend classes and one
+``exchange(frontend)`` coroutine that does some real traffic -- and a *world maker* (a callable
+returning an async context manager that yields a `World`: `sim_world`, `xen_world`, or the
+plugin's fixtures).  Every check builds its device in a fresh world, raises ``AssertionError``
+with a message naming the fault when the driver misbehaves, and ends with the world's leak
+check (grants, mappings, ports, watches, transactions).  Nothing here imports pytest::
+
+    from ringkit.testing.conformance import checks_for
+    from ringkit.testing import DriverUnderTest, sim_world
+
+    driver = DriverUnderTest(EchoBackend, EchoFrontend, exchange=say_hello)
+    async with SimXen.start(in_process=True) as xen:
+        for name, check in checks_for(driver, "sim").items():
+            await check(driver, lambda: sim_world(xen))
+
+The checks, by name (`CHECKS`):
+
+* handshake: ``handshake`` (backend first), ``frontend-first``, ``skipped-states`` (a frontend
+  going from Initialising straight to Connected), ``leftover-closed`` (a frontend dir still
+  Closed from an earlier connection), ``features-read-back`` (each end's nodes readable by the
+  other, with the same values);
+* orderly close from either side, then reconnect and traffic again: ``frontend-closes``,
+  ``backend-closes``;
+* peer death: ``backend-killed`` (kill -9 mid-traffic: the frontend's traffic fails with a
+  typed error within the timeout, a new backend serves it again), ``frontend-killed`` (the
+  backend cleans up and serves the next frontend), ``domain-destroyed`` (sim only);
+* hostile peers, each in a process of its own (``hostile-frontend/<mode>`` and
+  ``hostile-backend/<mode>``, modes in `ringkit.testing._hostile`): garbage slots, producer
+  indices ahead / backwards / huge, a scribbled header, responses for ids never sent or twice,
+  a peer that stops answering, closes its event channel or vanishes with pages mapped, and
+  hostile xenstore nodes.  The end under attack must answer with a typed error and a clean
+  disconnect (or keep serving where the bad input is only bad data), never crash, hang or
+  leak, and must then serve a fresh, well-behaved peer.
+
+More checks plug in with `register` (same signature: driver, world maker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+import anyio.abc
+
+from .._errors import RingkitError
+from ..device import Backend, DeviceAddress, Frontend, XenbusState
+from ._child import Child, spawn
+from ._driver import DriverUnderTest
+from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
+from ._world import Transport, WaitTimeout, World, check_leaks
+
+__all__ = (
+    "CHECKS",
+    "TYPED_ERRORS",
+    "Check",
+    "ConformanceCheck",
+    "WorldMaker",
+    "checks_for",
+    "register",
+    "serving",
+    "connected_frontend",
+)
+
+S = XenbusState
+
+WorldMaker = Callable[[], AbstractAsyncContextManager[World]]
+"""Makes a fresh `World` (and checks it for leaks on the way out)."""
+
+Check = Callable[[DriverUnderTest, WorldMaker], Awaitable[None]]
+"""A conformance check: raises AssertionError naming the fault."""
+
+TYPED_ERRORS: tuple[type[BaseException], ...] = (
+    RingkitError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+"""What a driver's traffic may raise when the peer dies or misbehaves: ringkit's own errors
+(`PeerGoneError`, `RemoteProtocolError`, ...) and anyio's stream errors chained from them."""
+
+
+@dataclass(frozen=True)
+class ConformanceCheck:
+    """A named check and where it applies."""
+
+    name: str
+    run: Check
+    transports: tuple[Transport, ...] = ("sim", "xen")
+    needs_ring: bool = False
+    """Only for drivers with an io/ring.h `ring_layout`."""
+    about: str = ""
+
+
+CHECKS: dict[str, ConformanceCheck] = {}
+"""Every registered check, by name."""
+
+
+def register(name: str, run: Check, *, transports: tuple[Transport, ...] = ("sim", "xen"),
+             needs_ring: bool = False, about: str = "") -> Check:
+    """Add a check to `CHECKS` (e.g. a state matrix); returns `run`."""
+    if name in CHECKS:
+        raise ValueError(f"a conformance check named {name!r} exists already")
+    CHECKS[name] = ConformanceCheck(name, _plain(run), transports, needs_ring, about or name)
+    return run
+
+
+def _plain(run: Check) -> Check:
+    """`run`, raising the AssertionError itself rather than the task groups around it."""
+
+    async def check(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+        try:
+            await run(driver, make_world)
+        except BaseExceptionGroup as group:
+            found = _assertions(group)
+            if len(found) == 1:
+                raise found[0] from group
+            raise
+
+    return check
+
+
+def _assertions(exc: BaseException) -> list[AssertionError]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [a for e in exc.exceptions for a in _assertions(e)]
+    return [exc] if isinstance(exc, AssertionError) else []
+
+
+def checks_for(driver: DriverUnderTest, transport: Transport = "sim") -> dict[str, Check]:
+    """The checks that apply to `driver` on `transport`, by name."""
+    ring = driver.frontend.ring_layout is not None  # type: ignore[union-attr]
+    return {c.name: c.run for c in CHECKS.values()
+            if transport in c.transports and (ring or not c.needs_ring)}
+
+
+# --------------------------------------------------------------------------- running the ends
+
+
+class ServingBackend:
+    """A backend serving in a task of this process (see `serving`)."""
+
+    def __init__(self, backend: Backend, label: str) -> None:
+        self.backend = backend
+        self.label = label
+        self.failure: BaseException | None = None
+        self.returned = False
+
+    def assert_alive(self, after: str) -> None:
+        """The backend is still serving its device: it neither crashed nor gave up."""
+        if self.failure is not None:
+            raise AssertionError(
+                f"{self.label}: the backend stopped serving after {after}: {self.failure!r}"
+            ) from self.failure
+        if self.returned or self.backend.finished:
+            raise AssertionError(
+                f"{self.label}: the backend gave up its device after {after} (run() returned); "
+                "a peer must never stop a serving backend")
+
+    async def run(self) -> None:
+        try:
+            await self.backend.run()
+        except Exception as exc:
+            self.failure = exc
+        else:
+            self.returned = True
+
+
+@asynccontextmanager
+async def serving(w: World, driver: DriverUnderTest) -> AsyncIterator[ServingBackend]:
+    """The driver's backend for `w`'s guest, serving in a background task until the block
+    ends (then closed in order)."""
+    async with anyio.create_task_group() as tg:
+        backend = driver.make_backend(w.dom0, w.guest_id)
+        await backend.__aenter__()  # its task group: no cancel scope may wrap this
+        served = ServingBackend(backend, driver.label)
+        try:
+            tg.start_soon(served.run)
+            yield served
+        finally:
+            await backend.aclose()
+
+
+def _bounded(front: Frontend, w: World) -> Frontend:
+    """`front`, waiting at most half the world's timeout for a backend to follow its Closing
+    (a dead or hostile one never will)."""
+    # close_timeout is declared a class attribute; an instance value is what we need here
+    front.close_timeout = min(front.close_timeout, w.timeout / 2)  # type: ignore[misc]
+    return front
+
+
+@asynccontextmanager
+async def connected_frontend(w: World, driver: DriverUnderTest) -> AsyncIterator[Frontend]:
+    """The driver's frontend in `w`'s guest, connected (within the world's timeout)."""
+    front = _bounded(driver.make_frontend(w.guest, w.dom0.domid), w)
+    front.connect_timeout = w.timeout
+    try:
+        await front.__aenter__()
+    except TimeoutError as exc:
+        raise WaitTimeout(f"{driver.label}: the frontend did not connect within "
+                          f"{w.timeout:g} s") from exc
+    try:
+        yield front
+    finally:
+        await front.aclose()
+
+
+async def exchange(w: World, driver: DriverUnderTest, front: Frontend, when: str) -> None:
+    """The driver's traffic, which must work now."""
+    with w.within(f"{driver.label}: the exchange {when}"):
+        try:
+            await driver.exchange(front)
+        except Exception as exc:
+            raise AssertionError(f"{driver.label}: the exchange {when} failed: {exc!r}") from exc
+
+
+async def until(w: World, what: str, predicate: Callable[[], object]) -> None:
+    """Poll `predicate` until true, within the world's timeout (fails naming `what`)."""
+    with w.within(what):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+async def until_state(w: World, path: str, wanted: set[str], what: str) -> None:
+    """Poll ``<path>/state`` until it is one of `wanted`."""
+    with w.within(what):
+        while True:
+            if await w.dom0.store.exists(f"{path}/state"):
+                state = await w.dom0.store.read(f"{path}/state")
+                if state in wanted:
+                    return
+            await anyio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+async def check_handshake(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """Backend first, then the frontend: both Connected, traffic, an orderly close."""
+    async with make_world() as w:
+        address = await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver) as served:
+            async with connected_frontend(w, driver) as front:
+                assert front.is_connected and served.backend.is_connected, (
+                    f"{driver.label}: both ends should be connected")
+                await exchange(w, driver, front, "after connecting")
+            assert front.state is S.CLOSED, f"{driver.label}: frontend ended {front.state!r}"
+            await until(w, f"{driver.label}: the backend following the frontend's Closing "
+                        f"(backend state {served.backend.state.xen_name})",
+                        lambda: served.backend.state is S.CLOSED and not served.backend.queues)
+            served.assert_alive("an orderly close")
+            assert await w.dom0.store.read(f"{address.backend_path}/state") == "6"
+
+
+async def check_frontend_first(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """The frontend starts (and waits at Initialising) before any backend exists."""
+    async with make_world() as w:
+        address = await driver.create(w.dom0, w.guest_id)
+        up, done = anyio.Event(), anyio.Event()
+        errors: list[BaseException] = []
+
+        async def frontend_side() -> None:
+            try:
+                async with connected_frontend(w, driver) as front:
+                    await exchange(w, driver, front, "with the backend started second")
+                    up.set()
+                    await done.wait()
+            except BaseException as exc:
+                errors.append(exc)
+                up.set()
+                raise
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(frontend_side)
+            await until_state(w, address.frontend_path, {"1"},
+                              f"{driver.label}: the frontend at Initialising")
+            await anyio.sleep(0.05)
+            async with serving(w, driver) as served:
+                with w.within(f"{driver.label}: the frontend connecting to a later backend"):
+                    await up.wait()
+                done.set()
+                if errors:
+                    raise errors[0]
+                served.assert_alive("a frontend that came first")
+
+
+async def check_skipped_states(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """A frontend going from Initialising straight to Connected (blkif.h lets it skip
+    Initialised): the backend connects; when that frontend dies, it serves the next one."""
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver) as served:
+            async with spawn(w, "hostile-frontend", driver, mode="skips-initialised") as peer:
+                await peer.expect("connected")
+                await until(w, f"{driver.label}: the backend connecting to a frontend that "
+                            "skipped Initialised", lambda: served.backend.is_connected)
+            await until(w, f"{driver.label}: the backend releasing a killed frontend's rings",
+                        lambda: not served.backend.queues)
+            await _serves_a_fresh_frontend(w, driver, served, "a frontend that skipped states")
+
+
+async def check_leftover_closed(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """The frontend dir still says Closed from an earlier connection when the backend starts:
+    the backend waits, and a new frontend connects."""
+    async with make_world() as w:
+        address = await driver.create(w.dom0, w.guest_id)
+        await w.guest.store.write(f"{address.frontend_path}/state", "6")
+        async with serving(w, driver) as served:
+            await anyio.sleep(0.05)
+            served.assert_alive("a leftover Closed frontend state")
+            await _serves_a_fresh_frontend(w, driver, served, "a leftover Closed")
+
+
+async def check_features_read_back(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """Every node each end wrote in its dir reads the same from the other end's domain."""
+    async with make_world() as w:
+        address = await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver), connected_frontend(w, driver) as front:
+            await exchange(w, driver, front, "after connecting")
+            for writer, reader, path, who in (
+                    (w.dom0, w.guest, address.backend_path, "backend"),
+                    (w.guest, w.dom0, address.frontend_path, "frontend")):
+                names = await writer.store.directory(path)
+                assert "state" in names, f"{driver.label}: no state node in the {who} dir"
+                for name in names:
+                    node = f"{path}/{name}"
+                    if await writer.store.directory(node):
+                        continue  # a queue-<i>/ dir: its keys are read by the backend already
+                    mine = await writer.store.read(node)
+                    try:
+                        theirs = await reader.store.read(node)
+                    except RingkitError as exc:
+                        raise AssertionError(f"{driver.label}: the {who}'s node {node} is not "
+                                             f"readable by the other end: {exc}") from exc
+                    assert mine == theirs, f"{driver.label}: {node} reads differently"
+
+
+async def _serves_a_fresh_frontend(w: World, driver: DriverUnderTest, served: ServingBackend,
+                                   after: str) -> None:
+    served.assert_alive(after)
+    try:
+        async with connected_frontend(w, driver) as front:
+            await exchange(w, driver, front, f"of a fresh frontend after {after}")
+    except WaitTimeout as exc:
+        raise AssertionError(f"{driver.label}: the backend did not serve a fresh frontend "
+                             f"after {after} (backend state "
+                             f"{served.backend.state.xen_name}): {exc}") from exc
+    served.assert_alive(after)
+
+
+# --------------------------------------------------------------------------- orderly close
+
+
+async def check_frontend_closes(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """The frontend closes in order; a new frontend connects to the same backend."""
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver) as served:
+            async with connected_frontend(w, driver) as front:
+                await exchange(w, driver, front, "before closing")
+            await until(w, f"{driver.label}: the backend following the frontend's Closing",
+                        lambda: served.backend.state is S.CLOSED and not served.backend.queues)
+            leaks = w.dom0.leaks()
+            assert not (leaks.maps or leaks.ports), (
+                f"{driver.label}: the backend kept maps={leaks.maps} ports={leaks.ports} "
+                "after the frontend closed")
+            await _serves_a_fresh_frontend(w, driver, served, "the frontend closed")
+
+
+async def check_backend_closes(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """The backend closes in order; the frontend follows, then connects to a new backend."""
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with connected_frontend_later(w, driver) as held:
+            front = held.front
+            async with serving(w, driver):
+                await connects(w, driver, front)
+                await exchange(w, driver, front, "before the backend closed")
+            await until(w, f"{driver.label}: the frontend following the backend's Closing "
+                        f"(frontend state {front.state.xen_name})", lambda: not front.queues)
+            leaks = w.guest.leaks()
+            assert not (leaks.grants or leaks.ports), (
+                f"{driver.label}: the frontend kept grants={leaks.grants} ports={leaks.ports} "
+                "after the backend closed")
+            async with serving(w, driver):
+                await connects(w, driver, front, 1)
+                await exchange(w, driver, front, "with a new backend")
+
+
+async def connects(w: World, driver: DriverUnderTest, front: Frontend, after: int = 0) -> None:
+    """Wait for `front` to be connected with a generation newer than `after`."""
+    await until(w, f"{driver.label}: the frontend connecting (state {front.state.xen_name})",
+                lambda: front.generation > after and front.is_connected)
+
+
+class HeldFrontend:
+    """A frontend opened in a task of its own (see `connected_frontend_later`)."""
+
+    def __init__(self, front: Frontend) -> None:
+        self.front = front
+        self.opened = False
+        self.stop = anyio.Event()
+        self.closed = anyio.Event()
+
+    async def close(self) -> None:
+        """Close it now (e.g. while a backend is still there to follow its Closing)."""
+        self.stop.set()
+        if self.opened:
+            await self.closed.wait()
+
+
+@asynccontextmanager
+async def connected_frontend_later(w: World, driver: DriverUnderTest
+                                   ) -> AsyncIterator[HeldFrontend]:
+    """The driver's frontend, opened in a task of its own (its ``async with`` returns only
+    once some backend connects), for checks that start the backends later."""
+    held = HeldFrontend(_bounded(driver.make_frontend(w.guest, w.dom0.domid), w))
+
+    async def hold() -> None:
+        try:
+            async with held.front:
+                held.opened = True
+                await held.stop.wait()
+        finally:
+            held.closed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        try:
+            yield held
+        finally:
+            held.stop.set()
+            if not held.opened:
+                tg.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- peer death
+
+
+async def check_backend_killed(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """kill -9 of the backend's process mid-traffic: the frontend's traffic fails with a typed
+    error within the timeout; a new backend process serves it again."""
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with connected_frontend_later(w, driver) as held:
+            front = held.front
+            async with spawn(w, "backend", driver) as first:
+                await first.expect("ready")
+                await connects(w, driver, front)
+                await exchange(w, driver, front, "before the kill")
+                await first.kill()
+                await _fails_typed(w, driver, front, "after kill -9 of the backend")
+            async with spawn(w, "backend", driver) as second:
+                await second.expect("ready")
+                await connects(w, driver, front, 1)
+                await exchange(w, driver, front, "with the new backend")
+                await held.close()  # while the backend is there to follow its Closing
+
+
+async def _fails_typed(w: World, driver: DriverUnderTest, front: Frontend, when: str) -> None:
+    """The driver's traffic must fail, with a typed error, within the timeout."""
+    try:
+        with w.within(f"{driver.label}: the frontend noticing {when}"):
+            while True:
+                await driver.exchange(front)
+                await anyio.sleep(0.01)
+    except TYPED_ERRORS:
+        return
+    except WaitTimeout:
+        raise
+    except Exception as exc:
+        raise AssertionError(f"{driver.label}: {when}, the frontend's traffic failed with "
+                             f"{exc!r}, not a typed error ({_typed_names()})") from exc
+
+
+def _typed_names() -> str:
+    return ", ".join(t.__name__ for t in TYPED_ERRORS)
+
+
+async def check_frontend_killed(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """kill -9 of the frontend's process: the backend unmaps, closes the ports and serves
+    the next frontend."""
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver) as served:
+            async with spawn(w, "frontend", driver) as child:
+                await child.expect("connected")
+                await until(w, f"{driver.label}: the backend connected",
+                            lambda: served.backend.is_connected)
+                await child.kill()
+                await until(w, f"{driver.label}: the backend releasing a killed frontend's "
+                            "rings", lambda: not served.backend.queues)
+            leaks = w.dom0.leaks()
+            assert not (leaks.maps or leaks.ports), (
+                f"{driver.label}: after kill -9 of the frontend the backend kept "
+                f"maps={leaks.maps} ports={leaks.ports}")
+            await _serves_a_fresh_frontend(w, driver, served, "kill -9 of the frontend")
+
+
+async def check_domain_destroyed(driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    """The frontend's whole domain is destroyed: the backend releases everything and ends."""
+    async with make_world() as w:
+        assert w.xen is not None, "domain-destroyed runs on the simulated Xen"
+        doomed = await w.xen.create_domain(f"doomed-{w.guest_id}")
+        doomed_world = World(w.transport, w.dom0, w.guest, w.xen, w.timeout)
+        async with w.xen.connect(doomed) as handle:
+            doomed_world.guest = handle
+            await driver.create(w.dom0, doomed)
+            async with serving(doomed_world, driver) as served, \
+                    spawn(doomed_world, "frontend", driver) as child:
+                await child.expect("connected")
+                await until(w, f"{driver.label}: the backend connected",
+                            lambda: served.backend.is_connected)
+                await w.xen.destroy_domain(doomed)
+                with w.within(f"{driver.label}: the backend ending after the frontend's "
+                              "domain was destroyed"):
+                    await served.backend.wait_finished()
+                assert not served.backend.queues
+                if served.failure is not None:
+                    raise AssertionError(f"{driver.label}: the backend failed when the "
+                                         f"frontend's domain died: {served.failure!r}")
+        check_leaks(dom0=w.dom0)
+
+
+# --------------------------------------------------------------------------- hostile peers
+
+
+async def check_hostile(side: str, mode: Mode, driver: DriverUnderTest,
+                        make_world: WorldMaker) -> None:
+    """A hostile `side` ("frontend" or "backend") in a process of its own against the
+    driver's other end (see `Mode`)."""
+    what = f"{driver.label}: a hostile {side} ({mode.name}: {mode.about})"
+    async with make_world() as w:
+        address = await driver.create(w.dom0, w.guest_id)
+        attack = _against_backend if side == "frontend" else _against_frontend
+        await attack(w, driver, address, mode, what)
+
+
+async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAddress,
+                           mode: Mode, what: str) -> None:
+    async with serving(w, driver) as served:
+        backend = served.backend
+        async with spawn(w, "hostile-frontend", driver, mode=mode.name) as peer:
+            if mode.name == "vanishes":
+                await peer.expect("connected")
+                with w.within(f"{what}: the peer exiting"):
+                    await peer.process.wait()
+                await until(w, f"{what}: the backend disconnecting (state "
+                            f"{backend.state.xen_name})", lambda: not backend.queues)
+            elif mode.expect is Expect.REFUSE:
+                await _refused(w, peer, address.backend_path, f"{what}: the backend")
+                assert not backend.queues, f"{what}: the backend mapped its ring"
+            elif mode.expect is Expect.REFUSE_OR_SERVE:
+                await peer.expect("done")
+                await anyio.sleep(0.1)
+            else:
+                await peer.expect("connected")
+                await peer.expect("done")
+                if mode.expect is Expect.DISCONNECT:
+                    await until(w, f"{what}: the backend disconnecting (state "
+                                f"{backend.state.xen_name})", lambda: not backend.queues)
+                else:
+                    await anyio.sleep(0.1)
+            served.assert_alive(what)
+        await until(w, f"{what}: the backend releasing the hostile frontend's rings",
+                    lambda: not backend.queues)
+        await _serves_a_fresh_frontend(w, driver, served, f"{mode.name} ({mode.about})")
+
+
+async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAddress,
+                            mode: Mode, what: str) -> None:
+    async with connected_frontend_later(w, driver) as held:
+        front = held.front
+        async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
+            if mode.expect is Expect.REFUSE:
+                await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
+                assert not front.is_connected, f"{what}: the frontend connected"
+            else:
+                await peer.expect("connected")
+                # The frontend may see the attack before it even finished connecting.
+                await until(w, f"{what}: the frontend connecting",
+                            lambda: front.generation or front.state is S.CLOSED)
+                if front.is_connected:
+                    await _answers_typed(w, driver, front, mode, what)
+        await _frontend_recovers(w, driver, front, what)
+
+
+async def _refused(w: World, peer: Child, path: str, who: str) -> None:
+    """The hostile peer published its bad nodes; the end at `path` must say Closed."""
+    await peer.expect("done")
+    await until_state(w, path, {"6"}, f"{who} refusing it (Closing -> Closed)")
+
+
+async def _answers_typed(w: World, driver: DriverUnderTest, front: Frontend, mode: Mode,
+                         what: str) -> None:
+    quiet = min(0.5, w.timeout / 4)
+    try:
+        with anyio.fail_after(quiet if mode.expect is Expect.NO_ANSWER else w.timeout):
+            await driver.exchange(front)
+    except TYPED_ERRORS:
+        pass
+    except TimeoutError:  # (a WaitTimeout is an AssertionError, never caught here)
+        if mode.expect is not Expect.NO_ANSWER:
+            raise WaitTimeout(f"{what}: the frontend's traffic hung instead of failing with "
+                              "a typed error") from None
+    except Exception as exc:
+        raise AssertionError(f"{what}: the frontend's traffic failed with {exc!r}, not a "
+                             f"typed error ({_typed_names()})") from exc
+    else:
+        if mode.expect is Expect.DISCONNECT:
+            raise AssertionError(f"{what}: the frontend's traffic succeeded over a broken ring")
+    if mode.expect is Expect.DISCONNECT:
+        await until(w, f"{what}: the frontend disconnecting", lambda: not front.queues)
+
+
+async def _frontend_recovers(w: World, driver: DriverUnderTest, front: Frontend,
+                             what: str) -> None:
+    """After the hostile backend is gone: a well-behaved backend serves the same frontend."""
+    before = front.generation
+    async with serving(w, driver):
+        try:
+            await connects(w, driver, front, before)
+        except WaitTimeout as exc:
+            raise AssertionError(f"{what}: afterwards the frontend did not connect to a "
+                                 f"well-behaved backend (state {front.state.xen_name})") from exc
+        await exchange(w, driver, front, f"with a well-behaved backend after {what}")
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _register_all() -> None:
+    register("handshake", check_handshake)
+    register("frontend-first", check_frontend_first)
+    register("skipped-states", check_skipped_states)
+    register("leftover-closed", check_leftover_closed)
+    register("features-read-back", check_features_read_back)
+    register("frontend-closes", check_frontend_closes)
+    register("backend-closes", check_backend_closes)
+    register("backend-killed", check_backend_killed)
+    register("frontend-killed", check_frontend_killed)
+    register("domain-destroyed", check_domain_destroyed, transports=("sim",))
+    for side, table in (("frontend", FRONTEND_MODES), ("backend", BACKEND_MODES)):
+        for mode in table.values():
+            register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
+                     needs_ring=mode.needs_ring, about=mode.about)
+
+
+_register_all()

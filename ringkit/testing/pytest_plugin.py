@@ -1,0 +1,351 @@
+"""ringkit's pytest plugin: fixtures to test split drivers (loaded through the ``pytest11`` entry
+point, so installing ringkit is enough; docs/testing.md is the guide).
+
+Fixtures (async ones work under anyio's plugin -- asyncio and trio -- and under pytest-asyncio,
+strict mode included):
+
+``ringkit_timeout``   seconds any single wait of the fixtures and checks may take: the
+                      ``ringkit_timeout(seconds)`` marker, else ``--ringkit-timeout`` / the
+                      ``ringkit_timeout`` ini option, else 10
+``sim_xen``           a simulated Xen (`ringkit.sim.SimXen`) in the test's event loop; under
+                      the ``ringkit_shared_sim`` marker, a handle on one server process shared
+                      by the module instead.  Teardown fails the test if the simulator still
+                      holds anything (grants, maps, ports, watches, transactions...)
+``world``             a `World` on `sim_xen`: ``dom0``, a fresh ``guest`` domain; leaving
+                      checks both handles for leaks, then destroys the guest
+``dom0``, ``guest``   `world`'s two `ringkit.abc.Domain` handles
+``ringkit_transport`` "sim" or "xen": a test that asks for it runs once per transport, the
+                      "xen" case marked ``xen`` and skipped without ``/dev/xen`` (a failure
+                      under ``RINGKIT_REQUIRE_XEN=1``)
+``any_world``         a `World` on ``ringkit_transport``: the same test on the sim and on Xen
+``device_pair``       a `DevicePair` for the `DriverUnderTest` your ``ringkit_driver`` fixture
+                      returns: both ends connected and serving; with the
+                      ``ringkit_backend_process`` marker the backend runs in a child process
+                      (``pair.backend_process.kill()`` is a real kill -9)
+
+`DriverConformance` turns the driver conformance suite into one test per check.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+
+from ..sim import SimXen
+from ._driver import DriverUnderTest
+from ._pair import DevicePair, open_device_pair
+from ._world import (
+    DEFAULT_TIMEOUT,
+    Transport,
+    World,
+    check_sim_leaks,
+    sim_world,
+    xen_available,
+    xen_world,
+)
+from .conformance import CHECKS, checks_for
+
+ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
+T = TypeVar("T")
+"""Our async fixtures, which pytest-asyncio (strict) must run when anyio's plugin does not."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ringkit")
+    group.addoption("--ringkit-timeout", type=float, default=None, metavar="SECONDS",
+                    help="bound on any single wait of ringkit's fixtures and checks "
+                         f"(default {DEFAULT_TIMEOUT:g})")
+    parser.addini("ringkit_timeout", "ringkit: bound on any single wait of the fixtures",
+                  default=str(DEFAULT_TIMEOUT))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "ringkit_timeout(seconds): ringkit's bound on any single wait of this test's fixtures",
+        "ringkit_shared_sim: sim_xen is one simulated Xen process shared by the module",
+        "ringkit_backend_process: device_pair runs the backend in a child process",
+        "xen: needs the real /dev/xen devices",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def _asyncio_strict(item: pytest.Item) -> bool:
+    """Whether pytest-asyncio, not anyio's plugin, runs `item` (an ``asyncio``-marked test)."""
+    return (item.get_closest_marker("asyncio") is not None
+            and "anyio_backend" not in getattr(item, "fixturenames", ())
+            and item.config.pluginmanager.has_plugin("asyncio"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, object, object]:
+    """Our async fixtures in a pytest-asyncio test: mark them as pytest-asyncio fixtures for
+    this test only (in strict mode it ignores unmarked ones; anyio's plugin runs them itself in
+    tests that use ``anyio_backend``, and must keep doing so)."""
+    marked = []
+    if _asyncio_strict(item):
+        info = getattr(item, "_fixtureinfo", None)
+        for name, defs in (info.name2fixturedefs.items() if info else ()):
+            func = getattr(defs[-1].func, "__func__", defs[-1].func)
+            if name in ASYNC_FIXTURES and getattr(func, "_ringkit_fixture", False):
+                func._force_asyncio_fixture = True
+                func._loop_scope = None
+                marked.append(func)
+    try:
+        return (yield)
+    finally:
+        for func in marked:
+            del func._force_asyncio_fixture, func._loop_scope
+
+
+def _ours(func: Any) -> Any:
+    func._ringkit_fixture = True
+    return func
+
+
+@asynccontextmanager
+async def _held(request: pytest.FixtureRequest, opened: AbstractAsyncContextManager[T]
+                ) -> AsyncIterator[T]:
+    """Enter `opened` for a fixture.  anyio's plugin runs a fixture's setup and teardown in one
+    task; pytest-asyncio does not, and task groups and cancel scopes must be left in the task
+    that entered them -- so there the context lives in a task of its own until teardown."""
+    if not _asyncio_strict(request.node):
+        async with opened as value:
+            yield value
+        return
+    import asyncio  # pytest-asyncio's loop: hold the context in a task of that loop
+
+    ready: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with opened as value:
+                ready.set_result(value)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.get_running_loop().create_task(hold())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """``RINGKIT_REQUIRE_XEN=1`` (set inside the real-Xen harness): a ``xen``-marked test that
+    skips means the harness is broken, not that Xen is missing -- a failure."""
+    report = yield
+    if (report.skipped and os.environ.get("RINGKIT_REQUIRE_XEN") == "1"
+            and item.get_closest_marker("xen") is not None and not hasattr(report, "wasxfail")):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"RINGKIT_REQUIRE_XEN=1 (make test-xen) but this real-Xen test "
+                           f"skipped: {reason}")
+    return report
+
+
+_XEN_PARAM = pytest.param("xen", marks=[
+    pytest.mark.xen, pytest.mark.skipif(not xen_available(), reason="no /dev/xen here")])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "ringkit_transport" in metafunc.fixturenames and "ringkit_check" not in \
+            metafunc.fixturenames:
+        metafunc.parametrize("ringkit_transport", ["sim", _XEN_PARAM], indirect=True)
+    cls = metafunc.cls
+    if "ringkit_check" in metafunc.fixturenames and cls is not None:
+        xfail: Mapping[str, str] = getattr(cls, "xfail", {})
+        chosen = getattr(cls, "checks", None)
+        names = sorted(CHECKS) if chosen is None else list(chosen)
+        unknown = (set(xfail) | set(names)) - set(CHECKS)
+        if unknown:
+            raise pytest.UsageError(f"{cls.__name__} names no such check: {sorted(unknown)}")
+        quick = pytest.mark.ringkit_timeout(getattr(cls, "xfail_timeout", 1.0))
+        metafunc.parametrize("ringkit_check", [
+            pytest.param(name, marks=[pytest.mark.xfail(reason=xfail[name], strict=True), quick])
+            if name in xfail else name for name in names])
+        metafunc.parametrize("ringkit_transport", [
+            _XEN_PARAM if kind == "xen" else kind
+            for kind in getattr(cls, "transports", ("sim",))])
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def ringkit_timeout(request: pytest.FixtureRequest) -> float:
+    """Seconds any single wait of the fixtures and checks may take (see the module doc)."""
+    marker = request.node.get_closest_marker("ringkit_timeout")
+    if marker is not None:
+        return float(marker.args[0])
+    option = request.config.getoption("ringkit_timeout", None)
+    if option is not None:
+        return float(option)
+    return float(request.config.getini("ringkit_timeout"))
+
+
+@pytest.fixture(scope="module")
+def _ringkit_shared_sim_dir() -> Iterator[Path]:
+    """One simulated Xen server process for the module (see ``ringkit_shared_sim``)."""
+    with tempfile.TemporaryDirectory(prefix="ringkit-sim-", dir="/tmp") as tmp:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ringkit.sim", "serve", "--dir", tmp],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            if not line.startswith(b"ready"):
+                raise RuntimeError(f"the shared simulated Xen said {line!r}, not ready")
+            yield Path(tmp)
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+@pytest.fixture
+@_ours
+async def sim_xen(request: pytest.FixtureRequest, ringkit_timeout: float
+                  ) -> AsyncIterator[SimXen]:
+    """A simulated Xen for this test (see the module docstring)."""
+    shared = request.node.get_closest_marker("ringkit_shared_sim") is not None
+    directory = request.getfixturevalue("_ringkit_shared_sim_dir") if shared else None
+    async with _held(request, _checked_sim(directory, ringkit_timeout)) as xen:
+        yield xen
+
+
+@asynccontextmanager
+async def _checked_sim(directory: Path | None, timeout: float) -> AsyncIterator[SimXen]:
+    opened = SimXen.start(in_process=True) if directory is None else SimXen.attach(directory)
+    async with opened as xen:
+        yield xen
+        await check_sim_leaks(xen, timeout)
+
+
+@pytest.fixture
+@_ours
+async def world(request: pytest.FixtureRequest, sim_xen: SimXen, ringkit_timeout: float
+                ) -> AsyncIterator[World]:
+    """dom0 and a fresh guest domain on `sim_xen`, checked for leaks on the way out."""
+    async with _held(request, sim_world(sim_xen, ringkit_timeout)) as w:
+        yield w
+
+
+@pytest.fixture
+def dom0(world: World) -> Any:
+    """`world`'s dom0 handle (`ringkit.abc.Domain`)."""
+    return world.dom0
+
+
+@pytest.fixture
+def guest(world: World) -> Any:
+    """`world`'s fresh guest domain handle (`ringkit.abc.Domain`)."""
+    return world.guest
+
+
+@pytest.fixture
+def ringkit_transport(request: pytest.FixtureRequest) -> Transport:
+    """"sim" or "xen" (the test runs once per transport)."""
+    kind: Transport = getattr(request, "param", "sim")
+    return kind
+
+
+@pytest.fixture
+@_ours
+async def any_world(request: pytest.FixtureRequest, ringkit_transport: Transport,
+                    sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+    """A `World` on each transport: the simulated Xen, and the real one where it exists
+    (`sim_xen` is started either way: it is cheap, and a fixture cannot ask for an async one
+    conditionally)."""
+    opened = (xen_world(ringkit_timeout) if ringkit_transport == "xen"
+              else sim_world(sim_xen, ringkit_timeout))
+    async with _held(request, opened) as w:
+        yield w
+
+
+@pytest.fixture
+def ringkit_driver() -> DriverUnderTest:
+    """Override this: the `DriverUnderTest` that `device_pair` and `DriverConformance` use."""
+    raise pytest.UsageError(
+        "define a `ringkit_driver` fixture returning a ringkit.testing.DriverUnderTest "
+        "(your Backend and Frontend classes and an exchange coroutine)")
+
+
+@pytest.fixture
+@_ours
+async def device_pair(request: pytest.FixtureRequest, world: World,
+                      ringkit_driver: DriverUnderTest) -> AsyncIterator[DevicePair]:
+    """Both ends of `ringkit_driver`'s device on `world`, connected and serving; closed in
+    order (frontend, then backend) on the way out."""
+    in_child = request.node.get_closest_marker("ringkit_backend_process") is not None
+    async with _held(request, open_device_pair(world, ringkit_driver, backend_process=in_child)
+                     ) as pair:
+        yield pair
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+@pytest.fixture
+def ringkit_check(request: pytest.FixtureRequest) -> str:
+    """The conformance check a `DriverConformance` test runs (parametrized over `CHECKS`)."""
+    return str(request.param)
+
+
+class DriverConformance:
+    """The driver conformance suite as tests: subclass it in a test module (name it
+    ``Test...``) and define a ``ringkit_driver`` fixture; each check of
+    `ringkit.testing.conformance.CHECKS` becomes one test, on the simulated Xen (and on real
+    Xen too if `transports` lists "xen").  Checks that do not apply to the driver (e.g. ring
+    index attacks on a driver without an io/ring.h layout) skip.
+
+    `xfail` maps check names to reasons: those run as ``xfail(strict=True)``, so they fail the
+    run once the driver passes them.  `transports` lists where to run ("sim", "xen"); the
+    "xen" cases are marked ``xen`` and skip without ``/dev/xen``.  The tests run under anyio's
+    pytest plugin (asyncio by default; parametrize ``anyio_backend`` for trio).
+    """
+
+    transports: ClassVar[tuple[Transport, ...]] = ("sim",)
+    checks: ClassVar[Collection[str] | None] = None
+    """Names of the checks to run (default: all of `CHECKS`)."""
+    xfail: ClassVar[Mapping[str, str]] = {}
+    xfail_timeout: ClassVar[float] = 1.0
+    """The ringkit timeout of the `xfail` cases (they fail by timing out, mostly; once fixed,
+    a check passes well within it)."""
+
+    @pytest.mark.anyio
+    async def test_conformance(self, ringkit_check: str, ringkit_transport: Transport,
+                               ringkit_driver: DriverUnderTest, ringkit_timeout: float) -> None:
+        run = checks_for(ringkit_driver, ringkit_transport).get(ringkit_check)
+        if run is None:
+            pytest.skip(f"{ringkit_check} does not apply to {ringkit_driver.label} on "
+                        f"{ringkit_transport}")
+        if ringkit_transport == "xen":
+            await run(ringkit_driver, lambda: xen_world(ringkit_timeout))
+            return
+        async with SimXen.start(in_process=True) as xen:
+            await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
+
+
+__all__ = ("DevicePair", "DriverConformance")
