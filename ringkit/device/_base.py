@@ -134,7 +134,7 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     instance may change it through the constructor's ``max_queues``."""
     event_channel_key: ClassVar[str] = "event-channel"
     """The node naming a queue's event channel ("port" for the console)."""
-    close_timeout: ClassVar[float] = 10.0
+    close_timeout: float = 10.0
     """How long an orderly close waits for the peer to unmap before going ahead anyway."""
 
     role: ClassVar[Role]

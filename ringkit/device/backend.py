@@ -125,10 +125,17 @@ class Backend(DeviceBase[BackChannelT]):
 
     async def _advertise_and_wait(self) -> None:
         own = self.own_nodes
-        if self.max_ring_page_order:
-            await own.write("max-ring-page-order", self.max_ring_page_order)
-        if self.max_queues > 1:
-            await own.write("multi-queue-max-queues", self.max_queues)
+        # Write each limit, or remove it: a value left by an earlier backend (one with other
+        # limits, or a hostile one) would be read by the frontend as ours.
+        for name, value, written in (
+            ("max-ring-page-order", self.max_ring_page_order, self.max_ring_page_order > 0),
+            ("multi-queue-max-queues", self.max_queues, self.max_queues > 1),
+        ):
+            if written:
+                await own.write(name, value)
+            else:
+                with suppress(StoreError):
+                    await self.domain.store.rm(own.node(name))
         await self.advertise(own)
         await self._write_state(S.INIT_WAIT)
 

@@ -184,7 +184,7 @@ def _bounded(front: Frontend, w: World) -> Frontend:
     """`front`, waiting at most half the world's timeout for a backend to follow its Closing
     (a dead or hostile one never will)."""
     # close_timeout is declared a class attribute; an instance value is what we need here
-    front.close_timeout = min(front.close_timeout, w.timeout / 2)  # type: ignore[misc]
+    front.close_timeout = min(front.close_timeout, w.timeout / 2)
     return front
 
 
@@ -397,6 +397,10 @@ class HeldFrontend:
 
     def __init__(self, front: Frontend) -> None:
         self.front = front
+        self.failed: BaseException | None = None
+        """The typed error its open ended with, if a hostile backend was refused while it
+        opened (ringkit's frontends fail the open at once then: `PeerRefusedError`,
+        `RemoteProtocolError`)."""
         self.opened = False
         self.stop = anyio.Event()
         self.closed = anyio.Event()
@@ -420,6 +424,8 @@ async def connected_frontend_later(w: World, driver: DriverUnderTest
             async with held.front:
                 held.opened = True
                 await held.stop.wait()
+        except TYPED_ERRORS as exc:
+            held.failed = exc
         finally:
             held.closed.set()
 
@@ -574,6 +580,8 @@ async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAd
             if mode.expect is Expect.REFUSE:
                 await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
                 assert not front.is_connected, f"{what}: the frontend connected"
+                if held.failed is None and front.finished:
+                    await held.closed.wait()
             else:
                 await peer.expect("connected")
                 # The frontend may see the attack before it even finished connecting.
@@ -581,7 +589,7 @@ async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAd
                             lambda: front.generation or front.state is S.CLOSED)
                 if front.is_connected:
                     await _answers_typed(w, driver, front, mode, what)
-        await _frontend_recovers(w, driver, front, what)
+        await _frontend_recovers(w, driver, held, what)
 
 
 async def _refused(w: World, peer: Child, path: str, who: str) -> None:
@@ -612,10 +620,17 @@ async def _answers_typed(w: World, driver: DriverUnderTest, front: Frontend, mod
         await until(w, f"{what}: the frontend disconnecting", lambda: not front.queues)
 
 
-async def _frontend_recovers(w: World, driver: DriverUnderTest, front: Frontend,
+async def _frontend_recovers(w: World, driver: DriverUnderTest, held: HeldFrontend,
                              what: str) -> None:
-    """After the hostile backend is gone: a well-behaved backend serves the same frontend."""
+    """After the hostile backend is gone: a well-behaved backend serves the same frontend --
+    or, if the frontend's open failed with a typed error because the backend was refused
+    while it opened, a fresh frontend in the same process."""
+    front = held.front
     before = front.generation
+    if held.failed is not None:
+        async with serving(w, driver), connected_frontend(w, driver) as fresh:
+            await exchange(w, driver, fresh, f"a fresh frontend after {what}")
+        return
     async with serving(w, driver):
         try:
             await connects(w, driver, front, before)

@@ -1,14 +1,9 @@
 """ringkit's own drivers -- the echo example, block and console -- pass the driver conformance
 suite on the simulated Xen (one test per check, through the plugin's `DriverConformance`).
 
-The cases marked xfail (strict) are known faults outside the drivers, listed once here:
-"issue 10" -- a backend that cannot map or bind what a frontend published (a stale ring-ref,
-event channel 0 or unknown) keeps InitWait silently instead of refusing it (error node,
-Closing -> Closed), and a frontend that refused a backend's bad ``max-ring-page-order`` stays
-Closed when a new backend comes (echo and console; block's slower connect hides it);
-"stale nodes" -- a fresh frontend does not remove the ``ring-page-order`` /
-``multi-queue-num-queues`` nodes an earlier (hostile) frontend left in its dir, so the backend
-refuses the fresh one too.
+No case is marked xfail: the faults this suite found in the framework (a backend that
+refused a bad ring silently, a frontend or backend that left an earlier peer's ring keys in
+place) are fixed, and `KNOWN` is where a new known fault would be listed (strict xfail).
 """
 
 from __future__ import annotations
@@ -24,16 +19,8 @@ from ringkit.testing.pytest_plugin import DriverConformance
 
 from .drivers_under_test import block_driver, console_driver, echo_driver
 
-ISSUE_10 = "issue 10"
-STALE = ("stale nodes: the Frontend base leaves an earlier frontend's ring-page-order / "
-         "multi-queue-num-queues in place (ringkit/device/frontend.py)")
-KNOWN = {
-    "hostile-frontend/ring-ref-stale": ISSUE_10,
-    "hostile-frontend/event-channel-zero": ISSUE_10,
-    "hostile-frontend/event-channel-unknown": ISSUE_10,
-    "hostile-frontend/ring-page-order-too-big": STALE,
-    "hostile-frontend/too-many-queues": STALE,
-}
+KNOWN: Mapping[str, str] = {}
+"""Checks a shipped driver is known to fail (strict xfail), with the reason; none now."""
 
 pytestmark = [pytest.mark.slow, pytest.mark.ringkit_timeout(5)]
 
@@ -44,8 +31,7 @@ def anyio_backend() -> str:
 
 
 class TestEcho(DriverConformance):
-    xfail: ClassVar[Mapping[str, str]] = {
-        **KNOWN, "hostile-backend/max-ring-page-order-garbage": ISSUE_10}
+    xfail: ClassVar[Mapping[str, str]] = KNOWN
 
     @pytest.fixture
     def ringkit_driver(self) -> DriverUnderTest:
@@ -53,7 +39,7 @@ class TestEcho(DriverConformance):
 
 
 class TestBlock(DriverConformance):
-    xfail = KNOWN
+    xfail: ClassVar[Mapping[str, str]] = KNOWN
 
     @pytest.fixture
     def ringkit_driver(self, tmp_path: Path) -> DriverUnderTest:
@@ -61,8 +47,7 @@ class TestBlock(DriverConformance):
 
 
 class TestConsole(DriverConformance):
-    xfail: ClassVar[Mapping[str, str]] = {
-        **KNOWN, "hostile-backend/max-ring-page-order-garbage": ISSUE_10}
+    xfail: ClassVar[Mapping[str, str]] = KNOWN
 
     @pytest.fixture
     def ringkit_driver(self, tmp_path: Path) -> DriverUnderTest:
