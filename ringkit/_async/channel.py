@@ -48,6 +48,9 @@ Msg = bytes | bytearray | memoryview
 
 MAX_POLL_US = 1_000_000
 """Longest polling window a channel accepts (one second): a bound, not a suggestion."""
+SETTLE_ROUNDS = 4
+"""With polling on, how many scheduling rounds a receiver with nothing expected gives the
+other tasks to send something before it sleeps (a yield each, not a timed spin)."""
 
 
 class RingChannel(PeerLink, ObjectStream[bytearray]):
@@ -184,6 +187,15 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
     async def _wait_for_items(self) -> None:
         """Sleep until the peer may have produced something (after the final check), polling
         the ring first when that is switched on and items are expected."""
+        if self._poll_seconds:
+            # a sender woken by what was just received may be about to send again: let it run
+            # a few scheduling rounds, so that a receive loop in its own task (as drivers have)
+            # polls for that answer too instead of going to sleep just before it is sent
+            for _ in range(SETTLE_ROUNDS):
+                if self._expecting():
+                    break
+                await anyio.lowlevel.checkpoint()
+                self._check()
         if self._poll_seconds and self._expecting():
             self.stats.polls += 1
             if await self._poll():
