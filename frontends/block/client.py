@@ -262,11 +262,13 @@ class BlockClient:
         await self._roundtrip(blkif.DiscardRequest(rid, self.handle, sector, length // SECTOR,
                                                    False), sector)
 
-    async def submit(self, ops: Sequence[ReadOp | WriteOp]) -> list[BlockIOError | None]:
+    async def submit(self, ops: Sequence[ReadOp | WriteOp], *, depth: int | None = None
+                     ) -> list[BlockIOError | None]:
         """Run a batch of reads and writes together and wait for all of them.
 
         Their requests go onto the ring together, published with one push (one doorbell at
-        most) per run that fits the ring and the page pool; more follow as answers free pages.
+        most) per run that fits the ring, the page pool and `depth` (most requests in flight;
+        None: only the ring and the pool bound it); as answers come back, more follow.
         The backend may answer in any order, and ops of one batch have no order among
         themselves (as with io_uring: do not read back in the batch what it writes).  Returns,
         for each op, None or the `BlockIOError` (`BlockNotSupportedError`, `StaleReadError`)
@@ -277,6 +279,9 @@ class BlockClient:
                 (checked before anything is sent).
             RemoteProtocolError, PeerGoneError: as the other methods; the batch is abandoned.
         """
+        if depth is not None and depth < 1:
+            raise ConfigError(f"depth must be at least 1, got {depth}")
+        limit = len(ops) * self._max_segments if depth is None else depth  # enough for all
         chunks = self._plan(ops)
         results: list[BlockIOError | None] = [None] * len(ops)
         flights: list[_Flight] = []   # sent, not yet answered (or not yet looked at)
@@ -288,8 +293,9 @@ class BlockClient:
                 while step < len(chunks):
                     index, op, offset, data = chunks[step]
                     need = self._pages_for(len(data))
-                    if self._free_count < need and (flights or unsent):
-                        break  # send what is ready; answers will free pages
+                    if (self._free_count < need or len(flights) + len(unsent) >= limit) \
+                            and (flights or unsent):
+                        break  # send what is ready; answers will free pages and room
                     pages = await self._take_pages(need)
                     unsent.append(self._launch(index, op, offset, data, pages))
                     step += 1

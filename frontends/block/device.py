@@ -169,10 +169,11 @@ class BlockFrontend(Frontend):
         """Write `data` at byte `offset`; returns once the backend has it in the image."""
         await self.client.write(offset, data)
 
-    async def submit(self, ops: Sequence[ReadOp | WriteOp]) -> list[BlockIOError | None]:
+    async def submit(self, ops: Sequence[ReadOp | WriteOp], *, depth: int | None = None
+                     ) -> list[BlockIOError | None]:
         """Run a batch of reads and writes together, published with one push per run that
-        fits; one result per op (see `BlockClient.submit`)."""
-        return await self.client.submit(ops)
+        fits, at most `depth` in flight; one result per op (see `BlockClient.submit`)."""
+        return await self.client.submit(ops, depth=depth)
 
     async def flush(self) -> None:
         """Make every acknowledged write durable."""

@@ -155,3 +155,40 @@ async def test_a_hostile_answer_fails_the_batch() -> None:
             with pytest.raises(RemoteProtocolError):
                 client.deliver(blkif.Response(0xBAD, blkif.Op.READ, blkif.Status.OKAY))
     assert free_pages(client) == 64
+
+
+async def test_depth_bounds_the_requests_in_flight() -> None:
+    peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=9)
+    client = peer.new_client(batched=True)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(peer.in_flight))
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.serve)
+            tg.start_soon(watch)
+            results = await client.submit([ReadOp(i * 8192, bytearray(4096)) for i in range(50)],
+                                          depth=4)
+            tg.cancel_scope.cancel()
+    assert results == [None] * 50
+    assert 1 < most <= 4  # negative control below: without depth, all 50 go out
+    assert max(peer.batches) <= 4
+    with pytest.raises(ConfigError, match="depth"):
+        await client.submit([], depth=0)
+
+
+async def test_negative_control_without_depth_the_pool_bounds_it() -> None:
+    peer = HostilePeer(64, bytearray(DISK), indirect=0, hold=1.0)
+    client = peer.new_client(batched=True)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.submit, [ReadOp(i * 8192, bytearray(4096)) for i in range(50)])
+            while len(peer.in_flight) < 50:  # nothing answered: only the pool could stop it
+                await anyio.lowlevel.checkpoint()
+            assert peer.batches == [32, 18]  # the ring's room per push (peer.room)
+            await peer.drain()
