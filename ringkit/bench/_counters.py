@@ -39,7 +39,12 @@ def per_request(before: Mapping[str, float], after: Mapping[str, float], request
     return {name: (after[name] - before[name]) / requests for name in COUNTERS}
 
 
-def describe(side: str, rates: Mapping[str, float]) -> str:
-    """One side's rates as text: ``front 0.03 doorbells 1.00 sleeps 0.00 polls 45.1 us CPU``."""
+def describe(side: str, rates: Mapping[str, float], *, sockets: bool = False) -> str:
+    """One side's rates as text: ``front 0.03 doorbells 1.00 sleeps 0.00 polls 45.1 us CPU``;
+    with `sockets` (a socket baseline, whose loops count their calls in the same fields):
+    ``front 1.00 sends 1.00 receives 45.1 us CPU``."""
+    cpu = f"{rates['cpu'] * 1e6:.1f} us CPU"
+    if sockets:
+        return f"{side} {rates['notifications']:.2f} sends {rates['sleeps']:.2f} receives {cpu}"
     return (f"{side} {rates['notifications']:.2f} doorbells {rates['sleeps']:.2f} sleeps "
-            f"{rates['polls']:.2f} polls {rates['cpu'] * 1e6:.1f} us CPU")
+            f"{rates['polls']:.2f} polls {cpu}")
