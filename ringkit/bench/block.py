@@ -248,13 +248,13 @@ async def _measure(size: int, passes: int, random_reads: int, image: Path, order
     return results
 
 
-ROWS = (("seq_write", "sequential 1 MiB writes", "MiB/s"),
+_ROWS = (("seq_write", "sequential 1 MiB writes", "MiB/s"),
         ("seq_read", "sequential 1 MiB reads", "MiB/s"),
         ("seq_write_qd4", "  writes, 4 in flight", "MiB/s"),
         ("seq_read_qd4", "  reads, 4 in flight", "MiB/s"),
         ("rand_read_qd32", "4 KiB random reads QD32", "IOPS"),
         ("rand_read_qd32_tasks", "  same, a task per read", "IOPS"))
-DIRECT = {"seq_write": "seq_write", "seq_read": "seq_read", "seq_write_qd4": "seq_write",
+_DIRECT = {"seq_write": "seq_write", "seq_read": "seq_read", "seq_write_qd4": "seq_write",
           "seq_read_qd4": "seq_read", "rand_read_qd32": "rand_read_qd32",
           "rand_read_qd32_tasks": "rand_read_qd32"}
 """The direct baseline each figure is compared with (direct I/O has no queue depth here)."""
@@ -269,15 +269,15 @@ def _report(modes: dict[str, dict[str, Figure]], direct: dict[str, Figure]) -> N
     names = list(modes)
     click.echo(f"{'':28}" + "".join(f"{name:>16}" for name in names) + f"{'direct':>16}"
                + "".join(f"{'ratio ' + name.split()[0]:>16}" for name in names))
-    for key, label, unit in ROWS:
-        base = direct[DIRECT[key]]
+    for key, label, unit in _ROWS:
+        base = direct[_DIRECT[key]]
         values = [modes[name][key].value for name in names]
         click.echo(f"{label:<28}" + "".join(f"{v:>10.0f} {unit:<5}" for v in values)
                    + f"{base.value:>10.0f} {unit:<5}"
                    + "".join(f"{v / base.value:>15.2f}x" for v in values))
     click.echo("per request (doorbells rung, event-channel sleeps, polling windows, CPU time):")
-    for key, label, _ in ROWS:
-        click.echo(f"  {label.strip()}: " + describe("direct", direct[DIRECT[key]].front)
+    for key, label, _ in _ROWS:
+        click.echo(f"  {label.strip()}: " + describe("direct", direct[_DIRECT[key]].front)
                    .replace(" 0.00 doorbells 0.00 sleeps 0.00 polls", ""))
         for name in names:
             figure = modes[name][key]

@@ -512,9 +512,9 @@ def _socket_pair(backend: str, first: tuple[str, ...], second: tuple[str, ...]
         b.finish()
 
 
-PING = "ping-pong round trip (us)"
-ECHO = "112-byte echo (req/s)"
-BASELINES = ("socketpair", "blocking")
+_PING = "ping-pong round trip (us)"
+_ECHO = "112-byte echo (req/s)"
+_BASELINES = ("socketpair", "blocking")
 """The baseline columns: an anyio socketpair, and a blocking one (no event loop)."""
 
 
@@ -522,7 +522,7 @@ def run(
     backend: str, rounds: int, requests: int, ring_pages: int = 1, poll_us: int = 50
 ) -> dict[str, dict[str, _Measure]]:
     """Run every measurement once; returns, per row, the ring's `_Measure` (key ``sim``) and
-    the baselines' (keys `BASELINES`)."""
+    the baselines' (keys `_BASELINES`)."""
     from ..sim import SimXen
 
     async def sim_domains() -> tuple[str, int, int]:
@@ -546,40 +546,40 @@ def run(
                 raise click.ClickException("the simulated Xen did not start")
             d, a_id, b_id = anyio.run(sim_domains)
             a, b = str(a_id), str(b_id)
-            rows[PING] = _Measure(*_pair(backend, ("sim-ping", d, a, b, str(rounds)),
+            rows[_PING] = _Measure(*_pair(backend, ("sim-ping", d, a, b, str(rounds)),
                                          ("sim-pong", d, b, a), ["port"]), latency=True)
-            rows[ECHO] = _Measure(*_pair(backend, ("sim-echo-front", d, a, b, str(requests),
+            rows[_ECHO] = _Measure(*_pair(backend, ("sim-echo-front", d, a, b, str(requests),
                                                    str(ring_pages)),
                                          ("sim-echo-back", d, b, a), ["refs", "port"]),
                                   latency=False)
             for mode, us in modes.items():
-                for name, window, count in ((PING, 1, rounds), (ECHO, 1 << 16, requests)):
+                for name, window, count in ((_PING, 1, rounds), (_ECHO, 1 << 16, requests)):
                     rows[f"{name.split(' (')[0]}, RingChannel {mode}"] = _Measure(*_pair(
                         backend, ("channel-front", d, a, b, str(count), str(window), str(us)),
                         ("channel-back", d, b, a, str(us)), ["refs", "port"]),
-                        latency=name == PING)
+                        latency=name == _PING)
         finally:
             server.terminate()
             server.wait(timeout=30)
             if server.stdout is not None:
                 server.stdout.close()
-    in_flight = str(rows[ECHO].entries)
+    echo_args = (str(requests), str(rows[_ECHO].entries))
     baselines = {
-        (PING, "socketpair"): _socket_pair(backend, ("socket-ping", str(rounds)),
-                                           ("socket-pong",)),
-        (PING, "blocking"): _socket_pair(backend, ("blocking-ping", str(rounds)),
-                                         ("blocking-pong",)),
-        (ECHO, "socketpair"): _socket_pair(backend, ("socket-echo-front", str(requests), in_flight),
-                                           ("socket-echo-back",)),
-        (ECHO, "blocking"): _socket_pair(backend, ("blocking-echo-front", str(requests), in_flight),
-                                         ("blocking-echo-back",)),
+        (_PING, "socketpair"): _socket_pair(backend, ("socket-ping", str(rounds)),
+                                            ("socket-pong",)),
+        (_PING, "blocking"): _socket_pair(backend, ("blocking-ping", str(rounds)),
+                                          ("blocking-pong",)),
+        (_ECHO, "socketpair"): _socket_pair(backend, ("socket-echo-front", *echo_args),
+                                            ("socket-echo-back",)),
+        (_ECHO, "blocking"): _socket_pair(backend, ("blocking-echo-front", *echo_args),
+                                          ("blocking-echo-back",)),
     }
     figures: dict[str, dict[str, _Measure]] = {}
     for name, measure in rows.items():
-        kind = PING if name.startswith(PING.split(" (")[0]) else ECHO
+        kind = _PING if name.startswith(_PING.split(" (")[0]) else _ECHO
         figures[name] = {"sim": measure} | {
-            column: _Measure(*baselines[kind, column], latency=kind == PING)
-            for column in BASELINES}
+            column: _Measure(*baselines[kind, column], latency=kind == _PING)
+            for column in _BASELINES}
     return figures
 
 
@@ -597,7 +597,7 @@ def _report(backend: str, repeat: int, figures: dict[str, dict[str, _Measure]]) 
                "windows; sockets: send and receive calls; process CPU time of each side):")
     for name, cells in figures.items():
         click.echo(f"  {name}")
-        for column in ("sim", *BASELINES):
+        for column in ("sim", *_BASELINES):
             cell = cells[column]
             label = "ringkit" if column == "sim" else column
             sockets = column != "sim"
