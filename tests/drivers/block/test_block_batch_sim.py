@@ -1,4 +1,4 @@
-"""The batched block path on the simulated Xen, both ends in this process: a burst submitted
+"""The batched block path on the simulated Xen, both ends in this process: a ring-full submitted
 together is one push (at most one doorbell) from the frontend, and the backend answers it with
 one push; the per-task API pushes once per request (the negative control).  Polling
 (``poll_us`` on both ends) serves the same I/O correctly."""
@@ -19,7 +19,8 @@ from ringkit.channel import MAX_POLL_US, LinkStats
 
 pytestmark = pytest.mark.anyio
 
-QD = 32
+QD = 64
+"""A whole two-page ring (64 slots): the backend takes it in one burst."""
 
 
 def snapshot(stats: LinkStats) -> tuple[int, int, int]:
@@ -36,7 +37,6 @@ async def test_a_submitted_burst_is_one_push_each_way(tmp_path: Path) -> None:
         await anyio.sleep(0.05)  # the backend is asleep on its event channel by now
         before_front, before_back = snapshot(front), snapshot(back)
         buffers = [bytearray(4096) for _ in range(QD)]
-        # every other page, so that no two reads merge into one request
         results = await disk.submit([ReadOp(i * 4096, b) for i, b in enumerate(buffers)])
         assert results == [None] * QD
         assert b"".join(buffers) == data
