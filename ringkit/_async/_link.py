@@ -20,13 +20,16 @@ class LinkStats:
     work.  They only grow; take differences around the interval of interest."""
 
     pushes: int = 0
-    """Producer updates published (each one fence-store-fence, whatever it carried)."""
+    """Producer updates published (each one fence-store-fence, whatever it carried).  Counted
+    by `RingChannel`; a `PipeStream` publishes an index with every read and write and leaves
+    this at 0."""
     notifications: int = 0
     """Doorbells rung on the event channel (the peer asked for them through its event index)."""
     sleeps: int = 0
     """Waits on the event channel (each one a trip through the event loop's poller)."""
     polls: int = 0
-    """Polling windows begun (`RingChannel.poll_us`): spins on the ring before sleeping."""
+    """Polling windows begun (`RingChannel.poll_us`): spins on the ring before sleeping
+    (`PipeStream` does not poll)."""
     poll_hits: int = 0
     """Polling windows that found items before their time ran out (no sleep needed)."""
 

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from ringkit import ConfigError, RemoteProtocolError
-from ringkit.channel import MAX_POLL_US, BackRingChannel, FrontRingChannel
+from ringkit.channel import MAX_POLL_US, BackRingChannel, FrontRingChannel, PipeStream
+from ringkit.proto.console import ConsoleRing, ConsoleSide
 from ringkit.proto.layout import SRING_REQ_EVENT, SRING_REQ_PROD, RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
 
@@ -222,3 +223,18 @@ async def test_closing_stops_a_polling_receiver() -> None:
             tg.start_soon(close)
             with pytest.raises(anyio.ClosedResourceError):
                 await back.receive()
+
+
+async def test_a_pipe_stream_counts_its_doorbells_and_sleeps() -> None:
+    # The byte-pipe shell shares the counters' home (PeerLink): a console-style stream.
+    page = bytearray(4096)
+    fe_evt, be_evt = FakeEventChannel.pair()
+    front = PipeStream(ConsoleRing(page, ConsoleSide.FRONTEND), fe_evt)
+    back = PipeStream(ConsoleRing(page, ConsoleSide.BACKEND), be_evt)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(back.receive)
+            await anyio.wait_all_tasks_blocked()
+            assert back.stats.sleeps == 1
+            await front.send(b"hello")
+    assert front.stats.notifications == fe_evt.notifies >= 1
