@@ -3,7 +3,7 @@
 `ServiceConfig` is a frozen pydantic model of everything the backend advertises in xenstore
 (``feature-max-indirect-segments``, ``max-ring-page-order``, ``multi-queue-max-queues``,
 ``feature-persistent``, ``feature-discard`` with its granularity and alignment, the flush and
-barrier features) and of how it serves (read-only, the persistent grant cache).  Its values
+barrier features) and of how it serves (read-only, the persistent grant cache, polling).  Its values
 come from the command line or a caller, so a value outside what the protocol or this backend
 supports is refused when the model is built, as a `InvalidSetting` (a `ConfigError`) naming
 the field, the value and what is allowed, rather than surfacing later as a refused handshake
@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ringkit import ConfigError
+from ringkit.channel import MAX_POLL_US
 from ringkit.device.queue import MAX_QUEUES
 from ringkit.proto import blkif
 
@@ -74,6 +75,10 @@ class ServiceConfig(BaseModel):
     """``feature-flush-cache``."""
     barrier: bool = True
     """``feature-barrier``."""
+    poll_us: int = Field(0, ge=0, le=MAX_POLL_US)
+    """Microseconds each ring's server spins on the ring for more requests, while the frontend
+    keeps it busy, before sleeping on the event channel (0: never spin; nothing on the wire
+    changes).  See `ringkit.channel.RingChannel`."""
 
     def __init__(self, **settings: Any) -> None:
         try:

@@ -111,6 +111,11 @@ class BlockBackend(Backend):
             for queue in self.queues
         }
 
+    def make_channel(self, queue: Queue[BackRingChannel]) -> BackRingChannel:
+        channel = super().make_channel(queue)
+        channel.poll_us = self.config.poll_us
+        return channel
+
     async def serve(self, queue: Queue[BackRingChannel]) -> None:
         await serve_ring(queue.channel, self.services[queue.index])
 

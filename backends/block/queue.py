@@ -16,21 +16,26 @@ from ringkit.proto import blkif
 from .service import BlockService
 
 BURST = 32
-"""Most requests taken off the ring at once."""
+"""Most requests taken off the ring at once when the caller says nothing else and the ring is
+smaller: `serve_ring` takes up to a whole ring's worth, so a frontend that filled a 16-page
+ring is answered with one push too."""
 PUSH_AFTER_SECTORS = 128
 """A request moving this many sectors (64 KiB) or more is answered without waiting for the
 rest of its burst."""
 
 
-async def serve_ring(channel: BackRingChannel, service: BlockService, *, burst: int = BURST
-                     ) -> None:
-    """Serve `channel` with `service` until the ring breaks or is closed.
+async def serve_ring(channel: BackRingChannel, service: BlockService, *,
+                     burst: int | None = None) -> None:
+    """Serve `channel` with `service` until the ring breaks or is closed, taking up to `burst`
+    requests at once (default: the ring's size, at least `BURST`).
 
     Raises:
         anyio.BrokenResourceError: the frontend broke the ring protocol or went away (chained
             from RemoteProtocolError / PeerGoneError); the caller tears the device down.
         anyio.ClosedResourceError: the channel was closed locally.
     """
+    if burst is None:
+        burst = max(BURST, channel.engine.entries)
     out = bytearray(blkif.RESPONSE_SIZE * burst)
     size = blkif.RESPONSE_SIZE
     view = memoryview(out)

@@ -17,6 +17,11 @@ backend keeps them mapped, without it the backend maps them per request.  Respon
 trusted: an id that is not in flight, an operation that does not match the request, or a status
 outside BLKIF_RSP_* is a `RemoteProtocolError` that poisons the client and fails every waiter.
 
+Besides one call per transfer (each in its own task for several in flight), `submit` takes a
+batch of reads and writes at once, like io_uring or libaio at an I/O depth: their requests are
+put on the ring together and published with one push (one doorbell at most), and their answers
+are gathered together; the pool bounds how many are in flight, the rest follow as pages free.
+
 With ``verify_reads`` the client also checks that an OKAY read really wrote its pages: the
 first 8 bytes of every sector of a read's pages are stamped with a random canary before the
 request goes out, and a sector of the copied-out data that still starts with it raises
@@ -29,6 +34,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
@@ -77,13 +83,34 @@ class DiskInfo:
         return self.sectors * SECTOR
 
 
+class ReadOp(NamedTuple):
+    """A read in a `BlockClient.submit` batch: ``len(buffer)`` bytes at byte `offset` into
+    `buffer` (writable)."""
+
+    offset: int
+    buffer: memoryview | bytearray
+
+
+class WriteOp(NamedTuple):
+    """A write in a `BlockClient.submit` batch: `data` at byte `offset`."""
+
+    offset: int
+    data: bytes | bytearray | memoryview
+
+
+SendMany = Callable[[Sequence[bytearray]], Awaitable[int]]
+"""Queue the leading encoded requests of a list on one ring with one push; return how many
+(at least one).  A cancellation may land only before anything was queued."""
+
+
 class _Pending:
     """One request in flight: what it was, its answer, and the slot it is encoded into (the
     request is encoded there once and the ring copies it from there)."""
 
-    __slots__ = ("done", "operation", "orphan_pages", "sector", "slot", "status")
+    __slots__ = ("done", "operation", "orphan_pages", "rid", "sector", "slot", "status")
 
-    def __init__(self, operation: int, sector: int) -> None:
+    def __init__(self, rid: int, operation: int, sector: int) -> None:
+        self.rid = rid
         self.slot = bytearray(blkif.REQUEST_SIZE)
         self.operation = operation
         self.sector = sector
@@ -94,12 +121,24 @@ class _Pending:
         since until then the backend may still write into them."""
 
 
+class _Flight(NamedTuple):
+    """One request of a `submit` batch: which op it serves, and what it needs once answered."""
+
+    op_index: int
+    op: Op
+    data: memoryview
+    pages: Sequence[int]
+    pending: _Pending
+    canary: bytes | None
+
+
 class BlockClient:
     """Byte-range block I/O over blkif requests (see the module docstring).
 
     `pool` is a writable view of `len(refs)` granted pages; `send(slot)` queues one encoded
-    request on the ring (it must not keep the slot buffer past the request's answer).  Every
-    I/O method raises:
+    request on the ring (it must not keep the slot buffer past the request's answer), and
+    `send_many(slots)`, when given, queues the leading ones of a list with one push and says
+    how many (without it a batch is sent one request at a time).  Every I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
             write to a read-only disk.
@@ -117,10 +156,11 @@ class BlockClient:
 
     def __init__(self, send: Callable[[bytearray], Awaitable[None]], pool: memoryview,
                  refs: Sequence[int], info: DiskInfo, *, handle: int = 0,
-                 verify_reads: bool = False) -> None:
+                 verify_reads: bool = False, send_many: SendMany | None = None) -> None:
         if len(pool) < len(refs) * PAGE or not refs:
             raise ConfigError("the page pool must hold one page per grant ref")
         self._send = send
+        self._send_many = send_many or self._send_first
         self._pool = pool
         self._refs = tuple(refs)
         self.info = info
@@ -221,6 +261,68 @@ class BlockClient:
         rid = self._next_id()
         await self._roundtrip(blkif.DiscardRequest(rid, self.handle, sector, length // SECTOR,
                                                    False), sector)
+
+    async def submit(self, ops: Sequence[ReadOp | WriteOp], *, depth: int | None = None
+                     ) -> list[BlockIOError | None]:
+        """Run a batch of reads and writes together and wait for all of them.
+
+        Their requests go onto the ring together, published with one push (one doorbell at
+        most) per run that fits the ring, the page pool and `depth` (most requests in flight;
+        None: only the ring and the pool bound it); as answers come back, more follow.
+        The backend may answer in any order, and ops of one batch have no order among
+        themselves (as with io_uring: do not read back in the batch what it writes).  Returns,
+        for each op, None or the `BlockIOError` (`BlockNotSupportedError`, `StaleReadError`)
+        the same call alone would have raised.
+
+        Raises:
+            ConfigError: an op is out of range, misaligned, or writes a read-only disk
+                (checked before anything is sent).
+            RemoteProtocolError, PeerGoneError: as the other methods; the batch is abandoned.
+        """
+        if depth is not None and depth < 1:
+            raise ConfigError(f"depth must be at least 1, got {depth}")
+        limit = len(ops) * self._max_segments if depth is None else depth  # enough for all
+        chunks = self._plan(ops)
+        results: list[BlockIOError | None] = [None] * len(ops)
+        flights: list[_Flight] = []   # sent, not yet answered (or not yet looked at)
+        unsent: list[_Flight] = []    # prepared and registered, not yet on the ring
+        answered: list[_Flight] = []  # answered, being landed
+        step = 0
+        try:
+            while step < len(chunks) or flights:
+                while step < len(chunks):
+                    index, op, offset, data = chunks[step]
+                    need = self._pages_for(len(data))
+                    if (self._free_count < need or len(flights) + len(unsent) >= limit) \
+                            and (flights or unsent):
+                        break  # send what is ready; answers will free pages and room
+                    pages = await self._take_pages(need)
+                    unsent.append(self._launch(index, op, offset, data, pages))
+                    step += 1
+                while unsent:
+                    sent = await self._send_many([flight.pending.slot for flight in unsent])
+                    flights += unsent[:sent]
+                    del unsent[:sent]
+                await flights[0].pending.done.wait()
+                answered = [flight for flight in flights if flight.pending.done.is_set()]
+                flights = [flight for flight in flights if not flight.pending.done.is_set()]
+                while answered:
+                    flight = answered.pop(0)
+                    try:
+                        await self._land(flight.op, flight.data, flight.pages, flight.pending,
+                                         flight.canary)
+                    except BlockIOError as exc:
+                        if results[flight.op_index] is None:
+                            results[flight.op_index] = exc
+        except BaseException:
+            for flight in answered:
+                self._abandon(flight.pending, flight.pages, sent=True)
+            for flight in flights:
+                self._abandon(flight.pending, flight.pages, sent=True)
+            for flight in unsent:
+                self._abandon(flight.pending, flight.pages, sent=False)
+            raise
+        return results
 
     def deliver(self, response: blkif.Response) -> None:
         """Complete the request `response` answers (called by the ring's receive loop).
@@ -336,58 +438,108 @@ class BlockClient:
             # or failed the same way)
             raise _first_error(group) from None
 
+    def _pages_for(self, length: int) -> int:
+        """Pool pages a request of `length` bytes needs (data, and its segment-list pages)."""
+        nseg = -(-length // PAGE)
+        return nseg + (blkif.indirect_pages_for(nseg)
+                       if nseg > blkif.MAX_SEGMENTS_PER_REQUEST else 0)
+
+    def _plan(self, ops: Sequence[ReadOp | WriteOp]) -> list[tuple[int, Op, int, memoryview]]:
+        """Check every op of a batch and cut it into requests: (op index, operation, offset,
+        data) each."""
+        chunk = self._max_segments * PAGE
+        chunks: list[tuple[int, Op, int, memoryview]] = []
+        for index, item in enumerate(ops):
+            if isinstance(item, ReadOp):
+                op, view = Op.READ, memoryview(item.buffer).cast("B")
+                if view.readonly:
+                    raise ConfigError(f"batch op {index}: the read buffer is read-only")
+                self._check_range(item.offset, len(view), "read")
+            elif isinstance(item, WriteOp):
+                op, view = Op.WRITE, memoryview(item.data).cast("B")
+                self._check_range(item.offset, len(view), "write")
+                if self.info.readonly:
+                    raise ConfigError("the disk is read-only")
+            else:
+                raise ConfigError(f"batch op {index} is {item!r}, not a ReadOp or WriteOp")
+            chunks += [(index, op, item.offset + start, view[start:start + chunk])
+                       for start in range(0, len(view), chunk)]
+        return chunks
+
     async def _chunk(self, op: Op, offset: int, data: memoryview) -> None:
         if not data:
             return
-        nseg = -(-len(data) // PAGE)
-        indirect = nseg > blkif.MAX_SEGMENTS_PER_REQUEST
-        extra = blkif.indirect_pages_for(nseg) if indirect else 0
-        pages = await self._take_pages(nseg + extra)
-        owned = True
+        pages = await self._take_pages(self._pages_for(len(data)))
         try:
-            pool, refs = self._pool, self._refs
-            canary: bytes | None = None     # this read's own: the client's may change meanwhile
-            if op == Op.WRITE:
-                self._copy(data, pages, to_pool=True)
-            elif self._canary is not None:
-                canary = self._stamp(pages, len(data))
-            if isinstance(pages, range):
-                grefs: Sequence[int] = refs[pages.start:pages.start + nseg]
-            else:
-                grefs = [refs[p] for p in pages[:nseg]]
-            final_last = (len(data) - (nseg - 1) * PAGE) // SECTOR - 1
-            sector = offset // SECTOR
-            if indirect:
-                if isinstance(pages, range):
-                    # precomputed whole-page entries of these pool pages, last one adjusted
-                    table = bytearray(self._full_page_segments[pages.start * 8:
-                                                               (pages.start + nseg) * 8])
-                    table[-3] = final_last  # last_sect byte of the final entry
-                else:
-                    table = bytearray(blkif.pack_segments(list(grefs), 0,
-                                                          blkif.SECTORS_PER_PAGE - 1,
-                                                          final_last))
-                list_pages = pages[nseg:]
-                for j, page in enumerate(list_pages):
-                    part = table[j * PAGE:(j + 1) * PAGE]
-                    pool[page * PAGE:page * PAGE + len(part)] = part
-                request: blkif.Request = blkif.IndirectRequest(
-                    op, self._next_id(), self.handle, sector, nseg,
-                    tuple(refs[p] for p in list_pages))
-            else:
-                request = blkif.ReadWriteRequest(
-                    op, self._next_id(), self.handle, sector,
-                    blkif.SegmentArray.whole_pages(list(grefs), final_last))
-            owned = False  # from here on _roundtrip owns the pages, and hands them back on success
-            await self._roundtrip(request, sector, pages)
-            owned = True   # answered: the backend is done with them
+            request, canary = self._prepare(op, offset, data, pages)
+        except BaseException:
+            self._give_pages(pages)
+            raise
+        # from here on _roundtrip owns the pages, and hands them back on success
+        pending = await self._roundtrip(request, offset // SECTOR, pages)
+        await self._land(op, data, pages, pending, canary)
+
+    def _launch(self, index: int, op: Op, offset: int, data: memoryview,
+                pages: Sequence[int]) -> _Flight:
+        """Prepare and register one request of a batch (not sent yet); it owns `pages`."""
+        try:
+            request, canary = self._prepare(op, offset, data, pages)
+            pending = self._register(request, offset // SECTOR)
+        except BaseException:
+            self._give_pages(pages)
+            raise
+        return _Flight(index, op, data, pages, pending, canary)
+
+    async def _land(self, op: Op, data: memoryview, pages: Sequence[int], pending: _Pending,
+                    canary: bytes | None) -> None:
+        """An answered request: check its status, move a read's data out, free its pages."""
+        try:
+            self._check_status(pending)
             if op == Op.READ:
                 self._copy(data, pages, to_pool=False)
                 if canary is not None:
-                    await self._check_written(data, pages, sector, canary)
+                    await self._check_written(data, pages, pending.sector, canary)
         finally:
-            if owned:
-                self._give_pages(pages)
+            self._give_pages(pages)
+
+    def _prepare(self, op: Op, offset: int, data: memoryview, pages: Sequence[int]
+                 ) -> tuple[blkif.Request, bytes | None]:
+        """Fill `pages` for one request of `data` at `offset` (a write's data, a read's
+        canaries, an indirect segment list) and build the request; also return the canary a
+        read was stamped with."""
+        nseg = -(-len(data) // PAGE)
+        indirect = nseg > blkif.MAX_SEGMENTS_PER_REQUEST
+        pool, refs = self._pool, self._refs
+        canary: bytes | None = None     # this read's own: the client's may change meanwhile
+        if op == Op.WRITE:
+            self._copy(data, pages, to_pool=True)
+        elif self._canary is not None:
+            canary = self._stamp(pages, len(data))
+        if isinstance(pages, range):
+            grefs: Sequence[int] = refs[pages.start:pages.start + nseg]
+        else:
+            grefs = [refs[p] for p in pages[:nseg]]
+        final_last = (len(data) - (nseg - 1) * PAGE) // SECTOR - 1
+        sector = offset // SECTOR
+        if not indirect:
+            return blkif.ReadWriteRequest(
+                op, self._next_id(), self.handle, sector,
+                blkif.SegmentArray.whole_pages(list(grefs), final_last)), canary
+        if isinstance(pages, range):
+            # precomputed whole-page entries of these pool pages, last one adjusted
+            table = bytearray(self._full_page_segments[pages.start * 8:
+                                                       (pages.start + nseg) * 8])
+            table[-3] = final_last  # last_sect byte of the final entry
+        else:
+            table = bytearray(blkif.pack_segments(list(grefs), 0,
+                                                  blkif.SECTORS_PER_PAGE - 1,
+                                                  final_last))
+        list_pages = pages[nseg:]
+        for j, page in enumerate(list_pages):
+            part = table[j * PAGE:(j + 1) * PAGE]
+            pool[page * PAGE:page * PAGE + len(part)] = part
+        return blkif.IndirectRequest(op, self._next_id(), self.handle, sector, nseg,
+                                     tuple(refs[p] for p in list_pages)), canary
 
     def _new_canary(self) -> None:
         """Pick a fresh random canary (never a run of one byte value, such as zeros)."""
@@ -485,39 +637,62 @@ class BlockClient:
     def _next_id(self) -> int:
         return next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
 
-    async def _roundtrip(self, request: blkif.Request, sector: int,
-                         pages: Sequence[int] | None = None) -> None:
-        """Send one request and wait for its answer.
-
-        `pages` (the request's pool pages) go back to the caller only on success; on any error
-        they are freed here, except when the request is out and the caller was cancelled: the
-        backend may still write into them, so its answer frees them.
-        """
+    def _register(self, request: blkif.Request, sector: int) -> _Pending:
+        """Encode `request` into a fresh slot and record it as in flight (not sent yet)."""
+        self._check_alive()
         rid = request.id
+        if rid in self._pending:
+            raise LocalProtocolError(f"request id {rid:#x} still in flight")
         # an INDIRECT request is answered with its inner operation, as Linux's blkback does
         operation = (request.indirect_op if isinstance(request, blkif.IndirectRequest)
                      else request.operation)
-        pending = _Pending(operation, sector)
+        pending = _Pending(rid, operation, sector)
+        blkif.encode_request_into(pending.slot, 0, request)
+        self._pending[rid] = pending
+        return pending
+
+    def _abandon(self, pending: _Pending, pages: Sequence[int] | None, *, sent: bool) -> None:
+        """A request whose caller gives up: forget it and free its pages -- unless it is out
+        and unanswered, when the backend may still write into them: its answer frees them."""
+        rid = pending.rid
+        if sent and pending.status is None and self._pending.get(rid) is pending:
+            pending.orphan_pages = pages
+            return
+        if self._pending.get(rid) is pending:
+            del self._pending[rid]
+        if pages is not None:
+            self._give_pages(pages)
+
+    async def _send_first(self, slots: Sequence[bytearray]) -> int:
+        """`send_many` for a client given only `send`: one request at a time."""
+        await self._send(slots[0])
+        return 1
+
+    async def _roundtrip(self, request: blkif.Request, sector: int,
+                         pages: Sequence[int] | None = None) -> _Pending:
+        """Send one request and wait for its answer; return it (its status is not checked
+        when `pages` are given: `_land` does that and frees them).
+
+        `pages` (the request's pool pages) go back to the caller only on an answer; on any
+        error they are freed here, except when the request is out and the caller was
+        cancelled: the backend may still write into them, so its answer frees them.
+        """
+        pending: _Pending | None = None
         sent = False
         try:
-            self._check_alive()
-            if rid in self._pending:
-                raise LocalProtocolError(f"request id {rid:#x} still in flight")
-            blkif.encode_request_into(pending.slot, 0, request)
-            self._pending[rid] = pending
+            pending = self._register(request, sector)
             await self._send(pending.slot)
             sent = True
             await pending.done.wait()
-            self._check_status(pending)
+            if pages is None:
+                self._check_status(pending)
         except BaseException:
-            if sent and pending.status is None and self._pending.get(rid) is pending:
-                pending.orphan_pages = pages
-            else:
-                if self._pending.get(rid) is pending:
-                    del self._pending[rid]
-                if pages is not None:
-                    self._give_pages(pages)
+            if pending is not None:
+                self._abandon(pending, pages, sent=sent)
+            elif pages is not None:
+                self._give_pages(pages)
             raise
+        return pending
 
     def _check_status(self, pending: _Pending) -> None:
         status = pending.status
@@ -570,4 +745,4 @@ def _runs(numbers: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-__all__ = ("STALE_RECHECK_SECONDS", "BlockClient", "DiskInfo")
+__all__ = ("STALE_RECHECK_SECONDS", "BlockClient", "DiskInfo", "ReadOp", "SendMany", "WriteOp")

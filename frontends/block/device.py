@@ -14,15 +14,18 @@ them with `RemoteProtocolError` and the device is disconnected (Closing -> Close
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import Domain, SharedPages
-from ringkit.device import Frontend, Nodes
+from ringkit.channel import MAX_POLL_US, FrontRingChannel
+from ringkit.device import Frontend, Nodes, Queue
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures
 
-from .client import BlockClient, DiskInfo
+from .client import BlockClient, DiskInfo, ReadOp, WriteOp
+from .errors import BlockIOError
 from .queue import FrontQueues
 
 DEFAULT_POOL_PAGES = 512
@@ -39,7 +42,10 @@ class BlockFrontend(Frontend):
     Options: `pool_pages` data pages to grant, `ring_page_order` (0..4) and `queues` wanted
     (capped by what the backend offers), `persistent` to offer persistent grants,
     `indirect` to use indirect requests when offered, `verify_reads` to check that every read
-    answered OKAY really wrote its pages (`StaleReadError` otherwise; see `BlockClient`).
+    answered OKAY really wrote its pages (`StaleReadError` otherwise; see `BlockClient`),
+    `poll_us` to let each ring's receiver spin up to that many microseconds for answers to
+    requests in flight before sleeping on the event channel (0, the default: never spin; see
+    `ringkit.channel.RingChannel`).
     """
 
     device_type: ClassVar[str] = "vbd"
@@ -50,12 +56,15 @@ class BlockFrontend(Frontend):
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  pool_pages: int = DEFAULT_POOL_PAGES, ring_page_order: int = 0,
                  queues: int = 1, persistent: bool = True, indirect: bool = True,
-                 verify_reads: bool = False) -> None:
+                 verify_reads: bool = False, poll_us: int = 0) -> None:
         if not 0 <= ring_page_order <= self.max_ring_page_order:
             raise ConfigError(f"ring_page_order must be 0..{self.max_ring_page_order}, "
                               f"got {ring_page_order}")
         if not 1 <= queues <= self.max_queues:
             raise ConfigError(f"queues must be 1..{self.max_queues}, got {queues}")
+        if isinstance(poll_us, bool) or not isinstance(poll_us, int) \
+                or not 0 <= poll_us <= MAX_POLL_US:
+            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {poll_us!r}")
         if pool_pages < blkif.MAX_SEGMENTS_PER_REQUEST:
             raise ConfigError(f"pool_pages must be at least {blkif.MAX_SEGMENTS_PER_REQUEST}")
         super().__init__(domain, backend_id, devid)
@@ -65,6 +74,7 @@ class BlockFrontend(Frontend):
         self.offer_persistent = persistent
         self.use_indirect = indirect
         self.verify_reads = verify_reads
+        self.poll_us = poll_us
         self.info: DiskInfo | None = None
         """What the backend advertised, for the current connection."""
         self._client: BlockClient | None = None
@@ -75,6 +85,11 @@ class BlockFrontend(Frontend):
     async def negotiate(self, backend: Nodes) -> None:
         self.ring_page_order = self.wanted_order
         self.num_queues = self.wanted_queues
+
+    def make_channel(self, queue: Queue[FrontRingChannel]) -> FrontRingChannel:
+        channel = super().make_channel(queue)
+        channel.poll_us = self.poll_us
+        return channel
 
     async def publish(self, nodes: Nodes) -> None:
         offered = FrontendFeatures(protocol=blkif.PROTOCOL_X86_64, persistent=self.offer_persistent)
@@ -101,7 +116,7 @@ class BlockFrontend(Frontend):
         pool = await self.domain.grants.share(self.peer_id, self.pool_pages, writable=True)
         queues = FrontQueues([queue.channel for queue in self.queues])
         client = BlockClient(queues.send, pool.buffer, pool.refs, info,
-                             verify_reads=self.verify_reads)
+                             verify_reads=self.verify_reads, send_many=queues.send_many)
         self.info, self._pool, self._client = info, pool, client
         assert self._tg is not None
         for index in range(len(self.queues)):
@@ -153,6 +168,12 @@ class BlockFrontend(Frontend):
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at byte `offset`; returns once the backend has it in the image."""
         await self.client.write(offset, data)
+
+    async def submit(self, ops: Sequence[ReadOp | WriteOp], *, depth: int | None = None
+                     ) -> list[BlockIOError | None]:
+        """Run a batch of reads and writes together, published with one push per run that
+        fits, at most `depth` in flight; one result per op (see `BlockClient.submit`)."""
+        return await self.client.submit(ops, depth=depth)
 
     async def flush(self) -> None:
         """Make every acknowledged write durable."""

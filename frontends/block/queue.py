@@ -8,7 +8,8 @@ responses, dead backend) the client is failed with the cause, so no caller waits
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import anyio
 
@@ -36,12 +37,33 @@ class FrontQueues:
             RemoteProtocolError: the ring was broken by the backend.
             PeerGoneError: the backend went away or the device was closed.
         """
-        load = self._load
-        index = 0 if len(load) == 1 else min(range(len(load)), key=load.__getitem__)
-        self._load[index] += 1
-        try:
+        with self._least_busy() as index:
             async with self._locks[index]:
                 await self._channels[index].send(slot)
+
+    async def send_many(self, slots: Sequence[bytes | bytearray]) -> int:
+        """Queue the leading requests of `slots` on the least busy ring with one push (at most
+        one doorbell): as many as it has free slots, and at least one, waiting for a free slot
+        if there is none.  Returns how many were queued; a cancellation lands only before any
+        was.  Raises as `send`."""
+        with self._least_busy() as index:
+            async with self._locks[index]:
+                channel = self._channels[index]
+                try:
+                    return channel.send_batch_nowait(slots)
+                except anyio.WouldBlock:
+                    await channel.send(slots[0])
+                    return 1
+
+    @contextmanager
+    def _least_busy(self) -> Iterator[int]:
+        """The index of the least busy ring, counted busy meanwhile; ring errors mapped to the
+        client's (RemoteProtocolError / PeerGoneError)."""
+        load = self._load
+        index = 0 if len(load) == 1 else min(range(len(load)), key=load.__getitem__)
+        load[index] += 1
+        try:
+            yield index
         except anyio.BrokenResourceError as exc:
             cause = exc.__cause__
             if isinstance(cause, RemoteProtocolError | PeerGoneError):
@@ -50,7 +72,7 @@ class FrontQueues:
         except anyio.ClosedResourceError as exc:
             raise PeerGoneError("block device closed") from exc
         finally:
-            self._load[index] -= 1
+            load[index] -= 1
 
     async def receive_loop(self, index: int, client: BlockClient) -> None:
         """Deliver ring `index`'s responses to `client` until the ring breaks or closes.

@@ -5,11 +5,33 @@ state, with anyio's error contract (`ClosedResourceError` after a local close,
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
 from .._errors import EventChannelError
 from ..abc import EventChannel
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What one shell did to move its items: plain counters, cheap enough for the hot path, so
+    that a benchmark (or a test) can tell whether batching and ring.h's notification hold-off
+    work.  They only grow; take differences around the interval of interest."""
+
+    pushes: int = 0
+    """Producer updates published (each one fence-store-fence, whatever it carried).  Counted
+    by `RingChannel`; a `PipeStream` publishes an index with every read and write and leaves
+    this at 0."""
+    notifications: int = 0
+    """Doorbells rung on the event channel (the peer asked for them through its event index)."""
+    sleeps: int = 0
+    """Waits on the event channel (each one a trip through the event loop's poller)."""
+    polls: int = 0
+    """Polling windows begun (`RingChannel.poll_us`): spins on the ring before sleeping
+    (`PipeStream` does not poll)."""
+    poll_hits: int = 0
+    """Polling windows that found items before their time ran out (no sleep needed)."""
 
 
 class PeerLink:
@@ -19,6 +41,8 @@ class PeerLink:
         self._event = event
         self._closed = False
         self._broken: BaseException | None = None
+        self.stats = LinkStats()
+        """Counters of pushes, doorbells, sleeps and polling (see `LinkStats`)."""
         self.on_broken: Callable[[BaseException], None] | None = None
         """Called once with the cause when the shell breaks (the device framework uses it to
         learn that the peer died or misbehaved)."""
@@ -45,6 +69,7 @@ class PeerLink:
         return err
 
     def _notify(self) -> None:
+        self.stats.notifications += 1
         try:
             self._event.notify()
         except EventChannelError as exc:

@@ -12,6 +12,15 @@ The sans-I/O halves (`ringkit.proto.ring.FrontRing` / `BackRing`) hold the indic
   engine's hold-off rule says the peer asked for it.
 * A frontend's `send` waits for a free slot, which appears when a response is received: some
   task must be receiving responses while others send.
+* **Polling** (opt-in, `poll_us` > 0; the NAPI / io_uring SQPOLL idea): before the final
+  check, a receiver that expects items soon spins on the ring for up to `poll_us`
+  microseconds, yielding to the event loop between looks, and sleeps only if nothing came.
+  While it spins it has not republished its event index, so by ring.h's hold-off the peer rings
+  no doorbell: both sides save the event channel's system calls and wake-ups.  A frontend
+  spins only while requests are outstanding; a backend only while the ring is busy (its last
+  take found requests): a window that ends empty sends it back to sleeping until the peer
+  notifies.  Off by default: spinning burns a CPU the peer may need.
+* `stats` (`LinkStats`) counts pushes, doorbells, sleeps and polling windows.
 
 Only one task may receive at a time and only one may send at a time (`anyio.BusyResourceError`
 otherwise).  A hostile peer (`RemoteProtocolError` from the engine) or a dead one
@@ -28,20 +37,27 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectStream
 
-from .._errors import LocalProtocolError, PeerGoneError, RemoteProtocolError
+from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ..abc import EventChannel
 from ..proto.ring import BackRing, FrontRing
 from ._link import PeerLink
 
-__all__ = ("BackRingChannel", "FrontRingChannel", "RingChannel")
+__all__ = ("MAX_POLL_US", "BackRingChannel", "FrontRingChannel", "RingChannel")
 
 Msg = bytes | bytearray | memoryview
+
+MAX_POLL_US = 1_000_000
+"""Longest polling window a channel accepts (one second): a bound, not a suggestion."""
+SETTLE_ROUNDS = 4
+"""With polling on, how many scheduling rounds a receiver with nothing expected gives the
+other tasks to send something before it sleeps (a yield each, not a timed spin)."""
 
 
 class RingChannel(PeerLink, ObjectStream[bytearray]):
     """Common part of `FrontRingChannel` and `BackRingChannel`."""
 
-    def __init__(self, engine: FrontRing | BackRing, event: EventChannel) -> None:
+    def __init__(self, engine: FrontRing | BackRing, event: EventChannel, *,
+                 poll_us: int = 0) -> None:
         PeerLink.__init__(self, event)
         self._engine = engine
         self._eof_sent = False
@@ -52,6 +68,26 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         self._slot_size = engine.layout.slot_size
         self._rx_buf = bytearray()
         """Where bursts are copied out of the ring; reused (grown, never shrunk)."""
+        self._poll_seconds = 0.0
+        self._busy = False
+        """The last take found items (a backend polls only then)."""
+        self.poll_us = poll_us
+
+    @property
+    def poll_us(self) -> int:
+        """Microseconds a receiver spins on the ring before sleeping (0: never; the default).
+
+        Raises (setter):
+            ConfigError: not an integer in 0..`MAX_POLL_US`.
+        """
+        return round(self._poll_seconds * 1e6)
+
+    @poll_us.setter
+    def poll_us(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 0 <= value <= MAX_POLL_US:
+            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {value!r}")
+        self._poll_seconds = value / 1e6
 
     @property
     def engine(self) -> FrontRing | BackRing:
@@ -81,6 +117,13 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         raise NotImplementedError
 
     def _push(self) -> bool:
+        raise NotImplementedError
+
+    def _pending(self) -> int:
+        raise NotImplementedError
+
+    def _expecting(self) -> bool:
+        """Whether items are likely soon, so that polling for them is worth a CPU."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state checks
@@ -134,6 +177,7 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         except RemoteProtocolError as exc:
             raise self._break(exc) from exc
         if count:
+            self._busy = True
             self._wake_senders()
         return count
 
@@ -141,16 +185,48 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         raise NotImplementedError
 
     async def _wait_for_items(self) -> None:
-        """Sleep until the peer may have produced something (after the final check)."""
+        """Sleep until the peer may have produced something (after the final check), polling
+        the ring first when that is switched on and items are expected."""
+        if self._poll_seconds:
+            # a sender woken by what was just received may be about to send again: let it run
+            # a few scheduling rounds, so that a receive loop in its own task (as drivers have)
+            # polls for that answer too instead of going to sleep just before it is sent
+            for _ in range(SETTLE_ROUNDS):
+                if self._expecting():
+                    break
+                await anyio.lowlevel.checkpoint()
+                self._check()
+        if self._poll_seconds and self._expecting():
+            self.stats.polls += 1
+            if await self._poll():
+                self.stats.poll_hits += 1
+                return
+            self._busy = False  # idle for a whole window: sleep until the peer notifies
         try:
             if self._final_check():
                 return
         except RemoteProtocolError as exc:
             raise self._break(exc) from exc
+        self.stats.sleeps += 1
         try:
             await self._event.wait()
         except PeerGoneError as exc:
             raise self._break(exc) from exc
+
+    async def _poll(self) -> bool:
+        """Look at the ring until items are pending (True) or the window is over (False),
+        letting the event loop run other tasks (which may be the ones producing) in between."""
+        deadline = anyio.current_time() + self._poll_seconds
+        while True:
+            await anyio.lowlevel.checkpoint()
+            self._check()
+            try:
+                if self._pending():
+                    return True
+            except RemoteProtocolError as exc:
+                raise self._break(exc) from exc
+            if anyio.current_time() >= deadline:
+                return False
 
     async def receive(self) -> bytearray:
         """The next item, waiting for the peer as needed.
@@ -225,6 +301,7 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
 
     def _publish(self) -> None:
         """Push what was put and ring the peer's doorbell if it asked."""
+        self.stats.pushes += 1
         try:
             notify = self._push()
         except RemoteProtocolError as exc:
@@ -278,8 +355,8 @@ class FrontRingChannel(RingChannel):
 
     _engine: FrontRing
 
-    def __init__(self, engine: FrontRing, event: EventChannel) -> None:
-        super().__init__(engine, event)
+    def __init__(self, engine: FrontRing, event: EventChannel, *, poll_us: int = 0) -> None:
+        super().__init__(engine, event, poll_us=poll_us)
 
     def _take(self) -> bytearray | None:
         return self._engine.take_response()
@@ -302,14 +379,21 @@ class FrontRingChannel(RingChannel):
     def _push(self) -> bool:
         return self._engine.push_requests()
 
+    def _pending(self) -> int:
+        return self._engine.pending_responses()
+
+    def _expecting(self) -> bool:
+        # requests outstanding: their responses are coming
+        return self._engine.free_requests() < self._engine.entries
+
 
 class BackRingChannel(RingChannel):
     """Backend side: `receive` requests, `send` responses (one per consumed request)."""
 
     _engine: BackRing
 
-    def __init__(self, engine: BackRing, event: EventChannel) -> None:
-        super().__init__(engine, event)
+    def __init__(self, engine: BackRing, event: EventChannel, *, poll_us: int = 0) -> None:
+        super().__init__(engine, event, poll_us=poll_us)
 
     def _take(self) -> bytearray | None:
         return self._engine.take_request()
@@ -333,3 +417,10 @@ class BackRingChannel(RingChannel):
 
     def _push(self) -> bool:
         return self._engine.push_responses()
+
+    def _pending(self) -> int:
+        return self._engine.pending_requests()
+
+    def _expecting(self) -> bool:
+        # the frontend was busy a moment ago: more requests are likely
+        return self._busy

@@ -84,6 +84,7 @@ class PipeStream(PeerLink, ByteStream):
             await self._woken.wait()
             return
         self._waiting = True
+        self.stats.sleeps += 1
         try:
             await self._event.wait()
         except PeerGoneError as exc:

@@ -12,6 +12,15 @@ side with the ratio:
    responses; on the socketpair the same window of 32 requests travels as one ``send`` per
    batch and is echoed the same way.  Throughput in requests per second.
 
+3. the same two through `ringkit.channel.RingChannel`, the shell drivers use (a ring
+   ping-pong is one request in flight), once with both ends sleeping on the event channel and
+   once with both polling the ring first (``--poll-us``).
+
+Baselines: the anyio socketpair above, and a blocking socketpair (plain ``socket.send`` /
+``recv`` with no event loop) for the same ping-pong and echo.  Beside each figure it prints,
+per request (or round trip) and for each side, the doorbells rung, the event-channel sleeps,
+the polling windows and the process CPU time; for the sockets, the sends and receives.
+
 Each side runs in its own process (``python -m ringkit.bench.transport <role> ...``); the
 parent only sets up and collects the figures.  This prints numbers; it asserts nothing.
 """
@@ -30,6 +39,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import click
+
+from ..channel import MAX_POLL_US
+from ._counters import describe, per_request, snapshot
 
 __all__ = ("REQUEST_SIZE", "command", "run")
 
@@ -56,12 +68,14 @@ async def _sim_ping(directory: str, domid: int, peer: int, rounds: int) -> None:
         channel = await dom.events.alloc_unbound(peer)
         _say(port=channel.port)
         await channel.wait()  # the peer bound and said hello
+        before = snapshot()
         start = time.perf_counter()
         for _ in range(rounds):
             channel.notify()
             await channel.wait()
         elapsed = time.perf_counter() - start
-        _say(seconds=elapsed, rounds=rounds)
+        _say(seconds=elapsed, requests=rounds,
+             counters=_grown(before, notifications=rounds, sleeps=rounds))
         await channel.aclose()
 
 
@@ -75,35 +89,100 @@ async def _sim_pong(directory: str, domid: int, peer: int, port: int) -> None:
         # unbound); take that event first so every later wake-up is a real ping.
         await channel.wait()
         channel.notify()
+        rounds = 0
+        before = snapshot()
         try:
             while True:
                 await channel.wait()
                 channel.notify()
+                rounds += 1
         except PeerGoneError:
             pass
+        _say(counters=_grown(before, notifications=rounds, sleeps=rounds + 1))
         await channel.aclose()
 
 
 async def _socket_ping(fd: int, rounds: int) -> None:
     stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
     async with stream:
+        before = snapshot()
         start = time.perf_counter()
         for _ in range(rounds):
             await stream.send(b"!")
             await stream.receive(1)
         elapsed = time.perf_counter() - start
-        _say(seconds=elapsed, rounds=rounds)
+        _say(seconds=elapsed, requests=rounds,
+             counters=_grown(before, notifications=rounds, sleeps=rounds))
 
 
 async def _socket_pong(fd: int) -> None:
     stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
     async with stream:
+        rounds = 0
+        before = snapshot()
         try:
             while True:
                 data = await stream.receive(1)
                 await stream.send(data)
+                rounds += 1
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
+        _say(counters=_grown(before, notifications=rounds, sleeps=rounds + 1))
+
+
+def _grown(before: dict[str, float], **counted: float) -> dict[str, float]:
+    """What grew since `before` (this process's CPU time), with the loop's own counts."""
+    after = snapshot((), **counted)
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def _blocking_ping(fd: int, rounds: int) -> None:
+    with socket.socket(fileno=fd) as sock:
+        before = snapshot()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            sock.send(b"!")
+            sock.recv(1)
+        elapsed = time.perf_counter() - start
+        _say(seconds=elapsed, requests=rounds,
+             counters=_grown(before, notifications=rounds, sleeps=rounds))
+
+
+def _blocking_pong(fd: int) -> None:
+    with socket.socket(fileno=fd) as sock:
+        rounds = 0
+        before = snapshot()
+        while data := sock.recv(1):
+            sock.send(data)
+            rounds += 1
+        _say(counters=_grown(before, notifications=rounds, sleeps=rounds + 1))
+
+
+def _blocking_echo_front(fd: int, count: int, window: int) -> None:
+    with socket.socket(fileno=fd) as sock:
+        echo = _SocketEcho(count, window)
+        while True:
+            if batch := echo.to_send():
+                sock.sendall(batch)
+            if echo.got(sock.recv(65536)):
+                break
+        echo.report()
+
+
+def _blocking_echo_back(fd: int) -> None:
+    with socket.socket(fileno=fd) as sock:
+        pending = bytearray()
+        sends = receives = 0
+        before = snapshot()
+        while data := sock.recv(65536):
+            receives += 1
+            pending += data
+            whole = len(pending) // REQUEST_SIZE
+            if whole:
+                sock.sendall(bytes(pending[: whole * REQUEST_SIZE]))
+                del pending[: whole * REQUEST_SIZE]
+                sends += 1
+        _say(counters=_grown(before, notifications=sends, sleeps=receives))
 
 
 def _layout() -> Any:
@@ -129,7 +208,8 @@ async def _sim_echo_front(
         for i in range(entries):
             batch[i * REQUEST_SIZE : (i + 1) * REQUEST_SIZE] = _pattern(i)
         responses = bytearray(REQUEST_SIZE * entries)
-        sent = received = 0
+        sent = received = notifies = sleeps = 0
+        before = snapshot()
         start = time.perf_counter()
         while received < count:
             free = min(ring.free_requests(), count - sent)
@@ -138,6 +218,7 @@ async def _sim_echo_front(
                 sent += free
                 if ring.push_requests():
                     channel.notify()
+                    notifies += 1
             got = ring.take_responses_into(responses)
             if got:
                 if responses[:8] != responses[8:16]:
@@ -146,8 +227,10 @@ async def _sim_echo_front(
                 continue
             if not ring.final_check_for_responses():
                 await channel.wait()
+                sleeps += 1
         elapsed = time.perf_counter() - start
-        _say(seconds=elapsed, requests=count, entries=entries)
+        _say(seconds=elapsed, requests=count, entries=entries,
+             counters=_grown(before, notifications=notifies, sleeps=sleeps))
         ring.release()
         await channel.aclose()
         await pages.aclose()
@@ -166,6 +249,8 @@ async def _sim_echo_back(
         channel = await dom.events.bind_interdomain(peer, port)
         channel.notify()
         buffer = bytearray(REQUEST_SIZE * ring.entries)
+        notifies = sleeps = 0
+        before = snapshot()
         try:
             while True:
                 got = ring.take_requests_into(buffer)
@@ -173,54 +258,151 @@ async def _sim_echo_back(
                     ring.put_responses_from(buffer, got)
                     if ring.push_responses():
                         channel.notify()
+                        notifies += 1
                     continue
                 if not ring.final_check_for_requests():
+                    sleeps += 1
                     await channel.wait()
         except PeerGoneError:
             pass
+        _say(counters=_grown(before, notifications=notifies, sleeps=sleeps))
         ring.release()
         await channel.aclose()
         await mapped.aclose()
 
 
+class _SocketEcho:
+    """The front end's bookkeeping of a socket echo, shared by the anyio and blocking loops:
+    what to send next, what came back, and the counts."""
+
+    def __init__(self, count: int, window: int) -> None:
+        self.count, self.window = count, window
+        self.batch = b"".join(_pattern(i) for i in range(window))
+        self.sent = self.received = self.sends = self.receives = 0
+        self.pending = bytearray()
+        self.before = snapshot()
+        self.start = time.perf_counter()
+
+    def to_send(self) -> bytes:
+        """The requests the window has room for (empty if none); counted as sent."""
+        free = min(self.window - (self.sent - self.received), self.count - self.sent)
+        if free:
+            self.sent += free
+            self.sends += 1
+        return self.batch[: free * REQUEST_SIZE]
+
+    def got(self, data: bytes) -> bool:
+        """Take received bytes; True once every response is in."""
+        self.receives += 1
+        self.pending += data
+        whole = len(self.pending) // REQUEST_SIZE
+        if whole:
+            if self.pending[:8] != self.pending[8:16]:
+                raise AssertionError("a response came back corrupted")
+            self.received += whole
+            del self.pending[: whole * REQUEST_SIZE]
+        return self.received >= self.count
+
+    def report(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        _say(seconds=elapsed, requests=self.count, entries=self.window,
+             counters=_grown(self.before, notifications=self.sends, sleeps=self.receives))
+
+
 async def _socket_echo_front(fd: int, count: int, window: int) -> None:
     stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
-    batch = b"".join(_pattern(i) for i in range(window))
     async with stream:
-        sent = received = 0
-        pending = bytearray()
-        start = time.perf_counter()
-        while received < count:
-            free = min(window - (sent - received), count - sent)
-            if free:
-                await stream.send(batch[: free * REQUEST_SIZE])
-                sent += free
-            pending += await stream.receive(65536)
-            whole = len(pending) // REQUEST_SIZE
-            if whole:
-                if pending[:8] != pending[8:16]:
-                    raise AssertionError("a response came back corrupted")
-                received += whole
-                del pending[: whole * REQUEST_SIZE]
-        elapsed = time.perf_counter() - start
-        _say(seconds=elapsed, requests=count, entries=window)
+        echo = _SocketEcho(count, window)
+        while True:
+            if batch := echo.to_send():
+                await stream.send(batch)
+            if echo.got(await stream.receive(65536)):
+                break
+        echo.report()
 
 
 async def _socket_echo_back(fd: int) -> None:
     stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
     async with stream:
         pending = bytearray()
+        sends = receives = 0
+        before = snapshot()
         try:
             while True:
                 pending += await stream.receive(65536)
+                receives += 1
                 whole = len(pending) // REQUEST_SIZE
                 if whole:
                     # copy each request out, as the ring side does, then answer the batch
                     responses = bytes(pending[: whole * REQUEST_SIZE])
                     del pending[: whole * REQUEST_SIZE]
                     await stream.send(responses)
+                    sends += 1
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
+        _say(counters=_grown(before, notifications=sends, sleeps=receives))
+
+
+async def _channel_front(directory: str, domid: int, peer: int, count: int, window: int,
+                         poll_us: int) -> None:
+    """Requests through a `FrontRingChannel`, `window` in flight (1: a ring ping-pong)."""
+    from ..channel import FrontRingChannel
+    from ..proto.ring import FrontRing
+    from ..sim import connect
+
+    async with connect(directory, domid) as dom:
+        pages = await dom.grants.share(peer, 1)
+        event = await dom.events.alloc_unbound(peer)
+        channel = FrontRingChannel(FrontRing.init(pages.buffer, _layout()), event,
+                                   poll_us=poll_us)
+        _say(refs=",".join(map(str, pages.refs)), port=event.port)
+        await event.wait()  # the back end mapped, attached and bound
+        window = min(window, channel.engine.entries)
+        items = [_pattern(i) for i in range(window)]
+        sent = received = 0
+        before = snapshot((channel.stats,))
+        start = time.perf_counter()
+        while received < count:
+            free = min(window - (sent - received), count - sent)
+            if free:
+                sent += channel.send_batch_nowait(items[:free])
+            for item in await channel.receive_batch(window):
+                if item[:8] != item[8:16]:
+                    raise AssertionError("a response came back corrupted")
+                received += 1
+        elapsed = time.perf_counter() - start
+        after = snapshot((channel.stats,))
+        _say(seconds=elapsed, requests=count, entries=window,
+             counters={name: after[name] - before[name] for name in after})
+        await channel.aclose()
+        await event.aclose()
+        await pages.aclose()
+
+
+async def _channel_back(directory: str, domid: int, peer: int, poll_us: int, refs: list[int],
+                        port: int) -> None:
+    """Echo every request through a `BackRingChannel`, a burst at a time."""
+    from ..channel import BackRingChannel
+    from ..proto.ring import BackRing
+    from ..sim import connect
+
+    async with connect(directory, domid) as dom:
+        mapped = await dom.grants.map(peer, refs)
+        event = await dom.events.bind_interdomain(peer, port)
+        channel = BackRingChannel(BackRing.attach(mapped.buffer, _layout()), event,
+                                  poll_us=poll_us)
+        event.notify()
+        before = snapshot((channel.stats,))
+        try:
+            while True:
+                channel.send_batch_nowait(await channel.receive_batch(channel.engine.entries))
+        except anyio.BrokenResourceError:
+            pass  # the front end went away
+        after = snapshot((channel.stats,))
+        _say(counters={name: after[name] - before[name] for name in after})
+        await channel.aclose()
+        await event.aclose()
+        await mapped.aclose()
 
 
 _WORKERS: dict[str, Any] = {
@@ -234,12 +416,26 @@ _WORKERS: dict[str, Any] = {
                                               [int(r) for r in a[3].split(",")], int(a[4])),
     "socket-echo-front": lambda a: _socket_echo_front(int(a[0]), int(a[1]), int(a[2])),
     "socket-echo-back": lambda a: _socket_echo_back(int(a[0])),
+    "channel-front": lambda a: _channel_front(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]),
+                                              int(a[5])),
+    "channel-back": lambda a: _channel_back(a[0], int(a[1]), int(a[2]), int(a[3]),
+                                            [int(r) for r in a[4].split(",")], int(a[5])),
 }
+_BLOCKING: dict[str, Any] = {
+    "blocking-ping": lambda a: _blocking_ping(int(a[0]), int(a[1])),
+    "blocking-pong": lambda a: _blocking_pong(int(a[0])),
+    "blocking-echo-front": lambda a: _blocking_echo_front(int(a[0]), int(a[1]), int(a[2])),
+    "blocking-echo-back": lambda a: _blocking_echo_back(int(a[0])),
+}
+"""Workers without an event loop (the blocking socketpair baseline)."""
 
 
 def _worker_main(argv: Sequence[str]) -> None:
     backend, role, *args = argv
-    anyio.run(lambda: _WORKERS[role](args), backend=backend)
+    if role in _BLOCKING:
+        _BLOCKING[role](args)
+    else:
+        anyio.run(lambda: _WORKERS[role](args), backend=backend)
 
 
 # --------------------------------------------------------------------------- parent
@@ -272,38 +468,62 @@ class _Child:
             self.process.stdout.close()
 
 
+class _Measure:
+    """One side-by-side cell: a figure and, per request, each side's counters."""
+
+    def __init__(self, front: dict[str, Any], back: dict[str, Any], latency: bool) -> None:
+        requests = int(front["requests"])
+        seconds = float(front["seconds"])
+        self.value = seconds / requests * 1e6 if latency else requests / seconds
+        zero = dict.fromkeys(front["counters"], 0.0)
+        self.front = per_request(zero, front["counters"], requests)
+        self.back = per_request(zero, back["counters"], requests)
+        self.entries = int(front.get("entries", 1))
+
+
 def _pair(backend: str, first: tuple[str, ...], second: tuple[str, ...],
-          relay: Sequence[str]) -> dict[str, Any]:
-    """Run the sim pair: `first` prints setup fields, `second` gets them (keys `relay`)."""
+          relay: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the sim pair: `first` prints setup fields, `second` gets them (keys `relay`);
+    return what each printed last (the figure and its counters, the peer's counters)."""
     a = _Child(backend, *first)
     setup = a.read()
     b = _Child(backend, *second, *(setup[key] for key in relay))
     try:
-        return a.read()
+        result = a.read()
+        a.finish()  # the first one leaving ends the second one's loop
+        return result, b.read()
     finally:
         a.finish()
         b.finish()
 
 
-def _socket_pair(backend: str, first: tuple[str, ...], second: tuple[str, ...]) -> dict[str, Any]:
+def _socket_pair(backend: str, first: tuple[str, ...], second: tuple[str, ...]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     left, right = socket.socketpair()
     with left, right:
         a = _Child(backend, first[0], left.fileno(), *first[1:], pass_fds=[left.fileno()])
         b = _Child(backend, second[0], right.fileno(), *second[1:], pass_fds=[right.fileno()])
     try:
-        return a.read()
+        result = a.read()
+        a.finish()
+        return result, b.read()
     finally:
         a.finish()
         b.finish()
 
 
-def run(
-    backend: str, rounds: int, requests: int, ring_pages: int = 1
-) -> dict[str, dict[str, float]]:
-    """Run both measurements on both transports; returns the figures."""
-    from ..sim import SimXen
+_PING = "ping-pong round trip (us)"
+_ECHO = "112-byte echo (req/s)"
+_BASELINES = ("socketpair", "blocking")
+"""The baseline columns: an anyio socketpair, and a blocking one (no event loop)."""
 
-    figures: dict[str, dict[str, float]] = {}
+
+def run(
+    backend: str, rounds: int, requests: int, ring_pages: int = 1, poll_us: int = 50
+) -> dict[str, dict[str, _Measure]]:
+    """Run every measurement once; returns, per row, the ring's `_Measure` (key ``sim``) and
+    the baselines' (keys `_BASELINES`)."""
+    from ..sim import SimXen
 
     async def sim_domains() -> tuple[str, int, int]:
         async with SimXen.attach(directory) as xen:
@@ -312,6 +532,8 @@ def run(
 
     import tempfile
 
+    rows: dict[str, _Measure] = {}
+    modes = {"sleeping": 0} | ({f"polling {poll_us}us": poll_us} if poll_us else {})
     with tempfile.TemporaryDirectory(prefix="rk-bench-", dir="/tmp") as directory:
         server = subprocess.Popen(
             [sys.executable, "-m", "ringkit.sim", "serve", "--dir", directory,
@@ -323,30 +545,64 @@ def run(
             if not server.stdout.readline().startswith("ready"):
                 raise click.ClickException("the simulated Xen did not start")
             d, a_id, b_id = anyio.run(sim_domains)
-            ping = _pair(backend, ("sim-ping", d, str(a_id), str(b_id), str(rounds)),
-                         ("sim-pong", d, str(b_id), str(a_id)), ["port"])
-            echo = _pair(backend,
-                         ("sim-echo-front", d, str(a_id), str(b_id), str(requests),
-                          str(ring_pages)),
-                         ("sim-echo-back", d, str(b_id), str(a_id)), ["refs", "port"])
+            a, b = str(a_id), str(b_id)
+            rows[_PING] = _Measure(*_pair(backend, ("sim-ping", d, a, b, str(rounds)),
+                                         ("sim-pong", d, b, a), ["port"]), latency=True)
+            rows[_ECHO] = _Measure(*_pair(backend, ("sim-echo-front", d, a, b, str(requests),
+                                                   str(ring_pages)),
+                                         ("sim-echo-back", d, b, a), ["refs", "port"]),
+                                  latency=False)
+            for mode, us in modes.items():
+                for name, window, count in ((_PING, 1, rounds), (_ECHO, 1 << 16, requests)):
+                    rows[f"{name.split(' (')[0]}, RingChannel {mode}"] = _Measure(*_pair(
+                        backend, ("channel-front", d, a, b, str(count), str(window), str(us)),
+                        ("channel-back", d, b, a, str(us)), ["refs", "port"]),
+                        latency=name == _PING)
         finally:
             server.terminate()
             server.wait(timeout=30)
             if server.stdout is not None:
                 server.stdout.close()
-    socket_ping = _socket_pair(backend, ("socket-ping", str(rounds)), ("socket-pong",))
-    socket_echo = _socket_pair(
-        backend, ("socket-echo-front", str(requests), str(echo["entries"])), ("socket-echo-back",)
-    )
-    figures["ping-pong round trip (us)"] = {
-        "sim": ping["seconds"] / ping["rounds"] * 1e6,
-        "socketpair": socket_ping["seconds"] / socket_ping["rounds"] * 1e6,
+    echo_args = (str(requests), str(rows[_ECHO].entries))
+    baselines = {
+        (_PING, "socketpair"): _socket_pair(backend, ("socket-ping", str(rounds)),
+                                            ("socket-pong",)),
+        (_PING, "blocking"): _socket_pair(backend, ("blocking-ping", str(rounds)),
+                                          ("blocking-pong",)),
+        (_ECHO, "socketpair"): _socket_pair(backend, ("socket-echo-front", *echo_args),
+                                            ("socket-echo-back",)),
+        (_ECHO, "blocking"): _socket_pair(backend, ("blocking-echo-front", *echo_args),
+                                          ("blocking-echo-back",)),
     }
-    figures[f"112-byte echo, {echo['entries']} slots (req/s)"] = {
-        "sim": echo["requests"] / echo["seconds"],
-        "socketpair": socket_echo["requests"] / socket_echo["seconds"],
-    }
+    figures: dict[str, dict[str, _Measure]] = {}
+    for name, measure in rows.items():
+        kind = _PING if name.startswith(_PING.split(" (")[0]) else _ECHO
+        figures[name] = {"sim": measure} | {
+            column: _Measure(*baselines[kind, column], latency=kind == _PING)
+            for column in _BASELINES}
     return figures
+
+
+def _report(backend: str, repeat: int, figures: dict[str, dict[str, _Measure]]) -> None:
+    click.echo(f"transport benchmark, anyio backend {backend}, {os.cpu_count()} CPUs "
+               f"(load {os.getloadavg()[0]:.1f}), best of {repeat}")
+    click.echo(f"{'':48} {'ringkit':>10} {'socketpair':>11} {'ratio':>7} {'blocking':>10} "
+               f"{'ratio':>7}")
+    for name, cells in figures.items():
+        sim = cells["sim"].value
+        pair, blocking = cells["socketpair"].value, cells["blocking"].value
+        click.echo(f"{name:48} {sim:>10.1f} {pair:>11.1f} {sim / pair:>6.2f}x "
+                   f"{blocking:>10.1f} {sim / blocking:>6.2f}x")
+    click.echo("per request or round trip (ring: doorbells rung, event-channel sleeps, polling "
+               "windows; sockets: send and receive calls; process CPU time of each side):")
+    for name, cells in figures.items():
+        click.echo(f"  {name}")
+        for column in ("sim", *_BASELINES):
+            cell = cells[column]
+            label = "ringkit" if column == "sim" else column
+            sockets = column != "sim"
+            click.echo(f"    {label:<11}{describe('front', cell.front, sockets=sockets)} | "
+                       f"{describe('back', cell.back, sockets=sockets)}")
 
 
 @click.command("transport")
@@ -357,26 +613,28 @@ def run(
 @click.option("--requests", default=200000, show_default=True, type=click.IntRange(min=1),
               help="Requests echoed through the ring / the socketpair.")
 @click.option("--ring-pages", default=1, show_default=True, type=click.IntRange(1, 16),
-              help="Pages of the echo ring (blkif allows 1, 2, 4, 8, 16); the socketpair gets "
-                   "the same window of requests in flight.")
+              help="Pages of the raw echo ring (blkif allows 1, 2, 4, 8, 16); the socketpairs "
+                   "get the same window of requests in flight.  The RingChannel rows use one.")
+@click.option("--poll-us", default=50, show_default=True, type=click.IntRange(0, MAX_POLL_US),
+              help="Polling window of both ends for the polling RingChannel rows (0: none).")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Run everything this many times and keep each column's best figure.")
-def command(backend: str, rounds: int, requests: int, ring_pages: int, repeat: int) -> None:
-    """Simulated Xen vs a Unix socketpair: event-channel ping-pong latency and pipelined
-    112-byte echo throughput through an io/ring.h ring, side by side with the ratio."""
-    figures = run(backend, rounds, requests, ring_pages)
+              help="Run everything this many times and keep each cell's best figure.")
+def command(backend: str, rounds: int, requests: int, ring_pages: int, poll_us: int,
+            repeat: int) -> None:
+    """Simulated Xen vs Unix socketpairs: event-channel ping-pong latency and pipelined
+    112-byte echo throughput through an io/ring.h ring (raw and through RingChannel, sleeping
+    and polling), side by side with the ratios and the per-request counters."""
+    figures = run(backend, rounds, requests, ring_pages, poll_us)
     for _ in range(repeat - 1):
-        again = run(backend, rounds, requests, ring_pages)
-        for name, pair in again.items():
-            better = min if "(us)" in name else max
-            for column, value in pair.items():
-                figures[name][column] = better(figures[name][column], value)
-    click.echo(f"transport benchmark, anyio backend {backend}, {os.cpu_count()} CPUs, "
-               f"best of {repeat}")
-    click.echo(f"{'':36} {'sim':>12} {'socketpair':>12} {'sim/socketpair':>15}")
-    for name, pair in figures.items():
-        ratio = pair["sim"] / pair["socketpair"]
-        click.echo(f"{name:36} {pair['sim']:>12.1f} {pair['socketpair']:>12.1f} {ratio:>15.2f}")
+        again = run(backend, rounds, requests, ring_pages, poll_us)
+        for name, cells in again.items():
+            for column, cell in cells.items():
+                old = figures[name][column]
+                better = cell.value < old.value if name.startswith("ping-pong") \
+                    else cell.value > old.value
+                if better:
+                    figures[name][column] = cell
+    _report(backend, repeat, figures)
 
 
 if __name__ == "__main__":

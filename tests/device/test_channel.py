@@ -1,4 +1,7 @@
-"""RingChannel: the anyio shell over FrontRing/BackRing, with in-process event channels."""
+"""RingChannel: the anyio shell over FrontRing/BackRing, with in-process event channels.
+
+Every test runs in both receive modes, sleeping on the event channel (``poll_us`` 0, the
+default) and polling the ring first (``poll_us`` > 0), on asyncio and trio."""
 
 from __future__ import annotations
 
@@ -19,16 +22,21 @@ LAYOUT = RingLayout("test", request_size=16, response_size=8)
 pytestmark = pytest.mark.anyio
 
 
-def make_pair() -> tuple[FrontRingChannel, BackRingChannel, bytearray]:
+@pytest.fixture(params=[0, 300], ids=["sleeping", "polling"])
+def poll_us(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+def make_pair(poll_us: int = 0) -> tuple[FrontRingChannel, BackRingChannel, bytearray]:
     page = bytearray(4096)
     fe_evt, be_evt = FakeEventChannel.pair()
-    front = FrontRingChannel(FrontRing.init(page, LAYOUT), fe_evt)
-    back = BackRingChannel(BackRing.attach(page, LAYOUT), be_evt)
+    front = FrontRingChannel(FrontRing.init(page, LAYOUT), fe_evt, poll_us=poll_us)
+    back = BackRingChannel(BackRing.attach(page, LAYOUT), be_evt, poll_us=poll_us)
     return front, back, page
 
 
-async def test_round_trip_many_more_than_ring_entries() -> None:
-    front, back, _ = make_pair()
+async def test_round_trip_many_more_than_ring_entries(poll_us: int) -> None:
+    front, back, _ = make_pair(poll_us)
     count = front.engine.entries * 5 + 3
     got: list[int] = []
 
@@ -56,8 +64,8 @@ async def test_round_trip_many_more_than_ring_entries() -> None:
     assert got == [2 * i for i in range(count)]
 
 
-async def test_batches_push_once() -> None:
-    front, back, _ = make_pair()
+async def test_batches_push_once(poll_us: int) -> None:
+    front, back, _ = make_pair(poll_us)
     await front.send_batch([struct.pack("<Q", i) for i in range(10)])
     assert front.event.notifies == 1  # type: ignore[attr-defined]
     reqs = await back.receive_batch(100)
@@ -65,16 +73,16 @@ async def test_batches_push_once() -> None:
     assert all(len(r) == LAYOUT.request_size for r in reqs)
 
 
-async def test_full_ring_send_nowait_would_block() -> None:
-    front, _, _ = make_pair()
+async def test_full_ring_send_nowait_would_block(poll_us: int) -> None:
+    front, _, _ = make_pair(poll_us)
     for i in range(front.engine.entries):
         front.send_nowait(struct.pack("<Q", i))
     with pytest.raises(anyio.WouldBlock):
         front.send_nowait(b"x")
 
 
-async def test_hostile_request_producer_breaks_backend_channel() -> None:
-    _, back, page = make_pair()
+async def test_hostile_request_producer_breaks_backend_channel(poll_us: int) -> None:
+    _, back, page = make_pair(poll_us)
     struct.pack_into("<I", page, SRING_REQ_PROD, 10_000)
     with pytest.raises(anyio.BrokenResourceError) as info:
         with anyio.fail_after(5):
@@ -85,8 +93,8 @@ async def test_hostile_request_producer_breaks_backend_channel() -> None:
         back.receive_nowait()
 
 
-async def test_peer_gone_breaks_waiting_receiver() -> None:
-    front, back, _ = make_pair()
+async def test_peer_gone_breaks_waiting_receiver(poll_us: int) -> None:
+    front, back, _ = make_pair(poll_us)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
 
@@ -100,14 +108,14 @@ async def test_peer_gone_breaks_waiting_receiver() -> None:
     assert isinstance(info.value.__cause__, PeerGoneError)
 
 
-async def test_response_without_request_is_local_error() -> None:
-    _, back, _ = make_pair()
+async def test_response_without_request_is_local_error(poll_us: int) -> None:
+    _, back, _ = make_pair(poll_us)
     with pytest.raises(LocalProtocolError):
         await back.send(b"12345678")
 
 
-async def test_two_receivers_conflict_and_close() -> None:
-    front, back, _ = make_pair()
+async def test_two_receivers_conflict_and_close(poll_us: int) -> None:
+    front, back, _ = make_pair(poll_us)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(back.receive)
@@ -121,8 +129,9 @@ async def test_two_receivers_conflict_and_close() -> None:
 
 
 @pytest.mark.parametrize("use_async", [False, True])
-async def test_a_bad_item_mid_batch_still_sends_the_ones_before_it(use_async: bool) -> None:
-    front, back, page = make_pair()
+async def test_a_bad_item_mid_batch_still_sends_the_ones_before_it(use_async: bool,
+                                                                  poll_us: int) -> None:
+    front, back, page = make_pair(poll_us)
     good = [struct.pack("<Q", n) for n in (1, 2)]
     batch = [*good, b"x" * (LAYOUT.request_size + 1), struct.pack("<Q", 3)]
     with anyio.fail_after(10):
@@ -141,10 +150,11 @@ async def test_a_bad_item_mid_batch_still_sends_the_ones_before_it(use_async: bo
         assert bytes((await back.receive())[:8]) == struct.pack("<Q", 4)
 
 
-async def test_received_items_are_private_copies_that_later_bursts_do_not_touch() -> None:
+async def test_received_items_are_private_copies_that_later_bursts_do_not_touch(
+        poll_us: int) -> None:
     # The channel reuses one buffer for copying bursts out of the ring; what it handed out
     # must not change when the next burst lands there, nor when the ring page is rewritten.
-    front, back, page = make_pair()
+    front, back, page = make_pair(poll_us)
     for n in range(3):
         await front.send(struct.pack("<Q", n))
     first = back.receive_batch_nowait(8)

@@ -20,7 +20,7 @@ The answers go to `client.deliver`, set once the client exists (or through `resp
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -64,12 +64,28 @@ class HostilePeer:
         self.violations: list[str] = []
         self.client: BlockClient | None = None
         self.requests = 0
+        self.batches: list[int] = []
+        """How many requests each `send_many` call queued (one push each on a real ring)."""
+        self.room = 32
+        """Most requests one `send_many` queues (the free slots of a ring)."""
+        self.failing: set[int] = set()
+        """Start sectors of requests answered BLKIF_RSP_ERROR (their data is not moved)."""
 
-    def new_client(self, **kwargs: bool) -> BlockClient:
-        """A `BlockClient` on this peer's pool whose requests come here."""
+    def new_client(self, *, batched: bool = False, **kwargs: bool) -> BlockClient:
+        """A `BlockClient` on this peer's pool whose requests come here (`batched`: with a
+        `send_many`)."""
         self.client = BlockClient(self.send, memoryview(self.memory), self.refs, self.info,
-                                  **kwargs)
+                                  send_many=self.send_many if batched else None, **kwargs)
         return self.client
+
+    async def send_many(self, slots: Sequence[bytearray]) -> int:
+        """The client's `send_many`: up to `room` requests queued at once (one push)."""
+        await anyio.lowlevel.checkpoint()
+        count = min(len(slots), self.room)
+        for slot in slots[:count]:
+            self.take(slot)
+        self.batches.append(count)
+        return count
 
     def page(self, gref: int) -> memoryview:
         index = gref - BASE_REF
@@ -81,6 +97,10 @@ class HostilePeer:
         """The client's `send`: the request is on the ring once this returns, and a
         cancellation can only land before it is (as with `FrontQueues.send`)."""
         await anyio.lowlevel.checkpoint()
+        self.take(slot)
+
+    def take(self, slot: bytes | bytearray) -> None:
+        """Take one request off the ring, checking the page discipline."""
         request = blkif.parse_request(bytes(slot),
                                       max_indirect_segments=self.info.max_indirect_segments)
         refs: list[int] = []
@@ -126,6 +146,10 @@ class HostilePeer:
     async def answer(self, rid: int) -> None:
         """Serve and answer request `rid` now (moving its data a few segments at a time)."""
         held = self.in_flight[rid]
+        if held.request.sector_number in self.failing:
+            del self.in_flight[rid]
+            await self.respond(blkif.Response(rid, held.operation, blkif.Status.ERROR))
+            return
         for index, window, position, length in self.windows(held):
             if held.operation == blkif.Op.READ:
                 window[:] = self.disk[position:position + length]

@@ -58,13 +58,18 @@ def test_edges_are_accepted() -> None:
                   discard_granularity=1 << 20, discard_alignment=(1 << 20) - 512)
 
 
-def test_cli_refuses_a_bad_setting_before_starting(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--max-ring-page-order", "9", "9 is not allowed: must be an integer in 0..4"),
+    ("--poll-us", "-5", "-5 is not allowed: must be an integer in 0..1000000"),
+])
+def test_cli_refuses_a_bad_setting_before_starting(tmp_path: Path, option: str, value: str,
+                                                   allowed: str) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(4096))
     result = subprocess.run(
         [sys.executable, "-c", "from ringkit.cli import main; main()", "block", "serve",
-         "--frontend", "1", "--max-ring-page-order", "9", str(image)],
+         "--frontend", "1", option, value, str(image)],
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2, result
-    assert "--max-ring-page-order" in result.stderr
-    assert "9 is not allowed: must be an integer in 0..4" in result.stderr
+    assert option in result.stderr
+    assert allowed in result.stderr

@@ -18,7 +18,7 @@ import anyio
 import pytest
 from blockfakes import event_pair
 from hostile_peer import BASE_REF, PAGE, SCRIBBLE, HostilePeer
-from ringkit.frontends.block.client import BlockClient
+from ringkit.frontends.block.client import BlockClient, ReadOp
 from ringkit.frontends.block.queue import FrontQueues
 
 from ringkit._async.channel import BackRingChannel, FrontRingChannel
@@ -171,12 +171,14 @@ async def test_read_data_is_copied_after_the_answer() -> None:
     assert result == [bytes(disk[4096:4096 + 16 * PAGE])]
 
 
-async def test_cancelling_at_every_point_of_a_send_over_a_real_ring() -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["read", "submit"])
+async def test_cancelling_at_every_point_of_a_send_over_a_real_ring(batched: bool) -> None:
     """The client takes a request as sent only once `send` returned; a cancellation that landed
     after `FrontQueues.send` had pushed it would free pages the backend still writes into (and
     its answer would then be "not in flight").  The caller is cancelled after 0, 1, 2, ...
     scheduling rounds, so every point of the send path is hit, over a real io/ring.h ring with
-    a backend that answers in random order; no answer is ever unexpected and no page shared."""
+    a backend that answers in random order; no answer is ever unexpected and no page shared.
+    With `batched`, the same for `submit` of two reads through `FrontQueues.send_many`."""
     page = bytearray(4096)
     front_event, back_event = event_pair()
     front = FrontRingChannel(FrontRing.init(page, blkif.RING_LAYOUT), front_event)
@@ -184,7 +186,8 @@ async def test_cancelling_at_every_point_of_a_send_over_a_real_ring() -> None:
     disk = random_disk(11)
     peer = HostilePeer(33, disk, indirect=0, seed=11)
     queues = FrontQueues([front])
-    client = BlockClient(queues.send, memoryview(peer.memory), peer.refs, peer.info)
+    client = BlockClient(queues.send, memoryview(peer.memory), peer.refs, peer.info,
+                         send_many=queues.send_many if batched else None)
     peer.client = client
     ring_errors: list[BaseException] = []
 
@@ -221,8 +224,17 @@ async def test_cancelling_at_every_point_of_a_send_over_a_real_ring() -> None:
                         scope.cancel()
 
                     tg.start_soon(give_up)
-                    got = await client.read(offset, 11 * PAGE)
-                    assert got == disk[offset:offset + 11 * PAGE]
+                    if batched:
+                        offset *= 2
+                        got = bytearray(22 * PAGE)
+                        view = memoryview(got)
+                        assert await client.submit([ReadOp(offset, view[:11 * PAGE]),
+                                                    ReadOp(offset + 11 * PAGE, view[11 * PAGE:])]
+                                                   ) == [None, None]
+                        assert got == disk[offset:offset + 22 * PAGE]
+                    else:
+                        got = await client.read(offset, 11 * PAGE)
+                        assert got == disk[offset:offset + 11 * PAGE]
                     answered += 1
             while client.in_flight or peer.in_flight:
                 await anyio.lowlevel.checkpoint()
