@@ -348,4 +348,23 @@ class DriverConformance:
             await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
 
 
-__all__ = ("DevicePair", "DriverConformance")
+__all__ = (
+    "ASYNC_FIXTURES",
+    "DevicePair",
+    "DriverConformance",
+    "any_world",
+    "device_pair",
+    "dom0",
+    "guest",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_runtest_makereport",
+    "pytest_runtest_protocol",
+    "ringkit_check",
+    "ringkit_driver",
+    "ringkit_timeout",
+    "ringkit_transport",
+    "sim_xen",
+    "world",
+)

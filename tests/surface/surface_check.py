@@ -17,6 +17,7 @@ import importlib
 import logging
 import pkgutil
 import types
+from pathlib import Path
 from typing import Any, TypeVar
 
 PUBLIC_ROOTS = ("ringkit", "ringkit.backends", "ringkit.frontends")
@@ -87,8 +88,11 @@ def all_problems(source: str, namespace: dict[str, Any]) -> list[str]:
 
 
 def module_problems(module: types.ModuleType) -> list[str]:
-    source = module.__loader__.get_source(module.__name__)  # type: ignore[union-attr]
-    return all_problems(source or "", vars(module))
+    # Read the file itself: modules imported early by the test kit's pytest plugin are loaded
+    # by pytest's assertion-rewriting hook, which has no get_source.
+    assert module.__file__ is not None, module
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    return all_problems(source, vars(module))
 
 
 def exec_module(name: str, source: str, is_package: bool = False) -> dict[str, Any]:
