@@ -58,7 +58,7 @@ class XenEventChannel(EventChannel):
     """One port bound through the evtchn device."""
 
     def __init__(self, owner: XenEventChannels, port: int, remote_domid: int, *,
-                 connected: bool) -> None:
+                 connected: bool, reused: bool = False) -> None:
         self._owner = owner
         self._port = port
         self._remote = remote_domid
@@ -67,6 +67,7 @@ class XenEventChannel(EventChannel):
         self._waiter: anyio.Event | None = None
         self._closed = False
         self._connected = connected  # the remote end is (or was) bound to this port
+        self._events_prove_peer = not reused
         self._gone = False
 
     def __repr__(self) -> str:
@@ -145,10 +146,15 @@ class XenEventChannel(EventChannel):
     def signal(self) -> None:
         """The reader saw this port: record the event and wake the waiter."""
         self._pending = True
-        # Not proof that a peer is bound here: Xen reuses port numbers, and an event the
-        # previous owner of this number sent can still be on its way to the reader.  Taking it
-        # for a connection made the first idle check of a fresh, not yet bound port report the
-        # new peer gone (seen with vchan steps back to back).  Only Xen's status says connected.
+        # Only a bound remote end can send -- unless this fd had the same port number before:
+        # Xen reuses numbers, and an event the previous owner of the number was sent can still
+        # be queued on this fd.  Taking that for a connection made the first idle check of a
+        # fresh, not yet bound port report its new peer gone (seen with vchan steps back to
+        # back), so on a reused number only Xen's status says connected.  On a fresh number an
+        # event is proof, which catches a peer that bound, sent and left between two idle
+        # checks (the transport conformance suite's peer-gone check).
+        if self._events_prove_peer:
+            self._connected = True
         if self._waiter is not None:
             self._waiter.set()
 
@@ -180,6 +186,8 @@ class XenEventChannels(EventChannels):
         self.overflows = 0
         """How often the kernel's event ring overflowed and was reset."""
         self._privcmd_usable = True
+        self._unbound_here: set[int] = set()
+        """Port numbers this fd unbound: events for them may still be queued on it."""
 
     @property
     def fd(self) -> int:
@@ -224,7 +232,8 @@ class XenEventChannels(EventChannels):
         except BaseException:
             self._release_device()
             raise
-        channel = XenEventChannel(self, port, remote, connected=connected)
+        channel = XenEventChannel(self, port, remote, connected=connected,
+                                  reused=port in self._unbound_here)
         self.ports[port] = channel
         return channel
 
@@ -237,6 +246,7 @@ class XenEventChannels(EventChannels):
             arg.struct.port = channel.port
             self._device.ioctl(_uapi.IOCTL_EVTCHN_UNBIND, arg,
                                f"evtchn: unbinding port {channel.port}")
+            self._unbound_here.add(channel.port)
         finally:
             self._release_device()
 
@@ -246,6 +256,7 @@ class XenEventChannels(EventChannels):
             self._reader.cancel()
             self._reader = None
             anyio.notify_closing(self._device.fd)
+            self._unbound_here.clear()  # the queued events go with the fd
         self._device.release()
 
     # ----------------------------------------------------------------- the reader

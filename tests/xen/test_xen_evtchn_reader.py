@@ -207,7 +207,12 @@ async def test_a_stale_event_on_a_reused_port_is_not_a_peer(
     monkeypatch.setattr(evtchn_module, "PEER_POLL_INTERVAL", 0.01)
     status = {"value": _uapi.EVTCHNSTAT_unbound}
     monkeypatch.setattr(events, "port_status", lambda port: status["value"])
+    keep = await events.alloc_unbound(1)           # keeps the fd (and its queued events) open
+    old = await events.alloc_unbound(1)
+    await old.aclose()
+    device._next_port = old.port - 1               # Xen hands the number out again
     a = await events.alloc_unbound(1)
+    assert a.port == old.port
     with anyio.fail_after(10):
         device.deliver(a.port)                     # left over from the number's previous owner
         await anyio.to_thread.run_sync(device.unmasked, 1)
@@ -224,3 +229,24 @@ async def test_a_stale_event_on_a_reused_port_is_not_a_peer(
         status["value"] = _uapi.EVTCHNSTAT_unbound       # ... and then it leaves
         with pytest.raises(PeerGoneError):
             await a.wait()
+    await a.aclose()
+    await keep.aclose()
+
+
+async def test_a_peer_that_sent_and_left_between_two_checks_is_gone(
+        channels: tuple[XenEventChannels, FakeEvtchnDevice],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a number this fd never had, an event proves a peer bound: one that bound, notified
+    and left before any idle check is still reported gone once its event is taken (the
+    negative control of the reused-number rule above)."""
+    events, device = channels
+    monkeypatch.setattr(evtchn_module, "PEER_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(events, "port_status", lambda port: _uapi.EVTCHNSTAT_unbound)
+    a = await events.alloc_unbound(1)
+    with anyio.fail_after(10):
+        device.deliver(a.port)
+        await anyio.to_thread.run_sync(device.unmasked, 1)
+        await a.wait()
+        with pytest.raises(PeerGoneError):
+            await a.wait()
+    await a.aclose()
