@@ -302,8 +302,11 @@ def _report(modes: dict[str, dict[str, Figure]], direct: dict[str, Figure]) -> N
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
               help="Runs of everything; the best figure of each is shown (the machine may be "
                    "shared: the best run is the least disturbed one).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the figures, counters and load averages to this JSON file "
+                   "(docs/bench/plot_block.py draws it).")
 def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_order: int,
-            poll_us: int, repeat: int) -> None:
+            poll_us: int, repeat: int, json_path: str | None) -> None:
     """Block over the simulated Xen vs direct preadv/pwritev of the same tmpfs file, with the
     doorbells, sleeps and CPU time per request of each side."""
     from ..cli.block import _size
@@ -312,6 +315,7 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
     if nbytes < MIB or nbytes % MIB:
         raise click.BadParameter("must be a whole number of MiB", param_hint="--size")
     polls = {"sleeping": 0} | ({f"polling {poll_us}us": poll_us} if poll_us else {})
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=tmpfs, prefix="ringkit-bench-") as tmp:
         image = Path(tmp) / "disk.img"
         with open(image, "wb") as f:
@@ -328,10 +332,23 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
             for name, us in polls.items():
                 runs[name].append(anyio.run(_measure, nbytes, passes, random_reads, image,
                                             ring_page_order, us))
-    load = os.getloadavg()[0]
+    load = os.getloadavg()
     click.echo(f"block benchmark: {nbytes // MIB} MiB tmpfs image, {os.cpu_count()} CPUs "
-               f"(load {load:.1f}), ring order {ring_page_order}, best of {repeat}")
-    _report({name: _best(mode_runs) for name, mode_runs in runs.items()}, _best(direct_runs))
+               f"(load average {load_before[0]:.2f} before, {load[0]:.2f} at the end), "
+               f"ring order {ring_page_order}, best of {repeat}")
+    modes = {name: _best(mode_runs) for name, mode_runs in runs.items()}
+    direct = _best(direct_runs)
+    _report(modes, direct)
+    if json_path:
+        record = {
+            "benchmark": "block", "cpus": os.cpu_count(), "image_mib": nbytes // MIB,
+            "ring_page_order": ring_page_order, "repeat": repeat,
+            "load_average_before": load_before, "load_average_after": load,
+            "rows": [{"key": key, "label": label.strip(), "unit": unit,
+                      "direct": direct[_DIRECT[key]].value,
+                      "modes": {name: modes[name][key]._asdict() for name in modes}}
+                     for key, label, unit in _ROWS]}
+        Path(json_path).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

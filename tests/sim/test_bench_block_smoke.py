@@ -3,7 +3,11 @@ are not checked: the benchmark asserts nothing about speed, and neither does thi
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,10 +16,11 @@ from ringkit.bench.block import command
 
 
 @pytest.mark.slow
-def test_block_benchmark_runs_and_prints_the_counters() -> None:
+def test_block_benchmark_runs_and_prints_the_counters(tmp_path: Path) -> None:
+    record = tmp_path / "block.json"
     result = CliRunner().invoke(
         command, ["--size", "4M", "--passes", "1", "--random-reads", "256", "--repeat", "1",
-                  "--poll-us", "20"],
+                  "--poll-us", "20", "--json", str(record)],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -27,3 +32,19 @@ def test_block_benchmark_runs_and_prints_the_counters() -> None:
                        r"back [\d.]+ doorbells [\d.]+ sleeps [\d.]+ polls [\d.]+ us CPU", out)
     assert len(sides) == 12, out
     assert len(re.findall(r"direct [\d.]+ us CPU", out)) == 6, out
+
+    # the JSON record holds what was printed, and the plot script draws it
+    data = json.loads(record.read_text())
+    assert len(data["load_average_before"]) == 3
+    rows = {row["key"]: row for row in data["rows"]}
+    assert set(rows["seq_read"]["modes"]) == {"sleeping", "polling 20us"}
+    figure = rows["seq_read"]["modes"]["sleeping"]
+    assert figure["value"] > 0 and "notifications" in figure["front"], figure
+    assert f"{figure['value']:.0f} MiB/s" in out.replace("  ", " ")
+    svg = tmp_path / "block.svg"
+    plot = Path(__file__).resolve().parents[2] / "docs" / "bench" / "plot_block.py"
+    subprocess.run([sys.executable, str(plot), f"now={record}", "-o", str(svg)], check=True)
+    text = svg.read_text()
+    assert text.startswith("<svg") and text.count("<rect") == 2 * 6 + 2, text
+    ratio = figure["value"] / rows["seq_read"]["direct"]
+    assert f"{ratio:.2f}x" in text
