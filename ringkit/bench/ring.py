@@ -16,6 +16,7 @@ Each is run for the compiled cffi helper and the ABI-mode fallback and printed s
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -187,7 +188,8 @@ def command(count: int, order: int, repeat: int) -> None:
     console.print(table)
     console.print(
         f"python {platform.python_version()} on {platform.machine()}, "
-        f"default implementation: {_native.IMPLEMENTATION}"
+        f"default implementation: {_native.IMPLEMENTATION}, load average "
+        f"{os.getloadavg()[0]:.2f}"
     )
     for name, why in missing.items():
         console.print(f"[yellow]{name} unavailable:[/yellow] {why}")

@@ -174,8 +174,10 @@ def command(backend: str, mib: int, write_size: int, ring: int, repeat: int) -> 
     for _ in range(repeat):
         for name, value in run(backend, mib << 20, write_size, ring).items():
             best[name] = max(best.get(name, 0.0), value)
-    click.echo(f"vchan benchmark, anyio backend {backend}, {os.cpu_count()} CPUs, {mib} MiB "
-               f"in {write_size}-byte writes, {ring}-byte rings, best of {repeat}")
+    load = os.getloadavg()[0]
+    click.echo(f"vchan benchmark, anyio backend {backend}, {os.cpu_count()} CPUs (load "
+               f"{load:.1f}), {mib} MiB in {write_size}-byte writes, {ring}-byte rings, best "
+               f"of {repeat}")
     click.echo(f"{'':24} {'vchan (sim)':>12} {'socketpair':>12} {'vchan/socketpair':>17}")
     click.echo(f"{'stream bandwidth (MB/s)':24} {best['vchan']:>12.1f} "
                f"{best['socketpair']:>12.1f} {best['vchan'] / best['socketpair']:>17.2f}")
