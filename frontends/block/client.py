@@ -30,9 +30,11 @@ request goes out, and a sector of the copied-out data that still starts with it 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -130,6 +132,43 @@ class _Flight(NamedTuple):
     pages: Sequence[int]
     pending: _Pending
     canary: bytes | None
+
+
+class PoolBuffer:
+    """Granted pool pages a `BlockClient` lends its caller (`BlockClient.lend`).
+
+    `view` is a writable memoryview of them (valid until the `lend` block ends; do not keep
+    it, nor slices of it, past that: the pages go back to the pool and carry other requests'
+    data).  `pages` are their pool indices.
+    """
+
+    __slots__ = ("_held", "_owner", "pages", "released", "view")
+
+    def __init__(self, owner: BlockClient, view: memoryview, pages: range) -> None:
+        self._owner = owner
+        self.view = view
+        self.pages = pages
+        self.released = False
+        self._held: list[tuple[_Pending, range]] = []
+
+    def _release(self, client: BlockClient) -> None:
+        """Give the pages back, except those of requests still in flight: their answers do."""
+        if self.released:
+            return
+        self.released = True
+        with contextlib.suppress(BufferError):   # the caller kept a slice: its problem
+            self.view.release()
+        free = bytearray(b"\x01") * len(self.pages)
+        for pending, sub in self._held:
+            if not pending.done.is_set():
+                pending.orphan_pages = [*(pending.orphan_pages or ()), *sub]
+                free[sub.start - self.pages.start:sub.stop - self.pages.start] = \
+                    bytes(len(sub))
+        if all(free):
+            client._give_pages(self.pages)
+        else:
+            client._give_pages([page for page, keep in zip(self.pages, free, strict=True)
+                                if keep])
 
 
 class BlockClient:
@@ -324,6 +363,56 @@ class BlockClient:
             raise
         return results
 
+    @property
+    def max_lend_bytes(self) -> int:
+        """Largest `lend`: the pool, less the segment-list pages one request may need."""
+        reserve = blkif.indirect_pages_for(self._max_segments) \
+            if self._max_segments > blkif.MAX_SEGMENTS_PER_REQUEST else 0
+        return (len(self._refs) - reserve) * PAGE
+
+    @asynccontextmanager
+    async def lend(self, length: int) -> AsyncIterator[PoolBuffer]:
+        """Lend the caller `length` bytes of granted pool pages, contiguous, for I/O without a
+        copy: `read_lent` has the backend write straight into them, `write_lent` has it read
+        straight from them.  Waits for a free run of pages; they go back to the pool when the
+        block ends (or, for a request the caller abandoned in flight, when it is answered,
+        since the backend may still write into them until then).
+
+        Raises:
+            ConfigError: `length` is not a positive multiple of the sector size, or exceeds
+                `max_lend_bytes`.
+        """
+        align = self.info.sector_size
+        if length <= 0 or length % align or length % SECTOR:
+            raise ConfigError(f"lend of {length} bytes: must be a positive multiple of the "
+                              f"{align}-byte sector size")
+        if length > self.max_lend_bytes:
+            raise ConfigError(f"lend of {length} bytes: the pool lends at most "
+                              f"{self.max_lend_bytes}")
+        count = -(-length // PAGE)
+        pages = await self._take_run(count)
+        buffer = PoolBuffer(self, self._pool[pages.start * PAGE:pages.start * PAGE + length], pages)
+        try:
+            yield buffer
+        finally:
+            buffer._release(self)
+
+    async def read_lent(self, offset: int, buffer: PoolBuffer) -> None:
+        """Read ``len(buffer.view)`` bytes from byte `offset` straight into the lent pages of
+        `buffer` (see `lend`): no copy; read them in `buffer.view` afterwards."""
+        self._check_lent(buffer)
+        self._check_range(offset, len(buffer.view), "read")
+        await self._lent_transfer(Op.READ, offset, buffer)
+
+    async def write_lent(self, offset: int, buffer: PoolBuffer) -> None:
+        """Write the lent pages of `buffer` (filled through `buffer.view`) at byte `offset`:
+        no copy; returns once the backend has them in the image."""
+        self._check_lent(buffer)
+        self._check_range(offset, len(buffer.view), "write")
+        if self.info.readonly:
+            raise ConfigError("the disk is read-only")
+        await self._lent_transfer(Op.WRITE, offset, buffer)
+
     def deliver(self, response: blkif.Response) -> None:
         """Complete the request `response` answers (called by the ring's receive loop).
 
@@ -407,6 +496,74 @@ class BlockClient:
             pages.append(pos)
             pos += 1
         return pages
+
+    async def _take_run(self, count: int) -> range:
+        """`count` contiguous pool pages (waits until such a run is free)."""
+        while True:
+            self._check_alive()
+            if self._free_count >= count:
+                start = self._freemap.find(memoryview(self._ones)[:count])
+                if start >= 0:
+                    self._freemap[start:start + count] = memoryview(self._zeros)[:count]
+                    self._free_count -= count
+                    return range(start, start + count)
+            waiter = anyio.Event()
+            self._pool_waiters.append(waiter)
+            await waiter.wait()
+
+    def _check_lent(self, buffer: PoolBuffer) -> None:
+        if buffer._owner is not self:
+            raise ConfigError("the pool buffer was lent by another block client")
+        if buffer.released:
+            raise ConfigError("the lent pool buffer was given back already")
+
+    async def _lent_transfer(self, op: Op, offset: int, buffer: PoolBuffer) -> None:
+        pages, view = buffer.pages, buffer.view
+        chunk = self._max_segments
+        if len(pages) <= chunk:
+            await self._lent_chunk(op, offset, buffer, pages, view)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                for first in range(0, len(pages), chunk):
+                    sub = pages[first:first + chunk]
+                    tg.start_soon(self._lent_chunk, op, offset + first * PAGE, buffer, sub,
+                                  view[first * PAGE:(first + chunk) * PAGE])
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _lent_chunk(self, op: Op, offset: int, buffer: PoolBuffer, pages: range,
+                          data: memoryview) -> None:
+        """One request on lent `pages` (their view `data`); only its segment-list pages come
+        from the pool here."""
+        nseg = len(pages)
+        list_pages: Sequence[int] = await self._take_pages(blkif.indirect_pages_for(nseg)) \
+            if nseg > blkif.MAX_SEGMENTS_PER_REQUEST else ()
+        pending: _Pending | None = None
+        sent = False
+        try:
+            request, canary = self._prepare(op, offset, data, pages, list_pages)
+            pending = self._register(request, offset // SECTOR)
+            await self._send(pending.slot)
+            sent = True
+            await pending.done.wait()
+            self._check_status(pending)
+            if canary is not None:
+                await self._check_written(data, pages, pending.sector, canary)
+        except BaseException:
+            if pending is not None and sent and pending.status is None \
+                    and self._pending.get(pending.rid) is pending:
+                # out and unanswered: the backend may still use every page of it
+                pending.orphan_pages = list_pages
+                buffer._held.append((pending, pages))
+            else:
+                if pending is not None and self._pending.get(pending.rid) is pending:
+                    del self._pending[pending.rid]
+                if list_pages:
+                    self._give_pages(list_pages)
+            raise
+        if list_pages:
+            self._give_pages(list_pages)
 
     def _give_pages(self, pages: Sequence[int]) -> None:
         freemap = self._freemap
@@ -502,17 +659,23 @@ class BlockClient:
         finally:
             self._give_pages(pages)
 
-    def _prepare(self, op: Op, offset: int, data: memoryview, pages: Sequence[int]
+    def _prepare(self, op: Op, offset: int, data: memoryview, pages: Sequence[int],
+                 list_pages: Sequence[int] | None = None
                  ) -> tuple[blkif.Request, bytes | None]:
         """Fill `pages` for one request of `data` at `offset` (a write's data, a read's
         canaries, an indirect segment list) and build the request; also return the canary a
-        read was stamped with."""
+        read was stamped with.
+
+        `pages` are the data pages followed by the segment-list pages, unless `list_pages`
+        gives those apart: then `data` is a lent view of `pages` themselves and a write's data
+        is already in place."""
         nseg = -(-len(data) // PAGE)
         indirect = nseg > blkif.MAX_SEGMENTS_PER_REQUEST
         pool, refs = self._pool, self._refs
         canary: bytes | None = None     # this read's own: the client's may change meanwhile
         if op == Op.WRITE:
-            self._copy(data, pages, to_pool=True)
+            if list_pages is None:
+                self._copy(data, pages, to_pool=True)
         elif self._canary is not None:
             canary = self._stamp(pages, len(data))
         if isinstance(pages, range):
@@ -534,7 +697,8 @@ class BlockClient:
             table = bytearray(blkif.pack_segments(list(grefs), 0,
                                                   blkif.SECTORS_PER_PAGE - 1,
                                                   final_last))
-        list_pages = pages[nseg:]
+        if list_pages is None:
+            list_pages = pages[nseg:]
         for j, page in enumerate(list_pages):
             part = table[j * PAGE:(j + 1) * PAGE]
             pool[page * PAGE:page * PAGE + len(part)] = part

@@ -15,6 +15,7 @@ them with `RemoteProtocolError` and the device is disconnected (Closing -> Close
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import ClassVar
 
 from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
@@ -24,7 +25,7 @@ from ringkit.device import Frontend, Nodes, Queue
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures
 
-from .client import BlockClient, DiskInfo, ReadOp, WriteOp
+from .client import BlockClient, DiskInfo, PoolBuffer, ReadOp, WriteOp
 from .errors import BlockIOError
 from .queue import FrontQueues
 
@@ -174,6 +175,19 @@ class BlockFrontend(Frontend):
         """Run a batch of reads and writes together, published with one push per run that
         fits, at most `depth` in flight; one result per op (see `BlockClient.submit`)."""
         return await self.client.submit(ops, depth=depth)
+
+    def lend(self, length: int) -> AbstractAsyncContextManager[PoolBuffer]:
+        """Borrow `length` bytes of granted pool pages for I/O without a copy
+        (`read_lent` / `write_lent`; see `BlockClient.lend`)."""
+        return self.client.lend(length)
+
+    async def read_lent(self, offset: int, buffer: PoolBuffer) -> None:
+        """Read at byte `offset` straight into the lent pages of `buffer`."""
+        await self.client.read_lent(offset, buffer)
+
+    async def write_lent(self, offset: int, buffer: PoolBuffer) -> None:
+        """Write the lent pages of `buffer` at byte `offset`, straight from them."""
+        await self.client.write_lent(offset, buffer)
 
     async def flush(self) -> None:
         """Make every acknowledged write durable."""
