@@ -105,22 +105,53 @@ SendMany = Callable[[Sequence[bytearray]], Awaitable[int]]
 (at least one).  A cancellation may land only before anything was queued."""
 
 
+class _Waker:
+    """Who waits for answers: one request's caller, or a whole `submit` batch (one event per
+    wave of answers, not one per request)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    async def wait(self) -> None:
+        """Wait for the next answer (or poisoning), then be ready for the one after."""
+        await self.event.wait()
+        self.event = anyio.Event()
+
+
 class _Pending:
     """One request in flight: what it was, its answer, and the slot it is encoded into (the
-    request is encoded there once and the ring copies it from there)."""
+    request is encoded there once and the ring copies it from there).  `submit` reuses them
+    (and their slots) from one request to the next."""
 
-    __slots__ = ("done", "operation", "orphan_pages", "rid", "sector", "slot", "status")
+    __slots__ = ("answered", "operation", "orphan_pages", "rid", "sector", "slot", "status",
+                 "waker")
 
-    def __init__(self, rid: int, operation: int, sector: int) -> None:
-        self.rid = rid
+    def __init__(self) -> None:
         self.slot = bytearray(blkif.REQUEST_SIZE)
+        self.arm(0, 0, 0, None)
+
+    def arm(self, rid: int, operation: int, sector: int, waker: _Waker | None) -> None:
+        """Make this the record of a new request (woken through `waker`, or its own)."""
+        self.rid = rid
         self.operation = operation
         self.sector = sector
         self.status: int | None = None
-        self.done = anyio.Event()
+        self.answered = False
+        """Answered, or abandoned by a poisoned client (`status` None then)."""
+        self.waker = waker or _Waker()
         self.orphan_pages: Sequence[int] | None = None
         """Pages of a request whose caller was cancelled: freed only when the answer comes,
         since until then the backend may still write into them."""
+
+    def wake(self) -> None:
+        self.answered = True
+        self.waker.event.set()
+
+
+SPARE_PENDING = 256
+"""Most request records a client keeps for reuse."""
 
 
 class _Flight(NamedTuple):
@@ -160,7 +191,7 @@ class PoolBuffer:
             self.view.release()
         free = bytearray(b"\x01") * len(self.pages)
         for pending, sub in self._held:
-            if not pending.done.is_set():
+            if not pending.answered:
                 pending.orphan_pages = [*(pending.orphan_pages or ()), *sub]
                 free[sub.start - self.pages.start:sub.stop - self.pages.start] = \
                     bytes(len(sub))
@@ -216,6 +247,7 @@ class BlockClient:
         self._full_page_segments = blkif.pack_segments(
             list(self._refs), 0, blkif.SECTORS_PER_PAGE - 1, blkif.SECTORS_PER_PAGE - 1)
         self._pending: dict[int, _Pending] = {}
+        self._spare: list[_Pending] = []
         self._ids = itertools.count(1)
         self._error: BaseException | None = None
         # largest request: 11 direct segments, or an indirect request that fits in the pool
@@ -326,6 +358,7 @@ class BlockClient:
         flights: list[_Flight] = []   # sent, not yet answered (or not yet looked at)
         unsent: list[_Flight] = []    # prepared and registered, not yet on the ring
         answered: list[_Flight] = []  # answered, being landed
+        waker = _Waker()              # one for the batch: woken per wave of answers
         step = 0
         try:
             while step < len(chunks) or flights:
@@ -336,15 +369,16 @@ class BlockClient:
                             and (flights or unsent):
                         break  # send what is ready; answers will free pages and room
                     pages = await self._take_pages(need)
-                    unsent.append(self._launch(index, op, offset, data, pages))
+                    unsent.append(self._launch(index, op, offset, data, pages, waker))
                     step += 1
                 while unsent:
                     sent = await self._send_many([flight.pending.slot for flight in unsent])
                     flights += unsent[:sent]
                     del unsent[:sent]
-                await flights[0].pending.done.wait()
-                answered = [flight for flight in flights if flight.pending.done.is_set()]
-                flights = [flight for flight in flights if not flight.pending.done.is_set()]
+                if not any(flight.pending.answered for flight in flights):
+                    await waker.wait()
+                answered = [flight for flight in flights if flight.pending.answered]
+                flights = [flight for flight in flights if not flight.pending.answered]
                 while answered:
                     flight = answered.pop(0)
                     try:
@@ -353,6 +387,7 @@ class BlockClient:
                     except BlockIOError as exc:
                         if results[flight.op_index] is None:
                             results[flight.op_index] = exc
+                    self._recycle(flight.pending)
         except BaseException:
             for flight in answered:
                 self._abandon(flight.pending, flight.pages, sent=True)
@@ -436,12 +471,12 @@ class BlockClient:
         except RemoteProtocolError as exc:
             self.fail(exc)
             if pending is not None:
-                pending.done.set()  # status stays None: the waiter sees the poison
+                pending.wake()  # status stays None: the waiter sees the poison
                 if pending.orphan_pages is not None:
                     self._give_pages(pending.orphan_pages)
             raise
         pending.status = response.status
-        pending.done.set()
+        pending.wake()
         if pending.orphan_pages is not None:
             self._give_pages(pending.orphan_pages)
 
@@ -451,7 +486,7 @@ class BlockClient:
             self._error = exc
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            p.done.set()
+            p.wake()
             if p.orphan_pages is not None:
                 self._give_pages(p.orphan_pages)
         self._wake_pool()
@@ -546,7 +581,7 @@ class BlockClient:
             pending = self._register(request, offset // SECTOR)
             await self._send(pending.slot)
             sent = True
-            await pending.done.wait()
+            await pending.waker.event.wait()
             self._check_status(pending)
             if canary is not None:
                 await self._check_written(data, pages, pending.sector, canary)
@@ -634,14 +669,17 @@ class BlockClient:
             raise
         # from here on _roundtrip owns the pages, and hands them back on success
         pending = await self._roundtrip(request, offset // SECTOR, pages)
-        await self._land(op, data, pages, pending, canary)
+        try:
+            await self._land(op, data, pages, pending, canary)
+        finally:
+            self._recycle(pending)
 
     def _launch(self, index: int, op: Op, offset: int, data: memoryview,
-                pages: Sequence[int]) -> _Flight:
+                pages: Sequence[int], waker: _Waker) -> _Flight:
         """Prepare and register one request of a batch (not sent yet); it owns `pages`."""
         try:
             request, canary = self._prepare(op, offset, data, pages)
-            pending = self._register(request, offset // SECTOR)
+            pending = self._register(request, offset // SECTOR, waker)
         except BaseException:
             self._give_pages(pages)
             raise
@@ -801,8 +839,10 @@ class BlockClient:
     def _next_id(self) -> int:
         return next(self._ids) & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _register(self, request: blkif.Request, sector: int) -> _Pending:
-        """Encode `request` into a fresh slot and record it as in flight (not sent yet)."""
+    def _register(self, request: blkif.Request, sector: int, waker: _Waker | None = None
+                  ) -> _Pending:
+        """Encode `request` into a slot and record it as in flight (not sent yet), woken
+        through `waker` (default: its own)."""
         self._check_alive()
         rid = request.id
         if rid in self._pending:
@@ -810,10 +850,17 @@ class BlockClient:
         # an INDIRECT request is answered with its inner operation, as Linux's blkback does
         operation = (request.indirect_op if isinstance(request, blkif.IndirectRequest)
                      else request.operation)
-        pending = _Pending(rid, operation, sector)
+        pending = self._spare.pop() if self._spare else _Pending()
+        pending.arm(rid, operation, sector, waker)
         blkif.encode_request_into(pending.slot, 0, request)
         self._pending[rid] = pending
         return pending
+
+    def _recycle(self, pending: _Pending) -> None:
+        """Keep an answered and landed request's record for the next request."""
+        if pending.answered and pending.orphan_pages is None \
+                and len(self._spare) < SPARE_PENDING:
+            self._spare.append(pending)
 
     def _abandon(self, pending: _Pending, pages: Sequence[int] | None, *, sent: bool) -> None:
         """A request whose caller gives up: forget it and free its pages -- unless it is out
@@ -847,7 +894,7 @@ class BlockClient:
             pending = self._register(request, sector)
             await self._send(pending.slot)
             sent = True
-            await pending.done.wait()
+            await pending.waker.event.wait()
             if pages is None:
                 self._check_status(pending)
         except BaseException:

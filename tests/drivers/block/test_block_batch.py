@@ -192,3 +192,32 @@ async def test_negative_control_without_depth_the_pool_bounds_it() -> None:
                 await anyio.lowlevel.checkpoint()
             assert peer.batches == [32, 18]  # the ring's room per push (peer.room)
             await peer.drain()
+
+
+async def test_a_batch_reuses_its_request_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once warm, `submit` allocates no request record (nor slot, nor event) per request: the
+    answered ones are reused.  Negative control: a cold client does allocate them."""
+    from ringkit.frontends.block import client as client_module
+
+    created = 0
+    original = client_module._Pending.__init__
+
+    def counting(self: client_module._Pending) -> None:
+        nonlocal created
+        created += 1
+        original(self)
+
+    monkeypatch.setattr(client_module._Pending, "__init__", counting)
+    peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=9)
+    client = peer.new_client(batched=True)
+    ops = [ReadOp(i * 8192, bytearray(4096)) for i in range(200)]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as server:
+            server.start_soon(peer.serve)
+            assert await client.submit(ops, depth=16) == [None] * 200
+            cold = created
+            assert await client.submit(ops, depth=16) == [None] * 200
+            server.cancel_scope.cancel()
+    assert 16 <= cold <= 32, cold          # about one per request in flight, not per request
+    assert created == cold, f"{created - cold} records allocated by a warm client"
+    assert peer.violations == []
