@@ -277,6 +277,13 @@ class DomU:
             raise TransportError(f"xl create {self.name} failed twice: "
                                  f"{second.stderr.strip()[-1000:]}")
 
+    def ended(self) -> bool:
+        """Whether the command has reported its exit status or the domain is gone (a quick
+        look, for a test that must stop waiting on a peer that crashed)."""
+        domid = self.domid
+        return (xenstore_read(f"/local/domain/{domid}/data/ringkit-exit") is not None
+                or domain_id(self.name) != domid)
+
     def wait(self, timeout: float = 600.0) -> DomUResult:
         """Wait for the command to end (or `timeout` seconds: then destroy the domain)."""
         if self._result is not None:

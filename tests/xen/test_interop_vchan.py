@@ -3,10 +3,13 @@
 One domU (boots are expensive) and dom0 walk the steps of tests/xen/vchan_peer.py together:
 ringkit server with Xen's C client and ringkit client with the C server (Debian's
 ``vchan-socket-proxy`` over libxenvchan, from xen-utils-4.17; copied into the domU with the
-libraries it loads), each in both directions dom0 <-> domU, 1 MiB each way per step with
-content checked on both ends, in-page rings (1 KiB / 2 KiB) and external 64 KiB rings, orderly
-close from either side, and SIGKILL of the C peer seen by ringkit as end of stream.  The domU's
-verdict is its exit status; dom0's steps are asserted here.
+libraries it loads), each in both directions dom0 <-> domU, 1 MiB each way per step (4 MiB
+through the 1 MiB ring) with content checked on both ends, in-page rings (1 KiB / 2 KiB) and
+external rings of 64 KiB and 1 MiB (256 granted pages), orderly close from either side, and
+SIGKILL of the C peer seen by ringkit as end of stream.  The domU's verdict is its exit status;
+dom0's half runs in a process of its own and reports its failures.  dom0's half stops waiting
+on a domU whose half has ended, and when either half crashed (died by a signal) the steps are
+walked once more with a fresh domU, as dom0's pytest gets one fresh boot from the Makefile.
 
 Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
 """
@@ -17,39 +20,115 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
 from _harness import needs_domus
-from vchan_peer import PROXY, STEP_SECONDS, mismatch, pattern, play, say
+from vchan_peer import PROXY, STEP_SECONDS, STEPS, mismatch, pattern, say
 
 from ringkit.vchan import VchanServer, VchanStream, connect, vchan_path
+from ringkit.xenvm.domu import DomU, DomUResult
 
 pytestmark = pytest.mark.xen
 
 PEER = Path(__file__).with_name("vchan_peer.py").resolve()
 BOOT_SECONDS = 900.0
 GARBLED = "libxenvchan received wrong bytes"
+WATCH_SECONDS = 2.0
+"""How often the test looks whether the domU's half has ended."""
+PEER_END_GRACE = 30.0
+"""How long dom0's half may go on after the domU's ended: its last step may end a moment
+later."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one domU and dom0's half walked the steps."""
+
+    dom0_code: int | None
+    """dom0's half's exit status (negative: the signal that killed it)."""
+    dom0_failures: list[str]
+    abandoned: bool
+    """dom0's half was still waiting on a domU whose half had ended (it was killed)."""
+    domu: DomUResult
+
+    @property
+    def crashed(self) -> str:
+        """Which half died by a signal or without a word ("" if neither)."""
+        code = self.domu.exit_code
+        if (code is None and not self.domu.timed_out) or (code is not None and code >= 128):
+            return f"the domU's half (exit {code})"
+        if self.dom0_code is not None and self.dom0_code < 0 and not self.abandoned:
+            return f"dom0's half (signal {-self.dom0_code})"
+        return ""
+
+
+async def attempt(name: str) -> Attempt:
+    """One domU walking the steps with dom0's half, which runs in a process of its own (a
+    crash there is seen and reported, not the end of the test session).  dom0's half is killed
+    if it still waits on the domU `PEER_END_GRACE` seconds after the domU's half ended."""
+    t0 = time.monotonic()
+    with DomU(name, [sys.executable, str(PEER)], extra_files=[PROXY]) as vm:
+        domid = await anyio.to_thread.run_sync(vm.start)
+        say(f"domU is domain {domid} (booted in {time.monotonic() - t0:.0f}s)")
+        output = bytearray()
+        abandoned = False
+        async with await anyio.open_process(
+                [sys.executable, str(PEER), "dom0", str(domid), str(BOOT_SECONDS)],
+                stdout=subprocess.PIPE, stderr=None) as half:
+            assert half.stdout is not None
+            stdout = half.stdout
+
+            async def collect() -> None:
+                async for chunk in stdout:
+                    output.extend(chunk)
+
+            async def watch() -> None:
+                nonlocal abandoned
+                while not await anyio.to_thread.run_sync(vm.ended):
+                    await anyio.sleep(WATCH_SECONDS)
+                with anyio.move_on_after(PEER_END_GRACE):
+                    await half.wait()
+                    return
+                say("dom0's half still waits on a domU whose half has ended: killing it")
+                abandoned = True
+                half.kill()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                async with anyio.create_task_group() as reading:
+                    reading.start_soon(collect)
+                    with anyio.fail_after(BOOT_SECONDS + len(STEPS) * STEP_SECONDS):
+                        code = await half.wait()
+                tg.cancel_scope.cancel()
+        outcome = await vm.wait_async(STEP_SECONDS)
+    failures = [line for line in output.decode(errors="replace").splitlines()
+                if line.startswith("step ")]
+    say(f"{name} done in {time.monotonic() - t0:.0f}s: dom0's half exit {code}, the domU's "
+        f"{outcome.exit_code}")
+    return Attempt(code, failures, abandoned, outcome)
 
 
 @needs_domus
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_vchan_against_libxenvchan(anyio_backend: str) -> None:
-    from ringkit.xen import open_domain
-    from ringkit.xenvm.domu import DomU
-
     assert Path(PROXY).is_file(), f"{PROXY} missing in dom0 (xen-utils-4.17)"
-    t0 = time.monotonic()
-    with DomU("ringkit-vchan", [sys.executable, str(PEER)], extra_files=[PROXY]) as vm:
-        domid = await anyio.to_thread.run_sync(vm.start)
-        say(f"domU is domain {domid} (booted in {time.monotonic() - t0:.0f}s)")
-        async with open_domain() as dom:
-            failures = await play(dom, "dom0", domid, first_wait=BOOT_SECONDS)
-        outcome = await vm.wait_async(STEP_SECONDS)
-    say(f"done in {time.monotonic() - t0:.0f}s")
-    assert not failures, failures                          # every step, as dom0 saw it
+    run = await attempt("ringkit-vchan")
+    if run.crashed:
+        # A process of the emulated machine dying by a signal is the machine's crash, not a
+        # verdict (docs/real-xen.md: seen in both domains, in C and Python processes alike,
+        # under TCG with Xen's PV page tables; dom0's pytest gets the same one retry from the
+        # Makefile).  Record it and walk every step again with a fresh domU.
+        say(f"{run.crashed} crashed; dom0 saw {run.dom0_failures}; retrying once with a "
+            f"fresh domU")
+        run = await attempt("ringkit-vchan-retry")
+        assert not run.crashed, f"{run.crashed} crashed again"
+    assert not run.abandoned, "dom0's half waited on a domU that had ended"
+    assert run.dom0_code == 0 and not run.dom0_failures, run.dom0_failures  # as dom0 saw it
+    outcome = run.domu
     assert outcome.exit_code is not None, outcome.output   # the domU finished its steps
     if outcome.ok:
         return

@@ -34,7 +34,7 @@ PROXY = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 STEP_SECONDS = 300.0
 """Per step, with generous room for an emulated CPU shared by two guests."""
 BYTES = 1 << 20
-"""Per direction and step: 16x the largest ring, 1024x the smallest."""
+"""Per direction and step (by default): 16x a 64 KiB ring, 1024x the smallest."""
 CHUNK = 65536
 _T0 = time.monotonic()
 
@@ -51,6 +51,7 @@ class Step:
     sizes: tuple[int, int]      # ringkit server's (read_min, write_min); the C proxy asks 0, 0
     closer: str                 # "c", "ringkit" or "kill"
     client_impl: str = ""       # default: the other implementation
+    size: int = BYTES           # bytes each way
 
     def impl(self, dom: str) -> str:
         """Who plays this step in domain `dom`: "ringkit" or "c"."""
@@ -78,8 +79,8 @@ STEPS = (
     Step("domU C server (in-page) <- dom0 ringkit client, C closes", "domU", "c", (0, 0), "c"),
     Step("domU ringkit server 2K/1K in-page <- dom0 C client, ringkit closes", "domU", "ringkit",
          (2048, 1024), "ringkit"),
-    Step("domU ringkit server 64K external <- dom0 C client, C closes", "domU", "ringkit",
-         (65536, 65536), "c"),
+    Step("domU ringkit server 1M/64K external <- dom0 C client, C closes", "domU", "ringkit",
+         (1 << 20, 65536), "c", size=4 << 20),
     Step("dom0 ringkit server 64K <- domU C client killed with SIGKILL", "dom0", "ringkit",
          (65536, 65536), "kill"),
     Step("domU ringkit client -> dom0 C server killed with SIGKILL", "dom0", "c", (0, 0),
@@ -132,7 +133,7 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
     async with stream:
         sizes = (stream.engine.tx_size, stream.engine.rx_size)
         if step.closer == "kill":
-            await stream.send(pattern(to_c))
+            await stream.send(pattern(to_c, step.size))
             try:
                 extra = await stream.receive()
             except anyio.EndOfStream:
@@ -149,11 +150,11 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
             return
         received = bytearray()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(stream.send, pattern(to_c))
-            received += await _receive_exactly(stream, BYTES)
-        if bytes(received) != pattern(from_c):
+            tg.start_soon(stream.send, pattern(to_c, step.size))
+            received += await _receive_exactly(stream, step.size)
+        if bytes(received) != pattern(from_c, step.size):
             raise AssertionError("ringkit received wrong bytes from libxenvchan: "
-                                 + mismatch(bytes(received), pattern(from_c)))
+                                 + mismatch(bytes(received), pattern(from_c, step.size)))
         page = stream.engine._mem.read(0, 4096)
         unused = page[24 + 4 * stream.engine.orders.grant_count:1024]
         if any(unused):
@@ -166,7 +167,7 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
                 pass
             else:
                 raise AssertionError(f"{len(extra)} extra bytes instead of end of stream")
-        say(f"  ringkit: {BYTES} bytes each way, content checked (rings {sizes})")
+        say(f"  ringkit: {step.size} bytes each way, content checked (rings {sizes})")
 
 
 # ----------------------------------------------------------------------------- C side
@@ -187,12 +188,12 @@ async def c_side(step: Step, index: int, server: int, client: int, own: int) -> 
         received = bytearray()
         async with anyio.create_task_group() as tg:
             if step.closer != "kill":
-                tg.start_soon(stdin.send, pattern(from_c))
-            while len(received) < BYTES:
+                tg.start_soon(stdin.send, pattern(from_c, step.size))
+            while len(received) < step.size:
                 received += await stdout.receive()
-        if bytes(received) != pattern(to_c):
+        if bytes(received) != pattern(to_c, step.size):
             raise AssertionError("libxenvchan received wrong bytes: "
-                                 + mismatch(bytes(received), pattern(to_c)))
+                                 + mismatch(bytes(received), pattern(to_c, step.size)))
         if step.closer == "kill":
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
@@ -209,7 +210,7 @@ async def c_side(step: Step, index: int, server: int, client: int, own: int) -> 
         code = await proc.wait()
         if tail or code != 0:
             raise AssertionError(f"vchan-socket-proxy: {len(tail)} extra bytes, exit {code}")
-        say(f"  C: {BYTES} bytes each way, content checked, exit 0")
+        say(f"  C: {step.size} bytes each way, content checked, exit 0")
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -237,18 +238,22 @@ async def play(dom: Domain, role: str, peer: int, first_wait: float = 0.0) -> li
     return failures
 
 
-async def _domu_main() -> int:
+async def main(role: str, peer: int, first_wait: float) -> int:
+    """One domain's half: walk the steps, print each failure on stdout, exit 1 if any."""
     from ringkit.xen import open_domain
 
     async with open_domain() as dom:
-        say(f"domU is domain {dom.domid}")
-        failures = await play(dom, "domU", 0)
+        say(f"{role} is domain {dom.domid}, its peer domain {peer}")
+        failures = await play(dom, role, peer, first_wait)
     for failure in failures:
         print(failure, flush=True)
-    print("vchan domU: " + ("FAILED" if failures else "all steps passed"), flush=True)
+    print(f"vchan {role}: " + ("FAILED" if failures else "all steps passed"), flush=True)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
+    # the domU runs this with no arguments; dom0's half is run as `vchan_peer.py dom0 DOMID
+    # FIRST_WAIT` by the test, in a process of its own
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(anyio.run(_domu_main))
+    args = sys.argv[1:] or ["domU", "0", "0"]
+    sys.exit(anyio.run(main, args[0], int(args[1]), float(args[2])))
