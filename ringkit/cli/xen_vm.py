@@ -74,6 +74,9 @@ def _run_options(f: click.decorators.FC) -> click.decorators.FC:
         click.option("--dom0-memory", type=click.IntRange(min=256), default=1024,
                      show_default=True, help="dom0 memory, MB."),
         click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--tcg", "tcg_threads", type=click.Choice(["multi", "single"]),
+                     default="multi", show_default=True,
+                     help="QEMU's TCG threading: a host thread per vCPU, or one for all."),
         click.option("-v", "--verbose", is_flag=True, help="Stream the Xen/dom0 console."),
         click.option("-k", "--keep", is_flag=True, help="Keep the run directory and logs."),
     ]):
@@ -83,8 +86,8 @@ def _run_options(f: click.decorators.FC) -> click.decorators.FC:
 
 def _boot(ctx: click.Context, command: tuple[str, ...], timeout: float, boot_timeout: float,
           boot_attempts: int, domu: bool, project: Path, rw: tuple[Path, ...],
-          env: tuple[str, ...], memory: int, dom0_memory: int, cpus: int, verbose: bool,
-          keep: bool) -> int:
+          env: tuple[str, ...], memory: int, dom0_memory: int, cpus: int, tcg_threads: str,
+          verbose: bool, keep: bool) -> int:
     layout = _layout(ctx)
     try:
         info = provision.setup(layout)
@@ -95,7 +98,8 @@ def _boot(ctx: click.Context, command: tuple[str, ...], timeout: float, boot_tim
         request = boot.RunRequest(
             command=command, cwd=project.resolve(), timeout=timeout,
             boot_timeout=boot_timeout, boot_attempts=boot_attempts, memory_mb=memory,
-            dom0_memory_mb=dom0_memory, cpus=cpus, rw_dirs=(project.resolve(), *rw),
+            dom0_memory_mb=dom0_memory, cpus=cpus, tcg_threads=tcg_threads,
+            rw_dirs=(project.resolve(), *rw),
             env=shellenv.parse_env_assignments(env), domu_image=domu_image, verbose=verbose,
             keep=keep)
         return boot.run(layout, request, info.kernel_version)

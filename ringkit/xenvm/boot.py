@@ -75,6 +75,8 @@ class RunRequest:
     memory_mb: int = 2048
     dom0_memory_mb: int = 1024
     cpus: int = 2
+    tcg_threads: str = "multi"
+    """QEMU's TCG threading (see `MachineConfig.tcg_threads`)."""
     rw_dirs: Sequence[Path] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     domu_image: Path | None = None
@@ -279,7 +281,7 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
     argv = qemu_argv(MachineConfig(
         hypervisor=layout.hypervisor, kernel=layout.kernel, initrd=layout.stage1,
         shares=shares, memory_mb=request.memory_mb, dom0_memory_mb=request.dom0_memory_mb,
-        cpus=request.cpus, program=request.qemu))
+        cpus=request.cpus, tcg_threads=request.tcg_threads, program=request.qemu))
     (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
     if not request.command:
         log("interactive dom0 shell; leave with `exit` (powers the machine off)")

@@ -45,6 +45,8 @@ class MachineConfig:
     memory_mb: int = 2048
     dom0_memory_mb: int = 1024
     cpus: int = 2
+    tcg_threads: str = "multi"
+    """QEMU's TCG threading: "multi" (a host thread per vCPU) or "single" (one for all)."""
     xen_args: Sequence[str] = ("bootscrub=0", "edd=off", "edid=no")
     linux_args: Sequence[str] = ()
     extra_qemu_args: Sequence[str] = field(default_factory=tuple)
@@ -72,6 +74,8 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
                           f"a {cfg.dom0_memory_mb} MB dom0")
     if cfg.cpus < 1:
         raise ConfigError(f"cpus must be at least 1, not {cfg.cpus}")
+    if cfg.tcg_threads not in ("multi", "single"):
+        raise ConfigError(f"TCG threading is 'multi' or 'single', not {cfg.tcg_threads!r}")
     xen_cmdline = " ".join([
         "console=com1", "com1=115200,8n1",
         f"dom0_mem={cfg.dom0_memory_mb}M,max:{cfg.dom0_memory_mb}M",
@@ -80,7 +84,8 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
     linux_cmdline = " ".join(["console=hvc0", "earlyprintk=xen", "quiet", "panic=-1",
                               *cfg.linux_args])
     argv = [
-        cfg.program, "-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep,-pcid,-invpcid",
+        cfg.program, "-accel", f"tcg,thread={cfg.tcg_threads}",
+        "-cpu", "max,-smap,-smep,-pcid,-invpcid",
         "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
         "-nographic", "-no-reboot", "-net", "none", "-monitor", "none",
         "-kernel", escape_option(str(cfg.hypervisor)),

@@ -33,6 +33,10 @@ def test_argv_has_the_flags_xen_needs_under_tcg() -> None:
     assert "bootscrub=0" in append and "dom0_mem=1024M,max:1024M" in append
 
 
+def test_tcg_can_run_every_vcpu_on_one_host_thread() -> None:
+    assert _opt(qemu_argv(_cfg(tcg_threads="single")), "-accel") == ["tcg,thread=single"]
+
+
 def test_module_list_escapes_commas_in_command_lines() -> None:
     argv = qemu_argv(_cfg(linux_args=["foo=a,b"]))
     initrd = _opt(argv, "-initrd")[0]
@@ -55,6 +59,7 @@ def test_shares_become_virtfs_options() -> None:
     (dict(dom0_memory_mb=100), "dom0 memory"),
     (dict(memory_mb=1024, dom0_memory_mb=1024), "no room"),
     (dict(cpus=0), "cpus"),
+    (dict(tcg_threads="many"), "TCG threading"),
     (dict(kernel=Path("/my dir/vmlinuz")), "whitespace"),
     (dict(shares=[Share("a", Path("/")), Share("a", Path("/tmp"))]), "duplicate"),
 ])
