@@ -32,7 +32,14 @@ The checks, by name (`CHECKS`):
   a peer that stops answering, closes its event channel or vanishes with pages mapped, and
   hostile xenstore nodes.  The end under attack must answer with a typed error and a clean
   disconnect (or keep serving where the bad input is only bad data), never crash, hang or
-  leak, and must then serve a fresh, well-behaved peer.
+  leak, and must then serve a fresh, well-behaved peer;
+* the hostile-xenbus state matrix (`ringkit.testing._xenbus_matrix`):
+  ``xenbus-state-matrix/backend`` (your backend serves on while frontends write any ``first ->
+  second`` pair of states 0..8 and garbage to their ``state`` node, before connecting,
+  connected and while closing) and ``xenbus-state-matrix/frontend`` (the same from a backend's
+  node against your frontend).  After each case the survivor is alive, holds nothing it did not
+  hold idle, and a well-behaved peer connects and passes traffic.  A sample of 13 pairs per
+  phase by default; every one of the 169 with ``RINGKIT_HOSTILE_MATRIX=full`` (sim only).
 
 More checks plug in with `register` (same signature: driver, world maker).
 """
@@ -61,13 +68,34 @@ from ._ends import until as until
 from ._ends import until_state as until_state
 from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
 from ._world import Transport, WaitTimeout, World, WorldMaker, check_leaks
+from ._xenbus_matrix import FULL_ENV as FULL_ENV
+from ._xenbus_matrix import GARBAGE as GARBAGE
+from ._xenbus_matrix import PHASES as PHASES
+from ._xenbus_matrix import REPORTED_FLAP as REPORTED_FLAP
+from ._xenbus_matrix import STATES as STATES
+from ._xenbus_matrix import MatrixCase as MatrixCase
+from ._xenbus_matrix import MatrixSeen as MatrixSeen
+from ._xenbus_matrix import Side
+from ._xenbus_matrix import check_xenbus_state_matrix as check_xenbus_state_matrix
+from ._xenbus_matrix import full_matrix_requested as full_matrix_requested
+from ._xenbus_matrix import matrix_cases as matrix_cases
+from ._xenbus_matrix import run_backend_matrix as run_backend_matrix
+from ._xenbus_matrix import run_frontend_matrix as run_frontend_matrix
+from ._xenbus_matrix import settle as settle
 
 __all__ = (
     "CHECKS",
+    "FULL_ENV",
+    "GARBAGE",
+    "PHASES",
+    "REPORTED_FLAP",
+    "STATES",
     "TYPED_ERRORS",
     "Check",
     "ConformanceCheck",
     "HeldFrontend",
+    "MatrixCase",
+    "MatrixSeen",
     "ServingBackend",
     "WorldMaker",
     "check_backend_closes",
@@ -84,10 +112,16 @@ __all__ = (
     "checks_for",
     "connected_frontend",
     "connected_frontend_later",
+    "check_xenbus_state_matrix",
     "connects",
     "exchange",
+    "full_matrix_requested",
+    "matrix_cases",
     "register",
+    "run_backend_matrix",
+    "run_frontend_matrix",
     "serving",
+    "settle",
     "until",
     "until_state",
 )
@@ -579,6 +613,15 @@ def _register_all() -> None:
         for mode in table.values():
             register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
                      needs_ring=mode.needs_ring, about=mode.about)
+    ends: tuple[tuple[Side, str], ...] = (("backend", "frontend"), ("frontend", "backend"))
+    for end, peer in ends:
+        register(f"xenbus-state-matrix/{end}", partial(_state_matrix, end),
+                 transports=("sim",),
+                 about=f"your {end} survives a {peer} writing any state at any phase")
+
+
+async def _state_matrix(end: Side, driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    await check_xenbus_state_matrix(end, driver, make_world)
 
 
 _register_all()

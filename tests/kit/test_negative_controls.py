@@ -11,7 +11,14 @@ from ringkit.sim import SimXen
 from ringkit.testing import DriverUnderTest, sim_world
 from ringkit.testing.conformance import CHECKS
 
-from .broken_drivers import DeafBackend, LeakyBackend, TrustingBackend, broken
+from .broken_drivers import (
+    DeafBackend,
+    GivingUpFrontend,
+    LeakyBackend,
+    StoppingBackend,
+    TrustingBackend,
+    broken,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +51,20 @@ async def test_a_driver_that_trusts_a_garbage_slot_fails_naming_the_crash(xen: S
     message = await fails(xen, "hostile-frontend/garbage-slots", broken(TrustingBackend))
     assert "the backend stopped serving after" in message, message
     assert "garbage-slots" in message and "UnicodeDecodeError" in message, message
+
+
+async def test_a_backend_that_stops_on_a_state_flap_fails_the_matrix(xen: SimXen) -> None:
+    # The matrix's first case is the flap once reported: Closing, then Connected again.
+    message = await fails(xen, "xenbus-state-matrix/backend", broken(StoppingBackend))
+    assert "the backend stopped serving after a hostile frontend's state, connected '5' -> '4'" \
+        in message, message
+    assert "RemoteProtocolError" in message, message
+
+
+async def test_a_frontend_that_gives_up_on_a_state_flap_fails_the_matrix(xen: SimXen) -> None:
+    message = await fails(xen, "xenbus-state-matrix/frontend", broken(frontend=GivingUpFrontend))
+    assert "a hostile backend's state, connected" in message, message
+    assert "the frontend was ended by RemoteProtocolError" in message, message
 
 
 async def test_the_same_checks_pass_the_well_behaved_echo_driver(xen: SimXen) -> None:
