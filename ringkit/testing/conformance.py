@@ -55,6 +55,7 @@ import anyio
 import anyio.abc
 
 from .._errors import RingkitError
+from ..abc import Domain
 from ..device import DeviceAddress, Frontend, XenbusState
 from ._child import Child, spawn
 from ._driver import DriverUnderTest
@@ -332,13 +333,25 @@ async def check_backend_closes(driver: DriverUnderTest, make_world: WorldMaker) 
                 await exchange(w, driver, front, "before the backend closed")
             await until(w, f"{driver.label}: the frontend following the backend's Closing "
                         f"(frontend state {front.state.xen_name})", lambda: not front.queues)
-            leaks = w.guest.leaks()
-            assert not (leaks.grants or leaks.ports), (
-                f"{driver.label}: the frontend kept grants={leaks.grants} ports={leaks.ports} "
-                "after the backend closed")
+            await _released(w, w.guest, ("grants", "ports"),
+                            f"{driver.label}: after the backend closed the frontend")
             async with serving(w, driver):
                 await connects(w, driver, front, 1)
                 await exchange(w, driver, front, "with a new backend")
+
+
+async def _released(w: World, dom: Domain, kinds: tuple[str, ...], who: str) -> None:
+    """Wait, within the world's timeout, until `dom` holds none of `kinds` (leak counters):
+    an end empties its queue list first and then releases the rings one by one, so an empty
+    list alone does not mean the pages and ports are gone yet."""
+    def held() -> str:
+        leaks = dom.leaks()
+        return " ".join(f"{k}={getattr(leaks, k)}" for k in kinds if getattr(leaks, k))
+
+    try:
+        await until(w, f"{who} releasing its rings", lambda: not held())
+    except WaitTimeout as exc:
+        raise AssertionError(f"{who} kept {held()}") from exc
 
 
 async def connects(w: World, driver: DriverUnderTest, front: Frontend, after: int = 0) -> None:
@@ -450,10 +463,8 @@ async def check_frontend_killed(driver: DriverUnderTest, make_world: WorldMaker)
                 await child.kill()
                 await until(w, f"{driver.label}: the backend releasing a killed frontend's "
                             "rings", lambda: not served.backend.queues)
-            leaks = w.dom0.leaks()
-            assert not (leaks.maps or leaks.ports), (
-                f"{driver.label}: after kill -9 of the frontend the backend kept "
-                f"maps={leaks.maps} ports={leaks.ports}")
+            await _released(w, w.dom0, ("maps", "ports"),
+                            f"{driver.label}: after kill -9 of the frontend the backend")
             await _serves_a_fresh_frontend(w, driver, served, "kill -9 of the frontend")
 
 

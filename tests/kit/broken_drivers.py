@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ringkit import RemoteProtocolError, RingkitError
-from ringkit.abc import SharedPages
+from ringkit.abc import MappedPages, SharedPages
 from ringkit.device import Nodes
 from ringkit.proto.xenbus import Reaction
 from ringkit.testing import DriverUnderTest
@@ -21,6 +21,16 @@ class LeakyBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
 
     async def connected(self, nodes: Nodes) -> None:
         self.kept.append(await self.domain.grants.share(self.peer_id, 1))
+
+
+class ClingingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
+    """Maps the frontend's ring a second time on every connection and never unmaps it."""
+
+    kept: ClassVar[list[MappedPages]] = []
+
+    async def connected(self, nodes: Nodes) -> None:
+        ref = int(await self.peer_nodes.read("ring-ref"))
+        self.kept.append(await self.domain.grants.map(self.peer_id, [ref]))
 
 
 class DeafBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]

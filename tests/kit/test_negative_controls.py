@@ -12,6 +12,7 @@ from ringkit.testing import DriverUnderTest, sim_world
 from ringkit.testing.conformance import CHECKS
 
 from .broken_drivers import (
+    ClingingBackend,
     DeafBackend,
     GivingUpFrontend,
     LeakyBackend,
@@ -39,6 +40,12 @@ async def test_a_driver_that_leaks_a_grant_fails_naming_the_grant(xen: SimXen) -
     message = await fails(xen, "handshake", broken(LeakyBackend))
     assert "leaked: dom0 (domain 0): grants=1" in message, message
     LeakyBackend.kept.clear()  # (closing the dom0 handle released them)
+
+
+async def test_a_backend_that_keeps_a_dead_frontends_ring_mapped_fails(xen: SimXen) -> None:
+    message = await fails(xen, "frontend-killed", broken(ClingingBackend))
+    assert "after kill -9 of the frontend the backend kept maps=1" in message, message
+    ClingingBackend.kept.clear()  # (closing the dom0 handle released them)
 
 
 async def test_a_driver_that_ignores_closing_fails_saying_so(xen: SimXen) -> None:
