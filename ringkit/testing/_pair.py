@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from ..device import Backend, Frontend
 from ._child import Child, spawn
 from ._driver import DriverUnderTest
+from ._ends import connected_frontend, serving
 from ._world import World
-from .conformance import connected_frontend, serving
 
 
 @dataclass

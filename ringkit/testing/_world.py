@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -126,6 +131,10 @@ async def xen_world(timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[World]:
         world = World("xen", dom0, guest, None, timeout)
         yield world
         world.check_leaks()
+
+
+WorldMaker = Callable[[], AbstractAsyncContextManager[World]]
+"""Makes a fresh `World` (and checks it for leaks on the way out): ``lambda: sim_world(xen)``."""
 
 
 def xen_available() -> bool:

@@ -32,7 +32,14 @@ The checks, by name (`CHECKS`):
   a peer that stops answering, closes its event channel or vanishes with pages mapped, and
   hostile xenstore nodes.  The end under attack must answer with a typed error and a clean
   disconnect (or keep serving where the bad input is only bad data), never crash, hang or
-  leak, and must then serve a fresh, well-behaved peer.
+  leak, and must then serve a fresh, well-behaved peer;
+* the hostile-xenbus state matrix (`ringkit.testing._xenbus_matrix`):
+  ``xenbus-state-matrix/backend`` (your backend serves on while frontends write any ``first ->
+  second`` pair of states 0..8 and garbage to their ``state`` node, before connecting,
+  connected and while closing) and ``xenbus-state-matrix/frontend`` (the same from a backend's
+  node against your frontend).  After each case the survivor is alive, holds nothing it did not
+  hold idle, and a well-behaved peer connects and passes traffic.  A sample of 13 pairs per
+  phase by default; every one of the 169 with ``RINGKIT_HOSTILE_MATRIX=full`` (sim only).
 
 More checks plug in with `register` (same signature: driver, world maker).
 """
@@ -40,7 +47,7 @@ More checks plug in with `register` (same signature: driver, world maker).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -48,18 +55,48 @@ import anyio
 import anyio.abc
 
 from .._errors import RingkitError
-from ..device import Backend, DeviceAddress, Frontend, XenbusState
+from ..abc import Domain
+from ..device import DeviceAddress, Frontend, XenbusState
 from ._child import Child, spawn
 from ._driver import DriverUnderTest
+from ._ends import TYPED_ERRORS as TYPED_ERRORS
+from ._ends import ServingBackend as ServingBackend
+from ._ends import _bounded
+from ._ends import connected_frontend as connected_frontend
+from ._ends import exchange as exchange
+from ._ends import serving as serving
+from ._ends import until as until
+from ._ends import until_state as until_state
 from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
-from ._world import Transport, WaitTimeout, World, check_leaks
+from ._world import Transport, WaitTimeout, World, WorldMaker, check_leaks
+from ._xenbus_matrix import FULL_ENV as FULL_ENV
+from ._xenbus_matrix import GARBAGE as GARBAGE
+from ._xenbus_matrix import PHASES as PHASES
+from ._xenbus_matrix import REPORTED_FLAP as REPORTED_FLAP
+from ._xenbus_matrix import STATES as STATES
+from ._xenbus_matrix import MatrixCase as MatrixCase
+from ._xenbus_matrix import MatrixSeen as MatrixSeen
+from ._xenbus_matrix import Side
+from ._xenbus_matrix import check_xenbus_state_matrix as check_xenbus_state_matrix
+from ._xenbus_matrix import full_matrix_requested as full_matrix_requested
+from ._xenbus_matrix import matrix_cases as matrix_cases
+from ._xenbus_matrix import run_backend_matrix as run_backend_matrix
+from ._xenbus_matrix import run_frontend_matrix as run_frontend_matrix
+from ._xenbus_matrix import settle as settle
 
 __all__ = (
     "CHECKS",
+    "FULL_ENV",
+    "GARBAGE",
+    "PHASES",
+    "REPORTED_FLAP",
+    "STATES",
     "TYPED_ERRORS",
     "Check",
     "ConformanceCheck",
     "HeldFrontend",
+    "MatrixCase",
+    "MatrixSeen",
     "ServingBackend",
     "WorldMaker",
     "check_backend_closes",
@@ -76,26 +113,25 @@ __all__ = (
     "checks_for",
     "connected_frontend",
     "connected_frontend_later",
+    "check_xenbus_state_matrix",
     "connects",
     "exchange",
+    "full_matrix_requested",
+    "matrix_cases",
     "register",
+    "run_backend_matrix",
+    "run_frontend_matrix",
     "serving",
+    "settle",
     "until",
     "until_state",
 )
 
 S = XenbusState
 
-WorldMaker = Callable[[], AbstractAsyncContextManager[World]]
-"""Makes a fresh `World` (and checks it for leaks on the way out)."""
-
 Check = Callable[[DriverUnderTest, WorldMaker], Awaitable[None]]
 """A conformance check: raises AssertionError naming the fault."""
 
-TYPED_ERRORS: tuple[type[BaseException], ...] = (
-    RingkitError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
-"""What a driver's traffic may raise when the peer dies or misbehaves: ringkit's own errors
-(`PeerGoneError`, `RemoteProtocolError`, ...) and anyio's stream errors chained from them."""
 
 
 @dataclass(frozen=True)
@@ -149,104 +185,6 @@ def checks_for(driver: DriverUnderTest, transport: Transport = "sim") -> dict[st
     ring = driver.frontend.ring_layout is not None  # type: ignore[union-attr]
     return {c.name: c.run for c in CHECKS.values()
             if transport in c.transports and (ring or not c.needs_ring)}
-
-
-# --------------------------------------------------------------------------- running the ends
-
-
-class ServingBackend:
-    """A backend serving in a task of this process (see `serving`)."""
-
-    def __init__(self, backend: Backend, label: str) -> None:
-        self.backend = backend
-        self.label = label
-        self.failure: BaseException | None = None
-        self.returned = False
-
-    def assert_alive(self, after: str) -> None:
-        """The backend is still serving its device: it neither crashed nor gave up."""
-        if self.failure is not None:
-            raise AssertionError(
-                f"{self.label}: the backend stopped serving after {after}: {self.failure!r}"
-            ) from self.failure
-        if self.returned or self.backend.finished:
-            raise AssertionError(
-                f"{self.label}: the backend gave up its device after {after} (run() returned); "
-                "a peer must never stop a serving backend")
-
-    async def run(self) -> None:
-        try:
-            await self.backend.run()
-        except Exception as exc:
-            self.failure = exc
-        else:
-            self.returned = True
-
-
-@asynccontextmanager
-async def serving(w: World, driver: DriverUnderTest) -> AsyncIterator[ServingBackend]:
-    """The driver's backend for `w`'s guest, serving in a background task until the block
-    ends (then closed in order)."""
-    async with anyio.create_task_group() as tg:
-        backend = driver.make_backend(w.dom0, w.guest_id)
-        await backend.__aenter__()  # its task group: no cancel scope may wrap this
-        served = ServingBackend(backend, driver.label)
-        try:
-            tg.start_soon(served.run)
-            yield served
-        finally:
-            await backend.aclose()
-
-
-def _bounded(front: Frontend, w: World) -> Frontend:
-    """`front`, waiting at most half the world's timeout for a backend to follow its Closing
-    (a dead or hostile one never will)."""
-    # close_timeout is declared a class attribute; an instance value is what we need here
-    front.close_timeout = min(front.close_timeout, w.timeout / 2)
-    return front
-
-
-@asynccontextmanager
-async def connected_frontend(w: World, driver: DriverUnderTest) -> AsyncIterator[Frontend]:
-    """The driver's frontend in `w`'s guest, connected (within the world's timeout)."""
-    front = _bounded(driver.make_frontend(w.guest, w.dom0.domid), w)
-    front.connect_timeout = w.timeout
-    try:
-        await front.__aenter__()
-    except TimeoutError as exc:
-        raise WaitTimeout(f"{driver.label}: the frontend did not connect within "
-                          f"{w.timeout:g} s") from exc
-    try:
-        yield front
-    finally:
-        await front.aclose()
-
-
-async def exchange(w: World, driver: DriverUnderTest, front: Frontend, when: str) -> None:
-    """The driver's traffic, which must work now."""
-    with w.within(f"{driver.label}: the exchange {when}"):
-        try:
-            await driver.exchange(front)
-        except Exception as exc:
-            raise AssertionError(f"{driver.label}: the exchange {when} failed: {exc!r}") from exc
-
-
-async def until(w: World, what: str, predicate: Callable[[], object]) -> None:
-    """Poll `predicate` until true, within the world's timeout (fails naming `what`)."""
-    with w.within(what):
-        while not predicate():
-            await anyio.sleep(0.01)
-
-
-async def until_state(w: World, path: str, wanted: set[str], what: str) -> None:
-    """Poll ``<path>/state`` until it is one of `wanted`."""
-    with w.within(what):
-        while True:
-            if await w.dom0.store.exists(f"{path}/state"):
-                state = await w.dom0.store.read(f"{path}/state")
-                if state in wanted:
-                    return
-            await anyio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- handshake
@@ -395,13 +333,25 @@ async def check_backend_closes(driver: DriverUnderTest, make_world: WorldMaker) 
                 await exchange(w, driver, front, "before the backend closed")
             await until(w, f"{driver.label}: the frontend following the backend's Closing "
                         f"(frontend state {front.state.xen_name})", lambda: not front.queues)
-            leaks = w.guest.leaks()
-            assert not (leaks.grants or leaks.ports), (
-                f"{driver.label}: the frontend kept grants={leaks.grants} ports={leaks.ports} "
-                "after the backend closed")
+            await _released(w, w.guest, ("grants", "ports"),
+                            f"{driver.label}: after the backend closed the frontend")
             async with serving(w, driver):
                 await connects(w, driver, front, 1)
                 await exchange(w, driver, front, "with a new backend")
+
+
+async def _released(w: World, dom: Domain, kinds: tuple[str, ...], who: str) -> None:
+    """Wait, within the world's timeout, until `dom` holds none of `kinds` (leak counters):
+    an end empties its queue list first and then releases the rings one by one, so an empty
+    list alone does not mean the pages and ports are gone yet."""
+    def held() -> str:
+        leaks = dom.leaks()
+        return " ".join(f"{k}={getattr(leaks, k)}" for k in kinds if getattr(leaks, k))
+
+    try:
+        await until(w, f"{who} releasing its rings", lambda: not held())
+    except WaitTimeout as exc:
+        raise AssertionError(f"{who} kept {held()}") from exc
 
 
 async def connects(w: World, driver: DriverUnderTest, front: Frontend, after: int = 0) -> None:
@@ -513,10 +463,8 @@ async def check_frontend_killed(driver: DriverUnderTest, make_world: WorldMaker)
                 await child.kill()
                 await until(w, f"{driver.label}: the backend releasing a killed frontend's "
                             "rings", lambda: not served.backend.queues)
-            leaks = w.dom0.leaks()
-            assert not (leaks.maps or leaks.ports), (
-                f"{driver.label}: after kill -9 of the frontend the backend kept "
-                f"maps={leaks.maps} ports={leaks.ports}")
+            await _released(w, w.dom0, ("maps", "ports"),
+                            f"{driver.label}: after kill -9 of the frontend the backend")
             await _serves_a_fresh_frontend(w, driver, served, "kill -9 of the frontend")
 
 
@@ -676,6 +624,15 @@ def _register_all() -> None:
         for mode in table.values():
             register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
                      needs_ring=mode.needs_ring, about=mode.about)
+    ends: tuple[tuple[Side, str], ...] = (("backend", "frontend"), ("frontend", "backend"))
+    for end, peer in ends:
+        register(f"xenbus-state-matrix/{end}", partial(_state_matrix, end),
+                 transports=("sim",),
+                 about=f"your {end} survives a {peer} writing any state at any phase")
+
+
+async def _state_matrix(end: Side, driver: DriverUnderTest, make_world: WorldMaker) -> None:
+    await check_xenbus_state_matrix(end, driver, make_world)
 
 
 _register_all()

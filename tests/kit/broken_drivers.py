@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ringkit.abc import SharedPages
+from ringkit import RemoteProtocolError, RingkitError
+from ringkit.abc import MappedPages, SharedPages
 from ringkit.device import Nodes
 from ringkit.proto.xenbus import Reaction
 from ringkit.testing import DriverUnderTest
@@ -20,6 +21,16 @@ class LeakyBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
 
     async def connected(self, nodes: Nodes) -> None:
         self.kept.append(await self.domain.grants.share(self.peer_id, 1))
+
+
+class ClingingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
+    """Maps the frontend's ring a second time on every connection and never unmaps it."""
+
+    kept: ClassVar[list[MappedPages]] = []
+
+    async def connected(self, nodes: Nodes) -> None:
+        ref = int(await self.peer_nodes.read("ring-ref"))
+        self.kept.append(await self.domain.grants.map(self.peer_id, [ref]))
 
 
 class DeafBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
@@ -39,5 +50,25 @@ class TrustingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
         return echo.MESSAGE.pack(ident, len(text), text.upper().encode())
 
 
-def broken(backend: type[echo.EchoBackend]) -> DriverUnderTest:
-    return DriverUnderTest(backend, echo.EchoFrontend, echo_exchange, name=backend.__name__)
+class StoppingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
+    """Gives up its device when a frontend breaks the handshake (an impossible transition, a
+    garbage state): what ringkit's backends did before issue 10, when one guest's flap ended
+    `ringkit block serve` for every later guest."""
+
+    async def _protocol_failure(self, exc: RemoteProtocolError) -> None:
+        await self._teardown()
+        self._finish(exc)
+
+
+class GivingUpFrontend(echo.EchoFrontend):  # type: ignore[misc,valid-type]
+    """Ends itself for good when its backend breaks the handshake, even long after it
+    connected, instead of waiting for the backend to start over."""
+
+    async def _after_refusal(self, exc: RingkitError) -> None:
+        self._finish(exc)
+
+
+def broken(backend: type[echo.EchoBackend] = echo.EchoBackend,
+           frontend: type[echo.EchoFrontend] = echo.EchoFrontend) -> DriverUnderTest:
+    odd = frontend if frontend is not echo.EchoFrontend else backend
+    return DriverUnderTest(backend, frontend, echo_exchange, name=odd.__name__)

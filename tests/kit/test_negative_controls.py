@@ -11,7 +11,15 @@ from ringkit.sim import SimXen
 from ringkit.testing import DriverUnderTest, sim_world
 from ringkit.testing.conformance import CHECKS
 
-from .broken_drivers import DeafBackend, LeakyBackend, TrustingBackend, broken
+from .broken_drivers import (
+    ClingingBackend,
+    DeafBackend,
+    GivingUpFrontend,
+    LeakyBackend,
+    StoppingBackend,
+    TrustingBackend,
+    broken,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +42,12 @@ async def test_a_driver_that_leaks_a_grant_fails_naming_the_grant(xen: SimXen) -
     LeakyBackend.kept.clear()  # (closing the dom0 handle released them)
 
 
+async def test_a_backend_that_keeps_a_dead_frontends_ring_mapped_fails(xen: SimXen) -> None:
+    message = await fails(xen, "frontend-killed", broken(ClingingBackend))
+    assert "after kill -9 of the frontend the backend kept maps=1" in message, message
+    ClingingBackend.kept.clear()  # (closing the dom0 handle released them)
+
+
 async def test_a_driver_that_ignores_closing_fails_saying_so(xen: SimXen) -> None:
     message = await fails(xen, "handshake", broken(DeafBackend))
     assert "the backend following the frontend's Closing" in message, message
@@ -44,6 +58,20 @@ async def test_a_driver_that_trusts_a_garbage_slot_fails_naming_the_crash(xen: S
     message = await fails(xen, "hostile-frontend/garbage-slots", broken(TrustingBackend))
     assert "the backend stopped serving after" in message, message
     assert "garbage-slots" in message and "UnicodeDecodeError" in message, message
+
+
+async def test_a_backend_that_stops_on_a_state_flap_fails_the_matrix(xen: SimXen) -> None:
+    # The matrix's first case is the flap once reported: Closing, then Connected again.
+    message = await fails(xen, "xenbus-state-matrix/backend", broken(StoppingBackend))
+    assert "the backend stopped serving after a hostile frontend's state, connected '5' -> '4'" \
+        in message, message
+    assert "RemoteProtocolError" in message, message
+
+
+async def test_a_frontend_that_gives_up_on_a_state_flap_fails_the_matrix(xen: SimXen) -> None:
+    message = await fails(xen, "xenbus-state-matrix/frontend", broken(frontend=GivingUpFrontend))
+    assert "a hostile backend's state, connected" in message, message
+    assert "the frontend was ended by RemoteProtocolError" in message, message
 
 
 async def test_the_same_checks_pass_the_well_behaved_echo_driver(xen: SimXen) -> None:
