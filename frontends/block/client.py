@@ -956,4 +956,5 @@ def _runs(numbers: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-__all__ = ("STALE_RECHECK_SECONDS", "BlockClient", "DiskInfo", "ReadOp", "SendMany", "WriteOp")
+__all__ = ("SPARE_PENDING", "STALE_RECHECK_SECONDS", "BlockClient", "DiskInfo", "PoolBuffer",
+           "ReadOp", "SendMany", "WriteOp")

@@ -164,4 +164,4 @@ def command(mib: int, repeat: int) -> None:
                    f"  ({rings} rings)")
 
 
-__all__ = ("COLUMNS", "command", "transfer")
+__all__ = ("COLUMNS", "PROXY", "Argv", "command", "transfer")
