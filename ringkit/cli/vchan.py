@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import select
+import stat
 import sys
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -23,11 +25,17 @@ _CHUNK = 65536
 
 class StdioStream(ByteStream):
     """stdin and stdout as one anyio byte stream: reads wait for the descriptor in the event
-    loop (so a cancelled read leaves no thread behind), writes run in a worker thread."""
+    loop (so a cancelled read leaves no thread behind).  Writes to a pipe or socket wait for
+    room in the event loop too and then write at most `PIPE_BUF` bytes, which a blocking pipe
+    takes at once when it polls writable (the descriptor's blocking mode is shared with other
+    processes, so it is left alone); writes to anything else (a file, a terminal) run in a
+    worker thread."""
 
     def __init__(self, read_fd: int = 0, write_fd: int = 1) -> None:
         self._read_fd = read_fd
         self._write_fd: int | None = write_fd
+        mode = os.fstat(write_fd).st_mode
+        self._pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         await anyio.wait_readable(self._read_fd)
@@ -41,7 +49,11 @@ class StdioStream(ByteStream):
         while view.nbytes:
             if self._write_fd is None:
                 raise anyio.ClosedResourceError
-            written = await anyio.to_thread.run_sync(os.write, self._write_fd, view)
+            if self._pollable:
+                await anyio.wait_writable(self._write_fd)
+                written = os.write(self._write_fd, view[:select.PIPE_BUF])
+            else:
+                written = await anyio.to_thread.run_sync(os.write, self._write_fd, view)
             view = view[written:]
 
     async def send_eof(self) -> None:
