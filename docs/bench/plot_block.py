@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 
 TARGETS = {"seq_write": 0.5, "seq_read": 0.5, "seq_write_qd4": 0.7, "seq_read_qd4": 0.7,
+           "seq_write_lent": 0.5, "seq_read_lent": 0.5,
            "rand_read_qd32": 0.2, "rand_read_qd32_tasks": 0.2}
 """Same-run ratios to direct I/O that issue 12 asks for."""
 COLOURS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")

@@ -220,6 +220,26 @@ async def _measure(size: int, passes: int, random_reads: int, image: Path, order
                 if bytes(target) != data:
                     raise click.ClickException("read-back mismatch: the benchmark is broken")
 
+                def lent(write: bool) -> Callable[[], Awaitable[None]]:
+                    # zero-copy: the data is made in (or read from) the granted pages
+                    async def run() -> None:
+                        async with disk.lend(MIB) as buffer:
+                            buffer.view[:] = data
+                            for _ in range(passes):
+                                for offset in range(0, size, MIB):
+                                    if write:
+                                        await disk.write_lent(offset, buffer)
+                                    else:
+                                        await disk.read_lent(offset, buffer)
+                    return run
+
+                await measured("seq_write_lent", mib, lent(True))
+                await measured("seq_read_lent", mib, lent(False))
+                await disk.read_into(size - MIB, target)
+                if bytes(target) != data:
+                    raise click.ClickException("lent write-back mismatch: the benchmark is "
+                                               "broken")
+
                 rng = random.Random(2)
                 offsets = [rng.randrange(size // 4096) * 4096 for _ in range(random_reads)]
                 per_task = random_reads // QD
@@ -252,10 +272,13 @@ _ROWS = (("seq_write", "sequential 1 MiB writes", "MiB/s"),
         ("seq_read", "sequential 1 MiB reads", "MiB/s"),
         ("seq_write_qd4", "  writes, 4 in flight", "MiB/s"),
         ("seq_read_qd4", "  reads, 4 in flight", "MiB/s"),
+        ("seq_write_lent", "  writes, lent pages", "MiB/s"),
+        ("seq_read_lent", "  reads, lent pages", "MiB/s"),
         ("rand_read_qd32", "4 KiB random reads QD32", "IOPS"),
         ("rand_read_qd32_tasks", "  same, a task per read", "IOPS"))
 _DIRECT = {"seq_write": "seq_write", "seq_read": "seq_read", "seq_write_qd4": "seq_write",
-          "seq_read_qd4": "seq_read", "rand_read_qd32": "rand_read_qd32",
+          "seq_read_qd4": "seq_read", "seq_write_lent": "seq_write",
+          "seq_read_lent": "seq_read", "rand_read_qd32": "rand_read_qd32",
           "rand_read_qd32_tasks": "rand_read_qd32"}
 """The direct baseline each figure is compared with (direct I/O has no queue depth here)."""
 

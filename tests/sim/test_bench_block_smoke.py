@@ -27,11 +27,12 @@ def test_block_benchmark_runs_and_prints_the_counters(tmp_path: Path) -> None:
     out = result.output
     assert "sleeping" in out and "polling 20us" in out and "direct" in out
     assert "4 KiB random reads QD32" in out and "a task per read" in out
+    assert "writes, lent pages" in out and "reads, lent pages" in out
     # one line per side and mode for each of the six figures, with every counter
     sides = re.findall(r"front [\d.]+ doorbells [\d.]+ sleeps [\d.]+ polls [\d.]+ us CPU \| "
                        r"back [\d.]+ doorbells [\d.]+ sleeps [\d.]+ polls [\d.]+ us CPU", out)
-    assert len(sides) == 12, out
-    assert len(re.findall(r"direct [\d.]+ us CPU", out)) == 6, out
+    assert len(sides) == 16, out
+    assert len(re.findall(r"direct [\d.]+ us CPU", out)) == 8, out
 
     # the JSON record holds what was printed, and the plot script draws it
     data = json.loads(record.read_text())
@@ -45,6 +46,6 @@ def test_block_benchmark_runs_and_prints_the_counters(tmp_path: Path) -> None:
     plot = Path(__file__).resolve().parents[2] / "docs" / "bench" / "plot_block.py"
     subprocess.run([sys.executable, str(plot), f"now={record}", "-o", str(svg)], check=True)
     text = svg.read_text()
-    assert text.startswith("<svg") and text.count("<rect") == 2 * 6 + 2, text
+    assert text.startswith("<svg") and text.count("<rect") == 2 * 8 + 2, text
     ratio = figure["value"] / rows["seq_read"]["direct"]
     assert f"{ratio:.2f}x" in text
