@@ -51,7 +51,7 @@ async def _receive(stream: anyio.abc.ByteReceiveStream) -> None:
 
 
 async def _vchan_worker(role: str, directory: str, domid: int, peer: int, ring: int,
-                        total: int, write_size: int) -> None:
+                        total: int, write_size: int, poll_us: int) -> None:
     from ..sim import connect
     from ..vchan import VchanServer, vchan_path
     from ..vchan import connect as vchan_connect
@@ -62,9 +62,11 @@ async def _vchan_worker(role: str, directory: str, domid: int, peer: int, ring: 
         if role == "vchan-send":       # the server writes its right ring
             offer = await VchanServer.offer(dom, peer, path, read_min=ring, write_min=ring)
             async with await offer.accept() as stream:
+                stream.poll_us = poll_us
                 await _send(stream, total, write_size)
         else:
             async with await vchan_connect(dom, peer, path) as stream:
+                stream.poll_us = poll_us
                 await _receive(stream)
 
 
@@ -80,9 +82,9 @@ async def _socket_worker(role: str, fd: int, total: int, write_size: int) -> Non
 def _worker_main(argv: Sequence[str]) -> None:
     backend, role, *args = argv
     if role.startswith("vchan"):
-        d, domid, peer, ring, total, size = args
+        d, domid, peer, ring, total, size, poll_us = args
         anyio.run(_vchan_worker, role, d, int(domid), int(peer), int(ring), int(total),
-                  int(size), backend=backend)
+                  int(size), int(poll_us), backend=backend)
     else:
         fd, total, size = args
         anyio.run(_socket_worker, role, int(fd), int(total), int(size), backend=backend)
@@ -117,13 +119,16 @@ def _collect(sender: subprocess.Popen[str], receiver: subprocess.Popen[str]) -> 
                 proc.stdout.close()
 
 
-def run(backend: str, total: int, write_size: int, ring: int) -> dict[str, float]:
-    """One measurement per transport; MB/s by column."""
+def run(backend: str, total: int, write_size: int, ring: int, poll_us: int = 0
+        ) -> dict[str, float]:
+    """One measurement per column (the vchan sleeping, with `poll_us` also polling, and the
+    socketpair); MB/s by column."""
     from ..sim import SimXen
 
-    async def sim_domains(directory: str) -> tuple[int, int]:
+    async def sim_domains(directory: str, run: str) -> tuple[int, int]:
         async with SimXen.attach(directory) as xen:
-            return await xen.create_domain("send"), await xen.create_domain("receive")
+            return (await xen.create_domain(f"send-{run}"),
+                    await xen.create_domain(f"receive-{run}"))
 
     with tempfile.TemporaryDirectory(prefix="rk-bench-vchan-", dir="/tmp") as directory:
         server = subprocess.Popen([sys.executable, "-m", "ringkit.sim", "serve", "--dir",
@@ -133,10 +138,15 @@ def run(backend: str, total: int, write_size: int, ring: int) -> dict[str, float
             assert server.stdout is not None
             if not server.stdout.readline().startswith("ready"):
                 raise click.ClickException("the simulated Xen did not start")
-            a, b = anyio.run(sim_domains, directory)
-            vchan = _collect(
-                _spawn(backend, "vchan-send", directory, a, b, ring, total, write_size),
-                _spawn(backend, "vchan-receive", directory, b, a, ring, total, write_size))
+            results: dict[str, dict[str, Any]] = {}
+            for name, us in (("vchan", 0), ("vchan polling", poll_us)):
+                if name != "vchan" and not us:
+                    continue
+                a, b = anyio.run(sim_domains, directory, name.replace(" ", "-"))
+                results[name] = _collect(
+                    _spawn(backend, "vchan-send", directory, a, b, ring, total, write_size, us),
+                    _spawn(backend, "vchan-receive", directory, b, a, ring, total, write_size,
+                           us))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -148,12 +158,11 @@ def run(backend: str, total: int, write_size: int, ring: int) -> dict[str, float
                         pass_fds=[left.fileno()])
         receiver = _spawn(backend, "socket-receive", right.fileno(), total, write_size,
                           pass_fds=[right.fileno()])
-    sockets = _collect(sender, receiver)
-    for name, result in (("vchan", vchan), ("socketpair", sockets)):
+    results["socketpair"] = _collect(sender, receiver)
+    for name, result in results.items():
         if result["bytes"] != total:
             raise click.ClickException(f"{name}: {result['bytes']} of {total} bytes arrived")
-    return {name: result["bytes"] / result["seconds"] / 1e6
-            for name, result in (("vchan", vchan), ("socketpair", sockets))}
+    return {name: result["bytes"] / result["seconds"] / 1e6 for name, result in results.items()}
 
 
 @click.command("vchan")
@@ -167,12 +176,16 @@ def run(backend: str, total: int, write_size: int, ring: int) -> dict[str, float
               help="Bytes each vchan ring must hold.")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
               help="Keep each column's best of this many runs.")
-def command(backend: str, mib: int, write_size: int, ring: int, repeat: int) -> None:
+@click.option("--poll-us", default=0, show_default=True, type=click.IntRange(0, 1_000_000),
+              help="Also measure the vchan with both ends polling this long before sleeping "
+                   "(0: sleeping only).")
+def command(backend: str, mib: int, write_size: int, ring: int, repeat: int,
+            poll_us: int) -> None:
     """ringkit vchan on the simulated Xen vs a Unix socketpair: one-way stream bandwidth in
     --write-size writes, two processes each, side by side with the ratio."""
     best: dict[str, float] = {}
     for _ in range(repeat):
-        for name, value in run(backend, mib << 20, write_size, ring).items():
+        for name, value in run(backend, mib << 20, write_size, ring, poll_us).items():
             best[name] = max(best.get(name, 0.0), value)
     load = os.getloadavg()[0]
     click.echo(f"vchan benchmark, anyio backend {backend}, {os.cpu_count()} CPUs (load "
@@ -181,6 +194,10 @@ def command(backend: str, mib: int, write_size: int, ring: int, repeat: int) -> 
     click.echo(f"{'':24} {'vchan (sim)':>12} {'socketpair':>12} {'vchan/socketpair':>17}")
     click.echo(f"{'stream bandwidth (MB/s)':24} {best['vchan']:>12.1f} "
                f"{best['socketpair']:>12.1f} {best['vchan'] / best['socketpair']:>17.2f}")
+    if "vchan polling" in best:
+        click.echo(f"{f'  polling {poll_us} us':24} {best['vchan polling']:>12.1f} "
+                   f"{best['socketpair']:>12.1f} "
+                   f"{best['vchan polling'] / best['socketpair']:>17.2f}")
 
 
 __all__ = ("command", "run")

@@ -5,8 +5,9 @@ carried to the client's stdout -- done by Xen's ``vchan-socket-proxy`` (C, libxe
 ``ringkit vchan`` (the same arguments and wire).  Both ends run in this domain (a loopback vchan:
 the server grants to its own domain, as libxenvchan allows), so the figures compare the two
 implementations on one machine, pipes and all.  The proxy asks for libxenvchan's smallest rings
-(1 KiB and 2 KiB in the control page), so ringkit's column does too; a third column shows
-ringkit with 64 KiB rings, which the proxy cannot ask for.
+(1 KiB and 2 KiB in the control page), so ringkit's columns do too, sleeping and with both
+ends polling (`--poll-us`); a last column shows ringkit with 64 KiB rings, which the proxy
+cannot ask for.
 
 The parent writes ``--mib`` MiB into the server's stdin and reads them back from the client's
 stdout, timing the first write to the last byte read; it checks every byte.  It never closes
@@ -33,6 +34,8 @@ PROXY = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 """Xen's vchan-to-socket proxy (Debian's xen-utils-4.17)."""
 _CHUNK = 1 << 16
 _DEADLINE = 600.0
+POLL_US = 1000
+"""Polling window of the polling column (both ends)."""
 """Seconds one transfer may take before the benchmark gives up on it."""
 
 
@@ -41,11 +44,16 @@ def _pattern(total: int) -> bytes:
     return (block * (total // len(block) + 1))[:total]
 
 
-def _ringkit_argv(mode: str, path: str, ring: int) -> list[str]:
-    argv = [sys.executable, "-c", "from ringkit.cli import main; main()", "vchan", "-m", mode]
+def _ringkit_argv(mode: str, path: str, ring: int, poll_us: int = 0) -> list[str]:
+    argv = [sys.executable, "-c", "from ringkit.cli import main; main()", "vchan", "-m", mode,
+            "--poll-us", str(poll_us)]
     if mode == "server" and ring:
         argv += ["--read-min", str(ring), "--write-min", str(ring)]
     return [*argv, "0", path, "-"]
+
+
+def _ringkit_polling_argv(mode: str, path: str, ring: int) -> list[str]:
+    return _ringkit_argv(mode, path, ring, POLL_US)
 
 
 def _proxy_argv(mode: str, path: str, ring: int) -> list[str]:
@@ -129,6 +137,7 @@ def _wait_for_node(node: str, server: subprocess.Popen[bytes]) -> None:
 COLUMNS: Sequence[tuple[str, Argv, int]] = (
     ("vchan-socket-proxy", _proxy_argv, 0),
     ("ringkit vchan", _ringkit_argv, 0),
+    ("ringkit, polling", _ringkit_polling_argv, 0),
     ("ringkit, 64K rings", _ringkit_argv, 65536),
 )
 
@@ -158,10 +167,12 @@ def command(mib: int, repeat: int) -> None:
                f"server stdin -> client stdout, best of {repeat}, load average "
                f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     base = best["vchan-socket-proxy"]
-    for name, _, ring in COLUMNS:
+    for name, make_argv, ring in COLUMNS:
         rings = "64 KiB" if ring else "1 KiB/2 KiB in-page"
+        if make_argv is _ringkit_polling_argv:
+            rings += f", both ends polling {POLL_US} us"
         click.echo(f"  {name:22} {best[name]:8.1f} MB/s  {best[name] / base:5.2f}x the C proxy"
                    f"  ({rings} rings)")
 
 
-__all__ = ("COLUMNS", "PROXY", "Argv", "command", "transfer")
+__all__ = ("COLUMNS", "POLL_US", "PROXY", "Argv", "command", "transfer")

@@ -15,6 +15,7 @@ import anyio.abc
 import click
 from anyio.abc import ByteStream
 
+from ..channel import MAX_POLL_US
 from ._common import DIR_HELP, open_cli_domain, run_command
 
 if TYPE_CHECKING:
@@ -110,11 +111,15 @@ def _peer_domid(text: str) -> int:
               help="Server: bytes the ring we read must hold (libxenvchan's left_min).")
 @click.option("--write-min", default=0, show_default=True, type=click.IntRange(0, 1 << 20),
               help="Server: bytes the ring we write must hold (right_min).")
+@click.option("--poll-us", default=0, show_default=True, type=click.IntRange(0, MAX_POLL_US),
+              help="Spin on the rings this many microseconds before sleeping on the event "
+                   "channel (0: never; needs a free CPU).")
 @click.argument("peer")
 @click.argument("path")
 @click.argument("socket_path", metavar="SOCKET-PATH|-")
 def vchan(directory: str | None, domid: int | None, mode: str, state_path: str | None,
-          read_min: int, write_min: int, peer: str, path: str, socket_path: str) -> None:
+          read_min: int, write_min: int, poll_us: int, peer: str, path: str,
+          socket_path: str) -> None:
     """Bridge the vchan at xenstore PATH, with domain PEER at the other end, to a Unix socket
     or (with -) to stdin/stdout.  Wire-compatible with libxenvchan and vchan-socket-proxy.
 
@@ -137,6 +142,7 @@ def vchan(directory: str | None, domid: int | None, mode: str, state_path: str |
                     await _ready(dom, state_path)
                     while True:
                         async with await listener.accept() as stream:
+                            stream.poll_us = poll_us
                             if stdio:
                                 await bridge(stream, StdioStream())
                                 return
@@ -145,6 +151,7 @@ def vchan(directory: str | None, domid: int | None, mode: str, state_path: str |
             elif stdio:
                 await _ready(dom, state_path)
                 async with await connect(dom, peer_id, path) as stream:
+                    stream.poll_us = poll_us
                     await bridge(stream, StdioStream())
             else:
                 async with await anyio.create_unix_listener(socket_path) as server:
@@ -152,6 +159,7 @@ def vchan(directory: str | None, domid: int | None, mode: str, state_path: str |
                     while True:
                         async with (await server.accept() as sock,
                                     await connect(dom, peer_id, path) as stream):
+                            stream.poll_us = poll_us
                             await bridge(stream, sock)
 
     run_command(main)

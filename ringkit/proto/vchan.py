@@ -362,6 +362,12 @@ class VchanEnd:
         count, notify = self.write(data)
         return count == length, notify
 
+    def progress(self) -> tuple[int, int]:
+        """(bytes waiting to be read, free bytes to write) as they are now, asking the peer
+        for nothing: what a poller compares to see the peer move."""
+        self._ensure_usable()
+        return self._rx.available(), self._tx.space()
+
     def readable(self) -> int:
         """Bytes waiting in the ring we read; asks to be woken by the peer's next write when
         there are none."""

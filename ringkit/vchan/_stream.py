@@ -15,6 +15,7 @@ drain (bounded by `close_timeout`), then releases the pages and the event channe
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 
@@ -23,8 +24,15 @@ import anyio.lowlevel
 from anyio.abc import AsyncResource
 
 from .._async.stream import PipeStream
-from .._errors import EventChannelError, PeerGoneError, RemoteProtocolError, TransportError
+from .._errors import (
+    ConfigError,
+    EventChannelError,
+    PeerGoneError,
+    RemoteProtocolError,
+    TransportError,
+)
 from ..abc import EventChannel
+from ..channel import MAX_POLL_US
 from ..proto.vchan import Live, VchanEnd
 
 CLOSE_TIMEOUT = 10.0
@@ -56,6 +64,42 @@ class VchanStream(PipeStream):
         self._gone: PeerGoneError | None = None
         self._live_cleared = False
         self.close_timeout = close_timeout
+        self._poll_seconds = 0.0
+
+    @property
+    def poll_us(self) -> int:
+        """Microseconds a waiting end spins on the rings before it sleeps on the event channel
+        (0: never; the default).  A small ring makes writer and reader take turns, a wake-up
+        each per ring-full; polling both ends keeps them awake (each needs a CPU of its own).
+
+        Raises (setter):
+            ConfigError: not an integer in 0..`MAX_POLL_US`.
+        """
+        return round(self._poll_seconds * 1e6)
+
+    @poll_us.setter
+    def poll_us(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 0 <= value <= MAX_POLL_US:
+            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {value!r}")
+        self._poll_seconds = value / 1e6
+
+    async def _wait_event(self) -> None:
+        """With `poll_us`, first spin (yielding to the event loop between looks) until the
+        peer moves either ring or the window ends; then, if it did not, sleep as usual.  The
+        callers look again either way."""
+        if self._poll_seconds and not self._waiting:
+            self.stats.polls += 1
+            try:
+                before = self._vchan.progress()
+                deadline = time.perf_counter() + self._poll_seconds
+                while time.perf_counter() < deadline:
+                    await anyio.lowlevel.checkpoint()
+                    if self._vchan.progress() != before:
+                        return
+            except RemoteProtocolError:
+                return  # the caller's own look reports it
+        await super()._wait_event()
 
     @property
     def engine(self) -> VchanEnd:

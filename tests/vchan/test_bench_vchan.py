@@ -11,7 +11,8 @@ from ringkit.bench.vchan import command
 
 @pytest.mark.slow
 def test_vchan_benchmark_runs() -> None:
-    result = CliRunner().invoke(command, ["--mib", "2", "--repeat", "1", "--ring", "4096"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(command, ["--mib", "2", "--repeat", "1", "--ring", "4096",
+                                          "--poll-us", "100"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "stream bandwidth (MB/s)" in result.output
+    assert "polling 100 us" in result.output

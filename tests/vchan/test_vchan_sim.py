@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from ringkit import PeerGoneError, RemoteProtocolError
+from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import Access, Domain, Permission
 from ringkit.proto import layout as L
 from ringkit.proto.vchan import Live, VchanOrders, write_header
@@ -69,11 +69,13 @@ async def read_all(stream: VchanStream) -> bytes:
             return bytes(got)
 
 
+@pytest.mark.parametrize("poll_us", [0, 200], ids=["sleeping", "polling"])
 @pytest.mark.parametrize("sizes", [(0, 0), (2048, 1024), (65536, 131072)])
 async def test_both_directions_beyond_the_rings(anyio_backend: str,
-                                                sizes: tuple[int, int]) -> None:
+                                                sizes: tuple[int, int], poll_us: int) -> None:
     up, down = os.urandom(700_000), os.urandom(500_000)
     async with world() as w, pair(w, *sizes) as (srv, cli):
+        srv.poll_us = cli.poll_us = poll_us
         orders = srv.engine.orders
         assert (srv.engine.rx_size, srv.engine.tx_size) == (1 << orders.left, 1 << orders.right)
         assert (cli.engine.tx_size, cli.engine.rx_size) == (1 << orders.left, 1 << orders.right)
@@ -98,6 +100,37 @@ async def test_both_directions_beyond_the_rings(anyio_backend: str,
         with pytest.raises(anyio.BrokenResourceError):
             await cli.send(b"too late")
     assert results == {"srv": up, "cli": down}
+
+
+async def test_polling_ends_trade_sleeps_for_polls(anyio_backend: str) -> None:
+    """With both ends polling, a stream through a 2 KiB ring takes a turn of the ring without a
+    sleep on the event channel; the same stream with sleeping ends (the negative control) sleeps
+    about once per ring-full on each side."""
+    data = os.urandom(256 << 10)
+    sleeps = {}
+    for poll_us in (0, 1_000_000):
+        async with world() as w, pair(w) as (srv, cli):
+            srv.poll_us = cli.poll_us = poll_us
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(srv.send, data)
+                got = bytearray()
+                while len(got) < len(data):
+                    got += await cli.receive()
+            assert got == data
+            sleeps[poll_us] = srv.stats.sleeps + cli.stats.sleeps
+            polls = srv.stats.polls + cli.stats.polls
+            assert (polls > 0) == bool(poll_us)
+    rounds = len(data) // srv.engine.tx_size
+    assert sleeps[0] >= rounds, sleeps           # a turn of the ring costs a sleep
+    assert sleeps[1_000_000] <= rounds // 10, sleeps
+
+
+async def test_poll_us_is_checked(anyio_backend: str) -> None:
+    async with world() as w, pair(w) as (srv, _cli):
+        for bad in (-1, 2_000_000, 1.5, True):
+            with pytest.raises(ConfigError, match="poll_us"):
+                srv.poll_us = bad  # type: ignore[assignment]
+        assert srv.poll_us == 0
 
 
 async def test_close_drains_then_the_peer_reads_end_of_stream(anyio_backend: str) -> None:
