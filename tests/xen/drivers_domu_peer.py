@@ -26,6 +26,7 @@ import sys
 import time
 
 import anyio
+from ringkit.frontends.block import ReadOp
 from ringkit.frontends.block.device import BlockFrontend
 from ringkit.frontends.console import ConsoleFrontend
 
@@ -50,6 +51,9 @@ MARK = (b"ringkit-domU-mark:" + bytes(range(256)) * 6)[:1536]    # three sectors
 DISCARD_OFFSET = 10 * MIB
 DISCARD_WRITTEN = 128 * 1024   # the domU writes 0xEE over this much...
 DISCARD_LENGTH = 64 * 1024     # ...then discards the first part: zeros there, 0xEE after
+SUBMITTED_READS = 64           # 4 KiB reads submitted together, 32 in flight
+LENT_OFFSET = 9 * MIB          # written and read back on pages the frontend lends (no copy)
+LENT = bytes((i * 13 + 5) & 0xFF for i in range(256 * 1024))
 
 HELLO = b"ringkit-domU console: hello from the guest\r\n"
 GUEST_BULK = bytes(0x20 + (i * 7) % 95 for i in range(10_000))        # wraps out[2048] often
@@ -127,6 +131,24 @@ async def _block(dom: XenDomain, home: str) -> None:
                 for i in range(SMALL_READS):
                     tg.start_soon(read_page, (i * 263 * 4096) % PATTERN_SIZE)
             say(f"{SMALL_READS} concurrent 4 KiB reads match")
+
+            offsets = [(i * 97 * 4096) % PATTERN_SIZE for i in range(SUBMITTED_READS)]
+            buffers = [bytearray(4096) for _ in offsets]
+            results = await disk.submit([ReadOp(o, b) for o, b in zip(offsets, buffers,
+                                                                       strict=True)], depth=32)
+            if results != [None] * SUBMITTED_READS or any(
+                    b != chunk[o % CHUNK:][:4096] for o, b in zip(offsets, buffers, strict=True)):
+                raise AssertionError(f"submitted reads went wrong: {results}")
+            say(f"{SUBMITTED_READS} reads submitted together (32 in flight) match")
+
+            async with disk.lend(len(LENT)) as lent:
+                lent.view[:] = LENT
+                await disk.write_lent(LENT_OFFSET, lent)
+                lent.view[:] = bytes(len(LENT))
+                await disk.read_lent(LENT_OFFSET, lent)
+                if lent.view != LENT:
+                    raise AssertionError("a lent-page write did not read back on lent pages")
+            say(f"wrote and read back {len(LENT)} bytes on lent pool pages (no copy)")
 
             await disk.write(MARK_OFFSET, MARK)
             if await disk.read(MARK_OFFSET - 512, len(MARK) + 1024) != (

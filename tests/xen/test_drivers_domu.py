@@ -34,6 +34,8 @@ from drivers_domu_peer import (
     HELLO,
     HOST_BULK,
     IMAGE_SIZE,
+    LENT,
+    LENT_OFFSET,
     MARK,
     MARK_OFFSET,
     PATTERN_SIZE,
@@ -42,6 +44,7 @@ from drivers_domu_peer import (
     SEED_OFFSET,
     SMALL_READS,
     STEP_SECONDS,
+    SUBMITTED_READS,
     echo_line,
     pattern_chunk,
 )
@@ -110,7 +113,10 @@ def check_image(path: Path) -> None:
     assert data[DISCARD_OFFSET + DISCARD_LENGTH:DISCARD_OFFSET + DISCARD_WRITTEN] == (
         b"\xee" * (DISCARD_WRITTEN - DISCARD_LENGTH))
     assert data[SEED_OFFSET:SEED_OFFSET + len(SEED)] == SEED
-    assert data[PATTERN_SIZE:DISCARD_OFFSET] == bytes(DISCARD_OFFSET - PATTERN_SIZE)
+    assert data[PATTERN_SIZE:LENT_OFFSET] == bytes(LENT_OFFSET - PATTERN_SIZE)
+    assert data[LENT_OFFSET:LENT_OFFSET + len(LENT)] == LENT
+    assert data[LENT_OFFSET + len(LENT):DISCARD_OFFSET] == bytes(
+        DISCARD_OFFSET - LENT_OFFSET - len(LENT))
 
 
 async def wait_node(store: Store, path: str) -> None:
@@ -204,11 +210,12 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
     assert block.persistent_mapped > 0
     totals = block.totals
     assert totals.errors == 0 and totals.unsupported == 0
-    assert totals.sectors_written * 512 >= PATTERN_SIZE + len(MARK) + DISCARD_WRITTEN
+    assert totals.sectors_written * 512 >= (PATTERN_SIZE + len(MARK) + DISCARD_WRITTEN
+                                            + len(LENT))
     assert totals.discards == 1 and totals.flushes >= 2
     # with direct requests only (11 segments), the pattern alone would take 187 writes
     # and as many reads: far fewer requests means INDIRECT requests carried them
-    assert totals.requests < 100 + SMALL_READS, totals
+    assert totals.requests < 100 + SMALL_READS + SUBMITTED_READS, totals
     # the concurrent small reads went over both rings
     assert len(block.per_queue_requests) == 2 and min(block.per_queue_requests) > 0, (
         block.per_queue_requests)
