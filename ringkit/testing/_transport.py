@@ -205,8 +205,12 @@ async def check_event_channel(make_pair: PairMaker) -> None:
         for _ in range(10_000):  # notify never blocks, however far ahead of the waiter
             bound.notify()
         await _wait(offered)
-        # a wait cancelled before anything arrived loses nothing that arrives later
-        assert await _stays_quiet(offered)
+        # The flood may straddle that wake-up: the kernel masks the port while we read it, and
+        # events landing before the unmask fire once more after it (seen under real Xen, on
+        # trio).  At most one such wake-up, then quiet -- and a wait cancelled before anything
+        # arrived loses nothing that arrives later.
+        await _stays_quiet(offered)
+        assert await _stays_quiet(offered), "a flood of notifications woke the waiter 3 times"
         bound.notify()
         await _wait(offered)
         # a waiter blocked before the notification is woken by it
