@@ -168,11 +168,11 @@ def command(mib: int, repeat: int) -> None:
                f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     base = best["vchan-socket-proxy"]
     for name, make_argv, ring in COLUMNS:
-        rings = "64 KiB" if ring else "1 KiB/2 KiB in-page"
+        rings = "64 KiB rings" if ring else "1 KiB/2 KiB in-page rings"
         if make_argv is _ringkit_polling_argv:
             rings += f", both ends polling {POLL_US} us"
         click.echo(f"  {name:22} {best[name]:8.1f} MB/s  {best[name] / base:5.2f}x the C proxy"
-                   f"  ({rings} rings)")
+                   f"  ({rings})")
 
 
 __all__ = ("COLUMNS", "POLL_US", "PROXY", "Argv", "command", "transfer")
