@@ -68,6 +68,8 @@ class HostilePeer:
         """How many requests each `send_many` call queued (one push each on a real ring)."""
         self.room = 32
         """Most requests one `send_many` queues (the free slots of a ring)."""
+        self._answering: set[int] = set()
+        """Requests an `answer` is moving the data of (serve and drain may run together)."""
         self.failing: set[int] = set()
         """Start sectors of requests answered BLKIF_RSP_ERROR (their data is not moved)."""
 
@@ -144,7 +146,17 @@ class HostilePeer:
             position += length
 
     async def answer(self, rid: int) -> None:
-        """Serve and answer request `rid` now (moving its data a few segments at a time)."""
+        """Serve and answer request `rid` now (moving its data a few segments at a time);
+        nothing if another task is answering it already."""
+        if rid in self._answering or rid not in self.in_flight:
+            return
+        self._answering.add(rid)
+        try:
+            await self._answer(rid)
+        finally:
+            self._answering.discard(rid)
+
+    async def _answer(self, rid: int) -> None:
         held = self.in_flight[rid]
         if held.request.sector_number in self.failing:
             del self.in_flight[rid]
@@ -170,11 +182,16 @@ class HostilePeer:
         """Answer requests forever, in random order, after random delays."""
         while True:
             await anyio.lowlevel.checkpoint()
-            if not self.in_flight or self.rng.random() < self.hold:
+            free = [rid for rid in self.in_flight if rid not in self._answering]
+            if not free or self.rng.random() < self.hold:
                 continue
-            await self.answer(self.rng.choice(list(self.in_flight)))
+            await self.answer(self.rng.choice(free))
 
     async def drain(self) -> None:
         """Answer everything still in flight (e.g. the requests of cancelled callers)."""
         while self.in_flight:
-            await self.answer(next(iter(self.in_flight)))
+            free = [rid for rid in self.in_flight if rid not in self._answering]
+            if free:
+                await self.answer(free[0])
+            else:  # `serve` is answering the rest: let it
+                await anyio.lowlevel.checkpoint()
