@@ -48,6 +48,20 @@ Msg = bytes | bytearray | memoryview
 
 MAX_POLL_US = 1_000_000
 """Longest polling window a channel accepts (one second): a bound, not a suggestion."""
+
+
+def poll_seconds(poll_us: int) -> float:
+    """A `poll_us` setting in seconds, checked.
+
+    Raises:
+        ConfigError: not an integer in 0..`MAX_POLL_US`.
+    """
+    if isinstance(poll_us, bool) or not isinstance(poll_us, int) \
+            or not 0 <= poll_us <= MAX_POLL_US:
+        raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {poll_us!r}")
+    return poll_us / 1e6
+
+
 SETTLE_ROUNDS = 4
 """With polling on, how many scheduling rounds a receiver with nothing expected gives the
 other tasks to send something before it sleeps (a yield each, not a timed spin)."""
@@ -84,10 +98,7 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
 
     @poll_us.setter
     def poll_us(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 0 <= value <= MAX_POLL_US:
-            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {value!r}")
-        self._poll_seconds = value / 1e6
+        self._poll_seconds = poll_seconds(value)
 
     @property
     def engine(self) -> FrontRing | BackRing:

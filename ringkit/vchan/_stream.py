@@ -23,16 +23,15 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import AsyncResource
 
+from .._async.channel import poll_seconds
 from .._async.stream import PipeStream
 from .._errors import (
-    ConfigError,
     EventChannelError,
     PeerGoneError,
     RemoteProtocolError,
     TransportError,
 )
 from ..abc import EventChannel
-from ..channel import MAX_POLL_US
 from ..proto.vchan import Live, VchanEnd
 
 CLOSE_TIMEOUT = 10.0
@@ -79,10 +78,7 @@ class VchanStream(PipeStream):
 
     @poll_us.setter
     def poll_us(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 0 <= value <= MAX_POLL_US:
-            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {value!r}")
-        self._poll_seconds = value / 1e6
+        self._poll_seconds = poll_seconds(value)
 
     async def _wait_event(self) -> None:
         """With `poll_us`, first spin (yielding to the event loop between looks) until the

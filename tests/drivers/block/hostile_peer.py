@@ -35,6 +35,13 @@ BASE_REF = 5000
 SCRIBBLE = b"\xee" * PAGE
 
 
+def free_pages(client: BlockClient) -> int:
+    """The client's free pool pages, checking its count against its map."""
+    count = client._free_count
+    assert count == sum(client._freemap), "free count and free map disagree"
+    return count
+
+
 @dataclass
 class Held:
     """A request the peer has taken and not yet answered."""

@@ -8,9 +8,8 @@ import random
 
 import anyio
 import pytest
-from hostile_peer import PAGE, HostilePeer
+from hostile_peer import PAGE, HostilePeer, free_pages
 from ringkit.frontends.block import BlockIOError, ReadOp, WriteOp
-from ringkit.frontends.block.client import BlockClient
 
 from ringkit import ConfigError, RemoteProtocolError
 from ringkit.proto import blkif
@@ -18,12 +17,6 @@ from ringkit.proto import blkif
 pytestmark = pytest.mark.anyio
 
 DISK = 8 << 20
-
-
-def free_pages(client: BlockClient) -> int:
-    count = client._free_count
-    assert count == sum(client._freemap), "free count and free map disagree"
-    return count
 
 
 @pytest.mark.parametrize(("pool_pages", "indirect"), [(11, 0), (40, 16), (300, 256)])

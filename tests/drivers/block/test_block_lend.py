@@ -9,7 +9,7 @@ import random
 
 import anyio
 import pytest
-from hostile_peer import PAGE, HostilePeer
+from hostile_peer import PAGE, HostilePeer, free_pages
 from ringkit.frontends.block import PoolBuffer, StaleReadError
 from ringkit.frontends.block.client import BlockClient
 
@@ -19,12 +19,6 @@ from ringkit.proto import blkif
 pytestmark = pytest.mark.anyio
 
 DISK = 8 << 20
-
-
-def free_pages(client: BlockClient) -> int:
-    count = client._free_count
-    assert count == sum(client._freemap), "free count and free map disagree"
-    return count
 
 
 def no_copies(client: BlockClient) -> list[str]:
