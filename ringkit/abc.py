@@ -186,6 +186,17 @@ class EventChannel(AsyncResource):
             PeerGoneError: the remote end closed the channel or its domain was destroyed.
         """
 
+    def peer_bound(self) -> None:
+        """The peer said, out of band, that it has bound the other end of this allocated port
+        (a backend writes XenbusState Connected only after binding).
+
+        Xen tells nobody when a remote end binds or closes; a transport that detects a closed
+        remote end by asking for the port's status must know that a peer was there, or a peer
+        that bound and left without ever notifying would look like one that never came.  The
+        device framework calls this when the backend reports Connected.  Transports that see
+        the remote end close directly need nothing here (the default does nothing).
+        """
+
 
 class EventChannels(ABC):
     """Event-channel operations of one domain (``/dev/xen/evtchn`` semantics)."""

@@ -148,6 +148,8 @@ class Frontend(DeviceBase[FrontChannelT]):
         if reaction is Reaction.CONNECT:
             await self._connect()
         elif reaction is Reaction.FINISH:
+            for queue in self.queues:
+                queue.event.peer_bound()  # a backend is Connected only once it has bound
             await self.connected(self.peer_nodes)
             await self._clear_error()
             await self._write_state(S.CONNECTED)

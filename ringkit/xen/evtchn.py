@@ -10,8 +10,9 @@ spurious wake-up.
 
 Xen tells nobody when the remote end of a channel closes (its port just turns back to
 "unbound"), so a `wait` that sat idle for `PEER_POLL_INTERVAL` asks the hypervisor for the port's
-status (EVTCHNOP_status through ``/dev/xen/privcmd``).  A port that was connected and is now
-unbound or closed means the peer is gone: after any event it sent before closing has been
+status (EVTCHNOP_status through ``/dev/xen/privcmd``).  A port that was connected (an event
+came from the peer, Xen said so, or the peer said it bound: `peer_bound`) and is now unbound or
+closed means the peer is gone: after any event it sent before closing has been
 returned, `wait` raises `PeerGoneError` and `notify` is refused.  Without privcmd (not root,
 no device) this detection is off and `wait` simply keeps waiting.  In a domU, Linux blocks
 privcmd's arbitrary hypercalls (EPERM; the fix for XSA-482) unless the kernel was booted with
@@ -142,6 +143,12 @@ class XenEventChannel(EventChannel):
         self._owner.drain_now()
         self._gone = True
         return True
+
+    def peer_bound(self) -> None:
+        # The peer's word (its xenstore state) that it bound: from now on an unbound status
+        # means it left, even if it never sent an event (a backend killed right after writing
+        # Connected, or one that closes its port without a word).
+        self._connected = True
 
     def signal(self) -> None:
         """The reader saw this port: record the event and wake the waiter."""

@@ -195,6 +195,22 @@ async def test_unbound_port_whose_peer_never_came_is_not_gone(
     assert scope.cancelled_caught
 
 
+async def test_a_peer_that_said_it_bound_and_left_silently_is_gone(
+        channels: tuple[XenEventChannels, FakeEvtchnDevice],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that wrote Connected (so it had bound) and then closed its port or died
+    without one event: after `peer_bound`, "unbound" means gone.  The test above, where the
+    same status comes without that word, is its negative control."""
+    events, _ = channels
+    monkeypatch.setattr(evtchn_module, "PEER_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(events, "port_status", lambda port: _uapi.EVTCHNSTAT_unbound)
+    a = await events.alloc_unbound(1)
+    a.peer_bound()
+    with anyio.fail_after(10), pytest.raises(PeerGoneError):
+        await a.wait()
+    await a.aclose()
+
+
 async def test_a_stale_event_on_a_reused_port_is_not_a_peer(
         channels: tuple[XenEventChannels, FakeEvtchnDevice],
         monkeypatch: pytest.MonkeyPatch) -> None:
