@@ -266,6 +266,21 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
                 return None
             raise
 
+    async def _peer_says_closing(self) -> bool:
+        """True when the peer's state node says Closing or Closed (untrusted: only a hint
+        to take the orderly path; the handshake judges the value itself)."""
+        return await self._peer_reads(S.CLOSING, S.CLOSED)
+
+    async def _peer_reads_closed(self) -> bool:
+        """True when the peer's state node says Closed right now (a hint, as above)."""
+        return await self._peer_reads(S.CLOSED)
+
+    async def _peer_reads(self, *states: XenbusState) -> bool:
+        with suppress(*QUIET):
+            raw = await self._read_peer_state()
+            return raw is not None and raw.strip() in {s.to_wire().encode() for s in states}
+        return False
+
     async def _teardown(self) -> None:
         """Release every queue in order (channel, pages, port), newest first."""
         had = bool(self.queues)
@@ -377,6 +392,14 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
                 continue
             cause = wakeup.error
             if isinstance(cause, PeerGoneError):
+                if await self._peer_says_closing():
+                    # An orderly close: the peer wrote Closing before releasing its end, and
+                    # its port or pages went first only as we saw it.  The state read that
+                    # follows takes the connection down in order (Closing -> Closed), as the
+                    # peer asked, instead of as a death.
+                    self.log.info("%s: peer released its ring while closing (%s)",
+                                  self.address, cause)
+                    continue
                 self.log.info("%s: peer went away (%s)", self.address, cause)
                 await self._peer_died()
             elif isinstance(cause, RemoteProtocolError):
@@ -402,10 +425,17 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         under it -- then tear down and say Closed (without waiting for the peer: it broke the
         protocol, or there is nothing mapped yet)."""
         await self._report_error(exc)
-        if self.handshake.state is not S.CLOSED and self.handshake.can_move(S.CLOSING):
-            await self._write_state(S.CLOSING)
+        await self._announce_closing()
         await self._teardown()
         await self._close_own()
+
+    async def _announce_closing(self) -> None:
+        """Say Closing before releasing the rings, as Linux's drivers do: the peer then sees
+        its ring go away as part of an orderly close, never before it (a port closed under a
+        peer that still reads Connected looks like this end's death)."""
+        if self.handshake.state not in (S.CLOSING, S.CLOSED) and self.handshake.can_move(
+                S.CLOSING):
+            await self._write_state(S.CLOSING)
 
     async def _close_own(self) -> None:
         """Move this end to Closing, then Closed, skipping what it is already in: rewriting a

@@ -37,9 +37,14 @@ from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, ring_failure
 from .paths import DeviceAddress, Nodes
 from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
 
-__all__ = ("BackChannelT", "Backend")
+__all__ = ("REOFFER_BACKOFF", "REOFFER_BACKOFF_MAX", "BackChannelT", "Backend")
 
 S = XenbusState
+
+REOFFER_BACKOFF = 0.5
+"""Seconds before the second InitWait offered again after refusals in a row; it doubles with
+each further refusal, up to `REOFFER_BACKOFF_MAX` (the first comes at once)."""
+REOFFER_BACKOFF_MAX = 30.0
 
 
 BackChannelT = TypeVar("BackChannelT", bound=AsyncResource, default=BackRingChannel)
@@ -82,6 +87,9 @@ class Backend(DeviceBase[BackChannelT]):
         self._served_all = anyio.Event()
         self._connections_ended = 0
         self._once = False
+        self._refusals = 0
+        """Local failures to connect since the last connection (re-offer backoff)."""
+        self._reoffer = False
         self._stack: AsyncExitStack | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -151,6 +159,7 @@ class Backend(DeviceBase[BackChannelT]):
         if reaction is Reaction.CONNECT:
             await self._connect()
         elif reaction is Reaction.CLOSE:
+            await self._announce_closing()
             await self._teardown()
             await self._close_own()
             await self._after_connection()
@@ -193,6 +202,38 @@ class Backend(DeviceBase[BackChannelT]):
         await self._refuse(exc)
         self.handshake.peer_lost()
         await self._after_refusal(exc)
+        self._refusals += 1
+        self._reoffer = self._finished is None
+        await self._offer_again()
+
+    async def _carry_out(self, reaction: Reaction) -> None:
+        await super()._carry_out(reaction)
+        await self._offer_again()
+
+    async def _offer_again(self) -> None:
+        """After refusing what the frontend published, once it has followed to Closed: back
+        to InitWait (blkback's "prepare for reconnect"), so that it publishes afresh.
+
+        What we could not map may have been stale rather than bad: a frontend that revoked
+        its ring between our read and our map (it found a predecessor of ours scribbling)
+        follows our Closing to Closed and, having been connected before, waits for us to
+        start over -- while we, at Closed, would wait for it to: both ends stuck for good.
+        Linux's blkfront and ringkit's frontends answer InitWait from Closed by connecting
+        again.  A frontend that keeps publishing what cannot be mapped is offered again with a
+        backoff (`REOFFER_BACKOFF`), so it cannot make this a busy loop."""
+        if not self._reoffer or self._finished is not None:
+            return
+        if self.handshake.state is not S.CLOSED or not await self._peer_reads_closed():
+            return
+        self._reoffer = False
+        if self._refusals > 1:
+            delay = min(REOFFER_BACKOFF * 2 ** (self._refusals - 2), REOFFER_BACKOFF_MAX)
+            self.log.info("%s: offering the frontend a new connection in %.1f s (refused %d "
+                          "in a row)", self.address, delay, self._refusals)
+            await anyio.sleep(delay)
+        if self._finished is None and self.handshake.state is S.CLOSED:
+            self.handshake.peer_lost()  # its Closed asks for nothing; its next move is new
+            await self._start_over()
 
     async def _after_refusal(self, exc: RingkitError) -> None:
         # Closed now: the toolstack's `online` decides whether we wait for the next frontend.
@@ -220,6 +261,7 @@ class Backend(DeviceBase[BackChannelT]):
         await self.connected(self.own_nodes)
         await self._clear_error()
         await self._write_state(S.CONNECTED)
+        self._refusals = 0
         self.generation += 1
         self.log.info("%s connected (generation %d)", self.address, self.generation)
         self._start_serving()

@@ -156,6 +156,7 @@ class Frontend(DeviceBase[FrontChannelT]):
             self.generation += 1
             self.log.info("%s connected (generation %d)", self.address, self.generation)
         elif reaction is Reaction.CLOSE:
+            await self._announce_closing()
             await self._teardown()
             await self._close_own()
             if self._closing:

@@ -10,16 +10,20 @@ frontend that gives up (``RINGKIT_HOSTILE_MATRIX=full`` plays all 169 pairs per 
 The check accepts a survivor that refuses a flap or one that tolerates it.  The framework does
 more, and that is tested here through the kit's public matrix runner: the flap first reported
 against ``ringkit block serve`` -- Closing, then Connected again -- is refused in xenstore (an
-error node, as Linux's ``xenbus_dev_fatal`` writes), and the backend serves on.  The hostile
-frontend is the echo one: its real frontend follows the backend's Closing to Closed before the
-raw Connected lands, so the backend sees the impossible move.  (The block frontend notices its
-port closing first and starts over at Initialising, so the raw write finds a new connection
-and there is nothing to refuse.)
+error node, as Linux's ``xenbus_dev_fatal`` writes), and the backend serves on.  For echo and
+block alike: the real frontend follows the backend's Closing to Closed before the raw Connected
+lands, so the backend sees the impossible move.  (The block frontend used to see its port close
+before the backend's Closing and start over at Initialising as if the backend had died, so the
+raw write found a new connection and there was nothing to refuse: the block case is the test
+that a frontend whose ring goes away during an orderly close follows the close in order.)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from kit.drivers_under_test import block_driver
 
 from ringkit.sim import SimXen
 from ringkit.testing import DriverUnderTest, sim_world
@@ -34,8 +38,10 @@ async def echo_exchange(front: EchoFrontend) -> None:
     assert await front.echo(1, b"still here") == b"STILL HERE"
 
 
-async def test_the_reported_flap_is_refused_in_xenstore() -> None:
-    under_test = DriverUnderTest(EchoBackend, EchoFrontend, echo_exchange, name="echo")
+@pytest.mark.parametrize("driver", ["echo", "block"])
+async def test_the_reported_flap_is_refused_in_xenstore(driver: str, tmp_path: Path) -> None:
+    under_test = (DriverUnderTest(EchoBackend, EchoFrontend, echo_exchange, name="echo")
+                  if driver == "echo" else block_driver(tmp_path))
     async with SimXen.start(in_process=True) as xen, sim_world(xen) as w:
         await under_test.create(w.dom0, w.guest_id)
         seen = await run_backend_matrix(w, under_test, REPORTED_FLAP)

@@ -74,6 +74,13 @@ async def _first_connection(backend: HeldEchoBackend, domu: object) -> None:
         assert await front.echo(1, b"first") == b"FIRST"
     while backend.state is not S.CLOSED:
         await anyio.sleep(0.01)
+    # Then until its supervisor is idle: a wake-up still in hand (its own Closing write, the
+    # frontend's last moves) would get past the hold the tests set next.
+    while True:
+        stats = backend._wake_rx.statistics()
+        if stats.current_buffer_used == 0 and stats.tasks_waiting_receive:
+            break
+        await anyio.sleep(0.01)
 
 
 def _after(states: Sequence[XenbusState], marker: XenbusState) -> list[XenbusState]:
