@@ -127,6 +127,15 @@ def render() -> str:
     )
     parts.append(_leftover_list())
     parts.append(
+        "## Closing in order\n\n"
+        "An end that closes -- on its own, or answering the peer's Closing -- writes Closing "
+        "*before* it releases its rings, then Closed, as Linux's drivers do.  So a peer that "
+        "sees the ring go away (its port closed, unmap-notify) and reads Closing or Closed in "
+        "the state node takes the orderly path (Closing -> Closed, then a new connection when "
+        "the backend offers one) instead of treating the close as a death; which of the two "
+        "signals arrives first does not matter.\n"
+    )
+    parts.append(
         "## Peer death\n\n"
         "A peer process that dies never writes Closed.  Its end of the event channel closes "
         "(unmap-notify also signals it), so this end's ring channel breaks with `PeerGoneError`: "
@@ -150,7 +159,17 @@ def render() -> str:
         "is missing, malformed, never granted, revoked or read-only, an event channel that "
         "cannot be bound, an order or queue count out of range -- are refused the same way.  "
         "A frontend refused before its first connection raises `PeerRefusedError` carrying the "
-        "backend's message; a serving backend waits for the next frontend.\n"
+        "backend's message; a serving backend waits for the next frontend.\n\n"
+        "What a backend could not map may have been stale rather than bad: under real Xen a "
+        "new backend once read a ring-ref that the frontend (connected before, to a hostile "
+        "backend it had just refused) was revoking at that moment.  The backend refused, the "
+        "frontend followed to Closed, and each then waited for the other to start over.  So a "
+        "backend that refused what a frontend published goes back to InitWait, features "
+        "written again, once the frontend has followed it to Closed -- and a frontend at "
+        "Closed answers InitWait by connecting again (Linux's blkfront does the same).  The "
+        "first offer comes at once; a frontend that keeps publishing what cannot be mapped "
+        "gets the next ones after 0.5 s, 1 s, 2 s ... up to 30 s (`REOFFER_BACKOFF`), so it "
+        "cannot make the backend spin.\n"
     )
     return "\n".join(parts)
 
