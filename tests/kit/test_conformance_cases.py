@@ -50,7 +50,8 @@ class TestConsole(DriverConformance):
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    pytester.makeini("[pytest]\nasyncio_mode = strict\n"
+                     "asyncio_default_fixture_loop_scope = function\n"
                      "markers =\n    xen: needs real Xen\n")
     pytester.makepyfile(test_console_kit=CONFORMANCE)
     return pytester
