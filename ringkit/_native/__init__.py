@@ -27,9 +27,9 @@ API (module level, and the same on each `NativeImpl` from `implementations()`):
 ``attach(buffer) -> Memory``
     a zero-copy view over a bytearray, mmap, bytes or memoryview (writable or read-only).
 ``blkif`` (on each `NativeImpl`)
-    the blkif codec's per-field work in C (`BlkifHelper`): parse a request slot, parse
-    indirect segment entries, encode a direct request.  Compiled only; None in ABI mode, where
-    `ringkit.proto.blkif` uses its Python codec (same records, same errors).
+    the blkif parser's per-field work in C (`BlkifHelper`): parse a request slot, parse
+    indirect segment entries.  Compiled only; None in ABI mode, where
+    `ringkit.proto.blkif` uses its Python parser (same records, same errors).
 
 `Memory` (byte offsets from the start of the buffer; bounds are checked in Python first, so a
 bad offset raises instead of touching foreign memory):

@@ -88,7 +88,7 @@ class AbiImpl:
 
     name = "abi"
     blkif = None
-    """No blkif helper without a compiler: `ringkit.proto.blkif` uses its Python codec."""
+    """No blkif helper without a compiler: `ringkit.proto.blkif` uses its Python parser."""
     full_fence: Callable[[], None] = staticmethod(partial(_fence, SEQ_CST))
     read_fence: Callable[[], None] = staticmethod(partial(_fence, ACQUIRE))
     write_fence: Callable[[], None] = staticmethod(partial(_fence, RELEASE))

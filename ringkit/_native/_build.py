@@ -3,11 +3,13 @@
 setup.py names it in ``cffi_modules``; `python ringkit/_native/_build.py` builds it in place for
 a development checkout.  Most of the C is a handful of one-line functions: shared-memory loads,
 stores, fences and atomic byte operations that Python cannot express without tearing or
-reordering.  The rest is the blkif codec's per-field work (``rk_blkif_*``, see below), which
-the block drivers do for every request and every indirect segment.
-Everything takes a base pointer and a byte offset, so that the Python side binds each function
-once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).  Bulk
-copies need no C here: cffi's own ``ffi.memmove`` is a plain memmove and accepts Python buffers.
+reordering.  The rest is the blkif parser's per-field work (``rk_blkif_*``, see below), which
+the backend does for every request and every indirect segment.
+
+The memory primitives take a base pointer and a byte offset, so that the Python side binds each
+function once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).
+Bulk copies need no C here: cffi's own ``ffi.memmove`` is a plain memmove and accepts Python
+buffers.
 
 Fences are the ones Xen's io/ring.h asks for, as Linux's virt_mb/virt_rmb/virt_wmb implement
 them on x86-64: ``mfence`` for the full fence, compiler barriers for the read and write fences
@@ -46,9 +48,6 @@ int rk_blkif_parse_request(const char *slot, size_t length, uint32_t max_indirec
                            rk_blkif_request *out);
 int rk_blkif_parse_segments(const char *src, size_t length, uint32_t count, uint32_t *grefs,
                             char *first, char *last, uint64_t *info);
-int rk_blkif_encode_rw(uint8_t *buf, size_t size, size_t offset, uint8_t operation,
-                       uint16_t handle, uint64_t id, uint64_t sector, uint32_t count,
-                       const uint32_t *grefs, const char *first, const char *last);
 """
 
 SOURCE = r"""
@@ -94,12 +93,12 @@ static void rk_zero(uint8_t *base, size_t offset, size_t length)
 
 /* ---------------------------------------------------------------- blkif (io/blkif.h, x86_64)
 
-   The same decisions as ringkit.proto.blkif's Python codec, which stays the reference (and the
+   The same decisions as ringkit.proto.blkif's Python parser, which stays the reference (and the
    code path when this module is missing); tests compare the two on random and hostile slots.
    Peer input is handled the way the ring engine asks: the caller passes a private copy, and
    the C copies it once more onto its own stack (a slot) or reads each byte once (indirect
-   segments), so nothing is read twice; every length is the caller's, checked before use, and
-   every value read is range-checked before it is used.  Fields are read byte by byte as
+   segments), so nothing is read twice; every length the caller gives is checked before use,
+   and every value read is range-checked before it is used.  Fields are read byte by byte as
    little-endian, so alignment and host byte order do not matter.
 
    rk_blkif_request.head on return (all uint64):
@@ -146,17 +145,6 @@ static uint32_t rk_le32(const uint8_t *p)
 static uint64_t rk_le64(const uint8_t *p)
 {
     return (uint64_t)rk_le32(p) | ((uint64_t)rk_le32(p + 4) << 32);
-}
-static void rk_put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void rk_put32(uint8_t *p, uint32_t v)
-{
-    rk_put16(p, (uint16_t)v);
-    rk_put16(p + 2, (uint16_t)(v >> 16));
-}
-static void rk_put64(uint8_t *p, uint64_t v)
-{
-    rk_put32(p, (uint32_t)v);
-    rk_put32(p + 4, (uint32_t)(v >> 32));
 }
 
 static int rk_blkif_parse_request(const char *slot, size_t length, uint32_t max_indirect,
@@ -253,34 +241,6 @@ static int rk_blkif_parse_segments(const char *src, size_t length, uint32_t coun
         total += (uint64_t)(e[5] - e[4]) + 1;
     }
     info[0] = total;
-    return 0;
-}
-
-/* One whole READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE slot at buf[offset], padding zeroed:
-   built on the stack, then stored with one copy.  -1 (nothing written) if the slot does not
-   fit in `size` bytes or `count` exceeds the direct limit. */
-static int rk_blkif_encode_rw(uint8_t *buf, size_t size, size_t offset, uint8_t operation,
-                              uint16_t handle, uint64_t id, uint64_t sector, uint32_t count,
-                              const uint32_t *grefs, const char *first, const char *last)
-{
-    uint8_t s[RK_BLKIF_REQUEST_SIZE];
-    uint32_t i;
-
-    if (count > RK_BLKIF_MAX_SEGMENTS || offset > size || size - offset < sizeof s)
-        return -1;
-    memset(s, 0, sizeof s);
-    s[0] = operation;
-    s[1] = (uint8_t)count;
-    rk_put16(s + 2, handle);
-    rk_put64(s + 8, id);
-    rk_put64(s + 16, sector);
-    for (i = 0; i < count; i++) {
-        uint8_t *seg = s + 24 + i * RK_BLKIF_SEGMENT_SIZE;
-        rk_put32(seg, grefs[i]);
-        seg[4] = (uint8_t)first[i];
-        seg[5] = (uint8_t)last[i];
-    }
-    memcpy(buf + offset, s, sizeof s);
     return 0;
 }
 """

@@ -29,9 +29,6 @@ class CompiledLib(Protocol):
                                ) -> int: ...
     def rk_blkif_parse_segments(self, src: bytes, length: int, count: int, grefs: Any,
                                 first: Any, last: Any, info: Any, /) -> int: ...
-    def rk_blkif_encode_rw(self, buf: Any, size: int, offset: int, operation: int, handle: int,
-                           id: int, sector: int, count: int, grefs: list[int], first: bytes,
-                           last: bytes, /) -> int: ...
     RK_BLKIF_E_RANGE: int
 
 
@@ -82,11 +79,9 @@ class CompiledMemory(Memory):
 
 _parse_request = _lib.rk_blkif_parse_request
 _parse_segments = _lib.rk_blkif_parse_segments
-_encode_rw = _lib.rk_blkif_encode_rw
 _E_RANGE = _lib.RK_BLKIF_E_RANGE
 _new = _ffi.new
 _unpack = _ffi.unpack
-_from_buffer = _ffi.from_buffer
 
 
 class CompiledBlkif:
@@ -113,21 +108,6 @@ class CompiledBlkif:
         n = count if code == 0 else info[1] + 1 if code == _E_RANGE else 0
         return (code, info[0], info[1], _unpack(grefs, n), _unpack(first, n),
                 _unpack(last, n))
-
-    def encode_rw(self, buffer: bytearray | memoryview, offset: int, operation: int,
-                  handle: int, id: int, sector: int, grefs: list[int], first: bytes,
-                  last: bytes, /) -> bool:
-        count = len(grefs)
-        # C reads `count` entries of each column: never more than each one holds
-        if len(first) != count or len(last) != count or offset < 0:
-            return False
-        try:
-            # require_writable: a read-only buffer (bytes) is refused, never written into
-            buf = _from_buffer(buffer, require_writable=True)
-            return _encode_rw(buf, len(buf), offset, operation, handle, id, sector, count,
-                              grefs, first, last) == 0
-        except (OverflowError, TypeError, ValueError, BufferError):
-            return False
 
 
 class CompiledImpl:

@@ -22,11 +22,13 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 class BlkifHelper(Protocol):
-    """The blkif codec's per-field work in C (the compiled implementation only).
+    """The blkif parser's per-field work in C (the compiled implementation only).
 
     Raw results, no records: `ringkit.proto.blkif` turns them into the same records and
-    errors as its Python codec.  Inputs are private copies (``bytes``); the C copies a slot
+    errors as its Python parser.  Inputs are private copies (``bytes``); the C copies a slot
     once more onto its stack, reads each indirect entry once and checks every length.
+    (Encoding stays in Python: through cffi, converting a request's arguments cost as much as
+    ``struct.pack_into`` does the whole job.)
     """
 
     def parse_request(self, slot: bytes, max_indirect: int, /
@@ -39,13 +41,6 @@ class BlkifHelper(Protocol):
         """Parse `count` indirect segment entries from `raw`: ``(code, nr_sectors, bad_index,
         grefs, first, last)`` (``rk_blkif_parse_segments``)."""
 
-    def encode_rw(self, buffer: bytearray | memoryview, offset: int, operation: int,
-                  handle: int, id: int, sector: int, grefs: list[int], first: bytes,
-                  last: bytes, /) -> bool:
-        """Write one whole direct read/write/flush/barrier slot at `offset`; False (nothing
-        written) when it does not fit, a value does not fit its C type or the three segment
-        columns are not all the same length (the caller then takes the Python path)."""
-
 
 class NativeImpl(Protocol):
     """One implementation of the native layer (compiled or ABI mode)."""
@@ -56,8 +51,8 @@ class NativeImpl(Protocol):
 
     @property
     def blkif(self) -> BlkifHelper | None:
-        """The blkif codec helper, or None where there is none (ABI mode: no compiler, so the
-        Python codec serves)."""
+        """The blkif parser helper, or None where there is none (ABI mode: no compiler, so the
+        Python parser serves)."""
 
     @property
     def full_fence(self) -> Callable[[], None]:

@@ -12,10 +12,11 @@ Sectors are always 512-byte units (Linux's convention, independent of ``sector-s
 segment names one granted 4 KiB page and an inclusive sector range ``first_sect..last_sect``
 inside it (0..7).
 
-Two codecs behave identically (`codec`): the Python one, and a compiled one whose per-field
-work (unpacking, range checks, sector totals, packing) is C in `ringkit._native`.  The module
-functions use the one that goes with the native implementation in use (``RINGKIT_NATIVE``):
-C where the compiled helper was built, Python in ABI mode.
+Request parsing comes in two implementations that behave identically (`parser`): Python, and
+one whose per-field work (unpacking, range checks, sector totals) is C in `ringkit._native`.
+`parse_request` and `parse_indirect_segment_array` use the one that goes with the native
+implementation in use (``RINGKIT_NATIVE``): C where the compiled helper was built, Python in
+ABI mode.
 
 Nothing here does I/O: it is shared by the backend and the frontend.
 """
@@ -337,7 +338,7 @@ def _check_ranges(first: bytes, last: bytes, rid: int, op: int) -> None:
 
 def _py_parse_request(slot: bytes | bytearray | memoryview, max_indirect_segments: int
                       ) -> Request:
-    """`parse_request` in Python: the reference the compiled codec is tested against."""
+    """`parse_request` in Python: the reference the compiled parser is tested against."""
     if len(slot) < REQUEST_SIZE:
         raise ValueError(f"a blkif slot is {REQUEST_SIZE} bytes, got {len(slot)}")
     op, _, rid = _HEAD.unpack_from(slot)
@@ -425,9 +426,13 @@ def _check_u64(name: str, value: int) -> None:
         raise ValueError(f"{name} {value} does not fit in 64 bits")
 
 
-def _py_encode_request_into(buffer: bytearray | memoryview, offset: int, request: Request
-                            ) -> None:
-    """`encode_request_into` in Python (the reference)."""
+def encode_request_into(buffer: bytearray | memoryview, offset: int, request: Request) -> None:
+    """Write `request` as one whole 112-byte slot at `offset`, padding zeroed.
+
+    Raises:
+        ValueError: a field does not fit its C type or the request breaks a layout limit
+            (a caller bug: more than 11 direct segments, more than 8 indirect pages).
+    """
     _check_u64("id", request.id)
     _check_u64("sector_number", request.sector_number)
     buffer[offset:offset + REQUEST_SIZE] = _ZERO_SLOT
@@ -477,14 +482,16 @@ def encode_response(id: int, operation: int, status: int) -> bytes:
     return _RESPONSE.pack(id, operation, status)
 
 
-# --------------------------------------------------------------------------- codecs
+# --------------------------------------------------------------------------- parsers
 #
-# Two codecs, one behaviour.  The Python one above is the reference.  The compiled one hands
-# the per-field work (unpacking, range checks, sector totals, packing) to C through
+# Two parsers, one behaviour.  The Python one above is the reference.  The compiled one hands
+# the per-field work (unpacking, range checks, sector totals) to C through
 # `ringkit._native` (`BlkifHelper`, built from _native/_build.py) and builds the same records
 # and the same `InvalidRequest`s from what the C reports.  Which one serves is decided the way
 # the rest of the native layer is: by `ringkit._native`'s implementation (RINGKIT_NATIVE);
-# the ABI-mode implementation has no C of its own, so it gets the Python codec.
+# the ABI-mode implementation has no C of its own, so it gets the Python parser.  Encoding has
+# one implementation, Python: through cffi, converting a request's arguments and buffer cost as
+# much as struct.pack_into takes for the whole slot (measured), so C gained nothing there.
 
 _OPS: Final = {op.value: op for op in Op}
 _RW_KIND, _DISCARD_KIND, _INDIRECT_KIND = 0, 1, 2
@@ -492,10 +499,10 @@ _E_OPERATION, _E_NO_INDIRECT, _E_COUNT, _E_RANGE, _E_INNER, _E_INDIRECT_COUNT = 
 _U16: Final = 0xFFFF
 
 
-class BlkifCodec:
-    """The blkif request codec of one implementation: `parse_request`,
-    `parse_indirect_segment_array` and `encode_request_into`, with exactly the behaviour the
-    module-level functions of the same names document.  `codec()` picks one."""
+class BlkifParser:
+    """The blkif request parsers of one implementation: `parse_request` and
+    `parse_indirect_segment_array`, with exactly the behaviour the module-level functions of
+    the same names document.  `parser()` picks one."""
 
     name = "python"
     """``"python"`` or ``"compiled"``."""
@@ -510,21 +517,15 @@ class BlkifCodec:
         """See the module-level `parse_indirect_segment_array`."""
         return _py_parse_indirect_segment_array(pages, request)
 
-    def encode_request_into(self, buffer: bytearray | memoryview, offset: int,
-                            request: Request) -> None:
-        """See the module-level `encode_request_into`."""
-        _py_encode_request_into(buffer, offset, request)
 
-
-class _CompiledCodec(BlkifCodec):
-    """`BlkifCodec` with the per-field work in C (`ringkit._native.BlkifHelper`)."""
+class _CompiledParser(BlkifParser):
+    """`BlkifParser` with the parsing in C (`ringkit._native.BlkifHelper`)."""
 
     name = "compiled"
 
     def __init__(self, helper: BlkifHelper) -> None:
         self._parse = helper.parse_request
         self._segments = helper.parse_segments
-        self._encode_rw = helper.encode_rw
 
     def parse_request(self, slot: bytes | bytearray | memoryview, *,
                       max_indirect_segments: int = 0) -> Request:
@@ -572,32 +573,19 @@ class _CompiledCodec(BlkifCodec):
             raise AssertionError(f"blkif helper returned code {code}")
         return SegmentArray(grefs, first, last, sectors)
 
-    def encode_request_into(self, buffer: bytearray | memoryview, offset: int,
-                            request: Request) -> None:
-        if type(request) is ReadWriteRequest:
-            segs = request.segments
-            rid, sector = request.id, request.sector_number
-            if (0 <= rid <= _U64 and 0 <= sector <= _U64
-                    and self._encode_rw(buffer, offset, request.operation, request.handle, rid,
-                                        sector, segs.grefs, segs.first, segs.last)):
-                return
-        # discard and indirect requests (rare), and every case C declined: the Python path,
-        # which also raises the errors
-        _py_encode_request_into(buffer, offset, request)
+
+_PYTHON_PARSER: Final = BlkifParser()
 
 
-_PYTHON_CODEC: Final = BlkifCodec()
-
-
-def codec(native: NativeImpl | None = None) -> BlkifCodec:
-    """The blkif codec that goes with `native` (default: the implementation
+def parser(native: NativeImpl | None = None) -> BlkifParser:
+    """The blkif parser that goes with `native` (default: the implementation
     `ringkit._native` chose, so RINGKIT_NATIVE decides): the compiled one where `native` has
     a blkif helper, the Python one otherwise."""
     helper = resolve_native(native).blkif
-    return _PYTHON_CODEC if helper is None else _CompiledCodec(helper)
+    return _PYTHON_PARSER if helper is None else _CompiledParser(helper)
 
 
-_CODEC: BlkifCodec = codec()
+_PARSER: BlkifParser = parser()
 
 
 def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments: int = 0
@@ -614,7 +602,7 @@ def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments
             reversed, bad indirect operation or page count (ERROR).
         ValueError: `slot` is shorter than a request (a caller bug, not peer input).
     """
-    return _CODEC.parse_request(slot, max_indirect_segments=max_indirect_segments)
+    return _PARSER.parse_request(slot, max_indirect_segments=max_indirect_segments)
 
 
 def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
@@ -626,17 +614,7 @@ def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
         InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
         ValueError: `pages` is too short (a caller bug).
     """
-    return _CODEC.parse_indirect_segment_array(pages, request)
-
-
-def encode_request_into(buffer: bytearray | memoryview, offset: int, request: Request) -> None:
-    """Write `request` as one whole 112-byte slot at `offset`, padding zeroed.
-
-    Raises:
-        ValueError: a field does not fit its C type or the request breaks a layout limit
-            (a caller bug: more than 11 direct segments, more than 8 indirect pages).
-    """
-    _CODEC.encode_request_into(buffer, offset, request)
+    return _PARSER.parse_indirect_segment_array(pages, request)
 
 
 __all__ = (
@@ -657,7 +635,7 @@ __all__ = (
     "VDISK_CDROM",
     "VDISK_READONLY",
     "VDISK_REMOVABLE",
-    "BlkifCodec",
+    "BlkifParser",
     "DiscardRequest",
     "IndirectRequest",
     "InvalidRequest",
@@ -668,7 +646,7 @@ __all__ = (
     "Segment",
     "SegmentArray",
     "Status",
-    "codec",
+    "parser",
     "encode_request",
     "encode_request_into",
     "encode_response",

@@ -1,14 +1,14 @@
-"""The compiled blkif codec against the Python one: same records, same bytes, same errors.
+"""The compiled blkif parser against the Python one: same records, same errors.
 
-`ringkit.proto.blkif` has two codecs (`blkif.codec`): the Python reference and the compiled
-one, whose per-field work is C in `ringkit._native` (the ABI-mode implementation has none and
-gets the Python codec).  Every check here runs a slot, a segment list or a request through
-both and asks for the same outcome: an equal record, equal bytes, or an exception of the same
+`ringkit.proto.blkif` has two request parsers (`blkif.parser`): the Python reference and the
+compiled one, whose per-field work is C in `ringkit._native` (the ABI-mode implementation has
+none and gets the Python parser).  Every check here runs a slot or a segment list through both
+and asks for the same outcome: an equal record (and sector total), or an exception of the same
 type carrying the same id, operation, status and reason.  Random and garbage slots come from
 hypothesis; the hostile values a frontend could write (segment counts 0 and past the limit,
 sector bounds reversed or past 7, huge indirect counts, unknown operations) are enumerated.
 
-Negative control: a compiled codec whose C "skips" the sector bound check (its range error
+Negative control: a compiled parser whose C "skips" the sector bound check (its range error
 turned into a valid request) must be caught by the same comparison.
 """
 
@@ -27,26 +27,25 @@ from ringkit import _native
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op
 
-PYTHON = blkif.codec(_native.implementations()["abi"]) if "abi" in _native.implementations() \
-    else blkif.BlkifCodec()
+PYTHON = blkif.BlkifParser()  # the reference
 
 
-def _compiled() -> blkif.BlkifCodec:
+def _compiled() -> blkif.BlkifParser:
     impl = _native.implementations().get("compiled")
     if impl is None:
         pytest.skip(f"compiled helper unavailable: {_native.unavailable().get('compiled')}")
-    return blkif.codec(impl)
+    return blkif.parser(impl)
 
 
 @pytest.fixture
-def compiled() -> blkif.BlkifCodec:
+def compiled() -> blkif.BlkifParser:
     return _compiled()
 
 
-def test_codec_follows_the_native_implementation() -> None:
+def test_parser_follows_the_native_implementation() -> None:
     for name, impl in _native.implementations().items():
-        assert blkif.codec(impl).name == ("compiled" if name == "compiled" else "python")
-    assert blkif.codec().name == blkif.codec(
+        assert blkif.parser(impl).name == ("compiled" if name == "compiled" else "python")
+    assert blkif.parser().name == blkif.parser(
         _native.implementations()[_native.IMPLEMENTATION]).name
 
 
@@ -68,7 +67,7 @@ def test_kinds_and_error_codes_match_the_c() -> None:
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:
-    """What a codec call did, in a form two codecs can be compared by."""
+    """What a parser call did, in a form two parsers can be compared by."""
     try:
         result = call()
     except InvalidRequest as exc:
@@ -82,7 +81,7 @@ def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:
     return "value", result
 
 
-def _same_parse(other: blkif.BlkifCodec, slot: bytes | bytearray | memoryview,
+def _same_parse(other: blkif.BlkifParser, slot: bytes | bytearray | memoryview,
                 limit: int) -> tuple[str, Any]:
     expected = _outcome(lambda: PYTHON.parse_request(slot, max_indirect_segments=limit))
     got = _outcome(lambda: other.parse_request(slot, max_indirect_segments=limit))
@@ -131,7 +130,7 @@ def _hostile_slots() -> Iterator[bytes]:
 # --------------------------------------------------------------------------- parse_request
 
 
-def test_hostile_slots_same_outcome(compiled: blkif.BlkifCodec) -> None:
+def test_hostile_slots_same_outcome(compiled: blkif.BlkifParser) -> None:
     kinds = set()
     for slot in _hostile_slots():
         for limit in LIMITS:
@@ -156,31 +155,28 @@ def test_near_valid_slots_same_outcome(op: int, nseg: int, entries: list[tuple[i
 
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
-def test_slot_buffer_types(compiled: blkif.BlkifCodec, kind: Callable[[bytes], Any]) -> None:
+def test_slot_buffer_types(compiled: blkif.BlkifParser, kind: Callable[[bytes], Any]) -> None:
     slot = _slot(Op.WRITE, 2, 3, tail=_segs([(5, 0, 7), (6, 1, 3)]))
     assert _same_parse(compiled, kind(slot), 0)[0] == "request"
 
 
-def test_short_slot_is_a_caller_error(compiled: blkif.BlkifCodec) -> None:
-    for codec in (PYTHON, compiled):
+def test_short_slot_is_a_caller_error(compiled: blkif.BlkifParser) -> None:
+    for parser in (PYTHON, compiled):
         with pytest.raises(ValueError, match="112 bytes"):
-            codec.parse_request(bytes(blkif.REQUEST_SIZE - 1))
+            parser.parse_request(bytes(blkif.REQUEST_SIZE - 1))
 
 
 @given(st.one_of(rw_requests, discard_requests, indirect_requests()))
 def test_valid_requests_round_trip_through_both(request: blkif.Request) -> None:
-    compiled = _compiled()
-    for encoder in (PYTHON, compiled):
-        raw = bytearray(blkif.REQUEST_SIZE)
-        encoder.encode_request_into(raw, 0, request)
-        for parser in (PYTHON, compiled):
-            assert parser.parse_request(raw, max_indirect_segments=4096) == request
+    raw = bytearray(blkif.encode_request(request))
+    for parser in (PYTHON, _compiled()):
+        assert parser.parse_request(raw, max_indirect_segments=4096) == request
 
 
 # --------------------------------------------------------------------------- indirect segments
 
 
-def _same_segments(other: blkif.BlkifCodec, pages: bytes, count: int) -> tuple[str, Any]:
+def _same_segments(other: blkif.BlkifParser, pages: bytes, count: int) -> tuple[str, Any]:
     request = blkif.IndirectRequest(Op.WRITE, 77, 0, 0, count, (1,))
     expected = _outcome(lambda: PYTHON.parse_indirect_segment_array(pages, request))
     got = _outcome(lambda: other.parse_indirect_segment_array(pages, request))
@@ -208,7 +204,7 @@ def test_segment_lists_same_outcome(entries: list[tuple[int, int, int]],
     _same_segments(_compiled(), _segs(entries), len(entries))
 
 
-def test_hostile_segment_lists_same_outcome(compiled: blkif.BlkifCodec) -> None:
+def test_hostile_segment_lists_same_outcome(compiled: blkif.BlkifParser) -> None:
     kinds = set()
     for first, last in [(0, 8), (5, 4), (8, 8), (255, 255), (7, 0), (0, 255), (7, 7), (0, 0)]:
         for index in (0, 1, 511, 512, 599):
@@ -221,70 +217,10 @@ def test_hostile_segment_lists_same_outcome(compiled: blkif.BlkifCodec) -> None:
     assert kinds == {"segments", "invalid", "error"}
 
 
-def test_whole_indirect_request(compiled: blkif.BlkifCodec) -> None:
+def test_whole_indirect_request(compiled: blkif.BlkifParser) -> None:
     pages = blkif.pack_segments(list(range(1000, 5096)), 0, 7, 3)
     kind, (segments, sectors) = _same_segments(compiled, pages, 4096)
     assert kind == "segments" and sectors == 4095 * 8 + 4 and len(segments) == 4096
-
-
-# --------------------------------------------------------------------------- encode
-
-
-def _same_encode(compiled: blkif.BlkifCodec, request: blkif.Request,
-                 make: Callable[[], bytearray | memoryview | bytes], offset: int = 0) -> None:
-    outcomes = []
-    for codec in (PYTHON, compiled):
-        buffer = make()
-        outcome = _outcome(lambda: codec.encode_request_into(buffer, offset, request))  # noqa: B023
-        outcomes.append((outcome, bytes(buffer)))
-    assert outcomes[0] == outcomes[1]
-
-
-@given(request=st.one_of(rw_requests, discard_requests, indirect_requests()),
-       offset=st.integers(0, 16))
-def test_encode_same_bytes_over_a_dirty_buffer(request: blkif.Request, offset: int) -> None:
-    _same_encode(_compiled(), request, lambda: bytearray(b"\xa5" * (blkif.REQUEST_SIZE + 16)),
-                 offset)
-    _same_encode(_compiled(), request,
-                 lambda: memoryview(bytearray(b"\x5a" * (blkif.REQUEST_SIZE + 16))), offset)
-
-
-def _rw(grefs: list[int], first: bytes, last: bytes, *, rid: int = 1, handle: int = 0,
-        sector: int = 0) -> blkif.ReadWriteRequest:
-    return blkif.ReadWriteRequest(Op.WRITE, rid, handle, sector,
-                                  blkif.SegmentArray(grefs, first, last))
-
-
-@pytest.mark.parametrize("request_", [
-    _rw([1] * 12, bytes(12), bytes(12)),                   # more than 11 direct segments
-    _rw([1, 2], bytes(2), bytes(1)),                        # columns of different lengths
-    _rw([1], bytes(2), bytes(2)),
-    _rw([2**32], bytes(1), bytes(1)),                       # gref wider than 32 bits
-    _rw([-1], bytes(1), bytes(1)),
-    _rw([1], bytes(1), bytes(1), rid=2**64),                # id, sector wider than 64 bits
-    _rw([1], bytes(1), bytes(1), sector=-1),
-    _rw([1], bytes(1), bytes(1), handle=2**16),             # handle wider than 16 bits
-], ids=["12-segments", "short-last", "short-grefs", "wide-gref", "negative-gref", "wide-id",
-        "negative-sector", "wide-handle"])
-def test_encode_refuses_the_same(compiled: blkif.BlkifCodec,
-                                 request_: blkif.ReadWriteRequest) -> None:
-    _same_encode(compiled, request_, lambda: bytearray(b"\xa5" * blkif.REQUEST_SIZE))
-    with pytest.raises((ValueError, struct.error)):
-        compiled.encode_request_into(bytearray(blkif.REQUEST_SIZE), 0, request_)
-
-
-def test_encode_never_writes_a_read_only_buffer(compiled: blkif.BlkifCodec) -> None:
-    frozen = bytes(blkif.REQUEST_SIZE)
-    request = _rw([7], bytes(1), b"\x07")
-    with pytest.raises(TypeError):
-        compiled.encode_request_into(frozen, 0, request)  # type: ignore[arg-type]
-    assert frozen == bytes(blkif.REQUEST_SIZE)
-    _same_encode(compiled, request, lambda: bytes(blkif.REQUEST_SIZE))
-
-
-def test_encode_past_the_end_behaves_as_python(compiled: blkif.BlkifCodec) -> None:
-    request = _rw([7], bytes(1), b"\x07")
-    _same_encode(compiled, request, lambda: bytearray(50), 10)
 
 
 # --------------------------------------------------------------------------- negative control
@@ -297,7 +233,6 @@ class _SkipsSectorCheck:
     def __init__(self, inner: _native.BlkifHelper) -> None:
         self._inner = inner
         self.parse_segments = inner.parse_segments
-        self.encode_rw = inner.encode_rw
 
     def parse_request(self, slot: bytes, max_indirect: int, /
                       ) -> tuple[int, list[int], list[int], bytes, bytes]:
@@ -322,7 +257,7 @@ def test_negative_control_a_parser_skipping_the_sector_check_is_caught() -> None
     compiled = _native.implementations().get("compiled")
     if compiled is None:
         pytest.skip("compiled helper unavailable")
-    broken = blkif.codec(_BrokenImpl(compiled))
+    broken = blkif.parser(_BrokenImpl(compiled))
     with pytest.raises(AssertionError, match="slot"):
         for slot in _hostile_slots():
             for limit in LIMITS:
