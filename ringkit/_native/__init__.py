@@ -26,6 +26,10 @@ API (module level, and the same on each `NativeImpl` from `implementations()`):
     ring.h's xen_mb / xen_rmb / xen_wmb.
 ``attach(buffer) -> Memory``
     a zero-copy view over a bytearray, mmap, bytes or memoryview (writable or read-only).
+``blkif`` (on each `NativeImpl`)
+    the blkif parser's per-field work in C (`BlkifHelper`): parse a request slot, parse
+    indirect segment entries.  Compiled only; None in ABI mode, where
+    `ringkit.proto.blkif` uses its Python parser (same records, same errors).
 
 `Memory` (byte offsets from the start of the buffer; bounds are checked in Python first, so a
 bad offset raises instead of touching foreign memory):
@@ -51,7 +55,7 @@ import os
 from collections.abc import Callable
 
 from .._errors import ConfigError
-from ._memory import Buffer, Memory, NativeImpl
+from ._memory import BlkifHelper, Buffer, Memory, NativeImpl
 
 _ENV = "RINGKIT_NATIVE"
 _ORDER = ("compiled", "abi")
@@ -114,6 +118,7 @@ attach: Callable[[Buffer], Memory] = _IMPL.attach
 
 __all__ = (
     "IMPLEMENTATION",
+    "BlkifHelper",
     "Buffer",
     "Memory",
     "NativeImpl",

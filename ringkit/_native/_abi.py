@@ -87,6 +87,8 @@ class AbiImpl:
     """The native layer through libatomic in cffi ABI mode (see `NativeImpl`)."""
 
     name = "abi"
+    blkif = None
+    """No blkif helper without a compiler: `ringkit.proto.blkif` uses its Python parser."""
     full_fence: Callable[[], None] = staticmethod(partial(_fence, SEQ_CST))
     read_fence: Callable[[], None] = staticmethod(partial(_fence, ACQUIRE))
     write_fence: Callable[[], None] = staticmethod(partial(_fence, RELEASE))

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from ._memory import Buffer, Memory, _buffer_facts
+from ._memory import BlkifHelper, Buffer, Memory, _buffer_facts
 
 
 class CompiledLib(Protocol):
@@ -25,6 +25,11 @@ class CompiledLib(Protocol):
     def rk_read_fence(self) -> None: ...
     def rk_write_fence(self) -> None: ...
     def rk_zero(self, base: Any, offset: int, length: int, /) -> None: ...
+    def rk_blkif_parse_request(self, slot: bytes, length: int, max_indirect: int, out: Any, /
+                               ) -> int: ...
+    def rk_blkif_parse_segments(self, src: bytes, length: int, count: int, grefs: Any,
+                                first: Any, last: Any, info: Any, /) -> int: ...
+    RK_BLKIF_E_RANGE: int
 
 
 _module = importlib.import_module("ringkit._native._compiled")
@@ -72,10 +77,44 @@ class CompiledMemory(Memory):
         _zero(self._buf, offset, length)
 
 
+_parse_request = _lib.rk_blkif_parse_request
+_parse_segments = _lib.rk_blkif_parse_segments
+_E_RANGE = _lib.RK_BLKIF_E_RANGE
+_new = _ffi.new
+_unpack = _ffi.unpack
+
+
+class CompiledBlkif:
+    """`BlkifHelper` in C.  Every output array is allocated per call (cffi releases the GIL
+    around the call, so shared ones could be filled by two threads at once)."""
+
+    __slots__ = ()
+
+    def parse_request(self, slot: bytes, max_indirect: int, /
+                      ) -> tuple[int, list[int], list[int], bytes, bytes]:
+        out = _new("rk_blkif_request *")
+        kind = _parse_request(slot, len(slot), max_indirect, out)
+        head: list[int] = _unpack(out.head, 9)
+        n = head[8]
+        return kind, head, _unpack(out.grefs, n), _unpack(out.first, n), _unpack(out.last, n)
+
+    def parse_segments(self, raw: bytes, count: int, /
+                       ) -> tuple[int, int, int, list[int], bytes, bytes]:
+        grefs = _new("uint32_t[]", count)
+        first = _new("char[]", count)
+        last = _new("char[]", count)
+        info = _new("uint64_t[2]")
+        code = _parse_segments(raw, len(raw), count, grefs, first, last, info)
+        n = count if code == 0 else info[1] + 1 if code == _E_RANGE else 0
+        return (code, info[0], info[1], _unpack(grefs, n), _unpack(first, n),
+                _unpack(last, n))
+
+
 class CompiledImpl:
     """The native layer through the compiled cffi extension (see `NativeImpl`)."""
 
     name = "compiled"
+    blkif: BlkifHelper | None = CompiledBlkif()
     full_fence: Callable[[], None] = staticmethod(_lib.rk_full_fence)
     read_fence: Callable[[], None] = staticmethod(_lib.rk_read_fence)
     write_fence: Callable[[], None] = staticmethod(_lib.rk_write_fence)

@@ -1,4 +1,5 @@
-"""`Memory`: a zero-copy, bounds-checked window on a shared buffer, and the `NativeImpl` Protocol.
+"""`Memory`: a zero-copy, bounds-checked window on a shared buffer, and the `NativeImpl` and
+`BlkifHelper` Protocols.
 
 The two implementations (compiled and ABI mode) subclass `Memory` and only differ in how they
 call the primitive: the compiled helper takes ``(base, offset)``, libatomic takes a pointer.
@@ -20,12 +21,38 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 """What `attach` accepts: anything with the buffer protocol that cffi's from_buffer takes."""
 
 
+class BlkifHelper(Protocol):
+    """The blkif parser's per-field work in C (the compiled implementation only).
+
+    Raw results, no records: `ringkit.proto.blkif` turns them into the same records and
+    errors as its Python parser.  Inputs are private copies (``bytes``); the C copies a slot
+    once more onto its stack, reads each indirect entry once and checks every length.
+    (Encoding stays in Python: through cffi, converting a request's arguments cost as much as
+    ``struct.pack_into`` does the whole job.)
+    """
+
+    def parse_request(self, slot: bytes, max_indirect: int, /
+                      ) -> tuple[int, list[int], list[int], bytes, bytes]:
+        """Parse one 112-byte request slot (`max_indirect` in 0..2**32-1): ``(kind, head,
+        grefs, first, last)`` as ``rk_blkif_parse_request`` in _build.py documents them."""
+
+    def parse_segments(self, raw: bytes, count: int, /
+                       ) -> tuple[int, int, int, list[int], bytes, bytes]:
+        """Parse `count` indirect segment entries from `raw`: ``(code, nr_sectors, bad_index,
+        grefs, first, last)`` (``rk_blkif_parse_segments``)."""
+
+
 class NativeImpl(Protocol):
     """One implementation of the native layer (compiled or ABI mode)."""
 
     @property
     def name(self) -> str:
         """``"compiled"`` or ``"abi"``."""
+
+    @property
+    def blkif(self) -> BlkifHelper | None:
+        """The blkif parser helper, or None where there is none (ABI mode: no compiler, so the
+        Python parser serves)."""
 
     @property
     def full_fence(self) -> Callable[[], None]:

@@ -12,6 +12,12 @@ Sectors are always 512-byte units (Linux's convention, independent of ``sector-s
 segment names one granted 4 KiB page and an inclusive sector range ``first_sect..last_sect``
 inside it (0..7).
 
+Request parsing comes in two implementations that behave identically (`parser`): Python, and
+one whose per-field work (unpacking, range checks, sector totals) is C in `ringkit._native`.
+`parse_request` and `parse_indirect_segment_array` use the one that goes with the native
+implementation in use (``RINGKIT_NATIVE``): C where the compiled helper was built, Python in
+ABI mode.
+
 Nothing here does I/O: it is shared by the backend and the frontend.
 """
 
@@ -22,10 +28,14 @@ import operator
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
+from ._half import resolve_native
 from .layout import RingLayout
+
+if TYPE_CHECKING:
+    from .._native import BlkifHelper, NativeImpl
 
 PAGE_SIZE: Final = 4096
 SECTOR_SIZE: Final = 512
@@ -195,6 +205,8 @@ class SegmentArray:
     grefs: list[int]
     first: bytes
     last: bytes
+    known_sectors: int = field(default=-1, compare=False, repr=False)
+    """`nr_sectors` when the parser already counted them (-1: not counted)."""
 
     def __len__(self) -> int:
         return len(self.grefs)
@@ -202,6 +214,9 @@ class SegmentArray:
     @property
     def nr_sectors(self) -> int:
         """Total sectors the segments cover."""
+        known = self.known_sectors
+        if known >= 0:
+            return known
         return sum(self.last) - sum(self.first) + len(self.grefs)
 
     @classmethod
@@ -307,32 +322,23 @@ class InvalidRequest(Exception):
 # --------------------------------------------------------------------------- parse
 
 
+def _range_error(rid: int, op: int, index: int, lo: int, hi: int) -> InvalidRequest:
+    return InvalidRequest(rid, op, Status.ERROR,
+                          f"segment {index}: sectors {lo}..{hi} not an ordered range inside 0..7")
+
+
 def _check_ranges(first: bytes, last: bytes, rid: int, op: int) -> None:
     """Every segment's sectors ``first[i]..last[i]`` must be an ordered range inside 0..7;
     checked column-wise (C speed), the culprit found only when one is wrong."""
     if last and (max(last) >= SECTORS_PER_PAGE or any(map(operator.gt, first, last))):
         for index, (lo, hi) in enumerate(zip(first, last, strict=True)):
             if hi >= SECTORS_PER_PAGE or hi < lo:
-                raise InvalidRequest(
-                    rid, op, Status.ERROR,
-                    f"segment {index}: sectors {lo}..{hi} not an ordered range inside 0..7",
-                )
+                raise _range_error(rid, op, index, lo, hi)
 
 
-def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments: int = 0
-                  ) -> Request:
-    """Decode and validate one request from a private copy of a ring slot.
-
-    `max_indirect_segments` is what this backend advertised in
-    ``feature-max-indirect-segments`` (0: indirect requests are not supported and are answered
-    EOPNOTSUPP, as a backend without the feature would).
-
-    Raises:
-        InvalidRequest: the request must be answered with its `status` instead of served:
-            unknown operation (EOPNOTSUPP), bad segment count, sector range outside a page or
-            reversed, bad indirect operation or page count (ERROR).
-        ValueError: `slot` is shorter than a request (a caller bug, not peer input).
-    """
+def _py_parse_request(slot: bytes | bytearray | memoryview, max_indirect_segments: int
+                      ) -> Request:
+    """`parse_request` in Python: the reference the compiled parser is tested against."""
     if len(slot) < REQUEST_SIZE:
         raise ValueError(f"a blkif slot is {REQUEST_SIZE} bytes, got {len(slot)}")
     op, _, rid = _HEAD.unpack_from(slot)
@@ -376,15 +382,9 @@ def indirect_pages_for(nr_segments: int) -> int:
     return -(-nr_segments // SEGMENTS_PER_INDIRECT_PAGE)
 
 
-def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
-                                 request: IndirectRequest) -> SegmentArray:
-    """Decode and validate the segments of `request` from a private copy of its indirect
-    pages, in column form: no object per segment, since a request may carry thousands.
-
-    Raises:
-        InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
-        ValueError: `pages` is too short (a caller bug).
-    """
+def _py_parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
+                                    request: IndirectRequest) -> SegmentArray:
+    """`parse_indirect_segment_array` in Python (the reference)."""
     need = request.nr_segments * SEGMENT_SIZE
     if len(pages) < need:
         raise ValueError(f"indirect pages hold {len(pages)} bytes, need {need}")
@@ -482,6 +482,141 @@ def encode_response(id: int, operation: int, status: int) -> bytes:
     return _RESPONSE.pack(id, operation, status)
 
 
+# --------------------------------------------------------------------------- parsers
+#
+# Two parsers, one behaviour.  The Python one above is the reference.  The compiled one hands
+# the per-field work (unpacking, range checks, sector totals) to C through
+# `ringkit._native` (`BlkifHelper`, built from _native/_build.py) and builds the same records
+# and the same `InvalidRequest`s from what the C reports.  Which one serves is decided the way
+# the rest of the native layer is: by `ringkit._native`'s implementation (RINGKIT_NATIVE);
+# the ABI-mode implementation has no C of its own, so it gets the Python parser.  Encoding has
+# one implementation, Python: through cffi, converting a request's arguments and buffer cost as
+# much as struct.pack_into takes for the whole slot (measured), so C gained nothing there.
+
+_OPS: Final = {op.value: op for op in Op}
+_RW_KIND, _DISCARD_KIND, _INDIRECT_KIND = 0, 1, 2
+_E_OPERATION, _E_NO_INDIRECT, _E_COUNT, _E_RANGE, _E_INNER, _E_INDIRECT_COUNT = range(-1, -7, -1)
+_U16: Final = 0xFFFF
+
+
+class BlkifParser:
+    """The blkif request parsers of one implementation: `parse_request` and
+    `parse_indirect_segment_array`, with exactly the behaviour the module-level functions of
+    the same names document.  `parser()` picks one."""
+
+    name = "python"
+    """``"python"`` or ``"compiled"``."""
+
+    def parse_request(self, slot: bytes | bytearray | memoryview, *,
+                      max_indirect_segments: int = 0) -> Request:
+        """See the module-level `parse_request`."""
+        return _py_parse_request(slot, max_indirect_segments)
+
+    def parse_indirect_segment_array(self, pages: bytes | bytearray | memoryview,
+                                     request: IndirectRequest) -> SegmentArray:
+        """See the module-level `parse_indirect_segment_array`."""
+        return _py_parse_indirect_segment_array(pages, request)
+
+
+class _CompiledParser(BlkifParser):
+    """`BlkifParser` with the parsing in C (`ringkit._native.BlkifHelper`)."""
+
+    name = "compiled"
+
+    def __init__(self, helper: BlkifHelper) -> None:
+        self._parse = helper.parse_request
+        self._segments = helper.parse_segments
+
+    def parse_request(self, slot: bytes | bytearray | memoryview, *,
+                      max_indirect_segments: int = 0) -> Request:
+        if len(slot) < REQUEST_SIZE:
+            raise ValueError(f"a blkif slot is {REQUEST_SIZE} bytes, got {len(slot)}")
+        # nr_segments of an indirect request is 16 bits: any larger limit means the same
+        limit = min(max(max_indirect_segments, 0), _U16)
+        kind, head, grefs, first, last = self._parse(
+            slot if type(slot) is bytes else bytes(slot), limit)
+        op, byte1, handle, rid, sector, count, extra, detail, _ = head
+        if kind == _RW_KIND:
+            return ReadWriteRequest(_OPS[op], rid, handle, sector,
+                                    SegmentArray(grefs, first, last, extra))
+        if kind == _DISCARD_KIND:
+            return DiscardRequest(rid, handle, sector, extra, bool(byte1 & DISCARD_SECURE))
+        if kind == _INDIRECT_KIND:
+            return IndirectRequest(_OPS[byte1], rid, handle, sector, count, tuple(grefs))
+        if kind == _E_RANGE:
+            raise _range_error(rid, op, detail, first[detail], last[detail])
+        if kind == _E_COUNT:
+            raise InvalidRequest(rid, op, Status.ERROR,
+                                 f"{count} segments (allowed {detail}..{MAX_SEGMENTS_PER_REQUEST})")
+        if kind == _E_NO_INDIRECT:
+            raise InvalidRequest(rid, op, Status.EOPNOTSUPP, "indirect requests not offered")
+        if kind == _E_INNER:
+            raise InvalidRequest(rid, byte1, Status.ERROR, f"indirect operation {byte1}")
+        if kind == _E_INDIRECT_COUNT:
+            raise InvalidRequest(rid, byte1, Status.ERROR,
+                                 f"{count} indirect segments (allowed 1..{max_indirect_segments})")
+        if kind == _E_OPERATION:
+            raise InvalidRequest(rid, op, Status.EOPNOTSUPP, f"unknown operation {op}")
+        raise AssertionError(f"blkif helper returned kind {kind}")  # pragma: no cover
+
+    def parse_indirect_segment_array(self, pages: bytes | bytearray | memoryview,
+                                     request: IndirectRequest) -> SegmentArray:
+        count = request.nr_segments
+        need = count * SEGMENT_SIZE
+        if len(pages) < need:
+            raise ValueError(f"indirect pages hold {len(pages)} bytes, need {need}")
+        raw = pages if type(pages) is bytes else bytes(memoryview(pages)[:need])
+        code, sectors, bad, grefs, first, last = self._segments(raw, count)
+        if code == _E_RANGE:
+            raise _range_error(request.id, request.indirect_op, bad, first[bad], last[bad])
+        if code:  # pragma: no cover - the length was checked above
+            raise AssertionError(f"blkif helper returned code {code}")
+        return SegmentArray(grefs, first, last, sectors)
+
+
+_PYTHON_PARSER: Final = BlkifParser()
+
+
+def parser(native: NativeImpl | None = None) -> BlkifParser:
+    """The blkif parser that goes with `native` (default: the implementation
+    `ringkit._native` chose, so RINGKIT_NATIVE decides): the compiled one where `native` has
+    a blkif helper, the Python one otherwise."""
+    helper = resolve_native(native).blkif
+    return _PYTHON_PARSER if helper is None else _CompiledParser(helper)
+
+
+_PARSER: BlkifParser = parser()
+
+
+def parse_request(slot: bytes | bytearray | memoryview, *, max_indirect_segments: int = 0
+                  ) -> Request:
+    """Decode and validate one request from a private copy of a ring slot.
+
+    `max_indirect_segments` is what this backend advertised in
+    ``feature-max-indirect-segments`` (0: indirect requests are not supported and are answered
+    EOPNOTSUPP, as a backend without the feature would).
+
+    Raises:
+        InvalidRequest: the request must be answered with its `status` instead of served:
+            unknown operation (EOPNOTSUPP), bad segment count, sector range outside a page or
+            reversed, bad indirect operation or page count (ERROR).
+        ValueError: `slot` is shorter than a request (a caller bug, not peer input).
+    """
+    return _PARSER.parse_request(slot, max_indirect_segments=max_indirect_segments)
+
+
+def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
+                                 request: IndirectRequest) -> SegmentArray:
+    """Decode and validate the segments of `request` from a private copy of its indirect
+    pages, in column form: no object per segment, since a request may carry thousands.
+
+    Raises:
+        InvalidRequest: a segment's sector range is outside its page or reversed (ERROR).
+        ValueError: `pages` is too short (a caller bug).
+    """
+    return _PARSER.parse_indirect_segment_array(pages, request)
+
+
 __all__ = (
     "DISCARD_SECURE",
     "MAX_INDIRECT_PAGES_PER_REQUEST",
@@ -500,6 +635,7 @@ __all__ = (
     "VDISK_CDROM",
     "VDISK_READONLY",
     "VDISK_REMOVABLE",
+    "BlkifParser",
     "DiscardRequest",
     "IndirectRequest",
     "InvalidRequest",
@@ -510,6 +646,7 @@ __all__ = (
     "Segment",
     "SegmentArray",
     "Status",
+    "parser",
     "encode_request",
     "encode_request_into",
     "encode_response",
