@@ -77,9 +77,12 @@ class CompiledMemory(Memory):
         _zero(self._buf, offset, length)
 
 
-_parse_request = _lib.rk_blkif_parse_request
-_parse_segments = _lib.rk_blkif_parse_segments
-_E_RANGE = _lib.RK_BLKIF_E_RANGE
+try:
+    _parse_request = _lib.rk_blkif_parse_request
+    _parse_segments = _lib.rk_blkif_parse_segments
+    _E_RANGE = _lib.RK_BLKIF_E_RANGE
+except AttributeError as exc:  # built from an older _build.py (a checkout updated in place)
+    raise ImportError(f"ringkit._native._compiled is stale, rebuild it ({exc})") from exc
 _new = _ffi.new
 _unpack = _ffi.unpack
 
