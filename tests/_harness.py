@@ -31,18 +31,41 @@ BACKEND_AUTOPROBE = Path("/sys/bus/xen-backend/drivers_autoprobe")
 """Whether dom0's kernel binds its backend drivers to new backend devices by itself."""
 
 
+FRONTEND_AUTOPROBE = Path("/sys/bus/xen/drivers_autoprobe")
+"""Whether a domain's kernel binds its frontend drivers (hvc_xen, xen-blkfront...) to new
+devices under its own ``device/`` by itself."""
+
+
 @contextmanager
 def kernel_backends_off() -> Iterator[None]:
     """Keep dom0's kernel backends (xen-blkback, once a test loaded it) away from the devices
     a test creates for ringkit's backends: they would answer for backend/vbd too.  Restored
     afterwards; a no-op where the switch is missing (not dom0)."""
+    with _autoprobe_off(BACKEND_AUTOPROBE):
+        yield
+
+
+@contextmanager
+def kernel_frontends_off() -> Iterator[None]:
+    """Keep this domain's kernel frontends away from the devices a loopback test creates under
+    its own ``device/`` for ringkit's frontends: dom0's built-in hvc_xen probed a loopback
+    ``device/console/1``, published its own ring-ref and port and said Initialised before
+    ringkit's console frontend did, so ringkit's backend bound the kernel's port (seen as the
+    console's first conformance check failing in a boot).  Restored afterwards; a no-op where
+    the switch is missing."""
+    with _autoprobe_off(FRONTEND_AUTOPROBE):
+        yield
+
+
+@contextmanager
+def _autoprobe_off(switch: Path) -> Iterator[None]:
     try:
-        before = BACKEND_AUTOPROBE.read_text().strip()
-        BACKEND_AUTOPROBE.write_text("0")
+        before = switch.read_text().strip()
+        switch.write_text("0")
     except OSError:
         before = None
     try:
         yield
     finally:
         if before is not None:
-            BACKEND_AUTOPROBE.write_text(before)
+            switch.write_text(before)

@@ -51,6 +51,7 @@ PEER_POLL_INTERVAL = 0.5
 """Seconds an idle `wait` sleeps between two checks that the peer is still connected."""
 
 _PORT = struct.Struct("=I")
+_STATUS_NAMES = {0: "closed", 1: "unbound", 2: "interdomain", 3: "pirq", 4: "virq", 5: "ipi"}
 _MAX_DOMID = 0x7FEF
 _log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class XenEventChannel(EventChannel):
         if status is None or not self._connected:
             return False  # no way to ask, or the peer has not bound yet
         # Unbound or closed after being connected: deliver what it sent before leaving first.
+        _log.info("event channel %d: Xen says its remote end is %s: domain %d left",
+                  self._port, _STATUS_NAMES.get(status, status), self._remote)
         self._owner.drain_now()
         self._gone = True
         return True
@@ -242,6 +245,7 @@ class XenEventChannels(EventChannels):
         channel = XenEventChannel(self, port, remote, connected=connected,
                                   reused=port in self._unbound_here)
         self.ports[port] = channel
+        _log.debug("%s: port %d", what, port)
         return channel
 
     def unbind(self, channel: XenEventChannel) -> None:

@@ -21,7 +21,7 @@ from ringkit.testing import DriverUnderTest
 from ringkit.testing.pytest_plugin import DriverConformance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _harness import kernel_backends_off
+from _harness import kernel_backends_off, kernel_frontends_off
 from kit.drivers_under_test import block_driver, console_driver, echo_driver
 
 FULL = os.environ.get("RINGKIT_XEN_CONFORMANCE") == "full"
@@ -36,11 +36,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_kernel_backends() -> Iterator[None]:
-    """dom0's xen-blkback (loaded by the blkback interop test earlier in the boot) would bind
-    the loopback vbd's event channel before ringkit's backend could: every block check failed
-    with "binding port ... failed [EINVAL]" in a full `make test-xen`."""
-    with kernel_backends_off():
+def _no_kernel_drivers() -> Iterator[None]:
+    """dom0's kernel must not answer for the loopback devices: its xen-blkback (loaded by the
+    blkback interop test earlier in the boot) bound the loopback vbd's event channel before
+    ringkit's backend could (every block check failed with "binding port ... failed [EINVAL]"
+    in a full `make test-xen`), and its built-in hvc_xen published a ring for the loopback
+    console before ringkit's frontend did (console's first check failed)."""
+    with kernel_backends_off(), kernel_frontends_off():
         yield
 
 
