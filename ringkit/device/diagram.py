@@ -122,8 +122,13 @@ def render() -> str:
         "what the old connection left behind and waits (bounded by `Frontend.connect_timeout`) "
         "instead of closing, as Linux's xenbus_reset_frontend does; closing there would leave "
         "both ends at Closed for good.  Once it has seen the backend live, a Closing or Closed "
-        "backend is an answer to it and the table above applies.  The cells overridden while "
-        "starting:\n"
+        "backend is an answer to it and the table above applies.  A *starting* backend (it "
+        "wrote InitWait and has seen no live frontend since) likewise waits out a frontend "
+        "still Closing or Closed from before: a ringkit or Linux frontend at Closed answers "
+        "InitWait by connecting.  Closing on it, as blkback does, raced a frontend that was "
+        "restarting on that InitWait: the frontend took the new backend's Closing for an "
+        "answer and closed, and both ends stayed Closed (seen under real Xen).  The cells "
+        "overridden while starting:\n"
     )
     parts.append(_leftover_list())
     parts.append(

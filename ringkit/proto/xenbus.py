@@ -30,7 +30,9 @@ Two tables encode it:
   and after kexec), instead of closing: the backend only starts over when it sees the frontend
   at Initialising (blkback's "prepare for reconnect"), so a frontend that closed there would
   leave both ends at Closed for good.  A frontend that has seen the backend live since it
-  started still closes when the backend goes Closing or Closed: that is an answer to it.
+  started still closes when the backend goes Closing or Closed: that is an answer to it.  A
+  starting backend (Initialising, InitWait) likewise waits out a frontend still Closing or
+  Closed, at InitWait -- which a frontend at Closed answers by connecting.
 
 Watches coalesce and blkif.h lets either side skip states (a frontend may go to Initialised
 without waiting for InitWait; a backend may bypass InitWait), so a peer's move from A to B is
@@ -299,6 +301,7 @@ REACTIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, Reaction]]] =
 
 
 _STARTING_OWN = frozenset({S.INITIALISING, S.INITIALISED})
+_STARTING_BACKEND = frozenset({S.INITIALISING, S.INIT_WAIT})
 
 LEFTOVER: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingProxyType(
     {
@@ -306,9 +309,14 @@ LEFTOVER: Mapping[Role, Mapping[XenbusState, frozenset[XenbusState]]] = MappingP
         Role.FRONTEND: MappingProxyType(
             {own: _ANY_TO_CLOSE if own in _STARTING_OWN else frozenset() for own in S}
         ),
-        # A backend answers a frontend's leftover Closed by closing too, as blkback does; it
-        # starts over when a frontend comes back (REACTIONS: Initialising while Closed).
-        Role.BACKEND: MappingProxyType({own: frozenset() for own in S}),
+        # A starting backend (it wrote InitWait and has seen no live frontend since) waits
+        # out a frontend still Closing or Closed from before, at InitWait: a ringkit or Linux
+        # frontend at Closed answers InitWait by connecting.  Closing on it, as blkback does,
+        # raced a frontend restarting on our InitWait -- it took our Closing for an answer,
+        # closed, and both ends stayed Closed for good.
+        Role.BACKEND: MappingProxyType(
+            {own: _ANY_TO_CLOSE if own in _STARTING_BACKEND else frozenset() for own in S}
+        ),
     }
 )
 """`LEFTOVER[role][own_state]`: the peer states that `role`, while *starting* in `own_state`

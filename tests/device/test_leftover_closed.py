@@ -147,3 +147,61 @@ async def test_new_frontend_times_out_on_a_backend_that_never_answers() -> None:
             assert front.saw_closed.is_set() and front.state is S.INITIALISING
             assert not front.queues
             backend.hold.set()
+
+
+class HeldEchoFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
+    """The echo frontend whose supervisor can be held before it looks at the backend."""
+
+    hold: anyio.Event | None = None
+
+    async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
+        await super()._on_wakeups(wakeups)
+
+
+class SettlingEchoBackend(EchoBackend):  # type: ignore[misc,valid-type]
+    """The echo backend, noting each (frontend state, own state) its supervisor settled on."""
+
+    settled: list[tuple[XenbusState, XenbusState]] = []
+
+    async def _carry_out(self, reaction: object) -> None:
+        await super()._carry_out(reaction)  # type: ignore[arg-type]
+        type(self).settled.append((self.handshake.peer_state, self.handshake.state))
+
+
+async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
+    """A backend closed in order; the frontend followed to Closed.  A new backend starts and
+    reads that Closed before the frontend (slow, held here) reacted to the new InitWait.
+    Closing on it -- blkback's answer to a leftover Closed -- left both ends at Closed for
+    good, the frontend having seen a live backend (seen under real Xen, block's
+    backend-closes); a starting backend waits it out at InitWait instead, and the frontend
+    connects when it gets to it."""
+    from ringkit.sim import SimXen
+    from ringkit.testing import DriverUnderTest, sim_world
+    from ringkit.testing._ends import serving
+    from ringkit.testing.conformance import connected_frontend_later, connects
+
+    async def exchange(front: EchoFrontend) -> None:
+        assert await front.echo(1, b"x") == b"X"
+
+    first = DriverUnderTest(EchoBackend, HeldEchoFrontend, exchange, name="echo")
+    second = DriverUnderTest(SettlingEchoBackend, HeldEchoFrontend, exchange, name="echo")
+    async with SimXen.start(in_process=True) as xen, sim_world(xen, timeout=10) as w:
+        await first.create(w.dom0, w.guest_id)
+        async with connected_frontend_later(w, first) as held:
+            front = held.front
+            assert isinstance(front, HeldEchoFrontend)
+            async with serving(w, first):
+                await connects(w, first, front)
+            while front.state is not S.CLOSED or front.queues:
+                await anyio.sleep(0.01)
+            front.hold = anyio.Event()
+            SettlingEchoBackend.settled = []
+            async with serving(w, second):
+                with anyio.fail_after(10):
+                    while not any(peer is S.CLOSED for peer, _ in SettlingEchoBackend.settled):
+                        await anyio.sleep(0.01)
+                front.hold.set()
+                await connects(w, second, front, 1)
+                assert await front.echo(2, b"again") == b"AGAIN"

@@ -235,11 +235,23 @@ def test_eager_new_frontend_makes_a_closed_backend_start_over() -> None:
     assert back.reaction() is Reaction.CONNECT
 
 
-def test_leftover_only_for_a_starting_frontend() -> None:
-    assert LEFTOVER[Role.BACKEND] == {own: frozenset() for own in S}
+def test_leftover_only_for_a_starting_end() -> None:
     for own in S:
         expected = {S.CLOSING, S.CLOSED} if own in (S.INITIALISING, S.INITIALISED) else set()
         assert LEFTOVER[Role.FRONTEND][own] == expected
+        expected = {S.CLOSING, S.CLOSED} if own in (S.INITIALISING, S.INIT_WAIT) else set()
+        assert LEFTOVER[Role.BACKEND][own] == expected
+
+
+def test_a_starting_backend_waits_out_a_leftover_closed_frontend() -> None:
+    back = Handshake(Role.BACKEND)
+    back.restart()
+    back.move(S.INIT_WAIT)
+    assert back.observe("6") is Reaction.NONE      # the frontend of an earlier connection
+    assert back.observe("1") is Reaction.NONE      # it restarts on our InitWait ...
+    assert back.observe("3") is Reaction.CONNECT   # ... and publishes its ring
+    back.move(S.CONNECTED)
+    assert back.observe("5") is Reaction.CLOSE     # live since: Closing is an answer now
 
 
 def test_unknown_before_peer_appears_is_not_gone() -> None:
