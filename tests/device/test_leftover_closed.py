@@ -10,6 +10,7 @@ there left both ends at Closed for good).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import anyio
 import pytest
@@ -163,7 +164,7 @@ class HeldEchoFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
 class SettlingEchoBackend(EchoBackend):  # type: ignore[misc,valid-type]
     """The echo backend, noting each (frontend state, own state) its supervisor settled on."""
 
-    settled: list[tuple[XenbusState, XenbusState]] = []
+    settled: ClassVar[list[tuple[XenbusState, XenbusState]]] = []
 
     async def _carry_out(self, reaction: object) -> None:
         await super()._carry_out(reaction)  # type: ignore[arg-type]
