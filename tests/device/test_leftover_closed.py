@@ -178,31 +178,24 @@ async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
     good, the frontend having seen a live backend (seen under real Xen, block's
     backend-closes); a starting backend waits it out at InitWait instead, and the frontend
     connects when it gets to it."""
-    from ringkit.sim import SimXen
-    from ringkit.testing import DriverUnderTest, sim_world
+    from ringkit.testing import DriverUnderTest
     from ringkit.testing._ends import serving
-    from ringkit.testing.conformance import connected_frontend_later, connects
+    from ringkit.testing.conformance import connects
+
+    from .after_a_backend import frontend_after_a_backend
 
     async def exchange(front: EchoFrontend) -> None:
         assert await front.echo(1, b"x") == b"X"
 
     first = DriverUnderTest(EchoBackend, HeldEchoFrontend, exchange, name="echo")
     second = DriverUnderTest(SettlingEchoBackend, HeldEchoFrontend, exchange, name="echo")
-    async with SimXen.start(in_process=True) as xen, sim_world(xen, timeout=10) as w:
-        await first.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, first) as held:
-            front = held.front
-            assert isinstance(front, HeldEchoFrontend)
-            async with serving(w, first):
-                await connects(w, first, front)
-            while front.state is not S.CLOSED or front.queues:
-                await anyio.sleep(0.01)
-            front.hold = anyio.Event()
-            SettlingEchoBackend.settled = []
-            async with serving(w, second):
-                with anyio.fail_after(10):
-                    while not any(peer is S.CLOSED for peer, _ in SettlingEchoBackend.settled):
-                        await anyio.sleep(0.01)
-                front.hold.set()
-                await connects(w, second, front, 1)
-                assert await front.echo(2, b"again") == b"AGAIN"
+    async with frontend_after_a_backend(first, HeldEchoFrontend) as (w, front):
+        front.hold = anyio.Event()
+        SettlingEchoBackend.settled = []
+        async with serving(w, second):
+            with anyio.fail_after(10):
+                while not any(peer is S.CLOSED for peer, _ in SettlingEchoBackend.settled):
+                    await anyio.sleep(0.01)
+            front.hold.set()
+            await connects(w, second, front, 1)
+            assert await front.echo(2, b"again") == b"AGAIN"

@@ -15,11 +15,11 @@ import pytest
 
 from ringkit.device import XenbusState
 from ringkit.device.paths import Nodes
-from ringkit.sim import SimXen
-from ringkit.testing import DriverUnderTest, sim_world
+from ringkit.testing import DriverUnderTest
 from ringkit.testing._ends import exchange, serving
-from ringkit.testing.conformance import connected_frontend_later, connects
+from ringkit.testing.conformance import connects
 
+from .after_a_backend import frontend_after_a_backend
 from .drivers import EchoBackend, EchoFrontend
 
 pytestmark = pytest.mark.anyio
@@ -45,20 +45,13 @@ async def echo_exchange(front: EchoFrontend) -> None:
 
 async def test_a_refused_frontend_is_offered_a_new_connection() -> None:
     driver = DriverUnderTest(EchoBackend, StaleOnceFrontend, echo_exchange, name="echo")
-    async with SimXen.start(in_process=True) as xen, sim_world(xen, timeout=10) as w:
-        await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as held:
-            front = held.front
-            assert isinstance(front, StaleOnceFrontend)
-            async with serving(w, driver):
-                await connects(w, driver, front)
-                await exchange(w, driver, front, "first")
-            front.stale_next = True  # the next backend finds a ring-ref it cannot map
-            async with serving(w, driver) as second:
-                await connects(w, driver, front, 1)
-                await exchange(w, driver, front, "after the refusal")
-                assert second.backend.generation == 1
-            assert not front.stale_next
+    async with frontend_after_a_backend(driver, StaleOnceFrontend) as (w, front):
+        front.stale_next = True  # the next backend finds a ring-ref it cannot map
+        async with serving(w, driver) as second:
+            await connects(w, driver, front, 1)
+            await exchange(w, driver, front, "after the refusal")
+            assert second.backend.generation == 1
+        assert not front.stale_next
 
 
 class AlwaysStaleFrontend(StaleOnceFrontend):
@@ -81,18 +74,12 @@ class CountingBackend(EchoBackend):  # type: ignore[misc]
 async def test_offers_to_a_frontend_that_keeps_failing_back_off() -> None:
     """Not a busy loop: the first offer comes at once, the next after 0.5 s, 1 s, 2 s..."""
     driver = DriverUnderTest(CountingBackend, AlwaysStaleFrontend, echo_exchange, name="echo")
-    async with SimXen.start(in_process=True) as xen, sim_world(xen, timeout=10) as w:
-        await driver.create(w.dom0, w.guest_id)
-        async with connected_frontend_later(w, driver) as held:
-            front = held.front
-            assert isinstance(front, AlwaysStaleFrontend)
-            async with serving(w, driver):
-                await connects(w, driver, front)
-            front.stale_next = True
-            CountingBackend.refusals = 0
-            async with serving(w, driver):
-                await anyio.sleep(2.0)
-                refusals = CountingBackend.refusals
-            # at 0, 0, 0.5 and 1.5 s (+ handshake time each): four; a busy loop makes hundreds
-            assert 2 <= refusals <= 5, refusals
-            assert not front.is_connected
+    async with frontend_after_a_backend(driver, AlwaysStaleFrontend) as (w, front):
+        front.stale_next = True
+        CountingBackend.refusals = 0
+        async with serving(w, driver):
+            await anyio.sleep(2.0)
+            refusals = CountingBackend.refusals
+        # at 0, 0, 0.5 and 1.5 s (+ handshake time each): four; a busy loop makes hundreds
+        assert 2 <= refusals <= 5, refusals
+        assert not front.is_connected
