@@ -48,6 +48,12 @@ async def test_a_backend_that_keeps_a_dead_frontends_ring_mapped_fails(xen: SimX
     ClingingBackend.kept.clear()  # (closing the dom0 handle released them)
 
 
+async def test_a_backend_that_keeps_a_destroyed_domains_ring_mapped_fails(xen: SimXen) -> None:
+    message = await fails(xen, "domain-destroyed", broken(ClingingBackend))
+    assert "maps=1" in message, message
+    ClingingBackend.kept.clear()
+
+
 async def test_a_driver_that_ignores_closing_fails_saying_so(xen: SimXen) -> None:
     message = await fails(xen, "handshake", broken(DeafBackend))
     assert "the backend following the frontend's Closing" in message, message
