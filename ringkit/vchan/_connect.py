@@ -17,13 +17,24 @@ from collections.abc import Sequence
 import anyio
 from anyio.abc import AsyncResource
 
-from .._errors import ConfigError, GrantError, PeerGoneError, RemoteProtocolError, StoreError
+from .._errors import (
+    ConfigError,
+    GrantError,
+    PeerGoneError,
+    RemoteProtocolError,
+    StoreError,
+    TransportError,
+)
 from ..abc import Access, Domain, EventChannel, MappedPages, Permission, SharedPages, Transaction
 from ..proto.layout import VCHAN_CLI_LIVE, VCHAN_SRV_LIVE
 from ..proto.vchan import Live, VchanEnd, VchanRole, choose_orders, read_header, write_header
 from ._stream import CLOSE_TIMEOUT, VchanStream
 
 POLL_INTERVAL = 1.0
+
+STALE_GRACE = 2.0
+"""Seconds a client whose offer would not bind or map waits for the server to publish a new
+one (a listening server offers again only once its previous client is gone), then retries."""
 """Seconds between two checks that the awaited peer domain still exists."""
 
 _log = logging.getLogger(__name__)
@@ -232,15 +243,56 @@ async def connect(
         TransportError: binding or mapping failed for a local reason.
     """
     with anyio.fail_after(timeout):
-        ref, port = await _await_entries(domain, server, path)
+        entries = await _await_entries(domain, server, path)
+    while True:
+        try:
+            return await _connect_to(domain, server, path, entries, close_timeout)
+        except _StaleOffer as stale:
+            # What we read may be the offer a listening server made to the previous client,
+            # about to be replaced; a server that is gone, or a bad offer, stays as it is.
+            fresh = await _entries_changed(domain, path, entries, STALE_GRACE)
+            if fresh is None:
+                raise stale.error from stale.error.__cause__
+            _log.debug("vchan %s: the offer we read was stale; trying the new one", path)
+            entries = fresh
+
+
+class _StaleOffer(Exception):
+    """The offer's port would not bind or its control page would not map."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _entries_changed(domain: Domain, path: str, entries: tuple[int, int],
+                           grace: float) -> tuple[int, int] | None:
+    """The server's entries once they differ from `entries`, or None after `grace` seconds."""
+    with anyio.move_on_after(grace):
+        while True:
+            found = await _read_entries(domain, path)
+            if found is not None and found != entries:
+                return found
+            await anyio.sleep(0.05)
+    return None
+
+
+async def _connect_to(domain: Domain, server: int, path: str, entries: tuple[int, int],
+                      close_timeout: float) -> VchanStream:
+    ref, port = entries
     resources: list[AsyncResource] = []
     try:
-        event = await domain.events.bind_interdomain(server, port)
+        try:
+            event = await domain.events.bind_interdomain(server, port)
+        except TransportError as exc:
+            raise _StaleOffer(exc) from exc
         resources.append(event)
         try:
             ctrl = await domain.grants.map(server, [ref], writable=True)
         except GrantError as exc:
-            raise RemoteProtocolError(f"vchan {path}: ring-ref {ref} does not map: {exc}") from exc
+            error = RemoteProtocolError(f"vchan {path}: ring-ref {ref} does not map: {exc}")
+            error.__cause__ = exc
+            raise _StaleOffer(error) from exc
         resources.insert(0, ctrl)
         header = read_header(ctrl.buffer)
         data: dict[str, MappedPages] = {}

@@ -179,6 +179,42 @@ async def test_listener_serves_one_client_after_another(anyio_backend: str) -> N
                         await srv.receive()
 
 
+async def test_a_client_that_reads_the_previous_clients_offer_gets_the_next(
+        anyio_backend: str) -> None:
+    """A listening server's entries belong to its connected client until that stream closes;
+    a second client reading them then cannot bind their port.  It waits (within
+    `STALE_GRACE`) for the next offer instead of failing -- `ringkit vchan` in client mode,
+    accepting a new socket connection while the server side was still closing the previous
+    one, died of exactly this ("domain 1 has no port 1") before."""
+    async with world() as w, VchanListener(w.server, w.client.domid, w.path) as listener, \
+            anyio.create_task_group() as tg:
+        async def first() -> None:
+            async with await connect(w.client, w.server.domid, w.path) as cli:
+                await cli.send(b"first")
+                assert await cli.receive() == b"ok"
+        tg.start_soon(first)
+        srv = await listener.accept()
+        assert await srv.receive() == b"first"
+        second_done = anyio.Event()
+
+        async def second() -> None:     # reads the entries of the connected offer
+            async with await connect(w.client, w.server.domid, w.path) as cli:
+                await cli.send(b"second")
+                assert await cli.receive() == b"ok"
+            second_done.set()
+        tg.start_soon(second)
+        await anyio.sleep(0.3)          # it found them, and its bind failed
+        await srv.send(b"ok")
+        with pytest.raises(anyio.EndOfStream):
+            await srv.receive()
+        await srv.aclose()              # the entries go; the listener offers anew
+        async with await listener.accept() as srv2:
+            assert await srv2.receive() == b"second"
+            await srv2.send(b"ok")
+            with anyio.fail_after(5):
+                await second_done.wait()
+
+
 async def test_server_sees_client_domain_destroyed_before_connecting(anyio_backend: str) -> None:
     async with SimXen.start(in_process=True) as xen:
         a = await xen.create_domain("srv")
