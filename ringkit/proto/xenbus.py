@@ -32,7 +32,14 @@ Two tables encode it:
   leave both ends at Closed for good.  A frontend that has seen the backend live since it
   started still closes when the backend goes Closing or Closed: that is an answer to it.  A
   starting backend (Initialising, InitWait) likewise waits out a frontend still Closing or
-  Closed, at InitWait -- which a frontend at Closed answers by connecting.
+  Closed, at InitWait -- which a frontend at Closed answers by connecting.  What makes a
+  Closing or Closed left over, for a backend, is that the frontend was already there (or
+  already closing) when the backend started: a frontend seen *moving* to Closing or Closed from
+  a live state since then -- even a state the backend stopped trusting because the frontend's
+  port closed (`Handshake.peer_lost`) -- is closing on this backend, which answers it, as
+  Linux's blkback answers a frontend's Closing and Closed from any state (Linux's
+  xenbus_reset_frontend waits for exactly those answers).  A starting frontend keeps waiting
+  instead: its backend offers InitWait again in any case, so waiting costs nothing there.
 
 Watches coalesce and blkif.h lets either side skip states (a frontend may go to Initialised
 without waiting for InitWait; a backend may bypass InitWait), so a peer's move from A to B is
@@ -498,7 +505,10 @@ class Handshake:
             # The peer has not written its node yet: nothing to react to.
             return Reaction.NONE
         self._peer_state = new
-        if new not in _NOT_LIVE:
+        if new not in _NOT_LIVE or (self.role is Role.BACKEND and new in _ANY_TO_CLOSE
+                                    and old not in _NOT_LIVE):
+            # A live peer; or, for a backend, a frontend seen moving from a live state (stale
+            # or not) to Closing or Closed since we started: that close is addressed to us.
             self._starting = False
         return self.reaction()
 

@@ -202,6 +202,8 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
         buf[:] = rng.randbytes(len(buf))
     elif mode == "closes-event-channel":
         await port.aclose()
+    elif mode == "closes-port-then-closes":
+        await _close_port_then_close(dom, backend_id, front, own, backend, port)
     elif mode == "vanishes":
         os._exit(0)
     if not port_closed(mode):
@@ -210,8 +212,42 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
     await anyio.sleep_forever()
 
 
+CLOSE_PORT_MODE = "closes-port-then-closes"
+"""The frontend closes its event channel, then closes in order (Closing, then Closed, each
+waiting for the backend to follow), then connects again -- what Linux's xenbus_reset_frontend
+asks of a backend after a frontend lost its connection."""
+
+
+async def _close_port_then_close(dom: Domain, backend_id: int, front: Frontend, own: Nodes,
+                                 backend: Nodes, port: EventChannel) -> None:
+    await port.aclose()
+    # the backend stops serving a frontend whose port is gone (it leaves Connected) ...
+    await _await_state(backend, {"0", "1", "2", "3", "5", "6"})
+    say("port-seen")
+    # ... and must still follow the orderly close that comes after
+    await own.write("state", "5")
+    await _await_state(backend, {"5", "6"})
+    say("closing-followed")
+    await own.write("state", "6")
+    await _await_state(backend, {"6"})
+    say("closed-followed")
+    await own.write("state", "1")
+    await _await_state(backend, {"2"})
+    await front.negotiate(backend)
+    pages = await dom.grants.share(backend_id, 1, writable=True)
+    again = await dom.events.alloc_unbound(backend_id)
+    if front.ring_layout is not None:
+        FrontRing.init(pages.buffer, front.ring_layout)
+    await own.write("ring-ref", str(pages.refs[0]))
+    await own.write(front.event_channel_key, str(again.port))
+    await front.publish(own)
+    await own.write("state", "3")
+    await _await_state(backend, {"4"})
+    say("reconnected")
+
+
 def port_closed(mode: str) -> bool:
-    return mode == "closes-event-channel"
+    return mode in ("closes-event-channel", CLOSE_PORT_MODE)
 
 
 async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest,

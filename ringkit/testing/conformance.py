@@ -22,7 +22,8 @@ The checks, by name (`CHECKS`):
   Closed from an earlier connection), ``features-read-back`` (each end's nodes readable by the
   other, with the same values);
 * orderly close from either side, then reconnect and traffic again: ``frontend-closes``,
-  ``backend-closes``;
+  ``backend-closes``; ``port-closed-then-closes`` (a frontend closes its event channel, then
+  closes in order and reconnects: the backend must follow each step);
 * peer death: ``backend-killed`` (kill -9 mid-traffic: the frontend's traffic fails with a
   typed error within the timeout, a new backend serves it again), ``frontend-killed`` (the
   backend cleans up and serves the next frontend), ``domain-destroyed`` (sim only);
@@ -67,7 +68,7 @@ from ._ends import exchange as exchange
 from ._ends import serving as serving
 from ._ends import until as until
 from ._ends import until_state as until_state
-from ._hostile import BACKEND_MODES, FRONTEND_MODES, Expect, Mode
+from ._hostile import BACKEND_MODES, CLOSE_PORT_MODE, FRONTEND_MODES, Expect, Mode
 from ._world import Transport, WaitTimeout, World, WorldMaker, check_leaks
 from ._xenbus_matrix import FULL_ENV as FULL_ENV
 from ._xenbus_matrix import GARBAGE as GARBAGE
@@ -107,6 +108,7 @@ __all__ = (
     "check_frontend_first",
     "check_frontend_killed",
     "check_handshake",
+    "check_port_closed_then_closes",
     "check_hostile",
     "check_leftover_closed",
     "check_skipped_states",
@@ -320,6 +322,35 @@ async def check_frontend_closes(driver: DriverUnderTest, make_world: WorldMaker)
                 f"{driver.label}: the backend kept maps={leaks.maps} ports={leaks.ports} "
                 "after the frontend closed")
             await _serves_a_fresh_frontend(w, driver, served, "the frontend closed")
+
+
+async def check_port_closed_then_closes(driver: DriverUnderTest,
+                                        make_world: WorldMaker) -> None:
+    """A frontend closes its event channel, then closes in order and connects again (Linux's
+    xenbus_reset_frontend does this dance): the backend stops serving the closed port, follows
+    the frontend's Closing and Closed from wherever that left it (InitWait, after a restart),
+    offers InitWait again and connects the same frontend."""
+    what = f"{driver.label}: a frontend that closed its port, then closed in order,"
+    async with make_world() as w:
+        await driver.create(w.dom0, w.guest_id)
+        async with serving(w, driver) as served:
+            async with spawn(w, "hostile-frontend", driver, mode=CLOSE_PORT_MODE) as peer:
+                await peer.expect("connected")
+                await peer.expect("port-seen")
+                for word, step in (("closing-followed", "its Closing"),
+                                   ("closed-followed", "its Closed"),
+                                   ("reconnected", "its reconnect")):
+                    try:
+                        await peer.expect(word)
+                    except WaitTimeout as exc:
+                        raise AssertionError(
+                            f"{what} waited for the backend to follow {step} (backend state "
+                            f"{served.backend.state.xen_name}): {exc}") from exc
+                served.assert_alive(what)
+            await until(w, f"{what}: the backend releasing the killed frontend's rings",
+                        lambda: not served.backend.queues)
+            await _serves_a_fresh_frontend(w, driver, served, "a frontend closed its port, "
+                                           "then closed in order")
 
 
 async def check_backend_closes(driver: DriverUnderTest, make_world: WorldMaker) -> None:
@@ -617,6 +648,7 @@ def _register_all() -> None:
     register("features-read-back", check_features_read_back)
     register("frontend-closes", check_frontend_closes)
     register("backend-closes", check_backend_closes)
+    register("port-closed-then-closes", check_port_closed_then_closes)
     register("backend-killed", check_backend_killed)
     register("frontend-killed", check_frontend_killed)
     register("domain-destroyed", check_domain_destroyed, transports=("sim",))

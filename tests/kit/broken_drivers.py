@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ringkit import RemoteProtocolError, RingkitError
 from ringkit.abc import MappedPages, SharedPages
-from ringkit.device import Nodes
+from ringkit.device import Nodes, XenbusState
 from ringkit.proto.xenbus import Reaction
 from ringkit.testing import DriverUnderTest
 
@@ -39,6 +39,17 @@ class DeafBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
     async def _react(self, reaction: Reaction) -> None:
         if reaction is not Reaction.CLOSE:
             await super()._react(reaction)
+
+
+class DeafAtInitWaitBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
+    """Ignores a frontend's Closing and Closed while it waits at InitWait: a frontend that
+    closed its event channel and then closes in order can neither finish nor reconnect (the
+    fault issue 17 found in ringkit's own backends)."""
+
+    async def _react(self, reaction: Reaction) -> None:
+        if reaction is Reaction.CLOSE and self.state is XenbusState.INIT_WAIT:
+            return
+        await super()._react(reaction)
 
 
 class TrustingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]

@@ -13,6 +13,7 @@ from ringkit.testing.conformance import CHECKS
 
 from .broken_drivers import (
     ClingingBackend,
+    DeafAtInitWaitBackend,
     DeafBackend,
     GivingUpFrontend,
     LeakyBackend,
@@ -58,6 +59,12 @@ async def test_a_driver_that_ignores_closing_fails_saying_so(xen: SimXen) -> Non
     message = await fails(xen, "handshake", broken(DeafBackend))
     assert "the backend following the frontend's Closing" in message, message
     assert "not done within 2 s" in message, message
+
+
+async def test_a_backend_deaf_at_initwait_fails_the_port_closed_check(xen: SimXen) -> None:
+    message = await fails(xen, "port-closed-then-closes", broken(DeafAtInitWaitBackend))
+    assert "waited for the backend to follow its Closing (backend state " \
+        "XenbusStateInitWait)" in message, message
 
 
 async def test_a_driver_that_trusts_a_garbage_slot_fails_naming_the_crash(xen: SimXen) -> None:

@@ -254,6 +254,41 @@ def test_a_starting_backend_waits_out_a_leftover_closed_frontend() -> None:
     assert back.observe("5") is Reaction.CLOSE     # live since: Closing is an answer now
 
 
+def test_a_restarted_backend_follows_a_frontend_closing_after_its_port_closed() -> None:
+    """The frontend closed its event channel: the backend stopped trusting its Connected and
+    started over at InitWait.  The frontend's Closing and Closed that follow are a move made
+    since -- addressed to this backend, not left over -- so it follows them (issue 17)."""
+    back = Handshake(Role.BACKEND, S.CONNECTED, S.CONNECTED)
+    back.peer_lost()
+    back.restart()
+    back.move(S.INIT_WAIT)
+    assert back.starting
+    assert back.observe("5") is Reaction.CLOSE
+    back.move(S.CLOSING)
+    back.move(S.CLOSED)
+    assert back.observe("6") is Reaction.NONE
+    assert back.observe("1") is Reaction.RESTART        # and the frontend connects again
+    # the same when the frontend goes to Closed at once
+    back = Handshake(Role.BACKEND, S.CONNECTED, S.CONNECTED)
+    back.peer_lost()
+    back.restart()
+    back.move(S.INIT_WAIT)
+    assert back.observe("6") is Reaction.CLOSE
+
+
+def test_a_leftover_closing_that_finishes_closing_stays_left_over() -> None:
+    # Closing -> Closed of a frontend that was already closing when the backend started is
+    # still the earlier connection's: the backend keeps waiting at InitWait for it to restart.
+    back = Handshake(Role.BACKEND)
+    back.restart()
+    back.move(S.INIT_WAIT)
+    assert back.observe("5") is Reaction.NONE
+    assert back.observe("6") is Reaction.NONE
+    assert back.starting
+    assert back.observe("1") is Reaction.NONE
+    assert back.observe("3") is Reaction.CONNECT
+
+
 def test_unknown_before_peer_appears_is_not_gone() -> None:
     assert Handshake(Role.FRONTEND).observe(None) is Reaction.NONE
 

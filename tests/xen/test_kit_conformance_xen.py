@@ -52,7 +52,7 @@ class TestEchoOnXen(DriverConformance):
         "handshake", "frontend-closes", "backend-closes", "backend-killed",
         "hostile-frontend/req-prod-huge", "hostile-frontend/vanishes",
         "hostile-backend/duplicate-responses", "hostile-backend/rsp-prod-ahead",
-        "hostile-backend/closes-event-channel", "frontend-killed")
+        "hostile-backend/closes-event-channel", "frontend-killed", "port-closed-then-closes")
 
     @pytest.fixture
     def ringkit_driver(self) -> DriverUnderTest:
@@ -62,9 +62,10 @@ class TestEchoOnXen(DriverConformance):
 class TestBlockOnXen(DriverConformance):
     transports = ("xen",)
     checks: ClassVar[tuple[str, ...] | None] = None if FULL else (
-        "handshake", "frontend-first", "frontend-closes", "backend-killed", "frontend-killed",
-        "hostile-frontend/req-prod-huge", "hostile-frontend/ring-ref-stale",
-        "hostile-backend/rsp-prod-ahead", "hostile-backend/vanishes")
+        "handshake", "frontend-first", "frontend-closes", "port-closed-then-closes",
+        "backend-killed", "frontend-killed", "hostile-frontend/req-prod-huge",
+        "hostile-frontend/ring-ref-stale", "hostile-backend/rsp-prod-ahead",
+        "hostile-backend/vanishes")
 
     @pytest.fixture
     def ringkit_driver(self, tmp_path: Path) -> DriverUnderTest:
