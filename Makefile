@@ -15,7 +15,7 @@ DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio tmux
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: test check demo lint deps debs bench test-xen clean
+.PHONY: test check demo lint deps debs bench test-xen soak-xen clean
 
 # make test is everything: `check` (ruff, mypy and the whole suite on this machine, real processes
 # on the simulated Xen), then `test-xen` (the xen-marked tests under real Xen, booted in QEMU).
@@ -86,6 +86,18 @@ test-xen: deps
 	         "not a test failure); running the suite once more in a fresh boot" >&2; \
 	    $(XEN_RUN); \
 	  else exit $$rc; fi; }
+
+# Soaks under real Xen, on request (docs/real-xen.md, "Memory corruption across domains"):
+# fresh vchans across dom0 <-> domU and block from a domU, content checked, SOAK_SECONDS each.
+# SOAK names them: vchan pairs server-client (ringkit-ringkit, c-ringkit, ringkit-c, and the
+# control c-c with libxenvchan at both ends and no ringkit) and block.
+SOAK ?= ringkit-ringkit,c-ringkit,block,c-c
+SOAK_SECONDS ?= 120
+soak-xen: deps
+	$(BIN)/ringkit xen-vm setup
+	$(BIN)/ringkit xen-vm run --domu -t $(XEN_VM_TIMEOUT) -e RINGKIT_REQUIRE_XEN=1 \
+	  -e RINGKIT_XEN_SOAK=$(SOAK) -e RINGKIT_XEN_SOAK_SECONDS=$(SOAK_SECONDS) -- \
+	  $(BIN)/python -m pytest -m xen -p no:cacheprovider -s tests/xen/test_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
