@@ -70,10 +70,12 @@ bench: deps
 # xen-marked tests in dom0, with domUs available to them (docs/real-xen.md).  The first run
 # downloads Xen and a kernel (~75 MB) into ~/.cache/ringkit/xen-vm; the host's boot is untouched.
 # Inside, RINGKIT_REQUIRE_XEN=1 turns a skipped real-Xen test into a failure.
-# Emulated Xen has shown rare crashes of whole processes (a domU's Python and xenstore-write,
-# once dom0's pytest: SIGSEGV with a corrupt interpreter stack).  When the test process in dom0
-# dies by a signal -- a crash, not a test verdict -- the suite gets one fresh boot more, and the
-# log says so.  A failed test, a timeout (124) or a boot failure (125) is never retried.
+# Cross-domain grant traffic under the emulation corrupts memory now and then with no ringkit
+# code in any process (the c-c control of `make soak-xen`; docs/real-xen.md, "Memory corruption
+# across domains"), and a corrupted page can take down dom0's pytest.  When the test process in
+# dom0 dies by a signal -- a crash, not a test verdict -- the suite gets one fresh boot more, and
+# the log says so.  A failed test (wrong bytes included), a timeout (124) or a boot failure (125)
+# is never retried.
 XEN_VM_TIMEOUT ?= 1800
 XEN_PYTEST_ARGS ?= --durations=20
 XEN_RUN = $(BIN)/ringkit xen-vm run --domu -t $(XEN_VM_TIMEOUT) -e RINGKIT_REQUIRE_XEN=1 -- \
