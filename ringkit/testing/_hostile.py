@@ -98,12 +98,6 @@ BACKEND_MODES = {m.name: m for m in (
 )}
 
 
-def modes_for(side: str, layout: RingLayout | None) -> list[Mode]:
-    """The modes of a hostile `side` ("frontend" or "backend") that apply to a driver."""
-    table = FRONTEND_MODES if side == "frontend" else BACKEND_MODES
-    return [m for m in table.values() if layout is not None or not m.needs_ring]
-
-
 def say(word: str) -> None:
     print(word, flush=True)
 

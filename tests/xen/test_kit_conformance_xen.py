@@ -75,7 +75,7 @@ class TestBlockOnXen(DriverConformance):
 class TestConsoleOnXen(DriverConformance):
     transports = ("xen",)
     checks: ClassVar[tuple[str, ...] | None] = None if FULL else (
-        "handshake", "backend-closes", "frontend-killed",
+        "handshake", "backend-closes", "frontend-killed", "port-closed-then-closes",
         "hostile-frontend/event-channel-unknown", "hostile-backend/garbage-page")
     # hostile-backend/garbage-page once left both ends at Closed: the next backend read a
     # ring-ref the frontend was revoking, refused, and each end waited for the other to start
