@@ -95,11 +95,14 @@ test-xen: deps
 # control c-c with libxenvchan at both ends and no ringkit) and block.
 SOAK ?= ringkit-ringkit,c-ringkit,block,c-c
 SOAK_SECONDS ?= 120
+# The strict libxenvchan interop test across domains runs here too (not in test-xen, same reason).
 soak-xen: deps
 	$(BIN)/ringkit xen-vm setup
 	$(BIN)/ringkit xen-vm run --domu -t $(XEN_VM_TIMEOUT) -e RINGKIT_REQUIRE_XEN=1 \
-	  -e RINGKIT_XEN_SOAK=$(SOAK) -e RINGKIT_XEN_SOAK_SECONDS=$(SOAK_SECONDS) -- \
-	  $(BIN)/python -m pytest -m xen -p no:cacheprovider -s tests/xen/test_soak.py
+	  -e RINGKIT_XEN_SOAK=$(SOAK) -e RINGKIT_XEN_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  -e RINGKIT_XEN_VCHAN_INTEROP=1 -- \
+	  $(BIN)/python -m pytest -m xen -p no:cacheprovider -s tests/xen/test_soak.py \
+	  tests/xen/test_interop_vchan.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
