@@ -26,11 +26,6 @@ mapped into the hole meanwhile; nothing tells the two apart for sure, so the res
 is unmapped by hand and the reservation is kept for good, never closed (`stranded`): a little
 address space lost, never someone else's memory unmapped.
 
-Under the Xen-in-QEMU harness, mapping this way also mattered for correctness: with ringkit's
-ends switched to a plain mmap() of the device (libxengnttab's way) a cross-domain vchan soak
-corrupted memory as libxenvchan's own client does, which this path did far less readily (how
-and why is in docs/real-xen.md, "Memory corruption across domains").
-
 A forked child does not inherit gntdev mappings (the driver marks them do-not-copy): a child
 must not touch, nor close, the parent's mappings.
 """

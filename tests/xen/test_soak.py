@@ -7,9 +7,9 @@ Each pair gets a fresh domU running one half of tests/xen/vchan_soak.py (the ser
 dom0 runs the other half (the client) in a process of its own; round after round a new vchan
 moves `SOAK_BYTES` each way with content checked at both ends.  A pair passes only if every
 round of both halves was right, neither half died, and neither kernel logged a segfault.
-Nothing is excused: the control, named in ``RINGKIT_XEN_SOAK``, fails the same way when the
-machine corrupts memory without ringkit (docs/real-xen.md records that it does, and what
-triggers it).
+Nothing is excused: the controls (``c-c``, and ``pipes`` with no Xen device at all) fail the
+same way when the machine corrupts memory without ringkit (docs/real-xen.md records that they
+do).
 
 Opt-in (``make soak-xen``): ``RINGKIT_XEN_SOAK`` names what to soak, comma-separated: vchan
 pairs of `PAIRS` (``+plain-mmap``, ``+no-notify``, ``+late-client`` or ``+flip`` after a pair
@@ -37,6 +37,7 @@ from ringkit.xenvm.domu import DomU
 
 PEER = Path(__file__).with_name("vchan_soak.py").resolve()
 BLOCK_PEER = Path(__file__).with_name("block_soak_peer.py").resolve()
+PIPE_PEER = Path(__file__).with_name("pipe_soak_peer.py").resolve()
 PROXY = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 SECONDS = float(os.environ.get("RINGKIT_XEN_SOAK_SECONDS", "60"))
 SOAK_BYTES = int(os.environ.get("RINGKIT_XEN_SOAK_BYTES", str(4 << 20)))
@@ -50,9 +51,9 @@ PAIRS = {
     "c-c": ("c", "c"),
 }
 REQUESTED = [p for p in os.environ.get("RINGKIT_XEN_SOAK", "").split(",") if p]
-"""What to soak: vchan pairs (`PAIRS`, each optionally with ``+switch`` suffixes) and/or
-``block``.  Nothing is soaked unless asked (`make soak-xen` asks for all of it)."""
-SELECTED = [p for p in REQUESTED if p != "block"]
+"""What to soak: vchan pairs (`PAIRS`, each optionally with ``+switch`` suffixes), ``block``
+and ``pipes`` (the control without any Xen device).  Nothing is soaked unless asked."""
+SELECTED = [p for p in REQUESTED if p not in ("block", "pipes")]
 
 # Opt-in: without RINGKIT_XEN_SOAK the module is not marked `xen`, so `make test-xen` (-m xen)
 # leaves it out rather than counting a skip (which RINGKIT_REQUIRE_XEN would fail).
@@ -168,3 +169,27 @@ async def test_block_soak(anyio_backend: str, tmp_path: Path) -> None:
     assert rounds >= 1, out
     assert image.read_bytes() == round_pattern(int(last)), "the image file does not hold " \
         f"round {last}'s data"
+
+
+@pytest.mark.skipif("pipes" not in REQUESTED, reason="pipes not in RINGKIT_XEN_SOAK")
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("where", ["dom0", "domU"])
+async def test_pipe_soak(anyio_backend: str, where: str) -> None:
+    """The control with no Xen device at all: 4 MiB a round through `cat` and back, in dom0 and
+    in a domU; it must stay right for the soaks above to be judged on ringkit's account."""
+    before = len(dmesg())
+    if where == "dom0":
+        done = await anyio.run_process([sys.executable, str(PIPE_PEER), str(SECONDS)],
+                                       check=False, stderr=None)
+        ok, out = done.returncode == 0, done.stdout.decode(errors="replace")
+    else:
+        with DomU("soak-pipes", [sys.executable, str(PIPE_PEER), str(SECONDS)],
+                  kernel_args=KERNEL_ARGS) as vm:
+            await anyio.to_thread.run_sync(vm.start)
+            outcome = await vm.wait_async(SECONDS + 300.0)
+        ok, out = outcome.ok, outcome.output
+    kernel = [line for line in (dmesg()[before:] + out).splitlines() if SEGFAULT.search(line)]
+    summary = [line for line in out.splitlines() if "WRONG" in line or "pipe soak" in line]
+    say(f"pipes in {where}: {summary}; kernel: {kernel}")
+    assert ok and not kernel, (summary, kernel, out[-2000:])
