@@ -141,20 +141,36 @@ def check_kernel_args(words: Sequence[str]) -> None:
                               f"backslashes or white space")
 
 
+GUEST_TYPES = ("pv", "pvh")
+"""What a harness domU can be.  ``pv`` is the default.  ``pvh`` runs the same kernel in an HVM
+container (Xen's SVM with nested paging, which QEMU's TCG offers): a PV domU of the harness
+corrupts its own memory under process and pipe load, with no Xen device in use, where a PVH one
+stayed right (docs/real-xen.md, "Memory corruption across domains")."""
+
+_PVH_LINES = ('tsc_mode = "native"',)
+"""TCG's SVM has no decode assist, so Xen cannot emulate a trapped RDTSCP (the domain crashed
+with "SVM Insn len emulation failed" while booting); native TSC mode does not trap it."""
+
+
 def xl_config(name: str, kernel: str, ramdisk: str, memory_mb: int, vcpus: int,
-              extra: Sequence[str] = (), kernel_args: Sequence[str] = ()) -> str:
+              extra: Sequence[str] = (), kernel_args: Sequence[str] = (),
+              guest_type: str = "pv") -> str:
     """The xl domain configuration of a harness domU (`extra`: more lines, e.g. ``disk=``;
-    `kernel_args`: more words for the domU kernel's command line)."""
+    `kernel_args`: more words for the domU kernel's command line; `guest_type`: one of
+    `GUEST_TYPES`)."""
     for label, value in (("kernel", kernel), ("ramdisk", ramdisk)):
         if '"' in value or "\n" in value:
             raise ConfigError(f"domU {label} path cannot contain quotes or newlines: {value!r}")
+    if guest_type not in GUEST_TYPES:
+        raise ConfigError(f"domU guest type {guest_type!r}: expected one of "
+                          f"{', '.join(GUEST_TYPES)}")
     check_kernel_args(kernel_args)
     cmdline = " ".join((*BASE_KERNEL_ARGS, *kernel_args))
     lines = [
-        f'name = "{name}"', 'type = "pv"', f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"',
-        f'extra = "{cmdline}"', f"memory = {memory_mb}",
+        f'name = "{name}"', f'type = "{guest_type}"', f'kernel = "{kernel}"',
+        f'ramdisk = "{ramdisk}"', f'extra = "{cmdline}"', f"memory = {memory_mb}",
         f"vcpus = {vcpus}", 'on_poweroff = "destroy"', 'on_reboot = "destroy"',
-        'on_crash = "destroy"', *extra,
+        'on_crash = "destroy"', *(_PVH_LINES if guest_type == "pvh" else ()), *extra,
     ]
     return "".join(line + "\n" for line in lines)
 
@@ -166,14 +182,15 @@ class DomU:
     the current directory) in the domU.  `extra_files` are more host paths to copy in (their
     shared libraries follow), `modules` kernel modules to load at boot, `xl_extra` more lines of
     xl configuration (for example a ``disk = [...]`` line for block-device tests), `kernel_args`
-    more words for the domU kernel's command line (``xen_privcmd.unrestricted=1``, say).
+    more words for the domU kernel's command line (``xen_privcmd.unrestricted=1``, say),
+    `guest_type` ``"pv"`` or ``"pvh"`` (`GUEST_TYPES`).
     """
 
     def __init__(self, name: str, command: Sequence[str] | str, *, memory_mb: int = 512,
                  vcpus: int = 1, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  extra_files: Sequence[str] = (),
                  modules: Sequence[str] = (), xl_extra: Sequence[str] = (),
-                 kernel_args: Sequence[str] = (),
+                 kernel_args: Sequence[str] = (), guest_type: str = "pv",
                  image: str | None = None, kernel: str | None = None) -> None:
         if not _VALID_NAME.match(name):
             raise ConfigError(f"domU name {name!r}: use letters, digits, '_', '.', '-'")
@@ -199,6 +216,10 @@ class DomU:
         self._vcpus = vcpus
         self._xl_extra = tuple(xl_extra)
         self._kernel_args = tuple(kernel_args)
+        if guest_type not in GUEST_TYPES:
+            raise ConfigError(f"domU guest type {guest_type!r}: expected one of "
+                              f"{', '.join(GUEST_TYPES)}")
+        self._guest_type = guest_type
         check_kernel_args(self._kernel_args)
         self._image = image
         self._kernel = kernel
@@ -236,7 +257,8 @@ class DomU:
                 concatenate([Path(self._image), work / "extra.cpio.gz"], ramdisk)
             cfg = work / "domu.cfg"
             cfg.write_text(xl_config(self.name, self._kernel, str(ramdisk), self._memory,
-                                     self._vcpus, self._xl_extra, self._kernel_args))
+                                     self._vcpus, self._xl_extra, self._kernel_args,
+                                     self._guest_type))
             if self.console_log.exists():
                 self.console_log.unlink()
             t1 = time.monotonic()

@@ -148,7 +148,7 @@ def apply_patches(names: list[str]) -> None:
     """Experiment switches, one change each to ringkit's real transport (docs/real-xen.md)."""
     import mmap
 
-    names = [n for n in names if n not in ("late-client", "flip")]
+    names = [n for n in names if n not in ("late-client", "flip", "pvh")]
     if not names:
         return
     from ringkit.xen import grants
@@ -184,8 +184,8 @@ def apply_patches(names: list[str]) -> None:
                 lambda self, **kw: None)
             grants.XenMappedPages.set_unmap_notify = (  # type: ignore[method-assign]
                 lambda self, **kw: None)
-        elif name in ("late-client", "flip"):
-            pass  # the harness's own switches (c_round, and which domain serves)
+        elif name in ("late-client", "flip", "pvh"):
+            pass  # the harness's own switches (c_round, which domain serves, the domU's type)
         elif name:
             raise SystemExit(f"unknown patch {name!r}")
     if names:

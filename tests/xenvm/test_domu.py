@@ -43,6 +43,14 @@ def test_xl_config() -> None:
         xl_config("p", '/a"b', "/r", 512, 1)
 
 
+def test_xl_config_pvh() -> None:
+    cfg = xl_config("peer", "/k", "/r", 512, 1, guest_type="pvh")
+    assert 'type = "pvh"' in cfg and 'tsc_mode = "native"' in cfg
+    assert 'tsc_mode' not in xl_config("peer", "/k", "/r", 512, 1)
+    with pytest.raises(ConfigError, match="guest type 'hvm'"):
+        xl_config("peer", "/k", "/r", 512, 1, guest_type="hvm")
+
+
 def test_xl_config_kernel_args() -> None:
     cfg = xl_config("peer", "/k", "/r", 512, 1, kernel_args=["xen_privcmd.unrestricted=1"])
     assert 'extra = "console=hvc0 quiet loglevel=1 panic=-1 xen_privcmd.unrestricted=1"' in cfg
