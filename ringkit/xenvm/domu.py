@@ -42,6 +42,7 @@ __all__ = (
     "BASE_KERNEL_ARGS",
     "CREATE_SECONDS",
     "EXIT_MARK",
+    "GUEST_TYPES",
     "POLL_SECONDS",
     "START_MARK",
     "DomU",
