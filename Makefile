@@ -70,9 +70,9 @@ bench: deps
 # xen-marked tests in dom0, with domUs available to them (docs/real-xen.md).  The first run
 # downloads Xen and a kernel (~75 MB) into ~/.cache/ringkit/xen-vm; the host's boot is untouched.
 # Inside, RINGKIT_REQUIRE_XEN=1 turns a skipped real-Xen test into a failure.
-# A domU of the emulated machine corrupts memory under load with no ringkit code in any process
-# (the c-c and pipes controls of `make soak-xen`; docs/real-xen.md, "Memory corruption across
-# domains"), and dom0's pytest has died of it too.  When the test process in
+# Under the old `-cpu max` a domU corrupted memory under load with no ringkit code in any
+# process (the c-c and pipes controls of `make soak-xen`; docs/real-xen.md, "Memory corruption
+# across domains"), and dom0's pytest died of it too; the harness runs `-cpu qemu64` since.  When the test process in
 # dom0 dies by a signal -- a crash, not a test verdict -- the suite gets one fresh boot more, and
 # the log says so.  A failed test (wrong bytes included), a timeout (124) or a boot failure (125)
 # is never retried.
@@ -96,14 +96,11 @@ test-xen: deps
 # no Xen device at all: 4 MiB a round through `cat`, in dom0 and in a domU).
 SOAK ?= pipes,ringkit-ringkit,c-ringkit,block,c-c
 SOAK_SECONDS ?= 120
-# The strict libxenvchan interop test across domains runs here too (not in test-xen, same reason).
 soak-xen: deps
 	$(BIN)/ringkit xen-vm setup
 	$(BIN)/ringkit xen-vm run --domu -t $(XEN_VM_TIMEOUT) -e RINGKIT_REQUIRE_XEN=1 \
-	  -e RINGKIT_XEN_SOAK=$(SOAK) -e RINGKIT_XEN_SOAK_SECONDS=$(SOAK_SECONDS) \
-	  -e RINGKIT_XEN_VCHAN_INTEROP=1 -- \
-	  $(BIN)/python -m pytest -m xen -p no:cacheprovider -s tests/xen/test_soak.py \
-	  tests/xen/test_interop_vchan.py
+	  -e RINGKIT_XEN_SOAK=$(SOAK) -e RINGKIT_XEN_SOAK_SECONDS=$(SOAK_SECONDS) -- \
+	  $(BIN)/python -m pytest -m xen -p no:cacheprovider -s tests/xen/test_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -29,7 +29,7 @@ from .._errors import ConfigError
 from . import layout as names
 from .layout import Layout
 from .provision import XEN_VERSION, data_file
-from .qemu import MachineConfig, Share, qemu_argv
+from .qemu import CPU_MODEL, MachineConfig, Share, qemu_argv
 from .shellenv import env_script
 
 __all__ = (
@@ -281,7 +281,8 @@ def run(layout: Layout, request: RunRequest, kernel_version: str,
     argv = qemu_argv(MachineConfig(
         hypervisor=layout.hypervisor, kernel=layout.kernel, initrd=layout.stage1,
         shares=shares, memory_mb=request.memory_mb, dom0_memory_mb=request.dom0_memory_mb,
-        cpus=request.cpus, tcg_threads=request.tcg_threads, program=request.qemu))
+        cpus=request.cpus, tcg_threads=request.tcg_threads, program=request.qemu,
+        cpu_model=os.environ.get("RINGKIT_XEN_VM_CPU", "") or CPU_MODEL))
     (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
     if not request.command:
         log("interactive dom0 shell; leave with `exit` (powers the machine off)")

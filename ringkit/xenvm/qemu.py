@@ -3,12 +3,12 @@
 Choices that matter, all learnt the hard way (see docs/real-xen.md):
 
 * TCG, not KVM: it runs on any x86-64 Linux host, nested virtualisation or not.
-* ``-cpu max,-smap,-smep``: with SMAP/SMEP exposed, dom0 crashes in Xen's create_bounce_frame;
-  a named model such as EPYC makes Xen panic in its MWAIT idle driver, which TCG lacks.
-* ``-pcid,-invpcid``: processes in PV guests were seen to segfault at random (a domU's
-  Python and xenstore-write in one boot; xl's monitoring child in the reference runs); TLB
-  flushes by PCID are the least-exercised path of TCG under Xen's PV page tables, so Xen is
-  not offered them.
+* ``-cpu qemu64`` (`CPU_MODEL`): with ``max`` (even without SMAP/SMEP, PCID and INVPCID,
+  which were taken out earlier for crashes of their own) a PV domU corrupted its own memory
+  under nothing but process and pipe load, in every domU tried, and so did every cross-domain
+  soak; with ``qemu64`` the same pipe control stayed right (docs/real-xen.md, "Memory
+  corruption across domains").  A named model such as EPYC makes Xen panic in its MWAIT idle
+  driver, which TCG lacks.  ``qemu64`` offers no SVM, so domUs are PV.
 * ``bootscrub=0``: otherwise Xen scrubs all guest RAM at boot and QEMU's memory use triples.
 * The multiboot ``-initrd`` option is a comma-separated module list, each module being a path
   followed by its command line, so commas inside a module's command line are doubled.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._errors import ConfigError
 
-__all__ = ("MachineConfig", "Share", "escape_option", "qemu_argv")
+__all__ = ("CPU_MODEL", "MachineConfig", "Share", "escape_option", "qemu_argv")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class Share:
     tag: str
     path: Path
     readonly: bool = False
+
+
+CPU_MODEL = "qemu64"
+"""The default ``-cpu`` (`MachineConfig.cpu_model`); ``RINGKIT_XEN_VM_CPU`` overrides it for a
+run (``max,-smap,-smep,-pcid,-invpcid`` was the model before 2026-12-07)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class MachineConfig:
     cpus: int = 2
     tcg_threads: str = "multi"
     """QEMU's TCG threading: "multi" (a host thread per vCPU) or "single" (one for all)."""
+    cpu_model: str = CPU_MODEL
+    """QEMU's ``-cpu``: see the module docstring (`CPU_MODEL`)."""
     xen_args: Sequence[str] = ("bootscrub=0", "edd=off", "edid=no")
     linux_args: Sequence[str] = ()
     extra_qemu_args: Sequence[str] = field(default_factory=tuple)
@@ -85,7 +92,7 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
                               *cfg.linux_args])
     argv = [
         cfg.program, "-accel", f"tcg,thread={cfg.tcg_threads}",
-        "-cpu", "max,-smap,-smep,-pcid,-invpcid",
+        "-cpu", cfg.cpu_model,
         "-m", str(cfg.memory_mb), "-smp", str(cfg.cpus),
         "-nographic", "-no-reboot", "-net", "none", "-monitor", "none",
         "-kernel", escape_option(str(cfg.hypervisor)),

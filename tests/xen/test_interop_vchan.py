@@ -9,10 +9,10 @@ external rings of 64 KiB and 1 MiB (256 granted pages), orderly close from eithe
 SIGKILL of the C peer seen by ringkit as end of stream.  The domU's verdict is its exit status;
 dom0's half runs in a process of its own and reports its failures.  dom0's half stops waiting
 on a domU whose half has ended.  Wrong bytes or a crashed half fail the test: nothing is
-walked again (docs/real-xen.md says what caused them and how the harness avoids it).
+walked again.  Under the harness's old CPU model they were the emulation's memory corruption
+(docs/real-xen.md, "Memory corruption across domains"); the harness avoids it now.
 
-The cross-domain test runs in dom0 under ``ringkit xen-vm run --domu`` with
-``RINGKIT_XEN_VCHAN_INTEROP=1`` (``make soak-xen``); the dom0 loopback test in ``make test-xen``.
+Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
 """
 
 from __future__ import annotations
@@ -32,17 +32,8 @@ from vchan_peer import C_CLIENT_ENV, PROXY, STEP_SECONDS, STEPS, mismatch, patte
 from ringkit.vchan import VchanServer, VchanStream, connect, vchan_path
 from ringkit.xenvm.domu import DomU, DomUResult
 
-INTEROP_ENV = "RINGKIT_XEN_VCHAN_INTEROP"
-"""Set to 1 to run the cross-domain test (``make soak-xen`` does).  Not part of `make test-xen`:
-cross-domain vchan traffic corrupts memory under the harness with no ringkit code in any process
-(tests/xen/test_soak.py's c-c control fails in every boot), and this test, strict, failed on it
-in the verification run of make test-xen too (docs/real-xen.md)."""
-CROSS_DOMAIN = os.environ.get(INTEROP_ENV) == "1"
-GUEST_TYPE = os.environ.get("RINGKIT_XEN_VCHAN_GUEST", "pvh")
-"""The domU's type: PVH, because a PV domU of the harness corrupts its own memory under process
-and pipe load (docs/real-xen.md); ``RINGKIT_XEN_VCHAN_GUEST=pv`` for the old setting."""
-cross_domain = (pytest.mark.xen if CROSS_DOMAIN
-                else pytest.mark.skip(reason=f"opt-in: {INTEROP_ENV}=1 (make soak-xen)"))
+GUEST_TYPE = os.environ.get("RINGKIT_XEN_VCHAN_GUEST", "pv")
+"""The domU's type (``pvh`` needs a CPU model with SVM: ``RINGKIT_XEN_VM_CPU``)."""
 
 PEER = Path(__file__).with_name("vchan_peer.py").resolve()
 BOOT_SECONDS = 900.0
@@ -80,7 +71,7 @@ async def attempt(name: str) -> Attempt:
     crash there is seen and reported, not the end of the test session).  dom0's half is killed
     if it still waits on the domU `PEER_END_GRACE` seconds after the domU's half ended."""
     t0 = time.monotonic()
-    env = {C_CLIENT_ENV: os.environ.get(C_CLIENT_ENV, "0")}
+    env = {C_CLIENT_ENV: os.environ.get(C_CLIENT_ENV, "1")}
     with DomU(name, [sys.executable, str(PEER)], extra_files=[PROXY], env=env,
               guest_type=GUEST_TYPE) as vm:
         domid = await anyio.to_thread.run_sync(vm.start)
@@ -123,7 +114,7 @@ async def attempt(name: str) -> Attempt:
     return Attempt(code, failures, abandoned, outcome)
 
 
-@cross_domain
+@pytest.mark.xen
 @needs_domus
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

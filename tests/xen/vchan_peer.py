@@ -89,10 +89,8 @@ ALL_STEPS = (
 
 
 C_CLIENT_ENV = "RINGKIT_XEN_VCHAN_C_CLIENT"
-"""Set to 1 to walk the steps where libxenvchan is the client too.  Under the harness every soak
-in which libxenvchan's client ran corrupted memory within a few rounds, with or without ringkit
-in the path (tests/xen/test_soak.py's c-c control; docs/real-xen.md), so they are left out of
-the default walk."""
+"""Set to 0 to leave out the steps where libxenvchan is the client (they are walked by default;
+under the harness's old CPU model they met its memory corruption first: docs/real-xen.md)."""
 
 
 def client_impl(step: Step) -> str:
@@ -101,7 +99,7 @@ def client_impl(step: Step) -> str:
 
 
 STEPS = tuple(step for step in ALL_STEPS
-              if os.environ.get(C_CLIENT_ENV) == "1" or client_impl(step) == "ringkit")
+              if os.environ.get(C_CLIENT_ENV) != "0" or client_impl(step) == "ringkit")
 """The steps both halves walk (the same list in both domains: the test passes the variable)."""
 
 
