@@ -29,7 +29,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _harness import DOMU_TEST, kernel_backends_off
+from _harness import kernel_backends_off, needs_domus
 from block_soak_peer import DEVID, DISK, LAST_NODE, round_pattern
 from ringkit.backends.block.device import BlockBackend
 
@@ -56,9 +56,16 @@ REQUESTED = [p for p in os.environ.get("RINGKIT_XEN_SOAK", "").split(",") if p]
 and ``pipes`` (the control without any Xen device).  Nothing is soaked unless asked."""
 SELECTED = [p for p in REQUESTED if p not in ("block", "pipes", "pipes+pvh")]
 
-# Opt-in: without RINGKIT_XEN_SOAK the module is not marked `xen`, so `make test-xen` (-m xen)
-# leaves it out rather than counting a skip (which RINGKIT_REQUIRE_XEN would fail).
-pytestmark = DOMU_TEST if REQUESTED else []
+
+
+def wanted(asked: bool, what: str) -> pytest.MarkDecorator:
+    """Opt-in: a soak that was not asked for is not marked `xen`, so `make test-xen` (-m xen)
+    leaves it out rather than counting a skip (which RINGKIT_REQUIRE_XEN would fail)."""
+    return pytest.mark.xen if asked else pytest.mark.skip(reason=f"{what} not in "
+                                                                 "RINGKIT_XEN_SOAK")
+
+
+pytestmark = [needs_domus]
 
 KERNEL_ARGS = ("ignore_loglevel", "print-fatal-signals=1")
 """The domU kernel logs a process's fatal signal with its registers (on the console)."""
@@ -118,6 +125,7 @@ async def soak(name: str) -> list[str]:
     return problems
 
 
+@wanted(bool(SELECTED), "no vchan pair")
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("pair", SELECTED)
@@ -126,7 +134,7 @@ async def test_vchan_soak(anyio_backend: str, pair: str) -> None:
     assert not problems, problems
 
 
-@pytest.mark.skipif("block" not in REQUESTED, reason="block not in RINGKIT_XEN_SOAK")
+@wanted("block" in REQUESTED, "block")
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_block_soak(anyio_backend: str, tmp_path: Path) -> None:
@@ -174,8 +182,7 @@ async def test_block_soak(anyio_backend: str, tmp_path: Path) -> None:
         f"round {last}'s data"
 
 
-@pytest.mark.skipif("pipes" not in REQUESTED and "pipes+pvh" not in REQUESTED,
-                    reason="pipes not in RINGKIT_XEN_SOAK")
+@wanted("pipes" in REQUESTED or "pipes+pvh" in REQUESTED, "pipes")
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("where", ["dom0", "pv", *(["pvh"] if "pipes+pvh" in REQUESTED else [])])
