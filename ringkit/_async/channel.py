@@ -115,7 +115,7 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
     def _take(self) -> bytearray | None:
         raise NotImplementedError
 
-    def _take_into(self, buf: bytearray, max_count: int) -> int:
+    def _take_into(self, buf: bytearray | memoryview, max_count: int) -> int:
         raise NotImplementedError
 
     def _final_check(self) -> bool:
@@ -264,7 +264,67 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         finally:
             self._receiving = False
 
+    async def receive_into(self, buf: bytearray | memoryview, max_count: int = 64) -> int:
+        """Copy at least one and up to `max_count` items into `buf`, item i at ``i *
+        slot_size`` (whole slots: the request-queue layer reads their fields from there in
+        one call), waiting for the first as needed; return how many.  Nothing is allocated.
+
+        Raises: as `receive_batch`; ValueError if `buf` holds no whole slot.
+        """
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+        max_count = min(max_count, size // self._slot_size)
+        if max_count < 1:
+            raise ValueError(f"a {size}-byte buffer holds no {self._slot_size}-byte slot")
+        self._receiving = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            while True:
+                self._check()
+                try:
+                    count = self._take_into(buf, max_count)
+                except RemoteProtocolError as exc:
+                    raise self._break(exc) from exc
+                if count:
+                    self._busy = True
+                    self._wake_senders()
+                    return count
+                await self._wait_for_items()
+        finally:
+            self._receiving = False
+
     # ------------------------------------------------------------------ send
+
+    def send_from_nowait(self, src: bytes | bytearray | memoryview, count: int) -> int:
+        """Put as many as fit of the `count` items laid out at slot stride in `src` (item i at
+        ``i * slot_size``, the bytes after its message zero), then push once; return how many.
+
+        Raises:
+            anyio.WouldBlock: no free slot for the first item.
+            LocalProtocolError: `src` is too short, or (backend) more responses than requests.
+            anyio.BrokenResourceError / ClosedResourceError: as `send_batch_nowait`.
+        """
+        self._check()
+        if self._eof_sent:
+            raise anyio.ClosedResourceError
+        if count <= 0:
+            return 0
+        room = self._room_for(count)
+        if room == 0:
+            raise anyio.WouldBlock
+        try:
+            self._put_from(src, room)
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        self._publish()
+        return room
+
+    def _room_for(self, count: int) -> int:
+        return min(count, self._room())
+
+    def _put_from(self, src: bytes | bytearray | memoryview, count: int) -> None:
+        raise NotImplementedError
 
     def send_nowait(self, item: Msg) -> None:
         """Put `item` into the ring and push it (notifying the peer if it asked).
@@ -372,7 +432,7 @@ class FrontRingChannel(RingChannel):
     def _take(self) -> bytearray | None:
         return self._engine.take_response()
 
-    def _take_into(self, buf: bytearray, max_count: int) -> int:
+    def _take_into(self, buf: bytearray | memoryview, max_count: int) -> int:
         return self._engine.take_responses_into(buf, max_count)
 
     def _item_size(self) -> int:
@@ -386,6 +446,9 @@ class FrontRingChannel(RingChannel):
 
     def _put(self, msg: Msg) -> None:
         self._engine.put_request(msg)
+
+    def _put_from(self, src: bytes | bytearray | memoryview, count: int) -> None:
+        self._engine.put_requests_from(src, count)
 
     def _push(self) -> bool:
         return self._engine.push_requests()
@@ -409,7 +472,7 @@ class BackRingChannel(RingChannel):
     def _take(self) -> bytearray | None:
         return self._engine.take_request()
 
-    def _take_into(self, buf: bytearray, max_count: int) -> int:
+    def _take_into(self, buf: bytearray | memoryview, max_count: int) -> int:
         return self._engine.take_requests_into(buf, max_count)
 
     def _item_size(self) -> int:
@@ -425,6 +488,14 @@ class BackRingChannel(RingChannel):
 
     def _put(self, msg: Msg) -> None:
         self._engine.put_response(msg)
+
+    def _room_for(self, count: int) -> int:
+        # every response answers a consumed request: more is the caller's bug, which
+        # put_responses_from reports (LocalProtocolError)
+        return count
+
+    def _put_from(self, src: bytes | bytearray | memoryview, count: int) -> None:
+        self._engine.put_responses_from(src, count)
 
     def _push(self) -> bool:
         return self._engine.push_responses()

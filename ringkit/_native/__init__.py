@@ -30,6 +30,10 @@ API (module level, and the same on each `NativeImpl` from `implementations()`):
     the blkif parser's per-field work in C (`BlkifHelper`): parse a request slot, parse
     indirect segment entries.  Compiled only; None in ABI mode, where
     `ringkit.proto.blkif` uses its Python parser (same records, same errors).
+``slots`` (on each `NativeImpl`)
+    the request-queue layer's per-burst field reads (`SlotHelper`): ids and grant refs of many
+    slots in one call.  Compiled only; None in ABI mode (`ringkit.requests.codec` reads them in
+    Python).
 
 `Memory` (byte offsets from the start of the buffer; bounds are checked in Python first, so a
 bad offset raises instead of touching foreign memory):
@@ -55,7 +59,7 @@ import os
 from collections.abc import Callable
 
 from .._errors import ConfigError
-from ._memory import BlkifHelper, Buffer, Memory, NativeImpl
+from ._memory import BlkifHelper, Buffer, Memory, NativeImpl, SlotHelper
 
 _ENV = "RINGKIT_NATIVE"
 _ORDER = ("compiled", "abi")
@@ -122,6 +126,7 @@ __all__ = (
     "Buffer",
     "Memory",
     "NativeImpl",
+    "SlotHelper",
     "attach",
     "full_fence",
     "implementations",

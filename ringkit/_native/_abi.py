@@ -89,6 +89,8 @@ class AbiImpl:
     name = "abi"
     blkif = None
     """No blkif helper without a compiler: `ringkit.proto.blkif` uses its Python parser."""
+    slots = None
+    """No slot helper either: `ringkit.requests.codec` reads the fields in Python."""
     full_fence: Callable[[], None] = staticmethod(partial(_fence, SEQ_CST))
     read_fence: Callable[[], None] = staticmethod(partial(_fence, ACQUIRE))
     write_fence: Callable[[], None] = staticmethod(partial(_fence, RELEASE))

@@ -3,8 +3,10 @@
 setup.py names it in ``cffi_modules``; `python ringkit/_native/_build.py` builds it in place for
 a development checkout.  Most of the C is a handful of one-line functions: shared-memory loads,
 stores, fences and atomic byte operations that Python cannot express without tearing or
-reordering.  The rest is the blkif parser's per-field work (``rk_blkif_*``, see below), which
-the backend does for every request and every indirect segment.
+reordering.  The rest is per-request work on slots already copied out of the ring: the blkif
+parser's (``rk_blkif_*``), which the backend does for every request and every indirect segment,
+and the request-queue layer's (``rk_gather*``), which reads the ids and grant refs of a whole
+burst of slots in one call.
 
 The memory primitives take a base pointer and a byte offset, so that the Python side binds each
 function once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).
@@ -48,6 +50,11 @@ int rk_blkif_parse_request(const char *slot, size_t length, uint32_t max_indirec
                            rk_blkif_request *out);
 int rk_blkif_parse_segments(const char *src, size_t length, uint32_t count, uint32_t *grefs,
                             char *first, char *last, uint64_t *info);
+int rk_gather(const char *buf, size_t length, size_t count, size_t stride, size_t offset,
+              unsigned size, int is_signed, uint64_t *out);
+long rk_gather_refs(const char *buf, size_t length, size_t count, size_t stride,
+                    const int64_t *spec, size_t nspec, int64_t *counts, uint32_t *refs,
+                    size_t refs_cap);
 """
 
 SOURCE = r"""
@@ -242,6 +249,102 @@ static int rk_blkif_parse_segments(const char *src, size_t length, uint32_t coun
     }
     info[0] = total;
     return 0;
+}
+
+/* ---- the request-queue layer's slot fields (ringkit.requests.codec) ----
+
+   Both functions read a burst of slots the ring engine already copied out of the shared page
+   (a private copy), so nothing here races with the peer; still every offset and count is
+   checked against the caller's lengths before a byte is read.  Fields are little-endian. */
+
+static uint64_t rk_field(const uint8_t *p, unsigned size, int is_signed)
+{
+    uint64_t v = 0;
+    unsigned i;
+    for (i = 0; i < size; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    if (is_signed && size < 8 && (v >> (8 * size - 1)) & 1)
+        v |= ~(uint64_t)0 << (8 * size);    /* sign-extend into the 64-bit pattern */
+    return v;
+}
+
+/* The field (offset, size) of `count` slots `stride` bytes apart.  Returns 0, or -1 when the
+   arguments do not fit `length` (nothing is read then). */
+static int rk_gather(const char *buf, size_t length, size_t count, size_t stride, size_t offset,
+                     unsigned size, int is_signed, uint64_t *out)
+{
+    const uint8_t *p = (const uint8_t *)buf;
+    size_t i;
+    if (size == 0 || size > 8 || offset + size > stride)
+        return -1;
+    if (count && (count - 1 > (length - offset - size) / stride || offset + size > length))
+        return -1;
+    for (i = 0; i < count; i++)
+        out[i] = rk_field(p + i * stride + offset, size, is_signed);
+    return 0;
+}
+
+/* The grant refs of `count` request slots.  spec (see ringkit.requests.codec._native_spec):
+     [0] list offset [1] entry stride [2] ref offset in an entry [3] maximum entries
+     [4] count field offset, or -1 for a fixed count [5] its size, or the fixed count
+     [6] operation field offset, or -1 [7] its size [8] signed [9] filter by operation
+     [10] number of operations n [11 .. 11+n) the operations that name refs
+   counts[i]: refs slot i names (-1: its count is above the maximum).  Returns the number of
+   refs written to `refs`, or -1 when the spec does not fit the slots or `refs_cap`. */
+static long rk_gather_refs(const char *buf, size_t length, size_t count, size_t stride,
+                           const int64_t *spec, size_t nspec, int64_t *counts, uint32_t *refs,
+                           size_t refs_cap)
+{
+    const uint8_t *p = (const uint8_t *)buf;
+    int64_t off, estride, roff, max, coff, csize, ooff, osize, nops;
+    size_t i, j, written = 0;
+    int filter, osigned;
+
+    if (nspec < 11)
+        return -1;
+    off = spec[0]; estride = spec[1]; roff = spec[2]; max = spec[3];
+    coff = spec[4]; csize = spec[5]; ooff = spec[6]; osize = spec[7];
+    osigned = (int)spec[8]; filter = (int)spec[9]; nops = spec[10];
+    if (nops < 0 || (size_t)nops != nspec - 11 || off < 0 || estride < 4 || roff < 0
+        || roff + 4 > estride || max < 1 || (uint64_t)max > (uint64_t)stride
+        || (uint64_t)off + (uint64_t)max * (uint64_t)estride > stride)
+        return -1;
+    if (coff >= 0 && (csize < 1 || csize > 8 || (uint64_t)coff + (uint64_t)csize > stride))
+        return -1;
+    if (coff < 0 && (csize < 0 || csize > max))
+        return -1;
+    if (ooff >= 0 && (osize < 1 || osize > 8 || (uint64_t)ooff + (uint64_t)osize > stride))
+        return -1;
+    if (filter && ooff < 0)
+        return -1;
+    if (count && count > length / stride)
+        return -1;
+    for (i = 0; i < count; i++) {
+        const uint8_t *s = p + i * stride;
+        uint64_t n;
+        if (filter) {
+            int64_t op = (int64_t)rk_field(s + ooff, (unsigned)osize, osigned);
+            int named = 0;
+            for (j = 0; j < (size_t)nops; j++)
+                if (spec[11 + j] == op)
+                    named = 1;
+            if (!named) {
+                counts[i] = 0;
+                continue;
+            }
+        }
+        n = coff >= 0 ? rk_field(s + coff, (unsigned)csize, 0) : (uint64_t)csize;
+        if (n > (uint64_t)max) {
+            counts[i] = -1;
+            continue;
+        }
+        if (written + n > refs_cap)
+            return -1;
+        for (j = 0; j < n; j++)
+            refs[written++] = (uint32_t)rk_field(s + off + j * estride + roff, 4, 0);
+        counts[i] = (int64_t)n;
+    }
+    return (long)written;
 }
 """
 

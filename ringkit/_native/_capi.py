@@ -8,10 +8,10 @@ not built (no compiler at install time).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
-from ._memory import BlkifHelper, Buffer, Memory, _buffer_facts
+from ._memory import BlkifHelper, Buffer, Memory, SlotHelper, _buffer_facts
 
 
 class CompiledLib(Protocol):
@@ -29,6 +29,10 @@ class CompiledLib(Protocol):
                                ) -> int: ...
     def rk_blkif_parse_segments(self, src: bytes, length: int, count: int, grefs: Any,
                                 first: Any, last: Any, info: Any, /) -> int: ...
+    def rk_gather(self, buf: Any, length: int, count: int, stride: int, offset: int,
+                  size: int, signed: int, out: Any, /) -> int: ...
+    def rk_gather_refs(self, buf: Any, length: int, count: int, stride: int, spec: Any,
+                       nspec: int, counts: Any, refs: Any, cap: int, /) -> int: ...
     RK_BLKIF_E_RANGE: int
 
 
@@ -113,11 +117,52 @@ class CompiledBlkif:
                 _unpack(last, n))
 
 
+try:
+    _gather = _lib.rk_gather
+    _gather_refs = _lib.rk_gather_refs
+except AttributeError as exc:  # built from an older _build.py
+    raise ImportError(f"ringkit._native._compiled is stale, rebuild it ({exc})") from exc
+_from_buffer = _ffi.from_buffer
+_cast = _ffi.cast
+
+
+class CompiledSlots:
+    """`SlotHelper` in C; output arrays per call, as `CompiledBlkif`'s."""
+
+    __slots__ = ()
+
+    def gather(self, buf: Buffer, count: int, stride: int, offset: int, size: int,
+               signed: bool, /) -> list[int]:
+        out = _new("uint64_t[]", max(count, 1))
+        src = _from_buffer("char[]", buf)
+        if _gather(src, len(src), count, stride, offset, size, int(signed), out) != 0:
+            raise IndexError(f"{count} slots of {stride} bytes, field at {offset} (+{size}), "
+                             f"do not fit a {len(src)}-byte buffer")
+        if signed:
+            return list(_unpack(_cast("int64_t *", out), count))
+        return list(_unpack(out, count))
+
+    def gather_refs(self, buf: Buffer, count: int, stride: int, spec: Sequence[int], /
+                    ) -> tuple[list[int], list[int]]:
+        src = _from_buffer("char[]", buf)
+        cap = max(1, count * max(1, spec[3] if len(spec) > 3 else 1))
+        counts = _new("int64_t[]", max(count, 1))
+        refs = _new("uint32_t[]", cap)
+        spec_c = _new("int64_t[]", list(spec))
+        written = _gather_refs(src, len(src), count, stride, spec_c, len(spec), counts, refs,
+                               cap)
+        if written < 0:
+            raise IndexError(f"ref list spec {tuple(spec)} does not fit {count} slots of "
+                             f"{stride} bytes in a {len(src)}-byte buffer")
+        return list(_unpack(counts, count)), list(_unpack(refs, written))
+
+
 class CompiledImpl:
     """The native layer through the compiled cffi extension (see `NativeImpl`)."""
 
     name = "compiled"
     blkif: BlkifHelper | None = CompiledBlkif()
+    slots: SlotHelper | None = CompiledSlots()
     full_fence: Callable[[], None] = staticmethod(_lib.rk_full_fence)
     read_fence: Callable[[], None] = staticmethod(_lib.rk_read_fence)
     write_fence: Callable[[], None] = staticmethod(_lib.rk_write_fence)

@@ -1,5 +1,5 @@
-"""`Memory`: a zero-copy, bounds-checked window on a shared buffer, and the `NativeImpl` and
-`BlkifHelper` Protocols.
+"""`Memory`: a zero-copy, bounds-checked window on a shared buffer, and the `NativeImpl`,
+`BlkifHelper` and `SlotHelper` Protocols.
 
 The two implementations (compiled and ABI mode) subclass `Memory` and only differ in how they
 call the primitive: the compiled helper takes ``(base, offset)``, libatomic takes a pointer.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, Protocol
 
@@ -42,6 +42,20 @@ class BlkifHelper(Protocol):
         grefs, first, last)`` (``rk_blkif_parse_segments``)."""
 
 
+class SlotHelper(Protocol):
+    """The request-queue layer's per-burst work in C (the compiled implementation only):
+    integer fields and grant refs read from many slots in one call
+    (`ringkit.requests.codec.gather` / `gather_refs` are the Python reference)."""
+
+    def gather(self, buf: Buffer, count: int, stride: int, offset: int, size: int,
+               signed: bool, /) -> list[int]:
+        """The little-endian field (`offset`, `size`) of `count` slots `stride` apart."""
+
+    def gather_refs(self, buf: Buffer, count: int, stride: int, spec: Sequence[int], /
+                    ) -> tuple[list[int], list[int]]:
+        """``(counts, refs)`` of `count` request slots (``rk_gather_refs`` in _build.py)."""
+
+
 class NativeImpl(Protocol):
     """One implementation of the native layer (compiled or ABI mode)."""
 
@@ -53,6 +67,11 @@ class NativeImpl(Protocol):
     def blkif(self) -> BlkifHelper | None:
         """The blkif parser helper, or None where there is none (ABI mode: no compiler, so the
         Python parser serves)."""
+
+    @property
+    def slots(self) -> SlotHelper | None:
+        """The request-queue slot helper, or None (ABI mode: `ringkit.requests.codec` reads
+        the fields in Python)."""
 
     @property
     def full_fence(self) -> Callable[[], None]:

@@ -1,0 +1,314 @@
+"""`RequestServer`: the backend's side of a request/response protocol over an io/ring.h ring.
+
+Theory of operation
+-------------------
+The server takes requests off the ring in bursts (private copies, one copy per burst), reads
+their ids and grant refs in one call each (`ringkit.requests.codec`, compiled when available)
+and hands each to the driver's handler as an `IncomingRequest`: the slot, the id, the refs,
+and -- on the handler's first ask -- the pages those refs name, mapped through a
+`GrantMapper` (persistent or per request) and unmapped when the request is answered.
+
+The handler returns the response.  With ``concurrency=1`` (the default) requests are handled
+one after the other in ring order, and a burst's responses are pushed together (one doorbell
+at most, by ring.h's hold-off) -- the order a disk backend needs, where a flush covers every
+write answered before it.  With ``concurrency=n`` up to n handlers run at once and answer in
+any order, as io/ring.h allows: each response is pushed with whatever others are ready.
+
+Nothing from the frontend is trusted.  A request whose ref list is malformed, or whose refs
+cannot be mapped, reaches the handler as a `RequestError` when it asks for its pages; a
+handler that lets a `RequestError` escape gets the codec's error response sent for it (or, if
+the protocol has no error status, the connection ends with `RemoteProtocolError`).  Bad ring
+indices end the connection (the ring engine's job).  Any other exception out of a handler is
+a driver bug: it ends `run`, and with it the connection (see `ringkit.device.Backend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .. import _native
+from .._async.channel import BackRingChannel
+from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportError
+from .codec import RequestError, SlotCodec, gather, gather_refs
+from .mapping import GrantMapper, PageSet
+
+__all__ = ("Handler", "IncomingRequest", "RequestServer", "ServerStats")
+
+
+class IncomingRequest:
+    """One request as the backend's handler sees it.
+
+    `slot` is a private copy of the request (parse it, never the ring); `id` and `operation`
+    come from the codec's fields, `refs` are the grant refs the request names (`RequestError`
+    when its ref list is malformed).  `pages()` maps them -- once, on first ask -- writable when
+    the codec says the operation writes into them; `map` maps further refs (a list kept in
+    pages, like blkif's indirect segments).  Every mapping is released when the request is
+    answered.
+    """
+
+    __slots__ = ("_extra", "_fault", "_mapped", "_server", "id", "operation", "refs", "slot")
+
+    def __init__(self, server: RequestServer, slot: bytearray, rid: int,
+                 operation: int | None, refs: Sequence[int], fault: str | None) -> None:
+        self._server = server
+        self.slot = slot
+        """The request, a private copy of its ring slot."""
+        self.id = rid
+        self.operation = operation
+        """The codec's operation field (None when the codec has none)."""
+        self.refs = refs
+        """The grant refs the request names (empty when malformed: see `pages`)."""
+        self._fault = fault
+        self._mapped: PageSet | None = None
+        self._extra: list[PageSet] = []
+
+    @property
+    def malformed(self) -> str | None:
+        """Why the request's ref list is unusable, or None."""
+        return self._fault
+
+    async def pages(self) -> list[memoryview]:
+        """The pages `refs` name, in order (mapped on first call).
+
+        Raises:
+            RequestError: the ref list is malformed, or a ref cannot be mapped (not granted to
+                us, revoked, read-only where we must write).
+        """
+        if self._fault is not None:
+            raise RequestError(self._fault)
+        if self._mapped is None:
+            codec = self._server.codec
+            spec = codec.refs
+            writable = spec is not None and self.operation in spec.writable_operations
+            self._mapped = await self._server._map(self.refs, writable)
+        return self._mapped.pages
+
+    async def map(self, refs: Sequence[int], *, writable: bool) -> list[memoryview]:
+        """Map more refs for this request (released with it).
+
+        Raises:
+            RequestError: a ref cannot be mapped.
+        """
+        pageset = await self._server._map(refs, writable)
+        self._extra.append(pageset)
+        return pageset.pages
+
+    async def _release(self) -> None:
+        mapped, self._mapped = self._mapped, None
+        extra, self._extra = self._extra, []
+        with anyio.CancelScope(shield=True):
+            if mapped is not None:
+                await mapped.release()
+            for pageset in extra:
+                await pageset.release()
+
+
+Handler = Callable[[IncomingRequest], Awaitable[bytes | bytearray | memoryview]]
+"""The driver's request handler: the response to write (at most ``response_size`` bytes)."""
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of a `RequestServer`."""
+
+    requests: int = 0
+    refused: int = 0
+    """Requests answered with the codec's error response (`RequestError`)."""
+    pushes: int = 0
+
+
+class RequestServer:
+    """Serves `channel` (a backend ring) in `codec`'s format with `handler`.
+
+    `mapper` maps the refs requests name (None: the protocol names none, or the driver maps
+    itself).  `concurrency`: how many requests are handled at once (1: in ring order).
+    `burst`: most requests taken off the ring at once (default: the ring's size, at least 32).
+    """
+
+    def __init__(self, channel: BackRingChannel, codec: SlotCodec, handler: Handler, *,
+                 mapper: GrantMapper | None = None, concurrency: int = 1,
+                 burst: int | None = None) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if channel.engine.layout.slot_size != codec.layout.slot_size:
+            raise ConfigError(f"the ring's layout {channel.engine.layout.name} does not match "
+                              f"the codec's {codec.layout.name}")
+        self.channel = channel
+        self.codec = codec
+        self.handler = handler
+        self.mapper = mapper
+        self.concurrency = concurrency
+        self.burst = burst or max(32, channel.engine.entries)
+        self.stats = ServerStats()
+        self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
+        size = codec.layout.slot_size
+        self._in = bytearray(size * self.burst)
+        self._out = bytearray(size * self.burst)
+        self._out_view = memoryview(self._out)
+
+    async def run(self) -> None:
+        """Serve until the ring breaks or is closed.
+
+        Raises:
+            anyio.BrokenResourceError: the frontend broke the ring protocol or went away
+                (chained from `RemoteProtocolError` / `PeerGoneError`).
+            anyio.ClosedResourceError: the channel was closed locally.
+            RemoteProtocolError: a malformed request in a protocol without an error status.
+            Exception: whatever the handler raised (not a `RequestError`): a driver bug.
+        """
+        if self.concurrency == 1:
+            await self._run_in_order()
+        else:
+            await self._run_concurrent()
+
+    # ------------------------------------------------------------------ in ring order
+
+    async def _run_in_order(self) -> None:
+        channel, codec = self.channel, self.codec
+        slot = codec.layout.slot_size
+        inbuf, out = self._in, self._out_view
+        stats = self.stats
+        while True:
+            count = await channel.receive_into(inbuf, self.burst)
+            requests = self._incoming(count)
+            for i, request in enumerate(requests):
+                await self._answer_into(request, out, i * slot)
+            stats.requests += count
+            self._push(count)
+
+    def _push(self, count: int) -> None:
+        slot = self.codec.layout.slot_size
+        self.channel.send_from_nowait(self._out_view[:count * slot], count)
+        self.stats.pushes += 1
+
+    # ------------------------------------------------------------------ concurrently
+
+    async def _run_concurrent(self) -> None:
+        channel = self.channel
+        slot = self.codec.layout.slot_size
+        limiter = anyio.CapacityLimiter(self.concurrency)
+        ready: list[bytes] = []
+        wake = anyio.Event()
+        outbuf = bytearray(slot * self.burst)
+
+        async def one(request: IncomingRequest) -> None:
+            try:
+                response = bytearray(slot)
+                await self._answer_into(request, response, 0)
+                ready.append(bytes(response))
+                wake.set()
+            finally:
+                limiter.release_on_behalf_of(request)
+
+        async def responder() -> None:
+            nonlocal wake
+            while True:
+                await wake.wait()
+                wake = anyio.Event()
+                await anyio.lowlevel.checkpoint()  # let handlers finishing now join the push
+                while ready:
+                    batch = ready[:self.burst]
+                    del ready[:len(batch)]
+                    for i, response in enumerate(batch):
+                        outbuf[i * slot:(i + 1) * slot] = response
+                    channel.send_from_nowait(memoryview(outbuf)[:len(batch) * slot],
+                                             len(batch))
+                    self.stats.pushes += 1
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(responder)
+                await self._dispatch(tg, limiter, one)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+
+    async def _dispatch(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
+                        one: Callable[[IncomingRequest], Coroutine[Any, Any, None]]) -> None:
+        channel = self.channel
+        while True:
+            count = await channel.receive_into(self._in, self.burst)
+            for request in self._incoming(count):
+                await limiter.acquire_on_behalf_of(request)
+                tg.start_soon(one, request)
+            self.stats.requests += count
+
+    # ------------------------------------------------------------------ both
+
+    def _incoming(self, count: int) -> list[IncomingRequest]:
+        """The burst of `count` slots in the input buffer as requests (ids, operations and
+        refs read in one call each)."""
+        codec, helper = self.codec, self._helper
+        slot = codec.layout.slot_size
+        size = codec.layout.request_size
+        buf = self._in
+        ids = gather(buf, count, slot, codec.request_id, helper)
+        ops: Sequence[int | None] = (gather(buf, count, slot, codec.operation, helper)
+                                     if codec.operation is not None else [None] * count)
+        counts, refs = gather_refs(codec, buf, count, helper)
+        requests = []
+        pos = 0
+        for i in range(count):
+            n = counts[i]
+            fault = None
+            if n < 0:
+                fault = (f"{codec.layout.name}: request {ids[i]} names more grant refs than "
+                         f"the {codec.refs.maximum if codec.refs else 0} that fit")
+                n = 0
+            requests.append(IncomingRequest(self, buf[i * slot:i * slot + size], ids[i],
+                                            ops[i], refs[pos:pos + n], fault))
+            pos += n
+        return requests
+
+    async def _answer_into(self, request: IncomingRequest, out: bytearray | memoryview,
+                           base: int) -> None:
+        """Run the handler for `request` and write its response at `base` of `out`."""
+        codec = self.codec
+        size = codec.layout.response_size
+        try:
+            response = await self.handler(request)
+            length = len(response) if not isinstance(response, memoryview) else response.nbytes
+            if length > size:
+                raise ConfigError(f"{codec.layout.name}: the handler answered {length} bytes, "
+                                  f"a response is {size}")
+            out[base:base + length] = response
+            if length < codec.layout.slot_size:
+                end = base + codec.layout.slot_size
+                out[base + length:end] = bytes(end - base - length)
+        except RequestError as exc:
+            if not codec.can_refuse:
+                raise RemoteProtocolError(f"{codec.layout.name}: request {request.id}: "
+                                          f"{exc.reason}") from exc
+            self.stats.refused += 1
+            out[base:base + codec.layout.slot_size] = bytes(codec.layout.slot_size)
+            codec.encode_error(request.slot, out, base)
+        finally:
+            await request._release()
+
+    async def _map(self, refs: Sequence[int], writable: bool) -> PageSet:
+        if self.mapper is None:
+            raise RequestError("this server maps no grants (it was given no GrantMapper)")
+        try:
+            return await self.mapper.map(refs, writable=writable)
+        except (GrantError, TransportError) as exc:
+            raise RequestError(f"cannot map the request's grants: {exc}") from exc
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that ended a group of handler tasks: its first leaf that is not a
+    cancellation (the others were cancelled because of it)."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            todo[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])

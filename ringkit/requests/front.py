@@ -1,0 +1,591 @@
+"""`RequestQueue`: the frontend's side of a request/response protocol over io/ring.h rings.
+
+Theory of operation
+-------------------
+Every request of a queue is one of a fixed set of `Request` records, one per id: ids ``0 ..
+window - 1`` per ring, in disjoint ranges when the device has several rings (as Linux's
+blkfront keeps a shadow entry per ring slot, and virtio a descriptor head per request).  An
+id is *held* from `prepare` until the request is answered (or released unsent), so at most
+`window` requests of a ring are ever in flight, the window never exceeds the ring, and a
+prepared request always finds a free slot: sending never waits.  What waits is `prepare`:
+for an id, then for the request's pages from the `GrantPool` -- never a `ResourceLimitError`.
+
+The receive loop (`run`, one task per ring) takes responses in bursts, reads their ids in one
+call (compiled when available, see `ringkit.requests.codec.gather`), checks each against the
+request it claims to answer, copies the response into that request's record and wakes its
+waiter.  An id outside the queue, of a request not in flight, or answered twice is the
+backend's fault: `RemoteProtocolError`, and the queue fails every waiter with it.
+
+A caller cancelled while its request is in flight does not get its id or pages back: the
+backend may still write into them.  The request becomes an orphan; its answer, when it comes,
+is dropped and only then are its id and pages reused.
+
+On disconnect (`fail`), every waiter -- on an id, on pages, on an answer -- gets the typed
+error (`PeerGoneError`, or the `RemoteProtocolError` that ended the connection), and so does
+every later `prepare`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+
+from .. import _native
+from .._async.channel import FrontRingChannel
+from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
+from ..abc import PAGE_SIZE
+from .codec import SlotCodec, gather
+from .pool import GrantPool, fresh_error
+
+__all__ = ("Completions", "QueueStats", "Request", "RequestQueue")
+
+
+class _State(enum.Enum):
+    FREE = "free"
+    HELD = "held"
+    SENT = "sent"
+    ANSWERED = "answered"
+
+
+class Request:
+    """One request record of a `RequestQueue` (reused: one per id).
+
+    Between `RequestQueue.prepare` and its release the caller owns it: it encodes the request
+    into `slot` (the queue writes `id` into the codec's id field when sending), reads and
+    writes the data of its `pages` (through `buffer` when they are contiguous, or `page(i)`),
+    and names them to the backend by `refs`.  Once answered, `response` holds a private copy
+    of the response slot.  `tag` is free for the driver's own per-request data.
+
+    Do not keep a `Request`, its `slot`, `response` or views of its pages past its release:
+    the record and the pages carry later requests.
+    """
+
+    __slots__ = ("_completions", "_event", "_orphan", "_queue", "_state", "buffer", "channel",
+                 "id", "pages", "refs", "response", "slot", "tag")
+
+    def __init__(self, queue: RequestQueue, rid: int, channel: int) -> None:
+        layout = queue.codec.layout
+        self._queue = queue
+        self.id = rid
+        """The id the queue writes into the request and matches the response on."""
+        self.channel = channel
+        """Index of the ring this request travels on."""
+        self.slot = bytearray(layout.request_size)
+        """The request, encoded by the caller (zeroed at `prepare`)."""
+        self.response = bytearray(layout.response_size)
+        """The response, once answered (a private copy: the peer cannot change it)."""
+        self.pages: Sequence[int] = range(0)
+        """The request's pool pages (indices into the queue's `GrantPool`)."""
+        self.refs: Sequence[int] = ()
+        """The grant ref of each of `pages`, in order."""
+        self.buffer: memoryview | None = None
+        """A view of all of `pages` when they are contiguous in the pool (else None)."""
+        self.tag: object = None
+        self._state = _State.FREE
+        self._orphan = False
+        self._event: anyio.Event | None = None
+        self._completions: Completions | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the response has come (`response` is valid)."""
+        return self._state is _State.ANSWERED
+
+    @property
+    def in_flight(self) -> bool:
+        """Sent and not answered yet."""
+        return self._state is _State.SENT
+
+    def page(self, index: int) -> memoryview:
+        """A writable view of the request's page `index` (in `pages` order)."""
+        pool = self._queue.pool
+        if pool is None:
+            raise ConfigError("the queue has no grant pool")
+        return pool.page(self.pages[index])
+
+    def write_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` into the request's pages, page i holding bytes ``i * PAGE_SIZE ..``."""
+        view = memoryview(data).cast("B")
+        self._check_fits(len(view))
+        if self.buffer is not None:
+            self.buffer[:len(view)] = view
+            return
+        for i in range(-(-len(view) // PAGE_SIZE)):
+            chunk = view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+            self.page(i)[:len(chunk)] = chunk
+
+    def read_data(self, out: bytearray | memoryview) -> None:
+        """Copy ``len(out)`` bytes of the request's pages into `out` (the inverse of
+        `write_data`)."""
+        view = memoryview(out).cast("B")
+        self._check_fits(len(view))
+        if self.buffer is not None:
+            view[:] = self.buffer[:len(view)]
+            return
+        for i in range(-(-len(view) // PAGE_SIZE)):
+            n = min(PAGE_SIZE, len(view) - i * PAGE_SIZE)
+            view[i * PAGE_SIZE:i * PAGE_SIZE + n] = self.page(i)[:n]
+
+    def _check_fits(self, length: int) -> None:
+        if length > len(self.pages) * PAGE_SIZE:
+            raise ConfigError(f"{length} bytes do not fit the request's {len(self.pages)} "
+                              "page(s)")
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id} {self._state.value} pages={len(self.pages)}>"
+
+
+class Completions:
+    """Where the answers to a batch of requests land, as an io_uring completion queue: send
+    requests with ``completions=`` and `get` the answered ones a wave at a time (one wake-up
+    per wave, not per request)."""
+
+    __slots__ = ("_done", "_event", "_queue")
+
+    def __init__(self, queue: RequestQueue) -> None:
+        self._queue = queue
+        self._done: list[Request] = []
+        self._event = anyio.Event()
+
+    def _post(self, request: Request) -> None:
+        self._done.append(request)
+        self._event.set()
+
+    def _wake(self) -> None:
+        self._event.set()
+
+    async def get(self) -> list[Request]:
+        """The requests answered since the last call, waiting for at least one.
+
+        Raises:
+            PeerGoneError, RemoteProtocolError: the queue failed with nothing left to report.
+        """
+        while not self._done:
+            self._queue._check()
+            await self._event.wait()
+            self._event = anyio.Event()
+        done, self._done = self._done, []
+        return done
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """Counters of a `RequestQueue` (for tests and benchmarks)."""
+
+    sent: int = 0
+    answered: int = 0
+    pushes: int = 0
+    orphans: int = 0
+    """Answers dropped because their caller had gone (cancelled)."""
+
+
+class RequestQueue:
+    """Requests over the rings `channels` (one per queue of the device), in `codec`'s slot
+    format, their buffers in `pool`'s pages.
+
+    `window`: most requests in flight per ring (default and maximum: the ring's size).  `check`:
+    called for each response before its waiter wakes, with the request it answers (`response`
+    filled); it raises `RemoteProtocolError` for a response the protocol forbids (an operation
+    that does not match, an impossible status), which fails the queue.
+
+    Run `run` in a task while connected (a driver: ``self.tasks.start_soon(queue.run)`` in its
+    ``connected`` hook), and `fail` the queue when the connection goes (``disconnected``).
+    Any number of tasks may `prepare`, `send` and wait concurrently.
+    """
+
+    def __init__(self, channels: Sequence[FrontRingChannel], codec: SlotCodec, *,
+                 pool: GrantPool | None = None, window: int | None = None,
+                 check: Callable[[Request], None] | None = None,
+                 burst: int = 64) -> None:
+        if not channels:
+            raise ConfigError("a request queue needs at least one ring")
+        if window is not None and window < 1:
+            raise ConfigError(f"window must be at least 1, got {window}")
+        for channel in channels:
+            if channel.engine.layout.slot_size != codec.layout.slot_size:
+                raise ConfigError(f"the ring's layout {channel.engine.layout.name} does not "
+                                  f"match the codec's {codec.layout.name}")
+        self.codec = codec
+        self.pool = pool
+        self._channels = list(channels)
+        self._check_response = check
+        self._burst = burst
+        self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
+        self._requests: list[Request] = []
+        self._free: list[list[Request]] = []
+        for index, channel in enumerate(channels):
+            size = channel.engine.entries if window is None else min(window,
+                                                                    channel.engine.entries)
+            first = len(self._requests)
+            records = [Request(self, first + k, index) for k in range(size)]
+            self._requests += records
+            self._free.append(records[::-1])  # pop() hands out low ids first
+        if len(self._requests) > codec.request_id.limit:
+            raise ConfigError(f"{len(self._requests)} requests in flight do not fit the "
+                              f"{codec.request_id.size}-byte id field")
+        self._id_waiters: list[anyio.Event] = []
+        self._error: BaseException | None = None
+        self.stats = QueueStats()
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def window(self) -> int:
+        """Most requests in flight, over all rings."""
+        return len(self._requests)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered (orphans included)."""
+        return sum(1 for r in self._requests if r._state is _State.SENT)
+
+    @property
+    def held(self) -> int:
+        """Ids in use: prepared, in flight, or answered and not yet released."""
+        return self.window - sum(len(free) for free in self._free)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What failed the queue, or None while it works."""
+        return self._error
+
+    # ------------------------------------------------------------------ preparing
+
+    async def prepare(self, pages: int = 0, *, contiguous: bool = False) -> Request:
+        """A request record with a free id and `pages` pool pages (contiguous ones when
+        `contiguous`), waiting for both as needed.  Release it with `release` (or use
+        `request`).
+
+        Raises:
+            ConfigError: more pages than the pool has, or pages without a pool.
+            PeerGoneError, RemoteProtocolError: the queue failed (the connection is gone).
+        """
+        if pages and self.pool is None:
+            raise ConfigError("pages asked of a request queue without a grant pool")
+        if self.pool is not None and pages > self.pool.size:
+            raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
+        request = await self._take_id()
+        try:
+            if pages:
+                assert self.pool is not None
+                got = self.pool.take_nowait(pages, contiguous=contiguous)
+                if got is None:
+                    got = await self.pool.take(pages, contiguous=contiguous)
+                self._lend(request, got)
+            self._check()
+        except BaseException:
+            self._give_back(request)
+            raise
+        return request
+
+    @asynccontextmanager
+    async def request(self, pages: int = 0, *, contiguous: bool = False
+                      ) -> AsyncIterator[Request]:
+        """`prepare` a request for the body of an ``async with``; release it on the way out
+        (if it is still in flight then, its answer releases it)."""
+        request = await self.prepare(pages, contiguous=contiguous)
+        try:
+            yield request
+        finally:
+            self.release(request)
+
+    def release(self, request: Request) -> None:
+        """Give a request's id and pages back.  A request still in flight becomes an orphan:
+        they come back when it is answered (the backend may use its pages until then)."""
+        self._own(request)
+        if request._state is _State.SENT:
+            request._orphan = True
+            return
+        if request._state is not _State.FREE:
+            self._give_back(request)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_nowait(self, request: Request, completions: Completions | None = None) -> None:
+        """Put a prepared request on its ring and push (notifying the backend if it asked).
+        Its answer wakes `wait` -- or lands in `completions`."""
+        self.send_batch_nowait((request,), completions)
+
+    def send_batch_nowait(self, requests: Sequence[Request],
+                          completions: Completions | None = None) -> None:
+        """Put prepared requests on their rings with one push per ring (at most one doorbell
+        each).
+
+        Raises:
+            LocalProtocolError: a request is not prepared (already sent, or released).
+            PeerGoneError, RemoteProtocolError: the queue failed; nothing was sent.
+        """
+        self._check()
+        for request in requests:
+            self._own(request)
+            if request._state is not _State.HELD:
+                raise LocalProtocolError(f"request {request.id} is {request._state.value}, "
+                                         "not prepared")
+        if len(self._channels) == 1:
+            self._put(0, requests, completions)
+            return
+        for index in range(len(self._channels)):
+            group = [r for r in requests if r.channel == index]
+            if group:
+                self._put(index, group, completions)
+
+    async def send(self, request: Request, completions: Completions | None = None) -> None:
+        """`send_nowait` as a checkpoint (it never waits: the window guarantees a slot)."""
+        await anyio.lowlevel.checkpoint()
+        self.send_nowait(request, completions)
+
+    async def wait(self, request: Request) -> bytearray:
+        """Wait for the answer to a sent request; return its `response`.
+
+        Cancelled, the request stays in flight as an orphan (see the module docstring).
+
+        Raises:
+            PeerGoneError, RemoteProtocolError: the queue failed before the answer came.
+        """
+        self._own(request)
+        if request._state is _State.ANSWERED:
+            return request.response
+        event = request._event
+        if request._state is not _State.SENT or event is None:
+            raise LocalProtocolError(f"request {request.id} was not sent to be waited on")
+        try:
+            await event.wait()
+        except BaseException:
+            if request._state is _State.SENT:
+                request._orphan = True
+            raise
+        if not request.answered:
+            self._check()
+            raise PeerGoneError("the request was abandoned")
+        return request.response
+
+    async def call(self, request: Request) -> bytearray:
+        """Send a prepared request and wait for its answer (`send` then `wait`)."""
+        self.send_nowait(request)
+        return await self.wait(request)
+
+    def completions(self) -> Completions:
+        """A new `Completions` for a batch of this queue's requests."""
+        return Completions(self)
+
+    async def call_batch(self, requests: Sequence[Request]) -> None:
+        """Send prepared requests together (one push per ring) and wait until every one is
+        answered.  Cancelled or failed, the ones still in flight become orphans."""
+        done = self.completions()
+        self.send_batch_nowait(requests, done)
+        left = len(requests)
+        try:
+            while left:
+                left -= len(await done.get())
+        except BaseException:
+            for request in requests:
+                if request._state is _State.SENT:
+                    request._orphan = True
+            raise
+
+    # ------------------------------------------------------------------ receiving
+
+    async def run(self) -> None:
+        """Receive and match responses on every ring until the connection ends.
+
+        Returns when the rings were closed locally (the queue is failed with `PeerGoneError`).
+
+        Raises:
+            RemoteProtocolError: the backend broke the protocol (indices, ids, `check`).
+            PeerGoneError: the backend went away.
+            In both cases the queue was failed with the same error first.
+        """
+        try:
+            if len(self._channels) == 1:
+                await self._receive_loop(0)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for index in range(len(self._channels)):
+                        tg.start_soon(self._receive_loop, index)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+
+    async def _receive_loop(self, index: int) -> None:
+        channel = self._channels[index]
+        codec = self.codec
+        slot = codec.layout.slot_size
+        size = codec.layout.response_size
+        id_field = codec.response_id
+        helper = self._helper
+        table = self._requests
+        check = self._check_response
+        stats = self.stats
+        buf = bytearray(slot * self._burst)
+        try:
+            while True:
+                count = await channel.receive_into(buf, self._burst)
+                ids = gather(buf, count, slot, id_field, helper)
+                for i, rid in enumerate(ids):
+                    request = table[rid] if 0 <= rid < len(table) else None
+                    if request is None or request._state is not _State.SENT \
+                            or request.channel != index:
+                        raise RemoteProtocolError(self._bad_id(rid, request, index))
+                    request.response[:] = buf[i * slot:i * slot + size]
+                    if check is not None:
+                        check(request)
+                    self._answered(request)
+                stats.answered += count
+        except RemoteProtocolError as exc:
+            self.fail(exc)
+            raise
+        except anyio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            error = (cause if isinstance(cause, RemoteProtocolError | PeerGoneError)
+                     else PeerGoneError(f"ring {index} broke: {exc}"))
+            self.fail(error)
+            raise error from exc
+        except anyio.ClosedResourceError:
+            self.fail(PeerGoneError("the request queue's ring was closed"))
+
+    def fail(self, error: BaseException) -> None:
+        """End the queue: every waiter (for an id, pages or an answer) and every later call
+        raises `error`'s kind (`PeerGoneError` unless it is a `RemoteProtocolError`)."""
+        if self._error is None:
+            self._error = error
+        for request in self._requests:
+            if request._state is _State.SENT:
+                if request._completions is not None:
+                    request._completions._wake()
+                if request._event is not None:
+                    request._event.set()
+        if self.pool is not None:
+            self.pool.close(fresh_error(error))
+        self._wake_id_waiters()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise fresh_error(self._error)
+
+    def _own(self, request: Request) -> None:
+        if request._queue is not self:
+            raise LocalProtocolError("the request belongs to another queue")
+
+    async def _take_id(self) -> Request:
+        while True:
+            self._check()
+            free = self._free
+            if len(free) == 1:
+                if free[0]:
+                    request = free[0].pop()
+                    break
+            else:
+                best = max(range(len(free)), key=lambda i: len(free[i]))
+                if free[best]:
+                    request = free[best].pop()
+                    break
+            waiter = anyio.Event()
+            self._id_waiters.append(waiter)
+            await waiter.wait()
+        request._state = _State.HELD
+        request._orphan = False
+        request._event = None
+        request._completions = None
+        request.tag = None
+        request.slot[:] = bytes(len(request.slot))
+        return request
+
+    def _lend(self, request: Request, pages: Sequence[int]) -> None:
+        pool = self.pool
+        assert pool is not None
+        request.pages = pages
+        if isinstance(pages, range):
+            request.refs = pool.refs[pages.start:pages.stop]
+            request.buffer = pool.memory[pages.start * PAGE_SIZE:pages.stop * PAGE_SIZE]
+        else:
+            request.refs = [pool.refs[p] for p in pages]
+            request.buffer = None
+
+    def _give_back(self, request: Request) -> None:
+        """Free the id and the pages of a request nobody waits for any more."""
+        if request._state is _State.FREE:
+            return
+        pages = request.pages
+        request._state = _State.FREE
+        request.pages = range(0)
+        request.refs = ()
+        request.buffer = None
+        request._event = None
+        request._completions = None
+        if pages and self.pool is not None:
+            self.pool.give(pages)
+        self._free[request.channel].append(request)
+        self._wake_id_waiters()
+
+    def _wake_id_waiters(self) -> None:
+        if self._id_waiters:
+            waiters, self._id_waiters = self._id_waiters, []
+            for waiter in waiters:
+                waiter.set()
+
+    def _put(self, index: int, requests: Sequence[Request],
+             completions: Completions | None) -> None:
+        write_id = self.codec.request_id.write
+        for request in requests:
+            write_id(request.slot, request.id)
+        channel = self._channels[index]
+        try:
+            sent = channel.send_batch_nowait([r.slot for r in requests])
+        except anyio.WouldBlock:
+            sent = 0
+        except anyio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            raise fresh_error(cause if cause is not None else exc) from exc
+        except anyio.ClosedResourceError as exc:
+            raise PeerGoneError("the request queue's ring was closed") from exc
+        for request in requests[:sent]:
+            request._state = _State.SENT
+            if completions is not None:
+                request._completions = completions
+            else:
+                request._event = anyio.Event()
+        self.stats.sent += sent
+        self.stats.pushes += 1
+        if sent < len(requests):  # the window makes this impossible: a bug of ours
+            raise LocalProtocolError(f"ring {index} had room for {sent} of {len(requests)} "
+                                     "requests inside the window")
+
+    def _answered(self, request: Request) -> None:
+        request._state = _State.ANSWERED
+        if request._orphan:
+            self.stats.orphans += 1
+            self._give_back(request)
+        elif request._completions is not None:
+            request._completions._post(request)
+        elif request._event is not None:
+            request._event.set()
+
+    def _bad_id(self, rid: int, request: Request | None, index: int) -> str:
+        name = self.codec.layout.name
+        if request is None:
+            return f"{name}: response id {rid} on ring {index} is not an id this queue issued"
+        if request.channel != index:
+            return f"{name}: response id {rid} on ring {index}, sent on ring {request.channel}"
+        if request._state is _State.ANSWERED:
+            return f"{name}: response id {rid} answered twice"
+        return f"{name}: response id {rid} on ring {index} is not in flight"
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of a (nested) exception group, preferring a ringkit error."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            todo[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    return next((e for e in leaves if isinstance(e, RemoteProtocolError | PeerGoneError)),
+                leaves[0])
