@@ -1,5 +1,6 @@
-"""ringkit's own drivers -- the echo example, block and console -- described for the test kit,
-with one exchange each (module-level, so that child processes can rebuild them)."""
+"""ringkit's own drivers -- the echo and key-value examples, block and console -- described
+for the test kit, with one exchange each (module-level, so that child processes can rebuild
+them)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ringkit.testing import DriverUnderTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import echo  # (examples/ is not a package)
+import kv
 
 DISK = 1 << 20
 
@@ -31,6 +33,10 @@ async def echo_exchange(front: echo.EchoFrontend) -> None:
 
 def echo_driver() -> DriverUnderTest:
     return DriverUnderTest(echo.EchoBackend, echo.EchoFrontend, echo_exchange, name="echo")
+
+
+def kv_driver() -> DriverUnderTest:
+    return DriverUnderTest(kv.KVBackend, kv.KVFrontend, kv.exchange, name="kv")
 
 
 async def block_exchange(disk: BlockFrontend) -> None:

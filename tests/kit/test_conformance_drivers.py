@@ -1,5 +1,6 @@
-"""ringkit's own drivers -- the echo example, block and console -- pass the driver conformance
-suite on the simulated Xen (one test per check, through the plugin's `DriverConformance`).
+"""ringkit's own drivers -- the echo and key-value examples, block and console -- pass the
+driver conformance suite on the simulated Xen (one test per check, through the plugin's
+`DriverConformance`).
 
 No case is marked xfail: the faults this suite found in the framework (a backend that
 refused a bad ring silently, a frontend or backend that left an earlier peer's ring keys in
@@ -17,7 +18,7 @@ import pytest
 from ringkit.testing import DriverUnderTest
 from ringkit.testing.pytest_plugin import DriverConformance
 
-from .drivers_under_test import block_driver, console_driver, echo_driver
+from .drivers_under_test import block_driver, console_driver, echo_driver, kv_driver
 
 KNOWN: Mapping[str, str] = {}
 """Checks a shipped driver is known to fail (strict xfail), with the reason; none now."""
@@ -36,6 +37,16 @@ class TestEcho(DriverConformance):
     @pytest.fixture
     def ringkit_driver(self) -> DriverUnderTest:
         return echo_driver()
+
+
+class TestKeyValue(DriverConformance):
+    """The key-value example: a driver on ringkit.requests (per-request grants)."""
+
+    xfail: ClassVar[Mapping[str, str]] = KNOWN
+
+    @pytest.fixture
+    def ringkit_driver(self) -> DriverUnderTest:
+        return kv_driver()
 
 
 class TestBlock(DriverConformance):
