@@ -83,6 +83,7 @@ class KVBackend(Backend):
 
     device_type = "kv"
     ring_layout = KV_RING
+    request_codec = CODEC
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -139,6 +140,7 @@ class KVFrontend(Frontend):
 
     device_type = "kv"
     ring_layout = KV_RING
+    request_codec = CODEC
     pool_pages = 64
 
     _requests: RequestQueue | None = None

@@ -38,6 +38,7 @@ from .._errors import (
 from ..abc import Access, Domain, Permission, StoreOps
 from ..proto.layout import MAX_RING_PAGE_ORDER, RingLayout
 from ..proto.xenbus import Handshake, Reaction, Role, XenbusState
+from ..requests.codec import SlotCodec
 from .paths import DeviceAddress, Nodes, error_node
 from .queue import MAX_QUEUES, ChannelT, Queue
 
@@ -126,6 +127,10 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     """The xenstore device type: "vbd", "console", "echo"..."""
     ring_layout: ClassVar[RingLayout | None] = None
     """io/ring.h slot layout; None when the driver interprets the shared pages itself."""
+    request_codec: ClassVar[SlotCodec | None] = None
+    """For a driver built on `ringkit.requests`: where its slots keep the id, the operation and
+    the grant refs (the codec its `RequestQueue` / `RequestServer` use).  The test kit reads it
+    to attack the driver with hostile requests and responses; nothing else depends on it."""
     max_ring_page_order: int = 0
     """Largest ring, as a power of two of pages, this end supports (0..4).  A class default;
     an instance may lower or raise it through the constructor's ``max_ring_page_order``."""
