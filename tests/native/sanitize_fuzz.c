@@ -1,0 +1,542 @@
+/* The native helper's C under AddressSanitizer and UBSan (tests/native/test_sanitizers.py).
+ *
+ * "rk_native_source.c" is ringkit._native._build.SOURCE written out by the test, so the text
+ * fuzzed here is exactly the text cffi compiles; its functions are static, which is why it is
+ * #included rather than linked.
+ *
+ * Every buffer a function reads or writes is malloc'd with exactly the length the call claims
+ * (or, for an output array, exactly the entries the contract says it has), so a single byte
+ * read or written past it is a heap-buffer-overflow report.  Besides the sanitizers, CHECKs
+ * catch what they cannot see: a call accepted that should have been refused (or the reverse),
+ * a result out of range.  The values themselves are checked only for the memory primitives and
+ * rk_gather; ringkit's Python code is the reference for the rest, and tests/proto and
+ * tests/requests compare the compiled helper with it.
+ *
+ * Usage:
+ *   sanitize_fuzz fuzz SEED ROUNDS   ROUNDS random calls of each function
+ *   sanitize_fuzz control            a deliberate one-byte over-read: must be reported
+ *   sanitize_fuzz overflow CASE      arguments whose arithmetic wraps (see run_overflow)
+ */
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rk_native_source.c"
+
+/* Output arrays are allocated for up to this many entries; a call that names more must be
+   refused, and then it gets an array of none (so a write into it is reported). */
+#define CAP 8192
+#define MAX_BUFFER 4096
+
+static uint64_t seed, state;
+static unsigned long round_no;
+static const char *where = "";
+
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "sanitize_fuzz.c:%d: %s, round %lu of seed %llu: check failed: " \
+                    "%s\n", __LINE__, where, round_no, (unsigned long long)seed, #cond);  \
+            exit(2);                                                                      \
+        }                                                                                 \
+    } while (0)
+
+/* ---------------------------------------------------------------- random values (splitmix64) */
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t below(uint64_t n) { return n ? rnd() % n : 0; }
+static int one_in(unsigned n) { return below(n) == 0; }
+
+/* A byte count up to `limit`: often 0 or a few bytes, sometimes exactly `limit`. */
+static size_t any_length(size_t limit)
+{
+    switch (below(5)) {
+    case 0: return (size_t)below(9 < limit + 1 ? 9 : limit + 1);
+    case 1: return limit;
+    default: return (size_t)below(limit + 1);
+    }
+}
+
+/* A size_t argument: small, near `near`, or far out (up to 2**40: sums of two such values
+   and a small size do not wrap; run_overflow covers values that make them wrap). */
+static size_t any_size(size_t near)
+{
+    switch (below(8)) {
+    case 0: return 0;
+    case 1: return (size_t)below(16);
+    case 2: return near;
+    case 3: return near + 1;
+    case 4: return near ? near - 1 : 0;
+    case 5: return (size_t)1 << (20 + below(21));
+    default: return (size_t)below((uint64_t)near + 2);
+    }
+}
+
+/* `n` random bytes in a buffer of exactly `n` bytes. */
+static uint8_t *random_bytes(size_t n)
+{
+    uint8_t *p = malloc(n);
+    size_t i;
+    CHECK(p != NULL || n == 0);
+    for (i = 0; i < n; i++)
+        p[i] = (uint8_t)rnd();
+    return p;
+}
+
+/* An output array of `entries` entries of `size` bytes, filled with junk. */
+static void *output(size_t entries, size_t size)
+{
+    return random_bytes(entries * size);
+}
+
+/* first_sect and last_sect of the blkif segment at `e`: an ordered pair in 0..7, so that
+   segment lists get past the range check, but one time in `odds` (never if 0) any two bytes. */
+static void sectors(uint8_t *e, unsigned odds)
+{
+    if (odds && one_in(odds)) {
+        e[4] = one_in(2) ? (uint8_t)below(9) : (uint8_t)rnd();
+        e[5] = one_in(2) ? (uint8_t)below(9) : (uint8_t)rnd();
+    } else {
+        e[4] = (uint8_t)below(8);
+        e[5] = e[4] + (uint8_t)below(8u - e[4]);
+    }
+}
+
+/* ---------------------------------------------------------------- the memory primitives
+ *
+ * Valid offsets only: by contract these functions do no bounds checks -- the Python side
+ * (CompiledMemory in ringkit/_native/_capi.py) checks every offset and length against the
+ * attached buffer before it calls them -- so an offset past the end is not a finding.  What
+ * is checked is that an in-bounds call touches exactly the bytes it names. */
+
+static void fuzz_memory(void)
+{
+    size_t n = 4 + (size_t)below(MAX_BUFFER - 3);
+    uint8_t *m = random_bytes(n);
+    uint8_t *copy = random_bytes(n);
+    size_t last = 4 * (n / 4 - 1);
+    size_t off = one_in(4) ? last : 4 * (size_t)below(n / 4);
+    size_t b = one_in(4) ? n - 1 : (size_t)below(n);
+    size_t zo = one_in(4) ? n : (size_t)below(n + 1);
+    size_t zl = one_in(4) ? n - zo : (size_t)below(n - zo + 1);
+    uint32_t value = (uint32_t)rnd(), word;
+    uint8_t mask = (uint8_t)rnd(), before;
+    size_t i;
+
+    where = "rk_load32/rk_store32";
+    rk_store32(m, off, value);       /* malloc's pointer is 8-aligned: so is base + off */
+    CHECK(rk_load32(m, off) == value);
+    memcpy(&word, m + off, 4);
+    CHECK(word == value);            /* native byte order, as the shared ring has it */
+
+    where = "rk_fetch_or8/rk_fetch_and8";
+    before = m[b];
+    CHECK(rk_fetch_or8(m, b, mask) == before);
+    CHECK(m[b] == (uint8_t)(before | mask));
+    before = m[b];
+    mask = (uint8_t)rnd();
+    CHECK(rk_fetch_and8(m, b, mask) == before);
+    CHECK(m[b] == (uint8_t)(before & mask));
+
+    where = "rk_zero";
+    memcpy(copy, m, n);
+    rk_zero(m, zo, zl);
+    for (i = 0; i < n; i++)
+        CHECK(m[i] == (i >= zo && i < zo + zl ? 0 : copy[i]));
+
+    where = "fences";
+    rk_full_fence();
+    rk_read_fence();
+    rk_write_fence();
+    free(copy);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- blkif */
+
+static const uint8_t operations[] = {0, 1, 2, 3, 5, 6, 4, 7, 255};
+
+static void fuzz_blkif_request(void)
+{
+    static const size_t lengths[] = {0, 1, 8, 24, 111, 113, 128};
+    size_t n = one_in(2) ? 112 : one_in(2) ? (size_t)below(256)
+        : lengths[below(sizeof lengths / sizeof *lengths)];
+    uint8_t *slot = random_bytes(n);
+    uint32_t max_indirect;
+    rk_blkif_request *out;
+    unsigned odds;
+    size_t i;
+    int kind;
+
+    where = "rk_blkif_parse_request";
+    switch (below(6)) {
+    case 0: max_indirect = 0; break;
+    case 1: max_indirect = (uint32_t)below(1030); break;
+    case 2: max_indirect = 512 * (uint32_t)(1 + below(9)); break;
+    case 3: max_indirect = UINT32_MAX; break;
+    default: max_indirect = (uint32_t)rnd(); break;
+    }
+    if (n > 0 && !one_in(8))
+        slot[0] = operations[below(sizeof operations)];
+    if (n > 1 && !one_in(8))                    /* nr_segments 0..13, or indirect_op 0..2 */
+        slot[1] = (uint8_t)(slot[0] == 6 ? below(3) : below(14));
+    if (n > 3 && !one_in(4)) {                  /* indirect nr_segments around the limits */
+        uint32_t count = one_in(2) ? (uint32_t)below(4200) : (uint32_t)below(max_indirect + 2u);
+        slot[2] = (uint8_t)count;
+        slot[3] = (uint8_t)(count >> 8);
+    }
+    odds = one_in(2) ? 0 : 1 + (unsigned)below(12);
+    for (i = 24; i + 5 < n; i += 8)             /* direct segments */
+        sectors(slot + i, odds);
+    out = output(1, sizeof *out);
+    kind = rk_blkif_parse_request((const char *)slot, n, max_indirect, out);
+    if (n < RK_BLKIF_REQUEST_SIZE) {
+        CHECK(kind == RK_BLKIF_E_LENGTH);
+    } else {
+        CHECK(kind >= RK_BLKIF_E_INDIRECT_COUNT && kind <= RK_BLKIF_INDIRECT);
+        if (kind == RK_BLKIF_RW || kind == RK_BLKIF_E_RANGE)
+            CHECK(out->head[8] <= RK_BLKIF_MAX_SEGMENTS);
+        if (kind == RK_BLKIF_INDIRECT)
+            CHECK(out->head[8] >= 1 && out->head[8] <= RK_BLKIF_MAX_INDIRECT_PAGES);
+    }
+    free(out);
+    free(slot);
+}
+
+static void fuzz_blkif_segments(void)
+{
+    uint32_t count;
+    size_t n, entries, i;
+    uint8_t *src;
+    uint32_t *grefs;
+    char *first, *last;
+    uint64_t *info;
+    unsigned odds;
+    int code;
+
+    where = "rk_blkif_parse_segments";
+    switch (below(12)) {
+    case 0: count = 4096; break;
+    case 1: count = UINT32_MAX; break;
+    case 2: count = (uint32_t)rnd(); break;
+    case 3: case 4: case 5: count = (uint32_t)below(8); break;
+    default: count = (uint32_t)below(600); break;
+    }
+    if (count > CAP || one_in(6))
+        n = any_length(8 * 600);
+    else if (count && one_in(3))
+        n = 8 * (size_t)count - 1 - (size_t)below(8);      /* the last entry cut short */
+    else
+        n = 8 * (size_t)count + (one_in(2) ? 0 : (size_t)below(16));
+    src = random_bytes(n);
+    odds = one_in(2) ? 0 : 1 + (unsigned)below(count < 64 ? 64 : count);
+    for (i = 0; i + 5 < n; i += 8)
+        sectors(src + i, odds);
+    entries = count <= CAP ? count : 0;
+    if (!entries)
+        CHECK(n / 8 < count || count == 0);     /* the harness's own premise: refused */
+    grefs = output(entries, sizeof *grefs);
+    first = output(entries, 1);
+    last = output(entries, 1);
+    info = output(2, sizeof *info);
+    code = rk_blkif_parse_segments((const char *)src, n, count, grefs, first, last, info);
+    if (n / 8 < count) {
+        CHECK(code == RK_BLKIF_E_LENGTH);
+    } else {
+        CHECK(code == 0 || code == RK_BLKIF_E_RANGE);
+        if (code == RK_BLKIF_E_RANGE)
+            CHECK(info[1] < count);
+        else
+            CHECK(info[0] >= count && info[0] <= 8 * (uint64_t)count);
+    }
+    free(info);
+    free(last);
+    free(first);
+    free(grefs);
+    free(src);
+}
+
+/* ---------------------------------------------------------------- the request-queue readers */
+
+static uint64_t reference_field(const uint8_t *p, unsigned size, int is_signed)
+{
+    uint64_t v = 0;
+    unsigned i;
+    for (i = 0; i < size; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    if (is_signed && size < 8 && (v >> (8 * size - 1)) & 1)
+        v |= ~(uint64_t)0 << (8 * size);
+    return v;
+}
+
+static void fuzz_gather(void)
+{
+    static const unsigned sizes[] = {0, 1, 2, 4, 8, 3, 9, 16, UINT_MAX};
+    size_t length = any_length(MAX_BUFFER);
+    size_t stride = one_in(8) ? (size_t)rnd() : any_size(one_in(2) ? 8 : 64);
+    unsigned size = one_in(8) ? (unsigned)rnd() : sizes[below(sizeof sizes / sizeof *sizes)];
+    size_t offset = any_size(stride > size ? stride - size : 0);
+    size_t count = one_in(8) ? (size_t)rnd() : any_size(stride ? length / stride : length);
+    int is_signed = one_in(4) ? (int)rnd() : (int)below(2);
+    unsigned __int128 end = (unsigned __int128)offset + size;
+    int fits = size >= 1 && size <= 8 && end <= stride
+        && (count == 0 || (unsigned __int128)(count - 1) * stride + end <= length);
+    size_t entries = fits || count <= CAP ? count : 0, i;
+    uint8_t *buf = random_bytes(length);
+    uint64_t *out = output(entries, sizeof *out);
+    int r;
+
+    where = "rk_gather";
+    r = rk_gather((const char *)buf, length, count, stride, offset, size, is_signed, out);
+    CHECK(r == (fits ? 0 : -1));
+    for (i = 0; fits && i < count; i++)
+        CHECK(out[i] == reference_field(buf + i * stride + offset, size, is_signed));
+    free(out);
+    free(buf);
+}
+
+/* A hostile value for a spec entry: negative (to INT64_MIN), zero, around `near`, or far out
+   (up to 2**40; larger ones make the C's own sums wrap: run_overflow). */
+static int64_t any_spec_value(int64_t near)
+{
+    switch (below(9)) {
+    case 0: return -1;
+    case 1: return INT64_MIN;
+    case 2: return -(int64_t)below(1ull << 40);
+    case 3: return 0;
+    case 4: return near - 1;
+    case 5: return near;
+    case 6: return near + 1;
+    case 7: return (int64_t)1 << (20 + below(21));
+    default: return (int64_t)below(2 * (uint64_t)(near > 0 ? near : 1) + 8);
+    }
+}
+
+/* Spec entry k just past what the well-formed spec `g` allows in slots of `stride` bytes: the
+   value an off-by-one in a range check would let through. */
+static int64_t just_past(const int64_t *g, unsigned k, int64_t stride)
+{
+    switch (k) {
+    case 0: return stride - g[3] * g[1] + 1;            /* entries end a byte past the slot */
+    case 1: return (stride - g[0]) / g[3] + 1;          /* entry stride */
+    case 2: return g[1] - 3;                            /* the ref a byte past its entry */
+    case 3: return (stride - g[0]) / g[1] + 1;          /* one entry more than fits */
+    case 4: return stride - (g[4] >= 0 ? g[5] : 1) + 1; /* count field a byte past the slot */
+    case 5: return g[4] < 0 ? g[3] + 1 : stride - g[4] + 1 <= 8 ? stride - g[4] + 1 : 9;
+    case 6: return stride - (g[6] >= 0 ? g[7] : 1) + 1; /* operation field */
+    case 7: return g[6] < 0 ? 1 : stride - g[6] + 1 <= 8 ? stride - g[6] + 1 : 9;
+    case 10: return g[10] + 1;                          /* more operations than nspec holds */
+    default: return 2;                                  /* a flag: any nonzero value is set */
+    }
+}
+
+static void fuzz_gather_refs(void)
+{
+    /* A well-formed spec first (ringkit.requests.codec._native_spec), then spoil some of it. */
+    int64_t off = (int64_t)below(40), estride = 4 + (int64_t)below(13);
+    int64_t roff = (int64_t)below((uint64_t)estride - 3), max = 1 + (int64_t)below(12);
+    int64_t csize, coff, ooff, osize, osigned, filter, nops = (int64_t)below(5);
+    int64_t good[11], head[11], end = off + max * estride;
+    size_t stride, length, count, nspec, refs_cap, entries, i;
+    int sound = 1;
+    int64_t *spec, *counts;
+    uint32_t *refs;
+    uint8_t *buf;
+    long r;
+
+    static const int64_t widths[] = {1, 2, 4, 8};
+    if (one_in(3)) {
+        coff = -1;
+        csize = (int64_t)below((uint64_t)max + 1);
+    } else {
+        coff = (int64_t)below(64);
+        csize = widths[below(4)];
+        end = coff + csize > end ? coff + csize : end;
+    }
+    if (one_in(3)) {
+        ooff = -1;
+        osize = 0;
+    } else {
+        ooff = (int64_t)below(64);
+        osize = widths[below(4)];
+        end = ooff + osize > end ? ooff + osize : end;
+    }
+    osigned = (int64_t)below(2);
+    filter = ooff >= 0 && one_in(2);
+    stride = (size_t)end + (one_in(2) ? 0 : (size_t)below(8));
+    if ((uint64_t)max > stride)
+        stride = (size_t)max;
+    good[0] = off; good[1] = estride; good[2] = roff; good[3] = max;
+    good[4] = coff; good[5] = csize; good[6] = ooff; good[7] = osize;
+    good[8] = osigned; good[9] = filter; good[10] = nops;
+    memcpy(head, good, sizeof head);
+
+    if (one_in(3)) {                            /* spoil one or two entries */
+        unsigned k = (unsigned)below(11);
+        sound = 0;
+        head[k] = one_in(2) ? just_past(good, k, (int64_t)stride)
+            : any_spec_value((int64_t)stride);
+        if (one_in(2))
+            head[below(11)] = any_spec_value((int64_t)stride);
+    }
+    if (one_in(8)) {
+        sound = 0;
+        stride = any_size(stride);
+    }
+    nspec = 11 + (size_t)nops;
+    if (one_in(8)) {
+        sound = 0;
+        nspec = one_in(2) ? (size_t)below(11) : 11 + (size_t)below(8);
+    }
+    spec = output(nspec, sizeof *spec);
+    for (i = 0; i < nspec; i++)
+        spec[i] = i < 11 ? head[i] : one_in(2) ? (int64_t)below(4) : (int64_t)rnd();
+
+    count = one_in(8) ? (size_t)rnd() : (size_t)below(17);
+    if (stride && count <= MAX_BUFFER / stride) {
+        length = count * stride;
+    } else {
+        sound = 0;
+        length = any_length(MAX_BUFFER);
+    }
+    if (one_in(6)) {
+        sound = 0;
+        if (length && one_in(2))                /* the last slot cut short */
+            length -= one_in(2) ? 1 : 1 + (size_t)below(stride < length ? stride : length);
+        else
+            length = any_length(length);
+    }
+    refs_cap = count <= CAP ? count * (size_t)max : 0;
+    if (one_in(4)) {
+        sound = 0;
+        refs_cap = one_in(2) ? (size_t)below(refs_cap + 1) : (size_t)below(64);
+    }
+    if (count > CAP)
+        CHECK(length < count);                  /* the harness's premise: refused */
+    entries = count <= CAP ? count : 0;
+    buf = random_bytes(length);
+    for (i = 0; stride && i < length / stride; i++) {
+        /* Counts mostly within 0..max+1 and operations mostly ones that name refs, so that
+           refs get read; the fields as the well-formed spec has them. */
+        uint8_t *slot = buf + i * stride;
+        if (coff >= 0 && (size_t)(coff + csize) <= stride && !one_in(8)) {
+            memset(slot + coff, 0, (size_t)csize);
+            slot[coff] = (uint8_t)below((uint64_t)max + 2);
+        }
+        if (ooff >= 0 && (size_t)(ooff + osize) <= stride && nspec > 11 && !one_in(4)) {
+            int64_t op = spec[11 + below(nspec - 11)];
+            size_t k;
+            for (k = 0; k < (size_t)osize; k++)
+                slot[ooff + k] = (uint8_t)((uint64_t)op >> (8 * k));
+        }
+    }
+    counts = output(entries, sizeof *counts);
+    refs = output(refs_cap, sizeof *refs);
+
+    where = "rk_gather_refs";
+    r = rk_gather_refs((const char *)buf, length, count, stride, spec, nspec, counts, refs,
+                       refs_cap);
+    if (sound)
+        CHECK(r >= 0);
+    CHECK(r >= -1 && (r < 0 || (size_t)r <= refs_cap));
+    if (r >= 0) {
+        long named = 0;
+        for (i = 0; i < count; i++) {
+            CHECK(counts[i] >= -1 && counts[i] <= spec[3]);
+            named += counts[i] > 0 ? (long)counts[i] : 0;
+        }
+        CHECK(named == r);
+    }
+    free(refs);
+    free(counts);
+    free(buf);
+    free(spec);
+}
+
+/* ---------------------------------------------------------------- the modes */
+
+/* The negative control: rk_gather told the buffer is one byte longer than it is.  The last
+   byte of the field it reads is the first byte past the allocation. */
+static int run_control(void)
+{
+    uint8_t *buf = random_bytes(15);
+    uint64_t *out = output(1, sizeof *out);
+    int r = rk_gather((const char *)buf, 16, 1, 16, 12, 4, 0, out);
+    printf("control: rk_gather returned %d and nothing was reported\n", r);
+    free(out);
+    free(buf);
+    return 0;
+}
+
+/* Arguments whose arithmetic in the C's own range checks wraps (or overflows int64).  No
+   caller in ringkit passes them -- the Python side validates codecs and checks the field
+   bounds itself -- but each function's contract says it checks every offset against the
+   lengths it is given and returns -1 for arguments that do not fit.  One case per run: the
+   first report ends the process. */
+static int run_overflow(const char *which)
+{
+    uint8_t *buf = random_bytes(16);
+    uint64_t *out = output(1, sizeof *out);
+    int64_t *counts = output(1, sizeof *counts);
+    uint32_t *refs = output(2, sizeof *refs);
+    long r = 0;
+
+    if (strcmp(which, "gather-offset") == 0) {
+        /* offset + size wraps to 2, which fits the stride and the length: the field is read
+           at buf + SIZE_MAX - 1, i.e. buf - 2. */
+        r = rk_gather((const char *)buf, 16, 1, 16, SIZE_MAX - 1, 4, 0, out);
+    } else if (strcmp(which, "gather-refs-entries") == 0) {
+        /* max * estride = 2 * (2**63 - 1) wraps to -2, so off + max * estride wraps to 0 and
+           passes the "entries fit the slot" check; entry 1's ref is read 2**63 bytes on. */
+        int64_t spec[11] = {2, INT64_MAX, 0, 2, -1, 2, -1, 0, 0, 0, 0};
+        r = rk_gather_refs((const char *)buf, 16, 1, 16, spec, 11, counts, refs, 2);
+    } else if (strcmp(which, "gather-refs-ref-offset") == 0) {
+        /* roff + 4 overflows int64 in the "ref fits its entry" check. */
+        int64_t spec[11] = {0, INT64_MAX, INT64_MAX - 1, 1, -1, 1, -1, 0, 0, 0, 0};
+        r = rk_gather_refs((const char *)buf, 16, 1, 16, spec, 11, counts, refs, 2);
+    } else {
+        fprintf(stderr, "sanitize_fuzz: unknown overflow case %s\n", which);
+        return 64;
+    }
+    printf("overflow %s: returned %ld\n", which, r);
+    free(refs);
+    free(counts);
+    free(out);
+    free(buf);
+    return r == -1 ? 0 : 3;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned long rounds;
+
+    if (argc == 2 && strcmp(argv[1], "control") == 0)
+        return run_control();
+    if (argc == 3 && strcmp(argv[1], "overflow") == 0)
+        return run_overflow(argv[2]);
+    if (argc != 4 || strcmp(argv[1], "fuzz") != 0) {
+        fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE\n", argv[0]);
+        return 64;
+    }
+    seed = state = strtoull(argv[2], NULL, 0);
+    rounds = strtoul(argv[3], NULL, 0);
+    for (round_no = 0; round_no < rounds; round_no++) {
+        fuzz_memory();
+        fuzz_blkif_request();
+        fuzz_blkif_segments();
+        fuzz_gather();
+        fuzz_gather_refs();
+    }
+    printf("seed %llu: %lu rounds of each function, no finding\n", (unsigned long long)seed,
+           rounds);
+    return 0;
+}
