@@ -1,8 +1,8 @@
 """The blkif block backend: serves a raw image file or block device to a frontend domain.
 
-``BlockBackend`` is the driver (`device`), ``BlockService`` its transport-free request logic
-(`service`), ``Image`` the storage (`image`), ``SegmentMapper`` the grant mapping with
-persistent grants (`grants`), ``serve_ring`` the per-ring loop (`queue`).
+``BlockBackend`` is the driver (`device`), ``BlockService`` its blkif request logic
+(`service`), ``Image`` the storage (`image`), ``serve_ring`` the per-ring loop (`queue`), a
+`ringkit.requests.RequestServer` whose `GrantMapper` keeps persistent grants mapped.
 """
 
 from .device import BlockBackend as BlockBackend

@@ -26,9 +26,9 @@ from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures, Mode
+from ringkit.requests import GrantMapper
 
 from .config import MAX_RING_PAGE_ORDER, ServiceConfig
-from .grants import SegmentMapper
 from .image import Image
 from .queue import serve_ring
 from .service import BlockService, ServiceStats
@@ -46,6 +46,7 @@ class BlockBackend(Backend):
 
     device_type: ClassVar[str] = "vbd"
     ring_layout = blkif.RING_LAYOUT
+    request_codec = blkif.CODEC
     max_ring_page_order = MAX_RING_PAGE_ORDER
     """The class's ceiling; an instance offers its `config`'s value."""
     max_queues = 4
@@ -104,8 +105,8 @@ class BlockBackend(Backend):
         self.services = {
             queue.index: BlockService(
                 self.image,
-                SegmentMapper(self.domain.grants, self.peer_id, persistent=self.persistent,
-                              max_persistent=self.config.max_persistent),
+                GrantMapper(self.domain.grants, self.peer_id, persistent=self.persistent,
+                            max_persistent=self.config.max_persistent),
                 self.config,
             )
             for queue in self.queues

@@ -1,11 +1,13 @@
 """Serving one blkif request: validate, map, do the I/O, decide the response.
 
-`BlockService` is the transport-free heart of the block backend.  It gets a private copy of a
-ring slot and returns the ``(id, operation, status)`` to answer with; the ring plumbing around
-it (`backends.block.device`) only moves slots and responses.  Requests are served one after
-the other in ring order, so a response is sent only once its data is in the image (a WRITE is
-acknowledged after ``pwritev`` returned) and a FLUSH_DISKCACHE or WRITE_BARRIER covers every
-write answered before it.
+`BlockService` is the blkif heart of the block backend: the request-queue layer
+(`ringkit.requests.RequestServer`, wired in `backends.block.queue`) hands it each request as
+an `IncomingRequest` -- a private copy of the slot, its grant refs -- and `answer` returns the
+response.  Pages are mapped through the request (`IncomingRequest.pages` / `map`, persistent
+or not as the `GrantMapper` says) and unmapped by the layer before the answer goes out.
+Requests are served one after the other in ring order, so a response is sent only once its
+data is in the image (a WRITE is acknowledged after ``pwritev`` returned) and a
+FLUSH_DISKCACHE or WRITE_BARRIER covers every write answered before it.
 
 What the frontend can get wrong and what it gets back, following xen-blkback:
 
@@ -27,17 +29,19 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ringkit import GrantError, TransportError
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op, Status
+from ringkit.requests import GrantMapper, IncomingRequest, RequestError
 
 from .config import ServiceConfig
-from .grants import SegmentMapper
 from .image import Image
 
 log = logging.getLogger(__name__)
 
 _WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD})
+PUSH_AFTER_SECTORS = 128
+"""A request moving this many sectors (64 KiB) or more is answered at once, without waiting
+for the rest of its burst (`IncomingRequest.urgent`)."""
 
 
 @dataclass(slots=True)
@@ -56,7 +60,7 @@ class ServiceStats:
 class BlockService:
     """Serves blkif requests from one frontend against one `Image`."""
 
-    def __init__(self, image: Image, mapper: SegmentMapper, config: ServiceConfig) -> None:
+    def __init__(self, image: Image, mapper: GrantMapper, config: ServiceConfig) -> None:
         self.image = image
         self.mapper = mapper
         self.config = config
@@ -65,21 +69,27 @@ class BlockService:
             config.max_indirect_segments,
             blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
 
-    async def handle(self, slot: bytes | bytearray | memoryview) -> tuple[int, int, int]:
-        """Serve the request in `slot` (a private copy) and return ``(id, operation, status)``
-        for its response.  Never raises for anything the frontend wrote."""
+    async def answer(self, incoming: IncomingRequest) -> bytes:
+        """The response to `incoming` (the `RequestServer` handler)."""
+        rid, op, status = await self.handle(incoming)
+        return blkif.encode_response(rid, op, status)
+
+    async def handle(self, incoming: IncomingRequest) -> tuple[int, int, int]:
+        """Serve `incoming` and return ``(id, operation, status)`` for its response.  Never
+        raises for anything the frontend wrote."""
         self.stats.requests += 1
         try:
-            request = blkif.parse_request(slot, max_indirect_segments=self._max_indirect)
+            request = blkif.parse_request(incoming.slot,
+                                          max_indirect_segments=self._max_indirect)
             if isinstance(request, blkif.DiscardRequest):
                 await self._discard(request)
                 return request.id, Op.DISCARD, Status.OKAY
             if isinstance(request, blkif.IndirectRequest):
-                segments = await self._indirect_segments(request)
-                await self._transfer(request.id, request.indirect_op, request.sector_number,
-                                     segments)
+                segments = await self._indirect_segments(incoming, request)
+                await self._transfer(incoming, request.id, request.indirect_op,
+                                     request.sector_number, segments, direct=False)
                 return request.id, request.indirect_op, Status.OKAY
-            await self._read_write(request)
+            await self._read_write(incoming, request)
             return request.id, request.operation, Status.OKAY
         except InvalidRequest as exc:
             if exc.status == Status.EOPNOTSUPP:
@@ -89,7 +99,8 @@ class BlockService:
             log.debug("blkif request %#x refused: %s", exc.id, exc.reason)
             return exc.id, exc.operation, exc.status
 
-    async def _read_write(self, request: blkif.ReadWriteRequest) -> None:
+    async def _read_write(self, incoming: IncomingRequest,
+                          request: blkif.ReadWriteRequest) -> None:
         op, rid = request.operation, request.id
         if op == Op.FLUSH_DISKCACHE and not self.config.flush:
             raise InvalidRequest(rid, op, Status.EOPNOTSUPP, "flush not offered")
@@ -101,24 +112,28 @@ class BlockService:
             # everything answered before is already in the file: make it durable first
             await self._slow_io(rid, op, self.image.flush)
         if request.segments:
-            await self._transfer(rid, op, request.sector_number, request.segments)
+            await self._transfer(incoming, rid, op, request.sector_number, request.segments,
+                                 direct=True)
         if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
             await self._slow_io(rid, op, self.image.flush)
             self.stats.flushes += 1
 
-    async def _indirect_segments(self, request: blkif.IndirectRequest) -> blkif.SegmentArray:
+    async def _indirect_segments(self, incoming: IncomingRequest,
+                                 request: blkif.IndirectRequest) -> blkif.SegmentArray:
         op, rid = request.indirect_op, request.id
         if op == Op.WRITE and self.image.readonly:
             raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
         try:
-            raw = await self.mapper.copy_out(request.indirect_grefs,
-                                             request.nr_segments * blkif.SEGMENT_SIZE)
-        except (GrantError, TransportError) as exc:
+            pages = await incoming.map(request.indirect_grefs, writable=False)
+        except RequestError as exc:
             raise InvalidRequest(rid, op, Status.ERROR, f"indirect pages: {exc}") from exc
+        # one private copy of the segment list, parsed from there (never the shared pages)
+        length = request.nr_segments * blkif.SEGMENT_SIZE
+        raw = b"".join(bytes(page) for page in pages)[:length]
         return blkif.parse_indirect_segment_array(raw, request)
 
-    async def _transfer(self, rid: int, op: int, sector: int,
-                        segments: blkif.SegmentArray) -> None:
+    async def _transfer(self, incoming: IncomingRequest, rid: int, op: int, sector: int,
+                        segments: blkif.SegmentArray, *, direct: bool) -> None:
         nr_sectors = segments.nr_sectors
         if sector + nr_sectors > self.image.sectors:
             raise InvalidRequest(rid, op, Status.ERROR,
@@ -126,33 +141,34 @@ class BlockService:
                                  f"of the disk ({self.image.sectors} sectors)")
         reading = op == Op.READ
         try:
-            pageset = await self.mapper.map(segments.grefs, writable=reading)
-        except (GrantError, TransportError) as exc:
+            # direct segments are the refs the layer read from the slot; an indirect
+            # request's come from its segment list
+            mapped = (await incoming.pages() if direct
+                      else await incoming.map(segments.grefs, writable=reading))
+        except RequestError as exc:
             raise InvalidRequest(rid, op, Status.ERROR, f"grant map failed: {exc}") from exc
-        try:
-            size = blkif.SECTOR_SIZE
-            count = len(segments)
-            if (segments.first.count(0) == count
-                    and segments.last.count(blkif.SECTORS_PER_PAGE - 1, 0, count - 1)
-                    == count - 1):
-                # whole pages but maybe the last: the usual shape; the page list is this
-                # request's own, so it is handed to the I/O as it is
-                views = pageset.pages
-                if segments.last[-1] != blkif.SECTORS_PER_PAGE - 1:
-                    views[-1] = views[-1][:(segments.last[-1] + 1) * size]
-            else:
-                views = [page[first * size:(last + 1) * size]
-                         for page, first, last in zip(pageset.pages, segments.first,
-                                                      segments.last, strict=True)]
-            offset = sector * blkif.SECTOR_SIZE
-            if reading:
-                self._io(rid, op, self.image.read_into, views, offset, nr_sectors * size)
-                self.stats.sectors_read += nr_sectors
-            else:
-                self._io(rid, op, self.image.write_from, views, offset, nr_sectors * size)
-                self.stats.sectors_written += nr_sectors
-        finally:
-            await pageset.release()
+        size = blkif.SECTOR_SIZE
+        count = len(segments)
+        if (segments.first.count(0) == count
+                and segments.last.count(blkif.SECTORS_PER_PAGE - 1, 0, count - 1)
+                == count - 1):
+            # whole pages but maybe the last: the usual shape
+            views = list(mapped)
+            if segments.last[-1] != blkif.SECTORS_PER_PAGE - 1:
+                views[-1] = views[-1][:(segments.last[-1] + 1) * size]
+        else:
+            views = [page[first * size:(last + 1) * size]
+                     for page, first, last in zip(mapped, segments.first, segments.last,
+                                                  strict=True)]
+        offset = sector * blkif.SECTOR_SIZE
+        if reading:
+            self._io(rid, op, self.image.read_into, views, offset, nr_sectors * size)
+            self.stats.sectors_read += nr_sectors
+        else:
+            self._io(rid, op, self.image.write_from, views, offset, nr_sectors * size)
+            self.stats.sectors_written += nr_sectors
+        if nr_sectors >= PUSH_AFTER_SECTORS:
+            incoming.urgent = True
 
     async def _discard(self, request: blkif.DiscardRequest) -> None:
         rid = request.id
@@ -190,4 +206,4 @@ class BlockService:
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
 
 
-__all__ = ("BlockService", "ServiceConfig", "ServiceStats")
+__all__ = ("PUSH_AFTER_SECTORS", "BlockService", "ServiceConfig", "ServiceStats")

@@ -7,9 +7,10 @@ backend offers them), and once the backend says Connected reads ``sectors``, ``i
 (kept for the whole connection: with ``feature-persistent`` the backend maps each page once)
 and starts one receive loop per ring.
 
-``read``/``write``/``flush``/``discard`` go through the current connection's `BlockClient`.  If
-the backend goes away, requests in flight fail with `PeerGoneError`; a hostile backend fails
-them with `RemoteProtocolError` and the device is disconnected (Closing -> Closed).
+``read``/``write``/``flush``/``discard`` go through the current connection's `BlockClient`, on
+the request-queue layer (`ringkit.requests`).  If the backend goes away, requests in flight fail
+with `PeerGoneError`; a hostile backend fails them with `RemoteProtocolError` and the device is
+disconnected (Closing -> Closed).
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import ClassVar
 
-from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
-from ringkit.abc import Domain, SharedPages
+from ringkit import ConfigError, PeerGoneError
+from ringkit.abc import Domain
 from ringkit.channel import MAX_POLL_US, FrontRingChannel
 from ringkit.device import Frontend, Nodes, Queue
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures
+from ringkit.requests import GrantPool
 
 from .client import BlockClient, DiskInfo, PoolBuffer, ReadOp, WriteOp
 from .errors import BlockIOError
-from .queue import FrontQueues
 
 DEFAULT_POOL_PAGES = 512
 """Data pages granted to the backend per connection (2 MiB): two 1 MiB requests in flight."""
@@ -51,6 +52,7 @@ class BlockFrontend(Frontend):
 
     device_type: ClassVar[str] = "vbd"
     ring_layout = blkif.RING_LAYOUT
+    request_codec = blkif.CODEC
     max_ring_page_order = 4
     max_queues = 4
 
@@ -79,7 +81,6 @@ class BlockFrontend(Frontend):
         self.info: DiskInfo | None = None
         """What the backend advertised, for the current connection."""
         self._client: BlockClient | None = None
-        self._pool: SharedPages | None = None
 
     # ------------------------------------------------------------------ handshake hooks
 
@@ -114,30 +115,19 @@ class BlockFrontend(Frontend):
             discard_alignment=features.discard_alignment,
             persistent=self.offer_persistent and features.persistent,
         )
-        pool = await self.domain.grants.share(self.peer_id, self.pool_pages, writable=True)
-        queues = FrontQueues([queue.channel for queue in self.queues])
-        client = BlockClient(queues.send, pool.buffer, pool.refs, info,
-                             verify_reads=self.verify_reads, send_many=queues.send_many)
-        self.info, self._pool, self._client = info, pool, client
-        assert self._tg is not None
-        for index in range(len(self.queues)):
-            self._tg.start_soon(self._receive, queues, index, client)
-
-    async def _receive(self, queues: FrontQueues, index: int, client: BlockClient) -> None:
-        try:
-            await queues.receive_loop(index, client)
-        except RemoteProtocolError as exc:
-            self.wake("hostile response", exc)
-        except PeerGoneError as exc:
-            self.wake("ring broken", exc)
+        pool = await GrantPool.share(self.domain.grants, self.peer_id, self.pool_pages)
+        client = BlockClient([queue.channel for queue in self.queues], pool, info,
+                             verify_reads=self.verify_reads)
+        self.info, self._client = info, client
+        # a hostile or vanished backend ends run() with a typed error: the device's task
+        # group turns that into a disconnect (Closing -> Closed), as for a broken ring
+        self.tasks.start_soon(client.run)
 
     async def disconnected(self) -> None:
         client, self._client = self._client, None
-        pool, self._pool = self._pool, None
         if client is not None:
             client.fail(PeerGoneError(f"{self.address}: disconnected"))
-        if pool is not None:
-            await pool.aclose()
+            await client.pool.aclose()
 
     # ------------------------------------------------------------------ I/O
 

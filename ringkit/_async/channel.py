@@ -264,6 +264,23 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         finally:
             self._receiving = False
 
+    def receive_into_nowait(self, buf: bytearray | memoryview, max_count: int = 64) -> int:
+        """`receive_into` without waiting: copy up to `max_count` pending items into `buf`
+        (item i at ``i * slot_size``); return how many (possibly 0)."""
+        size = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+        max_count = min(max_count, size // self._slot_size)
+        if max_count < 1:
+            raise ValueError(f"a {size}-byte buffer holds no {self._slot_size}-byte slot")
+        self._check()
+        try:
+            count = self._take_into(buf, max_count)
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
+        if count:
+            self._busy = True
+            self._wake_senders()
+        return count
+
     async def receive_into(self, buf: bytearray | memoryview, max_count: int = 64) -> int:
         """Copy at least one and up to `max_count` items into `buf`, item i at ``i *
         slot_size`` (whole slots: the request-queue layer reads their fields from there in
@@ -281,14 +298,8 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         try:
             await anyio.lowlevel.checkpoint()
             while True:
-                self._check()
-                try:
-                    count = self._take_into(buf, max_count)
-                except RemoteProtocolError as exc:
-                    raise self._break(exc) from exc
+                count = self.receive_into_nowait(buf, max_count)
                 if count:
-                    self._busy = True
-                    self._wake_senders()
                     return count
                 await self._wait_for_items()
         finally:

@@ -275,9 +275,10 @@ static int rk_gather(const char *buf, size_t length, size_t count, size_t stride
 {
     const uint8_t *p = (const uint8_t *)buf;
     size_t i;
-    if (size == 0 || size > 8 || offset + size > stride)
+    /* every sum below is of values already bounded, so none wraps */
+    if (size == 0 || size > 8 || offset > stride || size > stride - offset)
         return -1;
-    if (count && (count - 1 > (length - offset - size) / stride || offset + size > length))
+    if (count && (offset + size > length || count - 1 > (length - offset - size) / stride))
         return -1;
     for (i = 0; i < count; i++)
         out[i] = rk_field(p + i * stride + offset, size, is_signed);
@@ -305,15 +306,22 @@ static long rk_gather_refs(const char *buf, size_t length, size_t count, size_t 
     off = spec[0]; estride = spec[1]; roff = spec[2]; max = spec[3];
     coff = spec[4]; csize = spec[5]; ooff = spec[6]; osize = spec[7];
     osigned = (int)spec[8]; filter = (int)spec[9]; nops = spec[10];
-    if (nops < 0 || (size_t)nops != nspec - 11 || off < 0 || estride < 4 || roff < 0
-        || roff + 4 > estride || max < 1 || (uint64_t)max > (uint64_t)stride
-        || (uint64_t)off + (uint64_t)max * (uint64_t)estride > stride)
+    /* bound each value by the slot before combining any two, so no sum or product wraps:
+       stride is a slot size, far below 2**32 in practice, and checked against it here */
+    if (stride == 0 || stride > 0xFFFFFFFFu)
         return -1;
-    if (coff >= 0 && (csize < 1 || csize > 8 || (uint64_t)coff + (uint64_t)csize > stride))
+    if (nops < 0 || (size_t)nops != nspec - 11 || off < 0 || (uint64_t)off > stride
+        || estride < 4 || (uint64_t)estride > stride || roff < 0 || roff > estride - 4
+        || max < 1 || (uint64_t)max > stride
+        || (uint64_t)max * (uint64_t)estride > stride - (uint64_t)off)
+        return -1;
+    if (coff >= 0 && (csize < 1 || csize > 8 || (uint64_t)coff > stride
+                      || (uint64_t)csize > stride - (uint64_t)coff))
         return -1;
     if (coff < 0 && (csize < 0 || csize > max))
         return -1;
-    if (ooff >= 0 && (osize < 1 || osize > 8 || (uint64_t)ooff + (uint64_t)osize > stride))
+    if (ooff >= 0 && (osize < 1 || osize > 8 || (uint64_t)ooff > stride
+                      || (uint64_t)osize > stride - (uint64_t)ooff))
         return -1;
     if (filter && ooff < 0)
         return -1;

@@ -31,6 +31,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from ..requests.codec import Field, RefList, SlotCodec
 from ._half import resolve_native
 from .layout import RingLayout
 
@@ -89,6 +90,24 @@ class Status(enum.IntEnum):
     OKAY = 0
     ERROR = -1
     EOPNOTSUPP = -2
+
+
+CODEC: Final = SlotCodec(
+    RING_LAYOUT,
+    request_id=Field(8, 8),
+    response_id=Field(0, 8),
+    operation=Field(0, 1),
+    refs=RefList(offset=24, stride=8, maximum=MAX_SEGMENTS_PER_REQUEST, count=Field(1, 1),
+                 operations=frozenset({Op.READ, Op.WRITE, Op.WRITE_BARRIER,
+                                       Op.FLUSH_DISKCACHE}),
+                 writable_operations=frozenset({Op.READ})),
+    status=Field(10, 2, signed=True),
+    error_status=Status.ERROR,
+    echo=((Field(8, 1), Field(0, 1)),),
+)
+"""blkif for `ringkit.requests`: the id (``u.rw.id``, answered in ``blkif_response.id``), the
+operation, the direct segments' grant refs (INDIRECT and DISCARD requests name theirs
+otherwise), and the error answer (BLKIF_RSP_ERROR, the operation echoed)."""
 
 
 # --------------------------------------------------------------------------- layouts
@@ -618,6 +637,7 @@ def parse_indirect_segment_array(pages: bytes | bytearray | memoryview,
 
 
 __all__ = (
+    "CODEC",
     "DISCARD_SECURE",
     "MAX_INDIRECT_PAGES_PER_REQUEST",
     "MAX_SEGMENTS_PER_REQUEST",

@@ -38,7 +38,7 @@ A minimal pair::
 docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
-from .back import Handler, IncomingRequest, RequestServer, ServerStats
+from .back import Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
 from .codec import Field, RefList, RequestError, SlotCodec
 from .front import Completions, QueueStats, Request, RequestQueue
 from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet
@@ -61,4 +61,5 @@ __all__ = (
     "RequestServer",
     "ServerStats",
     "SlotCodec",
+    "answer_slot",
 )

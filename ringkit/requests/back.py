@@ -38,7 +38,7 @@ from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportErr
 from .codec import RequestError, SlotCodec, gather, gather_refs
 from .mapping import GrantMapper, PageSet
 
-__all__ = ("Handler", "IncomingRequest", "RequestServer", "ServerStats")
+__all__ = ("Handler", "IncomingRequest", "RequestServer", "ServerStats", "answer_slot")
 
 
 class IncomingRequest:
@@ -52,11 +52,13 @@ class IncomingRequest:
     answered.
     """
 
-    __slots__ = ("_extra", "_fault", "_mapped", "_server", "id", "operation", "refs", "slot")
+    __slots__ = ("_codec", "_extra", "_fault", "_mapped", "_mapper", "id", "operation", "refs",
+                 "slot", "urgent")
 
-    def __init__(self, server: RequestServer, slot: bytearray, rid: int,
+    def __init__(self, codec: SlotCodec, mapper: GrantMapper | None, slot: bytearray, rid: int,
                  operation: int | None, refs: Sequence[int], fault: str | None) -> None:
-        self._server = server
+        self._codec = codec
+        self._mapper = mapper
         self.slot = slot
         """The request, a private copy of its ring slot."""
         self.id = rid
@@ -64,6 +66,10 @@ class IncomingRequest:
         """The codec's operation field (None when the codec has none)."""
         self.refs = refs
         """The grant refs the request names (empty when malformed: see `pages`)."""
+        self.urgent = False
+        """Set by the handler: push this response (with the ones before it) as soon as it is
+        written, instead of with the rest of its burst -- a large transfer's frontend need not
+        wait for the small requests behind it."""
         self._fault = fault
         self._mapped: PageSet | None = None
         self._extra: list[PageSet] = []
@@ -83,10 +89,9 @@ class IncomingRequest:
         if self._fault is not None:
             raise RequestError(self._fault)
         if self._mapped is None:
-            codec = self._server.codec
-            spec = codec.refs
+            spec = self._codec.refs
             writable = spec is not None and self.operation in spec.writable_operations
-            self._mapped = await self._server._map(self.refs, writable)
+            self._mapped = await self._map(self.refs, writable)
         return self._mapped.pages
 
     async def map(self, refs: Sequence[int], *, writable: bool) -> list[memoryview]:
@@ -95,9 +100,17 @@ class IncomingRequest:
         Raises:
             RequestError: a ref cannot be mapped.
         """
-        pageset = await self._server._map(refs, writable)
+        pageset = await self._map(refs, writable)
         self._extra.append(pageset)
         return pageset.pages
+
+    async def _map(self, refs: Sequence[int], writable: bool) -> PageSet:
+        if self._mapper is None:
+            raise RequestError("this server maps no grants (it was given no GrantMapper)")
+        try:
+            return await self._mapper.map(refs, writable=writable)
+        except (GrantError, TransportError) as exc:
+            raise RequestError(f"cannot map the request's grants: {exc}") from exc
 
     async def _release(self) -> None:
         mapped, self._mapped = self._mapped, None
@@ -177,14 +190,20 @@ class RequestServer:
         while True:
             count = await channel.receive_into(inbuf, self.burst)
             requests = self._incoming(count)
+            pushed = 0
             for i, request in enumerate(requests):
                 await self._answer_into(request, out, i * slot)
+                if request.urgent:
+                    self._push(pushed, i + 1)
+                    pushed = i + 1
             stats.requests += count
-            self._push(count)
+            if pushed < count:
+                self._push(pushed, count)
 
-    def _push(self, count: int) -> None:
+    def _push(self, start: int, stop: int) -> None:
+        """Push the responses written at positions `start` .. `stop` - 1 of the output."""
         slot = self.codec.layout.slot_size
-        self.channel.send_from_nowait(self._out_view[:count * slot], count)
+        self.channel.send_from_nowait(self._out_view[start * slot:stop * slot], stop - start)
         self.stats.pushes += 1
 
     # ------------------------------------------------------------------ concurrently
@@ -260,43 +279,70 @@ class RequestServer:
                 fault = (f"{codec.layout.name}: request {ids[i]} names more grant refs than "
                          f"the {codec.refs.maximum if codec.refs else 0} that fit")
                 n = 0
-            requests.append(IncomingRequest(self, buf[i * slot:i * slot + size], ids[i],
-                                            ops[i], refs[pos:pos + n], fault))
+            requests.append(IncomingRequest(codec, self.mapper, buf[i * slot:i * slot + size],
+                                            ids[i], ops[i], refs[pos:pos + n], fault))
             pos += n
         return requests
 
     async def _answer_into(self, request: IncomingRequest, out: bytearray | memoryview,
                            base: int) -> None:
         """Run the handler for `request` and write its response at `base` of `out`."""
-        codec = self.codec
-        size = codec.layout.response_size
-        try:
-            response = await self.handler(request)
-            length = len(response) if not isinstance(response, memoryview) else response.nbytes
-            if length > size:
-                raise ConfigError(f"{codec.layout.name}: the handler answered {length} bytes, "
-                                  f"a response is {size}")
-            out[base:base + length] = response
-            if length < codec.layout.slot_size:
-                end = base + codec.layout.slot_size
-                out[base + length:end] = bytes(end - base - length)
-        except RequestError as exc:
-            if not codec.can_refuse:
-                raise RemoteProtocolError(f"{codec.layout.name}: request {request.id}: "
-                                          f"{exc.reason}") from exc
+        if not await _answer(self.codec, self.handler, request, out, base):
             self.stats.refused += 1
-            out[base:base + codec.layout.slot_size] = bytes(codec.layout.slot_size)
-            codec.encode_error(request.slot, out, base)
-        finally:
-            await request._release()
 
-    async def _map(self, refs: Sequence[int], writable: bool) -> PageSet:
-        if self.mapper is None:
-            raise RequestError("this server maps no grants (it was given no GrantMapper)")
-        try:
-            return await self.mapper.map(refs, writable=writable)
-        except (GrantError, TransportError) as exc:
-            raise RequestError(f"cannot map the request's grants: {exc}") from exc
+
+async def _answer(codec: SlotCodec, handler: Handler, request: IncomingRequest,
+                  out: bytearray | memoryview, base: int) -> bool:
+    """Run `handler` for `request` and write its response, zero-padded to a whole slot, at
+    `base` of `out`; release the request's mappings.  False: it was refused (`RequestError`)
+    and got the codec's error response."""
+    size = codec.layout.response_size
+    slot = codec.layout.slot_size
+    try:
+        response = await handler(request)
+        length = len(response) if not isinstance(response, memoryview) else response.nbytes
+        if length > size:
+            raise ConfigError(f"{codec.layout.name}: the handler answered {length} bytes, "
+                              f"a response is {size}")
+        out[base:base + length] = response
+        if length < slot:
+            out[base + length:base + slot] = bytes(slot - length)
+        return True
+    except RequestError as exc:
+        if not codec.can_refuse:
+            raise RemoteProtocolError(f"{codec.layout.name}: request {request.id}: "
+                                      f"{exc.reason}") from exc
+        out[base:base + slot] = bytes(slot)
+        codec.encode_error(request.slot, out, base)
+        return False
+    finally:
+        await request._release()
+
+
+async def answer_slot(codec: SlotCodec, handler: Handler,
+                      slot: bytes | bytearray | memoryview, *,
+                      mapper: GrantMapper | None = None) -> bytearray:
+    """Serve one request slot as a `RequestServer` would -- ids and refs read through `codec`,
+    pages mapped through `mapper` and released before the answer, a `RequestError` answered
+    with the codec's error response -- without a ring; return the response.  For unit tests of
+    a handler.
+
+    Raises: what the handler raises (other than `RequestError`).
+    """
+    size = codec.layout.request_size
+    copy = bytearray(codec.layout.slot_size)
+    copy[:len(slot)] = slot
+    fault = None
+    try:
+        refs = codec.refs_of(copy)
+    except RequestError as exc:
+        refs, fault = [], exc.reason
+    operation = codec.operation.read(copy) if codec.operation is not None else None
+    request = IncomingRequest(codec, mapper, copy[:size], codec.request_id.read(copy),
+                              operation, refs, fault)
+    out = bytearray(codec.layout.slot_size)
+    await _answer(codec, handler, request, out, 0)
+    return out[:codec.layout.response_size]
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

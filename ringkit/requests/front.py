@@ -66,7 +66,7 @@ class Request:
     """
 
     __slots__ = ("_completions", "_event", "_orphan", "_queue", "_state", "buffer", "channel",
-                 "id", "pages", "refs", "response", "slot", "tag")
+                 "generation", "id", "pages", "refs", "response", "slot", "tag")
 
     def __init__(self, queue: RequestQueue, rid: int, channel: int) -> None:
         layout = queue.codec.layout
@@ -86,6 +86,9 @@ class Request:
         self.buffer: memoryview | None = None
         """A view of all of `pages` when they are contiguous in the pool (else None)."""
         self.tag: object = None
+        self.generation = 0
+        """Bumped each time the record is prepared for a new request: a holder of an old
+        reference can tell the record moved on."""
         self._state = _State.FREE
         self._orphan = False
         self._event: anyio.Event | None = None
@@ -215,6 +218,7 @@ class RequestQueue:
         self._channels = list(channels)
         self._check_response = check
         self._burst = burst
+        self._poll_buf = bytearray(codec.layout.slot_size * burst)
         self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
         self._requests: list[Request] = []
         self._free: list[list[Request]] = []
@@ -283,6 +287,47 @@ class RequestQueue:
             raise
         return request
 
+    def prepare_nowait(self, pages: int = 0, *, contiguous: bool = False) -> Request | None:
+        """`prepare` without waiting: a request record, or None when no id or not enough
+        pages are free right now.
+
+        Raises: as `prepare` (but never waits).
+        """
+        self._check()
+        if pages and self.pool is None:
+            raise ConfigError("pages asked of a request queue without a grant pool")
+        free = self._free
+        index = 0 if len(free) == 1 else max(range(len(free)), key=lambda i: len(free[i]))
+        if not free[index]:
+            return None
+        got: Sequence[int] = range(0)
+        if pages:
+            assert self.pool is not None
+            if pages > self.pool.size:
+                raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
+            found = self.pool.take_nowait(pages, contiguous=contiguous)
+            if found is None:
+                return None
+            got = found
+        request = self._hold(free[index].pop())
+        if pages:
+            self._lend(request, got)
+        return request
+
+    def adopt_pages(self, request: Request, pages: Sequence[int]) -> None:
+        """Hand pool pages the caller holds (lent by the pool outside any request) to a request
+        in flight: they go back to the pool with it, once it is answered.  For a caller that
+        gives up on a request whose pages it lent it (the backend may still write into them).
+
+        Raises:
+            LocalProtocolError: the request is not in flight.
+        """
+        self._own(request)
+        if request._state is not _State.SENT:
+            raise LocalProtocolError(f"request {request.id} is {request._state.value}, not in "
+                                     "flight")
+        request.pages = [*request.pages, *pages]
+
     @asynccontextmanager
     async def request(self, pages: int = 0, *, contiguous: bool = False
                       ) -> AsyncIterator[Request]:
@@ -299,10 +344,17 @@ class RequestQueue:
         they come back when it is answered (the backend may use its pages until then)."""
         self._own(request)
         if request._state is _State.SENT:
-            request._orphan = True
-            return
-        if request._state is not _State.FREE:
+            self._abandon(request)
+        elif request._state is not _State.FREE:
             self._give_back(request)
+
+    def _abandon(self, request: Request) -> None:
+        """A request in flight nobody waits for: an orphan until its answer comes -- or, once
+        the queue failed (no answer will come; the connection is gone), given back now."""
+        if self._error is not None:
+            self._give_back(request)
+        else:
+            request._orphan = True
 
     # ------------------------------------------------------------------ sending
 
@@ -357,7 +409,7 @@ class RequestQueue:
             await event.wait()
         except BaseException:
             if request._state is _State.SENT:
-                request._orphan = True
+                self._abandon(request)
             raise
         if not request.answered:
             self._check()
@@ -385,7 +437,7 @@ class RequestQueue:
         except BaseException:
             for request in requests:
                 if request._state is _State.SENT:
-                    request._orphan = True
+                    self._abandon(request)
             raise
 
     # ------------------------------------------------------------------ receiving
@@ -410,42 +462,70 @@ class RequestQueue:
         except BaseExceptionGroup as group:
             raise _first(group) from None
 
+    def poll(self) -> int:
+        """Take and match the responses waiting on every ring now, without waiting (for a
+        caller that drives the queue itself instead of running `run`); return how many.
+
+        Raises:
+            RemoteProtocolError, PeerGoneError: as `run` (the queue was failed first).
+        """
+        self._check()
+        total = 0
+        for index, channel in enumerate(self._channels):
+            buf = self._poll_buf
+            try:
+                count = channel.receive_into_nowait(buf, self._burst)
+                if count:
+                    self._deliver(index, buf, count)
+            except RemoteProtocolError as exc:
+                self.fail(exc)
+                raise
+            except anyio.BrokenResourceError as exc:
+                raise self._broken(index, exc) from exc
+            total += count
+        return total
+
     async def _receive_loop(self, index: int) -> None:
         channel = self._channels[index]
-        codec = self.codec
-        slot = codec.layout.slot_size
-        size = codec.layout.response_size
-        id_field = codec.response_id
-        helper = self._helper
-        table = self._requests
-        check = self._check_response
-        stats = self.stats
-        buf = bytearray(slot * self._burst)
+        buf = bytearray(self.codec.layout.slot_size * self._burst)
         try:
             while True:
                 count = await channel.receive_into(buf, self._burst)
-                ids = gather(buf, count, slot, id_field, helper)
-                for i, rid in enumerate(ids):
-                    request = table[rid] if 0 <= rid < len(table) else None
-                    if request is None or request._state is not _State.SENT \
-                            or request.channel != index:
-                        raise RemoteProtocolError(self._bad_id(rid, request, index))
-                    request.response[:] = buf[i * slot:i * slot + size]
-                    if check is not None:
-                        check(request)
-                    self._answered(request)
-                stats.answered += count
+                self._deliver(index, buf, count)
         except RemoteProtocolError as exc:
             self.fail(exc)
             raise
         except anyio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            error = (cause if isinstance(cause, RemoteProtocolError | PeerGoneError)
-                     else PeerGoneError(f"ring {index} broke: {exc}"))
-            self.fail(error)
-            raise error from exc
+            raise self._broken(index, exc) from exc
         except anyio.ClosedResourceError:
             self.fail(PeerGoneError("the request queue's ring was closed"))
+
+    def _broken(self, index: int, exc: anyio.BrokenResourceError) -> BaseException:
+        """Fail the queue for a broken ring; the error to raise."""
+        cause = exc.__cause__
+        error = (cause if isinstance(cause, RemoteProtocolError | PeerGoneError)
+                 else PeerGoneError(f"ring {index} broke: {exc}"))
+        self.fail(error)
+        return error
+
+    def _deliver(self, index: int, buf: bytearray, count: int) -> None:
+        """Match the `count` responses in `buf` (taken from ring `index`) to their requests."""
+        codec = self.codec
+        slot = codec.layout.slot_size
+        size = codec.layout.response_size
+        table = self._requests
+        check = self._check_response
+        ids = gather(buf, count, slot, codec.response_id, self._helper)
+        for i, rid in enumerate(ids):
+            request = table[rid] if 0 <= rid < len(table) else None
+            if request is None or request._state is not _State.SENT \
+                    or request.channel != index:
+                raise RemoteProtocolError(self._bad_id(rid, request, index))
+            request.response[:] = buf[i * slot:i * slot + size]
+            if check is not None:
+                check(request)
+            self._answered(request)
+        self.stats.answered += count
 
     def fail(self, error: BaseException) -> None:
         """End the queue: every waiter (for an id, pages or an answer) and every later call
@@ -453,7 +533,9 @@ class RequestQueue:
         if self._error is None:
             self._error = error
         for request in self._requests:
-            if request._state is _State.SENT:
+            if request._state is _State.SENT and request._orphan:
+                self._give_back(request)  # its caller is gone, and no answer will come
+            elif request._state is _State.SENT:
                 if request._completions is not None:
                     request._completions._wake()
                 if request._event is not None:
@@ -488,7 +570,11 @@ class RequestQueue:
             waiter = anyio.Event()
             self._id_waiters.append(waiter)
             await waiter.wait()
+        return self._hold(request)
+
+    def _hold(self, request: Request) -> Request:
         request._state = _State.HELD
+        request.generation += 1
         request._orphan = False
         request._event = None
         request._completions = None

@@ -1,4 +1,5 @@
-"""An in-process stand-in for the frontend's granted pages, for transport-free driver tests.
+"""In-process stand-ins for the frontend's granted pages and a blkif ring, for transport-free
+driver tests.
 
 `FakeGrants` holds a pool of pages under refs 1000.. and implements `GrantTable.map` the way
 gntdev behaves for the backend: unknown refs and writable maps of read-only grants are refused
@@ -10,11 +11,18 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
+from ringkit.frontends.block.client import BlockClient, DiskInfo
 
 from ringkit._errors import GrantError, PeerGoneError
 from ringkit.abc import PAGE_SIZE, EventChannel, GrantTable, MappedPages, SharedPages
+from ringkit.channel import BackRingChannel, FrontRingChannel
+from ringkit.proto import blkif
+from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import GrantPool
+from ringkit.testing.memory import memory_event_pair
 
 BASE_REF = 1000
 
@@ -145,3 +153,28 @@ def event_pair() -> tuple[FakeEventChannel, FakeEventChannel]:
     a, b = FakeEventChannel(1), FakeEventChannel(2)
     a.peer, b.peer = b, a
     return a, b
+
+
+class RingPair:
+    """A `BlockClient` on one in-memory blkif ring, its pool the pages of `grants`, with the
+    ring's backend half left to the test (`back`, a raw `BackRing`, and `back_event`) -- to
+    serve it (`serve_ring`) or to answer by hand.  Run `client.run` (or call
+    `client.queue.poll()`) for the answers to land."""
+
+    def __init__(self, grants: FakeGrants, info: DiskInfo, **client_args: Any) -> None:
+        self.ring = bytearray(PAGE_SIZE)
+        self.front_event, self.back_event = memory_event_pair()
+        self.front = FrontRingChannel(FrontRing.init(self.ring, blkif.RING_LAYOUT),
+                                      self.front_event)
+        self.back = BackRing.attach(self.ring, blkif.RING_LAYOUT)
+        self.back_channel = BackRingChannel(BackRing.attach(self.ring, blkif.RING_LAYOUT),
+                                            self.back_event)
+        self.client = BlockClient([self.front], GrantPool(memoryview(grants.memory),
+                                                          grants.refs), info, **client_args)
+
+    def answer(self, response: blkif.Response) -> None:
+        """Put one response on the ring by hand (the backend half `back`) and ring the bell."""
+        self.back.put_response(blkif.encode_response(response.id, response.operation,
+                                                     response.status))
+        if self.back.push_responses():
+            self.back_event.notify()

@@ -14,20 +14,27 @@ ones.  It takes each request as the ring would hand it over, and then:
   yields in between, and for a READ writes the data before it answers, as Linux's blkback does.
 
 `violations` lists every breach of the page discipline; `in_flight` the requests not answered.
-The answers go to `client.deliver`, set once the client exists (or through `respond`).
+Client and peer share one in-memory blkif ring: the client's request queue is its front half,
+the peer takes requests off the back half (`pull`) and puts its answers there (`respond`),
+then has the client take them at once (`RequestQueue.poll`), so no receive task is needed.
+`batches` records how many requests each of the client's pushes carried.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 
+from ringkit.channel import FrontRingChannel
 from ringkit.proto import blkif
+from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import GrantPool
+from ringkit.testing.memory import memory_event_pair
 
 PAGE = blkif.PAGE_SIZE
 SECTOR = blkif.SECTOR_SIZE
@@ -36,10 +43,19 @@ SCRIBBLE = b"\xee" * PAGE
 
 
 def free_pages(client: BlockClient) -> int:
-    """The client's free pool pages, checking its count against its map."""
-    count = client._free_count
-    assert count == sum(client._freemap), "free count and free map disagree"
-    return count
+    """The client's free pool pages."""
+    return client.pool.free
+
+
+class _RecordingChannel(FrontRingChannel):
+    """A front ring channel that notes how many requests each push carried."""
+
+    batches: list[int]
+
+    def send_batch_nowait(self, items: Iterable[bytes | bytearray | memoryview]) -> int:
+        sent = super().send_batch_nowait(items)
+        self.batches.append(sent)
+        return sent
 
 
 @dataclass
@@ -67,46 +83,48 @@ class HostilePeer:
         self.rng = random.Random(seed)
         self.hold = hold
         self.scribble = scribble
-        self.in_flight: dict[int, Held] = {}
         self.violations: list[str] = []
         self.client: BlockClient | None = None
         self.requests = 0
         self.batches: list[int] = []
-        """How many requests each `send_many` call queued (one push each on a real ring)."""
+        """How many requests each of the client's pushes carried."""
         self.room = 32
-        """Most requests one `send_many` queues (the free slots of a ring)."""
+        """The client's window: most requests in flight (a one-page blkif ring has 32)."""
+        self._in_flight: dict[int, Held] = {}
+        self._ring = bytearray(PAGE)
+        self._back = BackRing.attach(self._ring, blkif.RING_LAYOUT)
+        self._events = memory_event_pair()
         self._answering: set[int] = set()
         """Requests an `answer` is moving the data of (serve and drain may run together)."""
         self.failing: set[int] = set()
         """Start sectors of requests answered BLKIF_RSP_ERROR (their data is not moved)."""
 
-    def new_client(self, *, batched: bool = False, **kwargs: bool) -> BlockClient:
-        """A `BlockClient` on this peer's pool whose requests come here (`batched`: with a
-        `send_many`)."""
-        self.client = BlockClient(self.send, memoryview(self.memory), self.refs, self.info,
-                                  send_many=self.send_many if batched else None, **kwargs)
+    def new_client(self, **kwargs: bool) -> BlockClient:
+        """A `BlockClient` on this peer's pool and ring (window: `room`)."""
+        front = FrontRing.init(self._ring, blkif.RING_LAYOUT)
+        self._back = BackRing.attach(self._ring, blkif.RING_LAYOUT)
+        channel = _RecordingChannel(front, self._events[0])
+        channel.batches = self.batches
+        self.client = BlockClient([channel], GrantPool(memoryview(self.memory), self.refs),
+                                  self.info, window=self.room, **kwargs)
         return self.client
 
-    async def send_many(self, slots: Sequence[bytearray]) -> int:
-        """The client's `send_many`: up to `room` requests queued at once (one push)."""
-        await anyio.lowlevel.checkpoint()
-        count = min(len(slots), self.room)
-        for slot in slots[:count]:
+    @property
+    def in_flight(self) -> dict[int, Held]:
+        """The requests taken and not answered (taking what the client pushed first)."""
+        self.pull()
+        return self._in_flight
+
+    def pull(self) -> None:
+        """Take every request the client pushed off the ring."""
+        while (slot := self._back.take_request()) is not None:
             self.take(slot)
-        self.batches.append(count)
-        return count
 
     def page(self, gref: int) -> memoryview:
         index = gref - BASE_REF
         if not 0 <= index < len(self.refs):
             raise AssertionError(f"request names grant ref {gref}, not one of the pool's")
         return memoryview(self.memory)[index * PAGE:(index + 1) * PAGE]
-
-    async def send(self, slot: bytes | bytearray) -> None:
-        """The client's `send`: the request is on the ring once this returns, and a
-        cancellation can only land before it is (as with `FrontQueues.send`)."""
-        await anyio.lowlevel.checkpoint()
-        self.take(slot)
 
     def take(self, slot: bytes | bytearray) -> None:
         """Take one request off the ring, checking the page discipline."""
@@ -128,17 +146,17 @@ class HostilePeer:
         grefs = frozenset(refs)
         if len(grefs) != len(refs):
             self.violations.append(f"request {request.id:#x} names a page twice")
-        for rid, held in self.in_flight.items():
+        for rid, held in self._in_flight.items():
             if grefs & held.grefs:
                 self.violations.append(f"request {request.id:#x} reuses pages "
                                        f"{sorted(grefs & held.grefs)} of request {rid:#x}, "
                                        "which is still in flight")
-        if request.id in self.in_flight:
+        if request.id in self._in_flight:
             self.violations.append(f"request id {request.id:#x} is already in flight")
         if operation == blkif.Op.READ and self.scribble:
             for gref in segments.grefs:
                 self.page(gref)[:] = SCRIBBLE
-        self.in_flight[request.id] = Held(request, operation, segments, grefs)
+        self._in_flight[request.id] = Held(request, operation, segments, grefs)
         self.requests += 1
 
     def windows(self, held: Held) -> Iterator[tuple[int, memoryview, int, int]]:
@@ -164,9 +182,9 @@ class HostilePeer:
             self._answering.discard(rid)
 
     async def _answer(self, rid: int) -> None:
-        held = self.in_flight[rid]
+        held = self._in_flight[rid]
         if held.request.sector_number in self.failing:
-            del self.in_flight[rid]
+            del self._in_flight[rid]
             await self.respond(blkif.Response(rid, held.operation, blkif.Status.ERROR))
             return
         for index, window, position, length in self.windows(held):
@@ -176,14 +194,21 @@ class HostilePeer:
                 self.disk[position:position + length] = window
             if index % 7 == 6:
                 await anyio.lowlevel.checkpoint()
-        del self.in_flight[rid]
+        del self._in_flight[rid]
         await self.respond(blkif.Response(rid, held.operation, blkif.Status.OKAY))
 
     async def respond(self, response: blkif.Response) -> None:
-        """Hand `response` to the frontend: straight to `client.deliver` (a test over a real
-        ring replaces this with a push onto the ring)."""
+        """Put `response` on the ring, push it, and have the client take it now.
+
+        Raises:
+            RemoteProtocolError: the client found the response hostile (it is failed).
+        """
         assert self.client is not None
-        self.client.deliver(response)
+        self._back.put_response(blkif.encode_response(response.id, response.operation,
+                                                      response.status))
+        if self._back.push_responses():
+            self._events[1].notify()
+        self.client.queue.poll()
 
     async def serve(self) -> None:
         """Answer requests forever, in random order, after random delays."""

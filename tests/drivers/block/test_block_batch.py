@@ -28,7 +28,7 @@ async def test_a_batch_of_mixed_ops_answered_in_random_order(pool_pages: int,
     model = bytearray(disk)
     peer = HostilePeer(pool_pages, disk, indirect=indirect, seed=seed)
     peer.room = 7  # a ring with few free slots: the batch goes out in several pushes
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     # disjoint 64 KiB areas, so that no op of the batch depends on another
     areas = rng.sample(range(DISK // (64 << 10)), 24)
     ops: list[ReadOp | WriteOp] = []
@@ -61,7 +61,7 @@ async def test_a_batch_of_mixed_ops_answered_in_random_order(pool_pages: int,
 
 async def test_one_push_for_a_batch_that_fits() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, hold=1.0)  # answers when told to
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     buffers = [bytearray(4096) for _ in range(16)]
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -72,22 +72,23 @@ async def test_one_push_for_a_batch_that_fits() -> None:
             await peer.drain()
 
 
-async def test_negative_control_without_send_many_a_batch_goes_one_by_one() -> None:
+async def test_negative_control_at_depth_one_a_batch_goes_one_by_one() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=3)
     client = peer.new_client()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as server:
             server.start_soon(peer.serve)
-            results = await client.submit([ReadOp(i * 8192, bytearray(4096)) for i in range(16)])
+            results = await client.submit([ReadOp(i * 8192, bytearray(4096)) for i in range(16)],
+                                          depth=1)
             server.cancel_scope.cancel()
     assert results == [None] * 16
-    assert peer.batches == [] and peer.requests == 16
+    assert peer.batches == [1] * 16 and peer.requests == 16
 
 
 async def test_an_error_answer_fails_only_its_op() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=5)
     peer.failing = {16}  # the request starting at sector 16 (byte 8192)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as server:
             server.start_soon(peer.serve)
@@ -100,7 +101,7 @@ async def test_an_error_answer_fails_only_its_op() -> None:
 
 async def test_bad_ops_are_refused_before_anything_is_sent() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     good = ReadOp(0, bytearray(4096))
     for bad in (ReadOp(DISK, bytearray(512)), WriteOp(100, b"x" * 512),
                 ReadOp(0, b"\0" * 512), "read"):
@@ -111,7 +112,7 @@ async def test_bad_ops_are_refused_before_anything_is_sent() -> None:
 
 async def test_a_cancelled_batch_keeps_its_pages_until_answered() -> None:
     peer = HostilePeer(20, bytearray(DISK), indirect=0, hold=1.0)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             scope = anyio.CancelScope()
@@ -135,7 +136,7 @@ async def test_a_cancelled_batch_keeps_its_pages_until_answered() -> None:
 
 async def test_a_hostile_answer_fails_the_batch() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, hold=1.0)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             async def run() -> None:
@@ -146,13 +147,13 @@ async def test_a_hostile_answer_fails_the_batch() -> None:
             while not peer.in_flight:
                 await anyio.lowlevel.checkpoint()
             with pytest.raises(RemoteProtocolError):
-                client.deliver(blkif.Response(0xBAD, blkif.Op.READ, blkif.Status.OKAY))
+                await peer.respond(blkif.Response(0xBAD, blkif.Op.READ, blkif.Status.OKAY))
     assert free_pages(client) == 64
 
 
 async def test_depth_bounds_the_requests_in_flight() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=9)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     most = 0
 
     async def watch() -> None:
@@ -177,40 +178,46 @@ async def test_depth_bounds_the_requests_in_flight() -> None:
 
 async def test_negative_control_without_depth_the_pool_bounds_it() -> None:
     peer = HostilePeer(64, bytearray(DISK), indirect=0, hold=1.0)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.submit, [ReadOp(i * 8192, bytearray(4096)) for i in range(50)])
-            while len(peer.in_flight) < 50:  # nothing answered: only the pool could stop it
+            while len(peer.in_flight) < 32:  # nothing answered: only the window stops it
                 await anyio.lowlevel.checkpoint()
-            assert peer.batches == [32, 18]  # the ring's room per push (peer.room)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            assert peer.batches == [32]  # the ring's 32 slots in one push, then it waits
             await peer.drain()
+            while len(peer.in_flight) < 18:
+                await anyio.lowlevel.checkpoint()
+            await peer.drain()
+    assert peer.batches == [32, 18]
 
 
 async def test_a_batch_reuses_its_request_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once warm, `submit` allocates no request record (nor slot, nor event) per request: the
-    answered ones are reused.  Negative control: a cold client does allocate them."""
-    from ringkit.frontends.block import client as client_module
+    """`submit` allocates no request record (nor slot, nor response buffer) per request: the
+    request queue made one per id when it was built, and reuses them.  Negative control: building
+    a client does allocate them (the counter counts)."""
+    from ringkit.requests import front as front_module
 
     created = 0
-    original = client_module._Pending.__init__
+    original = front_module.Request.__init__
 
-    def counting(self: client_module._Pending) -> None:
+    def counting(self: front_module.Request, *args: object) -> None:
         nonlocal created
         created += 1
-        original(self)
+        original(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(client_module._Pending, "__init__", counting)
+    monkeypatch.setattr(front_module.Request, "__init__", counting)
     peer = HostilePeer(64, bytearray(DISK), indirect=0, seed=9)
-    client = peer.new_client(batched=True)
+    client = peer.new_client()
+    at_start = created
     ops = [ReadOp(i * 8192, bytearray(4096)) for i in range(200)]
     with anyio.fail_after(30):
         async with anyio.create_task_group() as server:
             server.start_soon(peer.serve)
             assert await client.submit(ops, depth=16) == [None] * 200
-            cold = created
             assert await client.submit(ops, depth=16) == [None] * 200
             server.cancel_scope.cancel()
-    assert 16 <= cold <= 32, cold          # about one per request in flight, not per request
-    assert created == cold, f"{created - cold} records allocated by a warm client"
-    assert peer.violations == []
+    assert at_start == client.queue.window == 32    # one per id, when the client was built
+    assert created == at_start, f"{created - at_start} records allocated per request"

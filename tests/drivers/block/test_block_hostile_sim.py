@@ -123,7 +123,7 @@ async def test_hostile_frontend_requests_then_hostile_indices(tmp_path: Path) ->
             assert (leaks.maps, leaks.ports) == (0, 0), leaks
 
 
-@pytest.mark.parametrize(("mode", "message"), [("unknown-id", "not in flight"),
+@pytest.mark.parametrize(("mode", "message"), [("unknown-id", "not an id this queue issued"),
                                                ("bad-status", "status 3"),
                                                ("wrong-op", "operation")])
 async def test_hostile_backend(tmp_path: Path, mode: str, message: str) -> None:

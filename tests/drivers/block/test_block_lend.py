@@ -11,25 +11,28 @@ import anyio
 import pytest
 from hostile_peer import PAGE, HostilePeer, free_pages
 from ringkit.frontends.block import PoolBuffer, StaleReadError
-from ringkit.frontends.block.client import BlockClient
 
 from ringkit import ConfigError
 from ringkit.proto import blkif
+from ringkit.requests import Request
 
 pytestmark = pytest.mark.anyio
 
 DISK = 8 << 20
 
 
-def no_copies(client: BlockClient) -> list[str]:
-    """Make the client's copy through the pool fail the test, and return the list of calls."""
+def no_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make a copy of data into or out of a request's pages (`Request.write_data` /
+    `read_data`, how the client's copying calls move data) fail the test; return the list of
+    calls."""
     calls: list[str] = []
 
     def refuse(*args: object, **kwargs: object) -> None:
         calls.append("copy")
         raise AssertionError("data copied through the pool")
 
-    client._copy = refuse  # type: ignore[method-assign]
+    monkeypatch.setattr(Request, "write_data", refuse)
+    monkeypatch.setattr(Request, "read_data", refuse)
     return calls
 
 
@@ -37,12 +40,12 @@ def no_copies(client: BlockClient) -> list[str]:
                          [(16, 0, 512), (16, 0, 11 * PAGE), (40, 16, 32 * PAGE + 1024),
                           (300, 256, 280 * PAGE)])
 async def test_lent_reads_and_writes_move_no_bytes_through_a_copy(
-        pool_pages: int, indirect: int, length: int) -> None:
+        pool_pages: int, indirect: int, length: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(length)
     disk = bytearray(rng.randbytes(DISK))
     peer = HostilePeer(pool_pages, disk, indirect=indirect, seed=length)
     client = peer.new_client()
-    copies = no_copies(client)
+    copies = no_copies(monkeypatch)
     offset = 3 * PAGE + 512
     data = rng.randbytes(length)
     with anyio.fail_after(60):
@@ -66,12 +69,13 @@ async def test_lent_reads_and_writes_move_no_bytes_through_a_copy(
     assert buffer.released
 
 
-async def test_negative_control_the_copying_calls_do_copy() -> None:
+async def test_negative_control_the_copying_calls_do_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The same peer with `read`/`write`: the copy guard catches them (so it would catch a
     lent call that copied)."""
     peer = HostilePeer(16, bytearray(DISK), indirect=0)
     client = peer.new_client()
-    copies = no_copies(client)
+    copies = no_copies(monkeypatch)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as server:
             server.start_soon(peer.serve)

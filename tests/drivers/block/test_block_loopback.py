@@ -1,7 +1,9 @@
 """BlockClient against BlockService with no transport: the request logic of both ends.
 
-A task plays the ring: requests the client sends go through a memory stream to the service,
-whose answers go back to `client.deliver`.  A bytearray model of the disk checks every read.
+The two meet on one in-memory ring (`RingPair`): the client's request queue on its front half,
+the service's request server (`serve_ring`) on its back half.  Raw requests go to the service
+through `answer_slot`, the layer's one-request path.  A bytearray model of the disk checks
+every read.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from pathlib import Path
 
 import anyio
 import pytest
-from blockfakes import FakeGrants
-from ringkit.backends.block.grants import SegmentMapper
+from blockfakes import FakeGrants, RingPair
 from ringkit.backends.block.image import Image
+from ringkit.backends.block.queue import serve_ring
 from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 from ringkit.frontends.block.errors import BlockIOError, BlockNotSupportedError
 
 from ringkit._errors import ConfigError, RemoteProtocolError
 from ringkit.proto import blkif
+from ringkit.requests import GrantMapper, answer_slot
 
 DISK = 4 << 20
 
@@ -38,23 +41,18 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
     grants = FakeGrants(pool_pages)
     config = config or ServiceConfig(max_indirect_segments=indirect)
     with Image(path, readonly=readonly) as image:
-        mapper = SegmentMapper(grants, 1, persistent=persistent)
+        mapper = GrantMapper(grants, 1, persistent=persistent)
         service = BlockService(image, mapper, config)
         info = DiskInfo(sectors=image.sectors, readonly=readonly,
                         max_indirect_segments=config.max_indirect_segments,
                         flush=config.flush, barrier=config.barrier, discard=config.discard,
                         persistent=persistent)
-        send_stream, receive_stream = anyio.create_memory_object_stream[bytes](32)
-        client = BlockClient(send_stream.send, memoryview(grants.memory), grants.refs, info)
-
-        async def serve() -> None:
-            async for slot in receive_stream:
-                rid, op, status = await service.handle(slot)
-                client.deliver(blkif.Response(rid, op, status))
+        ring = RingPair(grants, info)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            yield client, service, grants
+            tg.start_soon(serve_ring, ring.back_channel, service)
+            tg.start_soon(ring.client.run)
+            yield ring.client, service, grants
             tg.cancel_scope.cancel()
         await mapper.aclose()
     assert grants.live_maps == 0
@@ -153,8 +151,11 @@ async def test_unsupported_features(tmp_path: Path) -> None:
         await client.write(0, bytes(1 << 20))  # split into direct requests only
 
 
-async def _raw(service: BlockService, slot: bytes) -> tuple[int, int, int]:
-    return await service.handle(slot)
+async def handle(service: BlockService, slot: bytes) -> tuple[int, int, int]:
+    """Serve one raw request slot as the ring would; the response's (id, operation, status)."""
+    response = blkif.parse_response(await answer_slot(blkif.CODEC, service.answer, slot,
+                                                      mapper=service.mapper))
+    return response.id, response.operation, response.status
 
 
 def _rw(op: int, sector: int, segs: list[tuple[int, int, int]], rid: int = 77) -> bytes:
@@ -182,44 +183,49 @@ async def test_hostile_requests_get_error_answers(tmp_path: Path) -> None:
             (_rw(200, 0, []), blkif.Status.EOPNOTSUPP),
         ]
         for slot, status in cases:
-            rid, op, got = await svc.handle(slot)
+            rid, op, got = await handle(svc, slot)
             assert (rid, op, got) == (77, slot[0], status)
         # indirect request whose list page is not a grant
         raw = bytearray(blkif.REQUEST_SIZE)
         struct.pack_into("<BBH4xQQH2xI", raw, 0, blkif.Op.INDIRECT, blkif.Op.READ, 20, 5, 0, 0,
                          4242)
-        assert await svc.handle(bytes(raw)) == (5, blkif.Op.READ, blkif.Status.ERROR)
+        assert await handle(svc, bytes(raw)) == (5, blkif.Op.READ, blkif.Status.ERROR)
         # the device still works afterwards
         await client.write(0, b"ok" * 256)
         assert await client.read(0, 512) == b"ok" * 256
 
 
 @pytest.mark.anyio
-async def test_hostile_responses_poison_the_client(tmp_path: Path) -> None:
-    async with loopback(tmp_path) as (client, _, _):
-        with pytest.raises(RemoteProtocolError, match="not in flight"):
-            client.deliver(blkif.Response(12345, blkif.Op.READ, 0))
-        with pytest.raises(RemoteProtocolError):
+@pytest.mark.parametrize(("lie", "message"), [
+    (lambda rid: blkif.Response(12345, blkif.Op.READ, 0), "not an id this queue issued"),
+    (lambda rid: blkif.Response(rid, blkif.Op.READ, 7), "status 7"),
+    (lambda rid: blkif.Response(rid, blkif.Op.WRITE, 0), "has operation 1"),
+])
+async def test_hostile_responses_poison_the_client(lie: object, message: str) -> None:
+    """An answer for an id never issued, with an impossible status or for another
+    operation: the read fails with RemoteProtocolError, and so does everything after."""
+    ring = RingPair(FakeGrants(16), DiskInfo(sectors=DISK // 512))
+    client = ring.client
+    failed: list[BaseException] = []
+
+    async def read() -> None:
+        try:
             await client.read(0, 512)
+        except RemoteProtocolError as exc:
+            failed.append(exc)
 
-
-@pytest.mark.anyio
-async def test_bad_status_and_wrong_operation(tmp_path: Path) -> None:
-    for response in (lambda rid: blkif.Response(rid, blkif.Op.READ, 7),
-                     lambda rid: blkif.Response(rid, blkif.Op.WRITE, 0)):
-        info = DiskInfo(sectors=DISK // 512)
-        grants = FakeGrants(16)
-        holder: list[BlockClient] = []
-
-        async def send(slot: bytes, response=response, holder=holder) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            while (slot := ring.back.take_request()) is None:
+                await anyio.sleep(0.001)
             rid = struct.unpack_from("<Q", slot, 8)[0]
-            with pytest.raises(RemoteProtocolError):
-                holder[0].deliver(response(rid))
-
-        client = BlockClient(send, memoryview(grants.memory), grants.refs, info)
-        holder.append(client)
-        with anyio.fail_after(5), pytest.raises(RemoteProtocolError):
-            await client.read(0, 512)
+            ring.answer(lie(rid))  # type: ignore[operator]
+            with pytest.raises(RemoteProtocolError, match=message):
+                client.queue.poll()
+    assert len(failed) == 1 and message in str(failed[0])
+    with pytest.raises(RemoteProtocolError):
+        await client.read(0, 512)
 
 
 @pytest.mark.anyio
@@ -227,11 +233,11 @@ async def test_write_barrier_writes_and_flushes(tmp_path: Path) -> None:
     async with loopback(tmp_path) as (_, svc, grants):
         grants.page(1003)[:] = b"\x42" * 4096
         slot = _rw(blkif.Op.WRITE_BARRIER, 16, [(1003, 0, 7)], rid=9)
-        assert await svc.handle(slot) == (9, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
+        assert await handle(svc, slot) == (9, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
         assert svc.stats.flushes == 1
         # a barrier without data only drains and flushes, as in blkback
         bare = _rw(blkif.Op.WRITE_BARRIER, 0, [], rid=10)
-        assert await svc.handle(bare) == (10, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
+        assert await handle(svc, bare) == (10, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
         assert svc.stats.flushes == 2
     assert (tmp_path / "disk.img").read_bytes()[16 * 512:16 * 512 + 4096] == b"\x42" * 4096
 
@@ -240,9 +246,9 @@ async def test_write_barrier_writes_and_flushes(tmp_path: Path) -> None:
 async def test_secure_discard_not_offered(tmp_path: Path) -> None:
     async with loopback(tmp_path) as (_, svc, _g):
         slot = blkif.encode_request(blkif.DiscardRequest(3, 0, 0, 8, secure=True))
-        assert await svc.handle(slot) == (3, blkif.Op.DISCARD, blkif.Status.EOPNOTSUPP)
+        assert await handle(svc, slot) == (3, blkif.Op.DISCARD, blkif.Status.EOPNOTSUPP)
         past = blkif.encode_request(blkif.DiscardRequest(4, 0, DISK // 512 - 4, 8, False))
-        assert await svc.handle(past) == (4, blkif.Op.DISCARD, blkif.Status.ERROR)
+        assert await handle(svc, past) == (4, blkif.Op.DISCARD, blkif.Status.ERROR)
 
 
 @pytest.mark.anyio
@@ -254,10 +260,10 @@ async def test_partial_page_segments(tmp_path: Path) -> None:
         grants.page(1005)[:] = b"\xee" * 4096
         # write sectors 2..5 of page 1004 then 0..0 of page 1005 to disk sectors 100..104
         slot = _rw(blkif.Op.WRITE, 100, [(1004, 2, 5), (1005, 0, 0)], rid=1)
-        assert await svc.handle(slot) == (1, blkif.Op.WRITE, blkif.Status.OKAY)
+        assert await handle(svc, slot) == (1, blkif.Op.WRITE, blkif.Status.OKAY)
         grants.page(1006)[:] = bytes(4096)
         slot = _rw(blkif.Op.READ, 101, [(1006, 7, 7), (1006, 1, 1)], rid=2)
-        assert await svc.handle(slot) == (2, blkif.Op.READ, blkif.Status.OKAY)
+        assert await handle(svc, slot) == (2, blkif.Op.READ, blkif.Status.OKAY)
         expect = (bytes(range(256)) * 16)[1024:3072] + b"\xee" * 512
         page = bytes(grants.page(1006))
         assert page[7 * 512:] == expect[512:1024]

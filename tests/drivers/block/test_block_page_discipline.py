@@ -16,15 +16,10 @@ import random
 
 import anyio
 import pytest
-from blockfakes import event_pair
-from hostile_peer import BASE_REF, PAGE, SCRIBBLE, HostilePeer
-from ringkit.frontends.block.client import BlockClient, ReadOp
-from ringkit.frontends.block.queue import FrontQueues
+from hostile_peer import BASE_REF, PAGE, SCRIBBLE, HostilePeer, free_pages
+from ringkit.frontends.block.client import ReadOp
 
-from ringkit._async.channel import BackRingChannel, FrontRingChannel
 from ringkit._errors import PeerGoneError, RemoteProtocolError
-from ringkit.proto import blkif
-from ringkit.proto.ring import BackRing, FrontRing
 
 pytestmark = pytest.mark.anyio
 
@@ -34,13 +29,6 @@ SIZES = [1, 3, 8, 9, 88, 300, 2048, 2100, 4096]  # sectors: partial pages to 2 M
 
 def random_disk(seed: int) -> bytearray:
     return bytearray(random.Random(seed).randbytes(DISK))
-
-
-def free_pages(client: BlockClient) -> int:
-    """How many pool pages the client holds free (its bookkeeping, read for the test)."""
-    count = client._free_count
-    assert count == sum(client._freemap), "free count and free map disagree"
-    return count
 
 
 @pytest.mark.parametrize(("pool_pages", "indirect"),
@@ -173,45 +161,26 @@ async def test_read_data_is_copied_after_the_answer() -> None:
 
 @pytest.mark.parametrize("batched", [False, True], ids=["read", "submit"])
 async def test_cancelling_at_every_point_of_a_send_over_a_real_ring(batched: bool) -> None:
-    """The client takes a request as sent only once `send` returned; a cancellation that landed
-    after `FrontQueues.send` had pushed it would free pages the backend still writes into (and
-    its answer would then be "not in flight").  The caller is cancelled after 0, 1, 2, ...
-    scheduling rounds, so every point of the send path is hit, over a real io/ring.h ring with
-    a backend that answers in random order; no answer is ever unexpected and no page shared.
-    With `batched`, the same for `submit` of two reads through `FrontQueues.send_many`."""
-    page = bytearray(4096)
-    front_event, back_event = event_pair()
-    front = FrontRingChannel(FrontRing.init(page, blkif.RING_LAYOUT), front_event)
-    back = BackRingChannel(BackRing.attach(page, blkif.RING_LAYOUT), back_event)
+    """The request queue takes a request as sent only once it is pushed; a cancellation that
+    freed its pages after the push would free pages the backend still writes into (and its
+    answer would then be "not in flight").  The caller is cancelled after 0, 1, 2, ...
+    scheduling rounds, so every point of the send path is hit, with the client's own receive
+    loop running and a backend that answers in random order; no answer is ever unexpected and
+    no page shared.  With `batched`, the same for `submit` of two reads."""
     disk = random_disk(11)
     peer = HostilePeer(33, disk, indirect=0, seed=11)
-    queues = FrontQueues([front])
-    client = BlockClient(queues.send, memoryview(peer.memory), peer.refs, peer.info,
-                         send_many=queues.send_many if batched else None)
-    peer.client = client
+    client = peer.new_client()
     ring_errors: list[BaseException] = []
-
-    async def respond(response: blkif.Response) -> None:
-        await back.send(blkif.encode_response(response.id, response.operation,
-                                              response.status))
-
-    peer.respond = respond  # type: ignore[method-assign]
-
-    async def backend() -> None:
-        while True:
-            for slot in await back.receive_batch(8):
-                await peer.send(slot)
 
     async def receive() -> None:
         try:
-            await queues.receive_loop(0, client)
+            await client.run()
         except (RemoteProtocolError, PeerGoneError) as exc:
             ring_errors.append(exc)
 
     answered = 0
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(backend)
             tg.start_soon(receive)
             tg.start_soon(peer.serve)
             for rounds in range(60):

@@ -1,6 +1,6 @@
 """The block drivers' ring plumbing on a real io/ring.h ring in a bytearray.
 
-The backend's `serve_ring` and the frontend's `FrontQueues` + `BlockClient` talk through
+The backend's `serve_ring` and the frontend's `BlockClient` (its request queue) talk through
 `FrontRing`/`BackRing` halves over one shared buffer (single and multi-page) and in-process
 event channels; grants are the `FakeGrants` pool.  Hostile peers write raw bytes into the ring.
 """
@@ -17,18 +17,17 @@ from pathlib import Path
 import anyio
 import pytest
 from blockfakes import FakeEventChannel, FakeGrants, event_pair
-from ringkit.backends.block.grants import SegmentMapper
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.queue import serve_ring
 from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block.client import BlockClient, DiskInfo
-from ringkit.frontends.block.queue import FrontQueues
 
 from ringkit._async.channel import BackRingChannel, FrontRingChannel
 from ringkit._errors import PeerGoneError, RemoteProtocolError
 from ringkit.proto import blkif
 from ringkit.proto.layout import SRING_HEADER_SIZE, SRING_REQ_PROD
 from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import GrantMapper, GrantPool
 
 DISK = 2 << 20
 
@@ -54,16 +53,17 @@ async def rig(tmp_path: Path, order: int = 0, *, serve: bool = True) -> AsyncIte
     front_ch, back_ch = FrontRingChannel(front, fe_ev), BackRingChannel(back, be_ev)
     grants = FakeGrants(256)
     with Image(path) as image:
-        mapper = SegmentMapper(grants, 1, persistent=True)
+        mapper = GrantMapper(grants, 1, persistent=True)
         service = BlockService(image, mapper, ServiceConfig())
         info = DiskInfo(sectors=image.sectors, max_indirect_segments=256, flush=True,
                         discard=True, barrier=True, persistent=True)
-        queues = FrontQueues([front_ch])
-        client = BlockClient(queues.send, memoryview(grants.memory), grants.refs, info)
+        client = BlockClient([front_ch], GrantPool(memoryview(grants.memory), grants.refs),
+                             info)
+
         async def receive() -> None:
             # what the device layer does: the loop's typed error means "disconnect"
             try:
-                await queues.receive_loop(0, client)
+                await client.run()
             except (RemoteProtocolError, PeerGoneError) as exc:
                 errors.append(exc)
 
@@ -126,7 +126,7 @@ async def test_hostile_frontend_bad_requests_get_errors_then_bad_index_disconnec
     path.write_bytes(bytes(DISK))
     grants = FakeGrants(4)
     with Image(path) as image:
-        service = BlockService(image, SegmentMapper(grants, 1, persistent=False),
+        service = BlockService(image, GrantMapper(grants, 1, persistent=False),
                                ServiceConfig())
         bad = [
             struct.pack("<BBH4xQQIBB2x", blkif.Op.READ, 1, 0, 1, 0, 9999, 0, 7),  # bad ref
@@ -179,7 +179,7 @@ async def test_hostile_backend_unknown_id_fails_callers(tmp_path: Path) -> None:
                     await back_ch.send(blkif.encode_response(rid + 1000, blkif.Op.READ, 0))
 
                 tg.start_soon(answer_wrongly)
-                with pytest.raises(RemoteProtocolError, match="not in flight"):
+                with pytest.raises(RemoteProtocolError, match="not an id this queue issued"):
                     await r.client.read(0, 4096)
             with pytest.raises(RemoteProtocolError):
                 await r.client.write(0, bytes(512))

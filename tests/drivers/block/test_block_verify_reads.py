@@ -52,8 +52,7 @@ class ForgetfulPeer(HostilePeer):
             elif self.late:
                 self.late_writes.append((window, data))
         del self.in_flight[rid]
-        assert self.client is not None
-        self.client.deliver(blkif.Response(rid, held.operation, blkif.Status.OKAY))
+        await self.respond(blkif.Response(rid, held.operation, blkif.Status.OKAY))
         if self.late_writes:
             await anyio.sleep(0.01)   # the client is still looking: the data lands now
             for window, data in self.late_writes:
@@ -260,8 +259,7 @@ class FailingPeer(HostilePeer):
             await super().answer(rid)
             return
         del self.in_flight[rid]
-        assert self.client is not None
-        self.client.deliver(blkif.Response(rid, held.operation, blkif.Status.ERROR))
+        await self.respond(blkif.Response(rid, held.operation, blkif.Status.ERROR))
 
 
 @pytest.mark.parametrize("verify", [False, True])
