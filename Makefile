@@ -64,7 +64,7 @@ $(STAMP): pyproject.toml setup.py ringkit/_native/_build.py
 
 # Benchmarks print figures beside their baselines (docs/benchmarks.md); they never assert speed.
 bench: deps
-	for b in ring transport block; do $(BIN)/ringkit bench $$b || exit 1; done
+	for b in ring transport block requests; do $(BIN)/ringkit bench $$b || exit 1; done
 
 # Real Xen, no KVM needed: one boot of Xen 4.17 + a Linux PV dom0 under QEMU (TCG) that runs the
 # xen-marked tests in dom0, with domUs available to them (docs/real-xen.md).  The first run
