@@ -114,7 +114,10 @@ class IncomingRequest:
 
     async def _release(self) -> None:
         mapped, self._mapped = self._mapped, None
-        extra, self._extra = self._extra, []
+        extra = [pageset for pageset in self._extra if not pageset.persistent]
+        self._extra.clear()
+        if not extra and (mapped is None or mapped.persistent):
+            return  # nothing mapped for this request alone (the usual case: persistent grants)
         with anyio.CancelScope(shield=True):
             if mapped is not None:
                 await mapped.release()

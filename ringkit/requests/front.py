@@ -219,6 +219,7 @@ class RequestQueue:
         self._check_response = check
         self._burst = burst
         self._poll_buf = bytearray(codec.layout.slot_size * burst)
+        self._zero_slot = bytes(codec.layout.request_size)
         self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
         self._requests: list[Request] = []
         self._free: list[list[Request]] = []
@@ -579,7 +580,7 @@ class RequestQueue:
         request._event = None
         request._completions = None
         request.tag = None
-        request.slot[:] = bytes(len(request.slot))
+        request.slot[:] = self._zero_slot
         return request
 
     def _lend(self, request: Request, pages: Sequence[int]) -> None:

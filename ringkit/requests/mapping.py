@@ -32,6 +32,11 @@ class PageSet:
         """One writable (or read-only) view per ref named."""
         self._owned = owned
 
+    @property
+    def persistent(self) -> bool:
+        """Whether every page is kept mapped beyond the request (nothing to unmap)."""
+        return self._owned is None
+
     async def release(self) -> None:
         """Unmap what was mapped for this request only (idempotent)."""
         owned, self._owned = self._owned, None

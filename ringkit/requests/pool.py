@@ -161,6 +161,8 @@ class GrantPool:
             raise fresh_error(self._error)
 
     def _wake(self) -> None:
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.set()

@@ -13,7 +13,10 @@ project).  Steps, each printed as a ``peer:`` line:
    which spread over the rings), write `MARK` at an offset that is not
    page-aligned, write and partly discard a range, and leave;
 3. console: wait for ``device/console/<CONSOLE_DEVID>``, connect, send `HELLO` and `GUEST_BULK`,
-   receive `HOST_BULK` typed by dom0 into the backend's pty, echo its digest back and leave.
+   receive `HOST_BULK` typed by dom0 into the backend's pty, echo its digest back and leave;
+4. key-value (examples/kv.py, a driver on ringkit.requests): wait for ``device/kv/<KV_DEVID>``,
+   put `KV_VALUES` (values of 1 byte to 16 KiB in pages granted per request; one batch and
+   many concurrent calls), read them back, delete one, and leave.
 
 The exit status is the verdict: any mismatch raises, which prints a traceback and exits 1.
 The constants are shared with the dom0 test, which checks the image file and the console log.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from pathlib import Path
 
 import anyio
 from ringkit.frontends.block import ReadOp
@@ -33,6 +37,9 @@ from ringkit.frontends.console import ConsoleFrontend
 from ringkit import StoreError
 from ringkit.abc import Store
 from ringkit.xen import XenDomain, open_domain
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+import kv  # (examples/ is not a package)
 
 DEVID = 51712                 # xvda
 CONSOLE_DEVID = 1             # the first secondary console
@@ -54,6 +61,11 @@ DISCARD_LENGTH = 64 * 1024     # ...then discards the first part: zeros there, 0
 SUBMITTED_READS = 64           # 4 KiB reads submitted together, 32 in flight
 LENT_OFFSET = 9 * MIB          # written and read back on pages the frontend lends (no copy)
 LENT = bytes((i * 13 + 5) & 0xFF for i in range(256 * 1024))
+
+KV_DEVID = 0
+KV_VALUES = {b"guest-%d" % i: bytes((i * 31 + j) & 0xFF for j in range(1 + i * 1500))
+             for i in range(12)}                           # 1 byte .. 16,501 bytes
+KV_DELETED = b"guest-0"
 
 HELLO = b"ringkit-domU console: hello from the guest\r\n"
 GUEST_BULK = bytes(0x20 + (i * 7) % 95 for i in range(10_000))        # wraps out[2048] often
@@ -188,6 +200,31 @@ async def _console(dom: XenDomain, home: str) -> None:
     say("console frontend closed")
 
 
+async def _kv(dom: XenDomain, home: str) -> None:
+    await _wait_node(dom.store, f"{home}/device/kv/{KV_DEVID}/backend")
+    front = kv.KVFrontend(dom, 0, KV_DEVID)
+    front.connect_timeout = STEP_SECONDS
+    with anyio.fail_after(STEP_SECONDS):
+        async with front:
+            say(f"kv/{KV_DEVID} connected: window {front.requests.window}, "
+                f"{front.requests.pool.size if front.requests.pool else 0}-page pool")
+            items = list(KV_VALUES.items())
+            await front.put_many(dict(items[:6]))          # batched: one push per batch
+            async with anyio.create_task_group() as tg:    # and concurrent single calls
+                for key, value in items[6:]:
+                    tg.start_soon(front.put, key, value)
+            for key, value in items:
+                got = await front.get(key)
+                if got != value:
+                    raise AssertionError(f"kv {key!r}: got "
+                                         f"{None if got is None else len(got)} bytes back")
+            if not await front.delete(KV_DELETED) or await front.get(KV_DELETED) is not None:
+                raise AssertionError("kv: the deleted key is still there")
+            say(f"kv: {len(items)} values put and read back, one deleted "
+                f"({front.requests.stats.sent} requests)")
+    say("kv frontend closed")
+
+
 async def main() -> int:
     """The domU's program; its return value is the exit status."""
     # Linux's own frontends must not answer for the devices dom0 creates for ringkit's
@@ -199,6 +236,7 @@ async def main() -> int:
         say(f"domid {dom.domid}: autoprobe off, ready for the devices")
         await _block(dom, home)
         await _console(dom, home)
+        await _kv(dom, home)
         leaks = dom.leaks()
         if leaks:
             raise AssertionError(f"the domU's handle leaked: {leaks}")

@@ -1,5 +1,5 @@
-"""ringkit's block and console drivers across real domains: the frontends in a domU, the
-backends in dom0, under real Xen.
+"""ringkit's block and console drivers and the key-value example across real domains: the
+frontends in a domU, the backends in dom0, under real Xen.
 
 One domU (boots are expensive) runs tests/xen/drivers_domu_peer.py.  dom0 serves a file image
 through `BlockBackend` and the guest's secondary console through `ConsoleBackend` (log file +
@@ -7,7 +7,9 @@ pty), creating both devices' xenstore entries as a toolstack would once the gues
 ready.  The data must really cross: the guest reads a seed dom0 put in the image, and after the
 guest left dom0 checks the image file itself for the guest's pattern, mark and discard; the
 guest's console output must land in dom0's log, and bytes dom0 types into the pty must reach
-the guest, which echoes their digest back.  The guest's verdict is its exit status.
+the guest, which echoes their digest back; the key-value device (examples/kv.py, on
+ringkit.requests, values in pages the guest grants per request) must hold exactly the guest's
+values in dom0's backend.  The guest's verdict is its exit status.
 
 Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
 """
@@ -34,6 +36,9 @@ from drivers_domu_peer import (
     HELLO,
     HOST_BULK,
     IMAGE_SIZE,
+    KV_DELETED,
+    KV_DEVID,
+    KV_VALUES,
     LENT,
     LENT_OFFSET,
     MARK,
@@ -46,6 +51,7 @@ from drivers_domu_peer import (
     STEP_SECONDS,
     SUBMITTED_READS,
     echo_line,
+    kv,
     pattern_chunk,
 )
 from ringkit.backends.block.device import BlockBackend
@@ -164,6 +170,7 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
         progress(f"domU is domain {domid}")
         vbd = DeviceAddress("vbd", domid, 0, DEVID)
         con = DeviceAddress("console", domid, 0, CONSOLE_DEVID)
+        kva = DeviceAddress("kv", domid, 0, KV_DEVID)
         try:
             async with open_domain() as dom:
                 # only once the guest switched its kernel's autoprobe off (see the peer)
@@ -176,20 +183,24 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
                                         frontend_nodes={"virtual-device": DEVID,
                                                         "device-type": "disk"})
                     await create_device(dom.store, con)
+                    await create_device(dom.store, kva)
                     block = RecordingBlockBackend(dom, domid, DEVID, image=image)
+                    store = kv.KVBackend(dom, domid, KV_DEVID)
                     console = ConsoleBackend(dom, domid, CONSOLE_DEVID, log_path=log,
                                              pty=True, pty_policy="drop")
                     progress("backends up, serving")
                     with anyio.fail_after(3 * STEP_SECONDS):
-                        async with block, console, anyio.create_task_group() as tg:
+                        async with block, console, store, anyio.create_task_group() as tg:
                             tg.start_soon(lambda: block.run(once=True))
                             tg.start_soon(lambda: console.run(once=True))
+                            tg.start_soon(lambda: store.run(once=True))
                             tg.start_soon(talk_through_console, console, log)
                     progress("both backends done")
                 finally:
                     with anyio.CancelScope(shield=True), suppress(StoreError):
                         await destroy_device(dom.store, vbd)
                         await destroy_device(dom.store, con)
+                        await destroy_device(dom.store, kva)
                 assert not dom.leaks(), dom.leaks()
         except BaseException as exc:
             # the guest's side of the story, shown with the failure
@@ -226,3 +237,10 @@ async def test_block_and_console_frontends_in_a_domu_backends_in_dom0(tmp_path: 
     assert log.read_bytes() == HELLO + GUEST_BULK + echo_line()
     assert console.generation == 1
     assert f"console received {len(HOST_BULK)} bytes from dom0" in outcome.output
+
+    # key-value: dom0's backend holds what the guest put (through pages it granted), less
+    # what it deleted
+    want = {key: value for key, value in KV_VALUES.items() if key != KV_DELETED}
+    assert store.values == want, sorted(store.values)
+    assert store.generation == 1
+    assert f"kv: {len(KV_VALUES)} values put and read back, one deleted" in outcome.output
