@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -51,7 +52,7 @@ from ._world import (
     xen_available,
     xen_world,
 )
-from .conformance import CHECKS, checks_for
+from .conformance import CHECKS, ConformanceFailure, checks_for
 
 ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
 T = TypeVar("T")
@@ -355,11 +356,53 @@ class DriverConformance:
             request.node.stash[_NOT_APPLICABLE] = True
             pytest.skip(f"{ringkit_check} does not apply to {ringkit_driver.label} on "
                         f"{ringkit_transport}")
-        if ringkit_transport == "xen":
-            await run(ringkit_driver, lambda: xen_world(ringkit_timeout))
-            return
-        async with SimXen.start(in_process=True) as xen:
-            await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
+        failure: ConformanceFailure | None = None
+        try:
+            if ringkit_transport == "xen":
+                await run(ringkit_driver, lambda: xen_world(ringkit_timeout))
+            else:
+                async with SimXen.start(in_process=True) as xen:
+                    try:
+                        await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
+                    except ConformanceFailure as exc:  # (before the simulator's task group
+                        failure = exc                   # could wrap it in a group again)
+        except ConformanceFailure as exc:
+            failure = exc
+        if failure is not None:
+            # The text carries the cause and its traceback; chained, pytest would print every
+            # message of the chain above that one line.
+            raise pytest.fail.Exception(_failure_text(failure), pytrace=False) from None
+
+
+def _failure_text(failure: ConformanceFailure) -> str:
+    """What a failed conformance test shows: the one line naming the check and the cause
+    (all pytest's summary shows), then -- unless the cause is just the kit's own verdict, whose
+    message says it all -- the cause's traceback: for a crash, where in the driver it was."""
+    if _verdict_only(failure.cause):
+        return str(failure)
+    trace = "".join(traceback.format_exception(failure.cause)).rstrip()
+    return f"{failure}\n\nThe cause, {type(failure.cause).__name__}:\n{trace}"
+
+
+_KIT = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _verdict_only(exc: BaseException) -> bool:
+    """Whether `exc` and everything it was raised from are assertions the kit raised, timeouts
+    and cancellations: nothing a traceback would say more about than the messages."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AssertionError):
+            frames = traceback.extract_tb(current.__traceback__)
+            if not frames or not frames[-1].filename.startswith(_KIT):
+                return False
+        elif isinstance(current, Exception) and not isinstance(current, TimeoutError):
+            return False
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    return True
 
 
 __all__ = (
