@@ -58,7 +58,7 @@ from .conformance import CHECKS, ConformanceFailure, checks_for
 ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
 """Our async fixtures: each comes in two variants, one run by anyio's plugin and one by
 pytest-asyncio, and the fixture of that name hands the test the one its runner runs."""
-LOOP_SCOPE_INI = "asyncio_default_fixture_loop_scope"
+_LOOP_SCOPE_INI = "asyncio_default_fixture_loop_scope"
 """pytest-asyncio's setting that this plugin defaults to "function" when a project leaves it
 unset (pytest-asyncio warns about it being unset, and "function" is its announced default)."""
 T = TypeVar("T")
@@ -85,7 +85,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     registration cannot come later and undo it) and before pytest-asyncio reads the value in
     its `pytest_configure`."""
     if early_config.pluginmanager.has_plugin("asyncio"):
-        parser.addini(LOOP_SCOPE_INI, type="string", default="function",
+        parser.addini(_LOOP_SCOPE_INI, type="string", default="function",
                       help="default scope of the asyncio event loop used to execute async "
                            'fixtures (pytest-asyncio; ringkit\'s plugin: "function" if unset)')
 
