@@ -1,15 +1,6 @@
-"""One end of a device in a process of its own, so that kill -9 is real.
-
-    python -m ringkit.testing._child ROLE TARGET DOMID PEER MODE DRIVER
-
-ROLE is ``backend``, ``frontend``, ``hostile-frontend`` or ``hostile-backend``; TARGET is
-``sim:DIR`` (a simulated Xen's directory) or ``xen`` (the real devices); DOMID the domain to act
-in (ignored on real Xen), PEER the other end's domid, MODE the hostile mode ("-" for none) and
-DRIVER a `DriverUnderTest` as `DriverUnderTest.encode` writes it.
-
-A backend prints ``ready`` once it waits for a frontend and then serves until killed; a
-frontend prints ``connected`` after its first successful exchange; hostile peers print what
-`ringkit.testing._hostile` says.  `spawn` runs one from a test.
+"""One end of a device in a process of its own, so that kill -9 is real: `spawn` starts
+``python -m ringkit.testing._child_main ...`` (`CHILD_MODULE`, whose docstring says what a child
+prints) and `Child` talks to it.
 """
 
 from __future__ import annotations
@@ -23,40 +14,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import anyio
 import anyio.abc
 
-from ..abc import Domain
 from ._driver import DriverUnderTest
-from ._hostile import hostile_backend, hostile_frontend, say
 from ._world import World, within
 
-
-def _open(target: str, domid: int) -> AbstractAsyncContextManager[Domain]:
-    if target.startswith("sim:"):
-        from ..sim import connect
-
-        return connect(target[4:], domid)
-    from ..xen import open_domain
-
-    return open_domain()
-
-
-async def main(role: str, target: str, domid: int, peer: int, mode: str,
-               driver: DriverUnderTest) -> None:
-    async with _open(target, domid) as dom:
-        if role == "backend":
-            async with driver.make_backend(dom, peer) as backend:
-                say("ready")
-                await backend.run()
-        elif role == "frontend":
-            async with driver.make_frontend(dom, peer) as frontend:
-                await driver.exchange(frontend)
-                say("connected")
-                await frontend.wait_finished()
-        elif role == "hostile-frontend":
-            await hostile_frontend(dom, peer, driver, mode)
-        elif role == "hostile-backend":
-            await hostile_backend(dom, peer, driver, mode)
-        else:
-            raise SystemExit(f"unknown role {role!r}")
+CHILD_MODULE = "ringkit.testing._child_main"
+"""The module a child runs (``python -m``); nothing imports it (its docstring says why)."""
 
 
 class Child:
@@ -110,7 +72,7 @@ def spawn(world: World, role: str, driver: DriverUnderTest, *, mode: str = "-",
 async def _spawn(world: World, role: str, domid: int, peer: int, mode: str,
                  driver: DriverUnderTest) -> AsyncIterator[Child]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
-    command = [sys.executable, "-m", "ringkit.testing._child", role, world.target,
+    command = [sys.executable, "-m", CHILD_MODULE, role, world.target,
                str(domid), str(peer), mode, driver.encode()]
     process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=None, env=env)
@@ -122,8 +84,3 @@ async def _spawn(world: World, role: str, domid: int, peer: int, mode: str,
         with anyio.CancelScope(shield=True):
             await process.aclose()
 
-
-if __name__ == "__main__":
-    _role, _target, _domid, _peer, _mode, _driver = sys.argv[1:7]
-    anyio.run(main, _role, _target, int(_domid), int(_peer), _mode,
-              DriverUnderTest.decode(_driver))

@@ -3,7 +3,7 @@
 A hostile frontend does the handshake by hand with the driver's own `negotiate`/`publish`
 hooks (so the backend sees a plausible frontend), then misbehaves; a hostile backend likewise
 uses the driver's `advertise`/`connected` hooks.  Each runs in a child process of its own
-(`ringkit.testing._child`), prints ``connected`` once it got as far as the mode needs, then
+(`ringkit.testing._child_main`), prints ``connected`` once it got as far as the mode needs, then
 ``done`` once it misbehaved, and stays (holding whatever it holds) until it is killed -- or
 exits at once with everything still held, for the modes that vanish.
 

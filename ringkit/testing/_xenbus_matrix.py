@@ -177,7 +177,7 @@ async def run_backend_matrix(w: World, driver: DriverUnderTest,
                 if found is None:
                     raise
                 served.assert_alive(case)
-                raise AssertionError(f"{what}: {found}") from exc
+                raise AssertionError(f"{what}: {found}") from found
             served.assert_alive(case)
             leaks = w.guest.leaks()
             assert not leaks, f"{what}: the closed frontend's domain holds {leaks}"
@@ -258,7 +258,7 @@ async def run_frontend_matrix(w: World, driver: DriverUnderTest,
             found = _assertion_in(exc)
             if found is None:
                 raise
-            raise AssertionError(f"{case}: {found}") from exc
+            raise AssertionError(f"{case}: {found}") from found
         if outcome is not None:
             seen.opens_failed[outcome] = seen.opens_failed.get(outcome, 0) + 1
         seen.cases += 1

@@ -5,7 +5,9 @@ Point it at a `DriverUnderTest` -- the driver's Backend and Frontend classes and
 returning an async context manager that yields a `World`: `sim_world`, `xen_world`, or the
 plugin's fixtures).  Every check builds its device in a fresh world, raises ``AssertionError``
 with a message naming the fault when the driver misbehaves, and ends with the world's leak
-check (grants, mappings, ports, watches, transactions).  Nothing here imports pytest::
+check (grants, mappings, ports, watches, transactions).  Run through `CHECKS` or `checks_for`,
+a failing check raises `ConformanceFailure` (an ``AssertionError``) whose first line is
+``<check>: <cause>``, with the cause chained.  Nothing here imports pytest::
 
     from ringkit.testing.conformance import checks_for
     from ringkit.testing import DriverUnderTest, sim_world
@@ -95,6 +97,7 @@ __all__ = (
     "TYPED_ERRORS",
     "Check",
     "ConformanceCheck",
+    "ConformanceFailure",
     "HeldFrontend",
     "MatrixCase",
     "MatrixSeen",
@@ -135,7 +138,6 @@ Check = Callable[[DriverUnderTest, WorldMaker], Awaitable[None]]
 """A conformance check: raises AssertionError naming the fault."""
 
 
-
 @dataclass(frozen=True)
 class ConformanceCheck:
     """A named check and where it applies."""
@@ -152,34 +154,78 @@ CHECKS: dict[str, ConformanceCheck] = {}
 """Every registered check, by name."""
 
 
+class ConformanceFailure(AssertionError):
+    """A registered check failed: ``str()`` is one line, ``<check>: <cause>`` (e.g.
+    ``handshake: echo: the exchange: not done within 2 s ...`` or ``handshake: RuntimeError:
+    ...`` for a crash).  The cause is chained (``__cause__``), never wrapped in the task groups
+    it went through.  `errors` holds every error found, the cause first: the errors next to an
+    assertion are its fallout (a peer gone because the check stopped), but if several tasks
+    crashed at once, each further crash adds an ``also:`` line."""
+
+    def __init__(self, check: str, errors: tuple[Exception, ...]) -> None:
+        lines = [f"{check}: {_describe(errors[0])}"]
+        if not isinstance(errors[0], AssertionError):
+            lines += [f"  also: {_describe(e)}" for e in errors[1:]]
+        super().__init__("\n".join(lines))
+        self.check = check
+        self.errors = errors
+        self.__cause__ = errors[0]
+
+    @property
+    def cause(self) -> Exception:
+        """The error that failed the check (an ``AssertionError`` naming the fault, or
+        whatever the driver raised)."""
+        return self.errors[0]
+
+
+def _describe(exc: BaseException) -> str:
+    """A verdict (`AssertionError`, `WaitTimeout`) by its message; anything else -- a crash --
+    as ``Type: message``."""
+    text = str(exc)
+    if isinstance(exc, AssertionError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def register(name: str, run: Check, *, transports: tuple[Transport, ...] = ("sim", "xen"),
              needs_ring: bool = False, about: str = "") -> Check:
-    """Add a check to `CHECKS` (e.g. a state matrix); returns `run`."""
+    """Add a check to `CHECKS` (e.g. a state matrix); returns `run`.  The registered check
+    (``CHECKS[name].run``, `checks_for`) raises `ConformanceFailure` naming the check."""
     if name in CHECKS:
         raise ValueError(f"a conformance check named {name!r} exists already")
-    CHECKS[name] = ConformanceCheck(name, _plain(run), transports, needs_ring, about or name)
+    CHECKS[name] = ConformanceCheck(name, _named(name, run), transports, needs_ring,
+                                    about or name)
     return run
 
 
-def _plain(run: Check) -> Check:
-    """`run`, raising the AssertionError itself rather than the task groups around it."""
+def _named(name: str, run: Check) -> Check:
+    """`run`, failing with a `ConformanceFailure` that names the check and the error itself
+    rather than the task groups around it."""
 
     async def check(driver: DriverUnderTest, make_world: WorldMaker) -> None:
         try:
             await run(driver, make_world)
-        except BaseExceptionGroup as group:
-            found = _assertions(group)
-            if len(found) == 1:
-                raise found[0] from group
-            raise
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            # (one error may arrive twice: raised in a task and again by the check itself)
+            errors = list({id(e): e for e in leaves if isinstance(e, Exception)}.values())
+            if not errors or any(isinstance(e, (KeyboardInterrupt, SystemExit))
+                                 for e in leaves):
+                raise  # a cancellation or an interrupt, not a verdict: as it came
+            # An assertion is the verdict; other errors next to it are its fallout.
+            errors.sort(key=lambda e: not isinstance(e, AssertionError))
+            raise ConformanceFailure(name, tuple(errors)) from errors[0]
 
     return check
 
 
-def _assertions(exc: BaseException) -> list[AssertionError]:
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside `exc`, with the exception groups they travelled in taken off."""
+    if isinstance(exc, ConformanceFailure):
+        return list(exc.errors)
     if isinstance(exc, BaseExceptionGroup):
-        return [a for e in exc.exceptions for a in _assertions(e)]
-    return [exc] if isinstance(exc, AssertionError) else []
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 def checks_for(driver: DriverUnderTest, transport: Transport = "sim") -> dict[str, Check]:

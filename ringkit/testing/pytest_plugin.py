@@ -1,8 +1,9 @@
 """ringkit's pytest plugin: fixtures to test split drivers (loaded through the ``pytest11`` entry
-point, so installing ringkit is enough; docs/testing.md is the guide).
+point, so installing ``ringkit[kit]`` is enough; docs/testing.md is the guide).
 
 Fixtures (async ones work under anyio's plugin -- asyncio and trio -- and under pytest-asyncio,
-strict mode included):
+strict mode included, through its public ``pytest_asyncio.fixture``; a project that leaves
+pytest-asyncio's ``asyncio_default_fixture_loop_scope`` unset gets "function", and no warning):
 
 ``ringkit_timeout``   seconds any single wait of the fixtures and checks may take: the
                       ``ringkit_timeout(seconds)`` marker, else ``--ringkit-timeout`` / the
@@ -32,7 +33,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping
+import traceback
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -51,11 +53,15 @@ from ._world import (
     xen_available,
     xen_world,
 )
-from .conformance import CHECKS, checks_for
+from .conformance import CHECKS, ConformanceFailure, checks_for
 
 ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
+"""Our async fixtures: each comes in two variants, one run by anyio's plugin and one by
+pytest-asyncio, and the fixture of that name hands the test the one its runner runs."""
+_LOOP_SCOPE_INI = "asyncio_default_fixture_loop_scope"
+"""pytest-asyncio's setting that this plugin defaults to "function" when a project leaves it
+unset (pytest-asyncio warns about it being unset, and "function" is its announced default)."""
 T = TypeVar("T")
-"""Our async fixtures, which pytest-asyncio (strict) must run when anyio's plugin does not."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -68,6 +74,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"(default {DEFAULT_TIMEOUT:g})")
     parser.addini("ringkit_timeout", "ringkit: bound on any single wait of the fixtures",
                   default=str(DEFAULT_TIMEOUT))
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+    """pytest-asyncio's fixture loop scope defaults to "function" when the project does not
+    set it: pytest-asyncio would warn at every run that it is unset.  A value in the project's
+    configuration or ``-o`` still wins.  pytest has no call to set a value, so this registers
+    pytest-asyncio's option again (pytest's public `Parser.addini`, same name and type) with
+    that default -- here, after every plugin's `pytest_addoption` (pytest-asyncio's own
+    registration cannot come later and undo it) and before pytest-asyncio reads the value in
+    its `pytest_configure`."""
+    if early_config.pluginmanager.has_plugin("asyncio"):
+        parser.addini(_LOOP_SCOPE_INI, type="string", default="function",
+                      help="default scope of the asyncio event loop used to execute async "
+                           'fixtures (pytest-asyncio; ringkit\'s plugin: "function" if unset)')
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,43 +107,31 @@ def _asyncio_strict(item: pytest.Item) -> bool:
             and item.config.pluginmanager.has_plugin("asyncio"))
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
-                            ) -> Generator[None, object, object]:
-    """Our async fixtures in a pytest-asyncio test: mark them as pytest-asyncio fixtures for
-    this test only (in strict mode it ignores unmarked ones; anyio's plugin runs them itself in
-    tests that use ``anyio_backend``, and must keep doing so)."""
-    marked = []
-    if _asyncio_strict(item):
-        info = getattr(item, "_fixtureinfo", None)
-        for name, defs in (info.name2fixturedefs.items() if info else ()):
-            func = getattr(defs[-1].func, "__func__", defs[-1].func)
-            if name in ASYNC_FIXTURES and getattr(func, "_ringkit_fixture", False):
-                func._force_asyncio_fixture = True
-                func._loop_scope = None
-                marked.append(func)
+def _variant(request: pytest.FixtureRequest, name: str) -> Any:
+    """The fixture `name` (one of `ASYNC_FIXTURES`) in the variant this test's runner runs:
+    pytest-asyncio's for a pytest-asyncio test (in strict mode it runs only the fixtures made
+    with its own ``pytest_asyncio.fixture``), anyio's plugin's otherwise."""
+    runner = "asyncio" if _asyncio_strict(request.node) else "anyio"
+    return request.getfixturevalue(f"_ringkit_{name}_{runner}")
+
+
+def _asyncio_fixture(name: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]:
+    """pytest-asyncio's fixture decorator, on the function-scoped loop -- a pytest-asyncio
+    test's loop unless the test asks for another; pytest's own where pytest-asyncio is not
+    installed (the fixture is then never asked for)."""
     try:
-        return (yield)
-    finally:
-        for func in marked:
-            del func._force_asyncio_fixture, func._loop_scope
-
-
-def _ours(func: Any) -> Any:
-    func._ringkit_fixture = True
-    return func
+        import pytest_asyncio
+    except ImportError:
+        return pytest.fixture(name=name)
+    return pytest_asyncio.fixture(name=name, loop_scope="function")
 
 
 @asynccontextmanager
-async def _held(request: pytest.FixtureRequest, opened: AbstractAsyncContextManager[T]
-                ) -> AsyncIterator[T]:
-    """Enter `opened` for a fixture.  anyio's plugin runs a fixture's setup and teardown in one
-    task; pytest-asyncio does not, and task groups and cancel scopes must be left in the task
-    that entered them -- so there the context lives in a task of its own until teardown."""
-    if not _asyncio_strict(request.node):
-        async with opened as value:
-            yield value
-        return
+async def _held(opened: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter `opened` for a pytest-asyncio fixture.  pytest-asyncio sets a fixture up and
+    tears it down in different tasks, and task groups and cancel scopes must be left in the
+    task that entered them -- so the context lives in a task of its own until teardown.
+    (anyio's plugin runs setup and teardown in one task: its variants enter `opened` as is.)"""
     import asyncio  # pytest-asyncio's loop: hold the context in a task of that loop
 
     ready: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -234,15 +242,17 @@ def _ringkit_shared_sim_dir() -> Iterator[Path]:
                 server.wait()
 
 
-@pytest.fixture
-@_ours
-async def sim_xen(request: pytest.FixtureRequest, ringkit_timeout: float
-                  ) -> AsyncIterator[SimXen]:
-    """A simulated Xen for this test (see the module docstring)."""
+# Each async fixture is an opener (fixture values in, an async context manager out) and three
+# registrations: the fixture a test names, which hands over `_variant`; the variant anyio's
+# plugin runs (``_ringkit_<name>_anyio``); and the one pytest-asyncio runs
+# (``_ringkit_<name>_asyncio``, made with its public ``pytest_asyncio.fixture``).
+
+
+def _open_sim_xen(request: pytest.FixtureRequest, timeout: float
+                  ) -> AbstractAsyncContextManager[SimXen]:
     shared = request.node.get_closest_marker("ringkit_shared_sim") is not None
     directory = request.getfixturevalue("_ringkit_shared_sim_dir") if shared else None
-    async with _held(request, _checked_sim(directory, ringkit_timeout)) as xen:
-        yield xen
+    return _checked_sim(directory, timeout)
 
 
 @asynccontextmanager
@@ -254,11 +264,42 @@ async def _checked_sim(directory: Path | None, timeout: float) -> AsyncIterator[
 
 
 @pytest.fixture
-@_ours
-async def world(request: pytest.FixtureRequest, sim_xen: SimXen, ringkit_timeout: float
-                ) -> AsyncIterator[World]:
+def sim_xen(request: pytest.FixtureRequest, ringkit_timeout: float) -> SimXen:
+    """A simulated Xen for this test (see the module docstring)."""
+    xen: SimXen = _variant(request, "sim_xen")
+    return xen
+
+
+@pytest.fixture(name="_ringkit_sim_xen_anyio")
+async def _sim_xen_anyio(request: pytest.FixtureRequest, ringkit_timeout: float
+                         ) -> AsyncIterator[SimXen]:
+    async with _open_sim_xen(request, ringkit_timeout) as xen:
+        yield xen
+
+
+@_asyncio_fixture("_ringkit_sim_xen_asyncio")
+async def _sim_xen_asyncio(request: pytest.FixtureRequest, ringkit_timeout: float
+                           ) -> AsyncIterator[SimXen]:
+    async with _held(_open_sim_xen(request, ringkit_timeout)) as xen:
+        yield xen
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, sim_xen: SimXen, ringkit_timeout: float) -> World:
     """dom0 and a fresh guest domain on `sim_xen`, checked for leaks on the way out."""
-    async with _held(request, sim_world(sim_xen, ringkit_timeout)) as w:
+    w: World = _variant(request, "world")
+    return w
+
+
+@pytest.fixture(name="_ringkit_world_anyio")
+async def _world_anyio(sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+    async with sim_world(sim_xen, ringkit_timeout) as w:
+        yield w
+
+
+@_asyncio_fixture("_ringkit_world_asyncio")
+async def _world_asyncio(sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+    async with _held(sim_world(sim_xen, ringkit_timeout)) as w:
         yield w
 
 
@@ -281,16 +322,32 @@ def ringkit_transport(request: pytest.FixtureRequest) -> Transport:
     return kind
 
 
+def _open_any_world(transport: Transport, xen: SimXen, timeout: float
+                    ) -> AbstractAsyncContextManager[World]:
+    return xen_world(timeout) if transport == "xen" else sim_world(xen, timeout)
+
+
 @pytest.fixture
-@_ours
-async def any_world(request: pytest.FixtureRequest, ringkit_transport: Transport,
-                    sim_xen: SimXen, ringkit_timeout: float) -> AsyncIterator[World]:
+def any_world(request: pytest.FixtureRequest, ringkit_transport: Transport, sim_xen: SimXen,
+              ringkit_timeout: float) -> World:
     """A `World` on each transport: the simulated Xen, and the real one where it exists
     (`sim_xen` is started either way: it is cheap, and a fixture cannot ask for an async one
     conditionally)."""
-    opened = (xen_world(ringkit_timeout) if ringkit_transport == "xen"
-              else sim_world(sim_xen, ringkit_timeout))
-    async with _held(request, opened) as w:
+    w: World = _variant(request, "any_world")
+    return w
+
+
+@pytest.fixture(name="_ringkit_any_world_anyio")
+async def _any_world_anyio(ringkit_transport: Transport, sim_xen: SimXen,
+                           ringkit_timeout: float) -> AsyncIterator[World]:
+    async with _open_any_world(ringkit_transport, sim_xen, ringkit_timeout) as w:
+        yield w
+
+
+@_asyncio_fixture("_ringkit_any_world_asyncio")
+async def _any_world_asyncio(ringkit_transport: Transport, sim_xen: SimXen,
+                             ringkit_timeout: float) -> AsyncIterator[World]:
+    async with _held(_open_any_world(ringkit_transport, sim_xen, ringkit_timeout)) as w:
         yield w
 
 
@@ -302,15 +359,32 @@ def ringkit_driver() -> DriverUnderTest:
         "(your Backend and Frontend classes and an exchange coroutine)")
 
 
+def _open_pair(request: pytest.FixtureRequest, world: World, driver: DriverUnderTest
+               ) -> AbstractAsyncContextManager[DevicePair]:
+    in_child = request.node.get_closest_marker("ringkit_backend_process") is not None
+    return open_device_pair(world, driver, backend_process=in_child)
+
+
 @pytest.fixture
-@_ours
-async def device_pair(request: pytest.FixtureRequest, world: World,
-                      ringkit_driver: DriverUnderTest) -> AsyncIterator[DevicePair]:
+def device_pair(request: pytest.FixtureRequest, world: World,
+                ringkit_driver: DriverUnderTest) -> DevicePair:
     """Both ends of `ringkit_driver`'s device on `world`, connected and serving; closed in
     order (frontend, then backend) on the way out."""
-    in_child = request.node.get_closest_marker("ringkit_backend_process") is not None
-    async with _held(request, open_device_pair(world, ringkit_driver, backend_process=in_child)
-                     ) as pair:
+    pair: DevicePair = _variant(request, "device_pair")
+    return pair
+
+
+@pytest.fixture(name="_ringkit_device_pair_anyio")
+async def _device_pair_anyio(request: pytest.FixtureRequest, world: World,
+                             ringkit_driver: DriverUnderTest) -> AsyncIterator[DevicePair]:
+    async with _open_pair(request, world, ringkit_driver) as pair:
+        yield pair
+
+
+@_asyncio_fixture("_ringkit_device_pair_asyncio")
+async def _device_pair_asyncio(request: pytest.FixtureRequest, world: World,
+                               ringkit_driver: DriverUnderTest) -> AsyncIterator[DevicePair]:
+    async with _held(_open_pair(request, world, ringkit_driver)) as pair:
         yield pair
 
 
@@ -355,11 +429,53 @@ class DriverConformance:
             request.node.stash[_NOT_APPLICABLE] = True
             pytest.skip(f"{ringkit_check} does not apply to {ringkit_driver.label} on "
                         f"{ringkit_transport}")
-        if ringkit_transport == "xen":
-            await run(ringkit_driver, lambda: xen_world(ringkit_timeout))
-            return
-        async with SimXen.start(in_process=True) as xen:
-            await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
+        failure: ConformanceFailure | None = None
+        try:
+            if ringkit_transport == "xen":
+                await run(ringkit_driver, lambda: xen_world(ringkit_timeout))
+            else:
+                async with SimXen.start(in_process=True) as xen:
+                    try:
+                        await run(ringkit_driver, lambda: sim_world(xen, ringkit_timeout))
+                    except ConformanceFailure as exc:  # (before the simulator's task group
+                        failure = exc                   # could wrap it in a group again)
+        except ConformanceFailure as exc:
+            failure = exc
+        if failure is not None:
+            # The text carries the cause and its traceback; chained, pytest would print every
+            # message of the chain above that one line.
+            raise pytest.fail.Exception(_failure_text(failure), pytrace=False) from None
+
+
+def _failure_text(failure: ConformanceFailure) -> str:
+    """What a failed conformance test shows: the one line naming the check and the cause
+    (all pytest's summary shows), then -- unless the cause is just the kit's own verdict, whose
+    message says it all -- the cause's traceback: for a crash, where in the driver it was."""
+    if _verdict_only(failure.cause):
+        return str(failure)
+    trace = "".join(traceback.format_exception(failure.cause)).rstrip()
+    return f"{failure}\n\nThe cause, {type(failure.cause).__name__}:\n{trace}"
+
+
+_KIT = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _verdict_only(exc: BaseException) -> bool:
+    """Whether `exc` and everything it was raised from are assertions the kit raised, timeouts
+    and cancellations: nothing a traceback would say more about than the messages."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AssertionError):
+            frames = traceback.extract_tb(current.__traceback__)
+            if not frames or not frames[-1].filename.startswith(_KIT):
+                return False
+        elif isinstance(current, Exception) and not isinstance(current, TimeoutError):
+            return False
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    return True
 
 
 __all__ = (
@@ -373,8 +489,8 @@ __all__ = (
     "pytest_addoption",
     "pytest_configure",
     "pytest_generate_tests",
+    "pytest_load_initial_conftests",
     "pytest_runtest_makereport",
-    "pytest_runtest_protocol",
     "ringkit_check",
     "ringkit_driver",
     "ringkit_timeout",

@@ -79,6 +79,14 @@ class GivingUpFrontend(echo.EchoFrontend):  # type: ignore[misc,valid-type]
         self._finish(exc)
 
 
+class CrashingFrontend(echo.EchoFrontend):  # type: ignore[misc,valid-type]
+    """Crashes in its own hook while it connects: an untyped error out of the driver itself,
+    which reaches the check through every task group between them."""
+
+    async def publish(self, nodes: Nodes) -> None:
+        raise RuntimeError("publish: out of cheese")
+
+
 def broken(backend: type[echo.EchoBackend] = echo.EchoBackend,
            frontend: type[echo.EchoFrontend] = echo.EchoFrontend) -> DriverUnderTest:
     odd = frontend if frontend is not echo.EchoFrontend else backend

@@ -160,6 +160,11 @@ asyncio_default_fixture_loop_scope = function
 addopts = --strict-markers
 """
 
+BARE_INI = """[pytest]
+addopts = --strict-markers
+"""
+"""The same project's configuration without any of pytest-asyncio's settings."""
+
 
 def write_project(root: Path) -> Path:
     """Write the project into `root` (its tests under ``tests/``, a failing set under

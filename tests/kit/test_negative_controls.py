@@ -1,18 +1,24 @@
 """The conformance suite catches broken drivers, each with a message naming its fault (a check
-that cannot fail is a defect).  The checks are called directly, as a non-pytest runner would."""
+that cannot fail is a defect).  The checks are called directly, as a non-pytest runner would.
+
+A failure reads as one line, ``<check>: <cause>``, with the cause chained: never the task groups
+the error travelled through (a crash in a driver used to arrive inside four nested
+ExceptionGroups).  `one_line` holds every failure here to that."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator
 
 import pytest
 
 from ringkit.sim import SimXen
 from ringkit.testing import DriverUnderTest, sim_world
-from ringkit.testing.conformance import CHECKS
+from ringkit.testing.conformance import CHECKS, ConformanceFailure, check_handshake
 
 from .broken_drivers import (
     ClingingBackend,
+    CrashingFrontend,
     DeafAtInitWaitBackend,
     DeafBackend,
     GivingUpFrontend,
@@ -31,10 +37,23 @@ async def xen() -> AsyncIterator[SimXen]:
         yield xen
 
 
+def one_line(check: str, error: BaseException) -> str:
+    """The first line of a failed check's report, which must name the check and the cause;
+    asserts that no ExceptionGroup appears anywhere in the report or its chained causes."""
+    report = "".join(traceback.format_exception(error))
+    assert "ExceptionGroup" not in report, report
+    assert isinstance(error, ConformanceFailure) and error.check == check, report
+    assert error.__cause__ is error.cause, report
+    first = str(error).splitlines()[0]
+    assert first.startswith(f"{check}: ") and len(first) > len(check) + 2, report
+    return first
+
+
 async def fails(xen: SimXen, check: str, driver: DriverUnderTest) -> str:
+    """Run `check` on `driver`; the first line of its failure (see `one_line`)."""
     with pytest.raises(AssertionError) as info:
         await CHECKS[check].run(driver, lambda: sim_world(xen, 2))
-    return str(info.value)
+    return one_line(check, info.value)
 
 
 async def test_a_driver_that_leaks_a_grant_fails_naming_the_grant(xen: SimXen) -> None:
@@ -85,6 +104,21 @@ async def test_a_frontend_that_gives_up_on_a_state_flap_fails_the_matrix(xen: Si
     message = await fails(xen, "xenbus-state-matrix/frontend", broken(frontend=GivingUpFrontend))
     assert "a hostile backend's state, connected" in message, message
     assert "the frontend was ended by RemoteProtocolError" in message, message
+
+
+async def test_a_driver_that_crashes_fails_naming_the_check_and_the_crash(xen: SimXen) -> None:
+    message = await fails(xen, "handshake", broken(frontend=CrashingFrontend))
+    assert message == "handshake: RuntimeError: publish: out of cheese", message
+
+
+async def test_negative_control_one_line_rejects_a_crash_inside_exception_groups(
+        xen: SimXen) -> None:
+    # The same crash out of the bare check function (not through CHECKS): the error as the
+    # task groups deliver it -- what a registered check reported before.  one_line refuses it.
+    with pytest.raises(BaseExceptionGroup) as info:
+        await check_handshake(broken(frontend=CrashingFrontend), lambda: sim_world(xen, 2))
+    with pytest.raises(AssertionError, match="ExceptionGroup"):
+        one_line("handshake", info.value)
 
 
 async def test_the_same_checks_pass_the_well_behaved_echo_driver(xen: SimXen) -> None:
