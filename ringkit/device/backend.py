@@ -245,6 +245,10 @@ class Backend(DeviceBase[BackChannelT]):
         if self.handshake.state is not S.CLOSED or not await self._peer_reads_closed():
             return
         self._reoffer = False
+        # Take that Closed in now: offered InitWait while the handshake still held what it saw
+        # before (the frontend's Closing, when its Closed came with no watch event read yet),
+        # we would take the Closed for a close of the offer and close again.
+        self.handshake.observe(S.CLOSED)
         if self._refusals > 1:
             delay = min(REOFFER_BACKOFF * 2 ** (self._refusals - 2), REOFFER_BACKOFF_MAX)
             self.log.info("%s: offering the frontend a new connection in %.1f s (refused %d "

@@ -208,6 +208,53 @@ async def test_offline_after_a_raising_handler_the_backend_finishes_raising_it()
                 assert backend.state is S.CLOSED and not backend.queues
 
 
+class WideFailingEchoBackend(FailingEchoBackend):
+    max_queues = 2
+
+
+class WideEchoFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
+    max_queues = 2
+
+    async def echo_on(self, queue: int, ident: int, text: bytes) -> bytes:
+        channel = self.queue(queue).channel
+        await channel.send(MESSAGE.pack(ident, len(text), text))
+        return bytes(MESSAGE.unpack(await channel.receive())[2][: len(text)])
+
+
+async def test_two_queues_failing_at_once_end_one_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both queues' handlers raise together: the connection ends once (one Closing, one Closed)
+    and the next is offered without the backoff of a frontend that keeps failing (made longer
+    than the bound here, so that counting the one failure twice would show)."""
+    monkeypatch.setattr("ringkit.device.backend.REOFFER_BACKOFF", 2 * BOUND)
+    with anyio.fail_after(60):
+        async with world() as w:
+            backend = WideFailingEchoBackend(w.dom0, w.guest)
+            async with serving(backend, once=False) as outcome:
+                front = WideEchoFrontend(w.domu, 0)
+                front.close_timeout = 1.0
+                async with front:
+                    assert front.num_queues == 2
+
+                    async def doomed(queue: int) -> None:
+                        with pytest.raises(Exception) as info:
+                            await front.echo_on(queue, FAIL_ID, b"boom")
+                        assert failed_with_peer_gone(info.value), repr(info.value)
+
+                    with anyio.fail_after(BOUND):
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(doomed, 0)
+                            tg.start_soon(doomed, 1)
+                    with anyio.fail_after(BOUND):  # no backoff: offered again at once
+                        while front.generation < 2 or not front.is_connected:
+                            await anyio.sleep(0.01)
+                    assert await front.echo_on(1, 2, b"again") == b"AGAIN"
+                    states = [event[0] for event in backend.events]
+                    assert states.count(S.CLOSING) == states.count(S.CLOSED) == 1, states
+                    assert not backend.finished and outcome.raised is None
+
+
 class TaskFailingBackend(FailingEchoBackend):
     """A backend whose own background task (``self.tasks``) fails while a request is being
     handled: the handler waits forever, so only ending the connection answers the peer."""
