@@ -186,8 +186,8 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         connection it happened in (None: there was no connection)."""
         self.driver_error: Exception | None = None
         """The latest exception out of the driver's own code -- ``serve``/``handle``, a task
-        started through `tasks` -- that was not the peer's doing (it ended the connection it
-        happened in); None while there was none.  For tests and
+        started through `tasks`, a hook the supervisor called -- that was not the peer's doing
+        (it ended the connection it happened in); None while there was none.  For tests and
         monitoring: the conformance checks fail a driver that a peer can make raise."""
         self._closing = False
         self._owner_task: int | None = None
@@ -404,6 +404,17 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
                 return
             except RingkitError as exc:
                 await self._local_failure(exc)
+                return
+            except QUIET:
+                # Here most likely the store or the transport failing under the supervisor
+                # itself: nothing more can be decided (`_supervise` ends the device).
+                raise
+            except Exception as exc:
+                # A driver hook (connecting, connected, negotiate, publish...) failed: its bug
+                # ends only this connection, in order, as a failed task of the driver does.
+                self.log.error("%s: the driver failed to %s; ending the connection",
+                               self.address, reaction.value, exc_info=exc)
+                await self._driver_failure(exc)
                 return
             reaction = self.handshake.reaction()
 

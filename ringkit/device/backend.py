@@ -9,9 +9,9 @@ frontend shows up at Initialising (or Initialised), and then goes straight back 
 frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` returns when the
 device is removed (either dir deleted), or after the first connection ends with ``once=True``.
 
-A driver's own bug -- `Backend.serve` or `Backend.handle` raising, or a task it started with
-``self.tasks.start_soon`` failing, with anything that is not the peer's doing -- ends only the
-connection it happened in, in order: logged at ERROR with its traceback, the
+A driver's own bug -- `Backend.serve`, `Backend.handle` or another hook raising, or a task it
+started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing --
+ends only the connection it happened in, in order: logged at ERROR with its traceback, the
 error node (EIO, naming the exception), Closing, the rings released, Closed.  The frontend sees
 an orderly close at once, and the backend then carries on as after a refused connection:
 offered again to the frontend once it followed to Closed, or, with ``once=True`` or ``online``

@@ -7,8 +7,8 @@ for the backend to map them and say Connected.  A supervisor task keeps followin
 a backend restart or death tears the rings down and sets them up again (``generation``
 increments); closing does the orderly Closing -> (backend unmaps, Closed) -> unshare -> Closed.
 
-A driver's own bug -- a task it started with ``self.tasks.start_soon`` failing with anything
-that is not the backend's doing -- ends the connection in order (logged
+A driver's own bug -- a hook raising, or a task it started with ``self.tasks.start_soon``
+failing with anything that is not the backend's doing -- ends the connection in order (logged
 at ERROR, the error node with EIO naming the exception, Closing, the rings released, Closed), so
 the backend is not left serving a frontend that is gone; the frontend is then finished with
 that exception, which `Frontend.wait_connected` raises.

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from ringkit import PeerGoneError
+from ringkit import PeerGoneError, PeerRefusedError
 from ringkit.device import XenbusState
 from ringkit.device.paths import Nodes
 
@@ -354,3 +354,27 @@ async def test_a_failing_frontend_task_ends_the_connection_in_order() -> None:
                     with pytest.raises(KeyError):
                         await front.wait_connected()
 
+
+class HookFailingBackend(FailingEchoBackend):
+    """A backend whose `connected` hook -- run by the supervisor, not a task -- raises."""
+
+    async def connected(self, nodes: Nodes) -> None:
+        raise RuntimeError("a bug in the connected hook")
+
+
+async def test_a_raising_hook_refuses_the_connection_in_order() -> None:
+    with anyio.fail_after(60):
+        async with world() as w:
+            backend = HookFailingBackend(w.dom0, w.guest)
+            async with serving(backend, once=True) as outcome:
+                with anyio.fail_after(BOUND), pytest.raises(PeerRefusedError) as info:
+                    async with front_of(w):
+                        pass
+                assert "RuntimeError: a bug in the connected hook" in str(info.value.peer_error)
+                await until(lambda: backend.finished, "the backend finishing (once=True)")
+                assert isinstance(outcome.raised, RuntimeError), outcome.raised
+                assert since_closing(backend.events) == [
+                    (S.CLOSING, "mapped", "error node"),
+                    ("released",),
+                    (S.CLOSED, "unmapped", "error node"),
+                ], backend.events
