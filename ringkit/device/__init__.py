@@ -94,7 +94,10 @@ Class attributes (both ends):
 
 Both ends: ``self.tasks.start_soon(fn, *args)`` runs a background task for the device's life
 (a task failing because the peer died or misbehaved is handled like a broken ring; any other
-failure, or losing the xenstore connection, finishes the device with that error);
+failure is the driver's bug: it is logged and ends the connection in order -- error node,
+Closing, rings released, Closed -- after which a backend serves the next connection, or finishes
+with that error with ``once``, and a frontend finishes with it; losing the xenstore connection
+finishes the device);
 ``await dev.wait_finished()`` returns once the device is gone for good.  A device owns a task
 group: close it in the task that opened it, in LIFO order with the other devices that task
 opened (nested ``async with`` does both); otherwise ``aclose`` raises `LocalProtocolError`

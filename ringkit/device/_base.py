@@ -92,9 +92,13 @@ _OPEN_DEVICES: ContextVar[tuple[DeviceBase[Any], ...]] = ContextVar(
 
 class DeviceTasks:
     """The device's task group as drivers see it (``self.tasks``): a task that fails because
-    the peer died or misbehaved wakes the supervisor like a broken ring does, and any other
-    failure ends the device with that error -- it never tears through the task that entered
-    the device."""
+    the peer died or misbehaved wakes the supervisor like a broken ring does.  Any other
+    failure is the driver's own bug: it is logged (ERROR, with its traceback) and the
+    supervisor ends the current connection in order -- the error node, Closing, the rings
+    released, Closed -- so the peer is never left waiting on it; what the device does next is
+    the end's choice (a `Backend` offers the next connection, or finishes with that error with
+    ``once=True``; a `Frontend` finishes with it).  A failure never tears through the task that
+    entered the device."""
 
     def __init__(self, device: DeviceBase[Any], tg: TaskGroup) -> None:
         self._device = device
@@ -180,6 +184,16 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         self._tg: DeviceTasks | None = None
         self._changed = anyio.Event()
         self._finished: BaseException | None = None
+        self._released = 0
+        """Connections torn down so far (tells a driver failure whose connection is over)."""
+        self._driver_failures: list[tuple[Exception, int | None]] = []
+        """Driver failures for the supervisor: each with the `_released` count of the
+        connection it happened in (None: there was no connection)."""
+        self.driver_error: Exception | None = None
+        """The latest exception out of the driver's own code -- ``serve``/``handle``, a task
+        started through `tasks`, a hook the supervisor called -- that was not the peer's doing
+        (it ended the connection it happened in); None while there was none.  For tests and
+        monitoring: the conformance checks fail a driver that a peer can make raise."""
         self._closing = False
         self._owner_task: int | None = None
 
@@ -290,6 +304,8 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         """Release every queue in order (channel, pages, port), newest first."""
         had = bool(self.queues)
         queues, self.queues = self.queues, []
+        if had:
+            self._released += 1
         for queue in reversed(queues):
             await queue.aclose()
         if had:
@@ -305,10 +321,16 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         return self._tg
 
     def _task_failed(self, exc: Exception) -> None:
+        """A task of the device failed: the peer's doing wakes the supervisor as a broken ring
+        does; anything else is the driver's bug, which the supervisor -- the one task that
+        decides -- answers by ending the connection in order (`_driver_failure`)."""
         cause = ring_failure(exc)
         if cause is None:
-            self.log.error("%s: a task failed", self.address, exc_info=exc)
-            self._finish(exc)
+            self.log.error("%s: a driver task failed; ending the connection", self.address,
+                           exc_info=exc)
+            self.driver_error = exc
+            self._driver_failures.append((exc, self._released if self.queues else None))
+            self.wake("driver failed")
         elif not isinstance(cause, anyio.ClosedResourceError):
             self.wake("task failed", cause)
 
@@ -388,10 +410,25 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
             except RingkitError as exc:
                 await self._local_failure(exc)
                 return
+            except QUIET:
+                # Here most likely the store or the transport failing under the supervisor
+                # itself: nothing more can be decided (`_supervise` ends the device).
+                raise
+            except Exception as exc:
+                # A driver hook (connecting, connected, negotiate, publish...) failed: its bug
+                # ends only this connection, in order, as a failed task of the driver does.
+                self.log.error("%s: the driver failed to %s; ending the connection",
+                               self.address, reaction.value, exc_info=exc)
+                await self._driver_failure(exc)
+                return
             reaction = self.handshake.reaction()
 
     async def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
-        """React to broken rings before looking at the store."""
+        """React to failed driver tasks and broken rings before looking at the store."""
+        failures, self._driver_failures = self._driver_failures, []
+        for exc, connection in failures:
+            if self._finished is None:
+                await self._driver_failure(exc, connection)
         for wakeup in wakeups:
             if wakeup.error is None:
                 continue
@@ -430,9 +467,42 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         under it -- then tear down and say Closed (without waiting for the peer: it broke the
         protocol, or there is nothing mapped yet)."""
         await self._report_error(exc)
+        await self._end_connection()
+
+    async def _end_connection(self) -> None:
+        """Closing, the rings released, Closed: the part of a refusal after the error node."""
         await self._announce_closing()
         await self._teardown()
         await self._close_own()
+
+    async def _driver_failure(self, exc: Exception, connection: int | None = None) -> None:
+        """The driver's own code failed (already logged): end the connection it failed in as a
+        refusal does -- the error node (EIO, naming the exception), Closing, the rings released,
+        Closed -- so the peer sees an orderly close at once instead of waiting on a ring nobody
+        serves; then carry on as the end does after such a failure (`_after_driver_failure`).
+
+        `connection` is the `_released` count when it failed, None if no connection was up: a
+        connection over since (another of its tasks failed first, the peer closed it...) is
+        not ended twice, and a new one is not ended for it."""
+        self.driver_error = exc
+        if connection is not None and connection != self._released:
+            ended = False
+            self.log.info("%s: the connection %r happened in is over already", self.address, exc)
+        else:
+            ended = bool(self.queues) or self.handshake.state is not S.CLOSED
+        if ended:
+            await self._write_error(
+                _errno.EIO, f"the {self.role.value}'s driver failed: {type(exc).__name__}: {exc}"
+            )
+            await self._end_connection()
+            # The peer's state node still says what it said; react only once it changes.
+            self.handshake.peer_lost()
+        await self._after_driver_failure(exc, ended)
+
+    async def _after_driver_failure(self, exc: Exception, ended: bool) -> None:
+        """Hook of the ends: what the driver's bug means beyond the connection it ended (with
+        `ended` False there was none left to end: the connection it happened in is over, or
+        this end was Closed with no rings)."""
 
     async def _announce_closing(self) -> None:
         """Say Closing before releasing the rings, as Linux's drivers do: the peer then sees
@@ -460,8 +530,12 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     async def _report_error(self, exc: RingkitError) -> None:
         """Write ``"<errno> <message>"`` to this end's error node, readable by the peer (so a
         frontend learns why its backend refused it).  Best effort: the store may be gone."""
-        number = getattr(exc, "errno", None) or _errno.EINVAL
-        text = f"{number} {exc}"[:MAX_ERROR_TEXT]
+        await self._write_error(getattr(exc, "errno", None) or _errno.EINVAL, str(exc))
+
+    async def _write_error(self, number: int, message: str) -> None:
+        """Write ``"<number> <message>"`` (cut to `MAX_ERROR_TEXT`) to this end's error node,
+        readable by the peer.  Best effort: the store may be gone."""
+        text = f"{number} {message}"[:MAX_ERROR_TEXT]
         store = self.domain.store
         with suppress(*QUIET):
             await store.write(self.error_path, text)

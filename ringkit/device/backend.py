@@ -8,6 +8,15 @@ After a connection closed, the backend stays at Closed (unless ``online`` is 0) 
 frontend shows up at Initialising (or Initialised), and then goes straight back to InitWait.  A
 frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` returns when the
 device is removed (either dir deleted), or after the first connection ends with ``once=True``.
+
+A driver's own bug -- `Backend.serve`, `Backend.handle` or another hook raising, or a task it
+started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing --
+ends only the connection it happened in, in order: logged at ERROR with its traceback, the
+error node (EIO, naming the exception), Closing, the rings released, Closed.  The frontend sees
+an orderly close at once, and the backend then carries on as after a refused connection:
+offered again to the frontend once it followed to Closed, or, with ``once=True`` or ``online``
+= 0, finished -- and then `run()` raises the driver's exception, so that the bug is not mistaken
+for a peer that went away.
 """
 
 from __future__ import annotations
@@ -116,7 +125,12 @@ class Backend(DeviceBase[BackChannelT]):
 
     async def serve(self, queue: Queue[BackChannelT]) -> None:
         """Serve one queue while connected.  Default: take every pending request, answer each
-        with `handle`, push the burst's responses at once; until the channel breaks."""
+        with `handle`, push the burst's responses at once; until the channel breaks.
+
+        An exception out of here that is not the peer's doing (a bug: not `PeerGoneError`,
+        `RemoteProtocolError` or a channel error caused by them) ends this connection in order
+        -- error node, Closing, rings released, Closed -- and the frontend sees it close; see
+        the module docstring for what follows."""
         channel = queue.channel
         if not isinstance(channel, BackRingChannel):
             raise TypeError(f"{type(self).__name__} builds its own channel: override serve")
@@ -126,7 +140,10 @@ class Backend(DeviceBase[BackChannelT]):
             await channel.send_batch(responses)
 
     async def handle(self, request: bytearray) -> bytes:
-        """Hook: answer one request (a private copy of its slot) with one response."""
+        """Hook: answer one request (a private copy of its slot) with one response.
+
+        Answer a request you cannot serve with the protocol's error response; raising ends the
+        whole connection (see `serve`), the requests in flight with it."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle or serve")
 
     # ------------------------------------------------------------------ reactions
@@ -184,13 +201,15 @@ class Backend(DeviceBase[BackChannelT]):
             self.handshake.peer_lost()
             await self._after_connection()
 
-    async def _after_connection(self) -> None:
+    async def _after_connection(self, why: BaseException | None = None) -> None:
+        """A connection is over: with `once`, or ``online`` = 0, the device is finished (with
+        `why` if given, which `run` raises, else with a `PeerGoneError`, which it does not)."""
         if self._once and self._connections_ended:
-            self._finish(PeerGoneError(f"{self.address}: connection ended"))
+            self._finish(why or PeerGoneError(f"{self.address}: connection ended"))
             return
         online = await self.own_nodes.read_optional("online")
         if online is not None and online.strip() == "0":
-            self._finish(PeerGoneError(f"{self.address}: closed and offline"))
+            self._finish(why or PeerGoneError(f"{self.address}: closed and offline"))
 
     async def _local_failure(self, exc: RingkitError) -> None:
         """Mapping or binding what the frontend published failed (a bad or stale ``ring-ref``,
@@ -226,6 +245,10 @@ class Backend(DeviceBase[BackChannelT]):
         if self.handshake.state is not S.CLOSED or not await self._peer_reads_closed():
             return
         self._reoffer = False
+        # Take that Closed in now: offered InitWait while the handshake still held what it saw
+        # before (the frontend's Closing, when its Closed came with no watch event read yet),
+        # we would take the Closed for a close of the offer and close again.
+        self.handshake.observe(S.CLOSED)
         if self._refusals > 1:
             delay = min(REOFFER_BACKOFF * 2 ** (self._refusals - 2), REOFFER_BACKOFF_MAX)
             self.log.info("%s: offering the frontend a new connection in %.1f s (refused %d "
@@ -238,6 +261,21 @@ class Backend(DeviceBase[BackChannelT]):
     async def _after_refusal(self, exc: RingkitError) -> None:
         # Closed now: the toolstack's `online` decides whether we wait for the next frontend.
         await self._after_connection()
+
+    async def _after_driver_failure(self, exc: Exception, ended: bool) -> None:
+        """The driver's bug ended a connection (now Closed): with `once` the device is finished
+        with that error (even if it came before a connection was up); with ``online`` = 0 too;
+        otherwise the frontend, once it followed to Closed, is offered a new connection, as
+        after a refusal (with the same backoff when it keeps failing before connecting)."""
+        if self._once:
+            self._finish(exc)
+            return
+        if not ended:
+            return
+        await self._after_connection(exc)
+        self._refusals += 1
+        self._reoffer = self._finished is None
+        await self._offer_again()
 
     async def _peer_died(self) -> None:
         await super()._peer_died()
@@ -312,6 +350,8 @@ class Backend(DeviceBase[BackChannelT]):
                 raise
             if not isinstance(cause, anyio.ClosedResourceError):
                 self.wake("ring broken", cause)
+        # Anything else is the driver's bug: it goes on to `DeviceTasks` (this runs as one of
+        # the device's tasks), whose supervisor ends the connection in order.
         finally:
             self._serving -= 1
             if self._serving == 0:
@@ -353,9 +393,16 @@ class Backend(DeviceBase[BackChannelT]):
         """Serve the device until it is removed (or, with `once`, until the first connection
         ends).  Reconnects after frontend restarts.
 
+        A bug of the driver (`serve` or `handle` raising, a task of ``self.tasks`` failing)
+        ends only its connection, in order, and the backend serves the next one; but if the
+        device finishes because of it (``once=True``, or ``online`` = 0) this raises that
+        exception, so the bug is seen.
+
         Raises:
             RemoteProtocolError: the handshake itself was poisoned by the frontend.
-            Exception: whatever ended a driver task that was not the peer's doing.
+            Exception: the driver's own exception (not the peer's doing) that ended the last
+                connection, when the device finished after it; or what stopped the supervisor
+                (the xenstore connection failed...).
         """
         if self._tg is None:
             raise RuntimeError("use `async with backend:` before run()")

@@ -6,6 +6,12 @@ multi-page and multi-queue forms) in one transaction with ``state`` = Initialise
 for the backend to map them and say Connected.  A supervisor task keeps following the backend:
 a backend restart or death tears the rings down and sets them up again (``generation``
 increments); closing does the orderly Closing -> (backend unmaps, Closed) -> unshare -> Closed.
+
+A driver's own bug -- a hook raising, or a task it started with ``self.tasks.start_soon``
+failing with anything that is not the backend's doing -- ends the connection in order (logged
+at ERROR, the error node with EIO naming the exception, Closing, the rings released, Closed), so
+the backend is not left serving a frontend that is gone; the frontend is then finished with
+that exception, which `Frontend.wait_connected` raises.
 """
 
 from __future__ import annotations
@@ -130,6 +136,8 @@ class Frontend(DeviceBase[FrontChannelT]):
             PeerRefusedError: the backend closed before the first connection was up.
             PeerGoneError: the device went away for good.
             RemoteProtocolError: the backend broke the protocol before the first connection.
+            Exception: the driver's own exception (a bug, not the backend's doing) that ended
+                the connection and the device.
         """
         while not self.is_connected:
             if self._finished is not None:
@@ -184,6 +192,10 @@ class Frontend(DeviceBase[FrontChannelT]):
         self.log.warning("%s: cannot connect: %s", self.address, exc)
         with suppress(*QUIET):
             await self._refuse(exc)
+        self._finish(exc)
+
+    async def _after_driver_failure(self, exc: Exception, ended: bool) -> None:
+        # The driver's bug is this device's own: its user learns of it from wait_connected.
         self._finish(exc)
 
     async def _after_refusal(self, exc: RingkitError) -> None:

@@ -30,11 +30,19 @@ class ServingBackend:
         self.returned = False
 
     def assert_alive(self, after: str) -> None:
-        """The backend is still serving its device: it neither crashed nor gave up."""
+        """The backend is still serving its device: it neither crashed nor gave up, and its
+        driver never raised (the framework ends the connection a driver's bug happened in and
+        serves on, but a peer must not be able to make a driver raise)."""
         if self.failure is not None:
             raise AssertionError(
                 f"{self.label}: the backend stopped serving after {after}: {self.failure!r}"
             ) from self.failure
+        error = self.backend.driver_error
+        if error is not None:
+            raise AssertionError(
+                f"{self.label}: the backend's driver raised after {after}: {error!r} (the "
+                "framework ended that connection; a peer must never make a driver raise)"
+            ) from error
         if self.returned or self.backend.finished:
             raise AssertionError(
                 f"{self.label}: the backend gave up its device after {after} (run() returned); "

@@ -88,7 +88,9 @@ async def test_a_backend_deaf_at_initwait_fails_the_port_closed_check(xen: SimXe
 
 async def test_a_driver_that_trusts_a_garbage_slot_fails_naming_the_crash(xen: SimXen) -> None:
     message = await fails(xen, "hostile-frontend/garbage-slots", broken(TrustingBackend))
-    assert "the backend stopped serving after" in message, message
+    # The framework ends only the connection the crash happened in (issue 18) and serves on;
+    # the check still names the crash.
+    assert "the backend's driver raised after" in message, message
     assert "garbage-slots" in message and "UnicodeDecodeError" in message, message
 
 
