@@ -25,22 +25,31 @@ _CHUNK = 65536
 
 
 class StdioStream(ByteStream):
-    """stdin and stdout as one anyio byte stream: reads wait for the descriptor in the event
-    loop (so a cancelled read leaves no thread behind).  Writes to a pipe or socket wait for
-    room in the event loop too and then write at most `PIPE_BUF` bytes, which a blocking pipe
+    """stdin and stdout as one anyio byte stream, whatever the shell connected them to.
+
+    Pipes, sockets and terminals are waited for in the event loop: a read waits until the
+    descriptor is readable (so a cancelled read leaves no thread behind), a write to a pipe or
+    socket until it is writable and then writes at most `PIPE_BUF` bytes, which a blocking pipe
     takes at once when it polls writable (the descriptor's blocking mode is shared with other
-    processes, so it is left alone); writes to anything else (a file, a terminal) run in a
-    worker thread."""
+    processes, so it is left alone).  Regular files and devices such as /dev/null cannot be
+    polled (epoll refuses them, EPERM) and never wait long: they are read and written in a
+    worker thread.  Writes to a terminal go through a thread too (a terminal can block)."""
 
     def __init__(self, read_fd: int = 0, write_fd: int = 1) -> None:
         self._read_fd = read_fd
         self._write_fd: int | None = write_fd
         mode = os.fstat(write_fd).st_mode
         self._pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        mode = os.fstat(read_fd).st_mode
+        self._read_pollable = (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+                               or os.isatty(read_fd))
 
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
-        await anyio.wait_readable(self._read_fd)
-        data = os.read(self._read_fd, max_bytes)
+        if self._read_pollable:
+            await anyio.wait_readable(self._read_fd)
+            data = os.read(self._read_fd, max_bytes)
+        else:
+            data = await anyio.to_thread.run_sync(os.read, self._read_fd, max_bytes)
         if not data:
             raise anyio.EndOfStream
         return data

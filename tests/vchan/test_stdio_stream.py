@@ -1,5 +1,6 @@
 """`ringkit vchan`'s stdio stream: writes to a pipe wait for room in the event loop (no thread
-per write) and stay whole however large; writes to a regular file go through a thread."""
+per write) and stay whole however large; writes to a regular file go through a thread; stdin
+may be a regular file or /dev/null as well as a pipe (epoll refuses the first two)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,36 @@ async def test_a_regular_file_is_written_whole(tmp_path: Path) -> None:
     await stream.send_eof()
     os.close(null)
     assert target.read_bytes() == DATA
+
+
+async def test_stdin_from_a_regular_file_and_from_dev_null(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(DATA)
+    sink = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    for path, want in ((source, DATA), (Path(os.devnull), b"")):
+        fd = os.open(path, os.O_RDONLY)
+        stream = StdioStream(fd, sink)
+        got = bytearray()
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    got += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+        os.close(fd)
+        assert bytes(got) == want
+    os.close(sink)
+
+
+async def test_negative_control_epoll_refuses_a_regular_file(tmp_path: Path) -> None:
+    """Why the file needs a thread: waiting for it in the event loop fails (what `ringkit vchan
+    - < file` used to end in)."""
+    source = tmp_path / "in"
+    source.write_bytes(b"x")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            with anyio.fail_after(5):
+                await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)

@@ -79,6 +79,39 @@ async def test_stdio_at_both_ends(anyio_backend: str) -> None:
             assert await server.wait() == 0    # the client closed: so does a stdio server
 
 
+async def test_files_and_dev_null_for_stdin_and_stdout(anyio_backend: str,
+                                                     tmp_path: Path) -> None:
+    """`ringkit vchan ... -` takes stdin from a file or /dev/null and writes stdout to a file or
+    /dev/null, as vchan-socket-proxy does (epoll refuses regular files and /dev/null: they used
+    to end in a traceback).  A client's input ending closes the vchan (libxenvchan has no half
+    close); the server gets every byte first, then end of stream."""
+    up = os.urandom(300_000)
+    (tmp_path / "up").write_bytes(up)
+    async with simulator() as (xen, a, b):
+        common = ["--dir", str(xen.directory)]
+        for port, source in ((12, tmp_path / "up"), (13, Path(os.devnull))):
+            path = vchan_path(a, b, port)
+            out = tmp_path / f"srv{port}.out"
+            with open(source, "rb") as src, open(out, "wb") as srv_out, \
+                    open(os.devnull, "wb") as null:
+                server = await anyio.open_process(
+                    [*CLI, *common, "--domain", str(a), "-m", "server", str(b), path, "-"],
+                    stdin=subprocess.PIPE, stdout=srv_out, stderr=subprocess.PIPE)
+                client = await anyio.open_process(
+                    [*CLI, *common, "--domain", str(b), "-m", "client", str(a), path, "-"],
+                    stdin=src, stdout=null, stderr=subprocess.PIPE)
+                async with server, client:
+                    assert await client.wait() == 0, await _stderr(client)
+                    assert await server.wait() == 0, await _stderr(server)
+                    assert "Traceback" not in await _stderr(client)
+            assert out.read_bytes() == (up if port == 12 else b"")
+
+
+async def _stderr(process: anyio.abc.Process) -> str:
+    assert process.stderr is not None
+    return (await read_to_end(process.stderr)).decode(errors="replace")
+
+
 async def _send_and_close(stream: anyio.abc.ByteSendStream, data: bytes) -> None:
     await stream.send(data)
     await stream.aclose()
