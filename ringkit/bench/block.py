@@ -332,9 +332,9 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
             poll_us: int, repeat: int, json_path: str | None) -> None:
     """Block over the simulated Xen vs direct preadv/pwritev of the same tmpfs file, with the
     doorbells, sleeps and CPU time per request of each side."""
-    from ..cli.block import _size
+    from ..cli.block import parse_size
 
-    nbytes = _size(size)
+    nbytes = parse_size(size)
     if nbytes < MIB or nbytes % MIB:
         raise click.BadParameter("must be a whole number of MiB", param_hint="--size")
     polls = {"sleeping": 0} | ({f"polling {poll_us}us": poll_us} if poll_us else {})

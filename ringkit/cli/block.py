@@ -123,7 +123,8 @@ def _stats(stats: ServiceStats) -> str:
             f"{stats.discards} discards, {stats.errors + stats.unsupported} refused")
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """A byte count from text such as ``4096``, ``64k``, ``1.5MiB`` or ``2G`` (binary units)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     if text and text[-1] in units:
@@ -177,7 +178,7 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
         info = disk.info
         assert info is not None
         if check_size is not None:
-            await _check(disk, min(_size(check_size), info.size))
+            await _check(disk, min(parse_size(check_size), info.size))
         elif read_range is not None:
             offset, _, length = read_range.partition(":")
             output_file.write(await disk.read(int(offset), int(length)))
@@ -232,4 +233,4 @@ async def _check(disk: BlockFrontend, size: int) -> None:
                f"read {mib / read:.1f} MiB/s")
 
 
-__all__ = ("CHECK_DEPTH", "DEFAULT_DEVID", "attach", "block", "serve")
+__all__ = ("CHECK_DEPTH", "DEFAULT_DEVID", "attach", "block", "parse_size", "serve")

@@ -104,9 +104,9 @@ opened (nested ``async with`` does both); otherwise ``aclose`` raises `LocalProt
 and leaves the device open.
 
 `Queue` (one per ring): ``index``, ``buffer`` (the ring pages), ``event`` (`EventChannel`),
-``channel`` (`RingChannel`: ``send``/``receive``/``send_nowait``/``receive_nowait`` of whole
-slots as bytes; front sends requests and receives responses, back the reverse), ``path`` (the
-frontend's node dir holding this queue's keys).
+``channel`` (`ringkit.channel.RingChannel`: ``send``/``receive``/``send_nowait``/
+``receive_nowait`` of whole slots as bytes; front sends requests and receives responses, back
+the reverse), ``path`` (the frontend's node dir holding this queue's keys).
 
 `Nodes`: ``read(name) -> str``, ``read_int(name, default)``, ``write(name, value)``,
 ``path`` -- a view on one device dir; values read from the peer's dir are untrusted (parse with
@@ -119,9 +119,6 @@ bad arguments -> `ConfigError`.
 
 from __future__ import annotations
 
-from .._async.channel import BackRingChannel as BackRingChannel
-from .._async.channel import FrontRingChannel as FrontRingChannel
-from .._async.channel import RingChannel as RingChannel
 from ..proto.layout import RingLayout as RingLayout
 from ..proto.xenbus import XenbusState as XenbusState
 from .backend import Backend as Backend
@@ -135,13 +132,10 @@ from .toolstack import destroy_device as destroy_device
 
 __all__ = (
     "Backend",
-    "BackRingChannel",
     "DeviceAddress",
     "Frontend",
-    "FrontRingChannel",
     "Nodes",
     "Queue",
-    "RingChannel",
     "RingLayout",
     "XenbusState",
     "create_device",
