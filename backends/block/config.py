@@ -29,6 +29,10 @@ MAX_DISCARD_GRANULARITY = 1 << 30
 """Largest ``discard-granularity`` the backend offers (1 GiB)."""
 
 
+MAX_IO_DEPTH = 256
+"""Most requests one ring may have in service at once (`ServiceConfig.io_depth`)."""
+
+
 class InvalidSetting(ConfigError):
     """A `ServiceConfig` field has a value the backend cannot offer.
 
@@ -75,6 +79,12 @@ class ServiceConfig(BaseModel):
     """``feature-flush-cache``."""
     barrier: bool = True
     """``feature-barrier``."""
+    io_depth: int = Field(1, ge=1, le=MAX_IO_DEPTH)
+    """Requests of one ring served at once, answered as each completes (1: one after the
+    other, in ring order).  A real disk wants 32 or so: its queue stays full."""
+    direct: bool = False
+    """Open the image ``O_DIRECT`` (QEMU's ``cache=none``): I/O goes to the device, bypassing
+    the page cache of the backend's domain.  Not on tmpfs."""
     poll_us: int = Field(0, ge=0, le=MAX_POLL_US)
     """Microseconds each ring's server spins on the ring for more requests, while the frontend
     keeps it busy, before sleeping on the event channel (0: never spin; nothing on the wire
@@ -128,6 +138,7 @@ def _setting_error(exc: ValidationError) -> InvalidSetting:
 __all__ = (
     "MAX_DISCARD_GRANULARITY",
     "MAX_INDIRECT_SEGMENTS",
+    "MAX_IO_DEPTH",
     "MAX_RING_PAGE_ORDER",
     "InvalidSetting",
     "ServiceConfig",

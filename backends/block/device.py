@@ -59,7 +59,7 @@ class BlockBackend(Backend):
                          max_ring_page_order=config.max_ring_page_order,
                          max_queues=config.max_queues)
         self.config = config
-        self.image = Image(image, readonly=config.read_only)
+        self.image = Image(image, readonly=config.read_only, direct=config.direct)
         self.persistent = False
         """Whether the current connection uses persistent grants (both ends offered them)."""
         self.services: dict[int, BlockService] = {}
@@ -74,7 +74,7 @@ class BlockBackend(Backend):
         if mode is Mode.READ_ONLY and not self.image.readonly:
             path = self.image.path
             self.image.close()
-            self.image = Image(path, readonly=True)
+            self.image = Image(path, readonly=True, direct=self.config.direct)
         writable = not self.image.readonly
         discard = self.config.discard and writable
         features = BackendFeatures(

@@ -5,6 +5,15 @@
 ``fdatasync`` and discards by punching a hole (``fallocate(PUNCH_HOLE|KEEP_SIZE)``) in a file
 or ``BLKDISCARD`` on a block device.  A discarded range reads back as zeros; where the file
 system cannot punch holes the range is overwritten with zeros, so the answer stays the same.
+
+`read_cached` reads only what the page cache holds (``RWF_NOWAIT``), so a caller can serve a
+cached read in the event loop and send the rest to a thread.  With ``direct=True`` the image is
+opened ``O_DIRECT`` (QEMU's ``cache=none``): I/O goes to the device, bypassing the page cache.
+``O_DIRECT`` wants buffers, offsets and lengths aligned to the device's logical block
+(`direct_alignment`); a request that is not -- a 512-byte sector of a 4 KiB-sector disk, a
+segment in the middle of a page -- goes through an aligned bounce buffer, a write as
+read-modify-write of the blocks it touches (one at a time, so two such writes sharing a block
+cannot undo each other).
 """
 
 from __future__ import annotations
@@ -13,11 +22,15 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+from cffi import FFI
 
 from ringkit import ConfigError
 from ringkit.proto.blkif import SECTOR_SIZE
@@ -46,12 +59,19 @@ class Image:
             sectors.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 direct: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.direct = direct
+        """Opened ``O_DIRECT``: I/O bypasses the page cache (see the module docstring)."""
+        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+            fd = os.open(self.path, flags | (os.O_DIRECT if direct else 0))
         except OSError as exc:
+            if direct and exc.errno == errno.EINVAL:
+                raise ConfigError(f"image {str(self.path)!r}: its file system does not do "
+                                  "O_DIRECT (tmpfs does not); serve it without direct") from exc
             raise ConfigError(f"cannot open image {str(self.path)!r}: {exc.strerror}") from exc
         self.fd = fd
         try:
@@ -76,6 +96,36 @@ class Image:
         self.size = size
         self.sectors = size // SECTOR_SIZE
         self._punch_works = True
+        self._nowait = not direct
+        self.direct_alignment = 0
+        """With `direct`: the alignment O_DIRECT needs (buffer address, offset, length)."""
+        self._rmw = threading.Lock()
+        if direct:
+            try:
+                self.direct_alignment = self._probe_alignment()
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def _probe_alignment(self) -> int:
+        """The smallest power of two from 512 that O_DIRECT reads at (EINVAL below it)."""
+        if self.is_block_device:
+            return max(int(self.logical_sector_size), SECTOR_SIZE)
+        if self.size == 0:
+            return 4096
+        with mmap.mmap(-1, 4096) as page:
+            buffer = memoryview(page)
+            try:
+                for size in (512, 1024, 2048, 4096):
+                    try:
+                        os.preadv(self.fd, [buffer[:size]], 0)
+                        return size
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+            finally:
+                buffer.release()
+        raise ConfigError(f"image {str(self.path)!r}: O_DIRECT refuses even 4 KiB reads")
 
     def close(self) -> None:
         """Close the file (idempotent)."""
@@ -89,11 +139,31 @@ class Image:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def read_cached(self, buffers: Sequence[memoryview], offset: int, total: int) -> bool:
+        """Fill `buffers` from byte `offset` if the page cache holds all `total` bytes, without
+        waiting for the device (``preadv`` with ``RWF_NOWAIT``); False (the buffers' contents
+        then undefined) when it does not, or when the image is direct or the kernel cannot say.
+        """
+        if not self._nowait or len(buffers) > IOV_MAX:
+            return False
+        try:
+            return bool(os.preadv(self.fd, buffers, offset, os.RWF_NOWAIT) == total)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False  # this kernel or file system cannot: stop asking
+                return False
+            raise
+
     def read_into(self, buffers: Sequence[memoryview], offset: int,
                   total: int | None = None) -> None:
         """Fill `buffers` in order from byte `offset`; short reads are retried, reading past the
         end is an OSError (the caller checked the range).  `total`: their summed length, if
         the caller knows it.  Any number of buffers (IOV_MAX at a time)."""
+        if self.direct and not self._aligned(buffers, offset):
+            self._bounce(buffers, offset, write=False)
+            return
         if len(buffers) > IOV_MAX:
             self._chunked(buffers, offset, write=False)
             return
@@ -108,6 +178,9 @@ class Image:
         """Write `buffers` in order at byte `offset`, entirely (short writes are retried).
         `total`: their summed length, if the caller knows it.  Any number of buffers (IOV_MAX
         at a time)."""
+        if self.direct and not self._aligned(buffers, offset):
+            self._bounce(buffers, offset, write=True)
+            return
         if len(buffers) > IOV_MAX:
             self._chunked(buffers, offset, write=True)
             return
@@ -144,6 +217,47 @@ class Image:
                 raise OSError(errno.EIO, f"unexpected end of image at byte {offset + done}")
             done += n
 
+    def _aligned(self, buffers: Sequence[memoryview], offset: int) -> bool:
+        """Whether O_DIRECT takes these buffers at `offset` as they are."""
+        align = self.direct_alignment
+        if offset % align:
+            return False
+        return all(len(b) % align == 0 and _address(b) % align == 0 for b in buffers)
+
+    def _bounce(self, buffers: Sequence[memoryview], offset: int, *, write: bool) -> None:
+        """I/O O_DIRECT cannot take as it is, through an aligned buffer covering the blocks
+        it touches (a write reads them first, under a lock, and writes them back whole)."""
+        align = self.direct_alignment
+        total = sum(len(b) for b in buffers)
+        start = offset - offset % align
+        end = -(-(offset + total) // align) * align
+        with mmap.mmap(-1, end - start) as area:
+            bounce = memoryview(area)
+            try:
+                with self._rmw if write else _NO_LOCK:
+                    self._direct_io([bounce], start, end - start, write=False)
+                    pos = offset - start
+                    for b in buffers:
+                        if write:
+                            bounce[pos:pos + len(b)] = b
+                        else:
+                            b[:] = bounce[pos:pos + len(b)]
+                        pos += len(b)
+                    if write:
+                        self._direct_io([bounce], start, end - start, write=True)
+                        if end > self.size and not self.is_block_device:
+                            os.ftruncate(self.fd, self.size)  # the last block went past it
+            finally:
+                bounce.release()
+
+    def _direct_io(self, buffers: list[memoryview], offset: int, total: int, *,
+                   write: bool) -> None:
+        done = (os.pwritev(self.fd, buffers, offset) if write
+                else os.preadv(self.fd, buffers, offset))
+        # a read may end short at the end of the file: the rest of the bounce stays zeros
+        if done < total and (write or offset + done < self.size):
+            self._finish(buffers, offset, done, total, write=write)
+
     def flush(self) -> None:
         """Make every write completed so far durable (``fdatasync``)."""
         os.fdatasync(self.fd)
@@ -168,6 +282,25 @@ class Image:
             chunk = min(len(_ZEROS), end - offset)
             self.write_from([memoryview(_ZEROS)[:chunk]], offset)
             offset += chunk
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+_ffi = FFI()
+
+
+def _address(view: memoryview) -> int:
+    """Where `view`'s first byte is in memory (read-only views too)."""
+    return int(_ffi.cast("uintptr_t", _ffi.from_buffer(view)))
 
 
 __all__ = ("IOV_MAX", "Image")

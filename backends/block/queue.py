@@ -1,8 +1,9 @@
 """One blkif ring served through the request-queue layer (`ringkit.requests.RequestServer`).
 
 Requests are taken off the ring in bursts (one private copy per burst, ids and direct grant refs
-read in one call each) and served one after the other by `BlockService`, so each response is
-written only after its I/O finished.  Responses to small requests go out together with one
+read in one call each) and served by `BlockService` -- one after the other, or `io_depth` at a
+time, each answered as it completes -- so each response is written only after its I/O
+finished.  Responses to small requests go out together with one
 producer update and at most one event (ring.h's notify hold-off decides); a large transfer is
 answered as soon as it is done (`PUSH_AFTER_SECTORS`), with whatever small answers are waiting.
 The server sleeps only after the final check found the ring empty.
@@ -35,7 +36,7 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *,
     if burst is None:
         burst = max(BURST, channel.engine.entries)
     await RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
-                        burst=burst).run()
+                        burst=burst, concurrency=service.config.io_depth).run()
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")

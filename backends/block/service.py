@@ -5,9 +5,17 @@
 an `IncomingRequest` -- a private copy of the slot, its grant refs -- and `answer` returns the
 response.  Pages are mapped through the request (`IncomingRequest.pages` / `map`, persistent
 or not as the `GrantMapper` says) and unmapped by the layer before the answer goes out.
-Requests are served one after the other in ring order, so a response is sent only once its
-data is in the image (a WRITE is acknowledged after ``pwritev`` returned) and a
-FLUSH_DISKCACHE or WRITE_BARRIER covers every write answered before it.
+A response is sent only once its data is in the image (a WRITE is acknowledged after
+``pwritev`` returned) and a FLUSH_DISKCACHE or WRITE_BARRIER covers every write answered
+before it.
+
+The event loop never waits for the device.  A read the page cache holds is served in the event
+loop (``RWF_NOWAIT``: a memory copy, cheaper than a thread hand-off); any other read, every
+write to a direct image, and whatever may wait for the device (fdatasync, hole punching) runs in
+a worker thread.  With ``io_depth`` > 1 the ring's server takes that many requests at once and
+answers each as it completes, as Linux's blkback does, so a real disk's queue stays full; a
+WRITE_BARRIER then waits for every request before it to finish, and the requests after it wait
+for it (blkback's drain).
 
 What the frontend can get wrong and what it gets back, following xen-blkback:
 
@@ -22,7 +30,8 @@ None of these poisons the device; hostile ring indices do (that is the ring engi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +77,11 @@ class BlockService:
         self._max_indirect = min(
             config.max_indirect_segments,
             blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
+        self._threads = anyio.CapacityLimiter(max(config.io_depth, 2))
+        self._drain = _Drain()
+        # buffered writes go to the page cache in the event loop when requests are served one
+        # at a time, as before; with a queue to fill, or O_DIRECT, they go to the threads
+        self._inline_writes = config.io_depth == 1 and not image.direct
 
     async def answer(self, incoming: IncomingRequest) -> bytes:
         """The response to `incoming` (the `RequestServer` handler)."""
@@ -78,6 +92,13 @@ class BlockService:
         """Serve `incoming` and return ``(id, operation, status)`` for its response.  Never
         raises for anything the frontend wrote."""
         self.stats.requests += 1
+        if incoming.operation == Op.WRITE_BARRIER:
+            async with self._drain.exclusive():
+                return await self._handle(incoming)
+        async with self._drain.shared():
+            return await self._handle(incoming)
+
+    async def _handle(self, incoming: IncomingRequest) -> tuple[int, int, int]:
         try:
             request = blkif.parse_request(incoming.slot,
                                           max_indirect_segments=self._max_indirect)
@@ -161,11 +182,13 @@ class BlockService:
                      for page, first, last in zip(mapped, segments.first, segments.last,
                                                   strict=True)]
         offset = sector * blkif.SECTOR_SIZE
+        length = nr_sectors * size
         if reading:
-            self._io(rid, op, self.image.read_into, views, offset, nr_sectors * size)
+            if not self.image.read_cached(views, offset, length):
+                await self._slow_io(rid, op, self.image.read_into, views, offset, length)
             self.stats.sectors_read += nr_sectors
         else:
-            self._io(rid, op, self.image.write_from, views, offset, nr_sectors * size)
+            await self._write(rid, op, views, offset, length)
             self.stats.sectors_written += nr_sectors
         if nr_sectors >= PUSH_AFTER_SECTORS:
             incoming.urgent = True
@@ -187,23 +210,68 @@ class BlockService:
                  request.nr_sectors * blkif.SECTOR_SIZE)
         self.stats.discards += 1
 
-    async def _slow_io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
-        """`_io` in a worker thread, for calls that may wait for the device (fdatasync, hole
-        punching), so that other rings keep being served meanwhile."""
-        try:
-            await anyio.to_thread.run_sync(call, *args)
+    async def _write(self, rid: int, op: int, views: Sequence[memoryview], offset: int,
+                     length: int) -> None:
+        if not self._inline_writes:
+            await self._slow_io(rid, op, self.image.write_from, views, offset, length)
+            return
+        try:  # to the page cache: a memory copy, cheaper than a thread hand-off
+            self.image.write_from(views, offset, length)
         except OSError as exc:
             log.warning("blkif request %#x: I/O error: %s", rid, exc)
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
 
-    def _io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
-        """Reads and writes run inline: from and to the page cache they are memory copies,
-        cheaper than a thread hand-off."""
+    async def _slow_io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
+        """`call` in a worker thread, for anything that may wait for the device, so that the
+        event loop -- every ring this process serves -- goes on meanwhile."""
         try:
-            call(*args)
+            await anyio.to_thread.run_sync(call, *args, limiter=self._threads)
         except OSError as exc:
             log.warning("blkif request %#x: I/O error: %s", rid, exc)
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
+
+
+class _Drain:
+    """WRITE_BARRIER's ordering among requests served at once: every other request holds the
+    gate shared; a barrier waits for them all to leave and holds it alone, and requests that
+    come after it wait until it is done."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._barrier = False
+        self._changed = anyio.Event()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        while self._barrier:
+            await self._wait()
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._barrier:
+                self._notify()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        while self._barrier:
+            await self._wait()
+        self._barrier = True
+        try:
+            while self._active:
+                await self._wait()
+            yield
+        finally:
+            self._barrier = False
+            self._notify()
 
 
 __all__ = ("PUSH_AFTER_SECTORS", "BlockService", "ServiceConfig", "ServiceStats")

@@ -110,10 +110,11 @@ def _direct_random(path: Path, size: int, count: int) -> Figure:
     return Figure(count / elapsed, per_request(before, after, count), {})
 
 
-async def _backend_main(directory: str, frontend_id: int, image: str, poll_us: int) -> None:
+async def _backend_main(directory: str, frontend_id: int, image: str, poll_us: int,
+                        io_depth: int = 1) -> None:
     from ..sim import connect
 
-    config = ServiceConfig(poll_us=poll_us)
+    config = ServiceConfig(poll_us=poll_us, io_depth=io_depth)
     async with connect(directory, 0) as dom0, BlockBackend(dom0, frontend_id, 0, image=image,
                                                            config=config) as backend:
         print("ready", flush=True)
@@ -328,12 +329,30 @@ def _report(modes: dict[str, dict[str, Figure]], direct: dict[str, Figure]) -> N
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Also write the figures, counters and load averages to this JSON file "
                    "(docs/bench/plot_block.py draws it).")
+@click.option("--disk", "disk_dir", type=click.Path(file_okay=False, exists=True),
+              help="Instead: random 4 KiB reads at QD1 and QD32 from a cold image in this "
+                   "directory on a real disk, against direct preadv at the same depths.")
+@click.option("--disk-size", default="1G", show_default=True,
+              help="With --disk: the image size (written in full first).")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --disk: how long each figure reads.")
 def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_order: int,
-            poll_us: int, repeat: int, json_path: str | None) -> None:
+            poll_us: int, repeat: int, json_path: str | None, disk_dir: str | None,
+            disk_size: str, seconds: float) -> None:
     """Block over the simulated Xen vs direct preadv/pwritev of the same tmpfs file, with the
-    doorbells, sleeps and CPU time per request of each side."""
+    doorbells, sleeps and CPU time per request of each side (or, with --disk, random reads from
+    a cold image on a real disk)."""
     from ..cli.block import parse_size
 
+    if disk_dir is not None:
+        from ._disk import run as run_disk
+
+        disk_bytes = parse_size(disk_size)
+        if disk_bytes < 64 * MIB or disk_bytes % MIB:
+            raise click.BadParameter("must be a whole number of MiB, at least 64 MiB",
+                                     param_hint="--disk-size")
+        run_disk(disk_dir, disk_bytes, seconds)
+        return
     nbytes = parse_size(size)
     if nbytes < MIB or nbytes % MIB:
         raise click.BadParameter("must be a whole number of MiB", param_hint="--size")
@@ -376,6 +395,7 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["backend"]:
-        anyio.run(_backend_main, sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+        anyio.run(_backend_main, sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
+                  int(sys.argv[6]) if len(sys.argv) > 6 else 1)
     else:
         command()

@@ -40,7 +40,7 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
         path.write_bytes(bytes(DISK))
     grants = FakeGrants(pool_pages)
     config = config or ServiceConfig(max_indirect_segments=indirect)
-    with Image(path, readonly=readonly) as image:
+    with Image(path, readonly=readonly, direct=config.direct) as image:
         mapper = GrantMapper(grants, 1, persistent=persistent)
         service = BlockService(image, mapper, config)
         info = DiskInfo(sectors=image.sectors, readonly=readonly,
@@ -59,11 +59,16 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("persistent", "indirect"), [(True, 256), (False, 0), (False, 64)])
-async def test_random_io_matches_model(tmp_path: Path, persistent: bool, indirect: int) -> None:
-    rng = random.Random(4242 + indirect)
+@pytest.mark.parametrize(("persistent", "indirect", "io_depth", "direct"),
+                         [(True, 256, 1, False), (False, 0, 1, False), (False, 64, 1, False),
+                          (True, 256, 16, False), (True, 256, 8, True), (False, 0, 4, True)])
+async def test_random_io_matches_model(tmp_path: Path, persistent: bool, indirect: int,
+                                       io_depth: int, direct: bool) -> None:
+    rng = random.Random(4242 + indirect + io_depth)
     model = bytearray(DISK)
-    async with loopback(tmp_path, persistent=persistent, indirect=indirect) as (client, svc, _):
+    config = ServiceConfig(max_indirect_segments=indirect, io_depth=io_depth, direct=direct)
+    async with loopback(tmp_path, persistent=persistent, indirect=indirect,
+                        config=config) as (client, svc, _):
         with anyio.fail_after(60):
             for _ in range(60):
                 kind = rng.choice(["read", "write", "write", "discard", "flush"])

@@ -1,0 +1,162 @@
+"""``ringkit bench block --disk DIR``: random 4 KiB reads from a cold image on a real disk.
+
+The tmpfs runs of ``ringkit bench block`` show ringkit's own cost; this mode shows whether the
+backend keeps a real disk busy.  The image is a file in DIR (on a disk, not a tmpfs), written
+once with data (a sparse file would be read without touching the disk), and before every run
+its pages are evicted from the page cache (``fdatasync`` then ``posix_fadvise(DONTNEED)``), so
+every read goes to the device.  For a fixed time each, it measures random 4 KiB reads:
+
+* **direct**: ``os.preadv`` from this process at the same depth -- one thread at QD1, 32 threads
+  at QD32 (the disk's own figure at that depth);
+* **ringkit**: `BlockFrontend.submit` on the simulated Xen (the frontend in this process, the
+  backend in its own, the simulator in a third) at the same depth, with the backend serving
+  `io_depth` requests of the ring at once; and, as the comparison that shows what the depth
+  buys, the backend serving in ring order (``io_depth`` 1) at QD32.
+
+It prints IOPS side by side with the ratios, the load average before and after, and asserts
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from pathlib import Path
+
+import anyio
+import click
+
+from ..device import DeviceAddress, create_device
+from ..frontends.block import ReadOp
+from ..frontends.block.device import BlockFrontend
+
+MIB = 1 << 20
+READ = 4096
+QD = 32
+BATCH = 256
+
+
+def fill(path: Path, size: int) -> None:
+    """Write `size` bytes of data (not zeros: a compressing or thin disk could skip them)."""
+    chunk = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for _ in range(size // MIB):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evict(path: Path) -> None:
+    """Drop the image's pages from the page cache: the next reads go to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _offsets(size: int, seed: int, count: int) -> list[int]:
+    """`count` random 4 KiB-aligned offsets in the image (made before any timing starts)."""
+    rng = random.Random(seed)
+    blocks = size // READ
+    words = array("Q", rng.randbytes(8 * count))
+    return [word % blocks * READ for word in words]
+
+
+def direct(path: Path, size: int, depth: int, seconds: float) -> float:
+    """IOPS of `depth` threads doing random 4 KiB preadv on the cold image."""
+    offsets = _offsets(size, 1000 + depth, 1 << 20)
+    share = len(offsets) // depth
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    done = [0] * depth
+    stop = time.monotonic() + seconds
+
+    def reader(k: int) -> None:
+        buf = [memoryview(bytearray(READ))]
+        for offset in offsets[k * share:(k + 1) * share]:
+            os.preadv(fd, buf, offset)
+            done[k] += 1
+            if done[k] % 16 == 0 and time.monotonic() >= stop:
+                return
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(depth)]
+    start = time.monotonic()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.close(fd)
+    return sum(done) / (time.monotonic() - start)
+
+
+async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: float) -> float:
+    from ..sim import SimXen
+
+    evict(path)
+    async with SimXen.start() as xen:
+        guest = await xen.create_domain("bench-disk-guest")
+        async with xen.connect(0) as dom0:
+            await create_device(dom0.store, DeviceAddress("vbd", guest, 0, 0),
+                                backend_nodes={"params": str(path), "mode": "w"})
+        argv = [sys.executable, "-m", "ringkit.bench.block", "backend", str(xen.directory),
+                str(guest), str(path), "0", str(io_depth)]
+        async with await anyio.open_process(argv, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE) as proc:
+            assert proc.stdout is not None and proc.stdin is not None
+            buffer = b""
+            while b"\n" not in buffer:
+                buffer += await proc.stdout.receive()
+            async with xen.connect(guest) as domu, BlockFrontend(domu, 0, 0) as disk:
+                offsets = _offsets(size, 7, 1 << 20)
+                buffers = [bytearray(READ) for _ in range(BATCH)]
+                count = 0
+                start = time.monotonic()
+                while time.monotonic() - start < seconds:
+                    part = offsets[count:count + BATCH]
+                    results = await disk.submit(
+                        [ReadOp(offset, buffers[i]) for i, offset in enumerate(part)],
+                        depth=depth)
+                    if any(results):
+                        raise click.ClickException(f"a read failed: {results}")
+                    count += len(part)
+                elapsed = time.monotonic() - start
+            await proc.stdin.aclose()
+            await proc.wait()
+    return count / elapsed
+
+
+def run(directory: str, size: int, seconds: float) -> None:
+    """The whole disk mode (see the module docstring)."""
+    load_before = os.getloadavg()
+    path = Path(directory) / f"ringkit-bench-disk-{os.getpid()}.img"
+    try:
+        click.echo(f"writing a {size // MIB} MiB image in {directory} ...")
+        fill(path, size)
+        rows = [
+            ("QD1", "direct preadv, 1 thread", direct(path, size, 1, seconds)),
+            ("QD1", "ringkit (io_depth 1)", anyio.run(_ringkit, path, size, 1, 1, seconds)),
+            ("QD32", f"direct preadv, {QD} threads", direct(path, size, QD, seconds)),
+            ("QD32", f"ringkit (io_depth {QD})",
+             anyio.run(_ringkit, path, size, QD, QD, seconds)),
+            ("QD32", "ringkit (io_depth 1: ring order)",
+             anyio.run(_ringkit, path, size, QD, 1, seconds)),
+        ]
+    finally:
+        path.unlink(missing_ok=True)
+    load = os.getloadavg()
+    click.echo(f"block on a cold disk: random 4 KiB reads, {size // MIB} MiB image in "
+               f"{directory}, pages evicted before each run, {seconds:g} s each, "
+               f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+               f"{load[0]:.2f} at the end")
+    base = {depth: value for depth, label, value in rows if label.startswith("direct")}
+    for depth, label, value in rows:
+        click.echo(f"  {depth:<5} {label:<36} {value:>10,.0f} IOPS {value / base[depth]:>8.2f}x")
