@@ -26,7 +26,8 @@ import anyio.abc
 
 from ..abc import Domain
 from ._driver import DriverUnderTest
-from ._hostile import hostile_backend, hostile_frontend, say
+from ._hostile import hostile_backend, hostile_frontend
+from ._peer import say
 from ._world import World, within
 
 

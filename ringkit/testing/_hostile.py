@@ -20,12 +20,10 @@ import enum
 import os
 import random
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-import anyio.to_thread
 
 from ..abc import Domain, EventChannel
 from ..device import Backend, Frontend, Nodes
@@ -38,10 +36,10 @@ from ..proto.layout import (
 from ..proto.ring import FrontRing
 from ..requests.codec import Field, SlotCodec
 from ._driver import DriverUnderTest
+from ._hostile_requests import CANCELLED_MODE, answer_hostile, send_hostile_requests
+from ._peer import STALE_REF, say
 
 U32 = struct.Struct("<I")
-STALE_REF = 0x7FFF_FFF0
-"""A grant reference nobody granted."""
 
 
 class Expect(enum.Enum):
@@ -140,31 +138,9 @@ BACKEND_MODES = {m.name: m for m in (
          "answers a request with an id the frontend never issued", any_codec),
     Mode("answers-twice", Expect.DISCONNECT, True,
          "answers a request twice (its id in two responses)", any_codec),
-    Mode("answers-cancelled", Expect.SERVE, True,
+    Mode(CANCELLED_MODE, Expect.SERVE, True,
          "holds requests until the frontend cancelled them, then answers them", any_codec),
 )}
-
-CANCELLED_MODE = "answers-cancelled"
-"""The hostile backend takes the first requests, says ``holding`` and waits for ``release`` on
-stdin (the check cancels the frontend's traffic in between), answers them, says ``answered``,
-then says ``took`` when the frontend sends more -- and holds those."""
-
-
-def say(word: str) -> None:
-    """Tell the check (the parent process) how far this peer got: one line on stdout."""
-    print(word, flush=True)
-
-
-async def hear(word: str) -> None:
-    """Wait for the check to write `word` as a line on stdin (`Child.tell`).
-
-    Raises:
-        SystemExit: stdin closed or said something else (the check is gone or confused).
-    """
-    line = await anyio.to_thread.run_sync(sys.stdin.readline)
-    if line.strip() != word:
-        raise SystemExit(f"expected {word!r} on stdin, got {line!r}")
-
 
 def codec_of(end: object) -> SlotCodec | None:
     """The `request_codec` of a driver's end class (None for a driver not on the layer)."""
@@ -249,8 +225,6 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
     say("connected")
     attack = FRONTEND_MODES.get(mode)
     if attack is not None and attack.needs_codec is not None:
-        from ._hostile_requests import send_hostile_requests
-
         codec = codec_of(driver.backend)
         assert codec is not None and ring is not None, f"{mode} needs a request codec"
         await send_hostile_requests(dom, backend_id, codec, ring, port, backend, mode)
@@ -342,8 +316,6 @@ async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest
     say("connected")
     buf = pages.buffer
     if BACKEND_MODES[mode].needs_codec is not None:
-        from ._hostile_requests import answer_hostile
-
         codec = codec_of(driver.frontend)
         assert codec is not None, f"{mode} needs a request codec"
         await answer_hostile(codec, buf, port, mode)

@@ -43,9 +43,10 @@ from ..device import Nodes
 from ..proto.layout import SRING_HEADER_SIZE, SRING_REQ_PROD, SRING_RSP_PROD
 from ..proto.ring import FrontRing
 from ..requests.codec import Field, SlotCodec
-from ._hostile import CANCELLED_MODE, STALE_REF, hear, say
+from ._peer import STALE_REF, hear, say
 
-__all__ = ("answer_hostile", "plausible_response", "request_slot", "send_hostile_requests")
+__all__ = ("CANCELLED_MODE", "answer_hostile", "plausible_response", "request_slot",
+           "send_hostile_requests")
 
 U32 = struct.Struct("<I")
 
@@ -56,6 +57,11 @@ mapped)."""
 
 POLL = 0.05
 """Seconds between looks at the ring and the peer's state while waiting."""
+
+CANCELLED_MODE = "answers-cancelled"
+"""The hostile backend takes the first requests, says ``holding`` and waits for ``release`` on
+stdin (the check cancels the frontend's traffic in between), answers them, says ``answered``,
+then says ``took`` when the frontend sends more -- and holds those."""
 
 
 def request_slot(codec: SlotCodec, rid: int, operation: int | None, refs: Sequence[int],
