@@ -1,6 +1,7 @@
 """One end of a device in a process of its own, so that kill -9 is real: `spawn` starts
 ``python -m ringkit.testing._child_main ...`` (`CHILD_MODULE`, whose docstring says what a child
-prints) and `Child` talks to it.
+prints) and `Child` talks to it; some hostile peers wait to be told when to go on (a line on
+their stdin, `Child.tell`).
 """
 
 from __future__ import annotations
@@ -36,19 +37,33 @@ class Child:
         Raises:
             AssertionError: it printed something else, exited first, or took too long.
         """
+        line = await self.read_line(f"saying {word!r}")
+        assert line == word, f"the {self.role} child process said {line!r}, expected {word!r}"
+
+    async def read_line(self, what: str = "printing a line") -> str:
+        """The next line the child prints (stripped); `what` names the wait in errors.
+
+        Raises:
+            WaitTimeout: nothing within the timeout.
+            AssertionError: the child exited first.
+        """
         assert self.process.stdout is not None
-        with within(self.timeout, f"the {self.role} child process saying {word!r}"):
+        with within(self.timeout, f"the {self.role} child process {what}"):
             while b"\n" not in self._pending:
                 try:
                     self._pending += await self.process.stdout.receive()
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     code = await self.process.wait()
                     raise AssertionError(
-                        f"the {self.role} child process exited ({code}) before saying "
-                        f"{word!r} (its stderr is in the captured output)") from None
+                        f"the {self.role} child process exited ({code}) before {what} "
+                        "(its stderr is in the captured output)") from None
         line, self._pending = self._pending.split(b"\n", 1)
-        assert line.decode().strip() == word, (
-            f"the {self.role} child process said {line!r}, expected {word!r}")
+        return line.decode(errors="replace").strip()
+
+    async def tell(self, word: str) -> None:
+        """Write `word` as a line to the child's stdin (a hostile peer waiting to go on)."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send(f"{word}\n".encode())
 
     async def kill(self) -> None:
         """kill -9, and reap it."""
@@ -74,7 +89,7 @@ async def _spawn(world: World, role: str, domid: int, peer: int, mode: str,
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
     command = [sys.executable, "-m", CHILD_MODULE, role, world.target,
                str(domid), str(peer), mode, driver.encode()]
-    process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
+    process = await anyio.open_process(command, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=None, env=env)
     child = Child(process, role, world.timeout)
     try:

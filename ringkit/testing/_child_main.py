@@ -25,7 +25,8 @@ import anyio
 
 from ..abc import Domain
 from ._driver import DriverUnderTest
-from ._hostile import hostile_backend, hostile_frontend, say
+from ._hostile import hostile_backend, hostile_frontend
+from ._peer import say
 
 ROLES = ("backend", "frontend", "hostile-frontend", "hostile-backend")
 

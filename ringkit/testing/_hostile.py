@@ -8,6 +8,10 @@ uses the driver's `advertise`/`connected` hooks.  Each runs in a child process o
 exits at once with everything still held, for the modes that vanish.
 
 Modes are named after what the peer does; each names what the survivor must show (`Expect`).
+Modes with `Mode.needs_codec` attack drivers built on `ringkit.requests` through the attacked
+end's `request_codec` (`ringkit.testing._hostile_requests`): requests naming grant refs the
+backend cannot use, duplicate ids; answers with ids never issued, twice, or to requests the
+frontend cancelled.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import enum
 import os
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -29,11 +34,12 @@ from ..proto.layout import (
     RingLayout,
 )
 from ..proto.ring import FrontRing
+from ..requests.codec import Field, SlotCodec
 from ._driver import DriverUnderTest
+from ._hostile_requests import CANCELLED_MODE, answer_hostile, send_hostile_requests
+from ._peer import STALE_REF, say
 
 U32 = struct.Struct("<I")
-STALE_REF = 0x7FFF_FFF0
-"""A grant reference nobody granted."""
 
 
 class Expect(enum.Enum):
@@ -50,15 +56,38 @@ class Expect(enum.Enum):
     """A value only some drivers read: refuse it (Closing -> Closed) or ignore it."""
     NO_ANSWER = "no-answer"
     """The peer went quiet: the driver's traffic may wait, but closing must not hang."""
+    SERVE = "serve"
+    """The peer's traffic is odd but legal: stay connected and go on."""
+
+
+def names_refs(codec: SlotCodec) -> bool:
+    """Whether the codec's requests name grant refs at all."""
+    refs = codec.refs
+    return refs is not None and (isinstance(refs.count, Field) or refs.count > 0)
+
+
+def counts_refs(codec: SlotCodec) -> bool:
+    """Whether a request says how many refs it names (a count field the peer can set)."""
+    return codec.refs is not None and isinstance(codec.refs.count, Field)
+
+
+def any_codec(codec: SlotCodec) -> bool:
+    """Every driver on `ringkit.requests`."""
+    return True
 
 
 @dataclass(frozen=True)
 class Mode:
+    """One way a hostile peer misbehaves, and what the end under attack must show."""
+
     name: str
     expect: Expect
     needs_ring: bool = False
     """Only for drivers with an io/ring.h `ring_layout`."""
     about: str = ""
+    needs_codec: Callable[[SlotCodec], bool] | None = None
+    """Only for drivers on `ringkit.requests` whose attacked end has a `request_codec` this
+    says yes to (the backend's for a hostile frontend, the frontend's for a hostile backend)."""
 
 
 FRONTEND_MODES = {m.name: m for m in (
@@ -79,6 +108,16 @@ FRONTEND_MODES = {m.name: m for m in (
     Mode("ring-page-order-too-big", Expect.REFUSE, False, "ring-page-order = 9"),
     Mode("too-many-queues", Expect.REFUSE, False, "multi-queue-num-queues = 9999"),
     Mode("wrong-protocol", Expect.REFUSE_OR_SERVE, False, "protocol = x86_32-abi"),
+    Mode("refs-never-granted", Expect.ERROR_OR_SERVE, True,
+         "requests naming a grant ref nobody granted", names_refs),
+    Mode("refs-granted-elsewhere", Expect.ERROR_OR_SERVE, True,
+         "requests naming a page granted to another domain", names_refs),
+    Mode("refs-revoked", Expect.ERROR_OR_SERVE, True,
+         "requests naming a page revoked right after they were published", names_refs),
+    Mode("ref-count-too-big", Expect.ERROR_OR_SERVE, True,
+         "requests naming more grant refs than fit", counts_refs),
+    Mode("duplicate-ids", Expect.ERROR_OR_SERVE, True,
+         "two requests in flight with the same id", any_codec),
 )}
 
 BACKEND_MODES = {m.name: m for m in (
@@ -95,11 +134,18 @@ BACKEND_MODES = {m.name: m for m in (
     Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel"),
     Mode("vanishes", Expect.DISCONNECT, False, "exits with the pages still mapped"),
     Mode("max-ring-page-order-garbage", Expect.REFUSE, False, "max-ring-page-order = 'x'"),
+    Mode("answers-unissued-ids", Expect.DISCONNECT, True,
+         "answers a request with an id the frontend never issued", any_codec),
+    Mode("answers-twice", Expect.DISCONNECT, True,
+         "answers a request twice (its id in two responses)", any_codec),
+    Mode(CANCELLED_MODE, Expect.SERVE, True,
+         "holds requests until the frontend cancelled them, then answers them", any_codec),
 )}
 
-
-def say(word: str) -> None:
-    print(word, flush=True)
+def codec_of(end: object) -> SlotCodec | None:
+    """The `request_codec` of a driver's end class (None for a driver not on the layer)."""
+    codec = getattr(end, "request_codec", None)
+    return codec if isinstance(codec, SlotCodec) else None
 
 
 async def _await_state(nodes: Nodes, wanted: set[str]) -> str:
@@ -143,8 +189,8 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
     await front.negotiate(backend)
     pages = await dom.grants.share(backend_id, 1, writable=True)
     port = await dom.events.alloc_unbound(backend_id)
-    if layout is not None:
-        entries = FrontRing.init(pages.buffer, layout).entries
+    ring = FrontRing.init(pages.buffer, layout) if layout is not None else None
+    entries = ring.entries if ring is not None else 0
     key = front.event_channel_key
     nodes = {"ring-ref": str(pages.refs[0]), key: str(port.port)}
     if mode == "ring-ref-missing":
@@ -177,6 +223,11 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
         await anyio.sleep_forever()
     await _await_state(backend, {"4"})
     say("connected")
+    attack = FRONTEND_MODES.get(mode)
+    if attack is not None and attack.needs_codec is not None:
+        codec = codec_of(driver.backend)
+        assert codec is not None and ring is not None, f"{mode} needs a request codec"
+        await send_hostile_requests(dom, backend_id, codec, ring, port, backend, mode)
     buf = pages.buffer
     if mode == "garbage-slots":
         assert layout is not None
@@ -264,6 +315,10 @@ async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest
     await own.write("state", "4")
     say("connected")
     buf = pages.buffer
+    if BACKEND_MODES[mode].needs_codec is not None:
+        codec = codec_of(driver.frontend)
+        assert codec is not None, f"{mode} needs a request codec"
+        await answer_hostile(codec, buf, port, mode)
     if layout is not None and mode not in ("closes-event-channel", "vanishes", "garbage-page",
                                            "scribbled-header", "stops-answering"):
         slot, size = layout.slot_size, layout.response_size

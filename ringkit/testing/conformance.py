@@ -36,6 +36,18 @@ The checks, by name (`CHECKS`):
   hostile xenstore nodes.  The end under attack must answer with a typed error and a clean
   disconnect (or keep serving where the bad input is only bad data), never crash, hang or
   leak, and must then serve a fresh, well-behaved peer;
+* hostile requests and answers, for drivers on `ringkit.requests` (the attacked end's class
+  has a `request_codec`; slots built from it, `ringkit.testing._hostile_requests`):
+  ``hostile-frontend/refs-never-granted``, ``/refs-granted-elsewhere`` (a page granted to
+  another domain), ``/refs-revoked`` (revoked right after the request was published),
+  ``/ref-count-too-big`` and ``/duplicate-ids`` (two requests in flight with one id): the
+  backend answers every request -- where the protocol has a status field, refusing at least one
+  of those naming pages it cannot use with the error status -- or disconnects with its error
+  node written; it holds no mapping once that frontend is gone.  ``hostile-backend/
+  answers-unissued-ids`` and ``/answers-twice``: the frontend's traffic fails with
+  `RemoteProtocolError` and it disconnects; ``hostile-backend/answers-cancelled`` (answers
+  to requests whose callers gave up, which is legal): the frontend stays connected and sends
+  more.  Either end must then serve a well-behaved peer;
 * the hostile-xenbus state matrix (`ringkit.testing._xenbus_matrix`):
   ``xenbus-state-matrix/backend`` (your backend serves on while frontends write any ``first ->
   second`` pair of states 0..8 and garbage to their ``state`` node, before connecting,
@@ -49,15 +61,16 @@ More checks plug in with `register` (same signature: driver, world maker).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
 import anyio.abc
 
-from .._errors import RingkitError
+from .._errors import RemoteProtocolError, RingkitError
 from ..abc import Domain
 from ..device import DeviceAddress, Frontend, XenbusState
 from ._child import Child, spawn
@@ -70,7 +83,14 @@ from ._ends import exchange as exchange
 from ._ends import serving as serving
 from ._ends import until as until
 from ._ends import until_state as until_state
-from ._hostile import BACKEND_MODES, CLOSE_PORT_MODE, FRONTEND_MODES, Expect, Mode
+from ._hostile import (
+    BACKEND_MODES,
+    CLOSE_PORT_MODE,
+    FRONTEND_MODES,
+    Expect,
+    Mode,
+    codec_of,
+)
 from ._world import Transport, WaitTimeout, World, WorldMaker, check_leaks
 from ._xenbus_matrix import FULL_ENV as FULL_ENV
 from ._xenbus_matrix import GARBAGE as GARBAGE
@@ -148,6 +168,8 @@ class ConformanceCheck:
     needs_ring: bool = False
     """Only for drivers with an io/ring.h `ring_layout`."""
     about: str = ""
+    applies: Callable[[DriverUnderTest], bool] | None = None
+    """Only for the drivers this says yes to (e.g. those on `ringkit.requests`)."""
 
 
 CHECKS: dict[str, ConformanceCheck] = {}
@@ -188,13 +210,15 @@ def _describe(exc: BaseException) -> str:
 
 
 def register(name: str, run: Check, *, transports: tuple[Transport, ...] = ("sim", "xen"),
-             needs_ring: bool = False, about: str = "") -> Check:
+             needs_ring: bool = False, about: str = "",
+             applies: Callable[[DriverUnderTest], bool] | None = None) -> Check:
     """Add a check to `CHECKS` (e.g. a state matrix); returns `run`.  The registered check
-    (``CHECKS[name].run``, `checks_for`) raises `ConformanceFailure` naming the check."""
+    (``CHECKS[name].run``, `checks_for`) raises `ConformanceFailure` naming the check.
+    `applies`: the check is only for drivers it says yes to (the others skip it)."""
     if name in CHECKS:
         raise ValueError(f"a conformance check named {name!r} exists already")
     CHECKS[name] = ConformanceCheck(name, _named(name, run), transports, needs_ring,
-                                    about or name)
+                                    about or name, applies)
     return run
 
 
@@ -232,7 +256,8 @@ def checks_for(driver: DriverUnderTest, transport: Transport = "sim") -> dict[st
     """The checks that apply to `driver` on `transport`, by name."""
     ring = driver.frontend.ring_layout is not None  # type: ignore[union-attr]
     return {c.name: c.run for c in CHECKS.values()
-            if transport in c.transports and (ring or not c.needs_ring)}
+            if transport in c.transports and (ring or not c.needs_ring)
+            and (c.applies is None or c.applies(driver))}
 
 
 # --------------------------------------------------------------------------- handshake
@@ -603,7 +628,10 @@ async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAdd
                 await anyio.sleep(0.1)
             else:
                 await peer.expect("connected")
-                await peer.expect("done")
+                if mode.needs_codec is not None:
+                    await _judge_answers(w, peer, served, mode, what)
+                else:
+                    await peer.expect("done")
                 if mode.expect is Expect.DISCONNECT:
                     await until(w, f"{what}: the backend disconnecting (state "
                                 f"{backend.state.xen_name})", lambda: not backend.queues)
@@ -612,7 +640,106 @@ async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAdd
             served.assert_alive(what)
         await until(w, f"{what}: the backend releasing the hostile frontend's rings",
                     lambda: not backend.queues)
+        if mode.needs_codec is not None:
+            await _released(w, w.dom0, ("maps",),
+                            f"{what}: the backend, once the hostile frontend was gone,")
         await _serves_a_fresh_frontend(w, driver, served, f"{mode.name} ({mode.about})")
+
+
+@dataclass
+class _Answers:
+    """What a hostile frontend reported about its requests (see
+    `ringkit.testing._hostile_requests`)."""
+
+    sent: Counter[int] = field(default_factory=Counter)
+    answered: Counter[int] = field(default_factory=Counter)
+    kinds: dict[int, str] = field(default_factory=dict)
+    """Request id -> "unusable" (names a page the backend cannot use), "racy", "good"."""
+    statuses: dict[int, list[str]] = field(default_factory=dict)
+    closed: str | None = None
+    broken: str | None = None
+    hung: WaitTimeout | None = None
+
+
+async def _judge_answers(w: World, peer: Child, served: ServingBackend, mode: Mode,
+                         what: str) -> None:
+    """Hostile requests to a driver on `ringkit.requests`: the backend must answer every one
+    -- where the protocol has a status field, refusing at least one of those naming pages it
+    cannot use with the error status -- or leave Connected with a typed error in its error
+    node; within the timeout, without crashing."""
+    seen = _Answers()
+    backend = served.backend
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_alive, served, tg.cancel_scope)
+        await _read_answers(w, peer, seen, what)
+        tg.cancel_scope.cancel()
+    served.assert_alive(what)
+    missing = seen.sent - seen.answered
+    if seen.hung is not None:
+        raise AssertionError(
+            f"{what}: the backend neither answered request(s) {_ids(missing)} nor "
+            f"disconnected within {w.timeout:g} s (backend state {backend.state.xen_name}; "
+            f"answered {_ids(seen.answered) or 'none'})") from seen.hung
+    if seen.broken is not None:
+        raise AssertionError(f"{what}: the backend broke the ring answering: {seen.broken}")
+    if seen.closed is not None:
+        error = None
+        with suppress(RingkitError):
+            error = await w.dom0.store.read(backend.error_path)
+        assert error, (f"{what}: the backend left Connected (state {seen.closed}) with no "
+                       f"error in {backend.error_path}")
+        return
+    extra = seen.answered - seen.sent
+    assert not missing and not extra, (
+        f"{what}: the backend answered ids {_ids(seen.answered)}, sent {_ids(seen.sent)}")
+    codec = codec_of(backend)
+    unusable = {rid: seen.statuses[rid] for rid, kind in seen.kinds.items()
+                if kind == "unusable"}
+    if unusable and codec is not None and codec.status is not None and not any(
+            str(codec.error_status) in statuses for statuses in unusable.values()):
+        # Only one that needs the pages must refuse: a handler may answer without them (a
+        # key-value GET of a key it does not hold).
+        answers = "; ".join(f"id {rid}: {' '.join(s)}" for rid, s in sorted(unusable.items()))
+        raise AssertionError(
+            f"{what}: none of the requests naming pages the backend cannot use was refused "
+            f"with the error status {codec.error_status} ({answers}): it reported success "
+            "for requests it cannot have served")
+
+
+async def _read_answers(w: World, peer: Child, seen: _Answers, what: str) -> None:
+    try:
+        with w.within(f"{what}: the backend answering every request"):
+            while (line := await peer.read_line("reporting the answers")) != "done":
+                word, _, rest = line.partition(" ")
+                if word == "sent":
+                    rid, _, kind = rest.split()
+                    seen.sent[int(rid)] += 1
+                    seen.kinds[int(rid)] = kind
+                elif word == "answer":
+                    rid, status = rest.split()
+                    seen.answered[int(rid)] += 1
+                    seen.statuses.setdefault(int(rid), []).append(status)
+                elif word == "closed":
+                    seen.closed = rest
+                elif word == "broken":
+                    seen.broken = rest
+                else:
+                    raise AssertionError(f"{what}: the hostile frontend said {line!r}")
+    except WaitTimeout as exc:
+        seen.hung = exc
+
+
+async def _watch_alive(served: ServingBackend, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` as soon as the backend stops serving (so a crash fails at once)."""
+    backend = served.backend
+    while served.failure is None and not served.returned and not backend.finished:
+        await anyio.sleep(0.01)
+    scope.cancel()
+
+
+def _ids(counts: Counter[int]) -> str:
+    return ", ".join(f"{rid}" + (f" (x{n})" if n > 1 else "")
+                     for rid, n in sorted(counts.items()) if n > 0)
 
 
 async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAddress,
@@ -630,8 +757,11 @@ async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAd
                 # The frontend may see the attack before it even finished connecting.
                 await until(w, f"{what}: the frontend connecting",
                             lambda: front.generation or front.state is S.CLOSED)
-                if front.is_connected:
-                    await _answers_typed(w, driver, front, mode, what)
+                if mode.expect is Expect.SERVE:
+                    await _answers_cancelled(w, driver, front, peer, what)
+                elif front.is_connected:
+                    await _answers_typed(w, driver, front, mode, what,
+                                         protocol=mode.needs_codec is not None)
         await _frontend_recovers(w, driver, held, what)
 
 
@@ -642,13 +772,17 @@ async def _refused(w: World, peer: Child, path: str, who: str) -> None:
 
 
 async def _answers_typed(w: World, driver: DriverUnderTest, front: Frontend, mode: Mode,
-                         what: str) -> None:
+                         what: str, *, protocol: bool = False) -> None:
+    """The driver's traffic fails with a typed error (with `protocol`: one that comes from
+    `RemoteProtocolError` -- the frontend saw the backend break the protocol)."""
     quiet = min(0.5, w.timeout / 4)
     try:
         with anyio.fail_after(quiet if mode.expect is Expect.NO_ANSWER else w.timeout):
             await driver.exchange(front)
-    except TYPED_ERRORS:
-        pass
+    except TYPED_ERRORS as exc:
+        if protocol and not _caused_by(exc, RemoteProtocolError):
+            raise AssertionError(f"{what}: the frontend's traffic failed with {exc!r}, not "
+                                 "RemoteProtocolError: the backend broke the protocol") from exc
     except TimeoutError:  # (a WaitTimeout is an AssertionError, never caught here)
         if mode.expect is not Expect.NO_ANSWER:
             raise WaitTimeout(f"{what}: the frontend's traffic hung instead of failing with "
@@ -661,6 +795,84 @@ async def _answers_typed(w: World, driver: DriverUnderTest, front: Frontend, mod
             raise AssertionError(f"{what}: the frontend's traffic succeeded over a broken ring")
     if mode.expect is Expect.DISCONNECT:
         await until(w, f"{what}: the frontend disconnecting", lambda: not front.queues)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `exc`, or an exception it was raised from (its cause, or the context it did not
+    suppress), is a `kind`."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, kind):
+            return True
+        seen.add(id(at))
+        at = at.__cause__ or (None if at.__suppress_context__ else at.__context__)
+    return False
+
+
+async def _answers_cancelled(w: World, driver: DriverUnderTest, front: Frontend, peer: Child,
+                             what: str) -> None:
+    """The backend holds the frontend's first requests until their callers gave up (the check
+    cancels the traffic), then answers them: legal (the answer to a cancelled request is
+    dropped, and only then are its id and pages reused).  The frontend must stay connected
+    and go on: send more requests over the same connection."""
+    if not front.is_connected:
+        raise AssertionError(f"{what}: the frontend did not connect (state "
+                             f"{front.state.xen_name})")
+    generation = front.generation
+    await _traffic_until(w, driver, front, peer, "holding", what)
+    await peer.tell("release")
+    await peer.expect("answered")
+    dropped = f"{what}: the frontend dropped the connection on answers to requests it had " \
+        "cancelled"
+    await _stays_connected(w, front, generation, dropped)
+    await _traffic_until(w, driver, front, peer, "took",
+                         f"{what}, after answers to requests the frontend had cancelled")
+    await _stays_connected(w, front, generation, f"{dropped}, once it sent more")
+
+
+async def _traffic_until(w: World, driver: DriverUnderTest, front: Frontend, peer: Child,
+                         word: str, what: str) -> None:
+    """Run the driver's traffic until the hostile backend says `word` (it took requests), then
+    cancel it: its callers give up on requests still in flight."""
+    failed: list[BaseException] = []
+    hung: list[WaitTimeout] = []
+
+    async def traffic(scope: anyio.CancelScope) -> None:
+        try:
+            await driver.exchange(front)
+        except Exception as exc:
+            failed.append(exc)
+        else:
+            failed.append(AssertionError("it finished with the backend answering nothing"))
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(traffic, tg.cancel_scope)
+        try:
+            await peer.expect(word)
+        except WaitTimeout as exc:
+            hung.append(exc)
+        tg.cancel_scope.cancel()
+    if failed:
+        raise AssertionError(f"{what}: the frontend's traffic failed before the backend took "
+                             f"it: {failed[0]!r} (state {front.state.xen_name})") from failed[0]
+    if hung:
+        raise AssertionError(f"{what}: the frontend's requests never reached the backend "
+                             f"(state {front.state.xen_name})") from hung[0]
+
+
+async def _stays_connected(w: World, front: Frontend, generation: int, fault: str) -> None:
+    """`front` is still on connection `generation` after a moment; else fail with `fault`
+    and what the frontend wrote to its error node."""
+    await anyio.sleep(min(0.2, w.timeout / 10))
+    if front.is_connected and front.generation == generation:
+        return
+    error = None
+    with suppress(RingkitError):
+        error = await w.guest.store.read(front.error_path)
+    raise AssertionError(f"{fault} (state {front.state.xen_name}, generation "
+                         f"{front.generation}, was {generation}; its error node: {error})")
 
 
 async def _frontend_recovers(w: World, driver: DriverUnderTest, held: HeldFrontend,
@@ -701,12 +913,19 @@ def _register_all() -> None:
     for side, table in (("frontend", FRONTEND_MODES), ("backend", BACKEND_MODES)):
         for mode in table.values():
             register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
-                     needs_ring=mode.needs_ring, about=mode.about)
+                     needs_ring=mode.needs_ring, about=mode.about,
+                     applies=None if mode.needs_codec is None else partial(_speaks, side, mode))
     ends: tuple[tuple[Side, str], ...] = (("backend", "frontend"), ("frontend", "backend"))
     for end, peer in ends:
         register(f"xenbus-state-matrix/{end}", partial(_state_matrix, end),
                  transports=("sim",),
                  about=f"your {end} survives a {peer} writing any state at any phase")
+
+
+def _speaks(side: str, mode: Mode, driver: DriverUnderTest) -> bool:
+    """Whether the end a hostile `side` attacks has a `request_codec` that `mode` applies to."""
+    codec = codec_of(driver.backend if side == "frontend" else driver.frontend)
+    return codec is not None and mode.needs_codec is not None and mode.needs_codec(codec)
 
 
 async def _state_matrix(end: Side, driver: DriverUnderTest, make_world: WorldMaker) -> None:

@@ -402,7 +402,8 @@ class DriverConformance:
     ``Test...``) and define a ``ringkit_driver`` fixture; each check of
     `ringkit.testing.conformance.CHECKS` becomes one test, on the simulated Xen (and on real
     Xen too if `transports` lists "xen").  Checks that do not apply to the driver (e.g. ring
-    index attacks on a driver without an io/ring.h layout) skip.
+    index attacks on a driver without an io/ring.h layout, request-layer attacks on one
+    without a `request_codec`) skip.
 
     `xfail` maps check names to reasons: those run as ``xfail(strict=True)``, so they fail the
     run once the driver passes them.  `transports` lists where to run ("sim", "xen"); the

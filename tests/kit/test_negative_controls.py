@@ -18,14 +18,25 @@ from ringkit.testing.conformance import CHECKS, ConformanceFailure, check_handsh
 
 from .broken_drivers import (
     ClingingBackend,
+    CountTrustingKVBackend,
     CrashingFrontend,
     DeafAtInitWaitBackend,
     DeafBackend,
+    EagerReleaseKVFrontend,
+    FlatteningKVFrontend,
     GivingUpFrontend,
+    GrantTrustingKVBackend,
+    HalfUnmappingKVBackend,
+    IdTrustingKVFrontend,
     LeakyBackend,
+    PendingTableKVBackend,
+    SilentlyLeavingKVBackend,
+    StatuslessKVBackend,
     StoppingBackend,
+    SwallowingKVBackend,
     TrustingBackend,
     broken,
+    broken_kv,
 )
 
 pytestmark = pytest.mark.anyio
@@ -123,8 +134,95 @@ async def test_negative_control_one_line_rejects_a_crash_inside_exception_groups
         one_line("handshake", info.value)
 
 
+# ------------------------------------------------------- drivers on ringkit.requests (key-value)
+
+BAD_REFS = ("refs-never-granted", "refs-granted-elsewhere", "refs-revoked")
+CRASHED = "the backend's driver raised after"
+"""How the kit reports a backend whose driver raised on a peer's input (the framework ended
+only that connection, in order, and the backend lives on)."""
+
+
+@pytest.mark.parametrize("mode", BAD_REFS)
+async def test_a_backend_that_takes_its_grant_maps_for_granted_crashes_on_bad_refs(
+        xen: SimXen, mode: str) -> None:
+    message = await fails(xen, f"hostile-frontend/{mode}", broken_kv(GrantTrustingKVBackend))
+    assert CRASHED in message, message
+    assert mode in message and "GrantError" in message, message
+
+
+async def test_a_backend_that_keeps_half_of_a_failed_map_fails_naming_the_mapping(
+        xen: SimXen) -> None:
+    message = await fails(xen, "hostile-frontend/refs-granted-elsewhere",
+                          broken_kv(HalfUnmappingKVBackend))
+    assert "once the hostile frontend was gone, kept maps=1" in message, message
+    HalfUnmappingKVBackend.kept.clear()  # (closing the dom0 handle released them)
+
+
+async def test_a_backend_that_answers_success_for_pages_it_could_not_map_fails(
+        xen: SimXen) -> None:
+    message = await fails(xen, "hostile-frontend/refs-revoked", broken_kv(SwallowingKVBackend))
+    assert "none of the requests naming pages the backend cannot use was refused with the " \
+        "error status -1" in message, message
+
+
+async def test_a_backend_that_trusts_the_ref_count_fails_naming_the_crash(xen: SimXen) -> None:
+    message = await fails(xen, "hostile-frontend/ref-count-too-big",
+                          broken_kv(CountTrustingKVBackend))
+    assert CRASHED in message, message
+    assert "struct.error" in message or "error(" in message, message
+
+
+async def test_a_backend_that_keys_its_work_by_the_frontends_id_fails_on_duplicates(
+        xen: SimXen) -> None:
+    message = await fails(xen, "hostile-frontend/duplicate-ids",
+                          broken_kv(PendingTableKVBackend))
+    assert CRASHED in message, message
+    assert "KeyError" in message, message
+
+
+async def test_a_backend_that_disconnects_without_saying_why_fails(xen: SimXen) -> None:
+    message = await fails(xen, "hostile-frontend/refs-never-granted",
+                          broken_kv(SilentlyLeavingKVBackend))
+    assert "the backend left Connected (state " in message, message  # Closing or Closed
+    assert ") with no error in /local/domain/0/error/backend/kv/" in message, message
+
+
+@pytest.mark.parametrize("mode", ["answers-unissued-ids", "answers-twice"])
+async def test_a_frontend_that_trusts_answer_ids_fails_by_hanging(xen: SimXen,
+                                                                   mode: str) -> None:
+    message = await fails(xen, f"hostile-backend/{mode}", broken_kv(
+        frontend=IdTrustingKVFrontend))
+    assert "the frontend's traffic hung instead of failing with a typed error" in message, \
+        message
+
+
+@pytest.mark.parametrize("mode", ["answers-unissued-ids", "answers-twice"])
+async def test_a_frontend_that_hides_a_protocol_error_as_a_dead_backend_fails(
+        xen: SimXen, mode: str) -> None:
+    message = await fails(xen, f"hostile-backend/{mode}", broken_kv(
+        frontend=FlatteningKVFrontend))
+    assert "failed with PeerGoneError" in message and "not RemoteProtocolError" in message, \
+        message
+
+
+async def test_a_frontend_that_frees_cancelled_ids_at_once_drops_the_connection(
+        xen: SimXen) -> None:
+    message = await fails(xen, "hostile-backend/answers-cancelled", broken_kv(
+        frontend=EagerReleaseKVFrontend))
+    assert "the frontend dropped the connection on answers to requests it had cancelled" \
+        in message, message
+    assert "is not in flight" in message, message
+
+
 async def test_the_same_checks_pass_the_well_behaved_echo_driver(xen: SimXen) -> None:
     from .drivers_under_test import echo_driver
 
     for check in ("handshake", "hostile-frontend/garbage-slots"):
         await CHECKS[check].run(echo_driver(), lambda: sim_world(xen, 5))
+
+
+async def test_a_backend_without_an_error_status_may_disconnect_instead(xen: SimXen) -> None:
+    # (the key-value example itself passes every check: tests/kit/test_conformance_drivers.py)
+    for mode in ("refs-never-granted", "ref-count-too-big"):
+        await CHECKS[f"hostile-frontend/{mode}"].run(broken_kv(StatuslessKVBackend),
+                                                     lambda: sim_world(xen, 5))
