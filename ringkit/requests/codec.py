@@ -14,6 +14,7 @@ request (`RequestError`), never used to read past the slot.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ("Field", "RefList", "RequestError", "SlotCodec", "gather", "gather_refs")
 
 _WIDTHS = (1, 2, 4, 8)
+_PACKERS = {(size, signed): struct.Struct("<" + (code.lower() if signed else code)).pack_into
+            for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))
+            for signed in (False, True)}
+"""A precompiled little-endian packer per width and signedness (`Field.write`)."""
 
 
 class RequestError(RingkitError):
@@ -73,8 +78,10 @@ class Field:
         Raises:
             OverflowError: `value` does not fit.
         """
-        at = base + self.offset
-        slot[at:at + self.size] = value.to_bytes(self.size, "little", signed=self.signed)
+        try:
+            _PACKERS[self.size, self.signed](slot, base + self.offset, value)
+        except struct.error as exc:
+            raise OverflowError(f"{value} does not fit a {self.size}-byte field") from exc
 
 
 @dataclass(frozen=True, slots=True)

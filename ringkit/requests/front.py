@@ -270,10 +270,9 @@ class RequestQueue:
             ConfigError: more pages than the pool has, or pages without a pool.
             PeerGoneError, RemoteProtocolError: the queue failed (the connection is gone).
         """
-        if pages and self.pool is None:
-            raise ConfigError("pages asked of a request queue without a grant pool")
-        if self.pool is not None and pages > self.pool.size:
-            raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
+        request = self.prepare_nowait(pages, contiguous=contiguous)  # (checks the arguments)
+        if request is not None:
+            return request  # the usual case: no waiting, no coroutine to run
         request = await self._take_id()
         try:
             if pages:
