@@ -57,7 +57,7 @@ class BlockBackend(Backend):
         config = config or ServiceConfig()
         super().__init__(domain, frontend_id, devid,
                          max_ring_page_order=config.max_ring_page_order,
-                         max_queues=config.max_queues)
+                         max_queues=config.max_queues, poll_us=config.poll_us)
         self.config = config
         self.image = Image(image, readonly=config.read_only, direct=config.direct)
         self.persistent = False
@@ -111,11 +111,6 @@ class BlockBackend(Backend):
             )
             for queue in self.queues
         }
-
-    def make_channel(self, queue: Queue[BackRingChannel]) -> BackRingChannel:
-        channel = super().make_channel(queue)
-        channel.poll_us = self.config.poll_us
-        return channel
 
     async def serve(self, queue: Queue[BackRingChannel]) -> None:
         await serve_ring(queue.channel, self.services[queue.index])

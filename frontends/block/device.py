@@ -21,8 +21,7 @@ from typing import ClassVar
 
 from ringkit import ConfigError, PeerGoneError
 from ringkit.abc import Domain
-from ringkit.channel import MAX_POLL_US, FrontRingChannel
-from ringkit.device import Frontend, Nodes, Queue
+from ringkit.device import Frontend, Nodes
 from ringkit.proto import blkif
 from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeatures
 from ringkit.requests import GrantPool
@@ -65,33 +64,20 @@ class BlockFrontend(Frontend):
                               f"got {ring_page_order}")
         if not 1 <= queues <= self.max_queues:
             raise ConfigError(f"queues must be 1..{self.max_queues}, got {queues}")
-        if isinstance(poll_us, bool) or not isinstance(poll_us, int) \
-                or not 0 <= poll_us <= MAX_POLL_US:
-            raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {poll_us!r}")
         if pool_pages < blkif.MAX_SEGMENTS_PER_REQUEST:
             raise ConfigError(f"pool_pages must be at least {blkif.MAX_SEGMENTS_PER_REQUEST}")
-        super().__init__(domain, backend_id, devid)
+        # what this frontend asks for is its maximum; the backend's offer caps it
+        super().__init__(domain, backend_id, devid, max_ring_page_order=ring_page_order,
+                         max_queues=queues, poll_us=poll_us)
         self.pool_pages = pool_pages
-        self.wanted_order = ring_page_order
-        self.wanted_queues = queues
         self.offer_persistent = persistent
         self.use_indirect = indirect
         self.verify_reads = verify_reads
-        self.poll_us = poll_us
         self.info: DiskInfo | None = None
         """What the backend advertised, for the current connection."""
         self._client: BlockClient | None = None
 
     # ------------------------------------------------------------------ handshake hooks
-
-    async def negotiate(self, backend: Nodes) -> None:
-        self.ring_page_order = self.wanted_order
-        self.num_queues = self.wanted_queues
-
-    def make_channel(self, queue: Queue[FrontRingChannel]) -> FrontRingChannel:
-        channel = super().make_channel(queue)
-        channel.poll_us = self.poll_us
-        return channel
 
     async def publish(self, nodes: Nodes) -> None:
         offered = FrontendFeatures(protocol=blkif.PROTOCOL_X86_64, persistent=self.offer_persistent)

@@ -28,8 +28,8 @@ class LinkStats:
     sleeps: int = 0
     """Waits on the event channel (each one a trip through the event loop's poller)."""
     polls: int = 0
-    """Polling windows begun (`RingChannel.poll_us`): spins on the ring before sleeping
-    (`PipeStream` does not poll)."""
+    """Polling windows begun (``poll_us`` of a `RingChannel` or a vchan): spins on the ring
+    before sleeping (a plain `PipeStream`, the console's, does not poll)."""
     poll_hits: int = 0
     """Polling windows that found items before their time ran out (no sleep needed)."""
 

@@ -37,30 +37,15 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectStream
 
-from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
+from .._errors import LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ..abc import EventChannel
 from ..proto.ring import BackRing, FrontRing
 from ._link import PeerLink
+from ._poll import MAX_POLL_US, poll_seconds, poll_until
 
-__all__ = ("MAX_POLL_US", "BackRingChannel", "FrontRingChannel", "RingChannel")
+__all__ = ("MAX_POLL_US", "BackRingChannel", "FrontRingChannel", "RingChannel", "poll_seconds")
 
 Msg = bytes | bytearray | memoryview
-
-MAX_POLL_US = 1_000_000
-"""Longest polling window a channel accepts (one second): a bound, not a suggestion."""
-
-
-def poll_seconds(poll_us: int) -> float:
-    """A `poll_us` setting in seconds, checked.
-
-    Raises:
-        ConfigError: not an integer in 0..`MAX_POLL_US`.
-    """
-    if isinstance(poll_us, bool) or not isinstance(poll_us, int) \
-            or not 0 <= poll_us <= MAX_POLL_US:
-        raise ConfigError(f"poll_us must be an integer in 0..{MAX_POLL_US}, got {poll_us!r}")
-    return poll_us / 1e6
-
 
 SETTLE_ROUNDS = 4
 """With polling on, how many scheduling rounds a receiver with nothing expected gives the
@@ -82,23 +67,15 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         self._slot_size = engine.layout.slot_size
         self._rx_buf = bytearray()
         """Where bursts are copied out of the ring; reused (grown, never shrunk)."""
-        self._poll_seconds = 0.0
+        self._poll_seconds = poll_seconds(poll_us)
         self._busy = False
         """The last take found items (a backend polls only then)."""
-        self.poll_us = poll_us
 
     @property
     def poll_us(self) -> int:
-        """Microseconds a receiver spins on the ring before sleeping (0: never; the default).
-
-        Raises (setter):
-            ConfigError: not an integer in 0..`MAX_POLL_US`.
-        """
+        """Microseconds a receiver spins on the ring before sleeping (0: never; the default),
+        as given to the constructor (which raises `ConfigError` outside 0..`MAX_POLL_US`)."""
         return round(self._poll_seconds * 1e6)
-
-    @poll_us.setter
-    def poll_us(self, value: int) -> None:
-        self._poll_seconds = poll_seconds(value)
 
     @property
     def engine(self) -> FrontRing | BackRing:
@@ -225,19 +202,14 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
             raise self._break(exc) from exc
 
     async def _poll(self) -> bool:
-        """Look at the ring until items are pending (True) or the window is over (False),
-        letting the event loop run other tasks (which may be the ones producing) in between."""
-        deadline = anyio.current_time() + self._poll_seconds
-        while True:
-            await anyio.lowlevel.checkpoint()
-            self._check()
-            try:
-                if self._pending():
-                    return True
-            except RemoteProtocolError as exc:
-                raise self._break(exc) from exc
-            if anyio.current_time() >= deadline:
-                return False
+        """Look at the ring until items are pending (True) or the window is over (False)."""
+        return await poll_until(self._poll_seconds, self._ready, self._check)
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self._pending())
+        except RemoteProtocolError as exc:
+            raise self._break(exc) from exc
 
     async def receive(self) -> bytearray:
         """The next item, waiting for the peer as needed.

@@ -60,13 +60,12 @@ async def _vchan_worker(role: str, directory: str, domid: int, peer: int, ring: 
                       peer if role == "vchan-send" else domid, 1)
     async with connect(directory, domid) as dom:
         if role == "vchan-send":       # the server writes its right ring
-            offer = await VchanServer.offer(dom, peer, path, read_min=ring, write_min=ring)
+            offer = await VchanServer.offer(dom, peer, path, read_min=ring, write_min=ring,
+                                            poll_us=poll_us)
             async with await offer.accept() as stream:
-                stream.poll_us = poll_us
                 await _send(stream, total, write_size)
         else:
-            async with await vchan_connect(dom, peer, path) as stream:
-                stream.poll_us = poll_us
+            async with await vchan_connect(dom, peer, path, poll_us=poll_us) as stream:
                 await _receive(stream)
 
 

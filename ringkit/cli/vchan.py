@@ -147,11 +147,10 @@ def vchan(directory: str | None, domid: int | None, mode: str, state_path: str |
         async with open_cli_domain(directory, domid) as dom:
             if mode == "server":
                 async with VchanListener(dom, peer_id, path, read_min=read_min,
-                                         write_min=write_min) as listener:
+                                         write_min=write_min, poll_us=poll_us) as listener:
                     await _ready(dom, state_path)
                     while True:
                         async with await listener.accept() as stream:
-                            stream.poll_us = poll_us
                             if stdio:
                                 await bridge(stream, StdioStream())
                                 return
@@ -159,16 +158,15 @@ def vchan(directory: str | None, domid: int | None, mode: str, state_path: str |
                                 await bridge(stream, sock)
             elif stdio:
                 await _ready(dom, state_path)
-                async with await connect(dom, peer_id, path) as stream:
-                    stream.poll_us = poll_us
+                async with await connect(dom, peer_id, path, poll_us=poll_us) as stream:
                     await bridge(stream, StdioStream())
             else:
                 async with await anyio.create_unix_listener(socket_path) as server:
                     await _ready(dom, state_path)
                     while True:
                         async with (await server.accept() as sock,
-                                    await connect(dom, peer_id, path) as stream):
-                            stream.poll_us = poll_us
+                                    await connect(dom, peer_id, path,
+                                                  poll_us=poll_us) as stream):
                             await bridge(stream, sock)
 
     run_command(main)

@@ -74,7 +74,7 @@ Class attributes (both ends):
 
 `Frontend` hooks (all optional):
     ``async negotiate(backend)``    read the backend's features before the ring is set up; may
-                                    lower ``self.ring_page_order`` / ``self.num_queues``
+                                    return a `RingChoice` (a smaller ring, fewer queues)
     ``make_channel(queue)``         initialise the freshly shared ring pages and build the
                                     channel (default: io/ring.h SHARED_RING_INIT for
                                     ``ring_layout`` and a `FrontRingChannel`; the console builds
@@ -123,6 +123,7 @@ from ..proto.layout import RingLayout as RingLayout
 from ..proto.xenbus import XenbusState as XenbusState
 from .backend import Backend as Backend
 from .frontend import Frontend as Frontend
+from .frontend import RingChoice as RingChoice
 from .paths import DeviceAddress as DeviceAddress
 from .paths import Nodes as Nodes
 from .paths import error_node as error_node
@@ -134,6 +135,7 @@ __all__ = (
     "Backend",
     "DeviceAddress",
     "Frontend",
+    "RingChoice",
     "Nodes",
     "Queue",
     "RingLayout",

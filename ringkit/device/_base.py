@@ -26,6 +26,7 @@ from anyio.abc import AsyncResource, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._async._link import PeerLink
+from .._async._poll import poll_seconds
 from .._errors import (
     ConfigError,
     EventChannelError,
@@ -155,6 +156,7 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         *,
         max_ring_page_order: int | None = None,
         max_queues: int | None = None,
+        poll_us: int = 0,
     ) -> None:
         if not self.device_type:
             raise TypeError(f"{type(self).__name__} must set device_type")
@@ -171,6 +173,10 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
             if not 1 <= max_queues <= MAX_QUEUES:
                 raise ConfigError(f"max_queues must be 1..{MAX_QUEUES}, got {max_queues!r}")
             self.max_queues = max_queues
+        poll_seconds(poll_us)  # checked once, here; the channels get it as it is
+        self.poll_us = poll_us
+        """Microseconds each ring's receiver spins before sleeping (0: never), handed to the
+        channels the default `make_channel` builds (see `ringkit.channel.RingChannel`)."""
         self.domain = domain
         self.address = address
         self.handshake = Handshake(self.role)

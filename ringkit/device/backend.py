@@ -84,12 +84,14 @@ class Backend(DeviceBase[BackChannelT]):
         *,
         max_ring_page_order: int | None = None,
         max_queues: int | None = None,
+        poll_us: int = 0,
     ) -> None:
         super().__init__(
             domain,
             DeviceAddress(self.device_type, frontend_id, domain.domid, devid),
             max_ring_page_order=max_ring_page_order,
             max_queues=max_queues,
+            poll_us=poll_us,
         )
         self._serve_scopes: list[anyio.CancelScope] = []
         self._serving = 0
@@ -120,7 +122,8 @@ class Backend(DeviceBase[BackChannelT]):
         shell's breakage to the device itself."""
         if self.ring_layout is None:
             raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
-        channel = BackRingChannel(BackRing.attach(queue.buffer, self.ring_layout), queue.event)
+        channel = BackRingChannel(BackRing.attach(queue.buffer, self.ring_layout), queue.event,
+                                  poll_us=self.poll_us)
         return cast(BackChannelT, channel)
 
     async def serve(self, queue: Queue[BackChannelT]) -> None:

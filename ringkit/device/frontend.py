@@ -17,6 +17,7 @@ that exception, which `Frontend.wait_connected` raises.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
 from typing import Self, cast
 
 import anyio
@@ -32,7 +33,16 @@ from ._base import QUIET, DeviceBase, DeviceTasks
 from .paths import DeviceAddress, Nodes
 from .queue import Queue, is_ring_key, queue_nodes, ring_ref_names
 
-__all__ = ("FrontChannelT", "Frontend")
+__all__ = ("FrontChannelT", "Frontend", "RingChoice")
+
+
+@dataclass(frozen=True)
+class RingChoice:
+    """What a frontend's `Frontend.negotiate` asks for: a ring of 2**`ring_page_order` pages
+    and `queues` queues (each capped by the frontend's maxima and the backend's offer)."""
+
+    ring_page_order: int = 0
+    queues: int = 1
 
 S = XenbusState
 
@@ -72,25 +82,30 @@ class Frontend(DeviceBase[FrontChannelT]):
         *,
         max_ring_page_order: int | None = None,
         max_queues: int | None = None,
+        poll_us: int = 0,
     ) -> None:
         super().__init__(
             domain,
             DeviceAddress(self.device_type, domain.domid, backend_id, devid),
             max_ring_page_order=max_ring_page_order,
             max_queues=max_queues,
+            poll_us=poll_us,
         )
         self.ring_page_order = self.max_ring_page_order
-        """Order to use; `negotiate` may lower it.  Capped by the backend's max."""
+        """The ring order of the current connection (`negotiate`'s choice, or
+        `max_ring_page_order`, capped by the backend's max); set by the framework."""
         self.num_queues = self.max_queues
-        """Queues to use; `negotiate` may lower it.  Capped by the backend's max."""
+        """The queues of the current connection (as `ring_page_order`); set by the framework."""
         self._stack: AsyncExitStack | None = None
         self._opening = False
 
     # ------------------------------------------------------------------ hooks
 
-    async def negotiate(self, backend: Nodes) -> None:
-        """Hook: read the backend's features before the ring is set up (may lower
-        `ring_page_order` / `num_queues`)."""
+    async def negotiate(self, backend: Nodes) -> RingChoice | None:
+        """Hook: read the backend's features before the rings are set up.  Return a
+        `RingChoice` to ask for a smaller ring or fewer queues than the frontend's maxima (None:
+        the maxima); the framework caps the choice by what the backend offers."""
+        return None
 
     async def publish(self, nodes: Nodes) -> None:
         """Hook: write extra frontend nodes; `nodes` writes inside the transaction that also
@@ -106,7 +121,7 @@ class Frontend(DeviceBase[FrontChannelT]):
         if self.ring_layout is None:
             raise TypeError(f"{type(self).__name__} has no ring_layout: override make_channel")
         engine = FrontRing.init(queue.buffer, self.ring_layout)
-        return cast(FrontChannelT, FrontRingChannel(engine, queue.event))
+        return cast(FrontChannelT, FrontRingChannel(engine, queue.event, poll_us=self.poll_us))
 
     # ------------------------------------------------------------------ driver API
 
@@ -212,16 +227,16 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def _connect(self) -> None:
         await self._teardown()
         backend = self.peer_nodes
-        self.ring_page_order = self.max_ring_page_order
-        self.num_queues = self.max_queues
-        await self.negotiate(backend)
+        choice = await self.negotiate(backend)
+        if choice is None:
+            choice = RingChoice(self.max_ring_page_order, self.max_queues)
         order = min(
-            self.ring_page_order,
+            choice.ring_page_order,
             self.max_ring_page_order,
             await backend.read_int("max-ring-page-order", 0, maximum=255),
         )
         queues = min(
-            self.num_queues,
+            choice.queues,
             self.max_queues,
             await backend.read_int("multi-queue-max-queues", 1, minimum=1, maximum=2**31),
         )

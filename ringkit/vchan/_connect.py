@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import anyio
 from anyio.abc import AsyncResource
 
+from .._async._poll import poll_seconds
 from .._errors import (
     ConfigError,
     GrantError,
@@ -75,27 +76,32 @@ class VchanServer(AsyncResource):
     the grants, closes the port and removes the xenstore directory."""
 
     def __init__(self, domain: Domain, client: int, path: str, engine: VchanEnd,
-                 event: EventChannel, pages: Sequence[SharedPages]) -> None:
+                 event: EventChannel, pages: Sequence[SharedPages], *,
+                 poll_us: int = 0) -> None:
         self.domain = domain
         self.client = client
         self.path = path
         self._engine: VchanEnd | None = engine
         self._event = event
         self._pages = tuple(pages)
+        self._poll_us = poll_us
 
     @classmethod
     async def offer(
-        cls, domain: Domain, client: int, path: str, *, read_min: int = 0, write_min: int = 0
+        cls, domain: Domain, client: int, path: str, *, read_min: int = 0, write_min: int = 0,
+        poll_us: int = 0,
     ) -> VchanServer:
         """Grant the pages to domain `client`, allocate the event channel and publish
         ``<path>/ring-ref`` and ``<path>/event-channel`` (readable by `client` only) in one
         transaction.  The rings hold at least `read_min` / `write_min` bytes, placed as
-        libxenvchan places them (`ringkit.proto.vchan.choose_orders`).
+        libxenvchan places them (`ringkit.proto.vchan.choose_orders`).  `poll_us`: the
+        accepted stream's polling window (`VchanStream.poll_us`).
 
         Raises:
-            ConfigError: sizes out of range.
+            ConfigError: sizes or `poll_us` out of range.
             TransportError: granting, allocating or writing the store failed.
         """
+        poll_seconds(poll_us)  # checked before anything is granted
         orders = choose_orders(read_min, write_min)
         resources: list[AsyncResource] = []
         try:
@@ -124,7 +130,7 @@ class VchanServer(AsyncResource):
         except BaseException:
             await _close_all(resources)
             raise
-        return cls(domain, client, path, engine, event, [*rings, ctrl])
+        return cls(domain, client, path, engine, event, [*rings, ctrl], poll_us=poll_us)
 
     async def accept(self, *, timeout: float | None = None) -> VchanStream:
         """Wait until the client connected (or came and went: its data is drained first) and
@@ -162,7 +168,8 @@ class VchanServer(AsyncResource):
                         "it connected")
         self._engine = None
         return VchanStream(engine, self._event, [*self._pages, self._event],
-                           on_close=self._unpublish, close_timeout=CLOSE_TIMEOUT)
+                           on_close=self._unpublish, close_timeout=CLOSE_TIMEOUT,
+                           poll_us=self._poll_us)
 
     async def _unpublish(self) -> None:
         try:
@@ -228,25 +235,28 @@ async def _await_entries(domain: Domain, server: int, path: str) -> tuple[int, i
 
 async def connect(
     domain: Domain, server: int, path: str, *, timeout: float | None = None,
-    close_timeout: float = CLOSE_TIMEOUT,
+    close_timeout: float = CLOSE_TIMEOUT, poll_us: int = 0,
 ) -> VchanStream:
     """Connect as the client of the vchan domain `server` offers at `path`, waiting for the
     offer to appear.  Like libxenvchan's client: bind the event channel, map the control page
     (arming unmap-notify on ``cli_live``), check the orders, map the ring we write read-write and
-    the ring we read read-only, then say we are connected and ring the server.
+    the ring we read read-only, then say we are connected and ring the server.  `poll_us`: the
+    stream's polling window (`VchanStream.poll_us`).
 
     Raises:
+        ConfigError: `poll_us` out of range.
         PeerGoneError: the server's domain was destroyed while we waited.
         TimeoutError: no offer appeared within `timeout` seconds.
         RemoteProtocolError: the offer is malformed (entries, orders, grant refs that do not
             map, a server that already left).
         TransportError: binding or mapping failed for a local reason.
     """
+    poll_seconds(poll_us)  # checked before anything is bound
     with anyio.fail_after(timeout):
         entries = await _await_entries(domain, server, path)
     while True:
         try:
-            return await _connect_to(domain, server, path, entries, close_timeout)
+            return await _connect_to(domain, server, path, entries, close_timeout, poll_us)
         except _StaleOffer as stale:
             # What we read may be the offer a listening server made to the previous client,
             # about to be replaced; a server that is gone, or a bad offer, stays as it is.
@@ -278,7 +288,7 @@ async def _entries_changed(domain: Domain, path: str, entries: tuple[int, int],
 
 
 async def _connect_to(domain: Domain, server: int, path: str, entries: tuple[int, int],
-                      close_timeout: float) -> VchanStream:
+                      close_timeout: float, poll_us: int) -> VchanStream:
     ref, port = entries
     resources: list[AsyncResource] = []
     try:
@@ -314,7 +324,8 @@ async def _connect_to(domain: Domain, server: int, path: str, entries: tuple[int
         await _close_all(resources)
         raise
     engine.connect_client()
-    stream = VchanStream(engine, event, resources, close_timeout=close_timeout)
+    stream = VchanStream(engine, event, resources, close_timeout=close_timeout,
+                         poll_us=poll_us)
     try:
         event.notify()
     except BaseException:
@@ -330,13 +341,15 @@ class VchanListener(AsyncResource):
     rather than the previous client's ring state."""
 
     def __init__(self, domain: Domain, client: int, path: str, *, read_min: int = 0,
-                 write_min: int = 0) -> None:
+                 write_min: int = 0, poll_us: int = 0) -> None:
         if read_min < 0 or write_min < 0:
             raise ConfigError("vchan ring sizes must not be negative")
+        poll_seconds(poll_us)
         self.domain = domain
         self.client = client
         self.path = path
         self._sizes = (read_min, write_min)
+        self._poll_us = poll_us
         self._offer: VchanServer | None = None
         self._closed = False
 
@@ -347,7 +360,7 @@ class VchanListener(AsyncResource):
         if self._offer is None:
             self._offer = await VchanServer.offer(
                 self.domain, self.client, self.path, read_min=self._sizes[0],
-                write_min=self._sizes[1])
+                write_min=self._sizes[1], poll_us=self._poll_us)
         stream = await self._offer.accept(timeout=timeout)
         self._offer = None
         return stream

@@ -15,7 +15,6 @@ drain (bounded by `close_timeout`), then releases the pages and the event channe
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 
@@ -23,7 +22,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import AsyncResource
 
-from .._async.channel import poll_seconds
+from .._async._poll import poll_seconds, poll_until
 from .._async.stream import PipeStream
 from .._errors import (
     EventChannelError,
@@ -55,7 +54,9 @@ class VchanStream(PipeStream):
         *,
         on_close: Callable[[], Awaitable[None]] | None = None,
         close_timeout: float = CLOSE_TIMEOUT,
+        poll_us: int = 0,
     ) -> None:
+        poll = poll_seconds(poll_us)  # checked before anything is taken over
         super().__init__(engine, event)
         self._vchan = engine
         self._resources = tuple(resources)
@@ -63,22 +64,15 @@ class VchanStream(PipeStream):
         self._gone: PeerGoneError | None = None
         self._live_cleared = False
         self.close_timeout = close_timeout
-        self._poll_seconds = 0.0
+        self._poll_seconds = poll
 
     @property
     def poll_us(self) -> int:
         """Microseconds a waiting end spins on the rings before it sleeps on the event channel
-        (0: never; the default).  A small ring makes writer and reader take turns, a wake-up
-        each per ring-full; polling both ends keeps them awake (each needs a CPU of its own).
-
-        Raises (setter):
-            ConfigError: not an integer in 0..`MAX_POLL_US`.
-        """
+        (0: never; the default), as given when the vchan was offered or connected.  A small
+        ring makes writer and reader take turns, a wake-up each per ring-full; polling both ends
+        keeps them awake (each needs a CPU of its own)."""
         return round(self._poll_seconds * 1e6)
-
-    @poll_us.setter
-    def poll_us(self, value: int) -> None:
-        self._poll_seconds = poll_seconds(value)
 
     async def _wait_event(self) -> None:
         """With `poll_us`, first spin (yielding to the event loop between looks) until the
@@ -88,13 +82,18 @@ class VchanStream(PipeStream):
             self.stats.polls += 1
             try:
                 before = self._vchan.progress()
-                deadline = time.perf_counter() + self._poll_seconds
-                while time.perf_counter() < deadline:
-                    await anyio.lowlevel.checkpoint()
-                    if self._vchan.progress() != before:
-                        return
             except RemoteProtocolError:
                 return  # the caller's own look reports it
+
+            def moved() -> bool:
+                try:
+                    return self._vchan.progress() != before
+                except RemoteProtocolError:
+                    return True  # the caller's own look reports it
+
+            if await poll_until(self._poll_seconds, moved):
+                self.stats.poll_hits += 1
+                return
         await super()._wait_event()
 
     @property

@@ -49,12 +49,12 @@ async def world() -> AsyncIterator[World]:
 
 
 @asynccontextmanager
-async def pair(w: World, read_min: int = 0, write_min: int = 0
+async def pair(w: World, read_min: int = 0, write_min: int = 0, poll_us: int = 0
                ) -> AsyncIterator[tuple[VchanStream, VchanStream]]:
     offer = await VchanServer.offer(w.server, w.client.domid, w.path, read_min=read_min,
-                                    write_min=write_min)
+                                    write_min=write_min, poll_us=poll_us)
     async with offer:
-        cli = await connect(w.client, w.server.domid, w.path)
+        cli = await connect(w.client, w.server.domid, w.path, poll_us=poll_us)
         srv = await offer.accept()
     async with srv, cli:
         yield srv, cli
@@ -74,8 +74,8 @@ async def read_all(stream: VchanStream) -> bytes:
 async def test_both_directions_beyond_the_rings(anyio_backend: str,
                                                 sizes: tuple[int, int], poll_us: int) -> None:
     up, down = os.urandom(700_000), os.urandom(500_000)
-    async with world() as w, pair(w, *sizes) as (srv, cli):
-        srv.poll_us = cli.poll_us = poll_us
+    async with world() as w, pair(w, *sizes, poll_us=poll_us) as (srv, cli):
+        assert srv.poll_us == cli.poll_us == poll_us
         orders = srv.engine.orders
         assert (srv.engine.rx_size, srv.engine.tx_size) == (1 << orders.left, 1 << orders.right)
         assert (cli.engine.tx_size, cli.engine.rx_size) == (1 << orders.left, 1 << orders.right)
@@ -109,8 +109,7 @@ async def test_polling_ends_trade_sleeps_for_polls(anyio_backend: str) -> None:
     data = os.urandom(256 << 10)
     sleeps = {}
     for poll_us in (0, 1_000_000):
-        async with world() as w, pair(w) as (srv, cli):
-            srv.poll_us = cli.poll_us = poll_us
+        async with world() as w, pair(w, poll_us=poll_us) as (srv, cli):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(srv.send, data)
                 got = bytearray()
@@ -125,12 +124,16 @@ async def test_polling_ends_trade_sleeps_for_polls(anyio_backend: str) -> None:
     assert sleeps[1_000_000] <= rounds // 10, sleeps
 
 
-async def test_poll_us_is_checked(anyio_backend: str) -> None:
-    async with world() as w, pair(w) as (srv, _cli):
+async def test_poll_us_is_checked_before_anything_is_offered(anyio_backend: str) -> None:
+    async with world() as w:
         for bad in (-1, 2_000_000, 1.5, True):
             with pytest.raises(ConfigError, match="poll_us"):
-                srv.poll_us = bad  # type: ignore[assignment]
-        assert srv.poll_us == 0
+                await VchanServer.offer(w.server, w.client.domid, w.path,
+                                        poll_us=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="poll_us"):
+                await connect(w.client, w.server.domid, w.path,
+                              poll_us=bad)  # type: ignore[arg-type]
+        assert not w.server.leaks()
 
 
 async def test_close_drains_then_the_peer_reads_end_of_stream(anyio_backend: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
@@ -132,6 +133,7 @@ async def test_poll_us_is_checked_where_it_comes_in() -> None:
     with pytest.raises(ConfigError, match="poll_us"):
         ServiceConfig(poll_us=MAX_POLL_US + 1)
     assert ServiceConfig().poll_us == 0
+    domain = SimpleNamespace(domid=1)  # the setting is checked before the domain is used
     for bad in (-1, MAX_POLL_US + 1, 2.5):
         with pytest.raises(ConfigError, match="poll_us"):
-            BlockFrontend(None, poll_us=bad)  # type: ignore[arg-type]
+            BlockFrontend(domain, poll_us=bad)  # type: ignore[arg-type]
