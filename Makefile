@@ -45,10 +45,11 @@ lint: deps
 
 # The documentation site with its API reference from the docstrings (mkdocs.yml), into
 # build/site.  Strict: a broken link or cross-reference, or a public name of a documented module
-# without a docstring (docs/_hooks/docstrings.py), fails it.  NO_MKDOCS_2_WARNING silences a
-# banner mkdocs-material prints about MkDocs 2.0 at every build.
+# without a docstring (docs/_hooks/docstrings.py), fails it.  Never add --quiet: it drops the
+# warnings before --strict counts them, and the build passes whatever is wrong.
+# NO_MKDOCS_2_WARNING silences a banner mkdocs-material prints about MkDocs 2.0 at every build.
 docs: deps
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 deps: debs $(STAMP)
 
