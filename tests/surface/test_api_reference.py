@@ -82,3 +82,13 @@ def test_negative_control_undocumented_public_names_are_reported() -> None:
             "sample.Bare", "sample.Documented.bare_method", "sample.Documented.bare_property",
             "sample.LIMIT", "sample.bare_function",
         ]
+
+
+def test_make_docs_builds_strictly_and_not_quietly() -> None:
+    # mkdocs' --quiet drops warnings before --strict counts them: the build would pass anything.
+    recipe = [line for line in (ROOT / "Makefile").read_text().splitlines()
+              if "mkdocs build" in line and not line.lstrip().startswith("#")]
+    assert len(recipe) == 1, recipe
+    words = recipe[0].split()
+    assert "--strict" in words and "--quiet" not in words and "-q" not in words, recipe
+    assert re.search(r"^check:.*\bdocs\b", (ROOT / "Makefile").read_text(), re.MULTILINE)
