@@ -15,7 +15,7 @@ DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio tmux
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: test check demo lint deps debs bench test-xen soak-xen clean
+.PHONY: test check demo lint docs deps debs bench test-xen soak-xen clean
 
 # make test is everything: `check` (ruff, mypy and the whole suite on this machine, real processes
 # on the simulated Xen), then `test-xen` (the xen-marked tests under real Xen, booted in QEMU).
@@ -24,7 +24,7 @@ test: check test-xen
 # check insists on both native implementations (compiled and ABI fallback) being tested, and on
 # every external tool a test needs (gcc, Xen's headers, xenstore-utils...) being there: what
 # `deps` installs must never turn into a silent skip.  It is the quick loop while developing.
-check: deps lint
+check: deps lint docs
 	RINGKIT_REQUIRE_NATIVE=compiled,abi RINGKIT_REQUIRE_TOOLS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: deps
@@ -42,6 +42,14 @@ lint: deps
 	ln -s "$(CURDIR)/frontends" $(TYPECHECK)/ringkit/frontends
 	ln -s "$(CURDIR)/examples" $(TYPECHECK)/examples
 	cd $(TYPECHECK) && "$(CURDIR)/$(BIN)/mypy" --config-file "$(CURDIR)/pyproject.toml" ringkit examples
+
+# The documentation site with its API reference from the docstrings (mkdocs.yml), into
+# build/site.  Strict: a broken link or cross-reference, or a public name of a documented module
+# without a docstring (docs/_hooks/docstrings.py), fails it.  Never add --quiet: it drops the
+# warnings before --strict counts them, and the build passes whatever is wrong.
+# NO_MKDOCS_2_WARNING silences a banner mkdocs-material prints about MkDocs 2.0 at every build.
+docs: deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 deps: debs $(STAMP)
 

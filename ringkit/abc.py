@@ -239,6 +239,7 @@ class Permission:
     access: Access
 
     def to_wire(self) -> str:
+        """The entry as xenstore writes it: the access letter, then the domid (``"r5"``)."""
         return f"{self.access.value}{self.domid}"
 
     @classmethod
@@ -384,15 +385,18 @@ class Domain(AsyncResource):
 
     @property
     @abstractmethod
-    def grants(self) -> GrantTable: ...
+    def grants(self) -> GrantTable:
+        """Sharing pages with other domains (gntalloc) and mapping theirs (gntdev)."""
 
     @property
     @abstractmethod
-    def events(self) -> EventChannels: ...
+    def events(self) -> EventChannels:
+        """Event channels: allocating, binding, notifying and waiting."""
 
     @property
     @abstractmethod
-    def store(self) -> Store: ...
+    def store(self) -> Store:
+        """This domain's xenstore connection."""
 
     @abstractmethod
     def leaks(self) -> Leaks:

@@ -1,6 +1,6 @@
 """Draw `ringkit bench block --json` results as an SVG bar chart: each row's figure as a ratio
 of the direct baseline measured in the same run, one bar per result file and mode, with the
-issue-12 target of each row as a dashed mark.  Standard library only.
+target of each row as a dashed mark.  Standard library only.
 
     python docs/bench/plot_block.py before=docs/bench/block-before.json \\
         after=docs/bench/block-after.json -o docs/bench/block.svg
@@ -16,7 +16,7 @@ from pathlib import Path
 TARGETS = {"seq_write": 0.5, "seq_read": 0.5, "seq_write_qd4": 0.7, "seq_read_qd4": 0.7,
            "seq_write_lent": 0.5, "seq_read_lent": 0.5,
            "rand_read_qd32": 0.2, "rand_read_qd32_tasks": 0.2}
-"""Same-run ratios to direct I/O that issue 12 asks for."""
+"""Same-run ratios to direct I/O that the block path aims at (docs/benchmarks.md)."""
 COLOURS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
 ROW_H, BAR_H, LEFT, WIDTH, TOP = 18, 14, 230, 760, 40
 
@@ -47,7 +47,7 @@ def draw(rows: list[tuple[str, str]], data: list[tuple[str, dict[str, float]]]) 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
              f'<text x="{LEFT}" y="20" font-weight="bold">ringkit block vs direct I/O '
-             f'(same-run ratio; dashed: issue-12 target)</text>']
+             f'(same-run ratio; dashed: target)</text>']
     y = TOP
     for key, label in rows:
         parts.append(f'<text x="{LEFT - 8}" y="{y + group / 2}" text-anchor="end">'

@@ -39,9 +39,11 @@ if TYPE_CHECKING:
     from .._native import BlkifHelper, NativeImpl
 
 PAGE_SIZE: Final = 4096
+"""Bytes of the granted page a segment names (Xen's 4 KiB page)."""
 SECTOR_SIZE: Final = 512
 """blkif sector unit in bytes, whatever the disk's logical sector size."""
 SECTORS_PER_PAGE: Final = PAGE_SIZE // SECTOR_SIZE
+"""Sectors in one segment's page: 8, so a segment's sectors are 0..7."""
 
 REQUEST_SIZE: Final = 112
 """``sizeof(struct blkif_request)`` on x86_64: the ring slot size."""
@@ -68,9 +70,11 @@ PROTOCOL_X86_64: Final = "x86_64-abi"
 """Value of the frontend's ``protocol`` node for this ABI."""
 
 VDISK_CDROM: Final = 0x1
+"""Bit of the backend's ``info`` node: the disk is a CD-ROM."""
 VDISK_REMOVABLE: Final = 0x2
+"""Bit of the backend's ``info`` node: the medium is removable."""
 VDISK_READONLY: Final = 0x4
-"""Bits of the backend's ``info`` node."""
+"""Bit of the backend's ``info`` node: the disk is read-only."""
 
 
 class Op(enum.IntEnum):
@@ -175,6 +179,8 @@ OFFSETS: Final[dict[str, dict[str, int]]] = {
     },
     "blkif_response": {"id": 0, "operation": 8, "status": 10},
 }
+"""Byte offset of each field of blkif.h's structs, by struct name (checked against the C
+header by the layout test)."""
 SIZES: Final[dict[str, int]] = {
     "blkif_request_segment": SEGMENT_SIZE,
     "blkif_request": REQUEST_SIZE,
@@ -182,6 +188,7 @@ SIZES: Final[dict[str, int]] = {
     "blkif_request_indirect": 64,
     "blkif_response": RESPONSE_SIZE,
 }
+"""``sizeof`` each of blkif.h's structs on x86_64, by struct name."""
 
 _ZERO_SLOT: Final = bytes(REQUEST_SIZE)
 _ALL_SEVENS: Final = bytes((SECTORS_PER_PAGE - 1,)) * (
@@ -293,6 +300,7 @@ class IndirectRequest:
 
     @property
     def operation(self) -> Op:
+        """Always `Op.INDIRECT`; the operation it carries is `indirect_op`."""
         return Op.INDIRECT
 
 
@@ -308,10 +316,12 @@ class DiscardRequest:
 
     @property
     def operation(self) -> Op:
+        """Always `Op.DISCARD`."""
         return Op.DISCARD
 
 
 Request = ReadWriteRequest | IndirectRequest | DiscardRequest
+"""Any parsed blkif request: what `parse_request` returns."""
 
 
 @dataclass(frozen=True, slots=True)

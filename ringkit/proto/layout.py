@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 from .._errors import ConfigError
 
-#: Ring protocols always use 4 KiB pages, whatever the OS page size (ring.h ``XEN_PAGE_SHIFT``).
 XEN_PAGE_SHIFT = 12
+"""Ring protocols always use 4 KiB pages, whatever the OS page size (ring.h ``XEN_PAGE_SHIFT``)."""
 XEN_PAGE_SIZE = 1 << XEN_PAGE_SHIFT
+"""4096: the size of a granted page."""
 
-#: Largest multi-page ring order ringkit accepts (blkif's ``max-ring-page-order`` is at most 4).
 MAX_RING_PAGE_ORDER = 4
+"""Largest multi-page ring order ringkit accepts (blkif's ``max-ring-page-order`` is at most 4)."""
 
 # ---------------------------------------------------------------------------------------------
 # io/ring.h shared ring ("sring"), as DEFINE_RING_TYPES(name, req_t, rsp_t) lays it out:
@@ -43,15 +44,23 @@ MAX_RING_PAGE_ORDER = 4
 # The frontend owns req_prod and rsp_event; the backend owns rsp_prod and req_event.
 # ---------------------------------------------------------------------------------------------
 SRING_REQ_PROD = 0
+"""Offset of ``req_prod``: requests published by the frontend."""
 SRING_REQ_EVENT = 4
+"""Offset of ``req_event``: the request index at which the backend wants a notification."""
 SRING_RSP_PROD = 8
+"""Offset of ``rsp_prod``: responses published by the backend."""
 SRING_RSP_EVENT = 12
+"""Offset of ``rsp_event``: the response index at which the frontend wants a notification."""
 SRING_PVT = 16
+"""Offset of the ``pvt`` union (netif's ``smartpoll_active`` and the like)."""
 SRING_PVT_SIZE = 4
+"""Size of the ``pvt`` union."""
 SRING_PAD = 20
+"""Offset of ``__pad``."""
 SRING_PAD_SIZE = 44
-#: Offset of ring[0]: the header is 64 bytes so that the slots start cache-line aligned.
+"""Size of ``__pad``."""
 SRING_HEADER_SIZE = 64
+"""Offset of ring[0]: the header is 64 bytes so that the slots start cache-line aligned."""
 
 # ---------------------------------------------------------------------------------------------
 # io/console.h:
@@ -69,18 +78,29 @@ SRING_HEADER_SIZE = 64
 # The guest produces `out` and consumes `in`; the backend (xenconsoled) the reverse.
 # ---------------------------------------------------------------------------------------------
 CONSOLE_IN = 0
+"""Offset of ``in``, the ring the backend writes and the guest reads."""
 CONSOLE_IN_SIZE = 1024
+"""Size of ``in``."""
 CONSOLE_OUT = 1024
+"""Offset of ``out``, the ring the guest writes and the backend reads."""
 CONSOLE_OUT_SIZE = 2048
+"""Size of ``out``."""
 CONSOLE_IN_CONS = 3072
+"""Offset of ``in_cons``."""
 CONSOLE_IN_PROD = 3076
+"""Offset of ``in_prod``."""
 CONSOLE_OUT_CONS = 3080
+"""Offset of ``out_cons``."""
 CONSOLE_OUT_PROD = 3084
-#: Written by the backend; older headers (Xen < 4.19, e.g. Debian 12's) do not declare it, and a
-#: backend that never writes it leaves the page's initial 0 (= connected).
+"""Offset of ``out_prod``."""
 CONSOLE_CONNECTION = 3088
+"""Offset of ``connection``, written by the backend; older headers (Xen < 4.19, e.g. Debian
+12's) do not declare it, and a backend that never writes it leaves the page's initial 0
+(= connected)."""
 XENCONSOLE_CONNECTED = 0
+"""``connection`` value: the backend is connected."""
 XENCONSOLE_DISCONNECTED = 1
+"""``connection`` value: the backend is not connected."""
 
 # ---------------------------------------------------------------------------------------------
 # libxenvchan.h (tools/include/libxenvchan.h, shipped as /usr/include/xen/io/libxenvchan.h):
@@ -99,28 +119,46 @@ XENCONSOLE_DISCONNECTED = 1
 # pages listed in grants[].
 # ---------------------------------------------------------------------------------------------
 VCHAN_LEFT_CONS = 0
+"""Offset of ``left.cons`` (the left ring carries client -> server)."""
 VCHAN_LEFT_PROD = 4
+"""Offset of ``left.prod``."""
 VCHAN_RIGHT_CONS = 8
+"""Offset of ``right.cons`` (the right ring carries server -> client)."""
 VCHAN_RIGHT_PROD = 12
+"""Offset of ``right.prod``."""
 VCHAN_LEFT_ORDER = 16
+"""Offset of ``left_order`` (uint16): the left ring is 2**order bytes."""
 VCHAN_RIGHT_ORDER = 18
+"""Offset of ``right_order`` (uint16)."""
 VCHAN_CLI_LIVE = 20
+"""Offset of ``cli_live``: the client's `VCHAN_LIVE_*` byte."""
 VCHAN_SRV_LIVE = 21
+"""Offset of ``srv_live``: the server's `VCHAN_LIVE_*` byte."""
 VCHAN_CLI_NOTIFY = 22
+"""Offset of ``cli_notify``: the `VCHAN_NOTIFY_*` bits the client asks for."""
 VCHAN_SRV_NOTIFY = 23
+"""Offset of ``srv_notify``: the `VCHAN_NOTIFY_*` bits the server asks for."""
 VCHAN_GRANTS = 24
+"""Offset of ``grants[]``: the left ring's grant refs, then the right ring's."""
 VCHAN_HEADER_SIZE = 24
+"""Size of the control page's header (``sizeof(struct vchan_interface)``)."""
 
 VCHAN_NOTIFY_WRITE = 0x1
+"""Notify bit: tell me when you wrote (I am waiting for data)."""
 VCHAN_NOTIFY_READ = 0x2
+"""Notify bit: tell me when you read (I am waiting for space)."""
 
 VCHAN_LIVE_EXITED = 0
+"""Live byte: that end has exited."""
 VCHAN_LIVE_CONNECTED = 1
+"""Live byte: that end is connected."""
 VCHAN_LIVE_WAITING = 2
+"""Live byte: that end is not yet connected."""
 
-#: In-page ring positions by order, as the header comment above states.
 VCHAN_INPAGE_RING_OFFSET = {10: 1024, 11: 2048}
+"""In-page ring positions by order, as the header comment above states."""
 VCHAN_MIN_ORDER = 10
+"""Smallest vchan ring order: 1 KiB."""
 
 
 def vchan_ring_offset(order: int) -> int | None:

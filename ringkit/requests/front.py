@@ -446,11 +446,11 @@ class RequestQueue:
         """Receive and match responses on every ring until the connection ends.
 
         Returns when the rings were closed locally (the queue is failed with `PeerGoneError`).
+        When it raises, the queue was failed with the same error first.
 
         Raises:
             RemoteProtocolError: the backend broke the protocol (indices, ids, `check`).
             PeerGoneError: the backend went away.
-            In both cases the queue was failed with the same error first.
         """
         try:
             if len(self._channels) == 1:

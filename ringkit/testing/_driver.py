@@ -42,13 +42,16 @@ class DriverUnderTest:
 
     @property
     def device_type(self) -> str:
+        """The xenstore device type, read from the frontend class."""
         return str(self.frontend.device_type)  # type: ignore[union-attr]
 
     @property
     def label(self) -> str:
+        """How messages name the driver: `name`, else the device type."""
         return self.name or self.device_type
 
     def address(self, frontend_id: int, backend_id: int = 0) -> DeviceAddress:
+        """Where the device lives in xenstore for this pair of domains."""
         return DeviceAddress(self.device_type, frontend_id, backend_id, self.devid)
 
     async def create(self, dom0: Domain, frontend_id: int) -> DeviceAddress:
@@ -59,9 +62,11 @@ class DriverUnderTest:
         return address
 
     def make_backend(self, domain: Domain, frontend_id: int) -> Backend:
+        """A backend in `domain` for the frontend in `frontend_id` (not yet entered)."""
         return self.backend(domain, frontend_id, self.devid, **self.backend_args)
 
     def make_frontend(self, domain: Domain, backend_id: int = 0) -> Frontend:
+        """A frontend in `domain` for the backend in `backend_id` (not yet entered)."""
         return self.frontend(domain, backend_id, self.devid, **self.frontend_args)
 
     def encode(self) -> str:
@@ -77,6 +82,7 @@ class DriverUnderTest:
 
     @staticmethod
     def decode(text: str) -> DriverUnderTest:
+        """The description `encode` wrote, rebuilt in a child process."""
         driver = pickle.loads(base64.b64decode(text))
         assert isinstance(driver, DriverUnderTest)
         return driver

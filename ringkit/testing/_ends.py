@@ -49,6 +49,8 @@ class ServingBackend:
                 "a peer must never stop a serving backend")
 
     async def run(self) -> None:
+        """Serve until the backend's `run` returns; record how it ended (`failure`,
+        `returned`)."""
         try:
             await self.backend.run()
         except Exception as exc:

@@ -91,6 +91,7 @@ class World:
 
     @property
     def guest_id(self) -> int:
+        """The guest domain's id."""
         return self.guest.domid
 
     @property
@@ -99,9 +100,11 @@ class World:
         return "xen" if self.xen is None else f"sim:{self.xen.directory}"
 
     def within(self, what: str, seconds: float | None = None) -> AbstractContextManager[None]:
+        """The module-level `within`, bounded by this world's timeout unless `seconds` is given."""
         return within(self.timeout if seconds is None else seconds, what)
 
     def check_leaks(self) -> None:
+        """Both domain handles hold nothing; otherwise an AssertionError naming what leaked."""
         check_leaks(dom0=self.dom0, guest=self.guest)
 
 

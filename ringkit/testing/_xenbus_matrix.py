@@ -42,6 +42,8 @@ GARBAGE: tuple[str, ...] = ("99", "-1", "abc", "")
 VALUES: tuple[str, ...] = STATES + GARBAGE
 Phase = Literal["before-connect", "connected", "closing"]
 PHASES: tuple[Phase, ...] = ("before-connect", "connected", "closing")
+"""When the hostile peer flaps its state: before a connection is up, while connected, and while
+closing."""
 MatrixCase = tuple[Phase, str, str]
 """(phase, first value, second value) written to the hostile peer's ``state`` node."""
 Side = Literal["backend", "frontend"]

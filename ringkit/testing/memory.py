@@ -72,6 +72,8 @@ class MemoryEventChannel(EventChannel):
         self._pending = False
 
     async def aclose(self) -> None:
+        """Close this end: its waits and the peer's wake up (the peer's then raise
+        `PeerGoneError`)."""
         if not self.closed:
             self.closed = True
             self._wakeup.set()

@@ -68,6 +68,8 @@ T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ringkit timeout: ``--ringkit-timeout`` and the ``ringkit_timeout`` ini
+    value."""
     group = parser.getgroup("ringkit")
     group.addoption("--ringkit-timeout", type=float, default=None, metavar="SECONDS",
                     help="bound on any single wait of ringkit's fixtures and checks "
@@ -91,6 +93,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the plugin's markers (``ringkit_timeout``, ``ringkit_shared_sim``,
+    ``ringkit_backend_process``, ``xen``)."""
     for line in (
         "ringkit_timeout(seconds): ringkit's bound on any single wait of this test's fixtures",
         "ringkit_shared_sim: sim_xen is one simulated Xen process shared by the module",
@@ -179,6 +183,9 @@ _XEN_PARAM = pytest.param("xen", marks=[
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``ringkit_transport`` over the simulated and the real Xen, and a
+    `DriverConformance` class's ``ringkit_check`` over its checks and transports (its
+    ``xfail`` cases marked)."""
     if "ringkit_transport" in metafunc.fixturenames and "ringkit_check" not in \
             metafunc.fixturenames:
         metafunc.parametrize("ringkit_transport", ["sim", _XEN_PARAM], indirect=True)
@@ -423,6 +430,7 @@ class DriverConformance:
     async def test_conformance(self, ringkit_check: str, ringkit_transport: Transport,
                                ringkit_driver: DriverUnderTest, ringkit_timeout: float,
                                request: pytest.FixtureRequest) -> None:
+        """One conformance check on one transport, for the class's ``ringkit_driver``."""
         run = checks_for(ringkit_driver, ringkit_transport).get(ringkit_check)
         if run is None:
             # The driver lacks what the check attacks (e.g. no io/ring.h layout): a skip that

@@ -32,6 +32,8 @@ from ..proto.vchan import Live, VchanEnd, VchanRole, choose_orders, read_header,
 from ._stream import CLOSE_TIMEOUT, VchanStream
 
 POLL_INTERVAL = 1.0
+"""Seconds between checks, while a server waits for its client, that the client's domain still
+exists (an unbound port tells nobody when its remote domain goes away)."""
 
 STALE_GRACE = 2.0
 """Seconds a client whose offer would not bind or map waits for the server to publish a new

@@ -174,6 +174,7 @@ class XenEventChannel(EventChannel):
             self._waiter.set()
 
     async def aclose(self) -> None:
+        """Unbind the port; a task waiting on it wakes.  Closing twice does nothing."""
         if self._closed:
             return
         self._closed = True
@@ -201,12 +202,15 @@ class XenEventChannels(EventChannels):
 
     @property
     def fd(self) -> int:
+        """The ``/dev/xen/evtchn`` file descriptor."""
         return self._device.fd
 
     def open_fds(self) -> int:
+        """File descriptors held (0 or 1), for `XenDomain.leaks`."""
         return int(self._device.is_open)
 
     def raise_if_broken(self) -> None:
+        """Raise the `EventChannelError` that stopped the reader task, if one did."""
         if self._failure is not None:
             raise self._failure
 

@@ -70,8 +70,10 @@ STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3
 """Standard-library directories a domU never needs."""
 
 SITE_SKIP_PREFIXES = ("mypy", "mypyc", "pip", "setuptools", "pkg_resources", "_distutils_hack",
-                      "ruff", "librt", "ast_serialize", "wheel")
-"""site-packages entries (by name prefix) left out of the image: development tools only."""
+                      "ruff", "librt", "ast_serialize", "wheel",
+                      "mkdocs", "material", "griffe", "pymdownx", "babel")
+"""site-packages entries (by name prefix) left out of the image: development tools only (the
+documentation tools' material and babel alone are about 100 MB)."""
 
 PROJECT_SKIP = (".git", ".venv", "venv", "build", "dist", ".mypy_cache", ".ruff_cache",
                 ".pytest_cache", ".hypothesis", ".xen-vm", "node_modules", ".tox")

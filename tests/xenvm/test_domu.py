@@ -126,6 +126,8 @@ def test_image_filters_leave_out_dev_tools_and_tests() -> None:
     site = site_skip("/v/site-packages")
     assert site("/v/site-packages/mypy") and site("/v/site-packages/pip")
     assert site("/v/site-packages/distutils-precedence.pth")
+    assert site("/v/site-packages/material") and site("/v/site-packages/mkdocstrings_handlers")
+    assert not site("/v/site-packages/pygments")  # rich's, needed at run time
     assert site("/v/site-packages/x/__pycache__/m.cpython-311.opt-1.pyc")
     assert not site("/v/site-packages/anyio") and not site("/v/site-packages/anyio/mypy.py")
 
