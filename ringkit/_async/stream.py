@@ -74,6 +74,9 @@ class PipeStream(PeerLink, ByteStream):
         self._sending = False
         self._waiting = False
         self._woken = anyio.Event()
+        self._port_wakeups = 0
+        """How many times the task sleeping on the port woke up (an event, which may have been
+        meant for the other task: see `VchanStream`'s polling)."""
 
     @property
     def closed(self) -> bool:
@@ -103,6 +106,7 @@ class PipeStream(PeerLink, ByteStream):
             self._peer_gone(exc)
         finally:
             self._waiting = False
+            self._port_wakeups += 1
             self._woken.set()
             self._woken = anyio.Event()
 

@@ -80,6 +80,12 @@ class VchanStream(PipeStream):
         callers look again either way."""
         if self._poll_seconds and not self._waiting:
             self.stats.polls += 1
+            # The other task of this stream may sleep on the port meanwhile and take the event
+            # the peer sent for us -- it wakes only tasks already waiting, and a poller is not:
+            # if it woke at all during our window, we look again instead of sleeping (an event
+            # the peer sent as it moved, in parallel, just before our first look, would
+            # otherwise be gone, and we would sleep with the ring ready: both ends asleep).
+            wakeups = self._port_wakeups
             try:
                 before = self._vchan.progress()
             except RemoteProtocolError:
@@ -93,6 +99,8 @@ class VchanStream(PipeStream):
 
             if await poll_until(self._poll_seconds, moved):
                 self.stats.poll_hits += 1
+                return
+            if self._port_wakeups != wakeups:
                 return
         await super()._wait_event()
 

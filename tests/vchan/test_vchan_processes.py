@@ -60,12 +60,18 @@ async def simulator() -> AsyncIterator[tuple[SimXen, int, int]]:
         assert not leaks and leaks.clients == 0, leaks
 
 
-async def test_stdio_at_both_ends(anyio_backend: str) -> None:
+@pytest.mark.parametrize("poll", ["0", "1000"], ids=["sleeping", "polling"])
+async def test_stdio_at_both_ends(anyio_backend: str, poll: str) -> None:
+    """Polling: each end's two tasks (stdin -> vchan, vchan -> stdout) share the port; with
+    polling, one task once slept with the ring ready after the other took the event meant for
+    it, and both ends stopped with 2 KiB carried (every run of this test hung then)."""
     up, down = os.urandom(300_000), os.urandom(200_000)
     async with simulator() as (xen, a, b):
         path = vchan_path(a, b, 10)
-        server = await cli(xen.directory, a, "-m", "server", str(b), path, "-")
-        client = await cli(xen.directory, b, "-m", "client", str(a), path, "-")
+        server = await cli(xen.directory, a, "-m", "server", "--poll-us", poll, str(b), path,
+                           "-")
+        client = await cli(xen.directory, b, "-m", "client", "--poll-us", poll, str(a), path,
+                           "-")
         async with server, client:
             assert server.stdin and server.stdout and client.stdin and client.stdout
             async with anyio.create_task_group() as tg:   # pipes are small: write and read
