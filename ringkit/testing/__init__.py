@@ -7,9 +7,9 @@ The checks take a *pair maker* (a callable returning an async context manager th
 `ringkit.abc.Domain` handles) and never import pytest, so any transport -- the simulator, the
 real ``/dev/xen`` devices, your own -- can be held to the same contract::
 
-    from ringkit.testing import CHECKS, check_refusals
+    from ringkit.testing import TRANSPORT_CHECKS, check_refusals
 
-    for name, check in CHECKS.items():
+    for name, check in TRANSPORT_CHECKS.items():
         await check(make_pair)
     await check_refusals(make_pair, grant_limit=1024)
 
@@ -20,7 +20,7 @@ from ._driver import DriverUnderTest as DriverUnderTest
 from ._driver import Exchange as Exchange
 from ._pair import DevicePair as DevicePair
 from ._pair import open_device_pair as open_device_pair
-from ._transport import CHECKS as CHECKS
+from ._transport import TRANSPORT_CHECKS as TRANSPORT_CHECKS
 from ._transport import PairMaker as PairMaker
 from ._transport import assert_no_leaks as assert_no_leaks
 from ._transport import check_bind_pending as check_bind_pending
@@ -45,8 +45,8 @@ from ._world import xen_available as xen_available
 from ._world import xen_world as xen_world
 
 __all__ = (
-    "CHECKS",
     "DEFAULT_TIMEOUT",
+    "TRANSPORT_CHECKS",
     "DevicePair",
     "DriverUnderTest",
     "Exchange",

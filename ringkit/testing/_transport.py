@@ -288,8 +288,8 @@ async def check_rebind_after_peer_close(make_pair: PairMaker) -> None:
     domain (evtchn_close: the remote end becomes ECS_UNBOUND): that domain may bind it again,
     and the channel then works both ways.  Another bind of it while bound is still refused.
 
-    Not in `CHECKS`: the real transport's channel stays gone once it saw its peer leave, so
-    only the simulator runs this (see docs/simulator.md)."""
+    Not in `TRANSPORT_CHECKS`: the real transport's channel stays gone once it saw its peer
+    leave, so only the simulator runs this (see docs/simulator.md)."""
     async with make_pair() as (a, b):
         offered, bound = await _connect(a, b)
         await bound.aclose()
@@ -462,7 +462,7 @@ async def check_grant_limit(make_pair: PairMaker, grant_limit: int) -> None:
         assert_no_leaks(a, b)
 
 
-CHECKS: dict[str, Callable[[PairMaker], Awaitable[None]]] = {
+TRANSPORT_CHECKS: dict[str, Callable[[PairMaker], Awaitable[None]]] = {
     "share_map_round_trip": check_share_map_round_trip,
     "read_only_grant": check_read_only_grant,
     "close_while_buffer_exported": check_close_while_buffer_exported,

@@ -12,7 +12,7 @@ import pytest
 
 from ringkit.abc import Domain
 from ringkit.testing import (
-    CHECKS,
+    TRANSPORT_CHECKS,
     PairMaker,
     check_grant_limit,
     check_rebind_after_peer_close,
@@ -77,9 +77,9 @@ def _limit(transport: str) -> int:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("name", sorted(CHECKS))
+@pytest.mark.parametrize("name", sorted(TRANSPORT_CHECKS))
 async def test_conformance(transport: str, name: str) -> None:
-    await _runner(transport)(CHECKS[name])
+    await _runner(transport)(TRANSPORT_CHECKS[name])
 
 
 @pytest.mark.anyio
