@@ -63,8 +63,8 @@ LENT_OFFSET = 9 * MIB          # written and read back on pages the frontend len
 LENT = bytes((i * 13 + 5) & 0xFF for i in range(256 * 1024))
 
 KV_DEVID = 0
-KV_VALUES = {b"guest-%d" % i: bytes((i * 31 + j) & 0xFF for j in range(1 + i * 1500))
-             for i in range(12)}                           # 1 byte .. 16,501 bytes
+KV_VALUES = {b"guest-%d" % i: bytes((i * 31 + j) & 0xFF for j in range(1 + i * 1489))
+             for i in range(12)}                           # 1 byte .. 16,380 (the most: 16 KiB)
 KV_DELETED = b"guest-0"
 
 HELLO = b"ringkit-domU console: hello from the guest\r\n"

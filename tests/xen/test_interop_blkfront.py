@@ -46,6 +46,7 @@ from ringkit.abc import Domain, Store
 from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 from ringkit.proto.blkif import SECTOR_SIZE, Op, Status
 from ringkit.proto.xenbus import XenbusState
+from ringkit.requests import IncomingRequest
 
 pytestmark = DOMU_TEST
 
@@ -143,12 +144,13 @@ def _counting(service: BlockService, record: Connection, reasons: Reasons) -> An
     """`service.handle`, counting each request's operation and any refusal into `record`."""
     handle = service.handle
 
-    async def counted(slot: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+    async def counted(incoming: IncomingRequest) -> tuple[int, int, int]:
+        slot = incoming.slot
         name = _op_name(slot[0])
         if slot[0] == Op.INDIRECT:
             name += "/" + _op_name(slot[1])
         record.ops[name] += 1
-        rid, op, status = await handle(slot)
+        rid, op, status = await handle(incoming)
         if status != Status.OKAY:
             # the service logged why just before it returned (no await in between)
             why = reasons.messages[-1] if reasons.messages else "?"
