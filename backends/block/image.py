@@ -6,8 +6,9 @@
 or ``BLKDISCARD`` on a block device.  A discarded range reads back as zeros; where the file
 system cannot punch holes the range is overwritten with zeros, so the answer stays the same.
 
-`read_cached` reads only what the page cache holds (``RWF_NOWAIT``), so a caller can serve a
-cached read in the event loop and send the rest to a thread.  With ``direct=True`` the image is
+`read_cached` reads only what the page cache holds (``RWF_NOWAIT``; on tmpfs, which refuses the
+flag, everything: its pages are memory), so a caller can serve a cached read in the event loop
+and send the rest to a thread.  With ``direct=True`` the image is
 opened ``O_DIRECT`` (QEMU's ``cache=none``): I/O goes to the device, bypassing the page cache.
 ``O_DIRECT`` wants buffers, offsets and lengths aligned to the device's logical block
 (`direct_alignment`); a request that is not -- a 512-byte sector of a 4 KiB-sector disk, a
@@ -48,6 +49,20 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_fstatfs.restype = ctypes.c_int
+_MEMORY_FS = frozenset({0x01021994, 0x858458F6, 0x958458F6})
+"""tmpfs, ramfs and hugetlbfs (``statfs.f_type``): file systems whose reads never wait for a
+device, and which do not take ``RWF_NOWAIT`` (EOPNOTSUPP)."""
+
+
+def _in_memory(fd: int) -> bool:
+    """Whether the file lives on a memory file system (`_MEMORY_FS`)."""
+    buf = ctypes.create_string_buffer(256)   # struct statfs: f_type (a long) comes first
+    if _fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in _MEMORY_FS
 
 
 class Image:
@@ -97,6 +112,7 @@ class Image:
         self.sectors = size // SECTOR_SIZE
         self._punch_works = True
         self._nowait = not direct
+        self._in_memory = not self.is_block_device and _in_memory(fd)
         self.direct_alignment = 0
         """With `direct`: the alignment O_DIRECT needs (buffer address, offset, length)."""
         self._rmw = threading.Lock()
@@ -144,6 +160,9 @@ class Image:
         waiting for the device (``preadv`` with ``RWF_NOWAIT``); False (the buffers' contents
         then undefined) when it does not, or when the image is direct or the kernel cannot say.
         """
+        if self._in_memory and not self.direct:
+            self.read_into(buffers, offset, total)  # a memory copy: nothing to wait for
+            return True
         if not self._nowait or len(buffers) > IOV_MAX:
             return False
         try:
