@@ -296,6 +296,8 @@ class RequestQueue:
         self._check()
         if pages and self.pool is None:
             raise ConfigError("pages asked of a request queue without a grant pool")
+        if self.pool is not None and pages > self.pool.size:
+            raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
         free = self._free
         index = 0 if len(free) == 1 else max(range(len(free)), key=lambda i: len(free[i]))
         if not free[index]:
@@ -303,8 +305,6 @@ class RequestQueue:
         got: Sequence[int] = range(0)
         if pages:
             assert self.pool is not None
-            if pages > self.pool.size:
-                raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
             found = self.pool.take_nowait(pages, contiguous=contiguous)
             if found is None:
                 return None
