@@ -266,6 +266,12 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         with suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._wake_tx.send_nowait(Wakeup(reason, error))
 
+    def _close_wakeups(self) -> None:
+        """Close both ends of the supervisor's wake-up stream: the device is closed and its
+        tasks are gone (a `wake` after this is a no-op)."""
+        self._wake_tx.close()
+        self._wake_rx.close()
+
     def _signal_change(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()

@@ -300,6 +300,7 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
         await stack.__aenter__()
+        stack.callback(self._close_wakeups)  # last out, whether opening fails or not
         try:
             group = await stack.enter_async_context(anyio.create_task_group())
             self._tg = DeviceTasks(self, group)

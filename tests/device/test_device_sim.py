@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -67,6 +70,26 @@ async def test_echo_round_trip_and_orderly_close() -> None:
                 assert backend.state is S.CLOSED and front.state is S.CLOSED
                 assert await w.dom0.store.read(f"{w.address.backend_path}/state") == "6"
                 assert await w.dom0.store.read(f"{w.address.frontend_path}/state") == "6"
+
+
+async def test_a_closed_device_pair_leaves_no_unclosed_resource() -> None:
+    # Resources a device forgets to close show only as a ResourceWarning when they are
+    # collected, which Python ignores by default: make it an error, collect, and look.
+    unraisable: list[sys.UnraisableHookArgs] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with anyio.fail_after(20):
+            async with world() as w, running(EchoBackend, w) as backend:
+                async with EchoFrontend(w.domu, backend_id=0) as front:
+                    assert await front.echo(1, b"x") == b"X"
+                await backend.wait_finished()
+        del w, backend, front
+        hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+    assert not [u.exc_value for u in unraisable if isinstance(u.exc_value, ResourceWarning)]
 
 
 async def test_toolstack_writes_both_dirs_with_xl_permissions() -> None:
