@@ -17,15 +17,14 @@ import anyio
 from ringkit._async.channel import FrontRingChannel
 from ringkit.proto.layout import RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
-
-from .fakes import FakeEventChannel
+from ringkit.testing.memory import memory_event_pair
 
 ROUNDS = 20_000
 
 
 def _bench(layout: RingLayout, burst: int, take: Callable[[FrontRingChannel], int]) -> float:
     page = bytearray(4096)
-    fe_evt, _ = FakeEventChannel.pair()
+    fe_evt, _ = memory_event_pair()
     front = FrontRingChannel(FrontRing.init(page, layout), fe_evt)
     back = BackRing.attach(page, layout)
     request = bytes(layout.request_size)

@@ -14,8 +14,7 @@ from ringkit import LocalProtocolError, PeerGoneError, RemoteProtocolError
 from ringkit._async.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto.layout import SRING_REQ_PROD, RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
-
-from .fakes import FakeEventChannel
+from ringkit.testing.memory import MemoryEventChannel, memory_event_pair
 
 LAYOUT = RingLayout("test", request_size=16, response_size=8)
 
@@ -29,7 +28,7 @@ def poll_us(request: pytest.FixtureRequest) -> int:
 
 def make_pair(poll_us: int = 0) -> tuple[FrontRingChannel, BackRingChannel, bytearray]:
     page = bytearray(4096)
-    fe_evt, be_evt = FakeEventChannel.pair()
+    fe_evt, be_evt = memory_event_pair()
     front = FrontRingChannel(FrontRing.init(page, LAYOUT), fe_evt, poll_us=poll_us)
     back = BackRingChannel(BackRing.attach(page, LAYOUT), be_evt, poll_us=poll_us)
     return front, back, page
@@ -67,7 +66,8 @@ async def test_round_trip_many_more_than_ring_entries(poll_us: int) -> None:
 async def test_batches_push_once(poll_us: int) -> None:
     front, back, _ = make_pair(poll_us)
     await front.send_batch([struct.pack("<Q", i) for i in range(10)])
-    assert front.event.notifies == 1  # type: ignore[attr-defined]
+    assert isinstance(front.event, MemoryEventChannel)
+    assert front.event.notifications == 1
     reqs = await back.receive_batch(100)
     assert [struct.unpack_from("<Q", r)[0] for r in reqs] == list(range(10))
     assert all(len(r) == LAYOUT.request_size for r in reqs)

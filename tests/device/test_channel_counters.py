@@ -18,8 +18,7 @@ from ringkit.channel import MAX_POLL_US, BackRingChannel, FrontRingChannel, Pipe
 from ringkit.proto.console import ConsoleRing, ConsoleSide
 from ringkit.proto.layout import SRING_REQ_EVENT, SRING_REQ_PROD, RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
-
-from .fakes import FakeEventChannel
+from ringkit.testing.memory import memory_event_pair
 
 LAYOUT = RingLayout("test", request_size=16, response_size=8)
 BURST = 20
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 def make_pair(poll_us: int = 0) -> tuple[FrontRingChannel, BackRingChannel, bytearray]:
     page = bytearray(4096)
-    fe_evt, be_evt = FakeEventChannel.pair()
+    fe_evt, be_evt = memory_event_pair()
     front = FrontRingChannel(FrontRing.init(page, LAYOUT), fe_evt, poll_us=poll_us)
     back = BackRingChannel(BackRing.attach(page, LAYOUT), be_evt, poll_us=poll_us)
     return front, back, page
@@ -227,7 +226,7 @@ async def test_closing_stops_a_polling_receiver() -> None:
 async def test_a_pipe_stream_counts_its_doorbells_and_sleeps() -> None:
     # The byte-pipe shell shares the counters' home (PeerLink): a console-style stream.
     page = bytearray(4096)
-    fe_evt, be_evt = FakeEventChannel.pair()
+    fe_evt, be_evt = memory_event_pair()
     front = PipeStream(ConsoleRing(page, ConsoleSide.FRONTEND), fe_evt)
     back = PipeStream(ConsoleRing(page, ConsoleSide.BACKEND), be_evt)
     with anyio.fail_after(5):
@@ -236,4 +235,4 @@ async def test_a_pipe_stream_counts_its_doorbells_and_sleeps() -> None:
             await anyio.wait_all_tasks_blocked()
             assert back.stats.sleeps == 1
             await front.send(b"hello")
-    assert front.stats.notifications == fe_evt.notifies >= 1
+    assert front.stats.notifications == fe_evt.notifications >= 1
