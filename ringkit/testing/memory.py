@@ -9,7 +9,8 @@ For unit tests of ring shells, request queues and driver logic, as trio.testing'
   grants zeroed pages to the other domain, `map` maps them only if they were granted to the
   mapping domain, not revoked, and writable when a writable mapping is asked (`GrantError`
   with the kernel's errno otherwise).  `revoke` pulls a grant as a hostile frontend would, and
-  `MemoryGrantTable.live` counts what is still shared or mapped (a leak check).
+  `MemoryGrantTable.live` counts what is still shared or mapped (a leak check),
+  `MemoryGrantTable.pages_mapped` what a domain mapped in all.
 
 Unmap-notify is recorded, not acted on: there is no process to die.  Use the simulated Xen
 (`ringkit.sim`) for that.
@@ -147,11 +148,12 @@ class _Shared(SharedPages):
             raise ConfigError("set_unmap_notify needs an offset or a port")
 
     async def aclose(self) -> None:
-        if self._view is not None:
-            self._view = None
-            for ref in self._refs:
-                self._table.grants.pop(ref, None)
-            self._table.shared -= len(self._refs)
+        if self._view is None:
+            raise GrantError(f"refs {list(self._refs)} were unshared already", errno.EINVAL)
+        self._view = None
+        for ref in self._refs:
+            self._table.grants.pop(ref, None)
+        self._table.shared -= len(self._refs)
         await anyio.lowlevel.checkpoint()
 
 
@@ -230,6 +232,9 @@ class MemoryGrantTable(GrantTable):
     def __init__(self, table: _Table, domid: int) -> None:
         self._table = table
         self.domid = domid
+        self.pages_mapped = 0
+        """Pages this domain has mapped so far, summed over every `map` that succeeded (a page
+        mapped twice counts twice; unmapping does not subtract): what persistent grants save."""
 
     @property
     def live(self) -> tuple[int, int]:
@@ -270,7 +275,9 @@ class MemoryGrantTable(GrantTable):
                 raise GrantError(f"grant ref {ref} is read-only", errno.EPERM)
             grants.append(grant)
         await anyio.lowlevel.checkpoint()
-        return _Mapped(self._table, peer, refs, writable, grants)
+        mapped = _Mapped(self._table, peer, refs, writable, grants)
+        self.pages_mapped += len(refs)
+        return mapped
 
 
 def memory_grants(front_domid: int = 1, back_domid: int = 0
