@@ -118,7 +118,7 @@ async def _barrier_order(tmp_path: Path, *, drain: bool,
     async with loopback(tmp_path, config=ServiceConfig(io_depth=8)) as (client, svc, grants):
         cold(svc.image, watch)
         svc.image.flush = watch.slow("flush", svc.image.flush)  # type: ignore[method-assign]
-        grants.page(1000)[:] = b"\x11" * 4096
+        grants.page(0)[:] = b"\x11" * 4096
         order: list[str] = []
 
         async def write() -> None:

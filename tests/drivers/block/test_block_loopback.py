@@ -1,9 +1,10 @@
 """BlockClient against BlockService with no transport: the request logic of both ends.
 
 The two meet on one in-memory ring (`RingPair`): the client's request queue on its front half,
-the service's request server (`serve_ring`) on its back half.  Raw requests go to the service
-through `answer_slot`, the layer's one-request path.  A bytearray model of the disk checks
-every read.
+the service's request server (`serve_ring`) on its back half; the client's pool is pages the
+frontend shares through `ringkit.testing.memory`'s grants, which the service maps.  Raw requests
+go to the service through `answer_slot`, the layer's one-request path.  A bytearray model of the
+disk checks every read.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import random
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from blockfakes import FakeGrants, RingPair
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.queue import serve_ring
 from ringkit.backends.block.service import BlockService, ServiceConfig
@@ -24,30 +26,83 @@ from ringkit.frontends.block.client import BlockClient, DiskInfo
 from ringkit.frontends.block.errors import BlockIOError, BlockNotSupportedError
 
 from ringkit._errors import ConfigError, RemoteProtocolError
+from ringkit.abc import PAGE_SIZE, SharedPages
+from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import blkif
-from ringkit.requests import GrantMapper, answer_slot
+from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import GrantMapper, GrantPool, answer_slot
+from ringkit.testing.memory import MemoryGrantTable, memory_event_pair, memory_grants
 
 DISK = 4 << 20
+FRONT, BACK = 1, 0
+
+
+@dataclass
+class Grants:
+    """The frontend's grant table, the pool it shared (the client's pages) and the backend's
+    table, which the service maps them through."""
+
+    front: MemoryGrantTable
+    pool: SharedPages
+    back: MemoryGrantTable
+
+    def ref(self, index: int) -> int:
+        """The grant ref of pool page `index`."""
+        return self.pool.refs[index]
+
+    def page(self, index: int) -> memoryview:
+        """Pool page `index`, as the frontend sees it."""
+        return self.pool.buffer[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+
+
+async def share_pool(pages: int) -> Grants:
+    front, back = memory_grants(FRONT, BACK)
+    return Grants(front, await front.share(BACK, pages), back)
+
+
+class RingPair:
+    """A `BlockClient` on one in-memory blkif ring, its pool the pages `pool` shares, with the
+    ring's backend half left to the test (`back`, a raw `BackRing`, and `back_event`) -- to
+    serve it (`serve_ring`) or to answer by hand.  Run `client.run` (or call
+    `client.queue.poll()`) for the answers to land."""
+
+    def __init__(self, pool: SharedPages, info: DiskInfo, **client_args: Any) -> None:
+        self.ring = bytearray(PAGE_SIZE)
+        self.front_event, self.back_event = memory_event_pair(FRONT, BACK)
+        self.front = FrontRingChannel(FrontRing.init(self.ring, blkif.RING_LAYOUT),
+                                      self.front_event)
+        self.back = BackRing.attach(self.ring, blkif.RING_LAYOUT)
+        self.back_channel = BackRingChannel(BackRing.attach(self.ring, blkif.RING_LAYOUT),
+                                            self.back_event)
+        self.client = BlockClient([self.front], GrantPool(pool.buffer, pool.refs), info,
+                                  **client_args)
+
+    def answer(self, response: blkif.Response) -> None:
+        """Put one response on the ring by hand (the backend half `back`) and ring the bell."""
+        self.back.put_response(blkif.encode_response(response.id, response.operation,
+                                                     response.status))
+        if self.back.push_responses():
+            self.back_event.notify()
 
 
 @asynccontextmanager
 async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 256,
                    readonly: bool = False, pool_pages: int = 300,
                    config: ServiceConfig | None = None,
-                   ) -> AsyncIterator[tuple[BlockClient, BlockService, FakeGrants]]:
+                   ) -> AsyncIterator[tuple[BlockClient, BlockService, Grants]]:
     path = tmp_path / "disk.img"
     if not path.exists():
         path.write_bytes(bytes(DISK))
-    grants = FakeGrants(pool_pages)
+    grants = await share_pool(pool_pages)
     config = config or ServiceConfig(max_indirect_segments=indirect)
     with Image(path, readonly=readonly, direct=config.direct) as image:
-        mapper = GrantMapper(grants, 1, persistent=persistent)
+        mapper = GrantMapper(grants.back, FRONT, persistent=persistent)
         service = BlockService(image, mapper, config)
         info = DiskInfo(sectors=image.sectors, readonly=readonly,
                         max_indirect_segments=config.max_indirect_segments,
                         flush=config.flush, barrier=config.barrier, discard=config.discard,
                         persistent=persistent)
-        ring = RingPair(grants, info)
+        ring = RingPair(grants.pool, info)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve_ring, ring.back_channel, service)
@@ -55,7 +110,8 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
             yield ring.client, service, grants
             tg.cancel_scope.cancel()
         await mapper.aclose()
-    assert grants.live_maps == 0
+    assert grants.back.live == (pool_pages, 0)      # every mapping gone, the pool still shared
+    await grants.pool.aclose()
 
 
 @pytest.mark.anyio
@@ -111,12 +167,17 @@ async def test_many_requests_in_flight(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_persistent_grants_map_each_page_once(tmp_path: Path) -> None:
-    async with loopback(tmp_path, persistent=True, pool_pages=20) as (client, svc, grants):
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_persistent_grants_map_each_page_once(tmp_path: Path, persistent: bool) -> None:
+    async with loopback(tmp_path, persistent=persistent, pool_pages=20) as (client, svc,
+                                                                            grants):
         for _ in range(10):
             await client.write(0, bytes(11 * 4096))
-        assert grants.map_calls <= 20
-        assert svc.mapper.persistent_count <= 20
+        if persistent:
+            assert grants.back.pages_mapped <= 20
+            assert svc.mapper.persistent_count <= 20
+        else:  # negative control: without persistent grants every write maps its 11 pages
+            assert grants.back.pages_mapped == 10 * 11
 
 
 @pytest.mark.anyio
@@ -175,16 +236,18 @@ def _rw(op: int, sector: int, segs: list[tuple[int, int, int]], rid: int = 77) -
 async def test_hostile_requests_get_error_answers(tmp_path: Path) -> None:
     async with loopback(tmp_path) as (client, svc, grants):
         sectors = DISK // 512
-        grants.readonly_refs.add(1001)
+        read_only = await grants.front.share(BACK, writable=False)
+        ro, ref = read_only.refs[0], grants.ref(0)
+        unknown = max(ro, *grants.pool.refs) + 1
         cases = [
-            (_rw(blkif.Op.READ, 0, [(999, 0, 7)]), blkif.Status.ERROR),      # unknown ref
-            (_rw(blkif.Op.READ, 0, [(1001, 0, 7)]), blkif.Status.ERROR),     # RO grant, read
-            (_rw(blkif.Op.READ, sectors - 7, [(1000, 0, 7)]), blkif.Status.ERROR),  # past end
-            (_rw(blkif.Op.READ, 2**64 - 1, [(1000, 0, 0)]), blkif.Status.ERROR),
-            (_rw(blkif.Op.WRITE, 0, [(1000, 6, 5)]), blkif.Status.ERROR),    # reversed
-            (_rw(blkif.Op.WRITE, 0, [(1000, 0, 8)]), blkif.Status.ERROR),    # past the page
+            (_rw(blkif.Op.READ, 0, [(unknown, 0, 7)]), blkif.Status.ERROR),   # unknown ref
+            (_rw(blkif.Op.READ, 0, [(ro, 0, 7)]), blkif.Status.ERROR),        # RO grant, read
+            (_rw(blkif.Op.READ, sectors - 7, [(ref, 0, 7)]), blkif.Status.ERROR),  # past end
+            (_rw(blkif.Op.READ, 2**64 - 1, [(ref, 0, 0)]), blkif.Status.ERROR),
+            (_rw(blkif.Op.WRITE, 0, [(ref, 6, 5)]), blkif.Status.ERROR),     # reversed
+            (_rw(blkif.Op.WRITE, 0, [(ref, 0, 8)]), blkif.Status.ERROR),     # past the page
             (_rw(blkif.Op.WRITE, 0, []), blkif.Status.ERROR),                 # no segments
-            (_rw(4, 0, [(1000, 0, 7)]), blkif.Status.EOPNOTSUPP),              # reserved op
+            (_rw(4, 0, [(ref, 0, 7)]), blkif.Status.EOPNOTSUPP),               # reserved op
             (_rw(200, 0, []), blkif.Status.EOPNOTSUPP),
         ]
         for slot, status in cases:
@@ -193,11 +256,12 @@ async def test_hostile_requests_get_error_answers(tmp_path: Path) -> None:
         # indirect request whose list page is not a grant
         raw = bytearray(blkif.REQUEST_SIZE)
         struct.pack_into("<BBH4xQQH2xI", raw, 0, blkif.Op.INDIRECT, blkif.Op.READ, 20, 5, 0, 0,
-                         4242)
+                         unknown)
         assert await handle(svc, bytes(raw)) == (5, blkif.Op.READ, blkif.Status.ERROR)
         # the device still works afterwards
         await client.write(0, b"ok" * 256)
         assert await client.read(0, 512) == b"ok" * 256
+        await read_only.aclose()
 
 
 @pytest.mark.anyio
@@ -209,7 +273,8 @@ async def test_hostile_requests_get_error_answers(tmp_path: Path) -> None:
 async def test_hostile_responses_poison_the_client(lie: object, message: str) -> None:
     """An answer for an id never issued, with an impossible status or for another
     operation: the read fails with RemoteProtocolError, and so does everything after."""
-    ring = RingPair(FakeGrants(16), DiskInfo(sectors=DISK // 512))
+    grants = await share_pool(16)
+    ring = RingPair(grants.pool, DiskInfo(sectors=DISK // 512))
     client = ring.client
     failed: list[BaseException] = []
 
@@ -236,8 +301,8 @@ async def test_hostile_responses_poison_the_client(lie: object, message: str) ->
 @pytest.mark.anyio
 async def test_write_barrier_writes_and_flushes(tmp_path: Path) -> None:
     async with loopback(tmp_path) as (_, svc, grants):
-        grants.page(1003)[:] = b"\x42" * 4096
-        slot = _rw(blkif.Op.WRITE_BARRIER, 16, [(1003, 0, 7)], rid=9)
+        grants.page(3)[:] = b"\x42" * 4096
+        slot = _rw(blkif.Op.WRITE_BARRIER, 16, [(grants.ref(3), 0, 7)], rid=9)
         assert await handle(svc, slot) == (9, blkif.Op.WRITE_BARRIER, blkif.Status.OKAY)
         assert svc.stats.flushes == 1
         # a barrier without data only drains and flushes, as in blkback
@@ -261,16 +326,16 @@ async def test_partial_page_segments(tmp_path: Path) -> None:
     """Segments that cover the middle of their pages (as Linux's blkfront sends for unaligned
     bios) read and write exactly those sectors."""
     async with loopback(tmp_path) as (_, svc, grants):
-        grants.page(1004)[:] = bytes(range(256)) * 16
-        grants.page(1005)[:] = b"\xee" * 4096
-        # write sectors 2..5 of page 1004 then 0..0 of page 1005 to disk sectors 100..104
-        slot = _rw(blkif.Op.WRITE, 100, [(1004, 2, 5), (1005, 0, 0)], rid=1)
+        grants.page(4)[:] = bytes(range(256)) * 16
+        grants.page(5)[:] = b"\xee" * 4096
+        # write sectors 2..5 of pool page 4 then 0..0 of page 5 to disk sectors 100..104
+        slot = _rw(blkif.Op.WRITE, 100, [(grants.ref(4), 2, 5), (grants.ref(5), 0, 0)], rid=1)
         assert await handle(svc, slot) == (1, blkif.Op.WRITE, blkif.Status.OKAY)
-        grants.page(1006)[:] = bytes(4096)
-        slot = _rw(blkif.Op.READ, 101, [(1006, 7, 7), (1006, 1, 1)], rid=2)
+        grants.page(6)[:] = bytes(4096)
+        slot = _rw(blkif.Op.READ, 101, [(grants.ref(6), 7, 7), (grants.ref(6), 1, 1)], rid=2)
         assert await handle(svc, slot) == (2, blkif.Op.READ, blkif.Status.OKAY)
         expect = (bytes(range(256)) * 16)[1024:3072] + b"\xee" * 512
-        page = bytes(grants.page(1006))
+        page = bytes(grants.page(6))
         assert page[7 * 512:] == expect[512:1024]
         assert page[512:1024] == expect[1024:1536]
     disk = (tmp_path / "disk.img").read_bytes()

@@ -2,7 +2,8 @@
 
 The backend's `serve_ring` and the frontend's `BlockClient` (its request queue) talk through
 `FrontRing`/`BackRing` halves over one shared buffer (single and multi-page) and in-process
-event channels; grants are the `FakeGrants` pool.  Hostile peers write raw bytes into the ring.
+event channels; grants are pages the frontend shares through `ringkit.testing.memory`.  Hostile
+peers write raw bytes into the ring.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from blockfakes import FakeEventChannel, FakeGrants, event_pair
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.queue import serve_ring
 from ringkit.backends.block.service import BlockService, ServiceConfig
@@ -28,18 +28,26 @@ from ringkit.proto import blkif
 from ringkit.proto.layout import SRING_HEADER_SIZE, SRING_REQ_PROD
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.requests import GrantMapper, GrantPool
+from ringkit.testing.memory import (
+    MemoryEventChannel,
+    MemoryGrantTable,
+    memory_event_pair,
+    memory_grants,
+)
 
 DISK = 2 << 20
+FRONT, BACK = 1, 0
 
 
 @dataclass
 class Rig:
     client: BlockClient
     service: BlockService
-    grants: FakeGrants
+    grants: MemoryGrantTable
+    """The backend's grant table (the service maps the client's pool through it)."""
     page: bytearray
-    front_event: FakeEventChannel
-    back_event: FakeEventChannel
+    front_event: MemoryEventChannel
+    back_event: MemoryEventChannel
 
 
 @asynccontextmanager
@@ -49,16 +57,16 @@ async def rig(tmp_path: Path, order: int = 0, *, serve: bool = True) -> AsyncIte
     page = bytearray(4096 << order)
     front = FrontRing.init(page, blkif.RING_LAYOUT)
     back = BackRing.attach(page, blkif.RING_LAYOUT)
-    fe_ev, be_ev = event_pair()
+    fe_ev, be_ev = memory_event_pair(FRONT, BACK)
     front_ch, back_ch = FrontRingChannel(front, fe_ev), BackRingChannel(back, be_ev)
-    grants = FakeGrants(256)
+    front_grants, grants = memory_grants(FRONT, BACK)
+    pool = await front_grants.share(BACK, 256)
     with Image(path) as image:
-        mapper = GrantMapper(grants, 1, persistent=True)
+        mapper = GrantMapper(grants, FRONT, persistent=True)
         service = BlockService(image, mapper, ServiceConfig())
         info = DiskInfo(sectors=image.sectors, max_indirect_segments=256, flush=True,
                         discard=True, barrier=True, persistent=True)
-        client = BlockClient([front_ch], GrantPool(memoryview(grants.memory), grants.refs),
-                             info)
+        client = BlockClient([front_ch], GrantPool(pool.buffer, pool.refs), info)
 
         async def receive() -> None:
             # what the device layer does: the loop's typed error means "disconnect"
@@ -75,6 +83,8 @@ async def rig(tmp_path: Path, order: int = 0, *, serve: bool = True) -> AsyncIte
             yield Rig(client, service, grants, page, fe_ev, be_ev)
             tg.cancel_scope.cancel()
         await mapper.aclose()
+    assert grants.live == (256, 0)
+    await pool.aclose()
 
 
 @pytest.mark.anyio
@@ -120,18 +130,20 @@ async def test_hostile_frontend_bad_requests_get_errors_then_bad_index_disconnec
     page = bytearray(4096)
     FrontRing.init(page, blkif.RING_LAYOUT)
     back = BackRing.attach(page, blkif.RING_LAYOUT)
-    fe_ev, be_ev = event_pair()
+    fe_ev, be_ev = memory_event_pair(FRONT, BACK)
     back_ch = BackRingChannel(back, be_ev)
     path = tmp_path / "disk.img"
     path.write_bytes(bytes(DISK))
-    grants = FakeGrants(4)
+    front_grants, grants = memory_grants(FRONT, BACK)
+    pool = await front_grants.share(BACK, 4)
+    ref = pool.refs[0]
     with Image(path) as image:
-        service = BlockService(image, GrantMapper(grants, 1, persistent=False),
+        service = BlockService(image, GrantMapper(grants, FRONT, persistent=False),
                                ServiceConfig())
         bad = [
             struct.pack("<BBH4xQQIBB2x", blkif.Op.READ, 1, 0, 1, 0, 9999, 0, 7),  # bad ref
-            struct.pack("<BBH4xQQIBB2x", blkif.Op.READ, 1, 0, 2, DISK // 512, 1000, 0, 0),
-            struct.pack("<BBH4xQQIBB2x", blkif.Op.WRITE, 1, 0, 3, 0, 1000, 3, 1),
+            struct.pack("<BBH4xQQIBB2x", blkif.Op.READ, 1, 0, 2, DISK // 512, ref, 0, 0),
+            struct.pack("<BBH4xQQIBB2x", blkif.Op.WRITE, 1, 0, 3, 0, ref, 3, 1),
             struct.pack("<BBH4xQQ", 77, 0, 0, 4, 0),
             struct.pack("<BBH4xQQ", blkif.Op.READ, 12, 0, 5, 0),
         ]
@@ -163,7 +175,8 @@ async def test_hostile_frontend_bad_requests_get_errors_then_bad_index_disconnec
                 struct.pack_into("<I", page, SRING_REQ_PROD, 1000)
                 fe_ev.notify()
                 await done.wait()
-    assert grants.live_maps == 0
+    assert grants.live == (4, 0)
+    await pool.aclose()
 
 
 @pytest.mark.anyio
@@ -208,7 +221,7 @@ async def test_backend_gone_fails_waiters(tmp_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 async def die() -> None:
                     await anyio.sleep(0.05)
-                    r.front_event.kill_peer()
+                    await r.back_event.aclose()   # the backend's end closes
 
                 tg.start_soon(die)
                 with pytest.raises(PeerGoneError):
