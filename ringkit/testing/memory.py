@@ -12,7 +12,7 @@ For unit tests of ring shells, request queues and driver logic, as trio.testing'
   `MemoryGrantTable.live` counts what is still shared or mapped (a leak check),
   `MemoryGrantTable.pages_mapped` what a domain mapped in all.
 
-Unmap-notify is recorded, not acted on: there is no process to die.  Use the simulated Xen
+Unmap-notify is accepted, not acted on: there is no process to die.  Use the simulated Xen
 (`ringkit.sim`) for that.
 """
 
@@ -111,15 +111,17 @@ class _Table:
     mapped: int = 0
 
 
-class _Shared(SharedPages):
-    def __init__(self, table: _Table, peer: int, refs: list[int], writable: bool) -> None:
+class _Pages:
+    """What a share and a mapping have alike: the peer, the refs, writable or not, and the
+    view (None once closed).  The ABC's abstract members are met through this base."""
+
+    def __init__(self, table: _Table, peer: int, refs: Sequence[int], writable: bool,
+                 view: memoryview) -> None:
         self._table = table
         self._peer = peer
         self._refs = tuple(refs)
         self._writable = writable
-        self.memory = bytearray(PAGE_SIZE * len(refs))
-        self._view: memoryview | None = memoryview(self.memory)
-        table.shared += len(refs)
+        self._view: memoryview | None = view
 
     @property
     def peer(self) -> int:
@@ -139,13 +141,20 @@ class _Shared(SharedPages):
             raise anyio.ClosedResourceError
         return self._view
 
-    @property
-    def buffer_open(self) -> bool:
-        return self._view is not None
-
     def set_unmap_notify(self, *, offset: int | None = None, port: int | None = None) -> None:
         if offset is None and port is None:
             raise ConfigError("set_unmap_notify needs an offset or a port")
+
+
+class _Shared(_Pages, SharedPages):
+    def __init__(self, table: _Table, peer: int, refs: list[int], writable: bool) -> None:
+        self.memory = bytearray(PAGE_SIZE * len(refs))
+        super().__init__(table, peer, refs, writable, memoryview(self.memory))
+        table.shared += len(refs)
+
+    @property
+    def buffer_open(self) -> bool:
+        return self._view is not None
 
     async def aclose(self) -> None:
         if self._view is None:
@@ -157,16 +166,12 @@ class _Shared(SharedPages):
         await anyio.lowlevel.checkpoint()
 
 
-class _Mapped(MappedPages):
+class _Mapped(_Pages, MappedPages):
     """Refs that are consecutive pages of one share are a window on them (true sharing);
     others are a copy taken at map time and written back at unmap."""
 
     def __init__(self, table: _Table, peer: int, refs: Sequence[int], writable: bool,
                  grants: list[_Grant]) -> None:
-        self._table = table
-        self._peer = peer
-        self._refs = tuple(refs)
-        self._writable = writable
         first = grants[0]
         self._copied: list[_Grant] = []
         if all(g.shared is first.shared and g.index == first.index + i
@@ -179,30 +184,8 @@ class _Mapped(MappedPages):
                 copy[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = _page(g)
             view = memoryview(copy)
             self._copied = grants
-        self._view: memoryview | None = view if writable else view.toreadonly()
+        super().__init__(table, peer, refs, writable, view if writable else view.toreadonly())
         table.mapped += len(refs)
-
-    @property
-    def peer(self) -> int:
-        return self._peer
-
-    @property
-    def refs(self) -> tuple[int, ...]:
-        return self._refs
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @property
-    def buffer(self) -> memoryview:
-        if self._view is None:
-            raise anyio.ClosedResourceError
-        return self._view
-
-    def set_unmap_notify(self, *, offset: int | None = None, port: int | None = None) -> None:
-        if offset is None and port is None:
-            raise ConfigError("set_unmap_notify needs an offset or a port")
 
     async def aclose(self) -> None:
         view, self._view = self._view, None
