@@ -11,7 +11,6 @@ the doorbell, which must leave the C side stuck.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import subprocess
@@ -23,8 +22,6 @@ import anyio
 import pytest
 from _tools import require_tools
 
-from ringkit import EventChannelError, PeerGoneError
-from ringkit.abc import EventChannel
 from ringkit.proto.vchan import (
     Live,
     VchanEnd,
@@ -33,6 +30,7 @@ from ringkit.proto.vchan import (
     read_header,
     write_header,
 )
+from ringkit.testing.pipes import PipeEventChannel, pipe_event_channel
 from ringkit.vchan import VchanStream
 
 pytestmark = pytest.mark.anyio
@@ -51,43 +49,6 @@ def echo_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield exe
 
 
-class PipeEvent(EventChannel):
-    """An event channel made of two pipes (the C side's redirected xenevtchn calls)."""
-
-    def __init__(self, rx: int, tx: int) -> None:
-        self._rx, self._tx = rx, tx
-        os.set_blocking(rx, False)
-
-    @property
-    def port(self) -> int:
-        return 7
-
-    @property
-    def remote_domid(self) -> int:
-        return 1
-
-    def notify(self) -> None:
-        try:
-            os.write(self._tx, b"\1")
-        except BrokenPipeError as exc:       # as a real port the peer closed
-            raise EventChannelError("the C side closed its end", errno.ENOTCONN) from exc
-
-    async def wait(self) -> None:
-        while True:
-            await anyio.wait_readable(self._rx)
-            try:
-                data = os.read(self._rx, 4096)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise PeerGoneError("the C side closed its end of the pipes")
-            return
-
-    async def aclose(self) -> None:
-        for fd in (self._rx, self._tx):
-            os.close(fd)
-
-
 class SilentEnd(VchanEnd):
     """Negative control: moves bytes but never says the peer should be woken."""
 
@@ -100,7 +61,7 @@ class SilentEnd(VchanEnd):
 
 @asynccontextmanager
 async def c_peer(program: Path, role: str, size: int, orders: VchanOrders | None = None
-                 ) -> AsyncIterator[tuple[mmap.mmap, PipeEvent, anyio.abc.Process]]:
+                 ) -> AsyncIterator[tuple[mmap.mmap, PipeEventChannel, anyio.abc.Process]]:
     """Start the C end on a fresh memfd of `size` bytes; for a C client, the control page is
     first laid out as a server with `orders` would (the client reads it as it starts)."""
     fd = os.memfd_create("vchan-test")
@@ -118,7 +79,7 @@ async def c_peer(program: Path, role: str, size: int, orders: VchanOrders | None
     finally:
         for end in (fd, to_c_r, from_c_w):
             os.close(end)
-    event = PipeEvent(from_c_r, to_c_w)
+    event = pipe_event_channel(rx=from_c_r, tx=to_c_w)
     try:
         async with process:
             yield page, event, process
