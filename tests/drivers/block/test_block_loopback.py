@@ -54,6 +54,7 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
             tg.start_soon(ring.client.run)
             yield ring.client, service, grants
             tg.cancel_scope.cancel()
+        await service.aclose()
         await mapper.aclose()
     assert grants.live_maps == 0
 
