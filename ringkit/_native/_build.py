@@ -6,7 +6,9 @@ stores, fences and atomic byte operations that Python cannot express without tea
 reordering.  The rest is per-request work on slots already copied out of the ring: the blkif
 parser's (``rk_blkif_*``), which the backend does for every request and every indirect segment,
 and the request-queue layer's (``rk_gather*``), which reads the ids and grant refs of a whole
-burst of slots in one call.
+burst of slots in one call.  Last, ``rk_uring_*``: an io_uring ring object on the kernel's raw
+system calls (no liburing; stubs returning -ENOSYS where <linux/io_uring.h> is absent), which
+`ringkit._native._uring` wraps.
 
 The memory primitives take a base pointer and a byte offset, so that the Python side binds each
 function once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).
