@@ -12,7 +12,7 @@ or an I/O error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,6 +85,11 @@ class ServiceConfig(BaseModel):
     direct: bool = False
     """Open the image ``O_DIRECT`` (QEMU's ``cache=none``): I/O goes to the device, bypassing
     the page cache of the backend's domain.  Not on tmpfs."""
+    io_engine: Literal["auto", "uring", "threads"] = "auto"
+    """How disk accesses that may wait for the device are made without blocking the event
+    loop: ``"uring"`` -- the kernel's io_uring, many requests in flight with no thread
+    hand-off; ``"threads"`` -- worker threads; ``"auto"`` -- io_uring where the kernel gives
+    one, threads otherwise (see `backends.block.engine`)."""
     poll_us: int = Field(0, ge=0, le=MAX_POLL_US)
     """Microseconds each ring's server spins on the ring for more requests, while the frontend
     keeps it busy, before sleeping on the event channel (0: never spin; nothing on the wire
@@ -112,6 +117,9 @@ def _allowed(field: str) -> str:
     info = ServiceConfig.model_fields[field]
     if info.annotation in (bool, "bool"):
         return "true or false"
+    choices = getattr(info.annotation, "__args__", None)
+    if choices:
+        return "one of " + ", ".join(repr(c) for c in choices)
     low = high = None
     for item in info.metadata:
         low = getattr(item, "ge", low)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from ringkit import RemoteProtocolError
+from ringkit import ConfigError, RemoteProtocolError
 from ringkit.abc import Domain
 from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
@@ -29,6 +29,7 @@ from ringkit.proto.blkif_xs import BackendFeatures, DiskProperties, FrontendFeat
 from ringkit.requests import GrantMapper
 
 from .config import MAX_RING_PAGE_ORDER, ServiceConfig
+from .engine import uring_unavailable
 from .image import Image
 from .queue import serve_ring
 from .service import BlockService, ServiceStats
@@ -41,7 +42,8 @@ class BlockBackend(Backend):
     await be.run()``.
 
     Raises (constructor):
-        ConfigError: the image cannot be opened as asked (see `Image`).
+        ConfigError: the image cannot be opened as asked (see `Image`), or the config asks
+            for io_uring (``io_engine = "uring"``) where the kernel gives none.
     """
 
     device_type: ClassVar[str] = "vbd"
@@ -59,6 +61,8 @@ class BlockBackend(Backend):
                          max_ring_page_order=config.max_ring_page_order,
                          max_queues=config.max_queues, poll_us=config.poll_us)
         self.config = config
+        if config.io_engine == "uring" and (why := uring_unavailable()):
+            raise ConfigError(f"io_engine = uring: io_uring is unavailable here ({why})")
         self.image = Image(image, readonly=config.read_only, direct=config.direct)
         self.persistent = False
         """Whether the current connection uses persistent grants (both ends offered them)."""
@@ -121,7 +125,10 @@ class BlockBackend(Backend):
             for name in ServiceStats.__dataclass_fields__:
                 setattr(self.totals, name,
                         getattr(self.totals, name) + getattr(service.stats, name))
-            await service.mapper.aclose()
+            try:
+                await service.aclose()
+            finally:
+                await service.mapper.aclose()
 
     async def __aenter__(self) -> BlockBackend:
         try:

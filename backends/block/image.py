@@ -110,7 +110,9 @@ class Image:
             raise
         self.size = size
         self.sectors = size // SECTOR_SIZE
-        self._punch_works = True
+        self.hole_punching = True
+        """Whether discards punch holes (until the file system refused: then zeros are
+        written)."""
         self._nowait = not direct
         self._in_memory = not self.is_block_device and _in_memory(fd)
         self.direct_alignment = 0
@@ -236,6 +238,11 @@ class Image:
                 raise OSError(errno.EIO, f"unexpected end of image at byte {offset + done}")
             done += n
 
+    def needs_bounce(self, buffers: Sequence[memoryview], offset: int) -> bool:
+        """Whether I/O on `buffers` at `offset` must go through the bounce buffer: an O_DIRECT
+        image and a buffer address, length or the offset not aligned (`direct_alignment`)."""
+        return self.direct and not self._aligned(buffers, offset)
+
     def _aligned(self, buffers: Sequence[memoryview], offset: int) -> bool:
         """Whether O_DIRECT takes these buffers at `offset` as they are."""
         align = self.direct_alignment
@@ -288,14 +295,14 @@ class Image:
         if self.is_block_device:
             fcntl.ioctl(self.fd, _BLKDISCARD, struct.pack("QQ", offset, length))
             return
-        if self._punch_works:
+        if self.hole_punching:
             if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
                           offset, length) == 0:
                 return
             err = ctypes.get_errno()
             if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
                 raise OSError(err, f"fallocate(PUNCH_HOLE) on {self.path}: {os.strerror(err)}")
-            self._punch_works = False
+            self.hole_punching = False
         end = offset + length
         while offset < end:
             chunk = min(len(_ZEROS), end - offset)

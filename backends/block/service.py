@@ -10,9 +10,11 @@ A response is sent only once its data is in the image (a WRITE is acknowledged a
 before it.
 
 The event loop never waits for the device.  A read the page cache holds is served in the event
-loop (``RWF_NOWAIT``: a memory copy, cheaper than a thread hand-off); any other read, every
-write to a direct image, and whatever may wait for the device (fdatasync, hole punching) runs in
-a worker thread.  With ``io_depth`` > 1 the ring's server takes that many requests at once and
+loop (``RWF_NOWAIT``: a memory copy, cheaper than any hand-off); any other read, every write to
+a direct image or of a ring served at depth, and whatever may wait for the device (fdatasync,
+hole punching) goes through the service's `IoEngine` (``ServiceConfig.io_engine``): submitted to
+the kernel's io_uring and awaited from the event loop, or, where io_uring is unavailable, run
+in a worker thread.  With ``io_depth`` > 1 the ring's server takes that many requests at once and
 answers each as it completes, as Linux's blkback does, so a real disk's queue stays full; a
 WRITE_BARRIER then waits for every request before it to finish, and the requests after it wait
 for it (blkback's drain).
@@ -30,19 +32,19 @@ None of these poisons the device; hostile ring indices do (that is the ring engi
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from ringkit.proto import blkif
 from ringkit.proto.blkif import InvalidRequest, Op, Status
 from ringkit.requests import GrantMapper, IncomingRequest, RequestError
 
 from .config import ServiceConfig
+from .engine import IoEngine, open_engine
 from .image import Image
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,12 @@ class ServiceStats:
 
 
 class BlockService:
-    """Serves blkif requests from one frontend against one `Image`."""
+    """Serves blkif requests from one frontend against one `Image`; `aclose` releases its
+    `IoEngine` once it serves no more.
+
+    Raises (constructor):
+        ConfigError: ``io_engine = "uring"`` and io_uring is unavailable here.
+    """
 
     def __init__(self, image: Image, mapper: GrantMapper, config: ServiceConfig) -> None:
         self.image = image
@@ -77,11 +84,16 @@ class BlockService:
         self._max_indirect = min(
             config.max_indirect_segments,
             blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
-        self._threads = anyio.CapacityLimiter(max(config.io_depth, 2))
+        self.engine: IoEngine = open_engine(config.io_engine, config.io_depth)
+        """Where disk accesses that may wait for the device go (io_uring or threads)."""
         self._drain = _Drain()
         # buffered writes go to the page cache in the event loop when requests are served one
-        # at a time, as before; with a queue to fill, or O_DIRECT, they go to the threads
+        # at a time, as before; with a queue to fill, or O_DIRECT, they go to the engine
         self._inline_writes = config.io_depth == 1 and not image.direct
+
+    async def aclose(self) -> None:
+        """Release the engine (its io_uring); call once no request is in service."""
+        await self.engine.aclose()
 
     async def answer(self, incoming: IncomingRequest) -> bytes:
         """The response to `incoming` (the `RequestServer` handler)."""
@@ -131,12 +143,12 @@ class BlockService:
             raise InvalidRequest(rid, op, Status.ERROR, "write to a read-only disk")
         if op == Op.WRITE_BARRIER:
             # everything answered before is already in the file: make it durable first
-            await self._slow_io(rid, op, self.image.flush)
+            await self._io(rid, op, self.engine.flush, self.image)
         if request.segments:
             await self._transfer(incoming, rid, op, request.sector_number, request.segments,
                                  direct=True)
         if op in (Op.FLUSH_DISKCACHE, Op.WRITE_BARRIER):
-            await self._slow_io(rid, op, self.image.flush)
+            await self._io(rid, op, self.engine.flush, self.image)
             self.stats.flushes += 1
 
     async def _indirect_segments(self, incoming: IncomingRequest,
@@ -185,7 +197,8 @@ class BlockService:
         length = nr_sectors * size
         if reading:
             if not self.image.read_cached(views, offset, length):
-                await self._slow_io(rid, op, self.image.read_into, views, offset, length)
+                await self._io(rid, op, self.engine.read, self.image, views, offset,
+                               length)
             self.stats.sectors_read += nr_sectors
         else:
             await self._write(rid, op, views, offset, length)
@@ -205,15 +218,15 @@ class BlockService:
         if end > self.image.sectors:
             raise InvalidRequest(rid, Op.DISCARD, Status.ERROR,
                                  f"discard up to sector {end} beyond the end of the disk")
-        await self._slow_io(rid, Op.DISCARD, self.image.discard,
-                 request.sector_number * blkif.SECTOR_SIZE,
-                 request.nr_sectors * blkif.SECTOR_SIZE)
+        await self._io(rid, Op.DISCARD, self.engine.discard, self.image,
+                       request.sector_number * blkif.SECTOR_SIZE,
+                       request.nr_sectors * blkif.SECTOR_SIZE)
         self.stats.discards += 1
 
     async def _write(self, rid: int, op: int, views: Sequence[memoryview], offset: int,
                      length: int) -> None:
         if not self._inline_writes:
-            await self._slow_io(rid, op, self.image.write_from, views, offset, length)
+            await self._io(rid, op, self.engine.write, self.image, views, offset, length)
             return
         try:  # to the page cache: a memory copy, cheaper than a thread hand-off
             self.image.write_from(views, offset, length)
@@ -221,11 +234,13 @@ class BlockService:
             log.warning("blkif request %#x: I/O error: %s", rid, exc)
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
 
-    async def _slow_io(self, rid: int, op: int, call: Callable[..., None], *args: Any) -> None:
-        """`call` in a worker thread, for anything that may wait for the device, so that the
-        event loop -- every ring this process serves -- goes on meanwhile."""
+    async def _io(self, rid: int, op: int, call: Callable[..., Awaitable[None]],
+                  *args: Any) -> None:
+        """`call` (an `IoEngine` method), for anything that may wait for the device, so that
+        the event loop -- every ring this process serves -- goes on meanwhile; an OSError is
+        the request's ERROR."""
         try:
-            await anyio.to_thread.run_sync(call, *args, limiter=self._threads)
+            await call(*args)
         except OSError as exc:
             log.warning("blkif request %#x: I/O error: %s", rid, exc)
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc

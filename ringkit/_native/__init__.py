@@ -35,6 +35,11 @@ API (module level, and the same on each `NativeImpl` from `implementations()`):
     slots in one call.  Compiled only; None in ABI mode (`ringkit.requests.codec` reads them in
     Python).
 
+The compiled helper also carries a small io_uring ring object on the raw system calls
+(`ringkit._native._uring.Uring`: submit vectored reads and writes, fsync, fallocate with a
+cookie; reap completions; an eventfd for the event loop).  There is none in ABI mode, where the
+block backend uses worker threads instead.
+
 `Memory` (byte offsets from the start of the buffer; bounds are checked in Python first, so a
 bad offset raises instead of touching foreign memory):
 

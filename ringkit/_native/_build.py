@@ -6,7 +6,9 @@ stores, fences and atomic byte operations that Python cannot express without tea
 reordering.  The rest is per-request work on slots already copied out of the ring: the blkif
 parser's (``rk_blkif_*``), which the backend does for every request and every indirect segment,
 and the request-queue layer's (``rk_gather*``), which reads the ids and grant refs of a whole
-burst of slots in one call.
+burst of slots in one call.  Last, ``rk_uring_*``: an io_uring ring object on the kernel's raw
+system calls (no liburing; stubs returning -ENOSYS where <linux/io_uring.h> is absent), which
+`ringkit._native._uring` wraps.
 
 The memory primitives take a base pointer and a byte offset, so that the Python side binds each
 function once and passes the cffi buffer of an mmap or bytearray directly (no per-call casts).
@@ -55,6 +57,23 @@ int rk_gather(const char *buf, size_t length, size_t count, size_t stride, size_
 long rk_gather_refs(const char *buf, size_t length, size_t count, size_t stride,
                     const int64_t *spec, size_t nspec, int64_t *counts, uint32_t *refs,
                     size_t refs_cap);
+
+struct iovec { void *iov_base; size_t iov_len; };
+typedef struct rk_uring rk_uring;
+rk_uring *rk_uring_open(unsigned entries, int *err);
+int rk_uring_close(rk_uring *ring);
+int rk_uring_eventfd(const rk_uring *ring);
+unsigned rk_uring_entries(const rk_uring *ring);
+unsigned rk_uring_in_flight(const rk_uring *ring);
+int rk_uring_readv(rk_uring *ring, int fd, const struct iovec *iov, unsigned nr,
+                   uint64_t offset, uint64_t cookie);
+int rk_uring_writev(rk_uring *ring, int fd, const struct iovec *iov, unsigned nr,
+                    uint64_t offset, uint64_t cookie);
+int rk_uring_fsync(rk_uring *ring, int fd, int datasync, uint64_t cookie);
+int rk_uring_fallocate(rk_uring *ring, int fd, int mode, uint64_t offset, uint64_t length,
+                       uint64_t cookie);
+int rk_uring_cancel(rk_uring *ring, uint64_t target, uint64_t cookie);
+unsigned rk_uring_reap(rk_uring *ring, uint64_t *cookies, int32_t *results, unsigned cap);
 """
 
 SOURCE = r"""
@@ -354,6 +373,379 @@ static long rk_gather_refs(const char *buf, size_t length, size_t count, size_t 
     }
     return (long)written;
 }
+
+/* ---------------------------------------------------------------- io_uring (raw system calls)
+
+   A small submission/completion ring for the block backend's disk I/O, on the kernel's own
+   interface (<linux/io_uring.h>, io_uring_setup/enter/register + mmap of the rings), so no
+   liburing is needed.  One object = one kernel ring + one eventfd registered for completions
+   (the caller's event loop waits for it to become readable, then reaps).
+
+   Each submission is one SQE pushed and handed to the kernel at once (io_uring_enter); if the
+   kernel takes none (EAGAIN, EBUSY, ...) the SQE is taken back -- without SQPOLL the kernel
+   reads the SQ only inside io_uring_enter -- so a failed submit leaves nothing behind that
+   could later touch the caller's buffers.  Completions carry the caller's 64-bit cookie and
+   the result (bytes, or -errno): a per-request error never fails the ring.
+
+   The ring never has more requests in flight than its CQ holds (2 x entries), so no
+   completion overflows.  rk_uring_close cancels what is still in flight and waits for every
+   completion before it unmaps anything: the kernel never writes into memory the caller
+   believes free.  Everything returns -ENOSYS where the headers or the system call are absent
+   (the Python side then uses threads). */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#if defined(__linux__) && defined(__has_include)
+#if __has_include(<linux/io_uring.h>) && __has_include(<sys/syscall.h>)
+#include <linux/io_uring.h>
+#include <sys/syscall.h>
+#if defined(__NR_io_uring_setup) && defined(__NR_io_uring_enter) \
+    && defined(__NR_io_uring_register) && defined(IORING_FEAT_RW_CUR_POS)
+#define RK_HAVE_URING 1
+#endif
+#endif
+#endif
+
+#define RK_IOV_MAX 1024          /* Linux's UIO_MAXIOV */
+typedef struct rk_uring rk_uring;
+
+#ifdef RK_HAVE_URING
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+struct rk_uring {
+    int fd, efd;
+    unsigned entries, cq_capacity, in_flight;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *sq_flags;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *rings;
+    size_t rings_size, sqes_size;
+};
+
+static int rk_uring_enter(int fd, unsigned submit, unsigned min_complete, unsigned flags)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, submit, min_complete, flags, NULL, 0);
+}
+
+static rk_uring *rk_uring_open(unsigned entries, int *err)
+{
+    struct io_uring_params p;
+    rk_uring *r;
+    size_t sq_size, cq_size;
+    const unsigned need = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_NODROP
+        | IORING_FEAT_SUBMIT_STABLE | IORING_FEAT_RW_CUR_POS;
+    char *base;
+
+    *err = 0;
+    if (entries < 1 || entries > 4096) {
+        *err = EINVAL;
+        return NULL;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    r->fd = r->efd = -1;
+    memset(&p, 0, sizeof p);
+    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (r->fd < 0) {
+        *err = errno;
+        free(r);
+        return NULL;
+    }
+    if ((p.features & need) != need) {      /* before 5.6: no fallocate, unstable iovecs */
+        *err = ENOSYS;
+        goto fail;
+    }
+    sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    r->rings_size = sq_size > cq_size ? sq_size : cq_size;
+    r->rings = mmap(NULL, r->rings_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                    r->fd, IORING_OFF_SQ_RING);
+    if (r->rings == MAP_FAILED) {
+        r->rings = NULL;
+        *err = errno;
+        goto fail;
+    }
+    r->sqes_size = p.sq_entries * sizeof(struct io_uring_sqe);
+    r->sqes = mmap(NULL, r->sqes_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                   r->fd, IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED) {
+        r->sqes = NULL;
+        *err = errno;
+        goto fail;
+    }
+    base = r->rings;
+    r->sq_head = (unsigned *)(base + p.sq_off.head);
+    r->sq_tail = (unsigned *)(base + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(base + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(base + p.sq_off.array);
+    r->sq_flags = (unsigned *)(base + p.sq_off.flags);
+    r->cq_head = (unsigned *)(base + p.cq_off.head);
+    r->cq_tail = (unsigned *)(base + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(base + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(base + p.cq_off.cqes);
+    r->entries = p.sq_entries;
+    r->cq_capacity = p.cq_entries;
+    r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->efd < 0) {
+        *err = errno;
+        goto fail;
+    }
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_EVENTFD, &r->efd, 1) < 0) {
+        *err = errno;
+        goto fail;
+    }
+    return r;
+fail:
+    if (r->sqes)
+        munmap(r->sqes, r->sqes_size);
+    if (r->rings)
+        munmap(r->rings, r->rings_size);
+    if (r->efd >= 0)
+        close(r->efd);
+    close(r->fd);
+    free(r);
+    return NULL;
+}
+
+/* The next free SQE, zeroed, or NULL when the ring has as many requests in flight as its CQ
+   holds (or, never in practice, the SQ is full). */
+static struct io_uring_sqe *rk_uring_sqe(rk_uring *r)
+{
+    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    unsigned tail = *r->sq_tail, index;
+    struct io_uring_sqe *sqe;
+
+    if (r->in_flight >= r->cq_capacity || tail - head >= r->entries)
+        return NULL;
+    index = tail & *r->sq_mask;
+    sqe = &r->sqes[index];
+    memset(sqe, 0, sizeof *sqe);
+    r->sq_array[index] = index;
+    return sqe;
+}
+
+/* Publish the SQE rk_uring_sqe gave and hand it to the kernel; take it back if the kernel
+   did not take it.  0, or -errno. */
+static int rk_uring_push(rk_uring *r)
+{
+    unsigned tail = *r->sq_tail;
+    int n, err;
+
+    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    for (;;) {
+        n = rk_uring_enter(r->fd, 1, 0, 0);
+        if (n == 1) {
+            r->in_flight++;
+            return 0;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        err = n < 0 ? errno : EAGAIN;
+        __atomic_store_n(r->sq_tail, tail, __ATOMIC_RELEASE);
+        return -err;
+    }
+}
+
+static int rk_uring_rw(rk_uring *r, int opcode, int fd, const struct iovec *iov, unsigned nr,
+                       uint64_t offset, uint64_t cookie)
+{
+    struct io_uring_sqe *sqe;
+    if (nr == 0 || nr > RK_IOV_MAX || offset > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    sqe = rk_uring_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = (uint8_t)opcode;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)iov;
+    sqe->len = nr;
+    sqe->off = offset;
+    sqe->user_data = cookie;
+    return rk_uring_push(r);
+}
+
+static int rk_uring_readv(rk_uring *r, int fd, const struct iovec *iov, unsigned nr,
+                          uint64_t offset, uint64_t cookie)
+{
+    return rk_uring_rw(r, IORING_OP_READV, fd, iov, nr, offset, cookie);
+}
+
+static int rk_uring_writev(rk_uring *r, int fd, const struct iovec *iov, unsigned nr,
+                           uint64_t offset, uint64_t cookie)
+{
+    return rk_uring_rw(r, IORING_OP_WRITEV, fd, iov, nr, offset, cookie);
+}
+
+static int rk_uring_fsync(rk_uring *r, int fd, int datasync, uint64_t cookie)
+{
+    struct io_uring_sqe *sqe = rk_uring_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_FSYNC;
+    sqe->fd = fd;
+    sqe->fsync_flags = datasync ? IORING_FSYNC_DATASYNC : 0;
+    sqe->user_data = cookie;
+    return rk_uring_push(r);
+}
+
+static int rk_uring_fallocate(rk_uring *r, int fd, int mode, uint64_t offset, uint64_t length,
+                              uint64_t cookie)
+{
+    struct io_uring_sqe *sqe;
+    if (offset > (uint64_t)INT64_MAX || length > (uint64_t)INT64_MAX - offset)
+        return -EINVAL;
+    sqe = rk_uring_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_FALLOCATE;     /* mode in len, length in addr (io_uring ABI) */
+    sqe->fd = fd;
+    sqe->len = (uint32_t)mode;
+    sqe->off = offset;
+    sqe->addr = length;
+    sqe->user_data = cookie;
+    return rk_uring_push(r);
+}
+
+/* Ask the kernel to cancel the request submitted with cookie `target`.  Both complete: the
+   target with its own result or -ECANCELED, this one (cookie `cookie`) with 0, -ENOENT (it had
+   already completed) or -EALREADY (it is running and will complete on its own). */
+static int rk_uring_cancel(rk_uring *r, uint64_t target, uint64_t cookie)
+{
+    struct io_uring_sqe *sqe = rk_uring_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = cookie;
+    return rk_uring_push(r);
+}
+
+/* Up to `cap` completions into the caller's arrays; returns how many. */
+static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, unsigned cap)
+{
+    unsigned head = *r->cq_head, tail, n = 0;
+
+    if (__atomic_load_n(r->sq_flags, __ATOMIC_RELAXED) & IORING_SQ_CQ_OVERFLOW)
+        rk_uring_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS);   /* flush the kernel's backlog */
+    tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    while (head != tail && n < cap) {
+        const struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
+        cookies[n] = cqe->user_data;
+        results[n] = cqe->res;
+        n++;
+        head++;
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    r->in_flight -= n < r->in_flight ? n : r->in_flight;
+    return n;
+}
+
+static int rk_uring_eventfd(const rk_uring *r) { return r->efd; }
+static unsigned rk_uring_entries(const rk_uring *r) { return r->entries; }
+static unsigned rk_uring_in_flight(const rk_uring *r) { return r->in_flight; }
+
+/* Cancel whatever is in flight, wait for every completion, then unmap and close: 0.  -1 if
+   the wait failed: the ring is left allocated (leaked) rather than freed under the kernel. */
+static int rk_uring_close(rk_uring *r)
+{
+    uint64_t cookies[64];
+    int32_t results[64];
+    int cancelled = 0;
+
+    if (!r)
+        return 0;
+    while (r->in_flight) {
+        if (!cancelled) {
+#ifdef IORING_ASYNC_CANCEL_ANY
+            /* past the CQ bound on purpose (the kernel's NODROP backlog takes the extra
+               completion); the cancel's own completion is counted in flight like any */
+            unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+            if (*r->sq_tail - head < r->entries) {
+                unsigned index = *r->sq_tail & *r->sq_mask;
+                struct io_uring_sqe *sqe = &r->sqes[index];
+                memset(sqe, 0, sizeof *sqe);
+                r->sq_array[index] = index;
+                sqe->opcode = IORING_OP_ASYNC_CANCEL;
+                sqe->fd = -1;
+                sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+                sqe->user_data = UINT64_MAX;
+                (void)rk_uring_push(r);
+            }
+#endif
+            cancelled = 1;
+        }
+        if (rk_uring_enter(r->fd, 0, 1, IORING_ENTER_GETEVENTS) < 0 && errno != EINTR)
+            break;                              /* cannot wait: leak the ring rather than
+                                                   free what the kernel may still write */
+        rk_uring_reap(r, cookies, results, 64);
+    }
+    if (r->in_flight)
+        return -1;
+    munmap(r->sqes, r->sqes_size);
+    munmap(r->rings, r->rings_size);
+    close(r->efd);
+    close(r->fd);
+    free(r);
+    return 0;
+}
+
+#else  /* no io_uring at build time: every call says so */
+
+struct rk_uring { int unused; };
+
+static rk_uring *rk_uring_open(unsigned entries, int *err)
+{
+    (void)entries;
+    *err = ENOSYS;
+    return NULL;
+}
+static int rk_uring_close(rk_uring *r) { (void)r; return 0; }
+static int rk_uring_eventfd(const rk_uring *r) { (void)r; return -1; }
+static unsigned rk_uring_entries(const rk_uring *r) { (void)r; return 0; }
+static unsigned rk_uring_in_flight(const rk_uring *r) { (void)r; return 0; }
+static int rk_uring_readv(rk_uring *r, int fd, const struct iovec *iov, unsigned nr,
+                          uint64_t offset, uint64_t cookie)
+{
+    (void)r; (void)fd; (void)iov; (void)nr; (void)offset; (void)cookie;
+    return -ENOSYS;
+}
+static int rk_uring_writev(rk_uring *r, int fd, const struct iovec *iov, unsigned nr,
+                           uint64_t offset, uint64_t cookie)
+{
+    (void)r; (void)fd; (void)iov; (void)nr; (void)offset; (void)cookie;
+    return -ENOSYS;
+}
+static int rk_uring_fsync(rk_uring *r, int fd, int datasync, uint64_t cookie)
+{
+    (void)r; (void)fd; (void)datasync; (void)cookie;
+    return -ENOSYS;
+}
+static int rk_uring_fallocate(rk_uring *r, int fd, int mode, uint64_t offset, uint64_t length,
+                              uint64_t cookie)
+{
+    (void)r; (void)fd; (void)mode; (void)offset; (void)length; (void)cookie;
+    return -ENOSYS;
+}
+static int rk_uring_cancel(rk_uring *r, uint64_t target, uint64_t cookie)
+{
+    (void)r; (void)target; (void)cookie;
+    return -ENOSYS;
+}
+static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, unsigned cap)
+{
+    (void)r; (void)cookies; (void)results; (void)cap;
+    return 0;
+}
+#endif
 """
 
 ffibuilder = FFI()

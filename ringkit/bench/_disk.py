@@ -10,8 +10,9 @@ every read goes to the device.  For a fixed time each, it measures random 4 KiB 
   at QD32 (the disk's own figure at that depth);
 * **ringkit**: `BlockFrontend.submit` on the simulated Xen (the frontend in this process, the
   backend in its own, the simulator in a third) at the same depth, with the backend serving
-  `io_depth` requests of the ring at once; and, as the comparison that shows what the depth
-  buys, the backend serving in ring order (``io_depth`` 1) at QD32.
+  `io_depth` requests of the ring at once, once per I/O engine asked for (``io_engine``
+  uring and threads by default); and, as the comparison that shows what the depth buys, the
+  backend serving in ring order (``io_depth`` 1) at QD32.
 
 It prints IOPS side by side with the ratios, the load average before and after, and asserts
 nothing.
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -98,7 +100,8 @@ def direct(path: Path, size: int, depth: int, seconds: float) -> float:
     return sum(done) / (time.monotonic() - start)
 
 
-async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: float) -> float:
+async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: float,
+                   engine: str = "auto") -> float:
     from ..sim import SimXen
 
     evict(path)
@@ -108,7 +111,7 @@ async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: fl
             await create_device(dom0.store, DeviceAddress("vbd", guest, 0, 0),
                                 backend_nodes={"params": str(path), "mode": "w"})
         argv = [sys.executable, "-m", "ringkit.bench.block", "backend", str(xen.directory),
-                str(guest), str(path), "0", str(io_depth)]
+                str(guest), str(path), "0", str(io_depth), engine]
         async with await anyio.open_process(argv, stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None and proc.stdin is not None
@@ -134,22 +137,23 @@ async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: fl
     return count / elapsed
 
 
-def run(directory: str, size: int, seconds: float) -> None:
-    """The whole disk mode (see the module docstring)."""
+def run(directory: str, size: int, seconds: float,
+        engines: Sequence[str] = ("auto",)) -> None:
+    """The whole disk mode (see the module docstring), the ringkit rows once per io_engine in
+    `engines`."""
     load_before = os.getloadavg()
     path = Path(directory) / f"ringkit-bench-disk-{os.getpid()}.img"
     try:
         click.echo(f"writing a {size // MIB} MiB image in {directory} ...")
         fill(path, size)
-        rows = [
-            ("QD1", "direct preadv, 1 thread", direct(path, size, 1, seconds)),
-            ("QD1", "ringkit (io_depth 1)", anyio.run(_ringkit, path, size, 1, 1, seconds)),
-            ("QD32", f"direct preadv, {QD} threads", direct(path, size, QD, seconds)),
-            ("QD32", f"ringkit (io_depth {QD})",
-             anyio.run(_ringkit, path, size, QD, QD, seconds)),
-            ("QD32", "ringkit (io_depth 1: ring order)",
-             anyio.run(_ringkit, path, size, QD, 1, seconds)),
-        ]
+        rows = [("QD1", "direct preadv, 1 thread", direct(path, size, 1, seconds))]
+        rows += [("QD1", f"ringkit (io_depth 1, {e})",
+                  anyio.run(_ringkit, path, size, 1, 1, seconds, e)) for e in engines]
+        rows.append(("QD32", f"direct preadv, {QD} threads", direct(path, size, QD, seconds)))
+        rows += [("QD32", f"ringkit (io_depth {QD}, {e})",
+                  anyio.run(_ringkit, path, size, QD, QD, seconds, e)) for e in engines]
+        rows.append(("QD32", f"ringkit (io_depth 1: ring order, {engines[0]})",
+                     anyio.run(_ringkit, path, size, QD, 1, seconds, engines[0])))
     finally:
         path.unlink(missing_ok=True)
     load = os.getloadavg()

@@ -111,10 +111,10 @@ def _direct_random(path: Path, size: int, count: int) -> Figure:
 
 
 async def _backend_main(directory: str, frontend_id: int, image: str, poll_us: int,
-                        io_depth: int = 1) -> None:
+                        io_depth: int = 1, io_engine: str = "auto") -> None:
     from ..sim import connect
 
-    config = ServiceConfig(poll_us=poll_us, io_depth=io_depth)
+    config = ServiceConfig(poll_us=poll_us, io_depth=io_depth, io_engine=io_engine)
     async with connect(directory, 0) as dom0, BlockBackend(dom0, frontend_id, 0, image=image,
                                                            config=config) as backend:
         print("ready", flush=True)
@@ -336,9 +336,13 @@ def _report(modes: dict[str, dict[str, Figure]], direct: dict[str, Figure]) -> N
               help="With --disk: the image size (written in full first).")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --disk: how long each figure reads.")
+@click.option("--io-engine", type=click.Choice(["auto", "uring", "threads", "both"]),
+              default="both", show_default=True,
+              help="With --disk: the backend's io_engine for the ringkit figures (both: a row "
+                   "for each of uring and threads).")
 def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_order: int,
             poll_us: int, repeat: int, json_path: str | None, disk_dir: str | None,
-            disk_size: str, seconds: float) -> None:
+            disk_size: str, seconds: float, io_engine: str) -> None:
     """Block over the simulated Xen vs direct preadv/pwritev of the same tmpfs file, with the
     doorbells, sleeps and CPU time per request of each side (or, with --disk, random reads from
     a cold image on a real disk)."""
@@ -351,7 +355,8 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
         if disk_bytes < 64 * MIB or disk_bytes % MIB:
             raise click.BadParameter("must be a whole number of MiB, at least 64 MiB",
                                      param_hint="--disk-size")
-        run_disk(disk_dir, disk_bytes, seconds)
+        engines = ["uring", "threads"] if io_engine == "both" else [io_engine]
+        run_disk(disk_dir, disk_bytes, seconds, engines)
         return
     nbytes = parse_size(size)
     if nbytes < MIB or nbytes % MIB:
@@ -396,6 +401,7 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
 if __name__ == "__main__":
     if sys.argv[1:2] == ["backend"]:
         anyio.run(_backend_main, sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
-                  int(sys.argv[6]) if len(sys.argv) > 6 else 1)
+                  int(sys.argv[6]) if len(sys.argv) > 6 else 1,
+                  sys.argv[7] if len(sys.argv) > 7 else "auto")
     else:
         command()

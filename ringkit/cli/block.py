@@ -75,13 +75,17 @@ def block(verbose: int) -> None:
                    "1..256 (1: in ring order; a real disk wants 32).")
 @click.option("--direct", is_flag=True,
               help="Open the image O_DIRECT (QEMU's cache=none): I/O bypasses the page cache.")
+@click.option("--io-engine", type=click.Choice(["auto", "uring", "threads"]), default="auto",
+              show_default=True,
+              help="How disk accesses wait for the device: the kernel's io_uring, worker "
+                   "threads, or auto (io_uring where the kernel gives one).")
 @click.option("--once", is_flag=True, help="Exit after the first frontend disconnects.")
 @click.option("--no-create", is_flag=True,
               help="Do not create the device's xenstore entries (a toolstack already did).")
 def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid: int,
           read_only: bool, no_persistent: bool, max_indirect: int, max_ring_page_order: int,
           max_queues: int, discard_granularity: int, poll_us: int, io_depth: int,
-          direct: bool, once: bool, no_create: bool) -> None:
+          direct: bool, io_engine: str, once: bool, no_create: bool) -> None:
     """Serve IMAGE (a raw file or block device) as a virtual disk to the guest --frontend.
 
     Like `xl block-attach`, it first writes both ends' xenstore entries (unless --no-create),
@@ -92,13 +96,13 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
                "max_indirect_segments": "--max-indirect",
                "max_ring_page_order": "--max-ring-page-order", "max_queues": "--max-queues",
                "discard_granularity": "--discard-granularity", "poll_us": "--poll-us",
-               "io_depth": "--io-depth", "direct": "--direct"}
+               "io_depth": "--io-depth", "direct": "--direct", "io_engine": "--io-engine"}
     try:
         config = ServiceConfig(read_only=read_only, persistent=not no_persistent,
                                max_indirect_segments=max_indirect,
                                max_ring_page_order=max_ring_page_order, max_queues=max_queues,
                                discard_granularity=discard_granularity, poll_us=poll_us,
-                               io_depth=io_depth, direct=direct)
+                               io_depth=io_depth, direct=direct, io_engine=io_engine)
     except InvalidSetting as exc:
         raise click.BadParameter(f"{exc.value!r} is not allowed: must be {exc.allowed}",
                                  param_hint=options.get(exc.field, exc.field)) from None

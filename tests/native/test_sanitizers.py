@@ -41,6 +41,7 @@ SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=
 WARNINGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 SEED = 20240611
 ROUNDS = 20_000  # of each function: about 1 s under the sanitizers
+URING_RINGS = 150  # io_uring objects of up to 96 requests each
 # detect_leaks=0: the C under test never allocates (the harness frees what it mallocs), and
 # LeakSanitizer's stop-the-world needs ptrace, which some containers refuse.
 ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
@@ -97,6 +98,17 @@ def test_negative_control_an_over_read_is_reported(harness: Path) -> None:
     assert done.returncode != 0, done.stdout
     assert "ERROR: AddressSanitizer: heap-buffer-overflow" in done.stderr, done.stderr
     assert "in rk_gather" in done.stderr, done.stderr
+
+
+def test_the_io_uring_ring_under_the_sanitizers(harness: Path) -> None:
+    """rk_uring_*: random submissions (bad fds, hostile ranges, too many buffers, cancels),
+    completions reaped into exactly sized arrays, close with requests still in the kernel."""
+    done = run(harness, "uring", str(SEED), str(URING_RINGS))
+    assert not REPORT.search(done.stderr), done.stderr
+    assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+    if "io_uring unavailable" in done.stdout:
+        pytest.skip(done.stdout.strip())
+    assert "no finding" in done.stdout
 
 
 @pytest.mark.parametrize("case", ["gather-offset", "gather-refs-entries",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_frozen() -> None:
     ({"max_queues": "4"}, "max_queues", "integer"),
     ({"read_only": "yes"}, "read_only", "true or false"),
     ({"max_indirect": 8}, "max_indirect", "known settings"),
+    ({"io_engine": "aio"}, "io_engine", "one of 'auto', 'uring', 'threads'"),
 ])
 def test_bad_settings_name_the_field_and_the_range(settings: dict[str, object], field: str,
                                                    allowed: str) -> None:
@@ -61,6 +63,7 @@ def test_edges_are_accepted() -> None:
 @pytest.mark.parametrize(("option", "value", "allowed"), [
     ("--max-ring-page-order", "9", "9 is not allowed: must be an integer in 0..4"),
     ("--poll-us", "-5", "-5 is not allowed: must be an integer in 0..1000000"),
+    ("--io-engine", "aio", "'aio' is not one of 'auto', 'uring', 'threads'"),
 ])
 def test_cli_refuses_a_bad_setting_before_starting(tmp_path: Path, option: str, value: str,
                                                    allowed: str) -> None:
@@ -73,3 +76,31 @@ def test_cli_refuses_a_bad_setting_before_starting(tmp_path: Path, option: str, 
     assert result.returncode == 2, result
     assert option in result.stderr
     assert allowed in result.stderr
+
+
+def test_a_backend_insisting_on_io_uring_is_refused_where_there_is_none(
+        tmp_path: Path) -> None:
+    """``io_engine = "uring"`` fails when the backend is made, not at the first request: here
+    the ABI-mode native layer, which has no io_uring (negative control: "auto" is accepted
+    there and serves with threads)."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4096))
+    code = f"""
+import types
+from ringkit import ConfigError
+from ringkit.backends.block import BlockBackend
+from ringkit.backends.block.config import ServiceConfig
+from ringkit.backends.block.engine import open_engine
+domain = types.SimpleNamespace(domid=0)
+BlockBackend(domain, 1, image={str(image)!r}, config=ServiceConfig(io_engine="auto")).image.close()
+assert open_engine("auto", 4).name == "threads"
+try:
+    BlockBackend(domain, 1, image={str(image)!r}, config=ServiceConfig(io_engine="uring"))
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+    env = {**os.environ, "RINGKIT_NATIVE": "abi"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "refused: io_engine = uring: io_uring is unavailable here" in result.stdout

@@ -1,25 +1,32 @@
 """The block backend at device speed: `io_depth` requests of a ring in service at once, the
-event loop never waiting for the disk, WRITE_BARRIER draining, and O_DIRECT images.
+event loop never waiting for the disk, WRITE_BARRIER draining, FLUSH covering every answered
+write, and O_DIRECT images -- on both I/O engines (io_uring and worker threads).
 
-The disk is made slow by hand (its reads and writes sleep in their worker thread), so that
-what overlaps and in which order things finish is visible.  Negative controls: at depth 1 the
-same load never overlaps; served without its drain, a barrier is overtaken by the request
-behind it."""
+The disk is made slow by hand -- its accesses sleep in their worker thread (thread engine), or a
+`SlowDevice` in front of io_uring waits a random while before each -- so that what overlaps and
+in which order things finish is visible.  Negative controls: at depth 1 the same load never
+overlaps; served without its drain, a barrier is overtaken by the request behind it; a device
+that answers writes before they are in the file is caught by the flush check."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import random
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from ringkit.backends.block import service as service_module
+from ringkit.backends.block.engine import IoEngine, uring_unavailable
 from ringkit.backends.block.image import Image
-from ringkit.backends.block.service import ServiceConfig
+from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block import ReadOp
 from test_block_loopback import DISK, loopback
 
@@ -28,8 +35,12 @@ pytestmark = pytest.mark.anyio
 SLOW = 0.05
 
 
+ENGINES = ["threads", pytest.param("uring", marks=pytest.mark.skipif(
+    bool(uring_unavailable()), reason=f"io_uring unavailable: {uring_unavailable()}"))]
+
+
 class Watch:
-    """Counts what runs in the disk's threads at once, and the order things finish in."""
+    """Counts what the slow device has in service at once, and the order things finish in."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -37,31 +48,100 @@ class Watch:
         self.most = 0
         self.finished: list[str] = []
 
+    def enter(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+
+    def leave(self, name: str) -> None:
+        with self.lock:
+            self.running -= 1
+            self.finished.append(name)
+
     def slow(self, name: str, call: object) -> object:
+        """`call` made slow in the thread that runs it (the thread engine's own device)."""
         def run(*args: object) -> None:
-            with self.lock:
-                self.running += 1
-                self.most = max(self.most, self.running)
+            self.enter()
             try:
                 time.sleep(SLOW)
                 call(*args)  # type: ignore[operator]
             finally:
-                with self.lock:
-                    self.running -= 1
-                    self.finished.append(name)
+                self.leave(name)
         return run
 
 
-def cold(image: Image, watch: Watch) -> None:
-    """Make every read of `image` miss the page cache, and every disk access slow."""
+class SlowDevice(IoEngine):
+    """A slow, reordering device in front of a real engine: each access waits a random while
+    (seeded) before the engine does it, so requests in service at once finish in an order of
+    their own.  At the start of each flush it copies the image (`at_flush`): what that fdatasync
+    makes durable.  With `early_ack_tg` it is the broken device the ordering tests must catch:
+    a write returns at once and lands in the file only later, in that task group."""
+
+    name = "slow"
+
+    def __init__(self, inner: IoEngine, image: Image, watch: Watch, *, seed: int = 7,
+                 early_ack_tg: anyio.abc.TaskGroup | None = None) -> None:
+        self.inner = inner
+        self.path = image.path
+        self.watch = watch
+        self.rng = random.Random(seed)
+        self.early_ack_tg = early_ack_tg
+        self.at_flush: list[bytes] = []
+
+    async def _slow(self, name: str, call: Any, *args: Any) -> None:
+        self.watch.enter()
+        try:
+            await anyio.sleep(self.rng.uniform(SLOW / 2, 1.5 * SLOW))
+            await call(*args)
+        finally:
+            self.watch.leave(name)
+
+    async def read(self, image: Image, views: Sequence[memoryview], offset: int,
+                   length: int) -> None:
+        await self._slow("read", self.inner.read, image, views, offset, length)
+
+    async def write(self, image: Image, views: Sequence[memoryview], offset: int,
+                    length: int) -> None:
+        if self.early_ack_tg is None:
+            await self._slow("write", self.inner.write, image, views, offset, length)
+            return
+        data = [memoryview(bytes(v)) for v in views]     # the pages go back with the answer
+
+        async def later() -> None:
+            await anyio.sleep(3 * SLOW)
+            await self.inner.write(image, data, offset, length)
+        self.early_ack_tg.start_soon(later)
+
+    async def flush(self, image: Image) -> None:
+        async def flush() -> None:
+            self.at_flush.append(self.path.read_bytes())
+            await self.inner.flush(image)
+        await self._slow("flush", flush)
+
+    async def discard(self, image: Image, offset: int, length: int) -> None:
+        await self._slow("discard", self.inner.discard, image, offset, length)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def cold(svc: BlockService, watch: Watch) -> None:
+    """Make every read of `svc`'s image miss the page cache, and every disk access slow: in
+    the threads themselves for the thread engine, in a `SlowDevice` in front of io_uring."""
+    image = svc.image
     image.read_cached = lambda *args: False  # type: ignore[method-assign]
-    image.read_into = watch.slow("read", image.read_into)  # type: ignore[method-assign]
-    image.write_from = watch.slow("write", image.write_from)  # type: ignore[method-assign]
+    if svc.engine.name == "threads":
+        image.read_into = watch.slow("read", image.read_into)  # type: ignore[method-assign]
+        image.write_from = watch.slow("write", image.write_from)  # type: ignore[method-assign]
+        image.flush = watch.slow("flush", image.flush)  # type: ignore[method-assign]
+    else:
+        svc.engine = SlowDevice(svc.engine, image, watch)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("depth", [1, 8])
 async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
-        tmp_path: Path, depth: int) -> None:
+        tmp_path: Path, depth: int, engine: str) -> None:
     watch = Watch()
     ticks = 0
 
@@ -71,8 +151,10 @@ async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
             await anyio.sleep(SLOW / 10)
             ticks += 1
 
-    async with loopback(tmp_path, config=ServiceConfig(io_depth=depth)) as (client, svc, _):
-        cold(svc.image, watch)
+    config = ServiceConfig(io_depth=depth, io_engine=engine)
+    async with loopback(tmp_path, config=config) as (client, svc, _):
+        assert svc.engine.name == engine
+        cold(svc, watch)
         buffers = [bytearray(4096) for _ in range(16)]
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
@@ -87,22 +169,24 @@ async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
         assert watch.most == 1
     else:
         assert watch.most == depth, watch.most
-    # the event loop ran all along: the disk waits happen in threads
+    # the event loop ran all along: the disk waits happen elsewhere
     assert ticks >= 0.5 * elapsed / (SLOW / 10), (ticks, elapsed)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_a_barrier_waits_for_the_writes_before_it_and_holds_back_the_rest(
-        tmp_path: Path) -> None:
-    await _barrier_order(tmp_path, drain=True)
+        tmp_path: Path, engine: str) -> None:
+    await _barrier_order(tmp_path, engine, drain=True)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_negative_control_without_the_drain_the_barrier_overtakes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     with pytest.raises(AssertionError, match="finished before"):
-        await _barrier_order(tmp_path, drain=False, monkeypatch=monkeypatch)
+        await _barrier_order(tmp_path, engine, drain=False, monkeypatch=monkeypatch)
 
 
-async def _barrier_order(tmp_path: Path, *, drain: bool,
+async def _barrier_order(tmp_path: Path, engine: str, *, drain: bool,
                          monkeypatch: pytest.MonkeyPatch | None = None) -> None:
     watch = Watch()
     if not drain:
@@ -115,9 +199,11 @@ async def _barrier_order(tmp_path: Path, *, drain: bool,
         monkeypatch.setattr(service_module, "_Drain", NoDrain)
     from ringkit.proto import blkif
 
-    async with loopback(tmp_path, config=ServiceConfig(io_depth=8)) as (client, svc, grants):
-        cold(svc.image, watch)
-        svc.image.flush = watch.slow("flush", svc.image.flush)  # type: ignore[method-assign]
+    config = ServiceConfig(io_depth=8, io_engine=engine)
+    async with loopback(tmp_path, config=config) as (client, svc, grants):
+        cold(svc, watch)
+        if isinstance(svc.engine, SlowDevice):   # no random order here: the drain decides
+            svc.engine.rng = _Fixed()
         grants.page(0)[:] = b"\x11" * 4096
         order: list[str] = []
 
@@ -148,6 +234,65 @@ async def _barrier_order(tmp_path: Path, *, drain: bool,
     assert order.index("barrier") < order.index("read"), \
         f"a request after the barrier finished before it: {order}"
     assert watch.finished.index("flush") < watch.finished.index("read"), watch.finished
+
+
+class _Fixed(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return SLOW
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_flush_covers_every_write_answered_before_it(tmp_path: Path,
+                                                             engine: str) -> None:
+    await _flush_covers(tmp_path, engine, early_ack=False)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_negative_control_a_device_answering_writes_early_is_caught(
+        tmp_path: Path, engine: str) -> None:
+    with pytest.raises(AssertionError, match="not in the file when the flush began"):
+        await _flush_covers(tmp_path, engine, early_ack=True)
+
+
+async def _flush_covers(tmp_path: Path, engine: str, *, early_ack: bool) -> None:
+    """Crash consistency: writes to 16 blocks in service at once on a slow device that
+    finishes them in its own order; a FLUSH sent once some were answered.  What the fdatasync
+    made durable -- the file as it was when the flush began -- holds every write answered
+    before the FLUSH was sent, whichever engine does the I/O."""
+    watch = Watch()
+    rng = random.Random(11)
+    config = ServiceConfig(io_depth=16, io_engine=engine)
+    async with (loopback(tmp_path, config=config) as (client, svc, _),
+                anyio.create_task_group() as background):
+            device = SlowDevice(svc.engine, svc.image, watch,
+                                early_ack_tg=background if early_ack else None)
+            svc.engine = device
+            blocks = {i: rng.randbytes(4096) for i in range(16)}
+            answered: list[int] = []
+            covered: list[int] = []
+
+            async def write(i: int) -> None:
+                await client.write(i * 8192, blocks[i])
+                answered.append(i)
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in blocks:
+                        tg.start_soon(write, i)
+                    while len(answered) < 6:
+                        await anyio.sleep(SLOW / 20)
+                    covered = list(answered)     # answered before the FLUSH is sent
+                    await client.flush()
+    # (the early writes of the broken device have landed now: its task group is done)
+    assert len(device.at_flush) == 1
+    durable = device.at_flush[0]
+    for i in covered:
+        assert durable[i * 8192:i * 8192 + 4096] == blocks[i], \
+            f"write {i} was answered before the FLUSH but not in the file when the flush began"
+    assert len(covered) < len(blocks)    # the flush really overlapped other writes
+    on_disk = (tmp_path / "disk.img").read_bytes()
+    for i, data in blocks.items():
+        assert on_disk[i * 8192:i * 8192 + 4096] == data
 
 
 async def test_direct_images_read_and_write_through_bounces_where_unaligned(

@@ -109,6 +109,7 @@ async def loopback(tmp_path: Path, *, persistent: bool = True, indirect: int = 2
             tg.start_soon(ring.client.run)
             yield ring.client, service, grants
             tg.cancel_scope.cancel()
+        await service.aclose()
         await mapper.aclose()
     assert grants.back.live == (pool_pages, 0)      # every mapping gone, the pool still shared
     await grants.pool.aclose()
