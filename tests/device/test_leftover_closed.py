@@ -176,8 +176,7 @@ async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
     backend-closes); a starting backend waits it out at InitWait instead, and the frontend
     connects when it gets to it."""
     from ringkit.testing import DriverUnderTest
-    from ringkit.testing._ends import serving
-    from ringkit.testing.conformance import connects
+    from ringkit.testing.conformance import connects, serving
 
     from .after_a_backend import frontend_after_a_backend
 

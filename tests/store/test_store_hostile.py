@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from xs_helpers import ClientFactory, serve_pair
 
 from ringkit.proto.xs_wire import (
-    HEADER,
     XENSTORE_PAYLOAD_MAX,
     Message,
     MessageParser,

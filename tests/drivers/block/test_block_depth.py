@@ -20,9 +20,10 @@ import pytest
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block import ReadOp
+from test_block_loopback import DISK, loopback
+
 from ringkit.proto.blkif import Op
 from ringkit.requests import IncomingRequest
-from test_block_loopback import DISK, loopback
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 from ringkit.frontends.block.errors import BlockIOError, BlockNotSupportedError
 
-from ringkit._errors import ConfigError, RemoteProtocolError
+from ringkit import ConfigError, RemoteProtocolError
 from ringkit.proto import blkif
 from ringkit.requests import GrantMapper, answer_slot
 

@@ -19,9 +19,9 @@ from _tools import require_tools
 from ringkit.backends.console import ConsoleBackend, write_all
 from ringkit.frontends.console import ConsoleFrontend
 
-from ringkit._async.stream import PipeStream
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.abc import Domain
+from ringkit.channel import PipeStream
 from ringkit.device import DeviceAddress, Queue, XenbusState, create_device
 from ringkit.proto.console import DEFAULT_CONSOLE_DEVID
 from ringkit.proto.layout import CONSOLE_IN_SIZE, CONSOLE_OUT_PROD
