@@ -47,11 +47,6 @@ class PeerLink:
         """Called once with the cause when the shell breaks (the device framework uses it to
         learn that the peer died or misbehaved)."""
 
-    @property
-    def event(self) -> EventChannel:
-        """The event channel this shell's doorbells go through, both ways."""
-        return self._event
-
     def _wake_sleepers(self) -> None:
         """Wake every task sleeping in the shell, so it sees the break."""
         raise NotImplementedError

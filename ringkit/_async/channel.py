@@ -82,6 +82,11 @@ class RingChannel(PeerLink, ObjectStream[bytearray]):
         """The sans-I/O ring half (for introspection: entries, indices, error)."""
         return self._engine
 
+    @property
+    def event(self) -> EventChannel:
+        """The event channel this ring's doorbells go through."""
+        return self._event
+
     # ------------------------------------------------------------------ engine hooks
 
     def _take(self) -> bytearray | None:
