@@ -190,6 +190,11 @@ class PageMap:
         self.view: memoryview = memoryview(self._area)
         self.length = len(self._area)
 
+    @property
+    def address(self) -> int:
+        """Where the pages are mapped in this process; 0 once closed."""
+        return 0 if self._area is None else address_of(self._area)
+
     def close(self) -> None:
         """Release our view and unmap the range (now, or when the last export is released)."""
         if self._area is None:

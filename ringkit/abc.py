@@ -316,6 +316,14 @@ class Watch(AsyncResource):
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[str]: ...
 
+    @property
+    @abstractmethod
+    def pending(self) -> tuple[str, ...]:
+        """The changed paths received and not yet taken by iterating, oldest first (a path
+        that changed again while pending is there once).  Events come in the order the
+        store sent them, before later replies on the same connection: after a round trip on
+        it, every event caused before that round trip is here."""
+
 
 class Transaction(StoreOps):
     """A xenstore transaction; see `Store.transaction`."""

@@ -220,9 +220,11 @@ def test_a_raw_export_held_past_close_unmaps_when_released(device_fd: int) -> No
     """cffi's from_buffer exports the view itself (not a slice): the range stays mapped while it
     is held and goes as soon as it is released, although the PageMap object lives on."""
     pages = PageMap([Piece(device_fd, 3 * PAGE, PAGE)], writable=True)
-    addr = _pagemap.address_of(pages._area) if pages._area is not None else 0
+    addr = pages.address
+    assert addr != 0
     raw = _pagemap._ffi.from_buffer(pages.view)
     pages.close()
+    assert pages.address == 0
     raw[0:4] = b"held"                           # still mapped, still the device's page
     assert os.pread(device_fd, 4, 3 * PAGE) == b"held" and _mapped_at(addr)
     _pagemap._ffi.release(raw)

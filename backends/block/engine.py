@@ -32,9 +32,9 @@ import anyio
 import anyio.to_thread
 
 from ringkit import ConfigError
+from ringkit.uring import IoRing
 
 from .image import IOV_MAX, Image
-from .uring import IoRing
 
 log = logging.getLogger(__name__)
 

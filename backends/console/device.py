@@ -23,7 +23,10 @@ the page is unmapped.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import struct
+import termios
 import tty
 from collections.abc import Callable
 from contextlib import suppress
@@ -110,6 +113,20 @@ class ConsoleBackend(Backend[PipeStream]):
         """The pty a terminal attaches to (``screen``, ``tmux``, ``cat``...), or None."""
         if pty:
             self._open_pty()
+
+    @property
+    def pty_backlog(self) -> int:
+        """Bytes typed at the pty that the backend has not taken yet: they wait in the pty
+        while the guest's ``in`` ring is full (the pty pushes back on the terminal; nothing is
+        dropped).  0 without a pty.
+
+        Raises:
+            OSError: the pty could not be asked (it was closed under the backend).
+        """
+        if self._master is None:
+            return 0
+        raw = fcntl.ioctl(self._master, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
 
     def _open_pty(self) -> None:
         master, slave = os.openpty()

@@ -88,6 +88,11 @@ class PipeStream(PeerLink, ByteStream):
         """The sans-I/O engine."""
         return self._engine
 
+    @property
+    def event(self) -> EventChannel:
+        """The event channel this stream's doorbells go through, both ways."""
+        return self._event
+
     # ------------------------------------------------------------------ plumbing
 
     def _wake_sleepers(self) -> None:

@@ -64,7 +64,22 @@ import os
 from collections.abc import Callable
 
 from .._errors import ConfigError
-from ._memory import BlkifHelper, Buffer, Memory, NativeImpl, SlotHelper
+from ._memory import (
+    BLKIF_DISCARD_KIND,
+    BLKIF_E_COUNT,
+    BLKIF_E_INDIRECT_COUNT,
+    BLKIF_E_INNER,
+    BLKIF_E_NO_INDIRECT,
+    BLKIF_E_OPERATION,
+    BLKIF_E_RANGE,
+    BLKIF_INDIRECT_KIND,
+    BLKIF_RW_KIND,
+    BlkifHelper,
+    Buffer,
+    Memory,
+    NativeImpl,
+    SlotHelper,
+)
 
 _ENV = "RINGKIT_NATIVE"
 _ORDER = ("compiled", "abi")
@@ -126,6 +141,15 @@ write_fence: Callable[[], None] = _IMPL.write_fence
 attach: Callable[[Buffer], Memory] = _IMPL.attach
 
 __all__ = (
+    "BLKIF_DISCARD_KIND",
+    "BLKIF_E_COUNT",
+    "BLKIF_E_INDIRECT_COUNT",
+    "BLKIF_E_INNER",
+    "BLKIF_E_NO_INDIRECT",
+    "BLKIF_E_OPERATION",
+    "BLKIF_E_RANGE",
+    "BLKIF_INDIRECT_KIND",
+    "BLKIF_RW_KIND",
     "IMPLEMENTATION",
     "BlkifHelper",
     "Buffer",

@@ -21,6 +21,14 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 """What `attach` accepts: anything with the buffer protocol that cffi's from_buffer takes."""
 
 
+BLKIF_RW_KIND, BLKIF_DISCARD_KIND, BLKIF_INDIRECT_KIND = 0, 1, 2
+"""What `BlkifHelper.parse_request` parsed (its ``kind``): C's ``RK_BLKIF_RW`` ..."""
+(BLKIF_E_OPERATION, BLKIF_E_NO_INDIRECT, BLKIF_E_COUNT, BLKIF_E_RANGE, BLKIF_E_INNER,
+ BLKIF_E_INDIRECT_COUNT) = range(-1, -7, -1)
+"""Why `BlkifHelper` refused a request (a negative ``kind`` or ``code``): C's
+``RK_BLKIF_E_OPERATION`` ... (tests/proto/test_blkif_native.py holds the two to each other)."""
+
+
 class BlkifHelper(Protocol):
     """The blkif parser's per-field work in C (the compiled implementation only).
 

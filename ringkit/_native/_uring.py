@@ -5,7 +5,7 @@ headers are needed.  `Uring` is the thin, synchronous face of one kernel ring: s
 reads and writes, fsync and fallocate, each tagged with a 64-bit cookie; reap completions as
 ``(cookie, result)`` pairs, a result being a byte count or ``-errno`` (a request's error never
 fails the ring).  The ring's eventfd becomes readable when completions are there, so an event
-loop can wait for it; `ringkit.backends.block.uring.IoRing` is that async layer.
+loop can wait for it; `ringkit.uring.IoRing` is that async layer.
 
 Buffers passed to a submission must stay alive, unmoved, until its completion is reaped: the
 kernel writes into them (a read) or reads them (a write) at any time until then.  `Uring`

@@ -68,8 +68,8 @@ from ..requests import (
 )
 from ._counters import describe, per_request, snapshot
 
-__all__ = ("CODEC", "DEPTH", "ECHO_RING", "PAGE", "EchoBackend", "EchoFrontend", "Figure",
-           "command")
+__all__ = ("CODEC", "DEPTH", "ECHO_RING", "PAGE", "EchoBackend", "EchoFrontend", "EchoPayload",
+           "Figure", "command", "stamp")
 
 PAGE = 4096
 """Bytes echoed per request, each way: one granted page."""
@@ -96,14 +96,14 @@ CODEC = SlotCodec(
 """The echo device's slots, as the request-queue layer reads them."""
 
 
-def _stamp(buf: bytearray | memoryview, at: int = 0) -> None:
+def stamp(buf: bytearray | memoryview, at: int = 0) -> None:
     """What the server does to each 4 KiB it hands back: set the top bit of its first 8 bytes
     (so the client sees that the data went through the server)."""
     seq = int.from_bytes(buf[at:at + 8], "little")
     buf[at:at + 8] = (seq | _ANSWERED).to_bytes(8, "little")
 
 
-class _Payload:
+class EchoPayload:
     """The client's data for request `seq`: the sequence number, then a fixed pattern; and the
     check of what came back."""
 
@@ -112,10 +112,16 @@ class _Payload:
         self.tail = bytes(self.data[8:])
 
     def make(self, seq: int) -> bytearray:
+        """The 4 KiB to send as request `seq` (one buffer, rewritten by the next call)."""
         self.data[:8] = seq.to_bytes(8, "little")
         return self.data
 
     def check(self, seq: int, reply: bytes | bytearray) -> None:
+        """Raise unless `reply` is request `seq`'s data, `stamp`ed by the server.
+
+        Raises:
+            click.ClickException: it came back wrong (the benchmark is broken).
+        """
         if reply[:8] != (seq | _ANSWERED).to_bytes(8, "little") or not reply.endswith(self.tail):
             raise click.ClickException(f"request {seq} came back wrong: the benchmark is broken")
 
@@ -152,7 +158,7 @@ class EchoBackend(Backend):
             raise RequestError(f"operation {op}, length {length}")
         page = (await request.pages())[0]
         data = bytearray(page[:length])  # read the page (a private copy) ...
-        _stamp(data)
+        stamp(data)
         page[:length] = data  # ... and hand it back in the same page
         return _RESPONSE.pack(request.id, 0, length)
 
@@ -243,7 +249,7 @@ async def _socket_server_main(fd: int) -> None:
                     whole = len(pending) // PAGE
                     if whole:
                         for at in range(0, whole * PAGE, PAGE):
-                            _stamp(pending, at)
+                            stamp(pending, at)
                         out = bytes(memoryview(pending)[:whole * PAGE])
                         del pending[:whole * PAGE]
                         await stream.send(out)
@@ -321,7 +327,7 @@ def _ringkit_bodies(fe: EchoFrontend) -> dict[str, _Body]:
 
         async def caller(first: int) -> None:
             nonlocal done
-            payload, out = _Payload(), bytearray(PAGE)
+            payload, out = EchoPayload(), bytearray(PAGE)
             seq = first
             while time.perf_counter() < deadline:
                 async with queue.request(pages=1) as req:
@@ -339,7 +345,7 @@ def _ringkit_bodies(fe: EchoFrontend) -> dict[str, _Body]:
 
     async def batches(seconds: float) -> int:
         deadline = time.perf_counter() + seconds
-        payload, out = _Payload(), bytearray(PAGE)
+        payload, out = EchoPayload(), bytearray(PAGE)
         seq = 0
         while time.perf_counter() < deadline:
             held: list[Request] = []
@@ -383,7 +389,7 @@ def _socket_bodies(stream: anyio.abc.SocketStream, counts: dict[str, int]) -> di
 
         async def caller(first: int) -> None:
             nonlocal done
-            payload = _Payload()
+            payload = EchoPayload()
             seq = first
             while time.perf_counter() < deadline:
                 event = waiting[seq] = anyio.Event()
@@ -405,7 +411,7 @@ def _socket_bodies(stream: anyio.abc.SocketStream, counts: dict[str, int]) -> di
 
     async def batches(seconds: float) -> int:
         deadline = time.perf_counter() + seconds
-        payload = _Payload()
+        payload = EchoPayload()
         frames = bytearray(DEPTH * PAGE)
         pending = bytearray()
         seq = 0

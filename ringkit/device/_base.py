@@ -246,6 +246,25 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         """Whether the device is gone for good (removed, or closed and not coming back)."""
         return self._finished is not None
 
+    @property
+    def ended_by(self) -> BaseException | None:
+        """What finished the device: a `PeerGoneError` when it was removed, closed for good or
+        its peer went away; otherwise the error that ended it (the driver's own, the store's,
+        a refused peer's).  None while the device is not `finished`.  `wait_connected` raises
+        it; ``Backend.run`` raises it unless it is a `PeerGoneError`."""
+        return self._finished
+
+    @property
+    def settled(self) -> bool:
+        """Whether the device's supervisor has decided on everything it was told: it is
+        waiting for a wake-up and none is queued.  False while it decides (a state write, a
+        connection going up or down), before `async with` started it, and once the device is
+        `finished`.  A wake-up -- a store watch, a ring breaking, `wake` -- unsettles it, so
+        this is a point in time: a test that holds its peer still can wait for it to know
+        the device has answered everything so far."""
+        stats = self._wake_rx.statistics()
+        return stats.current_buffer_used == 0 and stats.tasks_waiting_receive > 0
+
     # ------------------------------------------------------------------ hooks
 
     def _attach(self, queue: Queue[ChannelT], channel: ChannelT) -> None:

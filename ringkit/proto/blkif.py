@@ -31,6 +31,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from .. import _native
 from ..requests.codec import Field, RefList, SlotCodec
 from ._half import resolve_native
 from .layout import RingLayout
@@ -523,8 +524,12 @@ def encode_response(id: int, operation: int, status: int) -> bytes:
 # much as struct.pack_into takes for the whole slot (measured), so C gained nothing there.
 
 _OPS: Final = {op.value: op for op in Op}
-_RW_KIND, _DISCARD_KIND, _INDIRECT_KIND = 0, 1, 2
-_E_OPERATION, _E_NO_INDIRECT, _E_COUNT, _E_RANGE, _E_INNER, _E_INDIRECT_COUNT = range(-1, -7, -1)
+# What the C helper reports: the contract lives beside `BlkifHelper` in ringkit._native.
+_RW_KIND, _DISCARD_KIND, _INDIRECT_KIND = (
+    _native.BLKIF_RW_KIND, _native.BLKIF_DISCARD_KIND, _native.BLKIF_INDIRECT_KIND)
+_E_OPERATION, _E_NO_INDIRECT, _E_COUNT, _E_RANGE, _E_INNER, _E_INDIRECT_COUNT = (
+    _native.BLKIF_E_OPERATION, _native.BLKIF_E_NO_INDIRECT, _native.BLKIF_E_COUNT,
+    _native.BLKIF_E_RANGE, _native.BLKIF_E_INNER, _native.BLKIF_E_INDIRECT_COUNT)
 _U16: Final = 0xFFFF
 
 

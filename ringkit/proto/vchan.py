@@ -285,6 +285,13 @@ class VchanEnd:
         return self._error or self._tx.error or self._rx.error
 
     @property
+    def page(self) -> Memory:
+        """The shared control page as this end maps it (``read``, ``copy_in``, ``store32``):
+        for diagnostics, and for a test that plays a hostile peer by writing into it.  The
+        peer writes it too: what it reads is untrusted."""
+        return self._mem
+
+    @property
     def tx_size(self) -> int:
         """Bytes of the ring this end writes."""
         return self._tx.size

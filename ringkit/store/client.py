@@ -159,6 +159,11 @@ class _Watch(Watch):
         """The token xenstored echoes in this watch's events."""
         return self._queue.token
 
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """The changed paths received and not yet taken by iterating, oldest first."""
+        return tuple(self._queue.pending)
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self
 
@@ -323,6 +328,22 @@ class StoreClient(_Ops, Store):
                 f"xenstore {type_.name} failed{where}: {code}", code, error_errno(code), path
             )
         return reply.payload
+
+    async def request(self, type_: SockmsgType, payload: bytes, tx_id: int = 0) -> bytes:
+        """Send one raw xs_wire message and return its reply's payload, as libxenstore's
+        ``xs_talkv`` does: for the messages the typed calls do not make the way a caller
+        needs -- many transactions or watches held open at once to meet a quota, a payload
+        encoded by hand.  `payload` is the message body (``join_strings`` builds one);
+        `tx_id` the transaction it runs in (0: none).  The reply is not interpreted: the
+        caller owns any transaction or watch it opened this way.
+
+        Raises:
+            StoreError: xenstore answered an error, or `payload` is over the size limit.
+            anyio.BrokenResourceError: the connection was lost or the server broke the
+                protocol.
+            anyio.ClosedResourceError: the client was closed.
+        """
+        return await self._request(type_, payload, tx_id)
 
     # ----------------------------------------------------------------- Store API
 

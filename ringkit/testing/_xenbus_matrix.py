@@ -98,10 +98,9 @@ class MatrixSeen:
 
 def _snapshot(device: Backend | Frontend) -> tuple[object, ...]:
     hs = device.handshake
-    # Wake-ups still queued for the device's supervisor: it has not decided yet.
-    pending = device._wake_rx.statistics().current_buffer_used
+    # `settled`: the device's supervisor has decided on every wake-up it was given.
     return (hs.state, hs.peer_state, hs.broken, hs.peer_stale, len(device.queues),
-            device.finished, pending)
+            device.finished, device.settled)
 
 
 async def settle(*devices: Backend | Frontend) -> None:
@@ -140,10 +139,6 @@ def _assertion_in(exc: BaseException) -> AssertionError | None:
             if found is not None:
                 return found
     return None
-
-
-def _ended_by(device: Backend | Frontend) -> BaseException | None:
-    return device._finished
 
 
 # --------------------------------------------------------------------------- the backend survives
@@ -319,7 +314,7 @@ async def _frontend_case(w: World, driver: DriverUnderTest, phase: Phase, first:
                 for value in (first, second):
                     await _write_state(w.dom0, be_path, value)
                     await settle(front)
-                ended = _ended_by(front)
+                ended = front.ended_by
                 assert ended is None or isinstance(ended, PeerGoneError), (
                     f"the frontend was ended by {ended!r}; a backend's state may end only "
                     "the connection")

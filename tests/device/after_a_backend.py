@@ -12,8 +12,7 @@ import anyio
 from ringkit.device import Frontend, XenbusState
 from ringkit.sim import SimXen
 from ringkit.testing import DriverUnderTest, World, sim_world
-from ringkit.testing._ends import exchange, serving
-from ringkit.testing.conformance import connected_frontend_later, connects
+from ringkit.testing.conformance import connected_frontend_later, connects, exchange, serving
 
 FrontT = TypeVar("FrontT", bound=Frontend)
 

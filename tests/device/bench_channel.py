@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ringkit._async.channel import FrontRingChannel
+from ringkit.channel import FrontRingChannel
 from ringkit.proto.layout import RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.testing.memory import memory_event_pair

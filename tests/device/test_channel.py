@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from ringkit import LocalProtocolError, PeerGoneError, RemoteProtocolError
-from ringkit._async.channel import BackRingChannel, FrontRingChannel
+from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto.layout import SRING_REQ_PROD, RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.testing.memory import MemoryEventChannel, memory_event_pair

@@ -131,7 +131,7 @@ async def check_refusal(subject: Subject, tmp: Path, tamper: Tamper) -> str:
         w.forget(dom0)
         text = await refused_open(w, subject, tamper, backend)
         await good_open(w, subject, backend)
-        assert not backend.finished, f"the backend stopped serving: {backend._finished!r}"
+        assert not backend.finished, f"the backend stopped serving: {backend.ended_by!r}"
         assert dom0.leaks() == idle, f"the backend holds {dom0.leaks()}"
         tg.cancel_scope.cancel()
     return text

@@ -55,17 +55,17 @@ class HeldEchoBackend(EchoBackend):  # type: ignore[misc,valid-type]
 
 
 class WatchedEchoFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
-    """The echo frontend, noting each (backend state, own state) its supervisor settled on."""
+    """The echo frontend, noting each (backend state, own state) its supervisor decided on."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.settled: list[tuple[XenbusState, XenbusState]] = []
+        self.decisions: list[tuple[XenbusState, XenbusState]] = []
         self.saw_closed = anyio.Event()
 
     async def _carry_out(self, reaction: object) -> None:
         await super()._carry_out(reaction)  # type: ignore[arg-type]
         pair = (self.handshake.peer_state, self.handshake.state)
-        self.settled.append(pair)
+        self.decisions.append(pair)
         if pair[0] is S.CLOSED:
             self.saw_closed.set()
 
@@ -77,10 +77,7 @@ async def _first_connection(backend: HeldEchoBackend, domu: object) -> None:
         await anyio.sleep(0.01)
     # Then until its supervisor is idle: a wake-up still in hand (its own Closing write, the
     # frontend's last moves) would get past the hold the tests set next.
-    while True:
-        stats = backend._wake_rx.statistics()
-        if stats.current_buffer_used == 0 and stats.tasks_waiting_receive:
-            break
+    while not backend.settled:
         await anyio.sleep(0.01)
 
 
@@ -106,7 +103,7 @@ async def test_new_frontend_waits_for_a_backend_left_closed() -> None:
                 tg.start_soon(attach)
                 await front.saw_closed.wait()
                 # The frontend's supervisor has reacted to the leftover Closed: it waits.
-                assert (S.CLOSED, S.INITIALISING) in front.settled
+                assert (S.CLOSED, S.INITIALISING) in front.decisions
                 assert front.state is S.INITIALISING
                 fe_state = await w.dom0.store.read(f"{w.address.frontend_path}/state")
                 assert fe_state == S.INITIALISING.to_wire()
@@ -162,13 +159,13 @@ class HeldEchoFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
 
 
 class SettlingEchoBackend(EchoBackend):  # type: ignore[misc,valid-type]
-    """The echo backend, noting each (frontend state, own state) its supervisor settled on."""
+    """The echo backend, noting each (frontend state, own state) its supervisor decided on."""
 
-    settled: ClassVar[list[tuple[XenbusState, XenbusState]]] = []
+    decisions: ClassVar[list[tuple[XenbusState, XenbusState]]] = []
 
     async def _carry_out(self, reaction: object) -> None:
         await super()._carry_out(reaction)  # type: ignore[arg-type]
-        type(self).settled.append((self.handshake.peer_state, self.handshake.state))
+        type(self).decisions.append((self.handshake.peer_state, self.handshake.state))
 
 
 async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
@@ -179,8 +176,7 @@ async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
     backend-closes); a starting backend waits it out at InitWait instead, and the frontend
     connects when it gets to it."""
     from ringkit.testing import DriverUnderTest
-    from ringkit.testing._ends import serving
-    from ringkit.testing.conformance import connects
+    from ringkit.testing.conformance import connects, serving
 
     from .after_a_backend import frontend_after_a_backend
 
@@ -191,10 +187,10 @@ async def test_a_new_backend_waits_out_a_frontend_left_closed() -> None:
     second = DriverUnderTest(SettlingEchoBackend, HeldEchoFrontend, exchange, name="echo")
     async with frontend_after_a_backend(first, HeldEchoFrontend) as (w, front):
         front.hold = anyio.Event()
-        SettlingEchoBackend.settled = []
+        SettlingEchoBackend.decisions = []
         async with serving(w, second):
             with anyio.fail_after(10):
-                while not any(peer is S.CLOSED for peer, _ in SettlingEchoBackend.settled):
+                while not any(peer is S.CLOSED for peer, _ in SettlingEchoBackend.decisions):
                     await anyio.sleep(0.01)
             front.hold.set()
             await connects(w, second, front, 1)

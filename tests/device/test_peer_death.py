@@ -91,7 +91,7 @@ async def test_random_frontend_states_never_crash_the_backend(seed: int) -> None
                     await w.domu.store.write(f"{fe}/{node}", rng.choice(values))
                     await anyio.sleep(rng.choice([0, 0.001, 0.005]))
                 await anyio.sleep(0.05)
-                assert not backend.finished, backend._finished
+                assert not backend.finished, backend.ended_by
             assert outcome == [None]
             assert not backend.queues
 

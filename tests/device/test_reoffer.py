@@ -16,8 +16,7 @@ import pytest
 from ringkit.device import XenbusState
 from ringkit.device.paths import Nodes
 from ringkit.testing import DriverUnderTest
-from ringkit.testing._ends import exchange, serving
-from ringkit.testing.conformance import connects
+from ringkit.testing.conformance import connects, exchange, serving
 
 from .after_a_backend import frontend_after_a_backend
 from .drivers import EchoBackend, EchoFrontend

@@ -55,10 +55,11 @@ def test_kinds_and_error_codes_match_the_c() -> None:
     from ringkit._native import _capi
 
     lib: Any = _capi._lib
-    assert (blkif._RW_KIND, blkif._DISCARD_KIND, blkif._INDIRECT_KIND) == (
+    assert (_native.BLKIF_RW_KIND, _native.BLKIF_DISCARD_KIND,
+            _native.BLKIF_INDIRECT_KIND) == (
         lib.RK_BLKIF_RW, lib.RK_BLKIF_DISCARD, lib.RK_BLKIF_INDIRECT)
-    assert (blkif._E_OPERATION, blkif._E_NO_INDIRECT, blkif._E_COUNT, blkif._E_RANGE,
-            blkif._E_INNER, blkif._E_INDIRECT_COUNT) == (
+    assert (_native.BLKIF_E_OPERATION, _native.BLKIF_E_NO_INDIRECT, _native.BLKIF_E_COUNT,
+            _native.BLKIF_E_RANGE, _native.BLKIF_E_INNER, _native.BLKIF_E_INDIRECT_COUNT) == (
         lib.RK_BLKIF_E_OPERATION, lib.RK_BLKIF_E_NO_INDIRECT, lib.RK_BLKIF_E_COUNT,
         lib.RK_BLKIF_E_RANGE, lib.RK_BLKIF_E_INNER, lib.RK_BLKIF_E_INDIRECT_COUNT)
 
@@ -237,7 +238,7 @@ class _SkipsSectorCheck:
     def parse_request(self, slot: bytes, max_indirect: int, /
                       ) -> tuple[int, list[int], list[int], bytes, bytes]:
         kind, head, grefs, first, last = self._inner.parse_request(slot, max_indirect)
-        if kind == blkif._E_RANGE:
+        if kind == _native.BLKIF_E_RANGE:
             kind = 0
         return kind, head, grefs, first, last
 

@@ -26,6 +26,7 @@ from ringkit.requests import (
     GrantPool,
     IncomingRequest,
     RefList,
+    Request,
     RequestQueue,
     RequestServer,
     SlotCodec,
@@ -102,7 +103,8 @@ class Pair:
 async def pair(handler: Handler = echo_handler, *, pool_pages: int = 16,
                window: int | None = None, concurrency: int = 1, persistent: bool = False,
                serve: bool = True, pages: int = 1,
-               queue_class: type[RequestQueue] = RequestQueue) -> AsyncIterator[Pair]:
+               queue_class: type[RequestQueue] = RequestQueue,
+               check: Callable[[Request], None] | None = None) -> AsyncIterator[Pair]:
     ring = bytearray(4096 * pages)
     front_ring = FrontRing.init(ring, LAYOUT)
     back_ring = BackRing.attach(ring, LAYOUT)
@@ -111,7 +113,7 @@ async def pair(handler: Handler = echo_handler, *, pool_pages: int = 16,
     front_ch = FrontRingChannel(front_ring, fe)
     back_ch = BackRingChannel(back_ring, be)
     pool = await GrantPool.share(fg, BACK, pool_pages)
-    queue = queue_class([front_ch], CODEC, pool=pool, window=window)
+    queue = queue_class([front_ch], CODEC, pool=pool, window=window, check=check)
     mapper = GrantMapper(bg, FRONT, persistent=persistent)
     server = RequestServer(back_ch, CODEC, handler, mapper=mapper, concurrency=concurrency)
     ended: list[BaseException] = []

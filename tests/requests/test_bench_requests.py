@@ -9,7 +9,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from ringkit.bench.requests import PAGE, _Payload, _stamp
+from ringkit.bench.requests import PAGE, EchoPayload, stamp
 from ringkit.cli import main
 
 
@@ -38,12 +38,12 @@ def test_requests_benchmark_smoke_prints_every_cell() -> None:
 def test_the_echo_check_refuses_data_the_server_did_not_hand_back() -> None:
     """Negative control for the check every request of the benchmark passes through: the
     client's own data, unstamped, is refused, and so is a stamped reply with a wrong byte."""
-    payload = _Payload()
+    payload = EchoPayload()
     sent = bytes(payload.make(7))
     with pytest.raises(Exception, match="came back wrong"):
         payload.check(7, sent)
     stamped = bytearray(sent)
-    _stamp(stamped)  # what both servers do
+    stamp(stamped)  # what both servers do
     payload.check(7, stamped)
     stamped[PAGE - 1] ^= 1
     with pytest.raises(Exception, match="came back wrong"):

@@ -127,7 +127,6 @@ class CarelessQueue(RequestQueue):
     """Gives a request's pages back as soon as its caller leaves (the bug the check is for)."""
 
     def release(self, request: Request) -> None:
-        request._orphan = False
         self._give_back(request)
 
 
@@ -200,8 +199,7 @@ async def test_a_check_hook_failing_poisons_the_queue() -> None:
     def refuse(request: object) -> None:
         raise RemoteProtocolError("test: impossible status")
 
-    async with pair() as p:
-        p.queue._check_response = refuse
+    async with pair(check=refuse) as p:
         req = await p.queue.prepare()
         encode(req.slot, PLAIN, ())
         with anyio.fail_after(10), pytest.raises(RemoteProtocolError, match="impossible"):

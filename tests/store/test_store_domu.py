@@ -72,25 +72,25 @@ async def probe(store: StoreClient) -> dict[str, object]:
     code = "OK"
     for _ in range(20):
         try:
-            ids.append(await store._request(SockmsgType.TRANSACTION_START, join_strings("")))
+            ids.append(await store.request(SockmsgType.TRANSACTION_START, join_strings("")))
         except StoreError as exc:
             code = exc.code
             break
     out["transactions"] = [len(ids), code]
     for raw in ids:
-        await store._request(SockmsgType.TRANSACTION_END, join_strings("F"), int(raw[:-1]))
+        await store.request(SockmsgType.TRANSACTION_END, join_strings("F"), int(raw[:-1]))
     # Watches registered at once (the kernel holds some of the domain's own).
     count, code = 0, "OK"
     for i in range(200):
         try:
-            await store._request(SockmsgType.WATCH, join_strings(f"data/w{i}", f"t{i}"))
+            await store.request(SockmsgType.WATCH, join_strings(f"data/w{i}", f"t{i}"))
         except StoreError as exc:
             code = exc.code
             break
         count += 1
     out["watches"] = [count, code]
     for i in range(count):
-        await store._request(SockmsgType.UNWATCH, join_strings(f"data/w{i}", f"t{i}"))
+        await store.request(SockmsgType.UNWATCH, join_strings(f"data/w{i}", f"t{i}"))
     # Nodes owned by the domain.
     count, code = 0, "OK"
     for i in range(1100):

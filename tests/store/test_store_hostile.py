@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import AsyncExitStack
 
 import anyio
 import anyio.abc
@@ -14,7 +15,6 @@ from hypothesis import strategies as st
 from xs_helpers import ClientFactory, serve_pair
 
 from ringkit.proto.xs_wire import (
-    HEADER,
     XENSTORE_PAYLOAD_MAX,
     Message,
     MessageParser,
@@ -22,6 +22,7 @@ from ringkit.proto.xs_wire import (
     join_strings,
 )
 from ringkit.sim.xenstored import XenstoreServer
+from ringkit.sim.xenstored.tree import basename, parent_of
 from ringkit.store import StoreClient
 
 pytestmark = pytest.mark.anyio
@@ -198,26 +199,56 @@ def test_random_requests_never_crash_the_server(script: list[tuple[int, Message]
 
 
 async def _run_script(script: list[tuple[int, Message]]) -> None:
-    from ringkit.sim.xenstored.server import _Connection
-    from ringkit.sim.xenstored.tree import basename, parent_of
-
     server = XenstoreServer()
     server.introduce_domain(1)
-    conns = [_Connection(server, None, domid) for domid in (0, 1, 2)]  # type: ignore[arg-type]
-    for conn in conns:
-        server._connections.add(conn)
-    for who, request in script:
-        conn = conns[who]
-        before = len(conn._out)
-        conn.handle(request)
-        replies = [
-            Message(*HEADER.unpack_from(data)[:3], data[16:])
-            for data, event in list(conn._out)[before:]
-            if event is None
-        ]
-        assert len(replies) == 1
-        assert replies[0].req_id == request.req_id
-        assert replies[0].payload != b"EIO\0", "the server hit an internal error"
+    async with AsyncExitStack() as stack:
+        domids = (0, 1, 2)
+        conns = [_Replies((await stack.enter_async_context(serve_pair(server, domid)))[0])
+                 for domid in domids]
+        released: set[int] = set()  # their connections were ended by the server, as Xen does
+        for who, request in script:
+            if domids[who] in released:
+                continue
+            reply = await conns[who].answer(request)
+            assert reply.req_id == request.req_id
+            assert reply.payload != b"EIO\0", "the server hit an internal error"
+            if request.type == T.RELEASE and reply.type == T.RELEASE:
+                released.add(int(request.payload.rstrip(b"\0")))
+        # One reply each: a second reply to any request would come before this one's.
+        sentinel = Message(T.GET_DOMAIN_PATH, 0xFEEDFACE, 0, join_strings("1"))
+        for domid, conn in zip(domids, conns, strict=True):
+            if domid in released:
+                continue
+            reply = await conn.answer(sentinel)
+            assert (reply.type, reply.req_id) == (T.GET_DOMAIN_PATH, sentinel.req_id), reply
+            assert not conn.replies, f"replies past the sentinel: {conn.replies}"
+        _check_tree(server)
+
+
+class _Replies:
+    """A raw client connection to the sim's store: one request in, its reply out (watch
+    events set aside)."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.parser = MessageParser()
+        self.replies: list[Message] = []
+
+    async def answer(self, request: Message) -> Message:
+        """Send `request`; the next reply on the connection, failing if a second one is
+        already there (the server answered something twice)."""
+        await self.stream.send(request.encode())
+        with anyio.fail_after(5):
+            while not self.replies:
+                self.parser.feed(await self.stream.receive())
+                self.replies += [m for m in self.parser.messages() if m.type != T.WATCH_EVENT]
+        reply = self.replies.pop(0)
+        assert not self.replies, f"more than one reply to {request}: {[reply, *self.replies]}"
+        return reply
+
+
+def _check_tree(server: XenstoreServer) -> None:
+    """Every child listed exists, and every node's parent lists it."""
     for path in server.tree.paths():
         node = server.tree.get(path)
         assert node is not None

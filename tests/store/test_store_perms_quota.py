@@ -152,12 +152,12 @@ async def test_watch_quota_e2big(server: XenstoreServer, connect: ClientFactory)
     server.introduce_domain(1)
     async with connect(1) as d1:
         for i in range(128):
-            await d1._request(SockmsgType.WATCH, join_strings(f"w{i}", f"tok{i}"))
-        await expect("E2BIG", d1._request(SockmsgType.WATCH, join_strings("w", "one-too-many")))
+            await d1.request(SockmsgType.WATCH, join_strings(f"w{i}", f"tok{i}"))
+        await expect("E2BIG", d1.request(SockmsgType.WATCH, join_strings("w", "one-too-many")))
         assert server.watch_count(1) == 128
     async with connect(0) as dom0:
         for i in range(200):
-            await dom0._request(SockmsgType.WATCH, join_strings(f"/w{i}", f"tok{i}"))
+            await dom0.request(SockmsgType.WATCH, join_strings(f"/w{i}", f"tok{i}"))
 
 
 async def test_transaction_quota_enospc(server: XenstoreServer, connect: ClientFactory) -> None:
@@ -166,13 +166,13 @@ async def test_transaction_quota_enospc(server: XenstoreServer, connect: ClientF
     server.introduce_domain(1)
     async with connect(1) as d1:
         ids = [
-            await d1._request(SockmsgType.TRANSACTION_START, join_strings("")) for _ in range(10)
+            await d1.request(SockmsgType.TRANSACTION_START, join_strings("")) for _ in range(10)
         ]
         assert len(set(ids)) == 10
-        await expect("ENOSPC", d1._request(SockmsgType.TRANSACTION_START, join_strings("")))
+        await expect("ENOSPC", d1.request(SockmsgType.TRANSACTION_START, join_strings("")))
         tx_id = int(ids[0].rstrip(b"\0"))
-        await d1._request(SockmsgType.TRANSACTION_END, join_strings("F"), tx_id)
-        await d1._request(SockmsgType.TRANSACTION_START, join_strings(""))
+        await d1.request(SockmsgType.TRANSACTION_END, join_strings("F"), tx_id)
+        await d1.request(SockmsgType.TRANSACTION_START, join_strings(""))
 
 
 async def test_permission_count_quota_and_bad_perms(
@@ -191,9 +191,9 @@ async def test_permission_count_quota_and_bad_perms(
         for bad in ("x1", "r", "rabc", "r-1"):
             await expect(
                 "EINVAL",
-                d1._request(SockmsgType.SET_PERMS, join_strings("n", bad)),
+                d1.request(SockmsgType.SET_PERMS, join_strings("n", bad)),
             )
-        await expect("EINVAL", d1._request(SockmsgType.SET_PERMS, join_strings("n")))
+        await expect("EINVAL", d1.request(SockmsgType.SET_PERMS, join_strings("n")))
 
 
 async def test_unprivileged_path_length_limit(
@@ -217,10 +217,10 @@ async def test_quotas_count_per_domain_across_connections(
     server.introduce_domain(1)
     async with connect(1) as first, connect(1) as second:
         for _ in range(5):
-            await first._request(SockmsgType.TRANSACTION_START, join_strings(""))
-            await second._request(SockmsgType.TRANSACTION_START, join_strings(""))
-        await expect("ENOSPC", second._request(SockmsgType.TRANSACTION_START, join_strings("")))
+            await first.request(SockmsgType.TRANSACTION_START, join_strings(""))
+            await second.request(SockmsgType.TRANSACTION_START, join_strings(""))
+        await expect("ENOSPC", second.request(SockmsgType.TRANSACTION_START, join_strings("")))
         for i in range(64):
-            await first._request(SockmsgType.WATCH, join_strings(f"a{i}", "t"))
-            await second._request(SockmsgType.WATCH, join_strings(f"b{i}", "t"))
-        await expect("E2BIG", first._request(SockmsgType.WATCH, join_strings("c", "t")))
+            await first.request(SockmsgType.WATCH, join_strings(f"a{i}", "t"))
+            await second.request(SockmsgType.WATCH, join_strings(f"b{i}", "t"))
+        await expect("E2BIG", first.request(SockmsgType.WATCH, join_strings("c", "t")))

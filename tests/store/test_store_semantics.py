@@ -113,10 +113,10 @@ async def test_duplicate_watch_is_eexist_and_unknown_unwatch_enoent(connect: Cli
     async with connect(0) as store:
         async with store.watch("/d", token="tok"):
             with pytest.raises(StoreError) as info:
-                await store._request(SockmsgType.WATCH, join_strings("/d", "tok"))
+                await store.request(SockmsgType.WATCH, join_strings("/d", "tok"))
             assert info.value.code == "EEXIST"
         with pytest.raises(StoreError) as info:
-            await store._request(SockmsgType.UNWATCH, join_strings("/d", "tok"))
+            await store.request(SockmsgType.UNWATCH, join_strings("/d", "tok"))
         assert info.value.code == "ENOENT"
 
 
@@ -188,18 +188,18 @@ async def test_transaction_errors(connect: ClientFactory) -> None:
 
     async with connect(0) as store:
         with pytest.raises(StoreError) as info:
-            await store._request(SockmsgType.READ, join_strings("/local"), tx_id=12345)
+            await store.request(SockmsgType.READ, join_strings("/local"), tx_id=12345)
         assert info.value.code == "ENOENT"
         with pytest.raises(StoreError) as info:
-            await store._request(SockmsgType.TRANSACTION_END, join_strings("T"))
+            await store.request(SockmsgType.TRANSACTION_END, join_strings("T"))
         assert info.value.code == "ENOENT"
         async with store.transaction() as tx:
             tx_id = tx.tx_id  # type: ignore[attr-defined]
             with pytest.raises(StoreError) as info:
-                await store._request(SockmsgType.TRANSACTION_START, join_strings(""), tx_id)
+                await store.request(SockmsgType.TRANSACTION_START, join_strings(""), tx_id)
             assert info.value.code == "EBUSY"
             with pytest.raises(StoreError) as info:
-                await store._request(SockmsgType.TRANSACTION_END, join_strings("X"), tx_id)
+                await store.request(SockmsgType.TRANSACTION_END, join_strings("X"), tx_id)
             assert info.value.code == "EINVAL"
 
 

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import anyio
 import anyio.abc
 
+from ringkit.abc import Watch
 from ringkit.sim.xenstored import XenstoreServer
 from ringkit.store import StoreClient
 
@@ -21,13 +22,12 @@ async def next_event(watch: AsyncIterator[str], timeout: float = 5.0) -> str:
         return await watch.__anext__()
 
 
-async def no_event(watch: AsyncIterator[str], settle: Callable[[], Awaitable[object]]) -> None:
+async def no_event(watch: Watch, settle: Callable[[], Awaitable[object]]) -> None:
     """Assert the watch has nothing pending after `settle()` (a round trip on the watcher's own
     connection: the server queues events before later replies, so any event caused before it
     has arrived by then)."""
     await settle()
-    pending = watch._queue.pending  # type: ignore[attr-defined]
-    assert not pending, f"unexpected watch events {list(pending)}"
+    assert not watch.pending, f"unexpected watch events {list(watch.pending)}"
 
 
 @asynccontextmanager

@@ -8,12 +8,19 @@ feed them a deliberately broken one, as a negative control).
 * `private_imports`: the ringkit modules a source imports whose dotted name has a component with
   a leading underscore (``ringkit._errors``, ``ringkit.sim._client``), relative imports
   resolved against the importing module's name.
+* `private_reads`: the attributes with a leading underscore that a source reads or writes on an
+  object it does not own (see the function for what it owns).
+* `imported_names`: the (module, name) pairs a source imports from ringkit.
+* `import_problems`: a source's imports of private names, and of names out of private modules
+  that ringkit also exports publicly.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
+import inspect
 import logging
 import pkgutil
 import types
@@ -181,3 +188,168 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return sorted(cycles)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of names and attributes, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return None if inner is None else f"{inner}.{node.attr}"
+    return None
+
+
+def _own_privates(tree: ast.Module) -> set[str]:
+    """The private attribute names the source itself defines: in a class body (a method, a
+    class attribute) or by assigning ``self._x``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(item.name)
+                elif isinstance(item, ast.Assign | ast.AnnAssign):
+                    targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                    names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for sub in ast.walk(target):
+                    if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+                            and sub.value.id == "self"):
+                        names.add(sub.attr)
+    return {n for n in names if _is_private(n)}
+
+
+def _private_module_names(tree: ast.Module) -> set[str]:
+    """The dotted names under which the source binds a private ringkit module
+    (``from ringkit import _pagemap`` -> ``_pagemap``; ``import ringkit._native`` ->
+    ``ringkit._native``)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("ringkit.") and not is_public(alias.name):
+                    if alias.asname:
+                        names.add(alias.asname)
+                    else:  # `import a.b._c` binds `a`; the chain down to `_c` is the module
+                        parts = alias.name.split(".")
+                        names.update(".".join(parts[:i]) for i in range(2, len(parts) + 1)
+                                     if not is_public(".".join(parts[:i])))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+                node.module == "ringkit" or node.module.startswith("ringkit.")):
+            for alias in node.names:
+                if not is_public(f"{node.module}.{alias.name}"):
+                    names.add(alias.asname or alias.name)
+    return names
+
+
+# `os._exit` is the documented way out of a forked child; its underscore is not privacy.
+_PUBLIC_DESPITE_THE_UNDERSCORE = frozenset({"os._exit"})
+_ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
+
+
+def private_reads(source: str) -> list[str]:
+    """``"line: expression"`` for each private attribute `source` reads or writes on an object
+    it does not own.  It owns:
+
+    * ``self``, ``cls`` and ``super()`` -- its own object;
+    * the private names it defines itself (in a class body, or as ``self._x = ...``): a module
+      may use the privates of the objects it makes, as Python's convention has it;
+    * the attributes of a private ringkit module it imports (``_pagemap._munmap``): that is
+      a test of the private module itself, which is free to look inside it.
+
+    Spelled through ``getattr``/``setattr``/``monkeypatch.setattr(obj, "_x", ...)`` counts too.
+    """
+    tree = ast.parse(source)
+    own = _own_privates(tree)
+    modules = _private_module_names(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr):
+            holder, name = node.value, node.attr
+        elif (isinstance(node, ast.Call) and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+              and _is_private(node.args[1].value)
+              and ((isinstance(node.func, ast.Name) and node.func.id in _ATTRIBUTE_BUILTINS)
+                   or (isinstance(node.func, ast.Attribute)
+                       and node.func.attr in ("setattr", "delattr")))):
+            holder, name = node.args[0], node.args[1].value
+        else:
+            continue
+        if isinstance(holder, ast.Name) and holder.id in ("self", "cls"):
+            continue
+        if (isinstance(holder, ast.Call) and isinstance(holder.func, ast.Name)
+                and holder.func.id == "super"):
+            continue
+        if name in own:
+            continue
+        dotted = _dotted(holder)
+        if dotted is not None and (dotted in modules or f"{dotted}.{name}" in modules
+                                   or f"{dotted}.{name}" in _PUBLIC_DESPITE_THE_UNDERSCORE):
+            continue
+        found.append((node.lineno, f"{node.lineno}: {ast.unparse(node)}"))
+    return [text for _, text in sorted(set(found))]
+
+
+def imported_names(source: str, module: str, is_package: bool = False) -> list[tuple[str, str]]:
+    """The (ringkit module, name) pairs `source` (module `module`) imports with
+    ``from ... import``, relative imports resolved."""
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node)[0]
+            if base == "ringkit" or base.startswith("ringkit."):
+                found += [(base, alias.name) for alias in node.names if alias.name != "*"]
+    return sorted(set(found))
+
+
+def public_exports() -> dict[int, str]:
+    """``{id(obj): "public.module.Name"}`` for the classes and functions the public modules
+    list in ``__all__`` (the first public name found for each)."""
+    found: dict[int, str] = {}
+    for name in ringkit_modules():
+        if not is_public(name):
+            continue
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr, None)
+            if isinstance(obj, type) or inspect.isroutine(obj):
+                found.setdefault(id(obj), f"{name}.{attr}")
+    return found
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_problems(source: str, module: str, exports: dict[int, str]) -> list[str]:
+    """What `source` (module `module`) imports from ringkit that it should not:
+
+    * a private name (``from ringkit.bench.requests import _stamp``), unless it is a private
+      module (``from ringkit import _native``: a test of that module);
+    * a name out of a private module that a public module exports (`exports`, from
+      `public_exports`): ``from ringkit._errors import ConfigError`` -> ``ringkit.ConfigError``.
+
+    A name that only a private module has (``ringkit._native.NativeImpl``) is the private
+    module's own business, and a test of that module may import it."""
+    problems: list[str] = []
+    for base, name in imported_names(source, module):
+        full = f"{base}.{name}"
+        if _is_module(full):
+            continue
+        if _is_private(name):
+            problems.append(f"{full} is private")
+        elif not is_public(base):
+            public = exports.get(id(getattr(importlib.import_module(base), name, None)))
+            if public is not None:
+                problems.append(f"{full} is public as {public}")
+    return problems

@@ -16,7 +16,8 @@ DRIVER_AUTHOR_MODULES = {
     "ringkit", "ringkit.device", "ringkit.channel", "ringkit.requests", "ringkit.abc",
     "ringkit.proto.layout", "ringkit.proto.ring", "ringkit.proto.blkif", "ringkit.proto.xenbus",
     "ringkit.testing", "ringkit.testing.pytest_plugin", "ringkit.testing.conformance",
-    "ringkit.testing.memory", "ringkit.sim", "ringkit.xen", "ringkit.vchan",
+    "ringkit.testing.memory", "ringkit.testing.pipes", "ringkit.sim", "ringkit.xen",
+    "ringkit.vchan", "ringkit.uring",
 }
 
 

@@ -316,12 +316,12 @@ async def test_hostile_client_breaks_the_server_stream(anyio_backend: str, offse
     async with world() as w, pair(w) as (srv, cli):
         await srv.send(b"x")
         assert await cli.receive() == b"x"              # control: the stream works
-        page = cli.engine._mem                         # the client's view of the page
+        page = cli.engine.page                         # the client's view of the page
         if offset in (L.VCHAN_LEFT_PROD, L.VCHAN_RIGHT_CONS):
             page.store32(offset, value)
         else:
             page.copy_in(offset, bytes([value]))
-        cli._event.notify()
+        cli.event.notify()
         with pytest.raises(anyio.BrokenResourceError) as info:
             if offset == L.VCHAN_RIGHT_CONS:
                 await srv.send(b"y" * 4096)             # the writer meets the consumer index

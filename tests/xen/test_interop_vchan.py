@@ -169,7 +169,7 @@ async def test_ringkit_loopback_in_dom0(anyio_backend: str) -> None:
                         tg.start_soon(side, "srv", srv, down)
                         tg.start_soon(side, "cli", cli, up)
                         await anyio.run_process(["true"], stdout=subprocess.DEVNULL)
-                page = bytes(cli.engine._mem.read(0, 4096))
+                page = bytes(cli.engine.page.read(0, 4096))
                 if got["srv"] != up:
                     failures.append(f"round {round_} {sizes} up: {mismatch(got['srv'], up)}")
                 if got["cli"] != down:

@@ -170,7 +170,7 @@ async def ringkit_side(dom: Domain, step: Step, index: int, server: int, client:
         if bytes(received) != pattern(from_c, step.size):
             raise AssertionError("ringkit received wrong bytes from libxenvchan: "
                                  + mismatch(bytes(received), pattern(from_c, step.size)))
-        page = stream.engine._mem.read(0, 4096)
+        page = stream.engine.page.read(0, 4096)
         unused = page[24 + 4 * stream.engine.orders.grant_count:1024]
         if any(unused):
             raise AssertionError("something wrote into the control page's unused bytes: "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.boot import (
     EXIT_BOOT_FAILURE,
     EXIT_TIMEOUT,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.cpio import CpioWriter, gzip_cpio, read_entries
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.cpio import CpioWriter, read_entries
 from ringkit.xenvm.domu import DomU, parse_console, xl_config
 from ringkit.xenvm.domu_image import (

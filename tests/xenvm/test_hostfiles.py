@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.cpio import CpioWriter, read_entries
 from ringkit.xenvm.hostfiles import Mirror, is_static_elf, parse_ldd
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.kmod import ModuleIndex, module_name
 
 DEP = """\

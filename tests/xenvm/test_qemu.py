@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.xenvm.qemu import MachineConfig, Share, escape_option, qemu_argv
 
 

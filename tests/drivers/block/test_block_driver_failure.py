@@ -12,7 +12,7 @@ from ringkit.backends.block.device import BlockBackend
 from ringkit.frontends.block.device import BlockFrontend
 from test_block_sim import world
 
-from ringkit._errors import PeerGoneError
+from ringkit import PeerGoneError
 from ringkit.channel import BackRingChannel
 from ringkit.device import Queue, XenbusState
 

@@ -17,8 +17,8 @@ import pytest
 from ringkit.frontends.block.device import BlockFrontend
 from test_block_sim import backend, world
 
-from ringkit._async.channel import BackRingChannel, FrontRingChannel
-from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit import PeerGoneError, RemoteProtocolError
+from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.device import Backend, Frontend, Nodes, Queue, XenbusState
 from ringkit.proto import blkif
 from ringkit.proto.layout import SRING_REQ_PROD

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ringkit.backends.block.image import Image
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 
 
 def test_refuses_what_it_cannot_serve(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 from ringkit.frontends.block.errors import BlockIOError, BlockNotSupportedError
 
-from ringkit._errors import ConfigError, RemoteProtocolError
+from ringkit import ConfigError, RemoteProtocolError
 from ringkit.abc import PAGE_SIZE, SharedPages
 from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import blkif

@@ -19,7 +19,7 @@ import pytest
 from hostile_peer import BASE_REF, PAGE, SCRIBBLE, HostilePeer, free_pages
 from ringkit.frontends.block.client import ReadOp
 
-from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit import PeerGoneError, RemoteProtocolError
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from ringkit.backends.block.device import BlockBackend
 from ringkit.frontends.block.device import BlockFrontend
 from test_block_sim import DISK, world
 
-from ringkit._errors import PeerGoneError, RingkitError
+from ringkit import PeerGoneError, RingkitError
 from ringkit.device import XenbusState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -22,8 +22,8 @@ from ringkit.backends.block.queue import serve_ring
 from ringkit.backends.block.service import BlockService, ServiceConfig
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 
-from ringkit._async.channel import BackRingChannel, FrontRingChannel
-from ringkit._errors import PeerGoneError, RemoteProtocolError
+from ringkit import PeerGoneError, RemoteProtocolError
+from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import blkif
 from ringkit.proto.layout import SRING_HEADER_SIZE, SRING_REQ_PROD
 from ringkit.proto.ring import BackRing, FrontRing

@@ -22,7 +22,7 @@ from ringkit.backends.block.service import ServiceConfig
 from ringkit.frontends.block.device import BlockFrontend
 from ringkit.frontends.block.errors import BlockIOError
 
-from ringkit._errors import ConfigError
+from ringkit import ConfigError
 from ringkit.abc import Domain
 from ringkit.device import DeviceAddress, create_device
 from ringkit.sim import SimXen

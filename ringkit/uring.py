@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from ringkit._native._uring import IOV_MAX, Uring
+from ._native._uring import IOV_MAX, Uring
 
 CLOSE_WAIT = 5.0
 """Seconds `IoRing.aclose` lets the tasks of requests in flight reap them before it cancels
@@ -196,4 +196,4 @@ class IoRing:
         self._uring.close()
 
 
-__all__ = ("IOV_MAX", "IoRing")
+__all__ = ("CLOSE_WAIT", "IOV_MAX", "IoRing")
