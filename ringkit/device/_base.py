@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from contextvars import ContextVar
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, cast
 
 import anyio
 from anyio.abc import AsyncResource, TaskGroup
@@ -49,7 +50,15 @@ QUIET = (RingkitError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSE
 MAX_ERROR_TEXT = 1024
 """Longest error node value written; a peer-chosen string quoted in a message is cut to fit."""
 
-__all__ = ("QUIET", "DeviceBase", "DeviceTasks", "Wakeup", "ring_failure")
+__all__ = (
+    "QUIET",
+    "RENAMED_HOOKS",
+    "DeviceBase",
+    "DeviceTasks",
+    "Wakeup",
+    "driver_hook",
+    "ring_failure",
+)
 
 S = XenbusState
 
@@ -83,6 +92,39 @@ def ring_failure(exc: BaseException) -> BaseException | None:
     ):
         return exc
     return None
+
+
+RENAMED_HOOKS: dict[str, tuple[str, str]] = {
+    "rings_mapped": ("connected", "once the rings are mapped, before the backend says Connected"),
+    "peer_connected": ("connected", "once the backend said Connected, before the frontend does"),
+}
+"""Hook -> (its old name, when it runs): `Backend.connected` ran before the backend said
+Connected, `Frontend.connected` after the backend did; the new names say which.  The old names
+still work, with a DeprecationWarning, for one more release (see `driver_hook`)."""
+
+
+def driver_hook(
+    device: DeviceBase[Any], base: type[DeviceBase[Any]], name: str
+) -> Callable[..., Awaitable[None]]:
+    """The hook `name` of `device` (a subclass of the end `base`) to call -- or, for a hook of
+    `RENAMED_HOOKS` whose old name the driver still overrides, that override, with a
+    DeprecationWarning naming `name`.
+
+    `base` defines the old name as a forwarder to `name`, so an old override that calls
+    ``super().<old>(...)`` still reaches its parent class's `name`."""
+    renamed = RENAMED_HOOKS.get(name)
+    if renamed is not None:
+        old, when = renamed
+        if getattr(type(device), old) is not getattr(base, old):
+            warnings.warn(
+                f"{type(device).__qualname__}.{old}: the {base.__name__} hook {old!r} is now "
+                f"called {name!r} (it runs {when}); rename the override -- ringkit calls "
+                f"{old!r} for one more release only",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            name = old
+    return cast("Callable[..., Awaitable[None]]", getattr(device, name))
 
 
 _OPEN_DEVICES: ContextVar[tuple[DeviceBase[Any], ...]] = ContextVar(
@@ -421,7 +463,7 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
                 # itself: nothing more can be decided (`_supervise` ends the device).
                 raise
             except Exception as exc:
-                # A driver hook (connecting, connected, negotiate, publish...) failed: its bug
+                # A driver hook (connecting, rings_mapped, negotiate, publish...) failed: its bug
                 # ends only this connection, in order, as a failed task of the driver does.
                 self.log.error("%s: the driver failed to %s; ending the connection",
                                self.address, reaction.value, exc_info=exc)

@@ -42,7 +42,7 @@ from .._errors import (
 from ..abc import Domain
 from ..proto.ring import BackRing
 from ..proto.xenbus import Reaction, Role, XenbusState
-from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, ring_failure
+from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, driver_hook, ring_failure
 from .paths import DeviceAddress, Nodes
 from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
 
@@ -66,7 +66,7 @@ class Backend(DeviceBase[BackChannelT]):
 
     Use as ``async with MyBackend(domain, frontend_id, devid) as be: await be.run()``.
     Subclasses set `device_type` and `ring_layout` and implement `handle` (or override `serve`);
-    they may override `advertise`, `connecting`, `connected`, `disconnected`, `make_channel`.
+    they may override `advertise`, `connecting`, `rings_mapped`, `disconnected`, `make_channel`.
 
     A device owns an anyio task group, entered when it opens and left when it closes, so it
     is closed in the task that opened it and in LIFO order with the other devices that task
@@ -113,8 +113,17 @@ class Backend(DeviceBase[BackChannelT]):
         """Hook: the frontend published its rings; read its nodes before they are mapped.
         Raise RemoteProtocolError to refuse a frontend (-> Closing, Closed)."""
 
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        """Hook: the frontend's rings are mapped and its event channels bound; write the device
+        properties (a disk's size, ...) into `nodes`, the backend dir, before the backend says
+        Connected -- the frontend reads them in `Frontend.peer_connected`."""
+
     async def connected(self, nodes: Nodes) -> None:
-        """Hook: the rings are mapped; write device properties before saying Connected."""
+        """Deprecated: the old name of `rings_mapped`.  A driver that still overrides it has
+        its override called instead of `rings_mapped`, with a DeprecationWarning, for one more
+        release.  This default calls `rings_mapped`, so such an override that calls
+        ``super().connected(nodes)`` still reaches its parent class's `rings_mapped`."""
+        await self.rings_mapped(nodes)
 
     def make_channel(self, queue: Queue[BackChannelT]) -> BackChannelT:
         """Hook: attach to the mapped ring pages.  Default: a `BackRingChannel` over
@@ -299,7 +308,7 @@ class Backend(DeviceBase[BackChannelT]):
         except (GrantError, EventChannelError, StoreError, RemoteProtocolError):
             await self._teardown()
             raise
-        await self.connected(self.own_nodes)
+        await driver_hook(self, Backend, "rings_mapped")(self.own_nodes)
         await self._clear_error()
         await self._write_state(S.CONNECTED)
         self._refusals = 0

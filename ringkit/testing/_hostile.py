@@ -2,7 +2,7 @@
 
 A hostile frontend does the handshake by hand with the driver's own `negotiate`/`publish`
 hooks (so the backend sees a plausible frontend), then misbehaves; a hostile backend likewise
-uses the driver's `advertise`/`connected` hooks.  Each runs in a child process of its own
+uses the driver's `advertise`/`rings_mapped` hooks.  Each runs in a child process of its own
 (`ringkit.testing._child_main`), prints ``connected`` once it got as far as the mode needs, then
 ``done`` once it misbehaved, and stays (holding whatever it holds) until it is killed -- or
 exits at once with everything still held, for the modes that vanish.
@@ -27,6 +27,7 @@ import anyio
 
 from ..abc import Domain, EventChannel
 from ..device import Backend, Frontend, Nodes
+from ..device._base import driver_hook
 from ..proto.layout import (
     SRING_HEADER_SIZE,
     SRING_REQ_PROD,
@@ -311,7 +312,7 @@ async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest
     port_number = await frontend.read_int(back.event_channel_key)
     pages = await dom.grants.map(frontend_id, [ref], writable=True)
     port = await dom.events.bind_interdomain(frontend_id, port_number)
-    await back.connected(own)
+    await driver_hook(back, Backend, "rings_mapped")(own)
     await own.write("state", "4")
     say("connected")
     buf = pages.buffer
