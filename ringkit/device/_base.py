@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, suppress
 from contextvars import ContextVar
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Generic, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio
 from anyio.abc import AsyncResource, TaskGroup
@@ -61,6 +61,7 @@ __all__ = (
 )
 
 S = XenbusState
+T = TypeVar("T")
 
 
 class Wakeup:
@@ -244,6 +245,8 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         monitoring: the conformance checks fail a driver that a peer can make raise."""
         self._closing = False
         self._owner_task: int | None = None
+        self._hook_failure: BaseException | None = None
+        """The latest exception out of a driver hook (see `_hook`)."""
 
     # ------------------------------------------------------------------ where things are
 
@@ -300,6 +303,16 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
 
     async def disconnected(self) -> None:
         """Hook: the current connection was torn down (the rings are already released)."""
+
+    async def _hook(self, hook: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Call the driver's `hook`, remembering an exception out of it: that one is the
+        driver's, whatever its type -- an OSError from a file the hook opened is not the store
+        or the transport failing under the supervisor (see `_carry_out`)."""
+        try:
+            return await hook(*args)
+        except BaseException as exc:
+            self._hook_failure = exc
+            raise
 
     # ------------------------------------------------------------------ helpers for subclasses
 
@@ -359,7 +372,17 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         if had:
             self._signal_change()
             with anyio.CancelScope(shield=True):
-                await self.disconnected()
+                try:
+                    await self.disconnected()
+                except Exception as exc:
+                    # The driver's bug, in a connection already over: it must not stop the
+                    # supervisor (or whatever tore down); the supervisor answers it as it
+                    # answers a failed task of a connection that is over.
+                    self.log.error("%s: the driver's disconnected hook failed", self.address,
+                                   exc_info=exc)
+                    self.driver_error = exc
+                    self._driver_failures.append((exc, self._released - 1))
+                    self.wake("driver failed")
 
     @property
     def tasks(self) -> DeviceTasks:
@@ -458,10 +481,16 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
             except RingkitError as exc:
                 await self._local_failure(exc)
                 return
-            except QUIET:
-                # Here most likely the store or the transport failing under the supervisor
-                # itself: nothing more can be decided (`_supervise` ends the device).
-                raise
+            except QUIET as exc:
+                if exc is not self._hook_failure or ring_failure(exc) is not None:
+                    # The store or the transport failing under the supervisor itself: nothing
+                    # more can be decided (`_supervise` ends the device).
+                    raise
+                # An OSError (say) out of a driver hook: the driver's bug, as below.
+                self.log.error("%s: the driver failed to %s; ending the connection",
+                               self.address, reaction.value, exc_info=exc)
+                await self._driver_failure(exc)
+                return
             except Exception as exc:
                 # A driver hook (connecting, rings_mapped, negotiate, publish...) failed: its bug
                 # ends only this connection, in order, as a failed task of the driver does.

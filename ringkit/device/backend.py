@@ -10,13 +10,15 @@ frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` 
 device is removed (either dir deleted), or after the first connection ends with ``once=True``.
 
 A driver's own bug -- `Backend.serve`, `Backend.handle` or another hook raising, or a task it
-started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing --
-ends only the connection it happened in, in order: logged at ERROR with its traceback, the
+started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing (an
+OSError out of a hook included: it is not taken for the store failing) -- ends only the
+connection it happened in, in order: logged at ERROR with its traceback, the
 error node (EIO, naming the exception), Closing, the rings released, Closed.  The frontend sees
 an orderly close at once, and the backend then carries on as after a refused connection:
 offered again to the frontend once it followed to Closed, or, with ``once=True`` or ``online``
 = 0, finished -- and then `run()` raises the driver's exception, so that the bug is not mistaken
-for a peer that went away.
+for a peer that went away.  A `disconnected` hook that raises comes after its connection is
+over: it is logged and kept in `driver_error`, and the backend carries on.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ class Backend(DeviceBase[BackChannelT]):
             else:
                 with suppress(StoreError):
                     await self.domain.store.rm(own.node(name))
-        await self.advertise(own)
+        await self._hook(self.advertise, own)
         await self._write_state(S.INIT_WAIT)
 
     async def _start_over(self) -> None:
@@ -297,7 +299,7 @@ class Backend(DeviceBase[BackChannelT]):
     async def _connect(self) -> None:
         await self._teardown()
         frontend = self.peer_nodes
-        await self.connecting(frontend)
+        await self._hook(self.connecting, frontend)
         order = await frontend.read_int("ring-page-order", 0, maximum=self.max_ring_page_order)
         queues = await frontend.read_int(
             "multi-queue-num-queues", 1, minimum=1, maximum=min(self.max_queues, MAX_QUEUES)
@@ -308,7 +310,7 @@ class Backend(DeviceBase[BackChannelT]):
         except (GrantError, EventChannelError, StoreError, RemoteProtocolError):
             await self._teardown()
             raise
-        await driver_hook(self, Backend, "rings_mapped")(self.own_nodes)
+        await self._hook(driver_hook(self, Backend, "rings_mapped"), self.own_nodes)
         await self._clear_error()
         await self._write_state(S.CONNECTED)
         self._refusals = 0

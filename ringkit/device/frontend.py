@@ -183,7 +183,7 @@ class Frontend(DeviceBase[FrontChannelT]):
         elif reaction is Reaction.FINISH:
             for queue in self.queues:
                 queue.event.peer_bound()  # a backend is Connected only once it has bound
-            await driver_hook(self, Frontend, "peer_connected")(self.peer_nodes)
+            await self._hook(driver_hook(self, Frontend, "peer_connected"), self.peer_nodes)
             await self._clear_error()
             await self._write_state(S.CONNECTED)
             self.generation += 1
@@ -237,7 +237,7 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def _connect(self) -> None:
         await self._teardown()
         backend = self.peer_nodes
-        choice = await self.negotiate(backend)
+        choice = await self._hook(self.negotiate, backend)
         if choice is None:
             choice = RingChoice(self.max_ring_page_order, self.max_queues)
         order = min(
@@ -275,7 +275,7 @@ class Frontend(DeviceBase[FrontChannelT]):
                 for name, ref in zip(ring_ref_names(order), queue.pages.refs, strict=True):
                     await nodes.write(name, ref)
                 await nodes.write(self.event_channel_key, queue.event.port)
-            await self.publish(own)
+            await self._hook(self.publish, own)
             await own.write("state", S.INITIALISED.to_wire())
 
         if not self.handshake.can_move(S.INITIALISED):
