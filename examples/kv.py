@@ -145,7 +145,7 @@ class KVFrontend(Frontend):
 
     _requests: RequestQueue | None = None
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         pool = await GrantPool.share(self.domain.grants, self.peer_id, self.pool_pages)
         self._requests = RequestQueue([self.channel], CODEC, pool=pool, check=check_response)
         self.tasks.start_soon(self._requests.run)

@@ -2,7 +2,7 @@
 
 ```
 RingkitError
-├── ConfigError              a user's argument or configuration is wrong (names what)
+├── ConfigError (.problems)  a user's argument or configuration is wrong (names what)
 ├── TransportError (.errno)  a Xen facility refused or failed
 │   ├── GrantError           gntalloc, gntdev: unknown or revoked ref, wrong domid, RO mapped RW
 │   ├── EventChannelError    evtchn (unbound port, bind refused)
@@ -25,14 +25,36 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Sequence
+from typing import NamedTuple
 
 
 class RingkitError(Exception):
     """Base class of every error ringkit raises on purpose."""
 
 
+class InvalidValue(NamedTuple):
+    """One value a setting may not have: `field` (under the name the user knows it by, e.g. a
+    command-line option), the `value` given, and what is `allowed`, to follow "must be" (e.g.
+    ``"an integer in 0..4"``)."""
+
+    field: str
+    value: object
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.field} = {self.value!r} is not allowed: must be {self.allowed}"
+
+
 class ConfigError(RingkitError, ValueError):
-    """A user-supplied argument or configuration value is invalid; the message names it."""
+    """A user-supplied argument or configuration value is invalid; the message names it.
+
+    `problems` lists each refused value as an `InvalidValue` where the error comes from
+    validating settings (`ringkit.config.config_error`); it is empty otherwise."""
+
+    def __init__(self, message: str, problems: Sequence[InvalidValue] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class TransportError(RingkitError):
@@ -113,6 +135,7 @@ class PeerRefusedError(PeerGoneError):
 
 __all__ = (
     "ConfigError",
+    "InvalidValue",
     "EventChannelError",
     "GrantError",
     "LocalProtocolError",

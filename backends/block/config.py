@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ringkit import ConfigError
 from ringkit.channel import MAX_POLL_US
+from ringkit.config import config_error
 from ringkit.device.queue import MAX_QUEUES
 from ringkit.proto import blkif
 
@@ -36,16 +37,25 @@ MAX_IO_DEPTH = 256
 class InvalidSetting(ConfigError):
     """A `ServiceConfig` field has a value the backend cannot offer.
 
-    `field` is the setting's name, `value` what was given, `allowed` describes the accepted
-    values, to follow "must be" (e.g. ``"an integer in 0..4"``).
+    Its message names every refused field, the value given and what is allowed
+    (`ringkit.config.config_error`); `field`, `value` and `allowed` are the first of those
+    `problems` (`allowed` follows "must be", e.g. ``"an integer in 0..4"``).
     """
 
-    def __init__(self, field: str, value: object, allowed: str) -> None:
-        super().__init__(f"block backend setting {field} = {value!r} is not allowed: must be "
-                         f"{allowed}")
-        self.field = field
-        self.value = value
-        self.allowed = allowed
+    @property
+    def field(self) -> str:
+        """The first refused setting's name."""
+        return self.problems[0].field
+
+    @property
+    def value(self) -> object:
+        """What was given for it."""
+        return self.problems[0].value
+
+    @property
+    def allowed(self) -> str:
+        """What it allows, to follow "must be"."""
+        return self.problems[0].allowed
 
 
 class ServiceConfig(BaseModel):
@@ -99,48 +109,26 @@ class ServiceConfig(BaseModel):
         try:
             super().__init__(**settings)
         except ValidationError as exc:
-            raise _setting_error(exc) from None
+            error = config_error(exc, ServiceConfig, subject="block backend settings")
+            raise InvalidSetting(str(error), error.problems) from None
 
-    @model_validator(mode="after")
-    def _discard_geometry(self) -> ServiceConfig:
-        granularity, alignment = self.discard_granularity, self.discard_alignment
+    @field_validator("discard_granularity")
+    @classmethod
+    def _power_of_two(cls, granularity: int) -> int:
         if granularity & (granularity - 1):
-            raise ValueError("discard_granularity|a power of two from 512 to 1 GiB")
-        if alignment % blkif.SECTOR_SIZE or alignment >= granularity:
-            raise ValueError(f"discard_alignment|a multiple of 512 below discard_granularity "
-                             f"({granularity})")
-        return self
+            raise ValueError("a power of two from 512 to 1 GiB")
+        return granularity
 
-
-def _allowed(field: str) -> str:
-    """The range of an integer field from its constraints, e.g. ``"0..4"``."""
-    info = ServiceConfig.model_fields[field]
-    if info.annotation in (bool, "bool"):
-        return "true or false"
-    choices = getattr(info.annotation, "__args__", None)
-    if choices:
-        return "one of " + ", ".join(repr(c) for c in choices)
-    low = high = None
-    for item in info.metadata:
-        low = getattr(item, "ge", low)
-        high = getattr(item, "le", high)
-    return f"an integer in {low}..{high}"
-
-
-def _setting_error(exc: ValidationError) -> InvalidSetting:
-    """The first problem pydantic found, as an `InvalidSetting` naming the field."""
-    error = exc.errors()[0]
-    if error["type"] == "value_error":
-        # our own cross-field checks: "field|what is allowed"
-        field, _, allowed = str(error["ctx"]["error"]).partition("|")
-        given = error["input"] if isinstance(error["input"], dict) else {}
-        return InvalidSetting(field, given.get(field, ServiceConfig.model_fields[field].default),
-                              allowed)
-    field = str(error["loc"][0]) if error["loc"] else "?"
-    if error["type"] == "extra_forbidden":
-        known = ", ".join(ServiceConfig.model_fields)
-        return InvalidSetting(field, error["input"], f"one of the known settings ({known})")
-    return InvalidSetting(field, error["input"], _allowed(field))
+    @field_validator("discard_alignment")
+    @classmethod
+    def _aligned(cls, alignment: int, info: ValidationInfo) -> int:
+        # discard_granularity comes first: it is in info.data once it passed its own checks
+        granularity = info.data.get("discard_granularity")
+        if alignment % blkif.SECTOR_SIZE or (granularity is not None
+                                             and alignment >= granularity):
+            below = f" ({granularity})" if granularity is not None else ""
+            raise ValueError(f"a multiple of 512 below discard_granularity{below}")
+        return alignment
 
 
 __all__ = (

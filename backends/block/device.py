@@ -101,7 +101,7 @@ class BlockBackend(Backend):
                                       f"{blkif.PROTOCOL_X86_64!r} is served")
         self.persistent = self.config.persistent and offered.persistent
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         disk = DiskProperties(sectors=self.image.sectors,
                               info=blkif.VDISK_READONLY if self.image.readonly else 0)
         for name, value in disk.to_nodes().items():

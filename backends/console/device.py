@@ -153,7 +153,7 @@ class ConsoleBackend(Backend[PipeStream]):
             with suppress(OSError):
                 os.write(self._master, data)
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         if self.pty_path is not None:
             await nodes.write("tty", self.pty_path)
 

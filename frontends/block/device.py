@@ -84,7 +84,7 @@ class BlockFrontend(Frontend):
         for name, value in offered.to_nodes().items():
             await nodes.write(name, value)
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         values = await backend.read_values(BackendFeatures.KEYS + DiskProperties.KEYS)
         features = BackendFeatures.from_nodes(values, backend.path)
         disk = DiskProperties.from_nodes(values, backend.path)

@@ -172,7 +172,7 @@ class EchoFrontend(Frontend):
 
     _requests: RequestQueue | None = None
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         pool = await GrantPool.share(self.domain.grants, self.peer_id, DEPTH)
         self._requests = RequestQueue([self.channel], CODEC, pool=pool, window=DEPTH)
         self.tasks.start_soon(self._requests.run)

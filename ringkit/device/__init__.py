@@ -62,7 +62,8 @@ Class attributes (both ends):
     ``async connecting(frontend)``  read the frontend's nodes (``frontend.read(...)``) after it
                                     published its ring, before mapping; raise
                                     RemoteProtocolError to refuse it (-> Closing/Closed)
-    ``async connected(nodes)``      write device properties (e.g. ``sectors``) before Connected
+    ``async rings_mapped(nodes)``   the rings are mapped: write device properties (e.g.
+                                    ``sectors``) before the backend says Connected
     ``make_channel(queue)``         attach to the mapped ring (default: `BackRingChannel`)
     ``async serve(queue)``          serve one `Queue` while connected; default: loop
                                     receive request -> ``await handle(request)`` -> send response
@@ -81,7 +82,8 @@ Class attributes (both ends):
                                     a byte stream instead)
     ``async publish(nodes)``        write extra frontend nodes (e.g. ``feature-persistent``),
                                     inside the transaction that publishes ring-ref/event-channel
-    ``async connected(backend)``    read the backend's device properties once it is Connected
+    ``async peer_connected(backend)`` the backend said Connected: read its device properties
+                                    before the frontend says Connected
     ``async disconnected()``        the connection went away (peer closed, died, or restarted);
                                     in-flight requests are lost and must be reissued
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from contextvars import ContextVar
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio
 from anyio.abc import AsyncResource, TaskGroup
@@ -49,9 +50,18 @@ QUIET = (RingkitError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSE
 MAX_ERROR_TEXT = 1024
 """Longest error node value written; a peer-chosen string quoted in a message is cut to fit."""
 
-__all__ = ("QUIET", "DeviceBase", "DeviceTasks", "Wakeup", "ring_failure")
+__all__ = (
+    "QUIET",
+    "RENAMED_HOOKS",
+    "DeviceBase",
+    "DeviceTasks",
+    "Wakeup",
+    "driver_hook",
+    "ring_failure",
+)
 
 S = XenbusState
+T = TypeVar("T")
 
 
 class Wakeup:
@@ -83,6 +93,39 @@ def ring_failure(exc: BaseException) -> BaseException | None:
     ):
         return exc
     return None
+
+
+RENAMED_HOOKS: dict[str, tuple[str, str]] = {
+    "rings_mapped": ("connected", "once the rings are mapped, before the backend says Connected"),
+    "peer_connected": ("connected", "once the backend said Connected, before the frontend does"),
+}
+"""Hook -> (its old name, when it runs): `Backend.connected` ran before the backend said
+Connected, `Frontend.connected` after the backend did; the new names say which.  The old names
+still work, with a DeprecationWarning, for one more release (see `driver_hook`)."""
+
+
+def driver_hook(
+    device: DeviceBase[Any], base: type[DeviceBase[Any]], name: str
+) -> Callable[..., Awaitable[None]]:
+    """The hook `name` of `device` (a subclass of the end `base`) to call -- or, for a hook of
+    `RENAMED_HOOKS` whose old name the driver still overrides, that override, with a
+    DeprecationWarning naming `name`.
+
+    `base` defines the old name as a forwarder to `name`, so an old override that calls
+    ``super().<old>(...)`` still reaches its parent class's `name`."""
+    renamed = RENAMED_HOOKS.get(name)
+    if renamed is not None:
+        old, when = renamed
+        if getattr(type(device), old) is not getattr(base, old):
+            warnings.warn(
+                f"{type(device).__qualname__}.{old}: the {base.__name__} hook {old!r} is now "
+                f"called {name!r} (it runs {when}); rename the override -- ringkit calls "
+                f"{old!r} for one more release only",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            name = old
+    return cast("Callable[..., Awaitable[None]]", getattr(device, name))
 
 
 _OPEN_DEVICES: ContextVar[tuple[DeviceBase[Any], ...]] = ContextVar(
@@ -202,6 +245,8 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         monitoring: the conformance checks fail a driver that a peer can make raise."""
         self._closing = False
         self._owner_task: int | None = None
+        self._hook_failure: BaseException | None = None
+        """The latest exception out of a driver hook (see `_hook`)."""
 
     # ------------------------------------------------------------------ where things are
 
@@ -278,6 +323,16 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     async def disconnected(self) -> None:
         """Hook: the current connection was torn down (the rings are already released)."""
 
+    async def _hook(self, hook: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Call the driver's `hook`, remembering an exception out of it: that one is the
+        driver's, whatever its type -- an OSError from a file the hook opened is not the store
+        or the transport failing under the supervisor (see `_carry_out`)."""
+        try:
+            return await hook(*args)
+        except BaseException as exc:
+            self._hook_failure = exc
+            raise
+
     # ------------------------------------------------------------------ helpers for subclasses
 
     def wake(self, reason: str, error: BaseException | None = None) -> None:
@@ -342,7 +397,17 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
         if had:
             self._signal_change()
             with anyio.CancelScope(shield=True):
-                await self.disconnected()
+                try:
+                    await self.disconnected()
+                except Exception as exc:
+                    # The driver's bug, in a connection already over: it must not stop the
+                    # supervisor (or whatever tore down); the supervisor answers it as it
+                    # answers a failed task of a connection that is over.
+                    self.log.error("%s: the driver's disconnected hook failed", self.address,
+                                   exc_info=exc)
+                    self.driver_error = exc
+                    self._driver_failures.append((exc, self._released - 1))
+                    self.wake("driver failed")
 
     @property
     def tasks(self) -> DeviceTasks:
@@ -441,12 +506,18 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
             except RingkitError as exc:
                 await self._local_failure(exc)
                 return
-            except QUIET:
-                # Here most likely the store or the transport failing under the supervisor
-                # itself: nothing more can be decided (`_supervise` ends the device).
-                raise
+            except QUIET as exc:
+                if exc is not self._hook_failure or ring_failure(exc) is not None:
+                    # The store or the transport failing under the supervisor itself: nothing
+                    # more can be decided (`_supervise` ends the device).
+                    raise
+                # An OSError (say) out of a driver hook: the driver's bug, as below.
+                self.log.error("%s: the driver failed to %s; ending the connection",
+                               self.address, reaction.value, exc_info=exc)
+                await self._driver_failure(exc)
+                return
             except Exception as exc:
-                # A driver hook (connecting, connected, negotiate, publish...) failed: its bug
+                # A driver hook (connecting, rings_mapped, negotiate, publish...) failed: its bug
                 # ends only this connection, in order, as a failed task of the driver does.
                 self.log.error("%s: the driver failed to %s; ending the connection",
                                self.address, reaction.value, exc_info=exc)

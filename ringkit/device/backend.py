@@ -10,13 +10,15 @@ frontend that breaks the protocol is disconnected (Closing -> Closed).  `run()` 
 device is removed (either dir deleted), or after the first connection ends with ``once=True``.
 
 A driver's own bug -- `Backend.serve`, `Backend.handle` or another hook raising, or a task it
-started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing --
-ends only the connection it happened in, in order: logged at ERROR with its traceback, the
+started with ``self.tasks.start_soon`` failing, with anything that is not the peer's doing (an
+OSError out of a hook included: it is not taken for the store failing) -- ends only the
+connection it happened in, in order: logged at ERROR with its traceback, the
 error node (EIO, naming the exception), Closing, the rings released, Closed.  The frontend sees
 an orderly close at once, and the backend then carries on as after a refused connection:
 offered again to the frontend once it followed to Closed, or, with ``once=True`` or ``online``
 = 0, finished -- and then `run()` raises the driver's exception, so that the bug is not mistaken
-for a peer that went away.
+for a peer that went away.  A `disconnected` hook that raises comes after its connection is
+over: it is logged and kept in `driver_error`, and the backend carries on.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .._errors import (
 from ..abc import Domain
 from ..proto.ring import BackRing
 from ..proto.xenbus import Reaction, Role, XenbusState
-from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, ring_failure
+from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, driver_hook, ring_failure
 from .paths import DeviceAddress, Nodes
 from .queue import MAX_QUEUES, Queue, queue_nodes, read_ring_refs
 
@@ -66,7 +68,7 @@ class Backend(DeviceBase[BackChannelT]):
 
     Use as ``async with MyBackend(domain, frontend_id, devid) as be: await be.run()``.
     Subclasses set `device_type` and `ring_layout` and implement `handle` (or override `serve`);
-    they may override `advertise`, `connecting`, `connected`, `disconnected`, `make_channel`.
+    they may override `advertise`, `connecting`, `rings_mapped`, `disconnected`, `make_channel`.
 
     A device owns an anyio task group, entered when it opens and left when it closes, so it
     is closed in the task that opened it and in LIFO order with the other devices that task
@@ -113,8 +115,17 @@ class Backend(DeviceBase[BackChannelT]):
         """Hook: the frontend published its rings; read its nodes before they are mapped.
         Raise RemoteProtocolError to refuse a frontend (-> Closing, Closed)."""
 
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        """Hook: the frontend's rings are mapped and its event channels bound; write the device
+        properties (a disk's size, ...) into `nodes`, the backend dir, before the backend says
+        Connected -- the frontend reads them in `Frontend.peer_connected`."""
+
     async def connected(self, nodes: Nodes) -> None:
-        """Hook: the rings are mapped; write device properties before saying Connected."""
+        """Deprecated: the old name of `rings_mapped`.  A driver that still overrides it has
+        its override called instead of `rings_mapped`, with a DeprecationWarning, for one more
+        release.  This default calls `rings_mapped`, so such an override that calls
+        ``super().connected(nodes)`` still reaches its parent class's `rings_mapped`."""
+        await self.rings_mapped(nodes)
 
     def make_channel(self, queue: Queue[BackChannelT]) -> BackChannelT:
         """Hook: attach to the mapped ring pages.  Default: a `BackRingChannel` over
@@ -164,7 +175,7 @@ class Backend(DeviceBase[BackChannelT]):
             else:
                 with suppress(StoreError):
                     await self.domain.store.rm(own.node(name))
-        await self.advertise(own)
+        await self._hook(self.advertise, own)
         await self._write_state(S.INIT_WAIT)
 
     async def _start_over(self) -> None:
@@ -288,7 +299,7 @@ class Backend(DeviceBase[BackChannelT]):
     async def _connect(self) -> None:
         await self._teardown()
         frontend = self.peer_nodes
-        await self.connecting(frontend)
+        await self._hook(self.connecting, frontend)
         order = await frontend.read_int("ring-page-order", 0, maximum=self.max_ring_page_order)
         queues = await frontend.read_int(
             "multi-queue-num-queues", 1, minimum=1, maximum=min(self.max_queues, MAX_QUEUES)
@@ -299,7 +310,7 @@ class Backend(DeviceBase[BackChannelT]):
         except (GrantError, EventChannelError, StoreError, RemoteProtocolError):
             await self._teardown()
             raise
-        await self.connected(self.own_nodes)
+        await self._hook(driver_hook(self, Backend, "rings_mapped"), self.own_nodes)
         await self._clear_error()
         await self._write_state(S.CONNECTED)
         self._refusals = 0

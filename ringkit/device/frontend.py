@@ -29,7 +29,7 @@ from .._errors import PeerGoneError, PeerRefusedError, RingkitError
 from ..abc import Domain, Transaction
 from ..proto.ring import FrontRing
 from ..proto.xenbus import Reaction, Role, XenbusState
-from ._base import QUIET, DeviceBase, DeviceTasks
+from ._base import QUIET, DeviceBase, DeviceTasks, driver_hook
 from .paths import DeviceAddress, Nodes
 from .queue import Queue, is_ring_key, queue_nodes, ring_ref_names
 
@@ -57,7 +57,7 @@ class Frontend(DeviceBase[FrontChannelT]):
     devid) as fe:`` -- entering connects (handshake to Connected), leaving closes.
 
     Subclasses set `device_type` and `ring_layout` (and optionally `max_ring_page_order`,
-    `max_queues`, `event_channel_key`) and may override `negotiate`, `publish`, `connected`,
+    `max_queues`, `event_channel_key`) and may override `negotiate`, `publish`, `peer_connected`,
     `disconnected` and `make_channel`.
 
     A device owns an anyio task group, entered when it opens and left when it closes, so it
@@ -111,8 +111,18 @@ class Frontend(DeviceBase[FrontChannelT]):
         """Hook: write extra frontend nodes; `nodes` writes inside the transaction that also
         publishes the rings and ``state`` = Initialised."""
 
+    async def peer_connected(self, backend: Nodes) -> None:
+        """Hook: the backend said Connected (its rings are mapped); read the device properties
+        it wrote in `Backend.rings_mapped` from `backend`, its dir, before the frontend says
+        Connected.  The channels are live: a driver may start its tasks here."""
+
     async def connected(self, backend: Nodes) -> None:
-        """Hook: the backend is Connected; read its device properties."""
+        """Deprecated: the old name of `peer_connected`.  A driver that still overrides it
+        has its override called instead of `peer_connected`, with a DeprecationWarning, for
+        one more release.  This default calls `peer_connected`, so such an override that
+        calls ``super().connected(backend)`` still reaches its parent class's
+        `peer_connected`."""
+        await self.peer_connected(backend)
 
     def make_channel(self, queue: Queue[FrontChannelT]) -> FrontChannelT:
         """Hook: initialise the freshly shared ring pages and build what the driver talks
@@ -173,7 +183,7 @@ class Frontend(DeviceBase[FrontChannelT]):
         elif reaction is Reaction.FINISH:
             for queue in self.queues:
                 queue.event.peer_bound()  # a backend is Connected only once it has bound
-            await self.connected(self.peer_nodes)
+            await self._hook(driver_hook(self, Frontend, "peer_connected"), self.peer_nodes)
             await self._clear_error()
             await self._write_state(S.CONNECTED)
             self.generation += 1
@@ -227,7 +237,7 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def _connect(self) -> None:
         await self._teardown()
         backend = self.peer_nodes
-        choice = await self.negotiate(backend)
+        choice = await self._hook(self.negotiate, backend)
         if choice is None:
             choice = RingChoice(self.max_ring_page_order, self.max_queues)
         order = min(
@@ -265,7 +275,7 @@ class Frontend(DeviceBase[FrontChannelT]):
                 for name, ref in zip(ring_ref_names(order), queue.pages.refs, strict=True):
                     await nodes.write(name, ref)
                 await nodes.write(self.event_channel_key, queue.event.port)
-            await self.publish(own)
+            await self._hook(self.publish, own)
             await own.write("state", S.INITIALISED.to_wire())
 
         if not self.handshake.can_move(S.INITIALISED):

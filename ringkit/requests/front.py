@@ -197,7 +197,7 @@ class RequestQueue:
     that does not match, an impossible status), which fails the queue.
 
     Run `run` in a task while connected (a driver: ``self.tasks.start_soon(queue.run)`` in its
-    ``connected`` hook), and `fail` the queue when the connection goes (``disconnected``).
+    ``peer_connected`` hook), and `fail` the queue when the connection goes (``disconnected``).
     Any number of tasks may `prepare`, `send` and wait concurrently.
     """
 

@@ -2,12 +2,14 @@
 
 A hostile frontend does the handshake by hand with the driver's own `negotiate`/`publish`
 hooks (so the backend sees a plausible frontend), then misbehaves; a hostile backend likewise
-uses the driver's `advertise`/`connected` hooks.  Each runs in a child process of its own
+uses the driver's `advertise`/`rings_mapped` hooks.  Each runs in a child process of its own
 (`ringkit.testing._child_main`), prints ``connected`` once it got as far as the mode needs, then
 ``done`` once it misbehaved, and stays (holding whatever it holds) until it is killed -- or
 exits at once with everything still held, for the modes that vanish.
 
-Modes are named after what the peer does; each names what the survivor must show (`Expect`).
+Modes are named after what the peer does; each names what the survivor must show (`Expect`)
+and carries, as data in its table row (`Mode`), what the peer publishes, the state it says and
+its attack once connected: the two plays below only walk the handshake and apply the row.
 Modes with `Mode.needs_codec` attack drivers built on `ringkit.requests` through the attacked
 end's `request_codec` (`ringkit.testing._hostile_requests`): requests naming grant refs the
 backend cannot use, duplicate ids; answers with ids never issued, twice, or to requests the
@@ -20,13 +22,15 @@ import enum
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import anyio
 
 from ..abc import Domain, EventChannel
 from ..device import Backend, Frontend, Nodes
+from ..device._base import driver_hook
 from ..proto.layout import (
     SRING_HEADER_SIZE,
     SRING_REQ_PROD,
@@ -34,12 +38,14 @@ from ..proto.layout import (
     RingLayout,
 )
 from ..proto.ring import FrontRing
+from ..proto.xenbus import XenbusState
 from ..requests.codec import Field, SlotCodec
 from ._driver import DriverUnderTest
 from ._hostile_requests import CANCELLED_MODE, answer_hostile, send_hostile_requests
 from ._peer import STALE_REF, say
 
 U32 = struct.Struct("<I")
+S = XenbusState
 
 
 class Expect(enum.Enum):
@@ -59,6 +65,12 @@ class Expect(enum.Enum):
     SERVE = "serve"
     """The peer's traffic is odd but legal: stay connected and go on."""
 
+    @property
+    def refused(self) -> bool:
+        """Whether the attacked end may refuse the peer before connecting: the peer then never
+        waits for it to say Connected."""
+        return self in (Expect.REFUSE, Expect.REFUSE_OR_SERVE)
+
 
 def names_refs(codec: SlotCodec) -> bool:
     """Whether the codec's requests name grant refs at all."""
@@ -76,9 +88,49 @@ def any_codec(codec: SlotCodec) -> bool:
     return True
 
 
+@dataclass
+class Play:
+    """What a hostile end holds once it got as far as its mode needs: the attack's material."""
+
+    dom: Domain
+    peer_id: int
+    end: Frontend | Backend
+    """The driver's own end (never entered: only its hooks are used)."""
+    mode: str
+    rng: random.Random
+    own: Nodes
+    peer: Nodes
+    layout: RingLayout | None
+    buf: memoryview
+    """The shared ring page (granted by a hostile frontend, mapped by a hostile backend)."""
+    port: EventChannel
+    codec: SlotCodec | None
+    """The attacked end's `request_codec` (None for a driver not on `ringkit.requests`)."""
+    ring: FrontRing | None = None
+    """A hostile frontend's own ring engine (None for a hostile backend, or no layout)."""
+
+    @property
+    def entries(self) -> int:
+        """Slots of the ring (0 without an io/ring.h layout)."""
+        return self.layout.entries(len(self.buf)) if self.layout is not None else 0
+
+    @property
+    def slot(self) -> int:
+        assert self.layout is not None, f"{self.mode} needs a ring layout"
+        return self.layout.slot_size
+
+
+Attack = Callable[[Play], Awaitable[None]]
+"""A mode's misbehaviour once connected (see `Mode.attack`)."""
+NodeEdit = Callable[[dict[str, str], str, int], None]
+"""A hostile frontend's change to the ring nodes it publishes: (nodes, event channel key, its
+port)."""
+
+
 @dataclass(frozen=True)
 class Mode:
-    """One way a hostile peer misbehaves, and what the end under attack must show."""
+    """One way a hostile peer misbehaves, and what the end under attack must show.  The row
+    carries the behaviour: what the peer publishes, the state it says, and its attack."""
 
     name: str
     expect: Expect
@@ -88,72 +140,22 @@ class Mode:
     needs_codec: Callable[[SlotCodec], bool] | None = None
     """Only for drivers on `ringkit.requests` whose attacked end has a `request_codec` this
     says yes to (the backend's for a hostile frontend, the frontend's for a hostile backend)."""
+    attack: Attack | None = None
+    """What the peer does once connected (None: nothing but ring the doorbell)."""
+    edit_nodes: NodeEdit | None = None
+    """A hostile frontend: how it changes the ring nodes it publishes."""
+    nodes: tuple[tuple[str, str], ...] = ()
+    """Nodes written over the driver's own: a hostile frontend's after its `publish` hook, a
+    hostile backend's before its `advertise` hook."""
+    says: XenbusState = S.INITIALISED
+    """A hostile frontend: the state it says once it published its rings (blkif.h lets it
+    skip Initialised)."""
+    notify: bool = True
+    """Ring the attacked end's doorbell after the attack (not once the port is closed, nor
+    for a peer that stays quiet)."""
 
 
-FRONTEND_MODES = {m.name: m for m in (
-    Mode("garbage-slots", Expect.ERROR_OR_SERVE, True, "random bytes in every request slot"),
-    Mode("req-prod-ahead", Expect.DISCONNECT, True, "req_prod more than the ring size ahead"),
-    Mode("req-prod-backwards", Expect.DISCONNECT, True, "req_prod behind req_cons"),
-    Mode("req-prod-huge", Expect.DISCONNECT, True, "req_prod = 2**31 - 1"),
-    Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header"),
-    Mode("garbage-page", Expect.ERROR_OR_SERVE, False, "random bytes over the whole page"),
-    Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel"),
-    Mode("vanishes", Expect.DISCONNECT, False, "exits with its pages still granted"),
-    Mode("ring-ref-missing", Expect.REFUSE, False, "no ring-ref node"),
-    Mode("ring-ref-garbage", Expect.REFUSE, False, "ring-ref = 'x'"),
-    Mode("ring-ref-stale", Expect.REFUSE, False, "ring-ref naming no grant"),
-    Mode("event-channel-garbage", Expect.REFUSE, False, "event channel = 'x'"),
-    Mode("event-channel-zero", Expect.REFUSE, False, "event channel = 0"),
-    Mode("event-channel-unknown", Expect.REFUSE, False, "event channel nobody allocated"),
-    Mode("ring-page-order-too-big", Expect.REFUSE, False, "ring-page-order = 9"),
-    Mode("too-many-queues", Expect.REFUSE, False, "multi-queue-num-queues = 9999"),
-    Mode("wrong-protocol", Expect.REFUSE_OR_SERVE, False, "protocol = x86_32-abi"),
-    Mode("refs-never-granted", Expect.ERROR_OR_SERVE, True,
-         "requests naming a grant ref nobody granted", names_refs),
-    Mode("refs-granted-elsewhere", Expect.ERROR_OR_SERVE, True,
-         "requests naming a page granted to another domain", names_refs),
-    Mode("refs-revoked", Expect.ERROR_OR_SERVE, True,
-         "requests naming a page revoked right after they were published", names_refs),
-    Mode("ref-count-too-big", Expect.ERROR_OR_SERVE, True,
-         "requests naming more grant refs than fit", counts_refs),
-    Mode("duplicate-ids", Expect.ERROR_OR_SERVE, True,
-         "two requests in flight with the same id", any_codec),
-)}
-
-BACKEND_MODES = {m.name: m for m in (
-    Mode("garbage-responses", Expect.DISCONNECT, True, "random bytes as the responses"),
-    Mode("unsolicited-responses", Expect.DISCONNECT, True, "responses before any request"),
-    Mode("duplicate-responses", Expect.DISCONNECT, True,
-         "each request slot copied back twice as its response"),
-    Mode("rsp-prod-ahead", Expect.DISCONNECT, True, "rsp_prod more than the ring size ahead"),
-    Mode("rsp-prod-backwards", Expect.DISCONNECT, True, "rsp_prod behind rsp_cons"),
-    Mode("rsp-prod-huge", Expect.DISCONNECT, True, "rsp_prod = 2**31 - 1"),
-    Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header"),
-    Mode("garbage-page", Expect.DISCONNECT, False, "random bytes over the whole page"),
-    Mode("stops-answering", Expect.NO_ANSWER, False, "takes requests, never answers"),
-    Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel"),
-    Mode("vanishes", Expect.DISCONNECT, False, "exits with the pages still mapped"),
-    Mode("max-ring-page-order-garbage", Expect.REFUSE, False, "max-ring-page-order = 'x'"),
-    Mode("answers-unissued-ids", Expect.DISCONNECT, True,
-         "answers a request with an id the frontend never issued", any_codec),
-    Mode("answers-twice", Expect.DISCONNECT, True,
-         "answers a request twice (its id in two responses)", any_codec),
-    Mode(CANCELLED_MODE, Expect.SERVE, True,
-         "holds requests until the frontend cancelled them, then answers them", any_codec),
-)}
-
-def codec_of(end: object) -> SlotCodec | None:
-    """The `request_codec` of a driver's end class (None for a driver not on the layer)."""
-    codec = getattr(end, "request_codec", None)
-    return codec if isinstance(codec, SlotCodec) else None
-
-
-async def _await_state(nodes: Nodes, wanted: set[str]) -> str:
-    while True:
-        state = await nodes.read_optional("state")
-        if state is not None and state in wanted:
-            return state
-        await anyio.sleep(0.01)
+# --------------------------------------------------------------------------- the attacks
 
 
 def _set(buf: memoryview, offset: int, value: int) -> None:
@@ -164,97 +166,101 @@ def _get(buf: memoryview, offset: int) -> int:
     return int(U32.unpack_from(buf, offset)[0])
 
 
-async def _until_requests(buf: memoryview, event: EventChannel) -> int:
+async def _until_requests(play: Play) -> int:
     """Wait for the frontend to put requests on the ring; their count."""
-    while not (prod := _get(buf, SRING_REQ_PROD)):
+    while not (prod := _get(play.buf, SRING_REQ_PROD)):
         with anyio.move_on_after(0.05):
-            await event.wait()
+            await play.port.wait()
     return prod
 
 
-async def _pose(end: Frontend | Backend, mode: str
-                ) -> tuple[random.Random, Nodes, Nodes, RingLayout | None]:
-    """Start posing as `end` (an instance of the driver's class, never entered: only its hooks
-    are used): a random source for `mode`, own and peer dirs, the ring layout; says
-    Initialising."""
-    await end.own_nodes.write("state", "1")
-    return random.Random(mode), end.own_nodes, end.peer_nodes, end.ring_layout
+def _set_index(offset: int, value: Callable[[Play], int]) -> Attack:
+    """Write `value` into the shared ring header's index at `offset`."""
+    async def attack(play: Play) -> None:
+        _set(play.buf, offset, value(play))
+    return attack
 
 
-async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest,
-                           mode: str) -> None:
-    front = driver.make_frontend(dom, backend_id)  # never entered: its hooks only
-    rng, own, backend, layout = await _pose(front, mode)
-    await _await_state(backend, {"2"})
-    await front.negotiate(backend)
-    pages = await dom.grants.share(backend_id, 1, writable=True)
-    port = await dom.events.alloc_unbound(backend_id)
-    ring = FrontRing.init(pages.buffer, layout) if layout is not None else None
-    entries = ring.entries if ring is not None else 0
-    key = front.event_channel_key
-    nodes = {"ring-ref": str(pages.refs[0]), key: str(port.port)}
-    if mode == "ring-ref-missing":
-        del nodes["ring-ref"]
-    elif mode == "ring-ref-garbage":
-        nodes["ring-ref"] = "x"
-    elif mode == "ring-ref-stale":
-        nodes["ring-ref"] = str(STALE_REF)
-    elif mode == "event-channel-garbage":
-        nodes[key] = "x"
-    elif mode == "event-channel-zero":
-        nodes[key] = "0"
-    elif mode == "event-channel-unknown":
-        nodes[key] = str(port.port + 4000)
-    elif mode == "ring-page-order-too-big":
-        nodes["ring-page-order"] = "9"
-        nodes.update({f"ring-ref{i}": nodes["ring-ref"] for i in range(4)})
-    elif mode == "too-many-queues":
-        nodes["multi-queue-num-queues"] = "9999"
-    for name, value in nodes.items():
-        await own.write(name, value)
-    await front.publish(own)
-    if mode == "wrong-protocol":
-        await own.write("protocol", "x86_32-abi")
-    # blkif.h lets a frontend skip Initialised: "skips-initialised" goes straight to Connected
-    await own.write("state", "4" if mode == "skips-initialised" else "3")
-    if mode in FRONTEND_MODES and FRONTEND_MODES[mode].expect in (Expect.REFUSE,
-                                                                  Expect.REFUSE_OR_SERVE):
-        say("done")
-        await anyio.sleep_forever()
-    await _await_state(backend, {"4"})
-    say("connected")
-    attack = FRONTEND_MODES.get(mode)
-    if attack is not None and attack.needs_codec is not None:
-        codec = codec_of(driver.backend)
-        assert codec is not None and ring is not None, f"{mode} needs a request codec"
-        await send_hostile_requests(dom, backend_id, codec, ring, port, backend, mode)
-    buf = pages.buffer
-    if mode == "garbage-slots":
-        assert layout is not None
-        count = min(entries, 8)
-        end = SRING_HEADER_SIZE + count * layout.slot_size
-        buf[SRING_HEADER_SIZE:end] = rng.randbytes(end - SRING_HEADER_SIZE)
-        _set(buf, SRING_REQ_PROD, count)
-    elif mode == "req-prod-ahead":
-        _set(buf, SRING_REQ_PROD, entries + 5)
-    elif mode == "req-prod-backwards":
-        _set(buf, SRING_REQ_PROD, -1)
-    elif mode == "req-prod-huge":
-        _set(buf, SRING_REQ_PROD, 2**31 - 1)
-    elif mode == "scribbled-header":
-        buf[:SRING_HEADER_SIZE] = b"\xff" * SRING_HEADER_SIZE
-    elif mode == "garbage-page":
-        buf[:] = rng.randbytes(len(buf))
-    elif mode == "closes-event-channel":
-        await port.aclose()
-    elif mode == "closes-port-then-closes":
-        await _close_port_then_close(dom, backend_id, front, own, backend, port)
-    elif mode == "vanishes":
-        os._exit(0)
-    if not port_closed(mode):
-        port.notify()
-    say("done")
-    await anyio.sleep_forever()
+async def _garbage_slots(play: Play) -> None:
+    count = min(play.entries, 8)
+    end = SRING_HEADER_SIZE + count * play.slot
+    play.buf[SRING_HEADER_SIZE:end] = play.rng.randbytes(end - SRING_HEADER_SIZE)
+    _set(play.buf, SRING_REQ_PROD, count)
+
+
+async def _scribble_header(play: Play) -> None:
+    play.buf[:SRING_HEADER_SIZE] = b"\xff" * SRING_HEADER_SIZE
+
+
+async def _garbage_page(play: Play) -> None:
+    play.buf[:] = play.rng.randbytes(len(play.buf))
+
+
+def _after_requests(attack: Attack) -> Attack:
+    """A hostile backend's `attack`, once the frontend put requests on a ring with a layout."""
+    async def after(play: Play) -> None:
+        if play.layout is not None:
+            await _until_requests(play)
+        await attack(play)
+    return after
+
+
+async def _close_port(play: Play) -> None:
+    await play.port.aclose()
+
+
+async def _vanish(play: Play) -> None:
+    os._exit(0)
+
+
+async def _send_requests(play: Play) -> None:
+    assert play.codec is not None and play.ring is not None, f"{play.mode} needs a codec"
+    await send_hostile_requests(play.dom, play.peer_id, play.codec, play.ring, play.port,
+                                play.peer, play.mode)
+
+
+async def _answer_requests(play: Play) -> None:
+    assert play.codec is not None, f"{play.mode} needs a request codec"
+    await answer_hostile(play.codec, play.buf, play.port, play.mode)
+
+
+def _response(play: Play, index: int, data: bytes) -> None:
+    assert play.layout is not None
+    start = SRING_HEADER_SIZE + (index % play.entries) * play.slot
+    play.buf[start:start + play.layout.response_size] = data
+
+
+async def _unsolicited_responses(play: Play) -> None:
+    assert play.layout is not None
+    for i in range(2):
+        _response(play, i, play.rng.randbytes(play.layout.response_size))
+    _set(play.buf, SRING_RSP_PROD, 2)
+
+
+async def _garbage_responses(play: Play) -> None:
+    assert play.layout is not None
+    prod = await _until_requests(play)
+    for i in range(prod):
+        _response(play, i, play.rng.randbytes(play.layout.response_size))
+    _set(play.buf, SRING_RSP_PROD, prod)
+
+
+async def _duplicate_responses(play: Play) -> None:
+    assert play.layout is not None
+    prod = await _until_requests(play)
+    size = play.layout.response_size
+    copies = [bytes(play.buf[SRING_HEADER_SIZE + i * play.slot:][:size]) for i in range(prod)]
+    for i, copy in enumerate(copies + copies):
+        _response(play, i, copy)
+    _set(play.buf, SRING_RSP_PROD, 2 * prod)
+
+
+def _rsp_prod(value: Callable[[Play, int], int]) -> Attack:
+    """Once the frontend put requests on the ring, say rsp_prod = `value(play, req_prod)`."""
+    async def attack(play: Play) -> None:
+        prod = await _until_requests(play)
+        _set(play.buf, SRING_RSP_PROD, value(play, prod))
+    return attack
 
 
 CLOSE_PORT_MODE = "closes-port-then-closes"
@@ -263,103 +269,253 @@ waiting for the backend to follow), then connects again -- what Linux's xenbus_r
 asks of a backend after a frontend lost its connection."""
 
 
-async def _close_port_then_close(dom: Domain, backend_id: int, front: Frontend, own: Nodes,
-                                 backend: Nodes, port: EventChannel) -> None:
-    await port.aclose()
+async def _close_port_then_close(play: Play) -> None:
+    front, own, backend = play.end, play.own, play.peer
+    assert isinstance(front, Frontend)
+    await play.port.aclose()
     # the backend stops serving a frontend whose port is gone (it leaves Connected) ...
-    await _await_state(backend, {"0", "1", "2", "3", "5", "6"})
+    await _await_state(backend, {S.UNKNOWN, S.INITIALISING, S.INIT_WAIT, S.INITIALISED,
+                                 S.CLOSING, S.CLOSED})
     say("port-seen")
     # ... and must still follow the orderly close that comes after
-    await own.write("state", "5")
-    await _await_state(backend, {"5", "6"})
+    await own.write("state", S.CLOSING.to_wire())
+    await _await_state(backend, {S.CLOSING, S.CLOSED})
     say("closing-followed")
-    await own.write("state", "6")
-    await _await_state(backend, {"6"})
+    await own.write("state", S.CLOSED.to_wire())
+    await _await_state(backend, {S.CLOSED})
     say("closed-followed")
-    await own.write("state", "1")
-    await _await_state(backend, {"2"})
+    await own.write("state", S.INITIALISING.to_wire())
+    await _await_state(backend, {S.INIT_WAIT})
     await front.negotiate(backend)
-    pages = await dom.grants.share(backend_id, 1, writable=True)
-    again = await dom.events.alloc_unbound(backend_id)
+    pages = await play.dom.grants.share(play.peer_id, 1, writable=True)
+    again = await play.dom.events.alloc_unbound(play.peer_id)
     if front.ring_layout is not None:
         FrontRing.init(pages.buffer, front.ring_layout)
     await own.write("ring-ref", str(pages.refs[0]))
     await own.write(front.event_channel_key, str(again.port))
     await front.publish(own)
-    await own.write("state", "3")
-    await _await_state(backend, {"4"})
+    await own.write("state", S.INITIALISED.to_wire())
+    await _await_state(backend, {S.CONNECTED})
     say("reconnected")
 
 
-def port_closed(mode: str) -> bool:
-    return mode in ("closes-event-channel", CLOSE_PORT_MODE)
+def _node(name: str, value: Callable[[str, int], str]) -> NodeEdit:
+    """Publish ring node `name` ("event-channel": the driver's event channel key) as
+    `value(event channel key, own port)`."""
+    def edit(nodes: dict[str, str], key: str, port: int) -> None:
+        nodes[key if name == "event-channel" else name] = value(key, port)
+    return edit
+
+
+def _no_ring_ref(nodes: dict[str, str], key: str, port: int) -> None:
+    del nodes["ring-ref"]
+
+
+def _order_too_big(nodes: dict[str, str], key: str, port: int) -> None:
+    nodes["ring-page-order"] = "9"
+    nodes.update({f"ring-ref{i}": nodes["ring-ref"] for i in range(4)})
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+FRONTEND_MODES = {m.name: m for m in (
+    Mode("garbage-slots", Expect.ERROR_OR_SERVE, True, "random bytes in every request slot",
+         attack=_garbage_slots),
+    Mode("req-prod-ahead", Expect.DISCONNECT, True, "req_prod more than the ring size ahead",
+         attack=_set_index(SRING_REQ_PROD, lambda p: p.entries + 5)),
+    Mode("req-prod-backwards", Expect.DISCONNECT, True, "req_prod behind req_cons",
+         attack=_set_index(SRING_REQ_PROD, lambda p: -1)),
+    Mode("req-prod-huge", Expect.DISCONNECT, True, "req_prod = 2**31 - 1",
+         attack=_set_index(SRING_REQ_PROD, lambda p: 2**31 - 1)),
+    Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header",
+         attack=_scribble_header),
+    Mode("garbage-page", Expect.ERROR_OR_SERVE, False, "random bytes over the whole page",
+         attack=_garbage_page),
+    Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel",
+         attack=_close_port, notify=False),
+    Mode("vanishes", Expect.DISCONNECT, False, "exits with its pages still granted",
+         attack=_vanish),
+    Mode("ring-ref-missing", Expect.REFUSE, False, "no ring-ref node", edit_nodes=_no_ring_ref),
+    Mode("ring-ref-garbage", Expect.REFUSE, False, "ring-ref = 'x'",
+         edit_nodes=_node("ring-ref", lambda key, port: "x")),
+    Mode("ring-ref-stale", Expect.REFUSE, False, "ring-ref naming no grant",
+         edit_nodes=_node("ring-ref", lambda key, port: str(STALE_REF))),
+    Mode("event-channel-garbage", Expect.REFUSE, False, "event channel = 'x'",
+         edit_nodes=_node("event-channel", lambda key, port: "x")),
+    Mode("event-channel-zero", Expect.REFUSE, False, "event channel = 0",
+         edit_nodes=_node("event-channel", lambda key, port: "0")),
+    Mode("event-channel-unknown", Expect.REFUSE, False, "event channel nobody allocated",
+         edit_nodes=_node("event-channel", lambda key, port: str(port + 4000))),
+    Mode("ring-page-order-too-big", Expect.REFUSE, False, "ring-page-order = 9",
+         edit_nodes=_order_too_big),
+    Mode("too-many-queues", Expect.REFUSE, False, "multi-queue-num-queues = 9999",
+         edit_nodes=_node("multi-queue-num-queues", lambda key, port: "9999")),
+    Mode("wrong-protocol", Expect.REFUSE_OR_SERVE, False, "protocol = x86_32-abi",
+         nodes=(("protocol", "x86_32-abi"),)),
+    Mode("refs-never-granted", Expect.ERROR_OR_SERVE, True,
+         "requests naming a grant ref nobody granted", names_refs, _send_requests),
+    Mode("refs-granted-elsewhere", Expect.ERROR_OR_SERVE, True,
+         "requests naming a page granted to another domain", names_refs, _send_requests),
+    Mode("refs-revoked", Expect.ERROR_OR_SERVE, True,
+         "requests naming a page revoked right after they were published", names_refs,
+         _send_requests),
+    Mode("ref-count-too-big", Expect.ERROR_OR_SERVE, True,
+         "requests naming more grant refs than fit", counts_refs, _send_requests),
+    Mode("duplicate-ids", Expect.ERROR_OR_SERVE, True,
+         "two requests in flight with the same id", any_codec, _send_requests),
+)}
+"""The hostile frontends the conformance suite sends against a backend, one check each."""
+
+SKIPS_INITIALISED_MODE = "skips-initialised"
+"""A frontend going from Initialising straight to Connected, as blkif.h allows."""
+
+FRONTEND_SCENARIOS = {m.name: m for m in (
+    Mode(SKIPS_INITIALISED_MODE, Expect.SERVE, False, "says Connected without Initialised",
+         says=S.CONNECTED),
+    Mode(CLOSE_PORT_MODE, Expect.DISCONNECT, False,
+         "closes its event channel, then closes in order and connects again",
+         attack=_close_port_then_close, notify=False),
+)}
+"""Frontends that break no rule but take an unusual path, for checks of their own."""
+
+BACKEND_MODES = {m.name: m for m in (
+    Mode("garbage-responses", Expect.DISCONNECT, True, "random bytes as the responses",
+         attack=_garbage_responses),
+    Mode("unsolicited-responses", Expect.DISCONNECT, True, "responses before any request",
+         attack=_unsolicited_responses),
+    Mode("duplicate-responses", Expect.DISCONNECT, True,
+         "each request slot copied back twice as its response", attack=_duplicate_responses),
+    Mode("rsp-prod-ahead", Expect.DISCONNECT, True, "rsp_prod more than the ring size ahead",
+         attack=_rsp_prod(lambda p, prod: prod + p.entries + 5)),
+    Mode("rsp-prod-backwards", Expect.DISCONNECT, True, "rsp_prod behind rsp_cons",
+         attack=_rsp_prod(lambda p, prod: -1)),
+    Mode("rsp-prod-huge", Expect.DISCONNECT, True, "rsp_prod = 2**31 - 1",
+         attack=_rsp_prod(lambda p, prod: 2**31 - 1)),
+    Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header",
+         attack=_after_requests(_scribble_header)),
+    Mode("garbage-page", Expect.DISCONNECT, False, "random bytes over the whole page",
+         attack=_after_requests(_garbage_page)),
+    Mode("stops-answering", Expect.NO_ANSWER, False, "takes requests, never answers",
+         notify=False),
+    Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel",
+         attack=_close_port, notify=False),
+    Mode("vanishes", Expect.DISCONNECT, False, "exits with the pages still mapped",
+         attack=_vanish),
+    Mode("max-ring-page-order-garbage", Expect.REFUSE, False, "max-ring-page-order = 'x'",
+         nodes=(("max-ring-page-order", "x"),)),
+    Mode("answers-unissued-ids", Expect.DISCONNECT, True,
+         "answers a request with an id the frontend never issued", any_codec,
+         _answer_requests),
+    Mode("answers-twice", Expect.DISCONNECT, True,
+         "answers a request twice (its id in two responses)", any_codec, _answer_requests),
+    Mode(CANCELLED_MODE, Expect.SERVE, True,
+         "holds requests until the frontend cancelled them, then answers them", any_codec,
+         _answer_requests),
+)}
+"""The hostile backends the conformance suite sends against a frontend, one check each."""
+
+
+def codec_of(end: object) -> SlotCodec | None:
+    """The `request_codec` of a driver's end class (None for a driver not on the layer)."""
+    codec = getattr(end, "request_codec", None)
+    return codec if isinstance(codec, SlotCodec) else None
+
+
+def _mode(table: dict[str, Mode], name: str, side: str) -> Mode:
+    try:
+        return table[name]
+    except KeyError:
+        raise SystemExit(f"no hostile {side} mode {name!r}") from None
+
+
+async def _await_state(nodes: Nodes, wanted: set[XenbusState]) -> str:
+    """Wait for the state node under `nodes` to read one of `wanted`; what it read."""
+    words = {state.to_wire() for state in wanted}
+    while True:
+        state = await nodes.read_optional("state")
+        if state is not None and state in words:
+            return state
+        await anyio.sleep(0.01)
+
+
+async def _pose(end: Frontend | Backend, mode: str
+                ) -> tuple[random.Random, Nodes, Nodes, RingLayout | None]:
+    """Start posing as `end` (an instance of the driver's class, never entered: only its hooks
+    are used): a random source for `mode`, own and peer dirs, the ring layout; says
+    Initialising."""
+    await end.own_nodes.write("state", S.INITIALISING.to_wire())
+    return random.Random(mode), end.own_nodes, end.peer_nodes, end.ring_layout
+
+
+async def _carry_out(mode: Mode, play: Play) -> NoReturn:
+    """Say ``connected``, misbehave as `mode` says, ring the doorbell (unless the mode says
+    not to), say ``done``, and hold everything until killed."""
+    say("connected")
+    if mode.attack is not None:
+        await mode.attack(play)
+    if mode.notify:
+        play.port.notify()
+    say("done")
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def _refused() -> NoReturn:
+    """The attacked end is to refuse what was published: say ``done`` and hold it."""
+    say("done")
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest,
+                           mode: str) -> None:
+    """Play the frontend of `driver`'s device as `mode` (of `FRONTEND_MODES` or
+    `FRONTEND_SCENARIOS`) says, against the backend in domain `backend_id`."""
+    row = _mode({**FRONTEND_MODES, **FRONTEND_SCENARIOS}, mode, "frontend")
+    front = driver.make_frontend(dom, backend_id)  # never entered: its hooks only
+    rng, own, backend, layout = await _pose(front, mode)
+    await _await_state(backend, {S.INIT_WAIT})
+    await front.negotiate(backend)
+    pages = await dom.grants.share(backend_id, 1, writable=True)
+    port = await dom.events.alloc_unbound(backend_id)
+    ring = FrontRing.init(pages.buffer, layout) if layout is not None else None
+    key = front.event_channel_key
+    nodes = {"ring-ref": str(pages.refs[0]), key: str(port.port)}
+    if row.edit_nodes is not None:
+        row.edit_nodes(nodes, key, port.port)
+    for name, value in nodes.items():
+        await own.write(name, value)
+    await front.publish(own)
+    for name, value in row.nodes:
+        await own.write(name, value)
+    await own.write("state", row.says.to_wire())
+    if row.expect.refused:
+        await _refused()
+    await _await_state(backend, {S.CONNECTED})
+    await _carry_out(row, Play(dom, backend_id, front, mode, rng, own, backend, layout,
+                               pages.buffer, port, codec_of(driver.backend), ring))
 
 
 async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest,
                           mode: str) -> None:
+    """Play the backend of `driver`'s device as `mode` (of `BACKEND_MODES`) says, against the
+    frontend in domain `frontend_id`."""
+    row = _mode(BACKEND_MODES, mode, "backend")
     back = driver.make_backend(dom, frontend_id)  # never entered: its hooks only
     rng, own, frontend, layout = await _pose(back, mode)
-    if mode == "max-ring-page-order-garbage":
-        await own.write("max-ring-page-order", "x")
+    for name, value in row.nodes:
+        await own.write(name, value)
     await back.advertise(own)
-    await own.write("state", "2")
-    if BACKEND_MODES[mode].expect is Expect.REFUSE:
-        say("done")
-        await anyio.sleep_forever()
-    await _await_state(frontend, {"3", "4"})
+    await own.write("state", S.INIT_WAIT.to_wire())
+    if row.expect is Expect.REFUSE:
+        await _refused()
+    await _await_state(frontend, {S.INITIALISED, S.CONNECTED})
     ref = await frontend.read_int("ring-ref")
     port_number = await frontend.read_int(back.event_channel_key)
     pages = await dom.grants.map(frontend_id, [ref], writable=True)
     port = await dom.events.bind_interdomain(frontend_id, port_number)
-    await back.connected(own)
-    await own.write("state", "4")
-    say("connected")
-    buf = pages.buffer
-    if BACKEND_MODES[mode].needs_codec is not None:
-        codec = codec_of(driver.frontend)
-        assert codec is not None, f"{mode} needs a request codec"
-        await answer_hostile(codec, buf, port, mode)
-    if layout is not None and mode not in ("closes-event-channel", "vanishes", "garbage-page",
-                                           "scribbled-header", "stops-answering"):
-        slot, size = layout.slot_size, layout.response_size
-        entries = (len(buf) - SRING_HEADER_SIZE) // slot
-        entries = 1 << (entries.bit_length() - 1)
-        if mode == "unsolicited-responses":
-            for i in range(2):
-                start = SRING_HEADER_SIZE + i * slot
-                buf[start:start + size] = rng.randbytes(size)
-            _set(buf, SRING_RSP_PROD, 2)
-        else:
-            prod = await _until_requests(buf, port)
-            if mode == "garbage-responses":
-                for i in range(prod):
-                    start = SRING_HEADER_SIZE + (i % entries) * slot
-                    buf[start:start + size] = rng.randbytes(size)
-                _set(buf, SRING_RSP_PROD, prod)
-            elif mode == "duplicate-responses":
-                copies = [bytes(buf[SRING_HEADER_SIZE + i * slot:][:size]) for i in range(prod)]
-                for i, copy in enumerate(copies + copies):
-                    start = SRING_HEADER_SIZE + (i % entries) * slot
-                    buf[start:start + size] = copy
-                _set(buf, SRING_RSP_PROD, 2 * prod)
-            elif mode == "rsp-prod-ahead":
-                _set(buf, SRING_RSP_PROD, prod + entries + 5)
-            elif mode == "rsp-prod-backwards":
-                _set(buf, SRING_RSP_PROD, -1)
-            elif mode == "rsp-prod-huge":
-                _set(buf, SRING_RSP_PROD, 2**31 - 1)
-    elif mode in ("scribbled-header", "garbage-page"):
-        if layout is not None:
-            await _until_requests(buf, port)
-        if mode == "scribbled-header":
-            buf[:SRING_HEADER_SIZE] = b"\xff" * SRING_HEADER_SIZE
-        else:
-            buf[:] = rng.randbytes(len(buf))
-    elif mode == "closes-event-channel":
-        await port.aclose()
-    elif mode == "vanishes":
-        os._exit(0)
-    if not port_closed(mode) and mode != "stops-answering":
-        port.notify()
-    say("done")
-    await anyio.sleep_forever()
+    await driver_hook(back, Backend, "rings_mapped")(own)
+    await own.write("state", S.CONNECTED.to_wire())
+    await _carry_out(row, Play(dom, frontend_id, back, mode, rng, own, frontend, layout,
+                               pages.buffer, port, codec_of(driver.frontend)))

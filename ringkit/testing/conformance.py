@@ -87,6 +87,7 @@ from ._hostile import (
     BACKEND_MODES,
     CLOSE_PORT_MODE,
     FRONTEND_MODES,
+    SKIPS_INITIALISED_MODE,
     Expect,
     Mode,
     codec_of,
@@ -318,7 +319,7 @@ async def check_skipped_states(driver: DriverUnderTest, make_world: WorldMaker) 
     async with make_world() as w:
         await driver.create(w.dom0, w.guest_id)
         async with serving(w, driver) as served:
-            async with spawn(w, "hostile-frontend", driver, mode="skips-initialised") as peer:
+            async with spawn(w, "hostile-frontend", driver, mode=SKIPS_INITIALISED_MODE) as peer:
                 await peer.expect("connected")
                 await until(w, f"{driver.label}: the backend connecting to a frontend that "
                             "skipped Initialised", lambda: served.backend.is_connected)

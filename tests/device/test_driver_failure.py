@@ -265,8 +265,8 @@ class TaskFailingBackend(FailingEchoBackend):
         super().__init__(*args)
         self.go = anyio.Event()
 
-    async def connected(self, nodes: Nodes) -> None:
-        await super().connected(nodes)
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        await super().rings_mapped(nodes)
         self.tasks.start_soon(self._doomed)
 
     async def _doomed(self) -> None:
@@ -310,8 +310,8 @@ class TaskFailingFrontend(EchoFrontend):  # type: ignore[misc,valid-type]
         self.go = anyio.Event()
         self.events: list[tuple[object, ...]] = []
 
-    async def connected(self, backend: Nodes) -> None:
-        await super().connected(backend)
+    async def peer_connected(self, backend: Nodes) -> None:
+        await super().peer_connected(backend)
         self.tasks.start_soon(self._doomed)
 
     async def _doomed(self) -> None:
@@ -358,10 +358,10 @@ async def test_a_failing_frontend_task_ends_the_connection_in_order() -> None:
 
 
 class HookFailingBackend(FailingEchoBackend):
-    """A backend whose `connected` hook -- run by the supervisor, not a task -- raises."""
+    """A backend whose `rings_mapped` hook -- run by the supervisor, not a task -- raises."""
 
-    async def connected(self, nodes: Nodes) -> None:
-        raise RuntimeError("a bug in the connected hook")
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        raise RuntimeError("a bug in the rings_mapped hook")
 
 
 async def test_a_raising_hook_refuses_the_connection_in_order() -> None:
@@ -372,7 +372,7 @@ async def test_a_raising_hook_refuses_the_connection_in_order() -> None:
                 with anyio.fail_after(BOUND), pytest.raises(PeerRefusedError) as info:
                     async with front_of(w):
                         pass
-                assert "RuntimeError: a bug in the connected hook" in str(info.value.peer_error)
+                assert "RuntimeError: a bug in the rings_mapped hook" in str(info.value.peer_error)
                 await until(lambda: backend.finished, "the backend finishing (once=True)")
                 assert isinstance(outcome.raised, RuntimeError), outcome.raised
                 assert since_closing(backend.events) == [

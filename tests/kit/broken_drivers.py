@@ -34,7 +34,7 @@ class LeakyBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
 
     kept: ClassVar[list[SharedPages]] = []
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         self.kept.append(await self.domain.grants.share(self.peer_id, 1))
 
 
@@ -43,7 +43,7 @@ class ClingingBackend(echo.EchoBackend):  # type: ignore[misc,valid-type]
 
     kept: ClassVar[list[MappedPages]] = []
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         ref = int(await self.peer_nodes.read("ring-ref"))
         self.kept.append(await self.domain.grants.map(self.peer_id, [ref]))
 
@@ -238,7 +238,7 @@ class EagerReleaseQueue(RequestQueue):
 class _QueueKVFrontend(kv.KVFrontend):  # type: ignore[misc,valid-type]
     queue_class: ClassVar[type[RequestQueue]] = RequestQueue
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         pool = await GrantPool.share(self.domain.grants, self.peer_id, self.pool_pages)
         self._requests = self.queue_class([self.channel], kv.CODEC, pool=pool,
                                           check=kv.check_response)

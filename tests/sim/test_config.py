@@ -14,17 +14,21 @@ from ringkit.cli import main
 from ringkit.sim import SimXen
 
 LONG_DIR = f"/tmp/{'x' * 90}"
+ANY_GRANTS = "is not allowed: must be an integer of at least 1"
 
 
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"grant_limit": 0}, "grant_limit: input should be greater than or equal to 1 (got 0)"),
-        ({"grant_limit": "5"}, "grant_limit: input should be a valid integer (got '5')"),
-        ({"grant_limit": True}, "grant_limit: input should be a valid integer (got True)"),
-        ({"backend": "curio"}, "backend: input should be 'asyncio' or 'trio' (got 'curio')"),
-        ({"directory": LONG_DIR}, "directory: /tmp/xxx"),
-        ({"grant_limt": 5}, "grant_limt: unknown setting"),
+        ({"grant_limit": 0}, f"grant_limit = 0 {ANY_GRANTS}"),
+        ({"grant_limit": "5"}, f"grant_limit = '5' {ANY_GRANTS}"),
+        ({"grant_limit": True}, f"grant_limit = True {ANY_GRANTS}"),
+        ({"backend": "curio"},
+         "backend = 'curio' is not allowed: must be one of 'asyncio', 'trio'"),
+        ({"directory": LONG_DIR},
+         f"directory = '{LONG_DIR}' is not allowed: must be a directory short enough"),
+        ({"grant_limt": 5}, "grant_limt = 5 is not allowed: must be one of the known settings "
+                            "(directory, grant_limit, backend)"),
     ],
 )
 def test_bad_sim_settings_name_the_field(values: dict[str, object], expected: str) -> None:
@@ -42,29 +46,33 @@ def test_settings_are_frozen_and_have_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("", "at least 1 character"), ("a/b", "contains '/'"), ("42", "is a number"),
-     ("x" * 65, "at most 64 characters"), ("tab\there", "unprintable")],
+    [("", "name = '' is not allowed: must be text of 1 to 64 characters"),
+     ("a/b", "name = 'a/b' is not allowed: must be a name without '/'"),
+     ("42", "name = '42' is not allowed: must be a name that is not a number"),
+     ("x" * 65, "must be text of 1 to 64 characters"),
+     ("tab\there", "must be a name of printable characters only")],
 )
 def test_bad_domain_names(name: str, expected: str) -> None:
-    with pytest.raises(ConfigError, match=expected):
+    with pytest.raises(ConfigError) as info:
         load(DomainName, name=name)
+    assert expected in str(info.value)
 
 
 @pytest.mark.anyio
 async def test_sim_start_validates_before_creating_anything(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="grant_limit: input should be greater than or equal"):
+    with pytest.raises(ConfigError, match="grant_limit = 0 is not allowed"):
         async with SimXen.start(tmp_path / "sim", grant_limit=0, in_process=True):
             pass
     assert not (tmp_path / "sim").exists()
     async with SimXen.start(in_process=True) as xen:
-        with pytest.raises(ConfigError, match="is a number"):
+        with pytest.raises(ConfigError, match="not a number"):
             await xen.create_domain("7")
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--grant-limit", "0"], "--grant-limit: input should be greater than or equal to 1"),
+        (["--grant-limit", "0"], f"--grant-limit = 0 {ANY_GRANTS}"),
         (["--grant-limit", "many"], "'many' is not a valid integer"),
         (["--backend", "curio"], "'curio' is not one of 'asyncio', 'trio'"),
     ],
@@ -82,4 +90,4 @@ def test_bad_serve_options_give_a_clear_message(
 def test_too_long_serve_directory_gives_a_clear_message() -> None:
     result = CliRunner().invoke(main, ["sim", "serve", "--dir", LONG_DIR])
     assert result.exit_code == 2, result.output
-    assert "--dir:" in result.output and "is too long" in result.output
+    assert "--dir = " in result.output and "is too long" in result.output

@@ -86,8 +86,8 @@ class RecordingBlockBackend(BlockBackend):
     per_queue_requests: tuple[int, ...] = ()
     """Requests each ring served in the last connection."""
 
-    async def connected(self, nodes: Nodes) -> None:
-        await super().connected(nodes)
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        await super().rings_mapped(nodes)
         self.negotiated = (len(self.queues), self.queues[0].order, self.persistent)
         progress(f"block: connected (queues, ring-page-order, persistent) = {self.negotiated}")
 

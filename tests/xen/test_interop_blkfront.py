@@ -126,8 +126,8 @@ class ObservedBackend(BlockBackend):
         self.connections: list[Connection] = []
         self.reasons = reasons
 
-    async def connected(self, nodes: Nodes) -> None:
-        await super().connected(nodes)
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        await super().rings_mapped(nodes)
         frontend = {}
         for name in NEGOTIATED:
             value = await self.peer_nodes.read_optional(name)

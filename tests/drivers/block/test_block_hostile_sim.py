@@ -44,7 +44,7 @@ class LyingBackend(Backend):
         super().__init__(*args)  # type: ignore[arg-type]
         self.mode = mode
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         await nodes.write("sectors", 2048)
         await nodes.write("info", 0)
         await nodes.write("sector-size", 512)

@@ -32,7 +32,7 @@ class ImpossibleDiskBackend(Backend):
         super().__init__(*args)  # type: ignore[arg-type]
         self.node, self.value = node, value
 
-    async def connected(self, nodes: Nodes) -> None:
+    async def rings_mapped(self, nodes: Nodes) -> None:
         for name, value in DiskProperties(sectors=2048).to_nodes().items():
             await nodes.write(name, value)
         await nodes.write(self.node, self.value)
