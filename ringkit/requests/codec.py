@@ -191,8 +191,10 @@ class SlotCodec:
                 raise ConfigError(f"{self.layout.name}: field at {f.offset} (+{f.size}) lies "
                                   f"past the {rsp}-byte response")
         if self.chain is not None:
-            for f in (self.chain.flags, self.chain.extra_flags):
-                if f is not None and f.end > req:
+            chain_fields = [self.chain.flags, *((self.chain.extra_flags,)
+                                                if self.chain.extra_flags else ())]
+            for f in chain_fields:
+                if f.end > req:
                     raise ConfigError(f"{self.layout.name}: chain flags at {f.offset} lie past "
                                       f"the {req}-byte request")
         if self.refs is not None and self.refs.operations is not None and self.operation is None:
