@@ -48,7 +48,7 @@ from ringkit.requests import (
     SharedEventChannel,
 )
 
-__all__ = ("BackendStats", "NetBackend", "NetBackRings")
+__all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""
@@ -182,7 +182,7 @@ class NetBackend(Backend[NetBackRings]):
         while True:
             chain = await tx.take_chain()
             try:
-                frame = await packet_of(chain)
+                frame = await self.packet_of(chain)
             except RequestError as exc:
                 self.stats.tx_refused += 1
                 self.log.debug("%s: tx packet refused: %s", self.address, exc.reason)
@@ -192,6 +192,14 @@ class NetBackend(Backend[NetBackRings]):
                                            for r in chain.requests])
             self.stats.tx_packets += 1
             await self.link.send(frame)
+
+    async def packet_of(self, chain: RequestChain) -> bytes:
+        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out).
+
+        Raises:
+            RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
+        """
+        return await copy_packet(chain)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link -> guest: each frame copied into as many posted pages as it needs."""
@@ -222,7 +230,7 @@ class NetBackend(Backend[NetBackRings]):
             self.stats.rx_packets += 1
 
 
-async def packet_of(chain: RequestChain) -> bytes:
+async def copy_packet(chain: RequestChain) -> bytes:
     """The frame a chain of tx requests carries, copied out of the granted pages.
 
     Raises:
