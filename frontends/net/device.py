@@ -40,7 +40,7 @@ from ringkit.proto import netif
 from ringkit.proto.ring import FrontRing
 from ringkit.requests import Completions, GrantPool, Request, RequestQueue, SharedEventChannel
 
-__all__ = ("FrameStream", "FrontendStats", "NetFrontend", "NetFrontRings")
+__all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "check_rx", "check_tx")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame the frontend sends or accepts (io/netif.h's 16-bit size)."""
@@ -285,8 +285,8 @@ class NetFrontend(Frontend[NetFrontRings]):
                             f"{netif.NR_SLOTS_MIN} buffers")
                     continue
                 frame = self._frame_of(chain)
-                for answered in chain:
-                    queue.release(answered)
+                for part in chain:
+                    queue.release(part)
                 self._post(queue, done, len(chain))
                 chain = []
                 if frame is None:

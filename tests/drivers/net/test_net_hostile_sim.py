@@ -132,7 +132,8 @@ class TrustingBackend(NetBackend):
     async def packet_of(self, chain: RequestChain) -> bytes:
         parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
         views = await chain.requests[0].map([p.gref for p in parsed], writable=False)
-        return b"".join(bytes(v[p.offset:p.offset + p.size]) for v, p in zip(views, parsed))
+        return b"".join(bytes(v[p.offset:p.offset + p.size])
+                        for v, p in zip(views, parsed, strict=True))
 
 
 async def test_negative_control_a_trusting_backend_is_caught() -> None:
@@ -185,6 +186,17 @@ class IdRxBackend(HostileRxBackend):
     make = staticmethod(lambda rid: netif.encode_rx_response(rid + 1000, 0, 0, 60))
 
 
+class LongChainRxBackend(NetBackend):
+    """Answers 19 posted buffers as one packet (``more_data`` on every one)."""
+
+    async def _receive(self, rx: PostedRequests) -> None:
+        await self.link.receive()
+        requests = await rx.take(19)
+        await rx.respond(requests, [netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA,
+                                                             60) for r in requests])
+        await anyio.sleep_forever()
+
+
 class TrustingFrontend(NetFrontend):
     """Negative control: takes rx responses without checking them."""
 
@@ -224,6 +236,7 @@ async def _hostile_rx(backend: type[NetBackend], frontend: type[NetFrontend]) ->
     (FlagsRxBackend, "flags"),
     (StatusRxBackend, "status -7"),
     (IdRxBackend, "not an id"),
+    (LongChainRxBackend, "over more than 18 buffers"),
 ])
 async def test_hostile_rx_responses_end_the_connection(backend: type[NetBackend],
                                                        words: str) -> None:
