@@ -38,6 +38,7 @@ PAGE_SIZE: Final = 4096
 #     uint16_t size;           /* first slot: the packet's length; others: the fragment's */
 # };                           /* 0, 4, 6, 8, 10; 12 bytes */
 TX_REQUEST: Final = struct.Struct("<IHHHH")
+"""`netif_tx_request`: gref, offset, flags, id, size."""
 # struct netif_extra_info {
 #     uint8_t type;            /* XEN_NETIF_EXTRA_TYPE_* */
 #     uint8_t flags;           /* XEN_NETIF_EXTRA_FLAG_* */
@@ -45,15 +46,20 @@ TX_REQUEST: Final = struct.Struct("<IHHHH")
 #             struct { uint8_t addr[6]; } mcast; ... uint16_t pad[3]; } u;
 # };                           /* 0, 1, u at 2; 8 bytes */
 EXTRA_INFO: Final = struct.Struct("<BB6s")
+"""`netif_extra_info`: type, flags, the 6 bytes of its union."""
 GSO_INFO: Final = struct.Struct("<BBHBxH")
+"""A GSO `netif_extra_info`: type, flags, gso.size, gso.type, (pad), gso.features."""
 # struct netif_tx_response { uint16_t id; int16_t status; };     /* 0, 2; 4 bytes */
 TX_RESPONSE: Final = struct.Struct("<Hh")
+"""`netif_tx_response`: id, status."""
 # struct netif_rx_request { uint16_t id; uint16_t pad; grant_ref_t gref; };  /* 0, 4; 8 */
 RX_REQUEST: Final = struct.Struct("<H2xI")
+"""`netif_rx_request`: id, (pad), gref."""
 # struct netif_rx_response {
 #     uint16_t id; uint16_t offset; uint16_t flags; int16_t status;  /* status: bytes or error */
 # };                           /* 0, 2, 4, 6; 8 bytes */
 RX_RESPONSE: Final = struct.Struct("<HHHh")
+"""`netif_rx_response`: id, offset, flags, status."""
 
 TX_RING: Final = RingLayout("netif_tx", TX_REQUEST.size, TX_RESPONSE.size)
 """``DEFINE_RING_TYPES(netif_tx, ...)``: 12-byte slots, 256 in one page."""
@@ -159,6 +165,7 @@ OFFSETS: Final[dict[str, dict[str, int]]] = {
     "netif_rx_request": {"id": 0, "gref": 4},
     "netif_rx_response": {"id": 0, "offset": 2, "flags": 4, "status": 6},
 }
+"""``offsetof`` of every field of the netif structs (checked against the header)."""
 SIZES: Final[dict[str, int]] = {
     "netif_tx_request": TX_REQUEST.size,
     "netif_extra_info": EXTRA_INFO.size,
@@ -166,6 +173,7 @@ SIZES: Final[dict[str, int]] = {
     "netif_rx_request": RX_REQUEST.size,
     "netif_rx_response": RX_RESPONSE.size,
 }
+"""``sizeof`` of every netif struct (checked against the header)."""
 
 
 @dataclass(frozen=True, slots=True)
