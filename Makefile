@@ -11,7 +11,7 @@ STAMP       := $(VENV)/.ringkit-installed
 # python3-dev: headers to compile the cffi native helper (without them only the ABI fallback exists).
 # cpio: the Xen-in-QEMU harness packs its initramfs with it (its unit tests too).
 # tmux: a real terminal program attached to the console backend's pty in the console tests.
-DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio tmux
+DEB_PACKAGES := libxen-dev xenstore-utils python3-dev cpio tmux iproute2 iputils-ping
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -32,6 +32,8 @@ PROGRAM_PACKAGES = {
     "cc": "gcc",  # Debian's cc is gcc's, through the alternatives system
     "gcc": "gcc",
     "tmux": "tmux",
+    "ip": "iproute2",
+    "ping": "iputils-ping",
     "cpio": "cpio",
     "xenstore-ls": "xenstore-utils",
     "xenstore-read": "xenstore-utils",

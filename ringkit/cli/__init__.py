@@ -20,6 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "xenstore": ("ringkit.cli.xenstore", "xenstore"),
     "block": ("ringkit.cli.block", "block"),
     "console": ("ringkit.cli.console", "console"),
+    "net": ("ringkit.cli.net", "net"),
     "vchan": ("ringkit.cli.vchan", "vchan"),
     "demo": ("ringkit.cli.demo", "demo"),
     "bench": ("ringkit.cli.bench", "bench"),

@@ -13,6 +13,7 @@ one codec never drags in another):
 - `ringkit.proto.pipe`    `PipeProducer` / `PipeConsumer`: the byte-stream rings of the console
   page and libxenvchan
 - `ringkit.proto.blkif`   blkif requests and responses
+- `ringkit.proto.netif`   netif's tx and rx messages, flags and codecs
 - `ringkit.proto.xenbus`  XenbusState and the handshake transition table
 - `ringkit.proto.xs_wire` the xenstore wire protocol
 """

@@ -12,6 +12,10 @@ a driver supplies only its slot format and its handler:
 * backend: `RequestServer` -- requests taken in bursts, their refs mapped through a
   `GrantMapper` (persistent or per request, bounded), answered in ring order or
   concurrently up to a limit, responses pushed in batches with ring.h's hold-off;
+* backend, pulling: `PostedRequests` -- requests taken when the backend has work for them
+  (buffers posted ahead, as netif's rx ring), and whole chains of requests (a packet over
+  several slots, `Chain`: netif's ``more_data`` and extra-info slots);
+* `SharedEventChannel`: one event channel serving several rings (netif's tx and rx);
 * both: a `SlotCodec` saying where a slot keeps its id, operation and grant refs -- read for a
   whole burst in one call, in C when the compiled helper is built.
 
@@ -39,13 +43,16 @@ docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
 from .back import Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
-from .codec import Field, RefList, RequestError, SlotCodec
+from .codec import Chain, Field, RefList, RequestError, SlotCodec
+from .events import SharedEventChannel
 from .front import Completions, QueueStats, Request, RequestQueue
 from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet
 from .pool import GrantPool
+from .posted import PostedRequests, RequestChain
 
 __all__ = (
     "DEFAULT_MAX_PERSISTENT",
+    "Chain",
     "Completions",
     "Field",
     "GrantMapper",
@@ -53,13 +60,16 @@ __all__ = (
     "Handler",
     "IncomingRequest",
     "PageSet",
+    "PostedRequests",
     "QueueStats",
     "RefList",
     "Request",
+    "RequestChain",
     "RequestError",
     "RequestQueue",
     "RequestServer",
     "ServerStats",
+    "SharedEventChannel",
     "SlotCodec",
     "answer_slot",
 )

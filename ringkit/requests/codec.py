@@ -25,7 +25,7 @@ from ..proto.layout import RingLayout
 if TYPE_CHECKING:
     from .._native import SlotHelper
 
-__all__ = ("Field", "RefList", "RequestError", "SlotCodec", "gather", "gather_refs")
+__all__ = ("Chain", "Field", "RefList", "RequestError", "SlotCodec", "gather", "gather_refs")
 
 _WIDTHS = (1, 2, 4, 8)
 _PACKERS = {(size, signed): struct.Struct("<" + (code.lower() if signed else code)).pack_into
@@ -117,6 +117,36 @@ class RefList:
 
 
 @dataclass(frozen=True, slots=True)
+class Chain:
+    """How requests continue into the next slots, as netif's packets do: a request whose
+    `flags` field has the `more` bit is followed by another request of the same chain (a packet
+    over several pages, io/netif.h's ``NETTXF_more_data``); a chain's first request with the
+    `extra` bit is followed by extra-info slots (``NETTXF_extra_info``), each followed by one
+    more while its `extra_flags` field has the `extra_more` bit (``XEN_NETIF_EXTRA_FLAG_MORE``).
+
+    `maximum`: most requests (extra slots not counted) a well-formed chain has; a longer one
+    that ends is refused whole (every request gets the error response), one that runs past the
+    requests the frontend published is a ring-level violation.  `filler_status`: the status of
+    the response slot that answers an extra slot (``NETIF_RSP_NULL``), or None when the
+    protocol has no extra slots.
+    """
+
+    flags: Field
+    more: int
+    maximum: int
+    extra: int = 0
+    extra_flags: Field | None = None
+    extra_more: int = 0
+    filler_status: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.maximum < 1 or self.more <= 0:
+            raise ConfigError(f"bad chain: {self}")
+        if self.extra and (self.extra_flags is None or self.filler_status is None):
+            raise ConfigError("a chain with extra slots needs extra_flags and filler_status")
+
+
+@dataclass(frozen=True, slots=True)
 class SlotCodec:
     """The fields of a protocol's slots the layer reads and writes (see the module docstring).
 
@@ -138,6 +168,7 @@ class SlotCodec:
     status: Field | None = None
     error_status: int = -1
     echo: tuple[tuple[Field, Field], ...] = ()
+    chain: Chain | None = None
 
     def __post_init__(self) -> None:
         req, rsp = self.layout.request_size, self.layout.response_size
@@ -159,6 +190,13 @@ class SlotCodec:
             if f.end > rsp:
                 raise ConfigError(f"{self.layout.name}: field at {f.offset} (+{f.size}) lies "
                                   f"past the {rsp}-byte response")
+        if self.chain is not None:
+            chain_fields = [self.chain.flags, *((self.chain.extra_flags,)
+                                                if self.chain.extra_flags else ())]
+            for f in chain_fields:
+                if f.end > req:
+                    raise ConfigError(f"{self.layout.name}: chain flags at {f.offset} lie past "
+                                      f"the {req}-byte request")
         if self.refs is not None and self.refs.operations is not None and self.operation is None:
             raise ConfigError("RefList.operations needs SlotCodec.operation")
 

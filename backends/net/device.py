@@ -1,0 +1,259 @@
+"""`NetBackend`: a netif (``vif``) backend that bridges a guest's network interface to frames.
+
+The xenstore side follows Linux's xen-netback.  Before InitWait the backend dir gets
+``feature-rx-copy`` = 1 (Linux's netfront refuses a backend without it), ``feature-rx-flip`` = 0
+and ``feature-sg`` = 1; the toolstack's ``mac`` node (`create_vif`) names the guest's MAC.  The
+frontend publishes ``tx-ring-ref``, ``rx-ring-ref`` and one ``event-channel`` for both rings,
+``request-rx-copy`` = 1 (the only receive path ringkit serves: flipping pages is long gone from
+Linux too), ``feature-rx-notify`` and ``feature-sg``.  Multi-queue, split event channels and
+GSO are not offered yet.
+
+Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chains
+(`ringkit.requests.PostedRequests.take_chain`): the pages a packet's requests name are mapped
+read-only, checked (every fragment inside its page, the first request's size the packet's,
+at least an Ethernet header, at most 64 KiB, at most `NR_SLOTS_MIN` slots, known extra-info
+types) and copied out before the answers go back; a packet that fails a check -- or names a
+ref that cannot be mapped -- gets NETIF_RSP_ERROR on each of its requests and is not
+delivered.  A chain that runs past what the frontend published, or bad ring indices, end the
+connection (`RemoteProtocolError`).  The **rx** ring's requests are buffers the frontend posts
+ahead of time: each frame from the link is copied into as many posted pages as it needs
+(several only with ``feature-sg``), answered {id, offset 0, ``more_data`` on all but the last,
+status = bytes in that page}; a frame too long for the frontend is dropped and counted.
+
+The packet side is pluggable: any anyio object stream of frames (`link`), such as a
+`ringkit.requests`-free memory stream in tests or a `TapDevice`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
+
+import anyio
+from anyio.abc import AsyncResource, ObjectStream
+
+from ringkit import RemoteProtocolError
+from ringkit.abc import PAGE_SIZE, Domain
+from ringkit.channel import BackRingChannel
+from ringkit.device import Backend, Nodes, Queue
+from ringkit.device.queue import queue_nodes
+from ringkit.proto import netif
+from ringkit.proto.ring import BackRing
+from ringkit.requests import (
+    GrantMapper,
+    PostedRequests,
+    RequestChain,
+    RequestError,
+    SharedEventChannel,
+)
+
+__all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
+
+MAX_FRAME = netif.MAX_TX_SIZE
+"""Largest frame either direction carries (io/netif.h's 16-bit size)."""
+
+
+class NetBackRings(AsyncResource):
+    """The backend's two rings of one connection: `tx` (requests: packets from the guest)
+    and `rx` (requests: buffers the guest posted), over one event channel."""
+
+    def __init__(self, tx: BackRingChannel, rx: BackRingChannel) -> None:
+        self.tx = tx
+        self.rx = rx
+
+    async def aclose(self) -> None:
+        """Close both rings' shells (the pages and the port belong to the queue)."""
+        await self.tx.aclose()
+        await self.rx.aclose()
+
+
+@dataclass(slots=True)
+class BackendStats:
+    """Counters of a `NetBackend` (over all its connections)."""
+
+    tx_packets: int = 0
+    """Frames from the guest delivered to the link."""
+    tx_refused: int = 0
+    """Packets from the guest answered with NETIF_RSP_ERROR."""
+    rx_packets: int = 0
+    """Frames from the link copied to the guest."""
+    rx_dropped: int = 0
+    """Frames from the link the guest could not take (too long, or a posted page unusable)."""
+
+
+class NetBackend(Backend[NetBackRings]):
+    """The vif backend for one frontend's device `devid`; frames travel over `link`.
+
+    Use as ``async with NetBackend(domain, frontend_id, devid, link=stream) as be:
+    await be.run()``.  `link` is an anyio object stream of Ethernet frames (bytes): what the
+    guest sends is sent to it, what it receives goes to the guest.  It outlives connections.
+    """
+
+    device_type: ClassVar[str] = "vif"
+    ring_layout = None
+
+    def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
+                 link: ObjectStream[bytes], poll_us: int = 0) -> None:
+        super().__init__(domain, frontend_id, devid, poll_us=poll_us)
+        self.link = link
+        self.stats = BackendStats()
+        self.sg = False
+        """Whether the current frontend takes a frame over several rx pages (feature-sg)."""
+        self.mac: bytes | None = None
+        """The guest's MAC from the toolstack's ``mac`` node (None: there is none)."""
+
+    # ------------------------------------------------------------------ handshake
+
+    async def advertise(self, nodes: Nodes) -> None:
+        """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1."""
+        await nodes.write("feature-rx-copy", 1)
+        await nodes.write("feature-rx-flip", 0)
+        await nodes.write("feature-sg", 1)
+
+    async def connecting(self, frontend: Nodes) -> None:
+        """Refuse a frontend that does not ask for rx-copy; read ``feature-sg`` and the MAC.
+
+        Raises:
+            RemoteProtocolError: ``request-rx-copy`` is not 1, or a flag is malformed.
+        """
+        if not await frontend.read_flag("request-rx-copy"):
+            raise RemoteProtocolError(f"{frontend.path}: request-rx-copy is not 1 (only the "
+                                      "copying receive path is served)")
+        self.sg = await frontend.read_flag("feature-sg")
+        mac = await self.own_nodes.read_optional("mac")
+        try:
+            self.mac = netif.parse_mac(mac) if mac is not None else None
+        except ValueError:
+            self.mac = None  # the toolstack's node, not the guest's: reported, not fatal
+            self.log.warning("%s: ignoring a malformed mac node %r", self.address, mac)
+
+    async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue[NetBackRings]:
+        # netif names its rings tx-ring-ref and rx-ring-ref (io/netif.h), not ring-ref: the
+        # framework's per-queue "ring-ref" reader does not apply.
+        nodes = queue_nodes(self.peer_nodes, index, num_queues)
+        refs = [await nodes.read_int(name) for name in ("tx-ring-ref", "rx-ring-ref")]
+        port = await nodes.read_int(self.event_channel_key, maximum=2**31)
+        pages = await self.domain.grants.map(self.peer_id, refs, writable=True)
+        try:
+            event = await self.domain.events.bind_interdomain(self.peer_id, port)
+        except BaseException:
+            await pages.aclose()
+            raise
+        queue: Queue[NetBackRings] = Queue(index, nodes, pages, event, order)
+        try:
+            pages.set_unmap_notify(port=event.port)
+            self._attach(queue, self.make_channel(queue))
+        except BaseException:
+            await queue.aclose()
+            raise
+        return queue
+
+    def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
+        """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""
+        shared = SharedEventChannel(queue.event)
+        buf = queue.buffer
+        rings = NetBackRings(
+            BackRingChannel(BackRing.attach(buf[:PAGE_SIZE], netif.TX_RING), shared.view(),
+                            poll_us=self.poll_us),
+            BackRingChannel(BackRing.attach(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
+                            shared.view(), poll_us=self.poll_us))
+        for channel in (rings.tx, rings.rx):
+            channel.on_broken = partial(self.wake, "ring broken")
+        return rings
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, queue: Queue[NetBackRings]) -> None:
+        """Move packets both ways until the connection ends."""
+        mapper = GrantMapper(self.domain.grants, self.peer_id, persistent=False)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._transmit, PostedRequests(queue.channel.tx, netif.TX_CODEC,
+                                                             mapper=mapper))
+                tg.start_soon(self._receive, PostedRequests(queue.channel.rx, netif.RX_CODEC,
+                                                            mapper=mapper))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await mapper.aclose()
+
+    async def _transmit(self, tx: PostedRequests) -> None:
+        """Guest -> link: each packet checked, copied out, answered, then delivered."""
+        while True:
+            chain = await tx.take_chain()
+            try:
+                frame = await self.packet_of(chain)
+            except RequestError as exc:
+                self.stats.tx_refused += 1
+                self.log.debug("%s: tx packet refused: %s", self.address, exc.reason)
+                await tx.respond_chain(chain, None)
+                continue
+            await tx.respond_chain(chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
+                                           for r in chain.requests])
+            self.stats.tx_packets += 1
+            await self.link.send(frame)
+
+    async def packet_of(self, chain: RequestChain) -> bytes:
+        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out).
+
+        Raises:
+            RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
+        """
+        return await copy_packet(chain)
+
+    async def _receive(self, rx: PostedRequests) -> None:
+        """Link -> guest: each frame copied into as many posted pages as it needs."""
+        while True:
+            frame = await self.link.receive()
+            pages = -(-len(frame) // PAGE_SIZE)
+            if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
+                self.stats.rx_dropped += 1
+                continue
+            requests = await rx.take(pages)
+            try:
+                views = await requests[0].map([r.refs[0] for r in requests], writable=True)
+            except RequestError as exc:
+                self.log.debug("%s: rx buffers refused: %s", self.address, exc.reason)
+                self.stats.rx_dropped += 1
+                await rx.respond(requests, [
+                    netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
+                                             else 0, netif.Status.ERROR)
+                    for i, r in enumerate(requests)])
+                continue
+            responses = []
+            for i, (request, view) in enumerate(zip(requests, views, strict=True)):
+                chunk = frame[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                view[:len(chunk)] = chunk
+                flags = netif.RxFlag.MORE_DATA if i < pages - 1 else 0
+                responses.append(netif.encode_rx_response(request.id, 0, flags, len(chunk)))
+            await rx.respond(requests, responses)
+            self.stats.rx_packets += 1
+
+
+async def copy_packet(chain: RequestChain) -> bytes:
+    """The frame a chain of tx requests carries, copied out of the granted pages.
+
+    Raises:
+        RequestError: the packet is malformed (see the module docstring) or a page cannot be
+            mapped; every request of the chain gets NETIF_RSP_ERROR.
+    """
+    if chain.fault is not None:
+        raise RequestError(chain.fault)
+    for raw in chain.extras:
+        extra = netif.parse_extra_info(raw)
+        if not extra.known:
+            raise RequestError(f"extra-info type {extra.type} is unknown")
+    parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
+    total = parsed[0].size
+    rest = sum(p.size for p in parsed[1:])
+    if total < netif.ETH_HLEN or rest > total:
+        raise RequestError(f"a packet of {total} bytes whose later fragments hold {rest}")
+    sizes = [total - rest, *(p.size for p in parsed[1:])]
+    for p, size in zip(parsed, sizes, strict=True):
+        why = netif.check_fragment(p.offset, size)
+        if why is not None:
+            raise RequestError(f"request {p.id}: {why}")
+    head = chain.requests[0]
+    views = await head.map([p.gref for p in parsed], writable=False)
+    return b"".join(bytes(view[p.offset:p.offset + size])
+                    for view, p, size in zip(views, parsed, sizes, strict=True))

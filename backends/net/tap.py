@@ -1,0 +1,169 @@
+"""`TapDevice`: a Linux TAP interface as an anyio object stream of Ethernet frames.
+
+``/dev/net/tun`` with ``IFF_TAP | IFF_NO_PI``: each read is one frame the host's stack sent
+out of the interface, each write one frame it receives.  With ``vnet_hdr`` (``IFF_VNET_HDR``
+and ``TUNSETOFFLOAD`` = ``TUN_F_CSUM``) every frame carries a virtio-net header, and the
+kernel may hand over frames whose TCP/UDP checksum it left for the device to fill in
+(``VIRTIO_NET_HDR_F_NEEDS_CSUM``): `receive` completes those in software, so what goes on to a
+frontend that said ``feature-no-csum-offload`` is always whole.  GSO is not negotiated.
+
+The interface lives while the stream is open (it is not made persistent); ``ip link set NAME
+netns NS`` moves it with its file descriptor still attached.  Needs CAP_NET_ADMIN.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import sys
+from array import array
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ObjectStream
+
+from ringkit import ConfigError
+
+__all__ = ("TapDevice", "complete_checksum", "splice")
+
+_TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+_TUN_F_CSUM = 0x01
+_VNET_HDR = struct.Struct("<BBHHHH")
+"""struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""
+_NEEDS_CSUM = 1
+_MAX_READ = 65536 + _VNET_HDR.size
+
+
+def complete_checksum(frame: bytearray, start: int, offset: int) -> None:
+    """Fill in a partial checksum as a NIC does for ``CHECKSUM_PARTIAL``: the one's complement
+    sum of ``frame[start:]`` (whose checksum field holds the pseudo-header sum) stored at
+    ``start + offset``.
+
+    Raises:
+        ValueError: the checksum field lies outside the frame.
+    """
+    at = start + offset
+    if start < 0 or at + 2 > len(frame):
+        raise ValueError(f"a checksum at {start}+{offset} outside a {len(frame)}-byte frame")
+    data = bytes(frame[start:])
+    if len(data) % 2:
+        data += b"\0"
+    words = array("H", data)
+    if words.itemsize != 2:  # pragma: no cover - every platform ringkit runs on
+        raise RuntimeError("array('H') is not 16 bits here")
+    if sys.byteorder == "little":
+        words.byteswap()
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    frame[at:at + 2] = (~total & 0xFFFF).to_bytes(2, "big")
+
+
+class TapDevice(ObjectStream[bytes]):
+    """The TAP interface `name` (created if it does not exist) as a stream of frames."""
+
+    def __init__(self, fd: int, name: str, vnet_hdr: bool) -> None:
+        self.fd = fd
+        self.name = name
+        """The interface's name as the kernel made it."""
+        self.vnet_hdr = vnet_hdr
+        self._closed = False
+
+    @classmethod
+    def open(cls, name: str, *, vnet_hdr: bool = False) -> TapDevice:
+        """Open (or create) the TAP interface `name`.
+
+        Raises:
+            ConfigError: a bad name.
+            OSError: no ``/dev/net/tun``, or not allowed (CAP_NET_ADMIN).
+        """
+        raw = name.encode()
+        if not raw or len(raw) > 15:
+            raise ConfigError(f"an interface name is 1..15 bytes, not {name!r}")
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            flags = _IFF_TAP | _IFF_NO_PI | (_IFF_VNET_HDR if vnet_hdr else 0)
+            ifr = fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", raw, flags))
+            if vnet_hdr:
+                fcntl.ioctl(fd, _TUNSETOFFLOAD, _TUN_F_CSUM)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, ifr[:16].rstrip(b"\0").decode(), vnet_hdr)
+
+    async def receive(self) -> bytes:
+        """The next frame the host sent out of the interface (checksum completed).
+
+        Raises:
+            anyio.ClosedResourceError: closed.
+        """
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self.fd, _MAX_READ)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not self.vnet_hdr:
+                return data
+            if len(data) < _VNET_HDR.size:
+                continue
+            flags, _, _, _, start, offset = _VNET_HDR.unpack_from(data)
+            frame = bytearray(data[_VNET_HDR.size:])
+            if flags & _NEEDS_CSUM:
+                try:
+                    complete_checksum(frame, start, offset)
+                except ValueError:
+                    continue  # the kernel's own frame: cannot happen; never crash on it
+            return bytes(frame)
+
+    async def send(self, item: bytes) -> None:
+        """Hand one frame to the host as received on the interface.
+
+        Raises:
+            anyio.ClosedResourceError: closed.
+        """
+        data = (bytes(_VNET_HDR.size) + item) if self.vnet_hdr else item
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                os.write(self.fd, data)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+            except OSError:
+                return  # the interface is down or the frame malformed: dropped, as a NIC does
+
+    async def send_eof(self) -> None:
+        """A network interface has no end-of-stream: nothing to do."""
+
+    async def aclose(self) -> None:
+        """Close the descriptor (the interface goes away with it)."""
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self.fd)
+            os.close(self.fd)
+            await anyio.lowlevel.checkpoint()
+
+
+async def splice(a: ObjectStream[bytes], b: ObjectStream[bytes]) -> None:
+    """Copy frames from `a` to `b` and from `b` to `a` until either ends."""
+    async def copy(src: ObjectStream[bytes], dst: ObjectStream[bytes]) -> None:
+        while True:
+            try:
+                item = await src.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                tg.cancel_scope.cancel()
+                return
+            await dst.send(item)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(copy, a, b)
+        tg.start_soon(copy, b, a)

@@ -1,0 +1,356 @@
+"""`NetFrontend`: a netif (``vif``) frontend exposing the guest's link as a stream of frames.
+
+The xenstore side follows Linux's xen-netfront.  The backend must offer ``feature-rx-copy``
+(as Linux's netfront insists).  The frontend shares a tx ring and an rx ring and publishes
+``tx-ring-ref``, ``rx-ring-ref``, one ``event-channel`` for both, ``request-rx-copy`` = 1,
+``feature-rx-notify`` = 1, ``feature-sg`` = 1 and ``feature-no-csum-offload`` = 1 (its frames
+carry their checksums; it fills in none).  The MAC is the toolstack's ``mac`` node in the
+frontend dir.  (The device framework also writes its generic ``ring-ref`` = the tx ring's
+ref, which netif backends ignore.)
+
+Sending (`send`): a frame is copied into pages of a `GrantPool` granted once per connection,
+one tx request per page (``more_data`` on all but the last, the first's size the frame's),
+and pushed with one push; the answers come back to a reaper task that frees the ids and pages
+-- `send` waits only for room in the window, as a NIC queue does.  Receiving: every rx slot
+holds a posted page (`RequestQueue` requests sent ahead, answered when a packet arrives); each
+answered chain (``more_data``) is checked, copied out, its pages posted again, and the frame
+queued for `receive` (dropped and counted when the program does not keep up, as a NIC does).
+
+Never trusting the backend: a response id not in flight, a tx status netif does not define
+(or NETIF_RSP_NULL, for a frontend that sends no extra-info slots), an rx fragment past its
+page, a flag this frontend did not negotiate (extra-info, GSO prefix) or an rx chain longer
+than `netif.NR_SLOTS_MIN` end the connection with `RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
+
+import anyio
+from anyio.abc import AsyncResource, ObjectStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
+from ringkit.abc import PAGE_SIZE, Domain, SharedPages
+from ringkit.channel import FrontRingChannel
+from ringkit.device import Frontend, Nodes, Queue, RingChoice
+from ringkit.proto import netif
+from ringkit.proto.ring import FrontRing
+from ringkit.requests import Completions, GrantPool, Request, RequestQueue, SharedEventChannel
+
+__all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "check_rx", "check_tx")
+
+MAX_FRAME = netif.MAX_TX_SIZE
+"""Largest frame the frontend sends or accepts (io/netif.h's 16-bit size)."""
+
+
+class NetFrontRings(AsyncResource):
+    """The frontend's two rings of one connection: `tx` and `rx` over one event channel,
+    and the rx ring's page (`rx_pages`), which closing unshares."""
+
+    def __init__(self, tx: FrontRingChannel, rx: FrontRingChannel, rx_pages: SharedPages) -> None:
+        self.tx = tx
+        self.rx = rx
+        self.rx_pages = rx_pages
+
+    async def aclose(self) -> None:
+        """Close both shells and unshare the rx ring page."""
+        await self.tx.aclose()
+        await self.rx.aclose()
+        await self.rx_pages.aclose()
+
+
+@dataclass(slots=True)
+class FrontendStats:
+    """Counters of a `NetFrontend` (over all its connections)."""
+
+    tx_packets: int = 0
+    tx_errors: int = 0
+    """Packets the backend answered with an error status."""
+    rx_packets: int = 0
+    rx_errors: int = 0
+    """Packets the backend could not deliver (an error status in their chain)."""
+    rx_dropped: int = 0
+    """Frames received while `receive`'s queue was full."""
+
+
+class NetFrontend(Frontend[NetFrontRings]):
+    """``await vif.send(frame)`` / ``await vif.receive()``: Ethernet frames over netif.
+
+    `tx_pages` / `rx_buffers`: pages granted for sending, and receive buffers kept posted (at
+    most the ring's 256).  `backlog`: received frames held for `receive` before more are
+    dropped.
+    """
+
+    device_type: ClassVar[str] = "vif"
+    ring_layout = None
+
+    def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
+                 tx_pages: int = 256, rx_buffers: int = netif.RX_RING_SIZE,
+                 backlog: int = 1024, poll_us: int = 0) -> None:
+        if not 1 <= rx_buffers <= netif.RX_RING_SIZE or tx_pages < netif.NR_SLOTS_MIN:
+            raise ConfigError(f"rx_buffers must be 1..{netif.RX_RING_SIZE} and tx_pages at "
+                              f"least {netif.NR_SLOTS_MIN}")
+        super().__init__(domain, backend_id, devid, poll_us=poll_us)
+        self.tx_pages = tx_pages
+        self.rx_buffers = rx_buffers
+        self.stats = FrontendStats()
+        self.mac: bytes | None = None
+        """The MAC the toolstack gave this interface (``mac`` node), or None."""
+        self.sg = False
+        """Whether the backend takes frames over several pages (its ``feature-sg``)."""
+        self._rx_page: SharedPages | None = None
+        self._tx: RequestQueue | None = None
+        self._rx: RequestQueue | None = None
+        self._tx_done: Completions | None = None
+        self._tx_lock = anyio.Lock()
+        self._frames_in: MemoryObjectSendStream[bytes]
+        self._frames_out: MemoryObjectReceiveStream[bytes]
+        self._frames_in, self._frames_out = anyio.create_memory_object_stream[bytes](backlog)
+
+    # ------------------------------------------------------------------ handshake
+
+    async def negotiate(self, backend: Nodes) -> RingChoice | None:
+        """Insist on ``feature-rx-copy``; read ``feature-sg``; share the rx ring's page.
+
+        Raises:
+            RemoteProtocolError: the backend offers no rx-copy.
+        """
+        if not await backend.read_flag("feature-rx-copy"):
+            raise RemoteProtocolError(f"{backend.path}: the backend does not offer "
+                                      "feature-rx-copy")
+        self.sg = await backend.read_flag("feature-sg")
+        if self._rx_page is not None:  # left by a connection attempt that failed
+            await self._rx_page.aclose()
+        self._rx_page = await self.domain.grants.share(self.peer_id, 1, writable=True)
+        return None
+
+    def make_channel(self, queue: Queue[NetFrontRings]) -> NetFrontRings:
+        """Initialise the tx ring (the framework's page) and the rx ring (ours)."""
+        rx_page, self._rx_page = self._rx_page, None
+        if rx_page is None:
+            raise RuntimeError("make_channel before negotiate shared the rx ring")
+        shared = SharedEventChannel(queue.event)
+        rings = NetFrontRings(
+            FrontRingChannel(FrontRing.init(queue.buffer[:PAGE_SIZE], netif.TX_RING),
+                             shared.view(), poll_us=self.poll_us),
+            FrontRingChannel(FrontRing.init(rx_page.buffer[:PAGE_SIZE], netif.RX_RING),
+                             shared.view(), poll_us=self.poll_us),
+            rx_page)
+        for channel in (rings.tx, rings.rx):
+            channel.on_broken = partial(self.wake, "ring broken")
+        return rings
+
+    async def publish(self, nodes: Nodes) -> None:
+        """The netif keys: both ring refs and the features this frontend has."""
+        rings = self.queues[0]
+        await nodes.write("tx-ring-ref", rings.pages.refs[0])
+        await nodes.write("rx-ring-ref", rings.channel.rx_pages.refs[0])
+        await nodes.write("request-rx-copy", 1)
+        await nodes.write("feature-rx-notify", 1)
+        await nodes.write("feature-sg", 1)
+        await nodes.write("feature-no-csum-offload", 1)
+
+    async def connected(self, backend: Nodes) -> None:
+        """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks."""
+        mac = await self.own_nodes.read_optional("mac")
+        try:
+            self.mac = netif.parse_mac(mac) if mac is not None else None
+        except ValueError:
+            self.mac = None
+        rings = self.channel
+        tx_pool = await GrantPool.share(self.domain.grants, self.peer_id, self.tx_pages)
+        rx_pool = await GrantPool.share(self.domain.grants, self.peer_id, self.rx_buffers)
+        self._tx = RequestQueue([rings.tx], netif.TX_CODEC, pool=tx_pool, check=check_tx)
+        self._rx = RequestQueue([rings.rx], netif.RX_CODEC, pool=rx_pool,
+                                window=self.rx_buffers, check=check_rx)
+        self._tx_done = self._tx.completions()
+        rx_done = self._rx.completions()
+        self._post(self._rx, rx_done, self.rx_buffers)
+        self.tasks.start_soon(self._tx.run)
+        self.tasks.start_soon(self._rx.run)
+        self.tasks.start_soon(self._reap, self._tx, self._tx_done)
+        self.tasks.start_soon(self._deliver, self._rx, rx_done)
+
+    async def disconnected(self) -> None:
+        """Fail both queues (every sender wakes with `PeerGoneError`) and revoke their pools."""
+        for attr in ("_tx", "_rx"):
+            queue = getattr(self, attr)
+            setattr(self, attr, None)
+            if queue is not None:
+                queue.fail(PeerGoneError(f"{self.address}: disconnected"))
+                assert queue.pool is not None
+                await queue.pool.aclose()
+        self._tx_done = None
+
+    # ------------------------------------------------------------------ frames
+
+    async def send(self, frame: bytes | bytearray | memoryview) -> None:
+        """Queue one Ethernet frame for the backend; wait only for room in the tx window.
+
+        Raises:
+            ValueError: shorter than an Ethernet header, longer than 64 KiB, or over one page
+                to a backend without ``feature-sg``.
+            PeerGoneError: not connected (see `wait_connected`), or the connection went away.
+            RemoteProtocolError: the backend broke the protocol.
+        """
+        data = memoryview(frame).cast("B")
+        size = len(data)
+        pages = max(1, -(-size // PAGE_SIZE))
+        if size < netif.ETH_HLEN or size > MAX_FRAME or (pages > 1 and not self.sg):
+            raise ValueError(f"cannot send a {size}-byte frame "
+                             f"({'with' if self.sg else 'without'} feature-sg)")
+        queue, done = self._tx, self._tx_done
+        if queue is None or done is None:
+            raise PeerGoneError(f"{self.address} is not connected")
+        async with self._tx_lock:  # one packet's requests at a time: consecutive slots
+            held: list[Request] = []
+            try:
+                for _ in range(pages):
+                    held.append(await queue.prepare(1))
+            except BaseException:
+                for request in held:
+                    queue.release(request)
+                raise
+            for i, request in enumerate(held):
+                chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                request.page(0)[:len(chunk)] = chunk
+                flags = netif.TxFlag.MORE_DATA if i < pages - 1 else 0
+                netif.TX_REQUEST.pack_into(request.slot, 0, request.refs[0], 0, flags,
+                                           request.id, size if i == 0 else len(chunk))
+            queue.send_batch_nowait(held, done)
+        self.stats.tx_packets += 1
+
+    async def receive(self) -> bytes:
+        """The next Ethernet frame from the backend, waiting for one.  Frames received while
+        disconnected are not lost: the queue outlives connections.
+
+        Raises:
+            anyio.EndOfStream: the frontend was closed.
+        """
+        return await self._frames_out.receive()
+
+    @property
+    def stream(self) -> FrameStream:
+        """This link as an anyio object stream of frames (`FrameStream`)."""
+        return FrameStream(self)
+
+    async def aclose(self) -> None:
+        """Close the device (see `Frontend.aclose`), then end `receive`'s stream."""
+        try:
+            await super().aclose()
+        finally:
+            self._frames_in.close()
+
+    # ------------------------------------------------------------------ tasks
+
+    def _post(self, queue: RequestQueue, done: Completions, count: int) -> None:
+        held: list[Request] = []
+        for _ in range(count):
+            request = queue.prepare_nowait(1)
+            if request is None:  # the window and the pool are sized for every buffer
+                raise RuntimeError("no rx buffer free to post")
+            netif.RX_REQUEST.pack_into(request.slot, 0, request.id, request.refs[0])
+            held.append(request)
+        if held:
+            queue.send_batch_nowait(held, done)
+
+    async def _reap(self, queue: RequestQueue, done: Completions) -> None:
+        while True:
+            try:
+                answered = await done.get()
+            except PeerGoneError:
+                return  # the connection ended: its teardown already said why
+            for request in answered:
+                if netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
+                    self.stats.tx_errors += 1
+                queue.release(request)
+
+    async def _deliver(self, queue: RequestQueue, done: Completions) -> None:
+        chain: list[Request] = []
+        while True:
+            try:
+                answered = await done.get()
+            except PeerGoneError:
+                return  # the connection ended: its teardown already said why
+            for request in answered:
+                chain.append(request)
+                flags = netif.parse_rx_response(request.response)[2]
+                if flags & netif.RxFlag.MORE_DATA:
+                    if len(chain) >= netif.NR_SLOTS_MIN:
+                        raise RemoteProtocolError(
+                            f"{self.address}: an rx packet over more than "
+                            f"{netif.NR_SLOTS_MIN} buffers")
+                    continue
+                frame = self._frame_of(chain)
+                for part in chain:
+                    queue.release(part)
+                self._post(queue, done, len(chain))
+                chain = []
+                if frame is None:
+                    self.stats.rx_errors += 1
+                    continue
+                try:
+                    self._frames_in.send_nowait(frame)
+                    self.stats.rx_packets += 1
+                except anyio.WouldBlock:
+                    self.stats.rx_dropped += 1
+
+    @staticmethod
+    def _frame_of(chain: list[Request]) -> bytes | None:
+        parts = []
+        for request in chain:
+            _, offset, _, status = netif.parse_rx_response(request.response)
+            if status < 0:
+                return None
+            parts.append(bytes(request.page(0)[offset:offset + status]))
+        frame = b"".join(parts)
+        return frame if frame else None
+
+
+def check_tx(request: Request) -> None:
+    """A tx response must carry OKAY, ERROR or DROPPED (this frontend sends no extra-info
+    slots, so NETIF_RSP_NULL answers nothing of ours)."""
+    status = netif.parse_tx_response(request.response)[1]
+    if status not in (netif.Status.OKAY, netif.Status.ERROR, netif.Status.DROPPED):
+        raise RemoteProtocolError(f"netif tx: status {status} for request {request.id}")
+
+
+def check_rx(request: Request) -> None:
+    """An rx response's fragment lies inside its page; its flags are ones this frontend
+    negotiated; a negative status is ERROR or DROPPED."""
+    _, offset, flags, status = netif.parse_rx_response(request.response)
+    if flags & ~(netif.RxFlag.MORE_DATA | netif.RxFlag.DATA_VALIDATED):
+        raise RemoteProtocolError(f"netif rx: flags {int(flags):#x} for request {request.id} "
+                                  "(extra-info and checksum offload were not negotiated)")
+    if status < 0:
+        if status not in (netif.Status.ERROR, netif.Status.DROPPED):
+            raise RemoteProtocolError(f"netif rx: status {status} for request {request.id}")
+        return
+    why = netif.check_fragment(offset, status)
+    if why is not None:
+        raise RemoteProtocolError(f"netif rx: request {request.id}: {why}")
+
+
+class FrameStream(ObjectStream[bytes]):
+    """A `NetFrontend`'s link as an anyio object stream of Ethernet frames: `send` and
+    `receive` are the frontend's; closing it closes nothing (the device is the owner)."""
+
+    def __init__(self, frontend: NetFrontend) -> None:
+        self.frontend = frontend
+
+    async def send(self, item: bytes) -> None:
+        """`NetFrontend.send`."""
+        await self.frontend.send(item)
+
+    async def receive(self) -> bytes:
+        """`NetFrontend.receive`."""
+        return await self.frontend.receive()
+
+    async def send_eof(self) -> None:
+        """A network link has no end-of-stream: nothing to do."""
+
+    async def aclose(self) -> None:
+        """Nothing to release (the frontend owns the link)."""

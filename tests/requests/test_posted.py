@@ -1,0 +1,112 @@
+"""The layer's additions for netif, on one in-memory ring: `SharedEventChannel` (one port, two
+waiters, every event reaching both) and `PostedRequests` (buffers taken when the backend wants
+them, in ring order; whole chains; a chain past what was published is a ring-level error).
+Negative control: two plain waiters on one port lose wake-ups (anyio allows one waiter)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from ringkit import RemoteProtocolError
+from ringkit.channel import BackRingChannel, FrontRingChannel
+from ringkit.proto import netif
+from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import PostedRequests, SharedEventChannel
+from ringkit.testing.memory import memory_event_pair
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_view_of_a_shared_port_wakes_on_one_notify() -> None:
+    front, back = memory_event_pair()
+    shared = SharedEventChannel(back)
+    views = [shared.view(), shared.view()]
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        for _ in range(3):
+            await views[i].wait()
+            woken.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, 0)
+            tg.start_soon(waiter, 1)
+            for _ in range(3):
+                await anyio.wait_all_tasks_blocked()
+                front.notify()
+                await anyio.wait_all_tasks_blocked()
+    assert sorted(woken) == [0, 0, 0, 1, 1, 1]
+
+
+async def test_negative_control_two_plain_waiters_on_one_port_do_not_both_wake() -> None:
+    front, back = memory_event_pair()
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        try:
+            await back.wait()
+            woken.append(i)
+        except anyio.BusyResourceError:
+            woken.append(-1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, 0)
+        tg.start_soon(waiter, 1)
+        await anyio.wait_all_tasks_blocked()
+        front.notify()
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert sorted(woken) != [0, 1]
+
+
+def _rings() -> tuple[FrontRingChannel, PostedRequests, bytearray]:
+    page = bytearray(4096)
+    front_ev, back_ev = memory_event_pair()
+    front = FrontRingChannel(FrontRing.init(page, netif.TX_RING), front_ev)
+    back = BackRingChannel(BackRing.attach(page, netif.TX_RING), back_ev)
+    return front, PostedRequests(back, netif.TX_CODEC), page
+
+
+async def test_posted_requests_come_in_ring_order_when_asked_for() -> None:
+    front, posted, _ = _rings()
+    front.send_batch_nowait([netif.encode_tx_request(100 + i, 0, 0, i, 60) for i in range(5)])
+    with anyio.fail_after(5):
+        first = await posted.take(2)
+        assert [r.id for r in first] == [0, 1] and [r.refs for r in first] == [[100], [101]]
+        assert posted.pending == 3
+        assert posted.take_nowait(4) is None
+        rest = await posted.take(3)
+    assert [r.id for r in rest] == [2, 3, 4]
+    await posted.respond(first, [netif.encode_tx_response(r.id, 0) for r in first])
+    assert [netif.parse_tx_response(r)[0] for r in front.receive_batch_nowait()] == [0, 1]
+
+
+async def test_chains_with_extras_come_whole_and_are_answered_with_fillers() -> None:
+    front, posted, _ = _rings()
+    more, extra = netif.TxFlag.MORE_DATA, netif.TxFlag.EXTRA_INFO
+    front.send_batch_nowait([
+        netif.encode_tx_request(1, 0, extra | more, 7, 5000),
+        netif.encode_extra_info(netif.ExtraType.GSO, netif.EXTRA_FLAG_MORE),
+        netif.encode_extra_info(netif.ExtraType.HASH, 0),
+        netif.encode_tx_request(2, 0, 0, 8, 904),
+        netif.encode_tx_request(3, 0, 0, 9, 60),
+    ])
+    with anyio.fail_after(5):
+        chain = await posted.take_chain()
+        assert [r.id for r in chain.requests] == [7, 8] and len(chain.extras) == 2
+        assert chain.fault is None and chain.slots == 4
+        await posted.respond_chain(chain, None)
+        answers = [netif.parse_tx_response(r) for r in front.receive_batch_nowait()]
+        assert answers == [(7, -1), (0, 1), (0, 1), (8, -1)]
+        single = await posted.take_chain()
+    assert [r.id for r in single.requests] == [9]
+
+
+async def test_a_chain_past_what_was_published_is_a_ring_level_error() -> None:
+    front, posted, _ = _rings()
+    front.send_batch_nowait([netif.encode_tx_request(1, 0, netif.TxFlag.MORE_DATA, i, 100)
+                             for i in range(3)])
+    with anyio.fail_after(5), pytest.raises(RemoteProtocolError, match="runs past"):
+        await posted.take_chain()
