@@ -37,7 +37,6 @@ from ringkit import RemoteProtocolError
 from ringkit.abc import PAGE_SIZE, Domain
 from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
-from ringkit.device.queue import queue_nodes
 from ringkit.proto import netif
 from ringkit.proto.ring import BackRing
 from ringkit.requests import (
@@ -92,6 +91,7 @@ class NetBackend(Backend[NetBackRings]):
 
     device_type: ClassVar[str] = "vif"
     ring_layout = None
+    ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
                  link: ObjectStream[bytes], poll_us: int = 0) -> None:
@@ -127,27 +127,6 @@ class NetBackend(Backend[NetBackRings]):
         except ValueError:
             self.mac = None  # the toolstack's node, not the guest's: reported, not fatal
             self.log.warning("%s: ignoring a malformed mac node %r", self.address, mac)
-
-    async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue[NetBackRings]:
-        # netif names its rings tx-ring-ref and rx-ring-ref (io/netif.h), not ring-ref: the
-        # framework's per-queue "ring-ref" reader does not apply.
-        nodes = queue_nodes(self.peer_nodes, index, num_queues)
-        refs = [await nodes.read_int(name) for name in ("tx-ring-ref", "rx-ring-ref")]
-        port = await nodes.read_int(self.event_channel_key, maximum=2**31)
-        pages = await self.domain.grants.map(self.peer_id, refs, writable=True)
-        try:
-            event = await self.domain.events.bind_interdomain(self.peer_id, port)
-        except BaseException:
-            await pages.aclose()
-            raise
-        queue: Queue[NetBackRings] = Queue(index, nodes, pages, event, order)
-        try:
-            pages.set_unmap_notify(port=event.port)
-            self._attach(queue, self.make_channel(queue))
-        except BaseException:
-            await queue.aclose()
-            raise
-        return queue
 
     def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
         """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""

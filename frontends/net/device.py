@@ -33,7 +33,7 @@ from anyio.abc import AsyncResource, ObjectStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
-from ringkit.abc import PAGE_SIZE, Domain, SharedPages
+from ringkit.abc import PAGE_SIZE, Domain
 from ringkit.channel import FrontRingChannel
 from ringkit.device import Frontend, Nodes, Queue, RingChoice
 from ringkit.proto import netif
@@ -47,19 +47,16 @@ MAX_FRAME = netif.MAX_TX_SIZE
 
 
 class NetFrontRings(AsyncResource):
-    """The frontend's two rings of one connection: `tx` and `rx` over one event channel,
-    and the rx ring's page (`rx_pages`), which closing unshares."""
+    """The frontend's two rings of one connection: `tx` and `rx` over one event channel."""
 
-    def __init__(self, tx: FrontRingChannel, rx: FrontRingChannel, rx_pages: SharedPages) -> None:
+    def __init__(self, tx: FrontRingChannel, rx: FrontRingChannel) -> None:
         self.tx = tx
         self.rx = rx
-        self.rx_pages = rx_pages
 
     async def aclose(self) -> None:
-        """Close both shells and unshare the rx ring page."""
+        """Close both shells (the framework unshares their pages)."""
         await self.tx.aclose()
         await self.rx.aclose()
-        await self.rx_pages.aclose()
 
 
 @dataclass(slots=True)
@@ -85,6 +82,7 @@ class NetFrontend(Frontend[NetFrontRings]):
     """
 
     device_type: ClassVar[str] = "vif"
+    ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
     ring_layout = None
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
@@ -101,7 +99,6 @@ class NetFrontend(Frontend[NetFrontRings]):
         """The MAC the toolstack gave this interface (``mac`` node), or None."""
         self.sg = False
         """Whether the backend takes frames over several pages (its ``feature-sg``)."""
-        self._rx_page: SharedPages | None = None
         self._tx: RequestQueue | None = None
         self._rx: RequestQueue | None = None
         self._tx_done: Completions | None = None
@@ -113,7 +110,7 @@ class NetFrontend(Frontend[NetFrontRings]):
     # ------------------------------------------------------------------ handshake
 
     async def negotiate(self, backend: Nodes) -> RingChoice | None:
-        """Insist on ``feature-rx-copy``; read ``feature-sg``; share the rx ring's page.
+        """Insist on ``feature-rx-copy``; read ``feature-sg``.
 
         Raises:
             RemoteProtocolError: the backend offers no rx-copy.
@@ -122,38 +119,30 @@ class NetFrontend(Frontend[NetFrontRings]):
             raise RemoteProtocolError(f"{backend.path}: the backend does not offer "
                                       "feature-rx-copy")
         self.sg = await backend.read_flag("feature-sg")
-        if self._rx_page is not None:  # left by a connection attempt that failed
-            await self._rx_page.aclose()
-        self._rx_page = await self.domain.grants.share(self.peer_id, 1, writable=True)
         return None
 
     def make_channel(self, queue: Queue[NetFrontRings]) -> NetFrontRings:
-        """Initialise the tx ring (the framework's page) and the rx ring (ours)."""
-        rx_page, self._rx_page = self._rx_page, None
-        if rx_page is None:
-            raise RuntimeError("make_channel before negotiate shared the rx ring")
+        """Initialise the tx ring (the queue's first page) and the rx ring (its second)."""
         shared = SharedEventChannel(queue.event)
+        buf = queue.buffer
         rings = NetFrontRings(
-            FrontRingChannel(FrontRing.init(queue.buffer[:PAGE_SIZE], netif.TX_RING),
+            FrontRingChannel(FrontRing.init(buf[:PAGE_SIZE], netif.TX_RING),
                              shared.view(), poll_us=self.poll_us),
-            FrontRingChannel(FrontRing.init(rx_page.buffer[:PAGE_SIZE], netif.RX_RING),
-                             shared.view(), poll_us=self.poll_us),
-            rx_page)
+            FrontRingChannel(FrontRing.init(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
+                             shared.view(), poll_us=self.poll_us))
         for channel in (rings.tx, rings.rx):
             channel.on_broken = partial(self.wake, "ring broken")
         return rings
 
     async def publish(self, nodes: Nodes) -> None:
-        """The netif keys: both ring refs and the features this frontend has."""
-        rings = self.queues[0]
-        await nodes.write("tx-ring-ref", rings.pages.refs[0])
-        await nodes.write("rx-ring-ref", rings.channel.rx_pages.refs[0])
+        """The features this frontend has (the framework wrote both ring refs, as
+        `ring_ref_keys` names them)."""
         await nodes.write("request-rx-copy", 1)
         await nodes.write("feature-rx-notify", 1)
         await nodes.write("feature-sg", 1)
         await nodes.write("feature-no-csum-offload", 1)
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks."""
         mac = await self.own_nodes.read_optional("mac")
         try:

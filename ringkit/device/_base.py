@@ -187,6 +187,12 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     instance may change it through the constructor's ``max_queues``."""
     event_channel_key: ClassVar[str] = "event-channel"
     """The node naming a queue's event channel ("port" for the console)."""
+    ring_ref_keys: ClassVar[tuple[str, ...]] = ()
+    """For a protocol that names its ring pages itself: one node per page, one page each, in
+    the order of the queue's buffer -- netif's ``("tx-ring-ref", "rx-ring-ref")``: the frontend
+    shares that many pages per queue and writes their refs there, the backend maps them from
+    there, and ``ring-ref`` / ``ring-page-order`` are not used (`max_ring_page_order` must stay
+    0).  Empty (the default): ``ring-ref``, or ``ring-page-order`` and ``ring-ref0..N``."""
     close_timeout: float = 10.0
     """How long an orderly close waits for the peer to unmap before going ahead anyway."""
 
@@ -205,6 +211,9 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
             raise TypeError(f"{type(self).__name__} must set device_type")
         if not 0 <= type(self).max_ring_page_order <= MAX_RING_PAGE_ORDER:
             raise TypeError(f"{type(self).__name__}.max_ring_page_order must be 0..4")
+        if self.ring_ref_keys and (type(self).max_ring_page_order or max_ring_page_order):
+            raise TypeError(f"{type(self).__name__} names its ring pages (ring_ref_keys): "
+                            "its max_ring_page_order must be 0")
         if max_ring_page_order is not None:
             if not 0 <= max_ring_page_order <= MAX_RING_PAGE_ORDER:
                 raise ConfigError(

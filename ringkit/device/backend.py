@@ -320,7 +320,7 @@ class Backend(DeviceBase[BackChannelT]):
 
     async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue[BackChannelT]:
         nodes = queue_nodes(self.peer_nodes, index, num_queues)
-        refs = await read_ring_refs(nodes, order)
+        refs = await read_ring_refs(nodes, order, self.ring_ref_keys)
         port = await nodes.read_int(self.event_channel_key, maximum=2**31)
         pages = await self.domain.grants.map(self.peer_id, refs, writable=True)
         try:

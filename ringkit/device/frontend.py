@@ -264,7 +264,7 @@ class Frontend(DeviceBase[FrontChannelT]):
             # tampering guest) left -- e.g. multi-queue-num-queues after going down to one
             # queue -- would be read by the backend as part of this one.
             for name in await tx.directory(own.path):
-                if is_ring_key(name, self.event_channel_key):
+                if is_ring_key(name, self.event_channel_key, self.ring_ref_keys):
                     await tx.rm(own.node(name))
             if order:
                 await own.write("ring-page-order", order)
@@ -272,7 +272,8 @@ class Frontend(DeviceBase[FrontChannelT]):
                 await own.write("multi-queue-num-queues", queues)
             for queue in self.queues:
                 nodes = queue.nodes.at(tx)
-                for name, ref in zip(ring_ref_names(order), queue.pages.refs, strict=True):
+                for name, ref in zip(ring_ref_names(order, self.ring_ref_keys),
+                                     queue.pages.refs, strict=True):
                     await nodes.write(name, ref)
                 await nodes.write(self.event_channel_key, queue.event.port)
             await self._hook(self.publish, own)
@@ -287,7 +288,8 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def _share_queue(
         self, index: int, order: int, num_queues: int
     ) -> Queue[FrontChannelT]:
-        pages = await self.domain.grants.share(self.peer_id, 1 << order, writable=True)
+        pages = await self.domain.grants.share(
+            self.peer_id, len(ring_ref_names(order, self.ring_ref_keys)), writable=True)
         try:
             event = await self.domain.events.alloc_unbound(self.peer_id)
         except BaseException:

@@ -12,6 +12,7 @@ Key names follow io/blkif.h (and netif.h):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic
@@ -38,19 +39,26 @@ MAX_QUEUES = 64
 """Upper bound ringkit accepts for ``multi-queue-num-queues`` from a peer."""
 
 
-def ring_ref_names(order: int) -> list[str]:
-    """``["ring-ref"]`` for one page, else ``ring-ref0`` .. ``ring-ref<2**order - 1>``."""
+def ring_ref_names(order: int, keys: Sequence[str] | None = None) -> list[str]:
+    """The nodes of one queue's ring refs: `keys` when the protocol names its pages itself
+    (netif's ``tx-ring-ref``, ``rx-ring-ref``; see `DeviceBase.ring_ref_keys`), else
+    ``["ring-ref"]`` for one page and ``ring-ref0`` .. ``ring-ref<2**order - 1>`` for more."""
+    if keys:
+        return list(keys)
     return ["ring-ref"] if order == 0 else [f"ring-ref{i}" for i in range(1 << order)]
 
 
 _RING_KEY = re.compile(r"^(ring-ref\d*|queue-\d+|ring-page-order|multi-queue-num-queues)$")
 
 
-def is_ring_key(name: str, event_channel_key: str = "event-channel") -> bool:
+def is_ring_key(name: str, event_channel_key: str = "event-channel",
+                ring_ref_keys: Sequence[str] = ()) -> bool:
     """Whether `name`, a child of a frontend dir, is one of the keys that describe its rings
-    (ring refs, their order, queue dirs, the event channel): the frontend rewrites them all
-    on every connection, so none is left over from an earlier one."""
-    return name == event_channel_key or _RING_KEY.match(name) is not None
+    (ring refs -- the protocol's own `ring_ref_keys` too --, their order, queue dirs, the event
+    channel): the frontend rewrites them all on every connection, so none is left over from an
+    earlier one."""
+    return (name == event_channel_key or name in ring_ref_keys
+            or _RING_KEY.match(name) is not None)
 
 
 def queue_nodes(device: Nodes, index: int, num_queues: int) -> Nodes:
@@ -58,8 +66,10 @@ def queue_nodes(device: Nodes, index: int, num_queues: int) -> Nodes:
     return device if num_queues == 1 else device.sub(f"queue-{index}")
 
 
-async def read_ring_refs(nodes: Nodes, order: int) -> list[int]:
-    """Read and validate the grant refs of one queue (untrusted: written by the frontend).
+async def read_ring_refs(nodes: Nodes, order: int, keys: Sequence[str] | None = None
+                         ) -> list[int]:
+    """Read and validate the grant refs of one queue (untrusted: written by the frontend), from
+    the nodes `ring_ref_names` names.
 
     Each node is read once.
 
@@ -68,7 +78,7 @@ async def read_ring_refs(nodes: Nodes, order: int) -> list[int]:
         StoreError: the store failed otherwise.
     """
     refs = []
-    for name in ring_ref_names(order):
+    for name in ring_ref_names(order, keys):
         # One read per node: the frontend may rewrite it between two reads.
         try:
             refs.append(await nodes.read_int(name, maximum=2**32 - 1))

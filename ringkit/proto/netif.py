@@ -29,6 +29,9 @@ from .layout import RingLayout
 
 PAGE_SIZE: Final = 4096
 """Bytes of a granted page (Xen's 4 KiB page)."""
+RING_REF_KEYS: Final = ("tx-ring-ref", "rx-ring-ref")
+"""The frontend's nodes naming a queue's two ring pages, tx first (the order of the pages in
+the queue's buffer: `ringkit.device.DeviceBase.ring_ref_keys`)."""
 
 # struct netif_tx_request {
 #     grant_ref_t gref;
@@ -298,6 +301,7 @@ __all__ = (
     "NR_SLOTS_MIN",
     "OFFSETS",
     "PAGE_SIZE",
+    "RING_REF_KEYS",
     "RX_CODEC",
     "RX_REQUEST",
     "RX_RESPONSE",

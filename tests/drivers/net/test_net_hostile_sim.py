@@ -40,7 +40,7 @@ class RawFrontend(NetFrontend):
 
     pages: SharedPages | None = None
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         self.pages = await self.domain.grants.share(self.peer_id, 4, writable=True)
         for i in range(4):
             self.pages.buffer[i * 4096:(i + 1) * 4096] = bytes([0xA0 + i]) * 4096
@@ -200,11 +200,11 @@ class LongChainRxBackend(NetBackend):
 class TrustingFrontend(NetFrontend):
     """Negative control: takes rx responses without checking them."""
 
-    async def connected(self, backend: Nodes) -> None:
+    async def peer_connected(self, backend: Nodes) -> None:
         saved = front_device.check_rx
         front_device.check_rx = lambda request: None  # type: ignore[assignment]
         try:
-            await super().connected(backend)
+            await super().peer_connected(backend)
         finally:
             front_device.check_rx = saved
 

@@ -84,6 +84,9 @@ async def test_xenstore_keys_of_both_ends() -> None:
                 tx_ref = int(await front.read("tx-ring-ref"))
                 rx_ref = int(await front.read("rx-ring-ref"))
                 assert tx_ref != rx_ref
+                # netif names its ring pages itself: no generic ring-ref beside them
+                assert await front.read_optional("ring-ref") is None
+                assert await front.read_optional("ring-page-order") is None
                 assert int(await front.read("event-channel")) > 0
             await be.wait_finished()
 
@@ -96,3 +99,12 @@ async def test_frames_the_link_cannot_carry_are_refused_locally() -> None:
                     with pytest.raises(ValueError):
                         await vif.send(bytes(size))
             await be.wait_finished()
+
+
+async def test_a_device_that_names_its_ring_pages_takes_no_ring_page_order() -> None:
+    class Ordered(NetFrontend):
+        max_ring_page_order = 1
+
+    async with world() as w:
+        with pytest.raises(TypeError, match="ring_ref_keys"):
+            Ordered(w.domu, 0, 0)
