@@ -14,7 +14,11 @@ loop (``RWF_NOWAIT``: a memory copy, cheaper than any hand-off); any other read,
 a direct image or of a ring served at depth, and whatever may wait for the device (fdatasync,
 hole punching) goes through the service's `IoEngine` (``ServiceConfig.io_engine``): submitted to
 the kernel's io_uring and awaited from the event loop, or, where io_uring is unavailable, run
-in a worker thread.  With ``io_depth`` > 1 the ring's server takes that many requests at once and
+in a worker thread.  With ``io_depth`` 1 and persistent grants, the usual request -- a READ or
+WRITE whose every grant is already mapped -- does not reach `answer` at all: the ring's server
+hands each burst to the C fast path first (`backends.block.fastpath`), which serves the
+burst's leading such requests and leaves the rest, in order, to this Python path (the reference
+the fast path is tested against).  With ``io_depth`` > 1 the ring's server takes that many requests at once and
 answers each as it completes, as Linux's blkback does, so a real disk's queue stays full; a
 WRITE_BARRIER then waits for every request before it to finish, and the requests after it wait
 for it (blkback's drain).
@@ -45,6 +49,8 @@ from ringkit.requests import GrantMapper, IncomingRequest, RequestError
 
 from .config import ServiceConfig
 from .engine import IoEngine, open_engine
+from .fastpath import BlkifFastPath
+from .fastpath import unavailable as fast_path_unavailable
 from .image import Image
 
 log = logging.getLogger(__name__)
@@ -90,9 +96,20 @@ class BlockService:
         # buffered writes go to the page cache in the event loop when requests are served one
         # at a time, as before; with a queue to fill, or O_DIRECT, they go to the engine
         self._inline_writes = config.io_depth == 1 and not image.direct
+        self.fast_path: BlkifFastPath | None = None
+        """The C fast path for the ring's server (None where it does not run: see
+        `backends.block.fastpath`)."""
+        if (config.fast_path and mapper.persistent and config.io_depth == 1
+                and not image.direct and not fast_path_unavailable()):
+            self.fast_path = BlkifFastPath(image, mapper.max_persistent,
+                                           inline_writes=self._inline_writes, stats=self.stats)
+            mapper.watch(self.fast_path)
 
     async def aclose(self) -> None:
-        """Release the engine (its io_uring); call once no request is in service."""
+        """Release the engine (its io_uring) and the fast path's grant table; call once no
+        request is in service."""
+        if self.fast_path is not None:
+            self.fast_path.releasing()
         await self.engine.aclose()
 
     async def answer(self, incoming: IncomingRequest) -> bytes:

@@ -38,21 +38,23 @@ A minimal pair::
 docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
-from .back import Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
+from .back import FastPath, Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
 from .codec import Field, RefList, RequestError, SlotCodec
 from .front import Completions, QueueStats, Request, RequestQueue
-from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet
+from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet, PersistentGrantWatcher
 from .pool import GrantPool
 
 __all__ = (
     "DEFAULT_MAX_PERSISTENT",
     "Completions",
+    "FastPath",
     "Field",
     "GrantMapper",
     "GrantPool",
     "Handler",
     "IncomingRequest",
     "PageSet",
+    "PersistentGrantWatcher",
     "QueueStats",
     "RefList",
     "Request",
