@@ -59,10 +59,12 @@ class BlkifFastPath:
     def __init__(self, image: Image, max_persistent: int, *, inline_writes: bool,
                  stats: ServiceStats, table: PersistentGrantTable | None = None) -> None:
         self.image = image
-        self.table = table or PersistentGrantTable(max_persistent)
+        self.table = table if table is not None else PersistentGrantTable(max_persistent)
         """The persistent grants C resolves refs through."""
         self.inline_writes = inline_writes
         self.stats = stats
+        self.served = 0
+        """Requests this fast path answered."""
 
     def persisted(self, ref: int, page: memoryview, writable: bool) -> None:
         """The mapper keeps `page` mapped for `ref`: name it in the table."""
@@ -88,6 +90,7 @@ class BlkifFastPath:
         served, read, written = self.table.serve(self.image.fd, self.image.sectors,
                                                  self.flags(), burst, count, out)
         if served:
+            self.served += served
             stats = self.stats
             stats.requests += served
             stats.sectors_read += read
