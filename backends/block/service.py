@@ -17,11 +17,11 @@ the kernel's io_uring and awaited from the event loop, or, where io_uring is una
 in a worker thread.  With ``io_depth`` 1 and persistent grants, the usual request -- a READ or
 WRITE whose every grant is already mapped -- does not reach `answer` at all: the ring's server
 hands each burst to the C fast path first (`backends.block.fastpath`), which serves the
-burst's leading such requests and leaves the rest, in order, to this Python path (the reference
-the fast path is tested against).  With ``io_depth`` > 1 the ring's server takes that many requests at once and
-answers each as it completes, as Linux's blkback does, so a real disk's queue stays full; a
-WRITE_BARRIER then waits for every request before it to finish, and the requests after it wait
-for it (blkback's drain).
+burst's leading such requests and leaves the rest, in order, to this Python path (the
+reference the fast path is tested against).  With ``io_depth`` > 1 the ring's server takes that
+many requests at once and answers each as it completes, as Linux's blkback does, so a real
+disk's queue stays full; a WRITE_BARRIER then waits for every request before it to finish,
+and the requests after it wait for it (blkback's drain).
 
 What the frontend can get wrong and what it gets back, following xen-blkback:
 
