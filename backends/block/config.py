@@ -100,6 +100,10 @@ class ServiceConfig(BaseModel):
     loop: ``"uring"`` -- the kernel's io_uring, many requests in flight with no thread
     hand-off; ``"threads"`` -- worker threads; ``"auto"`` -- io_uring where the kernel gives
     one, threads otherwise (see `backends.block.engine`)."""
+    fast_path: bool = True
+    """Serve the usual request -- a READ or WRITE whose grants are all persistently mapped --
+    in C, off the interpreter, where it can be (compiled helper, persistent grants, ``io_depth``
+    1, not ``direct``); see `backends.block.fastpath`.  Nothing on the wire changes."""
     poll_us: int = Field(0, ge=0, le=MAX_POLL_US)
     """Microseconds each ring's server spins on the ring for more requests, while the frontend
     keeps it busy, before sleeping on the event channel (0: never spin; nothing on the wire

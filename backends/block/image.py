@@ -157,6 +157,15 @@ class Image:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def cached_reads(self) -> str:
+        """How `read_cached` reads now: ``"memory"`` (an image on a memory file system: a
+        plain read), ``"nowait"`` (``RWF_NOWAIT``: only what the page cache holds) or
+        ``"none"`` (direct, or the kernel refused the flag: it reads nothing)."""
+        if self._in_memory and not self.direct:
+            return "memory"
+        return "nowait" if self._nowait else "none"
+
     def read_cached(self, buffers: Sequence[memoryview], offset: int, total: int) -> bool:
         """Fill `buffers` from byte `offset` if the page cache holds all `total` bytes, without
         waiting for the device (``preadv`` with ``RWF_NOWAIT``); False (the buffers' contents

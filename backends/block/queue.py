@@ -6,7 +6,9 @@ time, each answered as it completes -- so each response is written only after it
 finished.  Responses to small requests go out together with one
 producer update and at most one event (ring.h's notify hold-off decides); a large transfer is
 answered as soon as it is done (`PUSH_AFTER_SECTORS`), with whatever small answers are waiting.
-The server sleeps only after the final check found the ring empty.
+The server sleeps only after the final check found the ring empty.  Each burst goes to the
+service's C fast path first, where it has one (`backends.block.fastpath`): it answers the
+burst's leading usual requests, the service the rest.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *,
     if burst is None:
         burst = max(BURST, channel.engine.entries)
     await RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
-                        burst=burst, concurrency=service.config.io_depth).run()
+                        burst=burst, concurrency=service.config.io_depth,
+                        fast_path=service.fast_path).run()
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")

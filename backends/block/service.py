@@ -14,10 +14,14 @@ loop (``RWF_NOWAIT``: a memory copy, cheaper than any hand-off); any other read,
 a direct image or of a ring served at depth, and whatever may wait for the device (fdatasync,
 hole punching) goes through the service's `IoEngine` (``ServiceConfig.io_engine``): submitted to
 the kernel's io_uring and awaited from the event loop, or, where io_uring is unavailable, run
-in a worker thread.  With ``io_depth`` > 1 the ring's server takes that many requests at once and
-answers each as it completes, as Linux's blkback does, so a real disk's queue stays full; a
-WRITE_BARRIER then waits for every request before it to finish, and the requests after it wait
-for it (blkback's drain).
+in a worker thread.  With ``io_depth`` 1 and persistent grants, the usual request -- a READ or
+WRITE whose every grant is already mapped -- does not reach `answer` at all: the ring's server
+hands each burst to the C fast path first (`backends.block.fastpath`), which serves the
+burst's leading such requests and leaves the rest, in order, to this Python path (the
+reference the fast path is tested against).  With ``io_depth`` > 1 the ring's server takes that
+many requests at once and answers each as it completes, as Linux's blkback does, so a real
+disk's queue stays full; a WRITE_BARRIER then waits for every request before it to finish,
+and the requests after it wait for it (blkback's drain).
 
 What the frontend can get wrong and what it gets back, following xen-blkback:
 
@@ -34,7 +38,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -45,7 +48,10 @@ from ringkit.requests import GrantMapper, IncomingRequest, RequestError
 
 from .config import ServiceConfig
 from .engine import IoEngine, open_engine
+from .fastpath import BlkifFastPath
+from .fastpath import unavailable as fast_path_unavailable
 from .image import Image
+from .stats import ServiceStats
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +59,6 @@ _WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD}
 PUSH_AFTER_SECTORS = 128
 """A request moving this many sectors (64 KiB) or more is answered at once, without waiting
 for the rest of its burst (`IncomingRequest.urgent`)."""
-
-
-@dataclass(slots=True)
-class ServiceStats:
-    """Counters, for tests and the benchmark."""
-
-    requests: int = 0
-    errors: int = 0
-    unsupported: int = 0
-    sectors_read: int = 0
-    sectors_written: int = 0
-    flushes: int = 0
-    discards: int = 0
 
 
 class BlockService:
@@ -90,9 +83,20 @@ class BlockService:
         # buffered writes go to the page cache in the event loop when requests are served one
         # at a time, as before; with a queue to fill, or O_DIRECT, they go to the engine
         self._inline_writes = config.io_depth == 1 and not image.direct
+        self.fast_path: BlkifFastPath | None = None
+        """The C fast path for the ring's server (None where it does not run: see
+        `backends.block.fastpath`)."""
+        if (config.fast_path and mapper.persistent and config.io_depth == 1
+                and not image.direct and not fast_path_unavailable()):
+            self.fast_path = BlkifFastPath(image, mapper.max_persistent,
+                                           inline_writes=self._inline_writes, stats=self.stats)
+            mapper.watch(self.fast_path)
 
     async def aclose(self) -> None:
-        """Release the engine (its io_uring); call once no request is in service."""
+        """Release the engine (its io_uring) and the fast path's grant table; call once no
+        request is in service."""
+        if self.fast_path is not None:
+            self.fast_path.releasing()
         await self.engine.aclose()
 
     async def answer(self, incoming: IncomingRequest) -> bytes:

@@ -74,6 +74,16 @@ int rk_uring_fallocate(rk_uring *ring, int fd, int mode, uint64_t offset, uint64
                        uint64_t cookie);
 int rk_uring_cancel(rk_uring *ring, uint64_t target, uint64_t cookie);
 unsigned rk_uring_reap(rk_uring *ring, uint64_t *cookies, int32_t *results, unsigned cap);
+
+typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
+typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+int rk_pgrant_put(rk_pgrant_table *table, uint32_t ref, uint64_t page, int writable);
+int rk_pgrant_drop(rk_pgrant_table *table, uint32_t ref);
+int rk_pgrant_clear(rk_pgrant_table *table);
+long rk_blkif_serve(rk_pgrant_table *table, int fd, uint64_t sectors, unsigned flags,
+                    const char *slots, size_t length, size_t count, char *out,
+                    size_t out_length, uint64_t *stats);
 """
 
 SOURCE = r"""
@@ -746,6 +756,204 @@ static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, 
     return 0;
 }
 #endif
+
+/* ---------------------------------------------------------------- blkif fast path
+
+   The block backend's usual request served without the interpreter: a burst of blkif slots
+   (the request server's private copy, never the shared ring) is walked in ring order, and each
+   slot that is a plain READ or WRITE of direct segments, whose every grant ref is in the
+   persistent-grant table, and whose sectors lie inside the disk, is served here -- iovecs
+   pointing into the persistently mapped pages, one preadv/pwritev -- and answered OKAY in
+   `out` at the slot's position (the whole slot written, padding zeroed).  The walk stops at
+   the first slot it cannot serve so: that slot and every one after it go back to Python
+   untouched (their response positions are not written), so error reporting, first maps,
+   indirect requests, flushes, barriers, discards and page-cache misses stay with the Python
+   path, and no request answered here overtakes one that Python has yet to serve.
+
+   A READ needs writable entries (the disk's data is written into the page); a WRITE only reads
+   the pages.  Reads: RK_FAST_READ_PLAIN (an image in memory, tmpfs: nothing to wait for) or
+   RK_FAST_READ_NOWAIT (preadv2 RWF_NOWAIT: only what the page cache holds; anything short or
+   refused goes back to Python, which reads it again in full).  Writes: only with
+   RK_FAST_WRITE (the backend writes buffered images inline).
+
+   The table: open addressing, linear probing, backward-shift deletion; its memory belongs to
+   the caller (ringkit.persistent_grants), which keeps every named page mapped while its entry
+   is there.  The load stays at most one half, so a probe always meets an empty entry; every
+   probe loop is bounded by the capacity anyway.  Returns -1 where the table or a length is
+   not what the contract says (nothing read or written then). */
+
+typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
+typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+static int rk_pgrant_ok(const rk_pgrant_table *t)
+{
+    return t && t->entries && t->capacity >= 2 && !(t->capacity & (t->capacity - 1))
+        && t->count <= t->capacity / 2;
+}
+
+static uint32_t rk_pgrant_home(const rk_pgrant_table *t, uint32_t ref)
+{
+    return (uint32_t)(ref * 2654435761u) & (t->capacity - 1);
+}
+
+/* The index of ref's entry, or -1. */
+static long rk_pgrant_index(const rk_pgrant_table *t, uint32_t ref)
+{
+    uint32_t mask = t->capacity - 1, i = rk_pgrant_home(t, ref), n;
+    for (n = 0; n < t->capacity; n++, i = (i + 1) & mask) {
+        const rk_pgrant *e = &t->entries[i];
+        if (e->page == 0)
+            return -1;
+        if (e->ref == ref)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Name `page` (its address, not 0) for `ref`: 0 added, 1 replaced, -2 full, -1 bad call. */
+static int rk_pgrant_put(rk_pgrant_table *t, uint32_t ref, uint64_t page, int writable)
+{
+    uint32_t mask, i, n;
+    if (!rk_pgrant_ok(t) || page == 0)
+        return -1;
+    mask = t->capacity - 1;
+    i = rk_pgrant_home(t, ref);
+    for (n = 0; n < t->capacity; n++, i = (i + 1) & mask) {
+        rk_pgrant *e = &t->entries[i];
+        if (e->page == 0) {
+            if (t->count + 1 > t->capacity / 2)
+                return -2;
+            e->ref = ref;
+            e->page = page;
+            e->writable = writable ? 1 : 0;
+            t->count++;
+            return 0;
+        }
+        if (e->ref == ref) {
+            e->page = page;
+            e->writable = writable ? 1 : 0;
+            return 1;
+        }
+    }
+    return -2;
+}
+
+/* Forget `ref`: 1 removed, 0 absent, -1 bad call.  Later entries of its probe run move back,
+   so that no lookup stops early at the hole. */
+static int rk_pgrant_drop(rk_pgrant_table *t, uint32_t ref)
+{
+    uint32_t mask, i, j, k, n;
+    long found;
+    if (!rk_pgrant_ok(t))
+        return -1;
+    found = rk_pgrant_index(t, ref);
+    if (found < 0)
+        return 0;
+    mask = t->capacity - 1;
+    i = j = (uint32_t)found;
+    for (n = 0; n < t->capacity; n++) {
+        j = (j + 1) & mask;
+        if (t->entries[j].page == 0)
+            break;
+        k = rk_pgrant_home(t, t->entries[j].ref);
+        /* the entry at j may move to the hole at i unless its home lies cyclically in (i, j] */
+        if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) {
+            t->entries[i] = t->entries[j];
+            i = j;
+        }
+    }
+    memset(&t->entries[i], 0, sizeof t->entries[i]);
+    t->count--;
+    return 1;
+}
+
+/* Empty the table: 0, or -1 bad call. */
+static int rk_pgrant_clear(rk_pgrant_table *t)
+{
+    if (!t || !t->entries || t->capacity < 2 || (t->capacity & (t->capacity - 1)))
+        return -1;
+    memset(t->entries, 0, (size_t)t->capacity * sizeof *t->entries);
+    t->count = 0;
+    return 0;
+}
+
+/* Serve the leading slots of a burst (see above).  `count` slots of 112 bytes at `slots`
+   (`length` bytes there), responses into `out` (`out_length` bytes; slot i's at i * 112).
+   stats[0] / stats[1]: sectors read / written by the slots served.  Returns how many leading
+   slots were served and answered, or -1 on a bad call. */
+static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigned flags,
+                           const char *slots, size_t length, size_t count, char *out,
+                           size_t out_length, uint64_t *stats)
+{
+    size_t i;
+    if (!rk_pgrant_ok(t) || count > length / RK_BLKIF_REQUEST_SIZE
+        || count > out_length / RK_BLKIF_REQUEST_SIZE)
+        return -1;
+    stats[0] = stats[1] = 0;
+    for (i = 0; i < count; i++) {
+        uint8_t s[RK_BLKIF_REQUEST_SIZE];
+        struct iovec iov[RK_BLKIF_MAX_SEGMENTS];
+        uint8_t *r;
+        uint64_t sector, total = 0;
+        unsigned op, nseg, j;
+        ssize_t done;
+
+        memcpy(s, slots + i * RK_BLKIF_REQUEST_SIZE, sizeof s);   /* each byte read once */
+        op = s[0];
+        nseg = s[1];
+        if (op == 0) {
+            if (!(flags & (RK_FAST_READ_PLAIN | RK_FAST_READ_NOWAIT)))
+                break;
+        } else if (op != 1 || !(flags & RK_FAST_WRITE)) {
+            break;
+        }
+        if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS)
+            break;
+        for (j = 0; j < nseg; j++) {
+            const uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+            uint8_t lo = seg[4], hi = seg[5];
+            long at;
+            const rk_pgrant *e;
+            if (hi >= RK_BLKIF_SECTORS_PER_PAGE || hi < lo)
+                break;
+            at = rk_pgrant_index(t, rk_le32(seg));
+            if (at < 0)
+                break;
+            e = &t->entries[at];
+#ifndef RK_BLKFAST_SKIP_WRITABLE_CHECK   /* the negative control's build only */
+            if (op == 0 && !e->writable)
+                break;
+#endif
+            iov[j].iov_base = (char *)(uintptr_t)e->page + (size_t)lo * 512;
+            iov[j].iov_len = ((size_t)hi - lo + 1) * 512;
+            total += (uint64_t)(hi - lo) + 1;
+        }
+        if (j < nseg)
+            break;
+        sector = rk_le64(s + 16);
+        if (sector > sectors || total > sectors - sector || sector > (uint64_t)INT64_MAX / 1024)
+            break;
+        if (op == 0)
+            done = (flags & RK_FAST_READ_PLAIN)
+                ? preadv(fd, iov, (int)nseg, (off_t)(sector * 512))
+                : preadv2(fd, iov, (int)nseg, (off_t)(sector * 512), RWF_NOWAIT);
+        else
+            done = pwritev(fd, iov, (int)nseg, (off_t)(sector * 512));
+        if (done < 0 || (uint64_t)done != total * 512)
+            break;                          /* Python does it again, whole, and reports */
+        stats[op] += total;
+        r = (uint8_t *)out + i * RK_BLKIF_REQUEST_SIZE;
+        memset(r, 0, RK_BLKIF_REQUEST_SIZE);
+        memcpy(r, s + 8, 8);                /* id */
+        r[8] = (uint8_t)op;                 /* status 0: BLKIF_RSP_OKAY */
+    }
+    return (long)i;
+}
 """
 
 ffibuilder = FFI()

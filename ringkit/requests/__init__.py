@@ -42,11 +42,11 @@ A minimal pair::
 docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
-from .back import Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
+from .back import FastPath, Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
 from .codec import Chain, Field, RefList, RequestError, SlotCodec
 from .events import SharedEventChannel
 from .front import Completions, QueueStats, Request, RequestQueue
-from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet
+from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet, PersistentGrantWatcher
 from .pool import GrantPool
 from .posted import PostedRequests, RequestChain
 
@@ -54,12 +54,14 @@ __all__ = (
     "DEFAULT_MAX_PERSISTENT",
     "Chain",
     "Completions",
+    "FastPath",
     "Field",
     "GrantMapper",
     "GrantPool",
     "Handler",
     "IncomingRequest",
     "PageSet",
+    "PersistentGrantWatcher",
     "PostedRequests",
     "QueueStats",
     "RefList",

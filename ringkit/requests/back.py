@@ -14,6 +14,10 @@ at most, by ring.h's hold-off) -- the order a disk backend needs, where a flush 
 write answered before it.  With ``concurrency=n`` up to n handlers run at once and answer in
 any order, as io/ring.h allows: each response is pushed with whatever others are ready.
 
+A driver may hand the server a `FastPath`: given each burst (in ring order mode), it answers
+the burst's leading requests itself -- in C, say, without an `IncomingRequest` each -- and
+says how many; the rest are handled as above.  Answering only a prefix keeps ring order.
+
 Nothing from the frontend is trusted.  A request whose ref list is malformed, or whose refs
 cannot be mapped, reaches the handler as a `RequestError` when it asks for its pages; a
 handler that lets a `RequestError` escape gets the codec's error response sent for it (or, if
@@ -38,7 +42,8 @@ from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportErr
 from .codec import RequestError, SlotCodec, gather, gather_refs
 from .mapping import GrantMapper, PageSet
 
-__all__ = ("Handler", "IncomingRequest", "RequestServer", "ServerStats", "answer_slot")
+__all__ = ("FastPath", "Handler", "IncomingRequest", "RequestServer", "ServerStats",
+           "answer_slot")
 
 
 class IncomingRequest:
@@ -129,6 +134,13 @@ Handler = Callable[[IncomingRequest], Awaitable[bytes | bytearray | memoryview]]
 """The driver's request handler: the response to write (at most ``response_size`` bytes)."""
 
 
+FastPath = Callable[[bytearray, int, memoryview], int]
+"""A driver's fast path: ``fast_path(burst, count, out)`` is given the burst's `count` request
+slots (the server's private copy, ``slot_size`` apart) and the output buffer; it answers the
+first n requests -- writing each whole response slot at its request's position in `out` -- and
+returns n (0..count).  The handler gets the rest, in order."""
+
+
 @dataclass(slots=True)
 class ServerStats:
     """Counters of a `RequestServer`."""
@@ -137,6 +149,8 @@ class ServerStats:
     refused: int = 0
     """Requests answered with the codec's error response (`RequestError`)."""
     pushes: int = 0
+    fast: int = 0
+    """Requests answered by the `FastPath` (counted in `requests` too)."""
 
 
 class RequestServer:
@@ -145,11 +159,13 @@ class RequestServer:
     `mapper` maps the refs requests name (None: the protocol names none, or the driver maps
     itself).  `concurrency`: how many requests are handled at once (1: in ring order).
     `burst`: most requests taken off the ring at once (default: the ring's size, at least 32).
+    `fast_path`: answers each burst's leading requests before the handler sees the rest (ring
+    order mode only: with ``concurrency`` > 1 it is not used).
     """
 
     def __init__(self, channel: BackRingChannel, codec: SlotCodec, handler: Handler, *,
                  mapper: GrantMapper | None = None, concurrency: int = 1,
-                 burst: int | None = None) -> None:
+                 burst: int | None = None, fast_path: FastPath | None = None) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if channel.engine.layout.slot_size != codec.layout.slot_size:
@@ -161,6 +177,7 @@ class RequestServer:
         self.mapper = mapper
         self.concurrency = concurrency
         self.burst = burst or max(32, channel.engine.entries)
+        self.fast_path = fast_path
         self.stats = ServerStats()
         self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
         size = codec.layout.slot_size
@@ -190,11 +207,15 @@ class RequestServer:
         slot = codec.layout.slot_size
         inbuf, out = self._in, self._out_view
         stats = self.stats
+        fast = self.fast_path
         while True:
             count = await channel.receive_into(inbuf, self.burst)
-            requests = self._incoming(count)
+            done = fast(inbuf, count, out) if fast is not None else 0
+            if not 0 <= done <= count:
+                raise ConfigError(f"the fast path answered {done} of {count} requests")
+            stats.fast += done
             pushed = 0
-            for i, request in enumerate(requests):
+            for i, request in enumerate(self._incoming(count, done) if done < count else (), done):
                 await self._answer_into(request, out, i * slot)
                 if request.urgent:
                     self._push(pushed, i + 1)
@@ -262,13 +283,16 @@ class RequestServer:
 
     # ------------------------------------------------------------------ both
 
-    def _incoming(self, count: int) -> list[IncomingRequest]:
-        """The burst of `count` slots in the input buffer as requests (ids, operations and
-        refs read in one call each)."""
+    def _incoming(self, count: int, start: int = 0) -> list[IncomingRequest]:
+        """Slots `start` .. `count` - 1 of the burst in the input buffer as requests (ids,
+        operations and refs read in one call each)."""
         codec, helper = self.codec, self._helper
         slot = codec.layout.slot_size
         size = codec.layout.request_size
         buf = self._in
+        if start:
+            buf = buf[start * slot:count * slot]
+            count -= start
         ids = gather(buf, count, slot, codec.request_id, helper)
         ops: Sequence[int | None] = (gather(buf, count, slot, codec.operation, helper)
                                      if codec.operation is not None else [None] * count)

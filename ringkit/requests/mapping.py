@@ -6,19 +6,33 @@ is answered, as Xen requires of a backend that promised nothing.  With them (blk
 is mapped writable the first time its ref is seen and kept mapped until the connection ends,
 like xen-blkback's persistent grant tree; past `max_persistent` refs, further pages fall back to
 per-request mapping, so a frontend cannot make the backend hold unbounded mappings.
+
+A driver that resolves refs itself outside Python (the block backend's C fast path) `watch`es
+the mapper: it is told of each page kept mapped, and told before they are all unmapped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from ..abc import PAGE_SIZE, GrantTable, MappedPages
 
-__all__ = ("DEFAULT_MAX_PERSISTENT", "GrantMapper", "PageSet")
+__all__ = ("DEFAULT_MAX_PERSISTENT", "GrantMapper", "PageSet", "PersistentGrantWatcher")
 
 DEFAULT_MAX_PERSISTENT = 1056
 """Refs a mapper keeps mapped by default: xen-blkback's default for one ring (32 requests of
 up to 32 + 1 pages)."""
+
+
+class PersistentGrantWatcher(Protocol):
+    """What `GrantMapper.watch` tells of the pages it keeps mapped."""
+
+    def persisted(self, ref: int, page: memoryview, writable: bool) -> None:
+        """`page` is kept mapped for `ref` (writable or not) until `releasing`."""
+
+    def releasing(self) -> None:
+        """Every kept page is about to be unmapped: drop every reference to them now."""
 
 
 class PageSet:
@@ -62,11 +76,19 @@ class GrantMapper:
         self.max_persistent = max_persistent
         self._cache: dict[int, MappedPages] = {}
         self._views: dict[int, memoryview] = {}  # ref -> its cached page, for the fast path
+        self._watcher: PersistentGrantWatcher | None = None
 
     @property
     def persistent_count(self) -> int:
         """Refs currently kept mapped."""
         return len(self._cache)
+
+    def watch(self, watcher: PersistentGrantWatcher) -> None:
+        """Tell `watcher` of every page kept mapped -- those already, then each as it is
+        mapped -- and, before `aclose` unmaps them, that they go (one watcher at a time)."""
+        self._watcher = watcher
+        for ref, page in self._views.items():
+            watcher.persisted(ref, page, True)
 
     async def map(self, refs: Sequence[int], *, writable: bool) -> PageSet:
         """The pages named by `refs`, in order (`writable`: we will write into them).  A ref
@@ -86,6 +108,8 @@ class GrantMapper:
                     cached = self._cache[ref] = await self._grants.map(
                         self._peer, [ref], writable=True)
                     self._views[ref] = cached.buffer
+                    if self._watcher is not None:
+                        self._watcher.persisted(ref, cached.buffer, True)
                 if cached is not None:
                     found[ref] = cached.buffer
             unique = [r for r in unique if r not in found]
@@ -115,7 +139,9 @@ class GrantMapper:
             await pageset.release()
 
     async def aclose(self) -> None:
-        """Unmap every persistent page."""
+        """Unmap every persistent page (the watcher told first)."""
+        if self._watcher is not None:
+            self._watcher.releasing()
         cache, self._cache = self._cache, {}
         self._views = {}
         for mapped in cache.values():

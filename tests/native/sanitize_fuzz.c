@@ -17,7 +17,10 @@
  *   sanitize_fuzz control            a deliberate one-byte over-read: must be reported
  *   sanitize_fuzz overflow CASE      arguments whose arithmetic wraps (see run_overflow)
  *   sanitize_fuzz uring SEED RINGS   RINGS io_uring objects, each fed random submissions
+ *   sanitize_fuzz blkfast SEED ROUNDS  the blkif fast path: random table edits checked against
+ *                                    a model, random bursts served against a temporary file
  */
+#define _GNU_SOURCE 1   /* preadv2, as Python.h gives the cffi build */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -636,6 +639,155 @@ static int run_uring(unsigned long rings)
     return 0;
 }
 
+/* ---------------------------------------------------------------- the blkif fast path
+ *
+ * A persistent-grant table of exactly `capacity` entries (calloc'd: an entry past it is a
+ * report), edited at random with refs from a small set (so probe runs collide and deletions
+ * shift entries back), checked after each edit against a plain array model: the count, and
+ * every model ref found at an entry naming its page and writability, every other ref absent.
+ * Then a burst of random slots, in a buffer and an output of exactly the lengths the call
+ * claims, served against a temporary file through pages of exactly 4096 bytes: a burst that
+ * does not fit must be refused, and every READ served must name writable entries only. */
+
+#define FAST_PAGES 12
+#define FAST_REFS 24
+
+static uint32_t fast_ref(void)
+{
+    return one_in(16) ? (uint32_t)rnd() : (uint32_t)below(FAST_REFS) * (one_in(2) ? 1u : 4096u);
+}
+
+static int run_blkfast(unsigned long rounds)
+{
+    uint8_t *pages[FAST_PAGES];
+    uint32_t capacity = 16;
+    rk_pgrant *entries = calloc(capacity, sizeof *entries);
+    rk_pgrant_table table = {entries, capacity, 0};
+    rk_pgrant_table bad = {entries, 12, 0};
+    struct { uint32_t ref; int page, writable; } model[64];
+    unsigned nmodel = 0, i, j;
+    FILE *file = tmpfile();
+    int fd;
+    unsigned long served_total = 0;
+
+    CHECK(entries != NULL && file != NULL);
+    fd = fileno(file);
+    for (i = 0; i < FAST_PAGES; i++)
+        pages[i] = random_bytes(4096);
+    {
+        uint8_t *disk = random_bytes(64 * 512);
+        CHECK(pwrite(fd, disk, 64 * 512, 0) == 64 * 512);
+        free(disk);
+    }
+    where = "rk_pgrant";
+    CHECK(rk_pgrant_put(&bad, 1, 1, 1) == -1 && rk_pgrant_drop(&bad, 1) == -1);
+    CHECK(rk_pgrant_put(&table, 1, 0, 1) == -1);
+    for (round_no = 0; round_no < rounds; round_no++) {
+        uint32_t ref = fast_ref();
+        unsigned action = (unsigned)below(100), found = nmodel;
+        size_t count, length, out_length;
+        uint8_t *slots, *out;
+        uint64_t stats[2];
+        unsigned flags;
+        long r;
+
+        where = "rk_pgrant";
+        for (i = 0; i < nmodel; i++)
+            if (model[i].ref == ref)
+                found = i;
+        if (action < 55) {
+            int page = (int)below(FAST_PAGES), writable = (int)below(2);
+            int code = rk_pgrant_put(&table, ref, (uint64_t)(uintptr_t)pages[page], writable);
+            if (found < nmodel) {
+                CHECK(code == 1);
+            } else if (nmodel == capacity / 2) {
+                CHECK(code == -2);
+            } else {
+                CHECK(code == 0);
+                found = nmodel++;
+                model[found].ref = ref;
+            }
+            if (code >= 0) {
+                model[found].page = page;
+                model[found].writable = writable;
+            }
+        } else if (action < 95) {
+            CHECK(rk_pgrant_drop(&table, ref) == (found < nmodel));
+            if (found < nmodel)
+                model[found] = model[--nmodel];
+        } else if (action < 97) {
+            CHECK(rk_pgrant_clear(&table) == 0);
+            nmodel = 0;
+        }
+        CHECK(table.count == nmodel);
+        for (i = 0; i < nmodel; i++) {
+            long at = rk_pgrant_index(&table, model[i].ref);
+            CHECK(at >= 0 && at < (long)capacity);
+            CHECK(entries[at].page == (uint64_t)(uintptr_t)pages[model[i].page]);
+            CHECK(entries[at].writable == (uint32_t)model[i].writable);
+        }
+        for (j = 0; j < 4; j++) {
+            uint32_t other = fast_ref();
+            int known = 0;
+            for (i = 0; i < nmodel; i++)
+                known |= model[i].ref == other;
+            CHECK((rk_pgrant_index(&table, other) >= 0) == known);
+        }
+
+        where = "rk_blkif_serve";
+        count = (size_t)below(9);
+        length = one_in(8) ? any_length(count * RK_BLKIF_REQUEST_SIZE) : count * RK_BLKIF_REQUEST_SIZE;
+        out_length = one_in(8) ? any_length(count * RK_BLKIF_REQUEST_SIZE)
+                               : count * RK_BLKIF_REQUEST_SIZE;
+        slots = random_bytes(length);
+        out = output(out_length, 1);
+        for (i = 0; (size_t)(i + 1) * RK_BLKIF_REQUEST_SIZE <= length; i++) {
+            uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
+            uint64_t sector = one_in(10) ? rnd() : below(72);
+            if (!one_in(10))
+                s[0] = (uint8_t)below(2);
+            if (!one_in(10))
+                s[1] = (uint8_t)(1 + below(11));
+            memcpy(s + 16, &sector, 8);
+            for (j = 0; j < 11; j++) {
+                uint8_t *e = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+                uint32_t pick = !one_in(8) && nmodel ? model[below(nmodel)].ref : fast_ref();
+                memcpy(e, &pick, 4);
+                sectors(e, 10);
+            }
+        }
+        flags = (unsigned)below(8);
+        r = rk_blkif_serve(&table, one_in(20) ? -1 : fd, one_in(10) ? rnd() : 64, flags,
+                           (const char *)slots, length, count, (char *)out, out_length, stats);
+        if (count > length / RK_BLKIF_REQUEST_SIZE || count > out_length / RK_BLKIF_REQUEST_SIZE) {
+            CHECK(r == -1);
+        } else {
+            CHECK(r >= 0 && (size_t)r <= count);
+            for (i = 0; i < (unsigned)r; i++) {
+                const uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
+                const uint8_t *a = out + (size_t)i * RK_BLKIF_REQUEST_SIZE;
+                CHECK(s[0] <= 1 && s[1] >= 1 && s[1] <= 11);
+                CHECK(memcmp(a, s + 8, 8) == 0 && a[8] == s[0] && a[10] == 0 && a[11] == 0);
+                for (j = 0; j < s[1]; j++) {
+                    long at = rk_pgrant_index(&table, rk_le32(s + 24 + j * 8));
+                    CHECK(at >= 0);
+                    CHECK(s[0] == 1 || entries[at].writable);
+                }
+            }
+            served_total += (unsigned long)r;
+        }
+        free(out);
+        free(slots);
+    }
+    printf("seed %llu: %lu rounds of the blkif fast path, %lu requests served, no finding\n",
+           (unsigned long long)seed, rounds, served_total);
+    for (i = 0; i < FAST_PAGES; i++)
+        free(pages[i]);
+    free(entries);
+    fclose(file);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- the modes */
 
 /* The negative control: rk_gather told the buffer is one byte longer than it is.  The last
@@ -701,8 +853,13 @@ int main(int argc, char **argv)
         seed = state = strtoull(argv[2], NULL, 0);
         return run_uring(strtoul(argv[3], NULL, 0));
     }
+    if (argc == 4 && strcmp(argv[1], "blkfast") == 0) {
+        seed = state = strtoull(argv[2], NULL, 0);
+        return run_blkfast(strtoul(argv[3], NULL, 0));
+    }
     if (argc != 4 || strcmp(argv[1], "fuzz") != 0) {
-        fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE | uring SEED RINGS\n", argv[0]);
+        fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE | uring SEED RINGS"
+                " | blkfast SEED ROUNDS\n", argv[0]);
         return 64;
     }
     seed = state = strtoull(argv[2], NULL, 0);

@@ -111,6 +111,27 @@ def test_the_io_uring_ring_under_the_sanitizers(harness: Path) -> None:
     assert "no finding" in done.stdout
 
 
+def test_the_blkif_fast_path_under_the_sanitizers(harness: Path) -> None:
+    """rk_pgrant_* and rk_blkif_serve: table edits checked against a model, bursts in buffers
+    of exactly the claimed lengths served through exactly sized pages (a READ only into
+    writable entries), bursts that do not fit refused."""
+    done = run(harness, "blkfast", str(SEED), str(ROUNDS))
+    assert not REPORT.search(done.stderr), done.stderr
+    assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+    assert "no finding" in done.stdout
+    served = int(done.stdout.split(" requests served")[0].rsplit(" ", 1)[1])
+    assert served > ROUNDS // 40, done.stdout   # the fuzz reaches the I/O, not only refusals
+
+
+def test_negative_control_a_fast_path_without_the_writable_check_is_caught(
+        workdir: Path) -> None:
+    exe = workdir / "sanitize_fuzz_no_writable_check"
+    gcc(workdir, *SANITIZE, "-DRK_BLKFAST_SKIP_WRITABLE_CHECK", "-o", str(exe))
+    done = run(exe, "blkfast", str(SEED), str(ROUNDS))
+    assert done.returncode == 2, done.stdout
+    assert "check failed: s[0] == 1 || entries[at].writable" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("case", ["gather-offset", "gather-refs-entries",
                                   "gather-refs-ref-offset"])
 def test_wrapping_arguments_are_refused(harness: Path, case: str) -> None:

@@ -17,7 +17,7 @@ DRIVER_AUTHOR_MODULES = {
     "ringkit.proto.layout", "ringkit.proto.ring", "ringkit.proto.blkif", "ringkit.proto.xenbus",
     "ringkit.testing", "ringkit.testing.pytest_plugin", "ringkit.testing.conformance",
     "ringkit.testing.memory", "ringkit.testing.pipes", "ringkit.sim", "ringkit.xen",
-    "ringkit.vchan", "ringkit.uring",
+    "ringkit.vchan", "ringkit.uring", "ringkit.persistent_grants",
 }
 
 

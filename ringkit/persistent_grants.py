@@ -1,0 +1,156 @@
+"""A persistent-grant table in C, and the blkif burst server over it: `PersistentGrantTable`.
+
+A backend that keeps its frontend's grants mapped (blkif ``feature-persistent``) names each
+mapped page in this table -- grant ref -> the page's address and whether it is mapped writable
+-- and `serve` hands a burst of request slots to ``rk_blkif_serve`` (_build.py), which serves
+the burst's leading plain READs and WRITEs whose refs are all in the table: iovecs into the
+pages, one ``preadv``/``preadv2``/``pwritev`` each, the response written in place.  It stops at
+the first slot it cannot serve so; that one and every later one are the caller's.
+
+Lifetime: the table holds a cffi buffer export of each page it names, so the page's memory
+stays valid (an mmap cannot be closed under it: BufferError) until `discard` or `clear` drops
+the entry from the C table first and only then releases the export.  Not thread-safe: one
+owner (the event loop that serves the ring) adds, drops and serves.
+
+Unavailable (`unavailable` says why) without the compiled helper: ABI mode, chosen or forced
+with ``RINGKIT_NATIVE=abi``, where the Python path serves every request.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._native import IMPLEMENTATION
+
+_PAGE_SIZE = 4096
+SLOT_SIZE = 112
+"""A blkif request slot (x86_64), the stride of the bursts `serve` takes."""
+READ_PLAIN = 1
+"""`serve` flag: serve READs with a plain ``preadv`` (an image in memory: nothing waits)."""
+READ_NOWAIT = 2
+"""`serve` flag: serve READs the page cache holds (``preadv2`` with ``RWF_NOWAIT``)."""
+WRITE = 4
+"""`serve` flag: serve WRITEs with ``pwritev`` (a buffered image written inline)."""
+
+_ffi: Any = None
+_lib: Any = None
+if IMPLEMENTATION != "compiled":
+    _MISSING = f"the {IMPLEMENTATION} native implementation has no blkif fast path"
+else:
+    try:
+        _module = importlib.import_module("ringkit._native._compiled")
+        _ffi, _lib = _module.ffi, _module.lib
+        _lib.rk_blkif_serve  # noqa: B018 -- a stale build lacks it
+        _MISSING = ""
+    except (ImportError, AttributeError) as exc:
+        _ffi = _lib = None
+        _MISSING = f"compiled helper without the blkif fast path ({exc})"
+
+
+def unavailable() -> str:
+    """Why `PersistentGrantTable` cannot be made here, or "" when it can."""
+    return _MISSING
+
+
+class PersistentGrantTable:
+    """Grant ref -> mapped page, kept in C, for up to `max_refs` refs (`add` refuses more).
+
+    `module`: the cffi module whose C to use (default: `ringkit._native._compiled`; tests pass
+    a differently built one).
+
+    Raises (constructor):
+        RuntimeError: the compiled helper is unavailable (see `unavailable`).
+    """
+
+    def __init__(self, max_refs: int, *, module: Any = None) -> None:
+        if module is not None:
+            ffi, lib = module.ffi, module.lib
+        elif _lib is None:
+            raise RuntimeError(_MISSING)
+        else:
+            ffi, lib = _ffi, _lib
+        self._ffi, self._lib = ffi, lib
+        capacity = 2
+        while capacity < 2 * max(max_refs, 1):
+            capacity *= 2
+        self.max_refs = capacity // 2
+        """Most refs the table names at once (`max_refs` rounded up)."""
+        self._entries = ffi.new("rk_pgrant[]", capacity)
+        self._table = ffi.new("rk_pgrant_table *")
+        self._table.entries = self._entries
+        self._table.capacity = capacity
+        self._pages: dict[int, Any] = {}  # ref -> the export that keeps its address valid
+        self._stats = ffi.new("uint64_t[2]")
+
+    def __len__(self) -> int:
+        return int(self._table.count)
+
+    def __contains__(self, ref: object) -> bool:
+        return ref in self._pages
+
+    def add(self, ref: int, page: memoryview, *, writable: bool) -> bool:
+        """Name `page` (one whole page, writable if `writable`) for grant `ref`, replacing
+        what it named before; False when the table is full.
+
+        Raises:
+            ValueError: `page` is not a whole page, or `writable` and it is read-only.
+        """
+        if page.nbytes < _PAGE_SIZE:
+            raise ValueError(f"a grant's page is {_PAGE_SIZE} bytes, got {page.nbytes}")
+        if writable and page.readonly:
+            raise ValueError(f"grant {ref}: a read-only page named writable")
+        ffi = self._ffi
+        export = ffi.from_buffer("char[]", page)
+        address = int(ffi.cast("uintptr_t", export))
+        code = self._lib.rk_pgrant_put(self._table, ref, address, int(writable))
+        if code == -2:
+            ffi.release(export)
+            return False
+        if code < 0:  # pragma: no cover - the table is built valid above
+            raise AssertionError(f"rk_pgrant_put returned {code}")
+        old = self._pages.pop(ref, None)
+        self._pages[ref] = export
+        if old is not None:
+            ffi.release(old)
+        return True
+
+    def discard(self, ref: int) -> None:
+        """Forget `ref` (nothing if it is not there); its page may be unmapped afterwards."""
+        if self._lib.rk_pgrant_drop(self._table, ref) < 0:  # pragma: no cover
+            raise AssertionError("rk_pgrant_drop refused a valid table")
+        export = self._pages.pop(ref, None)
+        if export is not None:
+            self._ffi.release(export)
+
+    def clear(self) -> None:
+        """Forget every ref; their pages may be unmapped afterwards."""
+        self._lib.rk_pgrant_clear(self._table)
+        pages, self._pages = self._pages, {}
+        for export in pages.values():
+            self._ffi.release(export)
+
+    def serve(self, fd: int, sectors: int, flags: int, burst: bytearray, count: int,
+              out: bytearray | memoryview) -> tuple[int, int, int]:
+        """Serve the leading slots of the `count` blkif requests in `burst` (a private copy,
+        `SLOT_SIZE` bytes each) against the image `fd` of `sectors` sectors, as `flags`
+        allows; each served slot's response is written whole at its position in `out`.
+        Returns ``(served, sectors_read, sectors_written)``.
+
+        Raises:
+            ValueError: `burst` or `out` holds fewer than `count` slots.
+        """
+        ffi = self._ffi
+        src = ffi.from_buffer("char[]", burst)
+        dst = ffi.from_buffer("char[]", out, require_writable=True)
+        stats = self._stats
+        served = self._lib.rk_blkif_serve(self._table, fd, sectors, flags, src, len(src),
+                                          count, dst, len(dst), stats)
+        if served < 0:
+            raise ValueError(f"{count} slots do not fit a {len(src)}-byte burst and a "
+                             f"{len(dst)}-byte output")
+        return served, int(stats[0]), int(stats[1])
+
+
+__all__ = ("READ_NOWAIT", "READ_PLAIN", "SLOT_SIZE", "WRITE", "PersistentGrantTable",
+           "unavailable")
