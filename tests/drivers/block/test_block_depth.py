@@ -42,18 +42,37 @@ ENGINES = ["threads", pytest.param("uring", marks=pytest.mark.skipif(
 
 
 class Watch:
-    """Counts what the slow device has in service at once, and the order things finish in."""
+    """Counts what the slow device has in service at once, the order things finish in, and
+    the event loop's ticks (`ticks`, advanced by a ticker task of the test).
 
-    def __init__(self) -> None:
+    With `gather` > 1 an access that entered waits until that many are in service at once
+    before it goes on (the server must keep them all in service: if it did not, the access
+    would wait until the test's deadline); with `check_loop` it also waits until the event
+    loop ticked while it was in service -- impossible if the access blocked the loop.  Neither
+    depends on how fast the machine is."""
+
+    def __init__(self, *, gather: int = 1, check_loop: bool = False) -> None:
         self.lock = threading.Lock()
         self.running = 0
         self.most = 0
         self.finished: list[str] = []
+        self.gather = gather
+        self.check_loop = check_loop
+        self.ticks = 0
+        self.gathered = False
 
-    def enter(self) -> None:
+    def enter(self) -> int:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
+            if self.running >= self.gather:
+                self.gathered = True
+            return self.ticks
+
+    def ready(self, ticks_at_entry: int) -> bool:
+        """Whether an access that entered at `ticks_at_entry` may go on."""
+        with self.lock:
+            return self.gathered and (not self.check_loop or self.ticks > ticks_at_entry)
 
     def leave(self, name: str) -> None:
         with self.lock:
@@ -63,8 +82,10 @@ class Watch:
     def slow(self, name: str, call: object) -> object:
         """`call` made slow in the thread that runs it (the thread engine's own device)."""
         def run(*args: object) -> None:
-            self.enter()
+            entered = self.enter()
             try:
+                while not self.ready(entered):
+                    time.sleep(SLOW / 50)
                 time.sleep(SLOW)
                 call(*args)  # type: ignore[operator]
             finally:
@@ -89,10 +110,17 @@ class SlowDevice(IoEngine):
         self.rng = random.Random(seed)
         self.early_ack_tg = early_ack_tg
         self.at_flush: list[bytes] = []
+        self.flushed = anyio.Event()
+        """Set once a flush took its copy of the image (`at_flush`)."""
+        self.held: set[int] = set()
+        """Byte offsets of writes that wait for `release` before they go to the device."""
+        self.release = anyio.Event()
 
     async def _slow(self, name: str, call: Any, *args: Any) -> None:
-        self.watch.enter()
+        entered = self.watch.enter()
         try:
+            while not self.watch.ready(entered):
+                await anyio.sleep(SLOW / 50)
             await anyio.sleep(self.rng.uniform(SLOW / 2, 1.5 * SLOW))
             await call(*args)
         finally:
@@ -105,18 +133,21 @@ class SlowDevice(IoEngine):
     async def write(self, image: Image, views: Sequence[memoryview], offset: int,
                     length: int) -> None:
         if self.early_ack_tg is None:
+            if offset in self.held:
+                await self.release.wait()
             await self._slow("write", self.inner.write, image, views, offset, length)
             return
         data = [memoryview(bytes(v)) for v in views]     # the pages go back with the answer
 
         async def later() -> None:
-            await anyio.sleep(3 * SLOW)
+            await self.flushed.wait()                    # lands only after the flush began
             await self.inner.write(image, data, offset, length)
         self.early_ack_tg.start_soon(later)
 
     async def flush(self, image: Image) -> None:
         async def flush() -> None:
             self.at_flush.append(self.path.read_bytes())
+            self.flushed.set()
             await self.inner.flush(image)
         await self._slow("flush", flush)
 
@@ -144,14 +175,14 @@ def cold(svc: BlockService, watch: Watch) -> None:
 @pytest.mark.parametrize("depth", [1, 8])
 async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
         tmp_path: Path, depth: int, engine: str) -> None:
-    watch = Watch()
-    ticks = 0
+    # each access waits until `depth` are in service at once and the loop ticked meanwhile
+    watch = Watch(gather=depth, check_loop=True)
 
     async def ticker() -> None:
-        nonlocal ticks
         while True:
             await anyio.sleep(SLOW / 10)
-            ticks += 1
+            with watch.lock:
+                watch.ticks += 1
 
     config = ServiceConfig(io_depth=depth, io_engine=engine)
     async with loopback(tmp_path, config=config) as (client, svc, _):
@@ -161,18 +192,34 @@ async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ticker)
-                started = time.monotonic()
                 results = await client.submit(
                     [ReadOp(i * 65536, b) for i, b in enumerate(buffers)])
-                elapsed = time.monotonic() - started
                 tg.cancel_scope.cancel()
     assert results == [None] * 16
-    if depth == 1:   # the negative control: one at a time
-        assert watch.most == 1
-    else:
-        assert watch.most == depth, watch.most
-    # the event loop ran all along: the disk waits happen elsewhere
-    assert ticks >= 0.5 * elapsed / (SLOW / 10), (ticks, elapsed)
+    # never more than the depth (at depth 1, the negative control, one at a time); that it
+    # reached the depth, and that the event loop ran while every access was in service, the
+    # gate above makes a condition of finishing at all
+    assert watch.most == depth, watch.most
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_negative_control_a_server_short_of_its_depth_never_finishes(
+        tmp_path: Path, engine: str) -> None:
+    """Asked to gather 8 accesses from a server that keeps 4 in service, the reads wait until
+    the deadline: the gate of the overlap test fails a server that does not reach its depth."""
+    watch = Watch(gather=8)
+    config = ServiceConfig(io_depth=4, io_engine=engine)
+    async with loopback(tmp_path, config=config) as (client, svc, _):
+        cold(svc, watch)
+        with anyio.move_on_after(2) as scope:
+            await client.submit([ReadOp(i * 65536, bytearray(4096)) for i in range(16)])
+        assert scope.cancelled_caught
+        assert watch.most == 4
+        with watch.lock:                # let what is in service drain before teardown
+            watch.gathered = True
+        with anyio.fail_after(30):
+            while watch.running:
+                await anyio.sleep(SLOW / 10)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -234,9 +281,12 @@ async def _barrier_order(tmp_path: Path, engine: str, *, drain: bool) -> None:
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(write)
-                await anyio.sleep(SLOW / 5)      # the write is in service
+                while not watch.running:         # the write is in service
+                    await anyio.sleep(SLOW / 50)
+                sent = client.queue.stats.sent
                 tg.start_soon(barrier)
-                await anyio.sleep(SLOW / 5)
+                while client.queue.stats.sent == sent:   # the barrier is on the ring
+                    await anyio.sleep(SLOW / 50)
                 tg.start_soon(read_after)
     assert order.index("write") < order.index("barrier"), \
         f"the barrier finished before the write it must drain: {order}"
@@ -275,6 +325,8 @@ async def _flush_covers(tmp_path: Path, engine: str, *, early_ack: bool) -> None
                 anyio.create_task_group() as background):
             device = SlowDevice(svc.engine, svc.image, watch,
                                 early_ack_tg=background if early_ack else None)
+            # blocks 6.. stay in service until the FLUSH was sent, so that it overlaps them
+            device.held = {i * 8192 for i in range(6, 16)}
             svc.engine = device
             blocks = {i: rng.randbytes(4096) for i in range(16)}
             answered: list[int] = []
@@ -292,6 +344,7 @@ async def _flush_covers(tmp_path: Path, engine: str, *, early_ack: bool) -> None
                         await anyio.sleep(SLOW / 20)
                     covered = list(answered)     # answered before the FLUSH is sent
                     await client.flush()
+                    device.release.set()
     # (the early writes of the broken device have landed now: its task group is done)
     assert len(device.at_flush) == 1
     durable = device.at_flush[0]
