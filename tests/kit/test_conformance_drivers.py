@@ -74,3 +74,12 @@ class TestNet(DriverConformance):
     @pytest.fixture
     def ringkit_driver(self) -> DriverUnderTest:
         return net_driver()
+
+
+class TestNetTrio(TestNet):
+    """The net pair's checks again with the driver's ends under trio (the child processes'
+    ends run under asyncio either way)."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "trio"
