@@ -46,6 +46,7 @@ from ringkit.requests import (
     RequestError,
     SharedEventChannel,
 )
+from ringkit.requests.codec import SlotCodec
 
 __all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
 
@@ -92,6 +93,7 @@ class NetBackend(Backend[NetBackRings]):
     device_type: ClassVar[str] = "vif"
     ring_layout = None
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
                  link: ObjectStream[bytes], poll_us: int = 0) -> None:

@@ -39,6 +39,7 @@ from ringkit.device import Frontend, Nodes, Queue, RingChoice
 from ringkit.proto import netif
 from ringkit.proto.ring import FrontRing
 from ringkit.requests import Completions, GrantPool, Request, RequestQueue, SharedEventChannel
+from ringkit.requests.codec import SlotCodec
 
 __all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "check_rx", "check_tx")
 
@@ -83,6 +84,7 @@ class NetFrontend(Frontend[NetFrontRings]):
 
     device_type: ClassVar[str] = "vif"
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
     ring_layout = None
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
@@ -99,6 +101,10 @@ class NetFrontend(Frontend[NetFrontRings]):
         """The MAC the toolstack gave this interface (``mac`` node), or None."""
         self.sg = False
         """Whether the backend takes frames over several pages (its ``feature-sg``)."""
+        self.connection_error: BaseException | None = None
+        """What broke the last connection's rings -- the backend breaking the protocol, a
+        `RemoteProtocolError` -- or None (connected, or it ended otherwise).  `send` raises
+        its `PeerGoneError` from it while disconnected."""
         self._tx: RequestQueue | None = None
         self._rx: RequestQueue | None = None
         self._tx_done: Completions | None = None
@@ -144,6 +150,7 @@ class NetFrontend(Frontend[NetFrontRings]):
 
     async def peer_connected(self, backend: Nodes) -> None:
         """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks."""
+        self.connection_error = None
         mac = await self.own_nodes.read_optional("mac")
         try:
             self.mac = netif.parse_mac(mac) if mac is not None else None
@@ -169,6 +176,9 @@ class NetFrontend(Frontend[NetFrontRings]):
             queue = getattr(self, attr)
             setattr(self, attr, None)
             if queue is not None:
+                if self.connection_error is None and not isinstance(
+                        queue.error, (PeerGoneError, type(None))):
+                    self.connection_error = queue.error
                 queue.fail(PeerGoneError(f"{self.address}: disconnected"))
                 assert queue.pool is not None
                 await queue.pool.aclose()
@@ -193,7 +203,7 @@ class NetFrontend(Frontend[NetFrontRings]):
                              f"({'with' if self.sg else 'without'} feature-sg)")
         queue, done = self._tx, self._tx_done
         if queue is None or done is None:
-            raise PeerGoneError(f"{self.address} is not connected")
+            raise PeerGoneError(f"{self.address} is not connected") from self.connection_error
         async with self._tx_lock:  # one packet's requests at a time: consecutive slots
             held: list[Request] = []
             try:

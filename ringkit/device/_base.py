@@ -179,6 +179,11 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     """For a driver built on `ringkit.requests`: where its slots keep the id, the operation and
     the grant refs (the codec its `RequestQueue` / `RequestServer` use).  The test kit reads it
     to attack the driver with hostile requests and responses; nothing else depends on it."""
+    request_codecs: ClassVar[tuple[SlotCodec, ...]] = ()
+    """For a driver that names its ring pages (`ring_ref_keys`) and runs each ring on
+    `ringkit.requests`: one codec per ring, in the order of `ring_ref_keys` -- netif's
+    ``(TX_CODEC, RX_CODEC)``.  Like `request_codec`, read only by the test kit: it gives each
+    ring's layout and slots, so that hostile peers can attack each ring in turn."""
     max_ring_page_order: int = 0
     """Largest ring, as a power of two of pages, this end supports (0..4).  A class default;
     an instance may lower or raise it through the constructor's ``max_ring_page_order``."""

@@ -156,9 +156,11 @@ RX_CODEC: Final = SlotCodec(
     refs=RefList(offset=4, stride=4, maximum=1, count=1),
     status=Field(6, 2, signed=True),
     error_status=Status.ERROR,
+    posted=True,
 )
 """The rx ring for `ringkit.requests`: a posted buffer's id and gref (the backend maps the page
-writable itself, to copy a packet into it), NETIF_RSP_ERROR for a buffer it cannot use."""
+writable itself, to copy a packet into it), NETIF_RSP_ERROR for a buffer it cannot use; the
+buffers are posted ahead and answered only when a packet comes."""
 
 # Offsets and sizes, for the C layout check and for readers of this module.
 OFFSETS: Final[dict[str, dict[str, int]]] = {

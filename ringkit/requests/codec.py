@@ -157,7 +157,9 @@ class SlotCodec:
     is malformed) or that a handler refused with `RequestError`: the response's `status`
     field set to `error_status`, and `echo` pairs (response field, request field) copied from
     the request -- blkif's operation, for instance.  Without `status` such a request ends the
-    connection instead (there is no way to say "error" in that protocol).
+    connection instead (there is no way to say "error" in that protocol).  `posted`: the
+    requests are buffers posted ahead of time, which the backend takes and answers when it has
+    data for them (netif's rx ring: `ringkit.requests.PostedRequests`), not as they come.
     """
 
     layout: RingLayout
@@ -169,6 +171,7 @@ class SlotCodec:
     error_status: int = -1
     echo: tuple[tuple[Field, Field], ...] = ()
     chain: Chain | None = None
+    posted: bool = False
 
     def __post_init__(self) -> None:
         req, rsp = self.layout.request_size, self.layout.response_size

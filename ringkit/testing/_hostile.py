@@ -14,6 +14,14 @@ Modes with `Mode.needs_codec` attack drivers built on `ringkit.requests` through
 end's `request_codec` (`ringkit.testing._hostile_requests`): requests naming grant refs the
 backend cannot use, duplicate ids; answers with ids never issued, twice, or to requests the
 frontend cancelled.
+
+A driver may have several rings per queue, each on a page of its own named by a node of its
+own (`ringkit.device.DeviceBase.ring_ref_keys`: netif's ``tx-ring-ref`` and ``rx-ring-ref``),
+their layouts and codecs given by `ringkit.device.DeviceBase.request_codecs` (`rings_of`).
+A hostile peer then shares or maps every ring, as the driver's own end would, and attacks one
+of them -- the mode string ``<mode>@<ring>`` says which (`Mode.each_ring`; ``@0`` may be left
+out), so that a check plays the attack on each ring in turn: an end that checks one ring's
+indices and trusts the other's is caught.
 """
 
 from __future__ import annotations
@@ -88,6 +96,39 @@ def any_codec(codec: SlotCodec) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class RingSpec:
+    """One ring of a driver's queue as the hostile peers see it."""
+
+    key: str
+    """The frontend node naming its page (``ring-ref``, or one of `ring_ref_keys`)."""
+    layout: RingLayout | None
+    """Its io/ring.h layout (None: the driver interprets the page itself)."""
+    codec: SlotCodec | None
+    """Its `ringkit.requests` codec on the end this describes (None: not on the layer)."""
+
+
+def rings_of(end: object) -> tuple[RingSpec, ...]:
+    """The rings of one queue of a driver's end class (or instance): ``ring-ref`` with its
+    `ring_layout` and `request_codec`, or -- for a protocol naming its ring pages itself --
+    one per `ring_ref_keys` entry, with the layout and codec of the matching entry of
+    `request_codecs` (none when it does not give one per ring)."""
+    keys = tuple(getattr(end, "ring_ref_keys", ()) or ())
+    if not keys:
+        return (RingSpec("ring-ref", getattr(end, "ring_layout", None), codec_of(end)),)
+    codecs = tuple(getattr(end, "request_codecs", ()) or ())
+    if len(codecs) != len(keys) or not all(isinstance(c, SlotCodec) for c in codecs):
+        return tuple(RingSpec(key, None, None) for key in keys)
+    return tuple(RingSpec(key, codec.layout, codec)
+                 for key, codec in zip(keys, codecs, strict=True))
+
+
+def split_mode(mode: str) -> tuple[str, int]:
+    """``(name, ring)`` of a hostile peer's mode string ``<name>[@<ring>]``."""
+    name, _, ring = mode.partition("@")
+    return name, int(ring or 0)
+
+
 @dataclass
 class Play:
     """What a hostile end holds once it got as far as its mode needs: the attack's material."""
@@ -101,11 +142,12 @@ class Play:
     own: Nodes
     peer: Nodes
     layout: RingLayout | None
+    """The attacked ring's layout."""
     buf: memoryview
-    """The shared ring page (granted by a hostile frontend, mapped by a hostile backend)."""
+    """The attacked ring's page (granted by a hostile frontend, mapped by a hostile backend)."""
     port: EventChannel
     codec: SlotCodec | None
-    """The attacked end's `request_codec` (None for a driver not on `ringkit.requests`)."""
+    """The attacked end's codec for that ring (None for a driver not on `ringkit.requests`)."""
     ring: FrontRing | None = None
     """A hostile frontend's own ring engine (None for a hostile backend, or no layout)."""
 
@@ -122,9 +164,9 @@ class Play:
 
 Attack = Callable[[Play], Awaitable[None]]
 """A mode's misbehaviour once connected (see `Mode.attack`)."""
-NodeEdit = Callable[[dict[str, str], str, int], None]
+NodeEdit = Callable[[dict[str, str], str, int, str], None]
 """A hostile frontend's change to the ring nodes it publishes: (nodes, event channel key, its
-port)."""
+port, the node naming the attacked ring's page)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +195,12 @@ class Mode:
     notify: bool = True
     """Ring the attacked end's doorbell after the attack (not once the port is closed, nor
     for a peer that stays quiet)."""
+    each_ring: bool = False
+    """The attack is on one ring (its page, indices, slots or ref node): for a driver with
+    several rings per queue it is played against each ring in turn."""
+    not_for_named_rings: str = ""
+    """Why the mode cannot apply to a driver that names its ring pages (`ring_ref_keys`);
+    empty: it applies."""
 
 
 # --------------------------------------------------------------------------- the attacks
@@ -273,6 +321,7 @@ async def _close_port_then_close(play: Play) -> None:
     front, own, backend = play.end, play.own, play.peer
     assert isinstance(front, Frontend)
     await play.port.aclose()
+    rings = rings_of(front)
     # the backend stops serving a frontend whose port is gone (it leaves Connected) ...
     await _await_state(backend, {S.UNKNOWN, S.INITIALISING, S.INIT_WAIT, S.INITIALISED,
                                  S.CLOSING, S.CLOSED})
@@ -287,11 +336,12 @@ async def _close_port_then_close(play: Play) -> None:
     await own.write("state", S.INITIALISING.to_wire())
     await _await_state(backend, {S.INIT_WAIT})
     await front.negotiate(backend)
-    pages = await play.dom.grants.share(play.peer_id, 1, writable=True)
     again = await play.dom.events.alloc_unbound(play.peer_id)
-    if front.ring_layout is not None:
-        FrontRing.init(pages.buffer, front.ring_layout)
-    await own.write("ring-ref", str(pages.refs[0]))
+    for ring in rings:
+        pages = await play.dom.grants.share(play.peer_id, 1, writable=True)
+        if ring.layout is not None:
+            FrontRing.init(pages.buffer, ring.layout)
+        await own.write(ring.key, str(pages.refs[0]))
     await own.write(front.event_channel_key, str(again.port))
     await front.publish(own)
     await own.write("state", S.INITIALISED.to_wire())
@@ -300,18 +350,19 @@ async def _close_port_then_close(play: Play) -> None:
 
 
 def _node(name: str, value: Callable[[str, int], str]) -> NodeEdit:
-    """Publish ring node `name` ("event-channel": the driver's event channel key) as
-    `value(event channel key, own port)`."""
-    def edit(nodes: dict[str, str], key: str, port: int) -> None:
-        nodes[key if name == "event-channel" else name] = value(key, port)
+    """Publish ring node `name` ("event-channel": the driver's event channel key; "ring-ref":
+    the node naming the attacked ring's page) as `value(event channel key, own port)`."""
+    def edit(nodes: dict[str, str], key: str, port: int, ring_key: str) -> None:
+        target = {"event-channel": key, "ring-ref": ring_key}.get(name, name)
+        nodes[target] = value(key, port)
     return edit
 
 
-def _no_ring_ref(nodes: dict[str, str], key: str, port: int) -> None:
-    del nodes["ring-ref"]
+def _no_ring_ref(nodes: dict[str, str], key: str, port: int, ring_key: str) -> None:
+    del nodes[ring_key]
 
 
-def _order_too_big(nodes: dict[str, str], key: str, port: int) -> None:
+def _order_too_big(nodes: dict[str, str], key: str, port: int, ring_key: str) -> None:
     nodes["ring-page-order"] = "9"
     nodes.update({f"ring-ref{i}": nodes["ring-ref"] for i in range(4)})
 
@@ -321,26 +372,27 @@ def _order_too_big(nodes: dict[str, str], key: str, port: int) -> None:
 
 FRONTEND_MODES = {m.name: m for m in (
     Mode("garbage-slots", Expect.ERROR_OR_SERVE, True, "random bytes in every request slot",
-         attack=_garbage_slots),
+         attack=_garbage_slots, each_ring=True),
     Mode("req-prod-ahead", Expect.DISCONNECT, True, "req_prod more than the ring size ahead",
-         attack=_set_index(SRING_REQ_PROD, lambda p: p.entries + 5)),
+         attack=_set_index(SRING_REQ_PROD, lambda p: p.entries + 5), each_ring=True),
     Mode("req-prod-backwards", Expect.DISCONNECT, True, "req_prod behind req_cons",
-         attack=_set_index(SRING_REQ_PROD, lambda p: -1)),
+         attack=_set_index(SRING_REQ_PROD, lambda p: -1), each_ring=True),
     Mode("req-prod-huge", Expect.DISCONNECT, True, "req_prod = 2**31 - 1",
-         attack=_set_index(SRING_REQ_PROD, lambda p: 2**31 - 1)),
+         attack=_set_index(SRING_REQ_PROD, lambda p: 2**31 - 1), each_ring=True),
     Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header",
-         attack=_scribble_header),
+         attack=_scribble_header, each_ring=True),
     Mode("garbage-page", Expect.ERROR_OR_SERVE, False, "random bytes over the whole page",
-         attack=_garbage_page),
+         attack=_garbage_page, each_ring=True),
     Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel",
          attack=_close_port, notify=False),
     Mode("vanishes", Expect.DISCONNECT, False, "exits with its pages still granted",
          attack=_vanish),
-    Mode("ring-ref-missing", Expect.REFUSE, False, "no ring-ref node", edit_nodes=_no_ring_ref),
+    Mode("ring-ref-missing", Expect.REFUSE, False, "no ring-ref node", edit_nodes=_no_ring_ref,
+         each_ring=True),
     Mode("ring-ref-garbage", Expect.REFUSE, False, "ring-ref = 'x'",
-         edit_nodes=_node("ring-ref", lambda key, port: "x")),
+         edit_nodes=_node("ring-ref", lambda key, port: "x"), each_ring=True),
     Mode("ring-ref-stale", Expect.REFUSE, False, "ring-ref naming no grant",
-         edit_nodes=_node("ring-ref", lambda key, port: str(STALE_REF))),
+         edit_nodes=_node("ring-ref", lambda key, port: str(STALE_REF)), each_ring=True),
     Mode("event-channel-garbage", Expect.REFUSE, False, "event channel = 'x'",
          edit_nodes=_node("event-channel", lambda key, port: "x")),
     Mode("event-channel-zero", Expect.REFUSE, False, "event channel = 0",
@@ -348,22 +400,26 @@ FRONTEND_MODES = {m.name: m for m in (
     Mode("event-channel-unknown", Expect.REFUSE, False, "event channel nobody allocated",
          edit_nodes=_node("event-channel", lambda key, port: str(port + 4000))),
     Mode("ring-page-order-too-big", Expect.REFUSE, False, "ring-page-order = 9",
-         edit_nodes=_order_too_big),
+         edit_nodes=_order_too_big,
+         not_for_named_rings="ring-page-order is not read by a protocol that names its "
+         "ring pages (one page per ring-ref key: ring_ref_keys), as Linux's netback reads none"),
     Mode("too-many-queues", Expect.REFUSE, False, "multi-queue-num-queues = 9999",
          edit_nodes=_node("multi-queue-num-queues", lambda key, port: "9999")),
     Mode("wrong-protocol", Expect.REFUSE_OR_SERVE, False, "protocol = x86_32-abi",
          nodes=(("protocol", "x86_32-abi"),)),
     Mode("refs-never-granted", Expect.ERROR_OR_SERVE, True,
-         "requests naming a grant ref nobody granted", names_refs, _send_requests),
+         "requests naming a grant ref nobody granted", names_refs,
+         _send_requests, each_ring=True),
     Mode("refs-granted-elsewhere", Expect.ERROR_OR_SERVE, True,
-         "requests naming a page granted to another domain", names_refs, _send_requests),
+         "requests naming a page granted to another domain", names_refs,
+         _send_requests, each_ring=True),
     Mode("refs-revoked", Expect.ERROR_OR_SERVE, True,
          "requests naming a page revoked right after they were published", names_refs,
-         _send_requests),
+         _send_requests, each_ring=True),
     Mode("ref-count-too-big", Expect.ERROR_OR_SERVE, True,
-         "requests naming more grant refs than fit", counts_refs, _send_requests),
+         "requests naming more grant refs than fit", counts_refs, _send_requests, each_ring=True),
     Mode("duplicate-ids", Expect.ERROR_OR_SERVE, True,
-         "two requests in flight with the same id", any_codec, _send_requests),
+         "two requests in flight with the same id", any_codec, _send_requests, each_ring=True),
 )}
 """The hostile frontends the conformance suite sends against a backend, one check each."""
 
@@ -381,21 +437,22 @@ FRONTEND_SCENARIOS = {m.name: m for m in (
 
 BACKEND_MODES = {m.name: m for m in (
     Mode("garbage-responses", Expect.DISCONNECT, True, "random bytes as the responses",
-         attack=_garbage_responses),
+         attack=_garbage_responses, each_ring=True),
     Mode("unsolicited-responses", Expect.DISCONNECT, True, "responses before any request",
-         attack=_unsolicited_responses),
+         attack=_unsolicited_responses, each_ring=True),
     Mode("duplicate-responses", Expect.DISCONNECT, True,
-         "each request slot copied back twice as its response", attack=_duplicate_responses),
+         "each request slot copied back twice as its response",
+         attack=_duplicate_responses, each_ring=True),
     Mode("rsp-prod-ahead", Expect.DISCONNECT, True, "rsp_prod more than the ring size ahead",
-         attack=_rsp_prod(lambda p, prod: prod + p.entries + 5)),
+         attack=_rsp_prod(lambda p, prod: prod + p.entries + 5), each_ring=True),
     Mode("rsp-prod-backwards", Expect.DISCONNECT, True, "rsp_prod behind rsp_cons",
-         attack=_rsp_prod(lambda p, prod: -1)),
+         attack=_rsp_prod(lambda p, prod: -1), each_ring=True),
     Mode("rsp-prod-huge", Expect.DISCONNECT, True, "rsp_prod = 2**31 - 1",
-         attack=_rsp_prod(lambda p, prod: 2**31 - 1)),
+         attack=_rsp_prod(lambda p, prod: 2**31 - 1), each_ring=True),
     Mode("scribbled-header", Expect.DISCONNECT, True, "0xff over the shared ring's header",
-         attack=_after_requests(_scribble_header)),
+         attack=_after_requests(_scribble_header), each_ring=True),
     Mode("garbage-page", Expect.DISCONNECT, False, "random bytes over the whole page",
-         attack=_after_requests(_garbage_page)),
+         attack=_after_requests(_garbage_page), each_ring=True),
     Mode("stops-answering", Expect.NO_ANSWER, False, "takes requests, never answers",
          notify=False),
     Mode("closes-event-channel", Expect.DISCONNECT, False, "closes its event channel",
@@ -406,12 +463,13 @@ BACKEND_MODES = {m.name: m for m in (
          nodes=(("max-ring-page-order", "x"),)),
     Mode("answers-unissued-ids", Expect.DISCONNECT, True,
          "answers a request with an id the frontend never issued", any_codec,
-         _answer_requests),
+         _answer_requests, each_ring=True),
     Mode("answers-twice", Expect.DISCONNECT, True,
-         "answers a request twice (its id in two responses)", any_codec, _answer_requests),
+         "answers a request twice (its id in two responses)", any_codec, _answer_requests,
+         each_ring=True),
     Mode(CANCELLED_MODE, Expect.SERVE, True,
          "holds requests until the frontend cancelled them, then answers them", any_codec,
-         _answer_requests),
+         _answer_requests, each_ring=True),
 )}
 """The hostile backends the conformance suite sends against a frontend, one check each."""
 
@@ -470,20 +528,30 @@ async def _refused() -> NoReturn:
 
 async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest,
                            mode: str) -> None:
-    """Play the frontend of `driver`'s device as `mode` (of `FRONTEND_MODES` or
-    `FRONTEND_SCENARIOS`) says, against the backend in domain `backend_id`."""
-    row = _mode({**FRONTEND_MODES, **FRONTEND_SCENARIOS}, mode, "frontend")
+    """Play the frontend of `driver`'s device as `mode` (``<mode>[@<ring>]``, a mode of
+    `FRONTEND_MODES` or `FRONTEND_SCENARIOS`) says, against the backend in domain
+    `backend_id`: every ring of the queue shared and published, ring number `ring` attacked."""
+    attack_name, index = split_mode(mode)
+    row = _mode({**FRONTEND_MODES, **FRONTEND_SCENARIOS}, attack_name, "frontend")
     front = driver.make_frontend(dom, backend_id)  # never entered: its hooks only
-    rng, own, backend, layout = await _pose(front, mode)
+    rng, own, backend, _ = await _pose(front, mode)
+    specs = rings_of(front)
+    attacked = _ring(specs, index, "frontend")
     await _await_state(backend, {S.INIT_WAIT})
     await front.negotiate(backend)
-    pages = await dom.grants.share(backend_id, 1, writable=True)
     port = await dom.events.alloc_unbound(backend_id)
-    ring = FrontRing.init(pages.buffer, layout) if layout is not None else None
     key = front.event_channel_key
-    nodes = {"ring-ref": str(pages.refs[0]), key: str(port.port)}
+    nodes: dict[str, str] = {}
+    shared = []
+    for spec in specs:
+        pages = await dom.grants.share(backend_id, 1, writable=True)
+        shared.append(pages)
+        nodes[spec.key] = str(pages.refs[0])
+    nodes[key] = str(port.port)
+    rings = [FrontRing.init(pages.buffer, spec.layout) if spec.layout is not None else None
+             for pages, spec in zip(shared, specs, strict=True)]
     if row.edit_nodes is not None:
-        row.edit_nodes(nodes, key, port.port)
+        row.edit_nodes(nodes, key, port.port, attacked.key)
     for name, value in nodes.items():
         await own.write(name, value)
     await front.publish(own)
@@ -493,17 +561,24 @@ async def hostile_frontend(dom: Domain, backend_id: int, driver: DriverUnderTest
     if row.expect.refused:
         await _refused()
     await _await_state(backend, {S.CONNECTED})
-    await _carry_out(row, Play(dom, backend_id, front, mode, rng, own, backend, layout,
-                               pages.buffer, port, codec_of(driver.backend), ring))
+    back_specs = rings_of(driver.backend)
+    codec = back_specs[index].codec if index < len(back_specs) else None
+    await _carry_out(row, Play(dom, backend_id, front, attack_name, rng, own, backend,
+                               attacked.layout, shared[index].buffer, port, codec,
+                               rings[index]))
 
 
 async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest,
                           mode: str) -> None:
-    """Play the backend of `driver`'s device as `mode` (of `BACKEND_MODES`) says, against the
-    frontend in domain `frontend_id`."""
-    row = _mode(BACKEND_MODES, mode, "backend")
+    """Play the backend of `driver`'s device as `mode` (``<mode>[@<ring>]``, a mode of
+    `BACKEND_MODES`) says, against the frontend in domain `frontend_id`: every ring of the
+    queue mapped, ring number `ring` attacked."""
+    attack_name, index = split_mode(mode)
+    row = _mode(BACKEND_MODES, attack_name, "backend")
     back = driver.make_backend(dom, frontend_id)  # never entered: its hooks only
-    rng, own, frontend, layout = await _pose(back, mode)
+    rng, own, frontend, _ = await _pose(back, mode)
+    specs = rings_of(back)
+    attacked = _ring(specs, index, "backend")
     for name, value in row.nodes:
         await own.write(name, value)
     await back.advertise(own)
@@ -511,11 +586,20 @@ async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest
     if row.expect is Expect.REFUSE:
         await _refused()
     await _await_state(frontend, {S.INITIALISED, S.CONNECTED})
-    ref = await frontend.read_int("ring-ref")
+    refs = [await frontend.read_int(spec.key) for spec in specs]
     port_number = await frontend.read_int(back.event_channel_key)
-    pages = await dom.grants.map(frontend_id, [ref], writable=True)
+    mapped = [await dom.grants.map(frontend_id, [ref], writable=True) for ref in refs]
     port = await dom.events.bind_interdomain(frontend_id, port_number)
     await driver_hook(back, Backend, "rings_mapped")(own)
     await own.write("state", S.CONNECTED.to_wire())
-    await _carry_out(row, Play(dom, frontend_id, back, mode, rng, own, frontend, layout,
-                               pages.buffer, port, codec_of(driver.frontend)))
+    front_specs = rings_of(driver.frontend)
+    codec = front_specs[index].codec if index < len(front_specs) else None
+    await _carry_out(row, Play(dom, frontend_id, back, attack_name, rng, own, frontend,
+                               attacked.layout, mapped[index].buffer, port, codec))
+
+
+def _ring(specs: tuple[RingSpec, ...], index: int, side: str) -> RingSpec:
+    if not 0 <= index < len(specs):
+        raise SystemExit(f"the hostile {side} has no ring {index} to attack (the driver has "
+                         f"{len(specs)})")
+    return specs[index]

@@ -90,7 +90,8 @@ from ._hostile import (
     SKIPS_INITIALISED_MODE,
     Expect,
     Mode,
-    codec_of,
+    RingSpec,
+    rings_of,
 )
 from ._world import Transport, WaitTimeout, World, WorldMaker, check_leaks
 from ._xenbus_matrix import FULL_ENV as FULL_ENV
@@ -136,7 +137,9 @@ __all__ = (
     "check_hostile",
     "check_leftover_closed",
     "check_skipped_states",
+    "attacked_rings",
     "checks_for",
+    "not_applicable",
     "connected_frontend",
     "connected_frontend_later",
     "check_xenbus_state_matrix",
@@ -167,10 +170,14 @@ class ConformanceCheck:
     run: Check
     transports: tuple[Transport, ...] = ("sim", "xen")
     needs_ring: bool = False
-    """Only for drivers with an io/ring.h `ring_layout`."""
+    """Only for drivers with an io/ring.h layout: a `ring_layout`, or for a driver that names
+    its ring pages (`ring_ref_keys`), `request_codecs` giving each ring's."""
     about: str = ""
     applies: Callable[[DriverUnderTest], bool] | None = None
     """Only for the drivers this says yes to (e.g. those on `ringkit.requests`)."""
+    why_not: Callable[[DriverUnderTest], str] | None = None
+    """Why the check cannot apply to a driver ("" or None: it applies), for checks that do
+    not apply to whole kinds of drivers; `not_applicable` gives the reason to the runner."""
 
 
 CHECKS: dict[str, ConformanceCheck] = {}
@@ -212,14 +219,16 @@ def _describe(exc: BaseException) -> str:
 
 def register(name: str, run: Check, *, transports: tuple[Transport, ...] = ("sim", "xen"),
              needs_ring: bool = False, about: str = "",
-             applies: Callable[[DriverUnderTest], bool] | None = None) -> Check:
+             applies: Callable[[DriverUnderTest], bool] | None = None,
+             why_not: Callable[[DriverUnderTest], str] | None = None) -> Check:
     """Add a check to `CHECKS` (e.g. a state matrix); returns `run`.  The registered check
     (``CHECKS[name].run``, `checks_for`) raises `ConformanceFailure` naming the check.
-    `applies`: the check is only for drivers it says yes to (the others skip it)."""
+    `applies`: the check is only for drivers it says yes to (the others skip it); `why_not`:
+    the reason it cannot apply to a driver (empty: it applies)."""
     if name in CHECKS:
         raise ValueError(f"a conformance check named {name!r} exists already")
     CHECKS[name] = ConformanceCheck(name, _named(name, run), transports, needs_ring,
-                                    about or name, applies)
+                                    about or name, applies, why_not)
     return run
 
 
@@ -255,10 +264,27 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def checks_for(driver: DriverUnderTest, transport: Transport = "sim") -> dict[str, Check]:
     """The checks that apply to `driver` on `transport`, by name."""
-    ring = driver.frontend.ring_layout is not None  # type: ignore[union-attr]
     return {c.name: c.run for c in CHECKS.values()
-            if transport in c.transports and (ring or not c.needs_ring)
-            and (c.applies is None or c.applies(driver))}
+            if not not_applicable(c.name, driver, transport)}
+
+
+def not_applicable(name: str, driver: DriverUnderTest, transport: Transport = "sim") -> str:
+    """Why check `name` does not apply to `driver` on `transport` ("" when it does).
+
+    Raises:
+        KeyError: no check has that name.
+    """
+    c = CHECKS[name]
+    if transport not in c.transports:
+        return f"it runs on {' and '.join(c.transports)} only"
+    if c.needs_ring and not any(r.layout is not None for r in rings_of(driver.frontend)):
+        return ("it attacks io/ring.h rings and the driver declares none (no ring_layout, nor "
+                "request_codecs for its ring_ref_keys)")
+    if c.why_not is not None and (why := c.why_not(driver)):
+        return why
+    if c.applies is not None and not c.applies(driver):
+        return "the driver lacks what it attacks (a request_codec it applies to)"
+    return ""
 
 
 # --------------------------------------------------------------------------- handshake
@@ -604,17 +630,50 @@ async def check_hostile(side: str, mode: Mode, driver: DriverUnderTest,
     """A hostile `side` ("frontend" or "backend") in a process of its own against the
     driver's other end (see `Mode`)."""
     what = f"{driver.label}: a hostile {side} ({mode.name}: {mode.about})"
-    async with make_world() as w:
-        address = await driver.create(w.dom0, w.guest_id)
-        attack = _against_backend if side == "frontend" else _against_frontend
-        await attack(w, driver, address, mode, what)
+    rings = attacked_rings(side, mode, driver)
+    for index, spec in rings:
+        # one fresh world per ring attacked: a driver with several rings per queue
+        # (ring_ref_keys) is attacked on each in turn
+        on = what if len(rings) == 1 else f"{what} on its {spec.key} ring"
+        async with make_world() as w:
+            address = await driver.create(w.dom0, w.guest_id)
+            attack = _against_backend if side == "frontend" else _against_frontend
+            await attack(w, driver, address, mode, on, index, spec)
+
+
+def attacked_rings(side: str, mode: Mode, driver: DriverUnderTest
+                    ) -> list[tuple[int, RingSpec]]:
+    """The rings of a queue that `mode` attacks, by index: all that fit it (an io/ring.h
+    layout for `Mode.needs_ring`, a codec it applies to for `Mode.needs_codec`) for a mode on
+    one ring (`Mode.each_ring`), else just the first."""
+    attacked = driver.backend if side == "frontend" else driver.frontend
+    specs = rings_of(attacked)
+    if not mode.each_ring:
+        return [(0, specs[0])]
+    return [(i, spec) for i, spec in enumerate(specs)
+            if (not mode.needs_ring or spec.layout is not None)
+            and (mode.needs_codec is None
+                 or (spec.codec is not None and mode.needs_codec(spec.codec)))
+            and not (side == "frontend" and spec.codec is not None and spec.codec.posted
+                     and _waits_for_the_backend(mode))]
+
+
+def _waits_for_the_backend(mode: Mode) -> bool:
+    """Whether a hostile frontend's `mode` is judged by what the backend does with the ring's
+    requests -- answers them, or disconnects over their indices.  Not on a ring of posted
+    buffers (`SlotCodec.posted`, netif's rx): its backend looks at that ring only when it has
+    data for the guest, which the kit cannot make happen (Linux's netback, too, reads the rx
+    ring only with packets to deliver), so the mode is played on the driver's other rings
+    only.  Attacks the backend meets while connecting (bad ring-ref nodes) and attacks it may
+    serve through (garbage) are played on posted rings too."""
+    return mode.needs_codec is not None or mode.expect is Expect.DISCONNECT
 
 
 async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAddress,
-                           mode: Mode, what: str) -> None:
+                           mode: Mode, what: str, ring: int, spec: RingSpec) -> None:
     async with serving(w, driver) as served:
         backend = served.backend
-        async with spawn(w, "hostile-frontend", driver, mode=mode.name) as peer:
+        async with spawn(w, "hostile-frontend", driver, mode=f"{mode.name}@{ring}") as peer:
             if mode.name == "vanishes":
                 await peer.expect("connected")
                 with w.within(f"{what}: the peer exiting"):
@@ -630,7 +689,7 @@ async def _against_backend(w: World, driver: DriverUnderTest, address: DeviceAdd
             else:
                 await peer.expect("connected")
                 if mode.needs_codec is not None:
-                    await _judge_answers(w, peer, served, mode, what)
+                    await _judge_answers(w, peer, served, spec, what)
                 else:
                     await peer.expect("done")
                 if mode.expect is Expect.DISCONNECT:
@@ -662,7 +721,7 @@ class _Answers:
     hung: WaitTimeout | None = None
 
 
-async def _judge_answers(w: World, peer: Child, served: ServingBackend, mode: Mode,
+async def _judge_answers(w: World, peer: Child, served: ServingBackend, spec: RingSpec,
                          what: str) -> None:
     """Hostile requests to a driver on `ringkit.requests`: the backend must answer every one
     -- where the protocol has a status field, refusing at least one of those naming pages it
@@ -693,7 +752,7 @@ async def _judge_answers(w: World, peer: Child, served: ServingBackend, mode: Mo
     extra = seen.answered - seen.sent
     assert not missing and not extra, (
         f"{what}: the backend answered ids {_ids(seen.answered)}, sent {_ids(seen.sent)}")
-    codec = codec_of(backend)
+    codec = spec.codec
     unusable = {rid: seen.statuses[rid] for rid, kind in seen.kinds.items()
                 if kind == "unusable"}
     if unusable and codec is not None and codec.status is not None and not any(
@@ -744,10 +803,10 @@ def _ids(counts: Counter[int]) -> str:
 
 
 async def _against_frontend(w: World, driver: DriverUnderTest, address: DeviceAddress,
-                            mode: Mode, what: str) -> None:
+                            mode: Mode, what: str, ring: int, spec: RingSpec) -> None:
     async with connected_frontend_later(w, driver) as held:
         front = held.front
-        async with spawn(w, "hostile-backend", driver, mode=mode.name) as peer:
+        async with spawn(w, "hostile-backend", driver, mode=f"{mode.name}@{ring}") as peer:
             if mode.expect is Expect.REFUSE:
                 await _refused(w, peer, address.frontend_path, f"{what}: the frontend")
                 assert not front.is_connected, f"{what}: the frontend connected"
@@ -915,7 +974,8 @@ def _register_all() -> None:
         for mode in table.values():
             register(f"hostile-{side}/{mode.name}", partial(check_hostile, side, mode),
                      needs_ring=mode.needs_ring, about=mode.about,
-                     applies=None if mode.needs_codec is None else partial(_speaks, side, mode))
+                     applies=None if mode.needs_codec is None else partial(_speaks, side, mode),
+                     why_not=partial(_named_rings, mode) if mode.not_for_named_rings else None)
     ends: tuple[tuple[Side, str], ...] = (("backend", "frontend"), ("frontend", "backend"))
     for end, peer in ends:
         register(f"xenbus-state-matrix/{end}", partial(_state_matrix, end),
@@ -924,9 +984,15 @@ def _register_all() -> None:
 
 
 def _speaks(side: str, mode: Mode, driver: DriverUnderTest) -> bool:
-    """Whether the end a hostile `side` attacks has a `request_codec` that `mode` applies to."""
-    codec = codec_of(driver.backend if side == "frontend" else driver.frontend)
-    return codec is not None and mode.needs_codec is not None and mode.needs_codec(codec)
+    """Whether the end a hostile `side` attacks has a request codec that `mode` applies to
+    (its `request_codec`, or one of its `request_codecs`)."""
+    return bool(attacked_rings(side, mode, driver))
+
+
+def _named_rings(mode: Mode, driver: DriverUnderTest) -> str:
+    """`Mode.not_for_named_rings` for a driver that names its ring pages, else ""."""
+    named = getattr(driver.frontend, "ring_ref_keys", ())
+    return mode.not_for_named_rings if named else ""
 
 
 async def _state_matrix(end: Side, driver: DriverUnderTest, make_world: WorldMaker) -> None:

@@ -53,7 +53,7 @@ from ._world import (
     xen_available,
     xen_world,
 )
-from .conformance import CHECKS, ConformanceFailure, checks_for
+from .conformance import CHECKS, ConformanceFailure, checks_for, not_applicable
 
 ASYNC_FIXTURES = frozenset({"sim_xen", "world", "any_world", "device_pair"})
 """Our async fixtures: each comes in two variants, one run by anyio's plugin and one by
@@ -436,8 +436,9 @@ class DriverConformance:
             # The driver lacks what the check attacks (e.g. no io/ring.h layout): a skip that
             # says nothing about the harness, so RINGKIT_REQUIRE_XEN lets it stand.
             request.node.stash[_NOT_APPLICABLE] = True
+            why = not_applicable(ringkit_check, ringkit_driver, ringkit_transport)
             pytest.skip(f"{ringkit_check} does not apply to {ringkit_driver.label} on "
-                        f"{ringkit_transport}")
+                        f"{ringkit_transport}: {why or 'no reason given'}")
         failure: ConformanceFailure | None = None
         try:
             if ringkit_transport == "xen":

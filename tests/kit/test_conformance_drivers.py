@@ -1,4 +1,4 @@
-"""ringkit's own drivers -- the echo and key-value examples, block and console -- pass the
+"""ringkit's own drivers -- the echo and key-value examples, block, console and net -- pass the
 driver conformance suite on the simulated Xen (one test per check, through the plugin's
 `DriverConformance`).
 
@@ -18,7 +18,7 @@ import pytest
 from ringkit.testing import DriverUnderTest
 from ringkit.testing.pytest_plugin import DriverConformance
 
-from .drivers_under_test import block_driver, console_driver, echo_driver, kv_driver
+from .drivers_under_test import block_driver, console_driver, echo_driver, kv_driver, net_driver
 
 KNOWN: Mapping[str, str] = {}
 """Checks a shipped driver is known to fail (strict xfail), with the reason; none now."""
@@ -63,3 +63,23 @@ class TestConsole(DriverConformance):
     @pytest.fixture
     def ringkit_driver(self, tmp_path: Path) -> DriverUnderTest:
         return console_driver(tmp_path)
+
+
+class TestNet(DriverConformance):
+    """The netif pair: two rings per queue (tx-ring-ref, rx-ring-ref), both on
+    ringkit.requests; its exchange sends frames through a loopback backend and checks them."""
+
+    xfail: ClassVar[Mapping[str, str]] = KNOWN
+
+    @pytest.fixture
+    def ringkit_driver(self) -> DriverUnderTest:
+        return net_driver()
+
+
+class TestNetTrio(TestNet):
+    """The net pair's checks again with the driver's ends under trio (the child processes'
+    ends run under asyncio either way)."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "trio"

@@ -2,7 +2,8 @@
 
 `world` starts the sim (in process), creates the guest, writes the device with the
 toolstack's ``mac`` node on both ends, and checks for leaks on the way out.  `running_backend`
-runs a `NetBackend` whose link is a memory stream the test holds the other end of (`Wire`).
+runs a `NetBackend` (by default for one connection) whose link is a memory stream the test
+holds the other end of (`Wire`).
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ async def world() -> AsyncIterator[World]:
 
 
 @asynccontextmanager
-async def running_backend(w: World, cls: type[NetBackend] = NetBackend
+async def running_backend(w: World, cls: type[NetBackend] = NetBackend, *, once: bool = True
                           ) -> AsyncIterator[tuple[NetBackend, Wire]]:
     to_guest, backend_in = anyio.create_memory_object_stream[bytes](64)
     backend_out, from_guest = anyio.create_memory_object_stream[bytes](4096)
     link = StapledObjectStream(backend_out, backend_in)
     async with anyio.create_task_group() as tg, cls(w.dom0, w.guest, 0, link=link) as be:
-        tg.start_soon(lambda: be.run(once=True))
+        tg.start_soon(lambda: be.run(once=once))
         yield be, Wire(to_guest, from_guest)
 
 
