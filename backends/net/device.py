@@ -12,7 +12,10 @@ Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chain
 (`ringkit.requests.PostedRequests.take_chain`): the pages a packet's requests name are mapped
 read-only, checked (every fragment inside its page, the first request's size the packet's,
 at least an Ethernet header, at most 64 KiB, at most `NR_SLOTS_MIN` slots, known extra-info
-types) and copied out before the answers go back; a packet that fails a check -- or names a
+types) and copied out before the answers go back; a packet flagged ``NETTXF_csum_blank`` (Linux's
+netfront leaves every TCP and UDP checksum to the backend: netif has no key to refuse
+checksum offload) has its checksum finished in software (`checksum`), since the link expects
+whole frames; a packet that fails a check -- or names a
 ref that cannot be mapped -- gets NETIF_RSP_ERROR on each of its requests and is not
 delivered.  A chain that runs past what the frontend published, or bad ring indices, end the
 connection (`RemoteProtocolError`).  The **rx** ring's requests are buffers the frontend posts
@@ -46,6 +49,8 @@ from ringkit.requests import (
     RequestError,
     SharedEventChannel,
 )
+
+from .checksum import complete_partial_checksum
 
 __all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
 
@@ -234,5 +239,12 @@ async def copy_packet(chain: RequestChain) -> bytes:
             raise RequestError(f"request {p.id}: {why}")
     head = chain.requests[0]
     views = await head.map([p.gref for p in parsed], writable=False)
-    return b"".join(bytes(view[p.offset:p.offset + size])
-                    for view, p, size in zip(views, parsed, sizes, strict=True))
+    frame = b"".join(bytes(view[p.offset:p.offset + size])
+                     for view, p, size in zip(views, parsed, sizes, strict=True))
+    if parsed[0].flags & netif.TxFlag.CSUM_BLANK:
+        try:
+            frame = complete_partial_checksum(frame)
+        except ValueError as exc:
+            raise RequestError(f"NETTXF_csum_blank on a packet with no checksum to finish: "
+                               f"{exc}") from None
+    return frame
