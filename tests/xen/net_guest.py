@@ -84,11 +84,27 @@ def ping(address: str) -> str:
     return f"rc={proc.returncode} {lines[-1] if lines else proc.stdout + proc.stderr}"
 
 
-def serve(prefix: str, address: str, size: int) -> None:
+def counters(dev: str) -> str:
+    stats = Path(f"/sys/class/net/{dev}/statistics")
+    snmp = Path("/proc/net/snmp").read_text().splitlines()
+    tcp = [line for line in snmp if line.startswith("Tcp:")]
+    tcp_fields = dict(zip(tcp[0].split()[1:], tcp[1].split()[1:], strict=False)) if tcp else {}
+    tcp_text = " ".join(f"tcp {name}={tcp_fields.get(name)}"
+                        for name in ("InSegs", "InCsumErrors", "InErrs"))
+    return tcp_text + " " + " ".join(f"{name}={(stats / name).read_text().strip()}"
+                    for name in ("rx_packets", "rx_errors", "rx_dropped", "tx_packets",
+                                 "tx_errors", "tx_dropped"))
+
+
+def serve(prefix: str, address: str, size: int, dev: str) -> None:
     """Listen, tell dom0, serve one exchange, publish this end's report."""
     with socket.create_server((address, PORT)) as listener:
+        put(f"net-{prefix}-counters", counters(dev))
         phase(f"{prefix}-listening")
-        report = serve_once(listener, secrets.token_bytes(size), STEP_SECONDS)
+        try:
+            report = serve_once(listener, secrets.token_bytes(size), STEP_SECONDS)
+        finally:
+            put(f"net-{prefix}-counters", counters(dev))
     put(f"net-{prefix}-report", report.to_json())
     say(f"{prefix}: exchange served: {report}")
 
@@ -102,7 +118,7 @@ def part_a(env: dict[str, str], size: int) -> None:
     wait_for(f"carrier on {dev}",
              lambda: Path(f"/sys/class/net/{dev}/carrier").read_text().strip() == "1")
     put("net-a-ping", ping(env["NET_A_HOST"]))
-    serve("a", env["NET_A_GUEST"], size)
+    serve("a", env["NET_A_GUEST"], size, dev)
     # The next vif is ringkit's: Linux's netfront must not bind it.
     Path("/sys/bus/xen/drivers_autoprobe").write_text("0")
     phase("a-done")
@@ -127,7 +143,7 @@ def part_b(env: dict[str, str], size: int) -> None:
         run("ip", "addr", "add", f"{env['NET_B_GUEST']}/24", "dev", tap)
         run("ip", "link", "set", tap, "up")
         put("net-b-ping", ping(env["NET_B_HOST"]))
-        serve("b", env["NET_B_GUEST"], size)
+        serve("b", env["NET_B_GUEST"], size, tap)
     finally:
         if attach.poll() is None:
             attach.send_signal(signal.SIGINT)

@@ -98,13 +98,23 @@ async def guest_key(store: Store, vm: Any, key: str, *, want: str | None = None)
                 f"(exit {outcome.exit_code}):\n{outcome.output}")
 
 
-async def check_part(store: Store, vm: Any, part: str, host: str, guest: str) -> dict[str, Any]:
-    """The guest's ping, dom0's ping, the exchange; returns what each saw."""
+async def check_part(store: Store, vm: Any, part: str, host: str, guest: str,
+                     device: str, extra: Any = None) -> dict[str, Any]:
+    """The guest's ping, dom0's ping, the exchange; returns what each saw.  `device`: dom0's
+    interface (its counters go into a failure's message, with `extra()`)."""
     await guest_key(store, vm, "net-phase", want=f"{part}-listening")
     guest_ping = await store.read(f"/local/domain/{vm.domid}/data/net-{part}-ping")
     host_ping = await anyio.to_thread.run_sync(ping, guest)
+    say(f"part {part}: the guest's ping: {guest_ping}; dom0's: {host_ping}")
     payload = secrets.token_bytes(BYTES)
-    ours = await anyio.to_thread.run_sync(exchange, (guest, PORT), payload, STEP_SECONDS)
+    try:
+        ours = await anyio.to_thread.run_sync(exchange, (guest, PORT), payload, STEP_SECONDS)
+    except OSError as exc:
+        counters = sh("ip", "-s", "link", "show", device, check=False).stdout
+        guest_counters = await _guest_optional(store, vm, f"net-{part}-counters")
+        pytest.fail(f"part {part}: the TCP exchange failed: {exc!r}; the guest's ping "
+                    f"{guest_ping}, dom0's {host_ping}; dom0's {device}: {counters}; the "
+                    f"guest's interface: {guest_counters}; {extra() if extra else ''}")
     theirs = Report.from_json(await guest_key(store, vm, f"net-{part}-report"))
     result = {"guest_ping": guest_ping, "host_ping": host_ping,
               "mismatches": mismatches(ours, theirs), "client": ours, "server": theirs}
@@ -139,7 +149,8 @@ async def part_a(dom: Domain, vm: Any) -> tuple[dict[str, Any], NetBackend]:
             async with anyio.create_task_group() as tg, \
                     NetBackend(dom, vm.domid, 0, link=tap) as backend:
                 tg.start_soon(backend.run)
-                result = await check_part(dom.store, vm, "a", HOST_A, GUEST_A)
+                result = await check_part(dom.store, vm, "a", HOST_A, GUEST_A, tap.name,
+                                          lambda: f"ringkit's backend: {backend.stats}")
                 result["frontend"] = {
                     key: await dom.store.read(f"{address.frontend_path}/{key}")
                     for key in ("request-rx-copy", "feature-rx-notify", "feature-sg",
@@ -157,9 +168,13 @@ async def part_a(dom: Domain, vm: Any) -> tuple[dict[str, Any], NetBackend]:
     return result, backend
 
 
-async def _state(store: Store, path: str) -> str | None:
+async def _guest_optional(store: Store, vm: Any, key: str) -> str | None:
+    return await _state(store, f"/local/domain/{vm.domid}/data/{key}", "")
+
+
+async def _state(store: Store, path: str, leaf: str = "/state") -> str | None:
     try:
-        return await store.read(f"{path}/state")
+        return await store.read(f"{path}{leaf}")
     except StoreError:
         return None
 
@@ -178,7 +193,7 @@ async def part_b(dom: Domain, vm: Any) -> dict[str, Any]:
         await dom.store.write(f"{address.backend_path}/hotplug-status", "connected")
         sh("ip", "addr", "add", f"{HOST_B}/24", "dev", vif)
         sh("ip", "link", "set", vif, "up")
-        result = await check_part(dom.store, vm, "b", HOST_B, GUEST_B)
+        result = await check_part(dom.store, vm, "b", HOST_B, GUEST_B, vif)
         await guest_key(dom.store, vm, "net-phase", want="b-done")
         result["attach_exit"] = await dom.store.read(
             f"/local/domain/{vm.domid}/data/net-b-attach-exit")
