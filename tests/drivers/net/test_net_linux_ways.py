@@ -205,7 +205,7 @@ async def test_frontend_connects_before_a_backend_that_waits_for_it(
                 assert not opened.is_set()              # opening waits for the backend
                 if cls is NetFrontend:
                     assert not vif.is_connected
-                    async with running_backend(w) as (backend, wire):
+                    async with running_backend(w) as (_, wire):
                         await opened.wait()
                         assert vif.is_connected
                         await vif.send(b"\xff" * 6 + bytes(6) + b"\x88\xb5" + b"ahead")
