@@ -84,6 +84,27 @@ def ping(address: str) -> str:
     return f"rc={proc.returncode} {lines[-1] if lines else proc.stdout + proc.stderr}"
 
 
+def kernel_says(*words: str) -> str:
+    """This kernel's log lines naming any of `words` (netfront's complaints), last first,
+    cut to fit a xenstore value."""
+    lines = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError:
+                continue                    # EPIPE: records overwritten meanwhile
+            text = record.split(";", 1)[-1].split("\n")[0].strip()
+            if any(word in text for word in words):
+                lines.append(text)
+    finally:
+        os.close(fd)
+    return " | ".join(reversed(lines))[:2000]
+
+
 def counters(dev: str) -> str:
     stats = Path(f"/sys/class/net/{dev}/statistics")
     snmp = Path("/proc/net/snmp").read_text().splitlines()
@@ -91,9 +112,11 @@ def counters(dev: str) -> str:
     tcp_fields = dict(zip(tcp[0].split()[1:], tcp[1].split()[1:], strict=False)) if tcp else {}
     tcp_text = " ".join(f"tcp {name}={tcp_fields.get(name)}"
                         for name in ("InSegs", "InCsumErrors", "InErrs"))
-    return tcp_text + " " + " ".join(f"{name}={(stats / name).read_text().strip()}"
-                    for name in ("rx_packets", "rx_errors", "rx_dropped", "tx_packets",
-                                 "tx_errors", "tx_dropped"))
+    kernel = kernel_says("vif", "netfront", dev)
+    return f"kernel: {kernel}; {tcp_text} " + " ".join(
+        f"{name}={(stats / name).read_text().strip()}"
+        for name in ("rx_packets", "rx_errors", "rx_dropped", "tx_packets", "tx_errors",
+                     "tx_dropped"))
 
 
 def serve(prefix: str, address: str, size: int, dev: str) -> None:
