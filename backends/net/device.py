@@ -36,8 +36,8 @@ from typing import ClassVar
 import anyio
 from anyio.abc import AsyncResource, ObjectStream
 
-from ringkit import RemoteProtocolError
-from ringkit.abc import PAGE_SIZE, Domain
+from ringkit import GrantError, RemoteProtocolError, TransportError
+from ringkit.abc import PAGE_SIZE, Domain, GrantCopySegment, GrantTable
 from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import netif
@@ -178,12 +178,13 @@ class NetBackend(Backend[NetBackRings]):
             await self.link.send(frame)
 
     async def packet_of(self, chain: RequestChain) -> bytes:
-        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out).
+        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out
+        of the frontend's grants).
 
         Raises:
             RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
         """
-        return await copy_packet(chain)
+        return await copy_packet(chain, self.domain.grants, self.peer_id)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link -> guest: each frame copied into as many posted pages as it needs."""
@@ -194,32 +195,34 @@ class NetBackend(Backend[NetBackRings]):
                 self.stats.rx_dropped += 1
                 continue
             requests = await rx.take(pages)
+            lengths = [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE) for i in range(pages)]
+            segments = [GrantCopySegment(r.refs[0], 0, n)
+                        for r, n in zip(requests, lengths, strict=True)]
             try:
-                views = await requests[0].map([r.refs[0] for r in requests], writable=True)
-            except RequestError as exc:
-                self.log.debug("%s: rx buffers refused: %s", self.address, exc.reason)
+                # a grant copy: the frontend may end its grants as soon as it sees the answer
+                await self.domain.grants.copy_to_grants(self.peer_id, segments, frame)
+            except (GrantError, TransportError) as exc:
+                self.log.debug("%s: rx buffers refused: %s", self.address, exc)
                 self.stats.rx_dropped += 1
                 await rx.respond(requests, [
                     netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
                                              else 0, netif.Status.ERROR)
                     for i, r in enumerate(requests)])
                 continue
-            responses = []
-            for i, (request, view) in enumerate(zip(requests, views, strict=True)):
-                chunk = frame[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                view[:len(chunk)] = chunk
-                flags = netif.RxFlag.MORE_DATA if i < pages - 1 else 0
-                responses.append(netif.encode_rx_response(request.id, 0, flags, len(chunk)))
-            await rx.respond(requests, responses)
+            await rx.respond(requests, [
+                netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
+                                         else 0, n)
+                for i, (r, n) in enumerate(zip(requests, lengths, strict=True))])
             self.stats.rx_packets += 1
 
 
-async def copy_packet(chain: RequestChain) -> bytes:
-    """The frame a chain of tx requests carries, copied out of the granted pages.
+async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
+    """The frame a chain of tx requests carries, copied out of the pages `peer` granted
+    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
 
     Raises:
         RequestError: the packet is malformed (see the module docstring) or a page cannot be
-            mapped; every request of the chain gets NETIF_RSP_ERROR.
+            copied; every request of the chain gets NETIF_RSP_ERROR.
     """
     if chain.fault is not None:
         raise RequestError(chain.fault)
@@ -237,10 +240,12 @@ async def copy_packet(chain: RequestChain) -> bytes:
         why = netif.check_fragment(p.offset, size)
         if why is not None:
             raise RequestError(f"request {p.id}: {why}")
-    head = chain.requests[0]
-    views = await head.map([p.gref for p in parsed], writable=False)
-    frame = b"".join(bytes(view[p.offset:p.offset + size])
-                     for view, p, size in zip(views, parsed, sizes, strict=True))
+    segments = [GrantCopySegment(p.gref, p.offset, size)
+                for p, size in zip(parsed, sizes, strict=True) if size]
+    try:
+        frame = await grants.copy_from_grants(peer, segments) if segments else b""
+    except (GrantError, TransportError) as exc:
+        raise RequestError(f"cannot copy the packet out of its grants: {exc}") from exc
     if parsed[0].flags & netif.TxFlag.CSUM_BLANK:
         try:
             frame = complete_partial_checksum(frame)
