@@ -112,7 +112,7 @@ def counters(dev: str) -> str:
     tcp_fields = dict(zip(tcp[0].split()[1:], tcp[1].split()[1:], strict=False)) if tcp else {}
     tcp_text = " ".join(f"tcp {name}={tcp_fields.get(name)}"
                         for name in ("InSegs", "InCsumErrors", "InErrs"))
-    kernel = kernel_says("vif", "netfront", dev)
+    kernel = kernel_says("vif", "netfront", "Grant", "isabled", dev)
     return f"kernel: {kernel}; {tcp_text} " + " ".join(
         f"{name}={(stats / name).read_text().strip()}"
         for name in ("rx_packets", "rx_errors", "rx_dropped", "tx_packets", "tx_errors",

@@ -111,6 +111,9 @@ async def check_part(store: Store, vm: Any, part: str, host: str, guest: str,
         ours = await anyio.to_thread.run_sync(exchange, (guest, PORT), payload, STEP_SECONDS)
     except OSError as exc:
         counters = sh("ip", "-s", "link", "show", device, check=False).stdout
+        # Xen's view of the grants (into xl dmesg, which the harness keeps): which of the
+        # guest's grants dom0 still has mapped
+        sh("xl", "debug-keys", "g", check=False)
         guest_counters = await _guest_optional(store, vm, f"net-{part}-counters")
         pytest.fail(f"part {part}: the TCP exchange failed: {exc!r}; the guest's ping "
                     f"{guest_ping}, dom0's {host_ping}; dom0's {device}: {counters}; the "
