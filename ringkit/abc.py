@@ -24,6 +24,8 @@ from typing import TypeVar
 
 from anyio.abc import AsyncResource
 
+from ._errors import ConfigError
+
 PAGE_SIZE = 4096
 """Size of a grant page in bytes (x86)."""
 
@@ -123,8 +125,38 @@ class MappedPages(AsyncResource):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class GrantCopySegment:
+    """`length` bytes at `offset` in the page a peer granted under `ref` (one page at most):
+    one side of a grant copy (Xen's ``GNTTABOP_copy``, gntdev's ``gntdev_grant_copy_segment``).
+    """
+
+    ref: int
+    offset: int = 0
+    length: int = PAGE_SIZE
+
+
+def check_copy_segments(segments: Sequence[GrantCopySegment]) -> int:
+    """The bytes `segments` cover, after checking each lies inside its page.
+
+    Raises:
+        ConfigError: no segments, a ref that is not 32-bit, an empty segment, or one that
+            runs outside its page.
+    """
+    if not segments:
+        raise ConfigError("a grant copy of no segments")
+    total = 0
+    for seg in segments:
+        if not 0 <= seg.ref <= 0xFFFFFFFF:
+            raise ConfigError(f"grant ref {seg.ref} is not a 32-bit unsigned integer")
+        if seg.length < 1 or seg.offset < 0 or seg.offset + seg.length > PAGE_SIZE:
+            raise ConfigError(f"grant copy segment {seg} does not lie inside one page")
+        total += seg.length
+    return total
+
+
 class GrantTable(ABC):
-    """Grant sharing (gntalloc) and grant mapping (gntdev) for one domain."""
+    """Grant sharing (gntalloc), grant mapping and grant copy (gntdev) for one domain."""
 
     @abstractmethod
     async def share(self, peer: int, count: int = 1, *, writable: bool = True) -> SharedPages:
@@ -148,6 +180,64 @@ class GrantTable(ABC):
                 while `writable` was asked for (errno set as the kernel would).
             ResourceLimitError: the mapping limit was reached.
         """
+
+    async def copy_to_grants(self, peer: int, segments: Sequence[GrantCopySegment],
+                             data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` into the pages domain `peer` granted, filling `segments` in order (their
+        lengths add up to ``len(data)``), without leaving them mapped: the peer may end its
+        grants as soon as it sees an answer (Linux's xen-netfront marks the backend broken
+        when one is still in use).
+
+        This default maps the refs, copies and unmaps before returning; a transport with a
+        grant-copy operation (Xen: gntdev's ``IOCTL_GNTDEV_GRANT_COPY``) overrides it.  Either
+        way the checks are a writable map's.  A refused copy may have filled earlier segments.
+
+        Raises:
+            ConfigError: bad segments (`check_copy_segments`) or a length mismatch.
+            GrantError: a ref is unknown, revoked, granted to another domain, or read-only.
+        """
+        total = check_copy_segments(segments)
+        if total != len(data):
+            raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
+        source = memoryview(data).cast("B")
+        await self._copy_by_map(peer, segments, source, writable=True)
+
+    async def copy_from_grants(self, peer: int,
+                               segments: Sequence[GrantCopySegment]) -> bytes:
+        """The bytes of `segments` of the pages domain `peer` granted, in order, copied out
+        without leaving them mapped (see `copy_to_grants`; read-only grants do).
+
+        Raises:
+            ConfigError: bad segments (`check_copy_segments`).
+            GrantError: a ref is unknown, revoked or granted to another domain.
+        """
+        out = bytearray(check_copy_segments(segments))
+        await self._copy_by_map(peer, segments, memoryview(out), writable=False)
+        return bytes(out)
+
+    async def _copy_by_map(self, peer: int, segments: Sequence[GrantCopySegment],
+                           local: memoryview, *, writable: bool) -> None:
+        """Map the refs of `segments`, copy between them and `local` (into the pages if
+        `writable`), unmap.  No slice of the mapping outlives the copy, so the unmap is done
+        when this returns (a lingering slice would defer it)."""
+        unique = list(dict.fromkeys(seg.ref for seg in segments))
+        index = {ref: i for i, ref in enumerate(unique)}
+        pages = await self.map(peer, unique, writable=writable)
+        try:
+            buf = pages.buffer
+            try:
+                pos = 0
+                for seg in segments:
+                    at = index[seg.ref] * PAGE_SIZE + seg.offset
+                    if writable:
+                        buf[at:at + seg.length] = local[pos:pos + seg.length]
+                    else:
+                        local[pos:pos + seg.length] = buf[at:at + seg.length]
+                    pos += seg.length
+            finally:
+                del buf
+        finally:
+            await pages.aclose()
 
 
 # --------------------------------------------------------------------------- event channels
@@ -418,6 +508,7 @@ __all__ = (
     "Domain",
     "EventChannel",
     "EventChannels",
+    "GrantCopySegment",
     "GrantTable",
     "Leaks",
     "MappedPages",
@@ -427,4 +518,5 @@ __all__ = (
     "StoreOps",
     "Transaction",
     "Watch",
+    "check_copy_segments",
 )

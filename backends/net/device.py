@@ -9,16 +9,21 @@ Linux too), ``feature-rx-notify`` and ``feature-sg``.  Multi-queue, split event 
 GSO are not offered yet.
 
 Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chains
-(`ringkit.requests.PostedRequests.take_chain`): the pages a packet's requests name are mapped
-read-only, checked (every fragment inside its page, the first request's size the packet's,
-at least an Ethernet header, at most 64 KiB, at most `NR_SLOTS_MIN` slots, known extra-info
-types) and copied out before the answers go back; a packet that fails a check -- or names a
-ref that cannot be mapped -- gets NETIF_RSP_ERROR on each of its requests and is not
-delivered.  A chain that runs past what the frontend published, or bad ring indices, end the
-connection (`RemoteProtocolError`).  The **rx** ring's requests are buffers the frontend posts
-ahead of time: each frame from the link is copied into as many posted pages as it needs
-(several only with ``feature-sg``), answered {id, offset 0, ``more_data`` on all but the last,
-status = bytes in that page}; a frame too long for the frontend is dropped and counted.
+(`ringkit.requests.PostedRequests.take_chain`): a packet's requests are checked (every fragment
+inside its page, the first request's size the packet's, at least an Ethernet header, at most 64
+KiB, at most `NR_SLOTS_MIN` slots, known extra-info types), then its fragments are copied out of
+the frontend's grants (a grant copy: `GrantTable.copy_from_grants`) before the answers go back;
+a packet flagged ``NETTXF_csum_blank`` (Linux's netfront leaves every TCP and UDP checksum to
+the backend: netif has no key to refuse checksum offload) has its checksum finished in software
+(`checksum`), since the link expects whole frames; a packet that fails a check -- or names a ref
+that cannot be copied from -- gets NETIF_RSP_ERROR on each of its requests and is not delivered.
+A chain that runs past what the frontend published, or bad ring indices, end the connection
+(`RemoteProtocolError`). The **rx** ring's requests are buffers the frontend posts ahead of
+time: each frame from the link is copied into as many posted pages as it needs (several only
+with ``feature-sg``) with `GrantTable.copy_to_grants`, so that no page is still mapped when its
+answer is seen (Linux's xen-netfront disables itself otherwise: "Grant still in use by backend
+domain"), answered {id, offset 0, ``more_data`` on all but the last, status = bytes in that
+page}; a frame too long for the frontend is dropped and counted.
 
 The packet side is pluggable: any anyio object stream of frames (`link`), such as a
 `ringkit.requests`-free memory stream in tests or a `TapDevice`.
@@ -33,8 +38,8 @@ from typing import ClassVar
 import anyio
 from anyio.abc import AsyncResource, ObjectStream
 
-from ringkit import RemoteProtocolError
-from ringkit.abc import PAGE_SIZE, Domain
+from ringkit import GrantError, RemoteProtocolError, TransportError
+from ringkit.abc import PAGE_SIZE, Domain, GrantCopySegment, GrantTable
 from ringkit.channel import BackRingChannel
 from ringkit.device import Backend, Nodes, Queue
 from ringkit.proto import netif
@@ -47,6 +52,8 @@ from ringkit.requests import (
     SharedEventChannel,
 )
 from ringkit.requests.codec import SlotCodec
+
+from .checksum import complete_partial_checksum
 
 __all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
 
@@ -175,12 +182,13 @@ class NetBackend(Backend[NetBackRings]):
             await self.link.send(frame)
 
     async def packet_of(self, chain: RequestChain) -> bytes:
-        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out).
+        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out
+        of the frontend's grants).
 
         Raises:
             RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
         """
-        return await copy_packet(chain)
+        return await copy_packet(chain, self.domain.grants, self.peer_id)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link -> guest: each frame copied into as many posted pages as it needs."""
@@ -191,32 +199,34 @@ class NetBackend(Backend[NetBackRings]):
                 self.stats.rx_dropped += 1
                 continue
             requests = await rx.take(pages)
+            lengths = [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE) for i in range(pages)]
+            segments = [GrantCopySegment(r.refs[0], 0, n)
+                        for r, n in zip(requests, lengths, strict=True)]
             try:
-                views = await requests[0].map([r.refs[0] for r in requests], writable=True)
-            except RequestError as exc:
-                self.log.debug("%s: rx buffers refused: %s", self.address, exc.reason)
+                # a grant copy: the frontend may end its grants as soon as it sees the answer
+                await self.domain.grants.copy_to_grants(self.peer_id, segments, frame)
+            except (GrantError, TransportError) as exc:
+                self.log.debug("%s: rx buffers refused: %s", self.address, exc)
                 self.stats.rx_dropped += 1
                 await rx.respond(requests, [
                     netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
                                              else 0, netif.Status.ERROR)
                     for i, r in enumerate(requests)])
                 continue
-            responses = []
-            for i, (request, view) in enumerate(zip(requests, views, strict=True)):
-                chunk = frame[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                view[:len(chunk)] = chunk
-                flags = netif.RxFlag.MORE_DATA if i < pages - 1 else 0
-                responses.append(netif.encode_rx_response(request.id, 0, flags, len(chunk)))
-            await rx.respond(requests, responses)
+            await rx.respond(requests, [
+                netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
+                                         else 0, n)
+                for i, (r, n) in enumerate(zip(requests, lengths, strict=True))])
             self.stats.rx_packets += 1
 
 
-async def copy_packet(chain: RequestChain) -> bytes:
-    """The frame a chain of tx requests carries, copied out of the granted pages.
+async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
+    """The frame a chain of tx requests carries, copied out of the pages `peer` granted
+    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
 
     Raises:
         RequestError: the packet is malformed (see the module docstring) or a page cannot be
-            mapped; every request of the chain gets NETIF_RSP_ERROR.
+            copied; every request of the chain gets NETIF_RSP_ERROR.
     """
     if chain.fault is not None:
         raise RequestError(chain.fault)
@@ -234,7 +244,16 @@ async def copy_packet(chain: RequestChain) -> bytes:
         why = netif.check_fragment(p.offset, size)
         if why is not None:
             raise RequestError(f"request {p.id}: {why}")
-    head = chain.requests[0]
-    views = await head.map([p.gref for p in parsed], writable=False)
-    return b"".join(bytes(view[p.offset:p.offset + size])
-                    for view, p, size in zip(views, parsed, sizes, strict=True))
+    segments = [GrantCopySegment(p.gref, p.offset, size)
+                for p, size in zip(parsed, sizes, strict=True) if size]
+    try:
+        frame = await grants.copy_from_grants(peer, segments) if segments else b""
+    except (GrantError, TransportError) as exc:
+        raise RequestError(f"cannot copy the packet out of its grants: {exc}") from exc
+    if parsed[0].flags & netif.TxFlag.CSUM_BLANK:
+        try:
+            frame = complete_partial_checksum(frame)
+        except ValueError as exc:
+            raise RequestError(f"NETTXF_csum_blank on a packet with no checksum to finish: "
+                               f"{exc}") from None
+    return frame

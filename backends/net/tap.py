@@ -16,14 +16,14 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import sys
-from array import array
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectStream
 
 from ringkit import ConfigError
+
+from .checksum import complete_checksum
 
 __all__ = ("TapDevice", "complete_checksum", "splice")
 
@@ -37,31 +37,6 @@ _VNET_HDR = struct.Struct("<BBHHHH")
 """struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""
 _NEEDS_CSUM = 1
 _MAX_READ = 65536 + _VNET_HDR.size
-
-
-def complete_checksum(frame: bytearray, start: int, offset: int) -> None:
-    """Fill in a partial checksum as a NIC does for ``CHECKSUM_PARTIAL``: the one's complement
-    sum of ``frame[start:]`` (whose checksum field holds the pseudo-header sum) stored at
-    ``start + offset``.
-
-    Raises:
-        ValueError: the checksum field lies outside the frame.
-    """
-    at = start + offset
-    if start < 0 or at + 2 > len(frame):
-        raise ValueError(f"a checksum at {start}+{offset} outside a {len(frame)}-byte frame")
-    data = bytes(frame[start:])
-    if len(data) % 2:
-        data += b"\0"
-    words = array("H", data)
-    if words.itemsize != 2:  # pragma: no cover - every platform ringkit runs on
-        raise RuntimeError("array('H') is not 16 bits here")
-    if sys.byteorder == "little":
-        words.byteswap()
-    total = sum(words)
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    frame[at:at + 2] = (~total & 0xFFFF).to_bytes(2, "big")
 
 
 class TapDevice(ObjectStream[bytes]):

@@ -4,7 +4,10 @@ The xenstore side follows Linux's xen-netfront.  The backend must offer ``featur
 (as Linux's netfront insists).  The frontend shares a tx ring and an rx ring and publishes
 ``tx-ring-ref``, ``rx-ring-ref``, one ``event-channel`` for both, ``request-rx-copy`` = 1,
 ``feature-rx-notify`` = 1, ``feature-sg`` = 1 and ``feature-no-csum-offload`` = 1 (its frames
-carry their checksums; it fills in none).  The MAC is the toolstack's ``mac`` node in the
+carry their checksums; it fills in none).  Like Linux's netfront it then says Connected at once,
+its receive buffers posted, without waiting for the backend's Connected (`connects_first`):
+Linux's xen-netback connects only when it sees the frontend Connected; opening still waits
+for the backend to follow.  The MAC is the toolstack's ``mac`` node in the
 frontend dir.  (The device framework also writes its generic ``ring-ref`` = the tx ring's
 ref, which netif backends ignore.)
 
@@ -86,6 +89,9 @@ class NetFrontend(Frontend[NetFrontRings]):
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
     ring_layout = None
+    connects_first: ClassVar[bool] = True
+    """As Linux's xen-netfront: Connected as soon as the rings are published and the receive
+    buffers posted; Linux's xen-netback maps the rings only once it sees that."""
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  tx_pages: int = 256, rx_buffers: int = netif.RX_RING_SIZE,
@@ -149,7 +155,8 @@ class NetFrontend(Frontend[NetFrontRings]):
         await nodes.write("feature-no-csum-offload", 1)
 
     async def peer_connected(self, backend: Nodes) -> None:
-        """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks."""
+        """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks (right
+        after publishing the rings: `connects_first`)."""
         self.connection_error = None
         mac = await self.own_nodes.read_optional("mac")
         try:

@@ -298,7 +298,8 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     @property
     def is_connected(self) -> bool:
         """Whether a connection is up (both ends past the handshake, rings live)."""
-        return self.handshake.state is S.CONNECTED and bool(self.queues)
+        return (self.handshake.state is S.CONNECTED and not self.handshake.ahead
+                and bool(self.queues))
 
     @property
     def finished(self) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
-from typing import Self, cast
+from typing import ClassVar, Self, cast
 
 import anyio
 from anyio.abc import AsyncResource
@@ -67,6 +67,13 @@ class Frontend(DeviceBase[FrontChannelT]):
     """
 
     role = Role.FRONTEND
+
+    connects_first: ClassVar[bool] = False
+    """Whether this device says Connected as soon as its rings are published, without waiting
+    for the backend's Connected (`ringkit.proto.xenbus.Handshake.connect_ahead`): netif's
+    way, where Linux's xen-netback maps the rings only once it sees the frontend Connected.
+    Then `peer_connected` runs right after publishing (the channels are live: requests wait in
+    the ring until the backend maps it), and opening still waits for the backend's Connected."""
 
     connect_timeout: float | None = None
     """Seconds ``async with`` waits for the backend to connect before raising TimeoutError
@@ -180,6 +187,14 @@ class Frontend(DeviceBase[FrontChannelT]):
     async def _react(self, reaction: Reaction) -> None:
         if reaction is Reaction.CONNECT:
             await self._connect()
+        elif reaction is Reaction.FINISH and self.handshake.ahead:
+            # The backend caught up with a frontend that connected first: the connection is
+            # up now (and the backend's Connected says it bound our ports).
+            self.handshake.caught_up()
+            for queue in self.queues:
+                queue.event.peer_bound()
+            self.log.info("%s: the backend connected", self.address)
+            self._signal_change()
         elif reaction is Reaction.FINISH:
             for queue in self.queues:
                 queue.event.peer_bound()  # a backend is Connected only once it has bound
@@ -284,6 +299,15 @@ class Frontend(DeviceBase[FrontChannelT]):
         await self.domain.store.transact(body)
         self.handshake.move(S.INITIALISED)
         self._signal_change()
+        if self.connects_first:
+            await self._hook(driver_hook(self, Frontend, "peer_connected"), self.peer_nodes)
+            await self._clear_error()
+            self.handshake.connect_ahead()
+            await self.own_nodes.write("state", S.CONNECTED.to_wire())
+            self.generation += 1
+            self.log.info("%s connected ahead of the backend (generation %d)", self.address,
+                          self.generation)
+            self._signal_change()
 
     async def _share_queue(
         self, index: int, order: int, num_queues: int

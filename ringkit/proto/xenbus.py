@@ -391,6 +391,7 @@ class Handshake:
         self._peer_stale = False
         self._starting = not self._peer_live()
         self._broken: RemoteProtocolError | None = None
+        self._ahead = False
 
     @property
     def state(self) -> XenbusState:
@@ -429,6 +430,36 @@ class Handshake:
         ignored meanwhile (`observe` answers Reaction.NONE)."""
         return self._broken is not None
 
+    @property
+    def ahead(self) -> bool:
+        """Whether this frontend said Connected before the backend did (`connect_ahead`) and
+        has not taken in the backend's Connected since (`caught_up`)."""
+        return self._ahead
+
+    def connect_ahead(self) -> XenbusState:
+        """Move this frontend to Connected without waiting for the backend's Connected, as
+        netif's frontends do: Linux's xen-netfront goes from Initialising (its rings published)
+        straight to Connected, and xen-netback connects only once it sees that.  Until the
+        backend is seen Connected, its not-yet-connected states (Initialising, InitWait,
+        Initialised) ask for nothing -- rather than a restart, which they would mean to a
+        frontend that had seen the backend Connected -- and its Connected then answers
+        Reaction.FINISH, which the caller acknowledges with `caught_up`.  Returns the state to
+        write.
+
+        Raises:
+            LocalProtocolError: not a frontend, or Connected is not a move from here.
+        """
+        if self.role is not Role.FRONTEND:
+            raise LocalProtocolError("only a frontend connects ahead of its peer")
+        self.move(S.CONNECTED)
+        self._ahead = True
+        return S.CONNECTED
+
+    def caught_up(self) -> None:
+        """The backend's Connected after `connect_ahead` has been taken in: from now on the
+        tables apply as to any connected frontend."""
+        self._ahead = False
+
     def can_move(self, to: XenbusState) -> bool:
         """Whether `move(to)` would be accepted."""
         return to == self._state or to in MOVES[self.role][self._state]
@@ -449,6 +480,8 @@ class Handshake:
             )
         if to is S.INITIALISING and self._state is not S.INITIALISING:
             self._starting = not self._peer_live()
+        if to is not S.CONNECTED:
+            self._ahead = False
         self._state = to
         return to
 
@@ -458,6 +491,7 @@ class Handshake:
         restarted peer to close.  Returns the state to write."""
         self._state = S.INITIALISING
         self._starting = not self._peer_live()
+        self._ahead = False
         return self._state
 
     def peer_lost(self) -> None:
@@ -523,6 +557,11 @@ class Handshake:
             return Reaction.NONE
         if self._starting and self._peer_state in LEFTOVER[self.role][self._state]:
             return Reaction.NONE
+        if self._ahead and self._state is S.CONNECTED:
+            if self._peer_state is S.CONNECTED:
+                return Reaction.FINISH
+            if self._peer_state in (S.INITIALISING, S.INIT_WAIT, S.INITIALISED):
+                return Reaction.NONE
         return REACTIONS[self.role][self._peer_state][self._state]
 
     def _parse(self, raw: str | bytes | None) -> XenbusState:

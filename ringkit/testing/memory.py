@@ -26,7 +26,15 @@ import anyio
 import anyio.lowlevel
 
 from .._errors import ConfigError, EventChannelError, GrantError, PeerGoneError
-from ..abc import PAGE_SIZE, EventChannel, GrantTable, MappedPages, SharedPages
+from ..abc import (
+    PAGE_SIZE,
+    EventChannel,
+    GrantCopySegment,
+    GrantTable,
+    MappedPages,
+    SharedPages,
+    check_copy_segments,
+)
 
 __all__ = ("MemoryEventChannel", "MemoryGrantTable", "memory_event_pair", "memory_grants")
 
@@ -242,25 +250,52 @@ class MemoryGrantTable(GrantTable):
         if grant is not None:
             grant.revoked = True
 
+    def _grant(self, peer: int, ref: int, writable: bool) -> _Grant:
+        """Grant `ref` of `peer`, checked as a map checks it."""
+        grant = self._table.grants.get(ref)
+        if grant is None or grant.revoked or grant.owner != peer:
+            raise GrantError(f"grant ref {ref} of domain {peer} is not valid", errno.EINVAL)
+        if grant.to != self.domid:
+            raise GrantError(f"grant ref {ref} is granted to domain {grant.to}, not "
+                             f"{self.domid}", errno.EPERM)
+        if writable and not grant.writable:
+            raise GrantError(f"grant ref {ref} is read-only", errno.EPERM)
+        return grant
+
     async def map(self, peer: int, refs: Sequence[int], *, writable: bool = True
                   ) -> MappedPages:
         if not refs:
             raise ConfigError("map of no refs")
-        grants = []
-        for ref in refs:
-            grant = self._table.grants.get(ref)
-            if grant is None or grant.revoked or grant.owner != peer:
-                raise GrantError(f"grant ref {ref} of domain {peer} is not valid", errno.EINVAL)
-            if grant.to != self.domid:
-                raise GrantError(f"grant ref {ref} is granted to domain {grant.to}, not "
-                                 f"{self.domid}", errno.EPERM)
-            if writable and not grant.writable:
-                raise GrantError(f"grant ref {ref} is read-only", errno.EPERM)
-            grants.append(grant)
+        grants = [self._grant(peer, ref, writable) for ref in refs]
         await anyio.lowlevel.checkpoint()
         mapped = _Mapped(self._table, peer, refs, writable, grants)
         self.pages_mapped += len(refs)
         return mapped
+
+
+    async def copy_to_grants(self, peer: int, segments: Sequence[GrantCopySegment],
+                             data: bytes | bytearray | memoryview) -> None:
+        """Copy straight into the granting domain's pages (a grant copy: nothing mapped),
+        with a writable map's checks."""
+        total = check_copy_segments(segments)
+        if total != len(data):
+            raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
+        grants = [self._grant(peer, seg.ref, True) for seg in segments]
+        await anyio.lowlevel.checkpoint()
+        source = memoryview(data).cast("B")
+        pos = 0
+        for seg, grant in zip(segments, grants, strict=True):
+            _page(grant)[seg.offset:seg.offset + seg.length] = source[pos:pos + seg.length]
+            pos += seg.length
+
+    async def copy_from_grants(self, peer: int,
+                               segments: Sequence[GrantCopySegment]) -> bytes:
+        """Copy straight out of the granting domain's pages, with a read-only map's checks."""
+        check_copy_segments(segments)
+        grants = [self._grant(peer, seg.ref, False) for seg in segments]
+        await anyio.lowlevel.checkpoint()
+        return b"".join(bytes(_page(g)[seg.offset:seg.offset + seg.length])
+                        for seg, g in zip(segments, grants, strict=True))
 
 
 def memory_grants(front_domid: int = 1, back_domid: int = 0

@@ -14,6 +14,11 @@ unmaps, then UNMAP_GRANT_REF.  A writable map of a read-only grant fails in mmap
 If the caller still holds slices of `buffer` at close, the grant bookkeeping is released at
 once and the memory itself stays mapped until the last slice is freed (never a dangling view).
 
+Grant copy (`XenGrantTable.copy_to_grants` / `copy_from_grants`): IOCTL_GNTDEV_GRANT_COPY, one
+segment per (ref, offset, length), the local side a pointer into our buffer; Xen does the copy
+(GNTTABOP_copy) and leaves nothing mapped, which is how Linux's xen-netback fills a frontend's
+receive buffers.  A segment's GNTST_* status other than okay becomes a `GrantError`.
+
 Mappings hold no file descriptor of their own (see `ringkit._pagemap`): a backend may keep
 thousands of single-page mappings (persistent grants: up to 1056 per ring for Linux's blkfront)
 without meeting the open-files limit.
@@ -29,7 +34,14 @@ import anyio
 
 from .._errors import ConfigError, GrantError
 from .._pagemap import PageMap, Piece
-from ..abc import PAGE_SIZE, GrantTable, MappedPages, SharedPages
+from ..abc import (
+    PAGE_SIZE,
+    GrantCopySegment,
+    GrantTable,
+    MappedPages,
+    SharedPages,
+    check_copy_segments,
+)
 from . import _uapi
 from ._device import DeviceFile, map_errors
 
@@ -241,6 +253,17 @@ class XenMappedPages(MappedPages):
         await anyio.lowlevel.checkpoint()
 
 
+_GNTST_ERRNO = {_uapi.GNTST_permission_denied: errno.EPERM, _uapi.GNTST_eagain: errno.EAGAIN,
+                _uapi.GNTST_bad_domain: errno.ESRCH}
+"""Errnos for a failed grant-copy segment's status (others: EINVAL)."""
+
+
+def _gntst_name(status: int) -> str:
+    names = {value: name for name, value in vars(_uapi).items()
+             if name.startswith("GNTST_") and isinstance(value, int)}
+    return f"{names.get(status, 'GNTST_?')} ({status})"
+
+
 class XenGrantTable(GrantTable):
     """gntalloc + gntdev for one domain handle; counts what it holds for `Domain.leaks()`."""
 
@@ -285,6 +308,61 @@ class XenGrantTable(GrantTable):
             raise
         self.mapped.add(pages)
         return pages
+
+    async def copy_to_grants(self, peer: int, segments: Sequence[GrantCopySegment],
+                             data: bytes | bytearray | memoryview) -> None:
+        """Xen copies `data` into the granted pages (gntdev's GRANT_COPY); nothing is mapped."""
+        total = check_copy_segments(segments)
+        if total != len(data):
+            raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
+        _check_domid(peer)
+        await anyio.lowlevel.checkpoint()
+        self._grant_copy(peer, segments, _uapi.ffi.from_buffer(data), into_grants=True)
+
+    async def copy_from_grants(self, peer: int,
+                               segments: Sequence[GrantCopySegment]) -> bytes:
+        """Xen copies the granted pages' bytes out (gntdev's GRANT_COPY); nothing is mapped."""
+        out = bytearray(check_copy_segments(segments))
+        _check_domid(peer)
+        await anyio.lowlevel.checkpoint()
+        self._grant_copy(peer, segments, _uapi.ffi.from_buffer(out), into_grants=False)
+        return bytes(out)
+
+    def _grant_copy(self, peer: int, segments: Sequence[GrantCopySegment], local: object,
+                    *, into_grants: bool) -> None:
+        ffi = _uapi.ffi
+        segs = ffi.new("struct gntdev_grant_copy_segment[]", len(segments))
+        base = ffi.cast("char *", local)
+        pos = 0
+        for seg, out in zip(segments, segs, strict=True):
+            here = ffi.cast("void *", base + pos)
+            foreign = out.dest.foreign if into_grants else out.source.foreign
+            foreign.ref = seg.ref
+            foreign.offset = seg.offset
+            foreign.domid = peer
+            if into_grants:
+                out.source.virt = here
+                out.flags = _uapi.GNTCOPY_dest_gref
+            else:
+                out.dest.virt = here
+                out.flags = _uapi.GNTCOPY_source_gref
+            out.len = seg.length
+            out.status = _uapi.GNTST_general_error
+            pos += seg.length
+        arg = _uapi.Argument("struct ioctl_gntdev_grant_copy")
+        arg.struct.count = len(segments)
+        arg.struct.segments = segs
+        what = (f"gntdev: GRANT_COPY {'into' if into_grants else 'out of'} refs "
+                f"{[seg.ref for seg in segments]} of domain {peer}")
+        self._gntdev.acquire()
+        try:
+            self._gntdev.ioctl(_uapi.IOCTL_GNTDEV_GRANT_COPY, arg, what)
+        finally:
+            self._gntdev.release()
+        for seg, out in zip(segments, segs, strict=True):
+            if out.status != _uapi.GNTST_okay:
+                raise GrantError(f"{what}: ref {seg.ref}: {_gntst_name(int(out.status))}",
+                                 _GNTST_ERRNO.get(int(out.status), errno.EINVAL))
 
     def _forget_shared(self, pages: XenSharedPages) -> None:
         self.shared.discard(pages)

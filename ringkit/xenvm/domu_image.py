@@ -60,8 +60,10 @@ __all__ = (
 
 
 DOMU_MODULES = ("xen_evtchn", "xen_gntdev", "xen_gntalloc", "xen_privcmd", "xenfs",
-                "xen_blkfront", "xen_blkback", "loop", "ext4", "crc32c_generic")
-"""Modules present in every domU image (the first five are loaded at boot).  ext4 finds its
+                "xen_blkfront", "xen_blkback", "loop", "ext4", "crc32c_generic",
+                "xen_netfront", "tun")
+"""Modules present in every domU image (the first five are loaded at boot).  ``xen_netfront``
+and ``tun`` serve the net interop test (Linux's netfront, and a TAP for ringkit's).  ext4 finds its
 crc32c through the crypto API rather than modules.dep, so ``crc32c_generic`` is listed by name:
 load it before ext4 (``modules=["crc32c_generic", "ext4"]``) or 6.1's ext4 refuses to mount."""
 
