@@ -21,6 +21,10 @@ Besides one call per transfer (each in its own task for several in flight), `sub
 batch of reads and writes at once, like io_uring or libaio at an I/O depth: their requests are
 put on the ring together and published with one push (one doorbell at most), and their answers
 are gathered together; the pool bounds how many are in flight, the rest follow as pages free.
+A batch of plain reads and writes that need no INDIRECT request, on a device with one ring,
+runs without Python per request when the compiled helper is there (`fast_path`, on by
+default): the C shadow table of `ringkit.requests.shadow` writes its requests and matches its
+answers, one call each way; every other batch, and ABI mode, takes the Python path.
 
 With ``verify_reads`` the client also checks that an OKAY read really wrote its pages: the
 first 8 bytes of every sector of a read's pages are stamped with a random canary before the
@@ -180,6 +184,8 @@ class BlockClient:
     for data and segment lists, `info` what the backend advertised.  Run `run` in a task while
     connected (it receives and matches the responses) and `fail` the client when the
     connection ends.  `window`: most requests in flight per ring (default: the ring's size).
+    `fast_path`: run `submit`'s usual batches through the C shadow table when it is available
+    (see the module docstring; False: always the Python path, the reference).
     Every I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a

@@ -16,6 +16,13 @@ request it claims to answer, copies the response into that request's record and 
 waiter.  An id outside the queue, of a request not in flight, or answered twice is the
 backend's fault: `RemoteProtocolError`, and the queue fails every waiter with it.
 
+Which ids are free, held, in flight or answered is a table of one byte per id (a free id is a
+0, so the lowest free id of a ring is one ``bytearray.find``); a compiled fast path of the
+driver's (`ringkit.requests.shadow`, block's) reads and writes that same table, and the
+pool's free map, for the requests it sends and matches itself, and gets each burst of
+responses first: it consumes the leading ones that answer its requests and hands the next
+one back here.
+
 A caller cancelled while its request is in flight does not get its id or pages back: the
 backend may still write into them.  The request becomes an orphan; its answer, when it comes,
 is dropped and only then are its id and pages reused.
