@@ -333,10 +333,10 @@ class BlockClient:
         if depth is not None and depth < 1:
             raise ConfigError(f"depth must be at least 1, got {depth}")
         if self._shadow is not None:
-            batch = self._shadow_batch(ops)
-            if batch is not None:
+            planned = self._shadow_batch(ops)
+            if planned is not None:
                 answers = await self._shadow.submit(
-                    batch, depth=depth,
+                    planned, depth=depth,
                     max_segments=min(self._max_segments, blkif.MAX_SEGMENTS_PER_REQUEST))
                 return [None if status == 0 else
                         self._status_error(status, Op.READ if type(item) is ReadOp
