@@ -40,7 +40,7 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -185,7 +185,9 @@ class BlockClient:
     connected (it receives and matches the responses) and `fail` the client when the
     connection ends.  `window`: most requests in flight per ring (default: the ring's size).
     `fast_path`: run `submit`'s usual batches through the C shadow table when it is available
-    (see the module docstring; False: always the Python path, the reference).
+    (see the module docstring; False: always the Python path, the reference);
+    `shadow_module`: the cffi module whose C that table uses (default: the compiled helper;
+    tests pass a differently built one).
     Every I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
@@ -199,7 +201,8 @@ class BlockClient:
 
     def __init__(self, channels: Sequence[FrontRingChannel], pool: GrantPool, info: DiskInfo,
                  *, handle: int = 0, verify_reads: bool = False,
-                 window: int | None = None, fast_path: bool = True) -> None:
+                 window: int | None = None, fast_path: bool = True,
+                 shadow_module: Any = None) -> None:
         self.queue = RequestQueue(channels, blkif.CODEC, pool=pool, window=window,
                                   check=check_response)
         """The request queue the blkif requests travel on."""
@@ -227,7 +230,8 @@ class BlockClient:
         self._shadow: shadow_table.ShadowTable | None = None
         if fast_path and not verify_reads and len(channels) == 1 \
                 and not shadow_table.unavailable():
-            self._shadow = shadow_table.ShadowTable(self.queue, handle=handle)
+            self._shadow = shadow_table.ShadowTable(self.queue, handle=handle,
+                                                    module=shadow_module)
 
     # ------------------------------------------------------------------ connection
 
@@ -246,6 +250,12 @@ class BlockClient:
         """Whether reads are checked for sectors the backend did not write (see the module
         docstring)."""
         return self._canary is not None
+
+    @property
+    def shadow(self) -> shadow_table.ShadowTable | None:
+        """The C shadow table `submit` runs its usual batches through (None: the Python path
+        runs them all -- ABI mode, several rings, ``verify_reads``, or ``fast_path=False``)."""
+        return self._shadow
 
     @property
     def in_flight(self) -> int:

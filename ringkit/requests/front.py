@@ -38,7 +38,7 @@ import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -49,9 +49,6 @@ from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProt
 from ..abc import PAGE_SIZE
 from .codec import SlotCodec, gather
 from .pool import GrantPool, fresh_error
-
-if TYPE_CHECKING:
-    from .shadow import ShadowTable
 
 __all__ = ("Completions", "QueueStats", "Request", "RequestQueue")
 
@@ -66,14 +63,23 @@ class _State(enum.Enum):
 
 
 # The id table: one byte per id, shared with the compiled fast path (ringkit.requests.shadow,
-# the RK_ID_* constants of ringkit/_native/_build.py): the state in the low bits, and for a
-# fast-path request ID_SHADOW (and ID_ORPHAN once its caller is gone).  A free id is a 0 byte,
-# so the lowest free id of a ring is one ``bytearray.find``.
-ID_STATE = 3
-ID_ORPHAN = 4
-ID_SHADOW = 8
+# the RK_ID_* constants of ringkit/_native/_build.py): the state in the low bits, _ID_ORPHAN
+# once a request's caller is gone, _ID_SHADOW for a request of the fast path's.  A free id is a
+# 0 byte, so the lowest free id of a ring is one ``bytearray.find``.
+_ID_STATE = 3
+_ID_ORPHAN = 4
+_ID_SHADOW = 8
 _CODES = {_State.FREE: 0, _State.HELD: 1, _State.SENT: 2, _State.ANSWERED: 3}
 _BY_CODE = (_State.FREE, _State.HELD, _State.SENT, _State.ANSWERED)
+
+
+class _ShadowPath(Protocol):
+    """What the queue asks of a compiled fast path's table (`ringkit.requests.shadow`)."""
+
+    in_flight: int
+
+    def complete(self, buf: bytearray, start: int, count: int) -> int: ...
+    def failed(self) -> None: ...
 
 
 class Request:
@@ -89,7 +95,7 @@ class Request:
     the record and the pages carry later requests.
     """
 
-    __slots__ = ("_completions", "_event", "_orphan", "_queue", "_states", "buffer", "channel",
+    __slots__ = ("_completions", "_event", "_queue", "_states", "buffer", "channel",
                  "generation", "id", "pages", "refs", "response", "slot", "tag")
 
     def __init__(self, queue: RequestQueue, rid: int, channel: int) -> None:
@@ -114,18 +120,31 @@ class Request:
         """Bumped each time the record is prepared for a new request: a holder of an old
         reference can tell the record moved on."""
         self._states = queue._states
-        self._orphan = False
         self._event: anyio.Event | None = None
         self._completions: Completions | None = None
 
     @property
     def _state(self) -> _State:
         code = self._states[self.id]
-        return _State.SHADOW if code & ID_SHADOW else _BY_CODE[code & ID_STATE]
+        return _State.SHADOW if code & _ID_SHADOW else _BY_CODE[code & _ID_STATE]
 
     @_state.setter
     def _state(self, state: _State) -> None:
-        self._states[self.id] = _CODES[state]
+        # freed or prepared afresh: no flag stays; in flight or answered: an orphan stays one
+        states, rid = self._states, self.id
+        code = _CODES[state]
+        states[rid] = code if code <= 1 else (states[rid] & ~_ID_STATE) | code
+
+    @property
+    def _orphan(self) -> bool:
+        return bool(self._states[self.id] & _ID_ORPHAN)
+
+    @_orphan.setter
+    def _orphan(self, orphan: bool) -> None:
+        if orphan:
+            self._states[self.id] |= _ID_ORPHAN
+        else:
+            self._states[self.id] &= ~_ID_ORPHAN & 0xFF
 
     @property
     def answered(self) -> bool:
@@ -267,7 +286,7 @@ class RequestQueue:
             raise ConfigError(f"{len(self._requests)} requests in flight do not fit the "
                               f"{codec.request_id.size}-byte id field")
         self._id_waiters: list[anyio.Event] = []
-        self._shadow: ShadowTable | None = None  # a compiled fast path's table (shadow.py)
+        self._shadow: _ShadowPath | None = None  # a compiled fast path's table (shadow.py)
         self._error: BaseException | None = None
         self.stats = QueueStats()
 
@@ -282,12 +301,20 @@ class RequestQueue:
     def in_flight(self) -> int:
         """Requests sent and not answered (orphans included)."""
         states = self._states
-        return sum(1 for code in states if code & ID_STATE == _CODES[_State.SENT])
+        return sum(1 for code in states if code & _ID_STATE == _CODES[_State.SENT])
 
     @property
     def held(self) -> int:
         """Ids in use: prepared, in flight, or answered and not yet released."""
         return self.window - self._states.count(0)
+
+    @property
+    def id_table(self) -> bytes:
+        """A copy of the id table, one byte per id: 0 free, 1 prepared, 2 in flight, 3
+        answered and not yet released; plus 4 for an orphan (its caller is gone) and 8 for a
+        request of a compiled fast path's (`ringkit.requests.shadow`), which shares the table.
+        For tests and debugging."""
+        return bytes(self._states)
 
     @property
     def error(self) -> BaseException | None:

@@ -36,7 +36,7 @@ from ringkit.channel import FrontRingChannel
 from ringkit.proto import blkif
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.requests import GrantPool
-from ringkit.requests.shadow import ShadowTable, unavailable
+from ringkit.requests.shadow import unavailable
 from ringkit.testing.memory import memory_event_pair
 
 pytestmark = [pytest.mark.anyio,
@@ -64,9 +64,8 @@ class World:
         info = DiskInfo(sectors=len(disk) // SECTOR, max_indirect_segments=indirect,
                         flush=True, persistent=True)
         self.client = BlockClient([FrontRingChannel(front, self.events[0])], pool, info,
-                                  window=window, fast_path=False)
-        if shadow:
-            self.client._shadow = ShadowTable(self.client.queue, module=module)
+                                  window=window, fast_path=shadow, shadow_module=module)
+        assert (self.client.shadow is not None) == shadow
         self.indirect = indirect
         self.outcomes: dict[str, Any] = {}
 
@@ -117,12 +116,9 @@ class World:
 
     def facts(self) -> dict[str, Any]:
         queue, pool = self.client.queue, self.client.pool
-        states = queue._states
-        # per id: its state, and whether it is an orphan (the Python path keeps that flag in
-        # the record, the shadow table in the id's byte)
-        ids = [(code & 3, code & 3 == 2 and (bool(code & 4) or request._orphan))
-               for code, request in zip(states, queue._requests, strict=True)]
-        return {"ids": ids, "freemap": bytes(pool._freemap),
+        # per id: its state and whether it is an orphan (not which path's it is)
+        ids = bytes(code & ~8 for code in queue.id_table)
+        return {"ids": ids, "freemap": pool.free_map,
                 "free": pool.free, "held": queue.held, "in_flight": queue.in_flight,
                 "sent": queue.stats.sent, "answered": queue.stats.answered,
                 "orphans": queue.stats.orphans, "memory": bytes(self.memory),
@@ -159,7 +155,8 @@ async def _flush(world: World) -> None:
 def _hostile(rng: random.Random, burst: list[bytes], window: int, states: bytes) -> None:
     """Replace one response of `burst` with a hostile one."""
     k = rng.randrange(len(burst))
-    rid, operation, status = blkif._RESPONSE.unpack_from(burst[k])[:3]
+    response = blkif.parse_response(burst[k])
+    rid, operation, status = response.id, response.operation, response.status
     kind = rng.randrange(5)
     if kind == 0:
         burst[k] = blkif.encode_response(rng.choice([UNISSUED, window, 2**64 - 1]),
@@ -253,7 +250,7 @@ async def _round(rng: random.Random, worlds: list[World], ops: list[list[ReadOp 
             bursts = [[worlds[k].serve(held[k][i], s) for i, s in zip(order, statuses,
                                                                      strict=True)]
                       for k in range(2)]
-            states = bytes(worlds[0].client.queue._states)
+            states = worlds[0].client.queue.id_table
             if rng.random() < 0.12:
                 state = rng.getstate()
                 for k in range(2):
@@ -293,8 +290,8 @@ async def test_a_batch_runs_in_c() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(world.client.submit, [ReadOp(i * PAGE, b) for i, b in enumerate(buffers)])
         await anyio.wait_all_tasks_blocked()
-        assert bytes(world.client.queue._states[:8]) == b"\x0a" * 8
-        assert world.client._shadow is not None and world.client._shadow.in_flight == 8
+        assert world.client.queue.id_table[:8] == b"\x0a" * 8   # in flight, the C table's
+        assert world.client.shadow is not None and world.client.shadow.in_flight == 8
         slots = world.pull()
         world.respond([world.serve(slot, 0) for slot in slots])
     assert world.client.queue.held == 0 and world.client.pool.free == 24
