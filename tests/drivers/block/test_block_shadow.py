@@ -31,7 +31,7 @@ import pytest
 from ringkit.frontends.block import BlockIOError, ReadOp, WriteOp
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 
-from ringkit import RemoteProtocolError
+from ringkit import PeerGoneError, RemoteProtocolError
 from ringkit.channel import FrontRingChannel
 from ringkit.proto import blkif
 from ringkit.proto.ring import BackRing, FrontRing
@@ -294,6 +294,46 @@ async def test_a_batch_runs_in_c() -> None:
         assert world.client.shadow is not None and world.client.shadow.in_flight == 8
         slots = world.pull()
         world.respond([world.serve(slot, 0) for slot in slots])
+    assert world.client.queue.held == 0 and world.client.pool.free == 24
+
+
+async def test_a_cancelled_batch_keeps_its_ids_and_pages_until_answered() -> None:
+    """Orphans: the backend may still write into a cancelled read's pages, so its id and
+    pages come back only with its answer, and the answer goes nowhere near the caller's
+    buffer."""
+    world = World(bytes(range(256)) * (DISK // 256), 24, 32, 0, None, True)
+    buffers = [bytearray(b"\x5a" * PAGE) for _ in range(4)]
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(world.client.submit,
+                          [ReadOp(i * PAGE, b) for i, b in enumerate(buffers)])
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+    assert world.client.queue.id_table[:4] == b"\x0e" * 4   # in flight, orphans, the C's
+    assert world.client.pool.free == 20
+    world.respond([world.serve(slot, 0) for slot in world.pull()])
+    assert world.client.queue.held == 0 and world.client.pool.free == 24
+    assert world.client.queue.stats.orphans == 4
+    assert all(b == b"\x5a" * PAGE for b in buffers)
+
+
+async def test_the_peer_gone_fails_the_batch_and_frees_everything() -> None:
+    world = World(bytes(DISK), 24, 32, 0, None, True)
+    buffers = [bytearray(PAGE) for _ in range(6)]
+    failed: list[BaseException] = []
+
+    async def batch() -> None:
+        try:
+            await world.client.submit([ReadOp(i * PAGE, b) for i, b in enumerate(buffers)])
+        except PeerGoneError as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batch)
+        await anyio.wait_all_tasks_blocked()
+        assert world.client.in_flight == 6
+        world.client.fail(PeerGoneError("the backend went away"))
+    assert len(failed) == 1
     assert world.client.queue.held == 0 and world.client.pool.free == 24
 
 
