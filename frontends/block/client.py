@@ -21,6 +21,10 @@ Besides one call per transfer (each in its own task for several in flight), `sub
 batch of reads and writes at once, like io_uring or libaio at an I/O depth: their requests are
 put on the ring together and published with one push (one doorbell at most), and their answers
 are gathered together; the pool bounds how many are in flight, the rest follow as pages free.
+A batch of plain reads and writes that need no INDIRECT request, on a device with one ring,
+runs without Python per request when the compiled helper is there (`fast_path`, on by
+default): the C shadow table of `ringkit.requests.shadow` writes its requests and matches its
+answers, one call each way; every other batch, and ABI mode, takes the Python path.
 
 With ``verify_reads`` the client also checks that an OKAY read really wrote its pages: the
 first 8 bytes of every sector of a read's pages are stamped with a random canary before the
@@ -36,7 +40,7 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -45,6 +49,7 @@ from ringkit.channel import FrontRingChannel
 from ringkit.proto import blkif
 from ringkit.proto.blkif import Op, Status
 from ringkit.requests import GrantPool, Request, RequestQueue
+from ringkit.requests import shadow as shadow_table
 
 from .errors import BlockIOError, BlockNotSupportedError, StaleReadError
 
@@ -103,7 +108,6 @@ class WriteOp(NamedTuple):
 
 
 _RESPONSE = struct.Struct("<QBxh")  # id, operation, status (the head of a response slot)
-_STATUSES = frozenset(int(s) for s in Status)
 
 
 def check_response(request: Request) -> None:
@@ -117,12 +121,9 @@ def check_response(request: Request) -> None:
     _, operation, status = _RESPONSE.unpack_from(request.response)
     slot = request.slot
     expected = slot[1] if slot[0] == Op.INDIRECT else slot[0]
-    if operation != expected:
-        raise RemoteProtocolError(f"blkif response for id {request.id:#x} has operation "
-                                  f"{operation}, the request was {expected}")
-    if status not in _STATUSES:
-        raise RemoteProtocolError(f"blkif response for id {request.id:#x} has status {status}, "
-                                  "not one of BLKIF_RSP_OKAY/ERROR/EOPNOTSUPP")
+    problem = blkif.response_problem(request.id, operation, status, expected)
+    if problem is not None:
+        raise RemoteProtocolError(problem)
 
 
 class _Flight(NamedTuple):
@@ -183,6 +184,10 @@ class BlockClient:
     for data and segment lists, `info` what the backend advertised.  Run `run` in a task while
     connected (it receives and matches the responses) and `fail` the client when the
     connection ends.  `window`: most requests in flight per ring (default: the ring's size).
+    `fast_path`: run `submit`'s usual batches through the C shadow table when it is available
+    (see the module docstring; False: always the Python path, the reference);
+    `shadow_module`: the cffi module whose C that table uses (default: the compiled helper;
+    tests pass a differently built one).
     Every I/O method raises:
 
         ConfigError: offset/length not aligned to `info.sector_size` or outside the disk, a
@@ -196,7 +201,8 @@ class BlockClient:
 
     def __init__(self, channels: Sequence[FrontRingChannel], pool: GrantPool, info: DiskInfo,
                  *, handle: int = 0, verify_reads: bool = False,
-                 window: int | None = None) -> None:
+                 window: int | None = None, fast_path: bool = True,
+                 shadow_module: Any = None) -> None:
         self.queue = RequestQueue(channels, blkif.CODEC, pool=pool, window=window,
                                   check=check_response)
         """The request queue the blkif requests travel on."""
@@ -221,6 +227,11 @@ class BlockClient:
         self._canary_heads = memoryview(b"")
         if verify_reads:
             self._new_canary()
+        self._shadow: shadow_table.ShadowTable | None = None
+        if fast_path and not verify_reads and len(channels) == 1 \
+                and not shadow_table.unavailable():
+            self._shadow = shadow_table.ShadowTable(self.queue, handle=handle,
+                                                    module=shadow_module)
 
     # ------------------------------------------------------------------ connection
 
@@ -239,6 +250,12 @@ class BlockClient:
         """Whether reads are checked for sectors the backend did not write (see the module
         docstring)."""
         return self._canary is not None
+
+    @property
+    def shadow(self) -> shadow_table.ShadowTable | None:
+        """The C shadow table `submit` runs its usual batches through (None: the Python path
+        runs them all -- ABI mode, several rings, ``verify_reads``, or ``fast_path=False``)."""
+        return self._shadow
 
     @property
     def in_flight(self) -> int:
@@ -325,6 +342,16 @@ class BlockClient:
         """
         if depth is not None and depth < 1:
             raise ConfigError(f"depth must be at least 1, got {depth}")
+        if self._shadow is not None:
+            planned = self._shadow_batch(ops)
+            if planned is not None:
+                answers = await self._shadow.submit(
+                    planned, depth=depth,
+                    max_segments=min(self._max_segments, blkif.MAX_SEGMENTS_PER_REQUEST))
+                return [None if status == 0 else
+                        self._status_error(status, Op.READ if type(item) is ReadOp
+                                           else Op.WRITE, sector)
+                        for (status, sector), item in zip(answers, ops, strict=True)]
         chunks = self._plan(ops)
         limit = len(chunks) if depth is None else depth
         results: list[BlockIOError | None] = [None] * len(ops)
@@ -369,6 +396,26 @@ class BlockClient:
                 queue.release(req)  # in flight: an orphan, its answer frees it
             raise
         return results
+
+    def _shadow_batch(self, ops: Sequence[ReadOp | WriteOp]
+                      ) -> shadow_table.ShadowBatch | None:
+        """`ops` as a batch of the C shadow table, or None when they are not its kind (see
+        `ringkit.requests.shadow`): the Python path then runs (and judges) them."""
+        assert self._shadow is not None
+        self._check_alive()
+        spec: list[tuple[int, int, memoryview | bytearray | bytes]] = []
+        for item in ops:
+            kind = type(item)
+            if kind is ReadOp:
+                spec.append((Op.READ, item.offset, item.buffer))  # type: ignore[union-attr]
+            elif kind is WriteOp:
+                spec.append((Op.WRITE, item.offset, item.data))  # type: ignore[union-attr]
+            else:
+                return None
+        info = self.info
+        return self._shadow.batch(spec, align=info.sector_size, disk_bytes=info.size,
+                                  readonly=info.readonly,
+                                  max_bytes=self._max_segments * PAGE)
 
     @property
     def max_lend_bytes(self) -> int:
@@ -665,15 +712,21 @@ class BlockClient:
             pages=tuple((page, self.pool.refs[page]) for page in involved))
 
     def _check_status(self, req: Request, operation: int, sector: int) -> None:
-        status = _RESPONSE.unpack_from(req.response)[2]
+        error = self._status_error(_RESPONSE.unpack_from(req.response)[2], operation, sector)
+        if error is not None:
+            raise error
+
+    @staticmethod
+    def _status_error(status: int, operation: int, sector: int) -> BlockIOError | None:
+        """The error a response's `status` means for a request of `operation` at `sector`."""
         if status == Status.OKAY:
-            return
+            return None
         name = Op(operation).name if operation in Op._value2member_map_ else str(operation)
         if status == Status.EOPNOTSUPP:
-            raise BlockNotSupportedError(f"backend does not support {name}",
-                                         operation=operation, sector=sector)
-        raise BlockIOError(f"{name} at sector {sector} failed (BLKIF_RSP_ERROR)",
-                           operation=operation, sector=sector, status=status)
+            return BlockNotSupportedError(f"backend does not support {name}",
+                                          operation=operation, sector=sector)
+        return BlockIOError(f"{name} at sector {sector} failed (BLKIF_RSP_ERROR)",
+                            operation=operation, sector=sector, status=status)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -84,6 +84,29 @@ int rk_pgrant_clear(rk_pgrant_table *table);
 long rk_blkif_serve(rk_pgrant_table *table, int fd, uint64_t sectors, unsigned flags,
                     const char *slots, size_t length, size_t count, char *out,
                     size_t out_length, uint64_t *stats);
+enum { RK_ID_FREE = 0, RK_ID_HELD = 1, RK_ID_SENT = 2, RK_ID_ANSWERED = 3, RK_ID_STATE = 3,
+       RK_ID_ORPHAN = 4, RK_ID_SHADOW = 8 };
+enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
+typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
+                 uint32_t pad; } rk_shadow_op;
+typedef struct {
+    char *data; uint64_t length; uint64_t sector; int64_t *batch;
+    uint32_t pages[11]; uint32_t token; uint32_t op_index; uint8_t operation; uint8_t npages;
+} rk_shadow;
+long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align, uint64_t disk_bytes,
+                     int readonly, uint64_t max_bytes);
+long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                      char *memory, size_t memory_length, const uint32_t *refs,
+                      rk_shadow *table, const rk_shadow_op *ops, size_t nops, uint64_t *cursor,
+                      int64_t *batch, size_t nbatch, uint32_t token, unsigned handle,
+                      unsigned max_segments, size_t limit, char *slots, size_t slots_length,
+                      uint64_t *taken);
+long rk_shadow_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                        char *memory, size_t memory_length, rk_shadow *table, const char *buf,
+                        size_t length, size_t count, uint32_t *touched, size_t touched_cap,
+                        uint64_t *info);
+long rk_shadow_drop(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                    rk_shadow *table, uint32_t token, int mode, uint64_t *info);
 """
 
 SOURCE = r"""
@@ -953,6 +976,327 @@ static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigne
         r[8] = (uint8_t)op;                 /* status 0: BLKIF_RSP_OKAY */
     }
     return (long)i;
+}
+
+/* ---------------------------------------------------------------- blkfront shadow table
+
+   The block frontend's usual batch -- plain READs and WRITEs of direct segments, one pool page
+   per segment -- written and answered without the interpreter, on the request queue's own
+   state (ringkit.requests.front, ringkit.requests.pool), which the Python path reads and
+   writes as well:
+
+   * `states`: one byte per request id of the queue (RK_ID_*: FREE, HELD, SENT, ANSWERED in the
+     low bits; ORPHAN: its caller is gone; SHADOW: the request is this table's, not a Python
+     Request's).  Free ids are taken lowest first, as the Python path takes them.
+   * `freemap`: the GrantPool's byte map (1: page free) over `npages` pages of `memory`; pages
+     are found exactly as GrantPool.take_nowait finds them (the first run long enough, else the
+     first free pages in order).
+   * `table`: per id, what a SHADOW request needs once answered (its pages, where a READ's data
+     goes, which op of which batch it serves).
+   * `batch`: the submitting call's counters and per-op results, int64: [0] answered,
+     [1] in flight, then for op i at [2 + 2i] the status and sector of its first failed
+     request (status 0: none failed).
+
+   rk_shadow_submit encodes into `slots` (a private staging area the caller puts on the ring
+   with one copy and one push); rk_shadow_complete walks a burst of responses the ring engine
+   already copied out of the shared page and consumes its leading responses that answer SHADOW
+   requests in flight: the operation and status checked, a READ's data copied from the pool
+   pages to the caller's buffer (unless the request is an orphan), the id and pages freed.  It
+   stops at the first response it does not consume -- an id that is not a SHADOW request in
+   flight goes back to the Python path, which matches it or reports it -- or at a response
+   whose operation or status is wrong (info[0] says which; the caller fails the queue).  Every
+   length and index the caller gives is checked before use; -1 means a bad call (nothing read
+   or written then). */
+
+enum { RK_ID_FREE = 0, RK_ID_HELD = 1, RK_ID_SENT = 2, RK_ID_ANSWERED = 3, RK_ID_STATE = 3,
+       RK_ID_ORPHAN = 4, RK_ID_SHADOW = 8 };
+enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
+#define RK_PAGE 4096u
+#define RK_SECTOR 512u
+#define RK_BLKIF_RESPONSE_SIZE 16
+
+typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
+                 uint32_t pad; } rk_shadow_op;
+typedef struct {
+    char *data; uint64_t length; uint64_t sector; int64_t *batch;
+    uint32_t pages[RK_BLKIF_MAX_SEGMENTS]; uint32_t token; uint32_t op_index;
+    uint8_t operation; uint8_t npages;
+} rk_shadow;
+
+/* The index of the first op the fast path must not take (misaligned, outside the disk, a
+   write to a read-only disk, neither READ nor WRITE, no buffer, or longer than direct segments
+   carry while the client would send it INDIRECT), or `nops` when it may take them all. */
+static long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align,
+                            uint64_t disk_bytes, int readonly, uint64_t max_bytes)
+{
+    size_t i;
+    if (align == 0 || align % RK_SECTOR)
+        return -1;
+    for (i = 0; i < nops; i++) {
+        const rk_shadow_op *op = &ops[i];
+        if (op->operation > 1 || (op->operation == 1 && readonly)
+            || (op->length && !op->data))
+            return (long)i;
+        if (op->offset % align || op->length % align || op->offset > disk_bytes
+            || op->length > disk_bytes - op->offset)
+            return (long)i;
+        if (max_bytes > RK_BLKIF_MAX_SEGMENTS * RK_PAGE
+            && op->length > RK_BLKIF_MAX_SEGMENTS * RK_PAGE)
+            return (long)i;
+    }
+    return (long)nops;
+}
+
+/* `count` free pages as GrantPool.take_nowait picks them (*free_pages: how many are free);
+   0, taking nothing, if there are not enough. */
+static int rk_shadow_take_pages(uint8_t *freemap, size_t npages, size_t *free_pages,
+                                unsigned count, uint32_t *pages)
+{
+    size_t start = 0, run = 0, i;
+    unsigned got = 0;
+    if (*free_pages < count)
+        return 0;
+    for (i = 0; i < npages && run < count; i++) {
+        if (freemap[i] == 1) {
+            if (run++ == 0)
+                start = i;
+        } else {
+            run = 0;
+        }
+    }
+    if (run == count) {
+        for (i = 0; i < count; i++)
+            pages[i] = (uint32_t)(start + i);
+    } else {
+        for (i = 0; i < npages && got < count; i++)
+            if (freemap[i] == 1)
+                pages[got++] = (uint32_t)i;
+        if (got < count)
+            return 0;                   /* the free count was wrong: take nothing */
+    }
+    for (i = 0; i < count; i++)
+        freemap[pages[i]] = 0;
+    *free_pages -= count;
+    return 1;
+}
+
+static void rk_put_le(uint8_t *p, uint64_t v, unsigned size)
+{
+    unsigned i;
+    for (i = 0; i < size; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Encode up to `limit` requests of the ops from cursor[0] (op index) / cursor[1] (byte offset
+   in it) on -- each at most `max_segments` (1..11) pages, an op cut as the Python path cuts
+   it -- into `slots` (112 bytes each), taking the lowest free id and pages for each and
+   copying a WRITE's data into its pages; stops early when no id or too few pages are free.
+   The ops must have passed rk_shadow_check.  `memory`: the pool's `npages` pages; `refs`: the
+   grant ref of each.  taken[0]: pages taken.  Returns the requests encoded (their ids marked
+   SENT | SHADOW, counted in batch[1]), or -1 on a bad call. */
+static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                             char *memory, size_t memory_length, const uint32_t *refs,
+                             rk_shadow *table, const rk_shadow_op *ops, size_t nops,
+                             uint64_t *cursor, int64_t *batch, size_t nbatch, uint32_t token,
+                             unsigned handle, unsigned max_segments, size_t limit,
+                             char *slots, size_t slots_length, uint64_t *taken)
+{
+    size_t n = 0, free_pages = 0, i, id;
+    if (max_segments < 1 || max_segments > RK_BLKIF_MAX_SEGMENTS || nops > (SIZE_MAX - 2) / 2
+        || nbatch < 2 + 2 * nops || cursor[0] > nops || npages > memory_length / RK_PAGE)
+        return -1;
+    taken[0] = 0;
+    for (i = 0; i < npages; i++)
+        free_pages += freemap[i] == 1;
+    while (n < limit && n < slots_length / RK_BLKIF_REQUEST_SIZE) {
+        const rk_shadow_op *op;
+        uint64_t at, bytes, sector;
+        unsigned nseg, j;
+        rk_shadow *sh;
+        uint8_t *s;
+
+        while (cursor[0] < nops && cursor[1] >= ops[cursor[0]].length) {
+            cursor[0]++;
+            cursor[1] = 0;
+        }
+        if (cursor[0] >= nops)
+            break;
+        op = &ops[cursor[0]];
+        at = cursor[1];
+        bytes = op->length - at;
+        if (bytes > (uint64_t)max_segments * RK_PAGE)
+            bytes = (uint64_t)max_segments * RK_PAGE;
+        if (bytes % RK_SECTOR || op->operation > 1)
+            return -1;                  /* rk_shadow_check refuses such an op */
+        nseg = (unsigned)((bytes + RK_PAGE - 1) / RK_PAGE);
+        for (id = 0; id < window; id++)
+            if (states[id] == RK_ID_FREE)
+                break;
+        if (id == window)
+            break;
+        sh = &table[id];
+        if (!rk_shadow_take_pages(freemap, npages, &free_pages, nseg, sh->pages))
+            break;
+        taken[0] += nseg;
+        sector = (op->offset + at) / RK_SECTOR;
+        sh->data = op->data + at;
+        sh->length = bytes;
+        sh->sector = sector;
+        sh->batch = batch;
+        sh->token = token;
+        sh->op_index = (uint32_t)cursor[0];
+        sh->operation = (uint8_t)op->operation;
+        sh->npages = (uint8_t)nseg;
+        s = (uint8_t *)slots + n * RK_BLKIF_REQUEST_SIZE;
+        memset(s, 0, RK_BLKIF_REQUEST_SIZE);    /* padding zeroed (XSA-216) */
+        s[0] = (uint8_t)op->operation;
+        s[1] = (uint8_t)nseg;
+        rk_put_le(s + 2, handle, 2);
+        rk_put_le(s + 8, id, 8);
+        rk_put_le(s + 16, sector, 8);
+        for (j = 0; j < nseg; j++) {
+            uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+            uint64_t chunk = bytes - (uint64_t)j * RK_PAGE;
+            if (chunk > RK_PAGE)
+                chunk = RK_PAGE;
+            rk_put_le(seg, refs[sh->pages[j]], 4);
+            seg[5] = (uint8_t)(chunk / RK_SECTOR - 1);     /* first_sect 0, last_sect */
+            if (op->operation == 1)
+                memcpy(memory + (size_t)sh->pages[j] * RK_PAGE,
+                       sh->data + (size_t)j * RK_PAGE, (size_t)chunk);
+        }
+        states[id] = RK_ID_SENT | RK_ID_SHADOW;
+        batch[1]++;
+        cursor[1] += bytes;
+        n++;
+    }
+    return (long)n;
+}
+
+/* Free a SHADOW request's id and pages; returns the pages freed. */
+static unsigned rk_shadow_free(uint8_t *states, uint8_t *freemap, size_t npages,
+                               rk_shadow *sh, size_t id)
+{
+    unsigned j, n = 0;
+    for (j = 0; j < sh->npages && j < RK_BLKIF_MAX_SEGMENTS; j++)
+        if (sh->pages[j] < npages) {
+            freemap[sh->pages[j]] = 1;
+            n++;
+        }
+    sh->npages = 0;
+    sh->data = NULL;
+    sh->batch = NULL;
+    states[id] = RK_ID_FREE;
+    return n;
+}
+
+/* Consume the leading responses of a burst (`count` slots of 112 bytes in `buf`, `length`
+   bytes there) that answer SHADOW requests in flight (see above).  info: [0] why it stopped
+   early (0: the next response is the Python path's; RK_SHADOW_E_OPERATION / _STATUS: it is
+   hostile), [1] pages freed, [2] orphans answered, [3] the stopping response's request
+   operation, [4] batch tokens written to `touched` (each once, up to `touched_cap`; more are
+   not listed but [5] is set).  Returns the responses consumed, or -1 on a bad call. */
+static long rk_shadow_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                               char *memory, size_t memory_length, rk_shadow *table,
+                               const char *buf, size_t length, size_t count,
+                               uint32_t *touched, size_t touched_cap, uint64_t *info)
+{
+    size_t i, k;
+    memset(info, 0, 6 * sizeof *info);
+    if (count > length / RK_BLKIF_REQUEST_SIZE || npages > memory_length / RK_PAGE)
+        return -1;
+    for (i = 0; i < count; i++) {
+        uint8_t r[RK_BLKIF_RESPONSE_SIZE];
+        uint64_t id;
+        int16_t status;
+        rk_shadow *sh;
+        uint8_t state;
+
+        memcpy(r, buf + i * RK_BLKIF_REQUEST_SIZE, sizeof r);  /* each byte read once */
+        id = rk_le64(r);
+        if (id >= window)
+            break;
+        state = states[id];
+        if ((state & ~RK_ID_ORPHAN) != (RK_ID_SENT | RK_ID_SHADOW))
+            break;
+        sh = &table[id];
+        status = (int16_t)rk_le16(r + 10);
+#ifndef RK_SHADOW_SKIP_OPERATION_CHECK   /* the negative control's build only */
+        if (r[8] != sh->operation) {
+            info[0] = RK_SHADOW_E_OPERATION;
+            info[3] = sh->operation;
+            break;
+        }
+#endif
+        if (status != 0 && status != -1 && status != -2) {
+            info[0] = RK_SHADOW_E_STATUS;
+            info[3] = sh->operation;
+            break;
+        }
+        if (state & RK_ID_ORPHAN) {
+            info[2]++;
+        } else {
+            int64_t *batch = sh->batch;
+            int64_t *result = batch + 2 + 2 * (size_t)sh->op_index;
+            if (status == 0 && sh->operation == 0) {
+                unsigned j;
+                for (j = 0; j < sh->npages && sh->pages[j] < npages; j++) {
+                    uint64_t chunk = sh->length - (uint64_t)j * RK_PAGE;
+                    if (chunk > RK_PAGE)
+                        chunk = RK_PAGE;
+                    memcpy(sh->data + (size_t)j * RK_PAGE,
+                           memory + (size_t)sh->pages[j] * RK_PAGE, (size_t)chunk);
+                }
+            }
+            if (status != 0 && result[0] == 0) {
+                result[0] = status;
+                result[1] = (int64_t)sh->sector;
+            }
+            batch[0]++;
+            batch[1]--;
+            for (k = 0; k < info[4]; k++)
+                if (touched[k] == sh->token)
+                    break;
+            if (k == info[4]) {
+                if (k < touched_cap)
+                    touched[info[4]++] = sh->token;
+                else
+                    info[5] = 1;
+            }
+        }
+        info[1] += rk_shadow_free(states, freemap, npages, sh, id);
+    }
+    return (long)i;
+}
+
+/* The SHADOW requests in flight of batch `token` (any batch: token UINT32_MAX): mode 0 marks
+   them orphans (their answers free them); mode 1 frees them now (the connection is gone, no
+   answer will come); mode 2 frees those that are orphans already.  info[0]: pages freed.
+   Returns the requests marked or freed, or -1 on a bad call. */
+static long rk_shadow_drop(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                           rk_shadow *table, uint32_t token, int mode, uint64_t *info)
+{
+    size_t id;
+    long n = 0;
+    info[0] = 0;
+    if (mode < 0 || mode > 2)
+        return -1;
+    for (id = 0; id < window; id++) {
+        uint8_t state = states[id];
+        if ((state & ~RK_ID_ORPHAN) != (RK_ID_SENT | RK_ID_SHADOW))
+            continue;
+        if (token != UINT32_MAX && table[id].token != token)
+            continue;
+        if (mode == 0) {
+            states[id] = state | RK_ID_ORPHAN;
+        } else if (mode == 1 || (state & RK_ID_ORPHAN)) {
+            info[0] += rk_shadow_free(states, freemap, npages, &table[id], id);
+        } else {
+            continue;
+        }
+        n++;
+    }
+    return n;
 }
 """
 

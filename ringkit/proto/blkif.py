@@ -97,6 +97,8 @@ class Status(enum.IntEnum):
     EOPNOTSUPP = -2
 
 
+_STATUS_VALUES = frozenset(int(s) for s in Status)
+
 CODEC: Final = SlotCodec(
     RING_LAYOUT,
     request_id=Field(8, 8),
@@ -448,6 +450,20 @@ def parse_response(slot: bytes | bytearray | memoryview) -> Response:
     return Response(rid, op, status)
 
 
+def response_problem(rid: int, operation: int, status: int, expected: int) -> str | None:
+    """What is wrong with a response (id `rid`, `operation`, `status`) to a request whose
+    operation was `expected` (an INDIRECT request's inner one, which blkback answers with), or
+    None when it is well formed: the operation must match and the status be one of
+    BLKIF_RSP_OKAY/ERROR/EOPNOTSUPP.  One wording for the frontend's Python and C paths."""
+    if operation != expected:
+        return (f"blkif response for id {rid:#x} has operation {operation}, the request was "
+                f"{expected}")
+    if status not in _STATUS_VALUES:
+        return (f"blkif response for id {rid:#x} has status {status}, not one of "
+                "BLKIF_RSP_OKAY/ERROR/EOPNOTSUPP")
+    return None
+
+
 # --------------------------------------------------------------------------- encode
 
 
@@ -691,4 +707,5 @@ __all__ = (
     "parse_indirect_segment_array",
     "parse_request",
     "parse_response",
+    "response_problem",
 )

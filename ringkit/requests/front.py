@@ -16,6 +16,13 @@ request it claims to answer, copies the response into that request's record and 
 waiter.  An id outside the queue, of a request not in flight, or answered twice is the
 backend's fault: `RemoteProtocolError`, and the queue fails every waiter with it.
 
+Which ids are free, held, in flight or answered is a table of one byte per id (a free id is a
+0, so the lowest free id of a ring is one ``bytearray.find``); a compiled fast path of the
+driver's (`ringkit.requests.shadow`, block's) reads and writes that same table, and the
+pool's free map, for the requests it sends and matches itself, and gets each burst of
+responses first: it consumes the leading ones that answer its requests and hands the next
+one back here.
+
 A caller cancelled while its request is in flight does not get its id or pages back: the
 backend may still write into them.  The request becomes an orphan; its answer, when it comes,
 is dropped and only then are its id and pages reused.
@@ -31,6 +38,7 @@ import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -50,6 +58,28 @@ class _State(enum.Enum):
     HELD = "held"
     SENT = "sent"
     ANSWERED = "answered"
+    SHADOW = "shadow"
+    """In flight for a compiled fast path (`ringkit.requests.shadow`), not for the record."""
+
+
+# The id table: one byte per id, shared with the compiled fast path (ringkit.requests.shadow,
+# the RK_ID_* constants of ringkit/_native/_build.py): the state in the low bits, _ID_ORPHAN
+# once a request's caller is gone, _ID_SHADOW for a request of the fast path's.  A free id is a
+# 0 byte, so the lowest free id of a ring is one ``bytearray.find``.
+_ID_STATE = 3
+_ID_ORPHAN = 4
+_ID_SHADOW = 8
+_CODES = {_State.FREE: 0, _State.HELD: 1, _State.SENT: 2, _State.ANSWERED: 3}
+_BY_CODE = (_State.FREE, _State.HELD, _State.SENT, _State.ANSWERED)
+
+
+class _ShadowPath(Protocol):
+    """What the queue asks of a compiled fast path's table (`ringkit.requests.shadow`)."""
+
+    in_flight: int
+
+    def complete(self, buf: bytearray, start: int, count: int) -> int: ...
+    def failed(self) -> None: ...
 
 
 class Request:
@@ -65,7 +95,7 @@ class Request:
     the record and the pages carry later requests.
     """
 
-    __slots__ = ("_completions", "_event", "_orphan", "_queue", "_state", "buffer", "channel",
+    __slots__ = ("_completions", "_event", "_queue", "_states", "buffer", "channel",
                  "generation", "id", "pages", "refs", "response", "slot", "tag")
 
     def __init__(self, queue: RequestQueue, rid: int, channel: int) -> None:
@@ -89,10 +119,32 @@ class Request:
         self.generation = 0
         """Bumped each time the record is prepared for a new request: a holder of an old
         reference can tell the record moved on."""
-        self._state = _State.FREE
-        self._orphan = False
+        self._states = queue._states
         self._event: anyio.Event | None = None
         self._completions: Completions | None = None
+
+    @property
+    def _state(self) -> _State:
+        code = self._states[self.id]
+        return _State.SHADOW if code & _ID_SHADOW else _BY_CODE[code & _ID_STATE]
+
+    @_state.setter
+    def _state(self, state: _State) -> None:
+        # freed or prepared afresh: no flag stays; in flight or answered: an orphan stays one
+        states, rid = self._states, self.id
+        code = _CODES[state]
+        states[rid] = code if code <= 1 else (states[rid] & ~_ID_STATE) | code
+
+    @property
+    def _orphan(self) -> bool:
+        return bool(self._states[self.id] & _ID_ORPHAN)
+
+    @_orphan.setter
+    def _orphan(self, orphan: bool) -> None:
+        if orphan:
+            self._states[self.id] |= _ID_ORPHAN
+        else:
+            self._states[self.id] &= ~_ID_ORPHAN & 0xFF
 
     @property
     def answered(self) -> bool:
@@ -222,18 +274,19 @@ class RequestQueue:
         self._zero_slot = bytes(codec.layout.request_size)
         self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
         self._requests: list[Request] = []
-        self._free: list[list[Request]] = []
-        for index, channel in enumerate(channels):
-            size = channel.engine.entries if window is None else min(window,
-                                                                    channel.engine.entries)
+        self._ranges: list[tuple[int, int]] = []  # each ring's ids: first, one past the last
+        sizes = [channel.engine.entries if window is None else min(window, channel.engine.entries)
+                 for channel in channels]
+        self._states = bytearray(sum(sizes))
+        for index, size in enumerate(sizes):
             first = len(self._requests)
-            records = [Request(self, first + k, index) for k in range(size)]
-            self._requests += records
-            self._free.append(records[::-1])  # pop() hands out low ids first
+            self._requests += [Request(self, first + k, index) for k in range(size)]
+            self._ranges.append((first, first + size))
         if len(self._requests) > codec.request_id.limit:
             raise ConfigError(f"{len(self._requests)} requests in flight do not fit the "
                               f"{codec.request_id.size}-byte id field")
         self._id_waiters: list[anyio.Event] = []
+        self._shadow: _ShadowPath | None = None  # a compiled fast path's table (shadow.py)
         self._error: BaseException | None = None
         self.stats = QueueStats()
 
@@ -247,12 +300,21 @@ class RequestQueue:
     @property
     def in_flight(self) -> int:
         """Requests sent and not answered (orphans included)."""
-        return sum(1 for r in self._requests if r._state is _State.SENT)
+        states = self._states
+        return sum(1 for code in states if code & _ID_STATE == _CODES[_State.SENT])
 
     @property
     def held(self) -> int:
         """Ids in use: prepared, in flight, or answered and not yet released."""
-        return self.window - sum(len(free) for free in self._free)
+        return self.window - self._states.count(0)
+
+    @property
+    def id_table(self) -> bytes:
+        """A copy of the id table, one byte per id: 0 free, 1 prepared, 2 in flight, 3
+        answered and not yet released; plus 4 for an orphan (its caller is gone) and 8 for a
+        request of a compiled fast path's (`ringkit.requests.shadow`), which shares the table.
+        For tests and debugging."""
+        return bytes(self._states)
 
     @property
     def error(self) -> BaseException | None:
@@ -298,9 +360,8 @@ class RequestQueue:
             raise ConfigError("pages asked of a request queue without a grant pool")
         if self.pool is not None and pages > self.pool.size:
             raise ConfigError(f"{pages} pages asked of a {self.pool.size}-page grant pool")
-        free = self._free
-        index = 0 if len(free) == 1 else max(range(len(free)), key=lambda i: len(free[i]))
-        if not free[index]:
+        rid = self._free_id()
+        if rid < 0:
             return None
         got: Sequence[int] = range(0)
         if pages:
@@ -309,7 +370,7 @@ class RequestQueue:
             if found is None:
                 return None
             got = found
-        request = self._hold(free[index].pop())
+        request = self._hold(self._requests[rid])
         if pages:
             self._lend(request, got)
         return request
@@ -515,6 +576,20 @@ class RequestQueue:
         size = codec.layout.response_size
         table = self._requests
         check = self._check_response
+        shadow = self._shadow
+        if shadow is not None and shadow.in_flight:
+            # the shadow table consumes the leading responses it owns, Python the next one
+            at = 0
+            while at < count:
+                if shadow.in_flight:
+                    at += shadow.complete(buf, at, count)
+                    if at == count:
+                        break
+                rid = codec.response_id.read(buf, at * slot)
+                self._deliver_one(index, rid, buf, at * slot)
+                at += 1
+            self.stats.answered += count
+            return
         ids = gather(buf, count, slot, codec.response_id, self._helper)
         for i, rid in enumerate(ids):
             request = table[rid] if 0 <= rid < len(table) else None
@@ -526,6 +601,17 @@ class RequestQueue:
                 check(request)
             self._answered(request)
         self.stats.answered += count
+
+    def _deliver_one(self, index: int, rid: int, buf: bytearray, at: int) -> None:
+        """Match one response (id `rid`, at byte `at` of `buf`) to its Python request."""
+        table = self._requests
+        request = table[rid] if 0 <= rid < len(table) else None
+        if request is None or request._state is not _State.SENT or request.channel != index:
+            raise RemoteProtocolError(self._bad_id(rid, request, index))
+        request.response[:] = buf[at:at + self.codec.layout.response_size]
+        if self._check_response is not None:
+            self._check_response(request)
+        self._answered(request)
 
     def fail(self, error: BaseException) -> None:
         """End the queue: every waiter (for an id, pages or an answer) and every later call
@@ -540,6 +626,8 @@ class RequestQueue:
                     request._completions._wake()
                 if request._event is not None:
                     request._event.set()
+        if self._shadow is not None:
+            self._shadow.failed()
         if self.pool is not None:
             self.pool.close(fresh_error(error))
         self._wake_id_waiters()
@@ -557,20 +645,23 @@ class RequestQueue:
     async def _take_id(self) -> Request:
         while True:
             self._check()
-            free = self._free
-            if len(free) == 1:
-                if free[0]:
-                    request = free[0].pop()
-                    break
-            else:
-                best = max(range(len(free)), key=lambda i: len(free[i]))
-                if free[best]:
-                    request = free[best].pop()
-                    break
+            rid = self._free_id()
+            if rid >= 0:
+                request = self._requests[rid]
+                break
             waiter = anyio.Event()
             self._id_waiters.append(waiter)
             await waiter.wait()
         return self._hold(request)
+
+    def _free_id(self) -> int:
+        """The lowest free id of the ring with the most free ids (-1: none is free)."""
+        states = self._states
+        ranges = self._ranges
+        if len(ranges) == 1:
+            return states.find(0)
+        lo, hi = max(ranges, key=lambda r: states.count(0, r[0], r[1]))
+        return states.find(0, lo, hi)
 
     def _hold(self, request: Request) -> Request:
         request._state = _State.HELD
@@ -606,7 +697,6 @@ class RequestQueue:
         request._completions = None
         if pages and self.pool is not None:
             self.pool.give(pages)
-        self._free[request.channel].append(request)
         self._wake_id_waiters()
 
     def _wake_id_waiters(self) -> None:

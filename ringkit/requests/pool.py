@@ -83,6 +83,12 @@ class GrantPool:
         """Pages free right now."""
         return self._free
 
+    @property
+    def free_map(self) -> bytes:
+        """A copy of the free map: one byte per page, 1 while it is free.  For tests and
+        debugging (a compiled fast path, `ringkit.requests.shadow`, shares the map)."""
+        return bytes(self._freemap)
+
     def page(self, index: int) -> memoryview:
         """A writable view of pool page `index`."""
         return self.memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]

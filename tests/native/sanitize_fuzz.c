@@ -19,6 +19,8 @@
  *   sanitize_fuzz uring SEED RINGS   RINGS io_uring objects, each fed random submissions
  *   sanitize_fuzz blkfast SEED ROUNDS  the blkif fast path: random table edits checked against
  *                                    a model, random bursts served against a temporary file
+ *   sanitize_fuzz shadow SEED ROUNDS   the blkfront shadow table: random batches submitted,
+ *                                    random and hostile bursts completed, its books checked
  */
 #define _GNU_SOURCE 1   /* preadv2, as Python.h gives the cffi build */
 #include <errno.h>
@@ -788,6 +790,218 @@ static int run_blkfast(unsigned long rounds)
     return 0;
 }
 
+/* ---------------------------------------------------------------- the blkfront shadow table
+
+   rk_shadow_*: a queue of `window` ids over a pool of `npages` pages, every array malloc'd
+   with exactly the entries the call is told about.  Random batches (ops with data buffers of
+   exactly their length, some misaligned or of a bad operation: rk_shadow_check must refuse
+   those) are submitted into staging areas of random lengths; random bursts of responses --
+   mostly right, some with ids outside the window or of free ids, the wrong operation, a
+   status outside BLKIF_RSP_* -- are completed; random drops mark or free.  After every call
+   the bookkeeping must add up: each page free, or held by exactly one request in flight; each
+   response consumed answered a request in flight with its own operation.  A batch's buffers are
+   freed as soon as no request in flight that is not an orphan points into them, so a C that
+   touched an orphan's buffer would be a use-after-free report. */
+
+#define SH_BATCHES 6
+#define SH_MAX_OPS 8
+
+struct sh_batch {
+    int live;
+    size_t nops;
+    rk_shadow_op *ops;
+    uint8_t *data[SH_MAX_OPS];
+    int64_t *counters;
+    uint64_t cursor[2];
+};
+
+static void sh_check_books(const uint8_t *states, size_t window, const uint8_t *freemap,
+                           size_t npages, const rk_shadow *table)
+{
+    size_t id, p;
+    unsigned j;
+    uint8_t *owned = calloc(npages ? npages : 1, 1);
+    CHECK(owned != NULL);
+    for (id = 0; id < window; id++) {
+        uint8_t s = states[id];
+        CHECK(s == RK_ID_FREE || (s & ~RK_ID_ORPHAN) == (RK_ID_SENT | RK_ID_SHADOW));
+        if (s == RK_ID_FREE)
+            continue;
+        CHECK(table[id].npages >= 1 && table[id].npages <= RK_BLKIF_MAX_SEGMENTS);
+        for (j = 0; j < table[id].npages; j++) {
+            CHECK(table[id].pages[j] < npages);
+            CHECK(!owned[table[id].pages[j]]);
+            owned[table[id].pages[j]] = 1;
+        }
+    }
+    for (p = 0; p < npages; p++)
+        CHECK(freemap[p] == (owned[p] ? 0 : 1));
+    free(owned);
+}
+
+static int run_shadow(unsigned long rounds)
+{
+    unsigned long consumed_total = 0, sent_total = 0;
+    size_t window = 1 + (size_t)below(48), npages = 1 + (size_t)below(40), i, id;
+    size_t memory_length = npages * RK_PAGE;
+    uint8_t *states = calloc(window, 1), *freemap = malloc(npages);
+    char *memory = (char *)random_bytes(memory_length);
+    uint32_t *refs = output(npages, sizeof *refs);
+    rk_shadow *table = output(window, sizeof *table);
+    struct sh_batch batches[SH_BATCHES], *b;
+    uint64_t info[6], taken[1];
+
+    CHECK(states && freemap);
+    memset(freemap, 1, npages);
+    memset(batches, 0, sizeof batches);
+    where = "rk_shadow";
+    for (round_no = 0; round_no < rounds; round_no++) {
+        unsigned action = (unsigned)below(10);
+        b = &batches[below(SH_BATCHES)];
+        if (action < 4) {                                   /* a batch: check, submit */
+            size_t slots_length, limit;
+            unsigned max_segments;
+            long r;
+            uint8_t *slots;
+            if (!b->live) {
+                b->nops = (size_t)below(SH_MAX_OPS + 1);
+                b->ops = output(b->nops ? b->nops : 1, sizeof *b->ops);
+                for (i = 0; i < b->nops; i++) {
+                    uint64_t length = one_in(10) ? below(3 * RK_PAGE)
+                                                 : RK_SECTOR * below(20 * 8 + 1);
+                    b->data[i] = random_bytes((size_t)length);
+                    b->ops[i].data = (char *)b->data[i];
+                    b->ops[i].length = length;
+                    b->ops[i].offset = one_in(10) ? rnd() : RK_SECTOR * below(1024);
+                    b->ops[i].operation = one_in(10) ? (uint32_t)rnd() : (uint32_t)below(2);
+                }
+                r = rk_shadow_check(b->ops, b->nops, one_in(20) ? 100 : RK_SECTOR,
+                                    (1024 + 200) * RK_SECTOR, one_in(10),
+                                    one_in(3) ? 32 * RK_PAGE : 11 * RK_PAGE);
+                CHECK(r == -1 || (r >= 0 && (size_t)r <= b->nops));
+                if (r != (long)b->nops) {
+                    for (i = 0; i < b->nops; i++)
+                        free(b->data[i]);
+                    free(b->ops);
+                    continue;
+                }
+                b->counters = calloc(2 + 2 * b->nops, sizeof *b->counters);
+                CHECK(b->counters != NULL);
+                b->cursor[0] = b->cursor[1] = 0;
+                b->live = 1;
+            }
+            slots_length = any_length(12 * RK_BLKIF_REQUEST_SIZE);
+            slots = random_bytes(slots_length);
+            limit = (size_t)below(16);
+            max_segments = one_in(20) ? (unsigned)below(40) : 1 + (unsigned)below(11);
+            r = rk_shadow_submit(states, window, freemap, npages, memory, memory_length, refs,
+                                 table, b->ops, b->nops, b->cursor, b->counters,
+                                 one_in(20) ? 1 + 2 * b->nops : 2 + 2 * b->nops,
+                                 (uint32_t)(b - batches), 7, max_segments, limit,
+                                 (char *)slots, slots_length, taken);
+            if (r >= 0) {
+                CHECK((size_t)r <= limit && (size_t)r <= slots_length / RK_BLKIF_REQUEST_SIZE);
+                for (i = 0; i < (size_t)r; i++) {
+                    const uint8_t *s = slots + i * RK_BLKIF_REQUEST_SIZE;
+                    id = (size_t)rk_le64(s + 8);
+                    CHECK(id < window && states[id] == (RK_ID_SENT | RK_ID_SHADOW));
+                    CHECK(s[0] == table[id].operation && s[1] == table[id].npages);
+                    CHECK(s[1] <= max_segments && rk_le16(s + 2) == 7);
+                }
+                sent_total += (unsigned long)r;
+            }
+            free(slots);
+        } else if (action < 8) {                            /* a burst of responses */
+            size_t count = (size_t)below(12), length, k;
+            uint8_t *buf, expect[16];
+            uint64_t ids[16];
+            uint32_t *touched;
+            size_t cap = (size_t)below(4);
+            long r;
+            length = one_in(10) ? any_length(count * RK_BLKIF_REQUEST_SIZE)
+                                : count * RK_BLKIF_REQUEST_SIZE;
+            buf = random_bytes(length);
+            touched = output(cap ? cap : 1, sizeof *touched);
+            for (k = 0; k < count && (k + 1) * RK_BLKIF_REQUEST_SIZE <= length; k++) {
+                uint8_t *rsp = buf + k * RK_BLKIF_REQUEST_SIZE;
+                uint64_t pick = below(window + 2);
+                int16_t status = (int16_t)-(int)below(3);
+                if (one_in(30))
+                    pick = rnd();
+                ids[k] = pick;
+                expect[k] = pick < window ? table[pick].operation : 0;
+                memcpy(rsp, &pick, 8);
+                rsp[8] = one_in(15) ? (uint8_t)rnd() : expect[k];
+                if (one_in(15))
+                    status = (int16_t)rnd();
+                memcpy(rsp + 10, &status, 2);
+            }
+            for (k = 0; k < count && k < 16; k++)    /* what each response may answer */
+                if (k * RK_BLKIF_REQUEST_SIZE < length && ids[k] < window)
+                    expect[k] = (states[ids[k]] & ~RK_ID_ORPHAN) == (RK_ID_SENT | RK_ID_SHADOW)
+                        ? table[ids[k]].operation : 0xFF;
+            r = rk_shadow_complete(states, window, freemap, npages, memory,
+                                   one_in(20) ? memory_length - 1 : memory_length, table,
+                                   (const char *)buf, length, count, touched, cap, info);
+            if (count > length / RK_BLKIF_REQUEST_SIZE) {
+                CHECK(r == -1);
+            } else if (r >= 0) {
+                CHECK((size_t)r <= count && info[0] <= RK_SHADOW_E_STATUS);
+                CHECK(info[4] <= cap);
+                for (k = 0; k < (size_t)r; k++) {
+                    const uint8_t *rsp = buf + k * RK_BLKIF_REQUEST_SIZE;
+                    /* a consumed response answered a shadow request in flight, with its own
+                       operation (unless an earlier one of the burst freed that id: then it
+                       was not consumed) */
+                    CHECK(ids[k] < window && expect[k] != 0xFF);
+                    CHECK(rsp[8] == expect[k]);
+                }
+                consumed_total += (unsigned long)r;
+            }
+            free(touched);
+            free(buf);
+        } else {                                            /* orphans, or the end */
+            int mode = one_in(10) ? 5 : (int)below(3);
+            long r = rk_shadow_drop(states, window, freemap, npages, table,
+                                    one_in(4) ? UINT32_MAX : (uint32_t)(b - batches), mode,
+                                    info);
+            CHECK(mode > 2 ? r == -1 : r >= 0);
+        }
+        sh_check_books(states, window, freemap, npages, table);
+        for (b = batches; b < batches + SH_BATCHES; b++) {  /* free what nothing points into */
+            int used = 0;
+            if (!b->live)
+                continue;
+            for (id = 0; id < window; id++)
+                used |= states[id] == (RK_ID_SENT | RK_ID_SHADOW)
+                    && table[id].token == (uint32_t)(b - batches);
+            if (used || (b->cursor[0] < b->nops && !one_in(4)))
+                continue;
+            for (i = 0; i < b->nops; i++)
+                free(b->data[i]);
+            free(b->ops);
+            free(b->counters);
+            b->live = 0;
+        }
+    }
+    printf("seed %llu: %lu rounds of the shadow table, %lu requests sent, %lu answers "
+           "consumed, no finding\n", (unsigned long long)seed, rounds, sent_total,
+           consumed_total);
+    for (b = batches; b < batches + SH_BATCHES; b++)
+        if (b->live) {
+            for (i = 0; i < b->nops; i++)
+                free(b->data[i]);
+            free(b->ops);
+            free(b->counters);
+        }
+    free(table);
+    free(refs);
+    free(memory);
+    free(freemap);
+    free(states);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- the modes */
 
 /* The negative control: rk_gather told the buffer is one byte longer than it is.  The last
@@ -857,9 +1071,13 @@ int main(int argc, char **argv)
         seed = state = strtoull(argv[2], NULL, 0);
         return run_blkfast(strtoul(argv[3], NULL, 0));
     }
+    if (argc == 4 && strcmp(argv[1], "shadow") == 0) {
+        seed = state = strtoull(argv[2], NULL, 0);
+        return run_shadow(strtoul(argv[3], NULL, 0));
+    }
     if (argc != 4 || strcmp(argv[1], "fuzz") != 0) {
         fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE | uring SEED RINGS"
-                " | blkfast SEED ROUNDS\n", argv[0]);
+                " | blkfast SEED ROUNDS | shadow SEED ROUNDS\n", argv[0]);
         return 64;
     }
     seed = state = strtoull(argv[2], NULL, 0);

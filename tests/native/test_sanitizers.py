@@ -132,6 +132,29 @@ def test_negative_control_a_fast_path_without_the_writable_check_is_caught(
     assert "check failed: s[0] == 1 || entries[at].writable" in done.stderr, done.stderr
 
 
+def test_the_blkfront_shadow_table_under_the_sanitizers(harness: Path) -> None:
+    """rk_shadow_*: random batches (misaligned and bad ops refused by rk_shadow_check) submitted
+    into staging areas of random lengths, random and hostile response bursts completed, orphans
+    marked and freed; after every call each pool page is free or held by exactly one request
+    in flight, and every response consumed answered its request with its own operation.  A
+    batch's buffers are freed once only orphans point into them (a touch is a report)."""
+    done = run(harness, "shadow", str(SEED), str(ROUNDS))
+    assert not REPORT.search(done.stderr), done.stderr
+    assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+    assert "no finding" in done.stdout
+    consumed = int(done.stdout.split(" answers consumed")[0].rsplit(" ", 1)[1])
+    assert consumed > ROUNDS // 40, done.stdout   # the fuzz reaches the matching, not only refusals
+
+
+def test_negative_control_a_shadow_table_without_the_operation_check_is_caught(
+        workdir: Path) -> None:
+    exe = workdir / "sanitize_fuzz_no_operation_check"
+    gcc(workdir, *SANITIZE, "-DRK_SHADOW_SKIP_OPERATION_CHECK", "-o", str(exe))
+    done = run(exe, "shadow", str(SEED), str(ROUNDS))
+    assert done.returncode == 2, done.stdout
+    assert "check failed: rsp[8] == expect[k]" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("case", ["gather-offset", "gather-refs-entries",
                                   "gather-refs-ref-offset"])
 def test_wrapping_arguments_are_refused(harness: Path, case: str) -> None:
