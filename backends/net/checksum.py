@@ -17,7 +17,7 @@ from array import array
 
 __all__ = ("complete_checksum", "complete_partial_checksum", "partial_checksum_at")
 
-ETH_HLEN = 14
+_ETH_HLEN = 14
 _ETH_P_IP = 0x0800
 _ETH_P_IPV6 = 0x86DD
 _ETH_P_8021Q = 0x8100
@@ -63,7 +63,7 @@ def partial_checksum_at(frame: bytes | bytearray) -> tuple[int, int]:
     Raises:
         ValueError: any other frame, or one cut short: nothing in it is a checksum to finish.
     """
-    if len(frame) < ETH_HLEN:
+    if len(frame) < _ETH_HLEN:
         raise ValueError(f"a {len(frame)}-byte frame has no Ethernet header")
     at = 12
     ethertype = int.from_bytes(frame[at:at + 2], "big")

@@ -232,6 +232,13 @@ class MemoryGrantTable(GrantTable):
         """``(pages still shared, pages still mapped)`` in the whole table."""
         return self._table.shared, self._table.mapped
 
+    def domain(self, domid: int) -> MemoryGrantTable:
+        """Another domain's view of this same grant table: a third party, to test that grants
+        to one domain refuse another."""
+        if domid < 0 or domid == self.domid:
+            raise ConfigError(f"domain {domid}: not a domain id other than {self.domid}")
+        return MemoryGrantTable(self._table, domid)
+
     async def share(self, peer: int, count: int = 1, *, writable: bool = True) -> SharedPages:
         if count < 1:
             raise ConfigError(f"share of {count} pages")

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from ringkit import EventChannelError, GrantError, PeerGoneError
+from ringkit import ConfigError, EventChannelError, GrantError, PeerGoneError
 from ringkit.abc import PAGE_SIZE
 from ringkit.testing.memory import memory_event_pair, memory_grants
 
@@ -183,3 +183,20 @@ async def test_double_unmap_and_use_after_close_are_errors() -> None:
     with pytest.raises(anyio.ClosedResourceError):
         _ = shared.buffer
     assert back.live == (0, 0)
+
+
+async def test_a_third_domain_sees_the_same_table_and_is_refused_grants_not_its_own() -> None:
+    front, back = memory_grants(1, 0)
+    third = front.domain(2)
+    shared = await front.share(0, 1)
+    with pytest.raises(GrantError) as caught:
+        await third.map(1, shared.refs)
+    assert caught.value.errno == errno.EPERM
+    to_third = await front.share(2, 1)
+    mapped = await third.map(1, to_third.refs)
+    assert third.live == back.live == (2, 1)         # one table, seen from any domain
+    await mapped.aclose()
+    await to_third.aclose()
+    await shared.aclose()
+    with pytest.raises(ConfigError):
+        front.domain(1)

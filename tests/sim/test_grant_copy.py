@@ -17,7 +17,7 @@ import pytest
 from ringkit import ConfigError, GrantError
 from ringkit.abc import PAGE_SIZE, GrantCopySegment, GrantTable
 from ringkit.sim import SimXen
-from ringkit.testing.memory import MemoryGrantTable, memory_grants
+from ringkit.testing.memory import memory_grants
 
 pytestmark = pytest.mark.anyio
 Seg = GrantCopySegment
@@ -29,7 +29,7 @@ async def tables(kind: str) -> AsyncIterator[tuple[GrantTable, int, GrantTable, 
     """(granter, its domid, copier, its domid, a third domain, its domid)."""
     if kind == "memory":
         front, back = memory_grants(1, 0)
-        third = MemoryGrantTable(front._table, 2)            # a third domain, same table
+        third = front.domain(2)                              # a third domain, same table
         yield front, 1, back, 0, third, 2
         return
     async with SimXen.start(in_process=True) as xen:
