@@ -17,16 +17,16 @@ from click.testing import CliRunner
 from ringkit.bench import net
 from ringkit.bench.net import command, unavailable
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "runs")]
+_needs_root = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "runs")
 
 
 def _namespaces() -> set[str]:
+    """The namespaces this process's benchmark run makes that exist now."""
     tag = str(os.getpid() % 100000)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                             check=True).stdout
-    return {line.split()[0] for line in listed.splitlines()
-            if line.split() and tag in line.split()[0]}
+    ours = {f"rkbn{tag}b", f"rkbn{tag}f", f"rkbv{tag}s", f"rkbv{tag}c"}
+    return {line.split()[0] for line in listed.splitlines() if line.split()} & ours
 
 
 def _children() -> list[str]:
@@ -45,6 +45,8 @@ def _children() -> list[str]:
     return found
 
 
+@pytest.mark.slow
+@_needs_root
 def test_net_benchmark_prints_every_figure_and_cleans_up(tmp_path: Path) -> None:
     record = tmp_path / "net.json"
     result = CliRunner().invoke(
@@ -64,6 +66,8 @@ def test_net_benchmark_prints_every_figure_and_cleans_up(tmp_path: Path) -> None
     assert _namespaces() == set() and _children() == []
 
 
+@pytest.mark.slow
+@_needs_root
 def test_a_failed_measurement_still_removes_namespaces_and_processes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control: the netif measurement fails once its server runs (the backend,
@@ -85,3 +89,13 @@ def test_a_failed_measurement_still_removes_namespaces_and_processes(
     assert "deliberately broken measurement" in result.output
     assert len(seen["namespaces"]) == 4 and seen["children"] == 3, seen
     assert _namespaces() == set() and _children() == []
+
+
+def test_without_root_it_says_so_and_makes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, ...]] = []
+    monkeypatch.setattr(net.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(net, "_ip", lambda *args: made.append(args))
+    result = CliRunner().invoke(command, ["--repeat", "1"])
+    assert result.exit_code == 1
+    assert "ringkit bench net needs root (network namespaces and TAP devices)" in result.output
+    assert made == []
