@@ -4,8 +4,9 @@
 Ethernet frames -- a memory stream, or a ``TapDevice`` (`tap`) on the host.
 """
 
+from .device import BackendQueueStats as BackendQueueStats
 from .device import BackendStats as BackendStats
 from .device import NetBackend as NetBackend
 from .device import NetBackRings as NetBackRings
 
-__all__ = ("BackendStats", "NetBackend", "NetBackRings")
+__all__ = ("BackendQueueStats", "BackendStats", "NetBackend", "NetBackRings")

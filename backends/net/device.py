@@ -5,8 +5,17 @@ The xenstore side follows Linux's xen-netback.  Before InitWait the backend dir 
 and ``feature-sg`` = 1; the toolstack's ``mac`` node (`create_vif`) names the guest's MAC.  The
 frontend publishes ``tx-ring-ref``, ``rx-ring-ref`` and one ``event-channel`` for both rings,
 ``request-rx-copy`` = 1 (the only receive path ringkit serves: flipping pages is long gone from
-Linux too), ``feature-rx-notify`` and ``feature-sg``.  Multi-queue, split event channels and
-GSO are not offered yet.
+Linux too), ``feature-rx-notify`` and ``feature-sg``.  Split event channels and GSO are not
+offered yet.
+
+Multi-queue (``max_queues`` > 1), as Linux's xen-netback: the backend writes
+``multi-queue-max-queues``; a frontend asking for n > 1 queues writes
+``multi-queue-num-queues`` = n and each queue's ``tx-ring-ref``, ``rx-ring-ref`` and
+``event-channel`` under ``queue-<i>/`` (the device framework reads and checks them: a missing
+ref, or more queues than offered, refuses the frontend with a typed error in the error node).
+Each queue is served as one queue is; frames from the guest on every queue go to the link,
+and frames from the link are spread over the queues by `netif.flow_hash`, so one flow keeps
+its order.
 
 Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chains
 (`ringkit.requests.PostedRequests.take_chain`): a packet's requests are checked (every fragment
@@ -31,12 +40,14 @@ The packet side is pluggable: any anyio object stream of frames (`link`), such a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
 
 import anyio
 from anyio.abc import AsyncResource, ObjectStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ringkit import GrantError, RemoteProtocolError, TransportError
 from ringkit.abc import PAGE_SIZE, Domain, GrantCopySegment, GrantTable
@@ -55,10 +66,18 @@ from ringkit.requests.codec import SlotCodec
 
 from .checksum import complete_partial_checksum
 
-__all__ = ("BackendStats", "NetBackRings", "NetBackend", "copy_packet")
+__all__ = ("BackendQueueStats", "BackendStats", "NetBackRings", "NetBackend", "copy_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""
+
+_Frames = ObjectStream[bytes] | MemoryObjectReceiveStream[bytes]
+_LANE: ContextVar[tuple[_Frames, BackendQueueStats]] = ContextVar("_LANE")
+"""The queue a serving task works for: where its frames from the link come from, and its
+counters (set by `NetBackend.serve`, so `_transmit` / `_receive` keep their one argument)."""
+
+QUEUE_BACKLOG = 64
+"""Frames from the link held for one queue's rx ring (multi-queue) before the link waits."""
 
 
 class NetBackRings(AsyncResource):
@@ -87,6 +106,24 @@ class BackendStats:
     """Frames from the link copied to the guest."""
     rx_dropped: int = 0
     """Frames from the link the guest could not take (too long, or a posted page unusable)."""
+    queues: list[BackendQueueStats] = field(default_factory=list)
+    """The same counters for each queue index (grown as queues appear)."""
+
+    def queue(self, index: int) -> BackendQueueStats:
+        """The counters of queue `index` (created at zero on first use)."""
+        while len(self.queues) <= index:
+            self.queues.append(BackendQueueStats())
+        return self.queues[index]
+
+
+@dataclass(slots=True)
+class BackendQueueStats:
+    """One queue's share of `BackendStats` (over all connections)."""
+
+    tx_packets: int = 0
+    tx_refused: int = 0
+    rx_packets: int = 0
+    rx_dropped: int = 0
 
 
 class NetBackend(Backend[NetBackRings]):
@@ -95,6 +132,7 @@ class NetBackend(Backend[NetBackRings]):
     Use as ``async with NetBackend(domain, frontend_id, devid, link=stream) as be:
     await be.run()``.  `link` is an anyio object stream of Ethernet frames (bytes): what the
     guest sends is sent to it, what it receives goes to the guest.  It outlives connections.
+    `max_queues`: the most queues offered (``multi-queue-max-queues``; 1 offers none).
     """
 
     device_type: ClassVar[str] = "vif"
@@ -103,14 +141,17 @@ class NetBackend(Backend[NetBackRings]):
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
-                 link: ObjectStream[bytes], poll_us: int = 0) -> None:
-        super().__init__(domain, frontend_id, devid, poll_us=poll_us)
+                 link: ObjectStream[bytes], max_queues: int | None = None,
+                 poll_us: int = 0) -> None:
+        super().__init__(domain, frontend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.link = link
         self.stats = BackendStats()
         self.sg = False
         """Whether the current frontend takes a frame over several rx pages (feature-sg)."""
         self.mac: bytes | None = None
         """The guest's MAC from the toolstack's ``mac`` node (None: there is none)."""
+        self._spread: list[MemoryObjectSendStream[bytes]] = []
+        self._spread_out: list[MemoryObjectReceiveStream[bytes]] = []
 
     # ------------------------------------------------------------------ handshake
 
@@ -137,6 +178,15 @@ class NetBackend(Backend[NetBackRings]):
             self.mac = None  # the toolstack's node, not the guest's: reported, not fatal
             self.log.warning("%s: ignoring a malformed mac node %r", self.address, mac)
 
+    async def rings_mapped(self, nodes: Nodes) -> None:
+        """With several queues, one stream per queue for the frames the link spreads."""
+        self._spread, self._spread_out = [], []
+        if len(self.queues) > 1:
+            for _ in self.queues:
+                send, receive = anyio.create_memory_object_stream[bytes](QUEUE_BACKLOG)
+                self._spread.append(send)
+                self._spread_out.append(receive)
+
     def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
         """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""
         shared = SharedEventChannel(queue.event)
@@ -153,10 +203,16 @@ class NetBackend(Backend[NetBackRings]):
     # ------------------------------------------------------------------ serving
 
     async def serve(self, queue: Queue[NetBackRings]) -> None:
-        """Move packets both ways until the connection ends."""
+        """Move packets both ways until the connection ends.  With several queues, queue 0's
+        task also spreads the link's frames over the queues (`spread`)."""
         mapper = GrantMapper(self.domain.grants, self.peer_id, persistent=False)
+        spread, streams = self._spread, self._spread_out
+        _LANE.set((streams[queue.index] if streams else self.link,
+                   self.stats.queue(queue.index)))
         try:
             async with anyio.create_task_group() as tg:
+                if spread and queue.index == 0:
+                    tg.start_soon(self.spread, spread)
                 tg.start_soon(self._transmit, PostedRequests(queue.channel.tx, netif.TX_CODEC,
                                                              mapper=mapper))
                 tg.start_soon(self._receive, PostedRequests(queue.channel.rx, netif.RX_CODEC,
@@ -164,21 +220,42 @@ class NetBackend(Backend[NetBackRings]):
         finally:
             with anyio.CancelScope(shield=True):
                 await mapper.aclose()
+                if streams:
+                    streams[queue.index].close()
+                if spread and queue.index == 0:
+                    for send in spread:
+                        send.close()
+
+    async def spread(self, queues: list[MemoryObjectSendStream[bytes]]) -> None:
+        """Link -> queues: each frame to the queue its flow hashes to (`netif.flow_hash`), so
+        the frames of one flow stay in order.  A frame for a queue that has stopped is
+        dropped (the connection is ending)."""
+        while True:
+            frame = await self.link.receive()
+            index = netif.flow_hash(frame) % len(queues)
+            try:
+                await queues[index].send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.stats.rx_dropped += 1
+                self.stats.queue(index).rx_dropped += 1
 
     async def _transmit(self, tx: PostedRequests) -> None:
         """Guest -> link: each packet checked, copied out, answered, then delivered."""
+        stats = _LANE.get()[1]
         while True:
             chain = await tx.take_chain()
             try:
                 frame = await self.packet_of(chain)
             except RequestError as exc:
                 self.stats.tx_refused += 1
+                stats.tx_refused += 1
                 self.log.debug("%s: tx packet refused: %s", self.address, exc.reason)
                 await tx.respond_chain(chain, None)
                 continue
             await tx.respond_chain(chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
                                            for r in chain.requests])
             self.stats.tx_packets += 1
+            stats.tx_packets += 1
             await self.link.send(frame)
 
     async def packet_of(self, chain: RequestChain) -> bytes:
@@ -191,12 +268,20 @@ class NetBackend(Backend[NetBackRings]):
         return await copy_packet(chain, self.domain.grants, self.peer_id)
 
     async def _receive(self, rx: PostedRequests) -> None:
-        """Link -> guest: each frame copied into as many posted pages as it needs."""
+        """Link (or this queue's share of it) -> guest: each frame copied into as many posted
+        pages as it needs."""
+        frames, stats = _LANE.get()
         while True:
-            frame = await self.link.receive()
+            try:
+                frame = await frames.receive()
+            except anyio.EndOfStream:
+                if frames is self.link:
+                    raise
+                await anyio.sleep_forever()  # queue 0 stopped spreading: the connection ends
             pages = -(-len(frame) // PAGE_SIZE)
             if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
                 self.stats.rx_dropped += 1
+                stats.rx_dropped += 1
                 continue
             requests = await rx.take(pages)
             lengths = [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE) for i in range(pages)]
@@ -208,6 +293,7 @@ class NetBackend(Backend[NetBackRings]):
             except (GrantError, TransportError) as exc:
                 self.log.debug("%s: rx buffers refused: %s", self.address, exc)
                 self.stats.rx_dropped += 1
+                stats.rx_dropped += 1
                 await rx.respond(requests, [
                     netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
                                              else 0, netif.Status.ERROR)
@@ -218,6 +304,7 @@ class NetBackend(Backend[NetBackRings]):
                                          else 0, n)
                 for i, (r, n) in enumerate(zip(requests, lengths, strict=True))])
             self.stats.rx_packets += 1
+            stats.rx_packets += 1
 
 
 async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:

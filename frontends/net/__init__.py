@@ -5,8 +5,9 @@
 """
 
 from .device import FrameStream as FrameStream
+from .device import FrontendQueueStats as FrontendQueueStats
 from .device import FrontendStats as FrontendStats
 from .device import NetFrontend as NetFrontend
 from .device import NetFrontRings as NetFrontRings
 
-__all__ = ("FrameStream", "FrontendStats", "NetFrontend", "NetFrontRings")
+__all__ = ("FrameStream", "FrontendQueueStats", "FrontendStats", "NetFrontend", "NetFrontRings")

@@ -11,6 +11,13 @@ for the backend to follow.  The MAC is the toolstack's ``mac`` node in the
 frontend dir.  (The device framework also writes its generic ``ring-ref`` = the tx ring's
 ref, which netif backends ignore.)
 
+Multi-queue (``max_queues`` > 1), as Linux's xen-netfront: when the backend offers
+``multi-queue-max-queues``, the frontend asks for the smaller of the two maxima, writes
+``multi-queue-num-queues`` and each queue's ``tx-ring-ref``, ``rx-ring-ref`` and
+``event-channel`` under ``queue-<i>/``.  Every queue has its own tx and rx rings, pools and
+tasks; `send` puts a frame on the queue its flow hashes to (`netif.flow_hash`: one TCP
+connection stays in order), and frames received on every queue go to the one `receive`.
+
 Sending (`send`): a frame is copied into pages of a `GrantPool` granted once per connection,
 one tx request per page (``more_data`` on all but the last, the first's size the frame's),
 and pushed with one push; the answers come back to a reaper task that frees the ids and pages
@@ -27,7 +34,7 @@ than `netif.NR_SLOTS_MIN` end the connection with `RemoteProtocolError`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
 
@@ -44,7 +51,8 @@ from ringkit.proto.ring import FrontRing
 from ringkit.requests import Completions, GrantPool, Request, RequestQueue, SharedEventChannel
 from ringkit.requests.codec import SlotCodec
 
-__all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "check_rx", "check_tx")
+__all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "FrontendQueueStats",
+           "check_rx", "check_tx")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame the frontend sends or accepts (io/netif.h's 16-bit size)."""
@@ -75,14 +83,47 @@ class FrontendStats:
     """Packets the backend could not deliver (an error status in their chain)."""
     rx_dropped: int = 0
     """Frames received while `receive`'s queue was full."""
+    queues: list[FrontendQueueStats] = field(default_factory=list)
+    """The same counters for each queue index (grown as queues appear)."""
+
+    def queue(self, index: int) -> FrontendQueueStats:
+        """The counters of queue `index` (created at zero on first use)."""
+        while len(self.queues) <= index:
+            self.queues.append(FrontendQueueStats())
+        return self.queues[index]
+
+
+@dataclass(slots=True)
+class FrontendQueueStats:
+    """One queue's share of `FrontendStats` (over all connections)."""
+
+    tx_packets: int = 0
+    tx_errors: int = 0
+    rx_packets: int = 0
+    rx_errors: int = 0
+    rx_dropped: int = 0
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One queue's sending and receiving state in the current connection."""
+
+    tx: RequestQueue
+    rx: RequestQueue
+    tx_done: Completions
+    stats: FrontendQueueStats
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class NetFrontend(Frontend[NetFrontRings]):
     """``await vif.send(frame)`` / ``await vif.receive()``: Ethernet frames over netif.
 
     `tx_pages` / `rx_buffers`: pages granted for sending, and receive buffers kept posted (at
-    most the ring's 256).  `backlog`: received frames held for `receive` before more are
-    dropped.
+    most the ring's 256), each per queue; by default 256 shared out over `max_queues` (at
+    least `netif.NR_SLOTS_MIN`, a largest frame's pages), so that more queues do not multiply
+    the grants held.  `backlog`: received frames held for `receive`
+    before more are dropped.  `max_queues`: the most queues to ask for (the backend's
+    ``multi-queue-max-queues`` caps it; 1 asks for none).
     """
 
     device_type: ClassVar[str] = "vif"
@@ -94,12 +135,16 @@ class NetFrontend(Frontend[NetFrontRings]):
     buffers posted; Linux's xen-netback maps the rings only once it sees that."""
 
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
-                 tx_pages: int = 256, rx_buffers: int = netif.RX_RING_SIZE,
-                 backlog: int = 1024, poll_us: int = 0) -> None:
+                 tx_pages: int | None = None, rx_buffers: int | None = None,
+                 backlog: int = 1024, max_queues: int | None = None,
+                 poll_us: int = 0) -> None:
+        share = max(netif.NR_SLOTS_MIN, netif.RX_RING_SIZE // (max_queues or 1))
+        tx_pages = share if tx_pages is None else tx_pages
+        rx_buffers = share if rx_buffers is None else rx_buffers
         if not 1 <= rx_buffers <= netif.RX_RING_SIZE or tx_pages < netif.NR_SLOTS_MIN:
             raise ConfigError(f"rx_buffers must be 1..{netif.RX_RING_SIZE} and tx_pages at "
                               f"least {netif.NR_SLOTS_MIN}")
-        super().__init__(domain, backend_id, devid, poll_us=poll_us)
+        super().__init__(domain, backend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.tx_pages = tx_pages
         self.rx_buffers = rx_buffers
         self.stats = FrontendStats()
@@ -111,10 +156,7 @@ class NetFrontend(Frontend[NetFrontRings]):
         """What broke the last connection's rings -- the backend breaking the protocol, a
         `RemoteProtocolError` -- or None (connected, or it ended otherwise).  `send` raises
         its `PeerGoneError` from it while disconnected."""
-        self._tx: RequestQueue | None = None
-        self._rx: RequestQueue | None = None
-        self._tx_done: Completions | None = None
-        self._tx_lock = anyio.Lock()
+        self._lanes: list[_Lane] = []
         self._frames_in: MemoryObjectSendStream[bytes]
         self._frames_out: MemoryObjectReceiveStream[bytes]
         self._frames_in, self._frames_out = anyio.create_memory_object_stream[bytes](backlog)
@@ -163,33 +205,39 @@ class NetFrontend(Frontend[NetFrontRings]):
             self.mac = netif.parse_mac(mac) if mac is not None else None
         except ValueError:
             self.mac = None
-        rings = self.channel
-        tx_pool = await GrantPool.share(self.domain.grants, self.peer_id, self.tx_pages)
-        rx_pool = await GrantPool.share(self.domain.grants, self.peer_id, self.rx_buffers)
-        self._tx = RequestQueue([rings.tx], netif.TX_CODEC, pool=tx_pool, check=check_tx)
-        self._rx = RequestQueue([rings.rx], netif.RX_CODEC, pool=rx_pool,
-                                window=self.rx_buffers, check=check_rx)
-        self._tx_done = self._tx.completions()
-        rx_done = self._rx.completions()
-        self._post(self._rx, rx_done, self.rx_buffers)
-        self.tasks.start_soon(self._tx.run)
-        self.tasks.start_soon(self._rx.run)
-        self.tasks.start_soon(self._reap, self._tx, self._tx_done)
-        self.tasks.start_soon(self._deliver, self._rx, rx_done)
+        self._lanes = []
+        for queue in self.queues:
+            rings = queue.channel
+            tx_pool = await GrantPool.share(self.domain.grants, self.peer_id, self.tx_pages)
+            try:
+                rx_pool = await GrantPool.share(self.domain.grants, self.peer_id,
+                                                self.rx_buffers)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await tx_pool.aclose()
+                raise
+            tx = RequestQueue([rings.tx], netif.TX_CODEC, pool=tx_pool, check=check_tx)
+            rx = RequestQueue([rings.rx], netif.RX_CODEC, pool=rx_pool,
+                              window=self.rx_buffers, check=check_rx)
+            lane = _Lane(tx, rx, tx.completions(), self.stats.queue(queue.index))
+            self._lanes.append(lane)
+            rx_done = rx.completions()
+            self._post(rx, rx_done, self.rx_buffers)
+            self.tasks.start_soon(tx.run)
+            self.tasks.start_soon(rx.run)
+            self.tasks.start_soon(self._reap, lane)
+            self.tasks.start_soon(self._deliver, lane, rx_done)
 
     async def disconnected(self) -> None:
         """Fail both queues (every sender wakes with `PeerGoneError`) and revoke their pools."""
-        for attr in ("_tx", "_rx"):
-            queue = getattr(self, attr)
-            setattr(self, attr, None)
-            if queue is not None:
-                if self.connection_error is None and not isinstance(
-                        queue.error, (PeerGoneError, type(None))):
-                    self.connection_error = queue.error
-                queue.fail(PeerGoneError(f"{self.address}: disconnected"))
-                assert queue.pool is not None
-                await queue.pool.aclose()
-        self._tx_done = None
+        lanes, self._lanes = self._lanes, []
+        for queue in [q for lane in lanes for q in (lane.tx, lane.rx)]:
+            if self.connection_error is None and not isinstance(
+                    queue.error, (PeerGoneError, type(None))):
+                self.connection_error = queue.error
+            queue.fail(PeerGoneError(f"{self.address}: disconnected"))
+            assert queue.pool is not None
+            await queue.pool.aclose()
 
     # ------------------------------------------------------------------ frames
 
@@ -208,10 +256,12 @@ class NetFrontend(Frontend[NetFrontRings]):
         if size < netif.ETH_HLEN or size > MAX_FRAME or (pages > 1 and not self.sg):
             raise ValueError(f"cannot send a {size}-byte frame "
                              f"({'with' if self.sg else 'without'} feature-sg)")
-        queue, done = self._tx, self._tx_done
-        if queue is None or done is None:
+        lanes = self._lanes
+        if not lanes:
             raise PeerGoneError(f"{self.address} is not connected") from self.connection_error
-        async with self._tx_lock:  # one packet's requests at a time: consecutive slots
+        lane = lanes[netif.flow_hash(data) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        queue, done = lane.tx, lane.tx_done
+        async with lane.lock:  # one packet's requests at a time: consecutive slots
             held: list[Request] = []
             try:
                 for _ in range(pages):
@@ -228,6 +278,7 @@ class NetFrontend(Frontend[NetFrontRings]):
                                            request.id, size if i == 0 else len(chunk))
             queue.send_batch_nowait(held, done)
         self.stats.tx_packets += 1
+        lane.stats.tx_packets += 1
 
     async def receive(self) -> bytes:
         """The next Ethernet frame from the backend, waiting for one.  Frames received while
@@ -263,7 +314,8 @@ class NetFrontend(Frontend[NetFrontRings]):
         if held:
             queue.send_batch_nowait(held, done)
 
-    async def _reap(self, queue: RequestQueue, done: Completions) -> None:
+    async def _reap(self, lane: _Lane) -> None:
+        queue, done = lane.tx, lane.tx_done
         while True:
             try:
                 answered = await done.get()
@@ -272,9 +324,11 @@ class NetFrontend(Frontend[NetFrontRings]):
             for request in answered:
                 if netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
                     self.stats.tx_errors += 1
+                    lane.stats.tx_errors += 1
                 queue.release(request)
 
-    async def _deliver(self, queue: RequestQueue, done: Completions) -> None:
+    async def _deliver(self, lane: _Lane, done: Completions) -> None:
+        queue = lane.rx
         chain: list[Request] = []
         while True:
             try:
@@ -297,12 +351,15 @@ class NetFrontend(Frontend[NetFrontRings]):
                 chain = []
                 if frame is None:
                     self.stats.rx_errors += 1
+                    lane.stats.rx_errors += 1
                     continue
                 try:
                     self._frames_in.send_nowait(frame)
                     self.stats.rx_packets += 1
+                    lane.stats.rx_packets += 1
                 except anyio.WouldBlock:
                     self.stats.rx_dropped += 1
+                    lane.stats.rx_dropped += 1
 
     @staticmethod
     def _frame_of(chain: list[Request]) -> bytes | None:

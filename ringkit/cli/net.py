@@ -39,11 +39,13 @@ def net() -> None:
               help="Open the TAP with IFF_VNET_HDR (checksum offload from the host's stack).")
 @click.option("--mac", default="00:16:3e:00:00:01", show_default=True,
               help="The guest's MAC, written to both ends' mac node when creating the device.")
+@click.option("--max-queues", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Most queues (tx and rx ring pairs) to offer the guest (multi-queue; 1: none).")
 @click.option("--once", is_flag=True, help="Exit after the first guest disconnects.")
 @click.option("--no-create", is_flag=True,
               help="Do not create the device's xenstore entries (a toolstack already did).")
 def serve(directory: str | None, frontend_id: int, domid: int, devid: int, tap_name: str,
-          vnet_hdr: bool, mac: str, once: bool, no_create: bool) -> None:
+          vnet_hdr: bool, mac: str, max_queues: int, once: bool, no_create: bool) -> None:
     """Bridge guest --frontend's vif to the TAP device --tap.
 
     Writes both ends' xenstore entries first (as `xl network-attach` would; skip with
@@ -68,7 +70,8 @@ def serve(directory: str | None, frontend_id: int, domid: int, devid: int, tap_n
                                     frontend_nodes={"mac": mac}, backend_nodes={"mac": mac})
             tap = TapDevice.open(tap_name, vnet_hdr=vnet_hdr)
             try:
-                async with NetBackend(dom, frontend_id, devid, link=tap) as backend:
+                async with NetBackend(dom, frontend_id, devid, link=tap,
+                                      max_queues=max_queues) as backend:
                     click.echo(f"ready: vif {frontend_id}.{devid} on TAP {tap.name}")
                     await backend.run(once=once)
                 click.echo(f"done: {backend.generation} connection(s), "
@@ -93,8 +96,11 @@ def serve(directory: str | None, frontend_id: int, domid: int, devid: int, tap_n
               help="TAP device that carries the guest's frames (created if it does not exist).")
 @click.option("--connect-timeout", default=30.0, show_default=True,
               type=click.FloatRange(min=0.1), help="Seconds to wait for the backend.")
+@click.option("--max-queues", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Most queues (tx and rx ring pairs) to ask the backend for "
+                   "(multi-queue; 1: none).")
 def attach(directory: str | None, domid: int | None, backend_id: int, devid: int,
-           tap_name: str, connect_timeout: float) -> None:
+           tap_name: str, connect_timeout: float, max_queues: int) -> None:
     """Be the guest's end of a vif, its frames on the TAP device --tap, until interrupted or
     the backend goes away."""
     from ..backends.net.tap import TapDevice, splice
@@ -104,7 +110,7 @@ def attach(directory: str | None, domid: int | None, backend_id: int, devid: int
         async with open_cli_domain(directory, domid) as dom:
             tap = TapDevice.open(tap_name)
             try:
-                guest = NetFrontend(dom, backend_id, devid)
+                guest = NetFrontend(dom, backend_id, devid, max_queues=max_queues)
                 guest.connect_timeout = connect_timeout
                 try:
                     async with guest:

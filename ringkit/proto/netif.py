@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -286,6 +287,32 @@ def parse_mac(text: str) -> bytes:
     return bytes(int(p, 16) for p in parts)
 
 
+def flow_hash(frame: bytes | bytearray | memoryview) -> int:
+    """A hash of the flow an Ethernet frame belongs to, to pick its queue (multi-queue): the
+    same for every frame of one flow, so one TCP connection keeps its order.
+
+    IPv4 and IPv6 hash their addresses and protocol, plus the ports for TCP and UDP (not for
+    an IPv4 fragment, whose later pieces carry no ports); any other frame hashes its Ethernet
+    header (both MACs and the type).  The frame is untrusted: a short one hashes what it has.
+    """
+    data = bytes(frame[:ETH_HLEN + 60])
+    kind = int.from_bytes(data[12:14], "big") if len(data) >= ETH_HLEN else -1
+    key = data[:ETH_HLEN]
+    if kind == 0x0800 and len(data) >= ETH_HLEN + 20:
+        ihl = (data[ETH_HLEN] & 0xF) * 4
+        proto = data[ETH_HLEN + 9]
+        key = bytes((4, proto)) + data[ETH_HLEN + 12:ETH_HLEN + 20]
+        fragment = int.from_bytes(data[ETH_HLEN + 6:ETH_HLEN + 8], "big") & 0x3FFF
+        if proto in (6, 17) and not fragment and len(data) >= ETH_HLEN + ihl + 4:
+            key += data[ETH_HLEN + ihl:ETH_HLEN + ihl + 4]
+    elif kind == 0x86DD and len(data) >= ETH_HLEN + 40:
+        proto = data[ETH_HLEN + 6]
+        key = bytes((6, proto)) + data[ETH_HLEN + 8:ETH_HLEN + 40]
+        if proto in (6, 17) and len(data) >= ETH_HLEN + 44:
+            key += data[ETH_HLEN + 40:ETH_HLEN + 44]
+    return zlib.crc32(key)
+
+
 def format_mac(mac: bytes) -> str:
     """``mac`` as a ``mac`` node writes it ("00:16:3e:01:02:03")."""
     if len(mac) != 6:
@@ -328,6 +355,7 @@ __all__ = (
     "encode_rx_response",
     "encode_tx_request",
     "encode_tx_response",
+    "flow_hash",
     "format_mac",
     "parse_extra_info",
     "parse_mac",

@@ -20,7 +20,7 @@ import pytest
 from networld import world
 from test_net_tap import GUEST_IP, HOST_IP, _needs_root, in_ns, ip, namespaces
 
-from ringkit.device import XenbusState
+from ringkit.device import Nodes, XenbusState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -58,9 +58,10 @@ async def ping(ns: str, address: str) -> bool:
     return (await in_ns(ns, "ping", "-c", "3", "-W", "2", address, check=False)).returncode == 0
 
 
-async def test_serve_and_attach_carry_a_ping_between_namespaces() -> None:
+@pytest.mark.parametrize("queues", [1, 2])
+async def test_serve_and_attach_carry_a_ping_between_namespaces(queues: int) -> None:
     _needs_root()
-    tag = f"{os.getpid() % 10000}c"
+    tag = f"{os.getpid() % 10000}c{queues}"
     host_tap, guest_tap = f"rkb{tag}", f"rkf{tag}"
     with anyio.fail_after(120):
         async with namespaces(tag) as (host_ns, guest_ns), world() as w:
@@ -69,9 +70,9 @@ async def test_serve_and_attach_carry_a_ping_between_namespaces() -> None:
             await w.dom0.store.rm(address.frontend_path)
             d = str(w.xen.directory)
             serve = [*CLI, "net", "serve", "--dir", d, "--frontend", str(w.guest),
-                     "--tap", host_tap, "--mac", "00:16:3e:aa:bb:cc"]
+                     "--tap", host_tap, "--mac", "00:16:3e:aa:bb:cc", "--max-queues", str(queues)]
             attach = [*CLI, "net", "attach", "--dir", d, "--domain", str(w.guest),
-                      "--tap", guest_tap]
+                      "--tap", guest_tap, "--max-queues", str(queues)]
             async with child(serve) as (server, ready):
                 assert ready.startswith("ready: vif"), ready
                 ip("link", "set", host_tap, "netns", host_ns)
@@ -79,6 +80,9 @@ async def test_serve_and_attach_carry_a_ping_between_namespaces() -> None:
                 ip("-n", host_ns, "link", "set", host_tap, "up")
                 async with child(attach) as (guest, ready):
                     assert "mac 00:16:3e:aa:bb:cc" in ready, ready
+                    asked = await Nodes(w.dom0.store, address.frontend_path).read_optional(
+                        "multi-queue-num-queues")
+                    assert asked == (str(queues) if queues > 1 else None), asked
                     ip("link", "set", guest_tap, "netns", guest_ns)
                     ip("-n", guest_ns, "addr", "add", f"{GUEST_IP}/24", "dev", guest_tap)
                     ip("-n", guest_ns, "link", "set", guest_tap, "up")
