@@ -227,6 +227,18 @@ class Frontend(DeviceBase[FrontChannelT]):
             await self._teardown()
             self._finish(PeerGoneError(f"{self.address}: the backend's entries were removed"))
 
+    async def _peer_died(self) -> None:
+        if self.handshake.ahead:
+            # We connected first and the backend has not said Connected: a port it closed is
+            # a backend giving up on what we published (it releases what it mapped, then says
+            # Closing -- a refusal, which ends an open with PeerRefusedError) or dying before
+            # it connected.  Its state node tells which; starting over now would publish the
+            # same nodes to a backend that refuses them, again and again.
+            self.log.info("%s: the backend let go of our rings before connecting; waiting "
+                          "for its state", self.address)
+            return
+        await super()._peer_died()
+
     async def _local_failure(self, exc: RingkitError) -> None:
         """Sharing or publishing failed on our side: close and report it to the waiters."""
         self.log.warning("%s: cannot connect: %s", self.address, exc)
