@@ -66,7 +66,8 @@ from ringkit.requests.codec import SlotCodec
 
 from .checksum import complete_partial_checksum
 
-__all__ = ("BackendQueueStats", "BackendStats", "NetBackRings", "NetBackend", "copy_packet")
+__all__ = ("QUEUE_BACKLOG", "BackendQueueStats", "BackendStats", "NetBackRings", "NetBackend",
+           "copy_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""

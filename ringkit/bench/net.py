@@ -165,7 +165,8 @@ def unavailable() -> str:
     return ""
 
 
-def _ip(*args: str) -> None:
+def ip(*args: str) -> None:
+    """Run ``ip ARGS`` (iproute2); a failure raises `BenchError` with its message."""
     done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
@@ -174,23 +175,25 @@ def _ip(*args: str) -> None:
 def _addresses(ns_server: str, dev_server: str, ns_client: str, dev_client: str) -> None:
     for ns, dev, address in ((ns_server, dev_server, _SERVER_IP),
                              (ns_client, dev_client, _CLIENT_IP)):
-        _ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
-        _ip("-n", ns, "link", "set", dev, "up")
+        ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+        ip("-n", ns, "link", "set", dev, "up")
 
 
-class _Processes:
+class Processes:
     """Child processes started by the run, each ended (SIGINT, then SIGKILL) on exit."""
 
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[str]] = []
 
     def start(self, args: list[str]) -> subprocess.Popen[str]:
+        """Start `args` as a child whose stdout is read (`ready`)."""
         child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  text=True)
         self.children.append(child)
         return child
 
     def ready(self, child: subprocess.Popen[str], what: str) -> str:
+        """The first line of `child`, which must say ``ready``; else `BenchError`."""
         assert child.stdout is not None
         line = child.stdout.readline()
         if not line.startswith("ready"):
@@ -198,6 +201,7 @@ class _Processes:
         return line.strip()
 
     def close(self) -> None:
+        """End every child: SIGINT, then SIGKILL after a grace period."""
         for child in reversed(self.children):
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
@@ -215,17 +219,23 @@ def _namespaces(*names: str) -> Iterator[None]:
     made: list[str] = []
     try:
         for ns in names:
-            _ip("netns", "add", ns)
+            ip("netns", "add", ns)
             made.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
         yield
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _measure(procs: _Processes, ns_server: str, ns_client: str, total: int, pings: int,
+def measure(procs: Processes, ns_server: str, ns_client: str, total: int, pings: int,
              frames: int) -> dict[str, Any]:
+    """One pair's figures: a server in `ns_server` and a client in `ns_client` (both started
+    through `procs`) move `total` TCP bytes, `pings` UDP round trips and `frames` small frames.
+
+    Raises:
+        BenchError: a worker failed or its figures are incomplete.
+    """
     me = [sys.executable, "-m", "ringkit.bench.net"]
     server = procs.start(["ip", "netns", "exec", ns_server, *me, "server", _SERVER_IP])
     procs.ready(server, "the benchmark server")
@@ -245,7 +255,7 @@ def _measure(procs: _Processes, ns_server: str, ns_client: str, total: int, ping
     return result
 
 
-def _netif_pair(procs: _Processes, directory: str, tag: str) -> tuple[str, str]:
+def _netif_pair(procs: Processes, directory: str, tag: str) -> tuple[str, str]:
     """A simulated guest, its vif backend and frontend on TAPs in two namespaces."""
     from ..sim import SimXen
 
@@ -260,11 +270,11 @@ def _netif_pair(procs: _Processes, directory: str, tag: str) -> tuple[str, str]:
     backend = procs.start([*ringkit, "serve", "--dir", directory, "--frontend", str(domid),
                            "--tap", tap_back, "--once"])
     procs.ready(backend, "the vif backend")
-    _ip("link", "set", tap_back, "netns", ns_back)
+    ip("link", "set", tap_back, "netns", ns_back)
     frontend = procs.start([*ringkit, "attach", "--dir", directory, "--domain", str(domid),
                             "--tap", tap_front])
     procs.ready(frontend, "the vif frontend")
-    _ip("link", "set", tap_front, "netns", ns_front)
+    ip("link", "set", tap_front, "netns", ns_front)
     _addresses(ns_back, tap_back, ns_front, tap_front)
     return ns_back, ns_front
 
@@ -278,22 +288,22 @@ def run(total: int, pings: int, frames: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="rk-bench-net-", dir="/tmp") as directory, \
             _namespaces(f"rkbn{tag}b", f"rkbn{tag}f", f"rkbv{tag}s", f"rkbv{tag}c"):
-        procs = _Processes()
+        procs = Processes()
         try:
             sim = procs.start([sys.executable, "-m", "ringkit.sim", "serve", "--dir",
                                directory])
             procs.ready(sim, "the simulated Xen")
             ns_back, ns_front = _netif_pair(procs, directory, tag)
-            results["netif"] = _measure(procs, ns_back, ns_front, total, pings, frames)
+            results["netif"] = measure(procs, ns_back, ns_front, total, pings, frames)
         finally:
             procs.close()
         ns_s, ns_c = f"rkbv{tag}s", f"rkbv{tag}c"
-        _ip("link", "add", f"rkbv{tag}a", "netns", ns_s, "type", "veth", "peer", "name",
+        ip("link", "add", f"rkbv{tag}a", "netns", ns_s, "type", "veth", "peer", "name",
             f"rkbv{tag}z", "netns", ns_c)
         _addresses(ns_s, f"rkbv{tag}a", ns_c, f"rkbv{tag}z")
-        procs = _Processes()
+        procs = Processes()
         try:
-            results["veth"] = _measure(procs, ns_s, ns_c, total, pings, frames)
+            results["veth"] = measure(procs, ns_s, ns_c, total, pings, frames)
         finally:
             procs.close()
     return results
@@ -361,7 +371,7 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
         Path(json_path).write_text(json.dumps(record, indent=1) + "\n")
 
 
-__all__ = ("BenchError", "command", "run", "unavailable")
+__all__ = ("BenchError", "Processes", "command", "ip", "measure", "run", "unavailable")
 
 
 if __name__ == "__main__":
