@@ -8,6 +8,7 @@ into its peer's, so `notify()` is one ``write()`` with no server involved.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import errno
 import logging
@@ -28,11 +29,13 @@ from ..abc import (
     Domain,
     EventChannel,
     EventChannels,
+    GrantCopySegment,
     GrantTable,
     Leaks,
     MappedPages,
     SharedPages,
     Store,
+    check_copy_segments,
 )
 from ..store import StoreClient, connect_unix
 from . import _paths
@@ -244,6 +247,53 @@ class SimGrantTable(GrantTable):
         pages = SimMappedPages(self._dom, map_id, peer, refs, writable, area)
         self._dom._maps[map_id] = pages
         return pages
+
+    async def copy_to_grants(self, peer: int, segments: Sequence[GrantCopySegment],
+                             data: bytes | bytearray | memoryview) -> None:
+        """A grant copy done by the simulated Xen itself (one request per
+        `COPY_CHUNK` bytes; nothing is mapped here), as ``GNTTABOP_copy`` is done by Xen."""
+        _check_domid(peer)
+        total = check_copy_segments(segments)
+        if total != len(data):
+            raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
+        source = memoryview(data).cast("B")
+        pos = 0
+        for chunk in _chunks(segments):
+            size = sum(seg.length for seg in chunk)
+            await self._dom._link.call(
+                "copy", peer=peer, segments=[[s.ref, s.offset, s.length] for s in chunk],
+                data=binascii.b2a_base64(source[pos:pos + size], newline=False).decode())
+            pos += size
+
+    async def copy_from_grants(self, peer: int,
+                               segments: Sequence[GrantCopySegment]) -> bytes:
+        """The bytes of `segments`, copied out by the simulated Xen itself (see
+        `copy_to_grants`)."""
+        _check_domid(peer)
+        check_copy_segments(segments)
+        parts = []
+        for chunk in _chunks(segments):
+            reply, _ = await self._dom._link.call(
+                "copy", peer=peer, segments=[[s.ref, s.offset, s.length] for s in chunk])
+            parts.append(binascii.a2b_base64(reply["data"]))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+COPY_CHUNK = 64 * PAGE_SIZE
+"""Most bytes one grant-copy request to the simulated Xen carries (its frames are bounded)."""
+
+
+def _chunks(segments: Sequence[GrantCopySegment]) -> list[Sequence[GrantCopySegment]]:
+    """`segments` cut into runs of at most `COPY_CHUNK` bytes."""
+    out: list[Sequence[GrantCopySegment]] = []
+    start, size = 0, 0
+    for i, seg in enumerate(segments):
+        if size + seg.length > COPY_CHUNK:
+            out.append(segments[start:i])
+            start, size = i, 0
+        size += seg.length
+    out.append(segments[start:])
+    return out
 
 
 # --------------------------------------------------------------------------- event channels

@@ -7,6 +7,7 @@ eventfds of ports).
 
 from __future__ import annotations
 
+import binascii
 import os
 from typing import Any
 
@@ -61,6 +62,13 @@ def dispatch(
                 raise
             files = reopened
         return {"map": mapping.id, "pieces": pieces}, files
+    if op == "copy":
+        # The bytes travel base64-encoded in the JSON body, both ways.
+        data = msg.get("data")
+        copied = hv.copy(client, msg["peer"], list(msg["segments"]),
+                         None if data is None else binascii.a2b_base64(data))
+        return ({} if copied is None else {"data": binascii.b2a_base64(copied, newline=False)
+                                           .decode()}), []
     if op == "unmap":
         hv.unmap(client, msg["map"])
         return {}, []

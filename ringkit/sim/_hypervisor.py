@@ -203,32 +203,69 @@ class Hypervisor:
         if not refs:
             raise ConfigError("no grant refs to map")
         dom = self._domain(peer, "map", GrantError)
-        pages: list[tuple[PageFile, int]] = []
-        for ref in refs:
-            if not isinstance(ref, int) or isinstance(ref, bool):
-                raise ConfigError(f"bad grant ref {ref!r}")
-            grant = dom.grants.get(ref)
-            if grant is None or not grant.share.active:
-                why = "revoked" if ref in dom.revoked else "unknown"
-                raise GrantError(f"grant ref {ref} of domain {peer} is {why}", errno.EINVAL)
-            share = grant.share
-            if share.grantee != client.domid:
-                raise GrantError(
-                    f"grant ref {ref} of domain {peer} is granted to domain {share.grantee}, "
-                    f"not to domain {client.domid}",
-                    errno.EINVAL,
-                )
-            if writable and not share.page.writable:
-                raise GrantError(
-                    f"grant ref {ref} of domain {peer} is read-only; map it read-only",
-                    errno.EINVAL,
-                )
-            pages.append((share.page, grant.index))
+        pages = [self._granted(client, dom, peer, ref, writable) for ref in refs]
         for page, _ in pages:
             page.hold()
         mapping = Mapping(next(self._ids), client, peer, list(refs), pages, writable)
         client.maps[mapping.id] = mapping
         return mapping
+
+    def _granted(self, client: Client, dom: DomainState, peer: int, ref: object,
+                 writable: bool) -> tuple[PageFile, int]:
+        """The page file and page index `ref` of domain `peer` names, after the checks gntdev's
+        map and the grant-copy hypercall make for the client's domain."""
+        if not isinstance(ref, int) or isinstance(ref, bool):
+            raise ConfigError(f"bad grant ref {ref!r}")
+        grant = dom.grants.get(ref)
+        if grant is None or not grant.share.active:
+            why = "revoked" if ref in dom.revoked else "unknown"
+            raise GrantError(f"grant ref {ref} of domain {peer} is {why}", errno.EINVAL)
+        share = grant.share
+        if share.grantee != client.domid:
+            raise GrantError(
+                f"grant ref {ref} of domain {peer} is granted to domain {share.grantee}, "
+                f"not to domain {client.domid}",
+                errno.EINVAL,
+            )
+        if writable and not share.page.writable:
+            raise GrantError(
+                f"grant ref {ref} of domain {peer} is read-only (no writable map, no copy "
+                "into it)",
+                errno.EINVAL,
+            )
+        return share.page, grant.index
+
+    def copy(self, client: Client, peer: int, segments: list[list[int]],
+             data: bytes | None) -> bytes | None:
+        """A grant copy (``GNTTABOP_copy``) done here, as Xen does it: with `data`, `data` is
+        written into the segments ([ref, offset, length] of pages `peer` granted, in order);
+        without, their bytes are returned.  Every segment is checked before any byte moves,
+        so a refused copy changes nothing; nothing is mapped, before or after."""
+        if not segments:
+            raise ConfigError("a grant copy of no segments")
+        dom = self._domain(peer, "copy", GrantError)
+        places: list[tuple[int, int]] = []
+        total = 0
+        for segment in segments:
+            ref, offset, length = segment
+            if not all(isinstance(v, int) and not isinstance(v, bool)
+                       for v in (offset, length)) \
+                    or length < 1 or offset < 0 or offset + length > PAGE_SIZE:
+                raise ConfigError(f"grant copy segment {segment!r} does not lie inside one page")
+            page, index = self._granted(client, dom, peer, ref, data is not None)
+            places.append((page.fd, index * PAGE_SIZE + offset))
+            total += length
+        if data is not None:
+            if len(data) != total:
+                raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
+            view = memoryview(data)
+            pos = 0
+            for (fd, at), (_, _, length) in zip(places, segments, strict=True):
+                os.pwrite(fd, view[pos:pos + length], at)
+                pos += length
+            return None
+        return b"".join(os.pread(fd, length, at)
+                        for (fd, at), (_, _, length) in zip(places, segments, strict=True))
 
     def _mapping(self, client: Client, map_id: int) -> Mapping:
         mapping = client.maps.get(map_id)

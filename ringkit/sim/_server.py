@@ -11,6 +11,7 @@ and releases what it held.
 
 from __future__ import annotations
 
+import array
 import logging
 import math
 import os
@@ -55,9 +56,13 @@ def _error(exc: Exception) -> dict[str, Any]:
 
 
 class _Connection:
-    """Outbox of one connection: frames queued synchronously, sent by `writer`."""
+    """Outbox of one connection: a frame is sent at once when nothing waits before it and the
+    socket takes it whole; the rest is queued, in order, for `writer`."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: UNIXSocketStream) -> None:
+        self._sock = _wire.raw_socket(stream)
+        self._queued = 0
+        """Frames queued or being sent by `writer`: while any is, a new frame queues too."""
         send: MemoryObjectSendStream[_Outbox]
         receive: MemoryObjectReceiveStream[_Outbox]
         send, receive = anyio.create_memory_object_stream[_Outbox](math.inf)
@@ -76,8 +81,27 @@ class _Connection:
             for fd in dups:
                 os.close(fd)
             raise
+        frame = _wire.encode(message, len(dups))
+        if not self._queued and not self.broken:
+            try:
+                sent = (self._sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                      array.array("i", dups))])
+                        if dups else self._sock.send(frame))
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.broken = True
+                sent = 0
+            if sent:  # the descriptors went with the first byte
+                for fd in dups:
+                    os.close(fd)
+                dups = []
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
         try:
-            self._send.send_nowait((_wire.encode(message, len(dups)), dups))
+            self._send.send_nowait((frame, dups))
+            self._queued += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             for fd in dups:
                 os.close(fd)
@@ -91,14 +115,16 @@ class _Connection:
             await anyio.sleep(0.01)
 
     async def writer(self, stream: UNIXSocketStream) -> None:
+        sock = _wire.raw_socket(stream)
         async with self._receive:
             async for frame, fds in self._receive:
                 try:
-                    await _wire.send_frame(stream, frame, fds)
+                    await _wire.send_frame(sock, frame, fds)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self.broken = True
                     return
                 finally:
+                    self._queued -= 1
                     for fd in fds:
                         os.close(fd)
 
@@ -231,7 +257,7 @@ class SimServer:
         if domid not in self.hypervisor.domains:  # accepted just as the domain was destroyed
             await stream.aclose()
             return
-        connection = _Connection()
+        connection = _Connection(stream)
         client = Client(domid, connection.push)
         self.hypervisor.attach(client)
         reader = _wire.FrameReader(stream)

@@ -49,24 +49,30 @@ def encode(message: Message, nfds: int = 0) -> bytes:
     return _HEADER.pack(len(body), nfds) + body
 
 
-def _raw(stream: UNIXSocketStream) -> socket.socket:
+def raw_socket(stream: UNIXSocketStream | socket.socket) -> socket.socket:
+    """The socket under `stream` (anyio's attribute lookup builds a dict of every attribute
+    on each call: hot loops look it up once and pass the socket)."""
+    if isinstance(stream, socket.socket):
+        return stream
     sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
     return sock
 
 
-async def send(stream: UNIXSocketStream, message: Message, fds: list[int] | None = None) -> None:
+async def send(stream: UNIXSocketStream | socket.socket, message: Message,
+               fds: list[int] | None = None) -> None:
     """Send one frame, with `fds` attached when given."""
     await send_frame(stream, encode(message, len(fds) if fds else 0), fds or [])
 
 
-async def send_frame(stream: UNIXSocketStream, frame: bytes, fds: list[int]) -> None:
+async def send_frame(stream: UNIXSocketStream | socket.socket, frame: bytes,
+                     fds: list[int]) -> None:
     """Send an encoded frame whole, `fds` riding on its first byte.
 
     Raises:
         anyio.ClosedResourceError: the stream was closed here.
         anyio.BrokenResourceError: the peer is gone.
     """
-    sock = _raw(stream)
+    sock = raw_socket(stream)
     await anyio.lowlevel.checkpoint()
     view = memoryview(frame)
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -84,7 +90,7 @@ async def send_frame(stream: UNIXSocketStream, frame: bytes, fds: list[int]) -> 
         view = view[sent:]
 
 
-async def receive_chunk(stream: UNIXSocketStream) -> tuple[bytes, list[int]]:
+async def receive_chunk(stream: UNIXSocketStream | socket.socket) -> tuple[bytes, list[int]]:
     """What one ``recvmsg`` returns: bytes and the descriptors that came with them.
 
     Raises:
@@ -93,7 +99,7 @@ async def receive_chunk(stream: UNIXSocketStream) -> tuple[bytes, list[int]]:
         anyio.BrokenResourceError: the connection failed.
         RemoteProtocolError: more descriptors arrived than a chunk may carry.
     """
-    sock = _raw(stream)
+    sock = raw_socket(stream)
     await anyio.lowlevel.checkpoint()
     while True:
         if sock.fileno() < 0:
@@ -154,7 +160,7 @@ class FrameReader:
     """
 
     def __init__(self, stream: UNIXSocketStream) -> None:
-        self._stream = stream
+        self._sock = raw_socket(stream)
         self._buffer = bytearray()
         self._fds: deque[int] = deque()
 
@@ -191,7 +197,7 @@ class FrameReader:
                         raise RemoteProtocolError(f"malformed control message: {exc}") from exc
                     return message, fds
             try:
-                data, fds = await receive_chunk(self._stream)
+                data, fds = await receive_chunk(self._sock)
             except anyio.EndOfStream:
                 if self._buffer:
                     raise RemoteProtocolError("control connection ended inside a frame") from None

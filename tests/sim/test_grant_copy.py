@@ -131,3 +131,60 @@ async def test_bad_segments_are_config_errors(kind: str) -> None:
             await copier.copy_to_grants(granter_id, [Seg(ref, 0, 4)], b"abc")
         assert not any(pages.buffer)
         await pages.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sim", "memory"])
+async def test_a_copy_larger_than_one_simulator_request(kind: str) -> None:
+    """The simulator carries a copy in requests of at most COPY_CHUNK bytes: a copy of 80 whole
+    pages and some odd pieces arrives whole and in order, both ways."""
+    async with tables(kind) as (granter, granter_id, copier, _, _, _):
+        pages = await granter.share(0, 90)
+        segments = [Seg(ref, 0, PAGE_SIZE) for ref in reversed(pages.refs[:80])]
+        segments += [Seg(pages.refs[80 + i], i * 7, 100 + i) for i in range(10)]
+        size = sum(s.length for s in segments)
+        assert size > 64 * PAGE_SIZE
+        data = bytes((i * 131 + i // 4096) & 0xFF for i in range(size))
+        await copier.copy_to_grants(granter_id, segments, data)
+        buf = pages.buffer
+        assert bytes(buf[79 * PAGE_SIZE:80 * PAGE_SIZE]) == data[:PAGE_SIZE]   # the first
+        assert bytes(buf[:PAGE_SIZE]) == data[79 * PAGE_SIZE:80 * PAGE_SIZE]   # the 80th
+        del buf
+        assert await copier.copy_from_grants(granter_id, segments) == data
+        await pages.aclose()
+
+
+def test_the_simulator_checks_every_segment_before_any_byte_moves() -> None:
+    """The simulated Xen does the copy itself (as Xen does GNTTABOP_copy) and trusts nothing
+    its client sends: each segment is checked there, and a copy refused at its last segment
+    has written nothing."""
+    from ringkit.sim import _hypervisor, _state
+
+    hv = _hypervisor.Hypervisor()
+    hv.create_domain("Domain-0", 0)
+    guest = hv.create_domain("guest")
+    granter = _state.Client(guest, lambda message: None)
+    copier = _state.Client(0, lambda message: None)
+    hv.attach(granter)
+    hv.attach(copier)
+    share = hv.share(granter, 0, 2, True)
+    hv.activate(granter, share.id)
+    first, second = share.refs
+    # control: the first segment alone is copied
+    hv.copy(copier, guest, [[first, 0, 3]], b"abc")
+    assert hv.copy(copier, guest, [[first, 0, 3]], None) == b"abc"
+    for bad, error in (([[second, PAGE_SIZE - 1, 2]], ConfigError),
+                       ([[second, 0, 0]], ConfigError),
+                       ([[second, -1, 1]], ConfigError),
+                       ([[second, True, 1]], ConfigError),
+                       ([[True, 0, 1]], ConfigError),
+                       ([[second + 100, 0, 1]], GrantError)):
+        length = max(bad[0][2], 0)
+        with pytest.raises(error):
+            hv.copy(copier, guest, [[first, 0, 3], *bad], b"xyz" + b"!" * length)
+        assert hv.copy(copier, guest, [[first, 0, 3]], None) == b"abc"   # untouched
+    with pytest.raises(ConfigError, match="4 bytes"):
+        hv.copy(copier, guest, [[first, 0, 3]], b"wxyz")
+    with pytest.raises(ConfigError):
+        hv.copy(copier, guest, [], None)
+    hv.disconnect(granter)
+    hv.disconnect(copier)
