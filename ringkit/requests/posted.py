@@ -11,6 +11,8 @@
   whole chain; the frontend publishes a chain with one push, so a chain that runs past the
   requests published is a ring-level violation (`RemoteProtocolError`, as Linux's netback
   treats it), and a chain longer than `Chain.maximum` that does end is refused whole.
+  `take_ready_chains` then takes every further chain already published whole, and
+  `respond_chains` answers them all with one push: a burst served with one grant copy.
 
 Requests are private copies (taken off the ring in bursts), read through the codec like
 `RequestServer`'s (`IncomingRequest`: ids, refs, `pages()` / `map()` through a `GrantMapper`,
@@ -134,6 +136,16 @@ class PostedRequests:
             raise RemoteProtocolError(
                 f"{self.codec.layout.name}: a chain of requests from id {pending[0].id} runs "
                 f"past the {len(pending)} request(s) published")
+        return self._next_chain(length)
+
+    def _next_chain(self, length: int | None = None) -> RequestChain:
+        """Take the chain at the head of the pending requests (`length` slots: known whole)."""
+        spec = self.codec.chain
+        assert spec is not None
+        pending = self._pending
+        if length is None:
+            length = self._chain_length()
+            assert length is not None
         slots = [pending.popleft() for _ in range(length)]
         head = slots[0]
         flags = spec.flags.read(head.slot)
@@ -152,6 +164,26 @@ class PostedRequests:
             chain.fault = (f"{self.codec.layout.name}: {extras} extra slots after request "
                            f"{head.id}, at most {spec.maximum}")
         return chain
+
+    def take_ready_chains(self, limit: int | None = None) -> list[RequestChain]:
+        """The chains already published whole, in ring order, without waiting (at most
+        `limit`; none if none is): what a backend serves together with the chain it waited
+        for, so that one grant copy and one push serve a burst.
+
+        Raises:
+            ConfigError: the codec has no `Chain`.
+            anyio.BrokenResourceError: the frontend broke the ring or went away.
+        """
+        if self.codec.chain is None:
+            raise ConfigError(f"{self.codec.layout.name}: the codec has no chain")
+        chains: list[RequestChain] = []
+        while limit is None or len(chains) < limit:
+            if not self._pending:
+                self.poll()
+            if not self._pending or self._chain_length() is None:
+                break  # an unfinished chain is take_chain's to wait for (or to refuse)
+            chains.append(self._next_chain())
+        return chains
 
     def _chain_length(self) -> int | None:
         """Slots of the chain at the head of the pending requests, or None if it does not end
@@ -211,6 +243,29 @@ class PostedRequests:
             await request._release()
         fillers = [self._filler()] * len(chain.extras)
         self._push([responses[0], *fillers, *responses[1:]])
+
+    async def respond_chains(
+        self, answers: Sequence[tuple[RequestChain,
+                                      Sequence[bytes | bytearray | memoryview] | None]],
+    ) -> None:
+        """`respond_chain` for several chains (each with its responses, or None to refuse it),
+        in the order given, with one push.
+
+        Raises: as `respond`.
+        """
+        out: list[bytes | bytearray | memoryview] = []
+        filler = self._filler()
+        for chain, responses in answers:
+            if responses is None:
+                responses = [self._error(request) for request in chain.requests]
+            if len(responses) != len(chain.requests):
+                raise ConfigError(f"{len(responses)} responses to a chain of "
+                                  f"{len(chain.requests)} requests")
+            for request in chain.requests:
+                await request._release()
+            out += [responses[0], *[filler] * len(chain.extras), *responses[1:]]
+        if out:
+            self._push(out)
 
     def refuse(self, request: IncomingRequest) -> bytes:
         """The codec's error response to `request` (for `respond`)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from ringkit import RemoteProtocolError
+from ringkit import ConfigError, RemoteProtocolError
 from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import netif
 from ringkit.proto.ring import BackRing, FrontRing
@@ -110,3 +110,41 @@ async def test_a_chain_past_what_was_published_is_a_ring_level_error() -> None:
                              for i in range(3)])
     with anyio.fail_after(5), pytest.raises(RemoteProtocolError, match="runs past"):
         await posted.take_chain()
+
+
+async def test_the_chains_published_whole_are_taken_together_and_answered_with_one_push() -> None:
+    front, posted, _ = _rings()
+    more, extra = netif.TxFlag.MORE_DATA, netif.TxFlag.EXTRA_INFO
+    front.send_batch_nowait([
+        netif.encode_tx_request(1, 0, more, 1, 3000),
+        netif.encode_tx_request(2, 0, 0, 2, 1000),
+        netif.encode_tx_request(3, 0, extra, 3, 60),
+        netif.encode_extra_info(netif.ExtraType.GSO, 0),
+        netif.encode_tx_request(4, 0, 0, 4, 60),
+        netif.encode_tx_request(5, 0, more, 5, 200),            # unfinished: left alone
+    ])
+    assert posted.take_ready_chains(limit=0) == []
+    with anyio.fail_after(5):
+        first = await posted.take_chain()
+    ready = posted.take_ready_chains()
+    assert [[r.id for r in c.requests] for c in [first, *ready]] == [[1, 2], [3], [4]]
+    assert len(ready[0].extras) == 1
+    assert posted.pending == 1                                   # the unfinished chain's head
+    await posted.respond_chains([(first, [netif.encode_tx_response(i, 0) for i in (1, 2)]),
+                                 (ready[0], None),
+                                 (ready[1], [netif.encode_tx_response(4, 0)])])
+    answers = [netif.parse_tx_response(r) for r in front.receive_batch_nowait()]
+    assert answers == [(1, 0), (2, 0), (3, -1), (0, 1), (4, 0)]
+    # the unfinished chain is still take_chain's to refuse
+    with anyio.fail_after(5), pytest.raises(RemoteProtocolError, match="runs past"):
+        await posted.take_chain()
+
+
+async def test_negative_control_responses_counted_wrong_for_a_chain_are_refused() -> None:
+    front, posted, _ = _rings()
+    front.send_batch_nowait([netif.encode_tx_request(1, 0, netif.TxFlag.MORE_DATA, 1, 3000),
+                             netif.encode_tx_request(2, 0, 0, 2, 1000)])
+    with anyio.fail_after(5):
+        chain = await posted.take_chain()
+    with pytest.raises(ConfigError, match="1 responses to a chain of 2"):
+        await posted.respond_chains([(chain, [netif.encode_tx_response(1, 0)])])
