@@ -66,8 +66,9 @@ from ringkit.requests.codec import SlotCodec
 
 from .checksum import complete_partial_checksum
 
-__all__ = ("QUEUE_BACKLOG", "BackendQueueStats", "BackendStats", "NetBackRings", "NetBackend",
-           "copy_packet")
+__all__ = ("QUEUE_BACKLOG", "TX_BURST", "BackendQueueStats", "BackendStats", "NetBackRings",
+           "NetBackend", "PacketPlan", "copy_packet", "copy_packets", "finish_packet",
+           "plan_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""
@@ -76,6 +77,9 @@ _Frames = ObjectStream[bytes] | MemoryObjectReceiveStream[bytes]
 _LANE: ContextVar[tuple[_Frames, BackendQueueStats]] = ContextVar("_LANE")
 """The queue a serving task works for: where its frames from the link come from, and its
 counters (set by `NetBackend.serve`, so `_transmit` / `_receive` keep their one argument)."""
+
+TX_BURST = 64
+"""Most tx packets served with one grant copy and one push."""
 
 QUEUE_BACKLOG = 64
 """Frames from the link held for one queue's rx ring (multi-queue) before the link waits."""
@@ -241,32 +245,34 @@ class NetBackend(Backend[NetBackRings]):
                 self.stats.queue(index).rx_dropped += 1
 
     async def _transmit(self, tx: PostedRequests) -> None:
-        """Guest -> link: each packet checked, copied out, answered, then delivered."""
+        """Guest -> link: the packets published together are checked, copied out with one
+        grant copy (`copy_packets`), answered with one push, then delivered."""
         stats = _LANE.get()[1]
         while True:
-            chain = await tx.take_chain()
-            try:
-                frame = await self.packet_of(chain)
-            except RequestError as exc:
-                self.stats.tx_refused += 1
-                stats.tx_refused += 1
-                self.log.debug("%s: tx packet refused: %s", self.address, exc.reason)
-                await tx.respond_chain(chain, None)
-                continue
-            await tx.respond_chain(chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
-                                           for r in chain.requests])
-            self.stats.tx_packets += 1
-            stats.tx_packets += 1
-            await self.link.send(frame)
+            chains = [await tx.take_chain()]
+            chains += tx.take_ready_chains(limit=TX_BURST - 1)
+            frames = await self.packets_of(chains)
+            answers: list[tuple[RequestChain, list[bytes] | None]] = []
+            for chain, frame in zip(chains, frames, strict=True):
+                if isinstance(frame, RequestError):
+                    self.stats.tx_refused += 1
+                    stats.tx_refused += 1
+                    self.log.debug("%s: tx packet refused: %s", self.address, frame.reason)
+                    answers.append((chain, None))
+                else:
+                    answers.append((chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
+                                            for r in chain.requests]))
+            await tx.respond_chains(answers)
+            for frame in frames:
+                if not isinstance(frame, RequestError):
+                    self.stats.tx_packets += 1
+                    stats.tx_packets += 1
+                    await self.link.send(frame)
 
-    async def packet_of(self, chain: RequestChain) -> bytes:
-        """The frame a chain of tx requests carries (`copy_packet`: checked, then copied out
-        of the frontend's grants).
-
-        Raises:
-            RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
-        """
-        return await copy_packet(chain, self.domain.grants, self.peer_id)
+    async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
+        """The frames chains of tx requests carry, or why each is refused (`copy_packets`:
+        checked, then copied out of the frontend's grants together)."""
+        return await copy_packets(chains, self.domain.grants, self.peer_id)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link (or this queue's share of it) -> guest: each frame copied into as many posted
@@ -308,13 +314,27 @@ class NetBackend(Backend[NetBackRings]):
             stats.rx_packets += 1
 
 
-async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
-    """The frame a chain of tx requests carries, copied out of the pages `peer` granted
-    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
+@dataclass(slots=True)
+class PacketPlan:
+    """What a checked chain of tx requests asks to copy (`plan_packet`)."""
+
+    segments: list[GrantCopySegment]
+    """The packet's bytes in the frontend's pages, in order."""
+    csum_blank: bool
+    """NETTXF_csum_blank: the checksum is left to the backend."""
+
+    @property
+    def size(self) -> int:
+        """The packet's length."""
+        return sum(seg.length for seg in self.segments)
+
+
+def plan_packet(chain: RequestChain) -> PacketPlan:
+    """Check a chain of tx requests (see the module docstring) and say what to copy.
 
     Raises:
-        RequestError: the packet is malformed (see the module docstring) or a page cannot be
-            copied; every request of the chain gets NETIF_RSP_ERROR.
+        RequestError: the packet is malformed; every request of the chain gets
+            NETIF_RSP_ERROR.
     """
     if chain.fault is not None:
         raise RequestError(chain.fault)
@@ -332,16 +352,76 @@ async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> byt
         why = netif.check_fragment(p.offset, size)
         if why is not None:
             raise RequestError(f"request {p.id}: {why}")
-    segments = [GrantCopySegment(p.gref, p.offset, size)
-                for p, size in zip(parsed, sizes, strict=True) if size]
+    return PacketPlan([GrantCopySegment(p.gref, p.offset, size)
+                       for p, size in zip(parsed, sizes, strict=True) if size],
+                      bool(parsed[0].flags & netif.TxFlag.CSUM_BLANK))
+
+
+def finish_packet(plan: PacketPlan, frame: bytes) -> bytes:
+    """The frame as the link takes it: a csum_blank packet's checksum finished.
+
+    Raises:
+        RequestError: NETTXF_csum_blank on a packet with no checksum to finish.
+    """
+    if not plan.csum_blank:
+        return frame
     try:
-        frame = await grants.copy_from_grants(peer, segments) if segments else b""
+        return complete_partial_checksum(frame)
+    except ValueError as exc:
+        raise RequestError(f"NETTXF_csum_blank on a packet with no checksum to finish: "
+                           f"{exc}") from None
+
+
+async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
+    """The frame a chain of tx requests carries, copied out of the pages `peer` granted
+    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
+
+    Raises:
+        RequestError: the packet is malformed (see the module docstring) or a page cannot be
+            copied; every request of the chain gets NETIF_RSP_ERROR.
+    """
+    plan = plan_packet(chain)
+    try:
+        frame = await grants.copy_from_grants(peer, plan.segments) if plan.segments else b""
     except (GrantError, TransportError) as exc:
         raise RequestError(f"cannot copy the packet out of its grants: {exc}") from exc
-    if parsed[0].flags & netif.TxFlag.CSUM_BLANK:
+    return finish_packet(plan, frame)
+
+
+async def copy_packets(chains: list[RequestChain], grants: GrantTable,
+                       peer: int) -> list[bytes | RequestError]:
+    """`copy_packet` for several chains, with one grant copy for all the packets that pass
+    their checks; if that copy is refused (a ref the frontend revoked, say), each packet is
+    copied on its own, so only the packets naming a bad ref are refused."""
+    plans: list[PacketPlan | RequestError] = []
+    for chain in chains:
         try:
-            frame = complete_partial_checksum(frame)
-        except ValueError as exc:
-            raise RequestError(f"NETTXF_csum_blank on a packet with no checksum to finish: "
-                               f"{exc}") from None
-    return frame
+            plans.append(plan_packet(chain))
+        except RequestError as exc:
+            plans.append(exc)
+    good = [plan for plan in plans if isinstance(plan, PacketPlan)]
+    segments = [seg for plan in good for seg in plan.segments]
+    data: bytes | None = None
+    if segments:
+        try:
+            data = await grants.copy_from_grants(peer, segments)
+        except (GrantError, TransportError):
+            data = None  # find the culprits one by one
+    else:
+        data = b""
+    out: list[bytes | RequestError] = []
+    pos = 0
+    for chain, plan in zip(chains, plans, strict=True):
+        if isinstance(plan, RequestError):
+            out.append(plan)
+            continue
+        try:
+            if data is None:
+                out.append(await copy_packet(chain, grants, peer))
+                continue
+            out.append(finish_packet(plan, data[pos:pos + plan.size]))
+        except RequestError as exc:
+            out.append(exc)
+        finally:
+            pos += plan.size
+    return out

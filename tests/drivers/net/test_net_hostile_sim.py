@@ -27,7 +27,7 @@ from ringkit.frontends.net import device as front_device
 from ringkit.abc import SharedPages
 from ringkit.device import Nodes, Queue
 from ringkit.proto import netif
-from ringkit.requests import PostedRequests, RequestChain
+from ringkit.requests import PostedRequests, RequestChain, RequestError
 
 pytestmark = pytest.mark.anyio
 
@@ -129,11 +129,18 @@ async def test_hostile_tx_requests_get_error_responses() -> None:
 class TrustingBackend(NetBackend):
     """Negative control: copies what the frontend names without checking it."""
 
-    async def packet_of(self, chain: RequestChain) -> bytes:
-        parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
-        views = await chain.requests[0].map([p.gref for p in parsed], writable=False)
-        return b"".join(bytes(v[p.offset:p.offset + p.size])
-                        for v, p in zip(views, parsed, strict=True))
+    async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
+        out: list[bytes | RequestError] = []
+        for chain in chains:
+            parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
+            try:
+                views = await chain.requests[0].map([p.gref for p in parsed], writable=False)
+            except RequestError as exc:   # (even this backend cannot map what is not granted)
+                out.append(exc)
+                continue
+            out.append(b"".join(bytes(v[p.offset:p.offset + p.size])
+                                for v, p in zip(views, parsed, strict=True)))
+        return out
 
 
 async def test_negative_control_a_trusting_backend_is_caught() -> None:
@@ -144,6 +151,57 @@ async def test_negative_control_a_trusting_backend_is_caught() -> None:
             await be.wait_finished()
     assert any(f.startswith("a fragment past its page") for f in failures), failures
     assert any(f.startswith("an unknown extra-info type") for f in failures), failures
+
+
+async def burst_with_a_bad_packet(vif: RawFrontend, wire: Wire) -> list[str]:
+    """Five packets in one push -- good, a gref not granted, good, a runt, good: the backend
+    copies the burst together; only the two bad packets may be refused, and the three good
+    ones must arrive, in order.  What went wrong (empty: nothing)."""
+    assert vif.pages is not None
+    ref = vif.pages.refs
+    got = await vif.exchange([tx(ref[0], 0, 0, 1, 60), tx(99999, 0, 0, 2, 60),
+                              tx(ref[1], 0, 0, 3, 70), tx(ref[2], 0, 0, 4, 10),
+                              tx(ref[3], 0, 0, 5, 80)])
+    failures = []
+    if got != [(1, OK), (2, ERR), (3, OK), (4, ERR), (5, OK)]:
+        failures.append(f"answered {got}")
+    for expected in (bytes([0xA0]) * 60, bytes([0xA1]) * 70, bytes([0xA3]) * 80):
+        try:
+            with anyio.fail_after(5):
+                if await wire.from_guest.receive() != expected:
+                    failures.append("the wrong frame was delivered")
+        except TimeoutError:
+            failures.append("a good packet of the burst was not delivered")
+            break
+    return failures
+
+
+async def test_a_bad_packet_in_a_burst_costs_only_itself() -> None:
+    with anyio.fail_after(60):
+        async with world() as w, running_backend(w) as (be, wire):
+            async with RawFrontend(w.domu, 0, 0) as vif:
+                assert await burst_with_a_bad_packet(vif, wire) == []
+                assert nothing_delivered(wire)
+            await be.wait_finished()
+
+
+class BurstRefusingBackend(NetBackend):
+    """Negative control: refuses the whole burst when its one grant copy is refused."""
+
+    async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
+        frames = await super().packets_of(chains)
+        if any(isinstance(f, RequestError) for f in frames):
+            return [RequestError("the burst's copy failed") for _ in chains]
+        return frames
+
+
+async def test_negative_control_a_backend_refusing_whole_bursts_is_caught() -> None:
+    with anyio.fail_after(60):
+        async with world() as w, running_backend(w, BurstRefusingBackend) as (be, wire):
+            async with RawFrontend(w.domu, 0, 0) as vif:
+                failures = await burst_with_a_bad_packet(vif, wire)
+            await be.wait_finished()
+    assert any(f.startswith("answered") for f in failures), failures
 
 
 async def test_a_chain_that_never_ends_disconnects_with_a_typed_error() -> None:
@@ -251,8 +309,8 @@ async def test_negative_control_a_trusting_frontend_is_caught() -> None:
 class NullTxBackend(NetBackend):
     """Answers the first tx request with NETIF_RSP_NULL (it sent no extra slot)."""
 
-    async def packet_of(self, chain: RequestChain) -> bytes:
-        return b""
+    async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
+        return [b"" for _ in chains]
 
     async def _transmit(self, tx: PostedRequests) -> None:
         chain = await tx.take_chain()
