@@ -27,12 +27,17 @@ the backend: netif has no key to refuse checksum offload) has its checksum finis
 (`checksum`), since the link expects whole frames; a packet that fails a check -- or names a ref
 that cannot be copied from -- gets NETIF_RSP_ERROR on each of its requests and is not delivered.
 A chain that runs past what the frontend published, or bad ring indices, end the connection
-(`RemoteProtocolError`). The **rx** ring's requests are buffers the frontend posts ahead of
+(`RemoteProtocolError`).  The packets published together (up to `TX_BURST`) are copied with one
+grant copy and answered with one push (`copy_packets`; a refused copy is redone packet by
+packet, so only a packet naming a bad ref is refused). The **rx** ring's requests are buffers the frontend posts ahead of
 time: each frame from the link is copied into as many posted pages as it needs (several only
 with ``feature-sg``) with `GrantTable.copy_to_grants`, so that no page is still mapped when its
 answer is seen (Linux's xen-netfront disables itself otherwise: "Grant still in use by backend
 domain"), answered {id, offset 0, ``more_data`` on all but the last, status = bytes in that
-page}; a frame too long for the frontend is dropped and counted.
+page}; a frame too long for the frontend is dropped and counted.  The frames waiting (up to
+`RX_BURST`) go with one grant copy and one push, into the buffers already posted; a refused
+copy is redone frame by frame, so a frame whose buffer is unusable is the only one lost.
+Queue 0's task reads the link and hands each frame to its queue (`spread`).
 
 The packet side is pluggable: any anyio object stream of frames (`link`), such as a
 `ringkit.requests`-free memory stream in tests or a `TapDevice`.
@@ -40,6 +45,7 @@ The packet side is pluggable: any anyio object stream of frames (`link`), such a
 
 from __future__ import annotations
 
+from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,6 +63,7 @@ from ringkit.proto import netif
 from ringkit.proto.ring import BackRing
 from ringkit.requests import (
     GrantMapper,
+    IncomingRequest,
     PostedRequests,
     RequestChain,
     RequestError,
@@ -66,20 +73,23 @@ from ringkit.requests.codec import SlotCodec
 
 from .checksum import complete_partial_checksum
 
-__all__ = ("QUEUE_BACKLOG", "TX_BURST", "BackendQueueStats", "BackendStats", "NetBackRings",
-           "NetBackend", "PacketPlan", "copy_packet", "copy_packets", "finish_packet",
-           "plan_packet")
+__all__ = ("QUEUE_BACKLOG", "RX_BURST", "TX_BURST", "BackendQueueStats", "BackendStats",
+           "NetBackRings", "NetBackend", "PacketPlan", "copy_packet", "copy_packets",
+           "finish_packet", "plan_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""
 
-_Frames = ObjectStream[bytes] | MemoryObjectReceiveStream[bytes]
-_LANE: ContextVar[tuple[_Frames, BackendQueueStats]] = ContextVar("_LANE")
+_LANE: ContextVar[tuple[MemoryObjectReceiveStream[bytes], BackendQueueStats]] = \
+    ContextVar("_LANE")
 """The queue a serving task works for: where its frames from the link come from, and its
 counters (set by `NetBackend.serve`, so `_transmit` / `_receive` keep their one argument)."""
 
 TX_BURST = 64
 """Most tx packets served with one grant copy and one push."""
+
+RX_BURST = 32
+"""Most frames from the link copied to the guest with one grant copy and one push."""
 
 QUEUE_BACKLOG = 64
 """Frames from the link held for one queue's rx ring (multi-queue) before the link waits."""
@@ -184,13 +194,12 @@ class NetBackend(Backend[NetBackRings]):
             self.log.warning("%s: ignoring a malformed mac node %r", self.address, mac)
 
     async def rings_mapped(self, nodes: Nodes) -> None:
-        """With several queues, one stream per queue for the frames the link spreads."""
+        """One stream per queue for the frames the link spreads (`spread`)."""
         self._spread, self._spread_out = [], []
-        if len(self.queues) > 1:
-            for _ in self.queues:
-                send, receive = anyio.create_memory_object_stream[bytes](QUEUE_BACKLOG)
-                self._spread.append(send)
-                self._spread_out.append(receive)
+        for _ in self.queues:
+            send, receive = anyio.create_memory_object_stream[bytes](QUEUE_BACKLOG)
+            self._spread.append(send)
+            self._spread_out.append(receive)
 
     def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
         """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""
@@ -208,15 +217,14 @@ class NetBackend(Backend[NetBackRings]):
     # ------------------------------------------------------------------ serving
 
     async def serve(self, queue: Queue[NetBackRings]) -> None:
-        """Move packets both ways until the connection ends.  With several queues, queue 0's
-        task also spreads the link's frames over the queues (`spread`)."""
+        """Move packets both ways until the connection ends.  Queue 0's task also reads the
+        link, spreading its frames over the queues (`spread`)."""
         mapper = GrantMapper(self.domain.grants, self.peer_id, persistent=False)
         spread, streams = self._spread, self._spread_out
-        _LANE.set((streams[queue.index] if streams else self.link,
-                   self.stats.queue(queue.index)))
+        _LANE.set((streams[queue.index], self.stats.queue(queue.index)))
         try:
             async with anyio.create_task_group() as tg:
-                if spread and queue.index == 0:
+                if queue.index == 0:
                     tg.start_soon(self.spread, spread)
                 tg.start_soon(self._transmit, PostedRequests(queue.channel.tx, netif.TX_CODEC,
                                                              mapper=mapper))
@@ -225,9 +233,8 @@ class NetBackend(Backend[NetBackRings]):
         finally:
             with anyio.CancelScope(shield=True):
                 await mapper.aclose()
-                if streams:
-                    streams[queue.index].close()
-                if spread and queue.index == 0:
+                streams[queue.index].close()
+                if queue.index == 0:
                     for send in spread:
                         send.close()
 
@@ -237,7 +244,7 @@ class NetBackend(Backend[NetBackRings]):
         dropped (the connection is ending)."""
         while True:
             frame = await self.link.receive()
-            index = netif.flow_hash(frame) % len(queues)
+            index = netif.flow_hash(frame) % len(queues) if len(queues) > 1 else 0
             try:
                 await queues[index].send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -275,43 +282,82 @@ class NetBackend(Backend[NetBackRings]):
         return await copy_packets(chains, self.domain.grants, self.peer_id)
 
     async def _receive(self, rx: PostedRequests) -> None:
-        """Link (or this queue's share of it) -> guest: each frame copied into as many posted
-        pages as it needs."""
+        """Link (this queue's share of it) -> guest: the frames waiting (up to `RX_BURST`)
+        are copied into as many posted pages as each needs with one grant copy, and answered
+        with one push."""
         frames, stats = _LANE.get()
+        held: deque[bytes] = deque()
         while True:
-            try:
-                frame = await frames.receive()
-            except anyio.EndOfStream:
-                if frames is self.link:
-                    raise
-                await anyio.sleep_forever()  # queue 0 stopped spreading: the connection ends
-            pages = -(-len(frame) // PAGE_SIZE)
-            if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
+            if not held:
+                try:
+                    held.append(await frames.receive())
+                except anyio.EndOfStream:
+                    await anyio.sleep_forever()  # the link ended: the connection ends
+            while len(held) < RX_BURST:
+                try:
+                    held.append(frames.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            batch: list[tuple[bytes, list[IncomingRequest], list[int]]] = []
+            while held:
+                frame = held[0]
+                pages = -(-len(frame) // PAGE_SIZE)
+                if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
+                    held.popleft()
+                    self.stats.rx_dropped += 1
+                    stats.rx_dropped += 1
+                    continue
+                # wait for buffers for the burst's first frame; the rest take what is posted
+                requests = rx.take_nowait(pages) if batch else await rx.take(pages)
+                if requests is None:
+                    break
+                held.popleft()
+                batch.append((frame, requests,
+                              [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE)
+                               for i in range(pages)]))
+            if batch:
+                await self._copy_frames(rx, batch, stats)
+
+    async def _copy_frames(self, rx: PostedRequests,
+                           batch: list[tuple[bytes, list[IncomingRequest], list[int]]],
+                           stats: BackendQueueStats) -> None:
+        """Copy each frame of `batch` into its posted pages (one grant copy for all; if that
+        is refused, frame by frame, so that only a frame whose pages are unusable is lost)
+        and answer every request with one push: {id, offset 0, ``more_data`` on all but a
+        frame's last page, status = bytes in that page, or NETIF_RSP_ERROR}."""
+        grants = self.domain.grants
+        failed: set[int] = set()
+        try:
+            # a grant copy: the frontend may end its grants as soon as it sees the answer
+            await grants.copy_to_grants(
+                self.peer_id, [GrantCopySegment(r.refs[0], 0, n) for _, requests, lengths in batch
+                               for r, n in zip(requests, lengths, strict=True)],
+                b"".join(frame for frame, _, _ in batch))
+        except (GrantError, TransportError):
+            for i, (frame, requests, lengths) in enumerate(batch):
+                try:
+                    await grants.copy_to_grants(
+                        self.peer_id, [GrantCopySegment(r.refs[0], 0, n)
+                                       for r, n in zip(requests, lengths, strict=True)], frame)
+                except (GrantError, TransportError) as exc:
+                    self.log.debug("%s: rx buffers refused: %s", self.address, exc)
+                    failed.add(i)
+        answered: list[IncomingRequest] = []
+        responses: list[bytes] = []
+        for i, (_, requests, lengths) in enumerate(batch):
+            last = len(requests) - 1
+            for j, (r, n) in enumerate(zip(requests, lengths, strict=True)):
+                responses.append(netif.encode_rx_response(
+                    r.id, 0, netif.RxFlag.MORE_DATA if j < last else 0,
+                    netif.Status.ERROR if i in failed else n))
+            answered += requests
+            if i in failed:
                 self.stats.rx_dropped += 1
                 stats.rx_dropped += 1
-                continue
-            requests = await rx.take(pages)
-            lengths = [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE) for i in range(pages)]
-            segments = [GrantCopySegment(r.refs[0], 0, n)
-                        for r, n in zip(requests, lengths, strict=True)]
-            try:
-                # a grant copy: the frontend may end its grants as soon as it sees the answer
-                await self.domain.grants.copy_to_grants(self.peer_id, segments, frame)
-            except (GrantError, TransportError) as exc:
-                self.log.debug("%s: rx buffers refused: %s", self.address, exc)
-                self.stats.rx_dropped += 1
-                stats.rx_dropped += 1
-                await rx.respond(requests, [
-                    netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
-                                             else 0, netif.Status.ERROR)
-                    for i, r in enumerate(requests)])
-                continue
-            await rx.respond(requests, [
-                netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
-                                         else 0, n)
-                for i, (r, n) in enumerate(zip(requests, lengths, strict=True))])
-            self.stats.rx_packets += 1
-            stats.rx_packets += 1
+            else:
+                self.stats.rx_packets += 1
+                stats.rx_packets += 1
+        await rx.respond(answered, responses)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectSendStream
 from networld import Wire, frame, running_backend, world
 from ringkit.backends.net import NetBackend
 from ringkit.backends.net.device import NetBackRings
@@ -204,6 +205,57 @@ async def test_negative_control_a_backend_refusing_whole_bursts_is_caught() -> N
     assert any(f.startswith("answered") for f in failures), failures
 
 
+async def burst_into_a_bad_buffer(vif: RawFrontend, wire: Wire) -> list[tuple[int, int]]:
+    """Three frames from the link, then three rx buffers posted in one push (pages 0, a ref
+    never granted, page 1): the (id, status) of each answer."""
+    assert vif.pages is not None
+    ref = vif.pages.refs
+    for n in range(3):
+        wire.to_guest.send_nowait(frame(n, 100 + n))
+    await anyio.wait_all_tasks_blocked()
+    rx = vif.channel.rx
+    rx.send_batch_nowait([netif.encode_rx_request(1, ref[0]), netif.encode_rx_request(2, 99999),
+                          netif.encode_rx_request(3, ref[1])])
+    answers: list[tuple[int, int]] = []
+    with anyio.fail_after(10):
+        while len(answers) < 3:
+            for raw in await rx.receive_batch():
+                rid, _, _, status = netif.parse_rx_response(raw)
+                answers.append((rid, status))
+    return answers
+
+
+async def test_an_unusable_rx_buffer_in_a_burst_costs_only_its_frame() -> None:
+    async with world() as w, running_backend(w) as (be, wire):
+        async with RawFrontend(w.domu, 0, 0) as vif:
+            # frame 1 was to go where buffer 2 failed: frames 0 and 2 arrive whole
+            assert await burst_into_a_bad_buffer(vif, wire) == [(1, 100), (2, ERR), (3, 102)]
+            assert vif.pages is not None
+            assert bytes(vif.pages.buffer[:100]) == frame(0, 100)
+            assert bytes(vif.pages.buffer[4096:4096 + 102]) == frame(2, 102)
+            assert be.stats.rx_packets == 2 and be.stats.rx_dropped == 1
+        await be.wait_finished()
+
+
+class RxBurstRefusingBackend(NetBackend):
+    """Negative control: one failed copy of a burst fails every frame of it."""
+
+    async def _copy_frames(self, rx: PostedRequests, batch: list, stats: object) -> None:
+        if len(batch) > 1:
+            await rx.respond([r for _, requests, _ in batch for r in requests],
+                             [netif.encode_rx_response(r.id, 0, 0, ERR)
+                              for _, requests, _ in batch for r in requests])
+            return
+        await super()._copy_frames(rx, batch, stats)  # type: ignore[arg-type]
+
+
+async def test_negative_control_a_backend_losing_whole_rx_bursts_is_caught() -> None:
+    async with world() as w, running_backend(w, RxBurstRefusingBackend) as (be, wire):
+        async with RawFrontend(w.domu, 0, 0) as vif:
+            assert await burst_into_a_bad_buffer(vif, wire) != [(1, 100), (2, ERR), (3, 102)]
+        await be.wait_finished()
+
+
 async def test_a_chain_that_never_ends_disconnects_with_a_typed_error() -> None:
     with anyio.fail_after(60):
         async with world() as w, running_backend(w) as (be, wire):
@@ -224,6 +276,9 @@ class HostileRxBackend(NetBackend):
     """Answers rx buffers with `bad` responses built by `make(request_id)`."""
 
     make = staticmethod(lambda rid: netif.encode_rx_response(rid, 4000, 0, 200))
+
+    async def spread(self, queues: list[MemoryObjectSendStream[bytes]]) -> None:
+        await anyio.sleep_forever()  # _receive reads the link itself
 
     async def _receive(self, rx: PostedRequests) -> None:
         await self.link.receive()
@@ -246,6 +301,9 @@ class IdRxBackend(HostileRxBackend):
 
 class LongChainRxBackend(NetBackend):
     """Answers 19 posted buffers as one packet (``more_data`` on every one)."""
+
+    async def spread(self, queues: list[MemoryObjectSendStream[bytes]]) -> None:
+        await anyio.sleep_forever()  # _receive reads the link itself
 
     async def _receive(self, rx: PostedRequests) -> None:
         await self.link.receive()
