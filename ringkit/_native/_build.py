@@ -77,13 +77,14 @@ unsigned rk_uring_reap(rk_uring *ring, uint64_t *cookies, int32_t *results, unsi
 
 typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
 typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
-enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4,
+       RK_FAST_MAX_INDIRECT = 4096 };
 int rk_pgrant_put(rk_pgrant_table *table, uint32_t ref, uint64_t page, int writable);
 int rk_pgrant_drop(rk_pgrant_table *table, uint32_t ref);
 int rk_pgrant_clear(rk_pgrant_table *table);
 long rk_blkif_serve(rk_pgrant_table *table, int fd, uint64_t sectors, unsigned flags,
-                    const char *slots, size_t length, size_t count, char *out,
-                    size_t out_length, uint64_t *stats);
+                    uint32_t max_indirect, const char *slots, size_t length, size_t count,
+                    char *out, size_t out_length, uint64_t *stats);
 enum { RK_ID_FREE = 0, RK_ID_HELD = 1, RK_ID_SENT = 2, RK_ID_ANSWERED = 3, RK_ID_STATE = 3,
        RK_ID_ORPHAN = 4, RK_ID_SHADOW = 8 };
 enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
@@ -429,6 +430,7 @@ static long rk_gather_refs(const char *buf, size_t length, size_t count, size_t 
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/uio.h>
+#include <limits.h>
 #include <unistd.h>
 
 #if defined(__linux__) && defined(__has_include)
@@ -784,14 +786,18 @@ static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, 
 
    The block backend's usual request served without the interpreter: a burst of blkif slots
    (the request server's private copy, never the shared ring) is walked in ring order, and each
-   slot that is a plain READ or WRITE of direct segments, whose every grant ref is in the
-   persistent-grant table, and whose sectors lie inside the disk, is served here -- iovecs
-   pointing into the persistently mapped pages, one preadv/pwritev -- and answered OKAY in
-   `out` at the slot's position (the whole slot written, padding zeroed).  The walk stops at
-   the first slot it cannot serve so: that slot and every one after it go back to Python
-   untouched (their response positions are not written), so error reporting, first maps,
-   indirect requests, flushes, barriers, discards and page-cache misses stay with the Python
-   path, and no request answered here overtakes one that Python has yet to serve.
+   slot that is a plain READ or WRITE -- of direct segments, or INDIRECT with a READ or WRITE
+   inside, of 1..max_indirect segments -- whose every grant ref (an INDIRECT's indirect pages
+   and the data pages its list names) is in the persistent-grant table, and whose sectors lie
+   inside the disk, is served here -- iovecs pointing into the persistently mapped pages
+   (adjacent ones merged), one preadv/pwritev per IOV_MAX of them -- and answered OKAY in `out`
+   at the slot's position (the whole slot written, padding zeroed).  An INDIRECT's segment list
+   is copied out of its indirect pages once, then validated and used from the copy: the
+   frontend may rewrite the pages meanwhile.  The walk stops at the first slot it cannot serve
+   so: that slot and every one after it go back to Python untouched (their response positions
+   are not written), so error reporting, first maps, flushes, barriers, discards and page-cache
+   misses stay with the Python path, and no request answered here overtakes one that Python has
+   yet to serve.
 
    A READ needs writable entries (the disk's data is written into the page); a WRITE only reads
    the pages.  Reads: RK_FAST_READ_PLAIN (an image in memory, tmpfs: nothing to wait for) or
@@ -807,7 +813,8 @@ static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, 
 
 typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
 typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
-enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4,
+       RK_FAST_MAX_INDIRECT = 4096 };
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -905,76 +912,183 @@ static int rk_pgrant_clear(rk_pgrant_table *t)
     return 0;
 }
 
+/* The iovecs of one request done as one I/O: preadv / preadv2(RWF_NOWAIT) / pwritev in calls
+   of at most IOV_MAX iovecs, each of which must move all its bytes.  1 when all were moved, 0
+   otherwise (an error or a short transfer: the caller hands the request back whole). */
+static int rk_blkif_io(int fd, unsigned op, unsigned flags, struct iovec *iov, size_t n,
+                       uint64_t offset)
+{
+    size_t at = 0;
+    while (at < n) {
+        size_t k, chunk = n - at < IOV_MAX ? n - at : IOV_MAX;
+        uint64_t want = 0;
+        ssize_t done;
+        for (k = 0; k < chunk; k++)
+            want += iov[at + k].iov_len;
+        if (op == 0)
+            done = (flags & RK_FAST_READ_PLAIN)
+                ? preadv(fd, iov + at, (int)chunk, (off_t)offset)
+                : preadv2(fd, iov + at, (int)chunk, (off_t)offset, RWF_NOWAIT);
+        else
+            done = pwritev(fd, iov + at, (int)chunk, (off_t)offset);
+        if (done < 0 || (uint64_t)done != want)
+            return 0;
+        offset += want;
+        at += chunk;
+    }
+    return 1;
+}
+
+/* One segment (`ref`, sectors lo..hi) into iov[*n], merged with iov[*n - 1] when it continues
+   it in memory.  The sector sum, *total, grows by its sectors.  0 when the segment must be
+   handed back: a bad range, a ref not in the table, a READ into a read-only entry. */
+static int rk_blkif_segment(const rk_pgrant_table *t, unsigned op, uint32_t ref, uint8_t lo,
+                            uint8_t hi, struct iovec *iov, size_t *n, uint64_t *total)
+{
+    long at;
+    const rk_pgrant *e;
+    char *base;
+    size_t len;
+    if (hi >= RK_BLKIF_SECTORS_PER_PAGE || hi < lo)
+        return 0;
+    at = rk_pgrant_index(t, ref);
+    if (at < 0)
+        return 0;
+    e = &t->entries[at];
+#ifndef RK_BLKFAST_SKIP_WRITABLE_CHECK   /* the negative control's build only */
+    if (op == 0 && !e->writable)
+        return 0;
+#endif
+    base = (char *)(uintptr_t)e->page + (size_t)lo * 512;
+    len = ((size_t)hi - lo + 1) * 512;
+    *total += (uint64_t)(hi - lo) + 1;
+    if (*n && (char *)iov[*n - 1].iov_base + iov[*n - 1].iov_len == base) {
+        iov[*n - 1].iov_len += len;
+        return 1;
+    }
+    iov[*n].iov_base = base;
+    iov[*n].iov_len = len;
+    (*n)++;
+    return 1;
+}
+
+#define RK_BLKIF_MAX_INDIRECT_SEGMENTS RK_FAST_MAX_INDIRECT   /* 8 indirect pages of 512 */
+
+/* The segments of INDIRECT slot `s` (operation READ/WRITE `op`, `nseg` segments, already
+   checked against the advertised limit) into iov / *n / *total: its indirect pages looked up
+   in the table, the segment list copied out of them once into `list` (the frontend may change
+   the pages meanwhile: everything after is decided on the copy), then each entry as a direct
+   segment.  0 when the request must be handed back. */
+static int rk_blkif_indirect(const rk_pgrant_table *t, unsigned op, const uint8_t *s,
+                             unsigned nseg, uint8_t *list, struct iovec *iov, size_t *n,
+                             uint64_t *total)
+{
+    unsigned pages = (nseg + RK_BLKIF_SEGMENTS_PER_PAGE - 1) / RK_BLKIF_SEGMENTS_PER_PAGE, p, j;
+    if (pages > RK_BLKIF_MAX_INDIRECT_PAGES)
+        return 0;
+    for (p = 0; p < pages; p++) {
+        long at = rk_pgrant_index(t, rk_le32(s + 28 + 4 * p));
+        unsigned entries = nseg - p * RK_BLKIF_SEGMENTS_PER_PAGE;
+        if (at < 0)
+            return 0;                   /* not kept mapped: the first map is Python's */
+        if (entries > RK_BLKIF_SEGMENTS_PER_PAGE)
+            entries = RK_BLKIF_SEGMENTS_PER_PAGE;
+        memcpy(list + (size_t)p * 4096, (const char *)(uintptr_t)t->entries[at].page,
+               (size_t)entries * RK_BLKIF_SEGMENT_SIZE);
+    }
+    for (j = 0; j < nseg; j++) {
+        const uint8_t *e = list + (size_t)j * RK_BLKIF_SEGMENT_SIZE;
+        if (!rk_blkif_segment(t, op, rk_le32(e), e[4], e[5], iov, n, total))
+            return 0;
+    }
+    return 1;
+}
+
 /* Serve the leading slots of a burst (see above).  `count` slots of 112 bytes at `slots`
    (`length` bytes there), responses into `out` (`out_length` bytes; slot i's at i * 112).
-   stats[0] / stats[1]: sectors read / written by the slots served.  Returns how many leading
-   slots were served and answered, or -1 on a bad call. */
+   `max_indirect`: the indirect segments advertised (0: INDIRECT is handed back, as Python
+   answers it EOPNOTSUPP).  stats[0] / stats[1]: sectors read / written by the slots served.
+   Returns how many leading slots were served and answered, or -1 on a bad call. */
 static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigned flags,
-                           const char *slots, size_t length, size_t count, char *out,
-                           size_t out_length, uint64_t *stats)
+                           uint32_t max_indirect, const char *slots, size_t length,
+                           size_t count, char *out, size_t out_length, uint64_t *stats)
 {
+    /* an indirect request's copied segment list and iovecs: too big for the stack */
+    uint8_t *list = NULL;
+    struct iovec *iov = NULL;
     size_t i;
     if (!rk_pgrant_ok(t) || count > length / RK_BLKIF_REQUEST_SIZE
         || count > out_length / RK_BLKIF_REQUEST_SIZE)
         return -1;
+    if (max_indirect > RK_BLKIF_MAX_INDIRECT_SEGMENTS)
+        max_indirect = RK_BLKIF_MAX_INDIRECT_SEGMENTS;
     stats[0] = stats[1] = 0;
     for (i = 0; i < count; i++) {
         uint8_t s[RK_BLKIF_REQUEST_SIZE];
-        struct iovec iov[RK_BLKIF_MAX_SEGMENTS];
+        struct iovec direct[RK_BLKIF_MAX_SEGMENTS];
+        struct iovec *v = direct;
         uint8_t *r;
         uint64_t sector, total = 0;
         unsigned op, nseg, j;
-        ssize_t done;
+        size_t n = 0;
 
         memcpy(s, slots + i * RK_BLKIF_REQUEST_SIZE, sizeof s);   /* each byte read once */
         op = s[0];
         nseg = s[1];
+        if (op == 6) {                      /* INDIRECT: the operation is its indirect_op */
+            if (max_indirect == 0 || nseg > 1)
+                break;
+            op = nseg;
+            nseg = rk_le16(s + 2);
+#ifndef RK_BLKFAST_SKIP_INDIRECT_LIMIT   /* the negative control's build only */
+            if (nseg < 1 || nseg > max_indirect)
+                break;
+#else
+            if (nseg < 1)
+                break;
+#endif
+        } else if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS) {
+            break;
+        }
         if (op == 0) {
             if (!(flags & (RK_FAST_READ_PLAIN | RK_FAST_READ_NOWAIT)))
                 break;
         } else if (op != 1 || !(flags & RK_FAST_WRITE)) {
             break;
         }
-        if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS)
-            break;
-        for (j = 0; j < nseg; j++) {
-            const uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
-            uint8_t lo = seg[4], hi = seg[5];
-            long at;
-            const rk_pgrant *e;
-            if (hi >= RK_BLKIF_SECTORS_PER_PAGE || hi < lo)
+        if (s[0] == 6) {
+            if (!list) {
+                list = malloc((size_t)RK_BLKIF_MAX_INDIRECT_PAGES * 4096);
+                iov = malloc(RK_BLKIF_MAX_INDIRECT_SEGMENTS * sizeof *iov);
+                if (!list || !iov)
+                    break;
+            }
+            v = iov;
+            if (!rk_blkif_indirect(t, op, s, nseg, list, v, &n, &total))
                 break;
-            at = rk_pgrant_index(t, rk_le32(seg));
-            if (at < 0)
+        } else {
+            for (j = 0; j < nseg; j++) {
+                const uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+                if (!rk_blkif_segment(t, op, rk_le32(seg), seg[4], seg[5], v, &n, &total))
+                    break;
+            }
+            if (j < nseg)
                 break;
-            e = &t->entries[at];
-#ifndef RK_BLKFAST_SKIP_WRITABLE_CHECK   /* the negative control's build only */
-            if (op == 0 && !e->writable)
-                break;
-#endif
-            iov[j].iov_base = (char *)(uintptr_t)e->page + (size_t)lo * 512;
-            iov[j].iov_len = ((size_t)hi - lo + 1) * 512;
-            total += (uint64_t)(hi - lo) + 1;
         }
-        if (j < nseg)
-            break;
         sector = rk_le64(s + 16);
         if (sector > sectors || total > sectors - sector || sector > (uint64_t)INT64_MAX / 1024)
             break;
-        if (op == 0)
-            done = (flags & RK_FAST_READ_PLAIN)
-                ? preadv(fd, iov, (int)nseg, (off_t)(sector * 512))
-                : preadv2(fd, iov, (int)nseg, (off_t)(sector * 512), RWF_NOWAIT);
-        else
-            done = pwritev(fd, iov, (int)nseg, (off_t)(sector * 512));
-        if (done < 0 || (uint64_t)done != total * 512)
+        if (!rk_blkif_io(fd, op, flags, v, n, sector * 512))
             break;                          /* Python does it again, whole, and reports */
         stats[op] += total;
         r = (uint8_t *)out + i * RK_BLKIF_REQUEST_SIZE;
         memset(r, 0, RK_BLKIF_REQUEST_SIZE);
         memcpy(r, s + 8, 8);                /* id */
-        r[8] = (uint8_t)op;                 /* status 0: BLKIF_RSP_OKAY */
+        r[8] = (uint8_t)op;                 /* the operation (an INDIRECT's indirect_op);
+                                               status 0: BLKIF_RSP_OKAY */
     }
+    free(list);
+    free(iov);
     return (long)i;
 }
 

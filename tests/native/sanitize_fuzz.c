@@ -670,15 +670,15 @@ static int run_blkfast(unsigned long rounds)
     unsigned nmodel = 0, i, j;
     FILE *file = tmpfile();
     int fd;
-    unsigned long served_total = 0;
+    unsigned long served_total = 0, indirect_total = 0;
 
     CHECK(entries != NULL && file != NULL);
     fd = fileno(file);
     for (i = 0; i < FAST_PAGES; i++)
         pages[i] = random_bytes(4096);
     {
-        uint8_t *disk = random_bytes(64 * 512);
-        CHECK(pwrite(fd, disk, 64 * 512, 0) == 64 * 512);
+        uint8_t *disk = random_bytes(2048 * 512);
+        CHECK(pwrite(fd, disk, 2048 * 512, 0) == 2048 * 512);
         free(disk);
     }
     where = "rk_pgrant";
@@ -691,6 +691,7 @@ static int run_blkfast(unsigned long rounds)
         uint8_t *slots, *out;
         uint64_t stats[2];
         unsigned flags;
+        uint32_t max_indirect;
         long r;
 
         where = "rk_pgrant";
@@ -746,6 +747,40 @@ static int run_blkfast(unsigned long rounds)
         for (i = 0; (size_t)(i + 1) * RK_BLKIF_REQUEST_SIZE <= length; i++) {
             uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
             uint64_t sector = one_in(10) ? rnd() : below(72);
+            if (one_in(3) && nmodel) {
+                /* INDIRECT: its list pages named from the table (now and then not), each page
+                   filled with entries naming table refs (now and then not, or bad ranges) */
+                unsigned nseg = one_in(10) ? (unsigned)below(65536)
+                                           : 1 + (unsigned)below(one_in(4) ? 1200 : 40);
+                unsigned npg = (nseg + 511) / 512, p;
+                s[0] = 6;
+                s[1] = one_in(10) ? (uint8_t)rnd() : (uint8_t)below(2);
+                s[2] = (uint8_t)nseg;
+                s[3] = (uint8_t)(nseg >> 8);
+                sector = one_in(10) ? rnd() : below(one_in(2) ? 8 : 2048);
+                memcpy(s + 16, &sector, 8);
+                for (p = 0; p < 8; p++) {
+                    unsigned m = (unsigned)below(nmodel);
+                    uint32_t pick = !one_in(16) ? model[m].ref : fast_ref();
+                    memcpy(s + 28 + 4 * p, &pick, 4);
+                    if (p < npg && !one_in(8)) {
+                        uint8_t *list = pages[model[m].page];
+                        int clean = one_in(2);
+                        for (j = 0; j < 512; j++) {
+                            uint8_t *e = list + j * RK_BLKIF_SEGMENT_SIZE;
+                            uint32_t ref = clean || !one_in(64) ? model[below(nmodel)].ref
+                                                                : fast_ref();
+                            memcpy(e, &ref, 4);
+                            if (clean || one_in(2)) {
+                                e[4] = e[5] = (uint8_t)below(8);
+                            } else {
+                                sectors(e, 200);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             if (!one_in(10))
                 s[0] = (uint8_t)below(2);
             if (!one_in(10))
@@ -759,8 +794,13 @@ static int run_blkfast(unsigned long rounds)
             }
         }
         flags = (unsigned)below(8);
-        r = rk_blkif_serve(&table, one_in(20) ? -1 : fd, one_in(10) ? rnd() : 64, flags,
-                           (const char *)slots, length, count, (char *)out, out_length, stats);
+        {
+            static const uint32_t limits[] = {0, 8, 32, 400, 1200, 4096};
+            max_indirect = one_in(8) ? (uint32_t)rnd() : limits[below(6)];
+        }
+        r = rk_blkif_serve(&table, one_in(20) ? -1 : fd, one_in(10) ? rnd() : 2048, flags,
+                           max_indirect, (const char *)slots, length, count, (char *)out,
+                           out_length, stats);
         if (count > length / RK_BLKIF_REQUEST_SIZE || count > out_length / RK_BLKIF_REQUEST_SIZE) {
             CHECK(r == -1);
         } else {
@@ -768,6 +808,16 @@ static int run_blkfast(unsigned long rounds)
             for (i = 0; i < (unsigned)r; i++) {
                 const uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
                 const uint8_t *a = out + (size_t)i * RK_BLKIF_REQUEST_SIZE;
+                if (s[0] == 6) {
+                    unsigned nseg = rk_le16(s + 2), p;
+                    CHECK(s[1] <= 1 && nseg >= 1);
+                    CHECK(nseg <= (max_indirect < 4096 ? max_indirect : 4096));
+                    CHECK(memcmp(a, s + 8, 8) == 0 && a[8] == s[1] && a[10] == 0 && a[11] == 0);
+                    for (p = 0; p < (nseg + 511) / 512; p++)
+                        CHECK(rk_pgrant_index(&table, rk_le32(s + 28 + 4 * p)) >= 0);
+                    indirect_total++;
+                    continue;
+                }
                 CHECK(s[0] <= 1 && s[1] >= 1 && s[1] <= 11);
                 CHECK(memcmp(a, s + 8, 8) == 0 && a[8] == s[0] && a[10] == 0 && a[11] == 0);
                 for (j = 0; j < s[1]; j++) {
@@ -781,8 +831,9 @@ static int run_blkfast(unsigned long rounds)
         free(out);
         free(slots);
     }
-    printf("seed %llu: %lu rounds of the blkif fast path, %lu requests served, no finding\n",
-           (unsigned long long)seed, rounds, served_total);
+    printf("seed %llu: %lu rounds of the blkif fast path, %lu requests served "
+           "(%lu indirect), no finding\n", (unsigned long long)seed, rounds, served_total,
+           indirect_total);
     for (i = 0; i < FAST_PAGES; i++)
         free(pages[i]);
     free(entries);
