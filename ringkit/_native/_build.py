@@ -91,8 +91,8 @@ enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
 typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
                  uint32_t pad; } rk_shadow_op;
 typedef struct {
-    char *data; uint64_t length; uint64_t sector; int64_t *batch;
-    uint32_t pages[11]; uint32_t token; uint32_t op_index; uint8_t operation; uint8_t npages;
+    char *data; uint64_t length; uint64_t sector; int64_t *batch; uint32_t *pages;
+    uint32_t capacity; uint32_t npages; uint32_t token; uint32_t op_index; uint8_t operation;
 } rk_shadow;
 long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align, uint64_t disk_bytes,
                      int readonly, uint64_t max_bytes);
@@ -1094,10 +1094,10 @@ static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigne
 
 /* ---------------------------------------------------------------- blkfront shadow table
 
-   The block frontend's usual batch -- plain READs and WRITEs of direct segments, one pool page
-   per segment -- written and answered without the interpreter, on the request queue's own
-   state (ringkit.requests.front, ringkit.requests.pool), which the Python path reads and
-   writes as well:
+   The block frontend's usual batch -- plain READs and WRITEs, one pool page per segment, direct
+   or INDIRECT past 11 segments -- written and answered without the interpreter, on the request
+   queue's own state (ringkit.requests.front, ringkit.requests.pool), which the Python path
+   reads and writes as well:
 
    * `states`: one byte per request id of the queue (RK_ID_*: FREE, HELD, SENT, ANSWERED in the
      low bits; ORPHAN: its caller is gone; SHADOW: the request is this table's, not a Python
@@ -1131,20 +1131,22 @@ enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
 
 typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
                  uint32_t pad; } rk_shadow_op;
+/* `pages`: the caller's array of `capacity` entries, room for the pages of the largest
+   request submitted (its data pages, then its indirect pages). */
 typedef struct {
-    char *data; uint64_t length; uint64_t sector; int64_t *batch;
-    uint32_t pages[RK_BLKIF_MAX_SEGMENTS]; uint32_t token; uint32_t op_index;
-    uint8_t operation; uint8_t npages;
+    char *data; uint64_t length; uint64_t sector; int64_t *batch; uint32_t *pages;
+    uint32_t capacity; uint32_t npages; uint32_t token; uint32_t op_index; uint8_t operation;
 } rk_shadow;
 
 /* The index of the first op the fast path must not take (misaligned, outside the disk, a
-   write to a read-only disk, neither READ nor WRITE, no buffer, or longer than direct segments
-   carry while the client would send it INDIRECT), or `nops` when it may take them all. */
+   write to a read-only disk, neither READ nor WRITE, no buffer), or `nops` when it may take
+   them all; -1 on a bad call (an alignment not of whole sectors, or `max_bytes`, the largest
+   request the client sends, past what 8 indirect pages describe). */
 static long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align,
                             uint64_t disk_bytes, int readonly, uint64_t max_bytes)
 {
     size_t i;
-    if (align == 0 || align % RK_SECTOR)
+    if (align == 0 || align % RK_SECTOR || max_bytes > (uint64_t)RK_FAST_MAX_INDIRECT * RK_PAGE)
         return -1;
     for (i = 0; i < nops; i++) {
         const rk_shadow_op *op = &ops[i];
@@ -1153,9 +1155,6 @@ static long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align
             return (long)i;
         if (op->offset % align || op->length % align || op->offset > disk_bytes
             || op->length > disk_bytes - op->offset)
-            return (long)i;
-        if (max_bytes > RK_BLKIF_MAX_SEGMENTS * RK_PAGE
-            && op->length > RK_BLKIF_MAX_SEGMENTS * RK_PAGE)
             return (long)i;
     }
     return (long)nops;
@@ -1201,13 +1200,24 @@ static void rk_put_le(uint8_t *p, uint64_t v, unsigned size)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* Pages a request of `nseg` data pages takes: they, and its indirect pages past 11. */
+static size_t rk_shadow_pages_for(size_t nseg)
+{
+    return nseg + (nseg > RK_BLKIF_MAX_SEGMENTS
+                   ? (nseg + RK_BLKIF_SEGMENTS_PER_PAGE - 1) / RK_BLKIF_SEGMENTS_PER_PAGE : 0);
+}
+
 /* Encode up to `limit` requests of the ops from cursor[0] (op index) / cursor[1] (byte offset
-   in it) on -- each at most `max_segments` (1..11) pages, an op cut as the Python path cuts
+   in it) on -- each at most `max_segments` (1..4096) pages, an op cut as the Python path cuts
    it -- into `slots` (112 bytes each), taking the lowest free id and pages for each and
    copying a WRITE's data into its pages; stops early when no id or too few pages are free.
-   The ops must have passed rk_shadow_check.  `memory`: the pool's `npages` pages; `refs`: the
-   grant ref of each.  taken[0]: pages taken.  Returns the requests encoded (their ids marked
-   SENT | SHADOW, counted in batch[1]), or -1 on a bad call. */
+   A request of more than 11 pages goes INDIRECT, as on the Python path: its data pages first,
+   then its indirect pages, which get the segment list (every page whole but the last one's
+   sectors), written over the list's bytes only.  The ops must have passed rk_shadow_check;
+   every entry of `table` must have room for rk_shadow_pages_for(max_segments) pages.
+   `memory`: the pool's `npages` pages; `refs`: the grant ref of each.  taken[0]: pages taken.
+   Returns the requests encoded (their ids marked SENT | SHADOW, counted in batch[1]), or -1
+   on a bad call. */
 static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
                              char *memory, size_t memory_length, const uint32_t *refs,
                              rk_shadow *table, const rk_shadow_op *ops, size_t nops,
@@ -1216,16 +1226,19 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
                              char *slots, size_t slots_length, uint64_t *taken)
 {
     size_t n = 0, free_pages = 0, i, id;
-    if (max_segments < 1 || max_segments > RK_BLKIF_MAX_SEGMENTS || nops > (SIZE_MAX - 2) / 2
+    if (max_segments < 1 || max_segments > RK_FAST_MAX_INDIRECT || nops > (SIZE_MAX - 2) / 2
         || nbatch < 2 + 2 * nops || cursor[0] > nops || npages > memory_length / RK_PAGE)
         return -1;
+    for (id = 0; id < window; id++)
+        if (!table[id].pages || table[id].capacity < rk_shadow_pages_for(max_segments))
+            return -1;
     taken[0] = 0;
     for (i = 0; i < npages; i++)
         free_pages += freemap[i] == 1;
     while (n < limit && n < slots_length / RK_BLKIF_REQUEST_SIZE) {
         const rk_shadow_op *op;
         uint64_t at, bytes, sector;
-        unsigned nseg, j;
+        unsigned nseg, ntake, j;
         rk_shadow *sh;
         uint8_t *s;
 
@@ -1243,15 +1256,16 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
         if (bytes % RK_SECTOR || op->operation > 1)
             return -1;                  /* rk_shadow_check refuses such an op */
         nseg = (unsigned)((bytes + RK_PAGE - 1) / RK_PAGE);
+        ntake = (unsigned)rk_shadow_pages_for(nseg);
         for (id = 0; id < window; id++)
             if (states[id] == RK_ID_FREE)
                 break;
         if (id == window)
             break;
         sh = &table[id];
-        if (!rk_shadow_take_pages(freemap, npages, &free_pages, nseg, sh->pages))
+        if (!rk_shadow_take_pages(freemap, npages, &free_pages, ntake, sh->pages))
             break;
-        taken[0] += nseg;
+        taken[0] += ntake;
         sector = (op->offset + at) / RK_SECTOR;
         sh->data = op->data + at;
         sh->length = bytes;
@@ -1260,21 +1274,40 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
         sh->token = token;
         sh->op_index = (uint32_t)cursor[0];
         sh->operation = (uint8_t)op->operation;
-        sh->npages = (uint8_t)nseg;
+        sh->npages = ntake;
         s = (uint8_t *)slots + n * RK_BLKIF_REQUEST_SIZE;
         memset(s, 0, RK_BLKIF_REQUEST_SIZE);    /* padding zeroed (XSA-216) */
-        s[0] = (uint8_t)op->operation;
-        s[1] = (uint8_t)nseg;
-        rk_put_le(s + 2, handle, 2);
         rk_put_le(s + 8, id, 8);
         rk_put_le(s + 16, sector, 8);
+        if (ntake > nseg) {                     /* INDIRECT */
+            s[0] = 6;
+            s[1] = (uint8_t)op->operation;
+            rk_put_le(s + 2, nseg, 2);
+            rk_put_le(s + 24, handle, 2);
+            for (j = nseg; j < ntake; j++)
+                rk_put_le(s + 28 + 4 * (j - nseg), refs[sh->pages[j]], 4);
+        } else {
+            s[0] = (uint8_t)op->operation;
+            s[1] = (uint8_t)nseg;
+            rk_put_le(s + 2, handle, 2);
+        }
         for (j = 0; j < nseg; j++) {
-            uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+            uint8_t *seg = ntake > nseg
+                ? (uint8_t *)memory
+                    + (size_t)sh->pages[nseg + j / RK_BLKIF_SEGMENTS_PER_PAGE] * RK_PAGE
+                    + (size_t)(j % RK_BLKIF_SEGMENTS_PER_PAGE) * RK_BLKIF_SEGMENT_SIZE
+                : s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
             uint64_t chunk = bytes - (uint64_t)j * RK_PAGE;
             if (chunk > RK_PAGE)
                 chunk = RK_PAGE;
             rk_put_le(seg, refs[sh->pages[j]], 4);
-            seg[5] = (uint8_t)(chunk / RK_SECTOR - 1);     /* first_sect 0, last_sect */
+            seg[4] = 0;                                     /* first_sect */
+            seg[5] = (uint8_t)(chunk / RK_SECTOR - 1);     /* last_sect */
+#ifdef RK_SHADOW_WHOLE_LIST_PAGES       /* the negative control's build only */
+            if (ntake > nseg)
+                seg[5] = RK_BLKIF_SECTORS_PER_PAGE - 1;
+#endif
+            seg[6] = seg[7] = 0;
             if (op->operation == 1)
                 memcpy(memory + (size_t)sh->pages[j] * RK_PAGE,
                        sh->data + (size_t)j * RK_PAGE, (size_t)chunk);
@@ -1292,7 +1325,7 @@ static unsigned rk_shadow_free(uint8_t *states, uint8_t *freemap, size_t npages,
                                rk_shadow *sh, size_t id)
 {
     unsigned j, n = 0;
-    for (j = 0; j < sh->npages && j < RK_BLKIF_MAX_SEGMENTS; j++)
+    for (j = 0; j < sh->npages && j < sh->capacity; j++)
         if (sh->pages[j] < npages) {
             freemap[sh->pages[j]] = 1;
             n++;
@@ -1353,8 +1386,14 @@ static long rk_shadow_complete(uint8_t *states, size_t window, uint8_t *freemap,
             int64_t *batch = sh->batch;
             int64_t *result = batch + 2 + 2 * (size_t)sh->op_index;
             if (status == 0 && sh->operation == 0) {
+                /* the data pages only (the indirect pages follow them) */
+                uint64_t ndata = (sh->length + RK_PAGE - 1) / RK_PAGE;
                 unsigned j;
-                for (j = 0; j < sh->npages && sh->pages[j] < npages; j++) {
+#ifdef RK_SHADOW_SKIP_DATA_BOUND        /* the negative control's build only */
+                ndata = sh->npages;
+#endif
+                for (j = 0; j < ndata && j < sh->npages && j < sh->capacity
+                     && sh->pages[j] < npages; j++) {
                     uint64_t chunk = sh->length - (uint64_t)j * RK_PAGE;
                     if (chunk > RK_PAGE)
                         chunk = RK_PAGE;

@@ -150,14 +150,28 @@ def test_the_blkfront_shadow_table_under_the_sanitizers(harness: Path) -> None:
     """rk_shadow_*: random batches (misaligned and bad ops refused by rk_shadow_check) submitted
     into staging areas of random lengths, random and hostile response bursts completed, orphans
     marked and freed; after every call each pool page is free or held by exactly one request
-    in flight, and every response consumed answered its request with its own operation.  A
-    batch's buffers are freed once only orphans point into them (a touch is a report)."""
+    in flight, and every response consumed answered its request with its own operation; an
+    INDIRECT request (past 11 pages) names its indirect page, whose list names its data pages
+    with the right sectors.  A batch's buffers are freed once only orphans point into them (a
+    touch is a report)."""
     done = run(harness, "shadow", str(SEED), str(ROUNDS))
     assert not REPORT.search(done.stderr), done.stderr
     assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
     assert "no finding" in done.stdout
     consumed = int(done.stdout.split(" answers consumed")[0].rsplit(" ", 1)[1])
     assert consumed > ROUNDS // 40, done.stdout   # the fuzz reaches the matching, not only refusals
+    indirect = int(done.stdout.split(" indirect)")[0].rsplit("(", 1)[1])
+    assert indirect > ROUNDS // 1000, done.stdout   # INDIRECT requests written and checked
+
+
+def test_negative_control_a_shadow_table_copying_list_pages_is_caught(workdir: Path) -> None:
+    """A C that copies an INDIRECT READ's indirect pages into the caller's buffer too."""
+    exe = workdir / "sanitize_fuzz_no_data_bound"
+    gcc(workdir, *SANITIZE, "-DRK_SHADOW_SKIP_DATA_BOUND", "-o", str(exe))
+    done = run(exe, "shadow", str(SEED), str(ROUNDS))
+    assert done.returncode != 0, done.stdout
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in done.stderr, done.stderr
+    assert "in rk_shadow_complete" in done.stderr, done.stderr
 
 
 def test_negative_control_a_shadow_table_without_the_operation_check_is_caught(
