@@ -1036,9 +1036,9 @@ static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigne
         op = s[0];
         nseg = s[1];
         if (op == 6) {                      /* INDIRECT: the operation is its indirect_op */
-            if (max_indirect == 0 || nseg > 1)
+            if (max_indirect == 0 || s[1] > 1)
                 break;
-            op = nseg;
+            op = s[1];
             nseg = rk_le16(s + 2);
 #ifndef RK_BLKFAST_SKIP_INDIRECT_LIMIT   /* the negative control's build only */
             if (nseg < 1 || nseg > max_indirect)
