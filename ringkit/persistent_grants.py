@@ -3,9 +3,11 @@
 A backend that keeps its frontend's grants mapped (blkif ``feature-persistent``) names each
 mapped page in this table -- grant ref -> the page's address and whether it is mapped writable
 -- and `serve` hands a burst of request slots to ``rk_blkif_serve`` (_build.py), which serves
-the burst's leading plain READs and WRITEs whose refs are all in the table: iovecs into the
-pages, one ``preadv``/``preadv2``/``pwritev`` each, the response written in place.  It stops at
-the first slot it cannot serve so; that one and every later one are the caller's.
+the burst's leading plain READs and WRITEs, direct or INDIRECT, whose refs (an INDIRECT's
+indirect pages and every data page its segment list names) are all in the table: the segment
+list copied out once and checked on the copy, iovecs into the pages, one
+``preadv``/``preadv2``/``pwritev`` per ``IOV_MAX`` of them, the response written in place.
+It stops at the first slot it cannot serve so; that one and every later one are the caller's.
 
 Lifetime: the table holds a cffi buffer export of each page it names, so the page's memory
 stays valid (an mmap cannot be closed under it: BufferError) until `discard` or `clear` drops
@@ -41,7 +43,7 @@ else:
     try:
         _module = importlib.import_module("ringkit._native._compiled")
         _ffi, _lib = _module.ffi, _module.lib
-        _lib.rk_blkif_serve  # noqa: B018 -- a stale build lacks it
+        _lib.RK_FAST_MAX_INDIRECT  # noqa: B018 -- a stale build lacks it (and INDIRECT)
         _MISSING = ""
     except (ImportError, AttributeError) as exc:
         _ffi = _lib = None
@@ -131,10 +133,12 @@ class PersistentGrantTable:
             self._ffi.release(export)
 
     def serve(self, fd: int, sectors: int, flags: int, burst: bytearray, count: int,
-              out: bytearray | memoryview) -> tuple[int, int, int]:
+              out: bytearray | memoryview, *, max_indirect: int = 0) -> tuple[int, int, int]:
         """Serve the leading slots of the `count` blkif requests in `burst` (a private copy,
         `SLOT_SIZE` bytes each) against the image `fd` of `sectors` sectors, as `flags`
         allows; each served slot's response is written whole at its position in `out`.
+        `max_indirect`: the indirect segments the backend advertised (0: INDIRECT requests
+        are handed back; more than 4096, the most 8 indirect pages name, means 4096).
         Returns ``(served, sectors_read, sectors_written)``.
 
         Raises:
@@ -144,8 +148,9 @@ class PersistentGrantTable:
         src = ffi.from_buffer("char[]", burst)
         dst = ffi.from_buffer("char[]", out, require_writable=True)
         stats = self._stats
-        served = self._lib.rk_blkif_serve(self._table, fd, sectors, flags, src, len(src),
-                                          count, dst, len(dst), stats)
+        served = self._lib.rk_blkif_serve(self._table, fd, sectors, flags,
+                                          min(max(max_indirect, 0), 0xFFFFFFFF), src,
+                                          len(src), count, dst, len(dst), stats)
         if served < 0:
             raise ValueError(f"{count} slots do not fit a {len(src)}-byte burst and a "
                              f"{len(dst)}-byte output")

@@ -15,13 +15,14 @@ a direct image or of a ring served at depth, and whatever may wait for the devic
 hole punching) goes through the service's `IoEngine` (``ServiceConfig.io_engine``): submitted to
 the kernel's io_uring and awaited from the event loop, or, where io_uring is unavailable, run
 in a worker thread.  With ``io_depth`` 1 and persistent grants, the usual request -- a READ or
-WRITE whose every grant is already mapped -- does not reach `answer` at all: the ring's server
-hands each burst to the C fast path first (`backends.block.fastpath`), which serves the
-burst's leading such requests and leaves the rest, in order, to this Python path (the
-reference the fast path is tested against).  With ``io_depth`` > 1 the ring's server takes that
-many requests at once and answers each as it completes, as Linux's blkback does, so a real
-disk's queue stays full; a WRITE_BARRIER then waits for every request before it to finish,
-and the requests after it wait for it (blkback's drain).
+WRITE, direct or INDIRECT, whose every grant is already mapped -- does not reach `answer` at
+all: the ring's server hands each burst to the C fast path first
+(`backends.block.fastpath`), which serves the burst's leading such requests and leaves the
+rest, in order, to this Python path (the reference the fast path is tested against).  With
+``io_depth`` > 1 the ring's server takes that many requests at once and answers each as it
+completes, as Linux's blkback does, so a real disk's queue stays full; a WRITE_BARRIER then
+waits for every request before it to finish, and the requests after it wait for it
+(blkback's drain).
 
 What the frontend can get wrong and what it gets back, following xen-blkback:
 
@@ -89,7 +90,8 @@ class BlockService:
         if (config.fast_path and mapper.persistent and config.io_depth == 1
                 and not image.direct and not fast_path_unavailable()):
             self.fast_path = BlkifFastPath(image, mapper.max_persistent,
-                                           inline_writes=self._inline_writes, stats=self.stats)
+                                           inline_writes=self._inline_writes, stats=self.stats,
+                                           max_indirect=self._max_indirect)
             mapper.watch(self.fast_path)
 
     async def aclose(self) -> None:

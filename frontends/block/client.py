@@ -21,10 +21,11 @@ Besides one call per transfer (each in its own task for several in flight), `sub
 batch of reads and writes at once, like io_uring or libaio at an I/O depth: their requests are
 put on the ring together and published with one push (one doorbell at most), and their answers
 are gathered together; the pool bounds how many are in flight, the rest follow as pages free.
-A batch of plain reads and writes that need no INDIRECT request, on a device with one ring,
-runs without Python per request when the compiled helper is there (`fast_path`, on by
+A batch of plain reads and writes (direct or INDIRECT requests alike), on a device with one
+ring, runs without Python per request when the compiled helper is there (`fast_path`, on by
 default): the C shadow table of `ringkit.requests.shadow` writes its requests and matches its
-answers, one call each way; every other batch, and ABI mode, takes the Python path.
+answers, one call each way; a single `read_into` or `write` goes the same way, as a batch of
+one; every other batch, and ABI mode, takes the Python path.
 
 With ``verify_reads`` the client also checks that an OKAY read really wrote its pages: the
 first 8 bytes of every sector of a read's pages are stamped with a random canary before the
@@ -231,6 +232,7 @@ class BlockClient:
         if fast_path and not verify_reads and len(channels) == 1 \
                 and not shadow_table.unavailable():
             self._shadow = shadow_table.ShadowTable(self.queue, handle=handle,
+                                                    max_segments=self._max_segments,
                                                     module=shadow_module)
 
     # ------------------------------------------------------------------ connection
@@ -345,9 +347,7 @@ class BlockClient:
         if self._shadow is not None:
             planned = self._shadow_batch(ops)
             if planned is not None:
-                answers = await self._shadow.submit(
-                    planned, depth=depth,
-                    max_segments=min(self._max_segments, blkif.MAX_SEGMENTS_PER_REQUEST))
+                answers = await self._shadow.submit(planned, depth=depth)
                 return [None if status == 0 else
                         self._status_error(status, Op.READ if type(item) is ReadOp
                                            else Op.WRITE, sector)
@@ -531,6 +531,16 @@ class BlockClient:
                 await self._check_written(data, pages, offset // SECTOR, canary)
 
     async def _transfer(self, op: Op, offset: int, data: memoryview) -> None:
+        if self._shadow is not None and data:
+            # one op of the C shadow table's kind: written and matched in C, as `submit` does
+            planned = self._shadow_batch([ReadOp(offset, data) if op == Op.READ
+                                          else WriteOp(offset, data)])
+            if planned is not None:
+                ((status, sector),) = await self._shadow.submit(planned)
+                error = self._status_error(status, op, sector)
+                if error is not None:
+                    raise error
+                return
         chunk = self._max_segments * PAGE
         if len(data) <= chunk:
             await self._chunk(op, offset, data)

@@ -77,21 +77,22 @@ unsigned rk_uring_reap(rk_uring *ring, uint64_t *cookies, int32_t *results, unsi
 
 typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
 typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
-enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4,
+       RK_FAST_MAX_INDIRECT = 4096 };
 int rk_pgrant_put(rk_pgrant_table *table, uint32_t ref, uint64_t page, int writable);
 int rk_pgrant_drop(rk_pgrant_table *table, uint32_t ref);
 int rk_pgrant_clear(rk_pgrant_table *table);
 long rk_blkif_serve(rk_pgrant_table *table, int fd, uint64_t sectors, unsigned flags,
-                    const char *slots, size_t length, size_t count, char *out,
-                    size_t out_length, uint64_t *stats);
+                    uint32_t max_indirect, const char *slots, size_t length, size_t count,
+                    char *out, size_t out_length, uint64_t *stats);
 enum { RK_ID_FREE = 0, RK_ID_HELD = 1, RK_ID_SENT = 2, RK_ID_ANSWERED = 3, RK_ID_STATE = 3,
        RK_ID_ORPHAN = 4, RK_ID_SHADOW = 8 };
 enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
 typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
                  uint32_t pad; } rk_shadow_op;
 typedef struct {
-    char *data; uint64_t length; uint64_t sector; int64_t *batch;
-    uint32_t pages[11]; uint32_t token; uint32_t op_index; uint8_t operation; uint8_t npages;
+    char *data; uint64_t length; uint64_t sector; int64_t *batch; uint32_t *pages;
+    uint32_t capacity; uint32_t npages; uint32_t token; uint32_t op_index; uint8_t operation;
 } rk_shadow;
 long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align, uint64_t disk_bytes,
                      int readonly, uint64_t max_bytes);
@@ -429,6 +430,7 @@ static long rk_gather_refs(const char *buf, size_t length, size_t count, size_t 
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/uio.h>
+#include <limits.h>
 #include <unistd.h>
 
 #if defined(__linux__) && defined(__has_include)
@@ -784,14 +786,18 @@ static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, 
 
    The block backend's usual request served without the interpreter: a burst of blkif slots
    (the request server's private copy, never the shared ring) is walked in ring order, and each
-   slot that is a plain READ or WRITE of direct segments, whose every grant ref is in the
-   persistent-grant table, and whose sectors lie inside the disk, is served here -- iovecs
-   pointing into the persistently mapped pages, one preadv/pwritev -- and answered OKAY in
-   `out` at the slot's position (the whole slot written, padding zeroed).  The walk stops at
-   the first slot it cannot serve so: that slot and every one after it go back to Python
-   untouched (their response positions are not written), so error reporting, first maps,
-   indirect requests, flushes, barriers, discards and page-cache misses stay with the Python
-   path, and no request answered here overtakes one that Python has yet to serve.
+   slot that is a plain READ or WRITE -- of direct segments, or INDIRECT with a READ or WRITE
+   inside, of 1..max_indirect segments -- whose every grant ref (an INDIRECT's indirect pages
+   and the data pages its list names) is in the persistent-grant table, and whose sectors lie
+   inside the disk, is served here -- iovecs pointing into the persistently mapped pages
+   (adjacent ones merged), one preadv/pwritev per IOV_MAX of them -- and answered OKAY in `out`
+   at the slot's position (the whole slot written, padding zeroed).  An INDIRECT's segment list
+   is copied out of its indirect pages once, then validated and used from the copy: the
+   frontend may rewrite the pages meanwhile.  The walk stops at the first slot it cannot serve
+   so: that slot and every one after it go back to Python untouched (their response positions
+   are not written), so error reporting, first maps, flushes, barriers, discards and page-cache
+   misses stay with the Python path, and no request answered here overtakes one that Python has
+   yet to serve.
 
    A READ needs writable entries (the disk's data is written into the page); a WRITE only reads
    the pages.  Reads: RK_FAST_READ_PLAIN (an image in memory, tmpfs: nothing to wait for) or
@@ -807,7 +813,8 @@ static unsigned rk_uring_reap(rk_uring *r, uint64_t *cookies, int32_t *results, 
 
 typedef struct { uint64_t page; uint32_t ref; uint32_t writable; } rk_pgrant;
 typedef struct { rk_pgrant *entries; uint32_t capacity; uint32_t count; } rk_pgrant_table;
-enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4 };
+enum { RK_FAST_READ_PLAIN = 1, RK_FAST_READ_NOWAIT = 2, RK_FAST_WRITE = 4,
+       RK_FAST_MAX_INDIRECT = 4096 };
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -905,85 +912,192 @@ static int rk_pgrant_clear(rk_pgrant_table *t)
     return 0;
 }
 
+/* The iovecs of one request done as one I/O: preadv / preadv2(RWF_NOWAIT) / pwritev in calls
+   of at most IOV_MAX iovecs, each of which must move all its bytes.  1 when all were moved, 0
+   otherwise (an error or a short transfer: the caller hands the request back whole). */
+static int rk_blkif_io(int fd, unsigned op, unsigned flags, struct iovec *iov, size_t n,
+                       uint64_t offset)
+{
+    size_t at = 0;
+    while (at < n) {
+        size_t k, chunk = n - at < IOV_MAX ? n - at : IOV_MAX;
+        uint64_t want = 0;
+        ssize_t done;
+        for (k = 0; k < chunk; k++)
+            want += iov[at + k].iov_len;
+        if (op == 0)
+            done = (flags & RK_FAST_READ_PLAIN)
+                ? preadv(fd, iov + at, (int)chunk, (off_t)offset)
+                : preadv2(fd, iov + at, (int)chunk, (off_t)offset, RWF_NOWAIT);
+        else
+            done = pwritev(fd, iov + at, (int)chunk, (off_t)offset);
+        if (done < 0 || (uint64_t)done != want)
+            return 0;
+        offset += want;
+        at += chunk;
+    }
+    return 1;
+}
+
+/* One segment (`ref`, sectors lo..hi) into iov[*n], merged with iov[*n - 1] when it continues
+   it in memory.  The sector sum, *total, grows by its sectors.  0 when the segment must be
+   handed back: a bad range, a ref not in the table, a READ into a read-only entry. */
+static int rk_blkif_segment(const rk_pgrant_table *t, unsigned op, uint32_t ref, uint8_t lo,
+                            uint8_t hi, struct iovec *iov, size_t *n, uint64_t *total)
+{
+    long at;
+    const rk_pgrant *e;
+    char *base;
+    size_t len;
+    if (hi >= RK_BLKIF_SECTORS_PER_PAGE || hi < lo)
+        return 0;
+    at = rk_pgrant_index(t, ref);
+    if (at < 0)
+        return 0;
+    e = &t->entries[at];
+#ifndef RK_BLKFAST_SKIP_WRITABLE_CHECK   /* the negative control's build only */
+    if (op == 0 && !e->writable)
+        return 0;
+#endif
+    base = (char *)(uintptr_t)e->page + (size_t)lo * 512;
+    len = ((size_t)hi - lo + 1) * 512;
+    *total += (uint64_t)(hi - lo) + 1;
+    if (*n && (char *)iov[*n - 1].iov_base + iov[*n - 1].iov_len == base) {
+        iov[*n - 1].iov_len += len;
+        return 1;
+    }
+    iov[*n].iov_base = base;
+    iov[*n].iov_len = len;
+    (*n)++;
+    return 1;
+}
+
+#define RK_BLKIF_MAX_INDIRECT_SEGMENTS RK_FAST_MAX_INDIRECT   /* 8 indirect pages of 512 */
+
+/* The segments of INDIRECT slot `s` (operation READ/WRITE `op`, `nseg` segments, already
+   checked against the advertised limit) into iov / *n / *total: its indirect pages looked up
+   in the table, the segment list copied out of them once into `list` (the frontend may change
+   the pages meanwhile: everything after is decided on the copy), then each entry as a direct
+   segment.  0 when the request must be handed back. */
+static int rk_blkif_indirect(const rk_pgrant_table *t, unsigned op, const uint8_t *s,
+                             unsigned nseg, uint8_t *list, struct iovec *iov, size_t *n,
+                             uint64_t *total)
+{
+    unsigned pages = (nseg + RK_BLKIF_SEGMENTS_PER_PAGE - 1) / RK_BLKIF_SEGMENTS_PER_PAGE, p, j;
+    if (pages > RK_BLKIF_MAX_INDIRECT_PAGES)
+        return 0;
+    for (p = 0; p < pages; p++) {
+        long at = rk_pgrant_index(t, rk_le32(s + 28 + 4 * p));
+        unsigned entries = nseg - p * RK_BLKIF_SEGMENTS_PER_PAGE;
+        if (at < 0)
+            return 0;                   /* not kept mapped: the first map is Python's */
+        if (entries > RK_BLKIF_SEGMENTS_PER_PAGE)
+            entries = RK_BLKIF_SEGMENTS_PER_PAGE;
+        memcpy(list + (size_t)p * 4096, (const char *)(uintptr_t)t->entries[at].page,
+               (size_t)entries * RK_BLKIF_SEGMENT_SIZE);
+    }
+    for (j = 0; j < nseg; j++) {
+        const uint8_t *e = list + (size_t)j * RK_BLKIF_SEGMENT_SIZE;
+        if (!rk_blkif_segment(t, op, rk_le32(e), e[4], e[5], iov, n, total))
+            return 0;
+    }
+    return 1;
+}
+
 /* Serve the leading slots of a burst (see above).  `count` slots of 112 bytes at `slots`
    (`length` bytes there), responses into `out` (`out_length` bytes; slot i's at i * 112).
-   stats[0] / stats[1]: sectors read / written by the slots served.  Returns how many leading
-   slots were served and answered, or -1 on a bad call. */
+   `max_indirect`: the indirect segments advertised (0: INDIRECT is handed back, as Python
+   answers it EOPNOTSUPP).  stats[0] / stats[1]: sectors read / written by the slots served.
+   Returns how many leading slots were served and answered, or -1 on a bad call. */
 static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigned flags,
-                           const char *slots, size_t length, size_t count, char *out,
-                           size_t out_length, uint64_t *stats)
+                           uint32_t max_indirect, const char *slots, size_t length,
+                           size_t count, char *out, size_t out_length, uint64_t *stats)
 {
+    /* an indirect request's copied segment list and iovecs: too big for the stack */
+    uint8_t *list = NULL;
+    struct iovec *iov = NULL;
     size_t i;
     if (!rk_pgrant_ok(t) || count > length / RK_BLKIF_REQUEST_SIZE
         || count > out_length / RK_BLKIF_REQUEST_SIZE)
         return -1;
+    if (max_indirect > RK_BLKIF_MAX_INDIRECT_SEGMENTS)
+        max_indirect = RK_BLKIF_MAX_INDIRECT_SEGMENTS;
     stats[0] = stats[1] = 0;
     for (i = 0; i < count; i++) {
         uint8_t s[RK_BLKIF_REQUEST_SIZE];
-        struct iovec iov[RK_BLKIF_MAX_SEGMENTS];
+        struct iovec direct[RK_BLKIF_MAX_SEGMENTS];
+        struct iovec *v = direct;
         uint8_t *r;
         uint64_t sector, total = 0;
         unsigned op, nseg, j;
-        ssize_t done;
+        size_t n = 0;
 
         memcpy(s, slots + i * RK_BLKIF_REQUEST_SIZE, sizeof s);   /* each byte read once */
         op = s[0];
         nseg = s[1];
+        if (op == 6) {                      /* INDIRECT: the operation is its indirect_op */
+            if (max_indirect == 0 || s[1] > 1)
+                break;
+            op = s[1];
+            nseg = rk_le16(s + 2);
+#ifndef RK_BLKFAST_SKIP_INDIRECT_LIMIT   /* the negative control's build only */
+            if (nseg < 1 || nseg > max_indirect)
+                break;
+#else
+            if (nseg < 1)
+                break;
+#endif
+        } else if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS) {
+            break;
+        }
         if (op == 0) {
             if (!(flags & (RK_FAST_READ_PLAIN | RK_FAST_READ_NOWAIT)))
                 break;
         } else if (op != 1 || !(flags & RK_FAST_WRITE)) {
             break;
         }
-        if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS)
-            break;
-        for (j = 0; j < nseg; j++) {
-            const uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
-            uint8_t lo = seg[4], hi = seg[5];
-            long at;
-            const rk_pgrant *e;
-            if (hi >= RK_BLKIF_SECTORS_PER_PAGE || hi < lo)
+        if (s[0] == 6) {
+            if (!list) {
+                list = malloc((size_t)RK_BLKIF_MAX_INDIRECT_PAGES * 4096);
+                iov = malloc(RK_BLKIF_MAX_INDIRECT_SEGMENTS * sizeof *iov);
+                if (!list || !iov)
+                    break;
+            }
+            v = iov;
+            if (!rk_blkif_indirect(t, op, s, nseg, list, v, &n, &total))
                 break;
-            at = rk_pgrant_index(t, rk_le32(seg));
-            if (at < 0)
+        } else {
+            for (j = 0; j < nseg; j++) {
+                const uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+                if (!rk_blkif_segment(t, op, rk_le32(seg), seg[4], seg[5], v, &n, &total))
+                    break;
+            }
+            if (j < nseg)
                 break;
-            e = &t->entries[at];
-#ifndef RK_BLKFAST_SKIP_WRITABLE_CHECK   /* the negative control's build only */
-            if (op == 0 && !e->writable)
-                break;
-#endif
-            iov[j].iov_base = (char *)(uintptr_t)e->page + (size_t)lo * 512;
-            iov[j].iov_len = ((size_t)hi - lo + 1) * 512;
-            total += (uint64_t)(hi - lo) + 1;
         }
-        if (j < nseg)
-            break;
         sector = rk_le64(s + 16);
         if (sector > sectors || total > sectors - sector || sector > (uint64_t)INT64_MAX / 1024)
             break;
-        if (op == 0)
-            done = (flags & RK_FAST_READ_PLAIN)
-                ? preadv(fd, iov, (int)nseg, (off_t)(sector * 512))
-                : preadv2(fd, iov, (int)nseg, (off_t)(sector * 512), RWF_NOWAIT);
-        else
-            done = pwritev(fd, iov, (int)nseg, (off_t)(sector * 512));
-        if (done < 0 || (uint64_t)done != total * 512)
+        if (!rk_blkif_io(fd, op, flags, v, n, sector * 512))
             break;                          /* Python does it again, whole, and reports */
         stats[op] += total;
         r = (uint8_t *)out + i * RK_BLKIF_REQUEST_SIZE;
         memset(r, 0, RK_BLKIF_REQUEST_SIZE);
         memcpy(r, s + 8, 8);                /* id */
-        r[8] = (uint8_t)op;                 /* status 0: BLKIF_RSP_OKAY */
+        r[8] = (uint8_t)op;                 /* the operation (an INDIRECT's indirect_op);
+                                               status 0: BLKIF_RSP_OKAY */
     }
+    free(list);
+    free(iov);
     return (long)i;
 }
 
 /* ---------------------------------------------------------------- blkfront shadow table
 
-   The block frontend's usual batch -- plain READs and WRITEs of direct segments, one pool page
-   per segment -- written and answered without the interpreter, on the request queue's own
-   state (ringkit.requests.front, ringkit.requests.pool), which the Python path reads and
-   writes as well:
+   The block frontend's usual batch -- plain READs and WRITEs, one pool page per segment, direct
+   or INDIRECT past 11 segments -- written and answered without the interpreter, on the request
+   queue's own state (ringkit.requests.front, ringkit.requests.pool), which the Python path
+   reads and writes as well:
 
    * `states`: one byte per request id of the queue (RK_ID_*: FREE, HELD, SENT, ANSWERED in the
      low bits; ORPHAN: its caller is gone; SHADOW: the request is this table's, not a Python
@@ -1017,20 +1131,22 @@ enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
 
 typedef struct { char *data; uint64_t length; uint64_t offset; uint32_t operation;
                  uint32_t pad; } rk_shadow_op;
+/* `pages`: the caller's array of `capacity` entries, room for the pages of the largest
+   request submitted (its data pages, then its indirect pages). */
 typedef struct {
-    char *data; uint64_t length; uint64_t sector; int64_t *batch;
-    uint32_t pages[RK_BLKIF_MAX_SEGMENTS]; uint32_t token; uint32_t op_index;
-    uint8_t operation; uint8_t npages;
+    char *data; uint64_t length; uint64_t sector; int64_t *batch; uint32_t *pages;
+    uint32_t capacity; uint32_t npages; uint32_t token; uint32_t op_index; uint8_t operation;
 } rk_shadow;
 
 /* The index of the first op the fast path must not take (misaligned, outside the disk, a
-   write to a read-only disk, neither READ nor WRITE, no buffer, or longer than direct segments
-   carry while the client would send it INDIRECT), or `nops` when it may take them all. */
+   write to a read-only disk, neither READ nor WRITE, no buffer), or `nops` when it may take
+   them all; -1 on a bad call (an alignment not of whole sectors, or `max_bytes`, the largest
+   request the client sends, past what 8 indirect pages describe). */
 static long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align,
                             uint64_t disk_bytes, int readonly, uint64_t max_bytes)
 {
     size_t i;
-    if (align == 0 || align % RK_SECTOR)
+    if (align == 0 || align % RK_SECTOR || max_bytes > (uint64_t)RK_FAST_MAX_INDIRECT * RK_PAGE)
         return -1;
     for (i = 0; i < nops; i++) {
         const rk_shadow_op *op = &ops[i];
@@ -1039,9 +1155,6 @@ static long rk_shadow_check(const rk_shadow_op *ops, size_t nops, uint64_t align
             return (long)i;
         if (op->offset % align || op->length % align || op->offset > disk_bytes
             || op->length > disk_bytes - op->offset)
-            return (long)i;
-        if (max_bytes > RK_BLKIF_MAX_SEGMENTS * RK_PAGE
-            && op->length > RK_BLKIF_MAX_SEGMENTS * RK_PAGE)
             return (long)i;
     }
     return (long)nops;
@@ -1087,13 +1200,24 @@ static void rk_put_le(uint8_t *p, uint64_t v, unsigned size)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* Pages a request of `nseg` data pages takes: they, and its indirect pages past 11. */
+static size_t rk_shadow_pages_for(size_t nseg)
+{
+    return nseg + (nseg > RK_BLKIF_MAX_SEGMENTS
+                   ? (nseg + RK_BLKIF_SEGMENTS_PER_PAGE - 1) / RK_BLKIF_SEGMENTS_PER_PAGE : 0);
+}
+
 /* Encode up to `limit` requests of the ops from cursor[0] (op index) / cursor[1] (byte offset
-   in it) on -- each at most `max_segments` (1..11) pages, an op cut as the Python path cuts
+   in it) on -- each at most `max_segments` (1..4096) pages, an op cut as the Python path cuts
    it -- into `slots` (112 bytes each), taking the lowest free id and pages for each and
    copying a WRITE's data into its pages; stops early when no id or too few pages are free.
-   The ops must have passed rk_shadow_check.  `memory`: the pool's `npages` pages; `refs`: the
-   grant ref of each.  taken[0]: pages taken.  Returns the requests encoded (their ids marked
-   SENT | SHADOW, counted in batch[1]), or -1 on a bad call. */
+   A request of more than 11 pages goes INDIRECT, as on the Python path: its data pages first,
+   then its indirect pages, which get the segment list (every page whole but the last one's
+   sectors), written over the list's bytes only.  The ops must have passed rk_shadow_check;
+   every entry of `table` must have room for rk_shadow_pages_for(max_segments) pages.
+   `memory`: the pool's `npages` pages; `refs`: the grant ref of each.  taken[0]: pages taken.
+   Returns the requests encoded (their ids marked SENT | SHADOW, counted in batch[1]), or -1
+   on a bad call. */
 static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
                              char *memory, size_t memory_length, const uint32_t *refs,
                              rk_shadow *table, const rk_shadow_op *ops, size_t nops,
@@ -1102,16 +1226,19 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
                              char *slots, size_t slots_length, uint64_t *taken)
 {
     size_t n = 0, free_pages = 0, i, id;
-    if (max_segments < 1 || max_segments > RK_BLKIF_MAX_SEGMENTS || nops > (SIZE_MAX - 2) / 2
+    if (max_segments < 1 || max_segments > RK_FAST_MAX_INDIRECT || nops > (SIZE_MAX - 2) / 2
         || nbatch < 2 + 2 * nops || cursor[0] > nops || npages > memory_length / RK_PAGE)
         return -1;
+    for (id = 0; id < window; id++)
+        if (!table[id].pages || table[id].capacity < rk_shadow_pages_for(max_segments))
+            return -1;
     taken[0] = 0;
     for (i = 0; i < npages; i++)
         free_pages += freemap[i] == 1;
     while (n < limit && n < slots_length / RK_BLKIF_REQUEST_SIZE) {
         const rk_shadow_op *op;
         uint64_t at, bytes, sector;
-        unsigned nseg, j;
+        unsigned nseg, ntake, j;
         rk_shadow *sh;
         uint8_t *s;
 
@@ -1129,15 +1256,16 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
         if (bytes % RK_SECTOR || op->operation > 1)
             return -1;                  /* rk_shadow_check refuses such an op */
         nseg = (unsigned)((bytes + RK_PAGE - 1) / RK_PAGE);
+        ntake = (unsigned)rk_shadow_pages_for(nseg);
         for (id = 0; id < window; id++)
             if (states[id] == RK_ID_FREE)
                 break;
         if (id == window)
             break;
         sh = &table[id];
-        if (!rk_shadow_take_pages(freemap, npages, &free_pages, nseg, sh->pages))
+        if (!rk_shadow_take_pages(freemap, npages, &free_pages, ntake, sh->pages))
             break;
-        taken[0] += nseg;
+        taken[0] += ntake;
         sector = (op->offset + at) / RK_SECTOR;
         sh->data = op->data + at;
         sh->length = bytes;
@@ -1146,21 +1274,40 @@ static long rk_shadow_submit(uint8_t *states, size_t window, uint8_t *freemap, s
         sh->token = token;
         sh->op_index = (uint32_t)cursor[0];
         sh->operation = (uint8_t)op->operation;
-        sh->npages = (uint8_t)nseg;
+        sh->npages = ntake;
         s = (uint8_t *)slots + n * RK_BLKIF_REQUEST_SIZE;
         memset(s, 0, RK_BLKIF_REQUEST_SIZE);    /* padding zeroed (XSA-216) */
-        s[0] = (uint8_t)op->operation;
-        s[1] = (uint8_t)nseg;
-        rk_put_le(s + 2, handle, 2);
         rk_put_le(s + 8, id, 8);
         rk_put_le(s + 16, sector, 8);
+        if (ntake > nseg) {                     /* INDIRECT */
+            s[0] = 6;
+            s[1] = (uint8_t)op->operation;
+            rk_put_le(s + 2, nseg, 2);
+            rk_put_le(s + 24, handle, 2);
+            for (j = nseg; j < ntake; j++)
+                rk_put_le(s + 28 + 4 * (j - nseg), refs[sh->pages[j]], 4);
+        } else {
+            s[0] = (uint8_t)op->operation;
+            s[1] = (uint8_t)nseg;
+            rk_put_le(s + 2, handle, 2);
+        }
         for (j = 0; j < nseg; j++) {
-            uint8_t *seg = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+            uint8_t *seg = ntake > nseg
+                ? (uint8_t *)memory
+                    + (size_t)sh->pages[nseg + j / RK_BLKIF_SEGMENTS_PER_PAGE] * RK_PAGE
+                    + (size_t)(j % RK_BLKIF_SEGMENTS_PER_PAGE) * RK_BLKIF_SEGMENT_SIZE
+                : s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
             uint64_t chunk = bytes - (uint64_t)j * RK_PAGE;
             if (chunk > RK_PAGE)
                 chunk = RK_PAGE;
             rk_put_le(seg, refs[sh->pages[j]], 4);
-            seg[5] = (uint8_t)(chunk / RK_SECTOR - 1);     /* first_sect 0, last_sect */
+            seg[4] = 0;                                     /* first_sect */
+            seg[5] = (uint8_t)(chunk / RK_SECTOR - 1);     /* last_sect */
+#ifdef RK_SHADOW_WHOLE_LIST_PAGES       /* the negative control's build only */
+            if (ntake > nseg)
+                seg[5] = RK_BLKIF_SECTORS_PER_PAGE - 1;
+#endif
+            seg[6] = seg[7] = 0;
             if (op->operation == 1)
                 memcpy(memory + (size_t)sh->pages[j] * RK_PAGE,
                        sh->data + (size_t)j * RK_PAGE, (size_t)chunk);
@@ -1178,7 +1325,7 @@ static unsigned rk_shadow_free(uint8_t *states, uint8_t *freemap, size_t npages,
                                rk_shadow *sh, size_t id)
 {
     unsigned j, n = 0;
-    for (j = 0; j < sh->npages && j < RK_BLKIF_MAX_SEGMENTS; j++)
+    for (j = 0; j < sh->npages && j < sh->capacity; j++)
         if (sh->pages[j] < npages) {
             freemap[sh->pages[j]] = 1;
             n++;
@@ -1239,8 +1386,14 @@ static long rk_shadow_complete(uint8_t *states, size_t window, uint8_t *freemap,
             int64_t *batch = sh->batch;
             int64_t *result = batch + 2 + 2 * (size_t)sh->op_index;
             if (status == 0 && sh->operation == 0) {
+                /* the data pages only (the indirect pages follow them) */
+                uint64_t ndata = (sh->length + RK_PAGE - 1) / RK_PAGE;
                 unsigned j;
-                for (j = 0; j < sh->npages && sh->pages[j] < npages; j++) {
+#ifdef RK_SHADOW_SKIP_DATA_BOUND        /* the negative control's build only */
+                ndata = sh->npages;
+#endif
+                for (j = 0; j < ndata && j < sh->npages && j < sh->capacity
+                     && sh->pages[j] < npages; j++) {
                     uint64_t chunk = sh->length - (uint64_t)j * RK_PAGE;
                     if (chunk > RK_PAGE)
                         chunk = RK_PAGE;

@@ -2,14 +2,15 @@
 
 Linux's blkfront keeps a *shadow* entry per request id: what it needs once the answer comes.
 This is that table in C (``rk_shadow_*`` in ringkit/_native/_build.py) for the frontend's
-common case -- a batch of plain READs and WRITEs of direct segments, one pool page per segment
--- so that no Python runs per request:
+common case -- a batch of plain READs and WRITEs, one pool page per segment, direct or, past 11
+segments, INDIRECT -- so that no Python runs per request:
 
 * `ShadowTable.submit` takes, per request, the lowest free id and pool pages, copies a WRITE's
-  data into the pages and encodes the blkif slot, for as many requests as ids, pages and the
-  depth allow, in one call; the slots go onto the ring with one copy and one push
-  (``FrontRingChannel.send_from_nowait``: the ring engine publishes and notifies with its
-  hold-off, as for any batch).
+  data into the pages and encodes the blkif slot -- for an INDIRECT request, its data pages
+  first, then its indirect pages, filled with the segment list, as the Python path lays them
+  out -- for as many requests as ids, pages and the depth allow, in one call; the slots go
+  onto the ring with one copy and one push (``FrontRingChannel.send_from_nowait``: the ring
+  engine publishes and notifies with its hold-off, as for any batch).
 * The queue's receive path hands each burst of responses (its private copy, never the shared
   ring) to the table first: one call consumes the leading responses that answer shadow
   requests -- operation and status checked, a READ's data copied from the pool pages into the
@@ -23,7 +24,7 @@ long enough, else the first free pages) the same way, so the two paths can be mi
 queue and compared request for request.
 
 What stays Python: checking a batch (the C refuses it whole when an op is misaligned, out of
-range, a write to a read-only disk, or would be INDIRECT), waiting, cancellation (an op whose
+range, or a write to a read-only disk), waiting, cancellation (an op whose
 caller was cancelled keeps its id and pages until its answer comes: the table marks it an
 orphan, and its answer frees it without touching the caller's buffer), the errors (a hostile
 response is the same `RemoteProtocolError`, in the same words, as on the Python path) and the
@@ -76,6 +77,13 @@ def unavailable() -> str:
     return _MISSING
 
 
+def _pages_for(nseg: int) -> int:
+    """Pool pages a request of `nseg` data pages takes (its indirect pages past 11)."""
+    if nseg > blkif.MAX_SEGMENTS_PER_REQUEST:
+        return nseg + blkif.indirect_pages_for(nseg)
+    return nseg
+
+
 class ShadowBatch:
     """One `ShadowTable.submit` call's ops as C sees them (built by `ShadowTable.batch`):
     the caller's buffers, held exported until the batch ends, and its counters and per-op
@@ -102,15 +110,18 @@ class ShadowBatch:
 
 class ShadowTable:
     """The C shadow table of `queue` (one ring, a `GrantPool`, blkif slots): see the module
-    docstring.  `handle`: the virtual device the requests name.  `module`: the cffi module
-    whose C to use (default: `ringkit._native._compiled`; tests pass a differently built one).
+    docstring.  `handle`: the virtual device the requests name.  `max_segments`: the most
+    pages one request carries (more than 11: INDIRECT requests; `submit` takes no more).
+    `module`: the cffi module whose C to use (default: `ringkit._native._compiled`; tests pass
+    a differently built one).
 
     Raises (constructor):
         RuntimeError: the compiled helper is unavailable (`unavailable`).
         ConfigError: the queue has several rings, no pool, or is not blkif.
     """
 
-    def __init__(self, queue: RequestQueue, *, handle: int = 0, module: Any = None) -> None:
+    def __init__(self, queue: RequestQueue, *, handle: int = 0,
+                 max_segments: int = blkif.MAX_SEGMENTS_PER_REQUEST, module: Any = None) -> None:
         if module is not None:
             ffi, lib = module.ffi, module.lib
         elif _lib is None:
@@ -127,7 +138,17 @@ class ShadowTable:
         self.handle = handle
         window = queue.window
         self._window = window
+        if not 1 <= max_segments <= blkif.MAX_INDIRECT_PAGES_PER_REQUEST \
+                * blkif.SEGMENTS_PER_INDIRECT_PAGE:
+            raise ConfigError(f"a request of {max_segments} pages")
+        self.max_segments = max_segments
+        """The most pages one request carries."""
         self._table = ffi.new("rk_shadow[]", window)
+        capacity = _pages_for(max_segments)
+        self._page_lists = ffi.new("uint32_t[]", window * capacity)
+        for i in range(window):
+            self._table[i].pages = self._page_lists + i * capacity
+            self._table[i].capacity = capacity
         self._refs = ffi.new("uint32_t[]", list(pool.refs))
         # the queue's id table, the pool's free map and pages are exported to C for one call
         # at a time: an export kept would pin them (an mmap could not be closed, and a
@@ -178,9 +199,10 @@ class ShadowTable:
         return batch
 
     async def submit(self, batch: ShadowBatch, *, depth: int | None = None,
-                     max_segments: int = blkif.MAX_SEGMENTS_PER_REQUEST) -> list[tuple[int, int]]:
+                     max_segments: int | None = None) -> list[tuple[int, int]]:
         """Run `batch` to the end: requests out as ids and pages allow (at most `depth` in
-        flight), answers matched by the queue's receive path.  Returns `ShadowBatch.results`.
+        flight; requests of at most `max_segments` pages, default and limit the table's),
+        answers matched by the queue's receive path.  Returns `ShadowBatch.results`.
 
         Cancelled or failed, its requests still in flight become orphans (or, once the queue
         failed, are freed).
@@ -189,6 +211,11 @@ class ShadowTable:
             PeerGoneError, RemoteProtocolError: the queue failed.
         """
         queue = self._queue
+        if max_segments is None:
+            max_segments = self.max_segments
+        elif not 1 <= max_segments <= self.max_segments:
+            raise ConfigError(f"requests of {max_segments} pages in a table of requests of up "
+                              f"to {self.max_segments}")
         counters, cursor = batch.counters, batch.cursor
         self._batches[batch.token] = batch
         try:
@@ -257,7 +284,7 @@ class ShadowTable:
         if op >= batch.nops:
             return 0
         left = min(batch.lengths[op] - at, max_segments * blkif.PAGE_SIZE)
-        return -(-left // blkif.PAGE_SIZE)
+        return _pages_for(-(-left // blkif.PAGE_SIZE))
 
     async def _room(self, pages: int) -> None:
         """Wait until an id and `pages` pool pages are free (nothing of the batch is in flight:

@@ -670,15 +670,15 @@ static int run_blkfast(unsigned long rounds)
     unsigned nmodel = 0, i, j;
     FILE *file = tmpfile();
     int fd;
-    unsigned long served_total = 0;
+    unsigned long served_total = 0, indirect_total = 0;
 
     CHECK(entries != NULL && file != NULL);
     fd = fileno(file);
     for (i = 0; i < FAST_PAGES; i++)
         pages[i] = random_bytes(4096);
     {
-        uint8_t *disk = random_bytes(64 * 512);
-        CHECK(pwrite(fd, disk, 64 * 512, 0) == 64 * 512);
+        uint8_t *disk = random_bytes(2048 * 512);
+        CHECK(pwrite(fd, disk, 2048 * 512, 0) == 2048 * 512);
         free(disk);
     }
     where = "rk_pgrant";
@@ -691,6 +691,7 @@ static int run_blkfast(unsigned long rounds)
         uint8_t *slots, *out;
         uint64_t stats[2];
         unsigned flags;
+        uint32_t max_indirect;
         long r;
 
         where = "rk_pgrant";
@@ -746,6 +747,40 @@ static int run_blkfast(unsigned long rounds)
         for (i = 0; (size_t)(i + 1) * RK_BLKIF_REQUEST_SIZE <= length; i++) {
             uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
             uint64_t sector = one_in(10) ? rnd() : below(72);
+            if (one_in(3) && nmodel) {
+                /* INDIRECT: its list pages named from the table (now and then not), each page
+                   filled with entries naming table refs (now and then not, or bad ranges) */
+                unsigned nseg = one_in(10) ? (unsigned)below(65536)
+                                           : 1 + (unsigned)below(one_in(4) ? 1200 : 40);
+                unsigned npg = (nseg + 511) / 512, p;
+                s[0] = 6;
+                s[1] = one_in(10) ? (uint8_t)rnd() : (uint8_t)below(2);
+                s[2] = (uint8_t)nseg;
+                s[3] = (uint8_t)(nseg >> 8);
+                sector = one_in(10) ? rnd() : below(one_in(2) ? 8 : 2048);
+                memcpy(s + 16, &sector, 8);
+                for (p = 0; p < 8; p++) {
+                    unsigned m = (unsigned)below(nmodel);
+                    uint32_t pick = !one_in(16) ? model[m].ref : fast_ref();
+                    memcpy(s + 28 + 4 * p, &pick, 4);
+                    if (p < npg && !one_in(8)) {
+                        uint8_t *list = pages[model[m].page];
+                        int clean = one_in(2);
+                        for (j = 0; j < 512; j++) {
+                            uint8_t *e = list + j * RK_BLKIF_SEGMENT_SIZE;
+                            uint32_t ref = clean || !one_in(64) ? model[below(nmodel)].ref
+                                                                : fast_ref();
+                            memcpy(e, &ref, 4);
+                            if (clean || one_in(2)) {
+                                e[4] = e[5] = (uint8_t)below(8);
+                            } else {
+                                sectors(e, 200);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             if (!one_in(10))
                 s[0] = (uint8_t)below(2);
             if (!one_in(10))
@@ -759,8 +794,13 @@ static int run_blkfast(unsigned long rounds)
             }
         }
         flags = (unsigned)below(8);
-        r = rk_blkif_serve(&table, one_in(20) ? -1 : fd, one_in(10) ? rnd() : 64, flags,
-                           (const char *)slots, length, count, (char *)out, out_length, stats);
+        {
+            static const uint32_t limits[] = {0, 8, 32, 400, 1200, 4096};
+            max_indirect = one_in(8) ? (uint32_t)rnd() : limits[below(6)];
+        }
+        r = rk_blkif_serve(&table, one_in(20) ? -1 : fd, one_in(10) ? rnd() : 2048, flags,
+                           max_indirect, (const char *)slots, length, count, (char *)out,
+                           out_length, stats);
         if (count > length / RK_BLKIF_REQUEST_SIZE || count > out_length / RK_BLKIF_REQUEST_SIZE) {
             CHECK(r == -1);
         } else {
@@ -768,6 +808,16 @@ static int run_blkfast(unsigned long rounds)
             for (i = 0; i < (unsigned)r; i++) {
                 const uint8_t *s = slots + (size_t)i * RK_BLKIF_REQUEST_SIZE;
                 const uint8_t *a = out + (size_t)i * RK_BLKIF_REQUEST_SIZE;
+                if (s[0] == 6) {
+                    unsigned nseg = rk_le16(s + 2), p;
+                    CHECK(s[1] <= 1 && nseg >= 1);
+                    CHECK(nseg <= (max_indirect < 4096 ? max_indirect : 4096));
+                    CHECK(memcmp(a, s + 8, 8) == 0 && a[8] == s[1] && a[10] == 0 && a[11] == 0);
+                    for (p = 0; p < (nseg + 511) / 512; p++)
+                        CHECK(rk_pgrant_index(&table, rk_le32(s + 28 + 4 * p)) >= 0);
+                    indirect_total++;
+                    continue;
+                }
                 CHECK(s[0] <= 1 && s[1] >= 1 && s[1] <= 11);
                 CHECK(memcmp(a, s + 8, 8) == 0 && a[8] == s[0] && a[10] == 0 && a[11] == 0);
                 for (j = 0; j < s[1]; j++) {
@@ -781,8 +831,9 @@ static int run_blkfast(unsigned long rounds)
         free(out);
         free(slots);
     }
-    printf("seed %llu: %lu rounds of the blkif fast path, %lu requests served, no finding\n",
-           (unsigned long long)seed, rounds, served_total);
+    printf("seed %llu: %lu rounds of the blkif fast path, %lu requests served "
+           "(%lu indirect), no finding\n", (unsigned long long)seed, rounds, served_total,
+           indirect_total);
     for (i = 0; i < FAST_PAGES; i++)
         free(pages[i]);
     free(entries);
@@ -805,6 +856,7 @@ static int run_blkfast(unsigned long rounds)
 
 #define SH_BATCHES 6
 #define SH_MAX_OPS 8
+#define SH_CAPACITY 41
 
 struct sh_batch {
     int live;
@@ -827,7 +879,7 @@ static void sh_check_books(const uint8_t *states, size_t window, const uint8_t *
         CHECK(s == RK_ID_FREE || (s & ~RK_ID_ORPHAN) == (RK_ID_SENT | RK_ID_SHADOW));
         if (s == RK_ID_FREE)
             continue;
-        CHECK(table[id].npages >= 1 && table[id].npages <= RK_BLKIF_MAX_SEGMENTS);
+        CHECK(table[id].npages >= 1 && table[id].npages <= table[id].capacity);
         for (j = 0; j < table[id].npages; j++) {
             CHECK(table[id].pages[j] < npages);
             CHECK(!owned[table[id].pages[j]]);
@@ -841,8 +893,8 @@ static void sh_check_books(const uint8_t *states, size_t window, const uint8_t *
 
 static int run_shadow(unsigned long rounds)
 {
-    unsigned long consumed_total = 0, sent_total = 0;
-    size_t window = 1 + (size_t)below(48), npages = 1 + (size_t)below(40), i, id;
+    unsigned long consumed_total = 0, sent_total = 0, indirect_sent = 0;
+    size_t window = 1 + (size_t)below(48), npages = 1 + (size_t)below(80), i, id;
     size_t memory_length = npages * RK_PAGE;
     uint8_t *states = calloc(window, 1), *freemap = malloc(npages);
     char *memory = (char *)random_bytes(memory_length);
@@ -852,6 +904,10 @@ static int run_shadow(unsigned long rounds)
     uint64_t info[6], taken[1];
 
     CHECK(states && freemap);
+    for (id = 0; id < window; id++) {   /* room for 40 data pages and their indirect page */
+        table[id].capacity = SH_CAPACITY;
+        table[id].pages = output(SH_CAPACITY, sizeof *table[id].pages);
+    }
     memset(freemap, 1, npages);
     memset(batches, 0, sizeof batches);
     where = "rk_shadow";
@@ -868,7 +924,7 @@ static int run_shadow(unsigned long rounds)
                 b->ops = output(b->nops ? b->nops : 1, sizeof *b->ops);
                 for (i = 0; i < b->nops; i++) {
                     uint64_t length = one_in(10) ? below(3 * RK_PAGE)
-                                                 : RK_SECTOR * below(20 * 8 + 1);
+                                                 : RK_SECTOR * below(40 * 8 + 1);
                     b->data[i] = random_bytes((size_t)length);
                     b->ops[i].data = (char *)b->data[i];
                     b->ops[i].length = length;
@@ -893,7 +949,8 @@ static int run_shadow(unsigned long rounds)
             slots_length = any_length(12 * RK_BLKIF_REQUEST_SIZE);
             slots = random_bytes(slots_length);
             limit = (size_t)below(16);
-            max_segments = one_in(20) ? (unsigned)below(40) : 1 + (unsigned)below(11);
+            max_segments = one_in(20) ? (unsigned)below(5000)
+                         : 1 + (unsigned)below(one_in(2) ? 40 : 11);
             r = rk_shadow_submit(states, window, freemap, npages, memory, memory_length, refs,
                                  table, b->ops, b->nops, b->cursor, b->counters,
                                  one_in(20) ? 1 + 2 * b->nops : 2 + 2 * b->nops,
@@ -905,8 +962,27 @@ static int run_shadow(unsigned long rounds)
                     const uint8_t *s = slots + i * RK_BLKIF_REQUEST_SIZE;
                     id = (size_t)rk_le64(s + 8);
                     CHECK(id < window && states[id] == (RK_ID_SENT | RK_ID_SHADOW));
+                    CHECK(max_segments <= 40);      /* the table's room: larger is refused */
+                    if (s[0] == 6) {                /* INDIRECT: data pages, then the list's */
+                        unsigned nseg = rk_le16(s + 2), j;
+                        const rk_shadow *sh = &table[id];
+                        uint64_t left = sh->length;
+                        CHECK(s[1] == sh->operation && rk_le16(s + 24) == 7);
+                        CHECK(nseg > 11 && nseg <= max_segments && sh->npages == nseg + 1);
+                        CHECK(rk_le32(s + 28) == refs[sh->pages[nseg]] && rk_le32(s + 32) == 0);
+                        for (j = 0; j < nseg; j++, left -= RK_PAGE) {
+                            const uint8_t *e = (const uint8_t *)memory
+                                + (size_t)sh->pages[nseg] * RK_PAGE + j * 8;
+                            unsigned sectors = (unsigned)((left < RK_PAGE ? left : RK_PAGE)
+                                                          / RK_SECTOR);
+                            CHECK(rk_le32(e) == refs[sh->pages[j]]);
+                            CHECK(e[4] == 0 && e[5] == sectors - 1 && e[6] == 0 && e[7] == 0);
+                        }
+                        indirect_sent++;
+                        continue;
+                    }
                     CHECK(s[0] == table[id].operation && s[1] == table[id].npages);
-                    CHECK(s[1] <= max_segments && rk_le16(s + 2) == 7);
+                    CHECK(s[1] <= max_segments && s[1] <= 11 && rk_le16(s + 2) == 7);
                 }
                 sent_total += (unsigned long)r;
             }
@@ -984,9 +1060,9 @@ static int run_shadow(unsigned long rounds)
             b->live = 0;
         }
     }
-    printf("seed %llu: %lu rounds of the shadow table, %lu requests sent, %lu answers "
-           "consumed, no finding\n", (unsigned long long)seed, rounds, sent_total,
-           consumed_total);
+    printf("seed %llu: %lu rounds of the shadow table, %lu requests sent (%lu indirect), %lu "
+           "answers consumed, no finding\n", (unsigned long long)seed, rounds, sent_total,
+           indirect_sent, consumed_total);
     for (b = batches; b < batches + SH_BATCHES; b++)
         if (b->live) {
             for (i = 0; i < b->nops; i++)
@@ -994,6 +1070,8 @@ static int run_shadow(unsigned long rounds)
             free(b->ops);
             free(b->counters);
         }
+    for (id = 0; id < window; id++)
+        free(table[id].pages);
     free(table);
     free(refs);
     free(memory);

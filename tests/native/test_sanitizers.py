@@ -114,13 +114,17 @@ def test_the_io_uring_ring_under_the_sanitizers(harness: Path) -> None:
 def test_the_blkif_fast_path_under_the_sanitizers(harness: Path) -> None:
     """rk_pgrant_* and rk_blkif_serve: table edits checked against a model, bursts in buffers
     of exactly the claimed lengths served through exactly sized pages (a READ only into
-    writable entries), bursts that do not fit refused."""
+    writable entries), bursts that do not fit refused; INDIRECT requests (up to 1200 segments
+    and 65535 claimed) whose lists live in those pages, served only within the advertised
+    limit and with every indirect page in the table."""
     done = run(harness, "blkfast", str(SEED), str(ROUNDS))
     assert not REPORT.search(done.stderr), done.stderr
     assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
     assert "no finding" in done.stdout
     served = int(done.stdout.split(" requests served")[0].rsplit(" ", 1)[1])
     assert served > ROUNDS // 40, done.stdout   # the fuzz reaches the I/O, not only refusals
+    indirect = int(done.stdout.split(" indirect)")[0].rsplit("(", 1)[1])
+    assert indirect > ROUNDS // 400, done.stdout   # INDIRECT requests too
 
 
 def test_negative_control_a_fast_path_without_the_writable_check_is_caught(
@@ -132,18 +136,42 @@ def test_negative_control_a_fast_path_without_the_writable_check_is_caught(
     assert "check failed: s[0] == 1 || entries[at].writable" in done.stderr, done.stderr
 
 
+def test_negative_control_a_fast_path_without_the_indirect_limit_is_caught(
+        workdir: Path) -> None:
+    exe = workdir / "sanitize_fuzz_no_indirect_limit"
+    gcc(workdir, *SANITIZE, "-DRK_BLKFAST_SKIP_INDIRECT_LIMIT", "-o", str(exe))
+    done = run(exe, "blkfast", str(SEED), str(ROUNDS))
+    assert done.returncode == 2, done.stdout
+    assert "check failed: nseg <= (max_indirect < 4096 ? max_indirect : 4096)" in done.stderr, \
+        done.stderr
+
+
 def test_the_blkfront_shadow_table_under_the_sanitizers(harness: Path) -> None:
     """rk_shadow_*: random batches (misaligned and bad ops refused by rk_shadow_check) submitted
     into staging areas of random lengths, random and hostile response bursts completed, orphans
     marked and freed; after every call each pool page is free or held by exactly one request
-    in flight, and every response consumed answered its request with its own operation.  A
-    batch's buffers are freed once only orphans point into them (a touch is a report)."""
+    in flight, and every response consumed answered its request with its own operation; an
+    INDIRECT request (past 11 pages) names its indirect page, whose list names its data pages
+    with the right sectors.  A batch's buffers are freed once only orphans point into them (a
+    touch is a report)."""
     done = run(harness, "shadow", str(SEED), str(ROUNDS))
     assert not REPORT.search(done.stderr), done.stderr
     assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
     assert "no finding" in done.stdout
     consumed = int(done.stdout.split(" answers consumed")[0].rsplit(" ", 1)[1])
     assert consumed > ROUNDS // 40, done.stdout   # the fuzz reaches the matching, not only refusals
+    indirect = int(done.stdout.split(" indirect)")[0].rsplit("(", 1)[1])
+    assert indirect > ROUNDS // 1000, done.stdout   # INDIRECT requests written and checked
+
+
+def test_negative_control_a_shadow_table_copying_list_pages_is_caught(workdir: Path) -> None:
+    """A C that copies an INDIRECT READ's indirect pages into the caller's buffer too."""
+    exe = workdir / "sanitize_fuzz_no_data_bound"
+    gcc(workdir, *SANITIZE, "-DRK_SHADOW_SKIP_DATA_BOUND", "-o", str(exe))
+    done = run(exe, "shadow", str(SEED), str(ROUNDS))
+    assert done.returncode != 0, done.stdout
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in done.stderr, done.stderr
+    assert "in rk_shadow_complete" in done.stderr, done.stderr
 
 
 def test_negative_control_a_shadow_table_without_the_operation_check_is_caught(

@@ -3,7 +3,8 @@ Python path of `BlockClient.submit`.
 
 Two identical worlds -- a disk in memory with the same random bytes, a pool of the same pages
 and refs, a one-page blkif ring, a `BlockClient` -- one with the shadow table, one without, run
-the same random batches (reads and writes of 1 sector to 20 pages, at random depths, sometimes
+the same random batches (reads and writes of 1 sector to 125 pages -- direct requests, and
+INDIRECT ones where the disk offers them -- at random depths, sometimes
 next to a FLUSH on the Python path, sometimes cancelled halfway) against a test backend that
 plays both worlds the same way: it takes what each client pushed, answers a random subset in
 random order, with BLKIF_RSP_ERROR / EOPNOTSUPP now and then, and sometimes a hostile response
@@ -13,8 +14,9 @@ its tasks wait) the two must agree on everything: the request slots each client 
 for byte; the pool's pages and free map; the queue's id table, its counters; the disk; the
 callers' buffers; whether a burst was refused, and the error's kind; each batch's results.
 
-Negative control: the same C built with ``RK_SHADOW_SKIP_OPERATION_CHECK`` (it then accepts an
-answer with the wrong operation) must make the comparison fail.
+Negative controls: the same C built with ``RK_SHADOW_SKIP_OPERATION_CHECK`` (it then accepts
+an answer with the wrong operation), and with ``RK_SHADOW_WHOLE_LIST_PAGES`` (its INDIRECT
+segment lists name a short final page whole), must make the comparison fail.
 """
 
 from __future__ import annotations
@@ -173,23 +175,23 @@ def _hostile(rng: random.Random, burst: list[bytes], window: int, states: bytes)
         burst[k] = blkif.encode_response(rid, operation, rng.choice([1, 5, -3, 0x7FFF]))
 
 
-async def fuzz(seed: int, module: ModuleType | None = None, rounds: int = 12) -> int:
+async def fuzz(seed: int, module: ModuleType | None = None, rounds: int = 12
+               ) -> tuple[int, int]:
     """Run `rounds` random batches in both worlds, asserting they agree; return how many
-    requests the shadow world pushed (so a test can tell the C path really ran)."""
+    requests the shadow world pushed, and how many INDIRECT ones its C table wrote (so a test
+    can tell the C path really ran)."""
     rng = random.Random(seed)
-    shadow_requests = 0
+    shadow_requests = indirect_total = 0
     for _ in range(rounds):
-        indirect = rng.choice([0, 0, 32])
-        pages = rng.choice([11, 24, 64])
+        indirect = rng.choice([0, 0, 32, 600])
+        pages = rng.choice([11, 24, 64, 160])
         window = rng.choice([4, 8, 32])
         disk = rng.randbytes(DISK)
         worlds = [World(disk, pages, window, indirect, module, shadow)
                   for shadow in (False, True)]
         ops: list[list[ReadOp | WriteOp]] = [[], []]
         for _op in range(rng.randrange(1, 24)):
-            sectors = rng.choice([1, 7, 8, 8, 8, 16, 24, 88, 96, 160])
-            if indirect:
-                sectors = min(sectors, 88)   # a longer op would go INDIRECT: Python's
+            sectors = rng.choice([1, 7, 8, 8, 8, 16, 24, 88, 96, 160, 257, 1000])
             offset = rng.randrange(0, DISK // SECTOR - sectors) * SECTOR
             if rng.random() < 0.4:
                 data = rng.randbytes(sectors * SECTOR)
@@ -212,7 +214,8 @@ async def fuzz(seed: int, module: ModuleType | None = None, rounds: int = 12) ->
             raise leaf from None
         assert worlds[0].outcomes == worlds[1].outcomes
         shadow_requests += worlds[1].client.queue.stats.sent
-    return shadow_requests
+        indirect_total += worlds[1].outcomes.get("c_indirect", 0)
+    return shadow_requests, indirect_total
 
 
 async def _round(rng: random.Random, worlds: list[World], ops: list[list[ReadOp | WriteOp]],
@@ -230,6 +233,12 @@ async def _round(rng: random.Random, worlds: list[World], ops: list[list[ReadOp 
         for step in range(200):
             pulled = [world.pull() for world in worlds]
             assert pulled[0] == pulled[1], f"step {step}: the pushed requests differ"
+            states = worlds[1].client.queue.id_table
+            for slot in pulled[1]:   # INDIRECT requests the C table wrote (its ids are marked)
+                rid = int.from_bytes(slot[8:16], "little")
+                if slot[0] == blkif.Op.INDIRECT and rid < len(states) and states[rid] & 8:
+                    worlds[1].outcomes["c_indirect"] = worlds[1].outcomes.get("c_indirect", 0) + 1
+                    worlds[0].outcomes["c_indirect"] = worlds[1].outcomes["c_indirect"]
             for k in range(2):
                 held[k] += pulled[k]
             if not held[0]:
@@ -280,7 +289,9 @@ async def _round(rng: random.Random, worlds: list[World], ops: list[list[ReadOp 
 @pytest.mark.parametrize("seed", range(6))
 async def test_shadow_table_agrees_with_the_python_path(seed: int) -> None:
     with anyio.fail_after(120):
-        assert await fuzz(seed) > 0
+        sent, indirect = await fuzz(seed)
+    assert sent > 0
+    assert indirect > 0, "the C table wrote no INDIRECT request"
 
 
 async def test_a_batch_runs_in_c() -> None:
@@ -337,16 +348,16 @@ async def test_the_peer_gone_fails_the_batch_and_frees_everything() -> None:
     assert world.client.queue.held == 0 and world.client.pool.free == 24
 
 
-def _broken_module(tmp: Path) -> ModuleType:
+def _broken_module(tmp: Path, macro: str = "RK_SHADOW_SKIP_OPERATION_CHECK") -> ModuleType:
+    """The shipped C built with `macro` defined (a check left out, or a field written wrong)."""
     from cffi import FFI
 
     from ringkit._native._build import CDEF, SOURCE
 
-    name = "_rk_shadow_no_operation_check"
+    name = f"_rk_shadow_{macro.lower()}"
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source(name, SOURCE, define_macros=[("RK_SHADOW_SKIP_OPERATION_CHECK", "1")],
-                   extra_compile_args=["-O1"])
+    ffi.set_source(name, SOURCE, define_macros=[(macro, "1")], extra_compile_args=["-O1"])
     library = ffi.compile(tmpdir=str(tmp))
     spec = importlib.util.spec_from_file_location(name, library)
     assert spec is not None and spec.loader is not None
@@ -360,5 +371,14 @@ async def test_negative_control_no_operation_check_is_caught(tmp_path: Path) -> 
     module = _broken_module(tmp_path)
     with anyio.fail_after(300):
         with pytest.raises(AssertionError):
+            for seed in range(40):
+                await fuzz(seed, module)
+
+
+async def test_negative_control_indirect_lists_of_whole_pages_are_caught(tmp_path: Path) -> None:
+    """A C that writes every INDIRECT segment as a whole page (a short final page too)."""
+    module = _broken_module(tmp_path, "RK_SHADOW_WHOLE_LIST_PAGES")
+    with anyio.fail_after(300):
+        with pytest.raises(AssertionError, match="differ"):
             for seed in range(40):
                 await fuzz(seed, module)
