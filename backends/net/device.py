@@ -29,9 +29,9 @@ that cannot be copied from -- gets NETIF_RSP_ERROR on each of its requests and i
 A chain that runs past what the frontend published, or bad ring indices, end the connection
 (`RemoteProtocolError`).  The packets published together (up to `TX_BURST`) are copied with one
 grant copy and answered with one push (`copy_packets`; a refused copy is redone packet by
-packet, so only a packet naming a bad ref is refused). The **rx** ring's requests are buffers the frontend posts ahead of
-time: each frame from the link is copied into as many posted pages as it needs (several only
-with ``feature-sg``) with `GrantTable.copy_to_grants`, so that no page is still mapped when its
+packet, so only a packet naming a bad ref is refused).  The **rx** ring's requests are
+buffers the frontend posts ahead of time: each frame from the link is copied into as many
+posted pages as it needs (several only with ``feature-sg``) with `GrantTable.copy_to_grants`, so that no page is still mapped when its
 answer is seen (Linux's xen-netfront disables itself otherwise: "Grant still in use by backend
 domain"), answered {id, offset 0, ``more_data`` on all but the last, status = bytes in that
 page}; a frame too long for the frontend is dropped and counted.  The frames waiting (up to
