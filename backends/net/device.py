@@ -20,24 +20,25 @@ its order.
 Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chains
 (`ringkit.requests.PostedRequests.take_chain`): a packet's requests are checked (every fragment
 inside its page, the first request's size the packet's, at least an Ethernet header, at most 64
-KiB, at most `NR_SLOTS_MIN` slots, known extra-info types), then its fragments are copied out of
-the frontend's grants (a grant copy: `GrantTable.copy_from_grants`) before the answers go back;
-a packet flagged ``NETTXF_csum_blank`` (Linux's netfront leaves every TCP and UDP checksum to
-the backend: netif has no key to refuse checksum offload) has its checksum finished in software
-(`checksum`), since the link expects whole frames; a packet that fails a check -- or names a ref
-that cannot be copied from -- gets NETIF_RSP_ERROR on each of its requests and is not delivered.
-A chain that runs past what the frontend published, or bad ring indices, end the connection
-(`RemoteProtocolError`).  The packets published together (up to `TX_BURST`) are copied with one
-grant copy and answered with one push (`copy_packets`; a refused copy is redone packet by
-packet, so only a packet naming a bad ref is refused).  The **rx** ring's requests are
+KiB, at most `NR_SLOTS_MIN` slots, known extra-info types), then its fragments are copied out
+of the frontend's grants (a grant copy: `GrantTable.copy_from_grants`) before the answers go
+back; a packet flagged ``NETTXF_csum_blank`` (Linux's netfront leaves every TCP and UDP
+checksum to the backend: netif has no key to refuse checksum offload) has its checksum finished
+in software (`checksum`), since the link expects whole frames; a packet that fails a check --
+or names a ref that cannot be copied from -- gets NETIF_RSP_ERROR on each of its requests and
+is not delivered. A chain that runs past what the frontend published, or bad ring indices, end
+the connection (`RemoteProtocolError`). The packets published together (up to `TX_BURST`) are
+copied with one grant copy and answered with one push (`copy_packets`; a refused copy is redone
+packet by packet, so only a packet naming a bad ref is refused). The **rx** ring's requests are
 buffers the frontend posts ahead of time: each frame from the link is copied into as many
-posted pages as it needs (several only with ``feature-sg``) with `GrantTable.copy_to_grants`, so that no page is still mapped when its
-answer is seen (Linux's xen-netfront disables itself otherwise: "Grant still in use by backend
-domain"), answered {id, offset 0, ``more_data`` on all but the last, status = bytes in that
-page}; a frame too long for the frontend is dropped and counted.  The frames waiting (up to
-`RX_BURST`) go with one grant copy and one push, into the buffers already posted; a refused
-copy is redone frame by frame, so a frame whose buffer is unusable is the only one lost.
-Queue 0's task reads the link and hands each frame to its queue (`spread`).
+posted pages as it needs (several only with ``feature-sg``) with `GrantTable.copy_to_grants`,
+so that no page is still mapped when its answer is seen (Linux's xen-netfront disables itself
+otherwise: "Grant still in use by backend domain"), answered {id, offset 0, ``more_data`` on
+all but the last, status = bytes in that page}; a frame too long for the frontend is dropped
+and counted. The frames waiting (up to `RX_BURST`) go with one grant copy and one push, into
+the buffers already posted; a refused copy is redone frame by frame, so a frame whose buffer is
+unusable is the only one lost. Queue 0's task reads the link and hands each frame to its queue
+(`spread`).
 
 The packet side is pluggable: any anyio object stream of frames (`link`), such as a
 `ringkit.requests`-free memory stream in tests or a `TapDevice`.
