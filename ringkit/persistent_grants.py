@@ -20,10 +20,9 @@ with ``RINGKIT_NATIVE=abi``, where the Python path serves every request.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from ._native import IMPLEMENTATION
+from ._native import compiled_part
 
 _PAGE_SIZE = 4096
 SLOT_SIZE = 112
@@ -35,19 +34,7 @@ READ_NOWAIT = 2
 WRITE = 4
 """`serve` flag: serve WRITEs with ``pwritev`` (a buffered image written inline)."""
 
-_ffi: Any = None
-_lib: Any = None
-if IMPLEMENTATION != "compiled":
-    _MISSING = f"the {IMPLEMENTATION} native implementation has no blkif fast path"
-else:
-    try:
-        _module = importlib.import_module("ringkit._native._compiled")
-        _ffi, _lib = _module.ffi, _module.lib
-        _lib.RK_FAST_MAX_INDIRECT  # noqa: B018 -- a stale build lacks it (and INDIRECT)
-        _MISSING = ""
-    except (ImportError, AttributeError) as exc:
-        _ffi = _lib = None
-        _MISSING = f"compiled helper without the blkif fast path ({exc})"
+_ffi, _lib, _MISSING = compiled_part("RK_FAST_MAX_INDIRECT", "the blkif fast path")
 
 
 def unavailable() -> str:

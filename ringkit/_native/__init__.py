@@ -60,8 +60,10 @@ into a read-only buffer, use after release), `OverflowError` (value too wide for
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 from .._errors import ConfigError
 from ._memory import (
@@ -140,6 +142,23 @@ read_fence: Callable[[], None] = _IMPL.read_fence
 write_fence: Callable[[], None] = _IMPL.write_fence
 attach: Callable[[Buffer], Memory] = _IMPL.attach
 
+
+
+def compiled_part(symbol: str, what: str) -> tuple[Any, Any, str]:
+    """The compiled helper's ``(ffi, lib, "")`` for a part of it that ``lib.<symbol>`` marks,
+    or ``(None, None, why)`` when that part cannot be used here: the ABI implementation is
+    in use (chosen, or no compiler at install time), or the build predates the part.  `what`
+    names the part in the reason."""
+    if IMPLEMENTATION != "compiled":
+        return None, None, f"the {IMPLEMENTATION} native implementation lacks {what}"
+    try:
+        module = importlib.import_module("ringkit._native._compiled")
+        getattr(module.lib, symbol)
+    except (ImportError, AttributeError) as exc:
+        return None, None, f"the compiled helper lacks {what} ({exc})"
+    return module.ffi, module.lib, ""
+
+
 __all__ = (
     "BLKIF_DISCARD_KIND",
     "BLKIF_E_COUNT",
@@ -157,6 +176,7 @@ __all__ = (
     "NativeImpl",
     "SlotHelper",
     "attach",
+    "compiled_part",
     "full_fence",
     "implementations",
     "read_fence",

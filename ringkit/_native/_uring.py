@@ -23,26 +23,13 @@ where it was built without <linux/io_uring.h>, or where the kernel lacks what it
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from . import IMPLEMENTATION
+from . import compiled_part
 
-_ffi: Any = None
-_lib: Any = None
-if IMPLEMENTATION != "compiled":   # RINGKIT_NATIVE=abi, or no compiler at install time
-    _MISSING = f"the {IMPLEMENTATION} native implementation has no io_uring"
-else:
-    try:
-        _module = importlib.import_module("ringkit._native._compiled")
-        _ffi, _lib = _module.ffi, _module.lib
-        _lib.rk_uring_open  # noqa: B018 -- a stale build lacks it
-        _MISSING = ""
-    except (ImportError, AttributeError) as exc:   # a build from before io_uring
-        _ffi = _lib = None
-        _MISSING = f"compiled helper without io_uring ({exc})"
+_ffi, _lib, _MISSING = compiled_part("rk_uring_open", "io_uring")
 
 _LEAKED: list[object] = []
 """Buffers of rings whose close could not wait for their completions (kept forever)."""

@@ -36,14 +36,13 @@ ways and compares results, buffers, pages, ids and pool.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
-from .._native import IMPLEMENTATION
+from .._native import compiled_part
 from ..proto import blkif
 from .pool import fresh_error
 
@@ -57,19 +56,7 @@ _ORPHAN, _FREE_NOW, _FREE_ORPHANS = 0, 1, 2
 _E_OPERATION, _E_STATUS = 1, 2
 _TOUCHED = 64
 
-_ffi: Any = None
-_lib: Any = None
-if IMPLEMENTATION != "compiled":
-    _MISSING = f"the {IMPLEMENTATION} native implementation has no blkfront shadow table"
-else:
-    try:
-        _module = importlib.import_module("ringkit._native._compiled")
-        _ffi, _lib = _module.ffi, _module.lib
-        _lib.rk_shadow_complete  # noqa: B018 -- a stale build lacks it
-        _MISSING = ""
-    except (ImportError, AttributeError) as exc:
-        _ffi = _lib = None
-        _MISSING = f"compiled helper without the blkfront shadow table ({exc})"
+_ffi, _lib, _MISSING = compiled_part("rk_shadow_complete", "the blkfront shadow table")
 
 
 def unavailable() -> str:
