@@ -335,9 +335,9 @@ def run(mib: int, repeat: int, jobs: int) -> dict[str, Any]:
 
 
 @click.command("block-xen")
-@click.option("--mib", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--mib", default=16, show_default=True, type=click.IntRange(min=1),
               help="Size of each disk: every figure moves all of it.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--repeat", default=2, show_default=True, type=click.IntRange(min=1),
               help="Keep each figure's best of this many rounds.")
 @click.option("--jobs", default=4, show_default=True, type=click.IntRange(min=1, max=64),
               help="dd processes reading at once for the parallel figure.")

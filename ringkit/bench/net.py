@@ -271,6 +271,8 @@ def run_client(procs: Processes, prefix: list[str], address: str, total: int, pi
     if not line:
         raise BenchError(f"the benchmark client exited ({client.wait()})")
     result: dict[str, Any] = json.loads(line)
+    with suppress(subprocess.TimeoutExpired):
+        client.wait(timeout=30)     # it exits after its line; `procs` ends it otherwise
     check_result(result, total)
     return result
 

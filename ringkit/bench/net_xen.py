@@ -219,13 +219,13 @@ def run(mib: int, pings: int, frames: int, repeat: int) -> dict[str, Any]:
 
 
 @click.command("net-xen")
-@click.option("--mib", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--mib", default=8, show_default=True, type=click.IntRange(min=1),
               help="MiB to send over the TCP connection, dom0 to the domU.")
-@click.option("--pings", default=300, show_default=True, type=click.IntRange(min=1),
+@click.option("--pings", default=200, show_default=True, type=click.IntRange(min=1),
               help="UDP round trips to time.")
-@click.option("--frames", default=20_000, show_default=True, type=click.IntRange(min=1),
+@click.option("--frames", default=5_000, show_default=True, type=click.IntRange(min=1),
               help="Small UDP frames to send for the frame rate.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--repeat", default=2, show_default=True, type=click.IntRange(min=1),
               help="Keep each figure's best of this many rounds.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Also write the figures and load averages to this JSON file.")
