@@ -9,7 +9,8 @@ as ``xvdc`` and served by ringkit's `BlockBackend` in this process (its default 
 loads its own xen-blkfront (default module parameters) and runs busybox ``dd`` on each disk in
 turn, alternating which goes first, with the same arguments on both:
 
-- 4 KiB reads with ``iflag=direct`` by one dd (one request in flight);
+- 4 KiB reads with ``iflag=direct`` by one dd (one request in flight), over the first
+  `--small-mib` MiB of the disk (as the next figure: 4 KiB requests are slow under emulation);
 - 4 KiB reads by `--jobs` dd processes at once, each on its own slice of the disk (busybox
   ``dd`` at depth 1 each: the domU image has no fio, so this is the "at depth" figure);
 - 1 MiB reads with ``iflag=direct`` by one dd;
@@ -43,8 +44,8 @@ from typing import Any
 
 import click
 
-__all__ = ("DEVICES", "FIGURES", "BenchError", "command", "guest", "pattern", "read_disk", "run",
-           "verify_parts", "write_disk")
+__all__ = ("DEVICES", "FIGURES", "PHASE_KEY", "RESULT", "BenchError", "command", "guest",
+           "pattern", "read_disk", "run", "verify_parts", "write_disk")
 
 DEVICES = (("linux", 51728, "xvdb"), ("ringkit", 51744, "xvdc"))
 """(column, vbd devid, the domU's device name) of the disk each backend serves."""
@@ -58,6 +59,7 @@ FIGURES = (
 RESULT = "block-xen-result "
 """The prefix of the domU's one line of results on its console."""
 PHASE_KEY = "data/block-bench-phase"
+"""Where the domU says it has measured (relative to its xenstore home)."""
 _SECONDS = 1800.0
 """How long the domU may take in all (TCG is slow and the machine shared)."""
 
@@ -162,6 +164,8 @@ def guest() -> int:
     repeat = int(os.environ["BENCH_REPEAT"])
     jobs = int(os.environ["BENCH_JOBS"])
     want = os.environ["BENCH_SHA256"]
+    small = int(os.environ["BENCH_SMALL_BYTES"])
+    want_small = os.environ["BENCH_SMALL_SHA256"]
     _wait_for_disks(size)
     print(f"guest: both disks present ({size >> 20} MiB each)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="block-xen-"))
@@ -178,15 +182,16 @@ def guest() -> int:
             for name, _, vdev in order:
                 dev = f"/dev/{vdev}"
                 what = f"{key} on {dev} ({name}), round {round_ + 1}"
+                moved = small if key.startswith("read_4k") else size
                 if key == "read_4k":
-                    seconds = read_disk(dev, 4096, 1, size, want, work, what)
+                    seconds = read_disk(dev, 4096, 1, small, want_small, work, what)
                 elif key == "read_4k_jobs":
-                    seconds = read_disk(dev, 4096, jobs, size, want, work, what)
+                    seconds = read_disk(dev, 4096, jobs, small, want_small, work, what)
                 elif key == "read_1m":
                     seconds = read_disk(dev, 1 << 20, 1, size, want, work, what)
                 else:
                     seconds = write_disk(dev, source, written, size, work, what)
-                rate = size / seconds / 1e6
+                rate = moved / seconds / 1e6
                 best[name][key] = max(best[name].get(key, 0.0), rate)
                 print(f"guest: {what}: {rate:.1f} MB/s", flush=True)
         # the next round reads the image again: put its content back
@@ -224,8 +229,8 @@ async def _negotiated(store: Any, address: Any) -> dict[str, str]:
     return out
 
 
-async def _measure(work: Path, size: int, repeat: int, jobs: int, seed: int,
-                   want: str) -> dict[str, Any]:
+async def _measure(work: Path, size: int, small: int, repeat: int, jobs: int, seed: int,
+                   want: str, want_small: str) -> dict[str, Any]:
     import anyio
 
     from .. import StoreError
@@ -240,7 +245,8 @@ async def _measure(work: Path, size: int, repeat: int, jobs: int, seed: int,
     negotiated: dict[str, dict[str, str]] = {}
     domid: int | None = None
     env = {"BENCH_BYTES": str(size), "BENCH_REPEAT": str(repeat), "BENCH_JOBS": str(jobs),
-           "BENCH_SHA256": want, "BENCH_SEED": str(seed)}
+           "BENCH_SHA256": want, "BENCH_SEED": str(seed), "BENCH_SMALL_BYTES": str(small),
+           "BENCH_SMALL_SHA256": want_small}
     try:
         async with open_domain() as dom:
             with DomU("block-xen", [sys.executable, "-m", "ringkit.bench.block_xen", "guest"],
@@ -308,9 +314,10 @@ async def _measure(work: Path, size: int, repeat: int, jobs: int, seed: int,
     return result
 
 
-def run(mib: int, repeat: int, jobs: int) -> dict[str, Any]:
-    """Measure both columns once (best of `repeat` rounds inside one domU); returns the domU's
-    best figures per column, what blkfront negotiated with each backend, and the load."""
+def run(mib: int, small_mib: int, repeat: int, jobs: int) -> dict[str, Any]:
+    """Measure both columns once (best of `repeat` rounds inside one domU; the 4 KiB figures
+    read the first `small_mib` MiB, the others all `mib`); returns the domU's best figures per
+    column, what blkfront negotiated with each backend, and the load."""
     import anyio
 
     if not os.path.exists("/dev/xen/gntalloc"):
@@ -322,13 +329,15 @@ def run(mib: int, repeat: int, jobs: int) -> dict[str, Any]:
     seed = 0xB10C + mib
     data = pattern(seed, size)
     want = hashlib.sha256(data).hexdigest()
+    small = min(small_mib, mib) << 20
+    want_small = hashlib.sha256(data[:small]).hexdigest()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ringkit-block-xen-", dir="/dev/shm") as tmp:
         work = Path(tmp)
         for name, _, _ in DEVICES:
             (work / f"{name}.img").write_bytes(data)
         del data
-        result = anyio.run(_measure, work, size, repeat, jobs, seed, want)
+        result = anyio.run(_measure, work, size, small, repeat, jobs, seed, want, want_small)
     result["load_average_before"] = load_before
     result["load_average_after"] = os.getloadavg()
     return result
@@ -336,21 +345,24 @@ def run(mib: int, repeat: int, jobs: int) -> dict[str, Any]:
 
 @click.command("block-xen")
 @click.option("--mib", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Size of each disk: every figure moves all of it.")
+              help="Size of each disk: the 1 MiB figures move all of it.")
+@click.option("--small-mib", default=2, show_default=True, type=click.IntRange(min=1),
+              help="The 4 KiB figures read the first this many MiB of the disk.")
 @click.option("--repeat", default=2, show_default=True, type=click.IntRange(min=1),
               help="Keep each figure's best of this many rounds.")
 @click.option("--jobs", default=4, show_default=True, type=click.IntRange(min=1, max=64),
               help="dd processes reading at once for the parallel figure.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Also write the figures and load averages to this JSON file.")
-def command(mib: int, repeat: int, jobs: int, json_path: str | None) -> None:
+def command(mib: int, small_mib: int, repeat: int, jobs: int, json_path: str | None) -> None:
     """Linux's xen-blkfront in a domU on a disk served by Linux's xen-blkback vs one served by
     ringkit's block backend, same domU, same boot, as a ratio (run in dom0 under
     `ringkit xen-vm run --domu`)."""
-    result = run(mib, repeat, jobs)
+    result = run(mib, small_mib, repeat, jobs)
     before, after = result["load_average_before"], result["load_average_after"]
     click.echo(f"block under real Xen: Linux xen-blkfront in a domU (2 vCPUs), {mib} MiB "
-               f"disks on /dev/shm, {jobs} dd for the parallel figure, best of {repeat}, "
+               f"disks on /dev/shm ({min(small_mib, mib)} MiB of 4 KiB reads), {jobs} dd for the "
+               f"parallel figure, best of {repeat}, "
                f"{os.cpu_count()} CPUs in dom0, load average {before[0]:.2f} before, "
                f"{after[0]:.2f} {after[1]:.2f} {after[2]:.2f} at the end")
     click.echo(f"{'figure':44} {'Linux blkback':>14} {'ringkit':>10} {'ringkit/Linux':>14}")
@@ -362,6 +374,7 @@ def command(mib: int, repeat: int, jobs: int, json_path: str | None) -> None:
         click.echo(f"blkfront negotiated with {name}: {result['negotiated'].get(name)}")
     if json_path:
         record = {"benchmark": "block-xen", "cpus": os.cpu_count(), "mib": mib,
+                  "small_mib": min(small_mib, mib),
                   "repeat": repeat, "jobs": jobs, **result,
                   "rows": [{"key": key, "label": label,
                             "linux": result["best"]["linux"][key],

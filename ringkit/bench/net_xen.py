@@ -36,7 +36,7 @@ import click
 
 from .net import ROWS, BenchError, Processes, figures, run_client
 
-__all__ = ("COLUMNS", "command", "guest", "run")
+__all__ = ("COLUMNS", "ROUND_KEY", "TAP", "command", "guest", "run")
 
 COLUMNS = (("linux", 1, "00:16:3e:79:01:02", "10.79.1.1", "10.79.1.2"),
            ("ringkit", 0, "00:16:3e:79:02:02", "10.79.2.1", "10.79.2.2"))
@@ -44,6 +44,7 @@ COLUMNS = (("linux", 1, "00:16:3e:79:01:02", "10.79.1.1", "10.79.1.2"),
 TAP = "rkbxen0"
 """dom0's TAP device behind ringkit's backend."""
 ROUND_KEY = "data/net-bench-round"
+"""Where the domU says which round its servers listen for (then ``done``)."""
 _SECONDS = 1800.0
 
 

@@ -1,4 +1,4 @@
-"""`ringkit bench net-xen` runs under real Xen and prints its table (a smoke run: 2 MiB of TCP,
+"""`ringkit bench net-xen` runs under real Xen and prints its table (a smoke run: 1 MiB of TCP,
 a few round trips and frames, one round; the benchmark checks the SHA-256 of the TCP bytes each
 way it measures, and asserts nothing about speed; neither does this).  Runs in dom0 under
 ``ringkit xen-vm run --domu`` (``make test-xen``)."""
@@ -20,7 +20,7 @@ pytestmark = DOMU_TEST
 
 def test_net_benchmark_linux_netback_against_ringkit_runs(tmp_path: Path) -> None:
     record = tmp_path / "net-xen.json"
-    result = CliRunner().invoke(command, ["--mib", "2", "--pings", "20", "--frames", "200",
+    result = CliRunner().invoke(command, ["--mib", "1", "--pings", "10", "--frames", "100",
                                           "--repeat", "1", "--json", str(record)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
