@@ -168,6 +168,7 @@ def guest() -> int:
     want_small = os.environ["BENCH_SMALL_SHA256"]
     _wait_for_disks(size)
     print(f"guest: both disks present ({size >> 20} MiB each)", flush=True)
+    _phase("connected")
     work = Path(tempfile.mkdtemp(prefix="block-xen-"))
     best: dict[str, dict[str, float]] = {name: {} for name, _, _ in DEVICES}
     written = ""
@@ -205,6 +206,13 @@ def guest() -> int:
     source.unlink()
     print(RESULT + json.dumps({"best": best, "written_sha256": written}), flush=True)
     _phase("measured")
+    # leave once dom0 has detached ringkit's disk (so that it closes while we still run)
+    ringkit_devid = DEVICES[1][1]
+    end = time.monotonic() + 300
+    while time.monotonic() < end and subprocess.run(
+            ["xenstore-read", f"device/vbd/{ringkit_devid}/state"], capture_output=True,
+            check=False).returncode == 0:
+        time.sleep(0.5)
     return 0
 
 
@@ -219,13 +227,19 @@ def _sh(*argv: str) -> str:
 
 
 async def _negotiated(store: Any, address: Any) -> dict[str, str]:
-    """What the domU's blkfront chose (its nodes), for the report."""
+    """What the backend offered and the domU's blkfront chose (their nodes), for the report."""
     from .. import StoreError
 
     out = {}
-    for key in ("ring-page-order", "multi-queue-num-queues", "feature-persistent"):
-        with suppress(StoreError):
-            out[key] = await store.read(f"{address.frontend_path}/{key}")
+    for path, keys in ((address.backend_path, ("max-ring-page-order", "multi-queue-max-queues",
+                                               "feature-max-indirect-segments",
+                                               "feature-persistent")),
+                       (address.frontend_path, ("ring-page-order", "multi-queue-num-queues",
+                                                "feature-persistent"))):
+        side = "backend" if path == address.backend_path else "frontend"
+        for key in keys:
+            with suppress(StoreError):
+                out[f"{side} {key}"] = await store.read(f"{path}/{key}")
     return out
 
 
@@ -272,14 +286,16 @@ async def _measure(work: Path, size: int, small: int, repeat: int, jobs: int, se
                             home = f"/local/domain/{domid}/{PHASE_KEY}"
                             with anyio.move_on_after(_SECONDS):
                                 while not vm.ended():
-                                    try:
-                                        if await dom.store.read(home) == "measured":
-                                            break
-                                    except StoreError:
-                                        pass
+                                    phase = None
+                                    with suppress(StoreError):
+                                        phase = await dom.store.read(home)
+                                    if phase in ("connected", "measured") and not negotiated:
+                                        for name in address:     # while both are connected
+                                            negotiated[name] = await _negotiated(
+                                                dom.store, address[name])
+                                    if phase == "measured":
+                                        break
                                     await anyio.sleep(1.0)
-                            for name in address:
-                                negotiated[name] = await _negotiated(dom.store, address[name])
                             with anyio.fail_after(300):
                                 await detach_device(dom.store, address["ringkit"])
                                 await backend.wait_finished()

@@ -36,7 +36,7 @@ import click
 
 from .net import ROWS, BenchError, Processes, figures, run_client
 
-__all__ = ("COLUMNS", "ROUND_KEY", "TAP", "command", "guest", "run")
+__all__ = ("COLUMNS", "ROUND_KEY", "TAP", "command", "guest", "run", "tcp_retransmissions")
 
 COLUMNS = (("linux", 1, "00:16:3e:79:01:02", "10.79.1.1", "10.79.1.2"),
            ("ringkit", 0, "00:16:3e:79:02:02", "10.79.2.1", "10.79.2.2"))
@@ -120,12 +120,24 @@ def _sh(*argv: str) -> None:
                          f"{proc.stdout}{proc.stderr}".strip())
 
 
+def tcp_retransmissions() -> int:
+    """This domain's count of TCP segments retransmitted (``RetransSegs``, /proc/net/snmp)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Tcp:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["RetransSegs"])
+
+
 def _client(address: str, total: int, pings: int, frames: int) -> dict[str, Any]:
+    """One client run against `address`, with the TCP segments dom0 retransmitted meanwhile
+    (``retransmitted``: only one transfer runs at a time)."""
     procs = Processes()
+    before = tcp_retransmissions()
     try:
-        return run_client(procs, [], address, total, pings, frames)
+        result = run_client(procs, [], address, total, pings, frames)
     finally:
         procs.close()
+    result["retransmitted"] = tcp_retransmissions() - before
+    return result
 
 
 async def _measure(total: int, pings: int, frames: int, repeat: int) -> dict[str, Any]:
@@ -243,6 +255,8 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
             for key, value in got.items():
                 kept[key] = (min if key.startswith("rtt") else max)(kept[key], value)
     lost = {name: sum(one["lost"] for one in runs) for name, runs in result["results"].items()}
+    retransmitted = {name: [one["retransmitted"] for one in runs]
+                     for name, runs in result["results"].items()}
     before, after = result["load_average_before"], result["load_average_after"]
     click.echo(f"net under real Xen: Linux xen-netfront in a domU (2 vCPUs), {mib} MiB TCP "
                f"dom0 -> domU, {pings} UDP round trips, {frames} small frames, best of "
@@ -253,10 +267,13 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
         linux, ours = best["linux"][key], best["ringkit"][key]
         click.echo(f"{label:28} {linux:>14{spec}} {ours:>10{spec}} {ours / linux:>13.2f}x")
     click.echo(f"UDP round trips lost: Linux {lost['linux']}, ringkit {lost['ringkit']}; "
-               f"ringkit's backend: {result['ringkit_backend_stats']}")
+               f"TCP segments dom0 retransmitted per round: Linux {retransmitted['linux']}, "
+               f"ringkit {retransmitted['ringkit']}")
+    click.echo(f"ringkit's backend: {result['ringkit_backend_stats']}")
     if json_path:
         record = {"benchmark": "net-xen", "cpus": os.cpu_count(), "mib": mib, "pings": pings,
                   "frames": frames, "repeat": repeat, "lost": lost,
+                  "tcp_retransmitted": retransmitted,
                   "load_average_before": before, "load_average_after": after,
                   "ringkit_backend_stats": result["ringkit_backend_stats"],
                   "rows": [{"key": key, "label": label, "linux": best["linux"][key],
