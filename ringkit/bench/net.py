@@ -10,16 +10,19 @@ Needs root (network namespaces, TAP devices).  Two pairs of namespaces are made:
 - veth: a veth pair between two other namespaces (the baseline).
 
 On each pair the same plain-Python workers run (``ip netns exec NS python -m
-ringkit.bench.net server|client ...``): one TCP connection sending `--mib` MiB (timed from
-the first byte sent to the server's acknowledgement of the last), `--pings` UDP round trips
-of 64-byte datagrams (median and 99th percentile), and `--frames` 18-byte UDP datagrams sent
-as fast as the sender can (frames per second that arrived, over the sender's time).  The
+ringkit.bench.net server|client ...``): one TCP connection sending `--mib` MiB of random
+bytes (timed from the first byte sent to the server's acknowledgement of the last; the server
+then sends the SHA-256 of what it received, which must be that of what was sent), `--pings`
+UDP round trips of 64-byte datagrams (median and 99th percentile), and `--frames` 18-byte UDP
+datagrams sent as fast as the sender can (frames per second that arrived, over the sender's
+time).  The
 namespaces and every process are removed at the end, also on failure.  Figures are printed,
 never asserted; on a busy machine they say little.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,13 +50,22 @@ _PING, _FLOOD, _COUNT, _QUIT = b"p", b"f", b"c", b"q"
 
 
 def _tcp_sink(listener: socket.socket) -> None:
+    """Per connection: keep what arrives, answer its length after EOF (the end of the timed
+    part), then its SHA-256 (hashed after, so that hashing is not timed)."""
     while True:
         conn, _ = listener.accept()
         with conn:
             total = 0
+            chunks = []
             while data := conn.recv(1 << 20):
+                chunks.append(data)
                 total += len(data)
             conn.sendall(total.to_bytes(8, "big"))
+            digest = hashlib.sha256()
+            for data in chunks:
+                digest.update(data)
+            del chunks
+            conn.sendall(digest.digest())
 
 
 def _server(address: str) -> None:
@@ -81,19 +93,21 @@ def _server(address: str) -> None:
 
 def _client(address: str, total: int, pings: int, frames: int) -> None:
     """Run the three measurements against `_server` at `address`; print one JSON line."""
-    chunk = bytes(range(256)) * 256
-    with socket.create_connection((address, _PORT), timeout=30) as conn:
+    stream = memoryview(os.urandom(total))      # no period a lost or repeated piece hides in
+    want = hashlib.sha256(stream).hexdigest()
+    chunk = 1 << 16
+    with socket.create_connection((address, _PORT), timeout=60) as conn:
         start = time.perf_counter()
-        sent = 0
-        while sent < total:
-            piece = chunk if total - sent >= len(chunk) else chunk[:total - sent]
-            conn.sendall(piece)
-            sent += len(piece)
+        for offset in range(0, total, chunk):
+            conn.sendall(stream[offset:offset + chunk])
         conn.shutdown(socket.SHUT_WR)
         ack = b""
-        while len(ack) < 8 and (data := conn.recv(8 - len(ack))):
-            ack += data
+        while len(ack) < 8 and (piece := conn.recv(8 - len(ack))):
+            ack += piece
         seconds = time.perf_counter() - start
+        digest = b""
+        while len(digest) < 32 and (piece := conn.recv(32 - len(digest))):
+            digest += piece
     received = int.from_bytes(ack, "big") if len(ack) == 8 else -1
 
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -133,7 +147,8 @@ def _client(address: str, total: int, pings: int, frames: int) -> None:
             arrived = int.from_bytes(answer, "big")
             break
     udp.send(_QUIT)
-    print(json.dumps({"bytes": received, "sent": total, "seconds": seconds, "rtts": rtts,
+    print(json.dumps({"bytes": received, "sent": total, "sha256_ok": digest.hex() == want,
+                      "seconds": seconds, "rtts": rtts,
                       "lost": lost, "frames_sent": frames, "frames": arrived,
                       "flood_seconds": flood_seconds}), flush=True)
 
@@ -229,30 +244,55 @@ def _namespaces(*names: str) -> Iterator[None]:
 
 
 def measure(procs: Processes, ns_server: str, ns_client: str, total: int, pings: int,
-             frames: int) -> dict[str, Any]:
+            frames: int) -> dict[str, Any]:
     """One pair's figures: a server in `ns_server` and a client in `ns_client` (both started
     through `procs`) move `total` TCP bytes, `pings` UDP round trips and `frames` small frames.
 
     Raises:
-        BenchError: a worker failed or its figures are incomplete.
+        BenchError: a worker failed or its figures are incomplete or wrong.
     """
     me = [sys.executable, "-m", "ringkit.bench.net"]
     server = procs.start(["ip", "netns", "exec", ns_server, *me, "server", _SERVER_IP])
     procs.ready(server, "the benchmark server")
-    client = procs.start(["ip", "netns", "exec", ns_client, *me, "client", _SERVER_IP,
-                          str(total), str(pings), str(frames)])
+    return run_client(procs, ["ip", "netns", "exec", ns_client], _SERVER_IP, total, pings,
+                      frames)
+
+
+def run_client(procs: Processes, prefix: list[str], address: str, total: int, pings: int,
+               frames: int) -> dict[str, Any]:
+    """Run the benchmark client (through `procs`, its command line after `prefix`, e.g. ``ip
+    netns exec NS``) against a server already listening at `address` (``python -m
+    ringkit.bench.net server ADDRESS``, which ends when the client is done); return its
+    figures once `check_result` passed them."""
+    client = procs.start([*prefix, sys.executable, "-m", "ringkit.bench.net", "client",
+                          address, str(total), str(pings), str(frames)])
     assert client.stdout is not None
     line = client.stdout.readline()
     if not line:
         raise BenchError(f"the benchmark client exited ({client.wait()})")
     result: dict[str, Any] = json.loads(line)
+    with suppress(subprocess.TimeoutExpired):
+        client.wait(timeout=30)     # it exits after its line; `procs` ends it otherwise
+    check_result(result, total)
+    return result
+
+
+def check_result(result: dict[str, Any], total: int) -> None:
+    """Refuse a client's figures that are incomplete or whose TCP bytes arrived wrong.
+
+    Raises:
+        BenchError: fewer than `total` TCP bytes arrived, their SHA-256 differs from what was
+            sent, no UDP round trip came back, or the frame count never arrived.
+    """
     if result["bytes"] != total:
         raise BenchError(f"{result['bytes']} of {total} TCP bytes arrived")
+    if not result["sha256_ok"]:
+        raise BenchError(f"the {total} TCP bytes arrived, but not the bytes sent (SHA-256 "
+                         f"differs)")
     if not result["rtts"]:
         raise BenchError("no UDP round trip came back")
     if result["frames"] < 0:
         raise BenchError("the server never answered the frame count")
-    return result
 
 
 def _netif_pair(procs: Processes, directory: str, tag: str) -> tuple[str, str]:
@@ -309,7 +349,8 @@ def run(total: int, pings: int, frames: int) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _figures(result: dict[str, Any]) -> dict[str, float]:
+def figures(result: dict[str, Any]) -> dict[str, float]:
+    """A client's result as figures: TCP MB/s, round-trip median and p99 in us, frames/s."""
     rtts = sorted(result["rtts"])
     p99 = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
     return {"tcp": result["bytes"] / result["seconds"] / 1e6,
@@ -317,10 +358,11 @@ def _figures(result: dict[str, Any]) -> dict[str, float]:
             "fps": result["frames"] / result["flood_seconds"]}
 
 
-_ROWS = (("tcp", "TCP, one connection (MB/s)", ".1f"),
-         ("rtt_median", "UDP round trip median (us)", ".0f"),
-         ("rtt_p99", "UDP round trip p99 (us)", ".0f"),
-         ("fps", "18-byte UDP frames/s", ",.0f"))
+ROWS = (("tcp", "TCP, one connection (MB/s)", ".1f"),
+        ("rtt_median", "UDP round trip median (us)", ".0f"),
+        ("rtt_p99", "UDP round trip p99 (us)", ".0f"),
+        ("fps", "18-byte UDP frames/s", ",.0f"))
+"""(key, label, format) of each figure `figures` gives, in the order printed."""
 
 
 @click.command("net")
@@ -346,9 +388,9 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
         for name, result in run(mib << 20, pings, frames).items():
             lost[name] = lost.get(name, 0) + result["lost"]
             arrived[name] = arrived.get(name, 0) + result["frames"]
-            figures = _figures(result)
-            kept = best.setdefault(name, figures)
-            for key, value in figures.items():
+            got = figures(result)
+            kept = best.setdefault(name, got)
+            for key, value in got.items():
                 better = min if key.startswith("rtt") else max
                 kept[key] = better(kept[key], value)
     load = os.getloadavg()
@@ -356,7 +398,7 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
                f"before, {load[0]:.2f} at the end), {mib} MiB TCP, {pings} UDP round trips, "
                f"{frames} small frames, best of {repeat}")
     click.echo(f"{'':28} {'netif (sim)':>12} {'veth':>12} {'netif/veth':>11}")
-    for key, label, spec in _ROWS:
+    for key, label, spec in ROWS:
         ours, base = best["netif"][key], best["veth"][key]
         click.echo(f"{label:28} {ours:>12{spec}} {base:>12{spec}} {ours / base:>10.2f}x")
     click.echo(f"UDP round trips lost: netif {lost['netif']}, veth {lost['veth']}; small "
@@ -367,11 +409,12 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
                   "frames": frames, "repeat": repeat, "load_average_before": load_before,
                   "load_average_after": load, "lost": lost, "frames_arrived": arrived,
                   "rows": [{"key": key, "label": label, "netif": best["netif"][key],
-                            "veth": best["veth"][key]} for key, label, _ in _ROWS]}
+                            "veth": best["veth"][key]} for key, label, _ in ROWS]}
         Path(json_path).write_text(json.dumps(record, indent=1) + "\n")
 
 
-__all__ = ("BenchError", "Processes", "command", "ip", "measure", "run", "unavailable")
+__all__ = ("ROWS", "BenchError", "Processes", "check_result", "command", "figures", "ip",
+           "measure", "run", "run_client", "unavailable")
 
 
 if __name__ == "__main__":

@@ -233,30 +233,16 @@ def _diagnostics(domid: int | None) -> str:
 
 
 async def plug_vbd(frontend_id: int, loop_dev: str) -> None:
-    """Plug `loop_dev` into the domU as vbd `DEVID`, as ``xl block-attach`` and Xen's ``block``
-    hotplug script together do: both ends' entries in one transaction (libxl), then, once
-    blkback has probed the device and answered InitWait, ``physical-device`` = "major:minor"
-    in hex (the script), which is what blkback waits for before it opens the disk."""
-    from ringkit.device import DeviceAddress, create_device
+    """Plug `loop_dev` into the domU as vbd `DEVID`, served by dom0's xen-blkback, as ``xl
+    block-attach`` and Xen's ``block`` hotplug script together do
+    (`ringkit.xenvm.toolstack.plug_linux_vbd`)."""
+    from ringkit.device import DeviceAddress
     from ringkit.xen import open_domain
+    from ringkit.xenvm.toolstack import plug_linux_vbd
 
-    rdev = os.stat(loop_dev).st_rdev
-    address = DeviceAddress("vbd", frontend_id, 0, DEVID)
     async with open_domain() as dom:
-        await create_device(
-            dom.store, address,
-            backend_nodes={"params": loop_dev, "type": "phy", "mode": "w", "dev": VDEV,
-                           "device-type": "disk", "removable": 0, "bootable": 1,
-                           "discard-enable": 1},
-            frontend_nodes={"virtual-device": DEVID, "device-type": "disk"})
-        backend = address.backend_path
-        with anyio.fail_after(STEP_SECONDS):
-            while await dom.store.read(f"{backend}/state") != "2":
-                await anyio.sleep(0.2)
-        await dom.store.write(f"{backend}/physical-device",
-                              f"{os.major(rdev):x}:{os.minor(rdev):x}")
-        await dom.store.write(f"{backend}/physical-device-path", loop_dev)
-        await dom.store.write(f"{backend}/hotplug-status", "connected")
+        await plug_linux_vbd(dom.store, DeviceAddress("vbd", frontend_id, 0, DEVID), loop_dev,
+                             vdev=VDEV, timeout=STEP_SECONDS)
 
 
 async def unplug_vbd(frontend_id: int) -> None:

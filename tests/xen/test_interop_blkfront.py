@@ -45,8 +45,8 @@ from ringkit import StoreError
 from ringkit.abc import Domain, Store
 from ringkit.device import DeviceAddress, Nodes, create_device, destroy_device
 from ringkit.proto.blkif import SECTOR_SIZE, Op, Status
-from ringkit.proto.xenbus import XenbusState
 from ringkit.requests import IncomingRequest
+from ringkit.xenvm.toolstack import detach_device
 
 pytestmark = DOMU_TEST
 
@@ -171,21 +171,10 @@ async def attach(store: Store, address: DeviceAddress, image: Path) -> None:
 
 
 async def detach(store: Store, address: DeviceAddress) -> None:
-    """What ``xl block-detach`` does: take the backend offline and to Closing, which the
-    frontend answers by closing; once the backend reached Closed, remove both dirs."""
-    backend = address.backend_path
-
-    async def body(tx: Any) -> None:
-        await tx.write(f"{backend}/online", "0")
-        await tx.write(f"{backend}/state", XenbusState.CLOSING.to_wire())
-
-    await store.transact(body)
+    """What ``xl block-detach`` does (`detach_device`), saying so."""
     say("detaching: backend offline and Closing")
-    with anyio.fail_after(STEP_SECONDS):
-        while await store.read(f"{backend}/state") != XenbusState.CLOSED.to_wire():
-            await anyio.sleep(0.2)
-    say("detaching: backend Closed, removing the entries")
-    await destroy_device(store, address)
+    await detach_device(store, address, timeout=STEP_SECONDS)
+    say("detaching: backend Closed, entries removed")
 
 
 async def serve(domain: Domain, address: DeviceAddress, image: Path, config: ServiceConfig,

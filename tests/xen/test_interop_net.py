@@ -36,7 +36,7 @@ from ringkit.backends.net.tap import TapDevice
 from ringkit import StoreError
 from ringkit.abc import Domain, Store
 from ringkit.device import DeviceAddress, create_device, destroy_device
-from ringkit.proto.xenbus import XenbusState
+from ringkit.xenvm.toolstack import detach_device, plug_linux_vif, vif_nodes
 
 pytestmark = DOMU_TEST
 
@@ -70,12 +70,6 @@ def ping(address: str) -> str:
 def all_answered(summary: str | None) -> bool:
     """A ping summary (ours or the guest's busybox's) with every echo answered."""
     return bool(summary) and summary.startswith("rc=0 ") and " 0% packet loss" in summary
-
-
-def vif_nodes(mac: str, devid: int) -> tuple[dict[str, str | int], dict[str, str | int]]:
-    """What libxl writes for a vif besides the generic keys: (frontend, backend)."""
-    return ({"mac": mac, "handle": devid},
-            {"mac": mac, "handle": devid, "type": "vif", "script": ""})
 
 
 async def guest_key(store: Store, vm: Any, key: str, *, want: str | None = None) -> str:
@@ -125,21 +119,6 @@ async def check_part(store: Store, vm: Any, part: str, host: str, guest: str,
     return result
 
 
-async def detach(store: Store, address: DeviceAddress) -> None:
-    """``xl network-detach``: backend offline and Closing, wait for Closed, remove both."""
-    backend = address.backend_path
-
-    async def body(tx: Any) -> None:
-        await tx.write(f"{backend}/online", "0")
-        await tx.write(f"{backend}/state", XenbusState.CLOSING.to_wire())
-
-    await store.transact(body)
-    with anyio.fail_after(STEP_SECONDS):
-        while await store.read(f"{backend}/state") != XenbusState.CLOSED.to_wire():
-            await anyio.sleep(0.2)
-    await destroy_device(store, address)
-
-
 async def part_a(dom: Domain, vm: Any) -> tuple[dict[str, Any], NetBackend]:
     address = DeviceAddress("vif", vm.domid, dom.domid, 0)
     front, back = vif_nodes(MAC_A, 0)
@@ -160,7 +139,7 @@ async def part_a(dom: Domain, vm: Any) -> tuple[dict[str, Any], NetBackend]:
                                 "tx-ring-ref", "rx-ring-ref", "event-channel")}
                 await guest_key(dom.store, vm, "net-phase", want="a-done")
                 with anyio.fail_after(STEP_SECONDS):
-                    await detach(dom.store, address)
+                    await detach_device(dom.store, address)
                     await backend.wait_finished()
                 tg.cancel_scope.cancel()
         finally:
@@ -184,16 +163,8 @@ async def _state(store: Store, path: str, leaf: str = "/state") -> str | None:
 
 async def part_b(dom: Domain, vm: Any) -> dict[str, Any]:
     address = DeviceAddress("vif", vm.domid, dom.domid, 1)
-    front, back = vif_nodes(MAC_B, 1)
-    vif = f"vif{vm.domid}.1"
-    await create_device(dom.store, address, frontend_nodes=front, backend_nodes=back)
     try:
-        with anyio.fail_after(STEP_SECONDS):
-            while await dom.store.read(f"{address.backend_path}/state") != "2":
-                await anyio.sleep(0.2)
-            while not Path(f"/sys/class/net/{vif}").exists():
-                await anyio.sleep(0.2)
-        await dom.store.write(f"{address.backend_path}/hotplug-status", "connected")
+        vif = await plug_linux_vif(dom.store, address, MAC_B, timeout=STEP_SECONDS)
         sh("ip", "addr", "add", f"{HOST_B}/24", "dev", vif)
         sh("ip", "link", "set", vif, "up")
         result = await check_part(dom.store, vm, "b", HOST_B, GUEST_B, vif)
