@@ -64,7 +64,8 @@ from ringkit.requests import (
 )
 from ringkit.requests.codec import SlotCodec
 
-from .checksum import complete_partial_checksum
+from .checksum import complete_checksum, complete_partial_checksum, gso_offload
+from .tap import TapDevice
 
 __all__ = ("QUEUE_BACKLOG", "BackendQueueStats", "BackendStats", "NetBackRings", "NetBackend",
            "copy_packet")
@@ -107,6 +108,10 @@ class BackendStats:
     """Frames from the link copied to the guest."""
     rx_dropped: int = 0
     """Frames from the link the guest could not take (too long, or a posted page unusable)."""
+    tx_gso: int = 0
+    """Of `tx_packets`, GSO packets (a GSO extra: delivered whole, for the link to segment)."""
+    rx_gso: int = 0
+    """Of `rx_packets`, GSO frames passed to the guest whole (with a GSO extra slot)."""
     queues: list[BackendQueueStats] = field(default_factory=list)
     """The same counters for each queue index (grown as queues appear)."""
 
@@ -134,6 +139,10 @@ class NetBackend(Backend[NetBackRings]):
     await be.run()``.  `link` is an anyio object stream of Ethernet frames (bytes): what the
     guest sends is sent to it, what it receives goes to the guest.  It outlives connections.
     `max_queues`: the most queues offered (``multi-queue-max-queues``; 1 offers none).
+    `offload`: whether `link` takes `netif.Frame`s that leave work to it (GSO frames, partial
+    checksums); by default, when it is a `TapDevice` opened with ``vnet_hdr``.  Only then is
+    GSO offered (``feature-gso-tcpv4``/``v6``), and the TAP's offloads are set to what each
+    frontend negotiated.
     """
 
     device_type: ClassVar[str] = "vif"
@@ -143,9 +152,15 @@ class NetBackend(Backend[NetBackRings]):
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
                  link: ObjectStream[bytes], max_queues: int | None = None,
-                 poll_us: int = 0) -> None:
+                 poll_us: int = 0, offload: bool | None = None) -> None:
         super().__init__(domain, frontend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.link = link
+        self.offload = (isinstance(link, TapDevice) and link.vnet_hdr) if offload is None \
+            else offload
+        """Whether the link takes offloads, so GSO is offered."""
+        self.rx_gso: frozenset[netif.GsoType] = frozenset()
+        """The GSO kinds the current frontend takes (its ``feature-gso-tcpv4``/``v6``, with
+        ``feature-sg`` and checksum offload, as Linux's netback requires)."""
         self.stats = BackendStats()
         self.sg = False
         """Whether the current frontend takes a frame over several rx pages (feature-sg)."""
@@ -157,10 +172,16 @@ class NetBackend(Backend[NetBackRings]):
     # ------------------------------------------------------------------ handshake
 
     async def advertise(self, nodes: Nodes) -> None:
-        """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1."""
+        """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1,
+        ``feature-ipv6-csum-offload`` = 1 (IPv6 checksums are finished like IPv4's), and with
+        an offloading link ``feature-gso-tcpv4`` = ``feature-gso-tcpv6`` = 1."""
         await nodes.write("feature-rx-copy", 1)
         await nodes.write("feature-rx-flip", 0)
         await nodes.write("feature-sg", 1)
+        await nodes.write("feature-ipv6-csum-offload", 1)
+        if self.offload:
+            await nodes.write("feature-gso-tcpv4", 1)
+            await nodes.write("feature-gso-tcpv6", 1)
 
     async def connecting(self, frontend: Nodes) -> None:
         """Refuse a frontend that does not ask for rx-copy; read ``feature-sg`` and the MAC.
@@ -172,6 +193,16 @@ class NetBackend(Backend[NetBackRings]):
             raise RemoteProtocolError(f"{frontend.path}: request-rx-copy is not 1 (only the "
                                       "copying receive path is served)")
         self.sg = await frontend.read_flag("feature-sg")
+        gso: set[netif.GsoType] = set()
+        if self.offload and self.sg and not await frontend.read_flag("feature-no-csum-offload"):
+            if await frontend.read_flag("feature-gso-tcpv4"):
+                gso.add(netif.GsoType.TCPV4)
+            if await frontend.read_flag("feature-gso-tcpv6") and \
+                    await frontend.read_flag("feature-ipv6-csum-offload"):
+                gso.add(netif.GsoType.TCPV6)
+        self.rx_gso = frozenset(gso)
+        if isinstance(self.link, TapDevice) and self.link.vnet_hdr:
+            self.link.set_offload(self.rx_gso)  # the host hands over only what the guest takes
         mac = await self.own_nodes.read_optional("mac")
         try:
             self.mac = netif.parse_mac(mac) if mac is not None else None
@@ -257,6 +288,8 @@ class NetBackend(Backend[NetBackRings]):
                                            for r in chain.requests])
             self.stats.tx_packets += 1
             stats.tx_packets += 1
+            if isinstance(frame, netif.Frame):
+                self.stats.tx_gso += 1
             await self.link.send(frame)
 
     async def packet_of(self, chain: RequestChain) -> bytes:
@@ -266,7 +299,7 @@ class NetBackend(Backend[NetBackRings]):
         Raises:
             RequestError: the packet is refused (NETIF_RSP_ERROR on each of its requests).
         """
-        return await copy_packet(chain, self.domain.grants, self.peer_id)
+        return await copy_packet(chain, self.domain.grants, self.peer_id, gso=self.offload)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link (or this queue's share of it) -> guest: each frame copied into as many posted
@@ -280,11 +313,27 @@ class NetBackend(Backend[NetBackRings]):
                     raise
                 await anyio.sleep_forever()  # queue 0 stopped spreading: the connection ends
             pages = -(-len(frame) // PAGE_SIZE)
-            if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
+            verdict, first_flags = self._rx_offload(frame)
+            extra = verdict if isinstance(verdict, bytes) else None
+            if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg) \
+                    or verdict is False:
                 self.stats.rx_dropped += 1
                 stats.rx_dropped += 1
                 continue
-            requests = await rx.take(pages)
+            if extra is None and isinstance(frame, netif.Frame):
+                offload = frame.offload
+                if offload is not None and offload.flags & netif.VNET_F_NEEDS_CSUM:
+                    whole = bytearray(frame)
+                    try:
+                        complete_checksum(whole, offload.csum_start, offload.csum_offset)
+                    except ValueError:
+                        self.stats.rx_dropped += 1
+                        stats.rx_dropped += 1
+                        continue
+                    frame = bytes(whole)
+            taken = await rx.take(pages + (extra is not None))
+            # a GSO frame's extra slot takes the second posted buffer (netif.h)
+            requests = [taken[0], *taken[2:]] if extra is not None else taken
             lengths = [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE) for i in range(pages)]
             segments = [GrantCopySegment(r.refs[0], 0, n)
                         for r, n in zip(requests, lengths, strict=True)]
@@ -295,22 +344,49 @@ class NetBackend(Backend[NetBackRings]):
                 self.log.debug("%s: rx buffers refused: %s", self.address, exc)
                 self.stats.rx_dropped += 1
                 stats.rx_dropped += 1
-                await rx.respond(requests, [
-                    netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
-                                             else 0, netif.Status.ERROR)
-                    for i, r in enumerate(requests)])
+                await rx.respond(taken, [
+                    netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA
+                                             if i < len(taken) - 1 else 0, netif.Status.ERROR)
+                    for i, r in enumerate(taken)])
                 continue
-            await rx.respond(requests, [
+            responses = [
                 netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < pages - 1
                                          else 0, n)
-                for i, (r, n) in enumerate(zip(requests, lengths, strict=True))])
+                for i, (r, n) in enumerate(zip(requests, lengths, strict=True))]
+            if extra is not None:
+                responses[0] = netif.encode_rx_response(
+                    requests[0].id, 0, first_flags | (netif.RxFlag.MORE_DATA if pages > 1
+                                                      else 0), lengths[0])
+                responses.insert(1, extra)
+                self.stats.rx_gso += 1
+            await rx.respond(taken, responses)
             self.stats.rx_packets += 1
             stats.rx_packets += 1
 
 
-async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
+    def _rx_offload(self, frame: bytes) -> tuple[bytes | bool | None, netif.RxFlag]:
+        """For a frame from the link: the GSO extra slot to send with it (None: a plain frame;
+        False: a GSO frame this frontend did not negotiate -- dropped) and its first
+        response's checksum flags."""
+        offload = netif.offload_of(frame)
+        if offload is None or offload.gso_type == netif.VNET_GSO_NONE:
+            return None, netif.RxFlag(0)
+        try:
+            kind = offload.gso
+        except ValueError:
+            return False, netif.RxFlag(0)
+        if kind not in self.rx_gso or not 0 < offload.gso_size <= len(frame):
+            return False, netif.RxFlag(0)
+        return (netif.encode_gso(offload.gso_size, kind),
+                netif.RxFlag.EXTRA_INFO | netif.RxFlag.CSUM_BLANK | netif.RxFlag.DATA_VALIDATED)
+
+
+async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int, *,
+                      gso: bool = False) -> bytes:
     """The frame a chain of tx requests carries, copied out of the pages `peer` granted
     (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
+    With a GSO extra (allowed only with `gso`: the link takes offloads) it is a `netif.Frame`
+    whose `netif.Offload` says how to segment it, its checksum left partial.
 
     Raises:
         RequestError: the packet is malformed (see the module docstring) or a page cannot be
@@ -318,10 +394,21 @@ async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> byt
     """
     if chain.fault is not None:
         raise RequestError(chain.fault)
+    segmentation: netif.GsoInfo | None = None
     for raw in chain.extras:
         extra = netif.parse_extra_info(raw)
         if not extra.known:
             raise RequestError(f"extra-info type {extra.type} is unknown")
+        if extra.type == netif.ExtraType.GSO:
+            if not gso:
+                raise RequestError("a GSO extra, but GSO was not offered")
+            if segmentation is not None:
+                raise RequestError("two GSO extras on one packet")
+            segmentation = netif.parse_gso(extra)
+            if segmentation.type not in (netif.GsoType.TCPV4, netif.GsoType.TCPV6):
+                raise RequestError(f"GSO type {segmentation.type} is unknown")
+            if segmentation.size == 0:
+                raise RequestError("a GSO extra with segment size 0")
     parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
     total = parsed[0].size
     rest = sum(p.size for p in parsed[1:])
@@ -338,6 +425,13 @@ async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> byt
         frame = await grants.copy_from_grants(peer, segments) if segments else b""
     except (GrantError, TransportError) as exc:
         raise RequestError(f"cannot copy the packet out of its grants: {exc}") from exc
+    if segmentation is not None:
+        whole = bytearray(frame)
+        try:
+            offload = gso_offload(whole, netif.GsoType(segmentation.type), segmentation.size)
+        except ValueError as exc:
+            raise RequestError(f"a GSO extra on a packet that cannot take it: {exc}") from None
+        return netif.Frame(whole, offload)
     if parsed[0].flags & netif.TxFlag.CSUM_BLANK:
         try:
             frame = complete_partial_checksum(frame)
