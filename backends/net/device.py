@@ -148,6 +148,7 @@ class NetBackend(Backend[NetBackRings]):
     device_type: ClassVar[str] = "vif"
     ring_layout = None
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    split_event_channel_keys: ClassVar[tuple[str, ...]] = netif.SPLIT_EVENT_CHANNEL_KEYS
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
@@ -173,12 +174,14 @@ class NetBackend(Backend[NetBackRings]):
 
     async def advertise(self, nodes: Nodes) -> None:
         """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1,
-        ``feature-ipv6-csum-offload`` = 1 (IPv6 checksums are finished like IPv4's), and with
+        ``feature-ipv6-csum-offload`` = 1 (IPv6 checksums are finished like IPv4's),
+        ``feature-split-event-channels`` = 1, and with
         an offloading link ``feature-gso-tcpv4`` = ``feature-gso-tcpv6`` = 1."""
         await nodes.write("feature-rx-copy", 1)
         await nodes.write("feature-rx-flip", 0)
         await nodes.write("feature-sg", 1)
         await nodes.write("feature-ipv6-csum-offload", 1)
+        await nodes.write("feature-split-event-channels", 1)
         if self.offload:
             await nodes.write("feature-gso-tcpv4", 1)
             await nodes.write("feature-gso-tcpv6", 1)
@@ -220,14 +223,19 @@ class NetBackend(Backend[NetBackRings]):
                 self._spread_out.append(receive)
 
     def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
-        """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""
-        shared = SharedEventChannel(queue.event)
+        """Attach to the tx ring (first page) and the rx ring (second), each on its own event
+        channel when the frontend split them, else sharing the one port."""
+        if queue.split_events:
+            tx_event, rx_event = queue.split_events
+        else:
+            shared = SharedEventChannel(queue.event)
+            tx_event, rx_event = shared.view(), shared.view()
         buf = queue.buffer
         rings = NetBackRings(
-            BackRingChannel(BackRing.attach(buf[:PAGE_SIZE], netif.TX_RING), shared.view(),
+            BackRingChannel(BackRing.attach(buf[:PAGE_SIZE], netif.TX_RING), tx_event,
                             poll_us=self.poll_us),
             BackRingChannel(BackRing.attach(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
-                            shared.view(), poll_us=self.poll_us))
+                            rx_event, poll_us=self.poll_us))
         for channel in (rings.tx, rings.rx):
             channel.on_broken = partial(self.wake, "ring broken")
         return rings

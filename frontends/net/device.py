@@ -133,6 +133,7 @@ class NetFrontend(Frontend[NetFrontRings]):
 
     device_type: ClassVar[str] = "vif"
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    split_event_channel_keys: ClassVar[tuple[str, ...]] = netif.SPLIT_EVENT_CHANNEL_KEYS
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
     ring_layout = None
     connects_first: ClassVar[bool] = True
@@ -142,7 +143,8 @@ class NetFrontend(Frontend[NetFrontRings]):
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  tx_pages: int | None = None, rx_buffers: int | None = None,
                  backlog: int = 1024, max_queues: int | None = None,
-                 poll_us: int = 0, offload: bool = False) -> None:
+                 poll_us: int = 0, offload: bool = False,
+                 split_event_channels: bool = True) -> None:
         share = max(netif.NR_SLOTS_MIN, netif.RX_RING_SIZE // (max_queues or 1))
         tx_pages = share if tx_pages is None else tx_pages
         rx_buffers = share if rx_buffers is None else rx_buffers
@@ -152,6 +154,9 @@ class NetFrontend(Frontend[NetFrontRings]):
         super().__init__(domain, backend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.tx_pages = tx_pages
         self.rx_buffers = rx_buffers
+        self.split_event_channels = split_event_channels
+        """Whether to give each ring its own event channel when the backend offers
+        ``feature-split-event-channels`` (``event-channel-tx``/``-rx``)."""
         self.offload = offload
         """Whether the program's frames may leave work to the device (`netif.Frame`): then
         GSO and checksum offload are asked for and used."""
@@ -191,17 +196,24 @@ class NetFrontend(Frontend[NetFrontRings]):
             if await backend.read_flag("feature-gso-tcpv6"):
                 gso.add(netif.GsoType.TCPV6)
         self.tx_gso = frozenset(gso)
-        return None
+        split = self.split_event_channels and \
+            await backend.read_flag("feature-split-event-channels")
+        return RingChoice(self.max_ring_page_order, self.max_queues, split_event_channels=split)
 
     def make_channel(self, queue: Queue[NetFrontRings]) -> NetFrontRings:
-        """Initialise the tx ring (the queue's first page) and the rx ring (its second)."""
-        shared = SharedEventChannel(queue.event)
+        """Initialise the tx ring (the queue's first page) and the rx ring (its second), each
+        on its own event channel with split event channels, else on one shared port."""
+        if queue.split_events:
+            tx_event, rx_event = queue.split_events
+        else:
+            shared = SharedEventChannel(queue.event)
+            tx_event, rx_event = shared.view(), shared.view()
         buf = queue.buffer
         rings = NetFrontRings(
             FrontRingChannel(FrontRing.init(buf[:PAGE_SIZE], netif.TX_RING),
-                             shared.view(), poll_us=self.poll_us),
+                             tx_event, poll_us=self.poll_us),
             FrontRingChannel(FrontRing.init(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
-                             shared.view(), poll_us=self.poll_us))
+                             rx_event, poll_us=self.poll_us))
         for channel in (rings.tx, rings.rx):
             channel.on_broken = partial(self.wake, "ring broken")
         return rings

@@ -30,6 +30,9 @@ from .layout import RingLayout
 
 PAGE_SIZE: Final = 4096
 """Bytes of a granted page (Xen's 4 KiB page)."""
+SPLIT_EVENT_CHANNEL_KEYS: Final = ("event-channel-tx", "event-channel-rx")
+"""A queue's two event channels, tx ring's first, when the backend offers
+``feature-split-event-channels`` and the frontend uses them (instead of ``event-channel``)."""
 RING_REF_KEYS: Final = ("tx-ring-ref", "rx-ring-ref")
 """The frontend's nodes naming a queue's two ring pages, tx first (the order of the pages in
 the queue's buffer: `ringkit.device.DeviceBase.ring_ref_keys`)."""
@@ -450,6 +453,7 @@ __all__ = (
     "RX_RING",
     "RX_RING_SIZE",
     "SIZES",
+    "SPLIT_EVENT_CHANNEL_KEYS",
     "TX_CODEC",
     "TX_REQUEST",
     "TX_RESPONSE",

@@ -19,10 +19,10 @@ from networld import Wire, running_backend, world
 from ringkit.backends.net import NetBackend
 from ringkit.backends.net.checksum import complete_checksum
 from ringkit.frontends.net import NetFrontend
+from test_net_hostile_sim import EXTRA, MORE, NULL, OK, RawFrontend, nothing_delivered, tx
 
 from ringkit.proto import netif
 from ringkit.requests import RequestChain
-from test_net_hostile_sim import EXTRA, MORE, NULL, OK, RawFrontend, nothing_delivered, tx
 
 pytestmark = pytest.mark.anyio
 

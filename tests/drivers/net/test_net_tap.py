@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -96,7 +97,7 @@ class Lossy(NetFrontend):
 
 
 async def _run(tmp_path: Path, frontend: type[NetFrontend], *, offload: bool = False,
-               mib: int = MIB, stats: list[object] | None = None) -> tuple[bool, bool, bool]:
+               mib: int = MIB, stats: list[Any] | None = None) -> tuple[bool, bool, bool]:
     """(host pings guest, guest pings host, the transfer's checksums match).  With `offload`,
     the frontend asks for GSO and its TAP has a virtio-net header too, and the transfer goes
     both ways; `stats` gets both ends' counters."""
@@ -167,22 +168,22 @@ async def test_gso_tcp_transfers_both_ways(tmp_path: Path) -> None:
     """GSO negotiated at both ends: 24 MiB each way by TCP, compared by SHA-256, with frames
     longer than the MTU (GSO extras) counted crossing the tx and the rx ring."""
     _needs_root()
-    stats: list[object] = []
+    stats: list[Any] = []
     assert await _run(tmp_path, NetFrontend, offload=True, mib=24, stats=stats) == (
         True, True, True)
     backend, frontend = stats
-    assert backend.tx_gso > 0 and frontend.tx_gso == backend.tx_gso, stats  # type: ignore[attr-defined]
-    assert backend.rx_gso > 0 and frontend.rx_gso == backend.rx_gso, stats  # type: ignore[attr-defined]
+    assert backend.tx_gso > 0 and frontend.tx_gso == backend.tx_gso, stats
+    assert backend.rx_gso > 0 and frontend.rx_gso == backend.rx_gso, stats
 
 
 async def test_without_gso_only_mtu_sized_frames_cross(tmp_path: Path) -> None:
     """Negative control of the counters: without offloads (the default frontend), the same
     transfer carries no GSO frame either way."""
     _needs_root()
-    stats: list[object] = []
+    stats: list[Any] = []
     assert await _run(tmp_path, NetFrontend, stats=stats) == (True, True, True)
     backend, frontend = stats
-    assert backend.tx_gso == backend.rx_gso == frontend.rx_gso == 0, stats  # type: ignore[attr-defined]
+    assert backend.tx_gso == backend.rx_gso == frontend.rx_gso == 0, stats
 
 
 async def test_negative_control_a_lossy_frontend_gets_nothing_through(tmp_path: Path) -> None:
