@@ -9,20 +9,28 @@ Many such frames mixed with plain ones, both ways, wrap both rings.  Negative co
 frontend that did not ask for GSO gets none (the backend drops such frames, counted) and cannot
 send any; a backend that takes GSO extras without checking them passes the hostile cases
 (``test_net_hostile_sim``-style, here with bad GSO extras) that the real one refuses.
+
+From a hostile backend, to a frontend that asked for GSO: an extra slot of an unknown type or
+NONE, a GSO extra on a UDP frame or with segment size 0 -- each packet is dropped and counted
+(``rx_errors``, as Linux's netfront does), the connection goes on and the next frame arrives
+(the extra slot's buffer was matched by position); the same packet well formed is taken, and a
+frontend that takes GSO extras unchecked (negative control) takes the bad one.
 """
 
 from __future__ import annotations
 
 import anyio
 import pytest
+import ringkit.frontends.net.device as front_device
 from networld import Wire, running_backend, world
 from ringkit.backends.net import NetBackend
 from ringkit.backends.net.checksum import complete_checksum
 from ringkit.frontends.net import NetFrontend
 from test_net_hostile_sim import EXTRA, MORE, NULL, OK, RawFrontend, nothing_delivered, tx
 
+from ringkit.abc import GrantCopySegment
 from ringkit.proto import netif
-from ringkit.requests import RequestChain
+from ringkit.requests import PostedRequests, RequestChain
 
 pytestmark = pytest.mark.anyio
 
@@ -241,3 +249,85 @@ async def test_negative_control_a_trusting_gso_backend_is_caught() -> None:
             await be.wait_finished()
     assert any(f.startswith("GSO segment size 0") for f in failures), failures
     assert any(f.startswith("an unknown GSO type") for f in failures), failures
+
+
+class BadGsoRxBackend(NetBackend):
+    """Answers the first frame from its link with a bad GSO packet of `extra` (an extra slot
+    after a first response flagged extra-info and checksum-blank), then serves as usual."""
+
+    extra = netif.encode_gso(MSS, netif.GsoType.TCPV4)
+    body = bytes(tcp_frame(3000))
+
+    async def _receive(self, rx: PostedRequests) -> None:
+        await self.link.receive()
+        first, slot = await rx.take(2)
+        await self.domain.grants.copy_to_grants(
+            self.peer_id, [GrantCopySegment(first.refs[0], 0, len(self.body))], self.body)
+        flags = netif.RxFlag.EXTRA_INFO | netif.RxFlag.CSUM_BLANK | netif.RxFlag.DATA_VALIDATED
+        await rx.respond([first, slot], [
+            netif.encode_rx_response(first.id, 0, flags, len(self.body)), self.extra])
+        await super()._receive(rx)
+
+
+class UnknownExtraRxBackend(BadGsoRxBackend):
+    extra = netif.encode_extra_info(7, 0)[:8]
+
+
+class NoneExtraRxBackend(BadGsoRxBackend):
+    extra = netif.encode_extra_info(netif.ExtraType.NONE, 0)[:8]
+
+
+class GsoOnUdpRxBackend(BadGsoRxBackend):
+    body = bytes(tcp_frame(3000)[:23]) + b"\x11" + bytes(tcp_frame(3000)[24:])  # proto UDP
+
+
+class ZeroSizeGsoRxBackend(BadGsoRxBackend):
+    extra = netif.encode_gso(0, netif.GsoType.TCPV4)
+
+
+class GoodGsoRxBackend(BadGsoRxBackend):
+    """The control case: the same packet, well formed."""
+
+
+async def _bad_gso_rx(backend: type[NetBackend]) -> tuple[object, int, bool]:
+    """(what the frontend received first, its rx_errors, still connected) after a hostile
+    GSO packet and then a good plain frame."""
+    with anyio.fail_after(30):
+        async with world() as w, running_backend(w, backend, offload=True) as (be, wire):
+            async with NetFrontend(w.domu, 0, 0, offload=True) as vif:
+                await wire.to_guest.send(b"x" * 60)  # triggers the hostile packet
+                plain = bytes(tcp_frame(100, seed=9))
+                await wire.to_guest.send(plain)
+                got = await vif.receive()
+                if isinstance(got, netif.Frame):  # the hostile packet was taken
+                    assert await vif.receive() == plain
+                else:
+                    assert got == plain
+                errors, connected = vif.stats.rx_errors, vif.is_connected
+            await be.wait_finished()
+    return got, errors, connected
+
+
+@pytest.mark.parametrize("backend", [UnknownExtraRxBackend, NoneExtraRxBackend,
+                                     GsoOnUdpRxBackend, ZeroSizeGsoRxBackend])
+async def test_bad_gso_packets_from_the_backend_are_dropped(backend: type[NetBackend]) -> None:
+    # as Linux's netfront: the packet is an rx error; the buffers behind it stay in step
+    got, errors, connected = await _bad_gso_rx(backend)
+    assert not isinstance(got, netif.Frame) and errors == 1 and connected
+
+
+async def test_control_a_good_gso_packet_from_the_same_backend_is_taken() -> None:
+    got, errors, connected = await _bad_gso_rx(GoodGsoRxBackend)
+    assert isinstance(got, netif.Frame) and got.offload is not None and errors == 0
+    assert connected
+
+
+async def test_negative_control_a_frontend_trusting_gso_extras_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def trusting(frame: bytearray, kind: netif.GsoType, size: int) -> netif.Offload:
+        return netif.Offload(netif.VNET_F_NEEDS_CSUM, netif.VNET_GSO_OF.get(kind, 99), 0, size,
+                             34, 16)
+
+    monkeypatch.setattr(front_device, "gso_offload", trusting)
+    got, errors, _ = await _bad_gso_rx(GsoOnUdpRxBackend)
+    assert isinstance(got, netif.Frame) and errors == 0  # what the real one refuses
