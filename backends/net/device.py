@@ -5,8 +5,26 @@ The xenstore side follows Linux's xen-netback.  Before InitWait the backend dir 
 and ``feature-sg`` = 1; the toolstack's ``mac`` node (`create_vif`) names the guest's MAC.  The
 frontend publishes ``tx-ring-ref``, ``rx-ring-ref`` and one ``event-channel`` for both rings,
 ``request-rx-copy`` = 1 (the only receive path ringkit serves: flipping pages is long gone from
-Linux too), ``feature-rx-notify`` and ``feature-sg``.  Split event channels and GSO are not
-offered yet.
+Linux too), ``feature-rx-notify`` and ``feature-sg``.  The backend also writes
+``feature-ipv6-csum-offload`` = 1 and ``feature-split-event-channels`` = 1: a frontend may
+write ``event-channel-tx`` and ``event-channel-rx`` instead of ``event-channel`` (each ring
+then has its own port; one of the two without the other refuses the frontend with a typed
+error).
+
+GSO, as Linux's xen-netback negotiates it: with a link that takes offloads (`offload`; by
+default a `TapDevice` opened with ``vnet_hdr``) the backend writes ``feature-gso-tcpv4`` and
+``feature-gso-tcpv6`` = 1.  **tx:** a packet with a GSO extra ({size, type}) is checked -- a
+known type (TCPv4/TCPv6), a segment size above 0 and within the frame, the frame TCP over the
+IP version the type names, one GSO extra only -- and goes to the link whole as a `netif.Frame`
+whose `netif.Offload` is the virtio-net header (GSO type and size, ``hdr_len``, the partial
+checksum's place, the checksum field set to the pseudo-header's sum as netback recalculates
+it); a bad one gets NETIF_RSP_ERROR.  **rx:** the frontend's ``feature-gso-tcpv4``/``v6``
+(with ``feature-sg``, checksum offload, and ``feature-ipv6-csum-offload`` for v6) say what it
+takes, and the TAP's offloads are set to exactly that (``TUNSETOFFLOAD``), so the host's stack
+hands over GSO frames only of those kinds; each goes to the guest with ``NETRXF_extra_info``,
+``csum_blank`` and ``data_validated`` on its first response and the GSO extra in the next
+response slot (which takes the next posted buffer, netif.h).  A GSO frame the frontend did not
+negotiate is dropped and counted (never segmented here).
 
 Multi-queue (``max_queues`` > 1), as Linux's xen-netback: the backend writes
 ``multi-queue-max-queues``; a frontend asking for n > 1 queues writes

@@ -4,7 +4,19 @@ The xenstore side follows Linux's xen-netfront.  The backend must offer ``featur
 (as Linux's netfront insists).  The frontend shares a tx ring and an rx ring and publishes
 ``tx-ring-ref``, ``rx-ring-ref``, one ``event-channel`` for both, ``request-rx-copy`` = 1,
 ``feature-rx-notify`` = 1, ``feature-sg`` = 1 and ``feature-no-csum-offload`` = 1 (its frames
-carry their checksums; it fills in none).  Like Linux's netfront it then says Connected at once,
+carry their checksums; it fills in none) -- or, with ``offload=True``, ``feature-gso-tcpv4`` =
+``feature-gso-tcpv6`` = ``feature-ipv6-csum-offload`` = 1 instead.  When the backend offers
+``feature-split-event-channels`` it writes ``event-channel-tx`` and ``event-channel-rx`` (one
+port per ring) instead of ``event-channel`` (``split_event_channels=False``: never).
+
+Offloads (``offload=True``, for a program whose frames may leave work to a device, such as a
+TAP with a virtio-net header): `send` takes a `netif.Frame` whose `netif.Offload` asks for GSO
+(of a kind the backend offered: `tx_gso`) and sends it whole, flagged ``csum_blank`` and
+``data_validated`` with a GSO extra slot after its first request; a frame that only leaves its
+checksum goes flagged ``csum_blank``.  Received packets with a GSO extra become `netif.Frame`s
+that say how to segment them; a ``csum_blank`` packet without one has its checksum finished
+here.  A bad extra (unknown type, a GSO extra that does not fit the frame) drops the packet
+and counts it (``rx_errors``), as Linux's netfront does.  Like Linux's netfront it then says Connected at once,
 its receive buffers posted, without waiting for the backend's Connected (`connects_first`):
 Linux's xen-netback connects only when it sees the frontend Connected; opening still waits
 for the backend to follow.  The MAC is the toolstack's ``mac`` node in the
@@ -27,9 +39,10 @@ answered chain (``more_data``) is checked, copied out, its pages posted again, a
 queued for `receive` (dropped and counted when the program does not keep up, as a NIC does).
 
 Never trusting the backend: a response id not in flight, a tx status netif does not define
-(or NETIF_RSP_NULL, for a frontend that sends no extra-info slots), an rx fragment past its
-page, a flag this frontend did not negotiate (extra-info, GSO prefix) or an rx chain longer
-than `netif.NR_SLOTS_MIN` end the connection with `RemoteProtocolError`.
+(or NETIF_RSP_NULL answering no extra-info slot of ours), an rx fragment past its page, a
+flag this frontend did not negotiate (extra-info and checksum-blank without offloads, GSO
+prefix) or an rx chain longer than `netif.NR_SLOTS_MIN` end the connection with
+`RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -471,8 +484,9 @@ class NetFrontend(Frontend[NetFrontRings]):
 
 
 def check_tx(request: Request) -> None:
-    """A tx response must carry OKAY, ERROR or DROPPED (this frontend sends no extra-info
-    slots, so NETIF_RSP_NULL answers nothing of ours)."""
+    """A tx response must carry OKAY, ERROR or DROPPED (NETIF_RSP_NULL answers a GSO extra
+    slot: the request layer matches it to the oldest such slot in flight, by position, and
+    fails the queue when there is none)."""
     status = netif.parse_tx_response(request.response)[1]
     if status not in (netif.Status.OKAY, netif.Status.ERROR, netif.Status.DROPPED):
         raise RemoteProtocolError(f"netif tx: status {status} for request {request.id}")
