@@ -16,12 +16,13 @@ TAP with a virtio-net header): `send` takes a `netif.Frame` whose `netif.Offload
 checksum goes flagged ``csum_blank``.  Received packets with a GSO extra become `netif.Frame`s
 that say how to segment them; a ``csum_blank`` packet without one has its checksum finished
 here.  A bad extra (unknown type, a GSO extra that does not fit the frame) drops the packet
-and counts it (``rx_errors``), as Linux's netfront does.  Like Linux's netfront it then says Connected at once,
-its receive buffers posted, without waiting for the backend's Connected (`connects_first`):
-Linux's xen-netback connects only when it sees the frontend Connected; opening still waits
-for the backend to follow.  The MAC is the toolstack's ``mac`` node in the
-frontend dir.  (The device framework also writes its generic ``ring-ref`` = the tx ring's
-ref, which netif backends ignore.)
+and counts it (``rx_errors``), as Linux's netfront does.
+
+Like Linux's netfront it says Connected at once, its receive buffers posted, without waiting
+for the backend's Connected (`connects_first`): Linux's xen-netback connects only when it sees
+the frontend Connected; opening still waits for the backend to follow.  The MAC is the
+toolstack's ``mac`` node in the frontend dir.  (The device framework also writes its generic
+``ring-ref`` = the tx ring's ref, which netif backends ignore.)
 
 Multi-queue (``max_queues`` > 1), as Linux's xen-netfront: when the backend offers
 ``multi-queue-max-queues``, the frontend asks for the smaller of the two maxima, writes

@@ -108,6 +108,8 @@ class Frontend(DeviceBase[FrontChannelT]):
         """The queues of the current connection (as `ring_page_order`); set by the framework."""
         self._stack: AsyncExitStack | None = None
         self._opening = False
+        self._lost_ahead = False
+        """A ring broke while we were connected ahead of the backend (`_peer_died`)."""
 
     # ------------------------------------------------------------------ hooks
 
@@ -194,6 +196,12 @@ class Frontend(DeviceBase[FrontChannelT]):
             # The backend caught up with a frontend that connected first: the connection is
             # up now (and the backend's Connected says it bound our ports).
             self.handshake.caught_up()
+            if self._lost_ahead:
+                self._lost_ahead = False
+                self.log.info("%s: the backend connected after letting go of our rings: it is "
+                              "gone", self.address)
+                await self._peer_died()
+                return
             for queue in self.queues:
                 for event in queue.events:
                     event.peer_bound()
@@ -241,6 +249,10 @@ class Frontend(DeviceBase[FrontChannelT]):
             # same nodes to a backend that refuses them, again and again.
             self.log.info("%s: the backend let go of our rings before connecting; waiting "
                           "for its state", self.address)
+            # ... but remember it: a backend that wrote Connected and then closed its port
+            # may have done both before we read its state.  Its Connected then finds the
+            # rings dead, and no ring will break again to say so.
+            self._lost_ahead = True
             return
         await super()._peer_died()
 
@@ -268,6 +280,7 @@ class Frontend(DeviceBase[FrontChannelT]):
 
     async def _connect(self) -> None:
         await self._teardown()
+        self._lost_ahead = False
         backend = self.peer_nodes
         choice = await self._hook(self.negotiate, backend)
         if choice is None:
