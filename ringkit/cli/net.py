@@ -36,7 +36,8 @@ def net() -> None:
 @click.option("--tap", "tap_name", required=True, help="TAP device to bridge to (created if "
                                                        "it does not exist).")
 @click.option("--vnet-hdr/--no-vnet-hdr", default=True, show_default=True,
-              help="Open the TAP with IFF_VNET_HDR (checksum offload from the host's stack).")
+              help="Open the TAP with IFF_VNET_HDR (checksum offload from the host's stack), "
+                   "and offer GSO (feature-gso-tcpv4/v6) to the guest.")
 @click.option("--mac", default="00:16:3e:00:00:01", show_default=True,
               help="The guest's MAC, written to both ends' mac node when creating the device.")
 @click.option("--max-queues", default=1, show_default=True, type=click.IntRange(1, 64),
