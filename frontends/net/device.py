@@ -396,7 +396,8 @@ class NetFrontend(Frontend[NetFrontRings]):
             except PeerGoneError:
                 return  # the connection ended: its teardown already said why
             for request in answered:
-                if netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
+                if not request.extra and \
+                        netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
                     self.stats.tx_errors += 1
                     lane.stats.tx_errors += 1
                 queue.release(request)
