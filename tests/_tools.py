@@ -47,6 +47,7 @@ PROGRAM_PACKAGES = {
 #: The Debian package that provides the files below each directory.
 DIRECTORY_PACKAGES = {
     Path("/usr/include/xen"): "libxen-dev",
+    Path("/usr/include/linux"): "linux-libc-dev",
 }
 
 

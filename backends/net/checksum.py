@@ -15,7 +15,10 @@ from __future__ import annotations
 import sys
 from array import array
 
-__all__ = ("complete_checksum", "complete_partial_checksum", "partial_checksum_at")
+from ringkit.proto.netif import VNET_F_NEEDS_CSUM, VNET_GSO_OF, GsoType, Offload
+
+__all__ = ("complete_checksum", "complete_partial_checksum", "gso_offload", "partial_checksum_at",
+           "pseudo_header_sum")
 
 _ETH_HLEN = 14
 _ETH_P_IP = 0x0800
@@ -63,6 +66,12 @@ def partial_checksum_at(frame: bytes | bytearray) -> tuple[int, int]:
     Raises:
         ValueError: any other frame, or one cut short: nothing in it is a checksum to finish.
     """
+    _, _, start, offset = _transport(frame)
+    return start, offset
+
+
+def _transport(frame: bytes | bytearray) -> tuple[int, int, int, int]:
+    """(IP header offset, IP version, transport header offset, checksum offset in it)."""
     if len(frame) < _ETH_HLEN:
         raise ValueError(f"a {len(frame)}-byte frame has no Ethernet header")
     at = 12
@@ -76,6 +85,7 @@ def partial_checksum_at(frame: bytes | bytearray) -> tuple[int, int]:
     if ethertype == _ETH_P_IP:
         if len(frame) < at + 20 or frame[at] >> 4 != 4:
             raise ValueError("an IPv4 header cut short or of another version")
+        ip_at, version = at, 4
         ihl = (frame[at] & 0x0F) * 4
         fragment = int.from_bytes(frame[at + 6:at + 8], "big") & 0x3FFF  # MF and the offset
         if ihl < 20 or fragment:
@@ -85,6 +95,7 @@ def partial_checksum_at(frame: bytes | bytearray) -> tuple[int, int]:
     elif ethertype == _ETH_P_IPV6:
         if len(frame) < at + 40 or frame[at] >> 4 != 6:
             raise ValueError("an IPv6 header cut short or of another version")
+        ip_at, version = at, 6
         proto = frame[at + 6]
         at += 40
         while proto in _IPV6_EXTENSIONS:
@@ -98,7 +109,7 @@ def partial_checksum_at(frame: bytes | bytearray) -> tuple[int, int]:
         raise ValueError(f"IP protocol {proto} has no checksum to finish")
     if at + offset + 2 > len(frame):
         raise ValueError("the transport header is cut short")
-    return at, offset
+    return ip_at, version, at, offset
 
 
 def complete_partial_checksum(frame: bytes) -> bytes:
@@ -112,3 +123,51 @@ def complete_partial_checksum(frame: bytes) -> bytes:
     whole = bytearray(frame)
     complete_checksum(whole, start, offset)
     return bytes(whole)
+
+
+def pseudo_header_sum(frame: bytes | bytearray, ip_at: int, version: int, start: int,
+                      proto: int) -> int:
+    """The folded (not complemented) sum of the IPv4 or IPv6 pseudo-header of the transport
+    segment at `start` (its length: the rest of the frame) -- what a ``CHECKSUM_PARTIAL``
+    checksum field holds."""
+    length = len(frame) - start
+    if version == 4:
+        words = bytes(frame[ip_at + 12:ip_at + 20]) + bytes((0, proto)) + length.to_bytes(2, "big")
+    else:
+        words = (bytes(frame[ip_at + 8:ip_at + 40]) + length.to_bytes(4, "big")
+                 + bytes((0, 0, 0, proto)))
+    total = sum(int.from_bytes(words[i:i + 2], "big") for i in range(0, len(words), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def gso_offload(frame: bytes | bytearray, gso: GsoType, size: int) -> Offload:
+    """The virtio-net header of a TCP segment `frame` that the device is to cut into segments
+    of `size` payload bytes (`gso`: over IPv4 or IPv6), with its checksum left partial: the
+    checksum field of ``frame`` is set to the pseudo-header's sum (as Linux's netback
+    recalculates it for a GSO packet from a guest), so `frame` must be a bytearray to edit.
+
+    Raises:
+        ValueError: not a TCP segment over the IP version `gso` names, a segment size of 0 or
+            beyond the frame, or a GSO type netif does not define.
+    """
+    if gso not in VNET_GSO_OF:
+        raise ValueError(f"GSO type {int(gso)} is not one netif defines")
+    ip_at, version, start, offset = _transport(frame)
+    want = 4 if gso == GsoType.TCPV4 else 6
+    if version != want or offset != _CSUM_OFFSET[_IPPROTO_TCP] or \
+            (version == 4 and frame[ip_at + 9] != _IPPROTO_TCP):
+        raise ValueError(f"GSO {gso.name} on a frame that is not TCP over IPv{want}")
+    if len(frame) < start + 20:
+        raise ValueError("a TCP header cut short")
+    hdr_len = start + (frame[start + 12] >> 4) * 4
+    if hdr_len < start + 20 or hdr_len > len(frame):
+        raise ValueError("a TCP header whose length is outside the frame")
+    if size == 0 or size > len(frame):
+        raise ValueError(f"a GSO segment size of {size} for a {len(frame)}-byte frame")
+    if isinstance(frame, bytearray):
+        at = start + offset
+        frame[at:at + 2] = pseudo_header_sum(frame, ip_at, version, start,
+                                             _IPPROTO_TCP).to_bytes(2, "big")
+    return Offload(VNET_F_NEEDS_CSUM, VNET_GSO_OF[gso], hdr_len, size, start, offset)

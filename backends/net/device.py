@@ -5,8 +5,26 @@ The xenstore side follows Linux's xen-netback.  Before InitWait the backend dir 
 and ``feature-sg`` = 1; the toolstack's ``mac`` node (`create_vif`) names the guest's MAC.  The
 frontend publishes ``tx-ring-ref``, ``rx-ring-ref`` and one ``event-channel`` for both rings,
 ``request-rx-copy`` = 1 (the only receive path ringkit serves: flipping pages is long gone from
-Linux too), ``feature-rx-notify`` and ``feature-sg``.  Split event channels and GSO are not
-offered yet.
+Linux too), ``feature-rx-notify`` and ``feature-sg``.  The backend also writes
+``feature-ipv6-csum-offload`` = 1 and ``feature-split-event-channels`` = 1: a frontend may
+write ``event-channel-tx`` and ``event-channel-rx`` instead of ``event-channel`` (each ring
+then has its own port; one of the two without the other refuses the frontend with a typed
+error).
+
+GSO, as Linux's xen-netback negotiates it: with a link that takes offloads (`offload`; by
+default a `TapDevice` opened with ``vnet_hdr``) the backend writes ``feature-gso-tcpv4`` and
+``feature-gso-tcpv6`` = 1.  **tx:** a packet with a GSO extra ({size, type}) is checked -- a
+known type (TCPv4/TCPv6), a segment size above 0 and within the frame, the frame TCP over the
+IP version the type names, one GSO extra only -- and goes to the link whole as a `netif.Frame`
+whose `netif.Offload` is the virtio-net header (GSO type and size, ``hdr_len``, the partial
+checksum's place, the checksum field set to the pseudo-header's sum as netback recalculates
+it); a bad one gets NETIF_RSP_ERROR.  **rx:** the frontend's ``feature-gso-tcpv4``/``v6``
+(with ``feature-sg``, checksum offload, and ``feature-ipv6-csum-offload`` for v6) say what it
+takes, and the TAP's offloads are set to exactly that (``TUNSETOFFLOAD``), so the host's stack
+hands over GSO frames only of those kinds; each goes to the guest with ``NETRXF_extra_info``,
+``csum_blank`` and ``data_validated`` on its first response and the GSO extra in the next
+response slot (which takes the next posted buffer, netif.h).  A GSO frame the frontend did not
+negotiate is dropped and counted (never segmented here).
 
 Multi-queue (``max_queues`` > 1), as Linux's xen-netback: the backend writes
 ``multi-queue-max-queues``; a frontend asking for n > 1 queues writes
@@ -72,7 +90,8 @@ from ringkit.requests import (
 )
 from ringkit.requests.codec import SlotCodec
 
-from .checksum import complete_partial_checksum
+from .checksum import complete_checksum, complete_partial_checksum, gso_offload
+from .tap import TapDevice
 
 __all__ = ("QUEUE_BACKLOG", "RX_BURST", "TX_BURST", "BackendQueueStats", "BackendStats",
            "NetBackRings", "NetBackend", "PacketPlan", "copy_packet", "copy_packets",
@@ -122,6 +141,10 @@ class BackendStats:
     """Frames from the link copied to the guest."""
     rx_dropped: int = 0
     """Frames from the link the guest could not take (too long, or a posted page unusable)."""
+    tx_gso: int = 0
+    """Of `tx_packets`, GSO packets (a GSO extra: delivered whole, for the link to segment)."""
+    rx_gso: int = 0
+    """Of `rx_packets`, GSO frames passed to the guest whole (with a GSO extra slot)."""
     queues: list[BackendQueueStats] = field(default_factory=list)
     """The same counters for each queue index (grown as queues appear)."""
 
@@ -149,18 +172,29 @@ class NetBackend(Backend[NetBackRings]):
     await be.run()``.  `link` is an anyio object stream of Ethernet frames (bytes): what the
     guest sends is sent to it, what it receives goes to the guest.  It outlives connections.
     `max_queues`: the most queues offered (``multi-queue-max-queues``; 1 offers none).
+    `offload`: whether `link` takes `netif.Frame`s that leave work to it (GSO frames, partial
+    checksums); by default, when it is a `TapDevice` opened with ``vnet_hdr``.  Only then is
+    GSO offered (``feature-gso-tcpv4``/``v6``), and the TAP's offloads are set to what each
+    frontend negotiated.
     """
 
     device_type: ClassVar[str] = "vif"
     ring_layout = None
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    split_event_channel_keys: ClassVar[tuple[str, ...]] = netif.SPLIT_EVENT_CHANNEL_KEYS
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
 
     def __init__(self, domain: Domain, frontend_id: int, devid: int = 0, *,
                  link: ObjectStream[bytes], max_queues: int | None = None,
-                 poll_us: int = 0) -> None:
+                 poll_us: int = 0, offload: bool | None = None) -> None:
         super().__init__(domain, frontend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.link = link
+        self.offload = (isinstance(link, TapDevice) and link.vnet_hdr) if offload is None \
+            else offload
+        """Whether the link takes offloads, so GSO is offered."""
+        self.rx_gso: frozenset[netif.GsoType] = frozenset()
+        """The GSO kinds the current frontend takes (its ``feature-gso-tcpv4``/``v6``, with
+        ``feature-sg`` and checksum offload, as Linux's netback requires)."""
         self.stats = BackendStats()
         self.sg = False
         """Whether the current frontend takes a frame over several rx pages (feature-sg)."""
@@ -172,10 +206,18 @@ class NetBackend(Backend[NetBackRings]):
     # ------------------------------------------------------------------ handshake
 
     async def advertise(self, nodes: Nodes) -> None:
-        """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1."""
+        """``feature-rx-copy`` = 1, ``feature-rx-flip`` = 0, ``feature-sg`` = 1,
+        ``feature-ipv6-csum-offload`` = 1 (IPv6 checksums are finished like IPv4's),
+        ``feature-split-event-channels`` = 1, and with
+        an offloading link ``feature-gso-tcpv4`` = ``feature-gso-tcpv6`` = 1."""
         await nodes.write("feature-rx-copy", 1)
         await nodes.write("feature-rx-flip", 0)
         await nodes.write("feature-sg", 1)
+        await nodes.write("feature-ipv6-csum-offload", 1)
+        await nodes.write("feature-split-event-channels", 1)
+        if self.offload:
+            await nodes.write("feature-gso-tcpv4", 1)
+            await nodes.write("feature-gso-tcpv6", 1)
 
     async def connecting(self, frontend: Nodes) -> None:
         """Refuse a frontend that does not ask for rx-copy; read ``feature-sg`` and the MAC.
@@ -187,6 +229,16 @@ class NetBackend(Backend[NetBackRings]):
             raise RemoteProtocolError(f"{frontend.path}: request-rx-copy is not 1 (only the "
                                       "copying receive path is served)")
         self.sg = await frontend.read_flag("feature-sg")
+        gso: set[netif.GsoType] = set()
+        if self.offload and self.sg and not await frontend.read_flag("feature-no-csum-offload"):
+            if await frontend.read_flag("feature-gso-tcpv4"):
+                gso.add(netif.GsoType.TCPV4)
+            if await frontend.read_flag("feature-gso-tcpv6") and \
+                    await frontend.read_flag("feature-ipv6-csum-offload"):
+                gso.add(netif.GsoType.TCPV6)
+        self.rx_gso = frozenset(gso)
+        if isinstance(self.link, TapDevice) and self.link.vnet_hdr:
+            self.link.set_offload(self.rx_gso)  # the host hands over only what the guest takes
         mac = await self.own_nodes.read_optional("mac")
         try:
             self.mac = netif.parse_mac(mac) if mac is not None else None
@@ -203,14 +255,19 @@ class NetBackend(Backend[NetBackRings]):
             self._spread_out.append(receive)
 
     def make_channel(self, queue: Queue[NetBackRings]) -> NetBackRings:
-        """Attach to the tx ring (first page) and the rx ring (second), sharing the port."""
-        shared = SharedEventChannel(queue.event)
+        """Attach to the tx ring (first page) and the rx ring (second), each on its own event
+        channel when the frontend split them, else sharing the one port."""
+        if queue.split_events:
+            tx_event, rx_event = queue.split_events
+        else:
+            shared = SharedEventChannel(queue.event)
+            tx_event, rx_event = shared.view(), shared.view()
         buf = queue.buffer
         rings = NetBackRings(
-            BackRingChannel(BackRing.attach(buf[:PAGE_SIZE], netif.TX_RING), shared.view(),
+            BackRingChannel(BackRing.attach(buf[:PAGE_SIZE], netif.TX_RING), tx_event,
                             poll_us=self.poll_us),
             BackRingChannel(BackRing.attach(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
-                            shared.view(), poll_us=self.poll_us))
+                            rx_event, poll_us=self.poll_us))
         for channel in (rings.tx, rings.rx):
             channel.on_broken = partial(self.wake, "ring broken")
         return rings
@@ -275,12 +332,14 @@ class NetBackend(Backend[NetBackRings]):
                 if not isinstance(frame, RequestError):
                     self.stats.tx_packets += 1
                     stats.tx_packets += 1
+                    if isinstance(frame, netif.Frame):
+                        self.stats.tx_gso += 1
                     await self.link.send(frame)
 
     async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
         """The frames chains of tx requests carry, or why each is refused (`copy_packets`:
         checked, then copied out of the frontend's grants together)."""
-        return await copy_packets(chains, self.domain.grants, self.peer_id)
+        return await copy_packets(chains, self.domain.grants, self.peer_id, gso=self.offload)
 
     async def _receive(self, rx: PostedRequests) -> None:
         """Link (this queue's share of it) -> guest: the frames waiting (up to `RX_BURST`)
@@ -299,66 +358,133 @@ class NetBackend(Backend[NetBackRings]):
                     held.append(frames.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            batch: list[tuple[bytes, list[IncomingRequest], list[int]]] = []
+            batch: list[_RxFrame] = []
             while held:
                 frame = held[0]
                 pages = -(-len(frame) // PAGE_SIZE)
-                if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg):
+                verdict, first_flags = self._rx_offload(frame)
+                extra = verdict if isinstance(verdict, bytes) else None
+                if not frame or len(frame) > MAX_FRAME or (pages > 1 and not self.sg) \
+                        or verdict is False:
                     held.popleft()
                     self.stats.rx_dropped += 1
                     stats.rx_dropped += 1
                     continue
+                if extra is None and isinstance(frame, netif.Frame):
+                    offload = frame.offload
+                    if offload is not None and offload.flags & netif.VNET_F_NEEDS_CSUM:
+                        whole = bytearray(frame)
+                        try:
+                            complete_checksum(whole, offload.csum_start, offload.csum_offset)
+                        except ValueError:
+                            held.popleft()
+                            self.stats.rx_dropped += 1
+                            stats.rx_dropped += 1
+                            continue
+                        frame = bytes(whole)
                 # wait for buffers for the burst's first frame; the rest take what is posted
-                requests = rx.take_nowait(pages) if batch else await rx.take(pages)
-                if requests is None:
+                count = pages + (extra is not None)
+                taken = rx.take_nowait(count) if batch else await rx.take(count)
+                if taken is None:
                     break
                 held.popleft()
-                batch.append((frame, requests,
-                              [min(PAGE_SIZE, len(frame) - i * PAGE_SIZE)
-                               for i in range(pages)]))
+                batch.append(_RxFrame(frame, taken, extra, first_flags))
             if batch:
                 await self._copy_frames(rx, batch, stats)
 
-    async def _copy_frames(self, rx: PostedRequests,
-                           batch: list[tuple[bytes, list[IncomingRequest], list[int]]],
+    async def _copy_frames(self, rx: PostedRequests, batch: list[_RxFrame],
                            stats: BackendQueueStats) -> None:
         """Copy each frame of `batch` into its posted pages (one grant copy for all; if that
         is refused, frame by frame, so that only a frame whose pages are unusable is lost)
         and answer every request with one push: {id, offset 0, ``more_data`` on all but a
-        frame's last page, status = bytes in that page, or NETIF_RSP_ERROR}."""
+        frame's last page, status = bytes in that page, or NETIF_RSP_ERROR}; a GSO frame's
+        extra slot answers its second buffer (netif.h)."""
         grants = self.domain.grants
         failed: set[int] = set()
         try:
             # a grant copy: the frontend may end its grants as soon as it sees the answer
             await grants.copy_to_grants(
-                self.peer_id, [GrantCopySegment(r.refs[0], 0, n) for _, requests, lengths in batch
-                               for r, n in zip(requests, lengths, strict=True)],
-                b"".join(frame for frame, _, _ in batch))
+                self.peer_id, [seg for item in batch for seg in item.segments()],
+                b"".join(item.frame for item in batch))
         except (GrantError, TransportError):
-            for i, (frame, requests, lengths) in enumerate(batch):
+            for i, item in enumerate(batch):
                 try:
-                    await grants.copy_to_grants(
-                        self.peer_id, [GrantCopySegment(r.refs[0], 0, n)
-                                       for r, n in zip(requests, lengths, strict=True)], frame)
+                    await grants.copy_to_grants(self.peer_id, item.segments(), item.frame)
                 except (GrantError, TransportError) as exc:
                     self.log.debug("%s: rx buffers refused: %s", self.address, exc)
                     failed.add(i)
         answered: list[IncomingRequest] = []
         responses: list[bytes] = []
-        for i, (_, requests, lengths) in enumerate(batch):
-            last = len(requests) - 1
-            for j, (r, n) in enumerate(zip(requests, lengths, strict=True)):
-                responses.append(netif.encode_rx_response(
-                    r.id, 0, netif.RxFlag.MORE_DATA if j < last else 0,
-                    netif.Status.ERROR if i in failed else n))
-            answered += requests
+        for i, item in enumerate(batch):
+            answered += item.taken
             if i in failed:
+                last = len(item.taken) - 1
+                responses += [netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA
+                                                       if j < last else 0, netif.Status.ERROR)
+                              for j, r in enumerate(item.taken)]
                 self.stats.rx_dropped += 1
                 stats.rx_dropped += 1
-            else:
-                self.stats.rx_packets += 1
-                stats.rx_packets += 1
+                continue
+            responses += item.responses()
+            if item.extra is not None:
+                self.stats.rx_gso += 1
+            self.stats.rx_packets += 1
+            stats.rx_packets += 1
         await rx.respond(answered, responses)
+
+    def _rx_offload(self, frame: bytes) -> tuple[bytes | bool | None, netif.RxFlag]:
+        """For a frame from the link: the GSO extra slot to send with it (None: a plain frame;
+        False: a GSO frame this frontend did not negotiate -- dropped) and its first
+        response's checksum flags."""
+        offload = netif.offload_of(frame)
+        if offload is None or offload.gso_type == netif.VNET_GSO_NONE:
+            return None, netif.RxFlag(0)
+        try:
+            kind = offload.gso
+        except ValueError:
+            return False, netif.RxFlag(0)
+        if kind not in self.rx_gso or not 0 < offload.gso_size <= len(frame):
+            return False, netif.RxFlag(0)
+        return (netif.encode_gso(offload.gso_size, kind),
+                netif.RxFlag.EXTRA_INFO | netif.RxFlag.CSUM_BLANK | netif.RxFlag.DATA_VALIDATED)
+
+
+@dataclass(slots=True)
+class _RxFrame:
+    """A frame from the link and the posted buffers it takes (`taken`, in ring order: with a
+    GSO `extra`, the second answers the extra slot)."""
+
+    frame: bytes
+    taken: list[IncomingRequest]
+    extra: bytes | None
+    first_flags: netif.RxFlag
+
+    @property
+    def pages(self) -> list[IncomingRequest]:
+        """The buffers the frame's bytes go to."""
+        return [self.taken[0], *self.taken[2:]] if self.extra is not None else self.taken
+
+    def lengths(self) -> list[int]:
+        size = len(self.frame)
+        return [min(PAGE_SIZE, size - i * PAGE_SIZE) for i in range(len(self.pages))]
+
+    def segments(self) -> list[GrantCopySegment]:
+        return [GrantCopySegment(r.refs[0], 0, n)
+                for r, n in zip(self.pages, self.lengths(), strict=True)]
+
+    def responses(self) -> list[bytes]:
+        """The answers to `taken`: a page's bytes each, ``more_data`` on all but the last;
+        with a GSO extra, the first carries the checksum flags and the extra slot follows."""
+        pages, lengths = self.pages, self.lengths()
+        last = len(pages) - 1
+        out = [netif.encode_rx_response(r.id, 0, netif.RxFlag.MORE_DATA if i < last else 0, n)
+               for i, (r, n) in enumerate(zip(pages, lengths, strict=True))]
+        if self.extra is not None:
+            out[0] = netif.encode_rx_response(
+                pages[0].id, 0, self.first_flags | (netif.RxFlag.MORE_DATA if last else 0),
+                lengths[0])
+            out.insert(1, self.extra)
+        return out
 
 
 @dataclass(slots=True)
@@ -369,6 +495,8 @@ class PacketPlan:
     """The packet's bytes in the frontend's pages, in order."""
     csum_blank: bool
     """NETTXF_csum_blank: the checksum is left to the backend."""
+    segmentation: netif.GsoInfo | None = None
+    """The GSO extra's segmentation (a frame the link segments), if there is one."""
 
     @property
     def size(self) -> int:
@@ -376,8 +504,9 @@ class PacketPlan:
         return sum(seg.length for seg in self.segments)
 
 
-def plan_packet(chain: RequestChain) -> PacketPlan:
-    """Check a chain of tx requests (see the module docstring) and say what to copy.
+def plan_packet(chain: RequestChain, *, gso: bool = False) -> PacketPlan:
+    """Check a chain of tx requests (see the module docstring) and say what to copy.  A GSO
+    extra is allowed only with `gso` (the link takes offloads).
 
     Raises:
         RequestError: the packet is malformed; every request of the chain gets
@@ -385,10 +514,21 @@ def plan_packet(chain: RequestChain) -> PacketPlan:
     """
     if chain.fault is not None:
         raise RequestError(chain.fault)
+    segmentation: netif.GsoInfo | None = None
     for raw in chain.extras:
         extra = netif.parse_extra_info(raw)
         if not extra.known:
             raise RequestError(f"extra-info type {extra.type} is unknown")
+        if extra.type == netif.ExtraType.GSO:
+            if not gso:
+                raise RequestError("a GSO extra, but GSO was not offered")
+            if segmentation is not None:
+                raise RequestError("two GSO extras on one packet")
+            segmentation = netif.parse_gso(extra)
+            if segmentation.type not in (netif.GsoType.TCPV4, netif.GsoType.TCPV6):
+                raise RequestError(f"GSO type {segmentation.type} is unknown")
+            if segmentation.size == 0:
+                raise RequestError("a GSO extra with segment size 0")
     parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
     total = parsed[0].size
     rest = sum(p.size for p in parsed[1:])
@@ -401,15 +541,26 @@ def plan_packet(chain: RequestChain) -> PacketPlan:
             raise RequestError(f"request {p.id}: {why}")
     return PacketPlan([GrantCopySegment(p.gref, p.offset, size)
                        for p, size in zip(parsed, sizes, strict=True) if size],
-                      bool(parsed[0].flags & netif.TxFlag.CSUM_BLANK))
+                      bool(parsed[0].flags & netif.TxFlag.CSUM_BLANK), segmentation)
 
 
 def finish_packet(plan: PacketPlan, frame: bytes) -> bytes:
-    """The frame as the link takes it: a csum_blank packet's checksum finished.
+    """The frame as the link takes it: with a GSO extra a `netif.Frame` whose `netif.Offload`
+    says how to segment it, its checksum left partial; otherwise a csum_blank packet's
+    checksum finished.
 
     Raises:
-        RequestError: NETTXF_csum_blank on a packet with no checksum to finish.
+        RequestError: a GSO extra on a packet that cannot take it, or NETTXF_csum_blank on a
+            packet with no checksum to finish.
     """
+    if plan.segmentation is not None:
+        whole = bytearray(frame)
+        try:
+            offload = gso_offload(whole, netif.GsoType(plan.segmentation.type),
+                                  plan.segmentation.size)
+        except ValueError as exc:
+            raise RequestError(f"a GSO extra on a packet that cannot take it: {exc}") from None
+        return netif.Frame(whole, offload)
     if not plan.csum_blank:
         return frame
     try:
@@ -419,15 +570,17 @@ def finish_packet(plan: PacketPlan, frame: bytes) -> bytes:
                            f"{exc}") from None
 
 
-async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> bytes:
+async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int, *,
+                      gso: bool = False) -> bytes:
     """The frame a chain of tx requests carries, copied out of the pages `peer` granted
-    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered).
+    (`GrantTable.copy_from_grants`: a grant copy, nothing left mapped when it is answered),
+    as `finish_packet` makes it (`gso`: see `plan_packet`).
 
     Raises:
         RequestError: the packet is malformed (see the module docstring) or a page cannot be
             copied; every request of the chain gets NETIF_RSP_ERROR.
     """
-    plan = plan_packet(chain)
+    plan = plan_packet(chain, gso=gso)
     try:
         frame = await grants.copy_from_grants(peer, plan.segments) if plan.segments else b""
     except (GrantError, TransportError) as exc:
@@ -435,15 +588,15 @@ async def copy_packet(chain: RequestChain, grants: GrantTable, peer: int) -> byt
     return finish_packet(plan, frame)
 
 
-async def copy_packets(chains: list[RequestChain], grants: GrantTable,
-                       peer: int) -> list[bytes | RequestError]:
+async def copy_packets(chains: list[RequestChain], grants: GrantTable, peer: int, *,
+                       gso: bool = False) -> list[bytes | RequestError]:
     """`copy_packet` for several chains, with one grant copy for all the packets that pass
     their checks; if that copy is refused (a ref the frontend revoked, say), each packet is
     copied on its own, so only the packets naming a bad ref are refused."""
     plans: list[PacketPlan | RequestError] = []
     for chain in chains:
         try:
-            plans.append(plan_packet(chain))
+            plans.append(plan_packet(chain, gso=gso))
         except RequestError as exc:
             plans.append(exc)
     good = [plan for plan in plans if isinstance(plan, PacketPlan)]
@@ -464,7 +617,7 @@ async def copy_packets(chains: list[RequestChain], grants: GrantTable,
             continue
         try:
             if data is None:
-                out.append(await copy_packet(chain, grants, peer))
+                out.append(await copy_packet(chain, grants, peer, gso=gso))
                 continue
             out.append(finish_packet(plan, data[pos:pos + plan.size]))
         except RequestError as exc:

@@ -5,7 +5,16 @@ out of the interface, each write one frame it receives.  With ``vnet_hdr`` (``IF
 and ``TUNSETOFFLOAD`` = ``TUN_F_CSUM``) every frame carries a virtio-net header, and the
 kernel may hand over frames whose TCP/UDP checksum it left for the device to fill in
 (``VIRTIO_NET_HDR_F_NEEDS_CSUM``): `receive` completes those in software, so what goes on to a
-frontend that said ``feature-no-csum-offload`` is always whole.  GSO is not negotiated.
+frontend that said ``feature-no-csum-offload`` is always whole.
+
+GSO: `set_offload` (``TUNSETOFFLOAD`` with ``TUN_F_TSO4`` / ``TUN_F_TSO6``) lets the kernel
+hand over TCP frames of up to 64 KiB that it left for the device to segment; `receive` returns
+those as a `netif.Frame` whose `netif.Offload` is the virtio-net header (checksum left
+partial).  A driver turns these on only for what its peer negotiated (`NetBackend` for its
+frontend's ``feature-gso-tcpv4``/``v6``, as Linux's netback sets its vif's features).  `send`
+writes a `netif.Frame`'s offload as the virtio-net header, so the kernel takes a GSO frame
+(and segments it, or passes it on whole to a peer that can) or finishes its checksum; plain
+bytes go with an empty header.
 
 The interface lives while the stream is open (it is not made persistent); ``ip link set NAME
 netns NS`` moves it with its file descriptor still attached.  Needs CAP_NET_ADMIN.
@@ -22,6 +31,7 @@ import anyio.lowlevel
 from anyio.abc import ObjectStream
 
 from ringkit import ConfigError
+from ringkit.proto import netif
 
 from .checksum import complete_checksum
 
@@ -33,9 +43,11 @@ _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 _TUN_F_CSUM = 0x01
-_VNET_HDR = struct.Struct("<BBHHHH")
-"""struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""
-_NEEDS_CSUM = 1
+_TUN_F_TSO4 = 0x02
+_TUN_F_TSO6 = 0x04
+_VNET_HDR = netif.VNET_HDR
+_NEEDS_CSUM = netif.VNET_F_NEEDS_CSUM
+_EMPTY_HDR = bytes(_VNET_HDR.size)
 _MAX_READ = 65536 + _VNET_HDR.size
 
 
@@ -47,7 +59,31 @@ class TapDevice(ObjectStream[bytes]):
         self.name = name
         """The interface's name as the kernel made it."""
         self.vnet_hdr = vnet_hdr
+        self.gso: frozenset[netif.GsoType] = frozenset()
+        """The GSO kinds the kernel may hand over (`set_offload`)."""
         self._closed = False
+
+    def set_offload(self, gso: frozenset[netif.GsoType] | set[netif.GsoType]) -> None:
+        """Let the kernel hand over GSO frames of the kinds in `gso` (TCP over IPv4, over IPv6;
+        an empty set: none), with checksum offload as always (``TUNSETOFFLOAD``).
+
+        Raises:
+            ConfigError: the device was opened without ``vnet_hdr`` (there is no header to
+                carry GSO in), or a kind netif does not define.
+            OSError: the kernel refused.
+        """
+        if not self.vnet_hdr:
+            raise ConfigError(f"{self.name}: GSO needs a TAP opened with vnet_hdr")
+        flags = _TUN_F_CSUM
+        for kind in gso:
+            if kind == netif.GsoType.TCPV4:
+                flags |= _TUN_F_TSO4
+            elif kind == netif.GsoType.TCPV6:
+                flags |= _TUN_F_TSO6
+            else:
+                raise ConfigError(f"GSO kind {kind!r} is not TCP over IPv4 or IPv6")
+        fcntl.ioctl(self.fd, _TUNSETOFFLOAD, flags)
+        self.gso = frozenset(gso)
 
     @classmethod
     def open(cls, name: str, *, vnet_hdr: bool = False) -> TapDevice:
@@ -89,7 +125,10 @@ class TapDevice(ObjectStream[bytes]):
                 return data
             if len(data) < _VNET_HDR.size:
                 continue
-            flags, _, _, _, start, offset = _VNET_HDR.unpack_from(data)
+            flags, gso_type, _, _, start, offset = _VNET_HDR.unpack_from(data)
+            if gso_type != netif.VNET_GSO_NONE:
+                # left for the device to segment: the header goes along with the frame
+                return netif.Frame(data[_VNET_HDR.size:], netif.Offload.parse(data))
             frame = bytearray(data[_VNET_HDR.size:])
             if flags & _NEEDS_CSUM:
                 try:
@@ -99,12 +138,20 @@ class TapDevice(ObjectStream[bytes]):
             return bytes(frame)
 
     async def send(self, item: bytes) -> None:
-        """Hand one frame to the host as received on the interface.
+        """Hand one frame to the host as received on the interface (a `netif.Frame`'s offload
+        as its virtio-net header; without ``vnet_hdr``, a frame that leaves work to the device
+        is dropped: nothing could do it).
 
         Raises:
             anyio.ClosedResourceError: closed.
         """
-        data = (bytes(_VNET_HDR.size) + item) if self.vnet_hdr else item
+        offload = netif.offload_of(item)
+        if self.vnet_hdr:
+            data = (offload.encode() if offload is not None else _EMPTY_HDR) + item
+        elif offload is not None and (offload.gso_type or offload.flags & _NEEDS_CSUM):
+            return
+        else:
+            data = item
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError

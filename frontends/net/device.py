@@ -4,12 +4,25 @@ The xenstore side follows Linux's xen-netfront.  The backend must offer ``featur
 (as Linux's netfront insists).  The frontend shares a tx ring and an rx ring and publishes
 ``tx-ring-ref``, ``rx-ring-ref``, one ``event-channel`` for both, ``request-rx-copy`` = 1,
 ``feature-rx-notify`` = 1, ``feature-sg`` = 1 and ``feature-no-csum-offload`` = 1 (its frames
-carry their checksums; it fills in none).  Like Linux's netfront it then says Connected at once,
-its receive buffers posted, without waiting for the backend's Connected (`connects_first`):
-Linux's xen-netback connects only when it sees the frontend Connected; opening still waits
-for the backend to follow.  The MAC is the toolstack's ``mac`` node in the
-frontend dir.  (The device framework also writes its generic ``ring-ref`` = the tx ring's
-ref, which netif backends ignore.)
+carry their checksums; it fills in none) -- or, with ``offload=True``, ``feature-gso-tcpv4`` =
+``feature-gso-tcpv6`` = ``feature-ipv6-csum-offload`` = 1 instead.  When the backend offers
+``feature-split-event-channels`` it writes ``event-channel-tx`` and ``event-channel-rx`` (one
+port per ring) instead of ``event-channel`` (``split_event_channels=False``: never).
+
+Offloads (``offload=True``, for a program whose frames may leave work to a device, such as a
+TAP with a virtio-net header): `send` takes a `netif.Frame` whose `netif.Offload` asks for GSO
+(of a kind the backend offered: `tx_gso`) and sends it whole, flagged ``csum_blank`` and
+``data_validated`` with a GSO extra slot after its first request; a frame that only leaves its
+checksum goes flagged ``csum_blank``.  Received packets with a GSO extra become `netif.Frame`s
+that say how to segment them; a ``csum_blank`` packet without one has its checksum finished
+here.  A bad extra (unknown type, a GSO extra that does not fit the frame) drops the packet
+and counts it (``rx_errors``), as Linux's netfront does.
+
+Like Linux's netfront it says Connected at once, its receive buffers posted, without waiting
+for the backend's Connected (`connects_first`): Linux's xen-netback connects only when it sees
+the frontend Connected; opening still waits for the backend to follow.  The MAC is the
+toolstack's ``mac`` node in the frontend dir.  (The device framework also writes its generic
+``ring-ref`` = the tx ring's ref, which netif backends ignore.)
 
 Multi-queue (``max_queues`` > 1), as Linux's xen-netfront: when the backend offers
 ``multi-queue-max-queues``, the frontend asks for the smaller of the two maxima, writes
@@ -27,9 +40,10 @@ answered chain (``more_data``) is checked, copied out, its pages posted again, a
 queued for `receive` (dropped and counted when the program does not keep up, as a NIC does).
 
 Never trusting the backend: a response id not in flight, a tx status netif does not define
-(or NETIF_RSP_NULL, for a frontend that sends no extra-info slots), an rx fragment past its
-page, a flag this frontend did not negotiate (extra-info, GSO prefix) or an rx chain longer
-than `netif.NR_SLOTS_MIN` end the connection with `RemoteProtocolError`.
+(or NETIF_RSP_NULL answering no extra-info slot of ours), an rx fragment past its page, a
+flag this frontend did not negotiate (extra-info and checksum-blank without offloads, GSO
+prefix) or an rx chain longer than `netif.NR_SLOTS_MIN` end the connection with
+`RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from typing import ClassVar
 import anyio
 from anyio.abc import AsyncResource, ObjectStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from ringkit.backends.net.checksum import complete_partial_checksum, gso_offload
 
 from ringkit import ConfigError, PeerGoneError, RemoteProtocolError
 from ringkit.abc import PAGE_SIZE, Domain
@@ -52,7 +67,7 @@ from ringkit.requests import Completions, GrantPool, Request, RequestQueue, Shar
 from ringkit.requests.codec import SlotCodec
 
 __all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "FrontendQueueStats",
-           "check_rx", "check_tx")
+           "check_rx", "check_rx_offload", "check_tx")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame the frontend sends or accepts (io/netif.h's 16-bit size)."""
@@ -83,6 +98,10 @@ class FrontendStats:
     """Packets the backend could not deliver (an error status in their chain)."""
     rx_dropped: int = 0
     """Frames received while `receive`'s queue was full."""
+    tx_gso: int = 0
+    """Of `tx_packets`, GSO frames sent whole with a GSO extra."""
+    rx_gso: int = 0
+    """Of `rx_packets`, GSO frames received whole with a GSO extra."""
     queues: list[FrontendQueueStats] = field(default_factory=list)
     """The same counters for each queue index (grown as queues appear)."""
 
@@ -128,6 +147,7 @@ class NetFrontend(Frontend[NetFrontRings]):
 
     device_type: ClassVar[str] = "vif"
     ring_ref_keys: ClassVar[tuple[str, ...]] = netif.RING_REF_KEYS
+    split_event_channel_keys: ClassVar[tuple[str, ...]] = netif.SPLIT_EVENT_CHANNEL_KEYS
     request_codecs: ClassVar[tuple[SlotCodec, ...]] = (netif.TX_CODEC, netif.RX_CODEC)
     ring_layout = None
     connects_first: ClassVar[bool] = True
@@ -137,7 +157,8 @@ class NetFrontend(Frontend[NetFrontRings]):
     def __init__(self, domain: Domain, backend_id: int = 0, devid: int = 0, *,
                  tx_pages: int | None = None, rx_buffers: int | None = None,
                  backlog: int = 1024, max_queues: int | None = None,
-                 poll_us: int = 0) -> None:
+                 poll_us: int = 0, offload: bool = False,
+                 split_event_channels: bool = True) -> None:
         share = max(netif.NR_SLOTS_MIN, netif.RX_RING_SIZE // (max_queues or 1))
         tx_pages = share if tx_pages is None else tx_pages
         rx_buffers = share if rx_buffers is None else rx_buffers
@@ -147,6 +168,15 @@ class NetFrontend(Frontend[NetFrontRings]):
         super().__init__(domain, backend_id, devid, max_queues=max_queues, poll_us=poll_us)
         self.tx_pages = tx_pages
         self.rx_buffers = rx_buffers
+        self.split_event_channels = split_event_channels
+        """Whether to give each ring its own event channel when the backend offers
+        ``feature-split-event-channels`` (``event-channel-tx``/``-rx``)."""
+        self.offload = offload
+        """Whether the program's frames may leave work to the device (`netif.Frame`): then
+        GSO and checksum offload are asked for and used."""
+        self.tx_gso: frozenset[netif.GsoType] = frozenset()
+        """The GSO kinds the backend takes (its ``feature-gso-tcpv4``/``v6``; with `offload`
+        and ``feature-sg`` only): `send` accepts GSO frames of these kinds."""
         self.stats = FrontendStats()
         self.mac: bytes | None = None
         """The MAC the toolstack gave this interface (``mac`` node), or None."""
@@ -173,17 +203,31 @@ class NetFrontend(Frontend[NetFrontRings]):
             raise RemoteProtocolError(f"{backend.path}: the backend does not offer "
                                       "feature-rx-copy")
         self.sg = await backend.read_flag("feature-sg")
-        return None
+        gso: set[netif.GsoType] = set()
+        if self.offload and self.sg:
+            if await backend.read_flag("feature-gso-tcpv4"):
+                gso.add(netif.GsoType.TCPV4)
+            if await backend.read_flag("feature-gso-tcpv6"):
+                gso.add(netif.GsoType.TCPV6)
+        self.tx_gso = frozenset(gso)
+        split = self.split_event_channels and \
+            await backend.read_flag("feature-split-event-channels")
+        return RingChoice(self.max_ring_page_order, self.max_queues, split_event_channels=split)
 
     def make_channel(self, queue: Queue[NetFrontRings]) -> NetFrontRings:
-        """Initialise the tx ring (the queue's first page) and the rx ring (its second)."""
-        shared = SharedEventChannel(queue.event)
+        """Initialise the tx ring (the queue's first page) and the rx ring (its second), each
+        on its own event channel with split event channels, else on one shared port."""
+        if queue.split_events:
+            tx_event, rx_event = queue.split_events
+        else:
+            shared = SharedEventChannel(queue.event)
+            tx_event, rx_event = shared.view(), shared.view()
         buf = queue.buffer
         rings = NetFrontRings(
             FrontRingChannel(FrontRing.init(buf[:PAGE_SIZE], netif.TX_RING),
-                             shared.view(), poll_us=self.poll_us),
+                             tx_event, poll_us=self.poll_us),
             FrontRingChannel(FrontRing.init(buf[PAGE_SIZE:2 * PAGE_SIZE], netif.RX_RING),
-                             shared.view(), poll_us=self.poll_us))
+                             rx_event, poll_us=self.poll_us))
         for channel in (rings.tx, rings.rx):
             channel.on_broken = partial(self.wake, "ring broken")
         return rings
@@ -194,7 +238,12 @@ class NetFrontend(Frontend[NetFrontRings]):
         await nodes.write("request-rx-copy", 1)
         await nodes.write("feature-rx-notify", 1)
         await nodes.write("feature-sg", 1)
-        await nodes.write("feature-no-csum-offload", 1)
+        if self.offload:
+            await nodes.write("feature-gso-tcpv4", 1)
+            await nodes.write("feature-gso-tcpv6", 1)
+            await nodes.write("feature-ipv6-csum-offload", 1)
+        else:
+            await nodes.write("feature-no-csum-offload", 1)
 
     async def peer_connected(self, backend: Nodes) -> None:
         """Grant the tx pool and the rx buffers, post every rx buffer, start the tasks (right
@@ -218,7 +267,8 @@ class NetFrontend(Frontend[NetFrontRings]):
                 raise
             tx = RequestQueue([rings.tx], netif.TX_CODEC, pool=tx_pool, check=check_tx)
             rx = RequestQueue([rings.rx], netif.RX_CODEC, pool=rx_pool,
-                              window=self.rx_buffers, check=check_rx)
+                              window=self.rx_buffers,
+                              check=check_rx_offload if self.offload else check_rx)
             lane = _Lane(tx, rx, tx.completions(), self.stats.queue(queue.index))
             self._lanes.append(lane)
             rx_done = rx.completions()
@@ -250,12 +300,27 @@ class NetFrontend(Frontend[NetFrontRings]):
             PeerGoneError: not connected (see `wait_connected`), or the connection went away.
             RemoteProtocolError: the backend broke the protocol.
         """
+        offload = netif.offload_of(frame)
         data = memoryview(frame).cast("B")
         size = len(data)
         pages = max(1, -(-size // PAGE_SIZE))
         if size < netif.ETH_HLEN or size > MAX_FRAME or (pages > 1 and not self.sg):
             raise ValueError(f"cannot send a {size}-byte frame "
                              f"({'with' if self.sg else 'without'} feature-sg)")
+        first_flags = 0
+        extra = b""
+        if offload is not None:
+            if offload.gso_type != netif.VNET_GSO_NONE:
+                kind = offload.gso
+                if kind not in self.tx_gso or not 0 < offload.gso_size <= size:
+                    raise ValueError(f"cannot send a GSO {kind.name} frame (segments of "
+                                     f"{offload.gso_size}) to a backend taking "
+                                     f"{sorted(k.name for k in self.tx_gso)}")
+                extra = netif.encode_gso(offload.gso_size, kind)
+                first_flags = netif.TxFlag.EXTRA_INFO
+            if offload.gso_type != netif.VNET_GSO_NONE or \
+                    offload.flags & netif.VNET_F_NEEDS_CSUM:
+                first_flags |= netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED
         lanes = self._lanes
         if not lanes:
             raise PeerGoneError(f"{self.address} is not connected") from self.connection_error
@@ -263,9 +328,12 @@ class NetFrontend(Frontend[NetFrontRings]):
         queue, done = lane.tx, lane.tx_done
         async with lane.lock:  # one packet's requests at a time: consecutive slots
             held: list[Request] = []
+            slot: Request | None = None
             try:
                 for _ in range(pages):
                     held.append(await queue.prepare(1))
+                if extra:
+                    slot = await queue.prepare(0)
             except BaseException:
                 for request in held:
                     queue.release(request)
@@ -274,11 +342,17 @@ class NetFrontend(Frontend[NetFrontRings]):
                 chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
                 request.page(0)[:len(chunk)] = chunk
                 flags = netif.TxFlag.MORE_DATA if i < pages - 1 else 0
-                netif.TX_REQUEST.pack_into(request.slot, 0, request.refs[0], 0, flags,
+                netif.TX_REQUEST.pack_into(request.slot, 0, request.refs[0], 0,
+                                           flags | (first_flags if i == 0 else 0),
                                            request.id, size if i == 0 else len(chunk))
+            if slot is not None:
+                slot.slot[:len(extra)] = extra  # the extra-info slot follows the first request
+                held.insert(1, slot)
             queue.send_batch_nowait(held, done)
         self.stats.tx_packets += 1
         lane.stats.tx_packets += 1
+        if extra:
+            self.stats.tx_gso += 1
 
     async def receive(self) -> bytes:
         """The next Ethernet frame from the backend, waiting for one.  Frames received while
@@ -322,7 +396,8 @@ class NetFrontend(Frontend[NetFrontRings]):
             except PeerGoneError:
                 return  # the connection ended: its teardown already said why
             for request in answered:
-                if netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
+                if not request.extra and \
+                        netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
                     self.stats.tx_errors += 1
                     lane.stats.tx_errors += 1
                 queue.release(request)
@@ -330,6 +405,7 @@ class NetFrontend(Frontend[NetFrontRings]):
     async def _deliver(self, lane: _Lane, done: Completions) -> None:
         queue = lane.rx
         chain: list[Request] = []
+        more = False
         while True:
             try:
                 answered = await done.get()
@@ -337,14 +413,26 @@ class NetFrontend(Frontend[NetFrontRings]):
                 return  # the connection ended: its teardown already said why
             for request in answered:
                 chain.append(request)
-                flags = netif.parse_rx_response(request.response)[2]
-                if flags & netif.RxFlag.MORE_DATA:
-                    if len(chain) >= netif.NR_SLOTS_MIN:
+                if request.extra:  # an extra-info slot (the layer matched it by position)
+                    if len(chain) > netif.NR_SLOTS_MIN + netif.EXTRA_TYPE_MAX:
+                        raise RemoteProtocolError(f"{self.address}: an rx packet with more "
+                                                  "extra-info slots than netif has types")
+                    if netif.parse_extra_info(request.response).flags & \
+                            netif.EXTRA_FLAG_MORE or more:
+                        continue
+                else:
+                    flags = netif.parse_rx_response(request.response)[2]
+                    more = bool(flags & netif.RxFlag.MORE_DATA)
+                    if sum(not r.extra for r in chain) > netif.NR_SLOTS_MIN:
                         raise RemoteProtocolError(
                             f"{self.address}: an rx packet over more than "
                             f"{netif.NR_SLOTS_MIN} buffers")
-                    continue
+                    if more or flags & netif.RxFlag.EXTRA_INFO:
+                        continue
+                more = False
                 frame = self._frame_of(chain)
+                if isinstance(frame, netif.Frame):
+                    self.stats.rx_gso += 1
                 for part in chain:
                     queue.release(part)
                 self._post(queue, done, len(chain))
@@ -363,29 +451,65 @@ class NetFrontend(Frontend[NetFrontRings]):
 
     @staticmethod
     def _frame_of(chain: list[Request]) -> bytes | None:
+        """The frame an answered rx chain carries (None: an error, or one not to deliver):
+        a GSO extra makes it a `netif.Frame` leaving its segmentation to the device; a
+        checksum left blank is finished here otherwise."""
         parts = []
+        segmentation: netif.GsoInfo | None = None
         for request in chain:
+            if request.extra:
+                extra = netif.parse_extra_info(request.response)
+                if not extra.known or (extra.type == netif.ExtraType.GSO
+                                       and segmentation is not None):
+                    return None  # as Linux's netfront: the packet is an error
+                if extra.type == netif.ExtraType.GSO:
+                    segmentation = netif.parse_gso(extra)
+                continue
             _, offset, _, status = netif.parse_rx_response(request.response)
             if status < 0:
                 return None
             parts.append(bytes(request.page(0)[offset:offset + status]))
         frame = b"".join(parts)
-        return frame if frame else None
+        if not frame:
+            return None
+        first = netif.parse_rx_response(chain[0].response)[2]
+        try:
+            if segmentation is not None:
+                whole = bytearray(frame)
+                return netif.Frame(whole, gso_offload(whole, netif.GsoType(segmentation.type),
+                                                      segmentation.size))
+            if first & netif.RxFlag.CSUM_BLANK:
+                return complete_partial_checksum(frame)
+        except ValueError:
+            return None
+        return frame
 
 
 def check_tx(request: Request) -> None:
-    """A tx response must carry OKAY, ERROR or DROPPED (this frontend sends no extra-info
-    slots, so NETIF_RSP_NULL answers nothing of ours)."""
+    """A tx response must carry OKAY, ERROR or DROPPED (NETIF_RSP_NULL answers a GSO extra
+    slot: the request layer matches it to the oldest such slot in flight, by position, and
+    fails the queue when there is none)."""
     status = netif.parse_tx_response(request.response)[1]
     if status not in (netif.Status.OKAY, netif.Status.ERROR, netif.Status.DROPPED):
         raise RemoteProtocolError(f"netif tx: status {status} for request {request.id}")
 
 
+def check_rx_offload(request: Request) -> None:
+    """`check_rx` for a frontend that asked for offloads: checksum-blank and extra-info flags
+    are allowed too."""
+    _check_rx(request, netif.RxFlag.MORE_DATA | netif.RxFlag.DATA_VALIDATED
+              | netif.RxFlag.CSUM_BLANK | netif.RxFlag.EXTRA_INFO)
+
+
 def check_rx(request: Request) -> None:
     """An rx response's fragment lies inside its page; its flags are ones this frontend
     negotiated; a negative status is ERROR or DROPPED."""
+    _check_rx(request, netif.RxFlag.MORE_DATA | netif.RxFlag.DATA_VALIDATED)
+
+
+def _check_rx(request: Request, allowed: netif.RxFlag) -> None:
     _, offset, flags, status = netif.parse_rx_response(request.response)
-    if flags & ~(netif.RxFlag.MORE_DATA | netif.RxFlag.DATA_VALIDATED):
+    if flags & ~allowed:
         raise RemoteProtocolError(f"netif rx: flags {int(flags):#x} for request {request.id} "
                                   "(extra-info and checksum offload were not negotiated)")
     if status < 0:

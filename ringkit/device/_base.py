@@ -192,6 +192,13 @@ class DeviceBase(AsyncResource, Generic[ChannelT]):
     instance may change it through the constructor's ``max_queues``."""
     event_channel_key: ClassVar[str] = "event-channel"
     """The node naming a queue's event channel ("port" for the console)."""
+    split_event_channel_keys: ClassVar[tuple[str, ...]] = ()
+    """For a protocol whose rings may each have an event channel of their own -- netif's
+    ``("event-channel-tx", "event-channel-rx")`` (``feature-split-event-channels``): the
+    backend accepts either those keys (all of them: one missing refuses the frontend with a
+    `RemoteProtocolError`) or the one `event_channel_key`; the frontend writes them when its
+    `RingChoice` says ``split_event_channels``.  The queue's `Queue.split_events` are then
+    the channels, in this order.  Empty (the default): one event channel per queue."""
     ring_ref_keys: ClassVar[tuple[str, ...]] = ()
     """For a protocol that names its ring pages itself: one node per page, one page each, in
     the order of the queue's buffer -- netif's ``("tx-ring-ref", "rx-ring-ref")``: the frontend

@@ -41,7 +41,7 @@ from .._errors import (
     RingkitError,
     StoreError,
 )
-from ..abc import Domain
+from ..abc import Domain, EventChannel
 from ..proto.ring import BackRing
 from ..proto.xenbus import Reaction, Role, XenbusState
 from ._base import QUIET, DeviceBase, DeviceTasks, Wakeup, driver_hook, ring_failure
@@ -321,14 +321,28 @@ class Backend(DeviceBase[BackChannelT]):
     async def _map_queue(self, index: int, order: int, num_queues: int) -> Queue[BackChannelT]:
         nodes = queue_nodes(self.peer_nodes, index, num_queues)
         refs = await read_ring_refs(nodes, order, self.ring_ref_keys)
-        port = await nodes.read_int(self.event_channel_key, maximum=2**31)
+        split = self.split_event_channel_keys
+        given = [key for key in split if await nodes.read_optional(key) is not None]
+        if given and len(given) < len(split):
+            missing = [key for key in split if key not in given]
+            raise RemoteProtocolError(f"{nodes.path}: {', '.join(given)} without "
+                                      f"{', '.join(missing)} (split event channels need "
+                                      "every one)")
+        ports = [await nodes.read_int(key, maximum=2**31)
+                 for key in (split if given else (self.event_channel_key,))]
         pages = await self.domain.grants.map(self.peer_id, refs, writable=True)
+        events: list[EventChannel] = []
         try:
-            event = await self.domain.events.bind_interdomain(self.peer_id, port)
+            for port in ports:
+                events.append(await self.domain.events.bind_interdomain(self.peer_id, port))
         except BaseException:
+            for bound in events:
+                await bound.aclose()
             await pages.aclose()
             raise
-        queue: Queue[BackChannelT] = Queue(index, nodes, pages, event, order)
+        event = events[0]
+        queue: Queue[BackChannelT] = Queue(index, nodes, pages, event, order,
+                                           split_events=tuple(events) if given else ())
         try:
             pages.set_unmap_notify(port=event.port)
             self._attach(queue, self.make_channel(queue))

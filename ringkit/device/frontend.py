@@ -26,7 +26,7 @@ from typing_extensions import TypeVar
 
 from .._async.channel import FrontRingChannel
 from .._errors import PeerGoneError, PeerRefusedError, RingkitError
-from ..abc import Domain, Transaction
+from ..abc import Domain, EventChannel, Transaction
 from ..proto.ring import FrontRing
 from ..proto.xenbus import Reaction, Role, XenbusState
 from ._base import QUIET, DeviceBase, DeviceTasks, driver_hook
@@ -39,10 +39,13 @@ __all__ = ("FrontChannelT", "Frontend", "RingChoice")
 @dataclass(frozen=True)
 class RingChoice:
     """What a frontend's `Frontend.negotiate` asks for: a ring of 2**`ring_page_order` pages
-    and `queues` queues (each capped by the frontend's maxima and the backend's offer)."""
+    and `queues` queues (each capped by the frontend's maxima and the backend's offer), and
+    -- for a protocol with `DeviceBase.split_event_channel_keys`, when the backend offers them
+    -- one event channel per ring (`split_event_channels`)."""
 
     ring_page_order: int = 0
     queues: int = 1
+    split_event_channels: bool = False
 
 S = XenbusState
 
@@ -105,6 +108,8 @@ class Frontend(DeviceBase[FrontChannelT]):
         """The queues of the current connection (as `ring_page_order`); set by the framework."""
         self._stack: AsyncExitStack | None = None
         self._opening = False
+        self._lost_ahead = False
+        """A ring broke while we were connected ahead of the backend (`_peer_died`)."""
 
     # ------------------------------------------------------------------ hooks
 
@@ -191,13 +196,21 @@ class Frontend(DeviceBase[FrontChannelT]):
             # The backend caught up with a frontend that connected first: the connection is
             # up now (and the backend's Connected says it bound our ports).
             self.handshake.caught_up()
+            if self._lost_ahead:
+                self._lost_ahead = False
+                self.log.info("%s: the backend connected after letting go of our rings: it is "
+                              "gone", self.address)
+                await self._peer_died()
+                return
             for queue in self.queues:
-                queue.event.peer_bound()
+                for event in queue.events:
+                    event.peer_bound()
             self.log.info("%s: the backend connected", self.address)
             self._signal_change()
         elif reaction is Reaction.FINISH:
             for queue in self.queues:
-                queue.event.peer_bound()  # a backend is Connected only once it has bound
+                for event in queue.events:  # a backend is Connected only once it has bound
+                    event.peer_bound()
             await self._hook(driver_hook(self, Frontend, "peer_connected"), self.peer_nodes)
             await self._clear_error()
             await self._write_state(S.CONNECTED)
@@ -236,6 +249,10 @@ class Frontend(DeviceBase[FrontChannelT]):
             # same nodes to a backend that refuses them, again and again.
             self.log.info("%s: the backend let go of our rings before connecting; waiting "
                           "for its state", self.address)
+            # ... but remember it: a backend that wrote Connected and then closed its port
+            # may have done both before we read its state.  Its Connected then finds the
+            # rings dead, and no ring will break again to say so.
+            self._lost_ahead = True
             return
         await super()._peer_died()
 
@@ -263,6 +280,7 @@ class Frontend(DeviceBase[FrontChannelT]):
 
     async def _connect(self) -> None:
         await self._teardown()
+        self._lost_ahead = False
         backend = self.peer_nodes
         choice = await self._hook(self.negotiate, backend)
         if choice is None:
@@ -278,9 +296,10 @@ class Frontend(DeviceBase[FrontChannelT]):
             await backend.read_int("multi-queue-max-queues", 1, minimum=1, maximum=2**31),
         )
         self.ring_page_order, self.num_queues = order, queues
+        split = self.split_event_channel_keys if choice.split_event_channels else ()
         try:
             for index in range(queues):
-                self.queues.append(await self._share_queue(index, order, queues))
+                self.queues.append(await self._share_queue(index, order, queues, len(split)))
         except BaseException:
             await self._teardown()
             raise
@@ -291,7 +310,8 @@ class Frontend(DeviceBase[FrontChannelT]):
             # tampering guest) left -- e.g. multi-queue-num-queues after going down to one
             # queue -- would be read by the backend as part of this one.
             for name in await tx.directory(own.path):
-                if is_ring_key(name, self.event_channel_key, self.ring_ref_keys):
+                if is_ring_key(name, self.event_channel_key,
+                               (*self.ring_ref_keys, *self.split_event_channel_keys)):
                     await tx.rm(own.node(name))
             if order:
                 await own.write("ring-page-order", order)
@@ -302,7 +322,11 @@ class Frontend(DeviceBase[FrontChannelT]):
                 for name, ref in zip(ring_ref_names(order, self.ring_ref_keys),
                                      queue.pages.refs, strict=True):
                     await nodes.write(name, ref)
-                await nodes.write(self.event_channel_key, queue.event.port)
+                if queue.split_events:
+                    for key, event in zip(split, queue.split_events, strict=True):
+                        await nodes.write(key, event.port)
+                else:
+                    await nodes.write(self.event_channel_key, queue.event.port)
             await self._hook(self.publish, own)
             await own.write("state", S.INITIALISED.to_wire())
 
@@ -322,18 +346,24 @@ class Frontend(DeviceBase[FrontChannelT]):
             self._signal_change()
 
     async def _share_queue(
-        self, index: int, order: int, num_queues: int
+        self, index: int, order: int, num_queues: int, split: int = 0
     ) -> Queue[FrontChannelT]:
         pages = await self.domain.grants.share(
             self.peer_id, len(ring_ref_names(order, self.ring_ref_keys)), writable=True)
+        events: list[EventChannel] = []
         try:
-            event = await self.domain.events.alloc_unbound(self.peer_id)
+            for _ in range(max(1, split)):
+                events.append(await self.domain.events.alloc_unbound(self.peer_id))
         except BaseException:
+            for event in events:
+                await event.aclose()
             await pages.aclose()
             raise
         queue: Queue[FrontChannelT] = Queue(
-            index, queue_nodes(self.own_nodes, index, num_queues), pages, event, order
+            index, queue_nodes(self.own_nodes, index, num_queues), pages, events[0], order,
+            split_events=tuple(events) if split else (),
         )
+        event = events[0]
         try:
             # If this process dies, the backend is woken and finds the port closed.
             pages.set_unmap_notify(port=event.port)

@@ -111,6 +111,15 @@ class Queue(Generic[ChannelT]):
     order: int = 0
     _channel: ChannelT | None = None
     closed: bool = False
+    split_events: tuple[EventChannel, ...] = ()
+    """With split event channels (`ringkit.device.DeviceBase.split_event_channel_keys`): one
+    per ring, in the order of those keys (`event` is the first); empty when one event channel
+    serves every ring."""
+
+    @property
+    def events(self) -> tuple[EventChannel, ...]:
+        """Every event channel of the queue: `split_events`, or just `event`."""
+        return self.split_events or (self.event,)
 
     @property
     def channel(self) -> ChannelT:
@@ -139,7 +148,7 @@ class Queue(Generic[ChannelT]):
             return
         self.closed = True
         with anyio.CancelScope(shield=True):
-            for resource in (self._channel, self.pages, self.event):
+            for resource in (self._channel, self.pages, *self.events):
                 if resource is not None:
                     with suppress(RingkitError, anyio.ClosedResourceError,
                                   anyio.BrokenResourceError, OSError):

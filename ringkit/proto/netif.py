@@ -25,11 +25,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from ..requests.codec import Chain, Field, RefList, SlotCodec
+from ..requests.codec import Chain, Field, RefList, ResponseExtra, SlotCodec
 from .layout import RingLayout
 
 PAGE_SIZE: Final = 4096
 """Bytes of a granted page (Xen's 4 KiB page)."""
+SPLIT_EVENT_CHANNEL_KEYS: Final = ("event-channel-tx", "event-channel-rx")
+"""A queue's two event channels, tx ring's first, when the backend offers
+``feature-split-event-channels`` and the frontend uses them (instead of ``event-channel``)."""
 RING_REF_KEYS: Final = ("tx-ring-ref", "rx-ring-ref")
 """The frontend's nodes naming a queue's two ring pages, tx first (the order of the pages in
 the queue's buffer: `ringkit.device.DeviceBase.ring_ref_keys`)."""
@@ -158,10 +161,14 @@ RX_CODEC: Final = SlotCodec(
     status=Field(6, 2, signed=True),
     error_status=Status.ERROR,
     posted=True,
+    response_extra=ResponseExtra(flags=Field(4, 2), extra=RxFlag.EXTRA_INFO,
+                                 extra_flags=Field(1, 1), extra_more=EXTRA_FLAG_MORE),
 )
 """The rx ring for `ringkit.requests`: a posted buffer's id and gref (the backend maps the page
 writable itself, to copy a packet into it), NETIF_RSP_ERROR for a buffer it cannot use; the
-buffers are posted ahead and answered only when a packet comes."""
+buffers are posted ahead and answered only when a packet comes.  A response with
+``NETRXF_extra_info`` is followed by extra-info slots (a GSO packet's): each takes the next
+posted buffer, answered by position (`ringkit.requests.ResponseExtra`)."""
 
 # Offsets and sizes, for the C layout check and for readers of this module.
 OFFSETS: Final[dict[str, dict[str, int]]] = {
@@ -210,6 +217,115 @@ class ExtraInfo:
     def known(self) -> bool:
         """Whether the type is one netif.h defines (NONE is not)."""
         return 0 < self.type < EXTRA_TYPE_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class GsoInfo:
+    """A parsed GSO extra-info slot (``XEN_NETIF_EXTRA_TYPE_GSO``): the segment size (the
+    TCP MSS each segment gets) and the kind of segmentation (`GsoType`, as the peer wrote it:
+    check it before use)."""
+
+    size: int
+    type: int
+    features: int = 0
+
+
+def parse_gso(extra: ExtraInfo) -> GsoInfo:
+    """The GSO fields of a GSO extra-info slot (its type already checked to be GSO)."""
+    _, _, size, kind, features = GSO_INFO.unpack(bytes((extra.type, extra.flags)) + extra.data)
+    return GsoInfo(size, kind, features)
+
+
+def encode_gso(size: int, kind: int, flags: int = 0) -> bytes:
+    """A GSO extra-info record (8 bytes: the rx ring's slot) for segments of `size` bytes."""
+    return GSO_INFO.pack(ExtraType.GSO, flags, size, kind, 0)
+
+
+# struct virtio_net_hdr {          /* linux/virtio_net.h, little-endian on x86 */
+#     __u8 flags; __u8 gso_type; __le16 hdr_len; __le16 gso_size;
+#     __le16 csum_start; __le16 csum_offset;
+# };                               /* 10 bytes */
+VNET_HDR: Final = struct.Struct("<BBHHHH")
+"""``struct virtio_net_hdr``: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset --
+what a TAP device opened with ``IFF_VNET_HDR`` puts before each frame."""
+VNET_F_NEEDS_CSUM: Final = 1
+"""``VIRTIO_NET_HDR_F_NEEDS_CSUM``: the checksum at csum_start + csum_offset is to be
+finished (the field holds the pseudo-header's sum)."""
+VNET_F_DATA_VALID: Final = 2
+"""``VIRTIO_NET_HDR_F_DATA_VALID``: the checksum was verified."""
+VNET_GSO_NONE: Final = 0
+"""``VIRTIO_NET_HDR_GSO_NONE``."""
+VNET_GSO_TCPV4: Final = 1
+"""``VIRTIO_NET_HDR_GSO_TCPV4``."""
+VNET_GSO_TCPV6: Final = 4
+"""``VIRTIO_NET_HDR_GSO_TCPV6``."""
+VNET_GSO_OF: Final = {GsoType.TCPV4: VNET_GSO_TCPV4, GsoType.TCPV6: VNET_GSO_TCPV6}
+"""netif's GSO type -> the virtio-net header's."""
+GSO_OF_VNET: Final = {v: k for k, v in VNET_GSO_OF.items()}
+"""The virtio-net header's GSO type -> netif's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """What a frame leaves to the device: the fields of a virtio-net header.
+
+    `flags`: ``VNET_F_*``; `gso_type`: ``VNET_GSO_*`` (NONE: one frame, not a train of
+    segments); `gso_size`: bytes of payload per segment; `hdr_len`: the headers' length up to
+    the TCP payload; `csum_start` / `csum_offset`: where the partial checksum is.
+    """
+
+    flags: int = 0
+    gso_type: int = VNET_GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    @property
+    def gso(self) -> GsoType:
+        """netif's name for the segmentation (`GsoType.NONE` for a plain frame).
+
+        Raises:
+            ValueError: a kind netif cannot carry (UDP, ECN...).
+        """
+        if self.gso_type == VNET_GSO_NONE:
+            return GsoType.NONE
+        try:
+            return GSO_OF_VNET[self.gso_type]
+        except KeyError:
+            raise ValueError(f"virtio-net GSO type {self.gso_type} has no netif "
+                             "equivalent") from None
+
+    def encode(self) -> bytes:
+        """The 10-byte virtio-net header."""
+        return VNET_HDR.pack(self.flags, self.gso_type, self.hdr_len, self.gso_size,
+                             self.csum_start, self.csum_offset)
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Offload:
+        """The virtio-net header at the start of `data` (at least 10 bytes)."""
+        return cls(*VNET_HDR.unpack_from(data))
+
+
+class Frame(bytes):
+    """An Ethernet frame (bytes) with what it leaves to the device (`offload`): a GSO frame
+    (longer than the MTU: the device cuts it into segments) or one whose checksum is to be
+    finished.  Links that take offloads (a TAP device with a virtio-net header) read
+    `offload`; everywhere else it is a frame like any other.  Plain `bytes` mean "nothing
+    left to do"."""
+
+    offload: Offload | None
+
+    def __new__(cls, data: bytes | bytearray | memoryview, offload: Offload | None = None
+                ) -> Frame:
+        self = super().__new__(cls, data)
+        self.offload = offload
+        return self
+
+
+def offload_of(frame: bytes | bytearray | memoryview) -> Offload | None:
+    """A frame's `Offload` (None for plain bytes, or a `Frame` without one)."""
+    return frame.offload if isinstance(frame, Frame) else None
 
 
 def parse_tx_request(slot: bytes | bytearray | memoryview) -> TxRequest:
@@ -337,6 +453,7 @@ __all__ = (
     "RX_RING",
     "RX_RING_SIZE",
     "SIZES",
+    "SPLIT_EVENT_CHANNEL_KEYS",
     "TX_CODEC",
     "TX_REQUEST",
     "TX_RESPONSE",
@@ -344,20 +461,34 @@ __all__ = (
     "TX_RING_SIZE",
     "ExtraInfo",
     "ExtraType",
+    "Frame",
+    "GSO_OF_VNET",
+    "GsoInfo",
     "GsoType",
+    "Offload",
+    "VNET_F_DATA_VALID",
+    "VNET_F_NEEDS_CSUM",
+    "VNET_GSO_NONE",
+    "VNET_GSO_OF",
+    "VNET_GSO_TCPV4",
+    "VNET_GSO_TCPV6",
+    "VNET_HDR",
     "RxFlag",
     "Status",
     "TxFlag",
     "TxRequest",
     "check_fragment",
     "encode_extra_info",
+    "encode_gso",
     "encode_rx_request",
     "encode_rx_response",
     "encode_tx_request",
     "encode_tx_response",
     "flow_hash",
     "format_mac",
+    "offload_of",
     "parse_extra_info",
+    "parse_gso",
     "parse_mac",
     "parse_rx_request",
     "parse_rx_response",

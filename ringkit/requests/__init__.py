@@ -43,7 +43,7 @@ docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
 from .back import FastPath, Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
-from .codec import Chain, Field, RefList, RequestError, SlotCodec
+from .codec import Chain, Field, RefList, RequestError, ResponseExtra, SlotCodec
 from .events import SharedEventChannel
 from .front import Completions, QueueStats, Request, RequestQueue
 from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet, PersistentGrantWatcher
@@ -68,6 +68,7 @@ __all__ = (
     "Request",
     "RequestChain",
     "RequestError",
+    "ResponseExtra",
     "RequestQueue",
     "RequestServer",
     "ServerStats",

@@ -25,7 +25,8 @@ from ..proto.layout import RingLayout
 if TYPE_CHECKING:
     from .._native import SlotHelper
 
-__all__ = ("Chain", "Field", "RefList", "RequestError", "SlotCodec", "gather", "gather_refs")
+__all__ = ("Chain", "Field", "RefList", "RequestError", "ResponseExtra", "SlotCodec", "gather",
+           "gather_refs")
 
 _WIDTHS = (1, 2, 4, 8)
 _PACKERS = {(size, signed): struct.Struct("<" + (code.lower() if signed else code)).pack_into
@@ -147,6 +148,25 @@ class Chain:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseExtra:
+    """Extra-info slots among the *responses*, as on netif's rx ring: a response whose `flags`
+    field has the `extra` bit (``NETRXF_extra_info``) is followed by extra-info slots, each
+    followed by one more while its `extra_flags` field has the `extra_more` bit.  An extra slot
+    carries no id: it answers the oldest request still in flight on its ring (the backend
+    took the frontend's posted requests in ring order; Linux's netfront matches by position).
+    """
+
+    flags: Field
+    extra: int
+    extra_flags: Field
+    extra_more: int
+
+    def __post_init__(self) -> None:
+        if self.extra <= 0 or self.extra_more <= 0:
+            raise ConfigError(f"bad response extra: {self}")
+
+
+@dataclass(frozen=True, slots=True)
 class SlotCodec:
     """The fields of a protocol's slots the layer reads and writes (see the module docstring).
 
@@ -160,6 +180,7 @@ class SlotCodec:
     connection instead (there is no way to say "error" in that protocol).  `posted`: the
     requests are buffers posted ahead of time, which the backend takes and answers when it has
     data for them (netif's rx ring: `ringkit.requests.PostedRequests`), not as they come.
+    `response_extra`: responses may be followed by extra-info slots (`ResponseExtra`).
     """
 
     layout: RingLayout
@@ -172,6 +193,7 @@ class SlotCodec:
     echo: tuple[tuple[Field, Field], ...] = ()
     chain: Chain | None = None
     posted: bool = False
+    response_extra: ResponseExtra | None = None
 
     def __post_init__(self) -> None:
         req, rsp = self.layout.request_size, self.layout.response_size
@@ -200,6 +222,11 @@ class SlotCodec:
                 if f.end > req:
                     raise ConfigError(f"{self.layout.name}: chain flags at {f.offset} lie past "
                                       f"the {req}-byte request")
+        if self.response_extra is not None:
+            for f in (self.response_extra.flags, self.response_extra.extra_flags):
+                if f.end > rsp:
+                    raise ConfigError(f"{self.layout.name}: response extra field at {f.offset} "
+                                      f"lies past the {rsp}-byte response")
         if self.refs is not None and self.refs.operations is not None and self.operation is None:
             raise ConfigError("RefList.operations needs SlotCodec.operation")
 

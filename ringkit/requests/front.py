@@ -35,6 +35,7 @@ every later `prepare`.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class Request:
     the record and the pages carry later requests.
     """
 
-    __slots__ = ("_completions", "_event", "_queue", "_states", "buffer", "channel",
+    __slots__ = ("_completions", "_event", "_queue", "_states", "buffer", "channel", "extra",
                  "generation", "id", "pages", "refs", "response", "slot", "tag")
 
     def __init__(self, queue: RequestQueue, rid: int, channel: int) -> None:
@@ -116,6 +117,10 @@ class Request:
         self.buffer: memoryview | None = None
         """A view of all of `pages` when they are contiguous in the pool (else None)."""
         self.tag: object = None
+        self.extra = False
+        """Whether this record went out as an extra-info slot of a chain (answered by the
+        codec's filler response), or -- `ResponseExtra` -- was answered by an extra-info slot
+        (`response` then holds that slot, not a response).  Set when sent and answered."""
         self.generation = 0
         """Bumped each time the record is prepared for a new request: a holder of an old
         reference can tell the record moved on."""
@@ -286,6 +291,15 @@ class RequestQueue:
             raise ConfigError(f"{len(self._requests)} requests in flight do not fit the "
                               f"{codec.request_id.size}-byte id field")
         self._id_waiters: list[anyio.Event] = []
+        chain = codec.chain
+        self._fillers = (chain is not None and bool(chain.extra) and codec.status is not None
+                         and chain.filler_status is not None)
+        """Chains with extra slots: each answered by a filler response (matched by status)."""
+        self._extra_slots: list[deque[Request]] = [deque() for _ in channels]
+        self._response_extra = codec.response_extra
+        self._order: list[OrderedDict[int, Request]] = [OrderedDict() for _ in channels]
+        """With `ResponseExtra`: each ring's requests in flight, in the order sent."""
+        self._in_extra = [False] * len(channels)
         self._shadow: _ShadowPath | None = None  # a compiled fast path's table (shadow.py)
         self._error: BaseException | None = None
         self.stats = QueueStats()
@@ -573,6 +587,11 @@ class RequestQueue:
         """Match the `count` responses in `buf` (taken from ring `index`) to their requests."""
         codec = self.codec
         slot = codec.layout.slot_size
+        if self._fillers or self._response_extra is not None:
+            for at in range(0, count * slot, slot):
+                self._deliver_positional(index, buf, at)
+            self.stats.answered += count
+            return
         size = codec.layout.response_size
         table = self._requests
         check = self._check_response
@@ -613,6 +632,50 @@ class RequestQueue:
             self._check_response(request)
         self._answered(request)
 
+    def _deliver_positional(self, index: int, buf: bytearray, at: int) -> None:
+        """One response of a codec whose extra-info slots carry no id: a filler (chains with
+        extra slots) or an extra slot among the responses (`ResponseExtra`) answers its
+        request by position; any other response is matched on its id."""
+        codec = self.codec
+        size = codec.layout.response_size
+        extra = self._response_extra
+        if extra is not None and self._in_extra[index]:
+            order = self._order[index]
+            if not order:
+                raise RemoteProtocolError(f"ring {index}: an extra-info response slot with no "
+                                          "request in flight")
+            _, request = order.popitem(last=False)
+            request.response[:] = buf[at:at + size]
+            request.extra = True
+            self._in_extra[index] = bool(extra.extra_flags.read(buf, at) & extra.extra_more)
+            self._answered(request)
+            return
+        if self._fillers:
+            assert codec.status is not None and codec.chain is not None
+            if codec.status.read(buf, at) == codec.chain.filler_status:
+                slots = self._extra_slots[index]
+                if not slots:
+                    raise RemoteProtocolError(f"ring {index}: a filler response (status "
+                                              f"{codec.chain.filler_status}) answering no "
+                                              "extra-info slot")
+                request = slots.popleft()
+                request.response[:] = buf[at:at + size]
+                self._answered(request)
+                return
+        rid = codec.response_id.read(buf, at)
+        table = self._requests
+        matched = table[rid] if 0 <= rid < len(table) else None
+        if matched is None or matched._state is not _State.SENT or matched.channel != index \
+                or matched.extra:
+            raise RemoteProtocolError(self._bad_id(rid, matched, index))
+        if extra is not None:
+            self._order[index].pop(rid, None)
+            self._in_extra[index] = bool(extra.flags.read(buf, at) & extra.extra)
+        matched.response[:] = buf[at:at + size]
+        if self._check_response is not None:
+            self._check_response(matched)
+        self._answered(matched)
+
     def fail(self, error: BaseException) -> None:
         """End the queue: every waiter (for an id, pages or an answer) and every later call
         raises `error`'s kind (`PeerGoneError` unless it is a `RemoteProtocolError`)."""
@@ -628,6 +691,11 @@ class RequestQueue:
                     request._event.set()
         if self._shadow is not None:
             self._shadow.failed()
+        for slots in self._extra_slots:
+            slots.clear()
+        for order in self._order:
+            order.clear()
+        self._in_extra = [False] * len(self._channels)
         if self.pool is not None:
             self.pool.close(fresh_error(error))
         self._wake_id_waiters()
@@ -670,6 +738,7 @@ class RequestQueue:
         request._event = None
         request._completions = None
         request.tag = None
+        request.extra = False
         request.slot[:] = self._zero_slot
         return request
 
@@ -710,6 +779,8 @@ class RequestQueue:
         write_id = self.codec.request_id.write
         for request in requests:
             write_id(request.slot, request.id)
+        if self._fillers:
+            self._mark_extra_slots(requests)
         channel = self._channels[index]
         try:
             sent = channel.send_batch_nowait([r.slot for r in requests])
@@ -722,6 +793,10 @@ class RequestQueue:
             raise PeerGoneError("the request queue's ring was closed") from exc
         for request in requests[:sent]:
             request._state = _State.SENT
+            if request.extra and self._fillers:
+                self._extra_slots[index].append(request)
+            if self._response_extra is not None:
+                self._order[index][request.id] = request
             if completions is not None:
                 request._completions = completions
             else:
@@ -731,6 +806,18 @@ class RequestQueue:
         if sent < len(requests):  # the window makes this impossible: a bug of ours
             raise LocalProtocolError(f"ring {index} had room for {sent} of {len(requests)} "
                                      "requests inside the window")
+
+    def _mark_extra_slots(self, requests: Sequence[Request]) -> None:
+        """Which of `requests` (whole chains, in ring order) are extra-info slots (`Chain`)."""
+        spec = self.codec.chain
+        assert spec is not None and spec.extra_flags is not None
+        extras = False
+        for request in requests:
+            request.extra = extras
+            if extras:
+                extras = bool(spec.extra_flags.read(request.slot) & spec.extra_more)
+            else:
+                extras = bool(spec.flags.read(request.slot) & spec.extra)
 
     def _answered(self, request: Request) -> None:
         request._state = _State.ANSWERED

@@ -587,9 +587,16 @@ async def hostile_backend(dom: Domain, frontend_id: int, driver: DriverUnderTest
         await _refused()
     await _await_state(frontend, {S.INITIALISED, S.CONNECTED})
     refs = [await frontend.read_int(spec.key) for spec in specs]
-    port_number = await frontend.read_int(back.event_channel_key)
+    split = back.split_event_channel_keys
+    if split and await frontend.read_optional(split[0]) is not None:
+        # split event channels (the frontend took the driver's offer): bind every ring's,
+        # play on the attacked ring's
+        numbers = [await frontend.read_int(key) for key in split]
+    else:
+        numbers = [await frontend.read_int(back.event_channel_key)]
     mapped = [await dom.grants.map(frontend_id, [ref], writable=True) for ref in refs]
-    port = await dom.events.bind_interdomain(frontend_id, port_number)
+    ports = [await dom.events.bind_interdomain(frontend_id, n) for n in numbers]
+    port = ports[index] if index < len(ports) else ports[0]
     await driver_hook(back, Backend, "rings_mapped")(own)
     await own.write("state", S.CONNECTED.to_wire())
     front_specs = rings_of(driver.frontend)

@@ -190,3 +190,63 @@ def test_mac_nodes() -> None:
     for bad in ("00:16:3e:0a:0b", "0:16:3e:0a:0b:0c", "zz:16:3e:0a:0b:0c"):
         with pytest.raises(ValueError):
             netif.parse_mac(bad)
+
+
+def test_gso_extra_codec_matches_c_bytes(c_facts: dict[str, object]) -> None:
+    # the rx ring's GSO extra slot (encode_gso) and its parse, against the C struct's bytes
+    raw = c_facts["extra"]
+    assert isinstance(raw, bytes)
+    assert netif.encode_gso(1448, netif.GsoType.TCPV4, netif.EXTRA_FLAG_MORE)[:6] == raw[:6]
+    assert netif.parse_gso(netif.parse_extra_info(raw)) == netif.GsoInfo(
+        1448, netif.GsoType.TCPV4, 7)
+
+
+VIRTIO_HEADER = Path("/usr/include/linux/virtio_net.h")
+
+_VNET_PROGRAM = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <linux/virtio_net.h>
+
+int main(void) {
+    printf("size %zu\n", sizeof(struct virtio_net_hdr));
+    printf("off %zu %zu %zu %zu %zu %zu\n", offsetof(struct virtio_net_hdr, flags),
+           offsetof(struct virtio_net_hdr, gso_type), offsetof(struct virtio_net_hdr, hdr_len),
+           offsetof(struct virtio_net_hdr, gso_size),
+           offsetof(struct virtio_net_hdr, csum_start),
+           offsetof(struct virtio_net_hdr, csum_offset));
+    printf("const %d %d %d %d %d %d\n", VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_DATA_VALID,
+           VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, 0);
+    struct virtio_net_hdr h; memset(&h, 0, sizeof h);
+    h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM; h.gso_type = VIRTIO_NET_HDR_GSO_TCPV6;
+    h.hdr_len = 86; h.gso_size = 1428; h.csum_start = 54; h.csum_offset = 16;
+    unsigned char *p = (unsigned char *)&h;
+    printf("bytes ");
+    for (size_t i = 0; i < sizeof h; i++) printf("%02x", p[i]);
+    printf("\n");
+    return 0;
+}
+"""
+
+
+def test_virtio_net_header_matches_linux(tmp_path: Path) -> None:
+    """`netif.Offload` / `VNET_HDR` against ``struct virtio_net_hdr`` (what a TAP device with
+    IFF_VNET_HDR reads and writes), compiled by gcc (little-endian x86: the legacy header's
+    fields are in host order)."""
+    require_tools("gcc", str(VIRTIO_HEADER), why="compile the virtio-net header check")
+    source = tmp_path / "vnet.c"
+    source.write_text(_VNET_PROGRAM)
+    exe = tmp_path / "vnet"
+    subprocess.run(["gcc", "-O0", "-Wall", "-o", str(exe), str(source)], check=True)
+    out = dict(line.split(" ", 1) for line in subprocess.run(
+        [str(exe)], check=True, capture_output=True, text=True).stdout.splitlines())
+    assert int(out["size"]) == netif.VNET_HDR.size == 10
+    assert [int(v) for v in out["off"].split()] == [0, 1, 2, 4, 6, 8]
+    assert [int(v) for v in out["const"].split()][:5] == [
+        netif.VNET_F_NEEDS_CSUM, netif.VNET_F_DATA_VALID, netif.VNET_GSO_NONE,
+        netif.VNET_GSO_TCPV4, netif.VNET_GSO_TCPV6]
+    offload = netif.Offload(netif.VNET_F_NEEDS_CSUM, netif.VNET_GSO_TCPV6, 86, 1428, 54, 16)
+    assert offload.encode() == bytes.fromhex(out["bytes"])
+    assert netif.Offload.parse(offload.encode()) == offload
+    assert offload.gso == netif.GsoType.TCPV6

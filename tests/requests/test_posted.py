@@ -1,7 +1,10 @@
 """The layer's additions for netif, on one in-memory ring: `SharedEventChannel` (one port, two
 waiters, every event reaching both) and `PostedRequests` (buffers taken when the backend wants
 them, in ring order; whole chains; a chain past what was published is a ring-level error).
-Negative control: two plain waiters on one port lose wake-ups (anyio allows one waiter)."""
+Negative control: two plain waiters on one port lose wake-ups (anyio allows one waiter).
+And `RequestQueue`'s answers by position for netif's extra-info slots: an rx extra slot
+(`ResponseExtra`) and a tx chain's NULL filler, whose ids mean nothing; a filler with no extra
+slot in flight fails the queue."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import pytest
 from ringkit import ConfigError, RemoteProtocolError
 from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import netif
+from ringkit.proto.layout import RingLayout
 from ringkit.proto.ring import BackRing, FrontRing
-from ringkit.requests import PostedRequests, SharedEventChannel
+from ringkit.requests import PostedRequests, RequestQueue, SharedEventChannel, SlotCodec
 from ringkit.testing.memory import memory_event_pair
 
 pytestmark = pytest.mark.anyio
@@ -148,3 +152,72 @@ async def test_negative_control_responses_counted_wrong_for_a_chain_are_refused(
         chain = await posted.take_chain()
     with pytest.raises(ConfigError, match="1 responses to a chain of 2"):
         await posted.respond_chains([(chain, [netif.encode_tx_response(1, 0)])])
+def _front_queue(layout: RingLayout, codec: SlotCodec) -> tuple[RequestQueue, BackRingChannel]:
+    page = bytearray(4096)
+    front_ev, back_ev = memory_event_pair()
+    front = FrontRingChannel(FrontRing.init(page, layout), front_ev)
+    back = BackRingChannel(BackRing.attach(page, layout), back_ev)
+    return RequestQueue([front], codec), back
+
+
+async def test_an_rx_extra_slot_answers_the_next_posted_buffer_by_position() -> None:
+    # netif rx (ResponseExtra): the first response says extra-info; the slot after it is a GSO
+    # extra with no id, answering the buffer posted after the first; the third is by id again
+    queue, back = _front_queue(netif.RX_RING, netif.RX_CODEC)
+    done = queue.completions()
+    held = [queue.prepare_nowait() for _ in range(3)]
+    assert all(r is not None for r in held)
+    requests = [r for r in held if r is not None]
+    for r in requests:
+        netif.RX_REQUEST.pack_into(r.slot, 0, r.id, 0)
+    queue.send_batch_nowait(requests, done)
+    got = back.receive_batch_nowait()
+    ids = [netif.parse_rx_request(s)[0] for s in got]
+    extra = netif.encode_gso(1448, netif.GsoType.TCPV4)
+    back.send_batch_nowait([
+        netif.encode_rx_response(ids[0], 0, netif.RxFlag.EXTRA_INFO | netif.RxFlag.MORE_DATA,
+                                 4096),
+        extra,
+        netif.encode_rx_response(ids[2], 0, 0, 100)])
+    with anyio.fail_after(5):
+        assert queue.poll() == 3
+        answered = await done.get()
+    assert [r.id for r in answered] == ids
+    assert [r.extra for r in answered] == [False, True, False]
+    assert bytes(answered[1].response) == extra
+
+
+async def test_a_tx_filler_answers_the_extra_slot_whatever_its_id() -> None:
+    # netif tx: the NULL answer to a GSO extra slot carries a stale id (Linux's netback writes
+    # only its status); it is matched to the oldest extra slot in flight, never by id
+    queue, back = _front_queue(netif.TX_RING, netif.TX_CODEC)
+    done = queue.completions()
+    first, slot, second = (queue.prepare_nowait() for _ in range(3))
+    assert first is not None and slot is not None and second is not None
+    more, extra = netif.TxFlag.MORE_DATA, netif.TxFlag.EXTRA_INFO
+    netif.TX_REQUEST.pack_into(first.slot, 0, 1, 0, extra | more, 0, 5000)
+    slot.slot[:8] = netif.encode_gso(1448, netif.GsoType.TCPV4)
+    netif.TX_REQUEST.pack_into(second.slot, 0, 2, 0, 0, 0, 904)
+    queue.send_batch_nowait([first, slot, second], done)
+    assert [slot.extra, first.extra, second.extra] == [True, False, False]
+    back.receive_batch_nowait()
+    back.send_batch_nowait([netif.encode_tx_response(first.id, 0),
+                            netif.encode_tx_response(0xBEEF, netif.Status.NULL),
+                            netif.encode_tx_response(second.id, 0)])
+    with anyio.fail_after(5):
+        assert queue.poll() == 3
+        answered = await done.get()
+    assert answered == [first, slot, second]
+
+
+async def test_a_filler_with_no_extra_slot_in_flight_fails_the_queue() -> None:
+    queue, back = _front_queue(netif.TX_RING, netif.TX_CODEC)
+    request = queue.prepare_nowait()
+    assert request is not None
+    netif.TX_REQUEST.pack_into(request.slot, 0, 1, 0, 0, 0, 60)
+    queue.send_batch_nowait([request], queue.completions())
+    back.receive_batch_nowait()
+    back.send_batch_nowait([netif.encode_tx_response(request.id, netif.Status.NULL)])
+    with pytest.raises(RemoteProtocolError, match="answering no extra-info slot"):
+        queue.poll()
+    assert isinstance(queue.error, RemoteProtocolError)

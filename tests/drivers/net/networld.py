@@ -59,13 +59,14 @@ async def world() -> AsyncIterator[World]:
 
 @asynccontextmanager
 async def running_backend(w: World, cls: type[NetBackend] = NetBackend, *, once: bool = True,
-                          max_queues: int | None = None
+                          max_queues: int | None = None, offload: bool | None = None
                           ) -> AsyncIterator[tuple[NetBackend, Wire]]:
     to_guest, backend_in = anyio.create_memory_object_stream[bytes](64)
     backend_out, from_guest = anyio.create_memory_object_stream[bytes](4096)
     link = StapledObjectStream(backend_out, backend_in)
     async with anyio.create_task_group() as tg, cls(w.dom0, w.guest, 0, link=link,
-                                                    max_queues=max_queues) as be:
+                                                    max_queues=max_queues,
+                                                    offload=offload) as be:
         tg.start_soon(lambda: be.run(once=once))
         yield be, Wire(to_guest, from_guest)
 

@@ -58,10 +58,11 @@ async def ping(ns: str, address: str) -> bool:
     return (await in_ns(ns, "ping", "-c", "3", "-W", "2", address, check=False)).returncode == 0
 
 
-@pytest.mark.parametrize("queues", [1, 2])
-async def test_serve_and_attach_carry_a_ping_between_namespaces(queues: int) -> None:
+@pytest.mark.parametrize(("queues", "offload"), [(1, False), (2, False), (1, True)])
+async def test_serve_and_attach_carry_a_ping_between_namespaces(queues: int,
+                                                                 offload: bool) -> None:
     _needs_root()
-    tag = f"{os.getpid() % 10000}c{queues}"
+    tag = f"{os.getpid() % 10000}c{queues}{'o' if offload else ''}"
     host_tap, guest_tap = f"rkb{tag}", f"rkf{tag}"
     with anyio.fail_after(120):
         async with namespaces(tag) as (host_ns, guest_ns), world() as w:
@@ -72,7 +73,8 @@ async def test_serve_and_attach_carry_a_ping_between_namespaces(queues: int) -> 
             serve = [*CLI, "net", "serve", "--dir", d, "--frontend", str(w.guest),
                      "--tap", host_tap, "--mac", "00:16:3e:aa:bb:cc", "--max-queues", str(queues)]
             attach = [*CLI, "net", "attach", "--dir", d, "--domain", str(w.guest),
-                      "--tap", guest_tap, "--max-queues", str(queues)]
+                      "--tap", guest_tap, "--max-queues", str(queues),
+                      "--offload" if offload else "--no-offload"]
             async with child(serve) as (server, ready):
                 assert ready.startswith("ready: vif"), ready
                 ip("link", "set", host_tap, "netns", host_ns)
@@ -83,6 +85,9 @@ async def test_serve_and_attach_carry_a_ping_between_namespaces(queues: int) -> 
                     asked = await Nodes(w.dom0.store, address.frontend_path).read_optional(
                         "multi-queue-num-queues")
                     assert asked == (str(queues) if queues > 1 else None), asked
+                    gso = await Nodes(w.dom0.store, address.frontend_path).read_optional(
+                        "feature-gso-tcpv4")
+                    assert gso == ("1" if offload else None), gso
                     ip("link", "set", guest_tap, "netns", guest_ns)
                     ip("-n", guest_ns, "addr", "add", f"{GUEST_IP}/24", "dev", guest_tap)
                     ip("-n", guest_ns, "link", "set", guest_tap, "up")

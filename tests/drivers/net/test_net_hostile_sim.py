@@ -97,10 +97,14 @@ async def hostile_tx_cases(vif: RawFrontend, wire: Wire) -> list[str]:
         ("extra-info type NONE",
          [tx(ref[0], 0, EXTRA, 41, 60), netif.encode_extra_info(0, 0)], [(41, ERR), (0, NULL)],
          None),
-        ("a GSO extra and two fragments (good)",
+        ("a GSO extra to a backend that did not offer GSO",
          [tx(ref[1], 0, EXTRA | MORE, 42, 4096 + 50),
-          netif.encode_extra_info(netif.ExtraType.GSO, 0, bytes(6)),
-          tx(ref[2], 10, 0, 43, 50)], [(42, OK), (0, NULL), (43, OK)],
+          netif.encode_gso(1448, netif.GsoType.TCPV4).ljust(12, b"\0"),
+          tx(ref[2], 10, 0, 43, 50)], [(42, ERR), (0, NULL), (43, ERR)], None),
+        ("a hash extra and two fragments (good: known, ignored)",
+         [tx(ref[1], 0, EXTRA | MORE, 44, 4096 + 50),
+          netif.encode_extra_info(netif.ExtraType.HASH, 0, bytes(6)),
+          tx(ref[2], 10, 0, 45, 50)], [(44, OK), (0, NULL), (45, OK)],
          bytes([0xA1]) * 4096 + bytes([0xA2]) * 50),
     ]
     for name, slots, expected, delivered in cases:
@@ -122,7 +126,7 @@ async def test_hostile_tx_requests_get_error_responses() -> None:
         async with world() as w, running_backend(w) as (be, wire):
             async with RawFrontend(w.domu, 0, 0) as vif:
                 assert await hostile_tx_cases(vif, wire) == []
-                assert be.stats.tx_refused == 8 and be.stats.tx_packets == 2
+                assert be.stats.tx_refused == 9 and be.stats.tx_packets == 2
                 assert vif.is_connected
             await be.wait_finished()
 
@@ -242,9 +246,8 @@ class RxBurstRefusingBackend(NetBackend):
 
     async def _copy_frames(self, rx: PostedRequests, batch: list, stats: object) -> None:
         if len(batch) > 1:
-            await rx.respond([r for _, requests, _ in batch for r in requests],
-                             [netif.encode_rx_response(r.id, 0, 0, ERR)
-                              for _, requests, _ in batch for r in requests])
+            taken = [r for item in batch for r in item.taken]
+            await rx.respond(taken, [netif.encode_rx_response(r.id, 0, 0, ERR) for r in taken])
             return
         await super()._copy_frames(rx, batch, stats)  # type: ignore[arg-type]
 

@@ -79,9 +79,10 @@ async def _exchange(queues: int, *, backend_max: int | None = None, count: int =
                     q = front.sub(f"queue-{i}")
                     refs.add(int(await q.read("tx-ring-ref")))
                     refs.add(int(await q.read("rx-ring-ref")))
-                    assert int(await q.read("event-channel")) > 0
+                    assert int(await q.read("event-channel-tx")) > 0  # split: the default
+                    assert int(await q.read("event-channel-rx")) > 0
                 assert len(refs) == 2 * expected
-                for key in ("tx-ring-ref", "rx-ring-ref", "event-channel"):
+                for key in ("tx-ring-ref", "rx-ring-ref", "event-channel", "event-channel-tx"):
                     assert await front.read_optional(key) is None, key
                 for key in ("request-rx-copy", "feature-rx-notify", "feature-sg"):
                     assert await front.read(key) == "1"

@@ -87,7 +87,10 @@ async def test_xenstore_keys_of_both_ends() -> None:
                 # netif names its ring pages itself: no generic ring-ref beside them
                 assert await front.read_optional("ring-ref") is None
                 assert await front.read_optional("ring-page-order") is None
-                assert int(await front.read("event-channel")) > 0
+                # split event channels, offered and taken by default (test_net_split_sim)
+                assert await back.read("feature-split-event-channels") == "1"
+                assert int(await front.read("event-channel-tx")) > 0
+                assert await front.read_optional("event-channel") is None
             await be.wait_finished()
 
 
