@@ -295,8 +295,10 @@ def check_result(result: dict[str, Any], total: int) -> None:
         raise BenchError("the server never answered the frame count")
 
 
-def _netif_pair(procs: Processes, directory: str, tag: str) -> tuple[str, str]:
-    """A simulated guest, its vif backend and frontend on TAPs in two namespaces."""
+def _netif_pair(procs: Processes, directory: str, tag: str,
+                offload: bool = True) -> tuple[str, str]:
+    """A simulated guest, its vif backend and frontend on TAPs in two namespaces (`offload`:
+    the frontend asks for GSO and checksum offload, ``ringkit net attach --offload``)."""
     from ..sim import SimXen
 
     async def guest() -> int:
@@ -312,15 +314,17 @@ def _netif_pair(procs: Processes, directory: str, tag: str) -> tuple[str, str]:
     procs.ready(backend, "the vif backend")
     ip("link", "set", tap_back, "netns", ns_back)
     frontend = procs.start([*ringkit, "attach", "--dir", directory, "--domain", str(domid),
-                            "--tap", tap_front])
+                            "--tap", tap_front, "--offload" if offload else "--no-offload"])
     procs.ready(frontend, "the vif frontend")
     ip("link", "set", tap_front, "netns", ns_front)
     _addresses(ns_back, tap_back, ns_front, tap_front)
     return ns_back, ns_front
 
 
-def run(total: int, pings: int, frames: int) -> dict[str, dict[str, Any]]:
-    """One measurement per column ("netif" through ringkit, "veth" the baseline)."""
+def run(total: int, pings: int, frames: int,
+        offload: bool = True) -> dict[str, dict[str, Any]]:
+    """One measurement per column ("netif" through ringkit, "veth" the baseline); `offload`:
+    GSO negotiated on the netif pair."""
     why = unavailable()
     if why:
         raise BenchError(f"ringkit bench net {why}")
@@ -333,7 +337,7 @@ def run(total: int, pings: int, frames: int) -> dict[str, dict[str, Any]]:
             sim = procs.start([sys.executable, "-m", "ringkit.sim", "serve", "--dir",
                                directory])
             procs.ready(sim, "the simulated Xen")
-            ns_back, ns_front = _netif_pair(procs, directory, tag)
+            ns_back, ns_front = _netif_pair(procs, directory, tag, offload)
             results["netif"] = measure(procs, ns_back, ns_front, total, pings, frames)
         finally:
             procs.close()
@@ -374,9 +378,13 @@ ROWS = (("tcp", "TCP, one connection (MB/s)", ".1f"),
               help="Small UDP frames to send for the frame rate.")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
               help="Keep each figure's best of this many runs.")
+@click.option("--offload/--no-offload", default=True, show_default=True,
+              help="Negotiate GSO and checksum offload on the netif pair (the frontend's "
+                   "ringkit net attach --offload).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Also write the figures and load averages to this JSON file.")
-def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | None) -> None:
+def command(mib: int, pings: int, frames: int, repeat: int, offload: bool,
+            json_path: str | None) -> None:
     """ringkit netfront <-> netback on the simulated Xen vs a veth pair, each between two
     network namespaces (as root): TCP throughput, UDP round trips, small-frame rate, side by
     side with the ratio."""
@@ -385,7 +393,7 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
     lost: dict[str, int] = {}
     arrived: dict[str, int] = {}
     for _ in range(repeat):
-        for name, result in run(mib << 20, pings, frames).items():
+        for name, result in run(mib << 20, pings, frames, offload).items():
             lost[name] = lost.get(name, 0) + result["lost"]
             arrived[name] = arrived.get(name, 0) + result["frames"]
             got = figures(result)
@@ -396,7 +404,7 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
     load = os.getloadavg()
     click.echo(f"net benchmark: {os.cpu_count()} CPUs (load average {load_before[0]:.2f} "
                f"before, {load[0]:.2f} at the end), {mib} MiB TCP, {pings} UDP round trips, "
-               f"{frames} small frames, best of {repeat}")
+               f"{frames} small frames, best of {repeat}, GSO {'on' if offload else 'off'}")
     click.echo(f"{'':28} {'netif (sim)':>12} {'veth':>12} {'netif/veth':>11}")
     for key, label, spec in ROWS:
         ours, base = best["netif"][key], best["veth"][key]
@@ -405,7 +413,8 @@ def command(mib: int, pings: int, frames: int, repeat: int, json_path: str | Non
                f"frames arrived: netif {arrived['netif']}, veth {arrived['veth']} of "
                f"{frames * repeat} sent")
     if json_path:
-        record = {"benchmark": "net", "cpus": os.cpu_count(), "mib": mib, "pings": pings,
+        record = {"benchmark": "net", "cpus": os.cpu_count(), "offload": offload,
+                  "mib": mib, "pings": pings,
                   "frames": frames, "repeat": repeat, "load_average_before": load_before,
                   "load_average_after": load, "lost": lost, "frames_arrived": arrived,
                   "rows": [{"key": key, "label": label, "netif": best["netif"][key],
