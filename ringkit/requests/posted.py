@@ -234,15 +234,7 @@ class PostedRequests:
 
         Raises: as `respond`.
         """
-        if responses is None:
-            responses = [self._error(request) for request in chain.requests]
-        if len(responses) != len(chain.requests):
-            raise ConfigError(f"{len(responses)} responses to a chain of "
-                              f"{len(chain.requests)} requests")
-        for request in chain.requests:
-            await request._release()
-        fillers = [self._filler()] * len(chain.extras)
-        self._push([responses[0], *fillers, *responses[1:]])
+        await self.respond_chains([(chain, responses)])
 
     async def respond_chains(
         self, answers: Sequence[tuple[RequestChain,
