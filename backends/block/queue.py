@@ -8,7 +8,9 @@ producer update and at most one event (ring.h's notify hold-off decides); a larg
 answered as soon as it is done (`PUSH_AFTER_SECTORS`), with whatever small answers are waiting.
 The server sleeps only after the final check found the ring empty.  Each burst goes to the
 service's C fast path first, where it has one (`backends.block.fastpath`): it answers the
-burst's leading usual requests, the service the rest.
+burst's leading usual requests, the service the rest; at depth, to its fast path at depth
+(`backends.block.uringpath`), which submits the usual ones to io_uring and answers them as they
+complete.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from ringkit.channel import BackRingChannel
 from ringkit.proto import blkif
 from ringkit.requests import RequestServer
 
-from .service import PUSH_AFTER_SECTORS, BlockService
+from .service import MIN_BURST, PUSH_AFTER_SECTORS, BlockService
 
-BURST = 32
+BURST = MIN_BURST
 """Most requests taken off the ring at once when the caller says nothing else and the ring is
 smaller: `serve_ring` takes up to a whole ring's worth, so a frontend that filled a 16-page
 ring is answered with one push too."""
@@ -39,7 +41,8 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *,
         burst = max(BURST, channel.engine.entries)
     await RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
                         burst=burst, concurrency=service.config.io_depth,
-                        fast_path=service.fast_path).run()
+                        fast_path=service.fast_path,
+                        concurrent_path=service.uring_path).run()
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")

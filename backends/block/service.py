@@ -53,10 +53,16 @@ from .fastpath import BlkifFastPath
 from .fastpath import unavailable as fast_path_unavailable
 from .image import Image
 from .stats import ServiceStats
+from .uringpath import BlkifUringPath
+from .uringpath import unavailable as uring_path_unavailable
 
 log = logging.getLogger(__name__)
 
 _WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD})
+MIN_BURST = 32
+"""Most requests a ring's server takes at once when the ring is smaller: up to a whole ring's
+worth, so a frontend that filled a 16-page ring is answered with one push too."""
+PAGE_SIZE = 4096
 PUSH_AFTER_SECTORS = 128
 """A request moving this many sectors (64 KiB) or more is answered at once, without waiting
 for the rest of its burst (`IncomingRequest.urgent`)."""
@@ -80,7 +86,7 @@ class BlockService:
             blkif.MAX_INDIRECT_PAGES_PER_REQUEST * blkif.SEGMENTS_PER_INDIRECT_PAGE)
         self.engine: IoEngine = open_engine(config.io_engine, config.io_depth)
         """Where disk accesses that may wait for the device go (io_uring or threads)."""
-        self._drain = _Drain()
+        self._drain = _Drain(self._in_flight_elsewhere)
         # buffered writes go to the page cache in the event loop when requests are served one
         # at a time, as before; with a queue to fill, or O_DIRECT, they go to the engine
         self._inline_writes = config.io_depth == 1 and not image.direct
@@ -93,12 +99,31 @@ class BlockService:
                                            inline_writes=self._inline_writes, stats=self.stats,
                                            max_indirect=self._max_indirect)
             mapper.watch(self.fast_path)
+        self.uring_path: BlkifUringPath | None = None
+        """The C fast path at depth for the ring's server (None where it does not run: see
+        `backends.block.uringpath`)."""
+        if (config.fast_path and mapper.persistent and config.io_depth > 1
+                and config.io_engine != "threads" and not uring_path_unavailable()):
+            try:
+                self.uring_path = BlkifUringPath(
+                    image, mapper.max_persistent, capacity=config.io_depth,
+                    burst=burst_for(config), stats=self.stats, on_reaped=self._drain.poke)
+            except OSError as exc:  # io_uring refused here: the Python path serves it all
+                log.debug("no io_uring for the blkif fast path at depth: %s", exc)
+            else:
+                mapper.watch(self.uring_path)
+
+    def _in_flight_elsewhere(self) -> int:
+        path = self.uring_path
+        return path.in_flight if path is not None else 0
 
     async def aclose(self) -> None:
         """Release the engine (its io_uring) and the fast path's grant table; call once no
         request is in service."""
         if self.fast_path is not None:
             self.fast_path.releasing()
+        if self.uring_path is not None:
+            self.uring_path.close()
         await self.engine.aclose()
 
     async def answer(self, incoming: IncomingRequest) -> bytes:
@@ -111,8 +136,12 @@ class BlockService:
         raises for anything the frontend wrote."""
         self.stats.requests += 1
         if incoming.operation == Op.WRITE_BARRIER:
-            async with self._drain.exclusive():
-                return await self._handle(incoming)
+            try:
+                async with self._drain.exclusive():
+                    return await self._handle(incoming)
+            finally:
+                if self.uring_path is not None:
+                    self.uring_path.barrier_answered()
         async with self._drain.shared():
             return await self._handle(incoming)
 
@@ -252,12 +281,21 @@ class BlockService:
             raise InvalidRequest(rid, op, Status.ERROR, f"I/O error: {exc}") from exc
 
 
+def burst_for(config: ServiceConfig) -> int:
+    """The most requests a ring's server takes at once by default (a whole ring of the
+    largest size `config` offers, at least `MIN_BURST`): `backends.block.queue.serve_ring`'s
+    burst, and the size of a fast path's buffers."""
+    return max(MIN_BURST, blkif.RING_LAYOUT.entries(PAGE_SIZE << config.max_ring_page_order))
+
+
 class _Drain:
     """WRITE_BARRIER's ordering among requests served at once: every other request holds the
-    gate shared; a barrier waits for them all to leave and holds it alone, and requests that
-    come after it wait until it is done."""
+    gate shared; a barrier waits for them all to leave -- and for the requests a fast path has
+    in flight (`elsewhere`) -- and holds it alone, and requests that come after it wait until
+    it is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, elsewhere: Callable[[], int]) -> None:
+        self._elsewhere = elsewhere
         self._active = 0
         self._barrier = False
         self._changed = anyio.Event()
@@ -268,6 +306,11 @@ class _Drain:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    def poke(self) -> None:
+        """Requests elsewhere finished: a barrier waiting for them looks again."""
+        if self._barrier:
+            self._notify()
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
@@ -287,7 +330,7 @@ class _Drain:
             await self._wait()
         self._barrier = True
         try:
-            while self._active:
+            while self._active or self._elsewhere():
                 await self._wait()
             yield
         finally:
@@ -295,4 +338,5 @@ class _Drain:
             self._notify()
 
 
-__all__ = ("PUSH_AFTER_SECTORS", "BlockService", "ServiceConfig", "ServiceStats")
+__all__ = ("MIN_BURST", "PUSH_AFTER_SECTORS", "BlockService", "ServiceConfig", "ServiceStats",
+           "burst_for")

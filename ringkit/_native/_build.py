@@ -85,6 +85,19 @@ int rk_pgrant_clear(rk_pgrant_table *table);
 long rk_blkif_serve(rk_pgrant_table *table, int fd, uint64_t sectors, unsigned flags,
                     uint32_t max_indirect, const char *slots, size_t length, size_t count,
                     char *out, size_t out_length, uint64_t *stats);
+typedef struct rk_blkif_aio rk_blkif_aio;
+enum { RK_AIO_STOP_NONE = 0, RK_AIO_STOP_ORDER = 1, RK_AIO_STOP_FULL = 2 };
+rk_blkif_aio *rk_blkif_aio_open(unsigned capacity, int *err);
+int rk_blkif_aio_close(rk_blkif_aio *aio);
+int rk_blkif_aio_eventfd(const rk_blkif_aio *aio);
+unsigned rk_blkif_aio_in_flight(const rk_blkif_aio *aio);
+long rk_blkif_aio_submit(rk_blkif_aio *aio, const rk_pgrant_table *table, int fd,
+                         uint64_t sectors, unsigned flags, uint64_t align, uint64_t seq,
+                         const char *slots, size_t length, size_t count, char *rest,
+                         size_t rest_length, uint64_t *rest_seqs, uint64_t *info);
+long rk_blkif_aio_reap(rk_blkif_aio *aio, size_t cap, char *out, size_t out_length,
+                       uint64_t *seqs, char *back, size_t back_length, uint64_t *back_seqs,
+                       uint64_t *info);
 enum { RK_ID_FREE = 0, RK_ID_HELD = 1, RK_ID_SENT = 2, RK_ID_ANSWERED = 3, RK_ID_STATE = 3,
        RK_ID_ORPHAN = 4, RK_ID_SHADOW = 8 };
 enum { RK_SHADOW_E_OPERATION = 1, RK_SHADOW_E_STATUS = 2 };
@@ -1090,6 +1103,310 @@ static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigne
     free(list);
     free(iov);
     return (long)i;
+}
+
+/* ---------------------------------------------------------------- blkif burst server at depth
+
+   The same usual requests as rk_blkif_serve -- READs and WRITEs of direct segments whose every
+   ref is in the persistent-grant table and whose sectors lie inside the disk -- for a backend
+   serving a ring at depth (io_depth > 1), where completions may be answered in any order:
+   rk_blkif_aio_submit walks a burst in ring order and submits each such request to the
+   io_uring of a rk_blkif_aio (one io_uring_enter per batch of up to RK_AIO_BATCH) instead of
+   doing the I/O in place; rk_blkif_aio_reap answers the completions the kernel has posted, in
+   the order the device finished them: OKAY for a request that moved all its bytes, and for any
+   other (an error, a short transfer) the request's slot handed back whole, for the Python path
+   to serve again and report.  A READ the page cache holds completes inside the submission
+   (io_uring tries it without blocking first), so nothing is attempted before submitting.
+
+   Each request in flight owns an entry: a private copy of its slot (everything the answer and
+   a hand-back need; the shared ring is never read again), its iovecs (into persistently mapped
+   pages, which the caller keeps mapped until rk_blkif_aio_close has waited for every request),
+   the byte count it must move, and the sequence number the caller gave its slot (so that the
+   caller can tell answers that overtake earlier requests).
+
+   The walk stops, leaving that slot and the rest of the burst to the caller, at a WRITE_BARRIER
+   (RK_AIO_STOP_ORDER: it waits for every request before it, so nothing at or after it is taken
+   here) and when every entry is in flight (RK_AIO_STOP_FULL: the caller reaps, then goes on).
+   Any other slot it does not take -- a ref not in the table, an INDIRECT, FLUSH, DISCARD, a bad
+   count or range, a READ into a read-only entry, an operation the flags exclude, an O_DIRECT
+   request not aligned to `align` -- is copied to `rest`, with its sequence number, for the
+   Python path to serve and report; submitted and rest slots together are a prefix of the
+   burst.  Reads: any of the READ flags; writes: RK_FAST_WRITE. */
+
+#define RK_AIO_BATCH 64
+enum { RK_AIO_STOP_NONE = 0, RK_AIO_STOP_ORDER = 1, RK_AIO_STOP_FULL = 2 };
+
+typedef struct {
+    uint8_t slot[RK_BLKIF_REQUEST_SIZE];
+    struct iovec iov[RK_BLKIF_MAX_SEGMENTS];
+    uint64_t expect, sectors, seq;
+    uint32_t busy;
+    uint8_t op;
+} rk_aio_entry;
+
+struct rk_blkif_aio {
+    rk_uring *ring;
+    rk_aio_entry *entries;
+    uint32_t *free;                 /* a stack of free entry indices */
+    uint32_t capacity, nfree;
+};
+typedef struct rk_blkif_aio rk_blkif_aio;
+
+/* A server of up to `capacity` (1..4096) requests in flight, or NULL with *err the errno
+   (ENOSYS where io_uring was absent at build time). */
+static rk_blkif_aio *rk_blkif_aio_open(unsigned capacity, int *err)
+{
+    rk_blkif_aio *a;
+    uint32_t k;
+    *err = 0;
+    if (capacity < 1 || capacity > 4096) {
+        *err = EINVAL;
+        return NULL;
+    }
+    a = calloc(1, sizeof *a);
+    if (!a) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    a->entries = calloc(capacity, sizeof *a->entries);
+    a->free = calloc(capacity, sizeof *a->free);
+    if (!a->entries || !a->free) {
+        *err = ENOMEM;
+        goto fail;
+    }
+    a->ring = rk_uring_open(capacity, err);
+    if (!a->ring)
+        goto fail;
+    if (rk_uring_entries(a->ring) < capacity) {       /* never: the kernel rounds up */
+        rk_uring_close(a->ring);
+        *err = EINVAL;
+        goto fail;
+    }
+    a->capacity = capacity;
+    for (k = 0; k < capacity; k++)
+        a->free[k] = capacity - 1 - k;                /* entry 0 is taken first */
+    a->nfree = capacity;
+    return a;
+fail:
+    free(a->entries);
+    free(a->free);
+    free(a);
+    return NULL;
+}
+
+/* Cancel and wait for whatever is in flight (the caller may unmap the pages afterwards), then
+   free: 0.  -1 if the wait failed: everything is left allocated rather than freed under the
+   kernel, and the pages must stay mapped. */
+static int rk_blkif_aio_close(rk_blkif_aio *a)
+{
+    if (!a)
+        return 0;
+    if (rk_uring_close(a->ring) < 0)
+        return -1;
+    free(a->entries);
+    free(a->free);
+    free(a);
+    return 0;
+}
+
+static int rk_blkif_aio_eventfd(const rk_blkif_aio *a) { return rk_uring_eventfd(a->ring); }
+static unsigned rk_blkif_aio_in_flight(const rk_blkif_aio *a)
+{
+    return a->capacity - a->nfree;
+}
+
+static void rk_aio_rest(char *rest, uint64_t *rest_seqs, uint64_t *info, const uint8_t *slot,
+                        uint64_t seq)
+{
+    memcpy(rest + info[0] * RK_BLKIF_REQUEST_SIZE, slot, RK_BLKIF_REQUEST_SIZE);
+    rest_seqs[info[0]++] = seq;
+}
+
+#ifdef RK_HAVE_URING
+/* Hand the `pending` SQEs published (entries used[0..pending)) to the kernel.  Those it does
+   not take are unpublished -- the kernel reads the tail only inside io_uring_enter -- and
+   their slots go to rest, their entries freed.  0, or the errno of the refusal (info[2]). */
+static int rk_aio_flush(rk_blkif_aio *a, const uint32_t *used, unsigned pending, char *rest,
+                        uint64_t *rest_seqs, uint64_t *info)
+{
+    rk_uring *r = a->ring;
+    unsigned taken = 0, k;
+    int err = 0;
+    while (taken < pending) {
+        int n = rk_uring_enter(r->fd, pending - taken, 0, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            err = n < 0 ? errno : EAGAIN;
+            break;
+        }
+        taken += (unsigned)n;
+    }
+    r->in_flight += taken;
+    info[3] += taken;
+    if (!err)
+        return 0;
+    __atomic_store_n(r->sq_tail, __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE),
+                     __ATOMIC_RELEASE);
+    for (k = taken; k < pending; k++) {
+        rk_aio_entry *e = &a->entries[used[k]];
+        rk_aio_rest(rest, rest_seqs, info, e->slot, e->seq);
+        info[4 + e->op] -= e->sectors;
+        e->busy = 0;
+        a->free[a->nfree++] = used[k];
+    }
+    info[2] = (uint64_t)err;
+    return err;
+}
+#endif
+
+/* See above.  `count` slots at `slots` (`length` bytes); `seq`: the sequence number of the
+   first (slot i's is seq + i).  `rest` / `rest_seqs` take up to `count` slots and numbers.
+   info[0]: slots copied to rest; info[1]: why the walk stopped (RK_AIO_STOP_*); info[2]: the
+   errno of a refused submission (its slots, and every later one, are in rest); info[3]:
+   requests submitted; info[4] / info[5]: sectors they read / write.  Returns how many leading
+   slots were consumed (submitted or copied to rest), or -1 on a bad call (nothing done). */
+static long rk_blkif_aio_submit(rk_blkif_aio *a, const rk_pgrant_table *t, int fd,
+                                uint64_t sectors, unsigned flags, uint64_t align, uint64_t seq,
+                                const char *slots, size_t length, size_t count, char *rest,
+                                size_t rest_length, uint64_t *rest_seqs, uint64_t *info)
+{
+    size_t i = 0;
+    memset(info, 0, 6 * sizeof *info);
+    if (!a || !rk_pgrant_ok(t) || count > length / RK_BLKIF_REQUEST_SIZE
+        || count > rest_length / RK_BLKIF_REQUEST_SIZE || align == 0 || (align & (align - 1))
+        || align > 4096)
+        return -1;
+#ifdef RK_HAVE_URING
+    {
+        uint32_t used[RK_AIO_BATCH];
+        unsigned pending = 0;
+        for (i = 0; i < count; i++) {
+            uint8_t s[RK_BLKIF_REQUEST_SIZE];
+            struct iovec v[RK_BLKIF_MAX_SEGMENTS];
+            struct io_uring_sqe *sqe;
+            rk_aio_entry *e;
+            uint64_t sector, total = 0, bytes = 0;
+            unsigned op, nseg, j;
+            size_t n = 0;
+            int ok;
+
+            memcpy(s, slots + i * RK_BLKIF_REQUEST_SIZE, sizeof s);   /* each byte read once */
+            op = s[0];
+            nseg = s[1];
+            if (op == 2) {                                  /* WRITE_BARRIER */
+                info[1] = RK_AIO_STOP_ORDER;
+                break;
+            }
+            ok = !info[2] && nseg >= 1 && nseg <= RK_BLKIF_MAX_SEGMENTS
+                && ((op == 0 && (flags & (RK_FAST_READ_PLAIN | RK_FAST_READ_NOWAIT)))
+                    || (op == 1 && (flags & RK_FAST_WRITE)));
+            for (j = 0; ok && j < nseg; j++) {
+                const uint8_t *g = s + 24 + j * RK_BLKIF_SEGMENT_SIZE;
+                ok = rk_blkif_segment(t, op, rk_le32(g), g[4], g[5], v, &n, &total);
+            }
+            sector = rk_le64(s + 16);
+            ok = ok && sector <= sectors && total <= sectors - sector
+                && sector <= (uint64_t)INT64_MAX / 1024 && !((sector * 512) & (align - 1));
+            for (j = 0; ok && j < n; j++) {
+                ok = !((uintptr_t)v[j].iov_base & (align - 1))
+                    && !(v[j].iov_len & (align - 1));
+                bytes += v[j].iov_len;
+            }
+            if (!ok) {
+                rk_aio_rest(rest, rest_seqs, info, s, seq + i);
+                continue;
+            }
+            if (pending == RK_AIO_BATCH) {
+                rk_aio_flush(a, used, pending, rest, rest_seqs, info);
+                pending = 0;
+                if (info[2]) {
+                    rk_aio_rest(rest, rest_seqs, info, s, seq + i);
+                    continue;
+                }
+            }
+            if (!a->nfree || !(sqe = rk_uring_sqe(a->ring))) {
+                info[1] = RK_AIO_STOP_FULL;              /* this slot is not consumed */
+                break;
+            }
+            used[pending] = a->free[--a->nfree];
+            e = &a->entries[used[pending]];
+            memcpy(e->slot, s, sizeof s);
+            memcpy(e->iov, v, n * sizeof *v);
+            e->expect = bytes;
+            e->sectors = total;
+            e->seq = seq + i;
+            e->op = (uint8_t)op;
+            e->busy = 1;
+            sqe->opcode = op == 0 ? IORING_OP_READV : IORING_OP_WRITEV;
+            sqe->fd = fd;
+            sqe->addr = (uint64_t)(uintptr_t)e->iov;
+            sqe->len = (uint32_t)n;
+            sqe->off = sector * 512;
+            sqe->user_data = used[pending];
+            __atomic_store_n(a->ring->sq_tail, *a->ring->sq_tail + 1, __ATOMIC_RELEASE);
+            info[4 + op] += total;
+            pending++;
+        }
+        if (pending)
+            rk_aio_flush(a, used, pending, rest, rest_seqs, info);
+    }
+#else
+    (void)fd; (void)sectors; (void)flags; (void)seq; (void)slots; (void)rest; (void)rest_seqs;
+    info[1] = RK_AIO_STOP_ORDER;            /* unreachable: no server opens without io_uring */
+#endif
+    return (long)i;
+}
+
+/* Answer up to `cap` completions (out, out_length, back and back_length hold `cap` slots,
+   seqs and back_seqs `cap` numbers): a request that moved all its bytes gets its OKAY response
+   (the whole slot written, padding zeroed) at out[n] and its sequence number at seqs[n];
+   any other has its slot copied to back[info[0]] and its number to back_seqs[info[0]].
+   info[1] / info[2]: sectors read / written by the requests answered.  A completion whose
+   cookie names no request in flight (a cancel's own) is skipped.  Returns the responses
+   written, or -1 on a bad call. */
+static long rk_blkif_aio_reap(rk_blkif_aio *a, size_t cap, char *out, size_t out_length,
+                              uint64_t *seqs, char *back, size_t back_length,
+                              uint64_t *back_seqs, uint64_t *info)
+{
+    uint64_t cookies[RK_AIO_BATCH];
+    int32_t results[RK_AIO_BATCH];
+    size_t n = 0, done = 0;
+    memset(info, 0, 3 * sizeof *info);
+    if (!a || cap > out_length / RK_BLKIF_REQUEST_SIZE
+        || cap > back_length / RK_BLKIF_REQUEST_SIZE)
+        return -1;
+    while (done < cap) {
+        unsigned want = cap - done < RK_AIO_BATCH ? (unsigned)(cap - done) : RK_AIO_BATCH;
+        unsigned got = rk_uring_reap(a->ring, cookies, results, want), k;
+        if (!got)
+            break;
+        for (k = 0; k < got; k++) {
+            rk_aio_entry *e;
+            if (cookies[k] >= a->capacity || !a->entries[cookies[k]].busy)
+                continue;
+            e = &a->entries[cookies[k]];
+#ifndef RK_AIO_SKIP_LENGTH_CHECK          /* the negative control's build only */
+            if (results[k] < 0 || (uint64_t)results[k] != e->expect) {
+#else
+            if (results[k] < 0) {
+#endif
+                memcpy(back + info[0] * RK_BLKIF_REQUEST_SIZE, e->slot, RK_BLKIF_REQUEST_SIZE);
+                back_seqs[info[0]++] = e->seq;
+            } else {
+                uint8_t *r = (uint8_t *)out + n * RK_BLKIF_REQUEST_SIZE;
+                memset(r, 0, RK_BLKIF_REQUEST_SIZE);
+                memcpy(r, e->slot + 8, 8);               /* id */
+                r[8] = e->op;                            /* status 0: BLKIF_RSP_OKAY */
+                seqs[n++] = e->seq;
+                info[1 + e->op] += e->sectors;
+            }
+            e->busy = 0;
+            a->free[a->nfree++] = (uint32_t)cookies[k];
+            done++;
+        }
+    }
+    return (long)n;
 }
 
 /* ---------------------------------------------------------------- blkfront shadow table

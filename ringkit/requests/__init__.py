@@ -42,7 +42,15 @@ A minimal pair::
 docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
-from .back import FastPath, Handler, IncomingRequest, RequestServer, ServerStats, answer_slot
+from .back import (
+    ConcurrentFastPath,
+    FastPath,
+    Handler,
+    IncomingRequest,
+    RequestServer,
+    ServerStats,
+    answer_slot,
+)
 from .codec import Chain, Field, RefList, RequestError, ResponseExtra, SlotCodec
 from .events import SharedEventChannel
 from .front import Completions, QueueStats, Request, RequestQueue
@@ -54,6 +62,7 @@ __all__ = (
     "DEFAULT_MAX_PERSISTENT",
     "Chain",
     "Completions",
+    "ConcurrentFastPath",
     "FastPath",
     "Field",
     "GrantMapper",

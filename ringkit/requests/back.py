@@ -17,6 +17,10 @@ any order, as io/ring.h allows: each response is pushed with whatever others are
 A driver may hand the server a `FastPath`: given each burst (in ring order mode), it answers
 the burst's leading requests itself -- in C, say, without an `IncomingRequest` each -- and
 says how many; the rest are handled as above.  Answering only a prefix keeps ring order.
+With ``concurrency`` > 1 the driver's fast path is a `ConcurrentFastPath` instead: it takes
+the requests it can serve off each burst and starts them (submits them to the kernel, say),
+hands the others to the handler, and the server pushes its answers as the fast path reports
+them complete -- watching the file descriptor it names, in the same event loop.
 
 Nothing from the frontend is trusted.  A request whose ref list is malformed, or whose refs
 cannot be mapped, reaches the handler as a `RequestError` when it asks for its pages; a
@@ -28,9 +32,11 @@ a driver bug: it ends `run`, and with it the connection (see `ringkit.device.Bac
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -42,8 +48,8 @@ from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportErr
 from .codec import RequestError, SlotCodec, gather, gather_refs
 from .mapping import GrantMapper, PageSet
 
-__all__ = ("FastPath", "Handler", "IncomingRequest", "RequestServer", "ServerStats",
-           "answer_slot")
+__all__ = ("ConcurrentFastPath", "FastPath", "Handler", "IncomingRequest", "RequestServer",
+           "ServerStats", "answer_slot")
 
 
 class IncomingRequest:
@@ -141,6 +147,42 @@ first n requests -- writing each whole response slot at its request's position i
 returns n (0..count).  The handler gets the rest, in order."""
 
 
+class ConcurrentFastPath(Protocol):
+    """A driver's fast path for a server at ``concurrency`` > 1, which answers in any order.
+
+    `submit` is given each burst (the server's private copy, `count` slots ``slot_size`` apart,
+    numbered `seq` onwards in ring order) and starts the leading requests it can serve; the
+    slots among them it does not take it copies to `rest` (their numbers to `rest_seqs`) for
+    the handler.  It returns ``(consumed, rest, stop)``: how many leading slots it consumed
+    (started or copied to `rest`), how many of them are in `rest`, and why it stopped: 0 (all
+    consumed), 1 (*order*: the slot at `consumed` and the rest of the burst go to the handler,
+    in ring order -- a request that must wait for everything before it), 2 (*full*: it has as
+    many in flight as it takes; the server waits for a completion, then offers the rest).
+
+    When `fileno` is readable, the server calls `reap` (``cap``: most to report): it writes
+    the responses of requests that completed to `out` (whole slots; their numbers to
+    `seqs`), and the slots of requests it gives up on to `back` (numbers to `back_seqs`) for
+    the handler to serve again, and returns ``(answered, handed_back)``.  The server pushes
+    the answers at once.  Buffers hold at least the server's ``burst`` slots.
+    """
+
+    rest: bytearray
+    rest_seqs: Sequence[int]
+    out: bytearray
+    seqs: Sequence[int]
+    back: bytearray
+    back_seqs: Sequence[int]
+
+    def fileno(self) -> int:
+        """A descriptor readable when completions wait to be reaped."""
+
+    def submit(self, burst: bytearray, count: int, seq: int) -> tuple[int, int, int]:
+        """Start what it can of `count` slots of `burst` (see the class docstring)."""
+
+    def reap(self, cap: int) -> tuple[int, int]:
+        """Report up to `cap` completions (see the class docstring)."""
+
+
 @dataclass(slots=True)
 class ServerStats:
     """Counters of a `RequestServer`."""
@@ -150,7 +192,10 @@ class ServerStats:
     """Requests answered with the codec's error response (`RequestError`)."""
     pushes: int = 0
     fast: int = 0
-    """Requests answered by the `FastPath` (counted in `requests` too)."""
+    """Requests answered by the `FastPath` or `ConcurrentFastPath` (counted in `requests`
+    too)."""
+    handed_back: int = 0
+    """Requests a `ConcurrentFastPath` started and then gave to the handler to serve again."""
 
 
 class RequestServer:
@@ -160,12 +205,14 @@ class RequestServer:
     itself).  `concurrency`: how many requests are handled at once (1: in ring order).
     `burst`: most requests taken off the ring at once (default: the ring's size, at least 32).
     `fast_path`: answers each burst's leading requests before the handler sees the rest (ring
-    order mode only: with ``concurrency`` > 1 it is not used).
+    order mode only: with ``concurrency`` > 1 it is not used).  `concurrent_path`: starts
+    each burst's requests it can serve and reports them complete (``concurrency`` > 1 only).
     """
 
     def __init__(self, channel: BackRingChannel, codec: SlotCodec, handler: Handler, *,
                  mapper: GrantMapper | None = None, concurrency: int = 1,
-                 burst: int | None = None, fast_path: FastPath | None = None) -> None:
+                 burst: int | None = None, fast_path: FastPath | None = None,
+                 concurrent_path: ConcurrentFastPath | None = None) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if channel.engine.layout.slot_size != codec.layout.slot_size:
@@ -178,6 +225,14 @@ class RequestServer:
         self.concurrency = concurrency
         self.burst = burst or max(32, channel.engine.entries)
         self.fast_path = fast_path
+        self.concurrent_path = concurrent_path if concurrency > 1 else None
+        if self.concurrent_path is not None:
+            need = codec.layout.slot_size * self.burst
+            path = self.concurrent_path
+            if min(len(path.rest), len(path.out), len(path.back)) < need or min(
+                    len(path.rest_seqs), len(path.seqs), len(path.back_seqs)) < self.burst:
+                raise ConfigError(f"the concurrent fast path's buffers hold fewer than the "
+                                  f"burst of {self.burst} requests")
         self.stats = ServerStats()
         self._helper = _native.implementations()[_native.IMPLEMENTATION].slots
         size = codec.layout.slot_size
@@ -240,14 +295,15 @@ class RequestServer:
         wake = anyio.Event()
         outbuf = bytearray(slot * self.burst)
 
-        async def one(request: IncomingRequest) -> None:
+        async def one(request: IncomingRequest, limited: bool = True) -> None:
             try:
                 response = bytearray(slot)
                 await self._answer_into(request, response, 0)
                 ready.append(bytes(response))
                 wake.set()
             finally:
-                limiter.release_on_behalf_of(request)
+                if limited:
+                    limiter.release_on_behalf_of(request)
 
         async def responder() -> None:
             nonlocal wake
@@ -267,29 +323,40 @@ class RequestServer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(responder)
-                await self._dispatch(tg, limiter, one)
+                if self.concurrent_path is None:
+                    await self._dispatch(tg, limiter, one)
+                else:
+                    await _PathDriver(self, self.concurrent_path, tg, limiter, one).run()
         except BaseExceptionGroup as group:
             raise _first(group) from None
 
     async def _dispatch(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
-                        one: Callable[[IncomingRequest], Coroutine[Any, Any, None]]) -> None:
+                        one: Callable[..., Coroutine[Any, Any, None]]) -> None:
         channel = self.channel
         while True:
             count = await channel.receive_into(self._in, self.burst)
-            for request in self._incoming(count):
-                await limiter.acquire_on_behalf_of(request)
-                tg.start_soon(one, request)
+            await self._start(tg, limiter, one, self._incoming(count))
             self.stats.requests += count
+
+    @staticmethod
+    async def _start(tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
+                     one: Callable[..., Coroutine[Any, Any, None]],
+                     requests: Sequence[IncomingRequest]) -> None:
+        for request in requests:
+            await limiter.acquire_on_behalf_of(request)
+            tg.start_soon(one, request)
 
     # ------------------------------------------------------------------ both
 
-    def _incoming(self, count: int, start: int = 0) -> list[IncomingRequest]:
-        """Slots `start` .. `count` - 1 of the burst in the input buffer as requests (ids,
-        operations and refs read in one call each)."""
+    def _incoming(self, count: int, start: int = 0,
+                  buf: bytearray | None = None) -> list[IncomingRequest]:
+        """Slots `start` .. `count` - 1 of the burst in the input buffer (or in `buf`) as
+        requests (ids, operations and refs read in one call each)."""
         codec, helper = self.codec, self._helper
         slot = codec.layout.slot_size
         size = codec.layout.request_size
-        buf = self._in
+        if buf is None:
+            buf = self._in
         if start:
             buf = buf[start * slot:count * slot]
             count -= start
@@ -316,6 +383,79 @@ class RequestServer:
         """Run the handler for `request` and write its response at `base` of `out`."""
         if not await _answer(self.codec, self.handler, request, out, base):
             self.stats.refused += 1
+
+
+class _PathDriver:
+    """A concurrent server's dispatch with a `ConcurrentFastPath`: each burst offered to the
+    path first, the rest to handler tasks; a reaper task pushes the path's answers as it
+    reports them and gives its hand-backs to handler tasks."""
+
+    def __init__(self, server: RequestServer, path: ConcurrentFastPath,
+                 tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
+                 one: Callable[..., Coroutine[Any, Any, None]]) -> None:
+        self.server, self.path, self.tg, self.limiter, self.one = server, path, tg, limiter, one
+        self.seq = 0
+        self.space = anyio.Event()
+
+    async def run(self) -> None:
+        server, path = self.server, self.path
+        channel, stats = server.channel, server.stats
+        inbuf = server._in
+        slot = server.codec.layout.slot_size
+        view = memoryview(inbuf)
+        self.tg.start_soon(self._reaper)
+        while True:
+            count = await channel.receive_into(inbuf, server.burst)
+            seq = self.seq
+            self.seq += count
+            stats.requests += count
+            start = 0
+            while start < count:
+                left = count - start
+                burst = inbuf if not start else view[start * slot:count * slot]
+                consumed, rest, stop = path.submit(burst, left, seq + start)  # type: ignore[arg-type]
+                space = self.space  # before any await: a reap from now on sets it
+                if not 0 <= rest <= consumed <= left:
+                    raise ConfigError(f"the concurrent fast path consumed {consumed} of {left} "
+                                      f"requests with {rest} left to the handler")
+                stats.fast += consumed - rest
+                if rest:
+                    await server._start(self.tg, self.limiter, self.one,
+                                        server._incoming(rest, buf=path.rest))
+                start += consumed
+                if stop == 1:
+                    await server._start(self.tg, self.limiter, self.one,
+                                        server._incoming(count, start))
+                    break
+                if stop == 2 and start < count:
+                    await space.wait()
+
+    async def _reaper(self) -> None:
+        server, path = self.server, self.path
+        channel, stats = server.channel, server.stats
+        slot = server.codec.layout.slot_size
+        cap = server.burst
+        out = memoryview(path.out)
+        fd = path.fileno()
+        while True:
+            await anyio.wait_readable(fd)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
+            while True:
+                answered, back = path.reap(cap)
+                if answered:
+                    channel.send_from_nowait(out[:answered * slot], answered)
+                    stats.pushes += 1
+                if back:
+                    stats.fast -= back
+                    stats.handed_back += back
+                    for request in server._incoming(back, buf=path.back):
+                        self.tg.start_soon(self.one, request, False)
+                if answered or back:
+                    self.space.set()
+                    self.space = anyio.Event()
+                if answered + back < cap:
+                    break
 
 
 async def _answer(codec: SlotCodec, handler: Handler, request: IncomingRequest,
