@@ -59,8 +59,10 @@ class BlkifUringPath:
     """Serves the usual blkif requests of a ring at depth through io_uring, in C (see the
     module docstring); up to `capacity` in flight; `burst`: the request server's burst (its
     buffers' size); `stats`: the service's counters, kept true; `on_reaped`: called after each
-    reap that answered or handed back something (the service's barrier drain watches it).
-    Watches a `GrantMapper` (`persisted` / `releasing`).
+    reap that answered or handed back something (the service's barrier drain watches it);
+    `table`: the persistent-grant table to use (default: a new one of `max_persistent` refs;
+    tests pass one built on a differently compiled C).  Watches a `GrantMapper` (`persisted` /
+    `releasing`).
 
     Raises (constructor):
         RuntimeError: the compiled helper is unavailable (`unavailable`).
@@ -68,9 +70,10 @@ class BlkifUringPath:
     """
 
     def __init__(self, image: Image, max_persistent: int, *, capacity: int, burst: int,
-                 stats: ServiceStats, on_reaped: Callable[[], None] | None = None) -> None:
+                 stats: ServiceStats, on_reaped: Callable[[], None] | None = None,
+                 table: PersistentGrantTable | None = None) -> None:
         self.image = image
-        self.table = PersistentGrantTable(max_persistent)
+        self.table = table if table is not None else PersistentGrantTable(max_persistent)
         """The persistent grants C resolves refs through."""
         self.server = UringBurstServer(self.table, capacity)
         self.stats = stats
