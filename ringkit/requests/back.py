@@ -13,6 +13,9 @@ one after the other in ring order, and a burst's responses are pushed together (
 at most, by ring.h's hold-off) -- the order a disk backend needs, where a flush covers every
 write answered before it.  With ``concurrency=n`` up to n handlers run at once and answer in
 any order, as io/ring.h allows: each response is pushed with whatever others are ready.
+`ServerStats.reordered` counts the responses pushed ahead of a request taken off the ring
+before them and still unanswered; an `AnswerOrder` keeps the tally (ring order mode has none:
+it cannot reorder, and pays nothing for the count).
 
 A driver may hand the server a `FastPath`: given each burst (in ring order mode), it answers
 the burst's leading requests itself -- in C, say, without an `IncomingRequest` each -- and
@@ -42,8 +45,8 @@ from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportErr
 from .codec import RequestError, SlotCodec, gather, gather_refs
 from .mapping import GrantMapper, PageSet
 
-__all__ = ("FastPath", "Handler", "IncomingRequest", "RequestServer", "ServerStats",
-           "answer_slot")
+__all__ = ("AnswerOrder", "FastPath", "Handler", "IncomingRequest", "RequestServer",
+           "ServerStats", "answer_slot")
 
 
 class IncomingRequest:
@@ -151,6 +154,89 @@ class ServerStats:
     pushes: int = 0
     fast: int = 0
     """Requests answered by the `FastPath` (counted in `requests` too)."""
+    reordered: int = 0
+    """Responses pushed ahead of a request taken off the ring before them and still
+    unanswered: answered out of ring order.  Only ``concurrency`` > 1 can do that (0
+    otherwise)."""
+
+
+class AnswerOrder:
+    """Tells which answers overtake a request taken off the ring before them.
+
+    Each request taken off the ring gets the next sequence number (`taken` hands out a
+    burst's at once: the first one is returned, the rest follow it in ring order);
+    `answered` says whether an older request is still unanswered when a response is pushed
+    -- whether that response is out of ring order.  Both are O(1) amortized: a ring of flags
+    spans the sequence numbers from the oldest unanswered request to the newest taken
+    (grown by doubling when a burst would not fit, never shrunk), and the oldest is advanced
+    over the answered ones behind it.  Nothing is allocated per request.
+
+    Answers must be told in the order the responses are pushed.  A path that answers in C
+    can keep the same tally by calling `taken` and `answered` too.
+    """
+
+    __slots__ = ("_done", "_mask", "_next", "_oldest")
+
+    def __init__(self, window: int = 32) -> None:
+        size = 1 << max(window - 1, 1).bit_length()
+        self._done = bytearray(size)
+        """Per sequence number (modulo the size): answered, while it is ahead of the oldest."""
+        self._mask = size - 1
+        self._next = 0
+        self._oldest = 0
+
+    @property
+    def oldest(self) -> int:
+        """The sequence number of the oldest unanswered request (`taken` if all are
+        answered)."""
+        return self._oldest
+
+    @property
+    def taken_count(self) -> int:
+        """How many sequence numbers were handed out: the next one `taken` returns."""
+        return self._next
+
+    def taken(self, count: int) -> int:
+        """`count` more requests were taken off the ring: return the first one's sequence
+        number (the others are the next ``count`` - 1)."""
+        first = self._next
+        span = first + count - self._oldest
+        if span > len(self._done):
+            self._grow(span)
+        self._next = first + count
+        return first
+
+    def answered(self, seq: int) -> bool:
+        """The response to request `seq` is pushed (after every response told before it):
+        whether it overtakes a request taken before it that is still unanswered.
+
+        Raises:
+            ValueError: `seq` was never taken, or was answered already (the caller's bug).
+        """
+        oldest = self._oldest
+        done, mask = self._done, self._mask
+        if not oldest <= seq < self._next or done[seq & mask]:
+            raise ValueError(f"request {seq} was not taken or was answered already "
+                             f"(taken: {oldest} .. {self._next - 1} unanswered or ahead)")
+        if seq != oldest:
+            done[seq & mask] = 1
+            return True
+        oldest += 1
+        end = self._next
+        while oldest < end and done[oldest & mask]:
+            done[oldest & mask] = 0
+            oldest += 1
+        self._oldest = oldest
+        return False
+
+    def _grow(self, span: int) -> None:
+        size = len(self._done)
+        while size < span:
+            size *= 2
+        done = bytearray(size)
+        for seq in range(self._oldest, self._next):
+            done[seq & (size - 1)] = self._done[seq & self._mask]
+        self._done, self._mask = done, size - 1
 
 
 class RequestServer:
@@ -239,12 +325,15 @@ class RequestServer:
         ready: list[bytes] = []
         wake = anyio.Event()
         outbuf = bytearray(slot * self.burst)
+        order, stats = AnswerOrder(self.burst + self.concurrency), self.stats
 
-        async def one(request: IncomingRequest) -> None:
+        async def one(request: IncomingRequest, seq: int) -> None:
             try:
                 response = bytearray(slot)
                 await self._answer_into(request, response, 0)
-                ready.append(bytes(response))
+                ready.append(bytes(response))   # pushed in this order
+                if order.answered(seq):
+                    stats.reordered += 1
                 wake.set()
             finally:
                 limiter.release_on_behalf_of(request)
@@ -267,18 +356,21 @@ class RequestServer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(responder)
-                await self._dispatch(tg, limiter, one)
+                await self._dispatch(tg, limiter, order, one)
         except BaseExceptionGroup as group:
             raise _first(group) from None
 
     async def _dispatch(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
-                        one: Callable[[IncomingRequest], Coroutine[Any, Any, None]]) -> None:
+                        order: AnswerOrder,
+                        one: Callable[[IncomingRequest, int], Coroutine[Any, Any, None]]
+                        ) -> None:
         channel = self.channel
         while True:
             count = await channel.receive_into(self._in, self.burst)
-            for request in self._incoming(count):
+            first = order.taken(count)
+            for i, request in enumerate(self._incoming(count)):
                 await limiter.acquire_on_behalf_of(request)
-                tg.start_soon(one, request)
+                tg.start_soon(one, request, first + i)
             self.stats.requests += count
 
     # ------------------------------------------------------------------ both
