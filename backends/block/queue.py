@@ -8,7 +8,9 @@ producer update and at most one event (ring.h's notify hold-off decides); a larg
 answered as soon as it is done (`PUSH_AFTER_SECTORS`), with whatever small answers are waiting.
 The server sleeps only after the final check found the ring empty.  Each burst goes to the
 service's C fast path first, where it has one (`backends.block.fastpath`): it answers the
-burst's leading usual requests, the service the rest.
+burst's leading usual requests, the service the rest.  How many answers went out of ring order
+(``io_depth`` > 1 only) reaches the service's `ServiceStats.reordered` when the ring's server
+stops.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *,
     """
     if burst is None:
         burst = max(BURST, channel.engine.entries)
-    await RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
-                        burst=burst, concurrency=service.config.io_depth,
-                        fast_path=service.fast_path).run()
+    server = RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
+                           burst=burst, concurrency=service.config.io_depth,
+                           fast_path=service.fast_path)
+    try:
+        await server.run()
+    finally:
+        service.stats.reordered += server.stats.reordered
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")
