@@ -76,25 +76,28 @@ class Watch:
 class SlowDevice(IoEngine):
     """A slow, reordering device in front of a real engine: each access waits a random while
     (seeded; `delay`: its range in seconds) before the engine does it, so requests in service
-    at once finish in an order of their own.  At the start of each flush it copies the image
-    (`at_flush`): what that fdatasync makes durable.  With `early_ack_tg` it is the broken
-    device the ordering tests must catch: a write returns at once and lands in the file only
-    later, in that task group."""
+    at once finish in an order of their own.  With `copy_at_flush`, at the start of each flush
+    it copies the image (`at_flush`): what that fdatasync makes durable (off by default: a
+    whole image per flush).  With `early_ack_tg` it is the broken device the ordering tests
+    must catch: a write returns at once and lands in the file only later, in that task
+    group."""
 
     name = "slow"
 
     def __init__(self, inner: IoEngine, image: Image, watch: Watch, *, seed: int = 7,
                  delay: tuple[float, float] = (SLOW / 2, 1.5 * SLOW),
+                 copy_at_flush: bool = False,
                  early_ack_tg: anyio.abc.TaskGroup | None = None) -> None:
         self.inner = inner
         self.delay = delay
+        self.copy_at_flush = copy_at_flush
         self.path = image.path
         self.watch = watch
         self.rng = random.Random(seed)
         self.early_ack_tg = early_ack_tg
         self.at_flush: list[bytes] = []
         self.flushed = anyio.Event()
-        """Set once a flush took its copy of the image (`at_flush`)."""
+        """Set once a flush began (and took its copy of the image, with `copy_at_flush`)."""
         self.held: set[int] = set()
         """Byte offsets of writes that wait for `release` before they go to the device."""
         self.release = anyio.Event()
@@ -129,7 +132,8 @@ class SlowDevice(IoEngine):
 
     async def flush(self, image: Image) -> None:
         async def flush() -> None:
-            self.at_flush.append(self.path.read_bytes())
+            if self.copy_at_flush:
+                self.at_flush.append(self.path.read_bytes())
             self.flushed.set()
             await self.inner.flush(image)
         await self._slow("flush", flush)

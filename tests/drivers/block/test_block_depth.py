@@ -228,7 +228,7 @@ async def _flush_covers(tmp_path: Path, engine: str, *, early_ack: bool) -> None
     config = ServiceConfig(io_depth=16, io_engine=engine)
     async with (loopback(tmp_path, config=config) as (client, svc, _),
                 anyio.create_task_group() as background):
-            device = SlowDevice(svc.engine, svc.image, watch,
+            device = SlowDevice(svc.engine, svc.image, watch, copy_at_flush=True,
                                 early_ack_tg=background if early_ack else None)
             # blocks 6.. stay in service until the FLUSH was sent, so that it overlaps them
             device.held = {i * 8192 for i in range(6, 16)}
