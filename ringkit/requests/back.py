@@ -187,7 +187,7 @@ class AnswerOrder:
 
     @property
     def oldest(self) -> int:
-        """The sequence number of the oldest unanswered request (`taken` if all are
+        """The sequence number of the oldest unanswered request (`taken_count` if all are
         answered)."""
         return self._oldest
 
