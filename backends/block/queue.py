@@ -10,7 +10,8 @@ The server sleeps only after the final check found the ring empty.  Each burst g
 service's C fast path first, where it has one (`backends.block.fastpath`): it answers the
 burst's leading usual requests, the service the rest; at depth, to its fast path at depth
 (`backends.block.uringpath`), which submits the usual ones to io_uring and answers them as they
-complete.
+complete.  How many answers went out of ring order (``io_depth`` > 1 only) reaches the
+service's `ServiceStats.reordered` when the ring's server stops.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ async def serve_ring(channel: BackRingChannel, service: BlockService, *,
     """
     if burst is None:
         burst = max(BURST, channel.engine.entries)
-    await RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
-                        burst=burst, concurrency=service.config.io_depth,
-                        fast_path=service.fast_path,
-                        concurrent_path=service.uring_path).run()
+    server = RequestServer(channel, blkif.CODEC, service.answer, mapper=service.mapper,
+                           burst=burst, concurrency=service.config.io_depth,
+                           fast_path=service.fast_path, concurrent_path=service.uring_path)
+    try:
+        await server.run()
+    finally:
+        service.stats.reordered += server.stats.reordered
 
 
 __all__ = ("BURST", "PUSH_AFTER_SECTORS", "serve_ring")

@@ -19,3 +19,7 @@ class ServiceStats:
     sectors_written: int = 0
     flushes: int = 0
     discards: int = 0
+    reordered: int = 0
+    """Responses pushed out of ring order, ahead of a request taken off the ring before them
+    and still unanswered (the ring server's `ringkit.requests.ServerStats.reordered`, added
+    when it stops serving, at the end of a connection).  Only ``io_depth`` > 1 reorders."""

@@ -131,7 +131,8 @@ def serve(image: str, directory: str | None, frontend_id: int, domid: int, devid
 def _stats(stats: ServiceStats) -> str:
     return (f"{stats.requests} requests, {stats.sectors_read * 512} bytes read, "
             f"{stats.sectors_written * 512} bytes written, {stats.flushes} flushes, "
-            f"{stats.discards} discards, {stats.errors + stats.unsupported} refused")
+            f"{stats.discards} discards, {stats.errors + stats.unsupported} refused, "
+            f"{stats.reordered} answered out of ring order")
 
 
 def parse_size(text: str) -> int:

@@ -11,7 +11,8 @@ a driver supplies only its slot format and its handler:
   once per connection, read and written in place (zero-copy) or copied;
 * backend: `RequestServer` -- requests taken in bursts, their refs mapped through a
   `GrantMapper` (persistent or per request, bounded), answered in ring order or
-  concurrently up to a limit, responses pushed in batches with ring.h's hold-off;
+  concurrently up to a limit (`ServerStats.reordered` counts the answers pushed out of ring
+  order, tallied by an `AnswerOrder`), responses pushed in batches with ring.h's hold-off;
 * backend, pulling: `PostedRequests` -- requests taken when the backend has work for them
   (buffers posted ahead, as netif's rx ring), and whole chains of requests (a packet over
   several slots, `Chain`: netif's ``more_data`` and extra-info slots);
@@ -43,6 +44,7 @@ docs/request-queues.md walks through a whole driver (examples/kv).
 """
 
 from .back import (
+    AnswerOrder,
     ConcurrentFastPath,
     FastPath,
     Handler,
@@ -60,6 +62,7 @@ from .posted import PostedRequests, RequestChain
 
 __all__ = (
     "DEFAULT_MAX_PERSISTENT",
+    "AnswerOrder",
     "Chain",
     "Completions",
     "ConcurrentFastPath",

@@ -13,6 +13,9 @@ one after the other in ring order, and a burst's responses are pushed together (
 at most, by ring.h's hold-off) -- the order a disk backend needs, where a flush covers every
 write answered before it.  With ``concurrency=n`` up to n handlers run at once and answer in
 any order, as io/ring.h allows: each response is pushed with whatever others are ready.
+`ServerStats.reordered` counts the responses pushed ahead of a request taken off the ring
+before them and still unanswered; an `AnswerOrder` keeps the tally (ring order mode has none:
+it cannot reorder, and pays nothing for the count).
 
 A driver may hand the server a `FastPath`: given each burst (in ring order mode), it answers
 the burst's leading requests itself -- in C, say, without an `IncomingRequest` each -- and
@@ -48,7 +51,8 @@ from .._errors import ConfigError, GrantError, RemoteProtocolError, TransportErr
 from .codec import RequestError, SlotCodec, gather, gather_refs
 from .mapping import GrantMapper, PageSet
 
-__all__ = ("ConcurrentFastPath", "FastPath", "Handler", "IncomingRequest", "RequestServer",
+__all__ = ("AnswerOrder", "ConcurrentFastPath", "FastPath", "Handler", "IncomingRequest",
+           "RequestServer",
            "ServerStats", "answer_slot")
 
 
@@ -196,6 +200,89 @@ class ServerStats:
     too)."""
     handed_back: int = 0
     """Requests a `ConcurrentFastPath` started and then gave to the handler to serve again."""
+    reordered: int = 0
+    """Responses pushed ahead of a request taken off the ring before them and still
+    unanswered: answered out of ring order.  Only ``concurrency`` > 1 can do that (0
+    otherwise)."""
+
+
+class AnswerOrder:
+    """Tells which answers overtake a request taken off the ring before them.
+
+    Each request taken off the ring gets the next sequence number (`taken` hands out a
+    burst's at once: the first one is returned, the rest follow it in ring order);
+    `answered` says whether an older request is still unanswered when a response is pushed
+    -- whether that response is out of ring order.  Both are O(1) amortized: a ring of flags
+    spans the sequence numbers from the oldest unanswered request to the newest taken
+    (grown by doubling when a burst would not fit, never shrunk), and the oldest is advanced
+    over the answered ones behind it.  Nothing is allocated per request.
+
+    Answers must be told in the order the responses are pushed.  A path that answers in C
+    can keep the same tally by calling `taken` and `answered` too.
+    """
+
+    __slots__ = ("_done", "_mask", "_next", "_oldest")
+
+    def __init__(self, window: int = 32) -> None:
+        size = 1 << max(window - 1, 1).bit_length()
+        self._done = bytearray(size)
+        """Per sequence number (modulo the size): answered, while it is ahead of the oldest."""
+        self._mask = size - 1
+        self._next = 0
+        self._oldest = 0
+
+    @property
+    def oldest(self) -> int:
+        """The sequence number of the oldest unanswered request (`taken_count` if all are
+        answered)."""
+        return self._oldest
+
+    @property
+    def taken_count(self) -> int:
+        """How many sequence numbers were handed out: the next one `taken` returns."""
+        return self._next
+
+    def taken(self, count: int) -> int:
+        """`count` more requests were taken off the ring: return the first one's sequence
+        number (the others are the next ``count`` - 1)."""
+        first = self._next
+        span = first + count - self._oldest
+        if span > len(self._done):
+            self._grow(span)
+        self._next = first + count
+        return first
+
+    def answered(self, seq: int) -> bool:
+        """The response to request `seq` is pushed (after every response told before it):
+        whether it overtakes a request taken before it that is still unanswered.
+
+        Raises:
+            ValueError: `seq` was never taken, or was answered already (the caller's bug).
+        """
+        oldest = self._oldest
+        done, mask = self._done, self._mask
+        if not oldest <= seq < self._next or done[seq & mask]:
+            raise ValueError(f"request {seq} was not taken or was answered already "
+                             f"(taken: {oldest} .. {self._next - 1} unanswered or ahead)")
+        if seq != oldest:
+            done[seq & mask] = 1
+            return True
+        oldest += 1
+        end = self._next
+        while oldest < end and done[oldest & mask]:
+            done[oldest & mask] = 0
+            oldest += 1
+        self._oldest = oldest
+        return False
+
+    def _grow(self, span: int) -> None:
+        size = len(self._done)
+        while size < span:
+            size *= 2
+        done = bytearray(size)
+        for seq in range(self._oldest, self._next):
+            done[seq & (size - 1)] = self._done[seq & self._mask]
+        self._done, self._mask = done, size - 1
 
 
 class RequestServer:
@@ -294,12 +381,15 @@ class RequestServer:
         ready: list[bytes] = []
         wake = anyio.Event()
         outbuf = bytearray(slot * self.burst)
+        order, stats = AnswerOrder(self.burst + self.concurrency), self.stats
 
-        async def one(request: IncomingRequest, limited: bool = True) -> None:
+        async def one(request: IncomingRequest, seq: int, limited: bool = True) -> None:
             try:
                 response = bytearray(slot)
                 await self._answer_into(request, response, 0)
-                ready.append(bytes(response))
+                ready.append(bytes(response))   # pushed in this order
+                if order.answered(seq):
+                    stats.reordered += 1
                 wake.set()
             finally:
                 if limited:
@@ -324,27 +414,30 @@ class RequestServer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(responder)
                 if self.concurrent_path is None:
-                    await self._dispatch(tg, limiter, one)
+                    await self._dispatch(tg, limiter, order, one)
                 else:
-                    await _PathDriver(self, self.concurrent_path, tg, limiter, one).run()
+                    await _PathDriver(self, self.concurrent_path, tg, limiter, order,
+                                      one).run()
         except BaseExceptionGroup as group:
             raise _first(group) from None
 
     async def _dispatch(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
-                        one: Callable[..., Coroutine[Any, Any, None]]) -> None:
+                        order: AnswerOrder, one: Callable[..., Coroutine[Any, Any, None]]
+                        ) -> None:
         channel = self.channel
         while True:
             count = await channel.receive_into(self._in, self.burst)
-            await self._start(tg, limiter, one, self._incoming(count))
+            first = order.taken(count)
+            await self._start(tg, limiter, one, self._incoming(count), range(first, first + count))
             self.stats.requests += count
 
     @staticmethod
     async def _start(tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
                      one: Callable[..., Coroutine[Any, Any, None]],
-                     requests: Sequence[IncomingRequest]) -> None:
-        for request in requests:
+                     requests: Sequence[IncomingRequest], seqs: Sequence[int]) -> None:
+        for request, seq in zip(requests, seqs, strict=True):
             await limiter.acquire_on_behalf_of(request)
-            tg.start_soon(one, request)
+            tg.start_soon(one, request, seq)
 
     # ------------------------------------------------------------------ both
 
@@ -391,10 +484,10 @@ class _PathDriver:
     reports them and gives its hand-backs to handler tasks."""
 
     def __init__(self, server: RequestServer, path: ConcurrentFastPath,
-                 tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter,
+                 tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter, order: AnswerOrder,
                  one: Callable[..., Coroutine[Any, Any, None]]) -> None:
         self.server, self.path, self.tg, self.limiter, self.one = server, path, tg, limiter, one
-        self.seq = 0
+        self.order = order
         self.space = anyio.Event()
 
     async def run(self) -> None:
@@ -406,8 +499,7 @@ class _PathDriver:
         self.tg.start_soon(self._reaper)
         while True:
             count = await channel.receive_into(inbuf, server.burst)
-            seq = self.seq
-            self.seq += count
+            seq = self.order.taken(count)
             stats.requests += count
             start = 0
             while start < count:
@@ -421,11 +513,13 @@ class _PathDriver:
                 stats.fast += consumed - rest
                 if rest:
                     await server._start(self.tg, self.limiter, self.one,
-                                        server._incoming(rest, buf=path.rest))
+                                        server._incoming(rest, buf=path.rest),
+                                        path.rest_seqs[:rest])
                 start += consumed
                 if stop == 1:
                     await server._start(self.tg, self.limiter, self.one,
-                                        server._incoming(count, start))
+                                        server._incoming(count, start),
+                                        range(seq + start, seq + count))
                     break
                 if stop == 2 and start < count:
                     await space.wait()
@@ -446,11 +540,16 @@ class _PathDriver:
                 if answered:
                     channel.send_from_nowait(out[:answered * slot], answered)
                     stats.pushes += 1
+                    seqs, told = path.seqs, self.order.answered
+                    for k in range(answered):
+                        if told(seqs[k]):
+                            stats.reordered += 1
                 if back:
                     stats.fast -= back
                     stats.handed_back += back
-                    for request in server._incoming(back, buf=path.back):
-                        self.tg.start_soon(self.one, request, False)
+                    back_seqs = path.back_seqs
+                    for k, request in enumerate(server._incoming(back, buf=path.back)):
+                        self.tg.start_soon(self.one, request, back_seqs[k], False)
                 if answered or back:
                     self.space.set()
                     self.space = anyio.Event()

@@ -5,20 +5,25 @@ tests/xen/blkfront_guest.sh.  dom0 plays the toolstack (creates the vbd's xensto
 ``xl block-attach`` does, detaches as ``xl block-detach`` does: ``online`` = 0 and the backend
 to Closing, wait for Closed, remove both dirs) and runs ringkit's `BlockBackend` on a sparse
 image file.  First connection: the backend offers everything and blkfront (loaded with a
-multi-page ring and two queues) uses indirect requests and persistent grants too; the domU
-discards a range and reads back zeros, makes an ext2 file system, writes files of random
-content, trims, syncs and unmounts.  dom0 detaches; the disk must vanish from the domU.  dom0
-re-attaches the same file with a new backend that offers one ring page, one queue, no indirect
-requests and no persistent grants; the domU mounts it and checks every checksum.
+multi-page ring and two queues) uses indirect requests and persistent grants too; the backend
+serves 8 requests of each ring at once behind a disk that finishes each access after a random
+few milliseconds (`REORDER`), so it answers out of ring order; the domU discards a range and
+reads back zeros, makes an ext2 file system, writes files of random content, trims, syncs and
+unmounts.  dom0 detaches; the disk must vanish from the domU.  dom0 re-attaches the same file
+with a new backend that offers one ring page, one queue, no indirect requests and no persistent
+grants, served in ring order; the domU mounts it and checks every checksum.
 
 dom0 then checks what it can see for itself: both connections negotiated what was offered
 (read from the frontend's xenstore nodes and the backend's rings), Linux sent the operations
-each offer implies (indirect, discard, flush) and none was refused, the backend acknowledged
-at least the data written and read it back, and the image file holds an ext2 superblock and the
-domU's marker line -- so the test cannot pass unless the data went through ringkit's backend.
+each offer implies (indirect, discard, flush) and none was refused, the first backend pushed
+answers out of ring order (`ServiceStats.reordered`; the second, in ring order, none), the
+backend acknowledged at least the data written and read it back, and the image file holds an
+ext2 superblock and the domU's marker line -- so the test cannot pass unless the data went
+through ringkit's backend.
 
 dom0's own xen-blkback (loaded by the blkback interop test) must not bind the vbd as well, so
-the kernel's backend autoprobe is off for the test.
+the kernel's backend autoprobe is off for the test.  test_interop_blkfront_sim.py checks the
+connections' wiring (`CONNECTIONS`) on the simulated Xen, ringkit's frontend in Linux's place.
 
 Runs in dom0 under ``ringkit xen-vm run --domu`` (``make test-xen``); skipped elsewhere.
 """
@@ -39,6 +44,7 @@ import anyio
 import anyio.abc
 import pytest
 from _harness import DOMU_TEST, kernel_backends_off
+from _slow_device import SlowDevice, Watch
 from ringkit.backends.block import BlockBackend, BlockService, ServiceConfig
 
 from ringkit import StoreError
@@ -59,13 +65,22 @@ EXT2_MAGIC_OFFSET = 1024 + 56       # s_magic in the superblock at byte 1024
 EXT2_MAGIC = 0xEF53
 NEGOTIATED = ("protocol", "ring-page-order", "multi-queue-num-queues", "feature-persistent")
 """Frontend nodes that say what Linux chose from the backend's offer."""
-FULL_OFFER = ServiceConfig()
+FULL_OFFER = ServiceConfig(io_depth=8)
 """The first connection: everything ringkit's backend offers by default (rings of up to 16
-pages, 4 queues, 256 indirect segments, persistent grants, discard, flush, barrier)."""
+pages, 4 queues, 256 indirect segments, persistent grants, discard, flush, barrier), each ring
+served 8 requests at once, answered as they complete."""
 PLAIN_OFFER = ServiceConfig(max_ring_page_order=0, max_queues=1, max_indirect_segments=0,
                             persistent=False)
 """The second connection: one ring page, one queue, direct requests, grants mapped per
-request."""
+request, served in ring order."""
+REORDER = (0.001, 0.004)
+"""Seconds: the first connection's disk waits a random while in this range before each access
+(a `SlowDevice` in front of the backend's io engine), so the requests in service at once
+finish in an order of their own."""
+CONNECTIONS: tuple[tuple[str, ServiceConfig, tuple[float, float] | None], ...] = (
+    ("written", FULL_OFFER, REORDER), ("verified", PLAIN_OFFER, None))
+"""Per connection: the guest's phase that ends it, the backend's offer, and its disk's delays
+(None: the backend's own engine, unslowed)."""
 SERVICE_LOG = "ringkit.backends.block.service"
 """Where `BlockService` says why it refused a request."""
 
@@ -119,12 +134,15 @@ class Reasons(logging.Handler):
 
 
 class ObservedBackend(BlockBackend):
-    """ringkit's block backend, unchanged, plus a record of each connection for the checks."""
+    """ringkit's block backend, unchanged, plus a record of each connection for the checks;
+    with `reorder`, its disk accesses wait a random while in that range (`SlowDevice`)."""
 
-    def __init__(self, *args: Any, reasons: Reasons, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reasons: Reasons,
+                 reorder: tuple[float, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections: list[Connection] = []
         self.reasons = reasons
+        self.reorder = reorder
 
     async def rings_mapped(self, nodes: Nodes) -> None:
         await super().rings_mapped(nodes)
@@ -136,8 +154,11 @@ class ObservedBackend(BlockBackend):
         record = Connection(frontend, len(self.queues), self.queues[0].order, self.persistent)
         self.connections.append(record)
         say(f"connected: {record.summary()}")
-        for service in self.services.values():
+        for index, service in self.services.items():
             service.handle = _counting(service, record, self.reasons)  # type: ignore[method-assign]
+            if self.reorder is not None:
+                service.engine = SlowDevice(service.engine, service.image, Watch(),
+                                            seed=index, delay=self.reorder)
 
 
 def _counting(service: BlockService, record: Connection, reasons: Reasons) -> Any:
@@ -178,11 +199,13 @@ async def detach(store: Store, address: DeviceAddress) -> None:
 
 
 async def serve(domain: Domain, address: DeviceAddress, image: Path, config: ServiceConfig,
-                reasons: Reasons, *, task_status: anyio.abc.TaskStatus[ObservedBackend]) -> None:
-    """Attach the disk and serve it with `config` until it is detached."""
+                reorder: tuple[float, float] | None, reasons: Reasons, *,
+                task_status: anyio.abc.TaskStatus[ObservedBackend]) -> None:
+    """Attach the disk and serve it with `config` (behind a disk slowed by `reorder`, if
+    given) until it is detached."""
     await attach(domain.store, address, image)
     async with ObservedBackend(domain, address.frontend_id, address.devid, image=image,
-                               config=config, reasons=reasons) as backend:
+                               config=config, reasons=reasons, reorder=reorder) as backend:
         task_status.started(backend)
         await backend.run()
 
@@ -272,6 +295,10 @@ async def test_linux_blkfront_file_system_survives_detach_and_reattach(tmp_path:
     assert reread.sectors_read * SECTOR_SIZE >= DATA_BYTES, reread
     assert written.discards > 0 and written.flushes > 0, written
     assert written.errors == written.unsupported == reread.errors == reread.unsupported == 0
+    # the first backend answered out of ring order (8 at once, behind the reordering disk),
+    # and the domU's checksums above held; the second, in ring order, never did
+    assert written.reordered > 0, written
+    assert reread.reordered == 0, reread
 
     # and the file itself holds what the domU wrote through it
     data = image.read_bytes()
@@ -283,8 +310,9 @@ async def test_linux_blkfront_file_system_survives_detach_and_reattach(tmp_path:
 
 async def run_guest(image: Path, env: dict[str, str], crc32c: Path,
                     backends: list[ObservedBackend], reasons: Reasons) -> Any:
-    """Boot the guest and serve it `image` twice (full offer, then plain), detaching after
-    each; return how the guest ended (a `DomUResult`)."""
+    """Boot the guest and serve it `image` twice (`CONNECTIONS`: the full offer at depth behind
+    a reordering disk, then the plain one), detaching after each; return how the guest ended
+    (a `DomUResult`)."""
     from ringkit.xen import open_domain
     from ringkit.xenvm.domu import DomU
 
@@ -294,13 +322,13 @@ async def run_guest(image: Path, env: dict[str, str], crc32c: Path,
             domid = await anyio.to_thread.run_sync(vm.start)
             address = DeviceAddress("vbd", domid, dom.domid, DEVID)
             try:
-                for done, offer in (("written", FULL_OFFER), ("verified", PLAIN_OFFER)):
+                for done, offer, reorder in CONNECTIONS:
                     if done == "verified":
                         await wait_phase(dom.store, vm, "detached", backends)
                     with anyio.fail_after(3 * STEP_SECONDS):
                         async with anyio.create_task_group() as tg:
                             backends.append(await tg.start(serve, dom, address, image, offer,
-                                                           reasons))
+                                                           reorder, reasons))
                             await wait_phase(dom.store, vm, done, backends)
                             await detach(dom.store, address)
                         # the backend's run() ended when it closed with online = 0

@@ -3,10 +3,12 @@ event loop never waiting for the disk, WRITE_BARRIER draining, FLUSH covering ev
 write, and O_DIRECT images -- on both I/O engines (io_uring and worker threads).
 
 The disk is made slow by hand -- its accesses sleep in their worker thread (thread engine), or a
-`SlowDevice` in front of io_uring waits a random while before each -- so that what overlaps and
-in which order things finish is visible.  Negative controls: at depth 1 the same load never
-overlaps; served without its drain, a barrier is overtaken by the request behind it; a device
-that answers writes before they are in the file is caught by the flush check."""
+`SlowDevice` (tests/_slow_device.py) in front of io_uring waits a random while before each -- so
+that what overlaps and in which order things finish is visible.  Behind a `SlowDevice`, a ring
+served at depth answers out of ring order (`ServiceStats.reordered`), every answer right.
+Negative controls: at depth 1 the same load never overlaps, nor reorders; served without its
+drain, a barrier is overtaken by the request behind it; a device that answers writes before
+they are in the file is caught by the flush check."""
 
 from __future__ import annotations
 
@@ -15,18 +17,15 @@ import os
 import random
 import tempfile
 import threading
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
-from ringkit.backends.block.engine import IoEngine, uring_unavailable
+from _slow_device import SLOW, SlowDevice, Watch
+from ringkit.backends.block.engine import uring_unavailable
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.service import BlockService, ServiceConfig
-from ringkit.frontends.block import ReadOp
+from ringkit.frontends.block import ReadOp, WriteOp
 from test_block_loopback import DISK, loopback
 
 from ringkit.proto.blkif import Op
@@ -34,128 +33,8 @@ from ringkit.requests import IncomingRequest
 
 pytestmark = pytest.mark.anyio
 
-SLOW = 0.05
-
-
 ENGINES = ["threads", pytest.param("uring", marks=pytest.mark.skipif(
     bool(uring_unavailable()), reason=f"io_uring unavailable: {uring_unavailable()}"))]
-
-
-class Watch:
-    """Counts what the slow device has in service at once, the order things finish in, and
-    the event loop's ticks (`ticks`, advanced by a ticker task of the test).
-
-    With `gather` > 1 an access that entered waits until that many are in service at once
-    before it goes on (the server must keep them all in service: if it did not, the access
-    would wait until the test's deadline); with `check_loop` it also waits until the event
-    loop ticked while it was in service -- impossible if the access blocked the loop.  Neither
-    depends on how fast the machine is."""
-
-    def __init__(self, *, gather: int = 1, check_loop: bool = False) -> None:
-        self.lock = threading.Lock()
-        self.running = 0
-        self.most = 0
-        self.finished: list[str] = []
-        self.gather = gather
-        self.check_loop = check_loop
-        self.ticks = 0
-        self.gathered = False
-
-    def enter(self) -> int:
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-            if self.running >= self.gather:
-                self.gathered = True
-            return self.ticks
-
-    def ready(self, ticks_at_entry: int) -> bool:
-        """Whether an access that entered at `ticks_at_entry` may go on."""
-        with self.lock:
-            return self.gathered and (not self.check_loop or self.ticks > ticks_at_entry)
-
-    def leave(self, name: str) -> None:
-        with self.lock:
-            self.running -= 1
-            self.finished.append(name)
-
-    def slow(self, name: str, call: object) -> object:
-        """`call` made slow in the thread that runs it (the thread engine's own device)."""
-        def run(*args: object) -> None:
-            entered = self.enter()
-            try:
-                while not self.ready(entered):
-                    time.sleep(SLOW / 50)
-                time.sleep(SLOW)
-                call(*args)  # type: ignore[operator]
-            finally:
-                self.leave(name)
-        return run
-
-
-class SlowDevice(IoEngine):
-    """A slow, reordering device in front of a real engine: each access waits a random while
-    (seeded) before the engine does it, so requests in service at once finish in an order of
-    their own.  At the start of each flush it copies the image (`at_flush`): what that fdatasync
-    makes durable.  With `early_ack_tg` it is the broken device the ordering tests must catch:
-    a write returns at once and lands in the file only later, in that task group."""
-
-    name = "slow"
-
-    def __init__(self, inner: IoEngine, image: Image, watch: Watch, *, seed: int = 7,
-                 early_ack_tg: anyio.abc.TaskGroup | None = None) -> None:
-        self.inner = inner
-        self.path = image.path
-        self.watch = watch
-        self.rng = random.Random(seed)
-        self.early_ack_tg = early_ack_tg
-        self.at_flush: list[bytes] = []
-        self.flushed = anyio.Event()
-        """Set once a flush took its copy of the image (`at_flush`)."""
-        self.held: set[int] = set()
-        """Byte offsets of writes that wait for `release` before they go to the device."""
-        self.release = anyio.Event()
-
-    async def _slow(self, name: str, call: Any, *args: Any) -> None:
-        entered = self.watch.enter()
-        try:
-            while not self.watch.ready(entered):
-                await anyio.sleep(SLOW / 50)
-            await anyio.sleep(self.rng.uniform(SLOW / 2, 1.5 * SLOW))
-            await call(*args)
-        finally:
-            self.watch.leave(name)
-
-    async def read(self, image: Image, views: Sequence[memoryview], offset: int,
-                   length: int) -> None:
-        await self._slow("read", self.inner.read, image, views, offset, length)
-
-    async def write(self, image: Image, views: Sequence[memoryview], offset: int,
-                    length: int) -> None:
-        if self.early_ack_tg is None:
-            if offset in self.held:
-                await self.release.wait()
-            await self._slow("write", self.inner.write, image, views, offset, length)
-            return
-        data = [memoryview(bytes(v)) for v in views]     # the pages go back with the answer
-
-        async def later() -> None:
-            await self.flushed.wait()                    # lands only after the flush began
-            await self.inner.write(image, data, offset, length)
-        self.early_ack_tg.start_soon(later)
-
-    async def flush(self, image: Image) -> None:
-        async def flush() -> None:
-            self.at_flush.append(self.path.read_bytes())
-            self.flushed.set()
-            await self.inner.flush(image)
-        await self._slow("flush", flush)
-
-    async def discard(self, image: Image, offset: int, length: int) -> None:
-        await self._slow("discard", self.inner.discard, image, offset, length)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def cold(svc: BlockService, watch: Watch) -> None:
@@ -200,6 +79,32 @@ async def test_reads_overlap_up_to_the_depth_and_the_loop_keeps_running(
     # reached the depth, and that the event loop ran while every access was in service, the
     # gate above makes a condition of finishing at all
     assert watch.most == depth, watch.most
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("depth", [8, 1])
+async def test_a_reordering_device_at_depth_answers_out_of_ring_order(
+        tmp_path: Path, depth: int, engine: str) -> None:
+    """32 writes of random data, then 32 reads of it, each batch on the ring at once, behind a
+    device that finishes each access after a random while: at depth 8 answers go out of ring
+    order, each carrying the right data; at depth 1 (the negative control) none does."""
+    rng = random.Random(depth)
+    blocks = [rng.randbytes(4096) for _ in range(32)]
+    config = ServiceConfig(io_depth=depth, io_engine=engine)
+    async with loopback(tmp_path, config=config) as (client, svc, _):
+        svc.image.read_cached = lambda *args: False  # type: ignore[method-assign]
+        svc.engine = SlowDevice(svc.engine, svc.image, Watch(), delay=(0.001, 0.01))
+        buffers = [bytearray(4096) for _ in blocks]
+        with anyio.fail_after(60):
+            written = await client.submit([WriteOp(i * 8192, b) for i, b in enumerate(blocks)])
+            read = await client.submit([ReadOp(i * 8192, b) for i, b in enumerate(buffers)])
+    assert written == read == [None] * 32
+    assert buffers == blocks
+    assert svc.stats.requests == 64 and svc.stats.errors == 0
+    if depth == 1:
+        assert svc.stats.reordered == 0
+    else:
+        assert 0 < svc.stats.reordered < 64, svc.stats
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -323,7 +228,7 @@ async def _flush_covers(tmp_path: Path, engine: str, *, early_ack: bool) -> None
     config = ServiceConfig(io_depth=16, io_engine=engine)
     async with (loopback(tmp_path, config=config) as (client, svc, _),
                 anyio.create_task_group() as background):
-            device = SlowDevice(svc.engine, svc.image, watch,
+            device = SlowDevice(svc.engine, svc.image, watch, copy_at_flush=True,
                                 early_ack_tg=background if early_ack else None)
             # blocks 6.. stay in service until the FLUSH was sent, so that it overlaps them
             device.held = {i * 8192 for i in range(6, 16)}
