@@ -514,7 +514,7 @@ class _PathDriver:
                 if rest:
                     await server._start(self.tg, self.limiter, self.one,
                                         server._incoming(rest, buf=path.rest),
-                                        path.rest_seqs[:rest])
+                                        path.rest_seqs[0:rest])
                 start += consumed
                 if stop == 1:
                     await server._start(self.tg, self.limiter, self.one,
