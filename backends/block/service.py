@@ -62,7 +62,7 @@ _WRITES = frozenset({Op.WRITE, Op.WRITE_BARRIER, Op.FLUSH_DISKCACHE, Op.DISCARD}
 MIN_BURST = 32
 """Most requests a ring's server takes at once when the ring is smaller: up to a whole ring's
 worth, so a frontend that filled a 16-page ring is answered with one push too."""
-PAGE_SIZE = 4096
+_PAGE_SIZE = 4096
 PUSH_AFTER_SECTORS = 128
 """A request moving this many sectors (64 KiB) or more is answered at once, without waiting
 for the rest of its burst (`IncomingRequest.urgent`)."""
@@ -285,7 +285,7 @@ def burst_for(config: ServiceConfig) -> int:
     """The most requests a ring's server takes at once by default (a whole ring of the
     largest size `config` offers, at least `MIN_BURST`): `backends.block.queue.serve_ring`'s
     burst, and the size of a fast path's buffers."""
-    return max(MIN_BURST, blkif.RING_LAYOUT.entries(PAGE_SIZE << config.max_ring_page_order))
+    return max(MIN_BURST, blkif.RING_LAYOUT.entries(_PAGE_SIZE << config.max_ring_page_order))
 
 
 class _Drain:

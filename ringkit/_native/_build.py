@@ -1126,7 +1126,9 @@ static long rk_blkif_serve(rk_pgrant_table *t, int fd, uint64_t sectors, unsigne
 
    The walk stops, leaving that slot and the rest of the burst to the caller, at a WRITE_BARRIER
    (RK_AIO_STOP_ORDER: it waits for every request before it, so nothing at or after it is taken
-   here) and when every entry is in flight (RK_AIO_STOP_FULL: the caller reaps, then goes on).
+   here) and when every entry is in flight (RK_AIO_STOP_FULL: the caller reaps, then goes on;
+   never reported when a refused submission left entries free, as the caller would wait for a
+   completion that cannot come).
    Any other slot it does not take -- a ref not in the table, an INDIRECT, FLUSH, DISCARD, a bad
    count or range, a READ into a read-only entry, an operation the flags exclude, an O_DIRECT
    request not aligned to `align` -- is copied to `rest`, with its sequence number, for the
@@ -1274,8 +1276,10 @@ static long rk_blkif_aio_submit(rk_blkif_aio *a, const rk_pgrant_table *t, int f
     size_t i = 0;
     memset(info, 0, 6 * sizeof *info);
     if (!a || !rk_pgrant_ok(t) || count > length / RK_BLKIF_REQUEST_SIZE
-        || count > rest_length / RK_BLKIF_REQUEST_SIZE || align == 0 || (align & (align - 1))
-        || align > 4096)
+#ifndef RK_AIO_SKIP_REST_BOUND            /* the negative control's build only */
+        || count > rest_length / RK_BLKIF_REQUEST_SIZE
+#endif
+        || align == 0 || (align & (align - 1)) || align > 4096)
         return -1;
 #ifdef RK_HAVE_URING
     {
@@ -1326,8 +1330,20 @@ static long rk_blkif_aio_submit(rk_blkif_aio *a, const rk_pgrant_table *t, int f
                 }
             }
             if (!a->nfree || !(sqe = rk_uring_sqe(a->ring))) {
-                info[1] = RK_AIO_STOP_FULL;              /* this slot is not consumed */
-                break;
+                /* full -- unless the kernel refuses what is pending: then those entries are
+                   free again, and this slot, like every later one, goes to rest */
+                if (pending) {
+                    rk_aio_flush(a, used, pending, rest, rest_seqs, info);
+                    pending = 0;
+                    if (info[2]) {
+                        rk_aio_rest(rest, rest_seqs, info, s, seq + i);
+                        continue;
+                    }
+                }
+                if (!a->nfree || !(sqe = rk_uring_sqe(a->ring))) {
+                    info[1] = RK_AIO_STOP_FULL;          /* this slot is not consumed */
+                    break;
+                }
             }
             used[pending] = a->free[--a->nfree];
             e = &a->entries[used[pending]];

@@ -21,6 +21,9 @@
  *                                    a model, random bursts served against a temporary file
  *   sanitize_fuzz shadow SEED ROUNDS   the blkfront shadow table: random batches submitted,
  *                                    random and hostile bursts completed, its books checked
+ *   sanitize_fuzz aio SEED SESSIONS    the blkif burst server at depth: random and hostile
+ *                                    bursts submitted to io_uring against a temporary image,
+ *                                    reaped, every request's fate checked by its number
  */
 #define _GNU_SOURCE 1   /* preadv2, as Python.h gives the cffi build */
 #include <errno.h>
@@ -1080,6 +1083,606 @@ static int run_shadow(unsigned long rounds)
     return 0;
 }
 
+/* ---------------------------------------------------------------- the blkif burst server at depth
+
+   rk_blkif_aio_*: sessions of one server each -- capacity 1..64 mostly, so that it fills up
+   (STOP_FULL), now and then past RK_AIO_BATCH so that one call submits several batches -- fed
+   bursts of random and hostile slots: bad operations, 0/12/255 segments, refs in and not in a
+   persistent-grant table of real pages (some entries read-only), reversed and out-of-page
+   sector ranges, sectors past the disk and near 2**64, WRITE_BARRIERs in the middle.  The
+   image is a temporary file of AIO_DISK sectors whose size is also the process's
+   RLIMIT_FSIZE, so that it never grows: a READ past its end moves fewer bytes than asked (or
+   none), a WRITE past it too (or fails with EFBIG), and every request's outcome is known
+   beforehand.  Sessions use that file read-write, a read-only descriptor of it, fd -1, or a
+   pipe's read end (its READs wait until a byte is written or the server is closed).  Between
+   bursts the table changes (requests in flight keep their pages); now and then the kernel
+   refuses a call's submission (the ring's descriptor briefly names the image instead:
+   io_uring_enter fails with EOPNOTSUPP).
+
+   Every buffer is malloc'd with exactly the length the call claims (the burst, `rest`, `out`
+   and `back` exactly `count` / `cap` slots, sequence arrays exactly that many numbers; some
+   calls claim more than they have and must be refused), and the burst is freed as soon as
+   rk_blkif_aio_submit returns: the server must keep its own copies.  The contract is checked
+   slot by slot, against the harness's own reading of it (aio_takes, aio_moves_all): each
+   consumed slot was either submitted (and then it is a request the server may take) or copied
+   byte for byte to `rest` (and then it is one it may not take, unless the kernel refused the
+   submission); consumed == submitted + rest; the walk stops exactly at a WRITE_BARRIER or when
+   every entry is in flight; every submitted request comes back exactly once across the reaps,
+   by its sequence number -- answered OKAY (its id, its operation, status 0, the rest zero) if
+   and only if its I/O moves all its bytes, otherwise handed back byte for byte -- with the
+   sector counts adding up; the server's in_flight is the harness's count after every call and
+   goes back to 0.  Sessions end drained, or closed with requests still in the kernel (close
+   must cancel and wait for them before the pages are freed). */
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+
+#define AIO_PAGES 12
+#define AIO_REFS 20             /* the refs a slot names: 1..AIO_REFS (the table holds some) */
+#define AIO_DISK 256            /* the image's sectors */
+#define AIO_MAX_BURST 160
+
+enum { AIO_FILE, AIO_FILE_RDONLY, AIO_BADFD, AIO_PIPE };
+enum { AIO_UNSEEN, AIO_FLIGHT, AIO_DONE };
+
+typedef struct {
+    uint8_t slot[RK_BLKIF_REQUEST_SIZE];    /* the slot as given */
+    uint64_t sectors;
+    uint8_t state;
+    uint8_t moves_all;          /* its I/O moves every byte: answered OKAY, else handed back */
+} aio_rec;
+
+typedef struct {
+    rk_blkif_aio *aio;
+    rk_pgrant_table *table;
+    int kind, fd, pipe_w, decoy;       /* decoy: a descriptor that is no io_uring */
+    unsigned capacity, flags, in_flight, pipe_reads;
+    uint64_t sectors, align, base;      /* base: the sequence number of the session's slot 0 */
+    aio_rec *recs;
+    size_t nrec;
+} aio_session;
+
+static uint8_t *aio_page[AIO_PAGES];
+static struct { int page, writable; } aio_model[AIO_REFS + 1];   /* page -1: not in the table */
+static struct {
+    unsigned long submitted, answered, back, short_back, full, order, batches, refused,
+        unaligned, closed_busy, kernel_refused;
+} aio_count;
+
+/* The model's entry for `ref`, or NULL when the table does not hold it. */
+static const uint8_t *aio_lookup(uint32_t ref, int *writable)
+{
+    if (ref < 1 || ref > AIO_REFS || aio_model[ref].page < 0)
+        return NULL;
+    *writable = aio_model[ref].writable;
+    return aio_page[aio_model[ref].page];
+}
+
+/* Whether the server may take slot `s` (the contract of rk_blkif_aio_submit written out
+   again): a READ (a READ flag) or WRITE (RK_FAST_WRITE) of 1..11 direct segments, each a range
+   lo <= hi < 8 of a ref the table holds (a READ: writable), the sectors inside the disk, and
+   -- adjacent segments merged into one buffer, as the server does -- every buffer, every
+   length and the offset aligned to `align`.  *total: its sectors. */
+static int aio_takes(const aio_session *x, const uint8_t *s, uint64_t *total, int *unaligned)
+{
+    struct iovec v[RK_BLKIF_MAX_SEGMENTS];
+    unsigned op = s[0], nseg = s[1], j, n = 0;
+    uint64_t sector = rk_le64(s + 16);
+    *total = 0;
+    *unaligned = 0;
+    if (nseg < 1 || nseg > RK_BLKIF_MAX_SEGMENTS)
+        return 0;
+    if (!((op == 0 && (x->flags & (RK_FAST_READ_PLAIN | RK_FAST_READ_NOWAIT)))
+          || (op == 1 && (x->flags & RK_FAST_WRITE))))
+        return 0;
+    for (j = 0; j < nseg; j++) {
+        const uint8_t *g = s + 24 + 8 * j, *page;
+        int writable;
+        uint8_t lo = g[4], hi = g[5];
+        if (hi > 7 || lo > hi || !(page = aio_lookup(rk_le32(g), &writable)))
+            return 0;
+        if (op == 0 && !writable)
+            return 0;
+        *total += (uint64_t)(hi - lo) + 1;
+        if (n && (const uint8_t *)v[n - 1].iov_base + v[n - 1].iov_len == page + lo * 512) {
+            v[n - 1].iov_len += (size_t)(hi - lo + 1) * 512;
+        } else {
+            v[n].iov_base = (void *)(page + lo * 512);
+            v[n].iov_len = (size_t)(hi - lo + 1) * 512;
+            n++;
+        }
+    }
+    if (sector > x->sectors || *total > x->sectors - sector || sector > (uint64_t)INT64_MAX / 1024)
+        return 0;
+    *unaligned = (sector * 512) % x->align != 0;
+    for (j = 0; j < n; j++)
+        *unaligned |= (uintptr_t)v[j].iov_base % x->align != 0 || v[j].iov_len % x->align != 0;
+    return !*unaligned;
+}
+
+/* Whether a request the server took moves all its bytes: the image stays AIO_DISK sectors
+   long (RLIMIT_FSIZE), fd -1 and a WRITE to a read-only fd fail, a pipe's READ gets a byte at
+   a time (or is cancelled) and a WRITE to its read end fails. */
+static int aio_moves_all(const aio_session *x, const uint8_t *s, uint64_t total)
+{
+    int inside = rk_le64(s + 16) + total <= AIO_DISK;
+    switch (x->kind) {
+    case AIO_FILE: return inside;
+    case AIO_FILE_RDONLY: return inside && s[0] == 0;
+    default: return 0;
+    }
+}
+
+static aio_rec *aio_rec_of(const aio_session *x, uint64_t seq)
+{
+    uint64_t at = seq - x->base;
+    CHECK(at < x->nrec);
+    return &x->recs[at];
+}
+
+/* One rk_blkif_aio_reap of up to `cap`, checked; returns the completions it consumed. */
+static unsigned aio_reap(aio_session *x, size_t cap)
+{
+    size_t out_length = cap * RK_BLKIF_REQUEST_SIZE, back_length = out_length, k;
+    uint8_t *out, *back;
+    uint64_t *seqs, *back_seqs, *info, sums[2] = {0, 0};
+    int bad = 0;
+    long r;
+
+    where = "rk_blkif_aio_reap";
+    if (cap && one_in(16)) {            /* claims room it does not have */
+        bad = 1;
+        if (one_in(2))
+            out_length = (size_t)below(out_length);
+        else
+            back_length = (size_t)below(back_length);
+    }
+    out = output(out_length, 1);
+    back = output(back_length, 1);
+    seqs = output(cap, sizeof *seqs);
+    back_seqs = output(cap, sizeof *back_seqs);
+    info = output(3, sizeof *info);
+    r = rk_blkif_aio_reap(x->aio, cap, (char *)out, out_length, seqs, (char *)back, back_length,
+                          back_seqs, info);
+    if (bad) {
+        CHECK(r == -1 && rk_blkif_aio_in_flight(x->aio) == x->in_flight);
+        r = 0;
+        info[0] = 0;
+    } else {
+        CHECK(r >= 0 && info[0] <= cap - (size_t)r);
+        for (k = 0; k < (size_t)r; k++) {
+            aio_rec *rec = aio_rec_of(x, seqs[k]);
+            const uint8_t *a = out + k * RK_BLKIF_REQUEST_SIZE;
+            size_t b;
+            CHECK(rec->state == AIO_FLIGHT);
+            CHECK(rec->moves_all);      /* OKAY only for a request that moved all its bytes */
+            CHECK(memcmp(a, rec->slot + 8, 8) == 0 && a[8] == rec->slot[0]);
+            for (b = 9; b < RK_BLKIF_REQUEST_SIZE; b++)
+                CHECK(a[b] == 0);       /* status 0 (OKAY), padding zeroed */
+            sums[rec->slot[0]] += rec->sectors;
+            rec->state = AIO_DONE;
+            x->pipe_reads -= x->kind == AIO_PIPE && rec->slot[0] == 0;
+        }
+        for (k = 0; k < info[0]; k++) {
+            aio_rec *rec = aio_rec_of(x, back_seqs[k]);
+            CHECK(rec->state == AIO_FLIGHT);
+            CHECK(!rec->moves_all);     /* handed back only when it could not */
+            CHECK(memcmp(back + k * RK_BLKIF_REQUEST_SIZE, rec->slot,
+                         RK_BLKIF_REQUEST_SIZE) == 0);
+            rec->state = AIO_DONE;
+            x->pipe_reads -= x->kind == AIO_PIPE && rec->slot[0] == 0;
+            aio_count.short_back += x->kind == AIO_FILE;
+        }
+        CHECK(info[1] == sums[0] && info[2] == sums[1]);
+        aio_count.answered += (unsigned long)r;
+        aio_count.back += info[0];
+        x->in_flight -= (unsigned)r + (unsigned)info[0];
+        CHECK(rk_blkif_aio_in_flight(x->aio) == x->in_flight);
+    }
+    r += (long)info[0];
+    free(info);
+    free(back_seqs);
+    free(seqs);
+    free(back);
+    free(out);
+    return (unsigned)r;
+}
+
+/* Wait (briefly) for completions: a pipe's READs get a byte to finish with. */
+static void aio_wait(const aio_session *x)
+{
+    struct pollfd pfd = {rk_blkif_aio_eventfd(x->aio), POLLIN, 0};
+    uint64_t events;
+    if (x->kind == AIO_PIPE && x->pipe_reads)
+        CHECK(write(x->pipe_w, "x", 1) == 1);
+    poll(&pfd, 1, 20);
+    if (read(pfd.fd, &events, sizeof events) < 0)
+        CHECK(errno == EAGAIN);
+}
+
+/* A reap's capacity: small (0 included) or large; `least`: at least that. */
+static size_t aio_any_cap(const aio_session *x, size_t least)
+{
+    size_t cap = one_in(2) ? (size_t)below(4) : (size_t)below(2 * x->capacity + 8);
+    return cap < least ? least : cap;
+}
+
+/* A ref the table holds writable (now and then any ref), for slots the server takes. */
+static uint32_t aio_good_ref(void)
+{
+    uint32_t ref = 1 + (uint32_t)below(AIO_REFS), k;
+    for (k = 0; k < AIO_REFS && !one_in(64); k++, ref = ref % AIO_REFS + 1)
+        if (aio_model[ref].page >= 0 && aio_model[ref].writable)
+            break;
+    return ref;
+}
+
+/* A random slot: a READ or WRITE the server may take, or something hostile; `clean`: mostly
+   the former (long runs of them fill a server past RK_AIO_BATCH in one call). */
+static void aio_slot(const aio_session *x, uint8_t *s, int clean)
+{
+    static const uint8_t bad_ops[] = {3, 4, 5, 6, 7, 8, 255};
+    static const uint8_t bad_counts[] = {0, 12, 255};
+    int whole = x->align > 512 || one_in(2);       /* whole pages, sectors multiples of 8 */
+    unsigned odds = clean ? 400 : 1, j;
+    uint64_t sector;
+
+    s[0] = one_in(30 * odds) ? 2 : one_in(15 * odds) ? bad_ops[below(sizeof bad_ops)]
+                                                     : (uint8_t)below(2);
+    s[1] = one_in(16 * odds) ? bad_counts[below(3)] : (uint8_t)(1 + below(one_in(3) ? 11 : 3));
+    switch (clean ? 6 + below(18) : below(24)) {
+    case 0: sector = rnd(); break;
+    case 1: sector = UINT64_MAX - below(64); break;
+    case 2: sector = (uint64_t)INT64_MAX / 1024 - 1 + below(3); break;
+    case 3: sector = x->sectors - below(12); break;
+    case 4: case 5: sector = AIO_DISK - below(24); break;     /* across the image's end */
+    default:
+        sector = below(AIO_DISK + 64);
+        if (whole && !one_in(8))
+            sector &= ~(uint64_t)7;
+    }
+    memcpy(s + 16, &sector, 8);
+    for (j = 0; j < RK_BLKIF_MAX_SEGMENTS; j++) {
+        uint8_t *e = s + 24 + 8 * j;
+        uint32_t ref = clean ? aio_good_ref() : one_in(12) ? (uint32_t)rnd()
+                                                            : (uint32_t)(1 + below(AIO_REFS));
+        if (j && one_in(3) && e[-3] < 7 && e[-4] <= e[-3]) {
+            /* the previous segment's page, right after it: merged into one buffer */
+            memcpy(e, e - 8, 4);
+            e[4] = (uint8_t)(e[-3] + 1);
+            e[5] = (uint8_t)(e[4] + below(8u - e[4]));
+        } else {
+            memcpy(e, &ref, 4);
+            if (whole && !one_in(8)) {
+                e[4] = 0;
+                e[5] = 7;
+            } else {
+                sectors(e, 10);         /* now and then reversed or past the page */
+            }
+        }
+    }
+}
+
+/* How many of the `n` slots at `s` go to rest before any could be submitted (none is a
+   request the server takes, nor a WRITE_BARRIER). */
+static size_t aio_leading_rest(const aio_session *x, const uint8_t *s, size_t n)
+{
+    size_t k;
+    for (k = 0; k < n; k++, s += RK_BLKIF_REQUEST_SIZE) {
+        uint64_t total;
+        int unaligned;
+        if (s[0] == 2 || aio_takes(x, s, &total, &unaligned))
+            break;
+    }
+    return k;
+}
+
+/* Submit `count` slots of `burst` (session slots g0...), as a caller does: from where the
+   last call stopped, the barrier given to the Python path, reaping when the server is full. */
+static void aio_submit_burst(aio_session *x, const uint8_t *burst, size_t count, size_t g0)
+{
+    static const uint64_t bad_align[] = {0, 3, 8192, 6, 513, 1ull << 63, UINT64_MAX};
+    size_t pos = 0, stuck = 0;
+    while (pos < count) {
+        size_t n = count - pos, length = n * RK_BLKIF_REQUEST_SIZE, rest_length = length, k;
+        uint64_t align = x->align, seq = x->base + g0 + pos, *rest_seqs, *info, sums[2] = {0, 0};
+        uint8_t *slots, *rest, *mark;
+        rk_pgrant_table bad_table = {x->table->entries, 12, 0};
+        const rk_pgrant_table *table = x->table;
+        int bad = 0, sabotage = 0, saved = -1;
+        unsigned submitted = 0;
+        uint64_t stop;
+        long r;
+
+        where = "rk_blkif_aio_submit";
+        switch (below(24)) {            /* a call that must be refused, doing nothing */
+        case 0: bad = 1; length = (size_t)below(length); break;
+        case 1:
+            /* `rest` shorter than the slots that would go there first: without the bound
+               check the server writes past it */
+            k = aio_leading_rest(x, burst + pos * RK_BLKIF_REQUEST_SIZE, n);
+            if (k) {
+                bad = 1;
+                rest_length = (size_t)below(k * RK_BLKIF_REQUEST_SIZE);
+            }
+            break;
+        case 2: bad = 1; align = bad_align[below(sizeof bad_align / sizeof *bad_align)]; break;
+        case 3: if (one_in(4)) { bad = 1; table = &bad_table; } break;
+        default: break;
+        }
+        if (length == n * RK_BLKIF_REQUEST_SIZE && one_in(8))
+            length += (size_t)below(RK_BLKIF_REQUEST_SIZE);    /* more bytes than slots: fine */
+        slots = output(length, 1);
+        memcpy(slots, burst + pos * RK_BLKIF_REQUEST_SIZE,
+               length < n * RK_BLKIF_REQUEST_SIZE ? length : n * RK_BLKIF_REQUEST_SIZE);
+        rest = output(rest_length, 1);
+        rest_seqs = output(n, sizeof *rest_seqs);
+        info = output(6, sizeof *info);
+#ifdef RK_HAVE_URING
+        if (!bad && one_in(12)) {
+            /* the kernel refuses the submission: for this call the ring's descriptor names
+               a file (io_uring_enter: EOPNOTSUPP); its requests' slots must go to rest */
+            sabotage = 1;
+            saved = dup(x->aio->ring->fd);
+            CHECK(saved >= 0 && dup2(x->decoy, x->aio->ring->fd) == x->aio->ring->fd);
+        }
+#endif
+        r = rk_blkif_aio_submit(x->aio, table, x->fd, x->sectors, x->flags, align, seq,
+                                (const char *)slots, length, n, (char *)rest, rest_length,
+                                rest_seqs, info);
+#ifdef RK_HAVE_URING
+        if (sabotage) {
+            CHECK(dup2(saved, x->aio->ring->fd) == x->aio->ring->fd);
+            close(saved);
+        }
+#endif
+        free(slots);                    /* the server keeps what it needs */
+        if (bad) {
+            CHECK(r == -1 && rk_blkif_aio_in_flight(x->aio) == x->in_flight);
+            for (k = 0; k < 6; k++)
+                CHECK(info[k] == 0);
+            aio_count.refused++;
+            free(info);
+            free(rest_seqs);
+            free(rest);
+            continue;
+        }
+        CHECK(r >= 0 && (size_t)r <= n && info[0] <= (uint64_t)r);
+        mark = calloc(n + 1, 1);
+        CHECK(mark != NULL);
+        for (k = 0; k < info[0]; k++) {         /* rest: consumed slots, each once, verbatim */
+            uint64_t at = rest_seqs[k] - seq;
+            CHECK(at < (uint64_t)r && !mark[at]);
+            mark[at] = 1;
+            CHECK(memcmp(rest + k * RK_BLKIF_REQUEST_SIZE,
+                         burst + (pos + at) * RK_BLKIF_REQUEST_SIZE, RK_BLKIF_REQUEST_SIZE) == 0);
+        }
+        for (k = 0; k < (size_t)r; k++) {
+            const uint8_t *s = burst + (pos + k) * RK_BLKIF_REQUEST_SIZE;
+            aio_rec *rec = &x->recs[g0 + pos + k];
+            uint64_t total;
+            int unaligned, takes = aio_takes(x, s, &total, &unaligned);
+            CHECK(s[0] != 2);                   /* a WRITE_BARRIER is never consumed */
+            CHECK(rec->state == AIO_UNSEEN);
+            if (mark[k]) {
+                CHECK(!takes || info[2] != 0);  /* only a refused submission hands one over */
+                aio_count.unaligned += (unsigned long)unaligned;
+                rec->state = AIO_DONE;
+                continue;
+            }
+            CHECK(takes);
+            memcpy(rec->slot, s, RK_BLKIF_REQUEST_SIZE);
+            rec->sectors = total;
+            rec->moves_all = (uint8_t)aio_moves_all(x, s, total);
+            rec->state = AIO_FLIGHT;
+            sums[s[0]] += total;
+            x->pipe_reads += x->kind == AIO_PIPE && s[0] == 0;
+            submitted++;
+        }
+        CHECK(info[3] == submitted && (uint64_t)r == submitted + info[0]);
+        CHECK(!sabotage || submitted == 0);
+        aio_count.kernel_refused += info[2] != 0;
+        CHECK(info[4] == sums[0] && info[5] == sums[1]);
+        x->in_flight += submitted;
+        CHECK(rk_blkif_aio_in_flight(x->aio) == x->in_flight);
+        CHECK(x->in_flight <= x->capacity);
+        if ((size_t)r == n) {
+            CHECK(info[1] == RK_AIO_STOP_NONE);
+        } else if (info[1] == RK_AIO_STOP_ORDER) {
+            CHECK(burst[(pos + (size_t)r) * RK_BLKIF_REQUEST_SIZE] == 2);
+        } else {                                /* full: at a slot it would take */
+            uint64_t total;
+            int unaligned, takes = aio_takes(x, burst + (pos + (size_t)r) * RK_BLKIF_REQUEST_SIZE,
+                                             &total, &unaligned);
+            CHECK(info[1] == RK_AIO_STOP_FULL && info[2] == 0);
+            CHECK(x->in_flight == x->capacity);
+            CHECK(takes);
+        }
+        aio_count.submitted += submitted;
+        aio_count.batches += submitted > RK_AIO_BATCH;
+        stop = info[1];
+        free(mark);
+        free(info);
+        free(rest_seqs);
+        free(rest);
+        pos += (size_t)r;
+        if (stop == RK_AIO_STOP_ORDER) {
+            aio_count.order++;
+            x->recs[g0 + pos].state = AIO_DONE;  /* the barrier: the Python path's */
+            pos++;
+        } else if (stop == RK_AIO_STOP_FULL) {  /* reap, then go on */
+            aio_count.full++;
+            if (aio_reap(x, aio_any_cap(x, 1)) == 0) {
+                aio_wait(x);
+                if (++stuck > 50)
+                    break;                      /* the rest of the burst: the Python path's */
+            }
+        }
+    }
+}
+
+/* One session: a server opened, bursts submitted and reaped at random, then drained or closed
+   with requests in flight.  0, or the errno of an io_uring the kernel refused. */
+static int aio_session_run(rk_pgrant_table *table, int file, int file_ro)
+{
+    static const int kinds[] = {AIO_FILE, AIO_FILE, AIO_FILE, AIO_FILE, AIO_FILE, AIO_FILE,
+                                AIO_FILE_RDONLY, AIO_BADFD, AIO_PIPE, AIO_PIPE};
+    aio_session x;
+    int err = 0, fds[2] = {-1, -1};
+    unsigned bursts = 1 + (unsigned)below(12), b, i;
+    size_t g = 0;
+
+    memset(&x, 0, sizeof x);
+    where = "rk_blkif_aio_open";
+    if (one_in(20)) {
+        CHECK(rk_blkif_aio_open(one_in(2) ? 0 : 4097 + (unsigned)below(100000), &err) == NULL);
+        CHECK(err == EINVAL);
+    }
+    x.capacity = one_in(6) ? 65 + (unsigned)below(140) : 1 + (unsigned)below(64);
+    x.aio = rk_blkif_aio_open(x.capacity, &err);
+    if (!x.aio) {
+        CHECK(err != 0);
+        return err;
+    }
+    CHECK(err == 0 && rk_blkif_aio_in_flight(x.aio) == 0 && rk_blkif_aio_eventfd(x.aio) >= 0);
+    x.table = table;
+    x.decoy = file_ro;
+    x.kind = kinds[below(sizeof kinds / sizeof *kinds)];
+    if (x.kind == AIO_PIPE) {
+        CHECK(pipe(fds) == 0);
+        x.fd = fds[0];
+        x.pipe_w = fds[1];
+    } else {
+        x.fd = x.kind == AIO_FILE ? file : x.kind == AIO_FILE_RDONLY ? file_ro : -1;
+    }
+    switch (below(10)) {
+    case 0: x.sectors = AIO_DISK; break;
+    case 1: x.sectors = below(AIO_DISK); break;
+    case 2: x.sectors = UINT64_MAX - below(8); break;
+    case 3: x.sectors = 1ull << 62; break;
+    default: x.sectors = AIO_DISK + 64; break;   /* READs past the image's end are short */
+    }
+    x.flags = one_in(4) ? (unsigned)below(8) : 7;
+    x.align = one_in(2) ? 1 : one_in(2) ? 512 : 4096;
+    x.base = one_in(4) ? UINT64_MAX - below(200) : rnd();  /* numbers may wrap */
+    x.recs = calloc(bursts * (size_t)AIO_MAX_BURST, sizeof *x.recs);
+    CHECK(x.recs != NULL);
+    x.nrec = bursts * (size_t)AIO_MAX_BURST;
+
+    for (b = 0; b < bursts; b++) {
+        size_t count = one_in(4) || (x.capacity > RK_AIO_BATCH && one_in(2))
+            ? (size_t)below(AIO_MAX_BURST + 1) : (size_t)below(24);
+        uint8_t *burst = random_bytes(count * RK_BLKIF_REQUEST_SIZE);
+        int clean = one_in(3);
+        for (i = 0; i < count; i++)
+            aio_slot(&x, burst + (size_t)i * RK_BLKIF_REQUEST_SIZE, clean);
+        aio_submit_burst(&x, burst, count, g);
+        g += count;
+        free(burst);
+        while (one_in(2))
+            aio_reap(&x, aio_any_cap(&x, 0));
+        if (one_in(3)) {                /* the table changes: in-flight requests keep theirs */
+            uint32_t ref = 1 + (uint32_t)below(AIO_REFS);
+            where = "rk_pgrant";
+            if (one_in(3)) {
+                CHECK(rk_pgrant_drop(table, ref) == (aio_model[ref].page >= 0));
+                aio_model[ref].page = -1;
+            } else {                    /* AIO_REFS < capacity / 2: never full */
+                aio_model[ref].page = (int)below(AIO_PAGES);
+                aio_model[ref].writable = !one_in(3);
+                CHECK(rk_pgrant_put(table, ref,
+                                    (uint64_t)(uintptr_t)aio_page[aio_model[ref].page],
+                                    aio_model[ref].writable) >= 0);
+            }
+        }
+    }
+    where = "rk_blkif_aio_close";
+    if (x.in_flight && one_in(3)) {
+        aio_count.closed_busy++;
+    } else {
+        for (i = 0; i < 500 && x.in_flight; i++)
+            if (aio_reap(&x, aio_any_cap(&x, 1)) == 0)
+                aio_wait(&x);
+        CHECK(x.in_flight == 0 && rk_blkif_aio_in_flight(x.aio) == 0);
+        for (i = 0; i < x.nrec; i++)
+            CHECK(x.recs[i].state != AIO_FLIGHT);   /* each answered or handed back once */
+    }
+    CHECK(rk_blkif_aio_close(x.aio) == 0);  /* cancels and waits for what is in flight */
+    if (fds[0] >= 0) {
+        close(fds[0]);
+        close(fds[1]);
+    }
+    free(x.recs);
+    return 0;
+}
+
+static int run_aio(unsigned long sessions)
+{
+    char path[] = "/tmp/rk-aio-fuzz-XXXXXX";
+    rk_pgrant_table table;
+    struct rlimit limit;
+    int file, file_ro, refused = 0;
+    unsigned i;
+
+    file = mkstemp(path);
+    CHECK(file >= 0);
+    file_ro = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(file_ro >= 0);
+    unlink(path);
+    {
+        uint8_t *disk = random_bytes(AIO_DISK * 512);
+        CHECK(pwrite(file, disk, AIO_DISK * 512, 0) == AIO_DISK * 512);
+        free(disk);
+    }
+    /* the image never grows: a WRITE past its end is short or fails (EFBIG, no signal) */
+    CHECK(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+    CHECK(getrlimit(RLIMIT_FSIZE, &limit) == 0);
+    limit.rlim_cur = AIO_DISK * 512;
+    CHECK(setrlimit(RLIMIT_FSIZE, &limit) == 0);
+
+    for (i = 0; i < AIO_PAGES; i++) {           /* pages 4096-aligned, and as malloc gives */
+        aio_page[i] = i % 2 ? aligned_alloc(4096, 4096) : malloc(4096);
+        CHECK(aio_page[i] != NULL);
+        memset(aio_page[i], 0x5a, 4096);
+    }
+    table.capacity = 64;
+    table.count = 0;
+    table.entries = calloc(table.capacity, sizeof *table.entries);
+    CHECK(table.entries != NULL);
+    for (i = 1; i <= AIO_REFS; i++) {
+        aio_model[i].page = one_in(4) ? -1 : (int)below(AIO_PAGES);
+        aio_model[i].writable = !one_in(4);
+        if (aio_model[i].page >= 0)
+            CHECK(rk_pgrant_put(&table, i, (uint64_t)(uintptr_t)aio_page[aio_model[i].page],
+                                aio_model[i].writable) == 0);
+    }
+    CHECK(rk_blkif_aio_close(NULL) == 0);
+    for (round_no = 0; round_no < sessions; round_no++) {
+        refused = aio_session_run(&table, file, file_ro);
+        if (refused)
+            break;
+    }
+    for (i = 0; i < AIO_PAGES; i++)
+        free(aio_page[i]);
+    free(table.entries);
+    close(file_ro);
+    close(file);
+    if (refused) {
+        printf("io_uring unavailable: %s\n", strerror(refused));
+        return 0;
+    }
+    printf("seed %llu: %lu sessions of the blkif burst server at depth, %lu requests submitted, "
+           "%lu answered, %lu handed back (%lu short on the image), %lu stops full, %lu at a "
+           "barrier, %lu calls past one batch, %lu unaligned, %lu calls refused, %lu submissions "
+           "refused by the kernel, %lu closed busy, no finding\n", (unsigned long long)seed,
+           sessions, aio_count.submitted, aio_count.answered, aio_count.back,
+           aio_count.short_back, aio_count.full, aio_count.order, aio_count.batches,
+           aio_count.unaligned, aio_count.refused, aio_count.kernel_refused,
+           aio_count.closed_busy);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- the modes */
 
 /* The negative control: rk_gather told the buffer is one byte longer than it is.  The last
@@ -1153,9 +1756,13 @@ int main(int argc, char **argv)
         seed = state = strtoull(argv[2], NULL, 0);
         return run_shadow(strtoul(argv[3], NULL, 0));
     }
+    if (argc == 4 && strcmp(argv[1], "aio") == 0) {
+        seed = state = strtoull(argv[2], NULL, 0);
+        return run_aio(strtoul(argv[3], NULL, 0));
+    }
     if (argc != 4 || strcmp(argv[1], "fuzz") != 0) {
         fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE | uring SEED RINGS"
-                " | blkfast SEED ROUNDS | shadow SEED ROUNDS\n", argv[0]);
+                " | blkfast SEED ROUNDS | shadow SEED ROUNDS | aio SEED SESSIONS\n", argv[0]);
         return 64;
     }
     seed = state = strtoull(argv[2], NULL, 0);

@@ -11,7 +11,9 @@ get valid offsets only: their bounds are checked on the Python side, by contract
 
 Negative control: the same binary, in its ``control`` mode, makes one deliberately broken call
 (rk_gather told that its 15-byte buffer has 16 bytes) and must die with an AddressSanitizer
-report -- so a clean fuzz run means the sanitizers were there and watching.
+report -- so a clean fuzz run means the sanitizers were there and watching.  The modes with
+contract checks have controls of their own: builds of SOURCE with one check dropped
+(``RK_*_SKIP_*`` macros, the negative controls' builds only), which the harness must catch.
 
 The harness, and so SOURCE, must also compile warning-free with -Wall -Wextra -Werror at the
 -O2 that setup.py's cffi build uses.
@@ -21,6 +23,13 @@ Arguments in the 2**63 range once made the C's own range checks wrap (unsigned) 
 (found by this harness; no ringkit caller passed such values, since SlotCodec and RefList
 validate their layout and codec.gather checks the field bounds in Python first).  The checks
 now bound each value before combining two; `test_wrapping_arguments_are_refused` keeps them so.
+
+The blkif burst server at depth (rk_blkif_aio_submit) once reported "full" (RK_AIO_STOP_FULL)
+after the kernel refused the batch it had just filled its entries with: the refused requests
+went to `rest` and freed their entries, so nothing might be in flight while the caller, told
+to wait for a completion, waited for ever (found by this harness, which makes the kernel
+refuse a submission; it now flushes before it reports full, and a refusal sends the slot on
+to `rest` like every later one).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ WARNINGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 SEED = 20240611
 ROUNDS = 20_000  # of each function: about 1 s under the sanitizers
 URING_RINGS = 150  # io_uring objects of up to 96 requests each
+AIO_SESSIONS = 400  # blkif burst servers of up to 204 requests in flight: about 1 s
 # detect_leaks=0: the C under test never allocates (the harness frees what it mallocs), and
 # LeakSanitizer's stop-the-world needs ptrace, which some containers refuse.
 ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
@@ -181,6 +191,83 @@ def test_negative_control_a_shadow_table_without_the_operation_check_is_caught(
     done = run(exe, "shadow", str(SEED), str(ROUNDS))
     assert done.returncode == 2, done.stdout
     assert "check failed: rsp[8] == expect[k]" in done.stderr, done.stderr
+
+
+AIO_COUNTS = re.compile(
+    r"(?P<submitted>\d+) requests submitted, (?P<answered>\d+) answered, (?P<back>\d+) handed "
+    r"back \((?P<short>\d+) short on the image\), (?P<full>\d+) stops full, (?P<order>\d+) at a "
+    r"barrier, (?P<batches>\d+) calls past one batch, (?P<unaligned>\d+) unaligned, "
+    r"(?P<refused>\d+) calls refused, (?P<kernel>\d+) submissions refused by the kernel, "
+    r"(?P<busy>\d+) closed busy, no finding")
+
+
+def run_aio(exe: Path) -> subprocess.CompletedProcess[str]:
+    """The ``aio`` mode; skips, with the reason, where the kernel refuses io_uring."""
+    done = run(exe, "aio", str(SEED), str(AIO_SESSIONS))
+    if done.returncode == 0 and "io_uring unavailable" in done.stdout:
+        pytest.skip(done.stdout.strip())
+    return done
+
+
+def test_the_blkif_burst_server_at_depth_under_the_sanitizers(harness: Path) -> None:
+    """rk_blkif_aio_*: random and hostile bursts (bad operations and counts, refs in and out
+    of the table, read-only entries, reversed and out-of-page ranges, sectors past the disk
+    and near 2**64, barriers) submitted to servers of 1..204 entries against a real image
+    whose size is the process's RLIMIT_FSIZE, so that I/O past its end is short; reaps of
+    small and large capacity into exactly sized buffers; submissions the kernel refuses;
+    servers closed with requests in the kernel.  Besides the sanitizers, the harness checks
+    the contract slot by slot: consumed = submitted + rest, rest and hand-backs verbatim,
+    every request answered (its id, its operation, OKAY) exactly when it moved all its bytes
+    and otherwise handed back, each exactly once by sequence number, in_flight back to 0."""
+    done = run_aio(harness)
+    assert not REPORT.search(done.stderr), done.stderr
+    assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+    found = AIO_COUNTS.search(done.stdout)
+    assert found, done.stdout
+    counts = {key: int(value) for key, value in found.groupdict().items()}
+    # the fuzz reaches every branch it is there for, not only refusals
+    assert counts["answered"] > AIO_SESSIONS * 5, done.stdout
+    assert counts["short"] > AIO_SESSIONS, done.stdout     # short transfers handed back
+    assert counts["full"] > AIO_SESSIONS, done.stdout
+    assert counts["order"] > AIO_SESSIONS, done.stdout
+    assert counts["unaligned"] > AIO_SESSIONS, done.stdout
+    assert counts["batches"] > 0, done.stdout              # several io_uring_enter per call
+    assert counts["kernel"] > AIO_SESSIONS // 10, done.stdout
+    assert counts["busy"] > AIO_SESSIONS // 20, done.stdout
+
+
+def test_negative_control_a_burst_server_answering_short_transfers_is_caught(
+        workdir: Path) -> None:
+    """A reap that answers OKAY whatever the byte count (a READ past the image's end)."""
+    exe = workdir / "sanitize_fuzz_aio_no_length_check"
+    gcc(workdir, *SANITIZE, "-DRK_AIO_SKIP_LENGTH_CHECK", "-o", str(exe))
+    done = run_aio(exe)
+    assert done.returncode == 2, done.stdout
+    assert "rk_blkif_aio_reap" in done.stderr, done.stderr
+    assert "check failed: rec->moves_all" in done.stderr, done.stderr
+
+
+def test_negative_control_a_burst_server_reading_into_read_only_pages_is_caught(
+        workdir: Path) -> None:
+    """The shared segment check without its writable test: READs into read-only entries
+    submitted."""
+    exe = workdir / "sanitize_fuzz_aio_no_writable_check"
+    gcc(workdir, *SANITIZE, "-DRK_BLKFAST_SKIP_WRITABLE_CHECK", "-o", str(exe))
+    done = run_aio(exe)
+    assert done.returncode == 2, done.stdout
+    assert "rk_blkif_aio_submit" in done.stderr, done.stderr
+    assert "check failed: takes" in done.stderr, done.stderr
+
+
+def test_negative_control_a_burst_server_without_the_rest_bound_is_caught(
+        workdir: Path) -> None:
+    """Submit told a `rest` shorter than the burst: it must refuse, not copy past it."""
+    exe = workdir / "sanitize_fuzz_aio_no_rest_bound"
+    gcc(workdir, *SANITIZE, "-DRK_AIO_SKIP_REST_BOUND", "-o", str(exe))
+    done = run_aio(exe)
+    assert done.returncode != 0, done.stdout
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in done.stderr, done.stderr
+    assert "in rk_blkif_aio_submit" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("case", ["gather-offset", "gather-refs-entries",
