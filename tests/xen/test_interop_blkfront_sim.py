@@ -77,7 +77,9 @@ async def test_the_connections_serve_as_under_real_xen(
     if reorder is not None:
         assert config.io_depth > 1
         assert totals.reordered > 0, totals
+        assert record.fast_at_depth > 0, record.summary()
     else:
         assert config.io_depth == 1
         assert totals.reordered == 0, totals
+        assert record.fast_at_depth == 0, record.summary()
 
