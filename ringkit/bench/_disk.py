@@ -12,7 +12,9 @@ every read goes to the device.  For a fixed time each, it measures random 4 KiB 
   backend in its own, the simulator in a third) at the same depth, with the backend serving
   `io_depth` requests of the ring at once, once per I/O engine asked for (``io_engine``
   uring and threads by default); and, as the comparison that shows what the depth buys, the
-  backend serving in ring order (``io_depth`` 1) at QD32.
+  backend serving in ring order (``io_depth`` 1) at QD32; and, with ``poll_us`` > 0, the QD32
+  run once more with both ends polling the ring that long before they sleep (what the
+  event-channel wake-ups of a round trip cost).
 
 It prints IOPS side by side with the ratios, the load average before and after, and asserts
 nothing.
@@ -101,7 +103,7 @@ def direct(path: Path, size: int, depth: int, seconds: float) -> float:
 
 
 async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: float,
-                   engine: str = "auto") -> float:
+                   engine: str = "auto", poll_us: int = 0) -> float:
     from ..sim import SimXen
 
     evict(path)
@@ -111,14 +113,15 @@ async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: fl
             await create_device(dom0.store, DeviceAddress("vbd", guest, 0, 0),
                                 backend_nodes={"params": str(path), "mode": "w"})
         argv = [sys.executable, "-m", "ringkit.bench.block", "backend", str(xen.directory),
-                str(guest), str(path), "0", str(io_depth), engine]
+                str(guest), str(path), str(poll_us), str(io_depth), engine]
         async with await anyio.open_process(argv, stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None and proc.stdin is not None
             buffer = b""
             while b"\n" not in buffer:
                 buffer += await proc.stdout.receive()
-            async with xen.connect(guest) as domu, BlockFrontend(domu, 0, 0) as disk:
+            async with (xen.connect(guest) as domu,
+                        BlockFrontend(domu, 0, 0, poll_us=poll_us) as disk):
                 offsets = _offsets(size, 7, 1 << 20)
                 buffers = [bytearray(READ) for _ in range(BATCH)]
                 count = 0
@@ -138,9 +141,9 @@ async def _ringkit(path: Path, size: int, depth: int, io_depth: int, seconds: fl
 
 
 def run(directory: str, size: int, seconds: float,
-        engines: Sequence[str] = ("auto",)) -> None:
+        engines: Sequence[str] = ("auto",), poll_us: int = 0) -> None:
     """The whole disk mode (see the module docstring), the ringkit rows once per io_engine in
-    `engines`."""
+    `engines`; `poll_us` > 0: a QD32 row with both ends polling that long."""
     load_before = os.getloadavg()
     path = Path(directory) / f"ringkit-bench-disk-{os.getpid()}.img"
     try:
@@ -154,6 +157,10 @@ def run(directory: str, size: int, seconds: float,
                   anyio.run(_ringkit, path, size, QD, QD, seconds, e)) for e in engines]
         rows.append(("QD32", f"ringkit (io_depth 1: ring order, {engines[0]})",
                      anyio.run(_ringkit, path, size, QD, 1, seconds, engines[0])))
+        if poll_us:
+            rows.append(("QD32", f"ringkit (io_depth {QD}, {engines[0]}, polling {poll_us}us)",
+                         anyio.run(_ringkit, path, size, QD, QD, seconds, engines[0],
+                                   poll_us)))
     finally:
         path.unlink(missing_ok=True)
     load = os.getloadavg()
@@ -163,4 +170,4 @@ def run(directory: str, size: int, seconds: float,
                f"{load[0]:.2f} at the end")
     base = {depth: value for depth, label, value in rows if label.startswith("direct")}
     for depth, label, value in rows:
-        click.echo(f"  {depth:<5} {label:<36} {value:>10,.0f} IOPS {value / base[depth]:>8.2f}x")
+        click.echo(f"  {depth:<5} {label:<44} {value:>10,.0f} IOPS {value / base[depth]:>8.2f}x")

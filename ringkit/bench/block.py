@@ -322,7 +322,8 @@ def _report(modes: dict[str, dict[str, Figure]], direct: dict[str, Figure]) -> N
 @click.option("--ring-page-order", default=0, show_default=True, type=click.IntRange(0, 4),
               help="Ring size the frontend asks for (2**order pages).")
 @click.option("--poll-us", default=50, show_default=True, type=click.IntRange(0, MAX_POLL_US),
-              help="Polling window of both ends for the polling runs (0: sleeping runs only).")
+              help="Polling window of both ends for the polling runs (0: sleeping runs only; "
+                   "with --disk, a QD32 row polling that long).")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
               help="Runs of everything; the best figure of each is shown (the machine may be "
                    "shared: the best run is the least disturbed one).")
@@ -356,7 +357,7 @@ def command(size: str, passes: int, random_reads: int, tmpfs: str, ring_page_ord
             raise click.BadParameter("must be a whole number of MiB, at least 64 MiB",
                                      param_hint="--disk-size")
         engines = ["uring", "threads"] if io_engine == "both" else [io_engine]
-        run_disk(disk_dir, disk_bytes, seconds, engines)
+        run_disk(disk_dir, disk_bytes, seconds, engines, poll_us)
         return
     nbytes = parse_size(size)
     if nbytes < MIB or nbytes % MIB:

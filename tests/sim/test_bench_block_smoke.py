@@ -54,8 +54,9 @@ def test_block_benchmark_runs_and_prints_the_counters(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_cold_disk_mode_runs_and_prints_every_row(tmp_path: Path) -> None:
     """`--disk`: QD1 and QD32 against direct preadv at the same depths, ringkit once per
-    io_engine (uring, threads), each row with its ratio, and the load average (tiny sizes and
-    times; figures not checked)."""
+    io_engine (uring, threads), the QD32 row once more with both ends polling (``--poll-us``'s
+    default), each row with its ratio, and the load average (tiny sizes and times; figures not
+    checked)."""
     result = CliRunner().invoke(
         command, ["--disk", str(tmp_path), "--disk-size", "64M", "--seconds", "0.2"],
         catch_exceptions=False)
@@ -66,7 +67,8 @@ def test_the_cold_disk_mode_runs_and_prints_every_row(tmp_path: Path) -> None:
     assert [(depth, label.split(" (")[0]) for depth, label, _, _ in rows] == [
         ("QD1", "direct preadv, 1 thread"), ("QD1", "ringkit"), ("QD1", "ringkit"),
         ("QD32", "direct preadv, 32 threads"), ("QD32", "ringkit"), ("QD32", "ringkit"),
-        ("QD32", "ringkit")], out
+        ("QD32", "ringkit"), ("QD32", "ringkit")], out
     assert "io_depth 32, uring)" in out and "io_depth 32, threads)" in out
+    assert "io_depth 32, uring, polling 50us)" in out
     assert all(float(ratio) > 0 for *_, ratio in rows)
     assert list(tmp_path.iterdir()) == []   # the image is removed
