@@ -1321,7 +1321,11 @@ static long rk_blkif_aio_submit(rk_blkif_aio *a, const rk_pgrant_table *t, int f
                 rk_aio_rest(rest, rest_seqs, info, s, seq + i);
                 continue;
             }
-            if (pending == RK_AIO_BATCH) {
+            /* a whole batch, or every entry taken: hand the pending ones to the kernel first
+               -- "full" is said only once they are in flight; if the kernel refuses them,
+               their entries are free again and this slot, like every later one, goes to rest
+               (the SQ never fills before the entries do: it has at least `capacity` slots) */
+            if (pending == RK_AIO_BATCH || (pending && !a->nfree)) {
                 rk_aio_flush(a, used, pending, rest, rest_seqs, info);
                 pending = 0;
                 if (info[2]) {
@@ -1330,20 +1334,8 @@ static long rk_blkif_aio_submit(rk_blkif_aio *a, const rk_pgrant_table *t, int f
                 }
             }
             if (!a->nfree || !(sqe = rk_uring_sqe(a->ring))) {
-                /* full -- unless the kernel refuses what is pending: then those entries are
-                   free again, and this slot, like every later one, goes to rest */
-                if (pending) {
-                    rk_aio_flush(a, used, pending, rest, rest_seqs, info);
-                    pending = 0;
-                    if (info[2]) {
-                        rk_aio_rest(rest, rest_seqs, info, s, seq + i);
-                        continue;
-                    }
-                }
-                if (!a->nfree || !(sqe = rk_uring_sqe(a->ring))) {
-                    info[1] = RK_AIO_STOP_FULL;          /* this slot is not consumed */
-                    break;
-                }
+                info[1] = RK_AIO_STOP_FULL;              /* this slot is not consumed */
+                break;
             }
             used[pending] = a->free[--a->nfree];
             e = &a->entries[used[pending]];
