@@ -29,11 +29,9 @@ WRITEs.)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import struct
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -43,6 +41,7 @@ from types import ModuleType
 
 import anyio
 import pytest
+from _native_control import control_module
 from ringkit.backends.block.fastpath import BlkifFastPath, unavailable
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.queue import serve_ring
@@ -315,21 +314,7 @@ async def test_fast_path_answers_as_the_python_path_does(place: Path, seed: int)
 
 def _control_module(tmp: Path, macro: str = "RK_BLKFAST_SKIP_WRITABLE_CHECK") -> ModuleType:
     """The shipped C built with `macro` defined: a check left out."""
-    from cffi import FFI
-
-    from ringkit._native._build import CDEF, SOURCE
-
-    ffi = FFI()
-    ffi.cdef(CDEF)
-    name = f"_rk_blkfast_control_{macro.lower()}"
-    ffi.set_source(name, SOURCE, define_macros=[(macro, "1")], extra_compile_args=["-O1"])
-    library = ffi.compile(tmpdir=str(tmp))
-    spec = importlib.util.spec_from_file_location(name, library)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules.pop(name, None)
-    return module
+    return control_module(tmp, macro, "_rk_blkfast_control_")
 
 
 @pytest.mark.anyio

@@ -21,15 +21,14 @@ segment lists name a short final page whole), must make the comparison fail.
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import anyio
 import pytest
+from _native_control import control_module
 from ringkit.frontends.block import BlockIOError, ReadOp, WriteOp
 from ringkit.frontends.block.client import BlockClient, DiskInfo
 
@@ -350,21 +349,7 @@ async def test_the_peer_gone_fails_the_batch_and_frees_everything() -> None:
 
 def _broken_module(tmp: Path, macro: str = "RK_SHADOW_SKIP_OPERATION_CHECK") -> ModuleType:
     """The shipped C built with `macro` defined (a check left out, or a field written wrong)."""
-    from cffi import FFI
-
-    from ringkit._native._build import CDEF, SOURCE
-
-    name = f"_rk_shadow_{macro.lower()}"
-    ffi = FFI()
-    ffi.cdef(CDEF)
-    ffi.set_source(name, SOURCE, define_macros=[(macro, "1")], extra_compile_args=["-O1"])
-    library = ffi.compile(tmpdir=str(tmp))
-    spec = importlib.util.spec_from_file_location(name, library)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules.pop(name, None)
-    return module
+    return control_module(tmp, macro, "_rk_shadow_")
 
 
 async def test_negative_control_no_operation_check_is_caught(tmp_path: Path) -> None:

@@ -24,11 +24,9 @@ its control is a path that does not report what it has in flight.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import struct
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _native_control import control_module
 from ringkit.backends.block.engine import uring_unavailable
 from ringkit.backends.block.image import Image
 from ringkit.backends.block.queue import serve_ring
@@ -247,21 +246,7 @@ async def test_fast_path_at_depth_answers_as_the_python_path_does(tmp_path: Path
 
 def _control_module(tmp: Path, macro: str) -> ModuleType:
     """The shipped C built with `macro` defined: a check left out."""
-    from cffi import FFI
-
-    from ringkit._native._build import CDEF, SOURCE
-
-    ffi = FFI()
-    ffi.cdef(CDEF)
-    name = f"_rk_aio_control_{macro.lower()}"
-    ffi.set_source(name, SOURCE, define_macros=[(macro, "1")], extra_compile_args=["-O1"])
-    library = ffi.compile(tmpdir=str(tmp))
-    spec = importlib.util.spec_from_file_location(name, library)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules.pop(name, None)
-    return module
+    return control_module(tmp, macro, "_rk_aio_control_")
 
 
 @pytest.mark.anyio
