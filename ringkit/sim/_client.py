@@ -8,10 +8,10 @@ into its peer's, so `notify()` is one ``write()`` with no server involved.
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import errno
 import logging
+import mmap
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +41,7 @@ from ..store import StoreClient, connect_unix
 from . import _paths
 from ._kernel import PEER_GONE, signal
 from ._link import Link
+from ._wire import COPY_AREA_SIZE, COPY_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,10 @@ class SimGrantTable(GrantTable):
 
     def __init__(self, dom: SimDomain) -> None:
         self._dom = dom
+        self._area: mmap.mmap | None = None
+        self._area_lock = anyio.Lock()
+        self._slots = anyio.Semaphore(COPY_AREA_SIZE // COPY_CHUNK)
+        self._free_slots = list(range(0, COPY_AREA_SIZE, COPY_CHUNK))
 
     async def share(self, peer: int, count: int = 1, *, writable: bool = True) -> SharedPages:
         _check_domid(peer)
@@ -250,20 +255,21 @@ class SimGrantTable(GrantTable):
 
     async def copy_to_grants(self, peer: int, segments: Sequence[GrantCopySegment],
                              data: bytes | bytearray | memoryview) -> None:
-        """A grant copy done by the simulated Xen itself (one request per
-        `COPY_CHUNK` bytes; nothing is mapped here), as ``GNTTABOP_copy`` is done by Xen."""
+        """A grant copy done by the simulated Xen itself (nothing is mapped here), as
+        ``GNTTABOP_copy`` is done by Xen: the bytes go through this process's copy area, a
+        memory both share, one request per `COPY_CHUNK` bytes."""
         _check_domid(peer)
         total = check_copy_segments(segments)
         if total != len(data):
             raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
         source = memoryview(data).cast("B")
         pos = 0
-        for chunk in _chunks(segments):
-            size = sum(seg.length for seg in chunk)
-            await self._dom._link.call(
-                "copy", peer=peer, segments=[[s.ref, s.offset, s.length] for s in chunk],
-                data=binascii.b2a_base64(source[pos:pos + size], newline=False).decode())
-            pos += size
+        async with self._copy_slot() as (area, at):
+            for chunk in _chunks(segments):
+                size = sum(seg.length for seg in chunk)
+                area[at:at + size] = source[pos:pos + size]
+                await self._copy(peer, chunk, at, into=True)
+                pos += size
 
     async def copy_from_grants(self, peer: int,
                                segments: Sequence[GrantCopySegment]) -> bytes:
@@ -272,15 +278,49 @@ class SimGrantTable(GrantTable):
         _check_domid(peer)
         check_copy_segments(segments)
         parts = []
-        for chunk in _chunks(segments):
-            reply, _ = await self._dom._link.call(
-                "copy", peer=peer, segments=[[s.ref, s.offset, s.length] for s in chunk])
-            parts.append(binascii.a2b_base64(reply["data"]))
+        async with self._copy_slot() as (area, at):
+            for chunk in _chunks(segments):
+                size = sum(seg.length for seg in chunk)
+                await self._copy(peer, chunk, at, into=False)
+                parts.append(area[at:at + size])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    async def _copy(self, peer: int, chunk: Sequence[GrantCopySegment], at: int, *,
+                    into: bool) -> None:
+        # Shielded: the simulated Xen may still be moving bytes through the slot when a
+        # cancelled wait would give it to the next copy (a hypercall is not interrupted
+        # either).
+        with anyio.CancelScope(shield=True):
+            await self._dom._link.call(
+                "copy", peer=peer, segments=[[s.ref, s.offset, s.length] for s in chunk],
+                at=at, into=into)
 
-COPY_CHUNK = 64 * PAGE_SIZE
-"""Most bytes one grant-copy request to the simulated Xen carries (its frames are bounded)."""
+    @asynccontextmanager
+    async def _copy_slot(self) -> AsyncIterator[tuple[mmap.mmap, int]]:
+        """One `COPY_CHUNK` of the copy area (asked of the simulated Xen on first use) for one
+        copy at a time."""
+        if self._area is None:
+            async with self._area_lock:
+                if self._area is None:
+                    _, fds = await self._dom._link.call("copy_area")
+                    try:
+                        (fd,) = fds
+                        self._area = mmap.mmap(fd, COPY_AREA_SIZE)
+                    finally:
+                        for fd in fds:
+                            os.close(fd)
+        async with self._slots:
+            at = self._free_slots.pop()
+            try:
+                yield self._area, at
+            finally:
+                self._free_slots.append(at)
+
+    def close_copy_area(self) -> None:
+        """Drop this process's view of the copy area (the domain is closing)."""
+        if self._area is not None:
+            self._area.close()
+            self._area = None
 
 
 def _chunks(segments: Sequence[GrantCopySegment]) -> list[Sequence[GrantCopySegment]]:
@@ -519,6 +559,7 @@ class SimDomain(Domain):
                 await channel.aclose()
             await self._store.aclose()
             await self._link.aclose()
+            self._grants.close_copy_area()
 
 
 @asynccontextmanager

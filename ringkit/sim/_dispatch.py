@@ -7,7 +7,6 @@ eventfds of ports).
 
 from __future__ import annotations
 
-import binascii
 import os
 from typing import Any
 
@@ -62,13 +61,12 @@ def dispatch(
                 raise
             files = reopened
         return {"map": mapping.id, "pieces": pieces}, files
+    if op == "copy_area":
+        return {}, [hv.copy_area(client)]
     if op == "copy":
-        # The bytes travel base64-encoded in the JSON body, both ways.
-        data = msg.get("data")
-        copied = hv.copy(client, msg["peer"], list(msg["segments"]),
-                         None if data is None else binascii.a2b_base64(data))
-        return ({} if copied is None else {"data": binascii.b2a_base64(copied, newline=False)
-                                           .decode()}), []
+        # The bytes travel through the client's copy area, never through this socket.
+        hv.copy(client, msg["peer"], list(msg["segments"]), msg["at"], bool(msg["into"]))
+        return {}, []
     if op == "unmap":
         hv.unmap(client, msg["map"])
         return {}, []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import mmap
 import os
 from collections.abc import Callable
 
@@ -41,6 +42,7 @@ from ._kernel import PEER_GONE, PageFile, drain, new_eventfd, signal
 from ._state import (
     Accounting,
     Client,
+    CopyArea,
     DomainState,
     Grant,
     Mapping,
@@ -48,6 +50,7 @@ from ._state import (
     Share,
     UnmapNotify,
 )
+from ._wire import COPY_AREA_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,9 @@ class Hypervisor:
             self.unshare(client, share.id, run_notify=run_notify)
         for port in list(client.ports.values()):
             self.close_port(client, port.port)
+        if client.copy_area is not None:
+            client.copy_area.close()
+            client.copy_area = None
         dom = self.domains.get(client.domid)
         if dom is not None:
             dom.clients.discard(client)
@@ -235,14 +241,31 @@ class Hypervisor:
             )
         return share.page, grant.index
 
-    def copy(self, client: Client, peer: int, segments: list[list[int]],
-             data: bytes | None) -> bytes | None:
-        """A grant copy (``GNTTABOP_copy``) done here, as Xen does it: with `data`, `data` is
-        written into the segments ([ref, offset, length] of pages `peer` granted, in order);
-        without, their bytes are returned.  Every segment is checked before any byte moves,
-        so a refused copy changes nothing; nothing is mapped, before or after."""
+    def copy_area(self, client: Client) -> int:
+        """The descriptor of `client`'s copy area (`CopyArea`, made on first use), where the
+        bytes of its grant copies travel."""
+        if client.copy_area is None:
+            fd = os.memfd_create(f"copy-area-{client.id}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, COPY_AREA_SIZE)
+                client.copy_area = CopyArea(fd, mmap.mmap(fd, COPY_AREA_SIZE))
+            except BaseException:
+                os.close(fd)
+                raise
+        return client.copy_area.fd
+
+    def copy(self, client: Client, peer: int, segments: list[list[int]], at: int,
+             into: bool) -> None:
+        """A grant copy (``GNTTABOP_copy``) done here, as Xen does it, between the segments
+        ([ref, offset, length] of pages `peer` granted, in order) and `client`'s copy area
+        from byte `at`: `into` the segments from the area, else out of them into it.  Every
+        segment is checked before any byte moves, so a refused copy changes nothing; nothing
+        is mapped, before or after."""
         if not segments:
             raise ConfigError("a grant copy of no segments")
+        area = client.copy_area
+        if area is None:
+            raise ConfigError("a grant copy before the client asked for its copy area")
         dom = self._domain(peer, "copy", GrantError)
         places: list[tuple[int, int]] = []
         total = 0
@@ -252,20 +275,21 @@ class Hypervisor:
                        for v in (offset, length)) \
                     or length < 1 or offset < 0 or offset + length > PAGE_SIZE:
                 raise ConfigError(f"grant copy segment {segment!r} does not lie inside one page")
-            page, index = self._granted(client, dom, peer, ref, data is not None)
+            page, index = self._granted(client, dom, peer, ref, into)
             places.append((page.fd, index * PAGE_SIZE + offset))
             total += length
-        if data is not None:
-            if len(data) != total:
-                raise ConfigError(f"{len(data)} bytes to copy into segments of {total}")
-            view = memoryview(data)
-            pos = 0
-            for (fd, at), (_, _, length) in zip(places, segments, strict=True):
-                os.pwrite(fd, view[pos:pos + length], at)
+        if not isinstance(at, int) or isinstance(at, bool) or at < 0 \
+                or at + total > COPY_AREA_SIZE:
+            raise ConfigError(f"a grant copy of {total} bytes at {at!r} does not lie inside the "
+                              f"copy area of {COPY_AREA_SIZE}")
+        with memoryview(area.memory) as view:
+            pos = at
+            for (fd, where), (_, _, length) in zip(places, segments, strict=True):
+                if into:
+                    os.pwrite(fd, view[pos:pos + length], where)
+                else:
+                    os.preadv(fd, [view[pos:pos + length]], where)
                 pos += length
-            return None
-        return b"".join(os.pread(fd, length, at)
-                        for (fd, at), (_, _, length) in zip(places, segments, strict=True))
 
     def _mapping(self, client: Client, map_id: int) -> Mapping:
         mapping = client.maps.get(map_id)

@@ -6,6 +6,8 @@ Plain data; the rules that change them live in `ringkit.sim._hypervisor`.
 from __future__ import annotations
 
 import itertools
+import mmap
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,10 +39,25 @@ class Client:
         self.shares: dict[int, Share] = {}
         self.maps: dict[int, Mapping] = {}
         self.ports: dict[int, Port] = {}
+        self.copy_area: CopyArea | None = None
 
     @property
     def grant_count(self) -> int:
         return sum(len(share.refs) for share in self.shares.values())
+
+
+@dataclass(slots=True)
+class CopyArea:
+    """A client's own memory the simulated Xen can reach: a memfd both map, where the bytes of
+    the client's grant copies land or come from (Xen reaches the caller's buffer directly;
+    here the area stands for it)."""
+
+    fd: int
+    memory: mmap.mmap
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.fd)
 
 
 @dataclass(slots=True)

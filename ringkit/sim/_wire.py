@@ -38,6 +38,11 @@ MAX_BODY = 1 << 20
 MAX_FDS = 253
 """Largest number of descriptors one frame may carry (the kernel's SCM_MAX_FD)."""
 
+COPY_CHUNK = 64 * 4096
+"""Most bytes one grant-copy request moves (one slot of a client's copy area)."""
+COPY_AREA_SIZE = 4 * COPY_CHUNK
+"""Bytes of a client's copy area (`ringkit.sim._state.CopyArea`): four copies at once."""
+
 Message = dict[str, Any]
 
 

@@ -155,9 +155,12 @@ async def test_a_copy_larger_than_one_simulator_request(kind: str) -> None:
 
 def test_the_simulator_checks_every_segment_before_any_byte_moves() -> None:
     """The simulated Xen does the copy itself (as Xen does GNTTABOP_copy) and trusts nothing
-    its client sends: each segment is checked there, and a copy refused at its last segment
-    has written nothing."""
+    its client sends: each segment and the place in the client's copy area are checked there,
+    and a copy refused at its last segment has written nothing."""
+    import mmap
+
     from ringkit.sim import _hypervisor, _state
+    from ringkit.sim._wire import COPY_AREA_SIZE
 
     hv = _hypervisor.Hypervisor()
     hv.create_domain("Domain-0", 0)
@@ -169,22 +172,37 @@ def test_the_simulator_checks_every_segment_before_any_byte_moves() -> None:
     share = hv.share(granter, 0, 2, True)
     hv.activate(granter, share.id)
     first, second = share.refs
-    # control: the first segment alone is copied
-    hv.copy(copier, guest, [[first, 0, 3]], b"abc")
-    assert hv.copy(copier, guest, [[first, 0, 3]], None) == b"abc"
+    with pytest.raises(ConfigError, match="copy area"):
+        hv.copy(copier, guest, [[first, 0, 3]], 0, into=False)
+    area = mmap.mmap(hv.copy_area(copier), COPY_AREA_SIZE)
+    assert hv.copy_area(copier) == hv.copy_area(copier)    # one area per client
+
+    def copied_out() -> bytes:
+        hv.copy(copier, guest, [[first, 0, 3]], 100, into=False)
+        return area[100:103]
+
+    # control: the first segment alone is copied, both ways
+    area[:3] = b"abc"
+    hv.copy(copier, guest, [[first, 0, 3]], 0, into=True)
+    assert copied_out() == b"abc"
     for bad, error in (([[second, PAGE_SIZE - 1, 2]], ConfigError),
                        ([[second, 0, 0]], ConfigError),
                        ([[second, -1, 1]], ConfigError),
                        ([[second, True, 1]], ConfigError),
                        ([[True, 0, 1]], ConfigError),
                        ([[second + 100, 0, 1]], GrantError)):
-        length = max(bad[0][2], 0)
+        area[:3] = b"xyz"
         with pytest.raises(error):
-            hv.copy(copier, guest, [[first, 0, 3], *bad], b"xyz" + b"!" * length)
-        assert hv.copy(copier, guest, [[first, 0, 3]], None) == b"abc"   # untouched
-    with pytest.raises(ConfigError, match="4 bytes"):
-        hv.copy(copier, guest, [[first, 0, 3]], b"wxyz")
+            hv.copy(copier, guest, [[first, 0, 3], *bad], 0, into=True)
+        assert copied_out() == b"abc"   # untouched
+    area[:3] = b"xyz"
+    for at in (-1, COPY_AREA_SIZE - 2, True, "0"):     # outside the area, or not a place
+        with pytest.raises(ConfigError, match="copy area"):
+            hv.copy(copier, guest, [[first, 0, 3]], at, into=True)   # type: ignore[arg-type]
+        assert copied_out() == b"abc"
     with pytest.raises(ConfigError):
-        hv.copy(copier, guest, [], None)
+        hv.copy(copier, guest, [], 0, into=False)
+    area.close()
     hv.disconnect(granter)
     hv.disconnect(copier)
+    assert copier.copy_area is None
