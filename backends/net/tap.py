@@ -25,6 +25,8 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
@@ -35,7 +37,7 @@ from ringkit.proto import netif
 
 from .checksum import complete_checksum
 
-__all__ = ("TapDevice", "complete_checksum", "splice")
+__all__ = ("FrameBatches", "TapDevice", "complete_checksum", "splice")
 
 _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
@@ -114,13 +116,35 @@ class TapDevice(ObjectStream[bytes]):
             anyio.ClosedResourceError: closed.
         """
         while True:
+            frame = self._read_nowait()
+            if frame is not None:
+                return frame
+            await anyio.wait_readable(self.fd)
+
+    async def receive_batch(self, limit: int = 64) -> list[bytes]:
+        """The frames waiting, at least one (waiting for it) and at most `limit`, as
+        `receive` gives them: one wake-up for a burst.
+
+        Raises:
+            anyio.ClosedResourceError: closed.
+        """
+        frames = [await self.receive()]
+        while len(frames) < limit:
+            frame = self._read_nowait()
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
+    def _read_nowait(self) -> bytes | None:
+        """The next frame, or None when none is waiting."""
+        while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
                 data = os.read(self.fd, _MAX_READ)
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
-                continue
+                return None
             if not self.vnet_hdr:
                 return data
             if len(data) < _VNET_HDR.size:
@@ -129,12 +153,13 @@ class TapDevice(ObjectStream[bytes]):
             if gso_type != netif.VNET_GSO_NONE:
                 # left for the device to segment: the header goes along with the frame
                 return netif.Frame(data[_VNET_HDR.size:], netif.Offload.parse(data))
+            if not flags & _NEEDS_CSUM:
+                return data[_VNET_HDR.size:]
             frame = bytearray(data[_VNET_HDR.size:])
-            if flags & _NEEDS_CSUM:
-                try:
-                    complete_checksum(frame, start, offset)
-                except ValueError:
-                    continue  # the kernel's own frame: cannot happen; never crash on it
+            try:
+                complete_checksum(frame, start, offset)
+            except ValueError:
+                continue  # the kernel's own frame: cannot happen; never crash on it
             return bytes(frame)
 
     async def send(self, item: bytes) -> None:
@@ -163,6 +188,15 @@ class TapDevice(ObjectStream[bytes]):
             except OSError:
                 return  # the interface is down or the frame malformed: dropped, as a NIC does
 
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        """`send` each of `frames`, in order (a TAP device takes one frame per write).
+
+        Raises:
+            anyio.ClosedResourceError: closed.
+        """
+        for frame in frames:
+            await self.send(frame)
+
     async def send_eof(self) -> None:
         """A network interface has no end-of-stream: nothing to do."""
 
@@ -175,9 +209,32 @@ class TapDevice(ObjectStream[bytes]):
             await anyio.lowlevel.checkpoint()
 
 
+@runtime_checkable
+class FrameBatches(Protocol):
+    """A frame stream that also moves frames in bursts (`TapDevice`, a `NetFrontend`'s
+    stream): `splice` uses these when both ends have them."""
+
+    async def receive_batch(self, limit: int = 64) -> list[bytes]:
+        """The frames waiting, at least one and at most `limit`."""
+        ...
+
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        """Send `frames`, in order."""
+        ...
+
+
 async def splice(a: ObjectStream[bytes], b: ObjectStream[bytes]) -> None:
-    """Copy frames from `a` to `b` and from `b` to `a` until either ends."""
+    """Copy frames from `a` to `b` and from `b` to `a` until either ends (in bursts, one
+    `receive_batch` / `send_batch` each, where both ends are `FrameBatches`)."""
     async def copy(src: ObjectStream[bytes], dst: ObjectStream[bytes]) -> None:
+        if isinstance(src, FrameBatches) and isinstance(dst, FrameBatches):
+            while True:
+                try:
+                    items = await src.receive_batch()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    tg.cancel_scope.cancel()
+                    return
+                await dst.send_batch(items)
         while True:
             try:
                 item = await src.receive()

@@ -48,6 +48,7 @@ prefix) or an rx chain longer than `netif.NR_SLOTS_MIN` end the connection with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -100,6 +101,9 @@ class FrontendStats:
     """Frames received while `receive`'s queue was full."""
     tx_gso: int = 0
     """Of `tx_packets`, GSO frames sent whole with a GSO extra."""
+    tx_pushes: int = 0
+    """Pushes of tx requests (each at most one notification): `send_batch` puts a batch's
+    packets on the ring with one."""
     rx_gso: int = 0
     """Of `rx_packets`, GSO frames received whole with a GSO extra."""
     queues: list[FrontendQueueStats] = field(default_factory=list)
@@ -121,6 +125,17 @@ class FrontendQueueStats:
     rx_packets: int = 0
     rx_errors: int = 0
     rx_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _TxPlan:
+    """One frame to send: its bytes, the requests it takes, the first's flags, its extra slot
+    (empty: none)."""
+
+    data: memoryview
+    pages: int
+    first_flags: int
+    extra: bytes
 
 
 @dataclass(eq=False)
@@ -300,6 +315,32 @@ class NetFrontend(Frontend[NetFrontRings]):
             PeerGoneError: not connected (see `wait_connected`), or the connection went away.
             RemoteProtocolError: the backend broke the protocol.
         """
+        await self.send_batch((frame,))
+
+    async def send_batch(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
+        """`send` for several frames, in order, put on the ring together: one push (at most one
+        notification) per queue, or one more each time the window fills and the frames so far
+        go out before waiting for room.  Every frame is checked before any is queued.
+
+        Raises:
+            ValueError: a frame `send` would refuse (none of the batch is queued then).
+            PeerGoneError: as `send`.
+        """
+        plans = [self._tx_plan(frame) for frame in frames]
+        lanes = self._lanes
+        if not lanes:
+            raise PeerGoneError(f"{self.address} is not connected") from self.connection_error
+        if len(lanes) == 1:
+            await self._send_plans(lanes[0], plans)
+            return
+        groups: dict[int, list[_TxPlan]] = {}
+        for plan in plans:
+            groups.setdefault(netif.flow_hash(plan.data) % len(lanes), []).append(plan)
+        for index, group in groups.items():
+            await self._send_plans(lanes[index], group)
+
+    def _tx_plan(self, frame: bytes | bytearray | memoryview) -> _TxPlan:
+        """What one frame takes on the tx ring (its pages, first flags, GSO extra slot)."""
         offload = netif.offload_of(frame)
         data = memoryview(frame).cast("B")
         size = len(data)
@@ -321,38 +362,64 @@ class NetFrontend(Frontend[NetFrontRings]):
             if offload.gso_type != netif.VNET_GSO_NONE or \
                     offload.flags & netif.VNET_F_NEEDS_CSUM:
                 first_flags |= netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED
-        lanes = self._lanes
-        if not lanes:
-            raise PeerGoneError(f"{self.address} is not connected") from self.connection_error
-        lane = lanes[netif.flow_hash(data) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        return _TxPlan(data, pages, int(first_flags), extra)
+
+    async def _send_plans(self, lane: _Lane, plans: list[_TxPlan]) -> None:
+        """Put `plans` on `lane`'s tx ring, each packet's requests in consecutive slots."""
         queue, done = lane.tx, lane.tx_done
-        async with lane.lock:  # one packet's requests at a time: consecutive slots
-            held: list[Request] = []
-            slot: Request | None = None
+        more = netif.TxFlag.MORE_DATA
+        pack = netif.TX_REQUEST.pack_into
+        ready: list[Request] = []   # whole packets, not yet pushed
+        async with lane.lock:
             try:
-                for _ in range(pages):
-                    held.append(await queue.prepare(1))
-                if extra:
-                    slot = await queue.prepare(0)
+                for plan in plans:
+                    data, pages, size = plan.data, plan.pages, len(plan.data)
+                    held: list[Request] = []
+                    try:
+                        for _ in range(pages + (1 if plan.extra else 0)):
+                            request = queue.prepare_nowait(1 if len(held) < pages else 0)
+                            if request is None:
+                                if ready:   # what is ready goes out before any wait
+                                    self._push(queue, done, ready)
+                                    ready = []
+                                request = await queue.prepare(1 if len(held) < pages else 0)
+                            held.append(request)
+                    except BaseException:
+                        for request in held:
+                            queue.release(request)
+                        raise
+                    for i in range(pages):
+                        request = held[i]
+                        chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                        request.page(0)[:len(chunk)] = chunk
+                        pack(request.slot, 0, request.refs[0], 0,
+                             (more if i < pages - 1 else 0) | (plan.first_flags if i == 0 else 0),
+                             request.id, size if i == 0 else len(chunk))
+                    if plan.extra:
+                        slot = held.pop()
+                        slot.slot[:len(plan.extra)] = plan.extra  # follows the first request
+                        held.insert(1, slot)
+                    ready += held
+                    self.stats.tx_packets += 1
+                    lane.stats.tx_packets += 1
+                    if plan.extra:
+                        self.stats.tx_gso += 1
             except BaseException:
-                for request in held:
-                    queue.release(request)
+                # the packets formed before a cancellation or failure still go (as when sent
+                # one by one); unless the queue has failed, when they are given back
+                try:
+                    if ready:
+                        self._push(queue, done, ready)
+                except (PeerGoneError, RemoteProtocolError):
+                    for request in ready:
+                        queue.release(request)
                 raise
-            for i, request in enumerate(held):
-                chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                request.page(0)[:len(chunk)] = chunk
-                flags = netif.TxFlag.MORE_DATA if i < pages - 1 else 0
-                netif.TX_REQUEST.pack_into(request.slot, 0, request.refs[0], 0,
-                                           flags | (first_flags if i == 0 else 0),
-                                           request.id, size if i == 0 else len(chunk))
-            if slot is not None:
-                slot.slot[:len(extra)] = extra  # the extra-info slot follows the first request
-                held.insert(1, slot)
-            queue.send_batch_nowait(held, done)
-        self.stats.tx_packets += 1
-        lane.stats.tx_packets += 1
-        if extra:
-            self.stats.tx_gso += 1
+            if ready:
+                self._push(queue, done, ready)
+
+    def _push(self, queue: RequestQueue, done: Completions, requests: list[Request]) -> None:
+        queue.send_batch_nowait(requests, done)
+        self.stats.tx_pushes += 1
 
     async def receive(self) -> bytes:
         """The next Ethernet frame from the backend, waiting for one.  Frames received while
@@ -362,6 +429,20 @@ class NetFrontend(Frontend[NetFrontRings]):
             anyio.EndOfStream: the frontend was closed.
         """
         return await self._frames_out.receive()
+
+    async def receive_batch(self, limit: int = 64) -> list[bytes]:
+        """The frames received so far, at least one (waiting for it) and at most `limit`.
+
+        Raises:
+            anyio.EndOfStream: the frontend was closed.
+        """
+        frames = [await self._frames_out.receive()]
+        while len(frames) < limit:
+            try:
+                frames.append(self._frames_out.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return frames
 
     @property
     def stream(self) -> FrameStream:
@@ -532,9 +613,17 @@ class FrameStream(ObjectStream[bytes]):
         """`NetFrontend.send`."""
         await self.frontend.send(item)
 
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        """`NetFrontend.send_batch`."""
+        await self.frontend.send_batch(frames)
+
     async def receive(self) -> bytes:
         """`NetFrontend.receive`."""
         return await self.frontend.receive()
+
+    async def receive_batch(self, limit: int = 64) -> list[bytes]:
+        """`NetFrontend.receive_batch`."""
+        return await self.frontend.receive_batch(limit)
 
     async def send_eof(self) -> None:
         """A network link has no end-of-stream: nothing to do."""

@@ -70,6 +70,60 @@ async def test_many_frames_in_both_directions_at_once() -> None:
             await be.wait_finished()
 
 
+async def test_a_batch_goes_out_in_order_with_one_push_per_window() -> None:
+    """`send_batch`: the frames arrive whole and in order, a batch that fits the window takes
+    one push, one that does not takes a push each time the window fills (40 frames of 64 KiB
+    are 680 requests: nothing waits for room while holding requests back); frames sent one
+    by one (the control) take a push each."""
+    small = [frame(i, 60 + i) for i in range(8)]
+    big = [frame(100 + i, 65535) for i in range(40)]
+    with anyio.fail_after(60):
+        async with world() as w, running_backend(w) as (be, wire):
+            async with NetFrontend(w.domu, 0, 0) as vif:
+                await vif.send_batch(small)
+                assert vif.stats.tx_pushes == 1
+                for f in small:
+                    await vif.send(f)
+                assert vif.stats.tx_pushes == 1 + len(small)   # control: one push a frame
+                for f in small * 2:
+                    assert await wire.from_guest.receive() == f
+
+                async def host_receives() -> None:
+                    for f in big:
+                        got = await wire.from_guest.receive()
+                        assert got == f, (len(got), got[14:18], f[14:18])
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(host_receives)
+                    before = vif.stats.tx_pushes
+                    await vif.send_batch(big)
+                pushes = vif.stats.tx_pushes - before
+                assert 2 < pushes < len(big), pushes
+                assert vif.stats.tx_packets == len(small) * 2 + len(big)
+                assert be.stats.tx_refused == 0
+            await be.wait_finished()
+
+
+async def test_a_batch_with_a_frame_the_link_cannot_carry_queues_nothing() -> None:
+    with anyio.fail_after(30):
+        async with world() as w, running_backend(w) as (be, wire):
+            async with NetFrontend(w.domu, 0, 0) as vif:
+                with pytest.raises(ValueError):
+                    await vif.send_batch([frame(1, 60), bytes(13), frame(2, 60)])
+                assert vif.stats.tx_packets == vif.stats.tx_pushes == 0
+                await vif.send(frame(3, 60))
+                assert await wire.from_guest.receive() == frame(3, 60)   # the first to arrive
+                for f in (frame(4, 61), frame(5, 62), frame(6, 63)):
+                    await wire.to_guest.send(f)
+                got: list[bytes] = []
+                while len(got) < 3:
+                    batch = await vif.receive_batch(limit=2)
+                    assert 1 <= len(batch) <= 2
+                    got += batch
+                assert got == [frame(4, 61), frame(5, 62), frame(6, 63)]
+            await be.wait_finished()
+
+
 async def test_xenstore_keys_of_both_ends() -> None:
     with anyio.fail_after(30):
         async with world() as w, running_backend(w) as (be, _):

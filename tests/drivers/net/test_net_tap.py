@@ -14,7 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -92,8 +92,8 @@ async def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.Completed
 class Lossy(NetFrontend):
     """Negative control: a frontend that loses every frame it is given to send."""
 
-    async def send(self, frame: bytes | bytearray | memoryview) -> None:
-        del frame
+    async def send_batch(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
+        del frames  # (`send` sends a batch of one)
 
 
 async def _run(tmp_path: Path, frontend: type[NetFrontend], *, offload: bool = False,
