@@ -41,7 +41,7 @@ from ..store import StoreClient, connect_unix
 from . import _paths
 from ._kernel import PEER_GONE, signal
 from ._link import Link
-from ._wire import COPY_AREA_SIZE, COPY_CHUNK
+from ._wire import COPY_AREA_SIZE, COPY_CHUNK, COPY_SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -324,11 +324,11 @@ class SimGrantTable(GrantTable):
 
 
 def _chunks(segments: Sequence[GrantCopySegment]) -> list[Sequence[GrantCopySegment]]:
-    """`segments` cut into runs of at most `COPY_CHUNK` bytes."""
+    """`segments` cut into runs of at most `COPY_CHUNK` bytes and `COPY_SEGMENTS` segments."""
     out: list[Sequence[GrantCopySegment]] = []
     start, size = 0, 0
     for i, seg in enumerate(segments):
-        if size + seg.length > COPY_CHUNK:
+        if size + seg.length > COPY_CHUNK or i - start == COPY_SEGMENTS:
             out.append(segments[start:i])
             start, size = i, 0
         size += seg.length

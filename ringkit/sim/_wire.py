@@ -38,8 +38,12 @@ MAX_BODY = 1 << 20
 MAX_FDS = 253
 """Largest number of descriptors one frame may carry (the kernel's SCM_MAX_FD)."""
 
-COPY_CHUNK = 64 * 4096
-"""Most bytes one grant-copy request moves (one slot of a client's copy area)."""
+COPY_CHUNK = 256 * 4096
+"""Most bytes one grant-copy request moves (one slot of a client's copy area): a burst of
+netif's largest packets in one request, since each request waits for the simulator process
+to be scheduled."""
+COPY_SEGMENTS = 1024
+"""Most segments one grant-copy request names (keeping its frame far below `MAX_BODY`)."""
 COPY_AREA_SIZE = 4 * COPY_CHUNK
 """Bytes of a client's copy area (`ringkit.sim._state.CopyArea`): four copies at once."""
 

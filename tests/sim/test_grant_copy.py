@@ -135,21 +135,44 @@ async def test_bad_segments_are_config_errors(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["sim", "memory"])
 async def test_a_copy_larger_than_one_simulator_request(kind: str) -> None:
-    """The simulator carries a copy in requests of at most COPY_CHUNK bytes: a copy of 80 whole
-    pages and some odd pieces arrives whole and in order, both ways."""
+    """The simulator carries a copy in requests of at most COPY_CHUNK bytes: a copy of more
+    whole pages than that and some odd pieces arrives whole and in order, both ways."""
+    from ringkit.sim._wire import COPY_CHUNK
+
+    whole = COPY_CHUNK // PAGE_SIZE + 16
     async with tables(kind) as (granter, granter_id, copier, _, _, _):
-        pages = await granter.share(0, 90)
-        segments = [Seg(ref, 0, PAGE_SIZE) for ref in reversed(pages.refs[:80])]
-        segments += [Seg(pages.refs[80 + i], i * 7, 100 + i) for i in range(10)]
+        pages = await granter.share(0, whole + 10)
+        segments = [Seg(ref, 0, PAGE_SIZE) for ref in reversed(pages.refs[:whole])]
+        segments += [Seg(pages.refs[whole + i], i * 7, 100 + i) for i in range(10)]
         size = sum(s.length for s in segments)
-        assert size > 64 * PAGE_SIZE
+        assert size > COPY_CHUNK
         data = bytes((i * 131 + i // 4096) & 0xFF for i in range(size))
         await copier.copy_to_grants(granter_id, segments, data)
         buf = pages.buffer
-        assert bytes(buf[79 * PAGE_SIZE:80 * PAGE_SIZE]) == data[:PAGE_SIZE]   # the first
-        assert bytes(buf[:PAGE_SIZE]) == data[79 * PAGE_SIZE:80 * PAGE_SIZE]   # the 80th
+        last = (whole - 1) * PAGE_SIZE
+        assert bytes(buf[last:last + PAGE_SIZE]) == data[:PAGE_SIZE]   # the first
+        assert bytes(buf[:PAGE_SIZE]) == data[last:last + PAGE_SIZE]   # the last whole page
         del buf
         assert await copier.copy_from_grants(granter_id, segments) == data
+        await pages.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sim", "memory"])
+async def test_a_copy_of_more_segments_than_one_simulator_request(kind: str) -> None:
+    """The simulator also carries at most COPY_SEGMENTS segments a request: a copy of 100,000
+    one-byte pieces (100 KB, far inside one COPY_CHUNK, but more segments than one request's
+    frame could name: without the cap the request is refused) arrives whole and in order."""
+    from ringkit.sim._wire import COPY_SEGMENTS, MAX_BODY
+
+    count = 100_000
+    assert count * len("[8, 4095, 1], ") > MAX_BODY > COPY_SEGMENTS * len("[99999, 4095, 4096], ")
+    async with tables(kind) as (granter, granter_id, copier, _, _, _):
+        pages = await granter.share(0, -(-count // PAGE_SIZE))
+        segments = [Seg(pages.refs[i // PAGE_SIZE], i % PAGE_SIZE, 1) for i in range(count)]
+        data = bytes((i * 7 + 1) & 0xFF for i in range(count))
+        await copier.copy_to_grants(granter_id, segments, data)
+        assert bytes(pages.buffer[:count]) == data
+        assert await copier.copy_from_grants(granter_id, segments[::-1]) == data[::-1]
         await pages.aclose()
 
 
