@@ -65,6 +65,7 @@ The packet side is pluggable: any anyio object stream of frames (`link`), such a
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -93,9 +94,9 @@ from ringkit.requests.codec import SlotCodec
 from .checksum import complete_checksum, complete_partial_checksum, gso_offload
 from .tap import TapDevice
 
-__all__ = ("QUEUE_BACKLOG", "RX_BURST", "TX_BURST", "BackendQueueStats", "BackendStats",
-           "NetBackRings", "NetBackend", "PacketPlan", "copy_packet", "copy_packets",
-           "finish_packet", "plan_packet")
+__all__ = ("QUEUE_BACKLOG", "RX_BURST", "TX_BURST", "TX_COPIES", "BackendQueueStats",
+           "BackendStats", "NetBackRings", "NetBackend", "PacketPlan", "copy_packet",
+           "copy_packets", "finish_packet", "plan_packet")
 
 MAX_FRAME = netif.MAX_TX_SIZE
 """Largest frame either direction carries (io/netif.h's 16-bit size)."""
@@ -108,11 +109,35 @@ counters (set by `NetBackend.serve`, so `_transmit` / `_receive` keep their one 
 TX_BURST = 64
 """Most tx packets served with one grant copy and one push."""
 
+_CSUM_BLANK = int(netif.TxFlag.CSUM_BLANK)
+
+TX_COPIES = 2
+"""tx bursts copied at once (`NetBackend._transmit`): while one burst's grant copy waits, the
+next is taken and its copy asked for."""
+
 RX_BURST = 32
 """Most frames from the link copied to the guest with one grant copy and one push."""
 
 QUEUE_BACKLOG = 64
 """Frames from the link held for one queue's rx ring (multi-queue) before the link waits."""
+
+
+class _InOrder:
+    """Turns by ticket: `wait(n)` returns once tickets 0 .. n-1 are `done`."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self._waiting: dict[int, anyio.Event] = {}
+
+    async def wait(self, ticket: int) -> None:
+        if ticket != self.next:
+            await self._waiting.setdefault(ticket, anyio.Event()).wait()
+
+    def done(self) -> None:
+        self.next += 1
+        event = self._waiting.pop(self.next, None)
+        if event is not None:
+            event.set()
 
 
 class NetBackRings(AsyncResource):
@@ -311,30 +336,49 @@ class NetBackend(Backend[NetBackRings]):
 
     async def _transmit(self, tx: PostedRequests) -> None:
         """Guest -> link: the packets published together are checked, copied out with one
-        grant copy (`copy_packets`), answered with one push, then delivered."""
+        grant copy (`copy_packets`), answered with one push, then delivered.  `TX_COPIES`
+        bursts are copied at once (a grant copy waits on the hypervisor, or on the simulated
+        Xen's process); bursts are answered and delivered in ring order."""
+        taking = anyio.Lock()
+        order = _InOrder()
+        tickets = iter(range(1 << 62))
+        async with anyio.create_task_group() as tg:
+            for _ in range(TX_COPIES):
+                tg.start_soon(self._transmit_bursts, tx, taking, tickets, order)
+
+    async def _transmit_bursts(self, tx: PostedRequests, taking: anyio.Lock,
+                               tickets: Iterator[int], order: _InOrder) -> None:
+        """One of `_transmit`'s workers: take a burst (one worker at a time), copy it (at the
+        same time as the others), then answer and deliver it in its turn."""
         stats = _LANE.get()[1]
         while True:
-            chains = [await tx.take_chain()]
-            chains += tx.take_ready_chains(limit=TX_BURST - 1)
+            async with taking:
+                chains = [await tx.take_chain()]
+                chains += tx.take_ready_chains(limit=TX_BURST - 1)
+                ticket = next(tickets)
             frames = await self.packets_of(chains)
-            answers: list[tuple[RequestChain, list[bytes] | None]] = []
-            for chain, frame in zip(chains, frames, strict=True):
-                if isinstance(frame, RequestError):
-                    self.stats.tx_refused += 1
-                    stats.tx_refused += 1
-                    self.log.debug("%s: tx packet refused: %s", self.address, frame.reason)
-                    answers.append((chain, None))
-                else:
-                    answers.append((chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
-                                            for r in chain.requests]))
-            await tx.respond_chains(answers)
-            for frame in frames:
-                if not isinstance(frame, RequestError):
-                    self.stats.tx_packets += 1
-                    stats.tx_packets += 1
-                    if isinstance(frame, netif.Frame):
-                        self.stats.tx_gso += 1
-                    await self.link.send(frame)
+            await order.wait(ticket)
+            try:
+                answers: list[tuple[RequestChain, list[bytes] | None]] = []
+                for chain, frame in zip(chains, frames, strict=True):
+                    if isinstance(frame, RequestError):
+                        self.stats.tx_refused += 1
+                        stats.tx_refused += 1
+                        self.log.debug("%s: tx packet refused: %s", self.address, frame.reason)
+                        answers.append((chain, None))
+                    else:
+                        answers.append((chain, [netif.encode_tx_response(r.id, netif.Status.OKAY)
+                                                for r in chain.requests]))
+                await tx.respond_chains(answers)
+                for frame in frames:
+                    if not isinstance(frame, RequestError):
+                        self.stats.tx_packets += 1
+                        stats.tx_packets += 1
+                        if isinstance(frame, netif.Frame):
+                            self.stats.tx_gso += 1
+                        await self.link.send(frame)
+            finally:
+                order.done()
 
     async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
         """The frames chains of tx requests carry, or why each is refused (`copy_packets`:
@@ -529,19 +573,24 @@ def plan_packet(chain: RequestChain, *, gso: bool = False) -> PacketPlan:
                 raise RequestError(f"GSO type {segmentation.type} is unknown")
             if segmentation.size == 0:
                 raise RequestError("a GSO extra with segment size 0")
-    parsed = [netif.parse_tx_request(r.slot) for r in chain.requests]
-    total = parsed[0].size
-    rest = sum(p.size for p in parsed[1:])
+    # (gref, offset, flags, id, size) of each request: plain tuples, as this runs per packet
+    unpack = netif.TX_REQUEST.unpack_from
+    parsed = [unpack(r.slot) for r in chain.requests]
+    total = parsed[0][4]
+    rest = 0
+    for fields in parsed[1:]:
+        rest += fields[4]
     if total < netif.ETH_HLEN or rest > total:
         raise RequestError(f"a packet of {total} bytes whose later fragments hold {rest}")
-    sizes = [total - rest, *(p.size for p in parsed[1:])]
-    for p, size in zip(parsed, sizes, strict=True):
-        why = netif.check_fragment(p.offset, size)
-        if why is not None:
-            raise RequestError(f"request {p.id}: {why}")
-    return PacketPlan([GrantCopySegment(p.gref, p.offset, size)
-                       for p, size in zip(parsed, sizes, strict=True) if size],
-                      bool(parsed[0].flags & netif.TxFlag.CSUM_BLANK), segmentation)
+    segments: list[GrantCopySegment] = []
+    for i, (gref, offset, _, rid, size) in enumerate(parsed):
+        if i == 0:
+            size = total - rest
+        if offset + size > PAGE_SIZE:
+            raise RequestError(f"request {rid}: {netif.check_fragment(offset, size)}")
+        if size:
+            segments.append(GrantCopySegment(gref, offset, size))
+    return PacketPlan(segments, bool(parsed[0][2] & _CSUM_BLANK), segmentation)
 
 
 def finish_packet(plan: PacketPlan, frame: bytes) -> bytes:

@@ -172,16 +172,17 @@ class TapDevice(ObjectStream[bytes]):
         """
         offload = netif.offload_of(item)
         if self.vnet_hdr:
-            data = (offload.encode() if offload is not None else _EMPTY_HDR) + item
+            # the header and the frame in one write, neither copied into the other
+            parts = [offload.encode() if offload is not None else _EMPTY_HDR, item]
         elif offload is not None and (offload.gso_type or offload.flags & _NEEDS_CSUM):
             return
         else:
-            data = item
+            parts = [item]
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
-                os.write(self.fd, data)
+                os.writev(self.fd, parts)
                 return
             except BlockingIOError:
                 await anyio.wait_writable(self.fd)
