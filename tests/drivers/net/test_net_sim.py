@@ -8,11 +8,15 @@ leak accounting of the sim at the end of each test.
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from networld import MAC, frame, running_backend, world
+from ringkit.backends.net import NetBackend
+from ringkit.backends.net.device import TX_COPIES, _InOrder
 from ringkit.frontends.net import NetFrontend
 
 from ringkit.proto import netif
+from ringkit.requests import RequestChain, RequestError
 
 pytestmark = pytest.mark.anyio
 
@@ -122,6 +126,50 @@ async def test_a_batch_with_a_frame_the_link_cannot_carry_queues_nothing() -> No
                     got += batch
                 assert got == [frame(4, 61), frame(5, 62), frame(6, 63)]
             await be.wait_finished()
+
+
+class FirstCopySlow(NetBackend):
+    """A backend whose first tx burst's copy finishes last (the second burst's copy, asked
+    for meanwhile, returns first)."""
+
+    copies = 0
+
+    async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
+        first = self.copies == 0
+        self.copies += 1
+        frames = await super().packets_of(chains)
+        if first:
+            await anyio.sleep(0.3)
+        return frames
+
+
+async def _first_copy_slow_order() -> list[bytes]:
+    with anyio.fail_after(30):
+        async with world() as w, running_backend(w, FirstCopySlow) as (be, wire):
+            async with NetFrontend(w.domu, 0, 0) as vif:
+                await vif.send(frame(1, 60))
+                with anyio.fail_after(5):
+                    while be.copies < 1:   # the first burst is taken alone
+                        await anyio.sleep(0.01)
+                await vif.send(frame(2, 60))
+                got = [await wire.from_guest.receive(), await wire.from_guest.receive()]
+                assert be.copies == 2
+            await be.wait_finished()
+    return got
+
+
+async def test_tx_bursts_copied_at_once_are_delivered_in_ring_order() -> None:
+    assert TX_COPIES > 1
+    assert await _first_copy_slow_order() == [frame(1, 60), frame(2, 60)]
+
+
+async def test_negative_control_without_the_turns_a_slow_copy_reorders(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_turns(self: object, ticket: int) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(_InOrder, "wait", no_turns)
+    assert await _first_copy_slow_order() == [frame(2, 60), frame(1, 60)]
 
 
 async def test_xenstore_keys_of_both_ends() -> None:

@@ -199,3 +199,31 @@ def test_complete_checksum_matches_a_known_udp_datagram() -> None:
     assert frame[8:] == bytes.fromhex("220d")
     with pytest.raises(ValueError):
         complete_checksum(bytearray(4), 0, 3)
+
+
+async def test_receive_batch_takes_what_waits_up_to_its_limit(tmp_path: Path) -> None:
+    """Frames the host sent out of a TAP before any was read come out of `receive_batch` in
+    bursts of its limit, every frame once and in order."""
+    _needs_root()
+    tag = f"{os.getpid() % 10000}b"
+    async with namespaces(tag) as (host_ns, _):
+        tap = TapDevice.open(f"rkb{tag}")
+        try:
+            into(tap, host_ns, HOST_IP)
+            ip("-n", host_ns, "neigh", "add", GUEST_IP, "lladdr", "02:00:00:00:00:02",
+               "dev", tap.name)
+            sender = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                      "for i in range(7): s.sendto(b'rk%d' % i, (sys.argv[1], 9))\n")
+            await in_ns(host_ns, sys.executable, "-c", sender, GUEST_IP)
+            payloads: list[bytes] = []
+            sizes: list[int] = []
+            with anyio.fail_after(10):
+                while len(payloads) < 7:
+                    batch = await tap.receive_batch(limit=3)
+                    sizes.append(len(batch))
+                    payloads += [f[42:] for f in batch if f[12:14] == b"\x08\x00"   # IPv4
+                                 and f[23] == 17 and f[36:38] == b"\0\x09"]         # UDP to 9
+            assert payloads == [b"rk%d" % i for i in range(7)]
+            assert max(sizes) == 3, sizes
+        finally:
+            await tap.aclose()
