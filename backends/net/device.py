@@ -65,7 +65,6 @@ The packet side is pluggable: any anyio object stream of frames (`link`), such a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -88,6 +87,7 @@ from ringkit.requests import (
     RequestChain,
     RequestError,
     SharedEventChannel,
+    Turns,
 )
 from ringkit.requests.codec import SlotCodec
 
@@ -120,24 +120,6 @@ RX_BURST = 32
 
 QUEUE_BACKLOG = 64
 """Frames from the link held for one queue's rx ring (multi-queue) before the link waits."""
-
-
-class _InOrder:
-    """Turns by ticket: `wait(n)` returns once tickets 0 .. n-1 are `done`."""
-
-    def __init__(self) -> None:
-        self.next = 0
-        self._waiting: dict[int, anyio.Event] = {}
-
-    async def wait(self, ticket: int) -> None:
-        if ticket != self.next:
-            await self._waiting.setdefault(ticket, anyio.Event()).wait()
-
-    def done(self) -> None:
-        self.next += 1
-        event = self._waiting.pop(self.next, None)
-        if event is not None:
-            event.set()
 
 
 class NetBackRings(AsyncResource):
@@ -340,14 +322,13 @@ class NetBackend(Backend[NetBackRings]):
         bursts are copied at once (a grant copy waits on the hypervisor, or on the simulated
         Xen's process); bursts are answered and delivered in ring order."""
         taking = anyio.Lock()
-        order = _InOrder()
-        tickets = iter(range(1 << 62))
+        turns = Turns()
         async with anyio.create_task_group() as tg:
             for _ in range(TX_COPIES):
-                tg.start_soon(self._transmit_bursts, tx, taking, tickets, order)
+                tg.start_soon(self._transmit_bursts, tx, taking, turns)
 
     async def _transmit_bursts(self, tx: PostedRequests, taking: anyio.Lock,
-                               tickets: Iterator[int], order: _InOrder) -> None:
+                               turns: Turns) -> None:
         """One of `_transmit`'s workers: take a burst (one worker at a time), copy it (at the
         same time as the others), then answer and deliver it in its turn."""
         stats = _LANE.get()[1]
@@ -355,9 +336,9 @@ class NetBackend(Backend[NetBackRings]):
             async with taking:
                 chains = [await tx.take_chain()]
                 chains += tx.take_ready_chains(limit=TX_BURST - 1)
-                ticket = next(tickets)
+                ticket = turns.take()
             frames = await self.packets_of(chains)
-            await order.wait(ticket)
+            await turns.wait(ticket)
             try:
                 answers: list[tuple[RequestChain, list[bytes] | None]] = []
                 for chain, frame in zip(chains, frames, strict=True):
@@ -378,7 +359,7 @@ class NetBackend(Backend[NetBackRings]):
                             self.stats.tx_gso += 1
                         await self.link.send(frame)
             finally:
-                order.done()
+                turns.done()
 
     async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
         """The frames chains of tx requests carry, or why each is refused (`copy_packets`:

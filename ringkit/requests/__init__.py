@@ -17,6 +17,7 @@ a driver supplies only its slot format and its handler:
   (buffers posted ahead, as netif's rx ring), and whole chains of requests (a packet over
   several slots, `Chain`: netif's ``more_data`` and extra-info slots);
 * `SharedEventChannel`: one event channel serving several rings (netif's tx and rx);
+* `Turns`: work taken in ring order, done concurrently, finished in ring order;
 * both: a `SlotCodec` saying where a slot keeps its id, operation and grant refs -- read for a
   whole burst in one call, in C when the compiled helper is built.
 
@@ -59,6 +60,7 @@ from .front import Completions, QueueStats, Request, RequestQueue
 from .mapping import DEFAULT_MAX_PERSISTENT, GrantMapper, PageSet, PersistentGrantWatcher
 from .pool import GrantPool
 from .posted import PostedRequests, RequestChain
+from .turns import Turns
 
 __all__ = (
     "DEFAULT_MAX_PERSISTENT",
@@ -86,5 +88,6 @@ __all__ = (
     "ServerStats",
     "SharedEventChannel",
     "SlotCodec",
+    "Turns",
     "answer_slot",
 )

@@ -12,11 +12,11 @@ import anyio.lowlevel
 import pytest
 from networld import MAC, frame, running_backend, world
 from ringkit.backends.net import NetBackend
-from ringkit.backends.net.device import TX_COPIES, _InOrder
+from ringkit.backends.net.device import TX_COPIES
 from ringkit.frontends.net import NetFrontend
 
 from ringkit.proto import netif
-from ringkit.requests import RequestChain, RequestError
+from ringkit.requests import RequestChain, RequestError, Turns
 
 pytestmark = pytest.mark.anyio
 
@@ -168,7 +168,7 @@ async def test_negative_control_without_the_turns_a_slow_copy_reorders(
     async def no_turns(self: object, ticket: int) -> None:
         await anyio.lowlevel.checkpoint()
 
-    monkeypatch.setattr(_InOrder, "wait", no_turns)
+    monkeypatch.setattr(Turns, "wait", no_turns)
     assert await _first_copy_slow_order() == [frame(2, 60), frame(1, 60)]
 
 
