@@ -127,6 +127,10 @@ class FrontendQueueStats:
     rx_dropped: int = 0
 
 
+_MORE_DATA = int(netif.TxFlag.MORE_DATA)
+"""NETTXF_more_data as a plain int (set on every request but a packet's last)."""
+
+
 @dataclass(slots=True)
 class _TxPlan:
     """One frame to send: its bytes, the requests it takes, the first's flags, its extra slot
@@ -367,7 +371,7 @@ class NetFrontend(Frontend[NetFrontRings]):
     async def _send_plans(self, lane: _Lane, plans: list[_TxPlan]) -> None:
         """Put `plans` on `lane`'s tx ring, each packet's requests in consecutive slots."""
         queue, done = lane.tx, lane.tx_done
-        more = netif.TxFlag.MORE_DATA
+        more = _MORE_DATA
         pack = netif.TX_REQUEST.pack_into
         ready: list[Request] = []   # whole packets, not yet pushed
         async with lane.lock:

@@ -144,6 +144,10 @@ class Chain:
     filler_status: int | None = None
 
     def __post_init__(self) -> None:
+        # the bits as plain ints (a protocol's enum.Flag members are accepted): they are
+        # tested once per slot, and a Flag's `&` is a Python call
+        for name in ("more", "extra", "extra_more"):
+            object.__setattr__(self, name, int(getattr(self, name)))
         if self.maximum < 1 or self.more <= 0:
             raise ConfigError(f"bad chain: {self}")
         if self.extra and (self.extra_flags is None or self.filler_status is None):
@@ -165,6 +169,8 @@ class ResponseExtra:
     extra_more: int
 
     def __post_init__(self) -> None:
+        for name in ("extra", "extra_more"):   # plain ints, as `Chain`'s
+            object.__setattr__(self, name, int(getattr(self, name)))
         if self.extra <= 0 or self.extra_more <= 0:
             raise ConfigError(f"bad response extra: {self}")
 

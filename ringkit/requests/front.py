@@ -62,6 +62,10 @@ class _State(enum.Enum):
     SHADOW = "shadow"
     """In flight for a compiled fast path (`ringkit.requests.shadow`), not for the record."""
 
+    # members are singletons: hashing by identity keeps `_CODES[state]` (once per request
+    # state change) off Enum's Python-level __hash__
+    __hash__ = object.__hash__
+
 
 # The id table: one byte per id, shared with the compiled fast path (ringkit.requests.shadow,
 # the RK_ID_* constants of ringkit/_native/_build.py): the state in the low bits, _ID_ORPHAN

@@ -309,12 +309,16 @@ class SimGrantTable(GrantTable):
                     finally:
                         for fd in fds:
                             os.close(fd)
-        async with self._slots:
-            at = self._free_slots.pop()
-            try:
-                yield self._area, at
-            finally:
-                self._free_slots.append(at)
+        try:
+            self._slots.acquire_nowait()   # the usual case: no yield to the event loop
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+        at = self._free_slots.pop()
+        try:
+            yield self._area, at
+        finally:
+            self._free_slots.append(at)
+            self._slots.release()
 
     def close_copy_area(self) -> None:
         """Drop this process's view of the copy area (the domain is closing).  A copy still
