@@ -25,7 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -228,21 +228,24 @@ async def splice(a: ObjectStream[bytes], b: ObjectStream[bytes]) -> None:
     """Copy frames from `a` to `b` and from `b` to `a` until either ends (in bursts, one
     `receive_batch` / `send_batch` each, where both ends are `FrameBatches`)."""
     async def copy(src: ObjectStream[bytes], dst: ObjectStream[bytes]) -> None:
+        async def receive_one() -> list[bytes]:
+            return [await src.receive()]
+
+        async def send_each(frames: Sequence[bytes]) -> None:
+            for frame in frames:
+                await dst.send(frame)
+
+        receive: Callable[[], Awaitable[list[bytes]]] = receive_one
+        send: Callable[[Sequence[bytes]], Awaitable[None]] = send_each
         if isinstance(src, FrameBatches) and isinstance(dst, FrameBatches):
-            while True:
-                try:
-                    items = await src.receive_batch()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    tg.cancel_scope.cancel()
-                    return
-                await dst.send_batch(items)
+            receive, send = src.receive_batch, dst.send_batch
         while True:
             try:
-                item = await src.receive()
+                frames = await receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 tg.cancel_scope.cancel()
                 return
-            await dst.send(item)
+            await send(frames)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(copy, a, b)
