@@ -33,8 +33,11 @@ connection stays in order), and frames received on every queue go to the one `re
 
 Sending (`send`): a frame is copied into pages of a `GrantPool` granted once per connection,
 one tx request per page (``more_data`` on all but the last, the first's size the frame's),
-and pushed with one push; the answers come back to a reaper task that frees the ids and pages
--- `send` waits only for room in the window, as a NIC queue does.  Receiving: every rx slot
+and pushed with one push; the answers free the ids and pages -- `send` waits only for room in
+the window, as a NIC queue does.  Where the compiled helper has it, that bookkeeping runs in C
+(`ringkit.requests.nettx.NetTxTable`: a batch of frames encoded with one call, a burst of
+answers matched with one); otherwise, or with ``native_tx=False``, its Python reference does
+(`PythonTxPath`, whose answers a reaper task frees).  Receiving: every rx slot
 holds a posted page (`RequestQueue` requests sent ahead, answered when a packet arrives); each
 answered chain (``more_data``) is checked, copied out, its pages posted again, and the frame
 queued for `receive` (dropped and counted when the program does not keep up, as a NIC does).
@@ -64,7 +67,14 @@ from ringkit.channel import FrontRingChannel
 from ringkit.device import Frontend, Nodes, Queue, RingChoice
 from ringkit.proto import netif
 from ringkit.proto.ring import FrontRing
-from ringkit.requests import Completions, GrantPool, Request, RequestQueue, SharedEventChannel
+from ringkit.requests import (
+    Completions,
+    GrantPool,
+    Request,
+    RequestQueue,
+    SharedEventChannel,
+    nettx,
+)
 from ringkit.requests.codec import SlotCodec
 
 __all__ = ("FrameStream", "FrontendStats", "NetFrontRings", "NetFrontend", "FrontendQueueStats",
@@ -127,19 +137,15 @@ class FrontendQueueStats:
     rx_dropped: int = 0
 
 
-_MORE_DATA = int(netif.TxFlag.MORE_DATA)
-"""NETTXF_more_data as a plain int (set on every request but a packet's last)."""
-
-
 @dataclass(slots=True)
 class _TxPlan:
-    """One frame to send: its bytes, the requests it takes, the first's flags, its extra slot
-    (empty: none)."""
+    """One frame to send: its bytes, its first request's checksum flags, its GSO segment
+    size and type (0: none)."""
 
     data: memoryview
-    pages: int
     first_flags: int
-    extra: bytes
+    gso_size: int = 0
+    gso_type: int = 0
 
 
 @dataclass(eq=False)
@@ -148,7 +154,8 @@ class _Lane:
 
     tx: RequestQueue
     rx: RequestQueue
-    tx_done: Completions
+    path: nettx.NetTxTable | nettx.PythonTxPath
+    """How frames go on the tx ring: in C, or the Python reference (`ringkit.requests.nettx`)."""
     stats: FrontendQueueStats
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -161,7 +168,8 @@ class NetFrontend(Frontend[NetFrontRings]):
     least `netif.NR_SLOTS_MIN`, a largest frame's pages), so that more queues do not multiply
     the grants held.  `backlog`: received frames held for `receive`
     before more are dropped.  `max_queues`: the most queues to ask for (the backend's
-    ``multi-queue-max-queues`` caps it; 1 asks for none).
+    ``multi-queue-max-queues`` caps it; 1 asks for none).  `native_tx`: send through the C
+    tx table where the compiled helper has it (False: the Python path, the reference).
     """
 
     device_type: ClassVar[str] = "vif"
@@ -177,7 +185,7 @@ class NetFrontend(Frontend[NetFrontRings]):
                  tx_pages: int | None = None, rx_buffers: int | None = None,
                  backlog: int = 1024, max_queues: int | None = None,
                  poll_us: int = 0, offload: bool = False,
-                 split_event_channels: bool = True) -> None:
+                 split_event_channels: bool = True, native_tx: bool = True) -> None:
         share = max(netif.NR_SLOTS_MIN, netif.RX_RING_SIZE // (max_queues or 1))
         tx_pages = share if tx_pages is None else tx_pages
         rx_buffers = share if rx_buffers is None else rx_buffers
@@ -188,6 +196,9 @@ class NetFrontend(Frontend[NetFrontRings]):
         self.tx_pages = tx_pages
         self.rx_buffers = rx_buffers
         self.split_event_channels = split_event_channels
+        self.native_tx = native_tx
+        """Whether the tx ring goes through the C table (`ringkit.requests.nettx`) where the
+        compiled helper has it; False keeps the Python path (the reference)."""
         """Whether to give each ring its own event channel when the backend offers
         ``feature-split-event-channels`` (``event-channel-tx``/``-rx``)."""
         self.offload = offload
@@ -288,13 +299,22 @@ class NetFrontend(Frontend[NetFrontRings]):
             rx = RequestQueue([rings.rx], netif.RX_CODEC, pool=rx_pool,
                               window=self.rx_buffers,
                               check=check_rx_offload if self.offload else check_rx)
-            lane = _Lane(tx, rx, tx.completions(), self.stats.queue(queue.index))
+            stats = self.stats.queue(queue.index)
+            max_pages = netif.NR_SLOTS_MIN if self.sg else 1
+            answered = partial(self._tx_answered, stats)
+            path: nettx.NetTxTable | nettx.PythonTxPath
+            if self.native_tx and not nettx.unavailable():
+                path = nettx.NetTxTable(tx, max_pages=max_pages, on_answered=answered)
+            else:
+                path = nettx.PythonTxPath(tx, max_pages=max_pages, on_answered=answered)
+            lane = _Lane(tx, rx, path, stats)
             self._lanes.append(lane)
             rx_done = rx.completions()
             self._post(rx, rx_done, self.rx_buffers)
             self.tasks.start_soon(tx.run)
             self.tasks.start_soon(rx.run)
-            self.tasks.start_soon(self._reap, lane)
+            if isinstance(path, nettx.PythonTxPath):
+                self.tasks.start_soon(self._reap, path)
             self.tasks.start_soon(self._deliver, lane, rx_done)
 
     async def disconnected(self) -> None:
@@ -344,7 +364,7 @@ class NetFrontend(Frontend[NetFrontRings]):
             await self._send_plans(lanes[index], group)
 
     def _tx_plan(self, frame: bytes | bytearray | memoryview) -> _TxPlan:
-        """What one frame takes on the tx ring (its pages, first flags, GSO extra slot)."""
+        """What one frame takes on the tx ring (its first flags, its GSO segmentation)."""
         offload = netif.offload_of(frame)
         data = memoryview(frame).cast("B")
         size = len(data)
@@ -352,78 +372,46 @@ class NetFrontend(Frontend[NetFrontRings]):
         if size < netif.ETH_HLEN or size > MAX_FRAME or (pages > 1 and not self.sg):
             raise ValueError(f"cannot send a {size}-byte frame "
                              f"({'with' if self.sg else 'without'} feature-sg)")
+        if offload is None:
+            return _TxPlan(data, 0)
         first_flags = 0
-        extra = b""
-        if offload is not None:
-            if offload.gso_type != netif.VNET_GSO_NONE:
-                kind = offload.gso
-                if kind not in self.tx_gso or not 0 < offload.gso_size <= size:
-                    raise ValueError(f"cannot send a GSO {kind.name} frame (segments of "
-                                     f"{offload.gso_size}) to a backend taking "
-                                     f"{sorted(k.name for k in self.tx_gso)}")
-                extra = netif.encode_gso(offload.gso_size, kind)
-                first_flags = netif.TxFlag.EXTRA_INFO
-            if offload.gso_type != netif.VNET_GSO_NONE or \
-                    offload.flags & netif.VNET_F_NEEDS_CSUM:
-                first_flags |= netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED
-        return _TxPlan(data, pages, int(first_flags), extra)
+        if offload.gso_type != netif.VNET_GSO_NONE or offload.flags & netif.VNET_F_NEEDS_CSUM:
+            first_flags = int(netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED)
+        if offload.gso_type == netif.VNET_GSO_NONE:
+            return _TxPlan(data, first_flags)
+        kind = offload.gso
+        if kind not in self.tx_gso or not 0 < offload.gso_size <= size:
+            raise ValueError(f"cannot send a GSO {kind.name} frame (segments of "
+                             f"{offload.gso_size}) to a backend taking "
+                             f"{sorted(k.name for k in self.tx_gso)}")
+        return _TxPlan(data, first_flags, offload.gso_size, int(kind))
 
     async def _send_plans(self, lane: _Lane, plans: list[_TxPlan]) -> None:
-        """Put `plans` on `lane`'s tx ring, each packet's requests in consecutive slots."""
-        queue, done = lane.tx, lane.tx_done
-        more = _MORE_DATA
-        pack = netif.TX_REQUEST.pack_into
-        ready: list[Request] = []   # whole packets, not yet pushed
+        """Put `plans` on `lane`'s tx ring, each packet's requests in consecutive slots: as
+        many whole packets per push as fit, waiting for room (answers) when the next does
+        not; the packets pushed before a cancellation stay sent."""
+        path = lane.path
+        frames = [(plan.data, plan.first_flags, plan.gso_size, plan.gso_type)
+                  for plan in plans]
         async with lane.lock:
-            try:
-                for plan in plans:
-                    data, pages, size = plan.data, plan.pages, len(plan.data)
-                    held: list[Request] = []
-                    try:
-                        for _ in range(pages + (1 if plan.extra else 0)):
-                            request = queue.prepare_nowait(1 if len(held) < pages else 0)
-                            if request is None:
-                                if ready:   # what is ready goes out before any wait
-                                    self._push(queue, done, ready)
-                                    ready = []
-                                request = await queue.prepare(1 if len(held) < pages else 0)
-                            held.append(request)
-                    except BaseException:
-                        for request in held:
-                            queue.release(request)
-                        raise
-                    for i in range(pages):
-                        request = held[i]
-                        chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                        request.page(0)[:len(chunk)] = chunk
-                        pack(request.slot, 0, request.refs[0], 0,
-                             (more if i < pages - 1 else 0) | (plan.first_flags if i == 0 else 0),
-                             request.id, size if i == 0 else len(chunk))
-                    if plan.extra:
-                        slot = held.pop()
-                        slot.slot[:len(plan.extra)] = plan.extra  # follows the first request
-                        held.insert(1, slot)
-                    ready += held
-                    self.stats.tx_packets += 1
-                    lane.stats.tx_packets += 1
-                    if plan.extra:
-                        self.stats.tx_gso += 1
-            except BaseException:
-                # the packets formed before a cancellation or failure still go (as when sent
-                # one by one); unless the queue has failed, when they are given back
-                try:
-                    if ready:
-                        self._push(queue, done, ready)
-                except (PeerGoneError, RemoteProtocolError):
-                    for request in ready:
-                        queue.release(request)
-                raise
-            if ready:
-                self._push(queue, done, ready)
+            done = 0
+            while done < len(frames):
+                sent = path.send_nowait(frames[done:] if done else frames)
+                if sent:
+                    gso = sum(1 for plan in plans[done:done + sent] if plan.gso_type)
+                    done += sent
+                    self.stats.tx_pushes += 1
+                    self.stats.tx_packets += sent
+                    lane.stats.tx_packets += sent
+                    self.stats.tx_gso += gso
+                else:
+                    await path.room(frames[done])
 
-    def _push(self, queue: RequestQueue, done: Completions, requests: list[Request]) -> None:
-        queue.send_batch_nowait(requests, done)
-        self.stats.tx_pushes += 1
+    def _tx_answered(self, stats: FrontendQueueStats, packets: int, errors: int) -> None:
+        """A burst of tx answers (either path): count the packets refused."""
+        if errors:
+            self.stats.tx_errors += errors
+            stats.tx_errors += errors
 
     async def receive(self) -> bytes:
         """The next Ethernet frame from the backend, waiting for one.  Frames received while
@@ -473,19 +461,15 @@ class NetFrontend(Frontend[NetFrontRings]):
         if held:
             queue.send_batch_nowait(held, done)
 
-    async def _reap(self, lane: _Lane) -> None:
-        queue, done = lane.tx, lane.tx_done
+    @staticmethod
+    async def _reap(path: nettx.PythonTxPath) -> None:
+        """The Python tx path's answers: free them, count the refused packets."""
         while True:
             try:
-                answered = await done.get()
+                answered = await path.completions.get()
             except PeerGoneError:
                 return  # the connection ended: its teardown already said why
-            for request in answered:
-                if not request.extra and \
-                        netif.parse_tx_response(request.response)[1] != netif.Status.OKAY:
-                    self.stats.tx_errors += 1
-                    lane.stats.tx_errors += 1
-                queue.release(request)
+            path.reap(answered)
 
     async def _deliver(self, lane: _Lane, done: Completions) -> None:
         queue = lane.rx

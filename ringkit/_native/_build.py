@@ -121,6 +121,19 @@ long rk_shadow_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t
                         uint64_t *info);
 long rk_shadow_drop(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
                     rk_shadow *table, uint32_t token, int mode, uint64_t *info);
+#define RK_NETTX_FIRST 0x80000000
+#define RK_NETTX_EXTRA 0x40000000
+enum { RK_NETTX_E_STATUS = 1 };
+typedef struct { const char *data; uint32_t length; uint16_t flags; uint16_t gso_size;
+                 uint8_t gso_type; uint8_t pad[3]; } rk_nettx_frame;
+long rk_nettx_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                     char *memory, size_t memory_length, const uint32_t *refs, uint32_t *table,
+                     uint32_t *fifo, uint64_t *fifo_state, const rk_nettx_frame *frames,
+                     size_t nframes, unsigned max_pages, size_t room, char *slots,
+                     size_t slots_length, uint64_t *out);
+long rk_nettx_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                       uint32_t *table, uint32_t *fifo, uint64_t *fifo_state, const char *buf,
+                       size_t length, size_t count, uint64_t *info);
 """
 
 SOURCE = r"""
@@ -1775,6 +1788,209 @@ static long rk_shadow_drop(uint8_t *states, size_t window, uint8_t *freemap, siz
         n++;
     }
     return n;
+}
+
+/* ---------------------------------------------------------------- the netif tx table
+   A netfront's tx requests in C (ringkit.requests.nettx), sharing the request queue's id table
+   and the GrantPool's free map with the Python path as the blkfront shadow table does (RK_ID_*
+   above; lowest free id first, first free page first, one page per request):
+
+   * `table`: per id of a request in flight here, RK_NETTX_FIRST for a packet's first request,
+     RK_NETTX_EXTRA for an extra-info slot, and the pool page (low 24 bits) of a data request.
+   * `fifo` / `fifo_state` ([0] head, [1] count): the ids of the extra-info slots in flight, in
+     ring order.  netif answers an extra-info slot with NETIF_RSP_NULL and no id (Linux's
+     netback leaves it unset), so such an answer goes to the oldest one, by position.
+
+   rk_nettx_submit writes whole packets into `slots` (12 bytes each, a private staging area the
+   caller puts on the ring with one copy and one push): the first request {gref, offset 0,
+   flags, id, size = the frame's length}, then a GSO extra-info slot when the frame has a GSO
+   type, then one request per further page, NETTXF_more_data on all but the last; each page
+   gets its share of the frame.  It stops before a packet for which ids, pages, ring slots
+   (`room`) or staging are short.  rk_nettx_complete walks a burst of responses the ring engine
+   already copied out of the shared page and consumes its leading responses that answer
+   requests in flight here: a status outside OKAY / ERROR / DROPPED stops it (info[0]; the
+   caller fails the queue); an id not in flight here, or a NETIF_RSP_NULL with no extra slot of
+   ours in flight, goes back to the Python path, which matches or reports it. */
+
+#define RK_NETTX_FIRST 0x80000000u
+#define RK_NETTX_EXTRA 0x40000000u
+enum { RK_NETTX_E_STATUS = 1 };
+typedef struct { const char *data; uint32_t length; uint16_t flags; uint16_t gso_size;
+                 uint8_t gso_type; uint8_t pad[3]; } rk_nettx_frame;
+#define RK_NETIF_TX_SLOT 12
+#define RK_NETIF_MAX_FRAME 65535u
+#define RK_NETIF_NR_SLOTS_MIN 18u
+#define RK_NETTXF_CHECKSUM 3u         /* csum_blank | data_validated: the caller's to set */
+#define RK_NETTXF_MORE_DATA 4u
+#define RK_NETTXF_EXTRA_INFO 8u
+#define RK_NETIF_RSP_NULL 1
+#define RK_NETTX_PAGE_MASK 0x00FFFFFFu
+
+static unsigned rk_nettx_pages(const rk_nettx_frame *f)
+{
+    return (unsigned)((f->length + RK_PAGE - 1) / RK_PAGE);
+}
+
+/* Encode whole packets of `frames` (in order) into `slots`, as above.  Every frame is checked
+   first -- 1..65535 bytes with its data, at most `max_pages` (1..18) pages, a GSO type of 0
+   (none), 1 (TCPv4) or 2 (TCPv6) -- and -1 returned, nothing taken, for a bad one or a bad
+   call.  out: [0] frames taken, [1] pages taken, [2] ids taken.  Returns the slots written
+   (their ids marked SENT | SHADOW). */
+static long rk_nettx_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                            char *memory, size_t memory_length, const uint32_t *refs,
+                            uint32_t *table, uint32_t *fifo, uint64_t *fifo_state,
+                            const rk_nettx_frame *frames, size_t nframes, unsigned max_pages,
+                            size_t room, char *slots, size_t slots_length, uint64_t *out)
+{
+    size_t n = 0, f, i, free_ids = 0, free_pages = 0, id = 0, page = 0;
+    out[0] = out[1] = out[2] = 0;
+    if (window == 0 || window > 65536 || npages > memory_length / RK_PAGE
+        || npages > RK_NETTX_PAGE_MASK || max_pages < 1 || max_pages > RK_NETIF_NR_SLOTS_MIN
+        || fifo_state[0] >= window || fifo_state[1] > window)
+        return -1;
+    for (f = 0; f < nframes; f++) {
+        const rk_nettx_frame *fr = &frames[f];
+        if (fr->length == 0 || fr->length > RK_NETIF_MAX_FRAME || !fr->data
+            || rk_nettx_pages(fr) > max_pages || fr->gso_type > 2)
+            return -1;
+    }
+    for (i = 0; i < window; i++)
+        free_ids += states[i] == RK_ID_FREE;
+    for (i = 0; i < npages; i++)
+        free_pages += freemap[i] == 1;
+    for (f = 0; f < nframes; f++) {
+        const rk_nettx_frame *fr = &frames[f];
+        unsigned np = rk_nettx_pages(fr), extra = fr->gso_type != 0, j;
+        size_t ids[RK_NETIF_NR_SLOTS_MIN + 1];
+        uint8_t *s;
+
+        if (np + extra > free_ids || np > free_pages || n + np + extra > room
+            || n + np + extra > slots_length / RK_NETIF_TX_SLOT
+            || fifo_state[1] + extra > window)
+            break;
+        /* ids in the Python path's order: the data requests', then the extra slot's */
+        for (j = 0; j < np + extra; j++) {
+            while (id < window && states[id] != RK_ID_FREE)
+                id++;
+            if (id == window)
+                return -1;              /* the free count was wrong: cannot happen */
+            ids[j] = id++;
+        }
+        for (j = 0; j < np; j++) {
+            size_t at = (size_t)j * RK_PAGE;
+            size_t chunk = fr->length - at < RK_PAGE ? fr->length - at : RK_PAGE;
+            unsigned flags = (j + 1 < np ? RK_NETTXF_MORE_DATA : 0)
+                | (j == 0 ? (fr->flags & RK_NETTXF_CHECKSUM)
+                            | (extra ? RK_NETTXF_EXTRA_INFO : 0) : 0);
+            while (page < npages && freemap[page] != 1)
+                page++;
+            if (page == npages)
+                return -1;              /* as above */
+            s = (uint8_t *)slots + (n + (j == 0 ? 0 : j + extra)) * RK_NETIF_TX_SLOT;
+            memset(s, 0, RK_NETIF_TX_SLOT);
+            rk_put_le(s, refs[page], 4);
+            rk_put_le(s + 6, flags, 2);
+            rk_put_le(s + 8, ids[j], 2);
+            rk_put_le(s + 10, j == 0 ? fr->length : chunk, 2);
+            memcpy(memory + page * RK_PAGE, fr->data + at, chunk);
+            freemap[page] = 0;
+            table[ids[j]] = (uint32_t)page | (j == 0 ? RK_NETTX_FIRST : 0);
+            states[ids[j]] = RK_ID_SENT | RK_ID_SHADOW;
+            page++;
+        }
+        if (extra) {                    /* struct netif_extra_info, type GSO */
+            size_t eid = ids[np];
+            s = (uint8_t *)slots + (n + 1) * RK_NETIF_TX_SLOT;
+            memset(s, 0, RK_NETIF_TX_SLOT);
+            s[0] = 1;                                   /* XEN_NETIF_EXTRA_TYPE_GSO */
+            rk_put_le(s + 2, fr->gso_size, 2);
+            s[4] = fr->gso_type;
+            rk_put_le(s + 8, eid, 2);   /* as the Python path's queue writes every slot's id */
+            table[eid] = RK_NETTX_EXTRA | RK_NETTX_PAGE_MASK;
+            states[eid] = RK_ID_SENT | RK_ID_SHADOW;
+            fifo[(fifo_state[0] + fifo_state[1]) % window] = (uint32_t)eid;
+            fifo_state[1]++;
+        }
+        free_ids -= np + extra;
+        free_pages -= np;
+        out[0]++;
+        out[1] += np;
+        out[2] += np + extra;
+        n += np + extra;
+    }
+    return (long)n;
+}
+
+/* Free one id of ours (and its page); returns the pages freed. */
+static unsigned rk_nettx_free(uint8_t *states, uint8_t *freemap, size_t npages,
+                              uint32_t *table, size_t id)
+{
+    uint32_t page = table[id] & RK_NETTX_PAGE_MASK;
+    unsigned freed = 0;
+    if (!(table[id] & RK_NETTX_EXTRA) && page < npages) {
+        freemap[page] = 1;
+        freed = 1;
+    }
+    table[id] = 0;
+    states[id] = RK_ID_FREE;
+    return freed;
+}
+
+/* Consume the leading responses of a burst (`count` slots of 12 bytes in `buf`, `length`
+   bytes there) that answer requests in flight here (see above).  info: [0] why it stopped
+   early (0: the next response is the Python path's; RK_NETTX_E_STATUS: its status is not one
+   netif defines), [1] pages freed, [2] ids freed, [3] packets answered (their first request),
+   [4] of those, answered with an error status.  Returns the responses consumed, or -1 on a
+   bad call. */
+static long rk_nettx_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
+                              uint32_t *table, uint32_t *fifo, uint64_t *fifo_state,
+                              const char *buf, size_t length, size_t count, uint64_t *info)
+{
+    size_t i;
+    memset(info, 0, 5 * sizeof *info);
+    if (window == 0 || window > 65536 || count > length / RK_NETIF_TX_SLOT
+        || fifo_state[0] >= window || fifo_state[1] > window)
+        return -1;
+    for (i = 0; i < count; i++) {
+        uint8_t r[4];
+        size_t id;
+        int16_t status;
+
+        memcpy(r, buf + i * RK_NETIF_TX_SLOT, sizeof r);        /* each byte read once */
+        id = rk_le16(r);
+        status = (int16_t)rk_le16(r + 2);
+        if (status == RK_NETIF_RSP_NULL) {
+#ifndef RK_NETTX_NULL_BY_ID      /* the negative control's build only */
+            if (fifo_state[1] == 0)
+                break;
+            id = fifo[fifo_state[0]];
+#endif
+            if (id >= window || states[id] != (RK_ID_SENT | RK_ID_SHADOW)
+                || !(table[id] & RK_NETTX_EXTRA))
+                break;
+            fifo_state[0] = (fifo_state[0] + 1) % window;
+            fifo_state[1]--;
+            rk_nettx_free(states, freemap, npages, table, id);
+            info[2]++;
+            continue;
+        }
+        if (id >= window || states[id] != (RK_ID_SENT | RK_ID_SHADOW)
+            || (table[id] & RK_NETTX_EXTRA))
+            break;
+#ifndef RK_NETTX_SKIP_STATUS_CHECK     /* the negative control's build only */
+        if (status != 0 && status != -1 && status != -2) {
+            info[0] = RK_NETTX_E_STATUS;
+            break;
+        }
+#endif
+        if (table[id] & RK_NETTX_FIRST) {
+            info[3]++;
+            info[4] += status != 0;
+        }
+        info[1] += rk_nettx_free(states, freemap, npages, table, id);
+        info[2]++;
+    }
+    return (long)i;
 }
 """
 

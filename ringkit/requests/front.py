@@ -236,6 +236,17 @@ class Completions:
         done, self._done = self._done, []
         return done
 
+    def get_nowait(self) -> list[Request]:
+        """The requests answered since the last call (perhaps none), without waiting.
+
+        Raises:
+            PeerGoneError, RemoteProtocolError: the queue failed with nothing left to report.
+        """
+        if not self._done:
+            self._queue._check()
+        done, self._done = self._done, []
+        return done
+
 
 @dataclass(slots=True)
 class QueueStats:
@@ -591,14 +602,7 @@ class RequestQueue:
         """Match the `count` responses in `buf` (taken from ring `index`) to their requests."""
         codec = self.codec
         slot = codec.layout.slot_size
-        if self._fillers or self._response_extra is not None:
-            for at in range(0, count * slot, slot):
-                self._deliver_positional(index, buf, at)
-            self.stats.answered += count
-            return
-        size = codec.layout.response_size
-        table = self._requests
-        check = self._check_response
+        positional = self._fillers or self._response_extra is not None
         shadow = self._shadow
         if shadow is not None and shadow.in_flight:
             # the shadow table consumes the leading responses it owns, Python the next one
@@ -608,11 +612,22 @@ class RequestQueue:
                     at += shadow.complete(buf, at, count)
                     if at == count:
                         break
-                rid = codec.response_id.read(buf, at * slot)
-                self._deliver_one(index, rid, buf, at * slot)
+                if positional:
+                    self._deliver_positional(index, buf, at * slot)
+                else:
+                    self._deliver_one(index, codec.response_id.read(buf, at * slot), buf,
+                                      at * slot)
                 at += 1
             self.stats.answered += count
             return
+        if positional:
+            for at in range(0, count * slot, slot):
+                self._deliver_positional(index, buf, at)
+            self.stats.answered += count
+            return
+        size = codec.layout.response_size
+        table = self._requests
+        check = self._check_response
         ids = gather(buf, count, slot, codec.response_id, self._helper)
         for i, rid in enumerate(ids):
             request = table[rid] if 0 <= rid < len(table) else None

@@ -21,6 +21,8 @@
  *                                    a model, random bursts served against a temporary file
  *   sanitize_fuzz shadow SEED ROUNDS   the blkfront shadow table: random batches submitted,
  *                                    random and hostile bursts completed, its books checked
+ *   sanitize_fuzz nettx SEED ROUNDS    the netfront tx table: random frames submitted, random
+ *                                    and hostile bursts completed, its books checked
  *   sanitize_fuzz aio SEED SESSIONS    the blkif burst server at depth: random and hostile
  *                                    bursts submitted to io_uring against a temporary image,
  *                                    reaped, every request's fate checked by its number
@@ -1736,6 +1738,187 @@ static int run_overflow(const char *which)
     return r == -1 ? 0 : 3;
 }
 
+/* ---------------------------------------------------------------- the netfront tx table
+ *
+ * rk_nettx_*: a queue of `window` ids over a pool of `npages` pages, some of each held by the
+ * Python path (ids in state HELD or SENT without the SHADOW flag, pages taken); random frames,
+ * each malloc'd with exactly its length (some empty, too long or of a bad GSO type: the call
+ * must be refused whole), submitted into staging areas of random lengths with random ring
+ * room; random bursts completed -- answers to requests in flight here in ring order (the
+ * extra slots' NETIF_RSP_NULLs by position, with a random id), shuffled now and then, mixed
+ * with garbage, buffers malloc'd with exactly the slots they claim.  After every call the
+ * books must balance: each id of ours in flight holds exactly one page (an extra slot none),
+ * every page taken is held by the Python path or by exactly one of them, the fifo holds
+ * exactly our extra slots in flight, in the order they were written. */
+
+#define NT_MAX_FRAMES 24
+
+static void nettx_books(const uint8_t *states, size_t window, const uint8_t *freemap,
+                        size_t npages, const uint32_t *table, const uint32_t *fifo,
+                        const uint64_t *fs, const uint8_t *python_pages)
+{
+    size_t id, p, extras = 0, k;
+    uint8_t *owner = calloc(npages ? npages : 1, 1);
+    CHECK(owner != NULL);
+    for (id = 0; id < window; id++) {
+        if (states[id] != (RK_ID_SENT | RK_ID_SHADOW))
+            continue;
+        if (table[id] & RK_NETTX_EXTRA) {
+            extras++;
+            continue;
+        }
+        p = table[id] & RK_NETTX_PAGE_MASK;
+        CHECK(p < npages);
+        CHECK(freemap[p] == 0 && !python_pages[p]);
+        CHECK(owner[p] == 0);
+        owner[p] = 1;
+    }
+    for (p = 0; p < npages; p++)
+        CHECK(freemap[p] == 1 || python_pages[p] || owner[p]);
+    CHECK(fs[1] == extras && fs[0] < window);
+    for (k = 0; k < fs[1]; k++) {
+        id = fifo[(fs[0] + k) % window];
+        CHECK(id < window && states[id] == (RK_ID_SENT | RK_ID_SHADOW)
+              && (table[id] & RK_NETTX_EXTRA));
+    }
+    free(owner);
+}
+
+static int run_nettx(unsigned long rounds)
+{
+    unsigned long sent_total = 0, consumed_total = 0, refused_total = 0, extra_total = 0;
+    size_t window = 1 + (size_t)below(300), npages = (size_t)below(300), i, id;
+    size_t memory_length = npages * RK_PAGE, ring_len = 0;
+    uint8_t *states = calloc(window, 1), *freemap = malloc(npages ? npages : 1);
+    uint8_t *python_pages = calloc(npages ? npages : 1, 1);
+    char *memory = (char *)random_bytes(memory_length);
+    uint32_t *refs = output(npages, sizeof *refs);
+    uint32_t *table = calloc(window, sizeof *table), *fifo = output(window, sizeof *fifo);
+    uint32_t *ring = malloc(4 * window * sizeof *ring);    /* ids in flight here, ring order */
+    uint64_t fs[2] = {0, 0}, out[3], info[5];
+
+    CHECK(states && freemap && python_pages && table && ring);
+    memset(freemap, 1, npages);
+    for (id = 0; id < window; id++)       /* the Python path's own requests */
+        if (one_in(8))
+            states[id] = one_in(2) ? RK_ID_HELD : RK_ID_SENT;
+    for (i = 0; i < npages; i++)
+        if (one_in(8)) {
+            freemap[i] = 0;
+            python_pages[i] = 1;
+        }
+    where = "rk_nettx";
+    for (round_no = 0; round_no < rounds; round_no++) {
+        if (one_in(2)) {                                   /* submit */
+            size_t nframes = (size_t)below(NT_MAX_FRAMES + 1), room = (size_t)below(300);
+            size_t slots_length = one_in(4) ? (size_t)below(40) : 12 * (size_t)below(300);
+            unsigned max_pages = one_in(20) ? (unsigned)below(40) : 1 + (unsigned)below(18);
+            rk_nettx_frame *frames = output(nframes ? nframes : 1, sizeof *frames);
+            uint8_t *data[NT_MAX_FRAMES];
+            char *slots = (char *)random_bytes(slots_length);
+            int bad = max_pages < 1 || max_pages > 18;
+            long r;
+            for (i = 0; i < nframes; i++) {
+                uint32_t length = one_in(30) ? (uint32_t)below(80000)
+                                  : 1 + (uint32_t)below(one_in(2) ? 1600 : max_pages * RK_PAGE);
+                data[i] = random_bytes(length);
+                frames[i].data = one_in(100) ? NULL : (const char *)data[i];
+                frames[i].length = length;
+                frames[i].flags = (uint16_t)rnd();
+                frames[i].gso_type = one_in(40) ? (uint8_t)rnd() : (uint8_t)below(3);
+                frames[i].gso_size = (uint16_t)rnd();
+                if (length == 0 || length > 65535 || !frames[i].data || frames[i].gso_type > 2
+                    || (length + RK_PAGE - 1) / RK_PAGE > max_pages)
+                    bad = 1;
+            }
+            r = rk_nettx_submit(states, window, freemap, npages, memory, memory_length, refs,
+                                table, fifo, fs, frames, nframes, max_pages, room, slots,
+                                slots_length, out);
+            CHECK((r < 0) == bad);
+            if (r < 0) {
+                refused_total++;
+            } else {
+                size_t k;
+                CHECK((size_t)r <= room && (size_t)r * 12 <= slots_length);
+                CHECK(out[0] <= nframes && out[2] == (uint64_t)r);
+                for (k = 0; k < (size_t)r; k++) {   /* every slot names an id of ours */
+                    const uint8_t *s = (const uint8_t *)slots + 12 * k;
+                    id = rk_le16(s + 8);
+                    CHECK(id < window && states[id] == (RK_ID_SENT | RK_ID_SHADOW));
+                    if (table[id] & RK_NETTX_EXTRA) {
+                        CHECK(s[0] == 1);
+                        extra_total++;
+                    } else {
+                        CHECK(rk_le32(s) == refs[table[id] & RK_NETTX_PAGE_MASK]);
+                    }
+                    CHECK(ring_len < 4 * window);
+                    ring[ring_len++] = (uint32_t)id;
+                }
+                sent_total += out[0];
+            }
+            for (i = 0; i < nframes; i++)
+                free(data[i]);
+            free(frames);
+            free(slots);
+        } else {                                            /* complete a burst */
+            size_t count = (size_t)below(ring_len + 3), claimed, k, answered = 0;
+            uint8_t *buf;
+            long r;
+            claimed = one_in(20) ? (size_t)below(count * 12 + 1) : count * 12;
+            buf = random_bytes(claimed);
+            for (k = 0; k < count && (k + 1) * 12 <= claimed; k++) {
+                uint8_t *s = buf + 12 * k;
+                if (k < ring_len && !one_in(30)) {
+                    id = ring[k];
+                    if (table[id] & RK_NETTX_EXTRA) {
+                        size_t last = ring_len;
+                        while (last > 0 && !(table[ring[last - 1]] & RK_NETTX_EXTRA))
+                            last--;
+                        /* its id field: junk, or the newest extra slot's id (a lie the
+                           position must win over) */
+                        if (one_in(2) && last > 0)
+                            rk_put_le(s, ring[last - 1], 2);
+                        rk_put_le(s + 2, 1, 2);                     /* NETIF_RSP_NULL */
+                    } else {
+                        rk_put_le(s, id, 2);
+                        rk_put_le(s + 2, (uint64_t)(int64_t)-(int64_t)below(3), 2);
+                    }
+                }   /* else: garbage (random bytes) */
+            }
+            r = rk_nettx_complete(states, window, freemap, npages, table, fifo, fs,
+                                  (const char *)buf, claimed, count, info);
+            CHECK((r < 0) == (count > claimed / 12));
+            if (r > 0) {
+                /* what was consumed were answers to ours: drop them from the ring model
+                   (garbage that happened to match an id of ours takes that id) */
+                size_t keep = 0;
+                for (k = 0; k < ring_len; k++)
+                    if (states[ring[k]] == (RK_ID_SENT | RK_ID_SHADOW))
+                        ring[keep++] = ring[k];
+                answered = ring_len - keep;
+                ring_len = keep;
+                CHECK(answered == info[2]);
+                consumed_total += (unsigned long)r;
+            }
+            free(buf);
+        }
+        nettx_books(states, window, freemap, npages, table, fifo, fs, python_pages);
+    }
+    printf("seed %llu: %lu rounds of the netfront tx table, %lu frames sent (%lu extra "
+           "slots), %lu submissions refused, %lu answers consumed, no finding\n",
+           (unsigned long long)seed, rounds, sent_total, extra_total, refused_total,
+           consumed_total);
+    free(states);
+    free(freemap);
+    free(python_pages);
+    free(memory);
+    free(refs);
+    free(table);
+    free(fifo);
+    free(ring);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     unsigned long rounds;
@@ -1756,13 +1939,18 @@ int main(int argc, char **argv)
         seed = state = strtoull(argv[2], NULL, 0);
         return run_shadow(strtoul(argv[3], NULL, 0));
     }
+    if (argc == 4 && strcmp(argv[1], "nettx") == 0) {
+        seed = state = strtoull(argv[2], NULL, 0);
+        return run_nettx(strtoul(argv[3], NULL, 0));
+    }
     if (argc == 4 && strcmp(argv[1], "aio") == 0) {
         seed = state = strtoull(argv[2], NULL, 0);
         return run_aio(strtoul(argv[3], NULL, 0));
     }
     if (argc != 4 || strcmp(argv[1], "fuzz") != 0) {
         fprintf(stderr, "usage: %s fuzz SEED ROUNDS | control | overflow CASE | uring SEED RINGS"
-                " | blkfast SEED ROUNDS | shadow SEED ROUNDS | aio SEED SESSIONS\n", argv[0]);
+                " | blkfast SEED ROUNDS | shadow SEED ROUNDS | nettx SEED ROUNDS"
+                " | aio SEED SESSIONS\n", argv[0]);
         return 64;
     }
     seed = state = strtoull(argv[2], NULL, 0);

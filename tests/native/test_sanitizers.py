@@ -193,6 +193,36 @@ def test_negative_control_a_shadow_table_without_the_operation_check_is_caught(
     assert "check failed: rsp[8] == expect[k]" in done.stderr, done.stderr
 
 
+
+def test_the_netfront_tx_table_under_the_sanitizers(harness: Path) -> None:
+    """rk_nettx_*: random frames (some empty, too long, of a bad GSO type: refused whole)
+    submitted into staging areas of random lengths with random ring room, next to ids and
+    pages the Python path holds; random bursts completed -- answers in ring order, extra slots'
+    NULLs by position with a junk or lying id, garbage -- from buffers of exactly the slots
+    they claim; after every call each page is free or held by the Python path or by exactly
+    one request of the table's, and the fifo holds exactly its extra slots in flight."""
+    done = run(harness, "nettx", str(SEED), str(ROUNDS))
+    assert not REPORT.search(done.stderr), done.stderr
+    assert done.returncode == 0, f"exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+    assert "no finding" in done.stdout
+    counts = re.search(r"(\d+) frames sent \((\d+) extra slots\), (\d+) submissions "
+                       r"refused, (\d+) answers consumed", done.stdout)
+    assert counts is not None, done.stdout
+    sent, extras, refused, consumed = (int(g) for g in counts.groups())
+    # the fuzz reaches sending, GSO, refusals and matching, not only one of them
+    assert sent > ROUNDS // 10 and extras > ROUNDS // 100 and refused > ROUNDS // 100 \
+        and consumed > ROUNDS // 10, done.stdout
+
+
+def test_negative_control_a_tx_table_matching_null_by_id_is_caught(workdir: Path) -> None:
+    """A C that takes a NETIF_RSP_NULL's id field (which netif leaves unset) for the extra
+    slot it answers: the fifo's books no longer balance."""
+    exe = workdir / "sanitize_fuzz_null_by_id"
+    gcc(workdir, *SANITIZE, "-DRK_NETTX_NULL_BY_ID", "-o", str(exe))
+    done = run(exe, "nettx", str(SEED), str(ROUNDS))
+    assert done.returncode == 2, done.stdout
+    assert "rk_nettx" in done.stderr and "check failed" in done.stderr, done.stderr
+
 AIO_COUNTS = re.compile(
     r"(?P<submitted>\d+) requests submitted, (?P<answered>\d+) answered, (?P<back>\d+) handed "
     r"back \((?P<short>\d+) short on the image\), (?P<full>\d+) stops full, (?P<order>\d+) at a "

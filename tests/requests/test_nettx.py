@@ -1,0 +1,299 @@
+"""The netfront's C tx table (`ringkit.requests.nettx.NetTxTable`) against its reference, the
+Python path (`PythonTxPath`).
+
+Two identical worlds -- a pool of the same pages and refs, a one-page netif tx ring, a request
+queue -- one sending through the C table, one through the Python path, run the same random
+steps: batches of frames (1 byte to 64 KiB, page-sized and odd sizes, checksum flags, GSO
+frames of both kinds with their extra slot) sent whole as room allows, and bursts of answers
+from a test backend that plays both worlds the same way: it takes what each pushed and
+answers a prefix of it with OKAY, ERROR or DROPPED per packet -- its data responses shuffled,
+its extra slots answered with NETIF_RSP_NULL and a random id, by position, as Linux's netback
+leaves them -- and sometimes a hostile response in the burst: an id never issued, an id of a
+free slot, the same id twice, a status netif does not define, a NETIF_RSP_NULL with no extra
+slot in flight.  After every step the two must agree on everything: the slots each pushed,
+byte for byte; the pool's pages and free map; the queue's id table and counters; the frames
+each took; the packets and errors each reported; whether a burst was refused, and the error's
+kind.
+
+Negative controls: the same C built with ``RK_NETTX_SKIP_STATUS_CHECK`` (it accepts a status
+netif does not define) and with ``RK_NETTX_NULL_BY_ID`` (it matches a NETIF_RSP_NULL by the id
+field netif leaves unset) must make the comparison fail.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import suppress
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+from _native_control import control_module
+from ringkit.frontends.net.device import check_tx
+
+from ringkit import RemoteProtocolError
+from ringkit.channel import FrontRingChannel
+from ringkit.proto import netif
+from ringkit.proto.ring import BackRing, FrontRing
+from ringkit.requests import GrantPool, RequestQueue
+from ringkit.requests.nettx import NetTxTable, PythonTxPath, TxFrame, unavailable
+from ringkit.testing.memory import memory_event_pair
+
+pytestmark = [pytest.mark.anyio,
+              pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "available")]
+
+PAGE = netif.PAGE_SIZE
+BASE_REF = 9000
+SLOT = netif.TX_RING.slot_size
+
+
+class World:
+    """A tx queue on a ring and pool of its own, sending through one path, and the backend's
+    half of the ring."""
+
+    def __init__(self, pages: int, window: int, max_pages: int, module: ModuleType | None,
+                 native: bool) -> None:
+        self.memory = bytearray(pages * PAGE)
+        self.ring = bytearray(PAGE)
+        front = FrontRing.init(self.ring, netif.TX_RING)
+        self.back = BackRing.attach(self.ring, netif.TX_RING)
+        self.events = memory_event_pair()
+        self.pool = GrantPool(memoryview(self.memory), range(BASE_REF, BASE_REF + pages))
+        self.queue = RequestQueue([FrontRingChannel(front, self.events[0])], netif.TX_CODEC,
+                                  pool=self.pool, window=window, check=check_tx)
+        self.reported = [0, 0]
+        self.path: NetTxTable | PythonTxPath
+        if native:
+            self.path = NetTxTable(self.queue, max_pages=max_pages, on_answered=self._answered,
+                                   module=module)
+        else:
+            self.path = PythonTxPath(self.queue, max_pages=max_pages,
+                                     on_answered=self._answered)
+        self.outstanding: list[bytes] = []   # request slots taken, not yet answered
+
+    def _answered(self, packets: int, errors: int) -> None:
+        self.reported[0] += packets
+        self.reported[1] += errors
+
+    def send(self, frames: list[TxFrame]) -> Any:
+        try:
+            return self.path.send_nowait(frames)
+        except (ValueError, RemoteProtocolError) as exc:
+            return type(exc).__name__
+
+    def pull(self) -> list[bytes]:
+        slots = []
+        while (slot := self.back.take_request()) is not None:
+            slots.append(bytes(slot))
+        self.outstanding += slots
+        return slots
+
+    def respond(self, burst: list[bytes]) -> str | None:
+        """Put `burst` on the ring and have the queue take it; the error it raised."""
+        for response in burst:
+            self.back.put_response(response)
+        self.back.push_responses()
+        try:
+            self.queue.poll()
+        except RemoteProtocolError as exc:
+            return type(exc).__name__
+        finally:
+            if isinstance(self.path, PythonTxPath):
+                with suppress(RemoteProtocolError):
+                    self.path.reap(self.path.completions.get_nowait())
+        return None
+
+    def facts(self) -> dict[str, Any]:
+        queue, pool = self.queue, self.pool
+        # per id: its state (not which path's it is)
+        ids = bytes(code & ~8 for code in queue.id_table)
+        return {"ids": ids, "freemap": pool.free_map, "free": pool.free, "held": queue.held,
+                "in_flight": queue.in_flight, "sent": queue.stats.sent,
+                "answered": queue.stats.answered, "memory": bytes(self.memory),
+                "error": type(queue.error).__name__, "reported": list(self.reported)}
+
+
+def _frame(rng: random.Random, max_pages: int) -> TxFrame:
+    size = rng.choice([rng.randint(1, 80), rng.randint(14, 1514), PAGE, PAGE + 1,
+                       rng.randint(1, max_pages * PAGE), max_pages * PAGE])
+    size = min(size, netif.MAX_TX_SIZE, max_pages * PAGE)
+    data = rng.randbytes(size)
+    flags = rng.choice([0, 0, 1, 3])
+    gso_type = rng.choice([0, 0, 0, 1, 2]) if max_pages > 1 else 0
+    gso_size = rng.randint(1, 9000) if gso_type else 0
+    return (data, flags, gso_size, gso_type)
+
+
+def _answers(rng: random.Random, slots: list[bytes], hostile: str | None,
+             window: int) -> tuple[list[bytes], int]:
+    """Responses to a prefix of `slots` (whole packets, in ring order) and how many slots
+    they answer: per packet one status for all its requests, data responses shuffled within
+    the burst, extra slots answered by position."""
+    taken = 0
+    packets: list[list[tuple[int, int] | None]] = []  # per packet: (id, status) or None: extra
+    want = rng.randint(0, len(slots))
+    while taken < len(slots) and taken < want:
+        _, _, flags, rid, _ = netif.TX_REQUEST.unpack(slots[taken])
+        status = rng.choice([0, 0, 0, -1, -2])
+        packet: list[tuple[int, int] | None] = [(rid, status)]
+        taken += 1
+        extras = bool(flags & netif.TxFlag.EXTRA_INFO)
+        more = bool(flags & netif.TxFlag.MORE_DATA)
+        while extras:
+            packet.append(None)
+            extras = bool(slots[taken][1] & netif.EXTRA_FLAG_MORE)
+            taken += 1
+        while more:
+            _, _, flags, rid, _ = netif.TX_REQUEST.unpack(slots[taken])
+            packet.append((rid, status))
+            more = bool(flags & netif.TxFlag.MORE_DATA)
+            taken += 1
+        packets.append(packet)
+    # the extra slots' NULLs keep their places; the data responses between are shuffled
+    order = [entry for packet in packets for entry in packet]
+    data = [entry for entry in order if entry is not None]
+    rng.shuffle(data)
+    it = iter(data)
+    burst = []
+    for entry in order:
+        if entry is None:
+            burst.append(netif.encode_tx_response(rng.randrange(1 << 16),
+                                                  netif.Status.NULL))
+        else:
+            rid, status = next(it)
+            burst.append(netif.encode_tx_response(rid, status))
+    if hostile is not None and slots:
+        if taken == len(slots):    # the ring takes no more responses than requests
+            burst.pop()
+        at = rng.randint(0, len(burst))
+        if hostile == "unissued":
+            bad = netif.encode_tx_response(window + rng.randrange(100), 0)
+        elif hostile == "status":
+            rid = netif.TX_RESPONSE.unpack(burst[0])[0] if burst and \
+                netif.TX_RESPONSE.unpack(burst[0])[1] != netif.Status.NULL else 0
+            bad = netif.encode_tx_response(rid, rng.choice([2, 7, -3, 0x7FFF]))
+            at = 0
+            if burst:
+                burst.pop(0)
+        elif hostile == "twice" and data:
+            bad = netif.encode_tx_response(data[0][0], 0)
+            at = len(burst)
+        elif hostile == "null" and not any(
+                netif.TX_REQUEST.unpack(slot)[2] & netif.TxFlag.EXTRA_INFO
+                for slot in slots[taken:]):
+            # (with an extra slot of a later packet in flight it would answer that one)
+            bad = netif.encode_tx_response(0, netif.Status.NULL)
+            at = len(burst)
+        else:   # an id of a slot free now (or "twice" with nothing answered)
+            bad = netif.encode_tx_response(window - 1, 0)
+        burst.insert(at, bad)
+    return burst, taken
+
+
+async def fuzz(seed: int, module: ModuleType | None = None, steps: int = 60
+               ) -> dict[str, int]:
+    """One seed's run; what it exercised (frames sent with GSO and over a page, packets
+    answered with errors, bursts refused)."""
+    seen = {"gso": 0, "pages": 0, "errors": 0, "refused": 0}
+    rng = random.Random(seed)
+    window = rng.choice([8, 32, 256])
+    pages = rng.choice([18, 40, 256])
+    max_pages = rng.choice([1, netif.NR_SLOTS_MIN])
+    worlds = [World(pages, window, max_pages, module, native)
+              for native in (True, False)]
+    for step in range(steps):
+        if rng.random() < 0.5:
+            frames = [_frame(rng, max_pages) for _ in range(rng.randint(1, 12))]
+            if rng.random() < 0.03:
+                frames.insert(rng.randrange(len(frames) + 1), (b"", 0, 0, 0))
+            results = [world.send(frames) for world in worlds]
+            assert results[0] == results[1], (seed, step, "send", results)
+            if isinstance(results[0], int):
+                seen["gso"] += sum(1 for f in frames[:results[0]] if f[3])
+                seen["pages"] += sum(1 for f in frames[:results[0]] if len(f[0]) > PAGE)
+            pushed = [world.pull() for world in worlds]
+            assert pushed[0] == pushed[1], (seed, step, "slots differ")
+        else:
+            hostile = None
+            if rng.random() < 0.08:
+                hostile = rng.choice(["unissued", "free", "twice", "status", "null"])
+            state = rng.getstate()
+            outcomes = []
+            for world in worlds:
+                rng.setstate(state)
+                burst, taken = _answers(rng, world.outstanding, hostile, window)
+                outcomes.append(world.respond(burst))
+                del world.outstanding[:taken]
+            assert outcomes[0] == outcomes[1], (seed, step, "respond", hostile, outcomes)
+            if outcomes[0] is not None:
+                facts = [world.facts() for world in worlds]
+                assert facts[0] == facts[1], (seed, step, "facts differ after refusal")
+                seen["refused"] += 1
+                break
+        facts = [world.facts() for world in worlds]
+        if facts[0] != facts[1]:
+            diff = [k for k in facts[0] if facts[0][k] != facts[1][k]]
+            raise AssertionError(f"seed {seed} step {step}: the worlds differ in {diff}")
+    seen["errors"] += worlds[0].reported[1]
+    return seen
+
+
+async def test_the_c_table_matches_the_python_path() -> None:
+    """150 seeds agree; and they reach what matters: GSO frames, frames over a page, packets
+    refused by the backend, hostile bursts."""
+    seen = {"gso": 0, "pages": 0, "errors": 0, "refused": 0}
+    with anyio.fail_after(300):
+        for seed in range(150):
+            for key, count in (await fuzz(seed)).items():
+                seen[key] += count
+    assert seen["gso"] > 100 and seen["pages"] > 100 and seen["errors"] > 100 \
+        and seen["refused"] > 10, seen
+
+
+async def test_a_gso_frame_goes_out_with_its_extra_slot_second() -> None:
+    world = World(40, 32, netif.NR_SLOTS_MIN, None, True)
+    data = bytes(range(256)) * 40    # 10,240 bytes: three pages
+    assert world.send([(data, 3, 1448, 1)]) == 1
+    slots = world.pull()
+    assert len(slots) == 4
+    first = netif.TX_REQUEST.unpack(slots[0])
+    assert first[2] == netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED \
+        | netif.TxFlag.EXTRA_INFO | netif.TxFlag.MORE_DATA and first[4] == len(data)
+    assert slots[1][:8] == netif.encode_gso(1448, netif.GsoType.TCPV4)
+    assert [netif.TX_REQUEST.unpack(s)[4] for s in slots[2:]] == [PAGE, len(data) - 2 * PAGE]
+    copied = b"".join(bytes(world.memory[(netif.TX_REQUEST.unpack(s)[0] - BASE_REF) * PAGE:]
+                            [:netif.TX_REQUEST.unpack(s)[4] if s is not slots[0] else PAGE])
+                      for s in (slots[0], *slots[2:]))
+    assert copied == data
+    # the extra's NULL answers it by position, whatever its id field says
+    burst = [netif.encode_tx_response(netif.TX_REQUEST.unpack(slots[0])[3], 0),
+             netif.encode_tx_response(0xFFFF, netif.Status.NULL),
+             *[netif.encode_tx_response(netif.TX_REQUEST.unpack(s)[3], 0) for s in slots[2:]]]
+    assert world.respond(burst) is None
+    assert world.queue.held == 0 and world.pool.free == 40 and world.reported == [1, 0]
+
+
+async def test_a_frame_the_table_cannot_encode_sends_nothing() -> None:
+    world = World(40, 32, 1, None, True)
+    assert world.send([(b"x" * 100, 0, 0, 0), (b"y" * (PAGE + 1), 0, 0, 0)]) == "ValueError"
+    assert world.pull() == [] and world.queue.held == 0
+
+
+def _broken_module(tmp: Path, macro: str) -> ModuleType:
+    return control_module(tmp, macro, "_rk_nettx_")
+
+
+async def test_negative_control_no_status_check_is_caught(tmp_path: Path) -> None:
+    module = _broken_module(tmp_path, "RK_NETTX_SKIP_STATUS_CHECK")
+    with anyio.fail_after(300), pytest.raises(AssertionError, match="respond"):
+        for seed in range(150):
+            await fuzz(seed, module)
+
+
+async def test_negative_control_null_matched_by_id_is_caught(tmp_path: Path) -> None:
+    module = _broken_module(tmp_path, "RK_NETTX_NULL_BY_ID")
+    with anyio.fail_after(300), pytest.raises(AssertionError):
+        for seed in range(150):
+            await fuzz(seed, module)
