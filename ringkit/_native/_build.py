@@ -1999,7 +1999,17 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source("ringkit._native._compiled", SOURCE, extra_compile_args=["-O2"])
 
 if __name__ == "__main__":
+    import os
     import pathlib
+    import shutil
+    import tempfile
 
-    # Build in place next to the package: `python ringkit/_native/_build.py`.
-    ffibuilder.compile(tmpdir=str(pathlib.Path(__file__).resolve().parents[2]), verbose=True)
+    # Build in place next to the package: `python ringkit/_native/_build.py`.  The build runs
+    # in a scratch directory: setuptools, which cffi drives, reads the project's pyproject.toml
+    # from the working directory and refuses its layout (the package remap lives in setup.py).
+    here = pathlib.Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        built = pathlib.Path(ffibuilder.compile(tmpdir=scratch, verbose=True))
+        shutil.copy2(built, here / built.name)
+        print(f"built {here / built.name}")
