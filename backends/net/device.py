@@ -35,8 +35,10 @@ Each queue is served as one queue is; frames from the guest on every queue go to
 and frames from the link are spread over the queues by `netif.flow_hash`, so one flow keeps
 its order.
 
-Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read in whole chains
-(`ringkit.requests.PostedRequests.take_chain`): a packet's requests are checked (every fragment
+Packets: the **tx** ring (`ringkit.proto.netif.TX_CODEC`) is read a burst at a time and cut into
+whole chains, checked and answered in C (`ringkit.requests.nettx.TxBursts`; a subclass that
+overrides `packets_of` gets `RequestChain`s from `PostedRequests.take_chain` instead, checked by
+`plan_packet` the same way): a packet's requests are checked (every fragment
 inside its page, the first request's size the packet's, at least an Ethernet header, at most 64
 KiB, at most `NR_SLOTS_MIN` slots, known extra-info types), then its fragments are copied out
 of the frontend's grants (a grant copy: `GrantTable.copy_from_grants`) before the answers go
@@ -90,6 +92,7 @@ from ringkit.requests import (
     Turns,
 )
 from ringkit.requests.codec import SlotCodec
+from ringkit.requests.nettx import TxBurst, TxBursts
 
 from .checksum import complete_checksum, complete_partial_checksum, gso_offload
 from .tap import TapDevice
@@ -291,8 +294,12 @@ class NetBackend(Backend[NetBackRings]):
             async with anyio.create_task_group() as tg:
                 if queue.index == 0:
                     tg.start_soon(self.spread, spread)
-                tg.start_soon(self._transmit, PostedRequests(queue.channel.tx, netif.TX_CODEC,
-                                                             mapper=mapper))
+                if type(self).packets_of is NetBackend.packets_of:
+                    tg.start_soon(self._transmit_parsed,
+                                  TxBursts(queue.channel.tx, gso=self.offload))
+                else:   # a subclass looks at the chains themselves
+                    tg.start_soon(self._transmit, PostedRequests(queue.channel.tx,
+                                                                 netif.TX_CODEC, mapper=mapper))
                 tg.start_soon(self._receive, PostedRequests(queue.channel.rx, netif.RX_CODEC,
                                                             mapper=mapper))
         finally:
@@ -360,6 +367,80 @@ class NetBackend(Backend[NetBackRings]):
                         await self.link.send(frame)
             finally:
                 turns.done()
+
+    async def _transmit_parsed(self, tx: TxBursts) -> None:
+        """`_transmit` with each burst cut, checked and answered in C (`TxBursts`; its Python
+        reference without the compiled helper) instead of request by request."""
+        taking = anyio.Lock()
+        turns = Turns()
+        async with anyio.create_task_group() as tg:
+            for _ in range(TX_COPIES):
+                tg.start_soon(self._transmit_parsed_bursts, tx, taking, turns)
+
+    async def _transmit_parsed_bursts(self, tx: TxBursts, taking: anyio.Lock,
+                                      turns: Turns) -> None:
+        """One of `_transmit_parsed`'s workers (as `_transmit_bursts`)."""
+        stats = _LANE.get()[1]
+        while True:
+            async with taking:
+                burst = await tx.take(TX_BURST)
+                ticket = turns.take()
+            frames = await self._frames_of(burst)
+            await turns.wait(ticket)
+            try:
+                tx.respond(burst)
+                for frame in frames:
+                    if frame is None:
+                        self.stats.tx_refused += 1
+                        stats.tx_refused += 1
+                        continue
+                    self.stats.tx_packets += 1
+                    stats.tx_packets += 1
+                    if isinstance(frame, netif.Frame):
+                        self.stats.tx_gso += 1
+                    await self.link.send(frame)
+            finally:
+                turns.done()
+
+    async def _frames_of(self, burst: TxBurst) -> list[bytes | None]:
+        """The frames of a parsed burst, copied out of the frontend's grants with one grant
+        copy (a refused copy is redone packet by packet) and finished for the link; None for
+        a refused packet, whose answers `burst` now says NETIF_RSP_ERROR."""
+        grants, peer = self.domain.grants, self.peer_id
+        packets = burst.packets
+        segments = [seg for p in packets if p.fault is None for seg in p.segments]
+        data: bytes | None = b""
+        if segments:
+            try:
+                data = await grants.copy_from_grants(peer, segments)
+            except (GrantError, TransportError):
+                data = None  # find the culprits one by one
+        out: list[bytes | None] = []
+        pos = 0
+        for i, packet in enumerate(packets):
+            why = packet.fault
+            frame: bytes | None = None
+            if why is None:
+                try:
+                    if data is not None:
+                        frame = data[pos:pos + packet.size]
+                        pos += packet.size
+                    elif packet.segments:
+                        frame = await grants.copy_from_grants(peer, packet.segments)
+                    else:
+                        frame = b""
+                    frame = finish_packet(PacketPlan(packet.segments, packet.csum_blank,
+                                                     packet.gso), frame)
+                except (GrantError, TransportError) as exc:
+                    why = f"cannot copy the packet out of its grants: {exc}"
+                except RequestError as exc:
+                    why = exc.reason
+            if why is not None:
+                frame = None
+                burst.refuse(i)
+                self.log.debug("%s: tx packet refused: %s", self.address, why)
+            out.append(frame)
+        return out
 
     async def packets_of(self, chains: list[RequestChain]) -> list[bytes | RequestError]:
         """The frames chains of tx requests carry, or why each is refused (`copy_packets`:

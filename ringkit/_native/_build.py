@@ -134,6 +134,13 @@ long rk_nettx_submit(uint8_t *states, size_t window, uint8_t *freemap, size_t np
 long rk_nettx_complete(uint8_t *states, size_t window, uint8_t *freemap, size_t npages,
                        uint32_t *table, uint32_t *fifo, uint64_t *fifo_state, const char *buf,
                        size_t length, size_t count, uint64_t *info);
+enum { RK_NETTX_F_REQUESTS = 1, RK_NETTX_F_EXTRAS = 2, RK_NETTX_F_EXTRA_TYPE = 3,
+       RK_NETTX_F_GSO_OFFERED = 4, RK_NETTX_F_GSO_TWICE = 5, RK_NETTX_F_GSO_TYPE = 6,
+       RK_NETTX_F_GSO_SIZE = 7, RK_NETTX_F_SIZES = 8, RK_NETTX_F_FRAGMENT = 9,
+       RK_NETTX_PACKET_FIELDS = 9 };
+long rk_nettx_parse(const char *buf, size_t length, size_t count, int gso, uint32_t *packets,
+                    size_t packets_cap, uint32_t *segments, size_t segments_cap,
+                    char *responses, size_t responses_length, uint64_t *info);
 """
 
 SOURCE = r"""
@@ -1991,6 +1998,149 @@ static long rk_nettx_complete(uint8_t *states, size_t window, uint8_t *freemap, 
         info[2]++;
     }
     return (long)i;
+}
+
+/* ---------------------------------------------------------------- a netback's tx bursts
+   rk_nettx_parse walks a burst of tx request slots the ring engine copied out of the shared
+   page (ringkit.requests.nettx.TxBursts), cuts it into packets as netif chains them -- the
+   first request, its extra-info slots while NETTXF_extra_info / XEN_NETIF_EXTRA_FLAG_MORE
+   say so, then the requests while NETTXF_more_data does -- checks each packet as the
+   backend's Python path does (backends/net plan_packet; the first failed check is its fault)
+   and encodes every slot's answer: {id, OKAY} for a request of a good packet, {id, ERROR}
+   for one of a refused packet, {0, NETIF_RSP_NULL} for an extra slot; 12 bytes each, in slot
+   order, ready to be pushed.  Per packet, RK_NETTX_PACKET_FIELDS uint32s: [0] first slot,
+   [1] slots, [2] requests, [3] fault (0: none, else RK_NETTX_F_*), [4] first segment, [5]
+   segments, [6] bytes, [7] the first request's flags, [8] GSO size | GSO type << 16 (0: no
+   GSO extra).  A segment is three uint32s: the ref, the offset in its page, the length (a
+   fragment of 0 bytes has none; a refused packet none).  It stops before a packet that does
+   not end inside the `count` slots (info[2] = 1: the caller decides whether more can come),
+   or for which `packets`, `segments` or `responses` are full.  info: [0] slots consumed, [1]
+   segments written, [2] as said.  Returns the packets, or -1 on a bad call. */
+
+enum { RK_NETTX_F_REQUESTS = 1, RK_NETTX_F_EXTRAS = 2, RK_NETTX_F_EXTRA_TYPE = 3,
+       RK_NETTX_F_GSO_OFFERED = 4, RK_NETTX_F_GSO_TWICE = 5, RK_NETTX_F_GSO_TYPE = 6,
+       RK_NETTX_F_GSO_SIZE = 7, RK_NETTX_F_SIZES = 8, RK_NETTX_F_FRAGMENT = 9,
+       RK_NETTX_PACKET_FIELDS = 9 };
+#define RK_NETIF_ETH_HLEN 14u
+#define RK_NETIF_EXTRA_TYPE_MAX 5u
+#define RK_NETIF_EXTRA_FLAG_MORE 1u
+
+static long rk_nettx_parse(const char *buf, size_t length, size_t count, int gso,
+                           uint32_t *packets, size_t packets_cap, uint32_t *segments,
+                           size_t segments_cap, char *responses, size_t responses_length,
+                           uint64_t *info)
+{
+    size_t at = 0, np = 0, ns = 0;
+    info[0] = info[1] = info[2] = 0;
+    if (count > length / RK_NETIF_TX_SLOT)
+        return -1;
+    while (at < count && np < packets_cap) {
+        const uint8_t *head = (const uint8_t *)buf + at * RK_NETIF_TX_SLOT;
+        unsigned flags = rk_le16(head + 6), fault = 0, extras = 0, nreq, j, k;
+        unsigned gso_info = 0, total, rest = 0, first_seg = (unsigned)ns;
+        size_t pos = 1, slots;
+        uint32_t *pk;
+
+        if (flags & RK_NETTXF_EXTRA_INFO) {
+            int more = 1;
+            while (more) {
+                if (at + pos >= count) {
+                    info[2] = 1;
+                    goto out;
+                }
+                more = buf[(at + pos) * RK_NETIF_TX_SLOT + 1] & RK_NETIF_EXTRA_FLAG_MORE;
+                pos++;
+                extras++;
+            }
+        }
+        if (flags & RK_NETTXF_MORE_DATA) {
+            int more = 1;
+            while (more) {
+                if (at + pos >= count) {
+                    info[2] = 1;
+                    goto out;
+                }
+                more = rk_le16((const uint8_t *)buf + (at + pos) * RK_NETIF_TX_SLOT + 6)
+                       & RK_NETTXF_MORE_DATA;
+                pos++;
+            }
+        }
+        slots = pos;
+        nreq = (unsigned)(slots - extras);
+        if ((at + slots) * RK_NETIF_TX_SLOT > responses_length
+            || (!(nreq > RK_NETIF_NR_SLOTS_MIN) && ns + nreq > segments_cap / 3))
+            break;                      /* full: the rest waits for the next call */
+        if (nreq > RK_NETIF_NR_SLOTS_MIN)
+            fault = RK_NETTX_F_REQUESTS;
+        else if (extras > RK_NETIF_NR_SLOTS_MIN)
+            fault = RK_NETTX_F_EXTRAS;
+        for (j = 1; !fault && j <= extras; j++) {
+            const uint8_t *e = (const uint8_t *)buf + (at + j) * RK_NETIF_TX_SLOT;
+            if (e[0] == 0 || e[0] >= RK_NETIF_EXTRA_TYPE_MAX)
+                fault = RK_NETTX_F_EXTRA_TYPE;
+            else if (e[0] == 1 && !gso)
+                fault = RK_NETTX_F_GSO_OFFERED;
+            else if (e[0] == 1 && gso_info)
+                fault = RK_NETTX_F_GSO_TWICE;
+#ifndef RK_NETTX_ANY_GSO_TYPE         /* the negative control's build only */
+            else if (e[0] == 1 && e[4] != 1 && e[4] != 2)
+                fault = RK_NETTX_F_GSO_TYPE;
+#endif
+            else if (e[0] == 1 && rk_le16(e + 2) == 0)
+                fault = RK_NETTX_F_GSO_SIZE;
+            else if (e[0] == 1)
+                gso_info = rk_le16(e + 2) | ((unsigned)e[4] << 16);
+        }
+        total = rk_le16(head + 10);
+        for (j = 1 + extras; !fault && j < slots; j++)
+            rest += rk_le16((const uint8_t *)buf + (at + j) * RK_NETIF_TX_SLOT + 10);
+        if (!fault && (total < RK_NETIF_ETH_HLEN || rest > total))
+            fault = RK_NETTX_F_SIZES;
+        for (k = 0; !fault && k < nreq; k++) {
+            size_t slot = k == 0 ? at : at + extras + k;
+            const uint8_t *r = (const uint8_t *)buf + slot * RK_NETIF_TX_SLOT;
+            unsigned offset = rk_le16(r + 4);
+            unsigned size = k == 0 ? total - rest : rk_le16(r + 10);
+            if (offset + size > RK_PAGE) {
+                fault = RK_NETTX_F_FRAGMENT;
+                ns = first_seg;         /* the segments of a refused packet are dropped */
+                break;
+            }
+            if (size) {
+                segments[3 * ns] = rk_le32(r);
+                segments[3 * ns + 1] = offset;
+                segments[3 * ns + 2] = size;
+                ns++;
+            }
+        }
+        for (j = 0; j < slots; j++) {
+            const uint8_t *r = (const uint8_t *)buf + (at + j) * RK_NETIF_TX_SLOT;
+            uint8_t *o = (uint8_t *)responses + (at + j) * RK_NETIF_TX_SLOT;
+            memset(o, 0, RK_NETIF_TX_SLOT);
+            if (j >= 1 && j <= extras) {
+                rk_put_le(o + 2, RK_NETIF_RSP_NULL, 2);
+            } else {
+                rk_put_le(o, rk_le16(r + 8), 2);
+                rk_put_le(o + 2, fault ? 0xFFFFu : 0u, 2);      /* ERROR (-1) or OKAY */
+            }
+        }
+        pk = packets + np * RK_NETTX_PACKET_FIELDS;
+        pk[0] = (uint32_t)at;
+        pk[1] = (uint32_t)slots;
+        pk[2] = nreq;
+        pk[3] = fault;
+        pk[4] = fault ? (uint32_t)ns : first_seg;
+        pk[5] = fault ? 0 : (uint32_t)(ns - first_seg);
+        pk[6] = fault ? 0 : total;
+        pk[7] = flags;
+        pk[8] = fault ? 0 : gso_info;
+        np++;
+        at += slots;
+    }
+out:
+    info[0] = at;
+    info[1] = ns;
+    return (long)np;
 }
 """
 

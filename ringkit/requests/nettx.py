@@ -34,13 +34,17 @@ says why, and `PythonTxPath` does the same work request by request.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._async.channel import BackRingChannel
 from .._errors import ConfigError, LocalProtocolError, PeerGoneError, RemoteProtocolError
 from .._native import compiled_part
+from ..abc import GrantCopySegment
 from ..proto import netif
 from ..proto.ring import FrontRing
 from .pool import fresh_error
@@ -48,7 +52,8 @@ from .pool import fresh_error
 if TYPE_CHECKING:
     from .front import Request, RequestQueue
 
-__all__ = ("NetTxTable", "PythonTxPath", "TxFrame", "unavailable")
+__all__ = ("PACKET_FIELDS", "TX_FAULTS", "NetTxTable", "PythonTxPath", "TxBurst", "TxBursts",
+           "TxFrame", "TxPacket", "parse_tx_burst", "unavailable")
 
 _ffi, _lib, _MISSING = compiled_part("rk_nettx_submit", "the netfront tx table")
 
@@ -56,6 +61,7 @@ _E_STATUS = 1
 _MORE_DATA = int(netif.TxFlag.MORE_DATA)
 _EXTRA_INFO = int(netif.TxFlag.EXTRA_INFO)
 _CHECKSUM = int(netif.TxFlag.CSUM_BLANK | netif.TxFlag.DATA_VALIDATED)
+_CSUM_BLANK = int(netif.TxFlag.CSUM_BLANK)
 
 
 def unavailable() -> str:
@@ -384,3 +390,284 @@ class PythonTxPath:
             queue.release(request)
         if self.on_answered is not None and packets:
             self.on_answered(packets, errors)
+
+
+# ---------------------------------------------------------------------- the backend's half
+
+PACKET_FIELDS = 9
+"""uint32s per packet in `parse_tx_burst`'s output (see its docstring)."""
+
+TX_FAULTS: dict[int, str] = {
+    1: f"a chain of more than {netif.NR_SLOTS_MIN} requests",
+    2: f"more than {netif.NR_SLOTS_MIN} extra-info slots",
+    3: "an extra-info slot of an unknown type",
+    4: "a GSO extra, but GSO was not offered",
+    5: "two GSO extras on one packet",
+    6: "a GSO extra of an unknown type",
+    7: "a GSO extra with segment size 0",
+    8: "a packet shorter than an Ethernet header, or whose later fragments hold more",
+    9: "a fragment past the end of its page",
+}
+"""Why `parse_tx_burst` refuses a packet, by fault code (the C's ``RK_NETTX_F_*``)."""
+
+_ERROR_STATUS = int(netif.Status.ERROR) & 0xFFFF
+_LE16 = struct.Struct("<H")
+
+
+def parse_tx_burst(buf: bytes | bytearray | memoryview, count: int, *, gso: bool,
+                   packets_cap: int, segments_cap: int
+                   ) -> tuple[list[int], list[int], bytearray, tuple[int, int, bool]]:
+    """The Python reference of ``rk_nettx_parse`` (ringkit/_native/_build.py): cut `count` tx
+    request slots of `buf` into packets as netif chains them, check each as a netback must,
+    and encode every slot's answer.  Returns the packets (`PACKET_FIELDS` ints each: first
+    slot, slots, requests, fault code or 0 (`TX_FAULTS`), first segment, segments, bytes, the
+    first request's flags, GSO size | GSO type << 16), the segments (ref, offset, length
+    each), the answers (12 bytes a slot, `count` slots: those of the packets returned are
+    written), and (slots consumed, segments, whether a packet did not end inside `count`).
+    At most `packets_cap` packets and `segments_cap` segments (whole packets only).
+    """
+    slot = netif.TX_RING.slot_size
+    le16 = _LE16.unpack_from
+    packets: list[int] = []
+    segments: list[int] = []
+    out = bytearray(count * slot)
+    at = 0
+    incomplete = False
+    while at < count and len(packets) < packets_cap * PACKET_FIELDS:
+        base = at * slot
+        flags = le16(buf, base + 6)[0]
+        pos, extras = 1, 0
+        if flags & _EXTRA_INFO:
+            more = True
+            while more:
+                if at + pos >= count:
+                    incomplete = True
+                    break
+                more = bool(buf[(at + pos) * slot + 1] & netif.EXTRA_FLAG_MORE)
+                pos += 1
+                extras += 1
+        if not incomplete and flags & _MORE_DATA:
+            more = True
+            while more:
+                if at + pos >= count:
+                    incomplete = True
+                    break
+                more = bool(le16(buf, (at + pos) * slot + 6)[0] & _MORE_DATA)
+                pos += 1
+        if incomplete:
+            break
+        slots = pos
+        nreq = slots - extras
+        if nreq <= netif.NR_SLOTS_MIN and len(segments) // 3 + nreq > segments_cap:
+            break
+        fault = 0
+        gso_info = 0
+        if nreq > netif.NR_SLOTS_MIN:
+            fault = 1
+        elif extras > netif.NR_SLOTS_MIN:
+            fault = 2
+        for j in range(1, extras + 1):
+            if fault:
+                break
+            e = (at + j) * slot
+            kind = buf[e]
+            if not 0 < kind < netif.EXTRA_TYPE_MAX:
+                fault = 3
+            elif kind == netif.ExtraType.GSO:
+                if not gso:
+                    fault = 4
+                elif gso_info:
+                    fault = 5
+                elif buf[e + 4] not in (netif.GsoType.TCPV4, netif.GsoType.TCPV6):
+                    fault = 6
+                elif le16(buf, e + 2)[0] == 0:
+                    fault = 7
+                else:
+                    gso_info = le16(buf, e + 2)[0] | buf[e + 4] << 16
+        total = le16(buf, base + 10)[0]
+        rest = 0
+        if not fault:
+            rest = sum(le16(buf, (at + j) * slot + 10)[0] for j in range(1 + extras, slots))
+            if total < netif.ETH_HLEN or rest > total:
+                fault = 8
+        first_seg = len(segments) // 3
+        mine: list[int] = []
+        for k in range(nreq if not fault else 0):
+            r = (at if k == 0 else at + extras + k) * slot
+            gref, offset, _, _, size = netif.TX_REQUEST.unpack_from(buf, r)
+            if k == 0:
+                size = total - rest
+            if offset + size > netif.PAGE_SIZE:
+                fault = 9
+                mine = []
+                break
+            if size:
+                mine += (gref, offset, size)
+        segments += mine
+        for j in range(slots):
+            r = (at + j) * slot
+            if 1 <= j <= extras:
+                netif.TX_RESPONSE.pack_into(out, r, 0, netif.Status.NULL)
+            else:
+                out[r:r + 4] = bytes(buf[r + 8:r + 10]) + \
+                    (_ERROR_STATUS if fault else 0).to_bytes(2, "little")
+        packets += (at, slots, nreq, fault, first_seg if not fault else len(segments) // 3,
+                    len(mine) // 3, 0 if fault else total, flags, 0 if fault else gso_info)
+        at += slots
+    return packets, segments, out, (at, len(segments) // 3, incomplete)
+
+
+@dataclass(slots=True)
+class TxPacket:
+    """One packet of a `TxBurst`: what to copy out of the frontend's grants and how the link
+    takes it, or why it is refused."""
+
+    segments: list[GrantCopySegment]
+    """The packet's bytes in the frontend's pages, in order (none when refused)."""
+    size: int
+    """The packet's length."""
+    csum_blank: bool
+    """NETTXF_csum_blank: its checksum is left to the backend."""
+    gso: netif.GsoInfo | None
+    """Its GSO extra's segmentation, if it has one."""
+    fault: str | None
+    """Why it is refused (its requests are answered NETIF_RSP_ERROR), or None."""
+    first: int
+    slots: int
+    requests: int
+
+
+class TxBurst:
+    """The packets published together, checked, with their answers encoded (`TxBursts.take`;
+    answer them with `TxBursts.respond`)."""
+
+    __slots__ = ("_responses", "packets")
+
+    def __init__(self, packets: list[TxPacket], responses: bytearray) -> None:
+        self.packets = packets
+        self._responses = responses
+
+    def refuse(self, index: int) -> None:
+        """Answer packet `index` NETIF_RSP_ERROR (its copy or its frame failed)."""
+        packet = self.packets[index]
+        extras = packet.slots - packet.requests
+        slot = netif.TX_RING.slot_size
+        for j in range(packet.slots):
+            if 1 <= j <= extras:
+                continue
+            at = (packet.first + j) * slot + 2
+            self._responses[at:at + 2] = _ERROR_STATUS.to_bytes(2, "little")
+
+
+class TxBursts:
+    """A netback's tx ring taken a burst at a time, its chains cut, checked and answered in C
+    (``rk_nettx_parse``) -- or, with `native` False or without the compiled helper, by
+    `parse_tx_burst`, the reference.  `gso`: whether GSO extras are allowed (GSO was offered).
+    One task takes at a time; answers go back in the order the bursts were taken.
+    """
+
+    def __init__(self, channel: BackRingChannel, *, gso: bool, native: bool = True,
+                 module: Any = None) -> None:
+        if channel.engine.layout.slot_size != netif.TX_RING.slot_size:
+            raise ConfigError("TxBursts serve netif's tx ring")
+        self.channel = channel
+        self.gso = gso
+        if module is not None:
+            self._ffi, self._lib = module.ffi, module.lib
+        elif native and _lib is not None:
+            self._ffi, self._lib = _ffi, _lib
+        else:
+            self._ffi = self._lib = None
+        self._entries = entries = channel.engine.entries
+        self._slot = netif.TX_RING.slot_size
+        self._in = bytearray(self._slot * entries)
+        self._have = 0
+        if self._ffi is not None:
+            self._packets = self._ffi.new("uint32_t[]", PACKET_FIELDS * entries)
+            self._segments = self._ffi.new("uint32_t[]", 3 * entries)
+            self._info = self._ffi.new("uint64_t[3]")
+
+    @property
+    def native(self) -> bool:
+        """Whether bursts are parsed in C."""
+        return self._lib is not None
+
+    async def take(self, limit: int = 64) -> TxBurst:
+        """The next packets published (at least one, at most `limit`), waiting for the first.
+
+        Raises:
+            RemoteProtocolError: a packet runs past the requests the frontend published (a
+                whole packet is published with one push).
+            anyio.BrokenResourceError: the frontend broke the ring or went away.
+        """
+        slot, view = self._slot, memoryview(self._in)
+        while True:
+            if self._have == 0:
+                self._have = await self.channel.receive_into(self._in, self._entries)
+            packets, segments, responses, (used, _, incomplete) = self._parse(limit)
+            if packets:
+                break
+            if not incomplete:   # cannot happen: a burst holds at least one slot
+                raise LocalProtocolError("a tx burst with no packet")
+            more = self.channel.receive_into_nowait(view[self._have * slot:],
+                                                    self._entries - self._have)
+            if not more:
+                rid = _LE16.unpack_from(self._in, 8)[0]
+                raise RemoteProtocolError(
+                    f"{netif.TX_RING.name}: a chain of requests from id {rid} runs past the "
+                    f"{self._have} request(s) published")
+            self._have += more
+        rest = self._have - used
+        if rest:
+            self._in[:rest * slot] = self._in[used * slot:self._have * slot]
+        self._have = rest
+        return TxBurst(self._packets_of(packets, segments), responses[:used * slot])
+
+    def respond(self, burst: TxBurst) -> None:
+        """Push the answers of `burst` (with one push).
+
+        Raises:
+            anyio.BrokenResourceError: the frontend broke the ring or went away.
+        """
+        count = len(burst._responses) // self._slot
+        if count:
+            sent = self.channel.send_from_nowait(burst._responses, count)
+            if sent != count:  # answers never outnumber the requests taken: a bug of ours
+                raise LocalProtocolError(f"the ring took {sent} of {count} answers")
+
+    def _parse(self, limit: int) -> tuple[list[int], list[int], bytearray,
+                                          tuple[int, int, bool]]:
+        count = self._have
+        limit = min(limit, self._entries)
+        if self._lib is None:
+            return parse_tx_burst(self._in, count, gso=self.gso, packets_cap=limit,
+                                  segments_cap=self._entries)
+        ffi, info = self._ffi, self._info
+        responses = bytearray(count * self._slot)
+        src = ffi.from_buffer("char[]", self._in)
+        out = ffi.from_buffer("char[]", responses, require_writable=True)
+        try:
+            n = self._lib.rk_nettx_parse(src, len(self._in), count, int(self.gso),
+                                         self._packets, limit, self._segments, 3 * self._entries,
+                                         out, len(responses), info)
+        finally:
+            ffi.release(src)
+            ffi.release(out)
+        if n < 0:
+            raise LocalProtocolError(f"rk_nettx_parse refused {count} slots")
+        packets = list(ffi.unpack(self._packets, PACKET_FIELDS * n))
+        segments = list(ffi.unpack(self._segments, 3 * int(info[1])))
+        return packets, segments, responses, (int(info[0]), int(info[1]), bool(info[2]))
+
+    @staticmethod
+    def _packets_of(packets: list[int], segments: list[int]) -> list[TxPacket]:
+        out = []
+        for i in range(0, len(packets), PACKET_FIELDS):
+            first, slots, nreq, fault, seg, nseg, size, flags, gso = packets[i:i + PACKET_FIELDS]
+            out.append(TxPacket(
+                [GrantCopySegment(segments[3 * k], segments[3 * k + 1], segments[3 * k + 2])
+                 for k in range(seg, seg + nseg)],
+                size, bool(flags & _CSUM_BLANK),
+                netif.GsoInfo(gso & 0xFFFF, gso >> 16) if gso else None,
+                TX_FAULTS[fault] if fault else None, first, slots, nreq))
+        return out

@@ -475,6 +475,71 @@ static void fuzz_gather_refs(void)
     free(spec);
 }
 
+/* rk_nettx_parse: a burst of random tx slots -- mostly chains of plausible requests and extra
+   slots, some garbage -- from a buffer of exactly the bytes it claims (sometimes fewer than the
+   slots named: refused), into packet, segment and answer arrays of exactly the entries the
+   call names.  Every packet returned lies inside the slots consumed, one after the other; its
+   segments inside the segments written, each inside its page; the answers cover exactly the
+   slots consumed. */
+static void fuzz_nettx_parse(void)
+{
+    size_t count = (size_t)below(260), claimed = count * 12, i, k;
+    size_t packets_cap = (size_t)below(70), segments_cap = (size_t)below(800);
+    size_t responses_length = one_in(8) ? (size_t)below(count * 12 + 1) : count * 12;
+    uint8_t *buf, *responses;
+    uint32_t *packets = output(packets_cap * RK_NETTX_PACKET_FIELDS, sizeof *packets);
+    uint32_t *segments = output(segments_cap * 3, sizeof *segments);
+    uint64_t info[3];
+    size_t at = 0, seg = 0;
+    long r;
+
+    where = "rk_nettx_parse";
+    if (one_in(20))
+        claimed = (size_t)below(claimed + 1);
+    buf = random_bytes(claimed);
+    for (i = 0; i + 1 < count && (i + 1) * 12 <= claimed; i++) {
+        uint8_t *s = buf + 12 * i;
+        if (one_in(10))
+            continue;                               /* garbage */
+        rk_put_le(s + 4, one_in(4) ? below(5000) : 0, 2);
+        rk_put_le(s + 6, below(16), 2);
+        rk_put_le(s + 10, below(one_in(3) ? 70000 : 4200), 2);
+        if (one_in(6) && (i + 2) * 12 <= claimed) { /* an extra slot after it */
+            s[6] |= 8;
+            s[12] = (uint8_t)below(6);
+            s[13] = (uint8_t)below(2);
+            s[16] = (uint8_t)below(4);
+            i++;
+        }
+    }
+    responses = random_bytes(responses_length);
+    r = rk_nettx_parse((const char *)buf, claimed, count, (int)below(2), packets, packets_cap,
+                       segments, segments_cap * 3, (char *)responses, responses_length, info);
+    CHECK((r < 0) == (count > claimed / 12));
+    if (r >= 0) {
+        CHECK((size_t)r <= packets_cap && info[0] <= count && info[1] <= segments_cap);
+        CHECK(info[0] * 12 <= responses_length);
+        for (k = 0; k < (size_t)r; k++) {
+            const uint32_t *p = packets + k * RK_NETTX_PACKET_FIELDS;
+            CHECK(p[0] == at && p[1] >= 1 && p[2] >= 1 && p[2] <= p[1]);
+            CHECK(p[3] <= RK_NETTX_F_FRAGMENT && p[4] == seg);
+            CHECK(p[3] == 0 || p[5] == 0);
+            for (i = 0; i < p[5]; i++) {
+                const uint32_t *g = segments + 3 * (seg + i);
+                CHECK(g[2] > 0 && g[1] + g[2] <= RK_PAGE);
+            }
+            at += p[1];
+            seg += p[5];
+        }
+        CHECK(at == info[0] && seg == info[1]);
+    }
+    free(buf);
+    free(responses);
+    free(packets);
+    free(segments);
+}
+
+
 /* ---------------------------------------------------------------- io_uring (rk_uring_*)
 
    One ring per round with random submissions: vectored reads and writes on a temp file, a
@@ -1961,6 +2026,7 @@ int main(int argc, char **argv)
         fuzz_blkif_segments();
         fuzz_gather();
         fuzz_gather_refs();
+        fuzz_nettx_parse();
     }
     printf("seed %llu: %lu rounds of each function, no finding\n", (unsigned long long)seed,
            rounds);

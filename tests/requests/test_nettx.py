@@ -23,6 +23,7 @@ field netif leaves unset) must make the comparison fail.
 from __future__ import annotations
 
 import random
+import struct
 from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +39,13 @@ from ringkit.channel import FrontRingChannel
 from ringkit.proto import netif
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.requests import GrantPool, RequestQueue
-from ringkit.requests.nettx import NetTxTable, PythonTxPath, TxFrame, unavailable
+from ringkit.requests.nettx import (
+    NetTxTable,
+    PythonTxPath,
+    TxFrame,
+    parse_tx_burst,
+    unavailable,
+)
 from ringkit.testing.memory import memory_event_pair
 
 pytestmark = [pytest.mark.anyio,
@@ -297,3 +304,98 @@ async def test_negative_control_null_matched_by_id_is_caught(tmp_path: Path) -> 
     with anyio.fail_after(300), pytest.raises(AssertionError):
         for seed in range(150):
             await fuzz(seed, module)
+
+
+# ---------------------------------------------------------------------- the backend's half
+
+def _burst(rng: random.Random) -> bytes:
+    """Random tx request slots: mostly well-formed packets (some with GSO or other extras,
+    over several pages), with bad sizes, offsets, extra types, over-long chains and garbage
+    mixed in; the last packet sometimes cut short."""
+    slots: list[bytes] = []
+    while len(slots) < rng.randint(1, 256):
+        if rng.random() < 0.05:
+            slots.append(rng.randbytes(SLOT))
+            continue
+        nreq = rng.choice([1, 1, 2, 3, 17, 18, 19, 25]) if rng.random() < 0.3 else 1
+        sizes = [rng.randint(0, PAGE) for _ in range(nreq)]
+        total = sum(sizes) if rng.random() > 0.05 else rng.randint(0, 0xFFFF)
+        if rng.random() < 0.05:
+            total = rng.randint(0, 13)
+        extras: list[bytes] = []
+        if rng.random() < 0.3:
+            for _ in range(rng.choice([1, 1, 1, 2, 19])):
+                kind = rng.choice([1, 1, 1, 2, 3, 4, 0, 5, 200])
+                extras.append(bytes([kind, 1]) + struct.pack(
+                    "<HBBH", rng.choice([0, 1448, rng.randrange(1 << 16)]),
+                    rng.choice([1, 2, 0, 3]), 0, 0) + bytes(4))
+            extras[-1] = extras[-1][:1] + bytes([extras[-1][1] & ~1]) + extras[-1][2:]
+        first_flags = rng.randrange(4) | (netif.TxFlag.EXTRA_INFO if extras else 0)
+        for k in range(nreq):
+            more = netif.TxFlag.MORE_DATA if k < nreq - 1 else 0
+            offset = rng.choice([0, 0, rng.randrange(PAGE)])
+            size = total if k == 0 else sizes[k]
+            flags = (first_flags if k == 0 else rng.randrange(4)) | more
+            slots.append(netif.TX_REQUEST.pack(rng.randrange(1 << 32), offset, flags,
+                                               rng.randrange(1 << 16), size & 0xFFFF))
+            if k == 0:
+                slots += extras
+    if rng.random() < 0.2:
+        slots = slots[:rng.randint(1, len(slots))]
+    return b"".join(slots[:256])
+
+
+def _c_parse(module: Any, buf: bytes, count: int, gso: bool, packets_cap: int,
+             segments_cap: int) -> tuple[list[int], list[int], bytes, tuple[int, int, bool]]:
+    ffi, lib = module.ffi, module.lib
+    packets = ffi.new("uint32_t[]", 9 * max(packets_cap, 1))
+    segments = ffi.new("uint32_t[]", 3 * max(segments_cap, 1))
+    out = bytearray(count * SLOT)
+    info = ffi.new("uint64_t[3]")
+    n = lib.rk_nettx_parse(buf, len(buf), count, int(gso), packets, packets_cap, segments,
+                           3 * segments_cap, ffi.from_buffer(out), len(out), info)
+    assert n >= 0
+    used = int(info[0])
+    return (list(ffi.unpack(packets, 9 * n)), list(ffi.unpack(segments, 3 * int(info[1]))),
+            bytes(out[:used * SLOT]), (used, int(info[1]), bool(info[2])))
+
+
+def _parse_both(seed: int, module: Any) -> tuple[dict[str, int], set[int]]:
+    """Parse one random burst with the C and with the reference; they must agree.  Returns
+    counts of what the burst held and the fault codes met."""
+    rng = random.Random(seed)
+    buf = _burst(rng)
+    count = len(buf) // SLOT
+    gso = rng.random() < 0.7
+    packets_cap = rng.choice([1, 5, 64, 256])
+    segments_cap = rng.choice([3, 40, 768])
+    c = _c_parse(module, buf, count, gso, packets_cap, segments_cap)
+    packets, segments, out, info = parse_tx_burst(buf, count, gso=gso, packets_cap=packets_cap,
+                                                  segments_cap=segments_cap)
+    py = (packets, segments, bytes(out[:info[0] * SLOT]), info)
+    assert c == py, f"seed {seed}: the C and Python parsers differ"
+    faults = [packets[i + 3] for i in range(0, len(packets), 9)]
+    return ({"packets": len(faults), "refused": sum(1 for f in faults if f),
+             "incomplete": int(info[2])}, set(faults))
+
+
+def test_the_c_parser_matches_the_python_reference() -> None:
+    """1,000 random bursts parse the same -- packets, segments, answers, what is left -- and
+    they reach every fault a netif backend checks for, and packets cut short."""
+    from ringkit._native import _compiled
+    seen: dict[str, int] = {"packets": 0, "refused": 0, "incomplete": 0}
+    faults: set[int] = set()
+    for seed in range(1000):
+        got, met = _parse_both(seed, _compiled)
+        for key in seen:
+            seen[key] += got[key]
+        faults |= met
+    assert seen["packets"] > 3000 and seen["refused"] > 500 and seen["incomplete"] > 50, seen
+    assert faults == set(range(10)), sorted(faults)
+
+
+def test_negative_control_a_parser_that_misreads_the_gso_type_is_caught(tmp_path: Path) -> None:
+    module = _broken_module(tmp_path, "RK_NETTX_ANY_GSO_TYPE")
+    with pytest.raises(AssertionError, match="differ"):
+        for seed in range(1000):
+            _parse_both(seed, module)
