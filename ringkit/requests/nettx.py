@@ -609,8 +609,10 @@ class TxBursts:
                 break
             if not incomplete:   # cannot happen: a burst holds at least one slot
                 raise LocalProtocolError("a tx burst with no packet")
-            more = self.channel.receive_into_nowait(view[self._have * slot:],
-                                                    self._entries - self._have)
+            more = 0
+            if self._have < self._entries:
+                more = self.channel.receive_into_nowait(view[self._have * slot:],
+                                                        self._entries - self._have)
             if not more:
                 rid = _LE16.unpack_from(self._in, 8)[0]
                 raise RemoteProtocolError(

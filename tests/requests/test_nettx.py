@@ -35,13 +35,14 @@ from _native_control import control_module
 from ringkit.frontends.net.device import check_tx
 
 from ringkit import RemoteProtocolError
-from ringkit.channel import FrontRingChannel
+from ringkit.channel import BackRingChannel, FrontRingChannel
 from ringkit.proto import netif
 from ringkit.proto.ring import BackRing, FrontRing
 from ringkit.requests import GrantPool, RequestQueue
 from ringkit.requests.nettx import (
     NetTxTable,
     PythonTxPath,
+    TxBursts,
     TxFrame,
     parse_tx_burst,
     unavailable,
@@ -399,3 +400,65 @@ def test_negative_control_a_parser_that_misreads_the_gso_type_is_caught(tmp_path
     with pytest.raises(AssertionError, match="differ"):
         for seed in range(1000):
             _parse_both(seed, module)
+
+
+class TxRing:
+    """A netif tx ring: the frontend's half to publish on, `TxBursts` on the backend's."""
+
+    def __init__(self, *, native: bool = True) -> None:
+        page = bytearray(PAGE)
+        self.front = FrontRing.init(page, netif.TX_RING)
+        events = memory_event_pair()
+        self.bursts = TxBursts(BackRingChannel(BackRing.attach(page, netif.TX_RING),
+                                               events[1]), gso=True, native=native)
+        self._events = events
+
+    def publish(self, *slots: bytes) -> None:
+        for slot in slots:
+            self.front.put_request(slot)
+        self.front.push_requests()
+
+
+def _request(rid: int, size: int, flags: int = 0, offset: int = 0) -> bytes:
+    return netif.TX_REQUEST.pack(5000 + rid, offset, flags, rid, size)
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_burst_over_the_limit_leaves_the_rest_for_the_next_take(native: bool) -> None:
+    ring = TxRing(native=native)
+    assert ring.bursts.native == native
+    more = int(netif.TxFlag.MORE_DATA)
+    ring.publish(_request(0, 60), _request(1, 5000, more), _request(2, 904),
+                 _request(3, 70), _request(4, 20, 0, PAGE - 4))
+    first = await ring.bursts.take(limit=2)
+    assert [(p.size, p.fault, len(p.segments)) for p in first.packets] == \
+        [(60, None, 1), (5000, None, 2)]
+    ring.bursts.respond(first)
+    second = await ring.bursts.take(limit=2)
+    assert second.packets[0].size == 70 and second.packets[0].fault is None
+    assert second.packets[1].fault == "a fragment past the end of its page"    # 4092 + 20
+    second.refuse(0)     # its copy failed, say
+    ring.bursts.respond(second)
+    answers = []
+    while (response := ring.front.take_response()) is not None:
+        answers.append(netif.TX_RESPONSE.unpack_from(response))
+    assert answers == [(0, 0), (1, 0), (2, 0), (3, -1), (4, -1)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_chain_longer_than_the_ring_ends_the_connection(native: bool) -> None:
+    """A hostile frontend fills the ring with requests that all say more_data: the chain can
+    never end, which is a ring-level violation (a typed error, not a hang)."""
+    ring = TxRing(native=native)
+    more = int(netif.TxFlag.MORE_DATA)
+    ring.publish(*[_request(i, 100, more) for i in range(netif.TX_RING_SIZE)])
+    with anyio.fail_after(10), pytest.raises(RemoteProtocolError, match="runs past"):
+        await ring.bursts.take()
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_chain_cut_short_ends_the_connection(native: bool) -> None:
+    ring = TxRing(native=native)
+    ring.publish(_request(0, 200, int(netif.TxFlag.MORE_DATA)))
+    with anyio.fail_after(10), pytest.raises(RemoteProtocolError, match="runs past"):
+        await ring.bursts.take()
