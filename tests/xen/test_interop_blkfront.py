@@ -36,6 +36,7 @@ import secrets
 import struct
 import sys
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,12 @@ async def wait_phase(store: Store, vm: Any, want: str,
             except StoreError:
                 pass
             if await store.exists(f"{home}/ringkit-exit"):
-                break                           # the guest gave up
+                # it gave up -- or reported `want` and ended between the two reads
+                with suppress(StoreError):
+                    if await store.read(f"{home}/blkfront-phase") == want:
+                        say(f"the guest reports {want!r}")
+                        return
+                break
             await anyio.sleep(0.5)
     seen = "\n".join(f"backend {i + 1}, connection {j + 1}: {c.summary()}"
                      for i, backend in enumerate(backends)
