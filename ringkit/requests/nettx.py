@@ -51,6 +51,7 @@ from .pool import fresh_error
 
 if TYPE_CHECKING:
     from .front import Request, RequestQueue
+    from .pool import GrantPool
 
 __all__ = ("PACKET_FIELDS", "TX_FAULTS", "NetTxTable", "PythonTxPath", "TxBurst", "TxBursts",
            "TxFrame", "TxPacket", "parse_tx_burst", "unavailable")
@@ -97,16 +98,10 @@ class NetTxTable:
             raise RuntimeError(_MISSING)
         else:
             ffi, lib = _ffi, _lib
-        if len(queue._channels) != 1 or queue.pool is None:
-            raise ConfigError("a tx table serves a queue of one ring with a grant pool")
-        if queue.codec is not netif.TX_CODEC:
-            raise ConfigError("a tx table speaks netif's tx ring")
-        if not 1 <= max_pages <= netif.NR_SLOTS_MIN:
-            raise ConfigError(f"frames of up to {max_pages} pages (netif allows "
-                              f"1..{netif.NR_SLOTS_MIN})")
+        pool = _check_queue(queue, max_pages)
         self._ffi, self._lib = ffi, lib
         self._queue = queue
-        self._pool = pool = queue.pool
+        self._pool = pool
         self._channel = queue._channels[0]
         self.max_pages = max_pages
         self.on_answered = on_answered
@@ -181,11 +176,9 @@ class NetTxTable:
         except anyio.WouldBlock:
             put = 0
         except anyio.BrokenResourceError as exc:
-            self.failed()
             cause = exc.__cause__
             raise fresh_error(cause if cause is not None else exc) from exc
         except anyio.ClosedResourceError as exc:
-            self.failed()
             raise PeerGoneError("the request queue's ring was closed") from exc
         queue.stats.sent += put
         queue.stats.pushes += 1
@@ -264,6 +257,20 @@ class NetTxTable:
         self._queue._wake_id_waiters()
 
 
+def _check_queue(queue: RequestQueue, max_pages: int) -> GrantPool:
+    """The queue's pool; or refuse a queue a tx path cannot serve: not one netif tx ring with
+    a grant pool, or frames of a number of pages netif does not allow."""
+    pool = queue.pool
+    if len(queue._channels) != 1 or pool is None:
+        raise ConfigError("a tx path serves a queue of one ring with a grant pool")
+    if queue.codec is not netif.TX_CODEC:
+        raise ConfigError("a tx path speaks netif's tx ring")
+    if not 1 <= max_pages <= netif.NR_SLOTS_MIN:
+        raise ConfigError(f"frames of up to {max_pages} pages (netif allows "
+                          f"1..{netif.NR_SLOTS_MIN})")
+    return pool
+
+
 def _free_slots(queue: RequestQueue) -> int:
     """Request slots free on the queue's (one) ring."""
     engine = queue._channels[0].engine
@@ -308,13 +315,7 @@ class PythonTxPath:
 
     def __init__(self, queue: RequestQueue, *, max_pages: int = netif.NR_SLOTS_MIN,
                  on_answered: Callable[[int, int], None] | None = None) -> None:
-        if len(queue._channels) != 1 or queue.pool is None:
-            raise ConfigError("a tx path serves a queue of one ring with a grant pool")
-        if queue.codec is not netif.TX_CODEC:
-            raise ConfigError("a tx path speaks netif's tx ring")
-        if not 1 <= max_pages <= netif.NR_SLOTS_MIN:
-            raise ConfigError(f"frames of up to {max_pages} pages (netif allows "
-                              f"1..{netif.NR_SLOTS_MIN})")
+        _check_queue(queue, max_pages)
         self._queue = queue
         self.max_pages = max_pages
         self.on_answered = on_answered
@@ -533,8 +534,11 @@ class TxPacket:
     fault: str | None
     """Why it is refused (its requests are answered NETIF_RSP_ERROR), or None."""
     first: int
+    """Its first slot in the burst."""
     slots: int
+    """Ring slots it took (requests and extra-info slots)."""
     requests: int
+    """Of those, requests (the rest are extra-info slots, right after the first)."""
 
 
 class TxBurst:
